@@ -1,0 +1,215 @@
+"""Every error costproxy raises on purpose, grouped by fault domain.
+
+    ProxyError                      base: HTTP status + closed ``code`` + OpenAI ``type``
+    ├── CallerError                 the request itself is wrong (4xx, ``invalid_request_error``)
+    │   ├── InvalidJSON             body is not JSON / not an object            400 invalid_json
+    │   ├── InvalidRequest          a field has a bad value or is missing       400 invalid_request
+    │   ├── BodyTooLarge            body over ``server.max_body_bytes``         413 body_too_large
+    │   ├── UnknownModel            model not in the registry                   404 model_not_found
+    │   ├── NotFound                route or resource does not exist            404 not_found
+    │   ├── MethodNotAllowed        wrong HTTP method                           405 method_not_allowed
+    │   ├── ContextTooLong          prompt + output cannot fit the model        400 context_length_exceeded
+    │   ├── Unauthenticated         missing, unknown or revoked key             401 invalid_api_key
+    │   └── Forbidden               key lacks the scope for this call           403 forbidden
+    ├── PolicyError                 costproxy's rules or budgets refuse it
+    │   ├── BudgetExceeded          a hard budget cannot fit the worst case     429 budget_exceeded
+    │   ├── RuleRejected            a steering rule rejected the request        403 rule_rejected
+    │   └── NoEligibleModel         no model meets capabilities/quality/budget  422 no_eligible_model
+    ├── ProviderError               the upstream failed
+    │   ├── UpstreamTimeout         no answer in time                           504 upstream_timeout
+    │   ├── UpstreamUnavailable     connection refused / dropped                502 upstream_unavailable
+    │   ├── UpstreamRateLimited     upstream 429                                429 upstream_rate_limited
+    │   ├── UpstreamBadResponse     unparseable upstream body                   502 upstream_bad_response
+    │   └── UpstreamHTTPError       other upstream 4xx/5xx, relayed faithfully  <status> upstream_error
+    └── InternalError               a bug or a broken dependency of ours        500 internal_error
+        └── StoreUnavailable        ledger/budget store unreachable             503 store_unavailable
+
+``ConfigError`` is separate: it is raised while loading configuration, never while serving, and
+names the file, the dotted path and the bad value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ProxyError(Exception):
+    status: int = 500
+    code: str = "internal_error"
+    type: str = "server_error"
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers = dict(headers or {})
+        self.details = dict(details or {})
+
+    def body(self) -> dict[str, Any]:
+        """The OpenAI error shape; ``details`` are costproxy extras next to the standard keys."""
+        error: dict[str, Any] = {
+            "message": self.message,
+            "type": self.type,
+            "param": self.param,
+            "code": self.code,
+        }
+        error.update(self.details)
+        return {"error": error}
+
+
+class CallerError(ProxyError):
+    status = 400
+    code = "invalid_request"
+    type = "invalid_request_error"
+
+
+class InvalidJSON(CallerError):
+    code = "invalid_json"
+
+
+class InvalidRequest(CallerError):
+    code = "invalid_request"
+
+
+class BodyTooLarge(CallerError):
+    status = 413
+    code = "body_too_large"
+
+
+class UnknownModel(CallerError):
+    status = 404
+    code = "model_not_found"
+
+
+class NotFound(CallerError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(CallerError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class ContextTooLong(CallerError):
+    code = "context_length_exceeded"
+
+
+class Unauthenticated(CallerError):
+    status = 401
+    code = "invalid_api_key"
+    type = "authentication_error"
+
+
+class Forbidden(CallerError):
+    status = 403
+    code = "forbidden"
+    type = "permission_error"
+
+
+class PolicyError(ProxyError):
+    status = 403
+    code = "policy_violation"
+    type = "invalid_request_error"
+
+
+class BudgetExceeded(PolicyError):
+    """A hard budget cannot fit the request's worst case; SDKs must not retry it."""
+
+    status = 429
+    code = "budget_exceeded"
+    type = "insufficient_quota"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.headers.setdefault("x-should-retry", "false")
+
+
+class RuleRejected(PolicyError):
+    status = 403
+    code = "rule_rejected"
+
+
+class NoEligibleModel(PolicyError):
+    status = 422
+    code = "no_eligible_model"
+
+
+class ProviderError(ProxyError):
+    status = 502
+    code = "upstream_error"
+    type = "api_error"
+    retryable = True
+
+
+class UpstreamTimeout(ProviderError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class UpstreamUnavailable(ProviderError):
+    status = 502
+    code = "upstream_unavailable"
+
+
+class UpstreamRateLimited(ProviderError):
+    status = 429
+    code = "upstream_rate_limited"
+    type = "rate_limit_error"
+
+
+class UpstreamBadResponse(ProviderError):
+    status = 502
+    code = "upstream_bad_response"
+
+
+class UpstreamHTTPError(ProviderError):
+    """Any other upstream 4xx/5xx: status, message and type are relayed as the provider sent them."""
+
+    code = "upstream_error"
+
+    def __init__(self, message: str, *, status: int, upstream_body: dict[str, Any] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.status = status
+        self.retryable = status >= 500
+        self.upstream_body = upstream_body
+        if upstream_body is not None:
+            error = upstream_body.get("error")
+            if isinstance(error, dict):
+                self.type = str(error.get("type") or self.type)
+                if error.get("param") is not None:
+                    self.param = str(error["param"])
+                if error.get("code") is not None:
+                    self.details["upstream_code"] = error["code"]
+
+
+class InternalError(ProxyError):
+    status = 500
+    code = "internal_error"
+    type = "server_error"
+
+
+class StoreUnavailable(InternalError):
+    status = 503
+    code = "store_unavailable"
+
+
+class ConfigError(ValueError):
+    """Invalid configuration: names the file, the dotted path and the bad value."""
+
+    def __init__(self, file: str, path: str, message: str, value: object = None) -> None:
+        self.file = file
+        self.path = path
+        self.value = value
+        where = f"{file}: {path}" if path else file
+        shown = "" if value is None else f" (got {value!r})"
+        super().__init__(f"{where}: {message}{shown}")

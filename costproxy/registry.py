@@ -1,0 +1,186 @@
+"""The model registry: what each model costs, what it can do, and who serves it.
+
+Read from ``config/models.yaml`` (see its header for the format).  Prices are per 1M tokens,
+decimal, each with the date and the vendor page it was read from.  Pure data: no I/O here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from costproxy.config_schema import Node
+from costproxy.money import tokens_cost
+
+TIERS = ("economy", "standard", "premium")
+KINDS = ("chat", "embedding", "completion")
+CAPABILITIES = (
+    "tools",
+    "vision",
+    "json_schema",
+    "json_mode",
+    "streaming",
+    "reasoning",
+    "completions",
+    "embeddings",
+)
+ENCODINGS = ("o200k_base", "cl100k_base")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPrice:
+    """USD per 1M tokens."""
+
+    input: Decimal
+    output: Decimal
+    cached_input: Decimal | None = None
+    source: str = ""
+    as_of: date | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token usage of one call. ``cached_tokens`` is the part of ``prompt_tokens`` served from cache."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    reported: bool = True
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    id: str
+    provider: str
+    upstream_model: str
+    kind: str
+    tier: str
+    context_window: int
+    max_output_tokens: int
+    capabilities: frozenset[str]
+    price: ModelPrice
+    encoding: str = "o200k_base"
+    family: str = ""
+    aliases: tuple[str, ...] = ()
+
+    def supports(self, capabilities: Iterable[str]) -> bool:
+        return set(capabilities) <= self.capabilities
+
+    def cost(self, usage: Usage) -> int:
+        """Exact cost in nano-USD; cached tokens at the cached price when the model has one."""
+        cached = min(usage.cached_tokens, usage.prompt_tokens) if self.price.cached_input is not None else 0
+        parts: list[tuple[int, Decimal]] = [
+            (usage.prompt_tokens - cached, self.price.input),
+            (usage.completion_tokens, self.price.output),
+        ]
+        if cached and self.price.cached_input is not None:
+            parts.append((cached, self.price.cached_input))
+        return tokens_cost(parts)
+
+    def worst_case_cost(self, prompt_tokens: int, max_output_tokens: int) -> int:
+        """Upper bound before the call: no cache discount, every allowed output token used."""
+        return tokens_cost([(prompt_tokens, self.price.input), (max_output_tokens, self.price.output)])
+
+
+@dataclass(frozen=True)
+class Registry:
+    models: Mapping[str, ModelSpec]
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    baseline_model: str | None = None
+
+    def resolve(self, name: str) -> ModelSpec | None:
+        """A model by id or alias, or ``None``."""
+        model = self.models.get(name)
+        if model is not None:
+            return model
+        target = self.aliases.get(name)
+        return self.models.get(target) if target else None
+
+    def of_kind(self, kind: str) -> list[ModelSpec]:
+        return [m for m in self.models.values() if m.kind == kind]
+
+    def baseline(self) -> ModelSpec | None:
+        return self.models.get(self.baseline_model) if self.baseline_model else None
+
+
+def parse_registry(document: Any, file: str, providers: Iterable[str] | None = None) -> Registry:
+    """Build a ``Registry`` from the parsed ``models.yaml``; errors name file and dotted path."""
+    root = Node(document, file)
+    known_providers = set(providers) if providers is not None else None
+    models: dict[str, ModelSpec] = {}
+    aliases: dict[str, str] = {}
+    for model_id, node in root.child("models").items():
+        spec = _parse_model(model_id, node, known_providers)
+        models[model_id] = spec
+        for alias in spec.aliases:
+            if alias in aliases or alias in models:
+                raise node.child("aliases").error("alias is used twice", alias)
+            aliases[alias] = model_id
+    baseline_node = root.child("baseline_model", None)
+    baseline = baseline_node.opt_str()
+    if baseline is not None and baseline not in models:
+        raise baseline_node.error("names no model in this file", baseline)
+    root.done()
+    for alias, node_target in aliases.items():
+        if alias in models:
+            raise root.error(f"alias {alias!r} of {node_target!r} is also a model id")
+    return Registry(models=models, aliases=aliases, baseline_model=baseline)
+
+
+def _parse_model(model_id: str, node: Node, providers: set[str] | None) -> ModelSpec:
+    provider_node = node.child("provider")
+    provider = provider_node.str()
+    if providers is not None and provider not in providers:
+        raise provider_node.error("names no configured provider", provider)
+    kind = node.child("kind", "chat").str(choices=KINDS)
+    capabilities = node.child("capabilities", []).str_list()
+    for cap in capabilities:
+        if cap not in CAPABILITIES:
+            raise node.child("capabilities").error(
+                f"unknown capability (known: {', '.join(CAPABILITIES)})", cap
+            )
+    spec = ModelSpec(
+        id=model_id,
+        provider=provider,
+        upstream_model=node.child("upstream_model", model_id).str(),
+        kind=kind,
+        tier=node.child("tier").str(choices=TIERS),
+        context_window=node.child("context_window").int(minimum=1),
+        max_output_tokens=node.child("max_output_tokens", 0 if kind == "embedding" else None).int(minimum=0),
+        capabilities=frozenset(capabilities),
+        price=_parse_price(node.child("price")),
+        encoding=node.child("encoding", "o200k_base").str(choices=ENCODINGS),
+        family=node.child("family", "").str(allow_empty=True),
+        aliases=tuple(node.child("aliases", []).str_list()),
+    )
+    node.done()
+    return spec
+
+
+def _parse_price(node: Node) -> ModelPrice:
+    cached = node.child("cached_input", None)
+    as_of_node = node.child("as_of")
+    as_of = as_of_node.value
+    if isinstance(as_of, str):
+        try:
+            as_of = date.fromisoformat(as_of)
+        except ValueError:
+            raise as_of_node.error("must be a date YYYY-MM-DD", as_of) from None
+    if not isinstance(as_of, date):
+        raise as_of_node.error("must be a date YYYY-MM-DD", as_of)
+    price = ModelPrice(
+        input=node.child("input").decimal(minimum=Decimal(0)),
+        output=node.child("output", 0).decimal(minimum=Decimal(0)),
+        cached_input=None if cached.value is None else cached.decimal(minimum=Decimal(0)),
+        source=node.child("source").str(),
+        as_of=as_of,
+    )
+    node.done()
+    return price
