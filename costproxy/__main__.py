@@ -1,0 +1,5 @@
+import sys
+
+from costproxy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The versioned admin and integration API under ``/api/v1``."""

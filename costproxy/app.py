@@ -1,0 +1,149 @@
+"""The composition root: builds the aiohttp application from ``Settings``.
+
+Start-up order (``cleanup_ctx`` tears down in reverse): ledger store → tokenizer encodings (loaded
+off the event loop) → upstream HTTP session → client keys → budget accounts → router → services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from opentelemetry.sdk.trace.export import SpanExporter
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from costproxy import middlewares, proxy
+from costproxy.admin import routes as admin_routes
+from costproxy.analyzer.encodings import load_encodings
+from costproxy.analyzer.tokens import TokenCounter
+from costproxy.identity import KeyRing
+from costproxy.keys import EXTRAS, HTTP_SESSION, KEYRING, METRICS, SERVICES, SETTINGS, STORE, TRACER
+from costproxy.ledger.accounts import Accounts, LedgerAccounts
+from costproxy.ledger.sqlite import SqliteStore, sqlite_path
+from costproxy.observability import make_metrics, make_tracer
+from costproxy.pipeline import Router, Services
+from costproxy.routing import StaticRouter
+from costproxy.settings import Settings
+
+AccountsFactory = Callable[[Settings, SqliteStore], Awaitable[Accounts]]
+RouterFactory = Callable[[Settings], Router]
+
+
+def ledger_path(settings: Settings) -> str:
+    """SQLite file of the ledger and keys; with a Redis store it is this replica's local mirror."""
+    if settings.store_url.startswith(("sqlite:///", "memory://")):
+        return sqlite_path(settings.store_url)
+    return str(settings.config_path.parent.parent / "data" / "costproxy-replica.sqlite3")
+
+
+async def default_accounts(settings: Settings, store: SqliteStore) -> Accounts:
+    try:
+        from costproxy.ledger.factory import open_accounts
+    except ImportError:  # budgets not built into this installation
+        return LedgerAccounts(store)
+    return await open_accounts(settings, store)
+
+
+def default_router(settings: Settings) -> Router:
+    try:
+        from costproxy.selection_router import build_router
+    except ImportError:
+        return StaticRouter(settings.registry)
+    return build_router(settings)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    span_exporter: SpanExporter | None = None,
+    accounts_factory: AccountsFactory | None = None,
+    router_factory: RouterFactory | None = None,
+) -> web.Application:
+    app = web.Application(
+        middlewares=[middlewares.errors_middleware, middlewares.body_limit_middleware,
+                     middlewares.auth_middleware],
+        client_max_size=settings.server.max_body_bytes,
+    )
+    app[SETTINGS] = settings
+    app[METRICS] = make_metrics()
+    app[TRACER] = make_tracer(span_exporter)
+    app[EXTRAS] = {}
+    app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_session_ctx)
+    app.cleanup_ctx.append(_services_ctx(accounts_factory or default_accounts, router_factory or default_router))
+    proxy.add_routes(app)
+    admin_routes.add_routes(app)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    store = SqliteStore(ledger_path(app[SETTINGS]))
+    await store.open()
+    app[STORE] = store
+    app[KEYRING] = KeyRing(await store.load_keys())
+    yield
+    await store.close()
+
+
+async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
+    connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60)
+    session = aiohttp.ClientSession(connector=connector, auto_decompress=True, raise_for_status=False)
+    app[HTTP_SESSION] = session
+    yield
+    await session.close()
+
+
+def _services_ctx(accounts_factory: AccountsFactory,
+                  router_factory: RouterFactory) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def services_ctx(app: web.Application) -> AsyncIterator[None]:
+        from costproxy.providers.client import UpstreamClient
+
+        settings = app[SETTINGS]
+        encodings = await asyncio.to_thread(load_encodings, directory=settings.encodings_dir)
+        accounts = await accounts_factory(settings, app[STORE])
+        app[SERVICES] = Services(
+            settings=settings,
+            registry=settings.registry,
+            counter=TokenCounter(encodings),
+            upstream=UpstreamClient(app[HTTP_SESSION]),
+            accounts=accounts,
+            router=router_factory(settings),
+        )
+        yield
+        close = getattr(accounts, "close", None)
+        if close is not None:
+            await close()
+
+    return services_ctx
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ready = SERVICES in request.app
+    return web.json_response({"status": "ready" if ready else "starting"}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
+
+
+def run(settings: Settings, **kwargs: Any) -> None:
+    app = create_app(settings, **kwargs)
+    web.run_app(app, host=settings.server.host, port=settings.server.port,
+                access_log=web_access_logger() if settings.server.access_log else None, print=None)
+
+
+def web_access_logger() -> Any:
+    import logging
+
+    return logging.getLogger("aiohttp.access")

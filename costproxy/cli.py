@@ -1,0 +1,184 @@
+"""``costproxy`` command line: serve, demo, check-config, keys, usage, rules, explain, calibrate, eval."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from costproxy.errors import ConfigError
+from costproxy.settings import Settings, config_path_from, load_settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(config_path_from(args.config))
+    server = settings.server
+    if getattr(args, "host", None):
+        server = replace(server, host=args.host)
+    if getattr(args, "port", None) is not None:
+        server = replace(server, port=args.port)
+    return replace(settings, server=server)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from costproxy.app import run
+    from costproxy.observability import configure_logging
+
+    settings = _settings(args)
+    configure_logging(settings.logging)
+    _install_uvloop()
+    print(f"costproxy listening on http://{settings.server.host}:{settings.server.port}  "
+          f"(store: {settings.store_url}, {len(settings.registry.models)} models)", file=sys.stderr, flush=True)
+    run(settings)
+    return 0
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from costproxy.demo import run_demo
+
+    return run_demo(_settings(args))
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    print(f"ok: {settings.config_path}: {len(settings.providers)} providers, "
+          f"{len(settings.registry.models)} models ({settings.models_path}), store {settings.store_url}")
+    missing = [p.name for p in settings.providers.values() if p.api_key_env and not p.api_key]
+    if missing:
+        print("note: no API key in the environment for: " + ", ".join(
+            f"{name} (${settings.providers[name].api_key_env})" for name in missing))
+    try:
+        from costproxy.steering.commands import rules_check_main
+    except ImportError:
+        return 0
+    return rules_check_main(["--dir", str(settings.rules_dir)])
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from costproxy.admin.routes import issue_key
+    from costproxy.app import ledger_path
+    from costproxy.ledger.sqlite import SqliteStore
+
+    settings = _settings(args)
+
+    async def run() -> int:
+        store = SqliteStore(ledger_path(settings))
+        await store.open()
+        try:
+            if args.keys_command == "create":
+                fields = {k: getattr(args, k) for k in ("name", "user", "team", "org", "project")}
+                secret, record = await issue_key(store, fields, time.time())
+                print(f"created {record.id} for {record.principal()}")
+                print(f"key (shown once, store it now): {secret}")
+            elif args.keys_command == "list":
+                for record in await store.load_keys():
+                    state = "active" if record.active else "revoked"
+                    print(f"{record.id}  {record.prefix}…  {state:8} user={record.user} team={record.team} "
+                          f"org={record.org} project={record.project} name={record.name}")
+            else:
+                if not await store.revoke_key(args.key_id):
+                    print(f"no active key {args.key_id}", file=sys.stderr)
+                    return 1
+                print(f"revoked {args.key_id}")
+        finally:
+            await store.close()
+        return 0
+
+    return asyncio.run(run())
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    from costproxy.app import ledger_path
+    from costproxy.usage_report import print_usage
+
+    settings = _settings(args)
+    return asyncio.run(print_usage(ledger_path(settings), hours=args.hours, group_by=args.by, limit=args.limit))
+
+
+def cmd_export_encodings(args: argparse.Namespace) -> int:
+    from costproxy.analyzer.encodings import export_encodings
+
+    for path in export_encodings(Path(args.directory)):
+        print(path)
+    return 0
+
+
+def _delegate(module: str, function: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        main = getattr(importlib.import_module(module), function)
+        return int(main(list(args.rest)))
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="costproxy", description="Cost-aware OpenAI-compatible LLM proxy")
+    parser.add_argument("--config", help="path of costproxy.yaml (default: $COSTPROXY_CONFIG or "
+                                         "config/costproxy.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the proxy")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(func=cmd_serve)
+    demo = sub.add_parser("demo", help="run the proxy against a local SIMULATED provider (no API keys)")
+    demo.add_argument("--host")
+    demo.add_argument("--port", type=int)
+    demo.set_defaults(func=cmd_demo)
+    sub.add_parser("check-config", help="validate configuration, models and rules").set_defaults(
+        func=cmd_check_config)
+    keys = sub.add_parser("keys", help="issue, list and revoke client keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create")
+    for name in ("name", "user", "team", "org", "project"):
+        create.add_argument(f"--{name}")
+    keys_sub.add_parser("list")
+    revoke = keys_sub.add_parser("revoke")
+    revoke.add_argument("key_id")
+    keys.set_defaults(func=cmd_keys)
+    usage = sub.add_parser("usage", help="print recent spend, baseline and saving")
+    usage.add_argument("--hours", type=float, default=24.0)
+    usage.add_argument("--by", default="model", choices=("model", "team", "user", "key", "project", "org"))
+    usage.add_argument("--limit", type=int, default=20, help="recent requests to list")
+    usage.set_defaults(func=cmd_usage)
+    export = sub.add_parser("export-encodings", help="write verified tiktoken files into a directory")
+    export.add_argument("directory")
+    export.set_defaults(func=cmd_export_encodings)
+    for name, module, function, text in (
+        ("rules", "costproxy.steering.commands", "rules_main", "steering rules: `rules check`"),
+        ("explain", "costproxy.explain", "explain_main", "show the routing decision for a request"),
+        ("calibrate", "costproxy.evaluation.commands", "calibrate_main", "fit quality profiles"),
+        ("eval", "costproxy.evaluation.commands", "eval_main", "replay an evaluation data set"),
+    ):
+        command = sub.add_parser(name, help=text, add_help=False)
+        command.add_argument("rest", nargs=argparse.REMAINDER)
+        command.set_defaults(func=_delegate(module, function))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Every ``web.AppKey`` of the application, in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from opentelemetry.trace import Tracer
+
+from costproxy.identity import KeyRing
+from costproxy.ledger.sqlite import SqliteStore
+from costproxy.observability import Metrics
+from costproxy.pipeline import Services
+from costproxy.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+SERVICES = web.AppKey("services", Services)
+STORE = web.AppKey("store", SqliteStore)
+KEYRING = web.AppKey("keyring", KeyRing)
+METRICS = web.AppKey("metrics", Metrics)
+TRACER = web.AppKey("tracer", Tracer)
+HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
+EXTRAS = web.AppKey("extras", dict[str, Any])  # components added by optional subsystems

@@ -1,0 +1,51 @@
+"""One ledger entry per request: the audit record of what was asked, served and charged."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from costproxy.money import format_usd
+
+STATUSES = ("ok", "error", "client_disconnected", "blocked", "rejected")
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    request_id: str
+    ts_ms: int
+    endpoint: str
+    status: str
+    http_status: int
+    key_id: str | None = None
+    user: str | None = None
+    team: str | None = None
+    org: str | None = None
+    project: str | None = None
+    requested_model: str | None = None
+    served_model: str | None = None
+    provider: str | None = None
+    decision_id: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost_nanos: int = 0
+    baseline_nanos: int = 0
+    usage_reported: bool = True
+    stream: bool = False
+    latency_ms: int = 0
+    error_code: str | None = None
+    task_type: str | None = None
+    correlation_id: str | None = None
+    tenant: str | None = None
+    source: str = "proxy"  # proxy | relaycore | auterity | manual
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def public(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["cost_usd"] = format_usd(self.cost_nanos)
+        data["baseline_usd"] = format_usd(self.baseline_nanos)
+        return data
+
+
+COLUMNS: tuple[str, ...] = tuple(LedgerEntry.__dataclass_fields__)

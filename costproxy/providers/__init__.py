@@ -1,0 +1,1 @@
+"""Upstream providers: OpenAI-compatible HTTP endpoints (OpenAI, Azure, Anthropic, Google, …)."""

@@ -1,0 +1,191 @@
+"""Calls to OpenAI-compatible upstreams, with each failure mapped into the ``ProviderError`` tree.
+
+One ``aiohttp.ClientSession`` per app.  Unary calls use the provider's ``read`` timeout for the
+whole response; streams use ``first_byte`` until headers arrive and then ``stream_idle`` between
+chunks, so a long answer is never cut by a total timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from costproxy.errors import (
+    ProviderError,
+    UpstreamBadResponse,
+    UpstreamHTTPError,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from costproxy.settings import ProviderSettings
+
+ENDPOINTS = ("chat/completions", "completions", "embeddings")
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamResponse:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    data: dict[str, Any]
+
+
+def upstream_url(provider: ProviderSettings, endpoint: str, upstream_model: str) -> str:
+    if provider.kind == "azure":
+        return f"{provider.base_url}/deployments/{upstream_model}/{endpoint}"
+    return f"{provider.base_url}/{endpoint}"
+
+
+def upstream_params(provider: ProviderSettings) -> dict[str, str]:
+    params = dict(provider.query)
+    if provider.api_version:
+        params.setdefault("api-version", provider.api_version)
+    return params
+
+
+def upstream_headers(provider: ProviderSettings, request_id: str) -> dict[str, str]:
+    headers = {"content-type": "application/json", "x-request-id": request_id}
+    headers.update(provider.headers)
+    if provider.api_key and provider.auth != "none":
+        if provider.auth == "bearer":
+            headers["authorization"] = f"Bearer {provider.api_key}"
+        else:
+            headers[provider.auth] = provider.api_key
+    return headers
+
+
+def _error_from(status: int, body: bytes, provider: str, headers: Mapping[str, str]) -> ProviderError:
+    parsed: dict[str, Any] | None = None
+    try:
+        candidate = orjson.loads(body) if body else None
+        parsed = candidate if isinstance(candidate, dict) else None
+    except orjson.JSONDecodeError:
+        parsed = None
+    message = f"provider {provider} answered HTTP {status}"
+    if parsed and isinstance(parsed.get("error"), dict) and parsed["error"].get("message"):
+        message = f"{message}: {parsed['error']['message']}"
+    if status == 429:
+        extra = {"retry-after": headers["retry-after"]} if "retry-after" in headers else {}
+        return UpstreamRateLimited(message, headers=extra)
+    return UpstreamHTTPError(message, status=status, upstream_body=parsed)
+
+
+class UpstreamClient:
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+
+    async def call(self, provider: ProviderSettings, endpoint: str, upstream_model: str,
+                   payload: bytes, request_id: str) -> UpstreamResponse:
+        t = provider.timeouts
+        timeout = aiohttp.ClientTimeout(total=t.read, connect=t.connect, sock_connect=t.connect)
+        url = upstream_url(provider, endpoint, upstream_model)
+        try:
+            async with self.session.post(url, data=payload, params=upstream_params(provider),
+                                         headers=upstream_headers(provider, request_id),
+                                         timeout=timeout) as resp:
+                body = await resp.read()
+                headers = {k.lower(): v for k, v in resp.headers.items()}
+                status = resp.status
+        except TimeoutError:
+            raise UpstreamTimeout(f"provider {provider.name} did not answer within {t.read:g}s") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(f"provider {provider.name} unreachable: {exc.__class__.__name__}") from None
+        if status >= 400:
+            raise _error_from(status, body, provider.name, headers)
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise UpstreamBadResponse(f"provider {provider.name} sent a body that is not JSON") from None
+        if not isinstance(data, dict):
+            raise UpstreamBadResponse(f"provider {provider.name} sent JSON that is not an object")
+        return UpstreamResponse(status=status, headers=headers, body=body, data=data)
+
+    async def open_stream(self, provider: ProviderSettings, endpoint: str, upstream_model: str,
+                          payload: bytes, request_id: str) -> UpstreamStream:
+        """Send the request and wait for the response headers; errors before then are raised."""
+        t = provider.timeouts
+        timeout = aiohttp.ClientTimeout(total=None, connect=t.connect, sock_connect=t.connect,
+                                        sock_read=t.stream_idle)
+        url = upstream_url(provider, endpoint, upstream_model)
+        try:
+            resp = await asyncio.wait_for(
+                self.session.post(url, data=payload, params=upstream_params(provider),
+                                  headers=upstream_headers(provider, request_id), timeout=timeout),
+                timeout=t.first_byte,
+            )
+        except TimeoutError:
+            raise UpstreamTimeout(f"provider {provider.name} sent no response within {t.first_byte:g}s") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(f"provider {provider.name} unreachable: {exc.__class__.__name__}") from None
+        if resp.status >= 400:
+            try:
+                body = await resp.read()
+            except (aiohttp.ClientError, TimeoutError):
+                body = b""
+            finally:
+                resp.release()
+            raise _error_from(resp.status, body, provider.name, {k.lower(): v for k, v in resp.headers.items()})
+        return UpstreamStream(resp, provider)
+
+
+class UpstreamStream:
+    """Server-sent events from an upstream, one ``(raw_frame, data)`` per event."""
+
+    def __init__(self, resp: aiohttp.ClientResponse, provider: ProviderSettings) -> None:
+        self.resp = resp
+        self.provider = provider
+        self.done = False  # saw ``data: [DONE]``
+
+    def close(self) -> None:
+        self.resp.close()
+
+    async def events(self) -> AsyncIterator[tuple[bytes, Any]]:
+        """Yield each event's raw bytes (ready to relay) and its parsed JSON data.
+
+        ``data`` is ``None`` for ``[DONE]`` and for comment/keep-alive frames.  A malformed data
+        line raises ``UpstreamBadResponse``; a dropped connection raises ``UpstreamUnavailable``.
+        """
+        lines: list[bytes] = []
+        try:
+            async for raw_line in self.resp.content:
+                line = raw_line.rstrip(b"\r\n")
+                if line:
+                    lines.append(line)
+                    continue
+                if not lines:
+                    continue
+                frame, lines = lines, []
+                yield self._event(frame)
+                if self.done:
+                    return
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"provider {self.provider.name} stream idle for {self.provider.timeouts.stream_idle:g}s"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(
+                f"provider {self.provider.name} stream broke: {exc.__class__.__name__}") from None
+        if lines:
+            yield self._event(lines)
+        if not self.done:
+            raise UpstreamUnavailable(f"provider {self.provider.name} stream ended without [DONE]")
+
+    def _event(self, frame: list[bytes]) -> tuple[bytes, Any]:
+        raw = b"\n".join(frame) + b"\n\n"
+        data_lines = [line[5:].lstrip(b" ") for line in frame if line.startswith(b"data:")]
+        if not data_lines:
+            return raw, None
+        payload = b"\n".join(data_lines)
+        if payload == b"[DONE]":
+            self.done = True
+            return raw, None
+        try:
+            return raw, orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            raise UpstreamBadResponse(f"provider {self.provider.name} sent a malformed stream event") from None
