@@ -7,6 +7,7 @@ off the event loop) → upstream HTTP session → client keys → budget account
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from costproxy import middlewares, proxy
 from costproxy.admin import routes as admin_routes
 from costproxy.analyzer.encodings import load_encodings
 from costproxy.analyzer.tokens import TokenCounter
+from costproxy.errors import StoreUnavailable
 from costproxy.identity import KeyRing
 from costproxy.keys import EXTRAS, HTTP_SESSION, KEYRING, METRICS, SERVICES, SETTINGS, STORE, TRACER
 from costproxy.ledger.accounts import Accounts, LedgerAccounts
@@ -87,8 +89,30 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     await store.open()
     app[STORE] = store
     app[KEYRING] = KeyRing(await store.load_keys())
+    refresher = asyncio.create_task(_refresh_keys(app), name="costproxy-key-refresh")
     yield
+    refresher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await refresher
     await store.close()
+
+
+KEY_REFRESH_SECONDS = 2.0
+
+
+async def _refresh_keys(app: web.Application) -> None:
+    """Pick up keys created or revoked by another process (the CLI) within ~2 s."""
+    store = app[STORE]
+    seen = await store.data_version()
+    while True:
+        await asyncio.sleep(KEY_REFRESH_SECONDS)
+        try:
+            version = await store.data_version()
+            if version != seen:
+                seen = version
+                app[KEYRING].replace(await store.load_keys())
+        except StoreUnavailable:
+            continue
 
 
 async def _session_ctx(app: web.Application) -> AsyncIterator[None]:

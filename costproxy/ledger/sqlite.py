@@ -7,8 +7,8 @@ seconds or when ``batch_size`` entries wait): that keeps the per-request cost of
 ledger write to a few microseconds of CPU.  ``close()`` flushes what is pending, so a clean
 shutdown loses nothing; a hard crash can lose at most the last ``flush_interval`` of entries.
 
-One process owns a SQLite file (``locking_mode=EXCLUSIVE``); several replicas share state
-through Redis instead.  The schema is versioned: ``MIGRATIONS`` run in order, once each.
+One serving process owns a SQLite file (the CLI may write keys into it concurrently: the server
+notices through ``PRAGMA data_version``); several replicas share state through Redis instead.  The schema is versioned: ``MIGRATIONS`` run in order, once each.
 """
 
 from __future__ import annotations
@@ -207,6 +207,10 @@ class SqliteStore:
     async def load_keys(self) -> list[KeyRecord]:
         rows = await self._run(lambda: self.conn().execute("SELECT * FROM api_keys").fetchall())
         return [KeyRecord(**{k: row[k] for k in row.keys()}) for row in rows]
+
+    async def data_version(self) -> int:
+        """Changes whenever another connection (e.g. ``costproxy keys create``) commits."""
+        return int(await self._run(lambda: self.conn().execute("PRAGMA data_version").fetchone()[0]))
 
     async def revoke_key(self, key_id: str) -> bool:
         changed = await self.execute(
