@@ -7,6 +7,7 @@ any key nobody asked for into an error, so typos in config files never pass sile
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -85,7 +86,7 @@ class Node:
             raise self.error(f"must be one of {', '.join(choices)}", self.value)
         return self.value
 
-    def opt_str(self) -> str | None:
+    def opt_str(self) -> builtins.str | None:
         return None if self.value is None else self.str()
 
     def int(self, *, minimum: int | None = None, maximum: int | None = None) -> int:
@@ -121,11 +122,11 @@ class Node:
             raise self.error(f"must be >= {minimum}", self.value)
         return result
 
-    def str_list(self) -> list[str]:
+    def str_list(self) -> list[builtins.str]:
         return [node.str() for node in self.elements()]
 
-    def str_map(self) -> dict[str, str]:
-        result: dict[str, str] = {}
+    def str_map(self) -> dict[builtins.str, builtins.str]:
+        result: dict[builtins.str, builtins.str] = {}
         for key, node in self.items():
             if isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
                 result[key] = str(node.value)

@@ -8,7 +8,7 @@ import aiohttp
 from aiohttp import web
 from opentelemetry.trace import Tracer
 
-from costproxy.identity import KeyRing
+from costproxy.identity import KeyRing, Principal
 from costproxy.ledger.sqlite import SqliteStore
 from costproxy.observability import Metrics
 from costproxy.pipeline import Services
@@ -22,3 +22,9 @@ METRICS = web.AppKey("metrics", Metrics)
 TRACER = web.AppKey("tracer", Tracer)
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
 EXTRAS = web.AppKey("extras", dict[str, Any])  # components added by optional subsystems
+
+# Per-request storage, set by the middlewares.
+REQUEST_ID = web.RequestKey("request_id", str)
+PRINCIPAL = web.RequestKey("principal", Principal)
+ADMIN_ROLE = web.RequestKey("admin_role", str)  # "admin" or a read-only role
+TRUSTED_HEADERS = web.RequestKey("trusted_headers", dict[str, str])

@@ -20,7 +20,7 @@ from costproxy.errors import (
     Unauthenticated,
 )
 from costproxy.identity import Principal
-from costproxy.keys import KEYRING, SETTINGS
+from costproxy.keys import ADMIN_ROLE, EXTRAS, KEYRING, PRINCIPAL, REQUEST_ID, SETTINGS, TRUSTED_HEADERS
 from costproxy.pipeline import new_request_id
 from costproxy.settings import Settings, TrustedProxySettings
 
@@ -54,7 +54,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     request_id = request.headers.get("x-request-id") or new_request_id()
     if len(request_id) > 128 or not request_id.isascii():
         request_id = new_request_id()
-    request["request_id"] = request_id
+    request[REQUEST_ID] = request_id
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     try:
@@ -93,9 +93,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     settings = request.app[SETTINGS]
     if path.startswith("/api/"):
-        request["admin"] = authenticate_admin(request, settings)
+        request[ADMIN_ROLE] = authenticate_admin(request, settings)
         return await handler(request)
-    request["principal"] = authenticate_client(request, settings)
+    request[PRINCIPAL] = authenticate_client(request, settings)
     return await handler(request)
 
 
@@ -113,7 +113,7 @@ def authenticate_admin(request: web.Request, settings: Settings) -> str:
     if token is None:
         raise Unauthenticated("missing admin token: send 'Authorization: Bearer <admin token>'")
     if not hmac.compare_digest(token.encode(), settings.admin_token.encode()):
-        scoped = request.app.get("scoped_tokens")
+        scoped = request.app[EXTRAS].get("scoped_tokens")
         if callable(scoped):
             role = scoped(token)
             if role is not None:
@@ -158,9 +158,9 @@ def authenticate_client(request: web.Request, settings: Settings) -> Principal:
     if trusted is None:
         if asserted:
             log.warning("untrusted_identity_headers_ignored", headers=sorted(asserted))
-        request["trusted_headers"] = {}
+        request[TRUSTED_HEADERS] = {}
         return principal
-    request["trusted_headers"] = asserted
+    request[TRUSTED_HEADERS] = asserted
     fields = {attr: request.headers[h] for h, attr in IDENTITY_HEADERS.items() if h in request.headers}
     return Principal(key_id=principal.key_id, user=fields.get("user", principal.user),
                      team=fields.get("team", principal.team), org=fields.get("org", principal.org),

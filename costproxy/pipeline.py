@@ -93,7 +93,7 @@ class Outcome:
     """What happened, filled in as the call proceeds; ``settle`` turns it into a ledger entry."""
 
     model: ModelSpec
-    usage: Usage = Usage(reported=False)
+    usage: Usage = field(default_factory=lambda: Usage(reported=False))
     status: str = "ok"
     http_status: int = 200
     error_code: str | None = None

@@ -10,7 +10,7 @@ import structlog
 from aiohttp import web
 
 from costproxy.errors import InvalidJSON, InvalidRequest, ProviderError, ProxyError
-from costproxy.keys import METRICS, SERVICES
+from costproxy.keys import METRICS, PRINCIPAL, REQUEST_ID, SERVICES, TRUSTED_HEADERS
 from costproxy.ledger.accounts import Reservation
 from costproxy.ledger.entry import LedgerEntry
 from costproxy.money import format_usd
@@ -44,10 +44,10 @@ async def read_body(request: web.Request) -> dict[str, Any]:
 
 
 def request_context(request: web.Request, endpoint: str) -> RequestContext:
-    trusted: dict[str, str] = request.get("trusted_headers", {})
+    trusted = request.get(TRUSTED_HEADERS, {})
     return RequestContext(
-        request_id=request["request_id"],
-        principal=request["principal"],
+        request_id=request[REQUEST_ID],
+        principal=request[PRINCIPAL],
         endpoint=endpoint,
         headers=trusted,
         correlation_id=request.headers.get("x-correlation-id"),

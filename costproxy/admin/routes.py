@@ -9,7 +9,7 @@ from aiohttp import web
 
 from costproxy.errors import Forbidden, InvalidJSON, InvalidRequest, NotFound
 from costproxy.identity import KeyRecord, hash_key, new_key, new_key_id
-from costproxy.keys import KEYRING, STORE
+from costproxy.keys import ADMIN_ROLE, KEYRING, STORE
 from costproxy.ledger.sqlite import SqliteStore
 from costproxy.money import format_usd
 
@@ -17,7 +17,7 @@ KEY_FIELDS = ("name", "user", "team", "org", "project")
 
 
 def require_admin(request: web.Request) -> None:
-    if request.get("admin") != "admin":
+    if request.get(ADMIN_ROLE) != "admin":
         raise Forbidden("this endpoint needs the admin token; the presented token is read-only")
 
 

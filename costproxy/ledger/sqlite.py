@@ -8,7 +8,8 @@ ledger write to a few microseconds of CPU.  ``close()`` flushes what is pending,
 shutdown loses nothing; a hard crash can lose at most the last ``flush_interval`` of entries.
 
 One serving process owns a SQLite file (the CLI may write keys into it concurrently: the server
-notices through ``PRAGMA data_version``); several replicas share state through Redis instead.  The schema is versioned: ``MIGRATIONS`` run in order, once each.
+notices through ``PRAGMA data_version``); several replicas share state through Redis instead.
+The schema is versioned: ``MIGRATIONS`` run in order, once each.
 """
 
 from __future__ import annotations

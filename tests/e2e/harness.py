@@ -10,13 +10,12 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-import urllib.error
-import urllib.request
 
 from costproxy.simulator import Simulator, start_simulator
 
