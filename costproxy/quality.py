@@ -1,0 +1,205 @@
+"""Expected answer quality per model, task type and difficulty: what the selection engine trades
+against cost.
+
+A quality is a number in [0, 1] — the expected share of requests of that kind the model answers
+acceptably (accuracy on an evaluation set).  Profiles live in a YAML file (``config/quality.yaml``
+holds documented priors; ``costproxy calibrate`` writes fitted ones in the same format)::
+
+    version: 1
+    source: "what these numbers are and where they come from"
+    difficulty_buckets:            # upper edges of the difficulty buckets, strictly increasing in (0, 1)
+      default: [0.35, 0.55]        # 3 buckets: easy < 0.35 <= medium < 0.55 <= hard
+      question_answering: [0.4]    # optional per-task edges (calibration uses per-task quantiles)
+    tier_priors: {economy: 0.62, standard: 0.74, premium: 0.84}
+    models:
+      gpt-4o-mini:
+        overall: 0.74
+        tasks:
+          code_generation: {overall: 0.72, buckets: [0.80, 0.72, 0.60], samples: 0}
+          classification: 0.86     # short form: the task's overall quality only
+    registry:                      # optional: models not in models.yaml (calibrated data sets)
+      models: {...}                # the models.yaml format (costproxy/registry.py)
+
+Lookup falls back from the most specific estimate to the least: model+task+bucket → model+task
+→ model overall → the model's tier prior (→ ``default_prior`` for an unknown tier).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import Any
+
+from costproxy.analyzer.tasks import TASK_TYPES
+from costproxy.config_schema import Node
+from costproxy.registry import TIERS, Registry, parse_registry
+
+QUALITY_FORMAT_VERSION = 1
+DEFAULT_BUCKET_EDGES = (0.35, 0.55)
+LEVELS = ("bucket", "task", "model", "tier", "default")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskQuality:
+    overall: float | None
+    buckets: tuple[float | None, ...] = ()
+    samples: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelQuality:
+    overall: float | None
+    tasks: Mapping[str, TaskQuality] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QualityProfiles:
+    models: Mapping[str, ModelQuality]
+    tier_priors: Mapping[str, float]
+    bucket_edges: Mapping[str, tuple[float, ...]] = field(
+        default_factory=lambda: {"default": DEFAULT_BUCKET_EDGES}
+    )
+    source: str = ""
+    default_prior: float = 0.6
+    registry: Registry | None = None  # models a calibrated data set brings along
+
+    def edges(self, task_type: str) -> tuple[float, ...]:
+        return self.bucket_edges.get(task_type) or self.bucket_edges.get("default", DEFAULT_BUCKET_EDGES)
+
+    def bucket(self, task_type: str, difficulty: float) -> int:
+        """Index of the difficulty bucket (0 = easiest) for this task."""
+        return bisect_right(self.edges(task_type), difficulty)
+
+    def lookup(self, model_id: str, tier: str, task_type: str, bucket: int) -> tuple[float, str]:
+        """(expected quality, level it came from: one of ``LEVELS``)."""
+        model = self.models.get(model_id)
+        if model is not None:
+            task = model.tasks.get(task_type)
+            if task is not None:
+                if 0 <= bucket < len(task.buckets):
+                    value = task.buckets[bucket]
+                    if value is not None:
+                        return value, "bucket"
+                if task.overall is not None:
+                    return task.overall, "task"
+            if model.overall is not None:
+                return model.overall, "model"
+        prior = self.tier_priors.get(tier)
+        if prior is not None:
+            return prior, "tier"
+        return self.default_prior, "default"
+
+    def expected(self, model_id: str, tier: str, task_type: str, difficulty: float) -> float:
+        return self.lookup(model_id, tier, task_type, self.bucket(task_type, difficulty))[0]
+
+
+# --- parsing ------------------------------------------------------------------------------------
+
+
+def _quality(node: Node) -> float:
+    return node.number(minimum=0.0, maximum=1.0)
+
+
+def _opt_quality(node: Node) -> float | None:
+    return None if node.value is None else _quality(node)
+
+
+def _parse_edges(node: Node) -> dict[str, tuple[float, ...]]:
+    result: dict[str, tuple[float, ...]] = {}
+    for task, edges_node in node.items():
+        if task != "default" and task not in TASK_TYPES:
+            raise edges_node.error(f"unknown task type (known: default, {', '.join(TASK_TYPES)})", task)
+        edges = tuple(e.number(minimum=0.0, maximum=1.0) for e in edges_node.elements())
+        if any(b <= a for a, b in pairwise(edges)):
+            raise edges_node.error("bucket edges must be strictly increasing", list(edges))
+        result[task] = edges
+    result.setdefault("default", DEFAULT_BUCKET_EDGES)
+    return result
+
+
+def _parse_task(node: Node, n_buckets: int) -> TaskQuality:
+    if not isinstance(node.value, dict):
+        return TaskQuality(overall=_quality(node))
+    buckets_node = node.child("buckets", [])
+    buckets = tuple(_opt_quality(b) for b in buckets_node.elements())
+    if buckets and len(buckets) != n_buckets:
+        raise buckets_node.error(f"needs {n_buckets} values (one per difficulty bucket)", list(buckets))
+    task = TaskQuality(
+        overall=_opt_quality(node.child("overall", None)),
+        buckets=buckets,
+        samples=node.child("samples", 0).int(minimum=0),
+    )
+    node.done()
+    return task
+
+
+def _parse_model(node: Node, edges: Mapping[str, tuple[float, ...]]) -> ModelQuality:
+    tasks: dict[str, TaskQuality] = {}
+    for task_type, task_node in node.child("tasks", {}).items():
+        if task_type not in TASK_TYPES:
+            raise task_node.error(f"unknown task type (known: {', '.join(TASK_TYPES)})", task_type)
+        n_buckets = len(edges.get(task_type) or edges["default"]) + 1
+        tasks[task_type] = _parse_task(task_node, n_buckets)
+    model = ModelQuality(overall=_opt_quality(node.child("overall", None)), tasks=tasks)
+    node.done()
+    return model
+
+
+def parse_quality(document: Any, file: str) -> QualityProfiles:
+    """Build ``QualityProfiles`` from a parsed quality YAML; errors name file, dotted path and value."""
+    root = Node(document, file)
+    root.child("version", QUALITY_FORMAT_VERSION).int(minimum=1, maximum=QUALITY_FORMAT_VERSION)
+    edges = _parse_edges(root.child("difficulty_buckets", {}))
+    tier_priors: dict[str, float] = {}
+    for tier, prior_node in root.child("tier_priors", {}).items():
+        if tier not in TIERS:
+            raise prior_node.error(f"unknown tier (known: {', '.join(TIERS)})", tier)
+        tier_priors[tier] = _quality(prior_node)
+    models = {model_id: _parse_model(node, edges) for model_id, node in root.child("models", {}).items()}
+    registry_node = root.child("registry", None)
+    registry = None if registry_node.value is None else parse_registry(registry_node.value, file)
+    profiles = QualityProfiles(
+        models=models,
+        tier_priors=tier_priors,
+        bucket_edges=edges,
+        source=root.child("source", "").str(allow_empty=True),
+        default_prior=_quality(root.child("default_prior", 0.6)),
+        registry=registry,
+    )
+    root.done()
+    return profiles
+
+
+# --- writing (pure: returns the document; the caller dumps it) ----------------------------------
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def quality_document(profiles: QualityProfiles, registry: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The YAML document for ``profiles`` (``parse_quality`` reads it back unchanged)."""
+    models: dict[str, Any] = {}
+    for model_id, model in profiles.models.items():
+        tasks: dict[str, Any] = {}
+        for task_type, task in model.tasks.items():
+            entry: dict[str, Any] = {"overall": _rounded(task.overall)}
+            if task.buckets:
+                entry["buckets"] = [_rounded(b) for b in task.buckets]
+            entry["samples"] = task.samples
+            tasks[task_type] = entry
+        models[model_id] = {"overall": _rounded(model.overall), "tasks": tasks}
+    document: dict[str, Any] = {
+        "version": QUALITY_FORMAT_VERSION,
+        "source": profiles.source,
+        "difficulty_buckets": {task: [round(e, 4) for e in edges]
+                               for task, edges in profiles.bucket_edges.items()},
+        "tier_priors": {tier: round(p, 4) for tier, p in profiles.tier_priors.items()},
+        "default_prior": round(profiles.default_prior, 4),
+        "models": models,
+    }
+    if registry is not None:
+        document["registry"] = dict(registry)
+    return document

@@ -1,0 +1,338 @@
+"""Selection invariants: capabilities, context, constraints, cheapest-sufficient, budget pressure."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from decimal import Decimal
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+import yaml
+
+from costproxy.analyzer.profile import RequestProfile
+from costproxy.errors import ConfigError, NoEligibleModel
+from costproxy.policy import Constraints
+from costproxy.quality import ModelQuality, QualityProfiles, TaskQuality, parse_quality, quality_document
+from costproxy.registry import ModelPrice, ModelSpec, Usage, parse_registry
+from costproxy.selection import BudgetPressure, Decision, SelectionConfig, parse_selection_config, select
+
+ROOT = Path(__file__).resolve().parents[2]
+ALL_CAPS = frozenset({"tools", "vision", "json_schema", "json_mode", "streaming"})
+
+
+def model(model_id: str, tier: str, price_in: str, price_out: str, *, provider: str = "p1",
+          context: int = 128_000, max_output: int = 8_192, caps: frozenset[str] = ALL_CAPS,
+          kind: str = "chat") -> ModelSpec:
+    return ModelSpec(
+        id=model_id, provider=provider, upstream_model=model_id, kind=kind, tier=tier,
+        context_window=context, max_output_tokens=max_output, capabilities=caps,
+        price=ModelPrice(input=Decimal(price_in), output=Decimal(price_out)),
+    )
+
+
+def models() -> list[ModelSpec]:
+    return [
+        model("tiny", "economy", "0.05", "0.10", provider="p1", caps=frozenset({"streaming"})),
+        model("small", "economy", "0.15", "0.60", provider="p2", context=16_000),
+        model("mid", "standard", "0.50", "2.00", provider="p1"),
+        model("mid2", "standard", "0.60", "2.40", provider="p3"),
+        model("big", "premium", "2.50", "10.00", provider="p2"),
+        model("huge", "premium", "10.00", "40.00", provider="p3", caps=frozenset({"streaming", "tools"})),
+        model("embed", "economy", "0.01", "0", kind="embedding", caps=frozenset({"embeddings"})),
+    ]
+
+
+def quality() -> QualityProfiles:
+    def mq(overall: float, code: tuple[float, float, float]) -> ModelQuality:
+        return ModelQuality(overall=overall, tasks={"code_generation": TaskQuality(overall=code[1], buckets=code)})
+
+    return QualityProfiles(
+        models={
+            "tiny": mq(0.55, (0.60, 0.45, 0.30)),
+            "small": mq(0.70, (0.80, 0.66, 0.50)),
+            "mid": mq(0.80, (0.88, 0.80, 0.70)),
+            "mid2": mq(0.81, (0.88, 0.81, 0.72)),
+            "big": mq(0.88, (0.92, 0.88, 0.84)),
+            "huge": mq(0.92, (0.94, 0.92, 0.91)),
+        },
+        tier_priors={"economy": 0.6, "standard": 0.75, "premium": 0.85},
+        bucket_edges={"default": (0.35, 0.55)},
+    )
+
+
+def profile(**changes: object) -> RequestProfile:
+    base = RequestProfile(
+        input_tokens=1_000, expected_output_tokens=400, max_output_tokens=None,
+        task_type="code_generation", difficulty=0.45, required_capabilities=frozenset(),
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def run(p: RequestProfile | None = None, c: Constraints | None = None, pressure: BudgetPressure | None = None,
+        config: SelectionConfig | None = None, candidates: list[ModelSpec] | None = None) -> str:
+    return decide(p, c, pressure, config, candidates).model
+
+
+def decide(p: RequestProfile | None = None, c: Constraints | None = None, pressure: BudgetPressure | None = None,
+           config: SelectionConfig | None = None, candidates: list[ModelSpec] | None = None) -> Decision:
+    return select(p or profile(), models() if candidates is None else candidates, quality(),
+                  c or Constraints(), pressure or BudgetPressure(), config or SelectionConfig())
+
+
+def cost_of(model_id: str, p: RequestProfile | None = None) -> int:
+    spec = next(m for m in models() if m.id == model_id)
+    p = p or profile()
+    return spec.cost(Usage(prompt_tokens=p.input_tokens, completion_tokens=p.expected_output_tokens))
+
+
+# --- cheapest sufficient -------------------------------------------------------------------------
+
+
+def test_chooses_cheapest_model_meeting_the_target() -> None:
+    decision = decide(config=SelectionConfig(balanced_gap=0.05))
+    # medium bucket: best huge 0.92, target 0.87 → big (0.88) is the cheapest that meets it
+    assert decision.model == "big"
+    assert decision.quality_target == pytest.approx(0.87)
+    assert decision.estimated_cost_nanos == cost_of("big")
+    for score in decision.scores:
+        if score.eligible and score.expected_quality >= decision.quality_target - 1e-9:
+            assert score.expected_cost_nanos >= decision.estimated_cost_nanos
+
+
+def test_modes_order_cost() -> None:
+    costs = [cost_of(run(c=Constraints(quality_mode=m))) for m in ("quality", "balanced", "economy")]
+    assert costs == sorted(costs, reverse=True)
+    assert run(c=Constraints(quality_mode="quality")) == "huge"
+
+
+def test_difficulty_bucket_changes_choice() -> None:
+    config = SelectionConfig(balanced_gap=0.08)
+    easy = run(profile(difficulty=0.1), config=config)
+    hard = run(profile(difficulty=0.9), config=config)
+    assert cost_of(easy) < cost_of(hard)
+
+
+def test_unknown_model_falls_back_to_tier_prior() -> None:
+    extra = model("newcomer", "standard", "0.30", "1.00", provider="p4")
+    decision = decide(candidates=[*models(), extra])
+    score = decision.score("newcomer")
+    assert score is not None and score.quality_source == "tier" and score.expected_quality == 0.75
+
+
+# --- eligibility ----------------------------------------------------------------------------------
+
+
+def test_capabilities_respected() -> None:
+    p = profile(required_capabilities=frozenset({"vision"}))
+    decision = decide(p, c=Constraints(quality_mode="quality"))
+    assert decision.model == "big"  # huge lacks vision
+    huge = decision.score("huge")
+    assert huge is not None and not huge.eligible and "vision" in (huge.reason_excluded or "")
+    for score in decision.scores:
+        if score.eligible:
+            spec = next(m for m in models() if m.id == score.model)
+            assert "vision" in spec.capabilities
+    assert run(c=Constraints(required_capabilities=frozenset({"tools"}), quality_mode="economy")) != "tiny"
+
+
+def test_embedding_models_never_chosen() -> None:
+    decision = decide(c=Constraints(quality_mode="economy"))
+    embed = decision.score("embed")
+    assert embed is not None and not embed.eligible and embed.reason_excluded == "embedding model"
+
+
+def test_context_window_respected() -> None:
+    p = profile(input_tokens=15_800, difficulty=0.1)
+    decision = decide(p, c=Constraints(quality_mode="economy"))
+    small = decision.score("small")
+    assert small is not None and not small.eligible and "context window" in (small.reason_excluded or "")
+    for score in decision.scores:
+        if score.eligible:
+            spec = next(m for m in models() if m.id == score.model)
+            assert spec.context_window >= p.input_tokens + p.expected_output_tokens
+
+
+def test_output_cap_bounded_by_request_and_context() -> None:
+    decision = decide(profile(max_output_tokens=500))
+    assert decision.output_cap == 500
+    assert decision.worst_case_nanos == next(m for m in models() if m.id == decision.model).worst_case_cost(1_000, 500)
+
+
+def test_no_eligible_model_raises_with_reasons() -> None:
+    with pytest.raises(NoEligibleModel) as info:
+        decide(profile(input_tokens=500_000))
+    assert "context window" in info.value.message
+    assert info.value.status == 422
+    with pytest.raises(NoEligibleModel):
+        decide(candidates=[])
+    with pytest.raises(NoEligibleModel):
+        decide(c=Constraints(pinned_model="tiny", required_capabilities=frozenset({"vision"})))
+
+
+# --- constraints ----------------------------------------------------------------------------------
+
+
+def test_constraints_respected() -> None:
+    assert run(c=Constraints(pinned_model="mid")) == "mid"
+    assert run(c=Constraints(pinned_tier="economy", quality_mode="quality")) == "small"
+    assert run(c=Constraints(excluded_models=frozenset({"huge"}), quality_mode="quality")) == "big"
+    assert run(c=Constraints(allowed_models=frozenset({"tiny", "mid"}), quality_mode="quality")) == "mid"
+    assert run(c=Constraints(allowed_tiers=frozenset({"standard"}), quality_mode="quality")) == "mid2"
+    assert run(c=Constraints(max_price_per_mtok_output="2.00", quality_mode="quality")) == "mid"
+    with pytest.raises(NoEligibleModel):
+        run(c=Constraints(min_quality=0.99))
+    decision = decide(c=Constraints(min_quality=0.85, quality_mode="economy"))
+    assert decision.model == "big" and decision.quality_target >= 0.85
+
+
+def test_max_cost_excludes_models_whose_worst_case_does_not_fit() -> None:
+    limit = 2_000_000  # $0.002: the premium models' input alone costs more
+    decision = decide(c=Constraints(max_cost_nanos=limit, quality_mode="quality"))
+    assert decision.worst_case_nanos <= limit
+    for score in decision.scores:
+        if score.eligible:
+            assert score.worst_case_nanos <= limit
+    huge = decision.score("huge")
+    assert huge is not None and not huge.eligible and "exceeds" in (huge.reason_excluded or "")
+
+
+def test_budget_fitting_output_cap_is_injected() -> None:
+    spec = next(m for m in models() if m.id == "big")
+    natural = spec.worst_case_cost(1_000, 8_192)
+    limit = spec.worst_case_cost(1_000, 2_000)
+    decision = decide(c=Constraints(pinned_model="big"), pressure=BudgetPressure(remaining_nanos=limit))
+    assert natural > limit
+    assert decision.output_cap == 2_000 and decision.worst_case_nanos <= limit
+
+
+def test_downgrade_uses_the_floor() -> None:
+    config = SelectionConfig(max_gap=0.15)
+    decision = decide(c=Constraints(downgrade=True), config=config)
+    assert decision.quality_target == pytest.approx(0.92 - 0.15)
+    assert decision.model == "mid"
+
+
+# --- budget pressure ------------------------------------------------------------------------------
+
+
+PRESSURES = [
+    BudgetPressure(used_fraction=u, burn_ratio=b) for u in (0.0, 0.4, 0.6, 0.8, 0.95, 1.0) for b in (0.0, 1.5, 3.0)
+]
+
+
+@pytest.mark.parametrize("difficulty", [0.1, 0.45, 0.9])
+@pytest.mark.parametrize("mode", ["economy", "balanced", "quality"])
+def test_monotone_under_budget_pressure(difficulty: float, mode: str) -> None:
+    config = SelectionConfig()
+    p = profile(difficulty=difficulty)
+    ordered = sorted(PRESSURES, key=config.pressure)
+    costs = [decide(p, Constraints(quality_mode=mode), pr, config).estimated_cost_nanos for pr in ordered]
+    assert all(b <= a for a, b in pairwise(costs))
+
+
+def test_monotone_as_remaining_budget_shrinks() -> None:
+    costs = []
+    for remaining in (None, 10**9, 10**7, 3 * 10**6, 10**6, 2 * 10**5):
+        pressure = BudgetPressure(used_fraction=0.9, remaining_nanos=remaining)
+        costs.append(decide(profile(), Constraints(quality_mode="quality"), pressure).estimated_cost_nanos)
+    assert all(b <= a for a, b in pairwise(costs))
+
+
+def test_pressure_lowers_target_but_never_below_floor() -> None:
+    config = SelectionConfig(balanced_gap=0.03, pressure_gap=0.5, max_gap=0.12, quality_floor=0.82)
+    calm = decide(pressure=BudgetPressure(), config=config)
+    stressed = decide(pressure=BudgetPressure(used_fraction=1.0, burn_ratio=5.0), config=config)
+    assert stressed.pressure == 1.0 and calm.pressure == 0.0
+    assert stressed.quality_target < calm.quality_target
+    assert stressed.quality_target >= 0.92 - 0.12 - 1e-9
+    assert stressed.quality_target >= 0.82
+    assert stressed.expected_quality >= 0.82
+
+
+def test_pressure_ramp() -> None:
+    config = SelectionConfig(pressure_start=0.5, burn_start=1.0, burn_full=2.0)
+    assert config.pressure(BudgetPressure(used_fraction=0.5)) == 0.0
+    assert config.pressure(BudgetPressure(used_fraction=0.75)) == pytest.approx(0.5)
+    assert config.pressure(BudgetPressure(burn_ratio=1.5)) == pytest.approx(0.5)
+    assert config.pressure(BudgetPressure(used_fraction=2.0)) == 1.0
+
+
+# --- decision contents ------------------------------------------------------------------------------
+
+
+def test_decision_has_id_scores_reasons_and_fallbacks() -> None:
+    decision = select(profile(), models(), quality(), Constraints(), BudgetPressure(), SelectionConfig(),
+                      decision_id="abc")
+    assert decision.id == "abc"
+    assert len(decision.scores) == len(models())
+    assert decision.reasons and decision.model in decision.reasons[3]
+    auto_id = decide().id
+    assert len(auto_id) == 32 and int(auto_id, 16) >= 0
+    assert decision.model not in decision.fallback_chain
+    assert len(decision.fallback_chain) <= SelectionConfig().max_fallbacks
+    eligible = {s.model for s in decision.scores if s.eligible}
+    assert set(decision.fallback_chain) <= eligible
+
+
+def test_fallbacks_prefer_other_providers() -> None:
+    decision = decide(c=Constraints(quality_mode="economy"), config=SelectionConfig(economy_gap=0.3))
+    chosen = decision.score(decision.model)
+    first = decision.score(decision.fallback_chain[0])
+    assert chosen is not None and first is not None
+    assert first.provider != chosen.provider
+
+
+def test_selection_is_fast_for_thirty_candidates() -> None:
+    import time
+
+    candidates = [replace(m, id=f"{m.id}-{i}") for i in range(5) for m in models()[:6]]
+    select(profile(), candidates, quality(), Constraints(), BudgetPressure(), SelectionConfig())
+    runs = 200
+    start = time.perf_counter()
+    for _ in range(runs):
+        select(profile(), candidates, quality(), Constraints(), BudgetPressure(remaining_nanos=10**9),
+               SelectionConfig())
+    assert (time.perf_counter() - start) / runs < 0.002  # bench/selection_bench.py reports p50/p99
+
+
+# --- configuration files ---------------------------------------------------------------------------
+
+
+def test_parse_selection_config() -> None:
+    config = parse_selection_config({"balanced_gap": 0.05, "max_fallbacks": 2}, "costproxy.yaml")
+    assert config.balanced_gap == 0.05 and config.max_fallbacks == 2
+    assert parse_selection_config(None, "x.yaml") == SelectionConfig()
+    with pytest.raises(ConfigError, match=r"selection\.balanced_gapp: unknown key"):
+        parse_selection_config({"balanced_gapp": 0.05}, "costproxy.yaml")
+    with pytest.raises(ConfigError, match=r"selection\.max_gap"):
+        parse_selection_config({"max_gap": 2}, "costproxy.yaml")
+
+
+def test_repository_quality_priors_cover_every_chat_model() -> None:
+    registry = parse_registry(yaml.safe_load((ROOT / "config/models.yaml").read_text()), "models.yaml")
+    profiles = parse_quality(yaml.safe_load((ROOT / "config/quality.yaml").read_text()), "quality.yaml")
+    for spec in registry.models.values():
+        if spec.kind != "embedding":
+            assert spec.id in profiles.models, spec.id
+    assert "calibrate" in profiles.source
+
+
+def test_quality_document_round_trips() -> None:
+    original = quality()
+    again = parse_quality(yaml.safe_load(yaml.safe_dump(quality_document(original))), "q.yaml")
+    for model_id in original.models:
+        for bucket in range(3):
+            assert again.lookup(model_id, "economy", "code_generation", bucket) == original.lookup(
+                model_id, "economy", "code_generation", bucket)
+
+
+def test_quality_file_errors_name_the_path() -> None:
+    with pytest.raises(ConfigError, match=r"models\.m\.tasks\.coding"):
+        parse_quality({"models": {"m": {"tasks": {"coding": 0.5}}}}, "q.yaml")
+    with pytest.raises(ConfigError, match=r"models\.m\.tasks\.math\.buckets"):
+        parse_quality({"models": {"m": {"tasks": {"math": {"buckets": [0.5]}}}}}, "q.yaml")
+    with pytest.raises(ConfigError, match=r"models\.m\.overall"):
+        parse_quality({"models": {"m": {"overall": 1.5}}}, "q.yaml")
+    with pytest.raises(ConfigError, match="strictly increasing"):
+        parse_quality({"difficulty_buckets": {"default": [0.5, 0.2]}}, "q.yaml")
