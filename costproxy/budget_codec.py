@@ -8,6 +8,7 @@ decimal string or number in USD, converted exactly to nano-USD (sub-nano precisi
 The YAML section::
 
     budgets:
+      enabled: true                 # false: no enforcement on the SQLite store
       reservation_ttl_s: 900        # reservations older than this are reclaimed
       refresh_interval_s: 1.0       # Redis: how often counters and definitions are re-read
       definitions:
@@ -73,6 +74,7 @@ _JSON_READ_ONLY = ("createdAt", "updatedAt", "createdBy", "source", "readOnly", 
 
 @dataclass(frozen=True, slots=True)
 class BudgetSettings:
+    enabled: bool = True  # false: no budget enforcement (SQLite store only; Redis always accounts)
     reservation_ttl_s: float = 900.0
     refresh_interval_s: float = 1.0
     checkpoint_interval_s: float = 10.0
@@ -253,6 +255,7 @@ def parse_budget_config(value: Any, file: str, path: str = "budgets") -> BudgetC
         return BudgetConfig(BudgetSettings(), _parse_static(node))
     defaults = BudgetSettings()
     settings = BudgetSettings(
+        enabled=node.child("enabled", True).bool(),
         reservation_ttl_s=node.child("reservation_ttl_s", defaults.reservation_ttl_s).number(minimum=1),
         refresh_interval_s=node.child("refresh_interval_s", defaults.refresh_interval_s).number(minimum=0.05),
         checkpoint_interval_s=node.child("checkpoint_interval_s", defaults.checkpoint_interval_s).number(
@@ -365,7 +368,8 @@ def usd(nanos: int) -> str:
 
 
 def iso(ms: int | None) -> str | None:
-    if ms is None:
+    """Epoch ms as ISO 8601 UTC; None and 0 (unknown, e.g. fired before a restart) give None."""
+    if not ms:
         return None
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
