@@ -1,0 +1,181 @@
+"""Redis key layout and the Lua scripts that move budget money atomically across replicas.
+
+Key layout (``P`` is ``budgets.key_prefix``, default ``cp``; ``{…}`` is the Redis Cluster hash tag)::
+
+    P:{<org>}:b:<budget_id>:<period_key>  hash   spent, reserved (nano-USD), f<pct> (threshold fired at ms)
+    P:{<org>}:r:<token>                   hash   one reservation: <counter key> -> amount, _exp -> ms
+    P:{<org>}:rx                          zset   reservation tokens by expiry (ms)
+    P:{<org>}:d:<token>                   string settled marker (makes settle idempotent on retry)
+    P:{<org>}:ledger                      stream the ledger: one entry per settle (field ``e``, JSON)
+    P:partitions                          set    every <org> partition in use (for mirrors, reclaim)
+    P:{defs}:budgets / :overrides          hash   definitions by id (JSON), P:{defs}:version (counter)
+    P:{defs}:audit                        stream audit trail of definition changes
+
+``<org>`` is a budget's partition: the org id of an org budget, the ``org`` of any other budget,
+``_`` for budgets without one.  Every key of one organisation carries the same hash tag, so on a
+Redis Cluster a chain (org → team → project → user → key of that org) lives in one slot and one
+script can check and reserve all of it.  Give non-org budgets their ``org`` on a Cluster: a chain
+that mixes partitions works on a single Redis but a Cluster refuses it (CROSSSLOT), which the
+accounts report as ``StoreUnavailable`` naming the budgets.  Scripts also touch keys they read
+from a reservation (counters to release): those share the reservation's tag, which Cluster allows.
+
+Period roll-over needs no cron and no lock: the period key is part of the counter's name, so the
+first reservation of a new period simply starts a new hash; each counter gets ``PEXPIREAT`` at
+its period's end plus the ledger retention, so old periods disappear on their own.
+
+Numbers: Redis integers are 64-bit and every ``HINCRBY`` here is exact (amounts travel as
+strings); comparisons run in Lua doubles, exact up to 2**53 nano-USD (about $9M) per counter, so
+the accounts refuse limits above ``MAX_EXACT_NANOS`` in Redis mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MAX_EXACT_NANOS = 2**52  # limit + any single amount stays below 2**53: exact in Lua doubles
+SHARED_PARTITION = "_"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisKeys:
+    prefix: str = "cp"
+
+    def tag(self, partition: str) -> str:
+        return f"{self.prefix}:{{{partition or SHARED_PARTITION}}}"
+
+    def counter(self, partition: str, budget_id: str, period_key: str) -> str:
+        return f"{self.tag(partition)}:b:{budget_id}:{period_key}"
+
+    def reservation_prefix(self, partition: str) -> str:
+        return f"{self.tag(partition)}:r:"
+
+    def expiries(self, partition: str) -> str:
+        return f"{self.tag(partition)}:rx"
+
+    def done(self, partition: str, token: str) -> str:
+        return f"{self.tag(partition)}:d:{token}"
+
+    def ledger(self, partition: str) -> str:
+        return f"{self.tag(partition)}:ledger"
+
+    @property
+    def partitions(self) -> str:
+        return f"{self.prefix}:partitions"
+
+    def defs(self, name: str) -> str:
+        return f"{self.prefix}:{{defs}}:{name}"
+
+
+_RECLAIM_FN = """
+local function reclaim(zkey, rprefix, now, limit)
+  local tokens = redis.call('ZRANGEBYSCORE', zkey, '-inf', now, 'LIMIT', 0, limit)
+  for _, token in ipairs(tokens) do
+    local rkey = rprefix .. token
+    local held = redis.call('HGETALL', rkey)
+    for j = 1, #held, 2 do
+      if string.sub(held[j], 1, 1) ~= '_' and held[j + 1] ~= '0' then
+        redis.call('HINCRBY', held[j], 'reserved', '-' .. held[j + 1])
+      end
+    end
+    redis.call('DEL', rkey)
+    redis.call('ZREM', zkey, token)
+  end
+  return #tokens
+end
+"""
+
+# KEYS: counter_1..counter_n, reservation, expiries
+# ARGV: now, ttl, amount, token, reservation prefix, reclaim batch, then per counter: limit
+#       (-1: soft), gate (-1: none), expire-at ms (0: never, a total budget without end)
+# Returns {'ok', spent_1, reserved_1, ...} (before this reservation), {'over'|'gate', i, spent,
+# reserved}, or {'dup'} when this token is already reserved (a client retry after a lost reply).
+RESERVE = _RECLAIM_FN + """
+local n = #KEYS - 2
+local now, ttl, amount = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local res, zkey = KEYS[n + 1], KEYS[n + 2]
+if redis.call('EXISTS', res) == 1 then return {'dup'} end
+reclaim(zkey, ARGV[5], now, tonumber(ARGV[6]))
+local out = {'ok'}
+for i = 1, n do
+  local c = redis.call('HMGET', KEYS[i], 'spent', 'reserved')
+  local spent, reserved = tonumber(c[1] or '0'), tonumber(c[2] or '0')
+  local base = 6 + 3 * (i - 1)
+  local limit, gate = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
+  if gate >= 0 and spent >= gate then return {'gate', i, spent, reserved} end
+  if limit >= 0 and spent + reserved + amount > limit then return {'over', i, spent, reserved} end
+  out[#out + 1] = spent
+  out[#out + 1] = reserved
+end
+for i = 1, n do
+  if ARGV[3] ~= '0' then redis.call('HINCRBY', KEYS[i], 'reserved', ARGV[3]) end
+  if ARGV[6 + 3 * i] ~= '0' then redis.call('PEXPIREAT', KEYS[i], ARGV[6 + 3 * i]) end
+  redis.call('HSET', res, KEYS[i], ARGV[3])
+end
+redis.call('HSET', res, '_exp', ARGV[1] + 0 + ttl)
+redis.call('PEXPIRE', res, ttl * 4)
+redis.call('ZADD', zkey, now + ttl, ARGV[4])
+return out
+"""
+
+# KEYS: counter_1..counter_n, reservation, expiries, done marker, ledger stream
+# ARGV: now, token, cost, entry JSON ('' for none), stream MINID, done TTL ms, then per counter:
+#       expire-at ms, thresholds "pct:amount,..." (amount: nano-USD that reaches pct)
+# Returns {'dup'} if already settled, else {'ok', spent_1, reserved_1, fired_1, ...} after it.
+SETTLE = """
+local n = #KEYS - 4
+local res, zkey, done, stream = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3], KEYS[n + 4]
+if not redis.call('SET', done, '1', 'PX', ARGV[6], 'NX') then return {'dup'} end
+local held = redis.call('HGETALL', res)
+for j = 1, #held, 2 do
+  if string.sub(held[j], 1, 1) ~= '_' and held[j + 1] ~= '0' then
+    redis.call('HINCRBY', held[j], 'reserved', '-' .. held[j + 1])
+  end
+end
+redis.call('DEL', res)
+redis.call('ZREM', zkey, ARGV[2])
+local out = {'ok'}
+for i = 1, n do
+  local base = 6 + 2 * (i - 1)
+  local spent
+  if ARGV[3] ~= '0' then
+    spent = redis.call('HINCRBY', KEYS[i], 'spent', ARGV[3])
+    if ARGV[base + 1] ~= '0' then redis.call('PEXPIREAT', KEYS[i], ARGV[base + 1]) end
+  else
+    spent = tonumber(redis.call('HGET', KEYS[i], 'spent') or '0')
+  end
+  local fired = ''
+  for pct, amt in string.gmatch(ARGV[base + 2], '(%d+):(%d+)') do
+    if spent >= tonumber(amt) and redis.call('HSETNX', KEYS[i], 'f' .. pct, ARGV[1]) == 1 then
+      fired = fired .. pct .. ','
+    end
+  end
+  out[#out + 1] = spent
+  out[#out + 1] = tonumber(redis.call('HGET', KEYS[i], 'reserved') or '0')
+  out[#out + 1] = fired
+end
+if ARGV[4] ~= '' then
+  redis.call('XADD', stream, 'MINID', '~', ARGV[5], '*', 'e', ARGV[4])
+end
+return out
+"""
+
+# KEYS: expiries; ARGV: reservation prefix, now, batch.  Returns how many were reclaimed.
+RECLAIM = _RECLAIM_FN + """
+return reclaim(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
+"""
+
+# KEYS: definitions hash, version, audit stream; ARGV: mode (create|update|delete|put), id, body,
+# audit JSON.  Returns 1 if applied, 0 if create found the id or update/delete did not.
+DEFINE = """
+local exists = redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1
+if ARGV[1] == 'create' and exists then return 0 end
+if (ARGV[1] == 'update' or ARGV[1] == 'delete') and not exists then return 0 end
+if ARGV[1] == 'delete' then
+  redis.call('HDEL', KEYS[1], ARGV[2])
+else
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+end
+redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', '100000', '*', 'a', ARGV[4])
+return 1
+"""
