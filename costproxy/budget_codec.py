@@ -68,6 +68,8 @@ _NAMES: dict[str, tuple[str, str]] = {
     "channels": ("channels", "notificationChannels"), "message": ("message", "message"),
     "tiers": ("tiers", "tiers"), "models": ("models", "models"),
     "max_price_per_mtok": ("max_price_per_mtok", "maxPricePerMTok"), "type": ("type", "type"),
+    "amount_nanos": ("amount", "amount"), "expires_at_ms": ("expires_at", "expiresAt"),
+    "reason": ("reason", "reason"), "kind": ("type", "type"),
 }
 _JSON_READ_ONLY = ("createdAt", "updatedAt", "createdBy", "source", "readOnly", "hardLimit")
 
@@ -174,9 +176,12 @@ class _Reader:
 
     def _money(self, node: Node) -> int:
         try:
-            return usd_to_nanos(node.value, what="amount")
+            nanos = usd_to_nanos(node.value, what="amount")
         except MoneyError as exc:
             raise node.error(str(exc), node.value) from None
+        if nanos < 0:
+            raise node.error("must not be negative", node.value)
+        return nanos
 
     def _date(self, node: Node, tz_name: str) -> date | None:
         value = node.value
