@@ -12,26 +12,31 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import structlog
 from aiohttp import web
 from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from costproxy import middlewares, proxy
 from costproxy.admin import routes as admin_routes
+from costproxy.admin import selection_api
 from costproxy.analyzer.encodings import load_encodings
 from costproxy.analyzer.tokens import TokenCounter
 from costproxy.errors import StoreUnavailable
 from costproxy.identity import KeyRing
 from costproxy.keys import EXTRAS, HTTP_SESSION, KEYRING, METRICS, SERVICES, SETTINGS, STORE, TRACER
-from costproxy.ledger.accounts import Accounts, LedgerAccounts
+from costproxy.ledger.accounts import Accounts
+from costproxy.ledger.factory import open_accounts
 from costproxy.ledger.sqlite import SqliteStore, sqlite_path
 from costproxy.observability import make_metrics, make_tracer
 from costproxy.pipeline import Router, Services
-from costproxy.routing import StaticRouter
+from costproxy.selection_router import SelectionRouter, build_router
 from costproxy.settings import Settings
 
+log = structlog.get_logger("costproxy")
+
 AccountsFactory = Callable[[Settings, SqliteStore], Awaitable[Accounts]]
-RouterFactory = Callable[[Settings], Router]
+RouterFactory = Callable[[Settings], Awaitable[Router]]
 
 
 def ledger_path(settings: Settings) -> str:
@@ -41,20 +46,8 @@ def ledger_path(settings: Settings) -> str:
     return str(settings.config_path.parent.parent / "data" / "costproxy-replica.sqlite3")
 
 
-async def default_accounts(settings: Settings, store: SqliteStore) -> Accounts:
-    try:
-        from costproxy.ledger.factory import open_accounts
-    except ImportError:  # budgets not built into this installation
-        return LedgerAccounts(store)
-    return await open_accounts(settings, store)
-
-
-def default_router(settings: Settings) -> Router:
-    try:
-        from costproxy.selection_router import build_router
-    except ImportError:
-        return StaticRouter(settings.registry)
-    return build_router(settings)
+async def default_router(settings: Settings) -> Router:
+    return await asyncio.to_thread(build_router, settings)
 
 
 def create_app(
@@ -75,9 +68,10 @@ def create_app(
     app[EXTRAS] = {}
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_session_ctx)
-    app.cleanup_ctx.append(_services_ctx(accounts_factory or default_accounts, router_factory or default_router))
+    app.cleanup_ctx.append(_services_ctx(accounts_factory or open_accounts, router_factory or default_router))
     proxy.add_routes(app)
     admin_routes.add_routes(app)
+    selection_api.add_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -137,14 +131,39 @@ def _services_ctx(accounts_factory: AccountsFactory,
             counter=TokenCounter(encodings),
             upstream=UpstreamClient(app[HTTP_SESSION]),
             accounts=accounts,
-            router=router_factory(settings),
+            router=await router_factory(settings),
         )
+        reloader = asyncio.create_task(_reload_rules(app), name="costproxy-rules-reload")
         yield
+        reloader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reloader
         close = getattr(accounts, "close", None)
         if close is not None:
             await close()
 
     return services_ctx
+
+
+RULES_POLL_SECONDS = 2.0
+
+
+async def _reload_rules(app: web.Application) -> None:
+    """Hot reload of ``rules/``: poll for changes off the loop; a bad file keeps the last good set."""
+    router = app[SERVICES].router
+    if not isinstance(router, SelectionRouter) or router.rules is None:
+        return
+    holder = router.rules
+    while True:
+        await asyncio.sleep(RULES_POLL_SECONDS)
+        result = await asyncio.to_thread(holder.reload_if_changed)
+        if result is None:
+            continue
+        if result.ok:
+            log.info("rules_reloaded", summary=result.summary())
+        else:
+            log.error("rules_reload_failed", errors=[str(e) for e in result.errors],
+                      kept=holder.current.digest)
 
 
 async def healthz(request: web.Request) -> web.Response:

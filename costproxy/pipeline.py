@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import orjson
 
 from costproxy.analyzer.tokens import TokenCounter
-from costproxy.errors import ContextTooLong, InvalidRequest, ProviderError, UnknownModel
+from costproxy.errors import BudgetExceeded, ContextTooLong, InvalidRequest, ProviderError, UnknownModel
 from costproxy.identity import Principal
 from costproxy.ledger.accounts import Accounts, BudgetView, Reservation
 from costproxy.ledger.entry import LedgerEntry
@@ -227,16 +227,30 @@ async def plan(services: Services, ctx: RequestContext, body: dict[str, Any]) ->
                 raise
             continue  # a fallback that cannot hold this prompt is dropped
         chain.append(model)
-    primary = chain[0]
-    worst = primary.worst_case_cost(input_tokens, caps[primary.id])
-    # Fallbacks must fit the same reservation; costlier ones are dropped rather than overspend.
-    chain = [m for m in chain if m.worst_case_cost(input_tokens, caps[m.id]) <= worst]
+    worst = max(m.worst_case_cost(input_tokens, caps[m.id]) for m in chain)
     stream = bool(body.get("stream")) and kind != "embedding"
     options = body.get("stream_options")
     wants_usage = isinstance(options, dict) and options.get("include_usage") is True
     return Plan(ctx=ctx, body=body, requested_model=requested, route=replace(route, chain=tuple(chain)),
                 input_tokens=input_tokens, stream=stream, client_wants_usage=wants_usage,
                 output_caps=caps, worst_case_nanos=worst)
+
+
+async def reserve(services: Services, plan_: Plan) -> tuple[Plan, Reservation]:
+    """Reserve the worst case of the whole chain; if the budget cannot hold that, keep only the
+    models whose worst case fits what the primary needs (a fallback never overspends)."""
+    accounts, ctx = services.accounts, plan_.ctx
+    try:
+        return plan_, await accounts.reserve(ctx.request_id, ctx.principal, plan_.worst_case_nanos)
+    except BudgetExceeded:
+        primary = plan_.primary
+        need = primary.worst_case_cost(plan_.input_tokens, plan_.output_caps[primary.id])
+        if need == plan_.worst_case_nanos:
+            raise
+    chain = tuple(m for m in plan_.route.chain
+                  if m.worst_case_cost(plan_.input_tokens, plan_.output_caps[m.id]) <= need)
+    narrowed = replace(plan_, route=replace(plan_.route, chain=chain), worst_case_nanos=need)
+    return narrowed, await accounts.reserve(ctx.request_id, ctx.principal, need)
 
 
 def upstream_payload(plan: Plan, model: ModelSpec) -> bytes:

@@ -23,6 +23,7 @@ from costproxy.pipeline import (
     observe_chunk,
     open_stream,
     plan,
+    reserve,
     settle,
 )
 from costproxy.providers.client import UpstreamStream
@@ -96,9 +97,8 @@ def make_handler(endpoint: str) -> Any:
         body = await read_body(request)
         if endpoint == "embeddings" and body.get("stream"):
             raise InvalidRequest("embeddings cannot be streamed", param="stream")
-        the_plan = await plan(services, request_context(request, endpoint), body)
-        reservation = await services.accounts.reserve(the_plan.ctx.request_id, the_plan.ctx.principal,
-                                                      the_plan.worst_case_nanos)
+        the_plan, reservation = await reserve(services, await plan(services, request_context(request, endpoint),
+                                                                   body))
         if the_plan.stream:
             return await relay_stream(request, services, the_plan, reservation)
         return await answer_unary(request, services, the_plan, reservation)

@@ -123,6 +123,8 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
     registry = parse_registry(read_yaml(models_path), str(models_path), providers)
     rules_dir = _relative(base, root.child("rules_dir", "../rules").str())
     quality = root.child("quality_file", None).opt_str()
+    if quality is None and (base / "quality.yaml").exists():
+        quality = "quality.yaml"
     store_url = env.get("COSTPROXY_STORE_URL") or root.child("store", {}).child("url", "sqlite:///data/costproxy.sqlite3").str()
     _check_store_url(store_url, root)
     admin = root.child("admin", {})

@@ -47,6 +47,21 @@ TEST_MODELS: dict[str, Any] = {
 }
 
 
+# Quality profiles for the test registry: economy models are as good as the premium one on easy
+# classification, much worse on math.
+TEST_QUALITY: dict[str, Any] = {
+    "version": 1,
+    "source": "tests",
+    "tier_priors": {"economy": 0.6, "standard": 0.7, "premium": 0.85},
+    "models": {
+        "big": {"overall": 0.9, "tasks": {"classification": {"overall": 0.95}, "math": {"overall": 0.9}}},
+        "small": {"overall": 0.7, "tasks": {"classification": {"overall": 0.94}, "math": {"overall": 0.4},
+                                            "translation": {"overall": 0.9}}},
+        "backup": {"overall": 0.65, "tasks": {"classification": {"overall": 0.93}, "math": {"overall": 0.3}}},
+    },
+}
+
+
 @pytest.fixture
 async def simulator() -> AsyncIterator[tuple[str, Simulator]]:
     runner, url, sim = await start_simulator()
@@ -68,6 +83,7 @@ def write_config(tmp_path: Path) -> ConfigFactory:
         config_dir.mkdir(exist_ok=True)
         rules_dir.mkdir(exist_ok=True)
         (config_dir / "models.yaml").write_text(yaml.safe_dump(models or TEST_MODELS))
+        (config_dir / "quality.yaml").write_text(yaml.safe_dump(TEST_QUALITY))
         for name, document in (rules or {}).items():
             (rules_dir / name).write_text(yaml.safe_dump(document))
         provider = {"base_url": upstream_url, "api_key_env": "SIM_API_KEY",

@@ -1,0 +1,139 @@
+"""Selection, steering and fallback through the running app against the simulated upstream."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import yaml
+
+from costproxy.keys import SERVICES
+
+ADMIN = {"Authorization": "Bearer test-admin-token"}
+SIMPLE = {"model": "auto", "messages": [{"role": "user", "content": "Classify the sentiment of: I love it."}]}
+
+
+async def test_auto_selects_cheaper_model_with_decision(make_proxy) -> None:
+    proxy = await make_proxy()
+    resp = await proxy.client.post("/v1/chat/completions", json=SIMPLE, headers=proxy.auth())
+    assert resp.status == 200, await resp.text()
+    served = resp.headers["x-costproxy-model"]
+    assert served in {"small", "backup"}  # an economy model is enough for classification
+    decision_id = resp.headers["x-costproxy-decision-id"]
+    [entry] = await proxy.ledger()
+    assert entry.decision_id == decision_id and entry.requested_model == "auto"
+    assert entry.baseline_nanos > entry.cost_nanos  # baseline: the premium default "big"
+    explained = await proxy.client.get(f"/api/v1/decisions/{decision_id}", headers=ADMIN)
+    record = await explained.json()
+    assert record["decision"]["model"] == served and record["decision"]["reasons"]
+
+
+async def test_quality_mode_prefers_premium(make_proxy) -> None:
+    proxy = await make_proxy()
+    body = {**SIMPLE, "model": "auto:quality",
+            "messages": [{"role": "user", "content": "Prove that there are infinitely many primes, rigorously."}]}
+    resp = await proxy.client.post("/v1/chat/completions", json=body, headers=proxy.auth())
+    assert resp.status == 200
+    assert resp.headers["x-costproxy-model"] == "big"
+
+
+async def test_capabilities_respected(make_proxy) -> None:
+    proxy = await make_proxy()
+    body = {"model": "auto", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is in this picture?"},
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png", "detail": "low"}}]}]}
+    resp = await proxy.client.post("/v1/chat/completions", json=body, headers=proxy.auth())
+    assert resp.status == 200
+    assert resp.headers["x-costproxy-model"] == "big"  # the only vision model
+
+
+async def test_fallback_to_next_model_on_upstream_500(make_proxy) -> None:
+    proxy = await make_proxy()
+    first = await proxy.client.post("/api/v1/models/select", headers=ADMIN,
+                                     json={"content": {"messages": SIMPLE["messages"]}})
+    selection = await first.json()
+    primary, fallbacks = selection["selectedModel"], selection["fallbackChain"]
+    assert fallbacks
+    proxy.sim.plan(model=primary, fault="500", times=1)
+    resp = await proxy.client.post("/v1/chat/completions", json=SIMPLE, headers=proxy.auth())
+    assert resp.status == 200
+    assert resp.headers["x-costproxy-model"] == fallbacks[0]
+    [entry] = await proxy.ledger()
+    assert entry.served_model == fallbacks[0] and entry.status == "ok"
+
+
+async def test_circuit_opens_after_repeated_failures(make_proxy) -> None:
+    proxy = await make_proxy()
+    selection = await (await proxy.client.post("/api/v1/models/select", headers=ADMIN,
+                                               json={"content": {"messages": SIMPLE["messages"]}})).json()
+    primary = selection["selectedModel"]
+    proxy.sim.plan(model=primary, fault="503")
+    for _ in range(3):
+        resp = await proxy.client.post("/v1/chat/completions", json=SIMPLE, headers=proxy.auth())
+        assert resp.status == 200
+    calls_before = sum(1 for c in proxy.sim.calls if c.model == primary)
+    resp = await proxy.client.post("/v1/chat/completions", json=SIMPLE, headers=proxy.auth())
+    assert resp.status == 200 and resp.headers["x-costproxy-model"] != primary
+    assert sum(1 for c in proxy.sim.calls if c.model == primary) == calls_before  # not even tried
+
+
+async def test_steering_reject_and_route_and_cap(make_proxy) -> None:
+    rules = {"rules": [
+        {"id": "no-interns", "name": "block intern team", "priority": 1,
+         "conditions": [{"field": "principal.team", "operator": "equals", "value": "interns"}],
+         "actions": [{"type": "reject", "params": {"message": "interns may not call models"}}]},
+        {"id": "pin-classification", "name": "classification to backup", "priority": 5,
+         "conditions": [{"field": "request.task_type", "operator": "equals", "value": "classification"}],
+         "actions": [{"type": "route", "params": {"model": "backup"}},
+                     {"type": "cap-output-tokens", "params": {"max_tokens": 7}}]},
+    ]}
+    proxy = await make_proxy(rules={"team.yaml": rules})
+    intern = await proxy.new_key(team="interns", user="ivy")
+    resp = await proxy.client.post("/v1/chat/completions", json=SIMPLE, headers=proxy.auth(intern))
+    assert resp.status == 403 and (await resp.json())["error"]["code"] == "rule_rejected"
+    resp = await proxy.client.post("/v1/chat/completions", json={**SIMPLE, "model": "big"}, headers=proxy.auth())
+    assert resp.status == 200 and resp.headers["x-costproxy-model"] == "backup"
+    assert proxy.sim.calls[-1].body["max_tokens"] == 7
+
+
+async def test_rules_hot_reload_keeps_last_good_set(make_proxy, tmp_path, monkeypatch) -> None:
+    import costproxy.app as app_module
+
+    monkeypatch.setattr(app_module, "RULES_POLL_SECONDS", 0.05)
+    proxy = await make_proxy()
+    holder = proxy.app[SERVICES].router.rules
+    rules_file = tmp_path / "rules" / "live.yaml"
+    good: dict[str, Any] = {"rules": [{"id": "deny-big", "name": "deny", "priority": 1, "conditions": [],
+                                       "actions": [{"type": "reject", "params": {"message": "closed"}}]}]}
+    rules_file.write_text(yaml.safe_dump(good))
+    for _ in range(100):
+        if holder.current.get("deny-big") is not None:
+            break
+        await asyncio.sleep(0.05)
+    resp = await proxy.client.post("/v1/chat/completions", json=SIMPLE, headers=proxy.auth())
+    assert resp.status == 403
+    rules_file.write_text("rules: [{id: broken, priority: x}]")
+    await asyncio.sleep(0.5)
+    assert holder.current.get("deny-big") is not None  # last good set still in force
+    assert holder.last_result is not None and not holder.last_result.ok
+
+
+async def test_select_api_shape(make_proxy) -> None:
+    proxy = await make_proxy()
+    resp = await proxy.client.post("/api/v1/models/select", headers=ADMIN, json={
+        "requestId": "r-1",
+        "content": {"messages": [{"role": "user", "content": "Translate 'good morning' into French."}]},
+        "metadata": {"userId": "u1", "teamId": "core", "taskType": "translation", "qualityRequirement": "economy"},
+        "constraints": {"excludedModels": ["backup"], "maxCost": "0.01", "requiredCapabilities": ["tools"]}})
+    assert resp.status == 200, await resp.text()
+    data = await resp.json()
+    assert data["requestId"] == "r-1" and data["selectedModel"] == "small"
+    assert data["taskType"] == "translation"
+    assert set(data) >= {"alternatives", "reasoning", "estimatedCost", "budgetImpact", "qualityExpectation",
+                         "fallbackChain"}
+    assert "backup" not in data["fallbackChain"]
+    caps = await (await proxy.client.get("/api/v1/models/capabilities", headers=ADMIN)).json()
+    assert {m["model"] for m in caps["data"]} >= {"big", "small"}
+    estimate = await (await proxy.client.post("/api/v1/models/estimate", headers=ADMIN, json={
+        "content": {"messages": SIMPLE["messages"]}, "models": ["big", "small"], "outputTokens": 100})).json()
+    assert [r["model"] for r in estimate["data"]] == ["small", "big"]
