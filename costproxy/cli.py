@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -115,16 +114,6 @@ def cmd_export_encodings(args: argparse.Namespace) -> int:
     return 0
 
 
-def _delegate(module: str, function: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        import importlib
-
-        main = getattr(importlib.import_module(module), function)
-        return int(main(list(args.rest)))
-
-    return run
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="costproxy", description="Cost-aware OpenAI-compatible LLM proxy")
     parser.add_argument("--config", help="path of costproxy.yaml (default: $COSTPROXY_CONFIG or "
@@ -157,19 +146,48 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export-encodings", help="write verified tiktoken files into a directory")
     export.add_argument("directory")
     export.set_defaults(func=cmd_export_encodings)
-    for name, module, function, text in (
-        ("rules", "costproxy.steering.commands", "rules_main", "steering rules: `rules check`"),
-        ("explain", "costproxy.explain", "explain_main", "show the routing decision for a request"),
-        ("calibrate", "costproxy.evaluation.commands", "calibrate_main", "fit quality profiles"),
-        ("eval", "costproxy.evaluation.commands", "eval_main", "replay an evaluation data set"),
-    ):
-        command = sub.add_parser(name, help=text, add_help=False)
-        command.add_argument("rest", nargs=argparse.REMAINDER)
-        command.set_defaults(func=_delegate(module, function))
+    for name, text in (("rules", "steering rules: `costproxy rules check`"),
+                       ("explain", "show which rules fire and which model would serve a request"),
+                       ("calibrate", "fit quality profiles from an evaluation data set"),
+                       ("eval", "replay an evaluation data set through the selection engine")):
+        sub.add_parser(name, help=f"{text} (see `costproxy {name} --help`)")
     return parser
 
 
+DELEGATED = {
+    "rules": ("costproxy.steering.commands", "rules_main", True),
+    "explain": ("costproxy.explain", "explain_main", True),
+    "calibrate": ("costproxy.evaluation.commands", "calibrate_main", False),
+    "eval": ("costproxy.evaluation.commands", "eval_main", False),
+}
+
+
+def _run_delegated(argv: list[str]) -> int | None:
+    """Sub-commands with parsers of their own get every argument after their name untouched."""
+    config: list[str] = []
+    rest = list(argv)
+    if rest[:1] == ["--config"] and len(rest) >= 2:
+        config, rest = rest[:2], rest[2:]
+    elif rest and rest[0].startswith("--config="):
+        config, rest = ["--config", rest[0].split("=", 1)[1]], rest[1:]
+    if not rest or rest[0] not in DELEGATED:
+        return None
+    import importlib
+
+    module, function, takes_config = DELEGATED[rest[0]]
+    main_function = getattr(importlib.import_module(module), function)
+    return int(main_function(rest[1:] + (config if takes_config else [])))
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        delegated = _run_delegated(argv)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    if delegated is not None:
+        return delegated
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
