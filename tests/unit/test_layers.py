@@ -1,0 +1,58 @@
+"""The architecture, enforced: core modules are sans-IO and arrows point down only (DESIGN §2)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "costproxy"
+
+CORE = [
+    "money.py", "errors.py", "registry.py", "policy.py", "config_schema.py", "selection.py", "quality.py",
+    "fallback.py", "identity.py", "budgets.py", "budget_status.py", "budget_codec.py",
+    "analyzer/tasks.py", "analyzer/profile.py", "analyzer/tokens.py",
+    "steering/fields.py", "steering/conditions.py", "steering/actions.py", "steering/rules.py",
+    "steering/evaluate.py",
+]
+IO_MODULES = {"aiohttp", "redis", "sqlite3", "aiosqlite", "socket", "asyncio", "structlog", "opentelemetry",
+              "prometheus_client", "urllib", "http", "subprocess"}
+UPPER_LAYERS = ("costproxy.ledger", "costproxy.providers", "costproxy.proxy", "costproxy.admin",
+                "costproxy.app", "costproxy.cli", "costproxy.middlewares", "costproxy.pipeline",
+                "costproxy.settings", "costproxy.keys", "costproxy.ui", "costproxy.simulator")
+
+
+def imports_of(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_core_modules_do_no_io_and_import_no_upper_layer() -> None:
+    problems = []
+    for relative in CORE:
+        path = PACKAGE / relative
+        if not path.exists():
+            continue
+        for name in imports_of(path):
+            root = name.split(".")[0]
+            if root in IO_MODULES or name.startswith(UPPER_LAYERS):
+                problems.append(f"{relative} imports {name}")
+    assert not problems, "core modules must stay sans-IO:\n" + "\n".join(problems)
+
+
+def test_nothing_imports_the_http_layer_from_below() -> None:
+    lower = [p for p in PACKAGE.rglob("*.py") if p.parts[-2] in ("ledger", "providers", "analyzer", "steering")]
+    problems = [f"{p.relative_to(PACKAGE)} imports {name}" for p in lower for name in imports_of(p)
+                if name.startswith(("costproxy.proxy", "costproxy.admin", "costproxy.app", "costproxy.cli",
+                                    "costproxy.middlewares"))]
+    assert not problems, "\n".join(problems)
+
+
+def test_no_module_is_over_the_hard_size_limit() -> None:
+    too_big = [f"{p.relative_to(PACKAGE)}: {n} lines" for p in PACKAGE.rglob("*.py")
+               if (n := len(p.read_text().splitlines())) > 800]
+    assert not too_big, too_big
