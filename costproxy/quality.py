@@ -19,6 +19,7 @@ holds documented priors; ``costproxy calibrate`` writes fitted ones in the same 
           classification: 0.86     # short form: the task's overall quality only
     registry:                      # optional: models not in models.yaml (calibrated data sets)
       models: {...}                # the models.yaml format (costproxy/registry.py)
+    calibration: {...}             # optional: how ``costproxy calibrate`` made the file (free-form)
 
 Lookup falls back from the most specific estimate to the least: model+task+bucket → model+task
 → model overall → the model's tier prior (→ ``default_prior`` for an unknown tier).
@@ -64,9 +65,11 @@ class QualityProfiles:
     source: str = ""
     default_prior: float = 0.6
     registry: Registry | None = None  # models a calibrated data set brings along
+    calibration: Mapping[str, Any] = field(default_factory=dict)  # settings of costproxy calibrate
 
     def edges(self, task_type: str) -> tuple[float, ...]:
-        return self.bucket_edges.get(task_type) or self.bucket_edges.get("default", DEFAULT_BUCKET_EDGES)
+        edges = self.bucket_edges.get(task_type)
+        return edges if edges is not None else self.bucket_edges.get("default", DEFAULT_BUCKET_EDGES)
 
     def bucket(self, task_type: str, difficulty: float) -> int:
         """Index of the difficulty bucket (0 = easiest) for this task."""
@@ -140,7 +143,7 @@ def _parse_model(node: Node, edges: Mapping[str, tuple[float, ...]]) -> ModelQua
     for task_type, task_node in node.child("tasks", {}).items():
         if task_type not in TASK_TYPES:
             raise task_node.error(f"unknown task type (known: {', '.join(TASK_TYPES)})", task_type)
-        n_buckets = len(edges.get(task_type) or edges["default"]) + 1
+        n_buckets = len(edges.get(task_type, edges["default"])) + 1
         tasks[task_type] = _parse_task(task_node, n_buckets)
     model = ModelQuality(overall=_opt_quality(node.child("overall", None)), tasks=tasks)
     node.done()
@@ -167,6 +170,7 @@ def parse_quality(document: Any, file: str) -> QualityProfiles:
         source=root.child("source", "").str(allow_empty=True),
         default_prior=_quality(root.child("default_prior", 0.6)),
         registry=registry,
+        calibration=root.child("calibration", {}).mapping(),
     )
     root.done()
     return profiles
@@ -200,6 +204,8 @@ def quality_document(profiles: QualityProfiles, registry: Mapping[str, Any] | No
         "default_prior": round(profiles.default_prior, 4),
         "models": models,
     }
+    if profiles.calibration:
+        document["calibration"] = dict(profiles.calibration)
     if registry is not None:
         document["registry"] = dict(registry)
     return document

@@ -17,21 +17,26 @@
    ``balanced_gap``, ``quality_gap``).  Budget pressure widens the gap gradually (``pressure_gap``
    at full pressure) and ``downgrade`` widens it to the maximum; the gap never exceeds ``max_gap``
    and the target never falls below ``quality_floor`` — the floor.
-4. **Choice.**  The cheapest eligible model whose expected quality meets the target.  The fallback
-   chain lists the other sufficient models, cheapest first, other providers before the chosen
-   one's, then the remaining eligible models by expected quality.
+4. **Choice.**  The cheapest eligible model whose expected quality meets the target.  Optionally
+   (``quality_per_usd``, off by default) money gets an exchange rate instead: among the models
+   meeting the target, the one with the best *value* ``quality − quality_per_usd × cost in USD``
+   wins, so a model that costs a little more for much more quality is preferred, and a request
+   with a lot of money at stake leans cheaper than a trivial one.  The fallback chain lists the
+   other sufficient models, cheapest first, other providers before the chosen one's, then the
+   remaining eligible models by expected quality.
 
 Budget pressure is ``max(used, burn)`` in [0, 1]: *used* rises linearly from 0 at
 ``pressure_start`` (fraction of the budget spent) to 1 when it is spent; *burn* rises from 0 at a
 burn ratio (spend rate / sustainable rate) of ``burn_start`` to 1 at ``burn_full``.  More pressure
 never yields a more expensive choice: the target only goes down, and the cheapest model meeting a
-lower target costs no more.
+lower target costs no more (with ``quality_per_usd`` too: a model newly admitted by a lower target
+has less quality, so it can only win by being cheaper).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -67,6 +72,7 @@ class SelectionConfig:
     max_gap: float = 0.20
     quality_floor: float = 0.0
     max_fallbacks: int = 3
+    quality_per_usd: float | None = None  # None: the cheapest sufficient model wins
 
     def gap(self, mode: str) -> float:
         return {"economy": self.economy_gap, "quality": self.quality_gap}.get(mode, self.balanced_gap)
@@ -232,6 +238,17 @@ def _target(best: float, mode: str, level: float, constraints: Constraints, conf
     return min(target, best)
 
 
+def _preference(quality_per_usd: float | None) -> Callable[[CandidateScore], tuple[float, int, float, str]]:
+    """Sort key of the sufficient models: cheapest first, or best quality-for-money first."""
+    rate = 0.0 if quality_per_usd is None else quality_per_usd / NANOS_PER_USD
+
+    def key(s: CandidateScore) -> tuple[float, int, float, str]:
+        value = -(s.expected_quality - rate * s.expected_cost_nanos) if quality_per_usd is not None else 0.0
+        return (value, s.expected_cost_nanos, -s.expected_quality, s.model)
+
+    return key
+
+
 def _fallbacks(chosen: CandidateScore, sufficient: list[CandidateScore], eligible: list[CandidateScore],
                limit: int) -> tuple[str, ...]:
     others = sorted((s for s in sufficient if s is not chosen),
@@ -275,12 +292,13 @@ def select(
     best = max(s.expected_quality for s in eligible)
     target = _target(best, str(mode), level, constraints, config)
     sufficient = [s for s in eligible if s.expected_quality + _EPSILON >= target]
-    chosen = min(sufficient, key=lambda s: (s.expected_cost_nanos, -s.expected_quality, s.model))
+    chosen = min(sufficient, key=_preference(config.quality_per_usd))
     reasons = (
         f"task {profile.task_type}, difficulty {profile.difficulty:.2f} (bucket {bucket})",
         f"mode {mode}, pressure {level:.2f}: target {target:.3f} (best eligible {best:.3f})",
         f"{len(eligible)} of {len(scores)} models eligible, {len(sufficient)} meet the target",
-        f"chose {chosen.model}: cheapest meeting the target, expected quality "
+        f"chose {chosen.model}: {'cheapest' if config.quality_per_usd is None else 'best value'} "
+        f"meeting the target, expected quality "
         f"{chosen.expected_quality:.3f}, est. ${format_usd(chosen.expected_cost_nanos)}",
         *constraints.reasons,
     )
@@ -317,8 +335,13 @@ def parse_selection_config(value: Any, file: str, path: str = "selection") -> Se
         max_gap=share("max_gap", d.max_gap),
         quality_floor=share("quality_floor", d.quality_floor),
         max_fallbacks=node.child("max_fallbacks", d.max_fallbacks).int(minimum=0, maximum=20),
+        quality_per_usd=_opt_rate(node.child("quality_per_usd", None)),
     )
     node.done()
     if config.burn_full < config.burn_start:
         raise node.child("burn_full").error("must be >= burn_start", config.burn_full)
     return config
+
+
+def _opt_rate(node: Node) -> float | None:
+    return None if node.value is None else node.number(minimum=0.0)

@@ -140,6 +140,7 @@ _PATTERNS: tuple[tuple[frozenset[bytes] | None, re.Pattern[str], str, float], ..
 _CODE_MARKS = ("```", "def ", "#include", "public static", "console.log", "=> {", "import ", "};", "self.")
 _ARITHMETIC = re.compile(r"\d\s*[-+*/^×÷=<>]\s*\(?\d")
 _OPTIONS = re.compile(r"(?m)^\s*\(?[a-e][).:] +\S")  # multiple-choice answer options
+_FORMAT_LINES = ("answer:", "answer with", "print only", "respond with", "reply with", "output only")
 _BLANKS = (" _ ", " _.", " _,", " _'", "___", "\n_ ")  # a cloze blank
 _CLASSIFY_PHRASES = (
     "one of the following categories", "one of the following labels", "one of the following classes",
@@ -252,28 +253,41 @@ def _query(text: str) -> str:
     return tail[cut + 2:] if cut > 0 else tail
 
 
+def _question(query: str) -> str:
+    """The query without answer options and answer-format lines ("A) …", "Answer:", "Print only …")."""
+    if "\n" not in query:
+        return query
+    kept = []
+    for line in query.split("\n"):
+        low = line.lstrip().lower()
+        if _OPTIONS.match(low) or low.startswith(_FORMAT_LINES) or any(p in low for p in _SHORT_ANSWER):
+            continue
+        kept.append(line)
+    return "\n".join(kept)
+
+
 def estimate_difficulty(task_type: str, user: str, input_tokens: int) -> float:
     """Linear, clamped difficulty score in [0, 1] (see the module docstring for the features)."""
-    query = _query(user)
-    words = _words(query)
+    question = _question(_query(user))
+    words = _words(question)
     n_words = len(words)
-    # map/sum keep these loops in C: the query may be a few hundred words.
+    # map/sum keep these loops in C: the question may be a few hundred words.
     long_share = sum(map((9).__le__, map(len, words))) / n_words if n_words else 0.0
     cues = sum(map(_HARD_CUES.__contains__, words))
     negations = sum(map(_NEGATIONS.__contains__, words))
     constraints = sum(map(_CONSTRAINTS.__contains__, words))
-    numbers = len(query.encode("utf-8", "ignore").translate(_DIGIT_BYTES).split())
-    parts = query.count("?") + query.count("\n- ") + query.count("\n* ") + query.count(";")
+    numbers = len(question.encode("utf-8", "ignore").translate(_DIGIT_BYTES).split())
+    parts = question.count("?") + question.count("\n- ") + question.count("\n* ") + question.count(";")
     score = (
         _BASE.get(task_type, 0.3)
         + 0.25 * min(1.0, math.log1p(n_words) / math.log1p(400))
         + 0.10 * min(1.0, long_share / 0.25)
-        + 0.12 * min(1.0, cues / 3)
-        + 0.06 * min(1.0, negations / 2)
-        + 0.05 * min(1.0, numbers / 6)
+        + 0.10 * min(1.0, cues / 3)
+        + 0.05 * min(1.0, negations / 2)
+        + 0.10 * min(1.0, numbers / 3)
         + 0.05 * min(1.0, parts / 4)
         + 0.04 * min(1.0, constraints / 4)
-        + 0.08 * min(1.0, math.log1p(max(input_tokens, 0)) / math.log1p(64_000))
+        + 0.05 * min(1.0, math.log1p(max(input_tokens, 0)) / math.log1p(64_000))
     )
     return max(0.0, min(1.0, score - 0.2))
 

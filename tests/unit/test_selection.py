@@ -213,6 +213,27 @@ def test_downgrade_uses_the_floor() -> None:
     assert decision.model == "mid"
 
 
+def test_quality_per_usd_prefers_value_among_sufficient_models() -> None:
+    generous = SelectionConfig(balanced_gap=0.5, max_gap=1.0)
+    assert run(config=generous) == "tiny"  # cheapest within the (wide) gap
+    # 1 quality point is worth a lot of money: the best model wins
+    assert run(config=replace(generous, quality_per_usd=0.001)) == "huge"
+    # a moderate rate trades: more quality for a little more money
+    chosen = run(config=replace(generous, quality_per_usd=50.0))
+    assert chosen not in ("tiny", "huge")
+    # the gap still bounds the choice from below
+    decision = decide(config=replace(generous, balanced_gap=0.0, quality_per_usd=10**9))
+    assert decision.model == "huge"
+
+
+@pytest.mark.parametrize("rate", [None, 5.0, 50.0, 500.0])
+def test_monotone_under_pressure_with_quality_per_usd(rate: float | None) -> None:
+    config = SelectionConfig(quality_per_usd=rate, pressure_gap=0.3)
+    ordered = sorted(PRESSURES, key=config.pressure)
+    costs = [decide(profile(), Constraints(), pr, config).estimated_cost_nanos for pr in ordered]
+    assert all(b <= a for a, b in pairwise(costs))
+
+
 # --- budget pressure ------------------------------------------------------------------------------
 
 
@@ -300,8 +321,9 @@ def test_selection_is_fast_for_thirty_candidates() -> None:
 
 
 def test_parse_selection_config() -> None:
-    config = parse_selection_config({"balanced_gap": 0.05, "max_fallbacks": 2}, "costproxy.yaml")
-    assert config.balanced_gap == 0.05 and config.max_fallbacks == 2
+    config = parse_selection_config({"balanced_gap": 0.05, "max_fallbacks": 2, "quality_per_usd": 8.9},
+                                    "costproxy.yaml")
+    assert config.balanced_gap == 0.05 and config.max_fallbacks == 2 and config.quality_per_usd == 8.9
     assert parse_selection_config(None, "x.yaml") == SelectionConfig()
     with pytest.raises(ConfigError, match=r"selection\.balanced_gapp: unknown key"):
         parse_selection_config({"balanced_gapp": 0.05}, "costproxy.yaml")
