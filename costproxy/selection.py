@@ -10,8 +10,8 @@
    budget; when it does not, a lower output cap is tried (the proxy then injects it as
    ``max_tokens``), as long as the cap still leaves room for the expected answer.
 2. **Scores.**  Expected quality for this task type and difficulty bucket (``QualityProfiles``)
-   and expected cost: input tokens plus expected output tokens at the model's prices, exactly,
-   through ``ModelSpec.cost``.
+   and expected cost: input tokens plus expected output tokens at the model's prices, exactly as
+   ``ModelSpec.cost`` computes it (whole nano-USD per token rates are precomputed per model).
 3. **Quality target.**  ``best − gap``, where *best* is the highest expected quality among the
    eligible models and *gap* the shortfall the quality mode accepts (``economy_gap``,
    ``balanced_gap``, ``quality_gap``).  Budget pressure widens the gap gradually (``pressure_gap``
@@ -162,38 +162,81 @@ def _fit_exclusion(model: ModelSpec, profile: RequestProfile, required: frozense
 
 
 def _natural_cap(model: ModelSpec, profile: RequestProfile, constraints: Constraints) -> int:
-    caps = [model.context_window - profile.input_tokens]
-    for cap in (profile.max_output_tokens, constraints.max_output_tokens, model.max_output_tokens):
-        if cap:
-            caps.append(cap)
-    return max(0, min(caps))
+    cap = model.context_window - profile.input_tokens
+    for limit in (profile.max_output_tokens, constraints.max_output_tokens, model.max_output_tokens):
+        if limit and limit < cap:
+            cap = limit
+    return max(0, cap)
 
 
-def _cap_that_fits(model: ModelSpec, input_tokens: int, limit: int) -> int:
-    """The largest output cap whose worst case fits ``limit`` nano-USD (0 if none)."""
-    per_token = model.price.output * NANOS_PER_USD / TOKENS_PER_PRICE_UNIT
-    left = limit - model.worst_case_cost(input_tokens, 0)
-    if left < 0:
-        return 0
-    if per_token <= 0:
-        return 1 << 30
-    cap = int(Decimal(left) / per_token)
-    while cap > 0 and model.worst_case_cost(input_tokens, cap) > limit:
-        cap -= 1  # rounding up in money.tokens_cost may cost one token
-    return cap
+class _Tariff:
+    """A model's prices as whole nano-USD per token, when they are (vendor prices are multiples of
+    $0.001 per 1M tokens): then ``tokens × rate`` is exactly what ``ModelSpec.cost`` returns, with
+    no Decimal arithmetic on the hot path.  Other prices go through ``ModelSpec`` itself."""
+
+    __slots__ = ("input", "model", "output", "price")
+
+    def __init__(self, model: ModelSpec) -> None:
+        self.model, self.price = model, model.price
+        per_token = [p * NANOS_PER_USD / TOKENS_PER_PRICE_UNIT for p in (model.price.input, model.price.output)]
+        whole = all(r == r.to_integral_value() for r in per_token)
+        self.input = int(per_token[0]) if whole else None
+        self.output = int(per_token[1]) if whole else None
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> int:
+        """``ModelSpec.cost`` of an uncached usage (same exact result)."""
+        if self.input is None or self.output is None:
+            return self.model.cost(Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens))
+        return prompt_tokens * self.input + completion_tokens * self.output
+
+    def worst_case(self, prompt_tokens: int, max_output_tokens: int) -> int:
+        """``ModelSpec.worst_case_cost`` (same exact result)."""
+        if self.input is None or self.output is None:
+            return self.model.worst_case_cost(prompt_tokens, max_output_tokens)
+        return prompt_tokens * self.input + max_output_tokens * self.output
+
+    def cap_that_fits(self, input_tokens: int, limit: int) -> int:
+        """The largest output cap whose worst case fits ``limit`` nano-USD (0 if none)."""
+        left = limit - self.worst_case(input_tokens, 0)
+        if left < 0:
+            return 0
+        price = self.model.price.output
+        if price <= 0:
+            return 1 << 30
+        if self.output is not None:
+            return left // self.output
+        cap = int(Decimal(left) / (price * NANOS_PER_USD / TOKENS_PER_PRICE_UNIT))
+        # money.tokens_cost rounds the whole sum up once: the estimate may be a token off either way
+        while cap > 0 and self.worst_case(input_tokens, cap) > limit:
+            cap -= 1
+        while self.worst_case(input_tokens, cap + 1) <= limit:
+            cap += 1
+        return cap
+
+
+_TARIFFS: dict[str, _Tariff] = {}  # memo by model id, checked against the price object
+
+
+def _tariff(model: ModelSpec) -> _Tariff:
+    tariff = _TARIFFS.get(model.id)
+    if tariff is None or tariff.price is not model.price or tariff.model is not model:
+        if len(_TARIFFS) > 4_096:
+            _TARIFFS.clear()
+        tariff = _TARIFFS[model.id] = _Tariff(model)
+    return tariff
 
 
 def _worst_case(
-    model: ModelSpec, profile: RequestProfile, constraints: Constraints, limit: int | None
+    tariff: _Tariff, profile: RequestProfile, constraints: Constraints, limit: int | None
 ) -> tuple[int, int, str | None]:
     """(output cap, worst-case nanos, reason excluded)."""
-    cap = _natural_cap(model, profile, constraints)
-    worst = model.worst_case_cost(profile.input_tokens, cap)
+    cap = _natural_cap(tariff.model, profile, constraints)
+    worst = tariff.worst_case(profile.input_tokens, cap)
     if limit is None or worst <= limit:
         return cap, worst, None
-    fitted = min(cap, _cap_that_fits(model, profile.input_tokens, limit))
+    fitted = min(cap, tariff.cap_that_fits(profile.input_tokens, limit))
     if fitted >= profile.expected_output_tokens and fitted > 0:
-        return fitted, model.worst_case_cost(profile.input_tokens, fitted), None
+        return fitted, tariff.worst_case(profile.input_tokens, fitted), None
     return cap, worst, f"worst case ${format_usd(worst)} exceeds the limit ${format_usd(limit)}"
 
 
@@ -206,10 +249,10 @@ def _score(
     model: ModelSpec, profile: RequestProfile, quality: QualityProfiles, bucket: int, ctx: _Context
 ) -> CandidateScore:
     expected_q, source = quality.lookup(model.id, model.tier, profile.task_type, bucket)
-    expected_cost = model.cost(Usage(prompt_tokens=profile.input_tokens,
-                                     completion_tokens=profile.expected_output_tokens))
+    tariff = _tariff(model)
+    expected_cost = tariff.cost(profile.input_tokens, profile.expected_output_tokens)
     reason = _fit_exclusion(model, profile, ctx.required) or _policy_exclusion(model, ctx.constraints)
-    cap, worst, budget_reason = _worst_case(model, profile, ctx.constraints, ctx.limit)
+    cap, worst, budget_reason = _worst_case(tariff, profile, ctx.constraints, ctx.limit)
     reason = reason or budget_reason
     min_quality = ctx.constraints.min_quality
     if reason is None and min_quality is not None and expected_q + _EPSILON < min_quality:

@@ -317,6 +317,24 @@ def test_selection_is_fast_for_thirty_candidates() -> None:
     assert (time.perf_counter() - start) / runs < 0.002  # bench/selection_bench.py reports p50/p99
 
 
+def test_expected_and_worst_case_costs_equal_model_spec() -> None:
+    from costproxy.selection import _Tariff
+
+    registry = parse_registry(yaml.safe_load((ROOT / "config/models.yaml").read_text()), "models.yaml")
+    odd = model("odd", "economy", "0.0000005", "1.2345678")  # sub-nano per-token prices: Decimal path
+    for spec in [*registry.models.values(), odd]:
+        tariff = _Tariff(spec)
+        for prompt, completion in ((0, 0), (1, 1), (1_234, 567), (99_999, 16_384)):
+            assert tariff.cost(prompt, completion) == spec.cost(Usage(prompt, completion)), spec.id
+            assert tariff.worst_case(prompt, completion) == spec.worst_case_cost(prompt, completion), spec.id
+        limit = spec.worst_case_cost(1_000, 700)
+        cap = tariff.cap_that_fits(1_000, limit)
+        if spec.price.output > 0:
+            assert spec.worst_case_cost(1_000, cap) <= limit < spec.worst_case_cost(1_000, cap + 1)
+    decision = select(profile(), [odd], quality(), Constraints(), BudgetPressure(), SelectionConfig())
+    assert decision.estimated_cost_nanos == odd.cost(Usage(1_000, 400))
+
+
 # --- configuration files ---------------------------------------------------------------------------
 
 
