@@ -2,29 +2,37 @@
 
 Three processes besides this one, all on 127.0.0.1:
 
-* the upstream: ``bench/fast_upstream.py``, canned OpenAI answers from a raw asyncio protocol;
-* the proxy:    ``python -m costproxy serve`` (uvloop, as the CLI installs it), the project's
-                ``config/models.yaml`` with every provider pointed at the upstream, the project's
-                ``rules/``, a SQLite ledger in a temporary directory, JSON logs to a file;
-* the load:     ``wrk`` with a Lua script (POST body, bearer key, stop after N responses), or,
-                when wrk is not installed, a Python aiohttp generator in a subprocess (slower:
-                its latency figures include more client overhead; the output says which ran).
+* the upstream: ``bench/fast_upstream.py``, canned OpenAI answers from a raw asyncio protocol
+                (~7 µs CPU per request, so it never is the bottleneck);
+* the proxy:    ``python -m costproxy serve`` (uvloop, as the CLI installs it) from this checkout,
+                the project's ``config/models.yaml`` with every provider pointed at the upstream,
+                the project's ``rules/``, a SQLite ledger in a temporary directory, JSON logs to a
+                file, a client key issued with ``costproxy keys create``;
+* the load:     ``wrk`` with a Lua script (POST body, bearer key; after N responses the script
+                says so and this script SIGINTs wrk, which then prints its summary), or, when wrk
+                is not installed, a Python aiohttp generator in a subprocess (the output says so;
+                its own client overhead inflates latencies, CPU per request is unaffected).
 
-For reference the same load also goes to the upstream directly and through a *bare aiohttp
-pass-through* (``fast_upstream.py --passthrough``): the floor of any aiohttp proxy, which issue 2
-puts at ~155 µs CPU per request on its 2-core reference machine.
+The same load also goes to the upstream directly and through a *bare aiohttp pass-through*
+(``fast_upstream.py --passthrough``): the floor of any aiohttp proxy, which issue 2 puts at
+~155 µs CPU per request on its 2-core reference machine.
 
 CPU per request is read from ``/proc/<pid>/stat`` (utime + stime, all threads) before and after a
-run of N requests, divided by the responses the load generator counted.  Targets (issue 2): proxy
-CPU <= 300 µs per non-streamed request and < 1 ms added p50 latency at concurrency 1.
+run of N requests, divided by the responses the load generator counted; ``/proc/<pid>/task/*``
+splits it between the event loop and worker threads.  On two or more CPUs the server under test
+is pinned to the first CPU and upstream + load generator to the others (``--no-pin`` to disable),
+so they do not take turns on one core.  Targets (issue 2): proxy CPU <= 300 µs per non-streamed
+request, < 1 ms added p50 latency at concurrency 1.  ``--profile`` adds one run with py-spy
+attached to the proxy and prints its hotspots.
 
 Usage::
 
-    python3 bench/proxy_bench.py                      # defaults: 4000 requests, concurrency 32
+    python3 bench/proxy_bench.py                      # 4000 requests per run, concurrency 32
     python3 bench/proxy_bench.py --requests 2000 --concurrency 16 --duration 10 --no-stream
+    python3 bench/proxy_bench.py --no-stream --profile
 
-Bounded: every run stops after ``--requests`` responses or ``--duration`` seconds, whichever first;
-with the defaults the whole benchmark takes well under 3 minutes.
+Bounded: every run stops after ``--requests`` responses or ``--duration`` seconds, whichever comes
+first; with the defaults the whole benchmark takes well under 3 minutes.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,10 +98,19 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def pinned(cpus: frozenset[int] | None) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that restricts the child to ``cpus`` (None: no restriction)."""
+    if not cpus:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
 @contextmanager
-def running(cmd: list[str], log: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+def running(cmd: list[str], log: Path, env: dict[str, str],
+            cpus: frozenset[int] | None = None) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                                preexec_fn=pinned(cpus))
     try:
         yield proc
     finally:
@@ -134,17 +151,34 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, seconds: floa
     raise RuntimeError(f"{url} not ready after {seconds} s:\n{log.read_text(errors='replace')}")
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
+def _stat_cpu(stat: str) -> float:
     fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "; fields[0] is field 3
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads, live or exited), in seconds."""
+    return _stat_cpu(Path(f"/proc/{pid}/stat").read_text())
+
+
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds per thread name (``comm``, 15 characters at most) of a process's live threads."""
+    result: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue  # the thread ended meanwhile
+        # Python does not name OS threads after ThreadPoolExecutor prefixes: all others are workers
+        name = "event loop" if task.name == str(pid) else "worker threads"
+        result[name] = result.get(name, 0.0) + _stat_cpu(stat)
+    return result
 
 
 # --- the proxy's configuration ------------------------------------------------------------------------
 
 
-def write_config(work: Path, upstream_url: str, rules: Path | None) -> Path:
+def write_config(work: Path, upstream_url: str, rules: Path | None, log_level: str = "info") -> Path:
     """costproxy.yaml using the project's models.yaml, every provider served by the fast upstream."""
     models_path = ROOT / "config" / "models.yaml"
     models = yaml.safe_load(models_path.read_text())
@@ -156,7 +190,7 @@ def write_config(work: Path, upstream_url: str, rules: Path | None) -> Path:
         "store": {"url": f"sqlite:///{work / 'ledger.sqlite3'}"},
         "models_file": str(models_path),
         "rules_dir": str(rules_dir),
-        "logging": {"level": "info", "json": True, "log_prompts": False},
+        "logging": {"level": log_level, "json": True, "log_prompts": False},
         "providers": {name: {"base_url": upstream_url + "/v1", "api_key_env": UPSTREAM_KEY_ENV}
                       for name in providers},
     }
@@ -226,6 +260,7 @@ class Load:
     work: Path
     use_wrk: bool
     duration: float
+    cpus: frozenset[int] | None = None  # where the load generator may run
 
 
 def run_load(load: Load, url: str, connections: int, requests: int) -> dict[str, Any]:
@@ -238,7 +273,7 @@ def run_load(load: Load, url: str, connections: int, requests: int) -> dict[str,
         spec = {"url": url, "body": load.body.decode(), "key": load.key, "connections": connections,
                 "requests": requests, "duration": load.duration}
         cmd = [sys.executable, str(Path(__file__).resolve()), "_load", json.dumps(spec)]
-    output = _generate(cmd, load.duration + 30)
+    output = _generate(cmd, load.duration + 30, load.cpus)
     for line in output.splitlines():
         if line.startswith("BENCH_JSON "):
             result: dict[str, Any] = json.loads(line[len("BENCH_JSON "):])
@@ -246,9 +281,10 @@ def run_load(load: Load, url: str, connections: int, requests: int) -> dict[str,
     raise RuntimeError(f"load generator failed ({' '.join(cmd[:6])} …):\n{output}")
 
 
-def _generate(cmd: list[str], timeout: float) -> str:
+def _generate(cmd: list[str], timeout: float, cpus: frozenset[int] | None) -> str:
     """Run a generator; SIGINT wrk once its script reports N responses (wrk then prints its summary)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env())
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env(),
+                            preexec_fn=pinned(cpus))
     lines: list[str] = []
     deadline = time.monotonic() + timeout
     assert proc.stdout is not None
@@ -330,6 +366,7 @@ class Row:
     cpu_us: float  # the target process, per request
     upstream_cpu_us: float  # the fast upstream during the same run, per request
     errors: int
+    threads_us: dict[str, float]  # the target's CPU per request by thread name
 
 
 def measure(load: Load, target: tuple[str, str, int], upstream_pid: int, concurrency: int,
@@ -337,16 +374,90 @@ def measure(load: Load, target: tuple[str, str, int], upstream_pid: int, concurr
     label, url, pid = target
     pids = {pid, upstream_pid}
     before = {p: cpu_seconds(p) for p in pids}
+    threads_before = thread_cpu_seconds(pid)
     result = run_load(load, url + "/v1/chat/completions", concurrency, requests)
     time.sleep(0.3)  # the ledger flushes every 50 ms: count that work too
     after = {p: cpu_seconds(p) for p in pids}
+    threads_after = thread_cpu_seconds(pid)
     n = max(1, result["requests"])
+    threads = {name: (cpu - threads_before.get(name, 0.0)) / n * 1e6 for name, cpu in threads_after.items()}
     return Row(label=label, kind=kind, concurrency=concurrency, requests=result["requests"],
                rps=result["requests"] / (result["duration_us"] / 1e6),
                p50_ms=result["p50_us"] / 1000, p99_ms=result["p99_us"] / 1000,
                cpu_us=(after[pid] - before[pid]) / n * 1e6,
                upstream_cpu_us=(after[upstream_pid] - before[upstream_pid]) / n * 1e6,
-               errors=result["errors"] + result["bad_status"])
+               errors=result["errors"] + result["bad_status"],
+               threads_us={name: us for name, us in threads.items() if us >= 0.5})
+
+
+# --- profiling -----------------------------------------------------------------------------------------
+
+
+def profile_proxy(load: Load, proxy: tuple[str, str, int], concurrency: int, requests: int, out: Path) -> str:
+    """One extra unary run (not in the table) with py-spy sampling the proxy; prints the hotspots."""
+    if shutil.which("py-spy") is None:
+        return "note: --profile needs py-spy (pip install py-spy); skipped"
+    raw = out.with_suffix(".txt")
+    cmd = ["py-spy", "record", "--pid", str(proxy[2]), "--rate", "1000", "--nonblocking", "--threads",
+           "--format", "raw", "--output", str(raw)]
+    spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # attach
+    try:
+        run_load(load, proxy[1] + "/v1/chat/completions", concurrency, requests)
+    finally:
+        spy.send_signal(signal.SIGINT)
+        try:
+            spy.wait(30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait()
+    if not raw.exists():
+        return f"note: py-spy wrote no profile: {spy.stderr.read() if spy.stderr else ''}"
+    return hotspots(raw) + f"\n  collapsed stacks (flamegraph.pl / speedscope input): {raw} (kept with --keep)"
+
+
+def hotspots(raw: Path, top: int = 25) -> str:
+    """Self and inclusive shares per function from py-spy's collapsed ``a;b;c count`` lines.
+
+    Frames are ``function (file:line)``; lines are dropped so a function's samples add up.  Self
+    time shows where the CPU goes (often inside aiohttp or the stdlib); the inclusive list keeps
+    costproxy's own functions only, to show which step of the proxy pays for it.
+    """
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit() or "(idle)" in stack:
+            continue
+        frames = [_function(f) for f in stack.split(";") if not f.startswith(("process ", "thread "))]
+        if not frames:
+            continue
+        count = int(count_text)
+        total += count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+    if not total:
+        return "profile: no busy samples"
+    lines = [f"profile of the proxy, unary requests ({total} busy samples at 1 kHz; % of busy samples)",
+             "  self (where the CPU is):"]
+    lines += [f"    {100 * c / total:5.1f}%  {f}" for f, c in sorted(own.items(), key=lambda kv: -kv[1])[:top]]
+    lines.append("  inclusive, costproxy functions only (which step pays):")
+    ours = sorted(((f, c) for f, c in inclusive.items() if f.startswith("costproxy/")), key=lambda kv: -kv[1])
+    lines += [f"    {100 * c / total:5.1f}%  {f}" for f, c in ours[:top]]
+    return "\n".join(lines)
+
+
+def _function(frame: str) -> str:
+    """``func (/path/site-packages/pkg/mod.py:12)`` -> ``pkg/mod.py:func``."""
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")").rpartition(":")[0] or where
+    for anchor in ("site-packages/", str(ROOT) + "/", "/lib/python3.11/"):
+        if anchor in where:
+            where = where.split(anchor, 1)[1]
+            break
+    return f"{where}:{name}"
 
 
 # --- report --------------------------------------------------------------------------------------------
@@ -361,6 +472,11 @@ def print_table(rows: list[Row]) -> None:
         upstream = "(itself)" if r.label == "upstream direct" else f"{r.upstream_cpu_us:.0f}"
         print(f"{r.kind:6} {r.label:22} {r.concurrency:>4} {r.requests:>8} {r.rps:>8.0f} {r.p50_ms:>7.3f} "
               f"{r.p99_ms:>7.3f} {r.cpu_us:>10.0f} {upstream:>12} {r.errors:>6}")
+    print("\ncostproxy CPU µs/request by thread (workers: SQLite ledger writer, off-loop tokenizing):")
+    for r in rows:
+        if r.label == "costproxy":
+            split = ", ".join(f"{name} {us:.0f}" for name, us in sorted(r.threads_us.items(), key=lambda kv: -kv[1]))
+            print(f"  {r.kind:6} c={r.concurrency:<3} {split}")
 
 
 def find(rows: list[Row], label: str, kind: str, concurrency: int) -> Row | None:
@@ -414,9 +530,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--model", default="gpt-4o-mini", help="model named in the requests (default gpt-4o-mini)")
     parser.add_argument("--rules", default=str(ROOT / "rules"),
                         help="steering rules directory for the proxy (default: the project's rules/; '' for none)")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                        help="the proxy's log level (default info: one JSON request_completed line per request, "
+                             "to a file)")
     parser.add_argument("--no-stream", action="store_true", help="skip the streamed runs")
     parser.add_argument("--no-passthrough", action="store_true", help="skip the bare aiohttp pass-through runs")
     parser.add_argument("--python-load", action="store_true", help="use the Python generator even if wrk exists")
+    parser.add_argument("--profile", action="store_true",
+                        help="after the table, one extra unary run with py-spy sampling the proxy: print hotspots")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="do not pin the server under test to one CPU and upstream + load to the others")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (config, logs, ledger)")
     args = parser.parse_args(argv)
     if args.requests < 1 or args.concurrency < 1 or args.duration <= 0:
@@ -435,48 +558,74 @@ def choose_generator(args: argparse.Namespace) -> tuple[bool, str]:
     return False, "Python aiohttp generator in a subprocess (FALLBACK, wrk not used)"
 
 
+def cpu_split(args: argparse.Namespace) -> tuple[frozenset[int] | None, frozenset[int] | None]:
+    """(CPUs of the server under test, CPUs of load generator + upstream), or no pinning."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if args.no_pin or len(cpus) < 2:
+        return None, None
+    return frozenset(cpus[:1]), frozenset(cpus[1:])
+
+
 def plan_runs(args: argparse.Namespace) -> list[tuple[str, int]]:
     kinds = ["unary"] if args.no_stream else ["unary", "stream"]
     return [(kind, conc) for kind in kinds for conc in ([1, args.concurrency] if kind == "unary"
                                                           else [args.concurrency])]
 
 
-def benchmark(args: argparse.Namespace, stack: ExitStack, work: Path) -> list[Row]:
-    use_wrk, generator = choose_generator(args)
+@dataclass(frozen=True)
+class Deployment:
+    work: Path
+    key: str
+    upstream_pid: int
+    targets: list[tuple[str, str, int]]  # (label, base URL, pid); costproxy last
+
+
+def deploy(args: argparse.Namespace, stack: ExitStack, work: Path) -> Deployment:
+    """Start upstream, proxy (and the bare pass-through); issue a client key."""
+    server_cpus, load_cpus = cpu_split(args)
     up_log, proxy_log, bare_log = work / "upstream.log", work / "proxy.log", work / "passthrough.log"
-    upstream = stack.enter_context(running([sys.executable, str(FAST_UPSTREAM)], up_log, child_env()))
+    upstream = stack.enter_context(running([sys.executable, str(FAST_UPSTREAM)], up_log, child_env(), load_cpus))
     upstream_url = wait_listening(upstream, up_log)
-    config = write_config(work, upstream_url, Path(args.rules) if args.rules else None)
+    config = write_config(work, upstream_url, Path(args.rules) if args.rules else None, args.log_level)
     env = child_env(**{UPSTREAM_KEY_ENV: "sk-bench-upstream"})
     key = create_key(config, env)
     port = free_port()
     proxy = stack.enter_context(running([sys.executable, "-m", "costproxy", "--config", str(config), "serve",
-                                         "--port", str(port)], proxy_log, env))
+                                         "--port", str(port)], proxy_log, env, server_cpus))
     proxy_url = f"http://127.0.0.1:{port}"
     wait_ready(proxy_url, proxy, proxy_log)
     targets = [("upstream direct", upstream_url, upstream.pid)]
     if not args.no_passthrough:
         bare = stack.enter_context(running([sys.executable, str(FAST_UPSTREAM), "--passthrough", upstream_url],
-                                           bare_log, child_env()))
+                                           bare_log, child_env(), server_cpus))
         targets.append(("aiohttp pass-through", wait_listening(bare, bare_log), bare.pid))
     targets.append(("costproxy", proxy_url, proxy.pid))
-    runs = plan_runs(args)
-    print(f"costproxy bench: {os.cpu_count()} CPUs, load generator: {generator}")
-    print(f"  model {args.model}, {len(chat_body(args.model, False))}-byte request, {args.requests} "
-          f"requests per run (cap {args.duration:g} s), rules: {args.rules or 'none'}, work dir {work}")
+    return Deployment(work=work, key=key, upstream_pid=upstream.pid, targets=targets)
+
+
+def benchmark(args: argparse.Namespace, dep: Deployment, use_wrk: bool) -> list[Row]:
+    load_cpus = cpu_split(args)[1]
     rows: list[Row] = []
-    db = work / "ledger.sqlite3"
-    rows_before = ledger_rows(db)
-    for kind, conc in runs:
-        load = Load(body=chat_body(args.model, kind == "stream"), key=key, work=work, use_wrk=use_wrk,
-                    duration=args.duration)
-        for target in targets:  # warm-up: connections, caches, first-call imports
-            run_load(Load(load.body, key, work, use_wrk, min(3.0, args.duration)), target[1] +
-                     "/v1/chat/completions", conc, min(500, args.requests))
-        for target in targets:
-            rows.append(measure(load, target, upstream.pid, conc, args.requests, kind))
-    print(f"  ledger rows written by the proxy during the benchmark: {ledger_rows(db) - rows_before}\n")
+    for kind, conc in plan_runs(args):
+        load = Load(body=chat_body(args.model, kind == "stream"), key=dep.key, work=dep.work, use_wrk=use_wrk,
+                    duration=args.duration, cpus=load_cpus)
+        warm = Load(load.body, dep.key, dep.work, use_wrk, min(3.0, args.duration), load_cpus)
+        for _, url, _ in dep.targets:  # warm-up: connections, caches, first-call imports
+            run_load(warm, url + "/v1/chat/completions", conc, min(500, args.requests))
+        for target in dep.targets:
+            rows.append(measure(load, target, dep.upstream_pid, conc, args.requests, kind))
     return rows
+
+
+def describe(args: argparse.Namespace, generator: str, work: Path) -> None:
+    server_cpus, load_cpus = cpu_split(args)
+    pinning = (f"server under test on CPU {sorted(server_cpus)}, upstream + load on CPUs {sorted(load_cpus)}"
+               if server_cpus and load_cpus else "no CPU pinning")
+    print(f"costproxy bench: {os.cpu_count()} CPUs, {pinning}")
+    print(f"  load generator: {generator}")
+    print(f"  model {args.model}, {len(chat_body(args.model, False))}-byte request, {args.requests} requests "
+          f"per run (cap {args.duration:g} s), rules: {args.rules or 'none'}, log level {args.log_level}, "
+          f"work dir {work}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -486,14 +635,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="costproxy-bench-"))
+    use_wrk, generator = choose_generator(args)
+    describe(args, generator, work)
+    profile = ""
     try:
         with ExitStack() as stack:
-            rows = benchmark(args, stack, work)
+            dep = deploy(args, stack, work)
+            rows_before = ledger_rows(work / "ledger.sqlite3")
+            rows = benchmark(args, dep, use_wrk)
+            time.sleep(0.2)
+            written = ledger_rows(work / "ledger.sqlite3") - rows_before
+            if args.profile:
+                load = Load(chat_body(args.model, False), dep.key, work, use_wrk, args.duration, cpu_split(args)[1])
+                profile = profile_proxy(load, dep.targets[-1], args.concurrency, args.requests, work / "profile")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+    print(f"  ledger rows the proxy wrote: {written} (warm-ups included)\n")
     print_table(rows)
     print_summary(rows, args.concurrency)
+    if profile:
+        print("\n" + profile)
     failed = sum(r.errors for r in rows)
     print(f"\ntotal {time.monotonic() - started:.0f} s" + (f"; {failed} FAILED REQUESTS" if failed else ""))
     return 1 if failed else 0
