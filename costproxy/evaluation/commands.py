@@ -21,12 +21,13 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from costproxy.errors import ConfigError
 from costproxy.evaluation.calibrate import CalibrationOptions, TokenCount, approx_tokens, calibrate
 from costproxy.evaluation.dataset import DatasetError, EvalSet, load_dataset
-from costproxy.evaluation.replay import EvalOptions, EvalReport, StrategyResult, run_eval
+from costproxy.evaluation.replay import EvalOptions, EvalReport, StrategyResult, frontier, run_eval
 from costproxy.quality import QualityProfiles, parse_quality
 
 TOKENIZERS = ("cl100k_base", "o200k_base", "approx")
@@ -244,6 +245,10 @@ def _plot(report: EvalReport, out: Path) -> None:
         pts = sorted((1 - p.test_saving, p.test_retention) for p in report.curve if p.point.family == family)
         ax.plot([100 * x for x, _ in pts], [100 * y for _, y in pts], style, label=f"router, {family} family (test)")
     xs = [100 * (1 - sv) for _, sv, _ in report.single_models]
+    hull = frontier(np.asarray([1 - sv for _, sv, _ in report.single_models]),
+                    np.asarray([rt for _, _, rt in report.single_models]))
+    ax.plot([xs[j] for j in hull], [100 * report.single_models[j][2] for j in hull], ":", color="gray",
+            label="query-blind frontier (test, hindsight)")
     ax.scatter(xs, [100 * rt for _, _, rt in report.single_models], s=14, color="gray", label="single models")
     for (name, sv, rt) in report.single_models:
         ax.annotate(name.split("/")[-1], (100 * (1 - sv), 100 * rt), fontsize=6, color="gray")

@@ -344,34 +344,41 @@ def _counts(names: Sequence[str], labels: Sequence[str]) -> dict[str, dict[str, 
     return table
 
 
-def _mix(test: EvalSet, train: EvalSet, base: _Baseline, name: str, retention: float,
-         strongest: int) -> tuple[StrategyResult, FloatArray]:
-    weights = mix_weights(train, retention * float(train.perf[:, strongest].mean()))
-    note = " + ".join(f"{w:.0%} {train.models[j]}" for j, w in weights.items() if w > 0)
-    cost = _blend(test.cost, weights)
-    return base.result(name, cost, _blend(test.perf, weights), note), cost
+@dataclass(frozen=True)
+class _Splits:
+    train: EvalSet
+    test: EvalSet
+    base: _Baseline  # always-strongest on test, with the bootstrap resamples
+    strongest: int
+    cheapest: int
+
+    def mix(self, name: str, retention: float) -> tuple[StrategyResult, FloatArray]:
+        """The query-blind mix fitted on train to ``retention``, evaluated on test (and its row costs)."""
+        weights = mix_weights(self.train, retention * float(self.train.perf[:, self.strongest].mean()))
+        note = " + ".join(f"{w:.0%} {self.train.models[j]}" for j, w in weights.items() if w > 0)
+        cost = _blend(self.test.cost, weights)
+        return self.base.result(name, cost, _blend(self.test.perf, weights), note), cost
 
 
-def _baselines(test: EvalSet, train: EvalSet, base: _Baseline, router: StrategyResult,
-               strongest: int, cheapest: int, target: float) -> tuple[list[StrategyResult], FloatArray]:
+def _baselines(s: _Splits, router: StrategyResult, target: float) -> tuple[list[StrategyResult], FloatArray]:
     """The baseline strategies on test, and the per-row cost of the mix at the router's quality."""
+    test, strongest, cheapest = s.test, s.strongest, s.cheapest
     s_cost, c_cost = test.cost[:, strongest], test.cost[:, cheapest]
     router_cost = (1.0 - router.saving.point) * s_cost.sum()
     p = float(np.clip((router_cost - c_cost.sum()) / max(s_cost.sum() - c_cost.sum(), 1e-12), 0.0, 1.0))
-    mix, mix_cost = _mix(test, train, base, "query-blind mix at router quality (train-fitted)",
-                         router.retention.point, strongest)
-    mix_target, _ = _mix(test, train, base, f"query-blind mix at {target:.0%} (train-fitted)", target, strongest)
+    mix, mix_cost = s.mix("query-blind mix at router quality (train-fitted)", router.retention.point)
+    mix_target, _ = s.mix(f"query-blind mix at {target:.0%} (train-fitted)", target)
     oracle = _oracle(test)
     return [
-        base.result("always-strongest", s_cost, test.perf[:, strongest], test.models[strongest]),
-        base.result("always-cheapest", c_cost, test.perf[:, cheapest], test.models[cheapest]),
-        base.result("random at router cost", p * s_cost + (1 - p) * c_cost,
-                    p * test.perf[:, strongest] + (1 - p) * test.perf[:, cheapest],
-                    f"{p:.0%} strongest, {1 - p:.0%} cheapest, in expectation"),
+        s.base.result("always-strongest", s_cost, test.perf[:, strongest], test.models[strongest]),
+        s.base.result("always-cheapest", c_cost, test.perf[:, cheapest], test.models[cheapest]),
+        s.base.result("random at router cost", p * s_cost + (1 - p) * c_cost,
+                      p * test.perf[:, strongest] + (1 - p) * test.perf[:, cheapest],
+                      f"{p:.0%} strongest, {1 - p:.0%} cheapest, in expectation"),
         mix,
         mix_target,
-        base.result("oracle", _pick(test.cost, oracle, strongest), _pick(test.perf, oracle, strongest),
-                    "cheapest model with the row's best score"),
+        s.base.result("oracle", _pick(test.cost, oracle, strongest), _pick(test.perf, oracle, strongest),
+                      "cheapest model with the row's best score"),
     ], mix_cost
 
 
@@ -404,7 +411,8 @@ def run_eval(data: EvalSet, quality: QualityProfiles, count: TokenCount = approx
     router_cost = _pick(test.cost, test_routes[g], strongest)
     router = base.result("router (analyze + select)", router_cost, _pick(test.perf, test_routes[g], strongest),
                          f"{options.points[g].label}, chosen on train")
-    others, mix_cost = _baselines(test, train, base, router, strongest, cheapest, options.target_retention)
+    splits = _Splits(train, test, base, strongest, cheapest)
+    others, mix_cost = _baselines(splits, router, options.target_retention)
     singles = tuple((m, *_saving_retention(test.cost[:, j], test.perf[:, j], strongest, test))
                     for j, m in enumerate(data.models))
     chosen_names = [data.models[j] if j >= 0 else data.models[strongest] for j in test_routes[g]]
