@@ -58,13 +58,13 @@ def create_app(
     router_factory: RouterFactory | None = None,
 ) -> web.Application:
     app = web.Application(
-        middlewares=[middlewares.errors_middleware, middlewares.body_limit_middleware,
-                     middlewares.auth_middleware],
+        middlewares=[middlewares.errors_middleware, middlewares.tracing_middleware,
+                     middlewares.body_limit_middleware, middlewares.auth_middleware],
         client_max_size=settings.server.max_body_bytes,
     )
     app[SETTINGS] = settings
     app[METRICS] = make_metrics()
-    app[TRACER] = make_tracer(span_exporter)
+    app[TRACER] = make_tracer(settings.tracing, span_exporter)
     app[EXTRAS] = {}
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_session_ctx)
@@ -132,6 +132,7 @@ def _services_ctx(accounts_factory: AccountsFactory,
             upstream=UpstreamClient(app[HTTP_SESSION]),
             accounts=accounts,
             router=await router_factory(settings),
+            tracer=app[TRACER],
         )
         reloader = asyncio.create_task(_reload_rules(app), name="costproxy-rules-reload")
         yield

@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
+from opentelemetry import propagate
+from opentelemetry.trace import NoOpTracer, SpanKind
 
 from costproxy.errors import (
     BodyTooLarge,
@@ -20,7 +22,7 @@ from costproxy.errors import (
     Unauthenticated,
 )
 from costproxy.identity import Principal
-from costproxy.keys import ADMIN_ROLE, EXTRAS, KEYRING, PRINCIPAL, REQUEST_ID, SETTINGS, TRUSTED_HEADERS
+from costproxy.keys import ADMIN_ROLE, EXTRAS, KEYRING, PRINCIPAL, REQUEST_ID, SETTINGS, TRACER, TRUSTED_HEADERS
 from costproxy.pipeline import new_request_id
 from costproxy.settings import Settings, TrustedProxySettings
 
@@ -76,6 +78,24 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except Exception:  # the outermost boundary: log the bug, answer in OpenAI's shape
         log.exception("unhandled_error", path=request.path)
         return error_response(InternalError("internal error; see the proxy log"), request_id)
+
+
+@web.middleware
+async def tracing_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One OTel server span per request, continuing the caller's ``traceparent``."""
+    tracer = request.app[TRACER]
+    if isinstance(tracer, NoOpTracer):
+        return await handler(request)
+    parent = propagate.extract(dict(request.headers))
+    resource = request.match_info.route.resource
+    name = f"{request.method} {resource.canonical if resource is not None else request.path}"
+    with tracer.start_as_current_span(name, context=parent, kind=SpanKind.SERVER) as span:
+        span.set_attribute("http.request.method", request.method)
+        span.set_attribute("url.path", request.path)
+        span.set_attribute("costproxy.request_id", request[REQUEST_ID])
+        response = await handler(request)
+        span.set_attribute("http.response.status_code", response.status)
+        return response
 
 
 @web.middleware

@@ -16,11 +16,17 @@ from typing import Any
 import structlog
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from costproxy.settings import LoggingSettings
+from costproxy.errors import ConfigError
+from costproxy.settings import LoggingSettings, TracingSettings
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -42,13 +48,34 @@ def configure_logging(settings: LoggingSettings, stream: Any = None) -> None:
     )
 
 
-def make_tracer(exporter: SpanExporter | None = None, console: bool = False) -> trace.Tracer:
-    """A tracer for the app: SDK-backed with the given exporter, else a no-op tracer."""
-    if exporter is None and not console:
+def make_tracer(settings: TracingSettings, exporter: SpanExporter | None = None) -> trace.Tracer:
+    """A tracer for the app: SDK-backed when an exporter is configured (or given), else no-op.
+
+    Spans are exported in batches off the request path; a test may pass an in-memory exporter,
+    which is then flushed synchronously so assertions see every span.
+    """
+    if exporter is not None:
+        processor: SpanProcessor = SimpleSpanProcessor(exporter)
+    elif settings.exporter == "console":
+        processor = BatchSpanProcessor(ConsoleSpanExporter())
+    elif settings.exporter == "otlp":
+        processor = BatchSpanProcessor(_otlp_exporter(settings))
+    else:
         return trace.NoOpTracer()
     provider = TracerProvider(resource=Resource.create({"service.name": "costproxy"}))
-    provider.add_span_processor(SimpleSpanProcessor(exporter or ConsoleSpanExporter()))
+    provider.add_span_processor(processor)
     return provider.get_tracer("costproxy")
+
+
+def _otlp_exporter(settings: TracingSettings) -> SpanExporter:
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError:
+        raise ConfigError("costproxy.yaml", "tracing.exporter",
+                          "otlp needs the exporter package: pip install 'costproxy[otlp]'", "otlp") from None
+    exporter: SpanExporter = OTLPSpanExporter(endpoint=settings.endpoint) if settings.endpoint \
+        else OTLPSpanExporter()
+    return exporter
 
 
 @dataclass(frozen=True)

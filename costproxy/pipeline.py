@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import orjson
+from opentelemetry.trace import NoOpTracer, Tracer
 
 from costproxy.analyzer.tokens import TokenCounter
 from costproxy.errors import BudgetExceeded, ContextTooLong, InvalidRequest, ProviderError, UnknownModel
@@ -111,6 +112,7 @@ class Services:
     accounts: Accounts
     router: Router
     clock: Callable[[], float] = time.time
+    tracer: Tracer = field(default_factory=NoOpTracer)
 
 
 def new_request_id() -> str:
@@ -211,10 +213,19 @@ def output_cap(model: ModelSpec, body: Mapping[str, Any], input_tokens: int, rou
 async def plan(services: Services, ctx: RequestContext, body: dict[str, Any]) -> Plan:
     kind = ENDPOINT_KIND[ctx.endpoint]
     requested = requested_model_name(services, body)
-    input_tokens = await count_input(services, ctx.endpoint, body, encoding_for(services, requested, kind))
-    budget = await services.accounts.view(ctx.principal)
-    route = services.router.route(RouteInput(ctx=ctx, body=body, requested=requested,
-                                             input_tokens=input_tokens, budget=budget))
+    tracer = services.tracer
+    with tracer.start_as_current_span("costproxy.count_tokens") as span:
+        input_tokens = await count_input(services, ctx.endpoint, body, encoding_for(services, requested, kind))
+        span.set_attribute("costproxy.tokens.input", input_tokens)
+    with tracer.start_as_current_span("costproxy.budget_view"):
+        budget = await services.accounts.view(ctx.principal)
+    with tracer.start_as_current_span("costproxy.route") as span:
+        route = services.router.route(RouteInput(ctx=ctx, body=body, requested=requested,
+                                                 input_tokens=input_tokens, budget=budget))
+        span.set_attribute("costproxy.model.requested", requested)
+        span.set_attribute("costproxy.route.chain", [m.id for m in route.chain])
+        if route.decision_id:
+            span.set_attribute("costproxy.decision_id", route.decision_id)
     if not route.chain:
         raise UnknownModel(f"model {requested!r} is not served here", param="model")
     caps: dict[str, int] = {}
@@ -241,7 +252,9 @@ async def reserve(services: Services, plan_: Plan) -> tuple[Plan, Reservation]:
     models whose worst case fits what the primary needs (a fallback never overspends)."""
     accounts, ctx = services.accounts, plan_.ctx
     try:
-        return plan_, await accounts.reserve(ctx.request_id, ctx.principal, plan_.worst_case_nanos)
+        with services.tracer.start_as_current_span("costproxy.reserve") as span:
+            span.set_attribute("costproxy.reserve.nanos", plan_.worst_case_nanos)
+            return plan_, await accounts.reserve(ctx.request_id, ctx.principal, plan_.worst_case_nanos)
     except BudgetExceeded:
         primary = plan_.primary
         need = primary.worst_case_cost(plan_.input_tokens, plan_.output_caps[primary.id])
@@ -352,10 +365,13 @@ async def settle(services: Services, plan: Plan, reservation: Reservation, outco
     if outcome.cost_nanos == 0 and outcome.status != "ok":
         usage = replace(usage, prompt_tokens=0, completion_tokens=0, cached_tokens=0)
     entry = ledger_entry(services, plan, outcome, usage)
-    if outcome.cost_nanos == 0 and outcome.status != "ok":
-        await asyncio.shield(services.accounts.release(reservation, entry))
-    else:
-        await asyncio.shield(services.accounts.settle(reservation, entry))
+    with services.tracer.start_as_current_span("costproxy.settle") as span:
+        span.set_attribute("costproxy.cost_nanos", entry.cost_nanos)
+        span.set_attribute("costproxy.usage_reported", entry.usage_reported)
+        if outcome.cost_nanos == 0 and outcome.status != "ok":
+            await asyncio.shield(services.accounts.release(reservation, entry))
+        else:
+            await asyncio.shield(services.accounts.settle(reservation, entry))
     return entry
 
 
@@ -372,9 +388,11 @@ async def call_unary(services: Services, plan: Plan, outcome: Outcome) -> Upstre
     for model in plan.route.chain:
         outcome.model = model
         try:
-            response = await services.upstream.call(provider_of(services, model), plan.ctx.endpoint,
-                                                    model.upstream_model, upstream_payload(plan, model),
-                                                    plan.ctx.request_id)
+            with services.tracer.start_as_current_span("costproxy.upstream", attributes={
+                    "costproxy.model": model.id, "costproxy.provider": model.provider}):
+                response = await services.upstream.call(provider_of(services, model), plan.ctx.endpoint,
+                                                        model.upstream_model, upstream_payload(plan, model),
+                                                        plan.ctx.request_id)
         except ProviderError as exc:
             services.router.record_result(model, ok=False)
             last = exc
@@ -397,9 +415,11 @@ async def open_stream(services: Services, plan: Plan, outcome: Outcome) -> Upstr
     for model in plan.route.chain:
         outcome.model = model
         try:
-            stream = await services.upstream.open_stream(provider_of(services, model), plan.ctx.endpoint,
-                                                         model.upstream_model, upstream_payload(plan, model),
-                                                         plan.ctx.request_id)
+            with services.tracer.start_as_current_span("costproxy.upstream_open_stream", attributes={
+                    "costproxy.model": model.id, "costproxy.provider": model.provider}):
+                stream = await services.upstream.open_stream(
+                    provider_of(services, model), plan.ctx.endpoint, model.upstream_model,
+                    upstream_payload(plan, model), plan.ctx.request_id)
         except ProviderError as exc:
             services.router.record_result(model, ok=False)
             last = exc

@@ -76,6 +76,12 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TracingSettings:
+    exporter: str = "none"  # none | console | otlp (needs the [otlp] extra)
+    endpoint: str | None = None  # OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     config_path: Path
     server: ServerSettings
@@ -88,6 +94,7 @@ class Settings:
     admin_token: str | None = field(default=None, repr=False)
     trusted_proxies: tuple[TrustedProxySettings, ...] = ()
     logging: LoggingSettings = LoggingSettings()
+    tracing: TracingSettings = TracingSettings()
     default_model: str | None = None  # used when a request names no model
     encodings_dir: Path | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)  # sections parsed by others
@@ -147,6 +154,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         admin_token=env.get(admin_env) or None,
         trusted_proxies=tuple(_parse_trusted(n, env) for n in root.child("trusted_proxies", []).elements()),
         logging=_parse_logging(root.child("logging", {})),
+        tracing=_parse_tracing(root.child("tracing", {})),
         default_model=default_model,
         encodings_dir=_relative(base, encodings) if encodings else None,
         raw={key: root.child(key, None).value for key in _SECTIONS_PARSED_ELSEWHERE},
@@ -237,6 +245,15 @@ def _parse_logging(node: Node) -> LoggingSettings:
         level=node.child("level", "info").str(choices=("debug", "info", "warning", "error")),
         json=node.child("json", True).bool(),
         log_prompts=node.child("log_prompts", False).bool(),
+    )
+    node.done()
+    return result
+
+
+def _parse_tracing(node: Node) -> TracingSettings:
+    result = TracingSettings(
+        exporter=node.child("exporter", "none").str(choices=("none", "console", "otlp")),
+        endpoint=node.child("endpoint", None).opt_str(),
     )
     node.done()
     return result
