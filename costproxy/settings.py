@@ -132,7 +132,10 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
     quality = root.child("quality_file", None).opt_str()
     if quality is None and (base / "quality.yaml").exists():
         quality = "quality.yaml"
-    store_url = env.get("COSTPROXY_STORE_URL") or root.child("store", {}).child("url", "sqlite:///data/costproxy.sqlite3").str()
+    store_node = root.child("store", {})
+    store_url = store_node.child("url", "sqlite:///data/costproxy.sqlite3").str()
+    store_url = env.get("COSTPROXY_STORE_URL") or store_url
+    store_node.done()
     _check_store_url(store_url, root)
     admin = root.child("admin", {})
     admin_env = admin.child("token_env", "COSTPROXY_ADMIN_TOKEN").str()
@@ -179,10 +182,17 @@ def _check_store_url(url: str, root: Node) -> None:
 
 
 def _parse_server(node: Node, env: Mapping[str, str]) -> ServerSettings:
+    # Read every key first (so none is reported unknown), then let the environment override.
+    host = node.child("host", "127.0.0.1").str()
+    port = node.child("port", 8080).int(minimum=0, maximum=65535)
+    if env.get("COSTPROXY_PORT"):
+        try:
+            port = int(env["COSTPROXY_PORT"])
+        except ValueError:
+            raise ConfigError("$COSTPROXY_PORT", "", "must be an integer", env["COSTPROXY_PORT"]) from None
     server = ServerSettings(
-        host=env.get("COSTPROXY_HOST") or node.child("host", "127.0.0.1").str(),
-        port=int(env["COSTPROXY_PORT"]) if env.get("COSTPROXY_PORT") else node.child("port", 8080).int(
-            minimum=0, maximum=65535),
+        host=env.get("COSTPROXY_HOST") or host,
+        port=port,
         max_body_bytes=node.child("max_body_bytes", 4 * 1024 * 1024).int(minimum=1024),
         access_log=node.child("access_log", False).bool(),
     )
