@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import structlog
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -32,8 +33,23 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 
 def configure_logging(settings: LoggingSettings, stream: Any = None) -> None:
+    """JSON lines rendered by orjson straight to bytes (or a console renderer for humans)."""
     level = _LEVELS[settings.level]
-    renderer: Any = structlog.processors.JSONRenderer() if settings.json else structlog.dev.ConsoleRenderer()
+    if settings.json:
+        structlog.configure(
+            processors=[
+                structlog.contextvars.merge_contextvars,
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                structlog.processors.format_exc_info,
+                structlog.processors.JSONRenderer(serializer=orjson.dumps),
+            ],
+            wrapper_class=structlog.make_filtering_bound_logger(level),
+            logger_factory=structlog.BytesLoggerFactory(stream or sys.stderr.buffer),
+            cache_logger_on_first_use=True,
+        )
+        return
+    renderer: Any = structlog.dev.ConsoleRenderer()
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -79,6 +95,18 @@ def _otlp_exporter(settings: TracingSettings) -> SpanExporter:
 
 
 @dataclass(frozen=True)
+class RequestMetrics:
+    """The labelled children for one (endpoint, model, status), resolved once and reused."""
+
+    requests: Any
+    cost: Any
+    baseline: Any
+    tokens_in: Any
+    tokens_out: Any
+    latency: Any
+
+
+@dataclass(frozen=True)
 class Metrics:
     registry: CollectorRegistry
     requests: Counter
@@ -88,6 +116,17 @@ class Metrics:
     latency: Histogram
     upstream_errors: Counter
     fallbacks: Counter
+    _children: dict[tuple[str, str, str], RequestMetrics] = field(default_factory=dict)
+
+    def for_request(self, endpoint: str, model: str, status: str) -> RequestMetrics:
+        key = (endpoint, model, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = RequestMetrics(
+                requests=self.requests.labels(endpoint, model, status), cost=self.cost.labels(model),
+                baseline=self.baseline.labels(model), tokens_in=self.tokens.labels(model, "in"),
+                tokens_out=self.tokens.labels(model, "out"), latency=self.latency.labels(endpoint))
+        return children
 
 
 def make_metrics() -> Metrics:

@@ -13,8 +13,8 @@ The handlers in ``proxy.py`` turn a ``Plan`` and its result into HTTP; nothing h
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -116,7 +116,31 @@ class Services:
 
 
 def new_request_id() -> str:
-    return "req_" + uuid.uuid4().hex
+    return "req_" + os.urandom(16).hex()
+
+
+class _NoSpan:
+    """Stands in for a span when tracing is off: entering, attributes and exit cost nothing."""
+
+    def __enter__(self) -> _NoSpan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def set_attribute(self, key: str, value: object) -> None:
+        return None
+
+
+_NO_SPAN = _NoSpan()
+
+
+def step(services: Services, name: str, attributes: dict[str, Any] | None = None) -> Any:
+    """A span for one pipeline step, or a free stand-in when the tracer is the no-op tracer."""
+    tracer = services.tracer
+    if isinstance(tracer, NoOpTracer):
+        return _NO_SPAN
+    return tracer.start_as_current_span(name, attributes=attributes)
 
 
 # --- plan ---------------------------------------------------------------------------------------
@@ -213,17 +237,17 @@ def output_cap(model: ModelSpec, body: Mapping[str, Any], input_tokens: int, rou
 async def plan(services: Services, ctx: RequestContext, body: dict[str, Any]) -> Plan:
     kind = ENDPOINT_KIND[ctx.endpoint]
     requested = requested_model_name(services, body)
-    tracer = services.tracer
-    with tracer.start_as_current_span("costproxy.count_tokens") as span:
+    with step(services, "costproxy.count_tokens") as span:
         input_tokens = await count_input(services, ctx.endpoint, body, encoding_for(services, requested, kind))
         span.set_attribute("costproxy.tokens.input", input_tokens)
-    with tracer.start_as_current_span("costproxy.budget_view"):
+    with step(services, "costproxy.budget_view"):
         budget = await services.accounts.view(ctx.principal)
-    with tracer.start_as_current_span("costproxy.route") as span:
+    with step(services, "costproxy.route") as span:
         route = services.router.route(RouteInput(ctx=ctx, body=body, requested=requested,
                                                  input_tokens=input_tokens, budget=budget))
         span.set_attribute("costproxy.model.requested", requested)
-        span.set_attribute("costproxy.route.chain", [m.id for m in route.chain])
+        if span is not _NO_SPAN:
+            span.set_attribute("costproxy.route.chain", [m.id for m in route.chain])
         if route.decision_id:
             span.set_attribute("costproxy.decision_id", route.decision_id)
     if not route.chain:
@@ -252,7 +276,7 @@ async def reserve(services: Services, plan_: Plan) -> tuple[Plan, Reservation]:
     models whose worst case fits what the primary needs (a fallback never overspends)."""
     accounts, ctx = services.accounts, plan_.ctx
     try:
-        with services.tracer.start_as_current_span("costproxy.reserve") as span:
+        with step(services, "costproxy.reserve") as span:
             span.set_attribute("costproxy.reserve.nanos", plan_.worst_case_nanos)
             return plan_, await accounts.reserve(ctx.request_id, ctx.principal, plan_.worst_case_nanos)
     except BudgetExceeded:
@@ -365,7 +389,7 @@ async def settle(services: Services, plan: Plan, reservation: Reservation, outco
     if outcome.cost_nanos == 0 and outcome.status != "ok":
         usage = replace(usage, prompt_tokens=0, completion_tokens=0, cached_tokens=0)
     entry = ledger_entry(services, plan, outcome, usage)
-    with services.tracer.start_as_current_span("costproxy.settle") as span:
+    with step(services, "costproxy.settle") as span:
         span.set_attribute("costproxy.cost_nanos", entry.cost_nanos)
         span.set_attribute("costproxy.usage_reported", entry.usage_reported)
         if outcome.cost_nanos == 0 and outcome.status != "ok":
@@ -388,7 +412,7 @@ async def call_unary(services: Services, plan: Plan, outcome: Outcome) -> Upstre
     for model in plan.route.chain:
         outcome.model = model
         try:
-            with services.tracer.start_as_current_span("costproxy.upstream", attributes={
+            with step(services, "costproxy.upstream", {
                     "costproxy.model": model.id, "costproxy.provider": model.provider}):
                 response = await services.upstream.call(provider_of(services, model), plan.ctx.endpoint,
                                                         model.upstream_model, upstream_payload(plan, model),
@@ -415,7 +439,7 @@ async def open_stream(services: Services, plan: Plan, outcome: Outcome) -> Upstr
     for model in plan.route.chain:
         outcome.model = model
         try:
-            with services.tracer.start_as_current_span("costproxy.upstream_open_stream", attributes={
+            with step(services, "costproxy.upstream_open_stream", {
                     "costproxy.model": model.id, "costproxy.provider": model.provider}):
                 stream = await services.upstream.open_stream(
                     provider_of(services, model), plan.ctx.endpoint, model.upstream_model,

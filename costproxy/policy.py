@@ -51,6 +51,10 @@ class Constraints:
 
     def merge(self, other: Constraints) -> Constraints:
         """Combine two sets of demands, keeping the stricter of each."""
+        if other is EMPTY:
+            return self
+        if self is EMPTY:
+            return other
         allowed = self.allowed_models
         if other.allowed_models is not None:
             allowed = other.allowed_models if allowed is None else allowed & other.allowed_models
@@ -78,3 +82,6 @@ class Constraints:
 
 def _decimal_key(value: str) -> Decimal:
     return Decimal(value)
+
+
+EMPTY = Constraints()  # "no demand": merging it is free (checked by identity)

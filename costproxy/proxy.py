@@ -76,14 +76,13 @@ def cost_headers(plan_: Plan, outcome: Outcome, entry: LedgerEntry | None) -> di
 
 
 def log_completed(request: web.Request, entry: LedgerEntry) -> None:
-    metrics = request.app[METRICS]
-    model = entry.served_model or "-"
-    metrics.requests.labels(entry.endpoint, model, entry.status).inc()
-    metrics.cost.labels(model).inc(entry.cost_nanos)
-    metrics.baseline.labels(model).inc(entry.baseline_nanos)
-    metrics.tokens.labels(model, "in").inc(entry.prompt_tokens)
-    metrics.tokens.labels(model, "out").inc(entry.completion_tokens)
-    metrics.latency.labels(entry.endpoint).observe(entry.latency_ms / 1000)
+    metrics = request.app[METRICS].for_request(entry.endpoint, entry.served_model or "-", entry.status)
+    metrics.requests.inc()
+    metrics.cost.inc(entry.cost_nanos)
+    metrics.baseline.inc(entry.baseline_nanos)
+    metrics.tokens_in.inc(entry.prompt_tokens)
+    metrics.tokens_out.inc(entry.completion_tokens)
+    metrics.latency.observe(entry.latency_ms / 1000)
     log.info("request_completed", endpoint=entry.endpoint, model=entry.served_model,
              requested=entry.requested_model, decision_id=entry.decision_id, status=entry.status,
              http_status=entry.http_status, tokens_in=entry.prompt_tokens, tokens_out=entry.completion_tokens,

@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 from costproxy.config_schema import Node
-from costproxy.money import tokens_cost
+from costproxy.money import NANOS_PER_USD, TOKENS_PER_PRICE_UNIT, tokens_cost
 
 TIERS = ("economy", "standard", "premium")
 KINDS = ("chat", "embedding", "completion")
@@ -39,6 +39,16 @@ class ModelPrice:
     cached_input: Decimal | None = None
     source: str = ""
     as_of: date | None = None
+    # (input, output, cached input) in nano-USD per token when all three are whole numbers, which
+    # holds for prices with at most 3 decimals per 1M tokens; then costs need no Decimal at all.
+    nanos_per_token: tuple[int, int, int] | None = field(default=None, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        scale = Decimal(NANOS_PER_USD) / TOKENS_PER_PRICE_UNIT
+        values = [p * scale for p in (self.input, self.output,
+                                      self.input if self.cached_input is None else self.cached_input)]
+        if all(v == v.to_integral_value() for v in values):
+            object.__setattr__(self, "nanos_per_token", (int(values[0]), int(values[1]), int(values[2])))
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +86,9 @@ class ModelSpec:
     def cost(self, usage: Usage) -> int:
         """Exact cost in nano-USD; cached tokens at the cached price when the model has one."""
         cached = min(usage.cached_tokens, usage.prompt_tokens) if self.price.cached_input is not None else 0
+        fast = self.price.nanos_per_token
+        if fast is not None:  # every price a whole number of nano-USD per token: exact integer maths
+            return (usage.prompt_tokens - cached) * fast[0] + usage.completion_tokens * fast[1] + cached * fast[2]
         parts: list[tuple[int, Decimal]] = [
             (usage.prompt_tokens - cached, self.price.input),
             (usage.completion_tokens, self.price.output),
@@ -86,6 +99,9 @@ class ModelSpec:
 
     def worst_case_cost(self, prompt_tokens: int, max_output_tokens: int) -> int:
         """Upper bound before the call: no cache discount, every allowed output token used."""
+        fast = self.price.nanos_per_token
+        if fast is not None:
+            return prompt_tokens * fast[0] + max_output_tokens * fast[1]
         return tokens_cost([(prompt_tokens, self.price.input), (max_output_tokens, self.price.output)])
 
 

@@ -29,14 +29,14 @@ from costproxy.fallback import CircuitBreakers, parse_breaker_config
 from costproxy.ledger.accounts import BudgetView
 from costproxy.money import MoneyError, usd_to_nanos
 from costproxy.pipeline import ENDPOINT_KIND, Route, RouteInput
-from costproxy.policy import QUALITY_MODES, Constraints
+from costproxy.policy import EMPTY, QUALITY_MODES, Constraints
 from costproxy.quality import QualityProfiles, parse_quality
 from costproxy.registry import TIERS, ModelSpec, Registry
 from costproxy.routing import resolve_concrete
 from costproxy.selection import BudgetPressure, Decision, SelectionConfig, parse_selection_config, select
 from costproxy.settings import Settings, read_yaml
 from costproxy.steering import RulesHolder, SteeringOutcome, evaluate
-from costproxy.steering.rules import EMPTY_RULESET
+from costproxy.steering.rules import EMPTY_RULESET, RuleSet
 
 VIRTUAL_PREFIX = "auto"
 DECISIONS_KEPT = 10_000
@@ -70,6 +70,8 @@ def header_constraints(headers: Mapping[str, str]) -> Constraints:
     """Policy a trusted chaining proxy may pass in headers (already filtered by the middleware)."""
     quality = headers.get("x-costproxy-quality")
     max_cost = headers.get("x-costproxy-max-cost-usd")
+    if quality is None and max_cost is None:
+        return EMPTY
     nanos = None
     if max_cost is not None:
         try:
@@ -88,7 +90,7 @@ def budget_constraints(view: BudgetView) -> Constraints:
     ``BudgetView.restrictions`` holds ``Constraints`` keyword arguments (see ``budget_status``).
     """
     if not view.restrictions:
-        return Constraints()
+        return EMPTY
     return Constraints(**cast(dict[str, Any], view.restrictions))
 
 
@@ -124,6 +126,32 @@ def steering_context(request: RouteInput, profile: RequestProfile, virtual: bool
     return context
 
 
+NO_STEERING = SteeringOutcome(constraints=EMPTY, rejected=None, fired=(), logs=(), shadow_constraints=EMPTY,
+                              shadow_rejected=None, outside_rollout=(), ruleset_digest="")
+_TASK_FIELDS = frozenset({"request.task_type", "request.difficulty"})
+_READS_TASK: dict[str, bool] = {}
+
+
+def _reads_task(ruleset: RuleSet) -> bool:
+    """Whether any enabled rule tests the task type or difficulty (memoised per rule-set digest)."""
+    known = _READS_TASK.get(ruleset.digest)
+    if known is None:
+        known = any(c.field in _TASK_FIELDS for rule in ruleset.active for c in rule.conditions)
+        if len(_READS_TASK) > 64:
+            _READS_TASK.clear()
+        _READS_TASK[ruleset.digest] = known
+    return known
+
+
+def undetected_profile(body: Mapping[str, Any], input_tokens: int) -> RequestProfile:
+    """A profile without task detection, for a concrete model no rule asks the task of."""
+    asked = body.get("max_completion_tokens", body.get("max_tokens"))
+    max_output = asked if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0 else None
+    return RequestProfile(input_tokens=input_tokens, expected_output_tokens=0, max_output_tokens=max_output,
+                          task_type="general_chat", difficulty=0.0, required_capabilities=frozenset(),
+                          task_source="not-detected")
+
+
 class SelectionRouter:
     def __init__(self, registry: Registry, quality: QualityProfiles, config: SelectionConfig,
                  rules: RulesHolder | None, breakers: CircuitBreakers,
@@ -149,22 +177,30 @@ class SelectionRouter:
         if virtual and kind != "chat":
             raise InvalidRequest(f"automatic model selection is available for chat completions; name a "
                                  f"{kind} model for /{request.ctx.endpoint}", param="model")
-        hint = request.ctx.headers.get("x-costproxy-task-type")
-        profile = analyze(request.body, request.input_tokens, hint if hint in TASK_TYPES else None)
-        context = steering_context(request, profile, virtual, mode, now or time.time())
         ruleset = self.rules.current if self.rules is not None else EMPTY_RULESET
-        steering = evaluate(ruleset, context, request.ctx.request_id)
-        steering.raise_if_rejected()
-        constraints = (Constraints(quality_mode=mode, pinned_tier=tier)
-                       .merge(header_constraints(request.ctx.headers))
+        hint = request.ctx.headers.get("x-costproxy-task-type")
+        hint = hint if hint in TASK_TYPES else None
+        # Task detection costs ~70 µs: a concrete model needs it only when a rule reads the task.
+        detect = virtual or hint is not None or _reads_task(ruleset)
+        profile = analyze(request.body, request.input_tokens, hint) if detect else \
+            undetected_profile(request.body, request.input_tokens)
+        if ruleset.active:
+            steering = evaluate(ruleset, steering_context(request, profile, virtual, mode, now or time.time()),
+                                request.ctx.request_id)
+            steering.raise_if_rejected()
+        else:
+            steering = NO_STEERING
+        base = Constraints(quality_mode=mode, pinned_tier=tier) if (mode or tier) else EMPTY
+        constraints = (base.merge(header_constraints(request.ctx.headers))
                        .merge(steering.constraints)
                        .merge(budget_constraints(request.budget))
-                       .merge(extra or Constraints()))
+                       .merge(extra or EMPTY))
         if not virtual:
             model = resolve_concrete(self.registry, request.requested, request.ctx.endpoint)
             if kind != "chat" or not self._must_switch(model, profile, constraints, request.budget):
                 route = Route(chain=self._concrete_chain(model), max_output_tokens=constraints.max_output_tokens,
-                              task_type=profile.task_type, reasons=constraints.reasons, baseline=model)
+                              task_type=profile.task_type if detect else None, reasons=constraints.reasons,
+                              baseline=model)
                 return Explanation(route, profile, steering, constraints, None)
         decision = self._select(request, profile, constraints)
         chosen = self.registry.models[decision.model]

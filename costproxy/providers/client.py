@@ -76,18 +76,42 @@ def _error_from(status: int, body: bytes, provider: str, headers: Mapping[str, s
     return UpstreamHTTPError(message, status=status, upstream_body=parsed)
 
 
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    provider: ProviderSettings
+    headers: dict[str, str]
+    params: dict[str, str]
+    unary: aiohttp.ClientTimeout
+    stream: aiohttp.ClientTimeout
+
+
 class UpstreamClient:
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self.session = session
+        self._prepared: dict[str, _Prepared] = {}
+
+    def _prepare(self, provider: ProviderSettings, request_id: str) -> tuple[
+            dict[str, str], dict[str, str], aiohttp.ClientTimeout, aiohttp.ClientTimeout]:
+        """Headers, query and timeouts of a provider, computed once; only the request id varies."""
+        prepared = self._prepared.get(provider.name)
+        if prepared is None or prepared.provider is not provider:
+            t = provider.timeouts
+            prepared = self._prepared[provider.name] = _Prepared(
+                provider=provider, headers=upstream_headers(provider, ""), params=upstream_params(provider),
+                unary=aiohttp.ClientTimeout(total=t.read, connect=t.connect, sock_connect=t.connect),
+                stream=aiohttp.ClientTimeout(total=None, connect=t.connect, sock_connect=t.connect,
+                                             sock_read=t.stream_idle))
+        headers = dict(prepared.headers)
+        headers["x-request-id"] = request_id
+        return headers, prepared.params, prepared.unary, prepared.stream
 
     async def call(self, provider: ProviderSettings, endpoint: str, upstream_model: str,
                    payload: bytes, request_id: str) -> UpstreamResponse:
         t = provider.timeouts
-        timeout = aiohttp.ClientTimeout(total=t.read, connect=t.connect, sock_connect=t.connect)
+        headers, params, timeout, _ = self._prepare(provider, request_id)
         url = upstream_url(provider, endpoint, upstream_model)
         try:
-            async with self.session.post(url, data=payload, params=upstream_params(provider),
-                                         headers=upstream_headers(provider, request_id),
+            async with self.session.post(url, data=payload, params=params or None, headers=headers,
                                          timeout=timeout) as resp:
                 body = await resp.read()
                 headers = {k.lower(): v for k, v in resp.headers.items()}
@@ -110,13 +134,11 @@ class UpstreamClient:
                           payload: bytes, request_id: str) -> UpstreamStream:
         """Send the request and wait for the response headers; errors before then are raised."""
         t = provider.timeouts
-        timeout = aiohttp.ClientTimeout(total=None, connect=t.connect, sock_connect=t.connect,
-                                        sock_read=t.stream_idle)
+        headers, params, _, timeout = self._prepare(provider, request_id)
         url = upstream_url(provider, endpoint, upstream_model)
         try:
             resp = await asyncio.wait_for(
-                self.session.post(url, data=payload, params=upstream_params(provider),
-                                  headers=upstream_headers(provider, request_id), timeout=timeout),
+                self.session.post(url, data=payload, params=params or None, headers=headers, timeout=timeout),
                 timeout=t.first_byte,
             )
         except TimeoutError:

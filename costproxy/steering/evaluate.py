@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from costproxy.errors import RuleRejected
-from costproxy.policy import Constraints
+from costproxy.policy import EMPTY, Constraints
 from costproxy.steering.rules import Rule, RuleSet
 
 ROLLOUT_BUCKETS = 10_000  # rollout resolution: 0.01 %
-_NO_CONSTRAINTS = Constraints()
+_NO_CONSTRAINTS = EMPTY
 _SHADOW = -1  # marks the shadow key in the merge cache
 _MERGE_CACHE_LIMIT = 4096  # distinct combinations of applied rules kept per rule set
 
