@@ -15,6 +15,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.trace import NoOpTracer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from costproxy import middlewares, proxy
@@ -22,6 +23,7 @@ from costproxy.admin import routes as admin_routes
 from costproxy.admin import selection_api
 from costproxy.analyzer.encodings import load_encodings
 from costproxy.analyzer.tokens import TokenCounter
+from costproxy.budget_http import install as install_budget_http
 from costproxy.errors import StoreUnavailable
 from costproxy.identity import KeyRing
 from costproxy.keys import EXTRAS, HTTP_SESSION, KEYRING, METRICS, SERVICES, SETTINGS, STORE, TRACER
@@ -57,14 +59,14 @@ def create_app(
     accounts_factory: AccountsFactory | None = None,
     router_factory: RouterFactory | None = None,
 ) -> web.Application:
-    app = web.Application(
-        middlewares=[middlewares.errors_middleware, middlewares.tracing_middleware,
-                     middlewares.body_limit_middleware, middlewares.auth_middleware],
-        client_max_size=settings.server.max_body_bytes,
-    )
+    tracer = make_tracer(settings.tracing, span_exporter)
+    chain = [middlewares.errors_middleware, middlewares.auth_middleware]
+    if not isinstance(tracer, NoOpTracer):  # no tracing: no middleware layer to pay for
+        chain.insert(1, middlewares.tracing_middleware)
+    app = web.Application(middlewares=chain, client_max_size=settings.server.max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = make_metrics()
-    app[TRACER] = make_tracer(settings.tracing, span_exporter)
+    app[TRACER] = tracer
     app[EXTRAS] = {}
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_session_ctx)
@@ -72,6 +74,7 @@ def create_app(
     proxy.add_routes(app)
     admin_routes.add_routes(app)
     selection_api.add_routes(app)
+    install_budget_http(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 from opentelemetry import propagate
-from opentelemetry.trace import NoOpTracer, SpanKind
+from opentelemetry.trace import SpanKind
 
 from costproxy.errors import (
     BodyTooLarge,
@@ -60,6 +60,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     try:
+        limit = request.app[SETTINGS].server.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise BodyTooLarge(f"request body of {request.content_length} bytes exceeds the limit of {limit}")
         return await handler(request)
     except ProxyError as exc:
         return error_response(exc, request_id)
@@ -84,8 +87,6 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 async def tracing_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """One OTel server span per request, continuing the caller's ``traceparent``."""
     tracer = request.app[TRACER]
-    if isinstance(tracer, NoOpTracer):
-        return await handler(request)
     parent = propagate.extract(dict(request.headers))
     resource = request.match_info.route.resource
     name = f"{request.method} {resource.canonical if resource is not None else request.path}"
@@ -96,14 +97,6 @@ async def tracing_middleware(request: web.Request, handler: Handler) -> web.Stre
         response = await handler(request)
         span.set_attribute("http.response.status_code", response.status)
         return response
-
-
-@web.middleware
-async def body_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    limit = request.app[SETTINGS].server.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise BodyTooLarge(f"request body of {request.content_length} bytes exceeds the limit of {limit}")
-    return await handler(request)
 
 
 @web.middleware

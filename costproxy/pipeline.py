@@ -13,6 +13,7 @@ The handlers in ``proxy.py`` turn a ``Plan`` and its result into HTTP; nothing h
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -115,8 +116,12 @@ class Services:
     tracer: Tracer = field(default_factory=NoOpTracer)
 
 
+_ID_PREFIX = os.urandom(8).hex()  # per process: ids stay unique across replicas and restarts
+_id_counter = itertools.count()
+
+
 def new_request_id() -> str:
-    return "req_" + os.urandom(16).hex()
+    return f"req_{_ID_PREFIX}{next(_id_counter):08x}"
 
 
 class _NoSpan:

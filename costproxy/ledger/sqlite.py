@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import operator
 import sqlite3
 import threading
 import time
@@ -58,15 +59,15 @@ MIGRATIONS: list[tuple[int, str]] = [
 _INSERT = f"INSERT INTO ledger ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
 
 
+_VALUES = operator.attrgetter(*COLUMNS)
+_METADATA = COLUMNS.index("metadata")
+
+
 def _row(entry: LedgerEntry) -> tuple[Any, ...]:
-    values = []
-    for name in COLUMNS:
-        value = getattr(entry, name)
-        if name == "metadata":
-            value = json.dumps(value, separators=(",", ":"), sort_keys=True)
-        elif isinstance(value, bool):
-            value = int(value)
-        values.append(value)
+    """Column values in ``COLUMNS`` order (sqlite3 stores bools as 0/1 by itself)."""
+    values = list(_VALUES(entry))
+    metadata = values[_METADATA]
+    values[_METADATA] = json.dumps(metadata, separators=(",", ":"), sort_keys=True) if metadata else "{}"
     return tuple(values)
 
 
