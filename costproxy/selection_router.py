@@ -36,7 +36,7 @@ from costproxy.routing import resolve_concrete
 from costproxy.selection import BudgetPressure, Decision, SelectionConfig, parse_selection_config, select
 from costproxy.settings import Settings, read_yaml
 from costproxy.steering import RulesHolder, SteeringOutcome, evaluate
-from costproxy.steering.rules import EMPTY_RULESET, RuleSet
+from costproxy.steering.rules import EMPTY_RULESET, Rule, RuleSet
 
 VIRTUAL_PREFIX = "auto"
 DECISIONS_KEPT = 10_000
@@ -132,11 +132,23 @@ _TASK_FIELDS = frozenset({"request.task_type", "request.difficulty"})
 _READS_TASK: dict[str, bool] = {}
 
 
+def _only_virtual(rule: Rule) -> bool:
+    """A rule whose conditions all must hold and include "the client asked for auto"."""
+    return rule.operator == "and" and any(
+        c.field == "request.model_requested_virtual" and c.operator == "equals" and c.value is True
+        for c in rule.conditions)
+
+
 def _reads_task(ruleset: RuleSet) -> bool:
-    """Whether any enabled rule tests the task type or difficulty (memoised per rule-set digest)."""
+    """Whether a rule that can match a concrete-model request tests the task type or difficulty.
+
+    Memoised per rule-set digest.  Rules limited to ``auto`` requests do not count: those
+    requests are always analyzed.
+    """
     known = _READS_TASK.get(ruleset.digest)
     if known is None:
-        known = any(c.field in _TASK_FIELDS for rule in ruleset.active for c in rule.conditions)
+        known = any(c.field in _TASK_FIELDS for rule in ruleset.active if not _only_virtual(rule)
+                    for c in rule.conditions)
         if len(_READS_TASK) > 64:
             _READS_TASK.clear()
         _READS_TASK[ruleset.digest] = known

@@ -137,3 +137,18 @@ async def test_select_api_shape(make_proxy) -> None:
     estimate = await (await proxy.client.post("/api/v1/models/estimate", headers=ADMIN, json={
         "content": {"messages": SIMPLE["messages"]}, "models": ["big", "small"], "outputTokens": 100})).json()
     assert [r["model"] for r in estimate["data"]] == ["small", "big"]
+
+
+async def test_concrete_model_skips_task_detection_unless_a_rule_reads_it(make_proxy) -> None:
+    auto_only = {"rules": [{"id": "cap-auto-classification", "name": "c", "priority": 1, "conditions": [
+        {"field": "request.model_requested_virtual", "operator": "equals", "value": True},
+        {"field": "request.task_type", "operator": "equals", "value": "classification"}],
+        "actions": [{"type": "cap-output-tokens", "params": {"max_tokens": 9}}]}]}
+    proxy = await make_proxy(rules={"r.yaml": auto_only})
+    resp = await proxy.client.post("/v1/chat/completions", json={**SIMPLE, "model": "small"},
+                                   headers=proxy.auth())
+    assert resp.status == 200
+    [entry] = await proxy.ledger()
+    assert entry.task_type is None  # not analyzed: no rule could use it
+    resp = await proxy.client.post("/v1/chat/completions", json=SIMPLE, headers=proxy.auth())
+    assert proxy.sim.calls[-1].body["max_tokens"] == 9  # auto: analyzed, the rule applied
