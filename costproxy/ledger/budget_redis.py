@@ -41,7 +41,7 @@ from typing import Any
 
 import orjson
 import structlog
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -63,7 +63,7 @@ from costproxy.ledger.budget_store import (
     spec_from_body,
 )
 from costproxy.ledger.entry import LedgerEntry
-from costproxy.ledger.ledger_mirror import LedgerMirror, entry_json
+from costproxy.ledger.ledger_mirror import LedgerMirror, entry_json, stop_if_cancelled
 from costproxy.ledger.sqlite import SqliteStore
 
 log = structlog.get_logger("costproxy.budgets")
@@ -129,6 +129,7 @@ class _Op:
     budget_ids: tuple[str, ...]
     period_keys: tuple[str, ...]
     request_id: str
+    home: str = ""  # partition of the ledger stream
 
 
 class RedisBudgetAccounts(BudgetBook):
@@ -172,11 +173,8 @@ class RedisBudgetAccounts(BudgetBook):
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5.0)
         self._tasks = []
         try:
             await asyncio.wait_for(self.flush_outbox(), timeout=2.0)
@@ -184,18 +182,20 @@ class RedisBudgetAccounts(BudgetBook):
         except (RedisError, OSError, TimeoutError) as exc:
             log.error("budget_close_incomplete", error=str(exc), outbox=len(self._outbox))
         await self._save_outbox()
-        await self.redis.aclose()
+        await self.redis.aclose(close_connection_pool=True)
         if self._mirror_redis is not None:
-            await self._mirror_redis.aclose()
+            await self._mirror_redis.aclose(close_connection_pool=True)
 
     async def _maintain(self) -> None:
         while True:
             await asyncio.sleep(self.refresh_interval_s)
+            stop_if_cancelled()
             try:
                 await self.refresh()
                 await self.reclaim_expired()
                 await self.flush_outbox()
             except RedisError as exc:
+                stop_if_cancelled()  # redis-py may turn a cancellation into a connection error
                 self._down(exc)
 
     def _down(self, exc: BaseException) -> None:
@@ -338,7 +338,6 @@ class RedisBudgetAccounts(BudgetBook):
             request_id=entry.request_id, amount_nanos=0, budget_ids=(spec.id,), token="u" + uuid.uuid4().hex,
             period_keys=(window.key,), counter_keys=(self.keys.counter(spec.partition, spec.id, window.key),),
             home=spec.partition)
-        await self._register([spec.partition])
         await self._send(self._settle_op(usage, entry, nanos))
         return self.status_now(budget_id)
 
@@ -358,14 +357,15 @@ class RedisBudgetAccounts(BudgetBook):
             args += [self._expire_for(budget_id, period_key, now), self._marks(budget_id, now)]
         keys = [*counters, self.keys.reservation_prefix(home) + token, self.keys.expiries(home),
                 self.keys.done(home, token), self.keys.ledger(home)]
-        return _Op(keys, args, ids, periods, reservation.request_id)
+        return _Op(keys, args, ids, periods, reservation.request_id, home)
 
     def _expire_for(self, budget_id: str, period_key: str, now: int) -> int:
+        """Expiry to (re)set on a charged counter: 0 keeps the one its reserve set (a past period)."""
         compiled = self._compiled.get(budget_id)
         if compiled is None:
-            return now + self.retention_ms
+            return 0
         window = self.window(compiled.spec, now)
-        return self._expire_at(window.end_ms) if window.key == period_key else now + self.retention_ms
+        return self._expire_at(window.end_ms) if window.key == period_key else 0
 
     def _marks(self, budget_id: str, now: int) -> str:
         compiled = self._compiled.get(budget_id)
@@ -377,9 +377,8 @@ class RedisBudgetAccounts(BudgetBook):
     async def _send(self, op: _Op | None) -> None:
         if op is None:
             return
-        if op.keys and not op.budget_ids:
-            await self._register([_partition_of(self.keys, op.keys[-1])])
         try:
+            await self._register([op.home])
             reply = await self._settle(keys=op.keys, args=op.args)
         except RedisError as exc:
             self._down(exc)
@@ -408,6 +407,7 @@ class RedisBudgetAccounts(BudgetBook):
         sent = 0
         while self._outbox:
             op = self._outbox[0]
+            await self._register([op.home])
             reply = await self._settle(keys=op.keys, args=op.args)  # RedisError: stays queued
             self._outbox.pop(0)
             self._applied(op, reply)
@@ -433,7 +433,7 @@ class RedisBudgetAccounts(BudgetBook):
         for body in await self.store._run(take):
             data = orjson.loads(body)
             self._outbox.append(_Op(data["keys"], data["args"], tuple(data["budget_ids"]),
-                                    tuple(data["period_keys"]), data["request_id"]))
+                                    tuple(data["period_keys"]), data["request_id"], data.get("home", "")))
 
     def pending(self) -> int:
         return len(self._outbox)
@@ -444,15 +444,13 @@ def _counters_from(fields: dict[bytes, bytes], now: int) -> Counters:
     return Counters(int(fields.get(b"spent", 0)), int(fields.get(b"reserved", 0)), fired, now)
 
 
-def _partition_of(keys: RedisKeys, ledger_key: str) -> str:
-    tag = ledger_key[len(keys.prefix) + 2:ledger_key.index("}")]
-    return "" if tag == "_" else tag
-
-
-def redis_client(url: str, *, timeout_s: float = 1.0) -> Redis:
-    """A client that fails fast (one retry, no backoff): a budget check must not hang a request."""
-    return Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                          retry=Retry(NoBackoff(), 1), health_check_interval=0)
+def redis_client(url: str, *, timeout_s: float = 1.0, max_connections: int = 64) -> Redis:
+    """A client that fails fast (one retry, no backoff) when Redis is down, and queues for one of
+    ``max_connections`` connections (rather than failing) when many requests are in flight."""
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=5.0, socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 1), health_check_interval=0)
+    return Redis(connection_pool=pool)
 
 
 async def open_redis_accounts(url: str, store: SqliteStore, config: BudgetConfig, *,

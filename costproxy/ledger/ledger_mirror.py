@@ -30,6 +30,14 @@ from costproxy.ledger.sqlite import _INSERT, SqliteStore, _row
 log = structlog.get_logger("costproxy.budgets")
 
 
+def stop_if_cancelled() -> None:
+    """Raise if this task was asked to stop: redis-py can swallow a cancellation (returning or
+    raising a connection error instead), so loops over Redis calls check on every turn."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def entry_json(entry: LedgerEntry) -> bytes:
     return orjson.dumps(entry)
 
@@ -40,7 +48,7 @@ def entry_from_json(data: bytes | str) -> LedgerEntry:
 
 class LedgerMirror:
     def __init__(self, redis: Redis, store: SqliteStore, keys: RedisKeys,
-                 partitions: Callable[[], set[str]], *, batch: int = 500, block_ms: int = 1000) -> None:
+                 partitions: Callable[[], set[str]], *, batch: int = 500, block_ms: int = 500) -> None:
         self.redis = redis
         self.store = store
         self.keys = keys
@@ -48,6 +56,7 @@ class LedgerMirror:
         self.batch = batch
         self.block_ms = block_ms
         self._last: dict[str, str] = {}
+        self._lock = asyncio.Lock()  # one reader at a time: ``run`` and ``catch_up`` share ``_last``
         self.mirrored = 0
 
     async def load_marks(self) -> None:
@@ -58,15 +67,22 @@ class LedgerMirror:
     async def run(self) -> None:
         await self.load_marks()
         while True:
+            stop_if_cancelled()
             try:
                 await self.step()
             except (RedisError, OSError, StoreUnavailable) as exc:
+                stop_if_cancelled()
                 log.warning("ledger_mirror_failed", error=str(exc))
                 await asyncio.sleep(1.0)
 
     async def step(self, block: bool = True) -> int:
         """Read what is new in every partition's stream and write it locally; returns the count."""
-        streams: dict[Any, Any] = {self.keys.ledger(p): self._last.get(self.keys.ledger(p), "0-0") for p in self.partitions()}
+        async with self._lock:
+            return await self._step(block)
+
+    async def _step(self, block: bool) -> int:
+        names = [self.keys.ledger(p) for p in self.partitions()]
+        streams: dict[Any, Any] = {name: self._last.get(name, "0-0") for name in names}
         if not streams:
             await asyncio.sleep(self.block_ms / 1000 if block else 0)
             return 0
@@ -99,6 +115,9 @@ class LedgerMirror:
 
     async def catch_up(self) -> int:
         """Mirror everything currently in the streams (tests, shutdown); returns the count."""
+        async with self._lock:
+            # Marks are written with the rows: a step cancelled mid-write may have committed.
+            await self.load_marks()
         total = 0
         while True:
             count = await self.step(block=False)

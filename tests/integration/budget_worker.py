@@ -1,0 +1,120 @@
+"""One replica of the Redis budget tests, run as its own process (``python budget_worker.py …``).
+
+``hammer``: wait for the ``test:go`` key, run N concurrent requests (reserve, a pause, then settle
+a random cost up to the worst case or release), mark ``test:done:<tag>``, wait for every replica to
+finish, let the ledger mirror catch up, close, and print a JSON summary on the last line.
+``hold``: take COUNT reservations, print ``held``, and sleep (the test SIGKILLs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import redis.asyncio as aioredis
+
+from costproxy.budget_codec import parse_budget_config
+from costproxy.errors import BudgetExceeded
+from costproxy.identity import Principal
+from costproxy.ledger.budget_redis import RedisBudgetAccounts, open_redis_accounts
+from costproxy.ledger.budget_store import ensure_budget_schema
+from costproxy.ledger.entry import LedgerEntry
+from costproxy.ledger.sqlite import SqliteStore
+
+PRINCIPALS = (Principal(key_id="k-alice", user="alice", team="core", org="acme"),
+              Principal(key_id="k-bob", user="bob", team="core", org="acme"))
+
+
+async def open_replica(url: str, db: str, config: str) -> tuple[RedisBudgetAccounts, SqliteStore]:
+    store = SqliteStore(db, flush_interval=0.01)
+    await store.open()
+    await ensure_budget_schema(store)
+    accounts = await open_redis_accounts(url, store, parse_budget_config(json.loads(config), "worker"))
+    return accounts, store
+
+
+async def one(accounts: RedisBudgetAccounts, rng: random.Random, name: str, reported: list[int]) -> str:
+    principal = rng.choice(PRINCIPALS)
+    worst = rng.randint(1_000, 40_000_000)
+    await asyncio.sleep(rng.random() / 5)
+    try:
+        reservation = await accounts.reserve(name, principal, worst)
+    except BudgetExceeded:
+        return "refused"
+    await asyncio.sleep(rng.random() / 50)
+    if rng.random() < 0.2:
+        await accounts.release(reservation, None)
+        return "released"
+    cost = worst if rng.random() > 0.8 else rng.randint(0, worst)
+    reported.append(cost)
+    entry = LedgerEntry(request_id=name, ts_ms=int(time.time() * 1000), endpoint="chat/completions",
+                        status="ok", http_status=200, key_id=principal.key_id, user=principal.user,
+                        team=principal.team, org=principal.org, cost_nanos=cost)
+    await accounts.settle(reservation, entry)
+    return "settled"
+
+
+async def wait_key(client: aioredis.Redis, pattern: str, count: int, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if len(await client.keys(pattern)) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise TimeoutError(f"no {count} keys {pattern} after {seconds}s")
+
+
+async def hammer(args: argparse.Namespace) -> None:
+    accounts, store = await open_replica(args.url, args.db, args.config)
+    client = aioredis.Redis.from_url(args.url)
+    print("ready", flush=True)
+    prefix = json.loads(args.config).get("key_prefix", "cp")
+    await wait_key(client, f"{prefix}:test:go", 1)
+    rng = random.Random(args.seed)
+    reported: list[int] = []
+    outcomes = await asyncio.gather(*(one(accounts, rng, f"{args.tag}-{n}", reported) for n in range(args.n)))
+    await client.set(f"{prefix}:test:done:{args.tag}", 1)
+    await wait_key(client, f"{prefix}:test:done:*", args.replicas)
+    await asyncio.sleep(0.2)
+    await accounts.mirror.catch_up()
+    await accounts.close()
+    rows = await store.query("SELECT COUNT(*), COALESCE(SUM(cost_nanos), 0) FROM ledger")
+    await store.close()
+    await client.aclose()
+    print(json.dumps({"reported": reported, "outcomes": {o: outcomes.count(o) for o in set(outcomes)},
+                      "local_rows": rows[0][0], "local_sum": rows[0][1], "outbox": accounts.pending()}),
+          flush=True)
+
+
+async def hold(args: argparse.Namespace) -> None:
+    accounts, _ = await open_replica(args.url, args.db, args.config)
+    for n in range(args.count):
+        await accounts.reserve(f"held-{n}", PRINCIPALS[0], args.amount)
+    print("held", flush=True)
+    await asyncio.sleep(3600)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("role", choices=("hammer", "hold"))
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--db", required=True)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--n", type=int, default=100)
+    parser.add_argument("--tag", default="w")
+    parser.add_argument("--replicas", type=int, default=3)
+    parser.add_argument("--count", type=int, default=3)
+    parser.add_argument("--amount", type=int, default=1_000)
+    args = parser.parse_args()
+    asyncio.run(hammer(args) if args.role == "hammer" else hold(args))
+
+
+if __name__ == "__main__":
+    main()
