@@ -12,9 +12,14 @@
 2. **Scores.**  Expected quality for this task type and difficulty bucket (``QualityProfiles``)
    and expected cost: input tokens plus expected output tokens at the model's prices, exactly as
    ``ModelSpec.cost`` computes it (whole nano-USD per token rates are precomputed per model).
-3. **Quality target.**  ``best − gap``, where *best* is the highest expected quality among the
-   eligible models and *gap* the shortfall the quality mode accepts (``economy_gap``,
-   ``balanced_gap``, ``quality_gap``).  Budget pressure widens the gap gradually (``pressure_gap``
+3. **Quality target.**  ``reference − gap``, where *gap* is the shortfall the quality mode accepts
+   (``economy_gap``, ``balanced_gap``, ``quality_gap``) and *reference* depends on
+   ``target_reference``: ``baseline`` (the default) is the expected quality of the registry's
+   ``baseline_model`` for this request — what the caller would otherwise have used, and what savings
+   are measured against — and ``best`` the highest expected quality among the eligible models.  With
+   ``baseline`` the reference falls back to *best* when no baseline is given or it is not a candidate,
+   and ``auto:quality`` always aims at the best (whoever asks for quality wants the best).  The target
+   never exceeds *best*.  Budget pressure widens the gap gradually (``pressure_gap``
    at full pressure) and ``downgrade`` widens it to the maximum; the gap never exceeds ``max_gap``
    and the target never falls below ``quality_floor`` — the floor.
 4. **Choice.**  The cheapest eligible model whose expected quality meets the target.  Optionally
@@ -50,6 +55,7 @@ from costproxy.quality import QualityProfiles
 from costproxy.registry import ModelSpec, Usage
 
 _EPSILON = 1e-9
+TARGET_REFERENCES = ("baseline", "best")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +79,7 @@ class SelectionConfig:
     quality_floor: float = 0.0
     max_fallbacks: int = 3
     quality_per_usd: float | None = None  # None: the cheapest sufficient model wins
+    target_reference: str = "baseline"  # TARGET_REFERENCES: what the mode's gap is measured from
 
     def gap(self, mode: str) -> float:
         return {"economy": self.economy_gap, "quality": self.quality_gap}.get(mode, self.balanced_gap)
@@ -274,10 +281,21 @@ class _Context:
 # --- choice -------------------------------------------------------------------------------------
 
 
-def _target(best: float, mode: str, level: float, constraints: Constraints, config: SelectionConfig) -> float:
+def _reference(best: float, mode: str, scores: Sequence[CandidateScore], baseline: str | None,
+               config: SelectionConfig) -> tuple[float, str]:
+    """(reference quality, what it is) — see step 3 of the module docstring."""
+    if config.target_reference == "baseline" and mode != "quality" and baseline is not None:
+        score = next((s for s in scores if s.model == baseline), None)
+        if score is not None:
+            return score.expected_quality, f"baseline {baseline}"
+    return best, "best eligible"
+
+
+def _target(reference: float, best: float, mode: str, level: float, constraints: Constraints,
+            config: SelectionConfig) -> float:
     gap = config.max_gap if constraints.downgrade else config.gap(mode) + level * config.pressure_gap
     gap = min(gap, config.max_gap)
-    target = max(best - gap, config.quality_floor, constraints.min_quality or 0.0)
+    target = max(reference - gap, config.quality_floor, constraints.min_quality or 0.0)
     return min(target, best)
 
 
@@ -320,8 +338,13 @@ def select(
     config: SelectionConfig,
     *,
     decision_id: str | None = None,
+    baseline: str | None = None,
 ) -> Decision:
-    """Choose the cheapest sufficient model; raise ``NoEligibleModel`` when none can serve."""
+    """Choose the cheapest sufficient model; raise ``NoEligibleModel`` when none can serve.
+
+    ``baseline`` is the model the caller would otherwise have used (the registry's
+    ``baseline_model`` for ``auto``): the quality reference when ``config.target_reference`` is
+    ``baseline``."""
     ctx = _Context(constraints, profile.required_capabilities | constraints.required_capabilities,
                    _limit(constraints, pressure))
     bucket = quality.bucket(profile.task_type, profile.difficulty)
@@ -333,12 +356,14 @@ def select(
     mode = constraints.quality_mode if constraints.quality_mode in QUALITY_MODES else config.default_mode
     level = config.pressure(pressure)
     best = max(s.expected_quality for s in eligible)
-    target = _target(best, str(mode), level, constraints, config)
+    reference, reference_name = _reference(best, str(mode), scores, baseline, config)
+    target = _target(reference, best, str(mode), level, constraints, config)
     sufficient = [s for s in eligible if s.expected_quality + _EPSILON >= target]
     chosen = min(sufficient, key=_preference(config.quality_per_usd))
     reasons = (
         f"task {profile.task_type}, difficulty {profile.difficulty:.2f} (bucket {bucket})",
-        f"mode {mode}, pressure {level:.2f}: target {target:.3f} (best eligible {best:.3f})",
+        f"mode {mode}, pressure {level:.2f}: target {target:.3f} "
+        f"({reference_name} {reference:.3f}, best eligible {best:.3f})",
         f"{len(eligible)} of {len(scores)} models eligible, {len(sufficient)} meet the target",
         f"chose {chosen.model}: {'cheapest' if config.quality_per_usd is None else 'best value'} "
         f"meeting the target, expected quality "
@@ -379,6 +404,7 @@ def parse_selection_config(value: Any, file: str, path: str = "selection") -> Se
         quality_floor=share("quality_floor", d.quality_floor),
         max_fallbacks=node.child("max_fallbacks", d.max_fallbacks).int(minimum=0, maximum=20),
         quality_per_usd=_opt_rate(node.child("quality_per_usd", None)),
+        target_reference=node.child("target_reference", d.target_reference).str(choices=TARGET_REFERENCES),
     )
     node.done()
     if config.burn_full < config.burn_start:

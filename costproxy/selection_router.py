@@ -249,7 +249,10 @@ class SelectionRouter:
         pressure = BudgetPressure(used_fraction=view.used_fraction, burn_ratio=view.burn_ratio,
                                   remaining_nanos=view.remaining_nanos)
         healthy = [m for m in candidates if self.breakers.allows(m)]
-        return select(profile, healthy or candidates, self.quality, constraints, pressure, self.config)
+        requested = self.registry.resolve(request.requested)  # a concrete model that must be switched
+        baseline = requested.id if requested is not None else self.registry.baseline_model
+        return select(profile, healthy or candidates, self.quality, constraints, pressure, self.config,
+                      baseline=baseline)
 
     def _remember(self, decision: Decision, request: RouteInput, steering: SteeringOutcome) -> None:
         self.decisions[decision.id] = {

@@ -376,3 +376,51 @@ def test_quality_file_errors_name_the_path() -> None:
         parse_quality({"models": {"m": {"overall": 1.5}}}, "q.yaml")
     with pytest.raises(ConfigError, match="strictly increasing"):
         parse_quality({"difficulty_buckets": {"default": [0.5, 0.2]}}, "q.yaml")
+
+
+# --- quality target relative to the baseline model -----------------------------------------------
+
+
+def _with_baseline(baseline: str | None, **config: object) -> Decision:
+    return select(profile(), models(), quality(), Constraints(quality_mode="balanced"), BudgetPressure(),
+                  SelectionConfig(**config), baseline=baseline)  # type: ignore[arg-type]
+
+
+def test_target_is_relative_to_the_baseline_by_default() -> None:
+    # medium code: big 0.88, huge 0.92; balanced gap 0.03
+    assert _with_baseline(None).model == "huge"  # no baseline: best eligible (0.92) - 0.03
+    assert _with_baseline("big").model == "big"  # target 0.85: nothing cheaper reaches it
+    decision = _with_baseline("mid")  # target 0.77: mid itself (0.80) is the cheapest reaching it
+    assert decision.model == "mid"
+    assert abs(decision.quality_target - 0.77) < 1e-9
+    assert any("baseline mid" in r for r in decision.reasons)
+
+
+def test_best_reference_ignores_the_baseline() -> None:
+    assert _with_baseline("big", target_reference="best").model == "huge"
+
+
+def test_quality_mode_always_aims_at_the_best() -> None:
+    decision = select(profile(), models(), quality(), Constraints(quality_mode="quality"), BudgetPressure(),
+                      SelectionConfig(), baseline="mid")
+    assert decision.model == "huge"
+
+
+def test_unknown_baseline_falls_back_to_best() -> None:
+    assert _with_baseline("not-a-candidate").model == "huge"
+
+
+def test_baseline_reference_is_monotone_under_pressure() -> None:
+    costs = []
+    for used in (0.0, 0.6, 0.8, 0.95, 1.0):
+        decision = select(profile(), models(), quality(), Constraints(), BudgetPressure(used_fraction=used),
+                          SelectionConfig(), baseline="big")
+        costs.append(decision.estimated_cost_nanos)
+    assert all(b <= a for a, b in pairwise(costs))
+
+
+def test_target_reference_is_parsed_and_validated() -> None:
+    assert parse_selection_config({"target_reference": "best"}, "c.yaml").target_reference == "best"
+    assert parse_selection_config({}, "c.yaml").target_reference == "baseline"
+    with pytest.raises(ConfigError, match="target_reference"):
+        parse_selection_config({"target_reference": "strongest"}, "c.yaml")
