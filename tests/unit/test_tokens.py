@@ -271,3 +271,17 @@ def test_counting_is_thread_safe(counter: TokenCounter) -> None:
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(lambda _: counter.count_text(text, "o200k_base"), range(32)))
     assert results == [expected] * 32
+
+
+def test_long_texts_are_counted_in_pieces_exactly() -> None:
+    import random
+
+    from costproxy.analyzer import tokens as token_module
+    from costproxy.analyzer.encodings import load_encodings
+
+    rng = random.Random(11)
+    words = ("alpha", "γάμμα", "日本語", "the", "naïve", "don't", "42", "x+y=3;", "\n", "  ", "émigré", "{}")
+    text = " ".join(rng.choice(words) + rng.choice(("", "s", "!", "123")) for _ in range(40_000))
+    assert len(token_module._pieces(text)) > 3
+    for encoding in load_encodings().values():
+        assert token_module._count(encoding, text) == len(encoding.encode_ordinary(text))
