@@ -1,0 +1,270 @@
+"""Three real ``costproxy serve`` processes sharing one Redis, against the simulated provider.
+
+Hundreds of concurrent requests (unary, streamed, clients leaving mid-stream, upstream failures
+and dropped streams) hit a small hard budget: settled spend never exceeds it, nothing stays
+reserved once traffic stops, and every ledger entry whose usage the provider reported costs
+exactly that usage priced.  A replica SIGKILLed while holding reservations has them reclaimed
+by the survivors within the reservation TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+import yaml
+
+from costproxy.admin.routes import issue_key
+from costproxy.identity import KeyRecord
+from costproxy.ledger.entry import LedgerEntry
+from costproxy.ledger.sqlite import SqliteStore
+from costproxy.simulator import Simulator, start_simulator
+from tests.conftest import ADMIN_TOKEN, TEST_MODELS
+from tests.conftest_redis import RedisSpace, free_port, redis_endpoint, redis_space  # noqa: F401
+
+pytestmark = pytest.mark.redis
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {"SIM_API_KEY": "sk-provider-secret", "COSTPROXY_ADMIN_TOKEN": ADMIN_TOKEN}
+PRICES = {"small": (150, 600), "backup": (100, 400)}  # nano-USD per input / output token (TEST_MODELS)
+TEAM_LIMIT = 4_000_000  # $0.004
+
+
+@dataclass
+class Replica:
+    proc: asyncio.subprocess.Process
+    base: str
+    db: Path
+    log: Path
+
+
+def write_replica(directory: Path, sim_url: str, space: RedisSpace, ttl: float) -> Path:
+    config_dir = directory / "config"
+    config_dir.mkdir(parents=True)
+    (directory / "rules").mkdir()
+    (config_dir / "models.yaml").write_text(yaml.safe_dump(TEST_MODELS))
+    provider = {"base_url": sim_url, "api_key_env": "SIM_API_KEY",
+                "timeouts": {"connect": 2, "first_byte": 20, "read": 20, "stream_idle": 20}}
+    budgets = {"key_prefix": space.prefix, "reservation_ttl_s": ttl, "refresh_interval_s": 0.2, "definitions": [
+        {"id": "acme", "scope_type": "org", "scope_id": "acme", "limit_usd": "1", "period": "monthly"},
+        {"id": "core", "scope_type": "team", "scope_id": "core", "org": "acme", "limit_usd": "0.004",
+         "period": "daily", "timezone": "Europe/Berlin"},
+        {"id": "alice", "scope_type": "user", "scope_id": "alice", "org": "acme", "limit_usd": "0.5",
+         "on_exhausted": "notify"}]}
+    (config_dir / "costproxy.yaml").write_text(yaml.safe_dump({
+        "server": {"host": "127.0.0.1", "port": 0},
+        "store": {"url": space.url},
+        "models_file": "models.yaml", "rules_dir": "../rules",
+        "providers": {"sim": provider, "sim2": provider},
+        "budgets": budgets,
+    }))
+    return config_dir / "costproxy.yaml"
+
+
+async def add_key(db: Path, record: KeyRecord | None) -> tuple[str | None, KeyRecord]:
+    """The same client key on every replica (keys live in each replica's SQLite file)."""
+    store = SqliteStore(str(db))
+    await store.open()
+    try:
+        if record is None:
+            return await issue_key(store, {"user": "alice", "team": "core", "org": "acme"}, time.time())
+        await store.insert_key(record)
+        return None, record
+    finally:
+        await store.close()
+
+
+async def start(config: Path, log: Path, session: aiohttp.ClientSession) -> Replica:
+    port = free_port()
+    handle = log.open("wb")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "costproxy", "--config", str(config), "serve", "--port", str(port),
+        env={**os.environ, **ENV}, stdout=handle, stderr=handle, cwd=ROOT)
+    handle.close()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.returncode is not None:
+            raise AssertionError(f"costproxy exited {proc.returncode}, see {log}")
+        with contextlib.suppress(aiohttp.ClientError):
+            async with session.get(base + "/readyz") as resp:
+                if resp.status == 200:
+                    return Replica(proc, base, config.parent.parent / "data" / "costproxy-replica.sqlite3", log)
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"costproxy did not become ready, see {log}")
+
+
+@contextlib.asynccontextmanager
+async def deployment(tmp_path: Path, space: RedisSpace, *, ttl: float = 30,
+                     **sim_options: Any) -> AsyncIterator[tuple[list[Replica], str, Simulator,
+                                                                 aiohttp.ClientSession]]:
+    runner, sim_url, sim = await start_simulator(require_auth=False, **sim_options)
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+    replicas: list[Replica] = []
+    try:
+        configs = [write_replica(tmp_path / f"r{i}", sim_url, space, ttl) for i in range(3)]
+        secret, record = await add_key(configs[0].parent.parent / "data" / "costproxy-replica.sqlite3", None)
+        for config in configs[1:]:
+            await add_key(config.parent.parent / "data" / "costproxy-replica.sqlite3", record)
+        for i, config in enumerate(configs):
+            replicas.append(await start(config, tmp_path / f"r{i}" / "proxy.log", session))
+        assert secret is not None
+        yield replicas, secret, sim, session
+    finally:
+        for replica in replicas:
+            if replica.proc.returncode is None:
+                replica.proc.send_signal(signal.SIGTERM)
+        for replica in replicas:
+            try:
+                await asyncio.wait_for(replica.proc.wait(), 20)
+            except TimeoutError:
+                replica.proc.kill()
+                await replica.proc.wait()
+        await session.close()
+        await runner.cleanup()
+
+
+def body(n: int, kind: str, rng: random.Random) -> dict[str, Any]:
+    directive = f"[[sim:tokens={rng.randint(5, 60)}]]"
+    if kind == "fail":
+        directive = "[[sim:fault=500]]"
+    elif kind == "dropped":
+        directive += " [[sim:drop_after=4]]"
+    elif kind == "leave":
+        directive += " [[sim:chunk_delay_ms=15]]"
+    result: dict[str, Any] = {"model": "small", "max_tokens": 100,
+                              "messages": [{"role": "user", "content": f"request {n} please {directive}"}]}
+    if kind in ("stream", "leave", "dropped"):
+        result["stream"] = True
+        result["stream_options"] = {"include_usage": True}
+    return result
+
+
+async def call(session: aiohttp.ClientSession, replica: Replica, key: str, n: int, kind: str,
+               rng: random.Random) -> tuple[int, dict[str, Any] | None]:
+    headers = {"Authorization": f"Bearer {key}", "X-Request-ID": f"e2e-{n}"}
+    try:
+        async with session.post(replica.base + "/v1/chat/completions", json=body(n, kind, rng),
+                                headers=headers) as resp:
+            if resp.status == 429:
+                assert resp.headers["x-should-retry"] == "false"
+                return 429, await resp.json()
+            if kind == "leave" and resp.status == 200:
+                await resp.content.readline()
+                resp.close()  # the client walks away mid-stream
+                return 499, None
+            await resp.read()
+            return resp.status, None
+    except aiohttp.ClientPayloadError:
+        return 599, None  # the upstream dropped the stream
+
+
+def priced(model: str | None, prompt: int, completion: int) -> int:
+    price_in, price_out = PRICES[model or "small"]
+    return prompt * price_in + completion * price_out
+
+
+def redis_state(space: RedisSpace) -> tuple[dict[str, dict[str, int]], list[LedgerEntry]]:
+    client = space.client()
+    try:
+        counters = {key.decode(): {k.decode(): int(v) for k, v in client.hgetall(key).items()}
+                    for key in client.scan_iter(match=f"{space.prefix}:*:b:*")}
+        entries = [LedgerEntry(**orjson.loads(f[b"e"])) for _, f in client.xrange(f"{space.prefix}:{{acme}}:ledger")]
+        return counters, entries
+    finally:
+        client.close()
+
+
+async def test_three_proxies_share_a_hard_budget_exactly(tmp_path: Path, redis_space: RedisSpace) -> None:  # noqa: F811
+    rng = random.Random(3)
+    kinds = rng.choices(["unary", "stream", "leave", "fail", "dropped"], weights=[40, 30, 10, 10, 10], k=360)
+    async with deployment(tmp_path, redis_space, chunk_delay_ms=2) as (replicas, key, sim, session):
+        gate = asyncio.Semaphore(60)
+
+        async def one(n: int, kind: str) -> tuple[int, dict[str, Any] | None]:
+            async with gate:
+                return await call(session, replicas[n % 3], key, n, kind, rng)
+
+        results = await asyncio.gather(*(one(n, kind) for n, kind in enumerate(kinds)))
+        await asyncio.sleep(1.0)  # settles of streams whose clients left
+        counters, ledger = redis_state(redis_space)
+        statuses = [status for status, _ in results]
+        refusals = [b for status, b in results if status == 429]
+        assert refusals and all(b is not None and b["error"]["code"] == "budget_exceeded" for b in refusals)
+        assert any("'core'" in b["error"]["message"] for b in refusals if b is not None)
+        assert statuses.count(200) > 50
+        for name, fields in counters.items():
+            assert fields.get("reserved", 0) == 0, name
+        team = next(fields for name, fields in counters.items() if ":b:core:" in name)
+        assert team["spent"] <= TEAM_LIMIT
+        assert team["spent"] == sum(e.cost_nanos for e in ledger)
+        calls = {c.headers.get("x-request-id"): c for c in sim.calls}
+        reported = [e for e in ledger if e.usage_reported and e.cost_nanos]
+        for entry_ in reported:  # the model that answered (a fallback after failures) at its price
+            call_ = calls[entry_.request_id]
+            assert (entry_.served_model, entry_.prompt_tokens, entry_.completion_tokens) == (
+                call_.model, call_.prompt_tokens, call_.completion_tokens), entry_.request_id
+        assert sum(e.cost_nanos for e in reported) == sum(
+            priced(c.model, c.prompt_tokens, c.completion_tokens) for c in (calls[e.request_id] for e in reported))
+        assert len(reported) >= statuses.count(200) - kinds.count("leave")
+        assert {e.request_id for e in ledger} <= set(calls)  # no entry without an upstream call
+    for i in range(3):  # after a clean stop every replica's SQLite mirrors the whole shared ledger
+        rows = await local_ledger(tmp_path / f"r{i}" / "data" / "costproxy-replica.sqlite3")
+        assert rows == (len(ledger), sum(e.cost_nanos for e in ledger)), f"replica {i}"
+
+
+async def local_ledger(db: Path) -> tuple[int, int]:
+    store = SqliteStore(str(db))
+    await store.open()
+    try:
+        [[count, total]] = await store.query("SELECT COUNT(*), COALESCE(SUM(cost_nanos), 0) FROM ledger")
+        return count, total
+    finally:
+        await store.close()
+
+
+async def test_sigkilled_proxy_reservations_are_reclaimed_within_ttl(
+        tmp_path: Path, redis_space: RedisSpace) -> None:  # noqa: F811
+    ttl = 2.0
+    async with deployment(tmp_path, redis_space, ttl=ttl) as (replicas, key, _, session):
+        victim = replicas[0]
+        headers = {"Authorization": f"Bearer {key}"}
+        slow = {"model": "small", "max_tokens": 100,
+                "messages": [{"role": "user", "content": "wait for it [[sim:latency_ms=20000]]"}]}
+        pending = [asyncio.create_task(session.post(victim.base + "/v1/chat/completions", json=slow,
+                                                    headers={**headers, "X-Request-ID": f"slow-{n}"}))
+                   for n in range(5)]
+        deadline = time.monotonic() + 10
+        while not any(f.get("reserved", 0) for f in redis_state(redis_space)[0].values()):
+            assert time.monotonic() < deadline, "the slow requests never reserved"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # let all five reserve
+        held = max(f.get("reserved", 0) for f in redis_state(redis_space)[0].values())
+        assert held > 0 and held % 5 == 0  # five equal worst cases
+        victim.proc.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        await victim.proc.wait()
+        while any(f.get("reserved", 0) for f in redis_state(redis_space)[0].values()):
+            assert time.monotonic() - killed < ttl + 1.5, "reservations of the killed proxy were not reclaimed"
+            await asyncio.sleep(0.05)
+        for task in pending:
+            with contextlib.suppress(aiohttp.ClientError):
+                await task
+        async with session.post(replicas[1].base + "/v1/chat/completions", headers=headers,
+                                json={**slow, "messages": [{"role": "user", "content": "hi [[sim:tokens=3]]"}],
+                                      "user": str(uuid.uuid4())}) as resp:
+            assert resp.status == 200
+
