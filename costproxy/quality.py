@@ -17,29 +17,42 @@ holds documented priors; ``costproxy calibrate`` writes fitted ones in the same 
         tasks:
           code_generation: {overall: 0.72, buckets: [0.80, 0.72, 0.60], samples: 0}
           classification: 0.86     # short form: the task's overall quality only
+    predictors:                    # optional: per-request estimates (costproxy calibrate writes them)
+      features: [words, long_words, ...]   # costproxy.analyzer.tasks.FEATURE_NAMES, in that order
+      models:
+        gpt-4o-mini:
+          question_answering: [-0.4, 1.2, ...]   # bias, then one weight per feature
     registry:                      # optional: models not in models.yaml (calibrated data sets)
       models: {...}                # the models.yaml format (costproxy/registry.py)
     calibration: {...}             # optional: how ``costproxy calibrate`` made the file (free-form)
 
 Lookup falls back from the most specific estimate to the least: model+task+bucket → model+task
-→ model overall → the model's tier prior (→ ``default_prior`` for an unknown tier).
+→ model overall → the model's tier prior (→ ``default_prior`` for an unknown tier).  ``estimate``
+first tries the request's own estimate: when the file has a predictor for the model and task and the
+request has query features, the expected quality is the logistic
+``1 / (1 + exp(-(bias + Σ weight·feature)))`` — a probability that this model answers this prompt
+acceptably, a few dozen multiplications in pure Python.  The ``features`` list must name exactly the
+analyzer's current ``FEATURE_NAMES`` (a stale file is an error, not a silent misreading).
 """
 
 from __future__ import annotations
 
+import math
+import operator
 from bisect import bisect_right
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
 
-from costproxy.analyzer.tasks import TASK_TYPES
+from costproxy.analyzer.tasks import FEATURE_NAMES, TASK_TYPES
 from costproxy.config_schema import Node
 from costproxy.registry import TIERS, Registry, parse_registry
 
 QUALITY_FORMAT_VERSION = 1
 DEFAULT_BUCKET_EDGES = (0.35, 0.55)
-LEVELS = ("bucket", "task", "model", "tier", "default")
+LEVELS = ("predictor", "bucket", "task", "model", "tier", "default")
+Predictors = Mapping[tuple[str, str], tuple[float, ...]]  # (model, task) → (bias, *weights)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +79,7 @@ class QualityProfiles:
     default_prior: float = 0.6
     registry: Registry | None = None  # models a calibrated data set brings along
     calibration: Mapping[str, Any] = field(default_factory=dict)  # settings of costproxy calibrate
+    predictors: Predictors = field(default_factory=dict)
 
     def edges(self, task_type: str) -> tuple[float, ...]:
         edges = self.bucket_edges.get(task_type)
@@ -96,6 +110,16 @@ class QualityProfiles:
 
     def expected(self, model_id: str, tier: str, task_type: str, difficulty: float) -> float:
         return self.lookup(model_id, tier, task_type, self.bucket(task_type, difficulty))[0]
+
+    def estimate(self, model_id: str, tier: str, task_type: str, bucket: int,
+                 features: Sequence[float]) -> tuple[float, str]:
+        """The request's own estimate from its query features when a predictor exists, else ``lookup``."""
+        if features and self.predictors:
+            weights = self.predictors.get((model_id, task_type))
+            if weights is not None:
+                z = weights[0] + sum(map(operator.mul, weights[1:], features))
+                return 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z)))), "predictor"
+        return self.lookup(model_id, tier, task_type, bucket)
 
 
 # --- parsing ------------------------------------------------------------------------------------
@@ -150,6 +174,28 @@ def _parse_model(node: Node, edges: Mapping[str, tuple[float, ...]]) -> ModelQua
     return model
 
 
+def _parse_predictors(node: Node) -> dict[tuple[str, str], tuple[float, ...]]:
+    if node.value is None:
+        return {}
+    names_node = node.child("features")
+    names = tuple(names_node.str_list())
+    if names != FEATURE_NAMES:
+        raise names_node.error(f"must list the analyzer's features in order: {', '.join(FEATURE_NAMES)} "
+                               "(recalibrate with this version)", list(names))
+    result: dict[tuple[str, str], tuple[float, ...]] = {}
+    for model_id, model_node in node.child("models", {}).items():
+        for task_type, weights_node in model_node.items():
+            if task_type not in TASK_TYPES:
+                raise weights_node.error(f"unknown task type (known: {', '.join(TASK_TYPES)})", task_type)
+            weights = tuple(w.number() for w in weights_node.elements())
+            if len(weights) != len(FEATURE_NAMES) + 1:
+                raise weights_node.error(f"needs {len(FEATURE_NAMES) + 1} numbers (bias, then one weight "
+                                         "per feature)", list(weights))
+            result[(model_id, task_type)] = weights
+    node.done()
+    return result
+
+
 def parse_quality(document: Any, file: str) -> QualityProfiles:
     """Build ``QualityProfiles`` from a parsed quality YAML; errors name file, dotted path and value."""
     root = Node(document, file)
@@ -161,6 +207,7 @@ def parse_quality(document: Any, file: str) -> QualityProfiles:
             raise prior_node.error(f"unknown tier (known: {', '.join(TIERS)})", tier)
         tier_priors[tier] = _quality(prior_node)
     models = {model_id: _parse_model(node, edges) for model_id, node in root.child("models", {}).items()}
+    predictors = _parse_predictors(root.child("predictors", None))
     registry_node = root.child("registry", None)
     registry = None if registry_node.value is None else parse_registry(registry_node.value, file)
     profiles = QualityProfiles(
@@ -171,6 +218,7 @@ def parse_quality(document: Any, file: str) -> QualityProfiles:
         default_prior=_quality(root.child("default_prior", 0.6)),
         registry=registry,
         calibration=root.child("calibration", {}).mapping(),
+        predictors=predictors,
     )
     root.done()
     return profiles
@@ -204,6 +252,11 @@ def quality_document(profiles: QualityProfiles, registry: Mapping[str, Any] | No
         "default_prior": round(profiles.default_prior, 4),
         "models": models,
     }
+    if profiles.predictors:
+        by_model: dict[str, dict[str, list[float]]] = {}
+        for (model_id, task_type), weights in sorted(profiles.predictors.items()):
+            by_model.setdefault(model_id, {})[task_type] = [round(w, 5) for w in weights]
+        document["predictors"] = {"features": list(FEATURE_NAMES), "models": by_model}
     if profiles.calibration:
         document["calibration"] = dict(profiles.calibration)
     if registry is not None:

@@ -9,7 +9,8 @@
    token used, ``ModelSpec.worst_case_cost`` — must fit ``max_cost_nanos`` and the remaining
    budget; when it does not, a lower output cap is tried (the proxy then injects it as
    ``max_tokens``), as long as the cap still leaves room for the expected answer.
-2. **Scores.**  Expected quality for this task type and difficulty bucket (``QualityProfiles``)
+2. **Scores.**  Expected quality for this request — from its query features when the profiles hold
+   a predictor for the model and task, else for its task type and difficulty bucket (``QualityProfiles``)
    and expected cost: input tokens plus expected output tokens at the model's prices, exactly as
    ``ModelSpec.cost`` computes it (whole nano-USD per token rates are precomputed per model).
 3. **Quality target.**  ``reference − gap``, where *gap* is the shortfall the quality mode accepts
@@ -97,7 +98,7 @@ class CandidateScore:
     provider: str
     tier: str
     expected_quality: float
-    quality_source: str  # bucket | task | model | tier | default (quality.LEVELS)
+    quality_source: str  # predictor | bucket | task | model | tier | default (quality.LEVELS)
     expected_cost_nanos: int
     worst_case_nanos: int
     output_cap: int  # max output tokens the worst case assumes
@@ -255,7 +256,7 @@ def _limit(constraints: Constraints, pressure: BudgetPressure) -> int | None:
 def _score(
     model: ModelSpec, profile: RequestProfile, quality: QualityProfiles, bucket: int, ctx: _Context
 ) -> CandidateScore:
-    expected_q, source = quality.lookup(model.id, model.tier, profile.task_type, bucket)
+    expected_q, source = quality.estimate(model.id, model.tier, profile.task_type, bucket, profile.features)
     tariff = _tariff(model)
     expected_cost = tariff.cost(profile.input_tokens, profile.expected_output_tokens)
     reason = _fit_exclusion(model, profile, ctx.required) or _policy_exclusion(model, ctx.constraints)

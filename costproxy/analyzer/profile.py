@@ -52,6 +52,7 @@ class RequestProfile:
     difficulty: float  # [0, 1]
     required_capabilities: frozenset[str]
     task_source: str = "detected"  # "detected" | "hint"
+    features: tuple[float, ...] = ()  # tasks.FEATURE_NAMES of the query, for quality predictors
 
 
 def _text_of(content: Any, capabilities: set[str]) -> str:
@@ -153,5 +154,6 @@ def analyze(body: Mapping[str, Any], input_tokens: int, task_hint: str | None = 
         difficulty=estimate.difficulty,
         required_capabilities=capabilities,
         task_source="hint" if hint else "detected",
+        features=estimate.features,
     )
 

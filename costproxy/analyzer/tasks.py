@@ -21,6 +21,12 @@ question last): a per-task base, the query's length (log-scaled), its share of l
 (technical vocabulary), reasoning and negation cues, numbers, the number of parts or constraints,
 and the size of the whole input.  It is a ranking signal: calibration (``costproxy calibrate``)
 turns it into per-task difficulty buckets, so only its order within a task matters.
+
+``query_features`` gives the same kind of signals, unweighted, as a vector (``FEATURE_NAMES``, each
+in [0, 1]: length, long words, cues, negations, numbers, parts, input size, answer options and their
+length, numbers in the options, few-shot examples before the query, a cloze blank, a question mark,
+code, and the question word).  Calibrated quality profiles may hold per-model, per-task logistic
+predictors over it (``costproxy.quality``), fitted on an evaluation set's train split.
 """
 
 from __future__ import annotations
@@ -190,6 +196,7 @@ class TaskEstimate:
     difficulty: float
     confidence: float  # margin of the winner over the runner-up, in [0, 1]
     short_answer: bool  # the prompt asks for a letter, a word, yes/no
+    features: tuple[float, ...] = ()  # FEATURE_NAMES, for the quality predictors
 
 
 def _zone(text: str, size: int) -> str:
@@ -266,6 +273,43 @@ def _question(query: str) -> str:
     return "\n".join(kept)
 
 
+# Query features the quality predictors read (``quality.QualityProfiles.estimate``), each in [0, 1].
+FEATURE_NAMES = (
+    "words", "long_words", "hard_cues", "negations", "numbers", "parts", "input_size",
+    "options", "option_words", "option_numbers", "few_shot", "cloze_blank", "question_mark", "code",
+    "which", "what", "how", "why",
+)
+_QUESTION_WORDS = tuple(word.encode() for word in FEATURE_NAMES[-4:])
+
+
+def query_features(user: str, input_tokens: int) -> tuple[float, ...]:
+    """``FEATURE_NAMES`` of the query (the last paragraph of ``user``): cheap surface features."""
+    query = _query(user)
+    question = _question(query)
+    words = _words(question)
+    n_words = len(words)
+    options = [line for line in query.split("\n") if _OPTIONS.match(line.lower())]
+    option_words = sum(len(line.split()) - 1 for line in options) / len(options) if options else 0.0
+    first = set(words[:12])
+    return (
+        min(1.0, math.log1p(n_words) / math.log1p(400)),
+        min(1.0, sum(map((9).__le__, map(len, words))) / n_words / 0.25) if n_words else 0.0,
+        min(1.0, sum(map(_HARD_CUES.__contains__, words)) / 3),
+        min(1.0, sum(map(_NEGATIONS.__contains__, words)) / 2),
+        min(1.0, len(question.encode("utf-8", "ignore").translate(_DIGIT_BYTES).split()) / 3),
+        min(1.0, (question.count("?") + question.count("\n- ") + question.count(";")) / 4),
+        min(1.0, math.log1p(max(input_tokens, 0)) / math.log1p(64_000)),
+        min(1.0, len(options) / 5),
+        min(1.0, math.log1p(option_words) / math.log1p(30)),
+        1.0 if any(_DIGIT.search(line) for line in options) else 0.0,
+        1.0 if len(user) > len(query) + 200 else 0.0,
+        1.0 if "_" in question and any(blank in question for blank in _BLANKS) else 0.0,
+        1.0 if "?" in question else 0.0,
+        1.0 if any(mark in query for mark in _CODE_MARKS) else 0.0,
+        *(1.0 if word in first else 0.0 for word in _QUESTION_WORDS),
+    )
+
+
 def estimate_difficulty(task_type: str, user: str, input_tokens: int) -> float:
     """Linear, clamped difficulty score in [0, 1] (see the module docstring for the features)."""
     question = _question(_query(user))
@@ -311,4 +355,5 @@ def detect_task(
         difficulty=estimate_difficulty(task, user, input_tokens),
         confidence=confidence,
         short_answer=any(phrase in zone for phrase in _SHORT_ANSWER),
+        features=query_features(user, input_tokens),
     )

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from costproxy.analyzer.profile import RequestProfile
+from costproxy.analyzer.tasks import FEATURE_NAMES
 from costproxy.errors import ConfigError, NoEligibleModel
 from costproxy.policy import Constraints
 from costproxy.quality import ModelQuality, QualityProfiles, TaskQuality, parse_quality, quality_document
@@ -424,3 +425,46 @@ def test_target_reference_is_parsed_and_validated() -> None:
     assert parse_selection_config({}, "c.yaml").target_reference == "baseline"
     with pytest.raises(ConfigError, match="target_reference"):
         parse_selection_config({"target_reference": "strongest"}, "c.yaml")
+
+
+# --- per-request predictors ------------------------------------------------------------------------
+
+
+def _predicting(weights_by_model: dict[str, list[float]]) -> QualityProfiles:
+    document = quality_document(quality())
+    document["predictors"] = {"features": list(FEATURE_NAMES),
+                              "models": {m: {"code_generation": w} for m, w in weights_by_model.items()}}
+    return parse_quality(document, "q.yaml")
+
+
+def test_predictors_give_each_request_its_own_estimate() -> None:
+    n = len(FEATURE_NAMES)
+    code = FEATURE_NAMES.index("code")
+    tiny = [0.0] * (n + 1)
+    tiny[0], tiny[1 + code] = -3.0, 6.0  # tiny is good exactly when the query shows code
+    profiles = _predicting({"tiny": tiny, "huge": [2.0] + [0.0] * n})
+    with_code = [0.0] * n
+    with_code[code] = 1.0
+    cfg = SelectionConfig(target_reference="best")
+    chosen = select(profile(features=tuple(with_code)), models(), profiles, Constraints(), BudgetPressure(), cfg)
+    assert chosen.model == "tiny" and chosen.score("tiny").quality_source == "predictor"  # type: ignore[union-attr]
+    plain = select(profile(features=(0.0,) * n), models(), profiles, Constraints(), BudgetPressure(), cfg)
+    assert plain.model != "tiny"
+    assert plain.score("mid").quality_source == "bucket"  # type: ignore[union-attr]  # no predictor: lookup
+    no_features = select(profile(), models(), profiles, Constraints(), BudgetPressure(), cfg)
+    assert no_features.score("tiny").quality_source == "bucket"  # type: ignore[union-attr]
+
+
+def test_predictors_round_trip_and_reject_stale_feature_lists() -> None:
+    n = len(FEATURE_NAMES)
+    profiles = _predicting({"tiny": [0.5] * (n + 1)})
+    again = parse_quality(quality_document(profiles), "q.yaml")
+    assert again.predictors == profiles.predictors
+    document = quality_document(profiles)
+    document["predictors"]["features"] = ["words", "length"]
+    with pytest.raises(ConfigError, match=r"predictors\.features"):
+        parse_quality(document, "q.yaml")
+    document = quality_document(profiles)
+    document["predictors"]["models"]["tiny"]["code_generation"] = [1.0, 2.0]
+    with pytest.raises(ConfigError, match="needs"):
+        parse_quality(document, "q.yaml")

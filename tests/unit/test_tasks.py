@@ -7,7 +7,7 @@ import time
 import pytest
 
 from costproxy.analyzer.profile import analyze
-from costproxy.analyzer.tasks import TASK_TYPES, detect_task, estimate_difficulty
+from costproxy.analyzer.tasks import FEATURE_NAMES, TASK_TYPES, detect_task, estimate_difficulty, query_features
 
 CASES: list[tuple[str, str]] = [
     # code generation
@@ -261,3 +261,30 @@ def test_analyze_hint_and_odd_bodies() -> None:
         {"role": "user", "content": "What is the capital of Peru?"},
     ]}
     assert analyze(last_turn, 40).task_type == "question_answering"
+
+
+# --- query features for the quality predictors ---------------------------------------------------
+
+
+def test_query_features_are_bounded_and_named() -> None:
+    prompt = ("Which of these is NOT a mammal?\nA) whale\nB) bat\nC) shark\nD) 2 dogs\n"
+              "Print only a single choice from \"A\" or \"B\" or \"C\" or \"D\" without explanation.\nAnswer:")
+    features = dict(zip(FEATURE_NAMES, query_features(prompt, 60), strict=True))
+    assert all(0.0 <= v <= 1.0 for v in features.values())
+    assert features["options"] == pytest.approx(4 / 5)
+    assert features["option_numbers"] == 1.0
+    assert features["negations"] > 0 and features["which"] == 1.0 and features["question_mark"] == 1.0
+    assert features["few_shot"] == 0.0 and features["cloze_blank"] == 0.0 and features["code"] == 0.0
+
+
+def test_query_features_see_few_shot_examples_and_blanks() -> None:
+    shots = "\n\n".join(f"Example {i}: the _ was big.\nA) box\nB) ball\nAnswer: A" for i in range(5))
+    prompt = shots + "\n\nThe trophy did not fit in the suitcase because the _ was too big.\nA) trophy\nB) suitcase"
+    features = dict(zip(FEATURE_NAMES, query_features(prompt, 200), strict=True))
+    assert features["few_shot"] == 1.0 and features["cloze_blank"] == 1.0 and features["options"] == pytest.approx(0.4)
+
+
+def test_analyze_carries_the_features() -> None:
+    profile = analyze({"messages": [{"role": "user", "content": "Why is the sky blue?"}]}, 12)
+    assert len(profile.features) == len(FEATURE_NAMES)
+    assert profile.features[FEATURE_NAMES.index("why")] == 1.0
