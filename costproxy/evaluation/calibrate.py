@@ -10,6 +10,12 @@ computes at run time.  Then, per model:
   prompts does not swing to 0 or 1;
 - *bucket*: the same, shrunk toward the task's estimate.
 
+With ``predictors`` (the default), calibration also fits, per task with at least ``min_task_rows``
+rows and per model, a logistic regression of the model's score on the analyzer's query features
+(``analyzer.tasks.FEATURE_NAMES``): Newton's method on the L2-penalised log-likelihood
+(``predictor_l2`` on the weights, a light 0.01 on the bias), and writes the weights to the
+``predictors`` section, which the selection engine evaluates per request (``quality.py``).
+
 Difficulty buckets are per task: the ``buckets``-quantiles of the analyzer's difficulty over that
 task's train rows (equal-mass buckets; tasks with fewer than ``min_task_rows`` rows use the
 default edges).  Tier priors are the mean overall quality of the models of each tier.
@@ -64,6 +70,8 @@ class CalibrationOptions:
     seed: int = 0
     tokenizer: str = "approx"  # recorded in the output; the caller passes the matching counter
     as_of: date | None = None  # price date written to the registry section (default: today)
+    predictors: bool = True  # fit per-request logistic predictors over the query features
+    predictor_l2: float = 10.0  # L2 penalty on the predictor weights (features are in [0, 1])
 
 
 @dataclass(frozen=True)
@@ -121,6 +129,39 @@ def _fit_model(column: FloatArray, tasks: npt.NDArray[np.str_], buckets: FloatAr
     return ModelQuality(overall=overall, tasks=fitted)
 
 
+def fit_logistic(features: FloatArray, scores: FloatArray, l2: float, iterations: int = 25) -> FloatArray:
+    """(bias, *weights) maximising the L2-penalised Bernoulli likelihood of ``scores`` in [0, 1]."""
+    design = np.column_stack([np.ones(len(features)), features])
+    penalty = np.full(design.shape[1], l2)
+    penalty[0] = 0.01
+    weights = np.zeros(design.shape[1])
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-np.clip(design @ weights, -30.0, 30.0)))
+        gradient = design.T @ (p - scores) + penalty * weights
+        hessian = (design.T * (p * (1.0 - p))) @ design + np.diag(penalty)
+        step = np.linalg.solve(hessian, gradient)
+        weights -= step
+        if float(np.abs(step).max()) < 1e-8:
+            break
+    return np.asarray(weights, dtype=np.float64)
+
+
+def fit_predictors(profiles: Sequence[RequestProfile], perf: FloatArray, models: Sequence[str],
+                   options: CalibrationOptions) -> dict[tuple[str, str], tuple[float, ...]]:
+    """Per (model, task) logistic predictors over the query features (tasks with enough rows)."""
+    predictors: dict[tuple[str, str], tuple[float, ...]] = {}
+    tasks = np.asarray([p.task_type for p in profiles])
+    for task in sorted(set(tasks.tolist())):
+        rows = np.flatnonzero(tasks == task)
+        if len(rows) < options.min_task_rows or any(not profiles[int(i)].features for i in rows):
+            continue
+        features = np.asarray([profiles[int(i)].features for i in rows], dtype=np.float64)
+        for j, model in enumerate(models):
+            weights = fit_logistic(features, perf[rows, j], options.predictor_l2)
+            predictors[(model, task)] = tuple(float(w) for w in weights)
+    return predictors
+
+
 def fit_quality(
     profiles: Sequence[RequestProfile],
     perf: FloatArray,
@@ -144,14 +185,16 @@ def fit_quality(
         members = [fitted[m].overall for m in models if tiers.get(m) == tier]
         if members:
             priors[tier] = float(np.mean([x for x in members if x is not None]))
+    predictors = fit_predictors(profiles, perf, models, options) if options.predictors else {}
     return QualityProfiles(models=fitted, tier_priors=priors, bucket_edges=edges,
-                           default_prior=float(perf.mean()))
+                           default_prior=float(perf.mean()), predictors=predictors)
 
 
 def predict(quality: QualityProfiles, profiles: Sequence[RequestProfile], models: Sequence[str],
             tiers: Mapping[str, str]) -> FloatArray:
     """(rows × models) expected quality of each row under ``quality``."""
-    return np.asarray([[quality.expected(m, tiers.get(m, ""), p.task_type, p.difficulty) for m in models]
+    return np.asarray([[quality.estimate(m, tiers.get(m, ""), p.task_type, quality.bucket(p.task_type, p.difficulty),
+                                         p.features)[0] for m in models]
                        for p in profiles], dtype=np.float64)
 
 
@@ -249,12 +292,14 @@ def calibrate(data: EvalSet, count: TokenCount = approx_tokens,
     registry_doc = registry_document(train, analyzed, options)
     registry: Registry = parse_registry(registry_doc, f"{data.source} (fitted registry)")
     tiers = {m.id: m.tier for m in registry.models.values()}
-    buckets, strength, tried = choose_granularity(analyzed, train.perf, train.models, tiers, options)
+    buckets, strength, tried = choose_granularity(analyzed, train.perf, train.models, tiers,
+                                                replace(options, predictors=False))
     chosen = replace(options, buckets=buckets, prior_strength=strength)
     fitted = fit_quality(analyzed, train.perf, train.models, tiers, chosen)
     settings = {"data": data.source, "train_rows": len(train), "buckets": buckets,
                 "prior_strength": strength, "min_task_rows": options.min_task_rows,
-                "tokenizer": options.tokenizer, "cross_validated_brier": tried}
+                "tokenizer": options.tokenizer, "predictors": options.predictors,
+                "predictor_l2": options.predictor_l2, "cross_validated_brier": tried}
     profiles = replace(
         fitted,
         source=f"calibrated by costproxy calibrate on the train split of {data.source} ({len(train)} rows)",

@@ -13,8 +13,9 @@ Protocol (nothing is tuned on test):
    clears ``target_retention`` — by the lower bound of its bootstrap interval (``select_by=lower``,
    the default) or by its point estimate (``point``).
    With ``buckets_grid`` the number of difficulty buckets is part of the choice: profiles are
-   refitted on train for each count (prior strength and prices from the file) and the count whose
-   best admissible point saves most on train wins.
+   refitted on train for each count (prior strength and prices from the file), with and without the
+   per-request predictors when the file has them, and the variant whose best admissible point saves
+   most on train wins.
 3. The test split is routed with the profiles fitted on all of train at that point.
 
 Reported on test, each with a 95 % percentile bootstrap interval over prompts (numpy, seeded; the
@@ -175,6 +176,8 @@ def _calibration_options(quality: QualityProfiles) -> CalibrationOptions:
         buckets=int(settings.get("buckets", 3)),
         prior_strength=float(settings.get("prior_strength", 10.0)),
         min_task_rows=int(settings.get("min_task_rows", CalibrationOptions().min_task_rows)),
+        predictors=bool(settings.get("predictors", bool(quality.predictors))),
+        predictor_l2=float(settings.get("predictor_l2", CalibrationOptions().predictor_l2)),
     )
 
 
@@ -257,12 +260,13 @@ def _choose(train: EvalSet, chosen: IntArray, strongest: int,
 
 
 def _refit(quality: QualityProfiles, train: EvalSet, profiles: Sequence[RequestProfile],
-           buckets: int) -> QualityProfiles:
-    """The file's profiles refitted on train with ``buckets`` difficulty buckets."""
+           buckets: int, predictors: bool) -> QualityProfiles:
+    """The file's profiles refitted on train with ``buckets`` difficulty buckets, with or without
+    the per-request predictors."""
     candidates = _candidates(quality, train.models)
-    settings = replace(_calibration_options(quality), buckets=buckets)
+    settings = replace(_calibration_options(quality), buckets=buckets, predictors=predictors)
     fitted = fit_quality(profiles, train.perf, train.models, {m.id: m.tier for m in candidates}, settings)
-    calibration = {**quality.calibration, "buckets": buckets}
+    calibration = {**quality.calibration, "buckets": buckets, "predictors": predictors}
     return replace(fitted, source=quality.source, registry=quality.registry, calibration=calibration)
 
 
@@ -278,10 +282,13 @@ class _Choice:
 def _choose_profiles(quality: QualityProfiles, train: EvalSet, profiles: Sequence[RequestProfile],
                      strongest: int, options: EvalOptions) -> tuple[_Choice, list[_Choice]]:
     """The profiles (file, or refitted per bucket count) and point with the best admissible train saving."""
+    settings = _calibration_options(quality)
     if options.buckets_grid:
-        variants = [(f"refitted, {b} bucket(s)", _refit(quality, train, profiles, b)) for b in options.buckets_grid]
+        with_predictors = (True, False) if settings.predictors else (False,)
+        variants = [(f"refitted, {b} bucket(s){', predictors' if p else ''}", _refit(quality, train, profiles, b, p))
+                    for p in with_predictors for b in options.buckets_grid]
     else:
-        variants = [(f"file ({_calibration_options(quality).buckets} bucket(s))", quality)]
+        variants = [(f"file ({settings.buckets} bucket(s){', predictors' if settings.predictors else ''})", quality)]
     choices = []
     for label, variant in variants:
         routes = cross_fitted_routes(train, profiles, variant, options)

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import yaml
 
+from costproxy.analyzer.profile import analyze
+from costproxy.analyzer.tasks import FEATURE_NAMES
 from costproxy.evaluation.calibrate import CalibrationOptions, analyze_rows, approx_tokens, calibrate
 from costproxy.evaluation.commands import calibrate_main, eval_main
 from costproxy.evaluation.dataset import DatasetError, decode_prompt, load_dataset, read_dataset
@@ -177,7 +179,53 @@ def test_buckets_grid_refits_profiles(dataset_path: Path) -> None:
     data = load_dataset(dataset_path)
     quality = calibrate(data, options=CalibrationOptions(buckets=1, prior_strength=5)).profiles
     report = run_eval(data, quality, options=small_options(target_retention=0.9, buckets_grid=(1, 2)))
-    assert [v[0] for v in report.variants] == ["refitted, 1 bucket(s)", "refitted, 2 bucket(s)"]
+    assert [v[0] for v in report.variants] == [
+        "refitted, 1 bucket(s), predictors", "refitted, 2 bucket(s), predictors",
+        "refitted, 1 bucket(s)", "refitted, 2 bucket(s)"]
+
+
+def which_rows(n: int = 300, seed: int = 3) -> list[dict[str, str]]:
+    """QA only: the cheap coder is right exactly on "Which …" questions, the strong model always."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        which = i % 2 == 0
+        template = QA[2] if which else QA[i % 2]
+        prompt = template.format(PLACES[i % len(PLACES)]) + " " + "very " * int(rng.integers(0, 4))
+        p_correct = {"strong": 0.95, "coder": 0.95 if which else 0.2, "weak": 0.4}
+        row = {"sample_id": str(i), "eval_name": "qa", "prompt": prompt,
+               "split": "train" if i % 5 < 3 else "test", "dup_sample_id": "False"}
+        for m in MODELS:
+            row[f"perf::{m}"] = str(float(rng.random() < p_correct[m]))
+            row[f"cost_usd::{m}"] = f"{COST[m]:.6f}"
+        rows.append(row)
+    return rows
+
+
+def test_calibrate_fits_per_request_predictors(tmp_path: Path) -> None:
+    data = load_dataset(write_csv(tmp_path / "which.csv", which_rows()))
+    result = calibrate(data, options=CalibrationOptions(buckets=1, prior_strength=5))
+    quality = result.profiles
+    assert ("coder", "question_answering") in quality.predictors
+    which, what = (analyze({"messages": [{"role": "user", "content": q.format("Peru")}]}, 20).features
+                   for q in (QA[2], QA[0]))
+    assert len(which) == len(FEATURE_NAMES)
+    p_which, source = quality.estimate("coder", "economy", "question_answering", 0, which)
+    p_what, _ = quality.estimate("coder", "economy", "question_answering", 0, what)
+    assert source == "predictor" and p_which > 0.7 and p_what < 0.45
+    again = parse_quality(yaml.safe_load(yaml.safe_dump(result.document)), "q.yaml")
+    assert again.estimate("coder", "economy", "question_answering", 0, which)[0] == pytest.approx(p_which, abs=1e-3)
+    without = calibrate(data, options=CalibrationOptions(buckets=1, prior_strength=5, predictors=False))
+    assert not without.profiles.predictors and without.profiles.calibration["predictors"] is False
+
+
+def test_predictors_route_each_prompt(tmp_path: Path) -> None:
+    data = load_dataset(write_csv(tmp_path / "which.csv", which_rows()))
+    quality = calibrate(data, options=CalibrationOptions(buckets=1, prior_strength=5)).profiles
+    report = run_eval(data, quality, options=small_options(target_retention=0.95))
+    router = report.strategies[0]
+    assert report.usage["qa"].get("coder", 0) > 0 and report.usage["qa"].get("strong", 0) > 0
+    assert router.saving.point > 0.3 and router.retention.point > 0.9
 
 
 def test_frontier_and_mix() -> None:
