@@ -14,11 +14,16 @@ Target (issue 4): p99 < 0.5 ms at 1,000 tokens on a 2-core machine.
 
     python3 bench/selection_bench.py                 # 3,000 timed requests per size
     python3 bench/selection_bench.py --iterations 10000 --with-count
+    python3 bench/selection_bench.py --predictors    # a logistic predictor for every model and task
+
+``--predictors`` adds a per-request quality predictor (``quality.py``) for every candidate model and
+every task type — the worst case of a calibrated file — so the timing includes evaluating them.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import os
 import sys
@@ -34,9 +39,10 @@ sys.path.insert(0, str(ROOT))
 
 from costproxy.analyzer.encodings import load_encodings  # noqa: E402
 from costproxy.analyzer.profile import RequestProfile, analyze  # noqa: E402
+from costproxy.analyzer.tasks import FEATURE_NAMES, TASK_TYPES  # noqa: E402
 from costproxy.analyzer.tokens import TokenCounter  # noqa: E402
 from costproxy.policy import Constraints  # noqa: E402
-from costproxy.quality import parse_quality  # noqa: E402
+from costproxy.quality import QualityProfiles, parse_quality  # noqa: E402
 from costproxy.registry import parse_registry  # noqa: E402
 from costproxy.selection import BudgetPressure, SelectionConfig, select  # noqa: E402
 
@@ -80,6 +86,13 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
+def with_predictors(quality: QualityProfiles) -> QualityProfiles:
+    """``quality`` with a (made-up) logistic predictor for every chat model and task type."""
+    weights = tuple(0.1 * ((i % 7) - 3) for i in range(len(FEATURE_NAMES) + 1))
+    models = [m.id for m in REGISTRY.models.values() if m.kind == "chat"]
+    return dataclasses.replace(quality, predictors={(m, t): weights for m in models for t in TASK_TYPES})
+
+
 def measure(body: dict[str, Any], tokens: int, iterations: int, rules: RulesHook,
             count: Callable[[], int] | None) -> list[float]:
     candidates = [m for m in REGISTRY.models.values() if m.kind == "chat"]
@@ -89,7 +102,7 @@ def measure(body: dict[str, Any], tokens: int, iterations: int, rules: RulesHook
         start = time.perf_counter_ns()
         n = count() if count is not None else tokens
         profile = analyze(body, n)
-        select(profile, candidates, QUALITY, rules(body, profile), pressure, config)
+        select(profile, candidates, QUALITY, rules(body, profile), pressure, config, baseline=REGISTRY.baseline_model)
         elapsed = time.perf_counter_ns() - start
         if i >= 200:  # warm-up
             samples.append(elapsed / 1_000)
@@ -108,11 +121,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=3_000)
     parser.add_argument("--with-count", action="store_true", help="include token counting in the timing")
+    parser.add_argument("--predictors", action="store_true", help="a quality predictor for every model and task")
     args = parser.parse_args(argv)
+    global QUALITY
+    if args.predictors:
+        QUALITY = with_predictors(QUALITY)
     counter = TokenCounter(load_encodings([ENCODING]))
     chat = [m for m in REGISTRY.models.values() if m.kind == "chat"]
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {len(chat)} candidate models, "
-          f"{args.iterations} timed requests per size{' (token counting included)' if args.with_count else ''}")
+          f"{args.iterations} timed requests per size{' (token counting included)' if args.with_count else ''}"
+          f"{', predictors for every model and task' if args.predictors else ''}")
     print(f"{'prompt tokens':>14} {'p50 µs':>9} {'p99 µs':>9} {'max µs':>9}  task / chosen model")
     gc.collect()
     for size in SIZES:
@@ -120,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         count = _counting(counter, body["messages"]) if args.with_count else None
         samples = measure(body, tokens, args.iterations, no_rules, count)
         profile = analyze(body, tokens)
-        decision = select(profile, chat, QUALITY, Constraints(), BudgetPressure(), SelectionConfig())
+        decision = select(profile, chat, QUALITY, Constraints(), BudgetPressure(), SelectionConfig(),
+                          baseline=REGISTRY.baseline_model)
         print(f"{tokens:>14} {percentile(samples, 0.5):>9.1f} {percentile(samples, 0.99):>9.1f} "
               f"{samples[-1]:>9.1f}  {profile.task_type} / {decision.model}")
     return 0
