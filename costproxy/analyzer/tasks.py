@@ -286,7 +286,10 @@ def query_features(user: str, input_tokens: int) -> tuple[float, ...]:
     """``FEATURE_NAMES`` of the query (the last paragraph of ``user``): cheap surface features."""
     query = _query(user)
     question = _question(query)
-    words = _words(question)
+    return _features(user, query, question, _words(question), input_tokens)
+
+
+def _features(user: str, query: str, question: str, words: list[bytes], input_tokens: int) -> tuple[float, ...]:
     n_words = len(words)
     options = [line for line in query.split("\n") if _OPTIONS.match(line.lower())]
     option_words = sum(len(line.split()) - 1 for line in options) / len(options) if options else 0.0
@@ -313,7 +316,10 @@ def query_features(user: str, input_tokens: int) -> tuple[float, ...]:
 def estimate_difficulty(task_type: str, user: str, input_tokens: int) -> float:
     """Linear, clamped difficulty score in [0, 1] (see the module docstring for the features)."""
     question = _question(_query(user))
-    words = _words(question)
+    return _difficulty(task_type, question, _words(question), input_tokens)
+
+
+def _difficulty(task_type: str, question: str, words: list[bytes], input_tokens: int) -> float:
     n_words = len(words)
     # map/sum keep these loops in C: the question may be a few hundred words.
     long_share = sum(map((9).__le__, map(len, words))) / n_words if n_words else 0.0
@@ -350,10 +356,13 @@ def detect_task(
         task, confidence = str(task_hint), 1.0
     else:
         task, confidence = _pick(_score(zone, system[:_SYSTEM_ZONE].lower()))
+    query = _query(user)
+    question = _question(query)
+    words = _words(question)  # the query is read once for both difficulty and features
     return TaskEstimate(
         task_type=task,
-        difficulty=estimate_difficulty(task, user, input_tokens),
+        difficulty=_difficulty(task, question, words, input_tokens),
         confidence=confidence,
         short_answer=any(phrase in zone for phrase in _SHORT_ANSWER),
-        features=query_features(user, input_tokens),
+        features=_features(user, query, question, words, input_tokens),
     )
