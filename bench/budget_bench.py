@@ -73,7 +73,7 @@ async def open_store(directory: str, name: str) -> SqliteStore:
 
 
 async def measure(open_accounts: Callable[[SqliteStore], Awaitable[Accounts]], directory: str, name: str,
-                  n: int, concurrency: int, with_view: bool = False) -> float:
+                  n: int, concurrency: int, *, with_view: bool = False) -> float:
     store = await open_store(directory, name)
     accounts = await open_accounts(store)
     try:

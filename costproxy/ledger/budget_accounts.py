@@ -3,7 +3,7 @@
 ``BudgetAccounts`` (a Protocol) is ``Accounts`` plus what the budget API needs: ``budgets`` (the
 ``BudgetStore``), ``status``/``statuses``, ``record_usage``, ``check``, ``subscribe``, ``close``.
 
-``BudgetBook`` is the shared machinery: per-spec precomputation (``_Compiled``), cached period
+``BudgetBook`` is the shared machinery: per-spec precomputation (``CompiledBudget``), cached period
 windows, cached chains per principal, the ``BudgetView`` handed to selection and steering, and the
 fan-out of ``BudgetEvent``s.  Subclasses only say where the counters are (``_counters``).
 
@@ -109,7 +109,7 @@ class BudgetAccounts(Accounts, Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class _Compiled:
+class CompiledBudget:
     """Per-spec facts computed once per store generation, for the request path."""
 
     spec: BudgetSpec
@@ -128,9 +128,9 @@ class _Compiled:
         return not any(o.kind == "approval" and o.active(now_ms) for o in self.overrides)
 
 
-def compile_spec(spec: BudgetSpec, overrides: tuple[BudgetOverride, ...]) -> _Compiled:
+def compile_spec(spec: BudgetSpec, overrides: tuple[BudgetOverride, ...]) -> CompiledBudget:
     gate = next((t.percent for t in spec.thresholds if any(a.type in GATE_ACTIONS for a in t.actions)), None)
-    return _Compiled(spec, overrides, gate, active_span(spec))
+    return CompiledBudget(spec, overrides, gate, active_span(spec))
 
 
 def refusal(spec: BudgetSpec, *, gated: bool, amount: int, available: int) -> BudgetExceeded:
@@ -168,9 +168,9 @@ class BudgetBook:
         self.clock = clock
         self.ttl_ms = int(reservation_ttl_s * 1000)
         self._listeners: list[Callable[[BudgetEvent], None]] = []
-        self._compiled: dict[str, _Compiled] = {}
+        self._compiled: dict[str, CompiledBudget] = {}
         self._windows: dict[str, PeriodWindow] = {}
-        self._chains: dict[Principal, tuple[int, int, tuple[_Compiled, ...]]] = {}
+        self._chains: dict[Principal, tuple[int, int, tuple[CompiledBudget, ...]]] = {}
         self._generation = -1
 
     # --- caches ----------------------------------------------------------------------------
@@ -185,7 +185,7 @@ class BudgetBook:
         self._chains.clear()
         self._generation = self.budgets.generation
 
-    def chain(self, principal: Principal, now_ms: int) -> tuple[_Compiled, ...]:
+    def chain(self, principal: Principal, now_ms: int) -> tuple[CompiledBudget, ...]:
         """The compiled chain of ``principal``, cached per store generation and per second."""
         self._sync()
         second = now_ms // 1000
@@ -198,7 +198,7 @@ class BudgetBook:
         self._chains[principal] = (self._generation, second, found)
         return found
 
-    def compiled(self, budget_id: str) -> _Compiled:
+    def compiled(self, budget_id: str) -> CompiledBudget:
         self._sync()
         spec = self.budgets.require(budget_id)
         return self._compiled.get(spec.id) or compile_spec(spec, self.budgets.overrides(spec.id))
@@ -226,7 +226,7 @@ class BudgetBook:
             except Exception:  # a broken listener must not break money accounting
                 log.exception("budget_listener_failed", kind=event.kind, budget_id=event.budget_id)
 
-    def emit_crossings(self, compiled: _Compiled, period_key: str, before: int, after: int,
+    def emit_crossings(self, compiled: CompiledBudget, period_key: str, *, before: int, after: int,
                        fired: tuple[Threshold, ...], now_ms: int, request_id: str | None = None) -> None:
         """Events for thresholds this process saw fire (it won the once-per-period race)."""
         if not fired or not self._listeners:
@@ -244,7 +244,7 @@ class BudgetBook:
                 self.emit(BudgetEvent("exhausted", spec.id, period_key, now_ms, after, limit, new, old,
                                       None, request_id))
 
-    def emit_blocked(self, spec: BudgetSpec, period_key: str, spent: int, limit: int, now_ms: int,
+    def emit_blocked(self, spec: BudgetSpec, period_key: str, *, spent: int, limit: int, now_ms: int,
                      request_id: str, reason: str) -> None:
         if self._listeners:
             self.emit(BudgetEvent("request_blocked", spec.id, period_key, now_ms, spent, limit,
@@ -283,7 +283,7 @@ class BudgetBook:
             return BudgetView()
         return self._view(chain, now)
 
-    def _view(self, chain: tuple[_Compiled, ...], now: int) -> BudgetView:
+    def _view(self, chain: tuple[CompiledBudget, ...], now: int) -> BudgetView:
         states: list[tuple[str, BudgetState]] = []
         actions: list[ThresholdAction] = []
         used, ratio, remaining = 0.0, 0.0, None
@@ -313,7 +313,7 @@ class BudgetBook:
                           fields=budget_fields(states), restrictions=restrictions)
 
     @staticmethod
-    def _ratio(compiled: _Compiled, window: PeriodWindow, spent: int, limit: int, now: int) -> float:
+    def _ratio(compiled: CompiledBudget, window: PeriodWindow, spent: int, limit: int, now: int) -> float:
         since, until = compiled.span
         starts = [x for x in (window.start_ms, since) if x is not None]
         ends = [x for x in (window.end_ms, until) if x is not None]

@@ -26,8 +26,8 @@ When Redis is unreachable:
   how old it is when refreshes fail; while Redis is reachable it is at most one refresh interval
   behind the other replicas' activity (and exact for this replica's own).
 
-Definitions (budgets, overrides, audit) live in Redis too (``RedisDefinitions``); replicas pick
-up changes within one ``refresh_interval_s``.
+Definitions (budgets, overrides, audit) live in Redis too (``redis_definitions.py``); replicas
+pick up changes within one ``refresh_interval_s``.
 """
 
 from __future__ import annotations
@@ -48,22 +48,15 @@ from redis.exceptions import RedisError
 
 from costproxy.budget_codec import BudgetConfig
 from costproxy.budget_status import BudgetStatus, Counters
-from costproxy.budgets import BudgetOverride, BudgetSpec
 from costproxy.errors import StoreUnavailable
 from costproxy.identity import Principal
 from costproxy.ledger.accounts import Reservation
-from costproxy.ledger.budget_accounts import BudgetBook, BudgetReservation, _Compiled, refusal
-from costproxy.ledger.budget_lua import DEFINE, MAX_EXACT_NANOS, RECLAIM, RESERVE, SETTLE, RedisKeys
-from costproxy.ledger.budget_store import (
-    AuditRecord,
-    BudgetStore,
-    override_body,
-    override_from_body,
-    spec_body,
-    spec_from_body,
-)
+from costproxy.ledger.budget_accounts import BudgetBook, BudgetReservation, CompiledBudget, refusal
+from costproxy.ledger.budget_lua import MAX_EXACT_NANOS, RECLAIM, RESERVE, SETTLE, RedisKeys
+from costproxy.ledger.budget_store import BudgetStore
 from costproxy.ledger.entry import LedgerEntry
 from costproxy.ledger.ledger_mirror import LedgerMirror, entry_json, stop_if_cancelled
+from costproxy.ledger.redis_definitions import RedisDefinitions
 from costproxy.ledger.sqlite import SqliteStore
 
 log = structlog.get_logger("costproxy.budgets")
@@ -73,51 +66,6 @@ _Args = list[str | int]
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-class RedisDefinitions:
-    """Budgets and overrides as JSON in Redis hashes; each change bumps a version and is audited."""
-
-    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
-        self.redis = redis
-        self.keys = keys
-        self._define = redis.register_script(DEFINE)
-
-    async def load(self) -> tuple[list[BudgetSpec], list[BudgetOverride], int]:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(self.keys.defs("budgets"))
-            pipe.hgetall(self.keys.defs("overrides"))
-            pipe.get(self.keys.defs("version"))
-            specs, overrides, version = await pipe.execute()
-        return ([spec_from_body(_text(v)) for v in specs.values()],
-                [override_from_body(_text(v)) for v in overrides.values()], int(version or 0))
-
-    async def version(self) -> int:
-        return int(await self.redis.get(self.keys.defs("version")) or 0)
-
-    async def _apply(self, table: str, mode: str, item_id: str, body: str, audit: AuditRecord) -> bool:
-        keys = [self.keys.defs(table), self.keys.defs("version"), self.keys.defs("audit")]
-        return bool(await self._define(keys=keys, args=[mode, item_id, body, orjson.dumps(asdict(audit))]))
-
-    async def put_spec(self, spec: BudgetSpec, audit: AuditRecord, *, create: bool) -> bool:
-        return await self._apply("budgets", "create" if create else "update", spec.id, spec_body(spec), audit)
-
-    async def delete_spec(self, budget_id: str, audit: AuditRecord) -> bool:
-        return await self._apply("budgets", "delete", budget_id, "", audit)
-
-    async def put_override(self, override: BudgetOverride, audit: AuditRecord) -> None:
-        await self._apply("overrides", "put", override.id, override_body(override), audit)
-
-    async def audit(self, budget_id: str | None, limit: int) -> list[AuditRecord]:
-        found: list[AuditRecord] = []
-        rows: Any = await self.redis.xrevrange(self.keys.defs("audit"), count=limit if budget_id is None else 10_000)
-        for _, fields in rows:
-            record = AuditRecord(**orjson.loads(fields[b"a"]))
-            if budget_id is None or record.budget_id == budget_id:
-                found.append(record)
-            if len(found) >= limit:
-                break
-        return found
 
 
 @dataclass(slots=True)
@@ -240,7 +188,7 @@ class RedisBudgetAccounts(BudgetBook):
             return Counters(as_of_ms=self._last_ok_ms or now_ms, stale_ms=stale)
         return Counters(cached.spent_nanos, cached.reserved_nanos, cached.fired, cached.as_of_ms, stale)
 
-    def _remember(self, budget_id: str, key: str, spent: int, reserved: int, now: int,
+    def _remember(self, budget_id: str, key: str, spent: int, reserved: int, *, now: int,
                   fired: dict[int, int] | None = None) -> None:
         old = self._cache.get((budget_id, key))
         marks = dict(old.fired) if old is not None else {}
@@ -279,14 +227,14 @@ class RedisBudgetAccounts(BudgetBook):
         self._up(now)
         verdict = _text(reply[0])
         if verdict in ("over", "gate"):
-            self._refused(chain, periods, reply, request_id, worst_case_nanos, now)
+            self._refused(chain, periods, reply, request_id=request_id, amount=worst_case_nanos, now=now)
         if verdict == "ok":
             for i, compiled in enumerate(chain):
                 spent, reserved = int(reply[1 + 2 * i]), int(reply[2 + 2 * i])
-                self._remember(compiled.spec.id, periods[i], spent, reserved + worst_case_nanos, now)
+                self._remember(compiled.spec.id, periods[i], spent, reserved + worst_case_nanos, now=now)
         return reservation
 
-    def _reserve_call(self, chain: tuple[_Compiled, ...], home: str, token: str, amount: int,
+    def _reserve_call(self, chain: tuple[CompiledBudget, ...], home: str, token: str, amount: int,
                       now: int) -> tuple[list[str], _Args, tuple[str, ...]]:
         keys: list[str] = []
         args: _Args = [now, self.ttl_ms, str(amount), token, self.keys.reservation_prefix(home), RECLAIM_BATCH]
@@ -310,16 +258,16 @@ class RedisBudgetAccounts(BudgetBook):
     def _expire_at(self, end_ms: int | None) -> int:
         return 0 if end_ms is None else end_ms + self.retention_ms
 
-    def _refused(self, chain: tuple[_Compiled, ...], periods: tuple[str, ...], reply: list[Any],
+    def _refused(self, chain: tuple[CompiledBudget, ...], periods: tuple[str, ...], reply: list[Any], *,
                  request_id: str, amount: int, now: int) -> None:
         gated = _text(reply[0]) == "gate"
         index = int(reply[1]) - 1
         spent, reserved = int(reply[2]), int(reply[3])
         compiled = chain[index]
         limit = compiled.limit(now)
-        self._remember(compiled.spec.id, periods[index], spent, reserved, now)
-        self.emit_blocked(compiled.spec, periods[index], spent, limit, now, request_id,
-                          "approval required" if gated else "over budget")
+        self._remember(compiled.spec.id, periods[index], spent, reserved, now=now)
+        self.emit_blocked(compiled.spec, periods[index], spent=spent, limit=limit, now_ms=now,
+                          request_id=request_id, reason="approval required" if gated else "over budget")
         raise refusal(compiled.spec, gated=gated, amount=amount, available=limit - spent - reserved)
 
     # --- settle / release / usage --------------------------------------------------------
@@ -395,12 +343,13 @@ class RedisBudgetAccounts(BudgetBook):
         for i, (budget_id, period_key) in enumerate(zip(op.budget_ids, op.period_keys, strict=True)):
             spent, reserved, fired = int(reply[1 + 3 * i]), int(reply[2 + 3 * i]), _text(reply[3 + 3 * i])
             percents = [int(p) for p in fired.split(",") if p]
-            self._remember(budget_id, period_key, spent, reserved, now, dict.fromkeys(percents, now))
+            self._remember(budget_id, period_key, spent, reserved, now=now, fired=dict.fromkeys(percents, now))
             compiled = self._compiled.get(budget_id)
             if compiled is not None and percents:
                 hit = tuple(t for t in compiled.spec.thresholds if t.percent in percents)
                 cost = int(_text(op.args[2]))
-                self.emit_crossings(compiled, period_key, spent - cost, spent, hit, now, op.request_id)
+                self.emit_crossings(compiled, period_key, before=spent - cost, after=spent, fired=hit, now_ms=now,
+                                    request_id=op.request_id)
 
     # --- outbox --------------------------------------------------------------------------
     async def flush_outbox(self) -> int:

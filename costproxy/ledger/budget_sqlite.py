@@ -33,7 +33,7 @@ from costproxy.ledger.accounts import Reservation
 from costproxy.ledger.budget_accounts import (
     BudgetBook,
     BudgetReservation,
-    _Compiled,
+    CompiledBudget,
     refusal,
 )
 from costproxy.ledger.budget_store import BudgetStore
@@ -65,7 +65,7 @@ class _Counter:
 class _Held:
     expires_ms: int
     amount: int
-    charged: tuple[tuple[_Compiled, str, _Counter], ...]
+    charged: tuple[tuple[CompiledBudget, str, _Counter], ...]
     reclaimed: bool = False
     request_id: str = field(default="")
 
@@ -185,13 +185,13 @@ class SqliteBudgetAccounts(BudgetBook):
             return Reservation(request_id=request_id, amount_nanos=worst_case_nanos)
         return self._reserve(request_id, chain, worst_case_nanos, now)
 
-    def _reserve(self, request_id: str, chain: tuple[_Compiled, ...], amount: int, now: int) -> Reservation:
+    def _reserve(self, request_id: str, chain: tuple[CompiledBudget, ...], amount: int, now: int) -> Reservation:
         # The race this closes: checking the remaining budget and then reserving after an
         # ``await`` lets every request in flight see the same free money and all of them pass.
         # Here the checks and the increments run with no ``await`` in between, on the one event
         # loop that owns these counters, so the first request to get here takes the money and the
         # next one sees it reserved.  Either every budget of the chain is charged or none is.
-        charged: list[tuple[_Compiled, str, _Counter]] = []
+        charged: list[tuple[CompiledBudget, str, _Counter]] = []
         for compiled in chain:
             spec = compiled.spec
             key = self.window(spec, now).key
@@ -200,8 +200,8 @@ class SqliteBudgetAccounts(BudgetBook):
             gated = compiled.gated(counter.spent, limit, now)
             if gated or (spec.hard and counter.spent + counter.reserved + amount > limit):
                 available = limit - counter.spent - counter.reserved
-                self.emit_blocked(spec, key, counter.spent, limit, now, request_id,
-                                  "approval required" if gated else "over budget")
+                self.emit_blocked(spec, key, spent=counter.spent, limit=limit, now_ms=now, request_id=request_id,
+                                  reason="approval required" if gated else "over budget")
                 raise refusal(spec, gated=gated, amount=amount, available=available)
             charged.append((compiled, key, counter))
         for _, _, counter in charged:
@@ -226,7 +226,7 @@ class SqliteBudgetAccounts(BudgetBook):
             for compiled, key, counter in held.charged:
                 before = counter.spent
                 counter.spent += cost
-                self._fire(compiled, key, counter, before, now, reservation.request_id)
+                self._fire(compiled, key, counter, before=before, now=now, request_id=reservation.request_id)
         if entry is not None:
             self.store.append(self.tagged(entry, reservation))
 
@@ -248,7 +248,7 @@ class SqliteBudgetAccounts(BudgetBook):
                         if b in self._compiled)
         return _Held(0, 0, charged, reclaimed=True)
 
-    def _fire(self, compiled: _Compiled, key: str, counter: _Counter, before: int, now: int,
+    def _fire(self, compiled: CompiledBudget, key: str, counter: _Counter, *, before: int, now: int,
               request_id: str | None) -> None:
         thresholds = compiled.spec.thresholds
         if not thresholds:
@@ -259,7 +259,8 @@ class SqliteBudgetAccounts(BudgetBook):
         fired = tuple(t for t in thresholds if t.percent not in counter.fired and t.reached(counter.spent, limit))
         for threshold in fired:
             counter.fired[threshold.percent] = now
-        self.emit_crossings(compiled, key, before, counter.spent, fired, now, request_id)
+        self.emit_crossings(compiled, key, before=before, after=counter.spent, fired=fired, now_ms=now,
+                            request_id=request_id)
 
     def reclaim_expired(self) -> int:
         """Release reservations past their TTL; returns how many (their requests are stuck)."""
@@ -287,7 +288,7 @@ class SqliteBudgetAccounts(BudgetBook):
         counter = self._counter(compiled.spec.id, key)
         before = counter.spent
         counter.spent += nanos
-        self._fire(compiled, key, counter, before, now, entry.request_id)
+        self._fire(compiled, key, counter, before=before, now=now, request_id=entry.request_id)
         tagged = BudgetReservation(entry.request_id, nanos, (compiled.spec.id,), "", (key,))
         self.store.append(self.tagged(entry, tagged))
         return self.status_now(budget_id)

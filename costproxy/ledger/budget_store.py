@@ -5,7 +5,7 @@
 overrides alike) and keeps an immutable ``BudgetIndex`` for chain lookups on the request path.
 Where definitions live is the ``DefinitionBackend``'s business: SQLite tables in the embedded
 default (``SqliteDefinitions``, here), Redis hashes when replicas share state
-(``RedisDefinitions`` in ``budget_redis.py``).  ``generation`` changes whenever the index does, so
+(``RedisDefinitions`` in ``redis_definitions.py``).  ``generation`` changes whenever the index does, so
 callers can cache per generation.
 
 Overrides (temporary increases and approvals) are never edited: they are granted and revoked,
