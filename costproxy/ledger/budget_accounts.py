@@ -145,6 +145,14 @@ def refusal(spec: BudgetSpec, *, gated: bool, amount: int, available: int) -> Bu
                                             "scope_id": spec.scope_id})
 
 
+def overrun(reservation: Reservation, cost: int) -> None:
+    """Log a charge above its reservation: the money was spent, so it is charged anyway, and only
+    then can settled spend pass a hard limit (a provider billing beyond ``max_tokens``)."""
+    if cost > reservation.amount_nanos and isinstance(reservation, BudgetReservation) and reservation.budget_ids:
+        log.warning("budget_reservation_overrun", request_id=reservation.request_id,
+                    reserved_nanos=reservation.amount_nanos, cost_nanos=cost, budgets=list(reservation.budget_ids))
+
+
 def usage_entry(record: UsageRecord, spec: BudgetSpec, request_id: str) -> LedgerEntry:
     """The ledger entry for usage another system reports against ``spec``."""
     principal = {spec.scope_type: spec.scope_id}

@@ -36,7 +36,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import orjson
@@ -48,16 +48,18 @@ from redis.exceptions import RedisError
 
 from costproxy.budget_codec import BudgetConfig
 from costproxy.budget_status import BudgetStatus, Counters
+from costproxy.budgets import approved
 from costproxy.errors import StoreUnavailable
 from costproxy.identity import Principal
 from costproxy.ledger.accounts import Reservation
-from costproxy.ledger.budget_accounts import BudgetBook, BudgetReservation, CompiledBudget, refusal
+from costproxy.ledger.budget_accounts import BudgetBook, BudgetReservation, CompiledBudget, overrun, refusal
 from costproxy.ledger.budget_lua import MAX_EXACT_NANOS, RECLAIM, RESERVE, SETTLE, RedisKeys
 from costproxy.ledger.budget_store import BudgetStore
 from costproxy.ledger.entry import LedgerEntry
 from costproxy.ledger.ledger_mirror import LedgerMirror, entry_json, stop_if_cancelled
 from costproxy.ledger.redis_definitions import RedisDefinitions
 from costproxy.ledger.sqlite import SqliteStore
+from costproxy.money import format_usd
 
 log = structlog.get_logger("costproxy.budgets")
 RECLAIM_BATCH = 16
@@ -244,10 +246,10 @@ class RedisBudgetAccounts(BudgetBook):
             window = self.window(spec, now)
             limit = compiled.limit(now)
             if limit + amount >= 2 * MAX_EXACT_NANOS:
-                raise StoreUnavailable(f"budget {spec.id!r}: limit ${limit / 1e9:.0f} is beyond what Redis mode "
-                                       "counts exactly (about $4.5M per period); use a shorter period")
-            gate = -1
-            if compiled.gate_percent is not None and compiled.gated(MAX_EXACT_NANOS, 1, now):
+                raise StoreUnavailable(f"budget {spec.id!r}: a limit of ${format_usd(limit)} is beyond what Redis "
+                                       f"mode counts exactly (${format_usd(MAX_EXACT_NANOS)} per period)")
+            gate = -1  # spend from which require-approval / block-all refuse, unless approved
+            if compiled.gate_percent is not None and not approved(compiled.overrides, now):
                 gate = -(-limit * compiled.gate_percent // 100)
             keys.append(self.keys.counter(spec.partition, spec.id, window.key))
             args += [limit if spec.hard else -1, gate, self._expire_at(window.end_ms)]
@@ -282,6 +284,8 @@ class RedisBudgetAccounts(BudgetBook):
         now = self.now_ms()
         spec = self.compiled(budget_id).spec
         window = self.window(spec, now)
+        if entry.cost_nanos != nanos:  # the ledger must say what the counter was charged
+            entry = replace(entry, cost_nanos=nanos)
         usage = BudgetReservation(
             request_id=entry.request_id, amount_nanos=0, budget_ids=(spec.id,), token="u" + uuid.uuid4().hex,
             period_keys=(window.key,), counter_keys=(self.keys.counter(spec.partition, spec.id, window.key),),
@@ -291,6 +295,7 @@ class RedisBudgetAccounts(BudgetBook):
 
     def _settle_op(self, reservation: Reservation, entry: LedgerEntry | None, cost: int) -> _Op | None:
         now = self.now_ms()
+        overrun(reservation, cost)
         if isinstance(reservation, BudgetReservation) and reservation.counter_keys:
             home, token, counters = reservation.home, reservation.token, list(reservation.counter_keys)
             ids, periods = reservation.budget_ids, reservation.period_keys

@@ -22,7 +22,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 
@@ -34,6 +34,7 @@ from costproxy.ledger.budget_accounts import (
     BudgetBook,
     BudgetReservation,
     CompiledBudget,
+    overrun,
     refusal,
 )
 from costproxy.ledger.budget_store import BudgetStore
@@ -221,6 +222,7 @@ class SqliteBudgetAccounts(BudgetBook):
     def _finish(self, reservation: Reservation, entry: LedgerEntry | None, cost: int) -> None:
         """Drop the reservation and charge ``cost`` on the periods it was taken in (no await)."""
         now = self.now_ms()
+        overrun(reservation, cost)
         held = self._take(reservation)
         if held is not None and cost:
             for compiled, key, counter in held.charged:
@@ -286,6 +288,8 @@ class SqliteBudgetAccounts(BudgetBook):
         compiled = self.compiled(budget_id)
         key = self.window(compiled.spec, now).key
         counter = self._counter(compiled.spec.id, key)
+        if entry.cost_nanos != nanos:  # the ledger must say what the counter was charged
+            entry = replace(entry, cost_nanos=nanos)
         before = counter.spent
         counter.spent += nanos
         self._fire(compiled, key, counter, before=before, now=now, request_id=entry.request_id)
