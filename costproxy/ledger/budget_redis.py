@@ -372,7 +372,7 @@ class RedisBudgetAccounts(BudgetBook):
         if not self._outbox:
             return
         bodies = [(orjson.dumps(asdict(op)).decode(),) for op in self._outbox]
-        await self.store._run(lambda: self.store.conn().executemany(
+        await self.store.run(lambda: self.store.conn().executemany(
             "INSERT INTO budget_outbox (body) VALUES (?)", bodies))
         log.error("budget_outbox_saved", count=len(bodies))
         self._outbox = []
@@ -384,7 +384,7 @@ class RedisBudgetAccounts(BudgetBook):
             conn.execute("DELETE FROM budget_outbox")
             return [r[0] for r in rows]
 
-        for body in await self.store._run(take):
+        for body in await self.store.run(take):
             data = orjson.loads(body)
             self._outbox.append(_Op(data["keys"], data["args"], tuple(data["budget_ids"]),
                                     tuple(data["period_keys"]), data["request_id"], data.get("home", "")))

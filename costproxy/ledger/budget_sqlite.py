@@ -101,7 +101,7 @@ class SqliteBudgetAccounts(BudgetBook):
     async def rebuild(self) -> None:
         """Counters of the current periods from the durable ledger (via the checkpoint table)."""
         await self.checkpoint()
-        rows = await self.store._run(
+        rows = await self.store.run(
             lambda: self.store.conn().execute("SELECT budget_id, period_key, spent_nanos FROM budget_spend")
             .fetchall())
         now = self.now_ms()
@@ -121,7 +121,7 @@ class SqliteBudgetAccounts(BudgetBook):
     async def checkpoint(self) -> None:
         """Fold ledger rows written since the last checkpoint into ``budget_spend``."""
         await self.store.flush()
-        await self.store._run(self._checkpoint_sync)
+        await self.store.run(self._checkpoint_sync)
 
     def _checkpoint_sync(self) -> None:
         conn = self.store.conn()

@@ -74,8 +74,8 @@ def migrate_budgets(conn: sqlite3.Connection) -> int:
 
 
 async def ensure_budget_schema(store: SqliteStore) -> None:
-    # SqliteStore runs every statement on its one writer thread; ``_run`` is how to get there.
-    await store._run(lambda: migrate_budgets(store.conn()))
+    # SqliteStore runs every statement on its one writer thread; ``run`` is how to get there.
+    await store.run(lambda: migrate_budgets(store.conn()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,8 +138,8 @@ class SqliteDefinitions:
         self._version = 0
 
     async def load(self) -> tuple[list[BudgetSpec], list[BudgetOverride], int]:
-        specs = await self.store._run(lambda: self.store.conn().execute("SELECT body FROM budget_defs").fetchall())
-        rows = await self.store._run(
+        specs = await self.store.run(lambda: self.store.conn().execute("SELECT body FROM budget_defs").fetchall())
+        rows = await self.store.run(
             lambda: self.store.conn().execute("SELECT body FROM budget_overrides").fetchall())
         return [spec_from_body(r[0]) for r in specs], [override_from_body(r[0]) for r in rows], self._version
 
@@ -174,13 +174,13 @@ class SqliteDefinitions:
                 raise
             return changed
 
-        changed = await self.store._run(run)
+        changed = await self.store.run(run)
         self._version += int(changed)
         return changed
 
     async def audit(self, budget_id: str | None, limit: int) -> list[AuditRecord]:
         where, params = ("WHERE budget_id = ?", (budget_id, limit)) if budget_id else ("", (limit,))
-        rows = await self.store._run(lambda: self.store.conn().execute(
+        rows = await self.store.run(lambda: self.store.conn().execute(
             f"SELECT ts_ms, actor, action, budget_id, detail FROM budget_audit {where}"
             " ORDER BY seq DESC LIMIT ?", params).fetchall())
         return [AuditRecord(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]

@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from costproxy.errors import StoreUnavailable
 from costproxy.ledger.budget_lua import RedisKeys
 from costproxy.ledger.entry import LedgerEntry
-from costproxy.ledger.sqlite import _INSERT, SqliteStore, _row
+from costproxy.ledger.sqlite import INSERT_LEDGER, SqliteStore, ledger_row
 
 log = structlog.get_logger("costproxy.budgets")
 
@@ -60,7 +60,7 @@ class LedgerMirror:
         self.mirrored = 0
 
     async def load_marks(self) -> None:
-        rows = await self.store._run(lambda: self.store.conn().execute(
+        rows = await self.store.run(lambda: self.store.conn().execute(
             "SELECT name, value FROM budget_marks WHERE name LIKE 'mirror:%'").fetchall())
         self._last = {name[len("mirror:"):]: value for name, value in rows}
 
@@ -93,7 +93,7 @@ class LedgerMirror:
             rows = [(mid.decode() if isinstance(mid, bytes) else mid, entry_from_json(fields[b"e"]))
                     for mid, fields in messages]
             if rows:
-                await self.store._run(self._write_sync, name, rows)
+                await self.store.run(self._write_sync, name, rows)
                 self._last[name] = rows[-1][0]
                 count += len(rows)
                 for callback in self.store.on_flushed:
@@ -105,7 +105,7 @@ class LedgerMirror:
         conn = self.store.conn()
         conn.execute("BEGIN")
         try:
-            conn.executemany(_INSERT, [_row(entry) for _, entry in rows])
+            conn.executemany(INSERT_LEDGER, [ledger_row(entry) for _, entry in rows])
             conn.execute("INSERT OR REPLACE INTO budget_marks (name, value) VALUES (?, ?)",
                          ("mirror:" + stream, rows[-1][0]))
             conn.execute("COMMIT")

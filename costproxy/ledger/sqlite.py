@@ -56,14 +56,14 @@ MIGRATIONS: list[tuple[int, str]] = [
     """),
 ]
 
-_INSERT = f"INSERT INTO ledger ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
+INSERT_LEDGER = f"INSERT INTO ledger ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
 
 
 _VALUES = operator.attrgetter(*COLUMNS)
 _METADATA = COLUMNS.index("metadata")
 
 
-def _row(entry: LedgerEntry) -> tuple[Any, ...]:
+def ledger_row(entry: LedgerEntry) -> tuple[Any, ...]:
     """Column values in ``COLUMNS`` order (sqlite3 stores bools as 0/1 by itself)."""
     values = list(_VALUES(entry))
     metadata = values[_METADATA]
@@ -94,7 +94,7 @@ class SqliteStore:
 
     # --- life cycle ----------------------------------------------------------------------
     async def open(self) -> None:
-        await self._run(self._open_sync)
+        await self.run(self._open_sync)
         self._flusher = asyncio.create_task(self._flush_loop(), name="costproxy-ledger-flush")
 
     def _open_sync(self) -> None:
@@ -117,7 +117,7 @@ class SqliteStore:
                 pass
             self._flusher = None
         await self.flush()
-        await self._run(self._close_sync)
+        await self.run(self._close_sync)
         self._executor.shutdown(wait=True)
 
     def _close_sync(self) -> None:
@@ -125,12 +125,16 @@ class SqliteStore:
             self._conn.close()
             self._conn = None
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the store's thread (use ``conn()`` there); SQLite errors become
+        ``StoreUnavailable``."""
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, fn, *args)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"ledger database error: {exc}") from exc
+
+    _run = run  # the former private name, kept for callers not yet updated
 
     def conn(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -149,7 +153,7 @@ class SqliteStore:
             return
         batch, self._pending = self._pending, []
         try:
-            await self._run(self._insert_sync, batch)
+            await self.run(self._insert_sync, batch)
         except StoreUnavailable:
             self._pending[:0] = batch  # keep them; the next flush retries
             raise
@@ -161,7 +165,7 @@ class SqliteStore:
         with self._thread_lock:
             conn.execute("BEGIN")
             try:
-                conn.executemany(_INSERT, [_row(e) for e in batch])
+                conn.executemany(INSERT_LEDGER, [ledger_row(e) for e in batch])
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -181,13 +185,13 @@ class SqliteStore:
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         await self.flush()
-        return await self._run(lambda: self.conn().execute(sql, tuple(params)).fetchall())
+        return await self.run(lambda: self.conn().execute(sql, tuple(params)).fetchall())
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         def run() -> int:
             return self.conn().execute(sql, tuple(params)).rowcount
 
-        return await self._run(run)
+        return await self.run(run)
 
     async def recent_entries(self, limit: int = 50) -> list[LedgerEntry]:
         rows = await self.query("SELECT * FROM ledger ORDER BY seq DESC LIMIT ?", (limit,))
@@ -207,12 +211,12 @@ class SqliteStore:
         )
 
     async def load_keys(self) -> list[KeyRecord]:
-        rows = await self._run(lambda: self.conn().execute("SELECT * FROM api_keys").fetchall())
+        rows = await self.run(lambda: self.conn().execute("SELECT * FROM api_keys").fetchall())
         return [KeyRecord(**{k: row[k] for k in row.keys()}) for row in rows]
 
     async def data_version(self) -> int:
         """Changes whenever another connection (e.g. ``costproxy keys create``) commits."""
-        return int(await self._run(lambda: self.conn().execute("PRAGMA data_version").fetchone()[0]))
+        return int(await self.run(lambda: self.conn().execute("PRAGMA data_version").fetchone()[0]))
 
     async def revoke_key(self, key_id: str) -> bool:
         changed = await self.execute(
