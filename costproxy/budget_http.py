@@ -34,7 +34,7 @@ from costproxy.alert_catalog import AlertCatalog
 from costproxy.alerts import AlertManager, AlertSettings, parse_alert_settings
 from costproxy.budget_codec import parse_budget_config
 from costproxy.budgets import window_at
-from costproxy.errors import BudgetExceeded, Forbidden, StoreUnavailable
+from costproxy.errors import BudgetExceeded, ConfigError, Forbidden, StoreUnavailable
 from costproxy.keys import ADMIN_ROLE, EXTRAS, PRINCIPAL, REQUEST_ID, SERVICES, SETTINGS, STORE
 from costproxy.ledger.accounts import Accounts
 from costproxy.ledger.alert_store import AlertStore, SqliteAlertStore
@@ -135,6 +135,9 @@ def _manager(app: web.Application, catalog: AlertCatalog, store: AlertStore, con
 async def alerts_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     config = parse_alert_settings(settings.raw.get("alerts"), str(settings.config_path))
+    if settings.raw.get("webhooks") is not None:  # reserved by settings.py; never silently ignored
+        raise ConfigError(str(settings.config_path), "webhooks", "webhook subscriptions are managed through "
+                          "/api/v1/webhooks; delivery settings live under alerts:")
     store = await open_alert_store(settings, app, app[SERVICES].accounts)
     catalog = AlertCatalog(store)
     try:

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from costproxy.app import create_app
 from costproxy.budget_codec import usd
+from costproxy.errors import ConfigError
 from costproxy.keys import STORE
 from tests.conftest import ADMIN_TOKEN, Proxy, ProxyFactory, load_test_settings
 from tests.conftest_redis import RedisServer, own_redis  # noqa: F401
@@ -238,3 +239,8 @@ async def test_status_answers_from_local_state_while_redis_is_down(
             break
         await asyncio.sleep(0.1)
     assert body["stale"] is False and body["currentAmount"] == "0"  # a fresh Redis: no persistence
+
+
+async def test_a_webhooks_section_is_refused_not_ignored(make_proxy: ProxyFactory) -> None:
+    with pytest.raises(ConfigError, match="webhooks: webhook subscriptions are managed through"):
+        await make_proxy(extra={"webhooks": [{"url": "https://hooks.example"}]})
