@@ -18,16 +18,16 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, cast
 
 from costproxy.analyzer.profile import RequestProfile, analyze
 from costproxy.analyzer.tasks import TASK_TYPES
 from costproxy.config_schema import Node
-from costproxy.errors import ConfigError, InvalidRequest
+from costproxy.errors import BudgetExceeded, ConfigError, InvalidRequest, NoEligibleModel
 from costproxy.fallback import CircuitBreakers, parse_breaker_config
 from costproxy.ledger.accounts import BudgetView
-from costproxy.money import MoneyError, usd_to_nanos
+from costproxy.money import MoneyError, format_usd, usd_to_nanos
 from costproxy.pipeline import ENDPOINT_KIND, Route, RouteInput
 from costproxy.policy import EMPTY, QUALITY_MODES, Constraints
 from costproxy.quality import QualityProfiles, parse_quality
@@ -251,8 +251,23 @@ class SelectionRouter:
         healthy = [m for m in candidates if self.breakers.allows(m)]
         requested = self.registry.resolve(request.requested)  # a concrete model that must be switched
         baseline = requested.id if requested is not None else self.registry.baseline_model
-        return select(profile, healthy or candidates, self.quality, constraints, pressure, self.config,
-                      baseline=baseline)
+        try:
+            return select(profile, healthy or candidates, self.quality, constraints, pressure, self.config,
+                          baseline=baseline)
+        except NoEligibleModel:
+            if view.remaining_nanos is None:
+                raise
+            unbounded = replace(pressure, remaining_nanos=None)
+            try:  # would a model serve if the budget had room? then the budget is what refuses
+                select(profile, healthy or candidates, self.quality, constraints, unbounded, self.config,
+                       baseline=baseline)
+            except NoEligibleModel:
+                raise
+            raise BudgetExceeded(
+                f"budget {view.tightest_budget or ''} has ${format_usd(view.remaining_nanos)} left, less than "
+                "the worst case of every model that can serve this request (lower max_tokens or raise the "
+                "budget)", details={"budget": view.tightest_budget,
+                                    "remaining_usd": format_usd(view.remaining_nanos)}) from None
 
     def _remember(self, decision: Decision, request: RouteInput, steering: SteeringOutcome) -> None:
         self.decisions[decision.id] = {

@@ -25,6 +25,7 @@ class BudgetView:
     remaining_nanos: int | None = None  # smallest remaining amount over hard budgets
     fields: dict[str, object] = field(default_factory=dict)  # steering context: budget.<scope>.<metric>
     restrictions: dict[str, object] = field(default_factory=dict)  # constraints from threshold actions
+    tightest_budget: str | None = None  # "name (id)" of the hard budget with the least left
 
 
 @dataclass(frozen=True, slots=True)

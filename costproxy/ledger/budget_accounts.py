@@ -295,6 +295,7 @@ class BudgetBook:
         states: list[tuple[str, BudgetState]] = []
         actions: list[ThresholdAction] = []
         used, ratio, remaining = 0.0, 0.0, None
+        tightest: str | None = None
         downgrade_cap: int | None = None
         for compiled in chain:
             spec = compiled.spec
@@ -308,7 +309,8 @@ class BudgetBook:
             states.append((spec.scope_type, BudgetState(pct, status, nanos_to_decimal(left) if spec.hard else None)))
             actions.extend(a for t in spec.thresholds if t.reached(spent, limit) for a in t.actions)
             if spec.hard:
-                remaining = left if remaining is None else min(remaining, left)
+                if remaining is None or left < remaining:
+                    remaining, tightest = left, f"{spec.name} ({spec.id})"
                 if spec.on_exhausted == "downgrade" and status in ("critical", "exhausted"):
                     downgrade_cap = left if downgrade_cap is None else min(downgrade_cap, left)
         restrictions = restrictions_of(actions)
@@ -318,7 +320,7 @@ class BudgetBook:
         if restrictions:
             restrictions["reasons"] = ("budget",)
         return BudgetView(used_fraction=used, burn_ratio=ratio, remaining_nanos=remaining,
-                          fields=budget_fields(states), restrictions=restrictions)
+                          fields=budget_fields(states), restrictions=restrictions, tightest_budget=tightest)
 
     @staticmethod
     def _ratio(compiled: CompiledBudget, window: PeriodWindow, spent: int, limit: int, now: int) -> float:
