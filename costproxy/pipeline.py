@@ -84,6 +84,7 @@ class Plan:
     client_wants_usage: bool
     output_caps: dict[str, int]  # model id -> max output tokens sent upstream
     worst_case_nanos: int
+    budget_remaining_nanos: int | None = None  # least left on a hard budget of the chain, before the call
 
     @property
     def primary(self) -> ModelSpec:
@@ -273,7 +274,7 @@ async def plan(services: Services, ctx: RequestContext, body: dict[str, Any]) ->
     wants_usage = isinstance(options, dict) and options.get("include_usage") is True
     return Plan(ctx=ctx, body=body, requested_model=requested, route=replace(route, chain=tuple(chain)),
                 input_tokens=input_tokens, stream=stream, client_wants_usage=wants_usage,
-                output_caps=caps, worst_case_nanos=worst)
+                output_caps=caps, worst_case_nanos=worst, budget_remaining_nanos=budget.remaining_nanos)
 
 
 async def reserve(services: Services, plan_: Plan) -> tuple[Plan, Reservation]:

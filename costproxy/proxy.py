@@ -70,6 +70,9 @@ def cost_headers(plan_: Plan, outcome: Outcome, entry: LedgerEntry | None) -> di
         headers["x-costproxy-cost-usd"] = format_usd(entry.cost_nanos)
         headers["x-costproxy-baseline-cost-usd"] = format_usd(entry.baseline_nanos)
         headers["x-costproxy-usage"] = "reported" if entry.usage_reported else "estimated"
+        if plan_.budget_remaining_nanos is not None:  # what this request left (others may spend too)
+            headers["x-costproxy-budget-remaining-usd"] = format_usd(
+                max(0, plan_.budget_remaining_nanos - entry.cost_nanos))
     else:
         headers["x-costproxy-cost-usd"] = "pending"  # streams: exact cost in the final SSE comment
     return headers

@@ -206,3 +206,13 @@ async def test_trusted_proxy_may_assert_identity(make_proxy) -> None:
     assert resp.status == 200
     [entry] = await proxy.ledger()
     assert (entry.team, entry.user, entry.tenant) == ("relay-team", "carol", "t1")
+
+
+async def test_budget_remaining_header(make_proxy) -> None:
+    proxy = await make_proxy(extra={"budgets": {"definitions": [
+        {"id": "core-day", "name": "core daily", "scope_type": "team", "scope_id": "core", "limit_usd": "1",
+         "period": "daily"}]}})
+    resp = await proxy.client.post("/v1/chat/completions", json=CHAT, headers=proxy.auth())
+    assert resp.status == 200
+    [entry] = await proxy.ledger()
+    assert resp.headers["x-costproxy-budget-remaining-usd"] == format_usd(1_000_000_000 - entry.cost_nanos)
