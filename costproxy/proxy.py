@@ -177,9 +177,26 @@ async def _pump(response: web.StreamResponse, upstream: UpstreamStream, plan_: P
             await response.write(raw)
         elif relay:
             if "usage" in data:  # asked for by us, not the client: strip it
-                raw = b"data: " + orjson.dumps({k: v for k, v in data.items() if k != "usage"}) + b"\n\n"
+                raw = _without_usage(raw, data)
             await response.write(raw)
     await response.write(b"data: [DONE]\n\n")
+
+
+_NULL_USAGE = (b',"usage":null', b', "usage": null')
+
+
+def _without_usage(raw: bytes, data: dict[str, Any]) -> bytes:
+    """The frame minus the ``usage`` key the client did not ask for.
+
+    Providers that were asked for usage put ``"usage":null`` in every chunk; cutting those bytes
+    is exact (inside a JSON string the quotes would be escaped) and avoids re-serialising every
+    chunk.  Anything else is re-serialised without the key.
+    """
+    if data["usage"] is None:
+        for pattern in _NULL_USAGE:
+            if raw.count(pattern) == 1:
+                return raw.replace(pattern, b"")
+    return b"data: " + orjson.dumps({k: v for k, v in data.items() if k != "usage"}) + b"\n\n"
 
 
 async def _send_stream_error(response: web.StreamResponse, exc: ProxyError) -> None:
