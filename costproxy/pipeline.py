@@ -16,9 +16,9 @@ import asyncio
 import itertools
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from opentelemetry.trace import NoOpTracer, Tracer
@@ -412,53 +412,57 @@ def provider_of(services: Services, model: ModelSpec) -> ProviderSettings:
     return services.settings.providers[model.provider]
 
 
-async def call_unary(services: Services, plan: Plan, outcome: Outcome) -> UpstreamResponse:
-    """Call along the chain; the first success wins.  ``outcome.model`` names who answered."""
+T = TypeVar("T")
+
+
+async def along_chain(services: Services, plan: Plan, outcome: Outcome, span_name: str,
+                      attempt: Callable[[ProviderSettings, ModelSpec, bytes], Awaitable[T]]) -> T:
+    """Try each model of the chain until one answers; ``outcome.model`` names the one tried last.
+
+    A retryable failure (timeout, connection error, 429, 5xx) moves on to the next model; any
+    other failure, or the last model's, is raised.  Every attempt feeds the circuit breakers.
+    """
     last: ProviderError | None = None
     for model in plan.route.chain:
         outcome.model = model
         try:
-            with step(services, "costproxy.upstream", {
-                    "costproxy.model": model.id, "costproxy.provider": model.provider}):
-                response = await services.upstream.call(provider_of(services, model), plan.ctx.endpoint,
-                                                        model.upstream_model, upstream_payload(plan, model),
-                                                        plan.ctx.request_id)
+            with step(services, span_name, {"costproxy.model": model.id, "costproxy.provider": model.provider}):
+                return await attempt(provider_of(services, model), model, upstream_payload(plan, model))
         except ProviderError as exc:
             services.router.record_result(model, ok=False)
             last = exc
             if not exc.retryable:
                 raise
-            continue
-        services.router.record_result(model, ok=True)
-        usage = usage_from(response.data)
-        if usage is not None:
-            outcome.usage, outcome.usage_seen = usage, True
-        else:
-            outcome.streamed_text.extend(_texts_of(response.data))
-        return response
     assert last is not None
     raise last
+
+
+async def call_unary(services: Services, plan: Plan, outcome: Outcome) -> UpstreamResponse:
+    """Call along the chain; the first success wins and its usage (or text) is recorded."""
+    ctx = plan.ctx
+
+    async def attempt(provider: ProviderSettings, model: ModelSpec, payload: bytes) -> UpstreamResponse:
+        return await services.upstream.call(provider, ctx.endpoint, model.upstream_model, payload, ctx.request_id)
+
+    response = await along_chain(services, plan, outcome, "costproxy.upstream", attempt)
+    services.router.record_result(outcome.model, ok=True)
+    usage = usage_from(response.data)
+    if usage is not None:
+        outcome.usage, outcome.usage_seen = usage, True
+    else:
+        outcome.streamed_text.extend(_texts_of(response.data))
+    return response
 
 
 async def open_stream(services: Services, plan: Plan, outcome: Outcome) -> UpstreamStream:
-    last: ProviderError | None = None
-    for model in plan.route.chain:
-        outcome.model = model
-        try:
-            with step(services, "costproxy.upstream_open_stream", {
-                    "costproxy.model": model.id, "costproxy.provider": model.provider}):
-                stream = await services.upstream.open_stream(
-                    provider_of(services, model), plan.ctx.endpoint, model.upstream_model,
-                    upstream_payload(plan, model), plan.ctx.request_id)
-        except ProviderError as exc:
-            services.router.record_result(model, ok=False)
-            last = exc
-            if not exc.retryable:
-                raise
-            continue
-        return stream
-    assert last is not None
-    raise last
+    """Open the stream along the chain; the breakers learn its outcome when it ends."""
+    ctx = plan.ctx
+
+    async def attempt(provider: ProviderSettings, model: ModelSpec, payload: bytes) -> UpstreamStream:
+        return await services.upstream.open_stream(provider, ctx.endpoint, model.upstream_model, payload,
+                                                   ctx.request_id)
+
+    return await along_chain(services, plan, outcome, "costproxy.upstream_open_stream", attempt)
 
 
 def _texts_of(data: Mapping[str, Any]) -> list[str]:
