@@ -25,10 +25,12 @@ from costproxy.analyzer.encodings import load_encodings
 from costproxy.analyzer.tokens import TokenCounter
 from costproxy.budget_http import install as install_budget_http
 from costproxy.errors import StoreUnavailable
-from costproxy.identity import KeyRing
-from costproxy.keys import EXTRAS, HTTP_SESSION, KEYRING, METRICS, SERVICES, SETTINGS, STORE, TRACER
+from costproxy.identity import KeyRecord, KeyRing
+from costproxy.keys import EXTRAS, HTTP_SESSION, KEY_STORE, KEYRING, METRICS, SERVICES, SETTINGS, STORE, TRACER
 from costproxy.ledger.accounts import Accounts
 from costproxy.ledger.factory import open_accounts
+from costproxy.ledger.key_store import KeyStore, open_key_store
+from costproxy.ledger.ledger_mirror import stop_if_cancelled
 from costproxy.ledger.sqlite import SqliteStore, sqlite_path
 from costproxy.observability import make_metrics, make_tracer
 from costproxy.pipeline import Router, Services
@@ -85,29 +87,42 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     store = SqliteStore(ledger_path(app[SETTINGS]))
     await store.open()
     app[STORE] = store
-    app[KEYRING] = KeyRing(await store.load_keys())
-    refresher = asyncio.create_task(_refresh_keys(app), name="costproxy-key-refresh")
+    keys = app[KEY_STORE] = open_key_store(app[SETTINGS], store)
+    seen, records = await _load_keys(keys)
+    app[KEYRING] = KeyRing(records)
+    refresher = asyncio.create_task(_refresh_keys(app, seen), name="costproxy-key-refresh")
     yield
     refresher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await refresher
+    await keys.close()
     await store.close()
 
 
 KEY_REFRESH_SECONDS = 2.0
 
 
-async def _refresh_keys(app: web.Application) -> None:
-    """Pick up keys created or revoked by another process (the CLI) within ~2 s."""
-    store = app[STORE]
-    seen = await store.data_version()
+async def _load_keys(keys: KeyStore) -> tuple[int | None, list[KeyRecord]]:
+    """Version and keys at start-up; an unreachable store starts empty (the refresher retries)."""
+    try:
+        return await keys.version(), await keys.load_all()
+    except StoreUnavailable as exc:
+        log.error("client_keys_unavailable", error=str(exc))
+        return None, []
+
+
+async def _refresh_keys(app: web.Application, seen: int | None) -> None:
+    """Pick up keys created or revoked by another process (the CLI, another replica) within ~2 s.
+    While the key store is unreachable, auth keeps answering from the keys last loaded."""
+    keys = app[KEY_STORE]
     while True:
         await asyncio.sleep(KEY_REFRESH_SECONDS)
+        stop_if_cancelled()  # redis-py can swallow a cancellation: the loop checks on every turn
         try:
-            version = await store.data_version()
+            version = await keys.version()
             if version != seen:
+                app[KEYRING].replace(await keys.load_all())
                 seen = version
-                app[KEYRING].replace(await store.load_keys())
         except StoreUnavailable:
             continue
 

@@ -8,9 +8,13 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from costproxy.errors import ConfigError
 from costproxy.settings import Settings, config_path_from, load_settings
+
+if TYPE_CHECKING:
+    from costproxy.ledger.key_store import KeyStore
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -66,36 +70,51 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from costproxy.admin.routes import issue_key
+    """Keys go where the server reads them: the SQLite file, or Redis (``store.url: redis://…``)."""
     from costproxy.app import ledger_path
+    from costproxy.errors import StoreUnavailable
+    from costproxy.ledger.key_store import is_redis_url, open_key_store
     from costproxy.ledger.sqlite import SqliteStore
 
     settings = _settings(args)
 
     async def run() -> int:
-        store = SqliteStore(ledger_path(settings))
-        await store.open()
+        store = None if is_redis_url(settings.store_url) else SqliteStore(ledger_path(settings))
+        if store is not None:
+            await store.open()
+        keys = open_key_store(settings, store)
         try:
-            if args.keys_command == "create":
-                fields = {k: getattr(args, k) for k in ("name", "user", "team", "org", "project")}
-                secret, record = await issue_key(store, fields, time.time())
-                print(f"created {record.id} for {record.principal()}")
-                print(f"key (shown once, store it now): {secret}")
-            elif args.keys_command == "list":
-                for record in await store.load_keys():
-                    state = "active" if record.active else "revoked"
-                    print(f"{record.id}  {record.prefix}…  {state:8} user={record.user} team={record.team} "
-                          f"org={record.org} project={record.project} name={record.name}")
-            else:
-                if not await store.revoke_key(args.key_id):
-                    print(f"no active key {args.key_id}", file=sys.stderr)
-                    return 1
-                print(f"revoked {args.key_id}")
+            return await _keys_command(args, keys)
+        except StoreUnavailable as exc:
+            print(f"error: {exc.message}", file=sys.stderr)
+            return 1
         finally:
-            await store.close()
-        return 0
+            await keys.close()
+            if store is not None:
+                await store.close()
 
     return asyncio.run(run())
+
+
+async def _keys_command(args: argparse.Namespace, keys: KeyStore) -> int:
+    from costproxy.admin.routes import issue_key
+
+    if args.keys_command == "create":
+        fields = {k: getattr(args, k) for k in ("name", "user", "team", "org", "project")}
+        secret, record = await issue_key(keys, fields, time.time())
+        print(f"created {record.id} for {record.principal()}")
+        print(f"key (shown once, store it now): {secret}")
+    elif args.keys_command == "list":
+        for record in sorted(await keys.load_all(), key=lambda r: r.created_at):
+            state = "active" if record.active else "revoked"
+            print(f"{record.id}  {record.prefix}…  {state:8} user={record.user} team={record.team} "
+                  f"org={record.org} project={record.project} name={record.name}")
+    elif not await keys.revoke(args.key_id, time.time()):
+        print(f"no active key {args.key_id}", file=sys.stderr)
+        return 1
+    else:
+        print(f"revoked {args.key_id}")
+    return 0
 
 
 def cmd_usage(args: argparse.Namespace) -> int:

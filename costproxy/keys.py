@@ -9,6 +9,7 @@ from aiohttp import web
 from opentelemetry.trace import Tracer
 
 from costproxy.identity import KeyRing, Principal
+from costproxy.ledger.key_store import KeyStore
 from costproxy.ledger.sqlite import SqliteStore
 from costproxy.observability import Metrics
 from costproxy.pipeline import Services
@@ -18,6 +19,7 @@ SETTINGS = web.AppKey("settings", Settings)
 SERVICES = web.AppKey("services", Services)
 STORE = web.AppKey("store", SqliteStore)
 KEYRING = web.AppKey("keyring", KeyRing)
+KEY_STORE: web.AppKey[KeyStore] = web.AppKey("key_store")  # where keys are written (SQLite or Redis)
 METRICS = web.AppKey("metrics", Metrics)
 TRACER = web.AppKey("tracer", Tracer)
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)

@@ -9,7 +9,8 @@ from aiohttp import web
 
 from costproxy.errors import Forbidden, InvalidJSON, InvalidRequest, NotFound
 from costproxy.identity import KeyRecord, hash_key, new_key, new_key_id
-from costproxy.keys import ADMIN_ROLE, KEYRING, STORE
+from costproxy.keys import ADMIN_ROLE, KEY_STORE, KEYRING, STORE
+from costproxy.ledger.key_store import KeyStore, SqliteKeyStore
 from costproxy.ledger.sqlite import SqliteStore
 from costproxy.money import format_usd
 
@@ -31,8 +32,9 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-async def issue_key(store: SqliteStore, fields: dict[str, Any], now: float) -> tuple[str, KeyRecord]:
-    """Create a client key; the secret is returned once and only its hash is stored."""
+async def issue_key(store: KeyStore | SqliteStore, fields: dict[str, Any], now: float) -> tuple[str, KeyRecord]:
+    """Create a client key; the secret is returned once and only its hash is stored.  A bare
+    ``SqliteStore`` (tools and tests holding the file) means its ``api_keys`` table."""
     for name in KEY_FIELDS:
         value = fields.get(name)
         if value is not None and (not isinstance(value, str) or not value.strip()):
@@ -45,7 +47,7 @@ async def issue_key(store: SqliteStore, fields: dict[str, Any], now: float) -> t
                        name=fields.get("name") or "", user=fields.get("user"), team=fields.get("team"),
                        org=fields.get("org"), project=fields.get("project"), created_at=now,
                        expires_at=float(expires) if expires is not None else None)
-    await store.insert_key(record)
+    await (SqliteKeyStore(store) if isinstance(store, SqliteStore) else store).insert(record)
     return secret, record
 
 
@@ -55,7 +57,7 @@ async def create_key(request: web.Request) -> web.Response:
     unknown = set(body) - {*KEY_FIELDS, "expiresAt"}
     if unknown:
         raise InvalidRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
-    secret, record = await issue_key(request.app[STORE], body, time.time())
+    secret, record = await issue_key(request.app[KEY_STORE], body, time.time())
     request.app[KEYRING].add(record)
     return web.json_response({**record.public(), "key": secret}, status=201)
 
@@ -67,12 +69,14 @@ async def list_keys(request: web.Request) -> web.Response:
 async def revoke_key(request: web.Request) -> web.Response:
     require_admin(request)
     key_id = request.match_info["key_id"]
-    store = request.app[STORE]
-    if request.app[KEYRING].get(key_id) is None:
-        raise NotFound(f"no key with id {key_id}")
-    await store.revoke_key(key_id)
-    request.app[KEYRING].replace(await store.load_keys())
-    record = request.app[KEYRING].get(key_id)
+    keys, ring = request.app[KEY_STORE], request.app[KEYRING]
+    if ring.get(key_id) is None:
+        ring.replace(await keys.load_all())  # created by another replica since the last refresh?
+        if ring.get(key_id) is None:
+            raise NotFound(f"no key with id {key_id}")
+    await keys.revoke(key_id, time.time())
+    ring.replace(await keys.load_all())
+    record = ring.get(key_id)
     return web.json_response(record.public() if record else {"id": key_id})
 
 

@@ -218,9 +218,10 @@ class SqliteStore:
         """Changes whenever another connection (e.g. ``costproxy keys create``) commits."""
         return int(await self.run(lambda: self.conn().execute("PRAGMA data_version").fetchone()[0]))
 
-    async def revoke_key(self, key_id: str) -> bool:
+    async def revoke_key(self, key_id: str, now: float | None = None) -> bool:
         changed = await self.execute(
-            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (time.time(), key_id)
+            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+            (time.time() if now is None else now, key_id),
         )
         return changed > 0
 

@@ -28,8 +28,8 @@ import pytest
 import yaml
 
 from costproxy.admin.routes import issue_key
-from costproxy.identity import KeyRecord
 from costproxy.ledger.entry import LedgerEntry
+from costproxy.ledger.redis_keys import RedisKeyStore
 from costproxy.ledger.sqlite import SqliteStore
 from costproxy.simulator import Simulator, start_simulator
 from tests.conftest import ADMIN_TOKEN, TEST_MODELS
@@ -74,17 +74,14 @@ def write_replica(directory: Path, sim_url: str, space: RedisSpace, ttl: float) 
     return config_dir / "costproxy.yaml"
 
 
-async def add_key(db: Path, record: KeyRecord | None) -> tuple[str | None, KeyRecord]:
-    """The same client key on every replica (keys live in each replica's SQLite file)."""
-    store = SqliteStore(str(db))
-    await store.open()
+async def add_key(space: RedisSpace) -> str:
+    """A client key every replica accepts: in Redis mode keys live in Redis, shared."""
+    keys = RedisKeyStore.from_url(space.url, prefix=space.prefix)
     try:
-        if record is None:
-            return await issue_key(store, {"user": "alice", "team": "core", "org": "acme"}, time.time())
-        await store.insert_key(record)
-        return None, record
+        secret, _ = await issue_key(keys, {"user": "alice", "team": "core", "org": "acme"}, time.time())
+        return secret
     finally:
-        await store.close()
+        await keys.close()
 
 
 async def start(config: Path, log: Path, session: aiohttp.ClientSession) -> Replica:
@@ -116,12 +113,9 @@ async def deployment(tmp_path: Path, space: RedisSpace, *, ttl: float = 30,
     replicas: list[Replica] = []
     try:
         configs = [write_replica(tmp_path / f"r{i}", sim_url, space, ttl) for i in range(3)]
-        secret, record = await add_key(configs[0].parent.parent / "data" / "costproxy-replica.sqlite3", None)
-        for config in configs[1:]:
-            await add_key(config.parent.parent / "data" / "costproxy-replica.sqlite3", record)
+        secret = await add_key(space)
         for i, config in enumerate(configs):
             replicas.append(await start(config, tmp_path / f"r{i}" / "proxy.log", session))
-        assert secret is not None
         yield replicas, secret, sim, session
     finally:
         for replica in replicas:
@@ -221,8 +215,8 @@ async def test_three_proxies_share_a_hard_budget_exactly(tmp_path: Path, redis_s
             priced(c.model, c.prompt_tokens, c.completion_tokens) for c in (calls[e.request_id] for e in reported))
         assert len(reported) >= statuses.count(200) - kinds.count("leave")
         assert {e.request_id for e in ledger} <= set(calls)  # no entry without an upstream call
-    for i in range(3):  # after a clean stop every replica's SQLite mirrors the whole shared ledger
-        rows = await local_ledger(tmp_path / f"r{i}" / "data" / "costproxy-replica.sqlite3")
+    for i, replica in enumerate(replicas):  # after a clean stop every replica's SQLite mirrors the whole ledger
+        rows = await local_ledger(replica.db)
         assert rows == (len(ledger), sum(e.cost_nanos for e in ledger)), f"replica {i}"
 
 
