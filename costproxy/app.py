@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -44,10 +46,12 @@ RouterFactory = Callable[[Settings], Awaitable[Router]]
 
 
 def ledger_path(settings: Settings) -> str:
-    """SQLite file of the ledger and keys; with a Redis store it is this replica's local mirror."""
+    """SQLite file of the ledger and keys; with a Redis store it is this replica's local mirror:
+    ``store.local_path`` with ``{host}`` and ``{port}`` expanded, relative to the config file."""
     if settings.store_url.startswith(("sqlite:///", "memory://")):
         return sqlite_path(settings.store_url)
-    return str(settings.config_path.parent.parent / "data" / "costproxy-replica.sqlite3")
+    local = settings.store_local_path.format(host=socket.gethostname(), port=settings.server.port)
+    return os.path.normpath(settings.config_path.parent / local)
 
 
 async def default_router(settings: Settings) -> Router:

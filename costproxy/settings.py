@@ -25,6 +25,9 @@ from costproxy.registry import Registry, parse_registry
 DEFAULT_CONFIG = Path("config/costproxy.yaml")
 PROVIDER_AUTH = ("bearer", "api-key", "x-api-key", "none")
 PROVIDER_KINDS = ("openai", "azure")
+# Redis mode: this replica's own SQLite file (ledger mirror, outbox), relative to the config file's
+# directory; {host} and {port} (hostname, server port) keep replicas started from one config apart.
+DEFAULT_LOCAL_PATH = "../data/costproxy-replica-{host}-{port}.sqlite3"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +100,7 @@ class Settings:
     tracing: TracingSettings = TracingSettings()
     default_model: str | None = None  # used when a request names no model
     encodings_dir: Path | None = None
+    store_local_path: str = DEFAULT_LOCAL_PATH  # template, used with a redis:// store only
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)  # sections parsed by others
 
 
@@ -135,6 +139,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
     store_node = root.child("store", {})
     store_url = store_node.child("url", "sqlite:///data/costproxy.sqlite3").str()
     store_url = env.get("COSTPROXY_STORE_URL") or store_url
+    local_path = _parse_local_path(store_node.child("local_path", DEFAULT_LOCAL_PATH))
     store_node.done()
     _check_store_url(store_url, root)
     admin = root.child("admin", {})
@@ -160,6 +165,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         tracing=_parse_tracing(root.child("tracing", {})),
         default_model=default_model,
         encodings_dir=_relative(base, encodings) if encodings else None,
+        store_local_path=local_path,
         raw={key: root.child(key, None).value for key in _SECTIONS_PARSED_ELSEWHERE},
     )
     root.done()
@@ -179,6 +185,15 @@ def _check_store_url(url: str, root: Node) -> None:
     if not (url.startswith("sqlite:///") or url.startswith("redis://") or url.startswith("rediss://")
             or url == "memory://"):
         raise ConfigError(root.file, "store.url", "must be sqlite:///path, redis://host:port/db or memory://", url)
+
+
+def _parse_local_path(node: Node) -> str:
+    template = node.str()
+    try:
+        template.format(host="host", port=0)
+    except (KeyError, IndexError, ValueError):
+        raise node.error("may use only the placeholders {host} and {port}", template) from None
+    return template
 
 
 def _parse_server(node: Node, env: Mapping[str, str]) -> ServerSettings:

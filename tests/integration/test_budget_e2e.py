@@ -14,6 +14,7 @@ import contextlib
 import os
 import random
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -99,7 +100,8 @@ async def start(config: Path, log: Path, session: aiohttp.ClientSession) -> Repl
         with contextlib.suppress(aiohttp.ClientError):
             async with session.get(base + "/readyz") as resp:
                 if resp.status == 200:
-                    return Replica(proc, base, config.parent.parent / "data" / "costproxy-replica.sqlite3", log)
+                    db = f"costproxy-replica-{socket.gethostname()}-{port}.sqlite3"  # store.local_path default
+                    return Replica(proc, base, config.parent.parent / "data" / db, log)
         await asyncio.sleep(0.1)
     raise AssertionError(f"costproxy did not become ready, see {log}")
 

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from costproxy.app import create_app
+from costproxy.app import create_app, ledger_path
 from costproxy.errors import InternalError
 from costproxy.identity import KeyRecord
 from costproxy.ledger.redis_keys import RedisKeyStore
@@ -80,6 +80,10 @@ async def create_key(replica: Replica, **fields: str) -> dict[str, Any]:
         return body
 
 
+def exists(path: str) -> bool:
+    return Path(path).exists()
+
+
 def raw_records(space: RedisSpace) -> dict[bytes, bytes]:
     client = space.client()
     try:
@@ -91,6 +95,8 @@ def raw_records(space: RedisSpace) -> dict[bytes, bytes]:
 async def test_a_key_created_on_one_replica_works_on_the_other_and_a_revoke_spreads(
         make_replica: ReplicaFactory, redis_space: RedisSpace) -> None:  # noqa: F811
     a, b = await make_replica(18101), await make_replica(18102)
+    assert ledger_path(a.settings) != ledger_path(b.settings)  # one config dir, a local file each
+    assert all(exists(ledger_path(r.settings)) for r in (a, b))
     created = await create_key(a, user="bob", team="core", org="acme")
     secret = created["key"]
     assert await a.status(secret) == 200 and await b.status(secret) == 401
