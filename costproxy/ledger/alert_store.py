@@ -91,52 +91,52 @@ class SqliteAlertStore:
         self._version = 0
 
     async def open(self) -> None:
-        await self.store._run(lambda: migrate_alerts(self.store.conn()))
+        await self.store.run(lambda: migrate_alerts(self.store.conn()))
 
     async def put(self, kind: str, item_id: str, body: dict[str, Any], ts_ms: int) -> None:
         text = json.dumps(body, separators=(",", ":"))
-        await self.store._run(lambda: self.store.conn().execute(
+        await self.store.run(lambda: self.store.conn().execute(
             "INSERT OR REPLACE INTO alert_docs (kind, id, ts_ms, body) VALUES (?, ?, ?, ?)",
             (kind, item_id, ts_ms, text)))
         self._version += kind in CONFIG_KINDS
 
     async def get(self, kind: str, item_id: str) -> dict[str, Any] | None:
-        row = await self.store._run(lambda: self.store.conn().execute(
+        row = await self.store.run(lambda: self.store.conn().execute(
             "SELECT body FROM alert_docs WHERE kind = ? AND id = ?", (kind, item_id)).fetchone())
         return None if row is None else dict(json.loads(row[0]))
 
     async def delete(self, kind: str, item_id: str) -> bool:
-        count = await self.store._run(lambda: self.store.conn().execute(
+        count = await self.store.run(lambda: self.store.conn().execute(
             "DELETE FROM alert_docs WHERE kind = ? AND id = ?", (kind, item_id)).rowcount)
         self._version += kind in CONFIG_KINDS and count > 0
         return bool(count)
 
     async def items(self, kind: str, limit: int | None = None) -> list[dict[str, Any]]:
-        rows = await self.store._run(lambda: self.store.conn().execute(
+        rows = await self.store.run(lambda: self.store.conn().execute(
             "SELECT body FROM alert_docs WHERE kind = ? ORDER BY ts_ms DESC, id DESC LIMIT ?",
             (kind, -1 if limit is None else limit)).fetchall())
         return [dict(json.loads(r[0])) for r in rows]
 
     async def prune(self, kind: str, keep: int) -> int:
-        return int(await self.store._run(lambda: self.store.conn().execute(
+        return int(await self.store.run(lambda: self.store.conn().execute(
             "DELETE FROM alert_docs WHERE kind = ? AND id NOT IN (SELECT id FROM alert_docs WHERE kind = ?"
             " ORDER BY ts_ms DESC, id DESC LIMIT ?)", (kind, kind, keep)).rowcount))
 
     async def claim(self, name: str, value: str, now_ms: int, ttl_ms: int | None) -> bool:
         expires = None if ttl_ms is None else now_ms + ttl_ms
-        return bool(await self.store._run(lambda: self.store.conn().execute(
+        return bool(await self.store.run(lambda: self.store.conn().execute(
             "INSERT INTO alert_claims (name, value, expires_ms) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE"
             " SET value = excluded.value, expires_ms = excluded.expires_ms"
             " WHERE alert_claims.expires_ms IS NOT NULL AND alert_claims.expires_ms <= ?",
             (name, value, expires, now_ms)).rowcount))
 
     async def claimed(self, name: str) -> str | None:
-        row = await self.store._run(lambda: self.store.conn().execute(
+        row = await self.store.run(lambda: self.store.conn().execute(
             "SELECT value FROM alert_claims WHERE name = ?", (name,)).fetchone())
         return None if row is None else str(row[0])
 
     async def expire_claims(self, now_ms: int) -> int:
-        return int(await self.store._run(lambda: self.store.conn().execute(
+        return int(await self.store.run(lambda: self.store.conn().execute(
             "DELETE FROM alert_claims WHERE expires_ms IS NOT NULL AND expires_ms <= ?", (now_ms,)).rowcount))
 
     async def version(self) -> int:
