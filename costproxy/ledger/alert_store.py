@@ -19,7 +19,7 @@ import json
 import sqlite3
 from typing import Any, Protocol
 
-from costproxy.ledger.sqlite import SqliteStore
+from costproxy.ledger.sqlite import SqliteStore, apply_migrations
 
 CONFIG_KINDS = ("subscriptions", "tokens", "acks")  # changes bump the version other replicas poll
 
@@ -37,22 +37,7 @@ ALERT_MIGRATIONS: list[tuple[int, str]] = [
 
 def migrate_alerts(conn: sqlite3.Connection) -> int:
     """Apply pending alert migrations (own version table); returns the resulting version."""
-    conn.execute("CREATE TABLE IF NOT EXISTS alert_schema_version (version INTEGER NOT NULL)")
-    current = conn.execute("SELECT MAX(version) FROM alert_schema_version").fetchone()[0] or 0
-    for version, script in ALERT_MIGRATIONS:
-        if version <= current:
-            continue
-        conn.execute("BEGIN")
-        try:
-            for statement in filter(str.strip, script.split(";")):
-                conn.execute(statement)
-            conn.execute("INSERT INTO alert_schema_version (version) VALUES (?)", (version,))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        current = version
-    return current
+    return apply_migrations(conn, "alert_schema_version", ALERT_MIGRATIONS)
 
 
 class AlertStore(Protocol):

@@ -29,7 +29,7 @@ from costproxy.budget_codec import spec_from_json, spec_to_json
 from costproxy.budgets import BudgetIndex, BudgetOverride, BudgetSpec
 from costproxy.errors import Forbidden, InvalidRequest, NotFound
 from costproxy.identity import Principal
-from costproxy.ledger.sqlite import SqliteStore
+from costproxy.ledger.sqlite import SqliteStore, apply_migrations
 
 BUDGET_MIGRATIONS: list[tuple[int, str]] = [
     (1, """
@@ -55,22 +55,7 @@ BUDGET_MIGRATIONS: list[tuple[int, str]] = [
 
 def migrate_budgets(conn: sqlite3.Connection) -> int:
     """Apply pending budget migrations (own version table); returns the resulting version."""
-    conn.execute("CREATE TABLE IF NOT EXISTS budget_schema_version (version INTEGER NOT NULL)")
-    current = conn.execute("SELECT MAX(version) FROM budget_schema_version").fetchone()[0] or 0
-    for version, script in BUDGET_MIGRATIONS:
-        if version <= current:
-            continue
-        conn.execute("BEGIN")
-        try:
-            for statement in filter(str.strip, script.split(";")):
-                conn.execute(statement)
-            conn.execute("INSERT INTO budget_schema_version (version) VALUES (?)", (version,))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        current = version
-    return current
+    return apply_migrations(conn, "budget_schema_version", BUDGET_MIGRATIONS)
 
 
 async def ensure_budget_schema(store: SqliteStore) -> None:

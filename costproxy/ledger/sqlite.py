@@ -226,25 +226,34 @@ class SqliteStore:
         return changed > 0
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Apply pending migrations in order; returns the resulting schema version."""
-    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
-    current = row[0] or 0
-    for version, script in MIGRATIONS:
+def apply_migrations(conn: sqlite3.Connection, version_table: str,
+                     migrations: Sequence[tuple[int, str]]) -> int:
+    """Apply pending ``(version, script)`` migrations in order, each in its own transaction.
+
+    ``version_table`` records what ran; each subsystem (ledger, budgets, alerts) keeps its own, so
+    their migrations are versioned independently.  Returns the resulting version.
+    """
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {version_table} (version INTEGER NOT NULL)")
+    current = conn.execute(f"SELECT MAX(version) FROM {version_table}").fetchone()[0] or 0
+    for version, script in migrations:
         if version <= current:
             continue
         conn.execute("BEGIN")
         try:
             for statement in filter(str.strip, script.split(";")):
                 conn.execute(statement)
-            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+            conn.execute(f"INSERT INTO {version_table} (version) VALUES (?)", (version,))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         current = version
-    return current
+    return int(current)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply pending ledger/keys migrations; returns the resulting schema version."""
+    return apply_migrations(conn, "schema_version", MIGRATIONS)
 
 
 def sqlite_path(store_url: str) -> str:
