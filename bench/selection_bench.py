@@ -109,6 +109,31 @@ def measure(body: dict[str, Any], tokens: int, iterations: int, rules: RulesHook
     return sorted(samples)
 
 
+def measure_router(body: dict[str, Any], tokens: int, iterations: int) -> tuple[list[float], str]:
+    """The proxy's real path: ``SelectionRouter.explain`` = analyze + steering rules (rules/) + select."""
+    from costproxy.identity import Principal
+    from costproxy.ledger.accounts import BudgetView
+    from costproxy.pipeline import RequestContext, RouteInput
+    from costproxy.selection_router import build_router
+    from costproxy.settings import load_settings
+
+    router = build_router(load_settings(ROOT / "config/costproxy.yaml", {}))
+    view = BudgetView(used_fraction=0.3, burn_ratio=0.8, remaining_nanos=10**9,
+                      fields={"budget.team.used_pct": 30.0, "budget.any.status": "normal"})
+    principal = Principal(key_id="k", user="u", team="t", org="o")
+    samples: list[float] = []
+    model = ""
+    for i in range(iterations + 200):
+        ctx = RequestContext(request_id=f"bench-{i}", principal=principal, endpoint="chat/completions")
+        start = time.perf_counter_ns()
+        route = router.route(RouteInput(ctx=ctx, body=body, requested="auto", input_tokens=tokens, budget=view))
+        elapsed = time.perf_counter_ns() - start
+        model = route.chain[0].id
+        if i >= 200:
+            samples.append(elapsed / 1_000)
+    return sorted(samples), model
+
+
 def _counting(counter: TokenCounter, messages: list[dict[str, str]]) -> Callable[[], int]:
     return lambda: counter.count_chat(messages, ENCODING)
 
@@ -142,6 +167,13 @@ def main(argv: list[str] | None = None) -> int:
                           baseline=REGISTRY.baseline_model)
         print(f"{tokens:>14} {percentile(samples, 0.5):>9.1f} {percentile(samples, 0.99):>9.1f} "
               f"{samples[-1]:>9.1f}  {profile.task_type} / {decision.model}")
+    print("\nthe proxy's router (analyze + rules/default.yaml + select, as SelectionRouter.route runs it):")
+    print(f"{'prompt tokens':>14} {'p50 µs':>9} {'p99 µs':>9} {'max µs':>9}  chosen model")
+    for size in SIZES:
+        body, tokens = make_body(size, counter)
+        samples, model = measure_router(body, tokens, args.iterations)
+        print(f"{tokens:>14} {percentile(samples, 0.5):>9.1f} {percentile(samples, 0.99):>9.1f} "
+              f"{samples[-1]:>9.1f}  {model}")
     return 0
 
 

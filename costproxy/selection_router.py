@@ -43,6 +43,20 @@ DECISIONS_KEPT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    decision: Decision
+    request_id: str
+    requested_model: str
+    fired: tuple[Any, ...]
+    created_at: float
+
+    def public(self) -> dict[str, Any]:
+        return {"decision": asdict(self.decision), "requestId": self.request_id,
+                "requestedModel": self.requested_model, "rulesFired": [f._asdict() for f in self.fired],
+                "createdAt": self.created_at}
+
+
+@dataclass(frozen=True, slots=True)
 class Explanation:
     route: Route
     profile: RequestProfile
@@ -174,7 +188,7 @@ class SelectionRouter:
         self.rules = rules
         self.breakers = breakers
         self.fallbacks = dict(fallbacks or {})
-        self.decisions: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.decisions: OrderedDict[str, DecisionRecord] = OrderedDict()
 
     def route(self, request: RouteInput) -> Route:
         return self.explain(request).route
@@ -270,13 +284,9 @@ class SelectionRouter:
                                     "remaining_usd": format_usd(view.remaining_nanos)}) from None
 
     def _remember(self, decision: Decision, request: RouteInput, steering: SteeringOutcome) -> None:
-        self.decisions[decision.id] = {
-            "decision": asdict(decision),
-            "requestId": request.ctx.request_id,
-            "requestedModel": request.requested,
-            "rulesFired": [f._asdict() for f in steering.fired],
-            "createdAt": time.time(),
-        }
+        """Keep the decision as it is (frozen); it is turned into JSON only if someone asks."""
+        self.decisions[decision.id] = DecisionRecord(decision, request.ctx.request_id, request.requested,
+                                                     steering.fired, time.time())
         while len(self.decisions) > DECISIONS_KEPT:
             self.decisions.popitem(last=False)
 

@@ -177,7 +177,7 @@ async def decision(request: web.Request) -> web.Response:
     record = router.decisions.get(request.match_info["decision_id"])
     if record is None:
         raise NotFound(f"no decision {request.match_info['decision_id']} (the last 10,000 are kept)")
-    return web.json_response(record)
+    return web.json_response(record.public())
 
 
 def add_routes(app: web.Application) -> None:
