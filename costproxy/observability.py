@@ -34,22 +34,13 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 def configure_logging(settings: LoggingSettings, stream: Any = None) -> None:
     """JSON lines rendered by orjson straight to bytes (or a console renderer for humans)."""
-    level = _LEVELS[settings.level]
+    renderer: Any
     if settings.json:
-        structlog.configure(
-            processors=[
-                structlog.contextvars.merge_contextvars,
-                structlog.processors.add_log_level,
-                structlog.processors.TimeStamper(fmt="iso", utc=True),
-                structlog.processors.format_exc_info,
-                structlog.processors.JSONRenderer(serializer=orjson.dumps),
-            ],
-            wrapper_class=structlog.make_filtering_bound_logger(level),
-            logger_factory=structlog.BytesLoggerFactory(stream or sys.stderr.buffer),
-            cache_logger_on_first_use=True,
-        )
-        return
-    renderer: Any = structlog.dev.ConsoleRenderer()
+        renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
+        factory: Any = structlog.BytesLoggerFactory(stream or sys.stderr.buffer)
+    else:
+        renderer = structlog.dev.ConsoleRenderer()
+        factory = structlog.PrintLoggerFactory(stream or sys.stderr)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -58,8 +49,8 @@ def configure_logging(settings: LoggingSettings, stream: Any = None) -> None:
             structlog.processors.format_exc_info,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[settings.level]),
+        logger_factory=factory,
         cache_logger_on_first_use=True,
     )
 
