@@ -40,7 +40,8 @@ pytestmark = pytest.mark.redis
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {"SIM_API_KEY": "sk-provider-secret", "COSTPROXY_ADMIN_TOKEN": ADMIN_TOKEN}
-PRICES = {"small": (150, 600), "backup": (100, 400)}  # nano-USD per input / output token (TEST_MODELS)
+# nano-USD per input / output token of every chat model in TEST_MODELS (a fallback may reach any)
+PRICES = {"big": (2500, 10000), "small": (150, 600), "backup": (100, 400)}
 TEAM_LIMIT = 4_000_000  # $0.004
 
 
