@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from costproxy.ledger.sqlite import SqliteStore
 from costproxy.money import format_usd
 
 GROUP_COLUMNS = {"model": "served_model", "team": "team", "user": "user", "key": "key_id",
                  "project": "project", "org": "org"}
+
+
+async def spend_by(store: SqliteStore, group_by: str, since_ms: int) -> list[Any]:
+    """Requests, tokens, cost, baseline and estimated entries per ``group_by`` value since a time."""
+    column = GROUP_COLUMNS[group_by]
+    return await store.query(
+        f"SELECT {column} AS k, COUNT(*) AS n, SUM(cost_nanos) AS cost, SUM(baseline_nanos) AS base,"
+        " SUM(prompt_tokens) AS tin, SUM(completion_tokens) AS tout,"
+        " SUM(CASE WHEN usage_reported = 0 THEN 1 ELSE 0 END) AS est"
+        " FROM ledger WHERE ts_ms >= ? GROUP BY k ORDER BY cost DESC", (since_ms,))
 
 
 def _saving_pct(cost: int, baseline: int) -> str:
@@ -20,12 +31,7 @@ async def print_usage(path: str, *, hours: float, group_by: str, limit: int) -> 
     await store.open()
     try:
         since = int((time.time() - hours * 3600) * 1000)
-        column = GROUP_COLUMNS[group_by]
-        rows = await store.query(
-            f"SELECT {column} AS k, COUNT(*) AS n, SUM(cost_nanos) AS cost, SUM(baseline_nanos) AS base,"
-            " SUM(prompt_tokens) AS tin, SUM(completion_tokens) AS tout,"
-            " SUM(CASE WHEN usage_reported = 0 THEN 1 ELSE 0 END) AS est"
-            " FROM ledger WHERE ts_ms >= ? GROUP BY k ORDER BY cost DESC", (since,))
+        rows = await spend_by(store, group_by, since)
         print(f"spend in the last {hours:g} h by {group_by}")
         print(f"{group_by:32} {'requests':>8} {'tokens in':>10} {'tokens out':>10} {'cost USD':>14} "
               f"{'baseline USD':>14} {'saving':>7}")

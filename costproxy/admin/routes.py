@@ -13,6 +13,7 @@ from costproxy.keys import ADMIN_ROLE, KEY_STORE, KEYRING, STORE
 from costproxy.ledger.key_store import KeyStore, SqliteKeyStore
 from costproxy.ledger.sqlite import SqliteStore
 from costproxy.money import format_usd
+from costproxy.usage_report import GROUP_COLUMNS, spend_by
 
 KEY_FIELDS = ("name", "user", "team", "org", "project")
 
@@ -98,15 +99,10 @@ async def request_entries(request: web.Request) -> web.Response:
 
 async def usage_summary(request: web.Request) -> web.Response:
     group = request.query.get("groupBy", "model")
-    columns = {"model": "served_model", "team": "team", "user": "user", "key": "key_id",
-               "project": "project", "org": "org"}
-    if group not in columns:
-        raise InvalidRequest(f"'groupBy' must be one of {', '.join(columns)}", param="groupBy")
+    if group not in GROUP_COLUMNS:
+        raise InvalidRequest(f"'groupBy' must be one of {', '.join(GROUP_COLUMNS)}", param="groupBy")
     since_ms = int((time.time() - _hours(request) * 3600) * 1000)
-    rows = await request.app[STORE].query(
-        f"SELECT {columns[group]} AS k, COUNT(*) AS n, SUM(cost_nanos) AS cost, SUM(baseline_nanos) AS base,"
-        " SUM(prompt_tokens) AS tin, SUM(completion_tokens) AS tout FROM ledger WHERE ts_ms >= ?"
-        " GROUP BY k ORDER BY cost DESC", (since_ms,))
+    rows = await spend_by(request.app[STORE], group, since_ms)
     data = [{group: r["k"], "requests": r["n"], "costUsd": format_usd(r["cost"] or 0),
              "baselineUsd": format_usd(r["base"] or 0), "savingUsd": format_usd((r["base"] or 0) - (r["cost"] or 0)),
              "promptTokens": r["tin"] or 0, "completionTokens": r["tout"] or 0} for r in rows]

@@ -134,7 +134,6 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"ledger database error: {exc}") from exc
 
-    _run = run  # the former private name, kept for callers not yet updated
 
     def conn(self) -> sqlite3.Connection:
         if self._conn is None:
