@@ -27,13 +27,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from costproxy.budget_codec import parse_budget_config
-from costproxy.identity import Principal
-from costproxy.ledger.accounts import Accounts, LedgerAccounts
-from costproxy.ledger.budget_sqlite import SqliteBudgetAccounts
-from costproxy.ledger.budget_store import BudgetStore, SqliteDefinitions, ensure_budget_schema
+from costproxy.budgets.accounts import Accounts, LedgerAccounts
+from costproxy.budgets.codec import parse_budget_config
+from costproxy.budgets.definitions import BudgetStore, SqliteDefinitions, ensure_budget_schema
+from costproxy.budgets.sqlite import SqliteBudgetAccounts
+from costproxy.identity.principal import Principal
 from costproxy.ledger.entry import LedgerEntry
-from costproxy.ledger.sqlite import SqliteStore
+from costproxy.store.sqlite import SqliteStore
 
 PRINCIPAL = Principal(key_id="key-bench", user="alice", team="core", org="acme")
 CHAIN = [{"id": "org", "scope_type": "org", "scope_id": "acme", "limit_usd": "1000000", "period": "monthly"},
@@ -99,7 +99,7 @@ async def sqlite_accounts(store: SqliteStore) -> Accounts:
 
 def redis_opener(url: str, prefix: str) -> Callable[[SqliteStore], Awaitable[Accounts]]:
     async def open_redis(store: SqliteStore) -> Accounts:
-        from costproxy.ledger.budget_redis import open_redis_accounts
+        from costproxy.budgets.redis import open_redis_accounts
 
         config = parse_budget_config({"key_prefix": prefix, "definitions": CHAIN}, "bench")
         return await open_redis_accounts(url, store, config)

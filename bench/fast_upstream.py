@@ -1,6 +1,6 @@
 """A fast fake OpenAI-compatible upstream for ``bench/proxy_bench.py`` (not a test double).
 
-``costproxy/simulator.py`` is realistic (token-by-token streams, latency, faults) and therefore
+``costproxy/tools/simulator.py`` is realistic (token-by-token streams, latency, faults) and therefore
 too expensive per request to sit under a throughput benchmark: its own CPU would dominate.  This
 server answers every ``POST .../chat/completions`` from pre-built bytes with a raw asyncio
 protocol (HTTP/1.1 keep-alive, Content-Length request bodies, no pipelining surprises):

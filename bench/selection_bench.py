@@ -41,10 +41,10 @@ from costproxy.analyzer.encodings import load_encodings  # noqa: E402
 from costproxy.analyzer.profile import RequestProfile, analyze  # noqa: E402
 from costproxy.analyzer.tasks import FEATURE_NAMES, TASK_TYPES  # noqa: E402
 from costproxy.analyzer.tokens import TokenCounter  # noqa: E402
-from costproxy.policy import Constraints  # noqa: E402
-from costproxy.quality import QualityProfiles, parse_quality  # noqa: E402
 from costproxy.registry import parse_registry  # noqa: E402
-from costproxy.selection import BudgetPressure, SelectionConfig, select  # noqa: E402
+from costproxy.routing.policy import Constraints  # noqa: E402
+from costproxy.routing.quality import QualityProfiles, parse_quality  # noqa: E402
+from costproxy.routing.selection import BudgetPressure, SelectionConfig, select  # noqa: E402
 
 RulesHook = Callable[[Mapping[str, Any], RequestProfile], Constraints]
 SIZES = (100, 1_000, 10_000)
@@ -111,10 +111,10 @@ def measure(body: dict[str, Any], tokens: int, iterations: int, rules: RulesHook
 
 def measure_router(body: dict[str, Any], tokens: int, iterations: int) -> tuple[list[float], str]:
     """The proxy's real path: ``SelectionRouter.explain`` = analyze + steering rules (rules/) + select."""
-    from costproxy.identity import Principal
-    from costproxy.ledger.accounts import BudgetView
+    from costproxy.budgets.accounts import BudgetView
+    from costproxy.identity.principal import Principal
     from costproxy.pipeline import RequestContext, RouteInput
-    from costproxy.selection_router import build_router
+    from costproxy.routing.router import build_router
     from costproxy.settings import load_settings
 
     router = build_router(load_settings(ROOT / "config/costproxy.yaml", {}))

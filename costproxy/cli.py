@@ -15,7 +15,7 @@ from costproxy.errors import ConfigError
 from costproxy.settings import Settings, config_path_from, load_settings
 
 if TYPE_CHECKING:
-    from costproxy.ledger.key_store import KeyStore
+    from costproxy.identity.key_store import KeyStore
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -29,7 +29,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from costproxy.app import run
+    from costproxy.http.app import run
     from costproxy.observability import configure_logging
 
     settings = _settings(args)
@@ -50,7 +50,7 @@ def _install_uvloop() -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from costproxy.demo import run_demo
+    from costproxy.tools.demo import run_demo
 
     return run_demo(_settings(args))
 
@@ -72,10 +72,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     """Keys go where the server reads them: the SQLite file, or Redis (``store.url: redis://…``)."""
-    from costproxy.app import ledger_path
     from costproxy.errors import StoreUnavailable
-    from costproxy.ledger.key_store import is_redis_url, open_key_store
-    from costproxy.ledger.sqlite import SqliteStore
+    from costproxy.http.app import ledger_path
+    from costproxy.identity.key_store import is_redis_url, open_key_store
+    from costproxy.store.sqlite import SqliteStore
 
     settings = _settings(args)
 
@@ -98,7 +98,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 async def _keys_command(args: argparse.Namespace, keys: KeyStore) -> int:
-    from costproxy.admin.routes import issue_key
+    from costproxy.http.keys_api import issue_key
 
     if args.keys_command == "create":
         fields = {k: getattr(args, k) for k in ("name", "user", "team", "org", "project")}
@@ -119,8 +119,8 @@ async def _keys_command(args: argparse.Namespace, keys: KeyStore) -> int:
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
-    from costproxy.app import ledger_path
-    from costproxy.usage_report import print_usage
+    from costproxy.http.app import ledger_path
+    from costproxy.tools.usage_report import print_usage
 
     settings = _settings(args)
     return asyncio.run(print_usage(ledger_path(settings), hours=args.hours, group_by=args.by, limit=args.limit))
@@ -176,9 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 DELEGATED = {
     "rules": ("costproxy.steering.commands", "rules_main", True),
-    "explain": ("costproxy.explain", "explain_main", True),
-    "calibrate": ("costproxy.evaluation.commands", "calibrate_main", False),
-    "eval": ("costproxy.evaluation.commands", "eval_main", False),
+    "explain": ("costproxy.tools.explain", "explain_main", True),
+    "calibrate": ("costproxy.tools.eval_cli", "calibrate_main", False),
+    "eval": ("costproxy.tools.eval_cli", "eval_main", False),
 }
 
 

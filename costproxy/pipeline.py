@@ -24,17 +24,16 @@ import orjson
 from opentelemetry.trace import NoOpTracer, Tracer
 
 from costproxy.analyzer.tokens import TokenCounter
+from costproxy.budgets.accounts import Accounts, BudgetView, Reservation
 from costproxy.errors import BudgetExceeded, ContextTooLong, InvalidRequest, ProviderError, UnknownModel
-from costproxy.identity import Principal
-from costproxy.ledger.accounts import Accounts, BudgetView, Reservation
+from costproxy.identity.principal import Principal
 from costproxy.ledger.entry import LedgerEntry
 from costproxy.providers.client import UpstreamClient, UpstreamResponse, UpstreamStream
-from costproxy.registry import ModelSpec, Registry, Usage
+from costproxy.registry import ENDPOINT_KIND, ModelSpec, Registry, Usage
 from costproxy.settings import ProviderSettings, Settings
 
 # Texts longer than this (in characters) are tokenized on a worker thread, off the event loop.
 OFFLOOP_TOKENIZE_CHARS = 32_000
-ENDPOINT_KIND = {"chat/completions": "chat", "completions": "completion", "embeddings": "embedding"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,8 @@ from costproxy.money import NANOS_PER_USD, TOKENS_PER_PRICE_UNIT, tokens_cost
 
 TIERS = ("economy", "standard", "premium")
 KINDS = ("chat", "embedding", "completion")
+# The kind of model each OpenAI endpoint needs.
+ENDPOINT_KIND = {"chat/completions": "chat", "completions": "completion", "embeddings": "embedding"}
 CAPABILITIES = (
     "tools",
     "vision",

@@ -13,11 +13,11 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from costproxy.admin.routes import issue_key
-from costproxy.app import create_app
-from costproxy.keys import KEYRING, STORE
+from costproxy.http.app import create_app
+from costproxy.http.keys_api import issue_key
+from costproxy.http.state import KEYRING, STORE
 from costproxy.settings import Settings, load_settings
-from costproxy.simulator import Simulator, start_simulator
+from costproxy.tools.simulator import Simulator, start_simulator
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "test-admin-token"

@@ -26,7 +26,7 @@ turns it into per-task difficulty buckets, so only its order within a task matte
 in [0, 1]: length, long words, cues, negations, numbers, parts, input size, answer options and their
 length, numbers in the options, few-shot examples before the query, a cloze blank, a question mark,
 code, and the question word).  Calibrated quality profiles may hold per-model, per-task logistic
-predictors over it (``costproxy.quality``), fitted on an evaluation set's train split.
+predictors over it (``costproxy.routing.quality``), fitted on an evaluation set's train split.
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ from typing import Any
 
 from costproxy.config_schema import Node
 from costproxy.money import MoneyError, format_usd, usd_to_nanos
-from costproxy.policy import QUALITY_MODES, Constraints
 from costproxy.registry import TIERS
+from costproxy.routing.policy import QUALITY_MODES, Constraints
 
 ACTION_TYPES = (
     "route",

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from costproxy.errors import RuleRejected
-from costproxy.policy import EMPTY, Constraints
+from costproxy.routing.policy import EMPTY, Constraints
 from costproxy.steering.rules import Rule, RuleSet
 
 ROLLOUT_BUCKETS = 10_000  # rollout resolution: 0.01 %

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from costproxy.analyzer.tasks import TASK_TYPES
-from costproxy.policy import QUALITY_MODES
 from costproxy.registry import CAPABILITIES
+from costproxy.routing.policy import QUALITY_MODES
 
 # Kinds decide which operators apply and how a condition's value is read.
 KIND_STR = "str"

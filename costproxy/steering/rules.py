@@ -23,7 +23,7 @@ import yaml
 
 from costproxy.config_schema import Node
 from costproxy.errors import ConfigError
-from costproxy.policy import Constraints
+from costproxy.routing.policy import Constraints
 from costproxy.steering.actions import Action, parse_action
 from costproxy.steering.conditions import Check, Condition, parse_condition
 

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from costproxy.simulator import Simulator, start_simulator
+from costproxy.tools.simulator import Simulator, start_simulator
 
 
 class SimulatorThread:

@@ -20,13 +20,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import redis.asyncio as aioredis
 
-from costproxy.budget_codec import parse_budget_config
+from costproxy.budgets.codec import parse_budget_config
+from costproxy.budgets.definitions import ensure_budget_schema
+from costproxy.budgets.redis import RedisBudgetAccounts, open_redis_accounts
 from costproxy.errors import BudgetExceeded
-from costproxy.identity import Principal
-from costproxy.ledger.budget_redis import RedisBudgetAccounts, open_redis_accounts
-from costproxy.ledger.budget_store import ensure_budget_schema
+from costproxy.identity.principal import Principal
 from costproxy.ledger.entry import LedgerEntry
-from costproxy.ledger.sqlite import SqliteStore
+from costproxy.store.sqlite import SqliteStore
 
 PRINCIPALS = (Principal(key_id="k-alice", user="alice", team="core", org="acme"),
               Principal(key_id="k-bob", user="bob", team="core", org="acme"))

@@ -19,16 +19,16 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from costproxy.alerts import AlertManager
-from costproxy.app import create_app
-from costproxy.budget_codec import parse_budget_config
-from costproxy.keys import EXTRAS
-from costproxy.ledger.accounts import Accounts
-from costproxy.ledger.budget_sqlite import SqliteBudgetAccounts
-from costproxy.ledger.budget_store import BudgetStore, SqliteDefinitions, ensure_budget_schema
-from costproxy.ledger.sqlite import SqliteStore
+from costproxy.alerts.manager import AlertManager
+from costproxy.alerts.webhooks import verify
+from costproxy.budgets.accounts import Accounts
+from costproxy.budgets.codec import parse_budget_config
+from costproxy.budgets.definitions import BudgetStore, SqliteDefinitions, ensure_budget_schema
+from costproxy.budgets.sqlite import SqliteBudgetAccounts
+from costproxy.http.app import create_app
+from costproxy.http.state import EXTRAS
 from costproxy.settings import Settings
-from costproxy.webhooks import verify
+from costproxy.store.sqlite import SqliteStore
 from tests.conftest import ADMIN_TOKEN, Proxy, load_test_settings
 from tests.conftest_redis import RedisSpace, redis_endpoint, redis_space  # noqa: F401
 
@@ -114,7 +114,7 @@ def sqlite_accounts(clock: FakeClock) -> Callable[[Settings, SqliteStore], Await
 
 def redis_accounts(clock: FakeClock) -> Callable[[Settings, SqliteStore], Awaitable[Accounts]]:
     async def factory(settings: Settings, store: SqliteStore) -> Accounts:
-        from costproxy.ledger.budget_redis import open_redis_accounts
+        from costproxy.budgets.redis import open_redis_accounts
 
         await ensure_budget_schema(store)
         config = parse_budget_config(settings.raw.get("budgets"), "test")

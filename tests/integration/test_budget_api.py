@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from costproxy.app import create_app
-from costproxy.budget_codec import usd
+from costproxy.budgets.codec import usd
 from costproxy.errors import ConfigError
-from costproxy.keys import STORE
+from costproxy.http.app import create_app
+from costproxy.http.state import STORE
 from tests.conftest import ADMIN_TOKEN, Proxy, ProxyFactory, load_test_settings
 from tests.conftest_redis import RedisServer, own_redis  # noqa: F401
 

@@ -28,11 +28,11 @@ import orjson
 import pytest
 import yaml
 
-from costproxy.admin.routes import issue_key
+from costproxy.http.keys_api import issue_key
+from costproxy.identity.key_store_redis import RedisKeyStore
 from costproxy.ledger.entry import LedgerEntry
-from costproxy.ledger.redis_keys import RedisKeyStore
-from costproxy.ledger.sqlite import SqliteStore
-from costproxy.simulator import Simulator, start_simulator
+from costproxy.store.sqlite import SqliteStore
+from costproxy.tools.simulator import Simulator, start_simulator
 from tests.conftest import ADMIN_TOKEN, TEST_MODELS
 from tests.conftest_redis import RedisSpace, free_port, redis_endpoint, redis_space  # noqa: F401
 

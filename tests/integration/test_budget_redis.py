@@ -17,15 +17,15 @@ import orjson
 import pytest
 import redis as sync_redis
 
-from costproxy.budget_codec import parse_budget_config
-from costproxy.budgets import BudgetSpec
+from costproxy.budgets.book import BudgetEvent, BudgetReservation
+from costproxy.budgets.codec import parse_budget_config
+from costproxy.budgets.definitions import ensure_budget_schema
+from costproxy.budgets.model import BudgetSpec
+from costproxy.budgets.redis import RedisBudgetAccounts, open_redis_accounts
 from costproxy.errors import BudgetExceeded, StoreUnavailable
-from costproxy.identity import Principal
-from costproxy.ledger.budget_accounts import BudgetEvent, BudgetReservation
-from costproxy.ledger.budget_redis import RedisBudgetAccounts, open_redis_accounts
-from costproxy.ledger.budget_store import ensure_budget_schema
+from costproxy.identity.principal import Principal
 from costproxy.ledger.entry import LedgerEntry
-from costproxy.ledger.sqlite import SqliteStore
+from costproxy.store.sqlite import SqliteStore
 from tests.conftest_redis import RedisServer, RedisSpace, own_redis, redis_endpoint, redis_space  # noqa: F401
 
 pytestmark = pytest.mark.redis
@@ -312,8 +312,8 @@ async def test_outbox_survives_a_restart(replica: Opener, own_redis: RedisServer
 
 async def test_usage_recorded_by_another_system(replica: Opener, redis_space: RedisSpace) -> None:  # noqa: F811
     accounts = await replica(section(*CHAIN))
-    from costproxy.budget_codec import usage_from_json
-    from costproxy.ledger.budget_accounts import usage_entry
+    from costproxy.budgets.book import usage_entry
+    from costproxy.budgets.codec import usage_from_json
 
     record = usage_from_json({"amount": "0.6", "source": "auterity"}, now_ms=int(time.time() * 1000))
     status = await accounts.record_usage("alice", record.amount_nanos,

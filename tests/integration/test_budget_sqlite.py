@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from costproxy.budgets import BudgetOverride, BudgetSpec, Threshold, ThresholdAction
+from costproxy.budgets.book import BudgetEvent, BudgetReservation
+from costproxy.budgets.definitions import BudgetStore, SqliteDefinitions, ensure_budget_schema
+from costproxy.budgets.model import BudgetOverride, BudgetSpec, Threshold, ThresholdAction
+from costproxy.budgets.sqlite import SqliteBudgetAccounts
 from costproxy.errors import BudgetExceeded, Forbidden, InvalidRequest, NotFound
-from costproxy.identity import Principal
-from costproxy.ledger.budget_accounts import BudgetEvent, BudgetReservation
-from costproxy.ledger.budget_sqlite import SqliteBudgetAccounts
-from costproxy.ledger.budget_store import BudgetStore, SqliteDefinitions, ensure_budget_schema
+from costproxy.identity.principal import Principal
 from costproxy.ledger.entry import LedgerEntry
-from costproxy.ledger.sqlite import SqliteStore
+from costproxy.store.sqlite import SqliteStore
 
 USD = 1_000_000_000
 ALICE = Principal(key_id="key1", user="alice", team="core", org="acme")
@@ -277,8 +277,8 @@ async def test_view_feeds_steering_and_selection(open_accounts: Opener) -> None:
 
 async def test_usage_recorded_by_other_systems(open_accounts: Opener) -> None:
     accounts, store = await open_accounts(chain_specs())
-    from costproxy.budget_codec import usage_from_json
-    from costproxy.ledger.budget_accounts import usage_entry
+    from costproxy.budgets.book import usage_entry
+    from costproxy.budgets.codec import usage_from_json
 
     record = usage_from_json({"amount": "0.25", "source": "relaycore", "metadata": {"requestId": "ext-1"}},
                              now_ms=int(T0 * 1000))
@@ -335,7 +335,7 @@ async def test_dynamic_budgets_survive_restart(open_accounts: Opener) -> None:
 
 
 async def test_factory_opens_budget_accounts_from_settings(write_config: Any, tmp_path: Path) -> None:
-    from costproxy.ledger.factory import open_accounts as factory
+    from costproxy.budgets.factory import open_accounts as factory
     from tests.conftest import load_test_settings
 
     path = write_config("http://127.0.0.1:9/v1", extra={"budgets": {"definitions": [
@@ -356,7 +356,7 @@ async def test_factory_opens_budget_accounts_from_settings(write_config: Any, tm
 
 async def test_proxy_requests_on_sqlite_never_overspend(make_proxy: Any) -> None:
     """The same invariants through the HTTP path of one proxy on the embedded default."""
-    from costproxy.keys import SERVICES
+    from costproxy.http.state import SERVICES
 
     limit = 1_000_000  # $0.001 for team core
     proxy = await make_proxy(extra={"budgets": {"definitions": [

@@ -6,15 +6,15 @@ from typing import Any
 
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from costproxy.app import create_app
+from costproxy.http.app import create_app
 from tests.conftest import load_test_settings
 
 CHAT = {"model": "big", "messages": [{"role": "user", "content": "hello there"}]}
 
 
 async def test_spans_continue_traceparent(aiohttp_client: Any, simulator, write_config) -> None:
-    from costproxy.admin.routes import issue_key
-    from costproxy.keys import KEYRING, STORE
+    from costproxy.http.keys_api import issue_key
+    from costproxy.http.state import KEYRING, STORE
 
     url, _sim = simulator
     exporter = InMemorySpanExporter()

@@ -16,10 +16,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from costproxy.app import create_app, ledger_path
 from costproxy.errors import InternalError
-from costproxy.identity import KeyRecord
-from costproxy.ledger.redis_keys import RedisKeyStore
+from costproxy.http.app import create_app, ledger_path
+from costproxy.identity.key_store_redis import RedisKeyStore
+from costproxy.identity.principal import KeyRecord
 from costproxy.settings import Settings
 from tests.conftest import ADMIN_TOKEN, load_test_settings
 from tests.conftest_redis import RedisServer, RedisSpace, own_redis, redis_endpoint, redis_space  # noqa: F401

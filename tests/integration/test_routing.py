@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from costproxy.keys import SERVICES
+from costproxy.http.state import SERVICES
 
 ADMIN = {"Authorization": "Bearer test-admin-token"}
 SIMPLE = {"model": "auto", "messages": [{"role": "user", "content": "Classify the sentiment of: I love it."}]}
@@ -97,7 +97,7 @@ async def test_steering_reject_and_route_and_cap(make_proxy) -> None:
 
 
 async def test_rules_hot_reload_keeps_last_good_set(make_proxy, tmp_path, monkeypatch) -> None:
-    import costproxy.app as app_module
+    import costproxy.http.app as app_module
 
     monkeypatch.setattr(app_module, "RULES_POLL_SECONDS", 0.05)
     proxy = await make_proxy()

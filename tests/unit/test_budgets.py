@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from costproxy.budget_codec import (
+from costproxy.budgets.codec import (
     override_from_json,
     parse_budget_config,
     spec_from_json,
@@ -17,17 +17,7 @@ from costproxy.budget_codec import (
     usage_from_json,
     usd,
 )
-from costproxy.budget_status import (
-    Counters,
-    build_status,
-    burn,
-    burn_ratio,
-    crossed,
-    gate_amount,
-    restrictions_of,
-    status_of,
-)
-from costproxy.budgets import (
+from costproxy.budgets.model import (
     BudgetIndex,
     BudgetInvalid,
     BudgetOverride,
@@ -41,9 +31,19 @@ from costproxy.budgets import (
     period_window,
     window_at,
 )
+from costproxy.budgets.status import (
+    Counters,
+    build_status,
+    burn,
+    burn_ratio,
+    crossed,
+    gate_amount,
+    restrictions_of,
+    status_of,
+)
 from costproxy.errors import ConfigError, InvalidRequest
-from costproxy.identity import Principal
-from costproxy.policy import Constraints
+from costproxy.identity.principal import Principal
+from costproxy.routing.policy import Constraints
 
 USD = 1_000_000_000
 

@@ -16,11 +16,11 @@ import yaml
 
 from costproxy.analyzer.profile import analyze
 from costproxy.analyzer.tasks import FEATURE_NAMES
-from costproxy.evaluation.calibrate import CalibrationOptions, analyze_rows, approx_tokens, calibrate
-from costproxy.evaluation.commands import calibrate_main, eval_main
-from costproxy.evaluation.dataset import DatasetError, decode_prompt, load_dataset, read_dataset
-from costproxy.evaluation.replay import EvalOptions, OperatingPoint, frontier, mix_weights, run_eval
-from costproxy.quality import parse_quality
+from costproxy.routing.quality import parse_quality
+from costproxy.tools.calibrate import CalibrationOptions, analyze_rows, approx_tokens, calibrate
+from costproxy.tools.dataset import DatasetError, decode_prompt, load_dataset, read_dataset
+from costproxy.tools.eval_cli import calibrate_main, eval_main
+from costproxy.tools.replay import EvalOptions, OperatingPoint, frontier, mix_weights, run_eval
 
 MODELS = ("strong", "coder", "weak")
 COST = {"strong": 0.010, "coder": 0.001, "weak": 0.0004}
@@ -271,7 +271,7 @@ def test_commands_report_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def test_evaluation_imports_no_network_stack() -> None:
-    code = ("import sys, costproxy.evaluation.commands, costproxy.evaluation.replay;"
+    code = ("import sys, costproxy.tools.eval_cli, costproxy.tools.replay;"
             "bad = [m for m in ('aiohttp', 'redis') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr

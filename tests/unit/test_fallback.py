@@ -3,8 +3,8 @@ from __future__ import annotations
 from datetime import date
 from decimal import Decimal
 
-from costproxy.fallback import BreakerConfig, CircuitBreakers
 from costproxy.registry import ModelPrice, ModelSpec
+from costproxy.routing.breakers import BreakerConfig, CircuitBreakers
 
 
 def model(name: str, provider: str = "p1") -> ModelSpec:

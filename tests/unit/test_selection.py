@@ -13,10 +13,10 @@ import yaml
 from costproxy.analyzer.profile import RequestProfile
 from costproxy.analyzer.tasks import FEATURE_NAMES
 from costproxy.errors import ConfigError, NoEligibleModel
-from costproxy.policy import Constraints
-from costproxy.quality import ModelQuality, QualityProfiles, TaskQuality, parse_quality, quality_document
 from costproxy.registry import ModelPrice, ModelSpec, Usage, parse_registry
-from costproxy.selection import BudgetPressure, Decision, SelectionConfig, parse_selection_config, select
+from costproxy.routing.policy import Constraints
+from costproxy.routing.quality import ModelQuality, QualityProfiles, TaskQuality, parse_quality, quality_document
+from costproxy.routing.selection import BudgetPressure, Decision, SelectionConfig, parse_selection_config, select
 
 ROOT = Path(__file__).resolve().parents[2]
 ALL_CAPS = frozenset({"tools", "vision", "json_schema", "json_mode", "streaming"})
@@ -319,7 +319,7 @@ def test_selection_is_fast_for_thirty_candidates() -> None:
 
 
 def test_expected_and_worst_case_costs_equal_model_spec() -> None:
-    from costproxy.selection import _Tariff
+    from costproxy.routing.selection import _Tariff
 
     registry = parse_registry(yaml.safe_load((ROOT / "config/models.yaml").read_text()), "models.yaml")
     odd = model("odd", "economy", "0.0000005", "1.2345678")  # sub-nano per-token prices: Decimal path

@@ -13,7 +13,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
-from costproxy.simulator import SIM_NAME, SimConfig, Simulator, count_tokens, start_simulator
+from costproxy.tools.simulator import SIM_NAME, SimConfig, Simulator, count_tokens, start_simulator
 
 Client = TestClient[Any, Any]
 MakeSim = Callable[..., Awaitable[tuple[Client, Simulator]]]

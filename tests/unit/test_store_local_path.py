@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from costproxy.app import ledger_path
 from costproxy.errors import ConfigError
+from costproxy.http.app import ledger_path
 from costproxy.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]

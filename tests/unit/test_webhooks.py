@@ -9,14 +9,8 @@ from typing import Any, cast
 
 import pytest
 
-from costproxy.access_tokens import TokenInvalid, TokenRing, hash_token, issue
-from costproxy.alerts import AlertSettings, Raised, budget_payload, claim_name, envelope, parse_alert_settings
-from costproxy.budget_reports import RangeInvalid, Row, by_calendar, report, time_range
-from costproxy.budgets import BudgetSpec, Threshold, ThresholdAction, window_at
-from costproxy.errors import ConfigError
-from costproxy.ledger.budget_accounts import BudgetEvent
-from costproxy.ledger.budget_store import BudgetStore
-from costproxy.webhooks import (
+from costproxy.alerts.manager import AlertSettings, Raised, budget_payload, claim_name, envelope, parse_alert_settings
+from costproxy.alerts.webhooks import (
     Attempt,
     Delivery,
     Subscription,
@@ -32,6 +26,12 @@ from costproxy.webhooks import (
     subscription_from_stored,
     verify,
 )
+from costproxy.budgets.book import BudgetEvent
+from costproxy.budgets.definitions import BudgetStore
+from costproxy.budgets.model import BudgetSpec, Threshold, ThresholdAction, window_at
+from costproxy.budgets.reports import RangeInvalid, Row, by_calendar, report, time_range
+from costproxy.errors import ConfigError
+from costproxy.identity.access_tokens import TokenInvalid, TokenRing, hash_token, issue
 
 SECRET = "whsec_0123456789abcdef0123456789"
 BODY = b'{"id":"evt_1","type":"budget.exhausted"}'
@@ -277,6 +277,6 @@ def test_report_shape() -> None:
 def test_the_pure_parts_stay_sans_io() -> None:
     from tests.unit.test_layers import IO_MODULES, PACKAGE, UPPER_LAYERS, imports_of
 
-    for relative in ("webhooks.py", "access_tokens.py", "budget_reports.py"):
+    for relative in ("alerts/webhooks.py", "identity/access_tokens.py", "budgets/reports.py"):
         for name in imports_of(PACKAGE / relative):
             assert name.split(".")[0] not in IO_MODULES and not name.startswith(UPPER_LAYERS), (relative, name)

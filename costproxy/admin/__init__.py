@@ -1,1 +1,0 @@
-"""The versioned admin and integration API under ``/api/v1``."""

@@ -1,0 +1,1 @@
+"""Alerts: budget and request events in, signed webhooks out."""

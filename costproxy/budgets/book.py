@@ -1,0 +1,340 @@
+"""What the SQLite and the Redis budget accounts share, and the interface the admin API uses.
+
+``BudgetAccounts`` (a Protocol) is ``Accounts`` plus what the budget API needs: ``budgets`` (the
+``BudgetStore``), ``status``/``statuses``, ``record_usage``, ``check``, ``subscribe``, ``close``.
+
+``BudgetBook`` is the shared machinery: per-spec precomputation (``CompiledBudget``), cached period
+windows, cached chains per principal, the ``BudgetView`` handed to selection and steering, and the
+fan-out of ``BudgetEvent``s.  Subclasses only say where the counters are (``_counters``).
+
+Events (``BudgetEvent.kind``): ``threshold_crossed`` (once per threshold per budget period — the
+counter that crossed it decides, atomically, so once across replicas too), ``status_changed``,
+``exhausted`` and ``request_blocked``.  Listeners are called on the event loop and must not
+block (queue the work); an exception in one is logged and does not reach the request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+import structlog
+
+from costproxy.budgets.accounts import Accounts, BudgetView, Reservation
+from costproxy.budgets.codec import UsageRecord
+from costproxy.budgets.definitions import BudgetStore
+from costproxy.budgets.model import (
+    GATE_ACTIONS,
+    BudgetOverride,
+    BudgetSpec,
+    PeriodWindow,
+    Threshold,
+    ThresholdAction,
+    active_span,
+    effective_limit,
+    window_at,
+)
+from costproxy.budgets.status import (
+    BudgetStatus,
+    Counters,
+    build_status,
+    burn_ratio,
+    restrictions_of,
+    status_of,
+)
+from costproxy.errors import BudgetExceeded
+from costproxy.identity.principal import Principal
+from costproxy.ledger.entry import LedgerEntry
+from costproxy.money import format_usd, nanos_to_decimal
+from costproxy.steering.fields import BudgetState, budget_fields
+
+log = structlog.get_logger("costproxy.budgets.model")
+
+EVENT_KINDS = ("threshold_crossed", "status_changed", "exhausted", "request_blocked")
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetEvent:
+    kind: str
+    budget_id: str
+    period_key: str
+    at_ms: int
+    spent_nanos: int
+    limit_nanos: int
+    status: str
+    previous_status: str | None = None
+    threshold: int | None = None  # percent, for threshold_crossed
+    request_id: str | None = None
+    reason: str | None = None  # for request_blocked
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetReservation(Reservation):
+    """A ``Reservation`` with what settling needs: an internal token (request ids may repeat, they
+    come from clients) and the period each budget was charged in."""
+
+    token: str = ""
+    period_keys: tuple[str, ...] = ()
+    counter_keys: tuple[str, ...] = ()  # Redis: the counters reserved on
+    home: str = ""  # Redis: partition of the reservation and of the ledger stream
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    can_proceed: bool
+    reason: str
+    suggested_actions: tuple[str, ...] = ()
+
+    def public(self) -> dict[str, Any]:
+        return {"canProceed": self.can_proceed, "reason": self.reason,
+                "suggestedActions": list(self.suggested_actions)}
+
+
+class BudgetAccounts(Accounts, Protocol):
+    budgets: BudgetStore
+
+    async def status(self, budget_id: str) -> BudgetStatus: ...
+
+    async def statuses(self, scope_type: str, scope_id: str) -> list[BudgetStatus]: ...
+
+    async def record_usage(self, budget_id: str, nanos: int, entry: LedgerEntry) -> BudgetStatus: ...
+
+    async def check(self, budget_id: str, nanos: int) -> Check: ...
+
+    def subscribe(self, listener: Callable[[BudgetEvent], None]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledBudget:
+    """Per-spec facts computed once per store generation, for the request path."""
+
+    spec: BudgetSpec
+    overrides: tuple[BudgetOverride, ...]
+    gate_percent: int | None  # first threshold with require-approval / block-all
+    span: tuple[int | None, int | None]
+
+    def limit(self, now_ms: int) -> int:
+        if not self.overrides:
+            return self.spec.limit_nanos
+        return effective_limit(self.spec, self.overrides, now_ms)
+
+    def gated(self, spent: int, limit: int, now_ms: int) -> bool:
+        if self.gate_percent is None or spent * 100 < limit * self.gate_percent:
+            return False
+        return not any(o.kind == "approval" and o.active(now_ms) for o in self.overrides)
+
+
+def compile_spec(spec: BudgetSpec, overrides: tuple[BudgetOverride, ...]) -> CompiledBudget:
+    gate = next((t.percent for t in spec.thresholds if any(a.type in GATE_ACTIONS for a in t.actions)), None)
+    return CompiledBudget(spec, overrides, gate, active_span(spec))
+
+
+def refusal(spec: BudgetSpec, *, gated: bool, amount: int, available: int) -> BudgetExceeded:
+    scope = f"{spec.scope_type} {spec.scope_id!r}"
+    if gated:
+        message = (f"budget {spec.id!r} ({scope}) has crossed a threshold that requires approval; "
+                   "an admin can grant an approval override")
+    else:
+        message = (f"budget {spec.id!r} ({scope}, {spec.period}) cannot fit this request: worst case "
+                   f"${format_usd(amount)}, ${format_usd(max(0, available))} left")
+    return BudgetExceeded(message, details={"budget_id": spec.id, "scope_type": spec.scope_type,
+                                            "scope_id": spec.scope_id})
+
+
+def overrun(reservation: Reservation, cost: int) -> None:
+    """Log a charge above its reservation: the money was spent, so it is charged anyway, and only
+    then can settled spend pass a hard limit (a provider billing beyond ``max_tokens``)."""
+    if cost > reservation.amount_nanos and isinstance(reservation, BudgetReservation) and reservation.budget_ids:
+        log.warning("budget_reservation_overrun", request_id=reservation.request_id,
+                    reserved_nanos=reservation.amount_nanos, cost_nanos=cost, budgets=list(reservation.budget_ids))
+
+
+def usage_entry(record: UsageRecord, spec: BudgetSpec, request_id: str) -> LedgerEntry:
+    """The ledger entry for usage another system reports against ``spec``."""
+    principal = {spec.scope_type: spec.scope_id}
+    return LedgerEntry(
+        request_id=record.request_id or request_id, ts_ms=record.timestamp_ms, endpoint="usage",
+        status="ok", http_status=200, key_id=principal.get("key"), user=record.user or principal.get("user"),
+        team=record.team or principal.get("team"), org=spec.org or principal.get("org"),
+        project=record.project or principal.get("project"), served_model=record.model_id,
+        requested_model=record.model_id, cost_nanos=record.amount_nanos, baseline_nanos=record.amount_nanos,
+        usage_reported=True, source=record.source,
+        metadata={"description": record.description, "tags": list(record.tags), "budget_id": spec.id},
+    )
+
+
+class BudgetBook:
+    """Shared machinery of the budget accounts; subclasses provide ``_counters``."""
+
+    def __init__(self, budgets: BudgetStore, clock: Callable[[], float] = time.time,
+                 reservation_ttl_s: float = 900.0) -> None:
+        self.budgets = budgets
+        self.clock = clock
+        self.ttl_ms = int(reservation_ttl_s * 1000)
+        self._listeners: list[Callable[[BudgetEvent], None]] = []
+        self._compiled: dict[str, CompiledBudget] = {}
+        self._windows: dict[str, PeriodWindow] = {}
+        self._chains: dict[Principal, tuple[int, int, tuple[CompiledBudget, ...]]] = {}
+        self._generation = -1
+
+    # --- caches ----------------------------------------------------------------------------
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def _sync(self) -> None:
+        if self._generation == self.budgets.generation:
+            return
+        self._compiled = {s.id: compile_spec(s, self.budgets.overrides(s.id)) for s in self.budgets.all()}
+        self._windows.clear()
+        self._chains.clear()
+        self._generation = self.budgets.generation
+
+    def chain(self, principal: Principal, now_ms: int) -> tuple[CompiledBudget, ...]:
+        """The compiled chain of ``principal``, cached per store generation and per second."""
+        self._sync()
+        second = now_ms // 1000
+        cached = self._chains.get(principal)
+        if cached is not None and cached[0] == self._generation and cached[1] == second:
+            return cached[2]
+        found = tuple(self._compiled[s.id] for s in self.budgets.chain(principal, now_ms))
+        if len(self._chains) > 50_000:
+            self._chains.clear()
+        self._chains[principal] = (self._generation, second, found)
+        return found
+
+    def compiled(self, budget_id: str) -> CompiledBudget:
+        self._sync()
+        spec = self.budgets.require(budget_id)
+        return self._compiled.get(spec.id) or compile_spec(spec, self.budgets.overrides(spec.id))
+
+    def window(self, spec: BudgetSpec, now_ms: int) -> PeriodWindow:
+        cached = self._windows.get(spec.id)
+        if cached is not None and cached.contains(now_ms):
+            return cached
+        fresh = window_at(spec, now_ms)
+        self._windows[spec.id] = fresh
+        return fresh
+
+    # --- counters (subclasses) -------------------------------------------------------------
+    def _counters(self, budget_id: str, period_key: str, now_ms: int) -> Counters:
+        raise NotImplementedError
+
+    # --- events ----------------------------------------------------------------------------
+    def subscribe(self, listener: Callable[[BudgetEvent], None]) -> None:
+        self._listeners.append(listener)
+
+    def emit(self, event: BudgetEvent) -> None:
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:  # a broken listener must not break money accounting
+                log.exception("budget_listener_failed", kind=event.kind, budget_id=event.budget_id)
+
+    def emit_crossings(self, compiled: CompiledBudget, period_key: str, *, before: int, after: int,
+                       fired: tuple[Threshold, ...], now_ms: int, request_id: str | None = None) -> None:
+        """Events for thresholds this process saw fire (it won the once-per-period race)."""
+        if not fired or not self._listeners:
+            return
+        spec = compiled.spec
+        limit = compiled.limit(now_ms)
+        old, new = status_of(spec, before, limit), status_of(spec, after, limit)
+        for threshold in fired:
+            self.emit(BudgetEvent("threshold_crossed", spec.id, period_key, now_ms, after, limit, new,
+                                  old, threshold.percent, request_id))
+        if new != old:
+            self.emit(BudgetEvent("status_changed", spec.id, period_key, now_ms, after, limit, new, old,
+                                  None, request_id))
+            if new == "exhausted":
+                self.emit(BudgetEvent("exhausted", spec.id, period_key, now_ms, after, limit, new, old,
+                                      None, request_id))
+
+    def emit_blocked(self, spec: BudgetSpec, period_key: str, *, spent: int, limit: int, now_ms: int,
+                     request_id: str, reason: str) -> None:
+        if self._listeners:
+            self.emit(BudgetEvent("request_blocked", spec.id, period_key, now_ms, spent, limit,
+                                  status_of(spec, spent, limit), None, None, request_id, reason))
+
+    # --- reading ---------------------------------------------------------------------------
+    def status_now(self, budget_id: str) -> BudgetStatus:
+        now = self.now_ms()
+        compiled = self.compiled(budget_id)
+        window = self.window(compiled.spec, now)
+        return build_status(compiled.spec, window, self._counters(compiled.spec.id, window.key, now),
+                            self.budgets.overrides(compiled.spec.id), now)
+
+    async def status(self, budget_id: str) -> BudgetStatus:
+        return self.status_now(budget_id)
+
+    async def statuses(self, scope_type: str, scope_id: str) -> list[BudgetStatus]:
+        return [self.status_now(s.id) for s in self.budgets.for_scope(scope_type, scope_id)]
+
+    async def check(self, budget_id: str, nanos: int) -> Check:
+        status = await self.status(budget_id)
+        if status.blocked:
+            return Check(False, "a threshold action requires approval before further spend",
+                         ("request an approval override", "wait for the next period"))
+        if status.spec.hard and nanos > status.remaining_nanos:
+            return Check(False, f"${format_usd(nanos)} exceeds the ${format_usd(status.remaining_nanos)} left",
+                         ("use a cheaper model", "lower max_tokens", "request a temporary increase"))
+        if status.status in ("critical", "exhausted"):
+            return Check(True, f"budget is {status.status}", ("prefer cheaper models",))
+        return Check(True, "within budget")
+
+    async def view(self, principal: Principal) -> BudgetView:
+        now = self.now_ms()
+        chain = self.chain(principal, now)
+        if not chain:
+            return BudgetView()
+        return self._view(chain, now)
+
+    def _view(self, chain: tuple[CompiledBudget, ...], now: int) -> BudgetView:
+        states: list[tuple[str, BudgetState]] = []
+        actions: list[ThresholdAction] = []
+        used, ratio, remaining = 0.0, 0.0, None
+        tightest: str | None = None
+        downgrade_cap: int | None = None
+        for compiled in chain:
+            spec = compiled.spec
+            window = self.window(spec, now)
+            counters = self._counters(spec.id, window.key, now)
+            spent, limit = counters.spent_nanos, compiled.limit(now)
+            left = max(0, limit - spent - counters.reserved_nanos)
+            status = status_of(spec, spent, limit)
+            pct = 100.0 if limit <= 0 else spent * 100 / limit
+            used, ratio = max(used, pct / 100), max(ratio, self._ratio(compiled, window, spent, limit, now))
+            states.append((spec.scope_type, BudgetState(pct, status, nanos_to_decimal(left) if spec.hard else None)))
+            actions.extend(a for t in spec.thresholds if t.reached(spent, limit) for a in t.actions)
+            if spec.hard:
+                if remaining is None or left < remaining:
+                    remaining, tightest = left, f"{spec.name} ({spec.id})"
+                if spec.on_exhausted == "downgrade" and status in ("critical", "exhausted"):
+                    downgrade_cap = left if downgrade_cap is None else min(downgrade_cap, left)
+        restrictions = restrictions_of(actions)
+        if downgrade_cap is not None:
+            restrictions["downgrade"] = True
+            restrictions["max_cost_nanos"] = downgrade_cap
+        if restrictions:
+            restrictions["reasons"] = ("budget",)
+        return BudgetView(used_fraction=used, burn_ratio=ratio, remaining_nanos=remaining,
+                          fields=budget_fields(states), restrictions=restrictions, tightest_budget=tightest)
+
+    @staticmethod
+    def _ratio(compiled: CompiledBudget, window: PeriodWindow, spent: int, limit: int, now: int) -> float:
+        since, until = compiled.span
+        starts = [x for x in (window.start_ms, since) if x is not None]
+        ends = [x for x in (window.end_ms, until) if x is not None]
+        if not starts or not ends:
+            return 0.0
+        start, end = max(starts), min(ends)
+        return burn_ratio(spent, limit, max(0, now - start), end - start)
+
+    def tagged(self, entry: LedgerEntry, reservation: Reservation) -> LedgerEntry:
+        """``entry`` with the budget periods it was charged to (``metadata.budgets``) for audit."""
+        if not isinstance(reservation, BudgetReservation) or not reservation.budget_ids:
+            return entry
+        charged = dict(zip(reservation.budget_ids, reservation.period_keys, strict=True))
+        return replace(entry, metadata={**entry.metadata, "budgets": charged})

@@ -1,0 +1,476 @@
+"""Budgets in and out: the ``budgets:`` section of ``config/costproxy.yaml`` and the camelCase JSON.
+
+One parser reads both shapes; only the key names differ (``YAML`` snake_case vs ``JSON`` in the
+RelayCore/Auterity vocabulary of DESIGN §3.6).  YAML errors are ``ConfigError`` naming file, dotted
+path and value; JSON errors are ``InvalidRequest`` whose ``param`` is the JSON path.  Money is a
+decimal string or number in USD, converted exactly to nano-USD (sub-nano precision is refused).
+
+The YAML section::
+
+    budgets:
+      enabled: true                 # false: no enforcement on the SQLite store
+      reservation_ttl_s: 900        # reservations older than this are reclaimed
+      refresh_interval_s: 1.0       # Redis: how often counters and definitions are re-read
+      definitions:
+        - id: acme-monthly
+          scope_type: org           # org | team | project | user | key
+          scope_id: acme
+          limit_usd: "5000"
+          period: monthly           # daily | weekly | monthly | quarterly | annual | total
+          timezone: Europe/Berlin
+          on_exhausted: block       # block | downgrade | notify (soft)
+          thresholds:               # default: 50, 80, 100 with notify
+            - 50
+            - {percent: 80, actions: [notify, {type: restrict-models, tiers: [economy]}]}
+            - {percent: 95, actions: [auto-downgrade]}
+
+A plain list under ``budgets:`` is the same as ``definitions:`` with default settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from costproxy.budgets.model import (
+    BudgetInvalid,
+    BudgetOverride,
+    BudgetSpec,
+    Threshold,
+    ThresholdAction,
+    zone,
+)
+from costproxy.budgets.status import BudgetStatus, restrictions_of
+from costproxy.config_schema import Node
+from costproxy.errors import ConfigError, InvalidRequest
+from costproxy.money import MoneyError, nanos_to_decimal, usd_to_nanos
+
+T = TypeVar("T")
+
+JSON_SCOPE = {"org": "organization", "team": "team", "project": "project", "user": "user", "key": "key"}
+SCOPE_FROM_JSON = {**{v: k for k, v in JSON_SCOPE.items()}, "org": "org"}
+USAGE_SOURCES = ("relaycore", "auterity", "manual", "proxy")
+
+# internal name -> (YAML key, JSON key)
+_NAMES: dict[str, tuple[str, str]] = {
+    "id": ("id", "id"), "name": ("name", "name"), "description": ("description", "description"),
+    "scope_type": ("scope_type", "scopeType"), "scope_id": ("scope_id", "scopeId"),
+    "org": ("org", "organizationId"), "limit_nanos": ("limit_usd", "amount"),
+    "currency": ("currency", "currency"), "period": ("period", "period"),
+    "timezone": ("timezone", "timezone"), "start_date": ("start_date", "startDate"),
+    "end_date": ("end_date", "endDate"), "recurring": ("recurring", "recurring"),
+    "thresholds": ("thresholds", "alerts"), "on_exhausted": ("on_exhausted", "onExhausted"),
+    "tags": ("tags", "tags"), "parent_id": ("parent", "parentBudgetId"),
+    "percent": ("percent", "threshold"), "actions": ("actions", "actions"),
+    "channels": ("channels", "notificationChannels"), "message": ("message", "message"),
+    "tiers": ("tiers", "tiers"), "models": ("models", "models"),
+    "max_price_per_mtok": ("max_price_per_mtok", "maxPricePerMTok"), "type": ("type", "type"),
+    "amount_nanos": ("amount", "amount"), "expires_at_ms": ("expires_at", "expiresAt"),
+    "reason": ("reason", "reason"), "kind": ("type", "type"),
+}
+_JSON_READ_ONLY = ("createdAt", "updatedAt", "createdBy", "source", "readOnly", "hardLimit")
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSettings:
+    enabled: bool = True  # false: no budget enforcement (SQLite store only; Redis always accounts)
+    reservation_ttl_s: float = 900.0
+    refresh_interval_s: float = 1.0
+    checkpoint_interval_s: float = 10.0
+    key_prefix: str = "cp"
+    ledger_retention_days: int = 7
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetConfig:
+    settings: BudgetSettings
+    static: tuple[BudgetSpec, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """Usage recorded by another system (``POST /api/v1/budgets/{id}/usage``)."""
+
+    amount_nanos: int
+    timestamp_ms: int
+    source: str = "manual"
+    description: str = ""
+    request_id: str | None = None
+    model_id: str | None = None
+    user: str | None = None
+    team: str | None = None
+    project: str | None = None
+    tags: tuple[str, ...] = ()
+
+
+class _Reader:
+    """Reads one budget from a Node in one naming style (0: YAML, 1: JSON)."""
+
+    def __init__(self, style: int) -> None:
+        self.style = style
+
+    def key(self, name: str) -> str:
+        return _NAMES[name][self.style]
+
+    def child(self, node: Node, name: str, *default: Any) -> Node:
+        return node.child(self.key(name), *default)
+
+    def spec(self, node: Node, source: str, base: BudgetSpec | None = None) -> BudgetSpec:
+        node.mapping()
+        values: dict[str, Any] = {} if base is None else {f.name: getattr(base, f.name) for f in fields(base)}
+        for name in ("id", "name", "description", "scope_id", "org", "parent_id"):
+            if node.has(self.key(name)) or (name in ("id", "scope_id") and base is None):
+                values[name] = self._text(self.child(node, name), name)
+        if base is not None and values["id"] != base.id:
+            raise self.child(node, "id").error("cannot be changed", values["id"])
+        for name in ("period", "currency", "on_exhausted"):
+            if node.has(self.key(name)):
+                values[name] = self.child(node, name).str()
+        self._scope(node, values, base)
+        if node.has(self.key("limit_nanos")) or base is None:
+            values["limit_nanos"] = self._money(self.child(node, "limit_nanos"))
+        if node.has(self.key("timezone")):
+            values["timezone"] = self.child(node, "timezone").str()
+        for name in ("start_date", "end_date"):
+            if node.has(self.key(name)):
+                values[name] = self._date(self.child(node, name), values.get("timezone", "UTC"))
+        if node.has(self.key("recurring")):
+            values["recurring"] = self.child(node, "recurring").bool()
+        if node.has(self.key("tags")):
+            values["tags"] = tuple(self.child(node, "tags").str_list())
+        if node.has(self.key("thresholds")):
+            values["thresholds"] = self._thresholds(self.child(node, "thresholds"))
+        if self.style == 1:
+            self._hard_limit(node, values)
+            for extra in _JSON_READ_ONLY:
+                node.child(extra, None)
+        node.done()
+        values["source"] = source
+        return self._build(node, BudgetSpec, values)
+
+    def _text(self, node: Node, name: str) -> str | None:
+        if name in ("id", "scope_id"):
+            return node.str()
+        if name in ("name", "description"):
+            return "" if node.value is None else node.str(allow_empty=True)
+        return node.opt_str()
+
+    def _scope(self, node: Node, values: dict[str, Any], base: BudgetSpec | None) -> None:
+        if not node.has(self.key("scope_type")) and base is not None:
+            return
+        scope = self.child(node, "scope_type")
+        raw = scope.str()
+        kind = SCOPE_FROM_JSON.get(raw) if self.style == 1 else raw
+        if kind is None:
+            raise scope.error(f"must be one of {', '.join(JSON_SCOPE.values())}", raw)
+        values["scope_type"] = kind
+
+    def _hard_limit(self, node: Node, values: dict[str, Any]) -> None:
+        if not node.has("hardLimit") or node.has(self.key("on_exhausted")):
+            return
+        hard = node.child("hardLimit").bool()
+        values["on_exhausted"] = "block" if hard else "notify"
+
+    def _money(self, node: Node) -> int:
+        try:
+            nanos = usd_to_nanos(node.value, what="amount")
+        except MoneyError as exc:
+            raise node.error(str(exc), node.value) from None
+        if nanos < 0:
+            raise node.error("must not be negative", node.value)
+        return nanos
+
+    def _date(self, node: Node, tz_name: str) -> date | None:
+        value = node.value
+        if value is None:
+            return None
+        if isinstance(value, datetime):
+            return value.date()
+        if isinstance(value, date):
+            return value
+        if not isinstance(value, str):
+            raise node.error("must be a date YYYY-MM-DD", value)
+        try:
+            if "T" in value:
+                moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+                return moment.astimezone(zone(tz_name)).date() if moment.tzinfo else moment.date()
+            return date.fromisoformat(value)
+        except (ValueError, BudgetInvalid):
+            raise node.error("must be a date YYYY-MM-DD (or an ISO 8601 date-time)", value) from None
+
+    def _thresholds(self, node: Node) -> tuple[Threshold, ...]:
+        items = node.elements()
+        if not items:
+            return ()
+        return tuple(sorted((self._threshold(item) for item in items), key=lambda t: t.percent))
+
+    def _threshold(self, node: Node) -> Threshold:
+        if isinstance(node.value, int) and not isinstance(node.value, bool):
+            return self._build(node, Threshold, {"percent": node.value})
+        node.mapping()
+        values: dict[str, Any] = {"percent": self._percent(self.child(node, "percent"))}
+        if node.has(self.key("actions")):
+            values["actions"] = tuple(self._action(a) for a in self.child(node, "actions").elements())
+        values["channels"] = tuple(self.child(node, "channels", []).str_list())
+        values["message"] = self.child(node, "message", None).opt_str()
+        node.done()
+        return self._build(node, Threshold, values)
+
+    def _percent(self, node: Node) -> int:
+        number = node.decimal(minimum=Decimal(1))
+        if number != number.to_integral_value():
+            raise node.error("must be a whole percent", node.value)
+        return int(number)
+
+    def _action(self, node: Node) -> ThresholdAction:
+        if isinstance(node.value, str):
+            return self._build(node, ThresholdAction, {"type": node.value})
+        node.mapping()
+        values: dict[str, Any] = {"type": self.child(node, "type").str()}
+        values["tiers"] = frozenset(self.child(node, "tiers", []).str_list())
+        values["models"] = frozenset(self.child(node, "models", []).str_list())
+        price = self.child(node, "max_price_per_mtok", None)
+        if price.value is not None:
+            values["max_price_per_mtok"] = str(price.decimal(minimum=Decimal(0)))
+        node.done()
+        return self._build(node, ThresholdAction, values)
+
+    def _build(self, node: Node, cls: Callable[..., T], values: dict[str, Any]) -> T:
+        try:
+            return cls(**values)
+        except BudgetInvalid as exc:
+            key = _NAMES.get(exc.field, (exc.field, exc.field))[self.style]
+            raise ConfigError(node.file, _join(node.path, key), exc.message, exc.value) from None
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+# --- YAML ------------------------------------------------------------------------------------
+
+
+def parse_budget_config(value: Any, file: str, path: str = "budgets") -> BudgetConfig:
+    """The ``budgets:`` section (a list of definitions, or a mapping with settings)."""
+    node = Node(value, file, path)
+    if value is None or isinstance(value, list):
+        return BudgetConfig(BudgetSettings(), _parse_static(node))
+    defaults = BudgetSettings()
+    settings = BudgetSettings(
+        enabled=node.child("enabled", True).bool(),
+        reservation_ttl_s=node.child("reservation_ttl_s", defaults.reservation_ttl_s).number(minimum=1),
+        refresh_interval_s=node.child("refresh_interval_s", defaults.refresh_interval_s).number(minimum=0.05),
+        checkpoint_interval_s=node.child("checkpoint_interval_s", defaults.checkpoint_interval_s).number(
+            minimum=0.1),
+        key_prefix=node.child("key_prefix", defaults.key_prefix).str(),
+        ledger_retention_days=node.child("ledger_retention_days", defaults.ledger_retention_days).int(minimum=1),
+    )
+    static = _parse_static(node.child("definitions", []))
+    node.done()
+    return BudgetConfig(settings, static)
+
+
+def _parse_static(node: Node) -> tuple[BudgetSpec, ...]:
+    reader = _Reader(0)
+    specs: list[BudgetSpec] = []
+    seen: set[str] = set()
+    for item in node.elements():
+        spec = reader.spec(item, "config")
+        if spec.id in seen:
+            raise item.child("id").error("duplicate budget id", spec.id)
+        seen.add(spec.id)
+        specs.append(spec)
+    for item, spec in zip(node.elements(), specs, strict=True):
+        if spec.parent_id is not None and spec.parent_id not in seen:
+            raise item.child("parent").error("names no budget defined here", spec.parent_id)
+    return tuple(specs)
+
+
+# --- JSON in ---------------------------------------------------------------------------------
+
+
+def _as_request_error(exc: ConfigError) -> InvalidRequest:
+    return InvalidRequest(str(exc), param=exc.path or None)
+
+
+def spec_from_json(data: Any, *, base: BudgetSpec | None = None) -> BudgetSpec:
+    """A budget from a JSON body; with ``base`` the body is a partial update (PATCH)."""
+    try:
+        return _Reader(1).spec(Node(data, "body"), "api", base)
+    except ConfigError as exc:
+        raise _as_request_error(exc) from None
+
+
+def _iso_ms(node: Node) -> int:
+    value = node.value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if not isinstance(value, str):
+        raise node.error("must be an ISO 8601 date-time", value)
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise node.error("must be an ISO 8601 date-time", value) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def override_from_json(data: Any, *, budget_id: str, override_id: str, actor: str | None,
+                       now_ms: int) -> BudgetOverride:
+    """``{type: increase|approval, amount?, expiresAt | durationMinutes, startsAt?, reason}``."""
+    node = Node(data, "body")
+    try:
+        kind = node.child("type").str(choices=("increase", "approval"))
+        amount = node.child("amount", None)
+        starts = _iso_ms(node.child("startsAt")) if node.has("startsAt") else now_ms
+        if node.has("expiresAt"):
+            expires = _iso_ms(node.child("expiresAt"))
+        else:
+            expires = starts + int(node.child("durationMinutes").number(minimum=1, maximum=527_040) * 60_000)
+        values = dict(id=override_id, budget_id=budget_id, kind=kind, starts_at_ms=starts,
+                      expires_at_ms=expires, reason=node.child("reason").str(), created_by=actor,
+                      created_at_ms=now_ms,
+                      amount_nanos=_Reader(1)._money(amount) if amount.value is not None else 0)
+        node.done()
+        return _Reader(1)._build(node, BudgetOverride, values)
+    except ConfigError as exc:
+        raise _as_request_error(exc) from None
+
+
+def usage_from_json(data: Any, *, now_ms: int) -> UsageRecord:
+    """A usage record: ``amount, currency, timestamp, source, description, metadata{...}``."""
+    node = Node(data, "body")
+    try:
+        amount = _Reader(1)._money(node.child("amount"))
+        node.child("currency", "USD").str(choices=("USD",))
+        stamp = _iso_ms(node.child("timestamp")) if node.has("timestamp") else now_ms
+        meta = node.child("metadata", {})
+        record = UsageRecord(
+            amount_nanos=amount, timestamp_ms=stamp,
+            source=node.child("source", "manual").str(choices=USAGE_SOURCES),
+            description=node.child("description", "").str(allow_empty=True),
+            request_id=meta.child("requestId", None).opt_str(), model_id=meta.child("modelId", None).opt_str(),
+            user=meta.child("userId", None).opt_str(), team=meta.child("teamId", None).opt_str(),
+            project=meta.child("projectId", None).opt_str(), tags=tuple(meta.child("tags", []).str_list()),
+        )
+        meta.done()
+        node.done()
+    except ConfigError as exc:
+        raise _as_request_error(exc) from None
+    return record
+
+
+# --- JSON out --------------------------------------------------------------------------------
+
+
+def usd(nanos: int) -> str:
+    """Nano-USD as the shortest exact decimal string ("12.5", "0.000001")."""
+    return format(nanos_to_decimal(nanos).normalize(), "f")
+
+
+def iso(ms: int | None) -> str | None:
+    """Epoch ms as ISO 8601 UTC; None and 0 (unknown, e.g. fired before a restart) give None."""
+    if not ms:
+        return None
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def action_to_json(action: ThresholdAction) -> str | dict[str, Any]:
+    if action.type != "restrict-models":
+        return action.type
+    out: dict[str, Any] = {"type": action.type}
+    if action.tiers:
+        out["tiers"] = sorted(action.tiers)
+    if action.models:
+        out["models"] = sorted(action.models)
+    if action.max_price_per_mtok:
+        out["maxPricePerMTok"] = action.max_price_per_mtok
+    return out
+
+
+def spec_to_json(spec: BudgetSpec) -> dict[str, Any]:
+    return {
+        "id": spec.id, "name": spec.name, "description": spec.description,
+        "scopeType": JSON_SCOPE[spec.scope_type], "scopeId": spec.scope_id, "organizationId": spec.org,
+        "amount": usd(spec.limit_nanos), "currency": spec.currency, "period": spec.period,
+        "timezone": spec.timezone,
+        "startDate": spec.start_date.isoformat() if spec.start_date else None,
+        "endDate": spec.end_date.isoformat() if spec.end_date else None,
+        "recurring": spec.recurring,
+        "alerts": [{"threshold": t.percent, "actions": [action_to_json(a) for a in t.actions],
+                    "notificationChannels": list(t.channels), "message": t.message} for t in spec.thresholds],
+        "onExhausted": spec.on_exhausted, "hardLimit": spec.hard, "tags": list(spec.tags),
+        "parentBudgetId": spec.parent_id, "createdAt": iso(spec.created_at_ms),
+        "updatedAt": iso(spec.updated_at_ms), "createdBy": spec.created_by, "source": spec.source,
+        "readOnly": spec.read_only,
+    }
+
+
+def override_to_json(override: BudgetOverride, now_ms: int) -> dict[str, Any]:
+    return {
+        "id": override.id, "budgetId": override.budget_id, "type": override.kind,
+        "amount": usd(override.amount_nanos) if override.kind == "increase" else None,
+        "startsAt": iso(override.starts_at_ms), "expiresAt": iso(override.expires_at_ms),
+        "reason": override.reason, "createdBy": override.created_by, "createdAt": iso(override.created_at_ms),
+        "revokedAt": iso(override.revoked_at_ms), "revokedBy": override.revoked_by,
+        "active": override.active(now_ms),
+    }
+
+
+def percent(part: int, whole: int) -> float:
+    """A percentage for display, rounded to 2 decimals (money itself never becomes a float)."""
+    if whole <= 0:
+        return 100.0 if part > 0 else 0.0
+    return float((Decimal(part) * 100 / Decimal(whole)).quantize(Decimal("0.01")))
+
+
+def restrictions_to_json(status: BudgetStatus) -> dict[str, Any]:
+    """``costRestrictions`` of the status API: what selection will do for this budget now."""
+    found = restrictions_of(status.actions)
+    tiers = found.get("allowed_tiers")
+    models = found.get("allowed_models")
+    downgrading = bool(found.get("downgrade")) or (
+        status.spec.on_exhausted == "downgrade" and status.status in ("critical", "exhausted"))
+    return {
+        "downgrading": downgrading,
+        "allowedTiers": sorted(tiers) if isinstance(tiers, frozenset) else None,
+        "restrictedModels": sorted(models) if isinstance(models, frozenset) else None,
+        "maxPricePerMTok": found.get("max_price_per_mtok_output"),
+        "maxCostPerRequest": usd(status.remaining_nanos) if status.spec.hard else None,
+        "blocked": status.blocked or (status.spec.hard and status.remaining_nanos == 0),
+        "requiresApproval": status.blocked and any(a.type == "require-approval" for a in status.actions),
+    }
+
+
+def status_to_json(status: BudgetStatus) -> dict[str, Any]:
+    spec, window = status.spec, status.window
+    days = None if status.ms_remaining is None else round(status.ms_remaining / 86_400_000, 2)
+    return {
+        "budgetId": spec.id, "name": spec.name, "scopeType": JSON_SCOPE[spec.scope_type],
+        "scopeId": spec.scope_id, "period": spec.period, "periodKey": window.key,
+        "periodStart": iso(window.start_ms), "periodEnd": iso(window.end_ms),
+        "currentAmount": usd(status.spent_nanos), "reserved": usd(status.reserved_nanos),
+        "limit": usd(status.limit_nanos), "baseLimit": usd(spec.limit_nanos), "currency": spec.currency,
+        "percentUsed": percent(status.spent_nanos, status.limit_nanos), "remaining": usd(status.remaining_nanos),
+        "daysRemaining": days, "burnRate": usd(status.burn_rate_nanos_per_day), "burnRatePeriod": "day",
+        "projectedTotal": None if status.projected_nanos is None else usd(status.projected_nanos),
+        "status": status.status, "hardLimit": spec.hard, "onExhausted": spec.on_exhausted,
+        "activeAlerts": [{"threshold": pct, "triggeredAt": iso(at),
+                          "actions": [action_to_json(a) for t in spec.thresholds if t.percent == pct
+                                      for a in t.actions]}
+                         for pct, at in status.thresholds_reached],
+        "costRestrictions": restrictions_to_json(status),
+        "activeOverrides": [override_to_json(o, status.as_of_ms) for o in status.overrides],
+        "lastUpdated": iso(status.as_of_ms), "stale": status.stale_ms > 0,
+        "staleSeconds": round(status.stale_ms / 1000, 3),
+    }
+
+
+def names_for(style: str) -> Mapping[str, str]:
+    """Internal field name -> external key, for ``style`` ``yaml`` or ``json`` (error mapping)."""
+    index = 0 if style == "yaml" else 1
+    return {internal: pair[index] for internal, pair in _NAMES.items()}

@@ -1,0 +1,426 @@
+"""Budget enforcement shared by several replicas through Redis (``store: redis://…``).
+
+Money moves only inside Lua scripts (``budget_lua.py``): ``reserve`` checks every hard limit of
+the chain and then reserves on all of them, or on none; ``settle``/``release`` drop the
+reservation, charge the actual cost and append the ledger entry to the organisation's stream in
+the same atomic step.  Scripts are idempotent (a reservation token, a settled marker), so a retry
+after a lost reply never counts twice.
+
+Where the ledger lives: in the Redis stream ``P:{<org>}:ledger`` (written by the settle script,
+so counters and ledger cannot disagree; as durable as the Redis persistence you configure —
+run Redis with AOF ``everysec`` or better), and mirrored by every replica into its local SQLite
+(``ledger_mirror.py``) for reports.  Each replica therefore holds a full copy of the ledger.
+
+Reservations expire after ``reservation_ttl_s``: every reserve first reclaims a few expired ones
+of its partition, and each replica's maintenance loop reclaims the rest, so the reservations of a
+SIGKILLed replica come back within the TTL plus one ``refresh_interval_s``.
+
+When Redis is unreachable:
+- ``reserve`` raises ``StoreUnavailable`` (HTTP 503) if the chain has a hard budget or a gating
+  threshold — a hard budget is never passed unchecked; a chain of soft budgets only proceeds;
+- ``settle``/``release``/``record_usage`` never fail the request: the operation waits in an
+  outbox, retried every ``refresh_interval_s`` (idempotent), saved to SQLite at shutdown and
+  replayed at the next start;
+- ``view``/``status`` answer from the local cache of counters, refreshed every
+  ``refresh_interval_s`` and after every script this replica runs.  ``BudgetStatus.stale_ms`` says
+  how old it is when refreshes fail; while Redis is reachable it is at most one refresh interval
+  behind the other replicas' activity (and exact for this replica's own).
+
+Definitions (budgets, overrides, audit) live in Redis too (``redis_definitions.py``); replicas
+pick up changes within one ``refresh_interval_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import orjson
+import structlog
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from costproxy.budgets.accounts import Reservation
+from costproxy.budgets.book import BudgetBook, BudgetReservation, CompiledBudget, overrun, refusal
+from costproxy.budgets.codec import BudgetConfig
+from costproxy.budgets.definitions import BudgetStore
+from costproxy.budgets.definitions_redis import RedisDefinitions
+from costproxy.budgets.lua import MAX_EXACT_NANOS, RECLAIM, RESERVE, SETTLE, RedisKeys
+from costproxy.budgets.model import approved
+from costproxy.budgets.status import BudgetStatus, Counters
+from costproxy.errors import StoreUnavailable
+from costproxy.identity.principal import Principal
+from costproxy.ledger.entry import LedgerEntry
+from costproxy.ledger.mirror import LedgerMirror, entry_json, stop_if_cancelled
+from costproxy.money import format_usd
+from costproxy.store.sqlite import SqliteStore
+
+log = structlog.get_logger("costproxy.budgets.model")
+RECLAIM_BATCH = 16
+_Args = list[str | int]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass(slots=True)
+class _Op:
+    """A settle/release/usage as sent to Redis; kept in the outbox while Redis is away."""
+
+    keys: list[str]
+    args: _Args
+    budget_ids: tuple[str, ...]
+    period_keys: tuple[str, ...]
+    request_id: str
+    home: str = ""  # partition of the ledger stream
+
+
+class RedisBudgetAccounts(BudgetBook):
+    def __init__(self, redis: Redis, store: SqliteStore, budgets: BudgetStore, keys: RedisKeys, *,
+                 clock: Callable[[], float] = time.time, reservation_ttl_s: float = 900.0,
+                 refresh_interval_s: float = 1.0, ledger_retention_days: int = 7,
+                 mirror_redis: Redis | None = None, label: str = "redis") -> None:
+        super().__init__(budgets, clock, reservation_ttl_s)
+        self.redis = redis
+        self.store = store
+        self.keys = keys
+        self.refresh_interval_s = refresh_interval_s
+        self.retention_ms = ledger_retention_days * 86_400_000
+        self.label = label
+        self._reserve = redis.register_script(RESERVE)
+        self._settle = redis.register_script(SETTLE)
+        self._reclaim = redis.register_script(RECLAIM)
+        self._cache: dict[tuple[str, str], Counters] = {}
+        self._partitions: set[str] = set()
+        self._registered: set[str] = set()
+        self._outbox: list[_Op] = []
+        self._healthy = True
+        self._last_ok_ms = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._mirror_redis = mirror_redis
+        self.mirror = LedgerMirror(mirror_redis or redis, store, keys, lambda: set(self._partitions))
+
+    # --- life cycle ----------------------------------------------------------------------
+    async def open(self) -> None:
+        await self._load_outbox()
+        try:
+            await self.refresh()
+        except RedisError as exc:
+            self._down(exc)
+        for spec in self.budgets.all():
+            if spec.limit_nanos > MAX_EXACT_NANOS:
+                log.error("budget_limit_too_large_for_redis", budget_id=spec.id)
+        self._tasks = [asyncio.create_task(self._maintain(), name="costproxy-budget-refresh"),
+                       asyncio.create_task(self.mirror.run(), name="costproxy-ledger-mirror")]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5.0)
+        self._tasks = []
+        try:
+            await asyncio.wait_for(self.flush_outbox(), timeout=2.0)
+            await asyncio.wait_for(self.mirror.catch_up(), timeout=5.0)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.error("budget_close_incomplete", error=str(exc), outbox=len(self._outbox))
+        await self._save_outbox()
+        await self.redis.aclose(close_connection_pool=True)
+        if self._mirror_redis is not None:
+            await self._mirror_redis.aclose(close_connection_pool=True)
+
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_interval_s)
+            stop_if_cancelled()
+            try:
+                await self.refresh()
+                await self.reclaim_expired()
+                await self.flush_outbox()
+            except RedisError as exc:
+                stop_if_cancelled()  # redis-py may turn a cancellation into a connection error
+                self._down(exc)
+
+    def _down(self, exc: BaseException) -> None:
+        if self._healthy:
+            log.error("budget_store_unreachable", store=self.label, error=str(exc))
+        self._healthy = False
+
+    def _up(self, now_ms: int) -> None:
+        if not self._healthy:
+            log.info("budget_store_reachable", store=self.label)
+        self._healthy = True
+        self._last_ok_ms = now_ms
+
+    # --- refresh: definitions, partitions, counters --------------------------------------
+    async def refresh(self) -> None:
+        await self.budgets.refresh()
+        self._sync()
+        now = self.now_ms()
+        wanted = [(c.spec.id, self.window(c.spec, now).key, c.spec.partition) for c in self._compiled.values()]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.smembers(self.keys.partitions)
+            for budget_id, key, partition in wanted:
+                pipe.hgetall(self.keys.counter(partition, budget_id, key))
+            replies = await pipe.execute()
+        self._partitions |= {_text(p) for p in replies[0]}
+        fresh = {(b, k): _counters_from(h, now) for (b, k, _), h in zip(wanted, replies[1:], strict=True)}
+        self._cache = fresh
+        self._up(now)
+
+    async def reclaim_expired(self) -> int:
+        now = self.now_ms()
+        total = 0
+        for partition in sorted(self._partitions):
+            total += int(await self._reclaim(keys=[self.keys.expiries(partition)],
+                                             args=[self.keys.reservation_prefix(partition), now, 100]))
+        return total
+
+    def _counters(self, budget_id: str, period_key: str, now_ms: int) -> Counters:
+        cached = self._cache.get((budget_id, period_key))
+        stale = 0 if self._healthy else max(0, now_ms - self._last_ok_ms)
+        if cached is None:
+            return Counters(as_of_ms=self._last_ok_ms or now_ms, stale_ms=stale)
+        return Counters(cached.spent_nanos, cached.reserved_nanos, cached.fired, cached.as_of_ms, stale)
+
+    def _remember(self, budget_id: str, key: str, spent: int, reserved: int, *, now: int,
+                  fired: dict[int, int] | None = None) -> None:
+        old = self._cache.get((budget_id, key))
+        marks = dict(old.fired) if old is not None else {}
+        marks.update(fired or {})
+        self._cache[(budget_id, key)] = Counters(spent, reserved, marks, now)
+
+    async def _register(self, partitions: Sequence[str]) -> None:
+        missing = [p for p in partitions if p not in self._registered]
+        if missing:
+            await self.redis.sadd(self.keys.partitions, *[p or "" for p in missing])
+            self._registered.update(missing)
+            self._partitions.update(missing)
+
+    # --- reserve -------------------------------------------------------------------------
+    async def reserve(self, request_id: str, principal: Principal, worst_case_nanos: int) -> Reservation:
+        now = self.now_ms()
+        chain = self.chain(principal, now)
+        if not chain:
+            return Reservation(request_id=request_id, amount_nanos=worst_case_nanos)
+        home = chain[0].spec.partition
+        token = uuid.uuid4().hex
+        keys, args, periods = self._reserve_call(chain, home, token, worst_case_nanos, now)
+        reservation = BudgetReservation(
+            request_id=request_id, amount_nanos=worst_case_nanos, budget_ids=tuple(c.spec.id for c in chain),
+            token=token, period_keys=periods, counter_keys=tuple(keys[:-2]), home=home)
+        try:
+            await self._register([home, *(c.spec.partition for c in chain)])
+            reply = await self._reserve(keys=keys, args=args)
+        except RedisError as exc:
+            self._down(exc)
+            if any(c.spec.hard or c.gate_percent is not None for c in chain):
+                raise StoreUnavailable(
+                    f"budget store ({self.label}) is unreachable, so the hard budgets "
+                    f"{', '.join(c.spec.id for c in chain if c.spec.hard)} cannot be checked: {exc}") from None
+            return reservation  # soft budgets only: proceed; settling waits in the outbox if needed
+        self._up(now)
+        verdict = _text(reply[0])
+        if verdict in ("over", "gate"):
+            self._refused(chain, periods, reply, request_id=request_id, amount=worst_case_nanos, now=now)
+        if verdict == "ok":
+            for i, compiled in enumerate(chain):
+                spent, reserved = int(reply[1 + 2 * i]), int(reply[2 + 2 * i])
+                self._remember(compiled.spec.id, periods[i], spent, reserved + worst_case_nanos, now=now)
+        return reservation
+
+    def _reserve_call(self, chain: tuple[CompiledBudget, ...], home: str, token: str, amount: int,
+                      now: int) -> tuple[list[str], _Args, tuple[str, ...]]:
+        keys: list[str] = []
+        args: _Args = [now, self.ttl_ms, str(amount), token, self.keys.reservation_prefix(home), RECLAIM_BATCH]
+        periods: list[str] = []
+        for compiled in chain:
+            spec = compiled.spec
+            window = self.window(spec, now)
+            limit = compiled.limit(now)
+            if limit + amount >= 2 * MAX_EXACT_NANOS:
+                raise StoreUnavailable(f"budget {spec.id!r}: a limit of ${format_usd(limit)} is beyond what Redis "
+                                       f"mode counts exactly (${format_usd(MAX_EXACT_NANOS)} per period)")
+            gate = -1  # spend from which require-approval / block-all refuse, unless approved
+            if compiled.gate_percent is not None and not approved(compiled.overrides, now):
+                gate = -(-limit * compiled.gate_percent // 100)
+            keys.append(self.keys.counter(spec.partition, spec.id, window.key))
+            args += [limit if spec.hard else -1, gate, self._expire_at(window.end_ms)]
+            periods.append(window.key)
+        keys += [self.keys.reservation_prefix(home) + token, self.keys.expiries(home)]
+        return keys, args, tuple(periods)
+
+    def _expire_at(self, end_ms: int | None) -> int:
+        return 0 if end_ms is None else end_ms + self.retention_ms
+
+    def _refused(self, chain: tuple[CompiledBudget, ...], periods: tuple[str, ...], reply: list[Any], *,
+                 request_id: str, amount: int, now: int) -> None:
+        gated = _text(reply[0]) == "gate"
+        index = int(reply[1]) - 1
+        spent, reserved = int(reply[2]), int(reply[3])
+        compiled = chain[index]
+        limit = compiled.limit(now)
+        self._remember(compiled.spec.id, periods[index], spent, reserved, now=now)
+        self.emit_blocked(compiled.spec, periods[index], spent=spent, limit=limit, now_ms=now,
+                          request_id=request_id, reason="approval required" if gated else "over budget")
+        raise refusal(compiled.spec, gated=gated, amount=amount, available=limit - spent - reserved)
+
+    # --- settle / release / usage --------------------------------------------------------
+    async def settle(self, reservation: Reservation, entry: LedgerEntry) -> None:
+        await self._send(self._settle_op(reservation, entry, entry.cost_nanos))
+
+    async def release(self, reservation: Reservation, entry: LedgerEntry | None) -> None:
+        await self._send(self._settle_op(reservation, entry, 0 if entry is None else entry.cost_nanos))
+
+    async def record_usage(self, budget_id: str, nanos: int, entry: LedgerEntry) -> BudgetStatus:
+        """Charge usage that happened elsewhere (no limit check: the money is already spent)."""
+        now = self.now_ms()
+        spec = self.compiled(budget_id).spec
+        window = self.window(spec, now)
+        if entry.cost_nanos != nanos:  # the ledger must say what the counter was charged
+            entry = replace(entry, cost_nanos=nanos)
+        usage = BudgetReservation(
+            request_id=entry.request_id, amount_nanos=0, budget_ids=(spec.id,), token="u" + uuid.uuid4().hex,
+            period_keys=(window.key,), counter_keys=(self.keys.counter(spec.partition, spec.id, window.key),),
+            home=spec.partition)
+        await self._send(self._settle_op(usage, entry, nanos))
+        return self.status_now(budget_id)
+
+    def _settle_op(self, reservation: Reservation, entry: LedgerEntry | None, cost: int) -> _Op | None:
+        now = self.now_ms()
+        overrun(reservation, cost)
+        if isinstance(reservation, BudgetReservation) and reservation.counter_keys:
+            home, token, counters = reservation.home, reservation.token, list(reservation.counter_keys)
+            ids, periods = reservation.budget_ids, reservation.period_keys
+            entry = None if entry is None else self.tagged(entry, reservation)
+        elif entry is not None:  # no budget applies: the entry still goes to the shared ledger
+            home, token, counters, ids, periods = entry.org or "", "n" + uuid.uuid4().hex, [], (), ()
+        else:
+            return None
+        args: _Args = [now, token, str(cost), entry_json(entry).decode() if entry else "",
+                       str(max(0, now - self.retention_ms)), 2 * self.ttl_ms + 3_600_000]
+        for budget_id, period_key in zip(ids, periods, strict=True):
+            args += [self._expire_for(budget_id, period_key, now), self._marks(budget_id, now)]
+        keys = [*counters, self.keys.reservation_prefix(home) + token, self.keys.expiries(home),
+                self.keys.done(home, token), self.keys.ledger(home)]
+        return _Op(keys, args, ids, periods, reservation.request_id, home)
+
+    def _expire_for(self, budget_id: str, period_key: str, now: int) -> int:
+        """Expiry to (re)set on a charged counter: 0 keeps the one its reserve set (a past period)."""
+        compiled = self._compiled.get(budget_id)
+        if compiled is None:
+            return 0
+        window = self.window(compiled.spec, now)
+        return self._expire_at(window.end_ms) if window.key == period_key else 0
+
+    def _marks(self, budget_id: str, now: int) -> str:
+        compiled = self._compiled.get(budget_id)
+        if compiled is None:
+            return ""
+        limit = compiled.limit(now)
+        return ",".join(f"{t.percent}:{t.amount(limit)}" for t in compiled.spec.thresholds)
+
+    async def _send(self, op: _Op | None) -> None:
+        if op is None:
+            return
+        try:
+            await self._register([op.home])
+            reply = await self._settle(keys=op.keys, args=op.args)
+        except RedisError as exc:
+            self._down(exc)
+            self._outbox.append(op)
+            log.error("budget_settle_deferred", request_id=op.request_id, error=str(exc), outbox=len(self._outbox))
+            return
+        self._applied(op, reply)
+
+    def _applied(self, op: _Op, reply: list[Any]) -> None:
+        now = self.now_ms()
+        self._up(now)
+        if _text(reply[0]) != "ok":
+            return  # already settled (a retry after a lost reply)
+        for i, (budget_id, period_key) in enumerate(zip(op.budget_ids, op.period_keys, strict=True)):
+            spent, reserved, fired = int(reply[1 + 3 * i]), int(reply[2 + 3 * i]), _text(reply[3 + 3 * i])
+            percents = [int(p) for p in fired.split(",") if p]
+            self._remember(budget_id, period_key, spent, reserved, now=now, fired=dict.fromkeys(percents, now))
+            compiled = self._compiled.get(budget_id)
+            if compiled is not None and percents:
+                hit = tuple(t for t in compiled.spec.thresholds if t.percent in percents)
+                cost = int(_text(op.args[2]))
+                self.emit_crossings(compiled, period_key, before=spent - cost, after=spent, fired=hit, now_ms=now,
+                                    request_id=op.request_id)
+
+    # --- outbox --------------------------------------------------------------------------
+    async def flush_outbox(self) -> int:
+        sent = 0
+        while self._outbox:
+            op = self._outbox[0]
+            await self._register([op.home])
+            reply = await self._settle(keys=op.keys, args=op.args)  # RedisError: stays queued
+            self._outbox.pop(0)
+            self._applied(op, reply)
+            sent += 1
+        return sent
+
+    async def _save_outbox(self) -> None:
+        if not self._outbox:
+            return
+        bodies = [(orjson.dumps(asdict(op)).decode(),) for op in self._outbox]
+        await self.store.run(lambda: self.store.conn().executemany(
+            "INSERT INTO budget_outbox (body) VALUES (?)", bodies))
+        log.error("budget_outbox_saved", count=len(bodies))
+        self._outbox = []
+
+    async def _load_outbox(self) -> None:
+        def take() -> list[str]:
+            conn = self.store.conn()
+            rows = conn.execute("SELECT body FROM budget_outbox ORDER BY seq").fetchall()
+            conn.execute("DELETE FROM budget_outbox")
+            return [r[0] for r in rows]
+
+        for body in await self.store.run(take):
+            data = orjson.loads(body)
+            self._outbox.append(_Op(data["keys"], data["args"], tuple(data["budget_ids"]),
+                                    tuple(data["period_keys"]), data["request_id"], data.get("home", "")))
+
+    def pending(self) -> int:
+        return len(self._outbox)
+
+
+def _counters_from(fields: dict[bytes, bytes], now: int) -> Counters:
+    fired = {int(k[1:]): int(v) for k, v in fields.items() if k.startswith(b"f")}
+    return Counters(int(fields.get(b"spent", 0)), int(fields.get(b"reserved", 0)), fired, now)
+
+
+def redis_client(url: str, *, timeout_s: float = 1.0, max_connections: int = 64) -> Redis:
+    """A client that fails fast (one retry, no backoff) when Redis is down, and queues for one of
+    ``max_connections`` connections (rather than failing) when many requests are in flight."""
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=5.0, socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 1), health_check_interval=0)
+    return Redis(connection_pool=pool)
+
+
+async def open_redis_accounts(url: str, store: SqliteStore, config: BudgetConfig, *,
+                              clock: Callable[[], float] = time.time) -> RedisBudgetAccounts:
+    settings = config.settings
+    keys = RedisKeys(settings.key_prefix)
+    redis = redis_client(url)
+    budgets = BudgetStore(RedisDefinitions(redis, keys), config.static, clock)
+    try:
+        await budgets.load()
+    except RedisError as exc:
+        log.error("budget_definitions_unavailable", error=str(exc))  # static budgets still apply
+    label = url.split("@")[-1]  # never log a password
+    accounts = RedisBudgetAccounts(
+        redis, store, budgets, keys, clock=clock, reservation_ttl_s=settings.reservation_ttl_s,
+        refresh_interval_s=settings.refresh_interval_s, ledger_retention_days=settings.ledger_retention_days,
+        mirror_redis=redis_client(url, timeout_s=5.0), label=label)
+    await accounts.open()
+    return accounts

@@ -1,0 +1,166 @@
+"""How full a budget is: status, thresholds reached, actions in force, burn rate and projection.
+
+Pure functions over ``costproxy.budgets.model`` definitions and a ``Counters`` snapshot (spent and
+reserved nano-USD of one period), shared by the SQLite and the Redis accounts so both answer the
+same way.  Percentages compare by cross-multiplication; burn rates are integer nano-USD per day.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from costproxy.budgets.model import (
+    GATE_ACTIONS,
+    MS_PER_DAY,
+    BudgetOverride,
+    BudgetSpec,
+    PeriodWindow,
+    Threshold,
+    ThresholdAction,
+    active_span,
+    approved,
+    effective_limit,
+    elapsed_fraction,
+)
+
+_MIN_ELAPSED_MS = 3_600_000  # burn rates are measured over at least an hour
+
+
+def status_of(spec: BudgetSpec, spent: int, limit: int) -> str:
+    if spent >= limit:
+        return "exhausted"
+    marks = [t for t in spec.thresholds if t.percent < 100]
+    if len(marks) >= 2 and marks[-1].reached(spent, limit):
+        return "critical"
+    if marks and marks[0].reached(spent, limit):
+        return "warning"
+    return "normal"
+
+
+def crossed(spec: BudgetSpec, limit: int, before: int, after: int) -> tuple[Threshold, ...]:
+    """Thresholds reached by going from ``before`` to ``after`` spent (each fires once)."""
+    return tuple(t for t in spec.thresholds if not t.reached(before, limit) and t.reached(after, limit))
+
+
+def reached(spec: BudgetSpec, spent: int, limit: int) -> tuple[Threshold, ...]:
+    return tuple(t for t in spec.thresholds if t.reached(spent, limit))
+
+
+def gate_amount(spec: BudgetSpec, limit: int) -> int | None:
+    """Spend from which ``require-approval``/``block-all`` refuse requests (None: never)."""
+    for threshold in spec.thresholds:
+        if any(a.type in GATE_ACTIONS for a in threshold.actions):
+            return threshold.amount(limit)
+    return None
+
+
+def restrictions_of(actions: Iterable[ThresholdAction]) -> dict[str, object]:
+    """Threshold actions as ``costproxy.routing.policy.Constraints`` keyword arguments (stricter wins)."""
+    tiers: frozenset[str] | None = None
+    models: frozenset[str] | None = None
+    prices: list[str] = []
+    result: dict[str, object] = {}
+    for action in actions:
+        if action.type == "auto-downgrade":
+            result["downgrade"] = True
+        elif action.type == "restrict-models":
+            if action.tiers:
+                tiers = action.tiers if tiers is None else tiers & action.tiers
+            if action.models:
+                models = action.models if models is None else models & action.models
+            if action.max_price_per_mtok:
+                prices.append(action.max_price_per_mtok)
+    if tiers is not None:
+        result["allowed_tiers"] = tiers
+    if models is not None:
+        result["allowed_models"] = models
+    if prices:
+        result["max_price_per_mtok_output"] = min(prices, key=Decimal)
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStatus:
+    """A budget's state in its current period, as the status API and steering see it."""
+
+    spec: BudgetSpec
+    window: PeriodWindow
+    spent_nanos: int
+    reserved_nanos: int
+    limit_nanos: int  # effective: the limit plus active temporary increases
+    status: str
+    as_of_ms: int
+    burn_rate_nanos_per_day: int
+    projected_nanos: int | None  # spend at the end of the period at the current pace
+    ms_remaining: int | None  # until the period (or the budget) ends
+    thresholds_reached: tuple[tuple[int, int | None], ...] = ()  # (percent, fired at ms)
+    actions: tuple[ThresholdAction, ...] = ()  # actions of reached thresholds
+    approved: bool = False  # an approval override is in force
+    stale_ms: int = 0  # age of the counters when they could not be refreshed (Redis down)
+    overrides: tuple[BudgetOverride, ...] = field(default=())
+
+    @property
+    def remaining_nanos(self) -> int:
+        """What can still be reserved: limit - spent - reserved, never below zero."""
+        return max(0, self.limit_nanos - self.spent_nanos - self.reserved_nanos)
+
+    @property
+    def used_fraction(self) -> float:
+        if self.limit_nanos <= 0:
+            return 1.0
+        return self.spent_nanos / self.limit_nanos
+
+    @property
+    def blocked(self) -> bool:
+        """Refusing every request: a gate action is in force and no approval lifts it."""
+        return not self.approved and any(a.type in GATE_ACTIONS for a in self.actions)
+
+
+def burn(spent: int, elapsed_ms: int, total_ms: int | None) -> tuple[int, int | None]:
+    """(nanos per day, projected total for the period) at the pace so far; integer maths."""
+    measured = max(elapsed_ms, _MIN_ELAPSED_MS)
+    rate = spent * MS_PER_DAY // measured
+    if total_ms is None:
+        return rate, None
+    if elapsed_ms >= total_ms:
+        return rate, spent
+    return rate, max(spent, spent * total_ms // measured)
+
+
+def burn_ratio(spent: int, limit: int, elapsed_ms: int, total_ms: int | None) -> float:
+    """Share of the limit used over share of the period elapsed (1.0 = on an even pace)."""
+    if total_ms is None or total_ms <= 0 or limit <= 0:
+        return 0.0
+    elapsed = max(elapsed_ms, min(_MIN_ELAPSED_MS, total_ms))
+    return (spent / limit) / (elapsed / total_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    spent_nanos: int = 0
+    reserved_nanos: int = 0
+    fired: Mapping[int, int] = field(default_factory=dict)  # threshold percent -> fired at ms
+    as_of_ms: int = 0
+    stale_ms: int = 0
+
+
+def build_status(spec: BudgetSpec, window: PeriodWindow, counters: Counters,
+                 overrides: tuple[BudgetOverride, ...], now_ms: int) -> BudgetStatus:
+    limit = effective_limit(spec, overrides, now_ms)
+    spent = counters.spent_nanos
+    elapsed, total = elapsed_fraction(window, spec, now_ms)
+    rate, projected = burn(spent, elapsed, total)
+    hit = reached(spec, spent, limit)
+    ends = [x for x in (window.end_ms, active_span(spec)[1]) if x is not None]
+    return BudgetStatus(
+        spec=spec, window=window, spent_nanos=spent, reserved_nanos=counters.reserved_nanos,
+        limit_nanos=limit, status=status_of(spec, spent, limit), as_of_ms=counters.as_of_ms or now_ms,
+        burn_rate_nanos_per_day=rate, projected_nanos=projected,
+        ms_remaining=max(0, min(ends) - now_ms) if ends else None,
+        thresholds_reached=tuple((t.percent, counters.fired.get(t.percent)) for t in hit),
+        actions=tuple(a for t in hit for a in t.actions),
+        approved=approved(overrides, now_ms), stale_ms=counters.stale_ms,
+        overrides=tuple(o for o in overrides if o.active(now_ms)),
+    )

@@ -1,0 +1,355 @@
+"""Budgets in the RelayCore/Auterity shapes of DESIGN §3.6: CRUD, status, constraints, overrides, alerts.
+
+``GET    /api/v1/budgets``                                  list (``?scopeType=&scopeId=&tag=&withStatus=``)
+``POST   /api/v1/budgets``                                  create (admin)
+``GET    /api/v1/budgets/{id}``                             one definition
+``PUT    /api/v1/budgets/{id}``  ``PATCH``  ``DELETE``      replace, update, delete (admin)
+``GET    /api/v1/budgets/status/{scopeType}/{scopeId}``     every budget of a scope, worst status, restrictions
+``GET    /api/v1/budgets/{id}/status``                      spend, burn rate, projection, active alerts
+``POST   /api/v1/budgets/{id}/check-constraints``           ``{estimatedCost}`` → canProceed, reason, suggestedActions
+``GET|POST /api/v1/budgets/{id}/overrides``, ``DELETE …/overrides/{overrideId}``  temporary increases, approvals
+``GET    /api/v1/budgets/{id}/alerts``, ``POST …/alerts/{threshold}/acknowledge``  active alerts (ack: admin)
+``GET    /api/v1/budgets/{id}/audit``                       who changed what
+
+Reads accept the admin token and read-only tokens (a scope-limited token sees only its scopes'
+budgets; others answer 404 as if absent).  Status comes from the accounts' local state — the
+in-process counters on SQLite; on Redis the replica's cache, refreshed every
+``budgets.refresh_interval_s`` — so it answers while Redis is away, flagged ``stale`` with its age.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from typing import Any, cast
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from costproxy.alerts.catalog import Ack, AlertCatalog
+from costproxy.alerts.manager import AlertManager
+from costproxy.alerts.store import SqliteAlertStore
+from costproxy.budgets.book import BudgetAccounts, BudgetBook
+from costproxy.budgets.codec import (
+    SCOPE_FROM_JSON,
+    iso,
+    override_from_json,
+    override_to_json,
+    spec_from_json,
+    spec_to_json,
+    status_to_json,
+    usd,
+)
+from costproxy.budgets.definitions import new_override_id
+from costproxy.budgets.model import STATUSES, BudgetSpec
+from costproxy.budgets.status import BudgetStatus
+from costproxy.errors import InvalidRequest, NotFound, StoreUnavailable
+from costproxy.http.keys_api import json_body, require_admin
+from costproxy.http.state import ADMIN_ROLE, EXTRAS, SERVICES
+from costproxy.identity.access_tokens import ScopedToken
+from costproxy.money import MoneyError, usd_to_nanos
+
+CATALOG = "alert_catalog"  # EXTRAS entries installed by costproxy.http.alerts_http
+MANAGER = "alerts"
+
+
+# --- access ------------------------------------------------------------------------------------
+
+
+def accounts_of(request: web.Request) -> BudgetAccounts:
+    accounts = request.app[SERVICES].accounts
+    if not isinstance(accounts, BudgetBook):
+        raise NotFound("budgets are disabled in this deployment (budgets.enabled: false)")
+    return cast(BudgetAccounts, accounts)
+
+
+def catalog_of(app: web.Application) -> AlertCatalog | None:
+    catalog = app[EXTRAS].get(CATALOG)
+    return catalog if isinstance(catalog, AlertCatalog) else None
+
+
+def manager_of(app: web.Application) -> AlertManager | None:
+    manager = app[EXTRAS].get(MANAGER)
+    return manager if isinstance(manager, AlertManager) else None
+
+
+def viewer(request: web.Request) -> ScopedToken | None:
+    """The read-only token of this request, if it is one (None for the admin token)."""
+    catalog = catalog_of(request.app)
+    return None if catalog is None else catalog.tokens.by_role(request.get(ADMIN_ROLE))
+
+
+def visible(request: web.Request, spec: BudgetSpec) -> bool:
+    token = viewer(request)
+    return token is None or token.sees(spec.scope_type, spec.scope_id)
+
+
+def budget_for(request: web.Request) -> tuple[BudgetAccounts, BudgetSpec]:
+    accounts = accounts_of(request)
+    budget_id = request.match_info["budget_id"]
+    spec = accounts.budgets.get(budget_id)
+    if spec is None or not visible(request, spec):
+        raise NotFound(f"no budget with id {budget_id!r}")
+    return accounts, spec
+
+
+def actor(request: web.Request) -> str:
+    """Who did it: ``X-Costproxy-Actor`` if given (the admin token is shared), else the role."""
+    named = request.headers.get("x-costproxy-actor", "").strip()
+    return named[:128] if named else str(request.get(ADMIN_ROLE) or "admin")
+
+
+@contextlib.contextmanager
+def store_errors() -> Iterator[None]:
+    """Redis failures while changing definitions answer 503 in OpenAI's error shape."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise StoreUnavailable(f"budget store is unreachable: {exc}") from None
+
+
+def scope_param(raw: str) -> str:
+    kind = SCOPE_FROM_JSON.get(raw)
+    if kind is None:
+        raise InvalidRequest("scopeType must be one of organization, team, project, user, key", param="scopeType")
+    return kind
+
+
+# --- definitions -------------------------------------------------------------------------------
+
+
+async def list_budgets(request: web.Request) -> web.Response:
+    accounts = accounts_of(request)
+    query = request.query
+    kind = scope_param(query["scopeType"]) if "scopeType" in query else None
+    specs = [s for s in accounts.budgets.all() if visible(request, s)
+             and (kind is None or s.scope_type == kind)
+             and ("scopeId" not in query or s.scope_id == query["scopeId"])
+             and ("tag" not in query or query["tag"] in s.tags)]
+    data = [spec_to_json(s) for s in specs]
+    if query.get("withStatus") in ("1", "true"):
+        for item, spec in zip(data, specs, strict=True):
+            item["status"] = await status_json(request, await accounts.status(spec.id))
+    return web.json_response({"data": data})
+
+
+async def create_budget(request: web.Request) -> web.Response:
+    require_admin(request)
+    accounts = accounts_of(request)
+    body = await json_body(request)
+    body.setdefault("id", "bud_" + uuid.uuid4().hex[:16])
+    with store_errors():
+        stored = await accounts.budgets.create(spec_from_json(body), actor(request))
+    return web.json_response(spec_to_json(stored), status=201)
+
+
+async def get_budget(request: web.Request) -> web.Response:
+    return web.json_response(spec_to_json(budget_for(request)[1]))
+
+
+async def replace_budget(request: web.Request) -> web.Response:
+    require_admin(request)
+    accounts, spec = budget_for(request)
+    body = await json_body(request)
+    if body.setdefault("id", spec.id) != spec.id:
+        raise InvalidRequest("the id in the body must match the URL", param="id")
+    with store_errors():
+        stored = await accounts.budgets.update(spec_from_json(body), actor(request))
+    return web.json_response(spec_to_json(stored))
+
+
+async def patch_budget(request: web.Request) -> web.Response:
+    require_admin(request)
+    accounts, spec = budget_for(request)
+    body = await json_body(request)
+    with store_errors():
+        stored = await accounts.budgets.update(spec_from_json(body, base=spec), actor(request))
+    return web.json_response(spec_to_json(stored))
+
+
+async def delete_budget(request: web.Request) -> web.Response:
+    require_admin(request)
+    accounts, spec = budget_for(request)
+    with store_errors():
+        deleted = await accounts.budgets.delete(spec.id, actor(request))
+    return web.json_response({"id": deleted.id, "deleted": True, "budget": spec_to_json(deleted)})
+
+
+async def audit(request: web.Request) -> web.Response:
+    accounts, spec = budget_for(request)
+    with store_errors():
+        records = await accounts.budgets.audit_log(spec.id, limit=_limit(request, 100))
+    return web.json_response({"data": [r.public() for r in records]})
+
+
+def _limit(request: web.Request, default: int, maximum: int = 1000) -> int:
+    try:
+        return min(maximum, max(1, int(request.query.get("limit", str(default)))))
+    except ValueError:
+        raise InvalidRequest("'limit' must be an integer", param="limit") from None
+
+
+# --- status ------------------------------------------------------------------------------------
+
+
+async def status_json(request: web.Request, status: BudgetStatus) -> dict[str, Any]:
+    """``status_to_json`` plus acknowledgements and, where the counters forgot, when alerts fired."""
+    data = status_to_json(status)
+    catalog, manager = catalog_of(request.app), manager_of(request.app)
+    local_claims = manager is not None and isinstance(manager.store, SqliteAlertStore)
+    for alert in data["activeAlerts"]:
+        if alert["triggeredAt"] is None and local_claims and manager is not None:
+            alert["triggeredAt"] = iso(await manager.fired_at(status.spec.id, status.window.key, alert["threshold"]))
+        ack = catalog.ack_for(status.spec.id, status.window.key, alert["threshold"]) if catalog else None
+        alert.update(acknowledged=ack is not None, acknowledgedBy=ack.by if ack else None,
+                     acknowledgedAt=iso(ack.at_ms) if ack else None, note=ack.note if ack else None)
+    return data
+
+
+def _stale_headers(statuses: list[BudgetStatus]) -> dict[str, str]:
+    stale = max((s.stale_ms for s in statuses), default=0)
+    return {"x-costproxy-stale-seconds": f"{stale / 1000:.3f}"} if stale else {}
+
+
+async def budget_status(request: web.Request) -> web.Response:
+    accounts, spec = budget_for(request)
+    status = await accounts.status(spec.id)
+    return web.json_response(await status_json(request, status), headers=_stale_headers([status]))
+
+
+async def scope_status(request: web.Request) -> web.Response:
+    accounts = accounts_of(request)
+    kind, scope_id = scope_param(request.match_info["scope_type"]), request.match_info["scope_id"]
+    token = viewer(request)
+    if token is not None and not token.sees(kind, scope_id):
+        raise NotFound(f"no budgets visible for {request.match_info['scope_type']} {scope_id!r}")
+    statuses = await accounts.statuses(kind, scope_id)
+    budgets = [await status_json(request, s) for s in statuses]
+    worst = max((STATUSES.index(s.status) for s in statuses), default=0)
+    return web.json_response({
+        "scopeType": request.match_info["scope_type"], "scopeId": scope_id, "status": STATUSES[worst],
+        "budgets": budgets, "costRestrictions": merge_restrictions([b["costRestrictions"] for b in budgets]),
+        "lastUpdated": min((b["lastUpdated"] for b in budgets), default=None),
+        "stale": any(b["stale"] for b in budgets),
+    }, headers=_stale_headers(statuses))
+
+
+def merge_restrictions(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The restrictions of several budgets together: the strictest of each."""
+    def narrowest(key: str) -> list[str] | None:
+        sets = [set(i[key]) for i in items if i.get(key) is not None]
+        return sorted(set.intersection(*sets)) if sets else None
+
+    def least(key: str) -> str | None:
+        values = [i[key] for i in items if i.get(key) is not None]
+        return min(values, key=lambda v: usd_to_nanos(v)) if values else None
+
+    return {"downgrading": any(i["downgrading"] for i in items), "allowedTiers": narrowest("allowedTiers"),
+            "restrictedModels": narrowest("restrictedModels"), "maxPricePerMTok": least("maxPricePerMTok"),
+            "maxCostPerRequest": least("maxCostPerRequest"), "blocked": any(i["blocked"] for i in items),
+            "requiresApproval": any(i["requiresApproval"] for i in items)}
+
+
+async def check_constraints(request: web.Request) -> web.Response:
+    accounts, spec = budget_for(request)
+    body = await json_body(request)
+    if "estimatedCost" not in body:
+        raise InvalidRequest("'estimatedCost' is required", param="estimatedCost")
+    try:
+        nanos = usd_to_nanos(body["estimatedCost"], what="estimatedCost")
+    except MoneyError as exc:
+        raise InvalidRequest(str(exc), param="estimatedCost") from None
+    if nanos < 0:
+        raise InvalidRequest("'estimatedCost' must not be negative", param="estimatedCost")
+    check = await accounts.check(spec.id, nanos)
+    status = await accounts.status(spec.id)
+    return web.json_response({
+        **check.public(), "budgetId": spec.id, "estimatedCost": usd(nanos), "currency": spec.currency,
+        "status": status.status, "remaining": usd(status.remaining_nanos), "limit": usd(status.limit_nanos),
+        "currentAmount": usd(status.spent_nanos), "hardLimit": spec.hard, "stale": status.stale_ms > 0,
+    })
+
+
+# --- overrides (temporary increases, approvals) -------------------------------------------------
+
+
+async def list_overrides(request: web.Request) -> web.Response:
+    accounts, spec = budget_for(request)
+    now = int(accounts.budgets.clock() * 1000)
+    return web.json_response({"data": [override_to_json(o, now) for o in accounts.budgets.overrides(spec.id)]})
+
+
+async def grant_override(request: web.Request) -> web.Response:
+    require_admin(request)
+    accounts, spec = budget_for(request)
+    now = int(accounts.budgets.clock() * 1000)
+    override = override_from_json(await json_body(request), budget_id=spec.id, override_id=new_override_id(),
+                                  actor=actor(request), now_ms=now)
+    with store_errors():
+        stored = await accounts.budgets.grant(override, actor(request))
+    return web.json_response(override_to_json(stored, now), status=201)
+
+
+async def revoke_override(request: web.Request) -> web.Response:
+    require_admin(request)
+    accounts, spec = budget_for(request)
+    override_id = request.match_info["override_id"]
+    if all(o.id != override_id for o in accounts.budgets.overrides(spec.id)):
+        raise NotFound(f"budget {spec.id!r} has no override {override_id!r}")
+    with store_errors():
+        revoked = await accounts.budgets.revoke(override_id, actor(request))
+    return web.json_response(override_to_json(revoked, int(accounts.budgets.clock() * 1000)))
+
+
+# --- alerts ------------------------------------------------------------------------------------
+
+
+async def list_alerts(request: web.Request) -> web.Response:
+    accounts, spec = budget_for(request)
+    status = await status_json(request, await accounts.status(spec.id))
+    return web.json_response({"budgetId": spec.id, "periodKey": status["periodKey"], "data": status["activeAlerts"]})
+
+
+async def acknowledge(request: web.Request) -> web.Response:
+    require_admin(request)
+    accounts, spec = budget_for(request)
+    catalog = catalog_of(request.app)
+    if catalog is None:
+        raise NotFound("alerting is disabled in this deployment (alerts.enabled: false)")
+    try:
+        threshold = int(request.match_info["threshold"])
+    except ValueError:
+        raise InvalidRequest("the threshold in the URL must be a whole percent", param="threshold") from None
+    body = await json_body(request) if request.can_read_body else {}
+    status = await accounts.status(spec.id)
+    if threshold not in {pct for pct, _ in status.thresholds_reached}:
+        raise InvalidRequest(f"threshold {threshold}% of budget {spec.id!r} has not fired in period "
+                             f"{status.window.key}", param="threshold")
+    note = body.get("note", "")
+    if not isinstance(note, str):
+        raise InvalidRequest("'note' must be a string", param="note")
+    ack = await catalog.acknowledge(Ack(spec.id, status.window.key, threshold, actor(request),
+                                        int(accounts.budgets.clock() * 1000), note))
+    return web.json_response({"budgetId": spec.id, "periodKey": ack.period_key, "threshold": threshold,
+                              "acknowledged": True, "acknowledgedBy": ack.by, "acknowledgedAt": iso(ack.at_ms),
+                              "note": ack.note})
+
+
+def add_routes(app: web.Application) -> None:
+    add = app.router
+    add.add_get("/api/v1/budgets", list_budgets)
+    add.add_post("/api/v1/budgets", create_budget)
+    add.add_get("/api/v1/budgets/status/{scope_type}/{scope_id}", scope_status)
+    add.add_get("/api/v1/budgets/{budget_id}", get_budget)
+    add.add_put("/api/v1/budgets/{budget_id}", replace_budget)
+    add.add_patch("/api/v1/budgets/{budget_id}", patch_budget)
+    add.add_delete("/api/v1/budgets/{budget_id}", delete_budget)
+    add.add_get("/api/v1/budgets/{budget_id}/status", budget_status)
+    add.add_post("/api/v1/budgets/{budget_id}/check-constraints", check_constraints)
+    add.add_get("/api/v1/budgets/{budget_id}/overrides", list_overrides)
+    add.add_post("/api/v1/budgets/{budget_id}/overrides", grant_override)
+    add.add_delete("/api/v1/budgets/{budget_id}/overrides/{override_id}", revoke_override)
+    add.add_get("/api/v1/budgets/{budget_id}/alerts", list_alerts)
+    add.add_post("/api/v1/budgets/{budget_id}/alerts/{threshold}/acknowledge", acknowledge)
+    add.add_get("/api/v1/budgets/{budget_id}/audit", audit)

@@ -1,0 +1,125 @@
+"""``/api/v1`` routes: client keys, ledger queries.  Other subsystems add their own routes here."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from costproxy.errors import Forbidden, InvalidJSON, InvalidRequest, NotFound
+from costproxy.http.state import ADMIN_ROLE, KEY_STORE, KEYRING, STORE
+from costproxy.identity.key_store import KeyStore, SqliteKeyStore
+from costproxy.identity.principal import KeyRecord, hash_key, new_key, new_key_id
+from costproxy.money import format_usd
+from costproxy.store.sqlite import SqliteStore
+from costproxy.tools.usage_report import GROUP_COLUMNS, spend_by
+
+KEY_FIELDS = ("name", "user", "team", "org", "project")
+
+
+def require_admin(request: web.Request) -> None:
+    if request.get(ADMIN_ROLE) != "admin":
+        raise Forbidden("this endpoint needs the admin token; the presented token is read-only")
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise InvalidJSON("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidJSON("request body must be a JSON object")
+    return body
+
+
+async def issue_key(store: KeyStore | SqliteStore, fields: dict[str, Any], now: float) -> tuple[str, KeyRecord]:
+    """Create a client key; the secret is returned once and only its hash is stored.  A bare
+    ``SqliteStore`` (tools and tests holding the file) means its ``api_keys`` table."""
+    for name in KEY_FIELDS:
+        value = fields.get(name)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise InvalidRequest(f"'{name}' must be a non-empty string", param=name)
+    expires = fields.get("expiresAt")
+    if expires is not None and (isinstance(expires, bool) or not isinstance(expires, (int, float))):
+        raise InvalidRequest("'expiresAt' must be a unix timestamp", param="expiresAt")
+    secret = new_key()
+    record = KeyRecord(id=new_key_id(), key_hash=hash_key(secret), prefix=secret[:7],
+                       name=fields.get("name") or "", user=fields.get("user"), team=fields.get("team"),
+                       org=fields.get("org"), project=fields.get("project"), created_at=now,
+                       expires_at=float(expires) if expires is not None else None)
+    await (SqliteKeyStore(store) if isinstance(store, SqliteStore) else store).insert(record)
+    return secret, record
+
+
+async def create_key(request: web.Request) -> web.Response:
+    require_admin(request)
+    body = await json_body(request)
+    unknown = set(body) - {*KEY_FIELDS, "expiresAt"}
+    if unknown:
+        raise InvalidRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
+    secret, record = await issue_key(request.app[KEY_STORE], body, time.time())
+    request.app[KEYRING].add(record)
+    return web.json_response({**record.public(), "key": secret}, status=201)
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    return web.json_response({"data": [r.public() for r in request.app[KEYRING].all()]})
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    require_admin(request)
+    key_id = request.match_info["key_id"]
+    keys, ring = request.app[KEY_STORE], request.app[KEYRING]
+    if ring.get(key_id) is None:
+        ring.replace(await keys.load_all())  # created by another replica since the last refresh?
+        if ring.get(key_id) is None:
+            raise NotFound(f"no key with id {key_id}")
+    await keys.revoke(key_id, time.time())
+    ring.replace(await keys.load_all())
+    record = ring.get(key_id)
+    return web.json_response(record.public() if record else {"id": key_id})
+
+
+async def recent_usage(request: web.Request) -> web.Response:
+    try:
+        limit = min(1000, max(1, int(request.query.get("limit", "50"))))
+    except ValueError:
+        raise InvalidRequest("'limit' must be an integer", param="limit") from None
+    entries = await request.app[STORE].recent_entries(limit)
+    return web.json_response({"data": [e.public() for e in entries]})
+
+
+async def request_entries(request: web.Request) -> web.Response:
+    entries = await request.app[STORE].entries_for(request.match_info["request_id"])
+    if not entries:
+        raise NotFound(f"no ledger entry for request {request.match_info['request_id']}")
+    return web.json_response({"data": [e.public() for e in entries]})
+
+
+async def usage_summary(request: web.Request) -> web.Response:
+    group = request.query.get("groupBy", "model")
+    if group not in GROUP_COLUMNS:
+        raise InvalidRequest(f"'groupBy' must be one of {', '.join(GROUP_COLUMNS)}", param="groupBy")
+    since_ms = int((time.time() - _hours(request) * 3600) * 1000)
+    rows = await spend_by(request.app[STORE], group, since_ms)
+    data = [{group: r["k"], "requests": r["n"], "costUsd": format_usd(r["cost"] or 0),
+             "baselineUsd": format_usd(r["base"] or 0), "savingUsd": format_usd((r["base"] or 0) - (r["cost"] or 0)),
+             "promptTokens": r["tin"] or 0, "completionTokens": r["tout"] or 0} for r in rows]
+    return web.json_response({"groupBy": group, "data": data})
+
+
+def _hours(request: web.Request) -> float:
+    try:
+        return max(0.0, float(request.query.get("hours", "24")))
+    except ValueError:
+        raise InvalidRequest("'hours' must be a number", param="hours") from None
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/v1/keys", create_key)
+    app.router.add_get("/api/v1/keys", list_keys)
+    app.router.add_delete("/api/v1/keys/{key_id}", revoke_key)
+    app.router.add_get("/api/v1/usage", recent_usage)
+    app.router.add_get("/api/v1/usage/summary", usage_summary)
+    app.router.add_get("/api/v1/requests/{request_id}", request_entries)

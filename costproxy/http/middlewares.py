@@ -1,0 +1,180 @@
+"""Request id, structured-log context, errors in OpenAI's shape, body limits and authentication."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import time
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+from opentelemetry import propagate
+from opentelemetry.trace import SpanKind
+
+from costproxy.errors import (
+    BodyTooLarge,
+    Forbidden,
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    ProxyError,
+    Unauthenticated,
+)
+from costproxy.http.state import ADMIN_ROLE, EXTRAS, KEYRING, PRINCIPAL, REQUEST_ID, SETTINGS, TRACER, TRUSTED_HEADERS
+from costproxy.identity.principal import Principal
+from costproxy.pipeline import new_request_id
+from costproxy.settings import Settings, TrustedProxySettings
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+log = structlog.get_logger("costproxy")
+
+IDENTITY_HEADERS = {
+    "x-costproxy-user": "user",
+    "x-costproxy-team": "team",
+    "x-costproxy-org": "org",
+    "x-costproxy-project": "project",
+}
+# Headers that only a trusted chaining proxy may set; from anyone else they are ignored.
+TRUSTED_ONLY = (*IDENTITY_HEADERS, "x-costproxy-task-type", "x-costproxy-quality",
+                "x-costproxy-max-cost-usd", "x-tenant-id")
+PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/ui", "/openapi.json", "/favicon.ico")
+SECRET_HEADER = "x-costproxy-proxy-secret"
+
+
+def error_response(error: ProxyError, request_id: str | None) -> web.Response:
+    response = web.json_response(error.body(), status=error.status)
+    for name, value in error.headers.items():
+        response.headers[name] = value
+    if request_id:
+        response.headers["x-costproxy-request-id"] = request_id
+    return response
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = request.headers.get("x-request-id") or new_request_id()
+    if len(request_id) > 128 or not request_id.isascii():
+        request_id = new_request_id()
+    request[REQUEST_ID] = request_id
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    try:
+        limit = request.app[SETTINGS].server.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise BodyTooLarge(f"request body of {request.content_length} bytes exceeds the limit of {limit}")
+        return await handler(request)
+    except ProxyError as exc:
+        return error_response(exc, request_id)
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[SETTINGS].server.max_body_bytes
+        return error_response(BodyTooLarge(f"request body exceeds {limit} bytes"), request_id)
+    except web.HTTPNotFound:
+        return error_response(NotFound(f"no route for {request.method} {request.path}"), request_id)
+    except web.HTTPMethodNotAllowed:
+        return error_response(MethodNotAllowed(f"{request.method} is not allowed on {request.path}"),
+                              request_id)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(ProxyError(exc.reason or "error"), request_id)
+    except Exception:  # the outermost boundary: log the bug, answer in OpenAI's shape
+        log.exception("unhandled_error", path=request.path)
+        return error_response(InternalError("internal error; see the proxy log"), request_id)
+
+
+@web.middleware
+async def tracing_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One OTel server span per request, continuing the caller's ``traceparent``."""
+    tracer = request.app[TRACER]
+    parent = propagate.extract(dict(request.headers))
+    resource = request.match_info.route.resource
+    name = f"{request.method} {resource.canonical if resource is not None else request.path}"
+    with tracer.start_as_current_span(name, context=parent, kind=SpanKind.SERVER) as span:
+        span.set_attribute("http.request.method", request.method)
+        span.set_attribute("url.path", request.path)
+        span.set_attribute("costproxy.request_id", request[REQUEST_ID])
+        response = await handler(request)
+        span.set_attribute("http.response.status_code", response.status)
+        return response
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    path = request.path
+    if path == "/" or path.startswith(PUBLIC_PATHS):
+        return await handler(request)
+    settings = request.app[SETTINGS]
+    if path.startswith("/api/"):
+        request[ADMIN_ROLE] = authenticate_admin(request, settings)
+        return await handler(request)
+    request[PRINCIPAL] = authenticate_client(request, settings)
+    return await handler(request)
+
+
+def bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip() or None
+    return request.headers.get("api-key") or None
+
+
+def authenticate_admin(request: web.Request, settings: Settings) -> str:
+    if not settings.admin_token:
+        raise Forbidden("the admin API is disabled: set COSTPROXY_ADMIN_TOKEN (or admin.token_env)")
+    token = bearer_token(request)
+    if token is None:
+        raise Unauthenticated("missing admin token: send 'Authorization: Bearer <admin token>'")
+    if not hmac.compare_digest(token.encode(), settings.admin_token.encode()):
+        scoped = request.app[EXTRAS].get("scoped_tokens")
+        if callable(scoped):
+            role = scoped(token)
+            if role is not None:
+                return str(role)
+        raise Unauthenticated("invalid admin token")
+    return "admin"
+
+
+def _trusted_proxy(request: web.Request, settings: Settings) -> TrustedProxySettings | None:
+    presented = request.headers.get(SECRET_HEADER)
+    if not presented:
+        return None
+    for proxy in settings.trusted_proxies:
+        if proxy.secret and hmac.compare_digest(presented.encode(), proxy.secret.encode()) \
+                and _source_allowed(request.remote, proxy.sources):
+            return proxy
+    return None
+
+
+def _source_allowed(remote: str | None, sources: tuple[str, ...]) -> bool:
+    if not sources:
+        return True
+    if remote is None:
+        return False
+    try:
+        address = ipaddress.ip_address(remote)
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(source, strict=False) for source in sources)
+
+
+def authenticate_client(request: web.Request, settings: Settings) -> Principal:
+    token = bearer_token(request)
+    record = request.app[KEYRING].lookup(token, time.time()) if token else None
+    trusted = _trusted_proxy(request, settings)
+    if record is None and trusted is None:
+        if token is None:
+            raise Unauthenticated("missing API key: send 'Authorization: Bearer cp-…'")
+        raise Unauthenticated("invalid, revoked or expired API key")
+    principal = record.principal() if record is not None else Principal(via="trusted-proxy")
+    asserted = {name: request.headers[name] for name in TRUSTED_ONLY if name in request.headers}
+    if trusted is None:
+        if asserted:
+            log.warning("untrusted_identity_headers_ignored", headers=sorted(asserted))
+        request[TRUSTED_HEADERS] = {}
+        return principal
+    request[TRUSTED_HEADERS] = asserted
+    fields = {attr: request.headers[h] for h, attr in IDENTITY_HEADERS.items() if h in request.headers}
+    return Principal(key_id=principal.key_id, user=fields.get("user", principal.user),
+                     team=fields.get("team", principal.team), org=fields.get("org", principal.org),
+                     project=fields.get("project", principal.project), via=f"trusted-proxy:{trusted.name}")

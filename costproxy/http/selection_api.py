@@ -1,0 +1,187 @@
+"""Selection without calling a model, in the RelayCore/Auterity shapes (DESIGN §3.6).
+
+``POST /api/v1/models/select``   request, metadata, constraints → selected model, alternatives,
+                                 reasoning, estimated cost, budget impact, fallback chain
+``POST /api/v1/models/estimate`` the cost of a request on given (or all) models
+``GET  /api/v1/models/capabilities``  what every model can do and costs
+``GET  /api/v1/decisions/{id}``  why a decision was taken (kept for the last 10,000 decisions)
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from costproxy.errors import InvalidRequest, NotFound
+from costproxy.http.keys_api import json_body
+from costproxy.http.state import SERVICES
+from costproxy.identity.principal import Principal
+from costproxy.money import MoneyError, format_usd, usd_to_nanos
+from costproxy.pipeline import RequestContext, RouteInput, Services, count_input
+from costproxy.registry import CAPABILITIES, Usage
+from costproxy.routing.policy import QUALITY_MODES, Constraints
+from costproxy.routing.router import Explanation, SelectionRouter
+
+PRIORITY_MODES = {"low": "quality", "medium": "balanced", "high": "economy", "critical": "economy"}
+
+
+def _router(services: Services) -> SelectionRouter:
+    router = services.router
+    if not isinstance(router, SelectionRouter):
+        raise NotFound("model selection is not enabled in this deployment")
+    return router
+
+
+def _principal(metadata: dict[str, Any]) -> Principal:
+    return Principal(user=metadata.get("userId"), team=metadata.get("teamId"),
+                     org=metadata.get("organizationId"), project=metadata.get("projectId"), via="api")
+
+
+def _api_constraints(raw: Any, metadata: dict[str, Any]) -> tuple[str, Constraints]:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise InvalidRequest("'constraints' must be an object", param="constraints")
+    quality = metadata.get("qualityRequirement")
+    mode = quality if quality in QUALITY_MODES else PRIORITY_MODES.get(str(metadata.get("budgetPriority")))
+    excluded = raw.get("excludedModels") or []
+    capabilities = raw.get("requiredCapabilities") or []
+    if not isinstance(excluded, list) or not isinstance(capabilities, list):
+        raise InvalidRequest("'excludedModels' and 'requiredCapabilities' must be lists", param="constraints")
+    unknown = [c for c in capabilities if c not in CAPABILITIES]
+    if unknown:
+        raise InvalidRequest(f"unknown capabilities {unknown}; known: {', '.join(CAPABILITIES)}")
+    try:
+        max_cost = usd_to_nanos(raw["maxCost"], what="maxCost") if raw.get("maxCost") is not None else None
+    except MoneyError as exc:
+        raise InvalidRequest(str(exc), param="constraints.maxCost") from None
+    min_quality = raw.get("minQuality")
+    if min_quality is not None and (isinstance(min_quality, bool) or not isinstance(min_quality, (int, float))
+                                    or not 0 <= min_quality <= 1):
+        raise InvalidRequest("'minQuality' must be a number from 0 to 1", param="constraints.minQuality")
+    preferred = raw.get("preferredModel") or "auto"
+    if not isinstance(preferred, str):
+        raise InvalidRequest("'preferredModel' must be a string", param="constraints.preferredModel")
+    return preferred, Constraints(
+        quality_mode=mode, excluded_models=frozenset(str(m) for m in excluded),
+        required_capabilities=frozenset(capabilities), max_cost_nanos=max_cost,
+        min_quality=float(min_quality) if min_quality is not None else None,
+        reasons=("API constraints",) if raw else ())
+
+
+async def _explain(request: web.Request) -> tuple[Explanation, dict[str, Any], int]:
+    services = request.app[SERVICES]
+    body = await json_body(request)
+    content = body.get("content") or {}
+    metadata = body.get("metadata") or {}
+    if not isinstance(content, dict) or not isinstance(metadata, dict):
+        raise InvalidRequest("'content' and 'metadata' must be objects")
+    preferred, extra = _api_constraints(body.get("constraints"), metadata)
+    chat = {k: v for k, v in content.items() if k != "model"}
+    chat["model"] = preferred
+    request_id = str(body.get("requestId") or "sel_" + uuid.uuid4().hex)
+    task = metadata.get("taskType")
+    headers = {"x-costproxy-task-type": task} if isinstance(task, str) else {}
+    ctx = RequestContext(request_id=request_id, principal=_principal(metadata), endpoint="chat/completions",
+                         headers=headers)
+    tokens = await count_input(services, "chat/completions", chat, "o200k_base")
+    view = await services.accounts.view(ctx.principal)
+    explanation = _router(services).explain(
+        RouteInput(ctx=ctx, body=chat, requested=preferred, input_tokens=tokens, budget=view), extra=extra)
+    remaining = view.remaining_nanos
+    return explanation, {"requestId": request_id}, -1 if remaining is None else remaining
+
+
+async def select_model(request: web.Request) -> web.Response:
+    explanation, extra, remaining = await _explain(request)
+    route, decision = explanation.route, explanation.decision
+    chosen = route.chain[0]
+    profile = explanation.profile
+    estimated = chosen.cost(Usage(prompt_tokens=profile.input_tokens,
+                                  completion_tokens=profile.expected_output_tokens))
+    scores = {s.model: s for s in decision.scores} if decision else {}
+    alternatives = [{"model": s.model, "expectedQuality": round(s.expected_quality, 4),
+                     "estimatedCost": format_usd(s.expected_cost_nanos), "eligible": s.eligible,
+                     "reasonExcluded": s.reason_excluded}
+                    for s in sorted(scores.values(), key=lambda s: s.expected_cost_nanos) if s.model != chosen.id]
+    impact: dict[str, Any] = {"estimatedCost": format_usd(estimated),
+                              "worstCaseCost": format_usd(decision.worst_case_nanos if decision else
+                                                          chosen.worst_case_cost(profile.input_tokens,
+                                                                                 chosen.max_output_tokens))}
+    if remaining >= 0:
+        impact.update(remainingBefore=format_usd(remaining), remainingAfter=format_usd(max(0, remaining - estimated)),
+                      percentOfRemaining=round(100 * estimated / remaining, 4) if remaining else None)
+    return web.json_response({
+        **extra,
+        "selectedModel": chosen.id,
+        "provider": chosen.provider,
+        "decisionId": route.decision_id,
+        "alternatives": alternatives,
+        "reasoning": list(route.reasons),
+        "rulesFired": [f._asdict() for f in explanation.steering.fired],
+        "taskType": profile.task_type,
+        "difficulty": round(profile.difficulty, 4),
+        "inputTokens": profile.input_tokens,
+        "expectedOutputTokens": profile.expected_output_tokens,
+        "estimatedCost": format_usd(estimated),
+        "currency": "USD",
+        "budgetImpact": impact,
+        "qualityExpectation": round(decision.expected_quality, 4) if decision else None,
+        "qualityTarget": round(decision.quality_target, 4) if decision else None,
+        "fallbackChain": [m.id for m in route.chain[1:]],
+    })
+
+
+async def estimate(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    body = await json_body(request)
+    content: dict[str, Any] = body["content"] if isinstance(body.get("content"), dict) else body
+    models = body.get("models") or list(services.registry.models)
+    if not isinstance(models, list):
+        raise InvalidRequest("'models' must be a list of model ids", param="models")
+    output = body.get("outputTokens")
+    rows: list[tuple[int, dict[str, Any]]] = []
+    for name in models:
+        model = services.registry.resolve(str(name))
+        if model is None:
+            raise InvalidRequest(f"unknown model {name!r}", param="models")
+        if model.kind != "chat":
+            continue
+        tokens = await count_input(services, "chat/completions", content, model.encoding)
+        out = output if isinstance(output, int) and output >= 0 else 0
+        cost = model.cost(Usage(prompt_tokens=tokens, completion_tokens=out))
+        rows.append((cost, {"model": model.id, "inputTokens": tokens, "outputTokens": out,
+                            "estimatedCost": format_usd(cost),
+                            "worstCaseCost": format_usd(model.worst_case_cost(tokens, model.max_output_tokens))}))
+    rows.sort(key=lambda row: row[0])
+    return web.json_response({"currency": "USD", "data": [row for _, row in rows]})
+
+
+async def capabilities(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    data = [{"model": m.id, "provider": m.provider, "kind": m.kind, "tier": m.tier,
+             "contextWindow": m.context_window, "maxOutputTokens": m.max_output_tokens,
+             "capabilities": sorted(m.capabilities),
+             "pricing": {"currency": "USD", "per": "1M tokens", "input": str(m.price.input),
+                         "cachedInput": None if m.price.cached_input is None else str(m.price.cached_input),
+                         "output": str(m.price.output), "source": m.price.source,
+                         "asOf": m.price.as_of.isoformat() if m.price.as_of else None}}
+            for m in services.registry.models.values()]
+    return web.json_response({"data": data})
+
+
+async def decision(request: web.Request) -> web.Response:
+    router = _router(request.app[SERVICES])
+    record = router.decisions.get(request.match_info["decision_id"])
+    if record is None:
+        raise NotFound(f"no decision {request.match_info['decision_id']} (the last 10,000 are kept)")
+    return web.json_response(record.public())
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/v1/models/select", select_model)
+    app.router.add_post("/api/v1/models/estimate", estimate)
+    app.router.add_get("/api/v1/models/capabilities", capabilities)
+    app.router.add_get("/api/v1/decisions/{decision_id}", decision)

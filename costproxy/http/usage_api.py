@@ -1,0 +1,174 @@
+"""Spend against one budget: usage recorded by other systems, the usage list and summary, reports.
+
+``POST /api/v1/budgets/{id}/usage``          a usage record (DESIGN §3.6) charged exactly, admin only;
+                                             idempotent on ``Idempotency-Key`` or ``metadata.requestId``
+``GET  /api/v1/budgets/{id}/usage``          ledger entries charged to the budget, newest first
+``GET  /api/v1/budgets/{id}/usage/summary``  totals by source and by model
+``GET  /api/v1/budgets/{id}/reports``        ``?timeRange=&groupBy=day|week|model|user|team|project|key|source``
+
+Everything is read from the local ledger (SQLite; in Redis mode this replica's mirror of the
+shared ledger stream, a fraction of a second behind).  An entry belongs to a budget when its
+``metadata.budgets`` names it; ``timeRange=current``/``previous`` select by the period the entry
+was charged to, other ranges by the entry's timestamp.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from costproxy.budgets.book import BudgetAccounts, usage_entry
+from costproxy.budgets.codec import iso, usage_from_json, usd
+from costproxy.budgets.model import BudgetSpec, window_at
+from costproxy.budgets.reports import GROUPS, RangeInvalid, Row, TimeRange, report, time_range, totals
+from costproxy.errors import InvalidRequest, StoreUnavailable
+from costproxy.http.budgets_api import budget_for, manager_of, status_json, store_errors
+from costproxy.http.keys_api import json_body, require_admin
+from costproxy.http.state import REQUEST_ID, STORE
+from costproxy.ledger.entry import LedgerEntry
+from costproxy.store.sqlite import entry_from_row
+
+EXTERNAL_SOURCES = ("relaycore", "auterity", "manual")
+_IDEMPOTENCY_TTL_MS = 7 * 86_400_000
+
+
+async def record_usage(request: web.Request) -> web.Response:
+    require_admin(request)
+    accounts, spec = budget_for(request)
+    now = int(accounts.budgets.clock() * 1000)
+    record = usage_from_json(await json_body(request), now_ms=now)
+    if record.source not in EXTERNAL_SOURCES:
+        raise InvalidRequest(f"'source' must be one of {', '.join(EXTERNAL_SOURCES)}", param="source")
+    key = request.headers.get("idempotency-key") or record.request_id
+    if key and not await _first_time(request, f"usage:{spec.id}:{key}", now):
+        return web.json_response({"budgetId": spec.id, "duplicate": True, "idempotencyKey": key,
+                                  "status": await status_json(request, await accounts.status(spec.id))})
+    entry = usage_entry(record, spec, request[REQUEST_ID])
+    with store_errors():
+        status = await accounts.record_usage(spec.id, record.amount_nanos, entry)
+    return web.json_response({"budgetId": spec.id, "duplicate": False, "usage": usage_json(entry),
+                              "status": await status_json(request, status)}, status=201)
+
+
+async def _first_time(request: web.Request, name: str, now: int) -> bool:
+    """Claim an idempotency key (shared by every replica); if the claim store is away, charge."""
+    manager = manager_of(request.app)
+    if manager is None:
+        return True
+    try:
+        return await manager.store.claim(name, request[REQUEST_ID], now, _IDEMPOTENCY_TTL_MS)
+    except StoreUnavailable:
+        return True
+
+
+def usage_json(entry: LedgerEntry, seq: int | None = None) -> dict[str, Any]:
+    """A ledger entry in the usage record shape of DESIGN §3.6 (plus what the proxy knows)."""
+    meta = entry.metadata
+    return {
+        "id": seq, "amount": usd(entry.cost_nanos), "currency": "USD", "timestamp": iso(entry.ts_ms),
+        "source": entry.source, "description": meta.get("description", ""),
+        "metadata": {"requestId": entry.request_id, "modelId": entry.served_model, "userId": entry.user,
+                     "teamId": entry.team, "projectId": entry.project, "tags": meta.get("tags", [])},
+        "endpoint": entry.endpoint, "status": entry.status, "keyId": entry.key_id,
+        "promptTokens": entry.prompt_tokens, "completionTokens": entry.completion_tokens,
+        "usageReported": entry.usage_reported, "periods": meta.get("budgets", {}),
+    }
+
+
+def _span(request: web.Request, accounts: BudgetAccounts, spec: BudgetSpec, default: str) -> TimeRange:
+    now = int(accounts.budgets.clock() * 1000)
+    try:
+        return time_range(request.query.get("timeRange", default), spec, window_at(spec, now), now)
+    except RangeInvalid as exc:
+        raise InvalidRequest(str(exc), param="timeRange") from None
+
+
+def _where(spec: BudgetSpec, span: TimeRange) -> tuple[str, list[Any]]:
+    """Ledger rows charged to ``spec`` within ``span`` (``l`` is the ledger alias)."""
+    if span.period_key is not None:
+        return ("EXISTS (SELECT 1 FROM json_each(l.metadata, '$.budgets') j WHERE j.key = ? AND j.value = ?)",
+                [spec.id, span.period_key])
+    clauses = ["EXISTS (SELECT 1 FROM json_each(l.metadata, '$.budgets') j WHERE j.key = ?)"]
+    params: list[Any] = [spec.id]
+    if span.start_ms is not None:
+        clauses.append("l.ts_ms >= ?")
+        params.append(span.start_ms)
+    if span.end_ms is not None:
+        clauses.append("l.ts_ms < ?")
+        params.append(span.end_ms)
+    return " AND ".join(clauses), params
+
+
+async def list_usage(request: web.Request) -> web.Response:
+    accounts, spec = budget_for(request)
+    span = _span(request, accounts, spec, "all")
+    where, params = _where(spec, span)
+    source = request.query.get("source")
+    if source:
+        where += " AND l.source = ?"
+        params.append(source)
+    limit = _int(request, "limit", 100, 1000)
+    rows = await request.app[STORE].query(
+        f"SELECT * FROM ledger l WHERE {where} ORDER BY l.seq DESC LIMIT ? OFFSET ?",
+        [*params, limit, _int(request, "offset", 0, 10**9, minimum=0)])
+    return web.json_response({"budgetId": spec.id, "timeRange": span.to_json(),
+                              "data": [usage_json(entry_from_row(r), r["seq"]) for r in rows]})
+
+
+def _int(request: web.Request, name: str, default: int, maximum: int, minimum: int = 1) -> int:
+    try:
+        return min(maximum, max(minimum, int(request.query.get(name, str(default)))))
+    except ValueError:
+        raise InvalidRequest(f"'{name}' must be an integer", param=name) from None
+
+
+_SUMS = ("SUM(l.cost_nanos) AS amount, COUNT(*) AS n, SUM(l.prompt_tokens) AS tin, "
+         "SUM(l.completion_tokens) AS tout, SUM(l.baseline_nanos) AS base")
+
+
+async def _grouped(request: web.Request, key_sql: str, where: str, params: list[Any]) -> list[Row]:
+    rows = await request.app[STORE].query(
+        f"SELECT {key_sql} AS k, {_SUMS} FROM ledger l WHERE {where} GROUP BY k ORDER BY amount DESC", params)
+    return [Row(r["k"], r["amount"] or 0, r["n"], r["tin"] or 0, r["tout"] or 0, r["base"] or 0) for r in rows]
+
+
+def _sums_json(rows: list[Row], name: str) -> list[dict[str, Any]]:
+    return [{name: r.key, "amount": usd(r.amount_nanos), "requests": r.requests} for r in rows]
+
+
+async def usage_summary(request: web.Request) -> web.Response:
+    accounts, spec = budget_for(request)
+    span = _span(request, accounts, spec, "current")
+    where, params = _where(spec, span)
+    sources = await _grouped(request, "l.source", where, params)
+    models = await _grouped(request, "l.served_model", where, params)
+    status = await accounts.status(spec.id)
+    return web.json_response({
+        "budgetId": spec.id, "currency": spec.currency, "timeRange": span.to_json(), "totals": totals(sources),
+        "bySource": _sums_json(sources, "source"), "byModel": _sums_json(models, "model"),
+        "limit": usd(status.limit_nanos), "currentAmount": usd(status.spent_nanos),
+        "remaining": usd(status.remaining_nanos), "status": status.status,
+    })
+
+
+async def reports(request: web.Request) -> web.Response:
+    accounts, spec = budget_for(request)
+    group = request.query.get("groupBy", "day")
+    if group not in GROUPS:
+        raise InvalidRequest(f"'groupBy' must be one of {', '.join(GROUPS)}", param="groupBy")
+    span = _span(request, accounts, spec, "current")
+    where, params = _where(spec, span)
+    series = await _grouped(request, "(l.ts_ms / 900000) * 900000", where, params)
+    column = GROUPS[group]
+    grouped = series if column is None else await _grouped(request, f"l.{column}", where, params)
+    spenders = await _grouped(request, "l.user", where + " AND l.user IS NOT NULL", params)
+    models = await _grouped(request, "l.served_model", where, params)
+    return web.json_response(report(spec, span, group, grouped, series, spenders, models))
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/v1/budgets/{budget_id}/usage", record_usage)
+    app.router.add_get("/api/v1/budgets/{budget_id}/usage", list_usage)
+    app.router.add_get("/api/v1/budgets/{budget_id}/usage/summary", usage_summary)
+    app.router.add_get("/api/v1/budgets/{budget_id}/reports", reports)

@@ -1,0 +1,1 @@
+"""Who is calling: principals, client keys and read-only scoped tokens."""

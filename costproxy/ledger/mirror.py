@@ -1,0 +1,126 @@
+"""Each replica's copy of the shared ledger: Redis streams mirrored into the local SQLite file.
+
+In Redis mode the ledger of record is the per-organisation stream ``P:{<org>}:ledger``: the settle
+script appends the entry in the same atomic step that moves the money, so the ledger and the
+counters can never disagree.  Every replica mirrors every stream into its own SQLite ``ledger``
+table (reports, the UI and exports read it there, fast and even while Redis is away).
+
+Exactly once: each batch of rows and the last stream id it contains are written in one SQLite
+transaction (``budget_marks``), so a restart resumes right after the last mirrored entry — no
+gap, no duplicate.  Streams are trimmed to ``ledger_retention_days`` by the settle script; a
+replica that is down longer than that misses entries the others still hold in their mirrors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from costproxy.budgets.lua import RedisKeys
+from costproxy.errors import StoreUnavailable
+from costproxy.ledger.entry import LedgerEntry
+from costproxy.store.sqlite import INSERT_LEDGER, SqliteStore, ledger_row
+
+log = structlog.get_logger("costproxy.budgets.model")
+
+
+def stop_if_cancelled() -> None:
+    """Raise if this task was asked to stop: redis-py can swallow a cancellation (returning or
+    raising a connection error instead), so loops over Redis calls check on every turn."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+def entry_json(entry: LedgerEntry) -> bytes:
+    return orjson.dumps(entry)
+
+
+def entry_from_json(data: bytes | str) -> LedgerEntry:
+    return LedgerEntry(**orjson.loads(data))
+
+
+class LedgerMirror:
+    def __init__(self, redis: Redis, store: SqliteStore, keys: RedisKeys,
+                 partitions: Callable[[], set[str]], *, batch: int = 500, block_ms: int = 500) -> None:
+        self.redis = redis
+        self.store = store
+        self.keys = keys
+        self.partitions = partitions
+        self.batch = batch
+        self.block_ms = block_ms
+        self._last: dict[str, str] = {}
+        self._lock = asyncio.Lock()  # one reader at a time: ``run`` and ``catch_up`` share ``_last``
+        self.mirrored = 0
+
+    async def load_marks(self) -> None:
+        rows = await self.store.run(lambda: self.store.conn().execute(
+            "SELECT name, value FROM budget_marks WHERE name LIKE 'mirror:%'").fetchall())
+        self._last = {name[len("mirror:"):]: value for name, value in rows}
+
+    async def run(self) -> None:
+        await self.load_marks()
+        while True:
+            stop_if_cancelled()
+            try:
+                await self.step()
+            except (RedisError, OSError, StoreUnavailable) as exc:
+                stop_if_cancelled()
+                log.warning("ledger_mirror_failed", error=str(exc))
+                await asyncio.sleep(1.0)
+
+    async def step(self, block: bool = True) -> int:
+        """Read what is new in every partition's stream and write it locally; returns the count."""
+        async with self._lock:
+            return await self._step(block)
+
+    async def _step(self, block: bool) -> int:
+        names = [self.keys.ledger(p) for p in self.partitions()]
+        streams: dict[Any, Any] = {name: self._last.get(name, "0-0") for name in names}
+        if not streams:
+            await asyncio.sleep(self.block_ms / 1000 if block else 0)
+            return 0
+        reply: Any = await self.redis.xread(streams, count=self.batch, block=self.block_ms if block else None)
+        count = 0
+        for stream, messages in reply or []:
+            name = stream.decode() if isinstance(stream, bytes) else stream
+            rows = [(mid.decode() if isinstance(mid, bytes) else mid, entry_from_json(fields[b"e"]))
+                    for mid, fields in messages]
+            if rows:
+                await self.store.run(self._write_sync, name, rows)
+                self._last[name] = rows[-1][0]
+                count += len(rows)
+                for callback in self.store.on_flushed:
+                    callback([entry for _, entry in rows])
+        self.mirrored += count
+        return count
+
+    def _write_sync(self, stream: str, rows: list[tuple[str, LedgerEntry]]) -> None:
+        conn = self.store.conn()
+        conn.execute("BEGIN")
+        try:
+            conn.executemany(INSERT_LEDGER, [ledger_row(entry) for _, entry in rows])
+            conn.execute("INSERT OR REPLACE INTO budget_marks (name, value) VALUES (?, ?)",
+                         ("mirror:" + stream, rows[-1][0]))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    async def catch_up(self) -> int:
+        """Mirror everything currently in the streams (tests, shutdown); returns the count."""
+        async with self._lock:
+            # Marks are written with the rows: a step cancelled mid-write may have committed.
+            await self.load_marks()
+        total = 0
+        while True:
+            count = await self.step(block=False)
+            total += count
+            if count == 0:
+                return total

@@ -1,0 +1,333 @@
+"""The router with a brain: analyze → steering rules → constraints → select → fallback chain.
+
+``SelectionRouter.route`` is what the pipeline calls for every request; ``explain`` runs the same
+steps without calling any model (``POST /api/v1/models/select``, ``costproxy explain``).
+
+- ``auto``, ``auto:economy|balanced|quality`` and the tier names (``economy``, ``standard``,
+  ``premium``) always go through the selection engine.
+- A concrete model is served as asked unless policy demands otherwise: a rule that routes,
+  downgrades or excludes it, a cost limit (rule, header or budget) its worst case does not fit,
+  or a budget restriction.  Then the engine chooses among the models the policy allows, and the
+  decision says why.
+- Fallbacks: the decision's chain for selected models; ``fallback.chains`` in the config for
+  concrete ones.  Models behind an open circuit breaker are moved to the end of the chain.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import Any, cast
+
+from costproxy.analyzer.profile import RequestProfile, analyze
+from costproxy.analyzer.tasks import TASK_TYPES
+from costproxy.budgets.accounts import BudgetView
+from costproxy.config_schema import Node
+from costproxy.errors import BudgetExceeded, ConfigError, InvalidRequest, NoEligibleModel
+from costproxy.money import MoneyError, format_usd, usd_to_nanos
+from costproxy.pipeline import Route, RouteInput
+from costproxy.registry import ENDPOINT_KIND, TIERS, ModelSpec, Registry
+from costproxy.routing.breakers import CircuitBreakers, parse_breaker_config
+from costproxy.routing.concrete import resolve_concrete
+from costproxy.routing.policy import EMPTY, QUALITY_MODES, Constraints
+from costproxy.routing.quality import QualityProfiles, parse_quality
+from costproxy.routing.selection import BudgetPressure, Decision, SelectionConfig, parse_selection_config, select
+from costproxy.settings import Settings, read_yaml
+from costproxy.steering import RulesHolder, SteeringOutcome, evaluate
+from costproxy.steering.rules import EMPTY_RULESET, Rule, RuleSet
+
+VIRTUAL_PREFIX = "auto"
+DECISIONS_KEPT = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    decision: Decision
+    request_id: str
+    requested_model: str
+    fired: tuple[Any, ...]
+    created_at: float
+
+    def public(self) -> dict[str, Any]:
+        return {"decision": asdict(self.decision), "requestId": self.request_id,
+                "requestedModel": self.requested_model, "rulesFired": [f._asdict() for f in self.fired],
+                "createdAt": self.created_at}
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    route: Route
+    profile: RequestProfile
+    steering: SteeringOutcome
+    constraints: Constraints
+    decision: Decision | None
+
+
+def virtual_mode(name: str) -> tuple[bool, str | None, str | None]:
+    """``(is_virtual, quality mode, pinned tier)`` for a requested model name."""
+    if name == VIRTUAL_PREFIX:
+        return True, None, None
+    if name.startswith(VIRTUAL_PREFIX + ":"):
+        mode = name.split(":", 1)[1]
+        if mode not in QUALITY_MODES:
+            raise InvalidRequest(f"unknown routing mode {mode!r}: use auto, auto:economy, auto:balanced "
+                                 "or auto:quality", param="model")
+        return True, mode, None
+    if name in TIERS:
+        return True, None, name
+    return False, None, None
+
+
+def header_constraints(headers: Mapping[str, str]) -> Constraints:
+    """Policy a trusted chaining proxy may pass in headers (already filtered by the middleware)."""
+    quality = headers.get("x-costproxy-quality")
+    max_cost = headers.get("x-costproxy-max-cost-usd")
+    if quality is None and max_cost is None:
+        return EMPTY
+    nanos = None
+    if max_cost is not None:
+        try:
+            nanos = usd_to_nanos(max_cost, what="X-Costproxy-Max-Cost-Usd")
+        except MoneyError as exc:
+            raise InvalidRequest(str(exc)) from None
+    if quality is not None and quality not in QUALITY_MODES:
+        raise InvalidRequest(f"X-Costproxy-Quality must be one of {', '.join(QUALITY_MODES)}")
+    reasons = tuple(f"header {k}: {v}" for k, v in (("quality", quality), ("max cost", max_cost)) if v)
+    return Constraints(quality_mode=quality, max_cost_nanos=nanos, reasons=reasons)
+
+
+def budget_constraints(view: BudgetView) -> Constraints:
+    """Threshold actions of the caller's budgets (restrict-models, auto-downgrade) as constraints.
+
+    ``BudgetView.restrictions`` holds ``Constraints`` keyword arguments (see ``budget_status``).
+    """
+    if not view.restrictions:
+        return EMPTY
+    return Constraints(**cast(dict[str, Any], view.restrictions))
+
+
+def steering_context(request: RouteInput, profile: RequestProfile, virtual: bool,
+                     mode: str | None, now: float) -> dict[str, Any]:
+    ctx = request.ctx
+    body = request.body
+    p = ctx.principal
+    moment = time.gmtime(now)
+    context: dict[str, Any] = {
+        "request.model": request.requested,
+        "request.model_requested_virtual": virtual,
+        "request.quality_mode": mode,
+        "request.tokens.input": profile.input_tokens,
+        "request.tokens.max_output": profile.max_output_tokens,
+        "request.task_type": profile.task_type,
+        "request.difficulty": profile.difficulty,
+        "request.capabilities": sorted(profile.required_capabilities),
+        "request.stream": bool(body.get("stream")),
+        "request.endpoint": ctx.endpoint,
+        "principal.key_id": p.key_id, "principal.user": p.user, "principal.team": p.team,
+        "principal.org": p.org, "principal.project": p.project,
+        "time.hour": moment.tm_hour, "time.weekday": moment.tm_wday,
+        "time.date": time.strftime("%Y-%m-%d", moment),
+    }
+    for name, value in ctx.headers.items():
+        context[f"request.headers.{name.lower()}"] = value
+    metadata = body.get("metadata")
+    if isinstance(metadata, dict):
+        for name, value in metadata.items():
+            context[f"request.metadata.{name}"] = value
+    context.update(request.budget.fields)
+    return context
+
+
+NO_STEERING = SteeringOutcome(constraints=EMPTY, rejected=None, fired=(), logs=(), shadow_constraints=EMPTY,
+                              shadow_rejected=None, outside_rollout=(), ruleset_digest="")
+_TASK_FIELDS = frozenset({"request.task_type", "request.difficulty"})
+_READS_TASK: dict[str, bool] = {}
+
+
+def _only_virtual(rule: Rule) -> bool:
+    """A rule whose conditions all must hold and include "the client asked for auto"."""
+    return rule.operator == "and" and any(
+        c.field == "request.model_requested_virtual" and c.operator == "equals" and c.value is True
+        for c in rule.conditions)
+
+
+def _reads_task(ruleset: RuleSet) -> bool:
+    """Whether a rule that can match a concrete-model request tests the task type or difficulty.
+
+    Memoised per rule-set digest.  Rules limited to ``auto`` requests do not count: those
+    requests are always analyzed.
+    """
+    known = _READS_TASK.get(ruleset.digest)
+    if known is None:
+        known = any(c.field in _TASK_FIELDS for rule in ruleset.active if not _only_virtual(rule)
+                    for c in rule.conditions)
+        if len(_READS_TASK) > 64:
+            _READS_TASK.clear()
+        _READS_TASK[ruleset.digest] = known
+    return known
+
+
+def undetected_profile(body: Mapping[str, Any], input_tokens: int) -> RequestProfile:
+    """A profile without task detection, for a concrete model no rule asks the task of."""
+    asked = body.get("max_completion_tokens", body.get("max_tokens"))
+    max_output = asked if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0 else None
+    return RequestProfile(input_tokens=input_tokens, expected_output_tokens=0, max_output_tokens=max_output,
+                          task_type="general_chat", difficulty=0.0, required_capabilities=frozenset(),
+                          task_source="not-detected")
+
+
+class SelectionRouter:
+    def __init__(self, registry: Registry, quality: QualityProfiles, config: SelectionConfig,
+                 rules: RulesHolder | None, breakers: CircuitBreakers,
+                 fallbacks: Mapping[str, tuple[str, ...]] | None = None) -> None:
+        self.registry = registry
+        self.quality = quality
+        self.config = config
+        self.rules = rules
+        self.breakers = breakers
+        self.fallbacks = dict(fallbacks or {})
+        self.decisions: OrderedDict[str, DecisionRecord] = OrderedDict()
+
+    def route(self, request: RouteInput) -> Route:
+        return self.explain(request).route
+
+    def record_result(self, model: ModelSpec, ok: bool) -> None:
+        self.breakers.record(model, ok)
+
+    def explain(self, request: RouteInput, *, now: float | None = None,
+                extra: Constraints | None = None) -> Explanation:
+        virtual, mode, tier = virtual_mode(request.requested)
+        kind = ENDPOINT_KIND[request.ctx.endpoint]
+        if virtual and kind != "chat":
+            raise InvalidRequest(f"automatic model selection is available for chat completions; name a "
+                                 f"{kind} model for /{request.ctx.endpoint}", param="model")
+        ruleset = self.rules.current if self.rules is not None else EMPTY_RULESET
+        hint = request.ctx.headers.get("x-costproxy-task-type")
+        hint = hint if hint in TASK_TYPES else None
+        # Task detection costs ~70 µs: a concrete model needs it only when a rule reads the task.
+        detect = virtual or hint is not None or _reads_task(ruleset)
+        profile = analyze(request.body, request.input_tokens, hint) if detect else \
+            undetected_profile(request.body, request.input_tokens)
+        if ruleset.active:
+            steering = evaluate(ruleset, steering_context(request, profile, virtual, mode, now or time.time()),
+                                request.ctx.request_id)
+            steering.raise_if_rejected()
+        else:
+            steering = NO_STEERING
+        base = Constraints(quality_mode=mode, pinned_tier=tier) if (mode or tier) else EMPTY
+        constraints = (base.merge(header_constraints(request.ctx.headers))
+                       .merge(steering.constraints)
+                       .merge(budget_constraints(request.budget))
+                       .merge(extra or EMPTY))
+        if not virtual:
+            model = resolve_concrete(self.registry, request.requested, request.ctx.endpoint)
+            if kind != "chat" or not self._must_switch(model, profile, constraints, request.budget):
+                route = Route(chain=self._concrete_chain(model), max_output_tokens=constraints.max_output_tokens,
+                              task_type=profile.task_type if detect else None, reasons=constraints.reasons,
+                              baseline=model)
+                return Explanation(route, profile, steering, constraints, None)
+        decision = self._select(request, profile, constraints)
+        chosen = self.registry.models[decision.model]
+        chain = self.breakers.order([chosen, *(self.registry.models[m] for m in decision.fallback_chain)])
+        baseline = self.registry.resolve(request.requested) if not virtual else self.registry.baseline()
+        route = Route(chain=tuple(chain), decision_id=decision.id, max_output_tokens=decision.output_cap,
+                      task_type=profile.task_type, reasons=decision.reasons, baseline=baseline or chosen)
+        self._remember(decision, request, steering)
+        return Explanation(route, profile, steering, constraints, decision)
+
+    def _must_switch(self, model: ModelSpec, profile: RequestProfile, c: Constraints, view: BudgetView) -> bool:
+        if c.pinned_model and c.pinned_model != model.id:
+            return True
+        if c.pinned_tier and c.pinned_tier != model.tier:
+            return True
+        if c.downgrade or model.id in c.excluded_models:
+            return True
+        if c.allowed_models is not None and model.id not in c.allowed_models:
+            return True
+        if c.allowed_tiers is not None and model.tier not in c.allowed_tiers:
+            return True
+        cap = profile.max_output_tokens or model.max_output_tokens
+        worst = model.worst_case_cost(profile.input_tokens, min(cap, model.max_output_tokens or cap))
+        limits = [x for x in (c.max_cost_nanos, view.remaining_nanos) if x is not None]
+        return any(worst > limit for limit in limits)
+
+    def _concrete_chain(self, model: ModelSpec) -> tuple[ModelSpec, ...]:
+        extra = [self.registry.models[m] for m in self.fallbacks.get(model.id, ()) if m in self.registry.models]
+        return tuple(self.breakers.order([model, *extra]))
+
+    def _select(self, request: RouteInput, profile: RequestProfile, constraints: Constraints) -> Decision:
+        candidates = [m for m in self.registry.models.values() if m.kind == "chat"]
+        view = request.budget
+        pressure = BudgetPressure(used_fraction=view.used_fraction, burn_ratio=view.burn_ratio,
+                                  remaining_nanos=view.remaining_nanos)
+        healthy = [m for m in candidates if self.breakers.allows(m)]
+        requested = self.registry.resolve(request.requested)  # a concrete model that must be switched
+        baseline = requested.id if requested is not None else self.registry.baseline_model
+        try:
+            return select(profile, healthy or candidates, self.quality, constraints, pressure, self.config,
+                          baseline=baseline)
+        except NoEligibleModel:
+            if view.remaining_nanos is None:
+                raise
+            unbounded = replace(pressure, remaining_nanos=None)
+            try:  # would a model serve if the budget had room? then the budget is what refuses
+                select(profile, healthy or candidates, self.quality, constraints, unbounded, self.config,
+                       baseline=baseline)
+            except NoEligibleModel:
+                raise
+            raise BudgetExceeded(
+                f"budget {view.tightest_budget or ''} has ${format_usd(view.remaining_nanos)} left, less than "
+                "the worst case of every model that can serve this request (lower max_tokens or raise the "
+                "budget)", details={"budget": view.tightest_budget,
+                                    "remaining_usd": format_usd(view.remaining_nanos)}) from None
+
+    def _remember(self, decision: Decision, request: RouteInput, steering: SteeringOutcome) -> None:
+        """Keep the decision as it is (frozen); it is turned into JSON only if someone asks."""
+        self.decisions[decision.id] = DecisionRecord(decision, request.ctx.request_id, request.requested,
+                                                     steering.fired, time.time())
+        while len(self.decisions) > DECISIONS_KEPT:
+            self.decisions.popitem(last=False)
+
+
+def parse_fallback_chains(value: Any, file: str, registry: Registry) -> tuple[Any, dict[str, tuple[str, ...]]]:
+    """``fallback: {circuit_breaker: {...}, chains: {model: [alternatives]}}`` from costproxy.yaml."""
+    node = Node(value, file, "fallback")
+    breaker = parse_breaker_config(node.child("circuit_breaker", {}))
+    chains: dict[str, tuple[str, ...]] = {}
+    for model_id, chain_node in node.child("chains", {}).items():
+        if model_id not in registry.models:
+            raise chain_node.error("names no model in the registry", model_id)
+        names = tuple(chain_node.str_list())
+        for name in names:
+            if name not in registry.models:
+                raise chain_node.error("names no model in the registry", name)
+        chains[model_id] = names
+    node.done()
+    return breaker, chains
+
+
+def build_router(settings: Settings) -> SelectionRouter:
+    """Compose the router from settings: quality profiles, selection config, rules, breakers.
+
+    Blocking (reads the quality and rules files): call it off the event loop.
+    """
+    registry = settings.registry
+    if settings.quality_path is not None:
+        quality = parse_quality(read_yaml(settings.quality_path), str(settings.quality_path))
+    else:
+        quality = QualityProfiles(models={}, tier_priors=DEFAULT_TIER_PRIORS)
+    config = parse_selection_config(settings.raw.get("selection"), str(settings.config_path))
+    breaker, chains = parse_fallback_chains(settings.raw.get("fallback"), str(settings.config_path), registry)
+    rules = RulesHolder(settings.rules_dir, known_models=[*registry.models, *registry.aliases])
+    result = rules.reload()
+    if not result.ok:
+        raise ConfigError(str(settings.rules_dir), "", "invalid steering rules:\n" + "\n".join(
+            str(error) for error in result.errors))
+    return SelectionRouter(registry, quality, config, rules, CircuitBreakers(breaker), chains)
+
+
+# Used when no quality file is configured: a premium model is assumed better than a standard one,
+# which is better than an economy one, for every task.
+DEFAULT_TIER_PRIORS = {"premium": 0.9, "standard": 0.8, "economy": 0.65}

@@ -1,0 +1,417 @@
+"""The selection engine: the cheapest model expected to do the job (sans-IO, pure).
+
+``select`` works in four steps over the candidate models:
+
+1. **Eligibility.**  A model can serve the request when it is a chat model, has every required
+   capability (request and constraints), its context window holds the input plus the output the
+   request needs, and the policy constraints allow it (pinned model or tier, allowed/excluded
+   models and tiers, output price cap, ``min_quality``).  Its *worst case* — every allowed output
+   token used, ``ModelSpec.worst_case_cost`` — must fit ``max_cost_nanos`` and the remaining
+   budget; when it does not, a lower output cap is tried (the proxy then injects it as
+   ``max_tokens``), as long as the cap still leaves room for the expected answer.
+2. **Scores.**  Expected quality for this request — from its query features when the profiles hold
+   a predictor for the model and task, else for its task type and difficulty bucket (``QualityProfiles``)
+   and expected cost: input tokens plus expected output tokens at the model's prices, exactly as
+   ``ModelSpec.cost`` computes it (whole nano-USD per token rates are precomputed per model).
+3. **Quality target.**  ``reference − gap``, where *gap* is the shortfall the quality mode accepts
+   (``economy_gap``, ``balanced_gap``, ``quality_gap``) and *reference* depends on
+   ``target_reference``: ``baseline`` (the default) is the expected quality of the registry's
+   ``baseline_model`` for this request — what the caller would otherwise have used, and what savings
+   are measured against — and ``best`` the highest expected quality among the eligible models.  With
+   ``baseline`` the reference falls back to *best* when no baseline is given or it is not a candidate,
+   and ``auto:quality`` always aims at the best (whoever asks for quality wants the best).  The target
+   never exceeds *best*.  Budget pressure widens the gap gradually (``pressure_gap``
+   at full pressure) and ``downgrade`` widens it to the maximum; the gap never exceeds ``max_gap``
+   and the target never falls below ``quality_floor`` — the floor.
+4. **Choice.**  The cheapest eligible model whose expected quality meets the target.  Optionally
+   (``quality_per_usd``, off by default) money gets an exchange rate instead: among the models
+   meeting the target, the one with the best *value* ``quality − quality_per_usd × cost in USD``
+   wins, so a model that costs a little more for much more quality is preferred, and a request
+   with a lot of money at stake leans cheaper than a trivial one.  The fallback chain lists the
+   other sufficient models, cheapest first, other providers before the chosen one's, then the
+   remaining eligible models by expected quality.
+
+Budget pressure is ``max(used, burn)`` in [0, 1]: *used* rises linearly from 0 at
+``pressure_start`` (fraction of the budget spent) to 1 when it is spent; *burn* rises from 0 at a
+burn ratio (spend rate / sustainable rate) of ``burn_start`` to 1 at ``burn_full``.  More pressure
+never yields a more expensive choice: the target only goes down, and the cheapest model meeting a
+lower target costs no more (with ``quality_per_usd`` too: a model newly admitted by a lower target
+has less quality, so it can only win by being cheaper).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from costproxy.analyzer.profile import RequestProfile
+from costproxy.config_schema import Node
+from costproxy.errors import NoEligibleModel
+from costproxy.money import NANOS_PER_USD, TOKENS_PER_PRICE_UNIT, format_usd
+from costproxy.registry import ModelSpec, Usage
+from costproxy.routing.policy import QUALITY_MODES, Constraints
+from costproxy.routing.quality import QualityProfiles
+
+_EPSILON = 1e-9
+TARGET_REFERENCES = ("baseline", "best")
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetPressure:
+    used_fraction: float = 0.0  # of the tightest budget in the caller's chain
+    burn_ratio: float = 0.0  # spend rate / rate that would exactly exhaust it at period end
+    remaining_nanos: int | None = None  # the least remaining amount across the chain
+
+
+@dataclass(frozen=True, slots=True)
+class SelectionConfig:
+    default_mode: str = "balanced"
+    economy_gap: float = 0.10
+    balanced_gap: float = 0.03
+    quality_gap: float = 0.0
+    pressure_start: float = 0.5
+    burn_start: float = 1.0
+    burn_full: float = 2.0
+    pressure_gap: float = 0.10
+    max_gap: float = 0.20
+    quality_floor: float = 0.0
+    max_fallbacks: int = 3
+    quality_per_usd: float | None = None  # None: the cheapest sufficient model wins
+    target_reference: str = "baseline"  # TARGET_REFERENCES: what the mode's gap is measured from
+
+    def gap(self, mode: str) -> float:
+        return {"economy": self.economy_gap, "quality": self.quality_gap}.get(mode, self.balanced_gap)
+
+    def pressure(self, pressure: BudgetPressure) -> float:
+        """Pressure level in [0, 1] (see the module docstring)."""
+        used = _ramp(pressure.used_fraction, self.pressure_start, 1.0)
+        burn = _ramp(pressure.burn_ratio, self.burn_start, self.burn_full)
+        return max(used, burn)
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateScore:
+    model: str
+    provider: str
+    tier: str
+    expected_quality: float
+    quality_source: str  # predictor | bucket | task | model | tier | default (quality.LEVELS)
+    expected_cost_nanos: int
+    worst_case_nanos: int
+    output_cap: int  # max output tokens the worst case assumes
+    eligible: bool
+    reason_excluded: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    id: str
+    model: str
+    scores: tuple[CandidateScore, ...]
+    reasons: tuple[str, ...]
+    fallback_chain: tuple[str, ...]
+    quality_target: float
+    expected_quality: float
+    estimated_cost_nanos: int
+    worst_case_nanos: int
+    output_cap: int  # inject as max_tokens when below what the request asked for
+    task_type: str
+    difficulty: float
+    mode: str
+    pressure: float
+
+    def score(self, model_id: str) -> CandidateScore | None:
+        return next((s for s in self.scores if s.model == model_id), None)
+
+
+def _ramp(value: float, start: float, full: float) -> float:
+    if value <= start:
+        return 0.0
+    if full <= start or value >= full:
+        return 1.0
+    return (value - start) / (full - start)
+
+
+# --- eligibility --------------------------------------------------------------------------------
+
+
+def _policy_exclusion(model: ModelSpec, constraints: Constraints) -> str | None:
+    if constraints.pinned_model is not None and model.id != constraints.pinned_model:
+        return f"pinned to {constraints.pinned_model}"
+    if constraints.pinned_tier is not None and model.tier != constraints.pinned_tier:
+        return f"pinned to tier {constraints.pinned_tier}"
+    if constraints.allowed_models is not None and model.id not in constraints.allowed_models:
+        return "not in allowed models"
+    if model.id in constraints.excluded_models:
+        return "excluded by policy"
+    if constraints.allowed_tiers is not None and model.tier not in constraints.allowed_tiers:
+        return f"tier {model.tier} not allowed"
+    cap = constraints.max_price_per_mtok_output
+    if cap is not None and model.price.output > Decimal(cap):
+        return f"output price {model.price.output}/M above cap {cap}/M"
+    return None
+
+
+def _fit_exclusion(model: ModelSpec, profile: RequestProfile, required: frozenset[str]) -> str | None:
+    if model.kind != "chat":
+        return f"{model.kind} model"
+    missing = required - model.capabilities
+    if missing:
+        return "lacks " + ", ".join(sorted(missing))
+    needed = profile.expected_output_tokens
+    if model.max_output_tokens and needed > model.max_output_tokens:
+        return f"max output {model.max_output_tokens} < expected {needed}"
+    if profile.input_tokens + needed > model.context_window:
+        return f"context window {model.context_window} < {profile.input_tokens} in + {needed} out"
+    return None
+
+
+def _natural_cap(model: ModelSpec, profile: RequestProfile, constraints: Constraints) -> int:
+    cap = model.context_window - profile.input_tokens
+    for limit in (profile.max_output_tokens, constraints.max_output_tokens, model.max_output_tokens):
+        if limit and limit < cap:
+            cap = limit
+    return max(0, cap)
+
+
+class _Tariff:
+    """A model's prices as whole nano-USD per token, when they are (vendor prices are multiples of
+    $0.001 per 1M tokens): then ``tokens × rate`` is exactly what ``ModelSpec.cost`` returns, with
+    no Decimal arithmetic on the hot path.  Other prices go through ``ModelSpec`` itself."""
+
+    __slots__ = ("input", "model", "output", "price")
+
+    def __init__(self, model: ModelSpec) -> None:
+        self.model, self.price = model, model.price
+        per_token = [p * NANOS_PER_USD / TOKENS_PER_PRICE_UNIT for p in (model.price.input, model.price.output)]
+        whole = all(r == r.to_integral_value() for r in per_token)
+        self.input = int(per_token[0]) if whole else None
+        self.output = int(per_token[1]) if whole else None
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> int:
+        """``ModelSpec.cost`` of an uncached usage (same exact result)."""
+        if self.input is None or self.output is None:
+            return self.model.cost(Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens))
+        return prompt_tokens * self.input + completion_tokens * self.output
+
+    def worst_case(self, prompt_tokens: int, max_output_tokens: int) -> int:
+        """``ModelSpec.worst_case_cost`` (same exact result)."""
+        if self.input is None or self.output is None:
+            return self.model.worst_case_cost(prompt_tokens, max_output_tokens)
+        return prompt_tokens * self.input + max_output_tokens * self.output
+
+    def cap_that_fits(self, input_tokens: int, limit: int) -> int:
+        """The largest output cap whose worst case fits ``limit`` nano-USD (0 if none)."""
+        left = limit - self.worst_case(input_tokens, 0)
+        if left < 0:
+            return 0
+        price = self.model.price.output
+        if price <= 0:
+            return 1 << 30
+        if self.output is not None:
+            return left // self.output
+        cap = int(Decimal(left) / (price * NANOS_PER_USD / TOKENS_PER_PRICE_UNIT))
+        # money.tokens_cost rounds the whole sum up once: the estimate may be a token off either way
+        while cap > 0 and self.worst_case(input_tokens, cap) > limit:
+            cap -= 1
+        while self.worst_case(input_tokens, cap + 1) <= limit:
+            cap += 1
+        return cap
+
+
+_TARIFFS: dict[str, _Tariff] = {}  # memo by model id, checked against the price object
+
+
+def _tariff(model: ModelSpec) -> _Tariff:
+    tariff = _TARIFFS.get(model.id)
+    if tariff is None or tariff.price is not model.price or tariff.model is not model:
+        if len(_TARIFFS) > 4_096:
+            _TARIFFS.clear()
+        tariff = _TARIFFS[model.id] = _Tariff(model)
+    return tariff
+
+
+def _worst_case(
+    tariff: _Tariff, profile: RequestProfile, constraints: Constraints, limit: int | None
+) -> tuple[int, int, str | None]:
+    """(output cap, worst-case nanos, reason excluded)."""
+    cap = _natural_cap(tariff.model, profile, constraints)
+    worst = tariff.worst_case(profile.input_tokens, cap)
+    if limit is None or worst <= limit:
+        return cap, worst, None
+    fitted = min(cap, tariff.cap_that_fits(profile.input_tokens, limit))
+    if fitted >= profile.expected_output_tokens and fitted > 0:
+        return fitted, tariff.worst_case(profile.input_tokens, fitted), None
+    return cap, worst, f"worst case ${format_usd(worst)} exceeds the limit ${format_usd(limit)}"
+
+
+def _limit(constraints: Constraints, pressure: BudgetPressure) -> int | None:
+    limits = [x for x in (constraints.max_cost_nanos, pressure.remaining_nanos) if x is not None]
+    return min(limits) if limits else None
+
+
+def _score(
+    model: ModelSpec, profile: RequestProfile, quality: QualityProfiles, bucket: int, ctx: _Context
+) -> CandidateScore:
+    expected_q, source = quality.estimate(model.id, model.tier, profile.task_type, bucket, profile.features)
+    tariff = _tariff(model)
+    expected_cost = tariff.cost(profile.input_tokens, profile.expected_output_tokens)
+    reason = _fit_exclusion(model, profile, ctx.required) or _policy_exclusion(model, ctx.constraints)
+    cap, worst, budget_reason = _worst_case(tariff, profile, ctx.constraints, ctx.limit)
+    reason = reason or budget_reason
+    min_quality = ctx.constraints.min_quality
+    if reason is None and min_quality is not None and expected_q + _EPSILON < min_quality:
+        reason = f"expected quality {expected_q:.3f} < min_quality {min_quality:.3f}"
+    return CandidateScore(
+        model=model.id, provider=model.provider, tier=model.tier, expected_quality=expected_q,
+        quality_source=source, expected_cost_nanos=expected_cost, worst_case_nanos=worst,
+        output_cap=cap, eligible=reason is None, reason_excluded=reason,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    constraints: Constraints
+    required: frozenset[str]
+    limit: int | None
+
+
+# --- choice -------------------------------------------------------------------------------------
+
+
+def _reference(best: float, mode: str, scores: Sequence[CandidateScore], baseline: str | None,
+               config: SelectionConfig) -> tuple[float, str]:
+    """(reference quality, what it is) — see step 3 of the module docstring."""
+    if config.target_reference == "baseline" and mode != "quality" and baseline is not None:
+        score = next((s for s in scores if s.model == baseline), None)
+        if score is not None:
+            return score.expected_quality, f"baseline {baseline}"
+    return best, "best eligible"
+
+
+def _target(reference: float, best: float, mode: str, level: float, constraints: Constraints,
+            config: SelectionConfig) -> float:
+    gap = config.max_gap if constraints.downgrade else config.gap(mode) + level * config.pressure_gap
+    gap = min(gap, config.max_gap)
+    target = max(reference - gap, config.quality_floor, constraints.min_quality or 0.0)
+    return min(target, best)
+
+
+def _preference(quality_per_usd: float | None) -> Callable[[CandidateScore], tuple[float, int, float, str]]:
+    """Sort key of the sufficient models: cheapest first, or best quality-for-money first."""
+    rate = 0.0 if quality_per_usd is None else quality_per_usd / NANOS_PER_USD
+
+    def key(s: CandidateScore) -> tuple[float, int, float, str]:
+        value = -(s.expected_quality - rate * s.expected_cost_nanos) if quality_per_usd is not None else 0.0
+        return (value, s.expected_cost_nanos, -s.expected_quality, s.model)
+
+    return key
+
+
+def _fallbacks(chosen: CandidateScore, sufficient: list[CandidateScore], eligible: list[CandidateScore],
+               limit: int) -> tuple[str, ...]:
+    others = sorted((s for s in sufficient if s is not chosen),
+                    key=lambda s: (s.provider == chosen.provider, s.expected_cost_nanos, s.model))
+    seen = {chosen.model, *(s.model for s in others)}
+    rest = sorted((s for s in eligible if s.model not in seen),
+                  key=lambda s: (-s.expected_quality, s.expected_cost_nanos, s.model))
+    return tuple(s.model for s in [*others, *rest][:limit])
+
+
+def _no_model_message(scores: Sequence[CandidateScore], profile: RequestProfile) -> str:
+    shown = "; ".join(f"{s.model}: {s.reason_excluded}" for s in scores[:8])
+    more = f"; and {len(scores) - 8} more" if len(scores) > 8 else ""
+    needs = ", ".join(sorted(profile.required_capabilities)) or "no special capabilities"
+    return (f"No model can serve this request ({profile.input_tokens} input tokens, "
+            f"task {profile.task_type}, needs {needs}): {shown}{more}" if scores
+            else "No model can serve this request: the candidate list is empty")
+
+
+def select(
+    profile: RequestProfile,
+    candidates: Sequence[ModelSpec],
+    quality: QualityProfiles,
+    constraints: Constraints,
+    pressure: BudgetPressure,
+    config: SelectionConfig,
+    *,
+    decision_id: str | None = None,
+    baseline: str | None = None,
+) -> Decision:
+    """Choose the cheapest sufficient model; raise ``NoEligibleModel`` when none can serve.
+
+    ``baseline`` is the model the caller would otherwise have used (the registry's
+    ``baseline_model`` for ``auto``): the quality reference when ``config.target_reference`` is
+    ``baseline``."""
+    ctx = _Context(constraints, profile.required_capabilities | constraints.required_capabilities,
+                   _limit(constraints, pressure))
+    bucket = quality.bucket(profile.task_type, profile.difficulty)
+    scores = [_score(model, profile, quality, bucket, ctx) for model in candidates]
+    eligible = [s for s in scores if s.eligible]
+    if not eligible:
+        raise NoEligibleModel(_no_model_message(scores, profile),
+                              details={"excluded": {s.model: s.reason_excluded for s in scores}})
+    mode = constraints.quality_mode if constraints.quality_mode in QUALITY_MODES else config.default_mode
+    level = config.pressure(pressure)
+    best = max(s.expected_quality for s in eligible)
+    reference, reference_name = _reference(best, str(mode), scores, baseline, config)
+    target = _target(reference, best, str(mode), level, constraints, config)
+    sufficient = [s for s in eligible if s.expected_quality + _EPSILON >= target]
+    chosen = min(sufficient, key=_preference(config.quality_per_usd))
+    reasons = (
+        f"task {profile.task_type}, difficulty {profile.difficulty:.2f} (bucket {bucket})",
+        f"mode {mode}, pressure {level:.2f}: target {target:.3f} "
+        f"({reference_name} {reference:.3f}, best eligible {best:.3f})",
+        f"{len(eligible)} of {len(scores)} models eligible, {len(sufficient)} meet the target",
+        f"chose {chosen.model}: {'cheapest' if config.quality_per_usd is None else 'best value'} "
+        f"meeting the target, expected quality "
+        f"{chosen.expected_quality:.3f}, est. ${format_usd(chosen.expected_cost_nanos)}",
+        *constraints.reasons,
+    )
+    return Decision(
+        id=decision_id or uuid.uuid4().hex, model=chosen.model, scores=tuple(scores), reasons=reasons,
+        fallback_chain=_fallbacks(chosen, sufficient, eligible, config.max_fallbacks),
+        quality_target=target, expected_quality=chosen.expected_quality,
+        estimated_cost_nanos=chosen.expected_cost_nanos, worst_case_nanos=chosen.worst_case_nanos,
+        output_cap=chosen.output_cap, task_type=profile.task_type, difficulty=profile.difficulty,
+        mode=str(mode), pressure=level,
+    )
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+
+def parse_selection_config(value: Any, file: str, path: str = "selection") -> SelectionConfig:
+    """Read the ``selection:`` section of costproxy.yaml (every key optional)."""
+    node = Node(value, file, path)
+    d = SelectionConfig()
+
+    def share(key: str, default: float) -> float:
+        return node.child(key, default).number(minimum=0.0, maximum=1.0)
+
+    config = SelectionConfig(
+        default_mode=node.child("default_mode", d.default_mode).str(choices=QUALITY_MODES),
+        economy_gap=share("economy_gap", d.economy_gap),
+        balanced_gap=share("balanced_gap", d.balanced_gap),
+        quality_gap=share("quality_gap", d.quality_gap),
+        pressure_start=share("pressure_start", d.pressure_start),
+        burn_start=node.child("burn_start", d.burn_start).number(minimum=0.0),
+        burn_full=node.child("burn_full", d.burn_full).number(minimum=0.0),
+        pressure_gap=share("pressure_gap", d.pressure_gap),
+        max_gap=share("max_gap", d.max_gap),
+        quality_floor=share("quality_floor", d.quality_floor),
+        max_fallbacks=node.child("max_fallbacks", d.max_fallbacks).int(minimum=0, maximum=20),
+        quality_per_usd=_opt_rate(node.child("quality_per_usd", None)),
+        target_reference=node.child("target_reference", d.target_reference).str(choices=TARGET_REFERENCES),
+    )
+    node.done()
+    if config.burn_full < config.burn_start:
+        raise node.child("burn_full").error("must be >= burn_start", config.burn_full)
+    return config
+
+
+def _opt_rate(node: Node) -> float | None:
+    return None if node.value is None else node.number(minimum=0.0)

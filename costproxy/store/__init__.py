@@ -1,0 +1,1 @@
+"""The storage backend: one SQLite file or one Redis, chosen once."""

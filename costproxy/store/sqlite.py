@@ -1,0 +1,263 @@
+"""The embedded store: one SQLite file, written by one dedicated thread.
+
+Why one thread: SQLite serialises writers anyway, and keeping every statement on one thread
+means no connection is shared across threads and the event loop never blocks on disk.  Ledger
+entries are appended in batches (one transaction per batch, flushed every ``flush_interval``
+seconds or when ``batch_size`` entries wait): that keeps the per-request cost of a durable
+ledger write to a few microseconds of CPU.  ``close()`` flushes what is pending, so a clean
+shutdown loses nothing; a hard crash can lose at most the last ``flush_interval`` of entries.
+
+One serving process owns a SQLite file (the CLI may write keys into it concurrently: the server
+notices through ``PRAGMA data_version``); several replicas share state through Redis instead.
+The schema is versioned: ``MIGRATIONS`` run in order, once each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import operator
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from costproxy.errors import StoreUnavailable
+from costproxy.identity.principal import KeyRecord
+from costproxy.ledger.entry import COLUMNS, LedgerEntry
+
+T = TypeVar("T")
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (1, """
+        CREATE TABLE ledger (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            request_id TEXT NOT NULL, ts_ms INTEGER NOT NULL, endpoint TEXT NOT NULL,
+            status TEXT NOT NULL, http_status INTEGER NOT NULL,
+            key_id TEXT, user TEXT, team TEXT, org TEXT, project TEXT,
+            requested_model TEXT, served_model TEXT, provider TEXT, decision_id TEXT,
+            prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+            cached_tokens INTEGER NOT NULL, cost_nanos INTEGER NOT NULL,
+            baseline_nanos INTEGER NOT NULL, usage_reported INTEGER NOT NULL,
+            stream INTEGER NOT NULL, latency_ms INTEGER NOT NULL, error_code TEXT,
+            task_type TEXT, correlation_id TEXT, tenant TEXT, source TEXT NOT NULL,
+            metadata TEXT NOT NULL
+        );
+        CREATE INDEX ledger_ts ON ledger (ts_ms);
+        CREATE INDEX ledger_request ON ledger (request_id);
+        CREATE TABLE api_keys (
+            id TEXT PRIMARY KEY, key_hash TEXT NOT NULL UNIQUE, prefix TEXT NOT NULL,
+            name TEXT NOT NULL, user TEXT, team TEXT, org TEXT, project TEXT,
+            created_at REAL NOT NULL, revoked_at REAL, expires_at REAL
+        );
+    """),
+]
+
+INSERT_LEDGER = f"INSERT INTO ledger ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
+
+
+_VALUES = operator.attrgetter(*COLUMNS)
+_METADATA = COLUMNS.index("metadata")
+
+
+def ledger_row(entry: LedgerEntry) -> tuple[Any, ...]:
+    """Column values in ``COLUMNS`` order (sqlite3 stores bools as 0/1 by itself)."""
+    values = list(_VALUES(entry))
+    metadata = values[_METADATA]
+    values[_METADATA] = json.dumps(metadata, separators=(",", ":"), sort_keys=True) if metadata else "{}"
+    return tuple(values)
+
+
+def entry_from_row(row: sqlite3.Row) -> LedgerEntry:
+    data = {name: row[name] for name in COLUMNS}
+    data["metadata"] = json.loads(data["metadata"] or "{}")
+    data["usage_reported"] = bool(data["usage_reported"])
+    data["stream"] = bool(data["stream"])
+    return LedgerEntry(**data)
+
+
+class SqliteStore:
+    def __init__(self, path: str, *, flush_interval: float = 0.05, batch_size: int = 256) -> None:
+        self.path = path
+        self.flush_interval = flush_interval
+        self.batch_size = batch_size
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="costproxy-sqlite")
+        self._conn: sqlite3.Connection | None = None
+        self._pending: list[LedgerEntry] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._thread_lock = threading.Lock()
+        self.on_flushed: list[Callable[[Sequence[LedgerEntry]], None]] = []
+
+    # --- life cycle ----------------------------------------------------------------------
+    async def open(self) -> None:
+        await self.run(self._open_sync)
+        self._flusher = asyncio.create_task(self._flush_loop(), name="costproxy-ledger-flush")
+
+    def _open_sync(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        migrate(conn)
+        self._conn = conn
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            try:
+                await self._flusher
+            except asyncio.CancelledError:
+                pass
+            self._flusher = None
+        await self.flush()
+        await self.run(self._close_sync)
+        self._executor.shutdown(wait=True)
+
+    def _close_sync(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the store's thread (use ``conn()`` there); SQLite errors become
+        ``StoreUnavailable``."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"ledger database error: {exc}") from exc
+
+
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreUnavailable("ledger database is not open")
+        return self._conn
+
+    # --- ledger --------------------------------------------------------------------------
+    def append(self, entry: LedgerEntry) -> None:
+        """Queue an entry; it is committed within ``flush_interval`` (or at close)."""
+        self._pending.append(entry)
+        if len(self._pending) >= self.batch_size:
+            self._wake.set()
+
+    async def flush(self) -> None:
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        try:
+            await self.run(self._insert_sync, batch)
+        except StoreUnavailable:
+            self._pending[:0] = batch  # keep them; the next flush retries
+            raise
+        for callback in self.on_flushed:
+            callback(batch)
+
+    def _insert_sync(self, batch: list[LedgerEntry]) -> None:
+        conn = self.conn()
+        with self._thread_lock:
+            conn.execute("BEGIN")
+            try:
+                conn.executemany(INSERT_LEDGER, [ledger_row(e) for e in batch])
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    async def _flush_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.flush_interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.flush()
+            except StoreUnavailable:
+                await asyncio.sleep(min(1.0, self.flush_interval * 10))
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        await self.flush()
+        return await self.run(lambda: self.conn().execute(sql, tuple(params)).fetchall())
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        def run() -> int:
+            return self.conn().execute(sql, tuple(params)).rowcount
+
+        return await self.run(run)
+
+    async def recent_entries(self, limit: int = 50) -> list[LedgerEntry]:
+        rows = await self.query("SELECT * FROM ledger ORDER BY seq DESC LIMIT ?", (limit,))
+        return [entry_from_row(r) for r in rows]
+
+    async def entries_for(self, request_id: str) -> list[LedgerEntry]:
+        rows = await self.query("SELECT * FROM ledger WHERE request_id = ? ORDER BY seq", (request_id,))
+        return [entry_from_row(r) for r in rows]
+
+    # --- client keys ---------------------------------------------------------------------
+    async def insert_key(self, record: KeyRecord) -> None:
+        await self.execute(
+            "INSERT INTO api_keys (id, key_hash, prefix, name, user, team, org, project, created_at,"
+            " revoked_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (record.id, record.key_hash, record.prefix, record.name, record.user, record.team,
+             record.org, record.project, record.created_at, record.revoked_at, record.expires_at),
+        )
+
+    async def load_keys(self) -> list[KeyRecord]:
+        rows = await self.run(lambda: self.conn().execute("SELECT * FROM api_keys").fetchall())
+        return [KeyRecord(**{k: row[k] for k in row.keys()}) for row in rows]
+
+    async def data_version(self) -> int:
+        """Changes whenever another connection (e.g. ``costproxy keys create``) commits."""
+        return int(await self.run(lambda: self.conn().execute("PRAGMA data_version").fetchone()[0]))
+
+    async def revoke_key(self, key_id: str, now: float | None = None) -> bool:
+        changed = await self.execute(
+            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+            (time.time() if now is None else now, key_id),
+        )
+        return changed > 0
+
+
+def apply_migrations(conn: sqlite3.Connection, version_table: str,
+                     migrations: Sequence[tuple[int, str]]) -> int:
+    """Apply pending ``(version, script)`` migrations in order, each in its own transaction.
+
+    ``version_table`` records what ran; each subsystem (ledger, budgets, alerts) keeps its own, so
+    their migrations are versioned independently.  Returns the resulting version.
+    """
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {version_table} (version INTEGER NOT NULL)")
+    current = conn.execute(f"SELECT MAX(version) FROM {version_table}").fetchone()[0] or 0
+    for version, script in migrations:
+        if version <= current:
+            continue
+        conn.execute("BEGIN")
+        try:
+            for statement in filter(str.strip, script.split(";")):
+                conn.execute(statement)
+            conn.execute(f"INSERT INTO {version_table} (version) VALUES (?)", (version,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        current = version
+    return int(current)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply pending ledger/keys migrations; returns the resulting schema version."""
+    return apply_migrations(conn, "schema_version", MIGRATIONS)
+
+
+def sqlite_path(store_url: str) -> str:
+    if store_url == "memory://":
+        return ":memory:"
+    if not store_url.startswith("sqlite:///"):
+        raise ValueError(f"not a sqlite URL: {store_url}")
+    return store_url[len("sqlite:///"):] or ":memory:"

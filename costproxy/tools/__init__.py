@@ -1,0 +1,1 @@
+"""Command-line tools: the simulator and demo, explain, usage reports, calibration and evaluation."""
