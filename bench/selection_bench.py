@@ -113,7 +113,8 @@ def measure_router(body: dict[str, Any], tokens: int, iterations: int) -> tuple[
     """The proxy's real path: ``SelectionRouter.explain`` = analyze + steering rules (rules/) + select."""
     from costproxy.budgets.accounts import BudgetView
     from costproxy.identity.principal import Principal
-    from costproxy.pipeline import RequestContext, RouteInput
+    from costproxy.request import RequestContext
+    from costproxy.routing.route import RouteInput
     from costproxy.routing.router import build_router
     from costproxy.settings import load_settings
 

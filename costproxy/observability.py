@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,8 @@ from opentelemetry.sdk.trace.export import (
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from costproxy.errors import ConfigError
+from costproxy.money import format_usd
+from costproxy.pipeline.events import Event, Listener, RequestCompleted, UpstreamFailed
 from costproxy.settings import LoggingSettings, TracingSettings
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -55,8 +58,15 @@ def configure_logging(settings: LoggingSettings, stream: Any = None) -> None:
     )
 
 
-def make_tracer(settings: TracingSettings, exporter: SpanExporter | None = None) -> trace.Tracer:
-    """A tracer for the app: SDK-backed when an exporter is configured (or given), else no-op.
+@dataclass(frozen=True)
+class Tracing:
+    tracer: trace.Tracer
+    enabled: bool
+    shutdown: Callable[[], None]  # flush and stop the exporter (blocking: call it off the loop)
+
+
+def make_tracing(settings: TracingSettings, exporter: SpanExporter | None = None) -> Tracing:
+    """The app's tracer: SDK-backed when an exporter is configured (or given), else no-op.
 
     Spans are exported in batches off the request path; a test may pass an in-memory exporter,
     which is then flushed synchronously so assertions see every span.
@@ -68,10 +78,10 @@ def make_tracer(settings: TracingSettings, exporter: SpanExporter | None = None)
     elif settings.exporter == "otlp":
         processor = BatchSpanProcessor(_otlp_exporter(settings))
     else:
-        return trace.NoOpTracer()
+        return Tracing(trace.NoOpTracer(), False, lambda: None)
     provider = TracerProvider(resource=Resource.create({"service.name": "costproxy"}))
     provider.add_span_processor(processor)
-    return provider.get_tracer("costproxy")
+    return Tracing(provider.get_tracer("costproxy"), True, provider.shutdown)
 
 
 def _otlp_exporter(settings: TracingSettings) -> SpanExporter:
@@ -138,3 +148,33 @@ def make_metrics() -> Metrics:
         fallbacks=Counter("costproxy_fallbacks", "Calls served by a fallback model", ["model"],
                           registry=registry),
     )
+
+
+def request_observer(metrics: Metrics) -> Listener:
+    """The pipeline-event subscriber that writes the ``request_completed`` log line and counts."""
+    log = structlog.get_logger("costproxy")
+
+    def observe(event: Event) -> None:
+        if isinstance(event, UpstreamFailed):
+            metrics.upstream_errors.labels(event.provider, event.error.code).inc()
+            return
+        if not isinstance(event, RequestCompleted):
+            return
+        entry = event.entry
+        if event.fallback and entry.served_model:
+            metrics.fallbacks.labels(entry.served_model).inc()
+        children = metrics.for_request(entry.endpoint, entry.served_model or "-", entry.status)
+        children.requests.inc()
+        children.cost.inc(entry.cost_nanos)
+        children.baseline.inc(entry.baseline_nanos)
+        children.tokens_in.inc(entry.prompt_tokens)
+        children.tokens_out.inc(entry.completion_tokens)
+        children.latency.observe(entry.latency_ms / 1000)
+        log.info("request_completed", request_id=entry.request_id, endpoint=entry.endpoint, model=entry.served_model,
+                 requested=entry.requested_model, decision_id=entry.decision_id, status=entry.status,
+                 http_status=entry.http_status, error_code=entry.error_code, tokens_in=entry.prompt_tokens,
+                 tokens_out=entry.completion_tokens, cost_usd=format_usd(entry.cost_nanos),
+                 usage="reported" if entry.usage_reported else "estimated", key_id=entry.key_id,
+                 team=entry.team, user=entry.user, duration_ms=entry.latency_ms)
+
+    return observe

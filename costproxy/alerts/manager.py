@@ -60,6 +60,7 @@ from costproxy.budgets.definitions import BudgetStore
 from costproxy.config_schema import Node
 from costproxy.errors import StoreUnavailable
 from costproxy.identity.principal import Principal
+from costproxy.pipeline.events import Event, ModelSwitched, RequestBlocked
 
 log = structlog.get_logger("costproxy.alerts.manager")
 
@@ -176,8 +177,9 @@ class AlertManager:
 
     # --- intake: synchronous, O(1), never raises into the caller -------------------------------
     def observe(self, event: BudgetEvent) -> None:
-        """``BudgetAccounts.subscribe`` listener.  ``request_blocked`` comes from the middleware
-        instead: the accounts also see refusals the pipeline retries with a cheaper chain."""
+        """``BudgetAccounts.subscribe`` listener.  ``request_blocked`` comes from the pipeline's
+        events instead (``observe_request``): the accounts also see refusals the pipeline then
+        retries with a cheaper chain."""
         name = EVENT_NAMES.get(event.kind)
         if name is None or event.kind == "request_blocked" or self.budgets is None:
             return
@@ -200,10 +202,21 @@ class AlertManager:
         self._per_request("request.blocked", (budget_id,), payload, correlation_id or request_id)
 
     def model_switched(self, request_id: str, principal: Principal | None, requested: str, served: str,
-                       correlation_id: str | None = None) -> None:
+                       correlation_id: str | None = None, reasons: tuple[str, ...] = ()) -> None:
         payload = {"requestId": request_id, "requestedModel": requested, "servedModel": served,
-                   "principal": _principal_json(principal)}
+                   "reasons": list(reasons), "principal": _principal_json(principal)}
         self._per_request("model.switched", (requested, served), payload, correlation_id or request_id)
+
+    def observe_request(self, event: Event) -> None:
+        """The pipeline's event subscriber: blocked requests and switched models become webhooks."""
+        if isinstance(event, RequestBlocked):
+            ctx = event.ctx
+            self.request_blocked(ctx.request_id, ctx.principal, event.error.details, event.error.message,
+                                 ctx.correlation_id)
+        elif isinstance(event, ModelSwitched) and self.wants("model.switched"):
+            ctx = event.ctx
+            self.model_switched(ctx.request_id, ctx.principal, event.requested, event.served, ctx.correlation_id,
+                                event.reasons)
 
     def wants(self, event_type: str) -> bool:
         return self.catalog.wants(event_type)

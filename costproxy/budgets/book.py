@@ -94,6 +94,7 @@ class Check:
 
 class BudgetAccounts(Accounts, Protocol):
     budgets: BudgetStore
+    clock: Callable[[], float]
 
     async def status(self, budget_id: str) -> BudgetStatus: ...
 

@@ -1,7 +1,17 @@
-"""The composition root: builds the aiohttp application from ``Settings``.
+"""The composition root: ``create_app`` builds the whole application from ``Settings``.
 
-Start-up order (``cleanup_ctx`` tears down in reverse): ledger store → tokenizer encodings (loaded
-off the event loop) → upstream HTTP session → client keys → budget accounts → router → services.
+Start-up order (``cleanup_ctx`` tears down in reverse):
+
+1. tracing: the tracer, shut down (flushed) last;
+2. store: the SQLite file (ledger, keys), the client key store and its refresher;
+3. upstream HTTP session;
+4. services: tokenizer encodings (off the loop), budget accounts, the router and its rules
+   reloader, the pipeline's ``Services``; request logs and metrics subscribe to its events;
+5. alerts: the catalog (webhooks, read-only tokens, acks) and the alert manager, subscribed to
+   budget events and to the pipeline's ``RequestBlocked`` / ``ModelSwitched``.
+
+The middleware order is the one list ``MIDDLEWARES``; every piece of state is a typed key of
+``http.state``.
 """
 
 from __future__ import annotations
@@ -10,38 +20,69 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, cast
 
 import aiohttp
 import structlog
 from aiohttp import web
 from opentelemetry.sdk.trace.export import SpanExporter
-from opentelemetry.trace import NoOpTracer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from costproxy.alerts.catalog import AlertCatalog
+from costproxy.alerts.manager import AlertManager, parse_alert_settings
+from costproxy.alerts.sender import SenderSettings, WebhookSender
+from costproxy.alerts.store import AlertStore, SqliteAlertStore
 from costproxy.analyzer.encodings import load_encodings
 from costproxy.analyzer.tokens import TokenCounter
 from costproxy.budgets.accounts import Accounts
+from costproxy.budgets.book import BudgetAccounts, BudgetBook
+from costproxy.budgets.codec import parse_budget_config
 from costproxy.budgets.factory import open_accounts
-from costproxy.errors import StoreUnavailable
-from costproxy.http import keys_api as admin_routes
-from costproxy.http import middlewares, proxy, selection_api
-from costproxy.http.alerts_http import install as install_budget_http
-from costproxy.http.state import EXTRAS, HTTP_SESSION, KEY_STORE, KEYRING, METRICS, SERVICES, SETTINGS, STORE, TRACER
+from costproxy.budgets.model import window_at
+from costproxy.errors import ConfigError, StoreUnavailable
+from costproxy.http import (
+    budgets_api,
+    keys_api,
+    middlewares,
+    openapi,
+    proxy,
+    selection_api,
+    tokens_api,
+    usage_api,
+    webhooks_api,
+)
+from costproxy.http.state import (
+    ALERT_CATALOG,
+    ALERTS,
+    BUDGETS,
+    HTTP_SESSION,
+    KEY_STORE,
+    KEYRING,
+    METRICS,
+    ROUTER,
+    SERVICES,
+    SETTINGS,
+    STORE,
+    TRACER,
+)
 from costproxy.identity.key_store import KeyStore, open_key_store
 from costproxy.identity.principal import KeyRecord, KeyRing
 from costproxy.ledger.mirror import stop_if_cancelled
-from costproxy.observability import make_metrics, make_tracer
-from costproxy.pipeline import Router, Services
-from costproxy.routing.router import SelectionRouter, build_router
+from costproxy.observability import make_metrics, make_tracing, request_observer
+from costproxy.pipeline.services import Services
+from costproxy.providers.client import UpstreamClient
+from costproxy.routing.router import build_router
 from costproxy.settings import Settings
 from costproxy.store.sqlite import SqliteStore, sqlite_path
 
 log = structlog.get_logger("costproxy")
 
 AccountsFactory = Callable[[Settings, SqliteStore], Awaitable[Accounts]]
-RouterFactory = Callable[[Settings], Awaitable[Router]]
+MIDDLEWARES = (middlewares.errors_middleware, middlewares.tracing_middleware, middlewares.auth_middleware)
+ROUTES = (proxy, keys_api, selection_api, budgets_api, usage_api, webhooks_api, tokens_api, openapi)
+KEY_REFRESH_SECONDS = 2.0
+RULES_POLL_SECONDS = 2.0
 
 
 def ledger_path(settings: Settings) -> str:
@@ -53,37 +94,42 @@ def ledger_path(settings: Settings) -> str:
     return os.path.normpath(settings.config_path.parent / local)
 
 
-async def default_router(settings: Settings) -> Router:
-    return await asyncio.to_thread(build_router, settings)
-
-
-def create_app(
-    settings: Settings,
-    *,
-    span_exporter: SpanExporter | None = None,
-    accounts_factory: AccountsFactory | None = None,
-    router_factory: RouterFactory | None = None,
-) -> web.Application:
-    tracer = make_tracer(settings.tracing, span_exporter)
-    chain = [middlewares.errors_middleware, middlewares.auth_middleware]
-    if not isinstance(tracer, NoOpTracer):  # no tracing: no middleware layer to pay for
-        chain.insert(1, middlewares.tracing_middleware)
+def create_app(settings: Settings, *, span_exporter: SpanExporter | None = None,
+               accounts_factory: AccountsFactory | None = None) -> web.Application:
+    tracing = make_tracing(settings.tracing, span_exporter)
+    chain = [m for m in MIDDLEWARES if tracing.enabled or m is not middlewares.tracing_middleware]
     app = web.Application(middlewares=chain, client_max_size=settings.server.max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = make_metrics()
-    app[TRACER] = tracer
-    app[EXTRAS] = {}
-    app.cleanup_ctx.append(_store_ctx)
-    app.cleanup_ctx.append(_session_ctx)
-    app.cleanup_ctx.append(_services_ctx(accounts_factory or open_accounts, router_factory or default_router))
-    proxy.add_routes(app)
-    admin_routes.add_routes(app)
-    selection_api.add_routes(app)
-    install_budget_http(app)
+    app[TRACER] = tracing.tracer
+
+    async def tracing_ctx(app: web.Application) -> AsyncIterator[None]:
+        yield
+        await asyncio.to_thread(tracing.shutdown)
+
+    app.cleanup_ctx.extend([tracing_ctx, _store_ctx, _session_ctx, _services_ctx(accounts_factory or open_accounts),
+                            _alerts_ctx])
+    for module in ROUTES:
+        module.add_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     return app
+
+
+def _background(coroutine: Coroutine[Any, Any, None], name: str) -> Callable[[], Awaitable[None]]:
+    """Start a background task; the returned function cancels it and waits for it to end."""
+    task = asyncio.create_task(coroutine, name=name)
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return stop
+
+
+# --- store and client keys -----------------------------------------------------------------------
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -93,16 +139,11 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     keys = app[KEY_STORE] = open_key_store(app[SETTINGS], store)
     seen, records = await _load_keys(keys)
     app[KEYRING] = KeyRing(records)
-    refresher = asyncio.create_task(_refresh_keys(app, seen), name="costproxy-key-refresh")
+    stop = _background(_refresh_keys(app, seen), "costproxy-key-refresh")
     yield
-    refresher.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await refresher
+    await stop()
     await keys.close()
     await store.close()
-
-
-KEY_REFRESH_SECONDS = 2.0
 
 
 async def _load_keys(keys: KeyStore) -> tuple[int | None, list[KeyRecord]]:
@@ -138,28 +179,23 @@ async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
     await session.close()
 
 
-def _services_ctx(accounts_factory: AccountsFactory,
-                  router_factory: RouterFactory) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def services_ctx(app: web.Application) -> AsyncIterator[None]:
-        from costproxy.providers.client import UpstreamClient
+# --- services: accounts, router, pipeline --------------------------------------------------------
 
+
+def _services_ctx(accounts_factory: AccountsFactory) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
         encodings = await asyncio.to_thread(load_encodings, directory=settings.encodings_dir)
         accounts = await accounts_factory(settings, app[STORE])
-        app[SERVICES] = Services(
-            settings=settings,
-            registry=settings.registry,
-            counter=TokenCounter(encodings),
-            upstream=UpstreamClient(app[HTTP_SESSION]),
-            accounts=accounts,
-            router=await router_factory(settings),
-            tracer=app[TRACER],
-        )
-        reloader = asyncio.create_task(_reload_rules(app), name="costproxy-rules-reload")
+        router = app[ROUTER] = await asyncio.to_thread(build_router, settings)
+        app[BUDGETS] = cast(BudgetAccounts, accounts) if isinstance(accounts, BudgetBook) else None
+        services = app[SERVICES] = Services(
+            settings=settings, registry=settings.registry, counter=TokenCounter(encodings),
+            upstream=UpstreamClient(app[HTTP_SESSION]), accounts=accounts, router=router, tracer=app[TRACER])
+        services.events.subscribe(request_observer(app[METRICS]))
+        stop = _background(_reload_rules(app), "costproxy-rules-reload")
         yield
-        reloader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reloader
+        await stop()
         close = getattr(accounts, "close", None)
         if close is not None:
             await close()
@@ -167,15 +203,11 @@ def _services_ctx(accounts_factory: AccountsFactory,
     return services_ctx
 
 
-RULES_POLL_SECONDS = 2.0
-
-
 async def _reload_rules(app: web.Application) -> None:
     """Hot reload of ``rules/``: poll for changes off the loop; a bad file keeps the last good set."""
-    router = app[SERVICES].router
-    if not isinstance(router, SelectionRouter) or router.rules is None:
+    holder = app[ROUTER].rules
+    if holder is None:
         return
-    holder = router.rules
     while True:
         await asyncio.sleep(RULES_POLL_SECONDS)
         result = await asyncio.to_thread(holder.reload_if_changed)
@@ -184,8 +216,85 @@ async def _reload_rules(app: web.Application) -> None:
         if result.ok:
             log.info("rules_reloaded", summary=result.summary())
         else:
-            log.error("rules_reload_failed", errors=[str(e) for e in result.errors],
-                      kept=holder.current.digest)
+            log.error("rules_reload_failed", errors=[str(e) for e in result.errors], kept=holder.current.digest)
+
+
+# --- alerts --------------------------------------------------------------------------------------
+
+
+async def _open_alert_store(app: web.Application) -> AlertStore:
+    settings = app[SETTINGS]
+    if settings.store_url.startswith(("redis://", "rediss://")):
+        from costproxy.alerts.store_redis import RedisAlertStore
+        from costproxy.budgets.redis import redis_client
+
+        prefix = parse_budget_config(settings.raw.get("budgets"), str(settings.config_path)).settings.key_prefix
+        return RedisAlertStore(redis_client(settings.store_url), prefix, settings.store_url.split("@")[-1])
+    store = SqliteAlertStore(app[STORE])
+    await store.open()
+    return store
+
+
+def _alert_manager(app: web.Application, catalog: AlertCatalog, store: AlertStore,
+                   session: aiohttp.ClientSession) -> AlertManager:
+    config = parse_alert_settings(app[SETTINGS].raw.get("alerts"), str(app[SETTINGS].config_path))
+    sender = WebhookSender(catalog, store, session, SenderSettings(
+        max_attempts=config.max_attempts, backoff_base_s=config.backoff_base_s, backoff_max_s=config.backoff_max_s,
+        timeout_s=config.timeout_s, concurrency=config.concurrency))
+    book = app[BUDGETS]
+    if book is None:
+        manager = AlertManager(catalog, store, sender, config)
+    else:
+        budgets = book.budgets
+
+        def period_end(budget_id: str, at_ms: int) -> int | None:
+            spec = budgets.get(budget_id)
+            return None if spec is None else window_at(spec, at_ms).end_ms
+
+        manager = AlertManager(catalog, store, sender, config, budgets=budgets, clock=book.clock,
+                               period_end=period_end)
+        book.subscribe(manager.observe)
+    app[SERVICES].events.subscribe(manager.observe_request)
+    return manager
+
+
+async def _alerts_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    config = parse_alert_settings(settings.raw.get("alerts"), str(settings.config_path))
+    if settings.raw.get("webhooks") is not None:  # reserved by settings.py; never silently ignored
+        raise ConfigError(str(settings.config_path), "webhooks", "webhook subscriptions are managed through "
+                          "/api/v1/webhooks; delivery settings live under alerts:")
+    store = await _open_alert_store(app)
+    catalog = app[ALERT_CATALOG] = AlertCatalog(store)
+    try:
+        await catalog.load()
+    except StoreUnavailable as exc:
+        log.error("alert_catalog_unavailable", error=str(exc))  # retried by the refresh loop
+    session, manager = None, None
+    if config.enabled:  # its own session: a slow receiver never holds an upstream connection
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=config.concurrency * 2))
+        manager = _alert_manager(app, catalog, store, session)
+        await manager.start()
+    app[ALERTS] = manager
+    stop = _background(_refresh_catalog(catalog, config.refresh_interval_s), "costproxy-alert-catalog")
+    yield
+    await stop()
+    if manager is not None and session is not None:
+        await manager.stop()
+        await session.close()
+    await store.close()
+
+
+async def _refresh_catalog(catalog: AlertCatalog, interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await catalog.refresh()
+        except StoreUnavailable as exc:
+            log.warning("alert_catalog_refresh_failed", error=str(exc))
+
+
+# --- probes --------------------------------------------------------------------------------------
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -193,7 +302,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    ready = SERVICES in request.app
+    ready = ALERTS in request.app  # set by the last start-up step
     return web.json_response({"status": "ready" if ready else "starting"}, status=200 if ready else 503)
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any
 
 from aiohttp import web
 from redis.exceptions import RedisError
@@ -30,7 +30,7 @@ from redis.exceptions import RedisError
 from costproxy.alerts.catalog import Ack, AlertCatalog
 from costproxy.alerts.manager import AlertManager
 from costproxy.alerts.store import SqliteAlertStore
-from costproxy.budgets.book import BudgetAccounts, BudgetBook
+from costproxy.budgets.book import BudgetAccounts
 from costproxy.budgets.codec import (
     SCOPE_FROM_JSON,
     iso,
@@ -46,32 +46,26 @@ from costproxy.budgets.model import STATUSES, BudgetSpec
 from costproxy.budgets.status import BudgetStatus
 from costproxy.errors import InvalidRequest, NotFound, StoreUnavailable
 from costproxy.http.keys_api import json_body, require_admin
-from costproxy.http.state import ADMIN_ROLE, EXTRAS, SERVICES
+from costproxy.http.state import ADMIN_ROLE, ALERT_CATALOG, ALERTS, BUDGETS
 from costproxy.identity.access_tokens import ScopedToken
 from costproxy.money import MoneyError, usd_to_nanos
-
-CATALOG = "alert_catalog"  # EXTRAS entries installed by costproxy.http.alerts_http
-MANAGER = "alerts"
-
 
 # --- access ------------------------------------------------------------------------------------
 
 
 def accounts_of(request: web.Request) -> BudgetAccounts:
-    accounts = request.app[SERVICES].accounts
-    if not isinstance(accounts, BudgetBook):
+    accounts = request.app[BUDGETS]
+    if accounts is None:
         raise NotFound("budgets are disabled in this deployment (budgets.enabled: false)")
-    return cast(BudgetAccounts, accounts)
+    return accounts
 
 
 def catalog_of(app: web.Application) -> AlertCatalog | None:
-    catalog = app[EXTRAS].get(CATALOG)
-    return catalog if isinstance(catalog, AlertCatalog) else None
+    return app.get(ALERT_CATALOG)
 
 
 def manager_of(app: web.Application) -> AlertManager | None:
-    manager = app[EXTRAS].get(MANAGER)
-    return manager if isinstance(manager, AlertManager) else None
+    return app.get(ALERTS)
 
 
 def viewer(request: web.Request) -> ScopedToken | None:

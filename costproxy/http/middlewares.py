@@ -21,9 +21,18 @@ from costproxy.errors import (
     ProxyError,
     Unauthenticated,
 )
-from costproxy.http.state import ADMIN_ROLE, EXTRAS, KEYRING, PRINCIPAL, REQUEST_ID, SETTINGS, TRACER, TRUSTED_HEADERS
+from costproxy.http.state import (
+    ADMIN_ROLE,
+    ALERT_CATALOG,
+    KEYRING,
+    PRINCIPAL,
+    REQUEST_ID,
+    SETTINGS,
+    TRACER,
+    TRUSTED_HEADERS,
+)
 from costproxy.identity.principal import Principal
-from costproxy.pipeline import new_request_id
+from costproxy.pipeline.services import new_request_id
 from costproxy.settings import Settings, TrustedProxySettings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -125,14 +134,15 @@ def authenticate_admin(request: web.Request, settings: Settings) -> str:
     token = bearer_token(request)
     if token is None:
         raise Unauthenticated("missing admin token: send 'Authorization: Bearer <admin token>'")
-    if not hmac.compare_digest(token.encode(), settings.admin_token.encode()):
-        scoped = request.app[EXTRAS].get("scoped_tokens")
-        if callable(scoped):
-            role = scoped(token)
-            if role is not None:
-                return str(role)
+    if hmac.compare_digest(token.encode(), settings.admin_token.encode()):
+        return "admin"
+    catalog = request.app.get(ALERT_CATALOG)
+    scoped = catalog.tokens.lookup(token, int(time.time() * 1000)) if catalog is not None else None
+    if scoped is None:
         raise Unauthenticated("invalid admin token")
-    return "admin"
+    if not scoped.may_call(request.method, request.path):
+        raise Forbidden(f"this read-only token may not call {request.method} {request.path}")
+    return scoped.role
 
 
 def _trusted_proxy(request: web.Request, settings: Settings) -> TrustedProxySettings | None:

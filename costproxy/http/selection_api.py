@@ -16,22 +16,19 @@ from aiohttp import web
 
 from costproxy.errors import InvalidRequest, NotFound
 from costproxy.http.keys_api import json_body
-from costproxy.http.state import SERVICES
+from costproxy.http.state import ROUTER, SERVICES
 from costproxy.identity.principal import Principal
 from costproxy.money import MoneyError, format_usd, usd_to_nanos
-from costproxy.pipeline import RequestContext, RouteInput, Services, count_input
+from costproxy.pipeline.plan import count_input
 from costproxy.registry import CAPABILITIES, Usage
+from costproxy.request import Endpoint, RequestContext, parse_request
 from costproxy.routing.policy import QUALITY_MODES, Constraints
-from costproxy.routing.router import Explanation, SelectionRouter
+from costproxy.routing.route import RouteInput
+from costproxy.routing.router import Explanation
 
 PRIORITY_MODES = {"low": "quality", "medium": "balanced", "high": "economy", "critical": "economy"}
 
 
-def _router(services: Services) -> SelectionRouter:
-    router = services.router
-    if not isinstance(router, SelectionRouter):
-        raise NotFound("model selection is not enabled in this deployment")
-    return router
 
 
 def _principal(metadata: dict[str, Any]) -> Principal:
@@ -86,9 +83,9 @@ async def _explain(request: web.Request) -> tuple[Explanation, dict[str, Any], i
     headers = {"x-costproxy-task-type": task} if isinstance(task, str) else {}
     ctx = RequestContext(request_id=request_id, principal=_principal(metadata), endpoint="chat/completions",
                          headers=headers)
-    tokens = await count_input(services, "chat/completions", chat, "o200k_base")
+    tokens = await count_input(services, parse_request(Endpoint.CHAT, chat), "o200k_base")
     view = await services.accounts.view(ctx.principal)
-    explanation = _router(services).explain(
+    explanation = request.app[ROUTER].explain(
         RouteInput(ctx=ctx, body=chat, requested=preferred, input_tokens=tokens, budget=view), extra=extra)
     remaining = view.remaining_nanos
     return explanation, {"requestId": request_id}, -1 if remaining is None else remaining
@@ -142,6 +139,7 @@ async def estimate(request: web.Request) -> web.Response:
     if not isinstance(models, list):
         raise InvalidRequest("'models' must be a list of model ids", param="models")
     output = body.get("outputTokens")
+    chat = parse_request(Endpoint.CHAT, content)
     rows: list[tuple[int, dict[str, Any]]] = []
     for name in models:
         model = services.registry.resolve(str(name))
@@ -149,7 +147,7 @@ async def estimate(request: web.Request) -> web.Response:
             raise InvalidRequest(f"unknown model {name!r}", param="models")
         if model.kind != "chat":
             continue
-        tokens = await count_input(services, "chat/completions", content, model.encoding)
+        tokens = await count_input(services, chat, model.encoding)
         out = output if isinstance(output, int) and output >= 0 else 0
         cost = model.cost(Usage(prompt_tokens=tokens, completion_tokens=out))
         rows.append((cost, {"model": model.id, "inputTokens": tokens, "outputTokens": out,
@@ -173,8 +171,7 @@ async def capabilities(request: web.Request) -> web.Response:
 
 
 async def decision(request: web.Request) -> web.Response:
-    router = _router(request.app[SERVICES])
-    record = router.decisions.get(request.match_info["decision_id"])
+    record = request.app[ROUTER].decisions.get(request.match_info["decision_id"])
     if record is None:
         raise NotFound(f"no decision {request.match_info['decision_id']} (the last 10,000 are kept)")
     return web.json_response(record.public())

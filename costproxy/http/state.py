@@ -1,17 +1,22 @@
-"""Every ``web.AppKey`` of the application, in one place."""
+"""Every ``web.AppKey`` and ``web.RequestKey`` of the application, typed, in one place.
+
+The composition root (``http.app.create_app``) sets each app key once; handlers read them.
+"""
 
 from __future__ import annotations
-
-from typing import Any
 
 import aiohttp
 from aiohttp import web
 from opentelemetry.trace import Tracer
 
+from costproxy.alerts.catalog import AlertCatalog
+from costproxy.alerts.manager import AlertManager
+from costproxy.budgets.book import BudgetAccounts
 from costproxy.identity.key_store import KeyStore
 from costproxy.identity.principal import KeyRing, Principal
 from costproxy.observability import Metrics
-from costproxy.pipeline import Services
+from costproxy.pipeline.services import Services
+from costproxy.routing.router import SelectionRouter
 from costproxy.settings import Settings
 from costproxy.store.sqlite import SqliteStore
 
@@ -23,7 +28,10 @@ KEY_STORE: web.AppKey[KeyStore] = web.AppKey("key_store")  # where keys are writ
 METRICS = web.AppKey("metrics", Metrics)
 TRACER = web.AppKey("tracer", Tracer)
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
-EXTRAS = web.AppKey("extras", dict[str, Any])  # components added by optional subsystems
+ROUTER = web.AppKey("router", SelectionRouter)  # the router of SERVICES, with explain and decisions
+BUDGETS: web.AppKey[BudgetAccounts | None] = web.AppKey("budgets")  # None: budgets.enabled is false
+ALERT_CATALOG = web.AppKey("alert_catalog", AlertCatalog)  # subscriptions, read-only tokens, acks
+ALERTS: web.AppKey[AlertManager | None] = web.AppKey("alerts")  # None: alerts.enabled is false
 
 # Per-request storage, set by the middlewares.
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from costproxy.money import format_usd
 
-STATUSES = ("ok", "error", "client_disconnected", "blocked", "rejected")
+
+class Status(StrEnum):
+    """How a request ended, as the ledger records it."""
+
+    OK = "ok"  # the provider answered
+    ERROR = "error"  # the provider failed, or the proxy ended the call (lease lost)
+    CLIENT_DISCONNECTED = "client_disconnected"  # the client hung up mid-stream; charged what was generated
+    REFUSED = "refused"  # refused before any upstream call (bad request, budget, rule, store); cost 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,17 +23,10 @@ from costproxy.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from costproxy.providers.transport import UpstreamResponse
 from costproxy.settings import ProviderSettings
 
 ENDPOINTS = ("chat/completions", "completions", "embeddings")
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamResponse:
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-    data: dict[str, Any]
 
 
 def upstream_url(provider: ProviderSettings, endpoint: str, upstream_model: str) -> str:

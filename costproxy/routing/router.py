@@ -27,12 +27,12 @@ from costproxy.budgets.accounts import BudgetView
 from costproxy.config_schema import Node
 from costproxy.errors import BudgetExceeded, ConfigError, InvalidRequest, NoEligibleModel
 from costproxy.money import MoneyError, format_usd, usd_to_nanos
-from costproxy.pipeline import Route, RouteInput
 from costproxy.registry import ENDPOINT_KIND, TIERS, ModelSpec, Registry
 from costproxy.routing.breakers import CircuitBreakers, parse_breaker_config
 from costproxy.routing.concrete import resolve_concrete
 from costproxy.routing.policy import EMPTY, QUALITY_MODES, Constraints
 from costproxy.routing.quality import QualityProfiles, parse_quality
+from costproxy.routing.route import Route, RouteInput
 from costproxy.routing.selection import BudgetPressure, Decision, SelectionConfig, parse_selection_config, select
 from costproxy.settings import Settings, read_yaml
 from costproxy.steering import RulesHolder, SteeringOutcome, evaluate

@@ -19,8 +19,9 @@ from costproxy.analyzer.tokens import TokenCounter
 from costproxy.budgets.accounts import BudgetView
 from costproxy.identity.principal import Principal
 from costproxy.money import format_usd
-from costproxy.pipeline import RequestContext, RouteInput
 from costproxy.registry import ENDPOINT_KIND
+from costproxy.request import RequestContext
+from costproxy.routing.route import RouteInput
 from costproxy.routing.router import Explanation, build_router
 from costproxy.settings import config_path_from, load_settings
 

@@ -26,7 +26,7 @@ from costproxy.budgets.codec import parse_budget_config
 from costproxy.budgets.definitions import BudgetStore, SqliteDefinitions, ensure_budget_schema
 from costproxy.budgets.sqlite import SqliteBudgetAccounts
 from costproxy.http.app import create_app
-from costproxy.http.state import EXTRAS
+from costproxy.http.state import ALERTS
 from costproxy.settings import Settings
 from costproxy.store.sqlite import SqliteStore
 from tests.conftest import ADMIN_TOKEN, Proxy, load_test_settings
@@ -169,7 +169,7 @@ async def spend(proxy: Proxy, amount: str, budget_id: str = "team-core") -> None
 
 
 def manager(proxy: Proxy) -> AlertManager:
-    found = proxy.app[EXTRAS]["alerts"]
+    found = proxy.app[ALERTS]
     assert isinstance(found, AlertManager)
     return found
 

@@ -221,7 +221,11 @@ async def test_three_proxies_share_a_hard_budget_exactly(tmp_path: Path, redis_s
         assert sum(e.cost_nanos for e in reported) == sum(
             priced(c.model, c.prompt_tokens, c.completion_tokens) for c in (calls[e.request_id] for e in reported))
         assert len(reported) >= statuses.count(200) - kinds.count("leave")
-        assert {e.request_id for e in ledger} <= set(calls)  # no entry without an upstream call
+        refused = [e for e in ledger if e.status == "refused"]
+        assert {e.request_id for e in ledger if e.status != "refused"} <= set(calls)  # else: an upstream call
+        assert len(refused) == len(refusals)  # every 429 left a ledger entry, with nothing charged
+        assert all(e.cost_nanos == 0 and e.error_code == "budget_exceeded" for e in refused)
+        assert not {e.request_id for e in refused} & set(calls)
     for i, replica in enumerate(replicas):  # after a clean stop every replica's SQLite mirrors the whole ledger
         rows = await local_ledger(replica.db)
         assert rows == (len(ledger), sum(e.cost_nanos for e in ledger)), f"replica {i}"

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from costproxy.pipeline import OFFLOOP_TOKENIZE_CHARS
+from costproxy.pipeline.plan import OFFLOOP_TOKENIZE_CHARS
 
 WORDS = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "theta", "kappa", "lambda", "sigma")
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import orjson
 
-from costproxy.http.proxy import _without_usage
+from costproxy.pipeline.run import without_usage as _without_usage
 
 
 def frame(data: dict[str, object]) -> bytes:

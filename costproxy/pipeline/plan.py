@@ -1,0 +1,222 @@
+"""Before the call: tokens in, the route, output caps, the worst case, and the reservation.
+
+The worst case is what the whole chain could cost if every allowed output token is produced for
+every one of the ``n`` choices; it is what ``reserve`` holds on the caller's budgets.  The upstream
+body is built here too, before anything is reserved, so a body that cannot be serialised is a 400
+and never a half-done request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import orjson
+
+from costproxy.budgets.accounts import BudgetView, Reservation
+from costproxy.errors import BudgetExceeded, ContextTooLong, InvalidRequest, UnknownModel
+from costproxy.pipeline.services import NO_SPAN, Services, step
+from costproxy.registry import ENDPOINT_KIND, ModelSpec
+from costproxy.request import ChatRequest, Endpoint, RequestContext
+from costproxy.routing.route import Route, RouteInput
+
+# Texts longer than this (in characters) are tokenized on a worker thread, off the event loop.
+OFFLOOP_TOKENIZE_CHARS = 32_000
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    ctx: RequestContext
+    request: ChatRequest
+    requested_model: str
+    route: Route
+    input_tokens: int
+    output_caps: dict[str, int]  # model id -> max output tokens sent upstream (per choice)
+    worst_case_nanos: int
+    budget: BudgetView = field(default_factory=BudgetView)
+    payloads: dict[str, bytes] = field(default_factory=dict)  # model id -> upstream body, built once
+
+    @property
+    def primary(self) -> ModelSpec:
+        return self.route.chain[0]
+
+    @property
+    def stream(self) -> bool:
+        return self.request.stream
+
+    @property
+    def body(self) -> Mapping[str, Any]:
+        return self.request.body
+
+    @property
+    def budget_remaining_nanos(self) -> int | None:
+        """Least left on a hard budget of the chain, before the call."""
+        return self.budget.remaining_nanos
+
+    def worst_case_of(self, model: ModelSpec) -> int:
+        return model.worst_case_cost(self.input_tokens, self.output_caps[model.id] * self.request.n)
+
+
+async def count_input(services: Services, request: ChatRequest, encoding: str) -> int:
+    counter, body = services.counter, request.body
+    if request.endpoint is Endpoint.CHAT:
+        def run() -> int:
+            return counter.count_chat(body["messages"], encoding, tools=body.get("tools"),
+                                      tool_choice=body.get("tool_choice"),
+                                      response_format=body.get("response_format"))
+    elif request.endpoint is Endpoint.COMPLETIONS:
+        def run() -> int:
+            return counter.count_completion_prompt(body["prompt"], encoding)
+    else:
+        def run() -> int:
+            return counter.count_embedding_input(body["input"], encoding)
+    if _rough_size(body) > OFFLOOP_TOKENIZE_CHARS:
+        return await asyncio.to_thread(run)
+    return run()
+
+
+def _rough_size(body: Mapping[str, Any]) -> int:
+    """Characters of text in the body, bounded work: enough to decide where to tokenize."""
+    total = 0
+    for key in ("messages", "prompt", "input", "tools", "functions"):
+        value = body.get(key)
+        if isinstance(value, str):
+            total += len(value)
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, dict):
+                    content = item.get("content")
+                    total += len(content) if isinstance(content, str) else 256
+                elif isinstance(item, str):
+                    total += len(item)
+                else:
+                    total += 8
+    return total
+
+
+def requested_model_name(services: Services, request: ChatRequest) -> str:
+    if request.model is not None:
+        return request.model
+    if services.settings.default_model:
+        return services.settings.default_model
+    raise InvalidRequest("'model' is required", param="model")
+
+
+def encoding_for(services: Services, requested: str, kind: str) -> str:
+    spec = services.registry.resolve(requested)
+    if spec is not None:
+        return spec.encoding
+    baseline = services.registry.baseline()
+    if baseline is not None and baseline.kind == kind:
+        return baseline.encoding
+    return "o200k_base"
+
+
+def output_cap(model: ModelSpec, request: ChatRequest, input_tokens: int, route_cap: int | None) -> int:
+    """Most output tokens one choice may produce: request, route cap, model limit, context left."""
+    if model.kind == "embedding":
+        return 0
+    limits = [model.max_output_tokens or model.context_window, model.context_window - input_tokens]
+    if request.max_output_tokens is not None:
+        limits.append(request.max_output_tokens)
+    if route_cap is not None:
+        limits.append(route_cap)
+    cap = min(limits)
+    if cap <= 0:
+        raise ContextTooLong(
+            f"{input_tokens} prompt tokens leave no room for output in {model.id}'s "
+            f"context window of {model.context_window} tokens", param="messages")
+    return cap
+
+
+async def plan(services: Services, ctx: RequestContext, request: ChatRequest) -> Plan:
+    kind = ENDPOINT_KIND[request.endpoint]
+    requested = requested_model_name(services, request)
+    with step(services, "costproxy.count_tokens") as span:
+        input_tokens = await count_input(services, request, encoding_for(services, requested, kind))
+        span.set_attribute("costproxy.tokens.input", input_tokens)
+    with step(services, "costproxy.budget_view"):
+        budget = await services.accounts.view(ctx.principal)
+    with step(services, "costproxy.route") as span:
+        route = services.router.route(RouteInput(ctx=ctx, body=request.body, requested=requested,
+                                                 input_tokens=input_tokens, budget=budget))
+        span.set_attribute("costproxy.model.requested", requested)
+        if span is not NO_SPAN:
+            span.set_attribute("costproxy.route.chain", [m.id for m in route.chain])
+        if route.decision_id:
+            span.set_attribute("costproxy.decision_id", route.decision_id)
+    if not route.chain:
+        raise UnknownModel(f"model {requested!r} is not served here", param="model")
+    caps: dict[str, int] = {}
+    chain: list[ModelSpec] = []
+    for position, model in enumerate(route.chain):
+        try:
+            caps[model.id] = output_cap(model, request, input_tokens, route.max_output_tokens)
+        except ContextTooLong:
+            if position == 0:
+                raise
+            continue  # a fallback that cannot hold this prompt is dropped
+        chain.append(model)
+    the_plan = Plan(ctx=ctx, request=request, requested_model=requested, route=replace(route, chain=tuple(chain)),
+                    input_tokens=input_tokens, output_caps=caps, worst_case_nanos=0, budget=budget)
+    upstream_payload(the_plan, the_plan.primary)  # a body that cannot be sent is refused before reserving
+    return replace(the_plan, worst_case_nanos=max(the_plan.worst_case_of(m) for m in chain))
+
+
+async def reserve(services: Services, plan_: Plan) -> tuple[Plan, Reservation]:
+    """Reserve the worst case of the whole chain; if the budget cannot hold that, keep only the
+    models whose worst case fits what the primary needs (a fallback never overspends)."""
+    accounts, ctx = services.accounts, plan_.ctx
+    try:
+        with step(services, "costproxy.reserve") as span:
+            span.set_attribute("costproxy.reserve.nanos", plan_.worst_case_nanos)
+            return plan_, await accounts.reserve(ctx.request_id, ctx.principal, plan_.worst_case_nanos)
+    except BudgetExceeded:
+        need = plan_.worst_case_of(plan_.primary)
+        if need == plan_.worst_case_nanos:
+            raise
+    chain = tuple(m for m in plan_.route.chain if plan_.worst_case_of(m) <= need)
+    narrowed = replace(plan_, route=replace(plan_.route, chain=chain), worst_case_nanos=need)
+    return narrowed, await accounts.reserve(ctx.request_id, ctx.principal, need)
+
+
+def upstream_payload(plan: Plan, model: ModelSpec) -> bytes:
+    """The body sent to ``model``'s provider: the client's, with the upstream model name, the
+    output cap the budget needs, and (streams) a request for usage; built once per model."""
+    cached = plan.payloads.get(model.id)
+    if cached is not None:
+        return cached
+    body = dict(plan.body)
+    body["model"] = model.upstream_model
+    if plan.stream:
+        options = dict(body.get("stream_options") or {})
+        options["include_usage"] = True  # needed to settle exactly; stripped if the client didn't ask
+        body["stream_options"] = options
+    key, value = _output_limit(plan, model)
+    if key is not None:
+        body[key] = value
+    try:
+        payload = plan.payloads[model.id] = orjson.dumps(body)
+    except orjson.JSONEncodeError as exc:
+        raise InvalidRequest(f"the request body cannot be forwarded: {exc} (JSON nests at most 254 levels deep)"
+                             ) from None
+    return payload
+
+
+def _output_limit(plan: Plan, model: ModelSpec) -> tuple[str | None, int]:
+    """The output-limit field to inject, if the cap is tighter than what the upstream would apply."""
+    if model.kind == "embedding":
+        return None, 0
+    cap = plan.output_caps[model.id]
+    asked = plan.request.max_output_tokens
+    upstream_default = min(model.max_output_tokens or model.context_window,
+                           model.context_window - plan.input_tokens)
+    if asked == cap or (asked is None and cap >= upstream_default):
+        return None, 0
+    if "max_completion_tokens" in plan.body:
+        return "max_completion_tokens", cap
+    if plan.ctx.endpoint == "chat/completions" and "reasoning" in model.capabilities:
+        return "max_completion_tokens", cap
+    return "max_tokens", cap

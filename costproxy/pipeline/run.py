@@ -1,0 +1,247 @@
+"""``run_unary`` and ``run_stream``: the order of one request, from plan to events.
+
+Both take a validated ``ChatRequest`` (the protocol edges build it) and own everything after:
+plan → reserve → call along the fallback chain → settle in ``finally`` → breakers → events.
+A refusal before the call (``ProxyError`` from planning, routing or reserving) is recorded by
+``refuse`` — a ledger entry with cost 0 and the events — and raised again for the edge to answer.
+
+Streams: ``run_stream`` plans, reserves and opens the upstream (falling back before the first
+byte); the returned ``StreamRun.relay`` then writes the frames through the edge's ``write`` and
+settles when the stream ends, fails, or the client hangs up (a hang-up is charged what was
+generated).  The edge never sees a reservation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import orjson
+
+from costproxy.budgets.accounts import Reservation
+from costproxy.errors import BudgetExceeded, ProviderError, ProxyError
+from costproxy.ledger.entry import LedgerEntry, Status
+from costproxy.money import format_usd
+from costproxy.pipeline.events import ModelSwitched, RequestBlocked, RequestCompleted, UpstreamFailed
+from costproxy.pipeline.plan import Plan, plan, reserve, upstream_payload
+from costproxy.pipeline.services import Services, step
+from costproxy.pipeline.settle import Outcome, refusal_entry, settle
+from costproxy.providers.transport import UpstreamResponse, UpstreamStream
+from costproxy.registry import ModelSpec
+from costproxy.request import ChatRequest, RequestContext
+from costproxy.settings import ProviderSettings
+
+T = TypeVar("T")
+Write = Callable[[bytes], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class UnaryResult:
+    plan: Plan
+    entry: LedgerEntry
+    response: UpstreamResponse
+
+
+async def refuse(services: Services, ctx: RequestContext, request: ChatRequest | None,
+                 error: ProxyError) -> LedgerEntry:
+    """Record a request refused before any upstream call: ledger entry (cost 0) and events."""
+    entry = refusal_entry(services, ctx, request, error)
+    await services.accounts.release(Reservation(request_id=ctx.request_id, amount_nanos=0), entry)
+    if isinstance(error, BudgetExceeded):
+        services.events.publish(RequestBlocked(ctx, error))
+    services.events.publish(RequestCompleted(ctx, entry))
+    return entry
+
+
+async def admit(services: Services, ctx: RequestContext, request: ChatRequest) -> tuple[Plan, Reservation]:
+    """Plan and reserve, or record the refusal and raise it."""
+    try:
+        return await reserve(services, await plan(services, ctx, request))
+    except ProxyError as exc:
+        await refuse(services, ctx, request, exc)
+        raise
+
+
+async def run_unary(services: Services, ctx: RequestContext, request: ChatRequest) -> UnaryResult:
+    the_plan, reservation = await admit(services, ctx, request)
+    outcome = Outcome(model=the_plan.primary)
+    try:
+        response = await _call_unary(services, the_plan, outcome)
+    except ProxyError as exc:
+        outcome.failed(exc)
+        raise
+    finally:
+        entry = await settle(services, the_plan, reservation, outcome)
+        _finished(services, the_plan, entry)
+    return UnaryResult(the_plan, entry, response)
+
+
+async def run_stream(services: Services, ctx: RequestContext, request: ChatRequest) -> StreamRun:
+    the_plan, reservation = await admit(services, ctx, request)
+    outcome = Outcome(model=the_plan.primary)
+    try:
+        upstream = await _open_stream(services, the_plan, outcome)
+    except ProxyError as exc:
+        outcome.failed(exc)
+        _finished(services, the_plan, await settle(services, the_plan, reservation, outcome))
+        raise
+    return StreamRun(services, the_plan, reservation, outcome, upstream)
+
+
+class StreamRun:
+    """An open upstream stream whose settlement the pipeline still owes."""
+
+    def __init__(self, services: Services, plan_: Plan, reservation: Reservation, outcome: Outcome,
+                 upstream: UpstreamStream) -> None:
+        self.services = services
+        self.plan = plan_
+        self.outcome = outcome
+        self._reservation = reservation
+        self._upstream = upstream
+
+    @property
+    def model(self) -> ModelSpec:
+        """The model whose stream this is (after fallbacks)."""
+        return self.outcome.model
+
+    async def relay(self, start: Callable[[], Awaitable[None]], write: Write) -> LedgerEntry:
+        """``start`` the client response, relay every frame through ``write``, then settle.
+
+        The client hanging up (``ConnectionError`` from ``start`` or ``write``) ends the relay and
+        charges what was generated; an upstream failure mid-stream is sent as an OpenAI-shaped
+        error event.  Returns the ledger entry; a final SSE comment carries its cost.
+        """
+        outcome = self.outcome
+        try:
+            await start()
+            await _pump(self._upstream, self.plan, outcome, write)
+        except ConnectionError as exc:
+            outcome.disconnected(exc)
+        except ProviderError as exc:
+            outcome.failed(exc)
+            await _write_quietly(write, b"data: " + orjson.dumps(exc.body()) + b"\n\n")
+        finally:
+            self._upstream.close()
+            entry = await settle(self.services, self.plan, self._reservation, outcome)
+            self.services.router.record_result(outcome.model, ok=outcome.status is not Status.ERROR)
+            _finished(self.services, self.plan, entry)
+        if outcome.status is Status.OK:
+            await _write_quietly(write, cost_comment(entry))
+        return entry
+
+
+async def _pump(upstream: UpstreamStream, plan_: Plan, outcome: Outcome, write: Write) -> None:
+    wants_usage = plan_.request.include_usage
+    async for raw, data in upstream.events():
+        if not isinstance(data, dict):
+            if data is None and upstream.done:
+                break
+            await write(raw)
+            continue
+        outcome.observe(data)
+        if wants_usage:
+            await write(raw)
+        elif "usage" in data:  # asked for by us, not the client: strip it, or drop a usage-only chunk
+            choices = data.get("choices")
+            if not (data["usage"] is not None and isinstance(choices, list) and not choices):
+                await write(without_usage(raw, data))
+        else:
+            await write(raw)
+    await write(b"data: [DONE]\n\n")
+
+
+_NULL_USAGE = (b',"usage":null', b', "usage": null')
+
+
+def without_usage(raw: bytes, data: dict[str, Any]) -> bytes:
+    """The frame minus the ``usage`` key the client did not ask for.
+
+    Providers that were asked for usage put ``"usage":null`` in every chunk; cutting those bytes
+    is exact (inside a JSON string the quotes would be escaped) and avoids re-serialising every
+    chunk.  Anything else is re-serialised without the key.
+    """
+    if data["usage"] is None:
+        for pattern in _NULL_USAGE:
+            if raw.count(pattern) == 1:
+                return raw.replace(pattern, b"")
+    return b"data: " + orjson.dumps({k: v for k, v in data.items() if k != "usage"}) + b"\n\n"
+
+
+def cost_comment(entry: LedgerEntry) -> bytes:
+    """The SSE comment after ``[DONE]`` that tells a client what the stream cost."""
+    payload = {"request_id": entry.request_id, "model": entry.served_model,
+               "cost_usd": format_usd(entry.cost_nanos), "usage": "reported" if entry.usage_reported else "estimated",
+               "prompt_tokens": entry.prompt_tokens, "completion_tokens": entry.completion_tokens}
+    return b": costproxy " + orjson.dumps(payload) + b"\n\n"
+
+
+async def _write_quietly(write: Write, data: bytes) -> None:
+    try:
+        await write(data)
+    except (ConnectionError, RuntimeError):
+        pass
+
+
+def _finished(services: Services, plan_: Plan, entry: LedgerEntry) -> None:
+    """Events for a request that reached the upstream (or tried to)."""
+    ctx = plan_.ctx
+    asked = services.registry.resolve(plan_.requested_model)
+    if asked is not None and entry.served_model is not None and asked.id != entry.served_model:
+        services.events.publish(ModelSwitched(ctx, plan_.requested_model, entry.served_model, plan_.route.reasons))
+    fallback = entry.served_model != plan_.primary.id
+    services.events.publish(RequestCompleted(ctx, entry, fallback))
+
+
+# --- calling the upstream ------------------------------------------------------------------------
+
+
+def provider_of(services: Services, model: ModelSpec) -> ProviderSettings:
+    return services.settings.providers[model.provider]
+
+
+async def _along_chain(services: Services, plan_: Plan, outcome: Outcome, span_name: str,
+                       attempt: Callable[[ProviderSettings, ModelSpec, bytes], Awaitable[T]]) -> T:
+    """Try each model of the chain until one answers; ``outcome.model`` names the one tried last.
+
+    A retryable failure (timeout, connection error, 429, 5xx) moves on to the next model; any
+    other failure, or the last model's, is raised.  Every attempt feeds the circuit breakers.
+    """
+    last: ProviderError | None = None
+    for model in plan_.route.chain:
+        outcome.model = model
+        try:
+            with step(services, span_name, {"costproxy.model": model.id, "costproxy.provider": model.provider}):
+                return await attempt(provider_of(services, model), model, upstream_payload(plan_, model))
+        except ProviderError as exc:
+            services.router.record_result(model, ok=False)
+            services.events.publish(UpstreamFailed(plan_.ctx, model.id, model.provider, exc))
+            last = exc
+            if not exc.retryable:
+                raise
+    assert last is not None
+    raise last
+
+
+async def _call_unary(services: Services, plan_: Plan, outcome: Outcome) -> UpstreamResponse:
+    """Call along the chain; the first success wins and its usage (or text) is recorded."""
+    ctx = plan_.ctx
+
+    async def attempt(provider: ProviderSettings, model: ModelSpec, payload: bytes) -> UpstreamResponse:
+        return await services.upstream.call(provider, ctx.endpoint, model.upstream_model, payload, ctx.request_id)
+
+    response = await _along_chain(services, plan_, outcome, "costproxy.upstream", attempt)
+    services.router.record_result(outcome.model, ok=True)
+    outcome.observe(response.data)
+    return response
+
+
+async def _open_stream(services: Services, plan_: Plan, outcome: Outcome) -> UpstreamStream:
+    """Open the stream along the chain; the breakers learn its outcome when it ends."""
+    ctx = plan_.ctx
+
+    async def attempt(provider: ProviderSettings, model: ModelSpec, payload: bytes) -> UpstreamStream:
+        return await services.upstream.open_stream(provider, ctx.endpoint, model.upstream_model, payload,
+                                                   ctx.request_id)
+
+    return await _along_chain(services, plan_, outcome, "costproxy.upstream_open_stream", attempt)

@@ -1,0 +1,70 @@
+"""What the pipeline runs on: the services it is given, request ids and tracing steps.
+
+Every service is typed by a protocol of its own package: ``Upstream`` (``providers.transport``),
+``Accounts`` (``budgets.accounts``) and ``Router`` (``routing.route``), so a test can swap any of
+them for an in-memory stand-in.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry.trace import NoOpTracer, Tracer
+
+from costproxy.analyzer.tokens import TokenCounter
+from costproxy.budgets.accounts import Accounts
+from costproxy.pipeline.events import EventBus
+from costproxy.providers.transport import Upstream
+from costproxy.registry import Registry
+from costproxy.routing.route import Router
+from costproxy.settings import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    registry: Registry
+    counter: TokenCounter
+    upstream: Upstream
+    accounts: Accounts
+    router: Router
+    events: EventBus = field(default_factory=EventBus)
+    clock: Callable[[], float] = time.time
+    tracer: Tracer = field(default_factory=NoOpTracer)
+
+
+_ID_PREFIX = os.urandom(8).hex()  # per process: ids stay unique across replicas and restarts
+_id_counter = itertools.count()
+
+
+def new_request_id() -> str:
+    return f"req_{_ID_PREFIX}{next(_id_counter):08x}"
+
+
+class _NoSpan:
+    """Stands in for a span when tracing is off: entering, attributes and exit cost nothing."""
+
+    def __enter__(self) -> _NoSpan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def set_attribute(self, key: str, value: object) -> None:
+        return None
+
+
+NO_SPAN = _NoSpan()
+
+
+def step(services: Services, name: str, attributes: dict[str, Any] | None = None) -> Any:
+    """A span for one pipeline step, or a free stand-in when the tracer is the no-op tracer."""
+    tracer = services.tracer
+    if isinstance(tracer, NoOpTracer):
+        return NO_SPAN
+    return tracer.start_as_current_span(name, attributes=attributes)

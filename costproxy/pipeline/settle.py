@@ -1,0 +1,165 @@
+"""After the call: what was used, what it cost, and the ledger entry that records it.
+
+Usage comes from the provider when it reports it; otherwise (a stream without a usage chunk, a
+body without ``usage``) the generated text is counted with the model's tokenizer and the entry is
+marked estimated.  A failed call that produced nothing costs nothing and releases its reservation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeGuard
+
+from costproxy.budgets.accounts import Reservation
+from costproxy.errors import ProxyError
+from costproxy.ledger.entry import LedgerEntry, Status
+from costproxy.pipeline.plan import Plan
+from costproxy.pipeline.services import Services, step
+from costproxy.registry import ModelSpec, Usage
+from costproxy.request import ChatRequest, RequestContext
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened, filled in as the call proceeds; ``settle`` turns it into a ledger entry."""
+
+    model: ModelSpec
+    usage: Usage = field(default_factory=lambda: Usage(reported=False))
+    status: Status = Status.OK
+    http_status: int = 200
+    error_code: str | None = None
+    streamed_text: list[str] = field(default_factory=list)
+    usage_seen: bool = False
+    cost_nanos: int = 0
+
+    def failed(self, exc: ProxyError) -> None:
+        self.status, self.http_status, self.error_code = Status.ERROR, exc.status, exc.code
+
+    def disconnected(self, exc: BaseException) -> None:
+        self.status, self.http_status = Status.CLIENT_DISCONNECTED, 499
+        self.error_code = exc.__class__.__name__
+
+    def observe(self, data: Mapping[str, Any]) -> None:
+        """Take the usage of a response body or stream chunk, or else keep its text for counting."""
+        usage = usage_from(data)
+        if usage is not None:
+            self.usage, self.usage_seen = usage, True
+        else:
+            self.streamed_text.extend(texts_of(data))
+
+
+def usage_from(data: Mapping[str, Any]) -> Usage | None:
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    prompt = usage.get("prompt_tokens")
+    completion = usage.get("completion_tokens", 0)
+    if not _count(prompt) or not _count(completion):
+        return None
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens", 0) if isinstance(details, dict) else 0
+    return Usage(prompt_tokens=prompt, completion_tokens=completion,
+                 cached_tokens=cached if _count(cached) else 0, reported=True)
+
+
+def _count(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def texts_of(data: Mapping[str, Any]) -> list[str]:
+    texts: list[str] = []
+    choices = data.get("choices")
+    if not isinstance(choices, list):
+        return texts
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        for holder in (choice.get("message"), choice.get("delta")):
+            if isinstance(holder, dict):
+                texts.extend(_message_texts(holder))
+        if isinstance(choice.get("text"), str):
+            texts.append(choice["text"])
+    return texts
+
+
+def _message_texts(message: Mapping[str, Any]) -> list[str]:
+    texts = [v for k in ("content", "reasoning_content", "refusal") if isinstance(v := message.get(k), str)]
+    calls = message.get("tool_calls")
+    if isinstance(calls, list):
+        for call in calls:
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                texts.extend(v for k in ("name", "arguments") if isinstance(v := function.get(k), str))
+    return texts
+
+
+def final_usage(services: Services, plan: Plan, outcome: Outcome) -> Usage:
+    if outcome.usage_seen:
+        return outcome.usage
+    text = "".join(outcome.streamed_text)
+    completion = services.counter.estimate_completion_from_text(text, outcome.model.encoding) if text else 0
+    return Usage(prompt_tokens=plan.input_tokens, completion_tokens=completion, reported=False)
+
+
+def ledger_entry(services: Services, plan: Plan, outcome: Outcome, usage: Usage) -> LedgerEntry:
+    ctx = plan.ctx
+    baseline = plan.route.baseline
+    return replace(
+        base_entry(services, ctx, plan.request, plan.requested_model),
+        status=outcome.status,
+        http_status=outcome.http_status,
+        served_model=outcome.model.id,
+        provider=outcome.model.provider,
+        decision_id=plan.route.decision_id,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens,
+        cost_nanos=outcome.cost_nanos,
+        baseline_nanos=baseline.cost(usage) if baseline is not None else outcome.cost_nanos,
+        usage_reported=usage.reported,
+        error_code=outcome.error_code,
+        task_type=plan.route.task_type,
+    )
+
+
+def base_entry(services: Services, ctx: RequestContext, request: ChatRequest | None,
+               requested: str | None) -> LedgerEntry:
+    """The part of a ledger entry known before any routing: who asked, what, when."""
+    p = ctx.principal
+    return LedgerEntry(
+        request_id=ctx.request_id, ts_ms=int(services.clock() * 1000), endpoint=ctx.endpoint,
+        status=Status.OK, http_status=200, key_id=p.key_id, user=p.user, team=p.team, org=p.org,
+        project=p.project, requested_model=requested, stream=bool(request and request.stream),
+        latency_ms=int((time.monotonic() - ctx.started) * 1000), correlation_id=ctx.correlation_id,
+        tenant=ctx.tenant)
+
+
+def refusal_entry(services: Services, ctx: RequestContext, request: ChatRequest | None,
+                  error: ProxyError) -> LedgerEntry:
+    """A request refused before any upstream call: cost 0, the error code, nothing reserved."""
+    requested = request.model if request is not None else None
+    return replace(base_entry(services, ctx, request, requested), status=Status.REFUSED,
+                   http_status=error.status, error_code=error.code, usage_reported=False)
+
+
+async def settle(services: Services, plan: Plan, reservation: Reservation, outcome: Outcome) -> LedgerEntry:
+    """Charge what was used (nothing if the call failed before any usage) and write the ledger."""
+    usage = final_usage(services, plan, outcome)
+    produced = usage.reported or usage.completion_tokens > 0 or outcome.status is Status.CLIENT_DISCONNECTED
+    outcome.usage = usage
+    ok = outcome.status is Status.OK
+    outcome.cost_nanos = outcome.model.cost(usage) if (ok or produced) else 0
+    if outcome.cost_nanos == 0 and not ok:
+        usage = replace(usage, prompt_tokens=0, completion_tokens=0, cached_tokens=0)
+    entry = ledger_entry(services, plan, outcome, usage)
+    with step(services, "costproxy.settle") as span:
+        span.set_attribute("costproxy.cost_nanos", entry.cost_nanos)
+        span.set_attribute("costproxy.usage_reported", entry.usage_reported)
+        if outcome.cost_nanos == 0 and not ok:
+            await asyncio.shield(services.accounts.release(reservation, entry))
+        else:
+            await asyncio.shield(services.accounts.settle(reservation, entry))
+    return entry

@@ -1,0 +1,36 @@
+"""The contract between the pipeline and the router: what routing reads and what it answers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from costproxy.budgets.accounts import BudgetView
+from costproxy.registry import ModelSpec
+from costproxy.request import RequestContext
+
+
+@dataclass(frozen=True, slots=True)
+class RouteInput:
+    ctx: RequestContext
+    body: Mapping[str, Any]
+    requested: str
+    input_tokens: int
+    budget: BudgetView
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    chain: tuple[ModelSpec, ...]  # primary first, then fallbacks
+    decision_id: str | None = None
+    max_output_tokens: int | None = None  # cap demanded by rules/budgets
+    task_type: str | None = None
+    reasons: tuple[str, ...] = ()
+    baseline: ModelSpec | None = None
+
+
+class Router(Protocol):
+    def route(self, request: RouteInput) -> Route: ...
+
+    def record_result(self, model: ModelSpec, ok: bool) -> None: ...
