@@ -14,6 +14,7 @@
     ├── PolicyError                 costproxy's rules or budgets refuse it
     │   ├── BudgetExceeded          a hard budget cannot fit the worst case     429 budget_exceeded
     │   ├── RuleRejected            a steering rule rejected the request        403 rule_rejected
+    │   ├── ModelNotAllowed         a budget or rule forbids the named model    403 model_not_allowed
     │   └── NoEligibleModel         no model meets capabilities/quality/budget  422 no_eligible_model
     ├── ProviderError               the upstream failed
     │   ├── UpstreamTimeout         no answer in time                           504 upstream_timeout
@@ -22,7 +23,8 @@
     │   ├── UpstreamBadResponse     unparseable upstream body                   502 upstream_bad_response
     │   └── UpstreamHTTPError       other upstream 4xx/5xx, relayed faithfully  <status> upstream_error
     └── InternalError               a bug or a broken dependency of ours        500 internal_error
-        └── StoreUnavailable        ledger/budget store unreachable             503 store_unavailable
+        ├── StoreUnavailable        ledger/budget store unreachable             503 store_unavailable
+        └── ProviderNotConfigured   the model's provider has no credentials     503 provider_not_configured
 
 ``ConfigError`` is separate: it is raised while loading configuration, never while serving, and
 names the file, the dotted path and the bad value.
@@ -138,6 +140,13 @@ class RuleRejected(PolicyError):
     code = "rule_rejected"
 
 
+class ModelNotAllowed(PolicyError):
+    """The caller named a model that policy forbids, and no policy allows switching it."""
+
+    status = 403
+    code = "model_not_allowed"
+
+
 class NoEligibleModel(PolicyError):
     status = 422
     code = "no_eligible_model"
@@ -201,6 +210,14 @@ class InternalError(ProxyError):
 class StoreUnavailable(InternalError):
     status = 503
     code = "store_unavailable"
+
+
+class ProviderNotConfigured(InternalError):
+    """The model's provider is not usable in this deployment (its API key is not set); nothing
+    is ever forwarded without the provider's credentials."""
+
+    status = 503
+    code = "provider_not_configured"
 
 
 class ConfigError(ValueError):

@@ -54,6 +54,7 @@ from costproxy.alerts.catalog import AlertCatalog
 from costproxy.alerts.sender import WebhookSender
 from costproxy.alerts.store import AlertStore
 from costproxy.alerts.webhooks import Delivery, Subscription, sortable_id
+from costproxy.background import cancel_and_wait
 from costproxy.budgets.book import BudgetEvent
 from costproxy.budgets.codec import JSON_SCOPE, action_to_json, iso, percent, usd
 from costproxy.budgets.definitions import BudgetStore
@@ -256,13 +257,7 @@ class AlertManager:
 
     async def stop(self) -> None:
         self.closed = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         await self.sender.stop()
 

@@ -40,6 +40,7 @@ from costproxy.alerts.webhooks import (
     slack_message,
     sortable_id,
 )
+from costproxy.background import cancel_and_wait
 from costproxy.errors import NotFound, StoreUnavailable
 
 log = structlog.get_logger("costproxy.alerts.manager")
@@ -116,10 +117,7 @@ class WebhookSender:
 
     async def stop(self) -> None:
         """Cancel running deliveries; they stay pending in the store and resume at the next start."""
-        tasks = list(self._running.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(list(self._running.values()))
 
     async def wait_idle(self, limit_s: float = 10.0) -> None:
         """Wait until no delivery is running (tests)."""

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from costproxy.identity.principal import Principal
 from costproxy.ledger.entry import LedgerEntry
+from costproxy.routing.policy import EMPTY, Constraints
 from costproxy.store.sqlite import SqliteStore
 
 
@@ -24,7 +25,7 @@ class BudgetView:
     burn_ratio: float = 0.0  # how fast the period is being spent vs. an even pace (1.0 = on pace)
     remaining_nanos: int | None = None  # smallest remaining amount over hard budgets
     fields: dict[str, object] = field(default_factory=dict)  # steering context: budget.<scope>.<metric>
-    restrictions: dict[str, object] = field(default_factory=dict)  # constraints from threshold actions
+    restrictions: Constraints = EMPTY  # routing demands of threshold actions and budget downgrades
     tightest_budget: str | None = None  # "name (id)" of the hard budget with the least left
 
 

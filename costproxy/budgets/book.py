@@ -31,7 +31,6 @@ from costproxy.budgets.model import (
     BudgetSpec,
     PeriodWindow,
     Threshold,
-    ThresholdAction,
     active_span,
     effective_limit,
     window_at,
@@ -48,6 +47,7 @@ from costproxy.errors import BudgetExceeded
 from costproxy.identity.principal import Principal
 from costproxy.ledger.entry import LedgerEntry
 from costproxy.money import format_usd, nanos_to_decimal
+from costproxy.routing.policy import EMPTY, Constraints
 from costproxy.steering.fields import BudgetState, budget_fields
 
 log = structlog.get_logger("costproxy.budgets.model")
@@ -294,10 +294,9 @@ class BudgetBook:
 
     def _view(self, chain: tuple[CompiledBudget, ...], now: int) -> BudgetView:
         states: list[tuple[str, BudgetState]] = []
-        actions: list[ThresholdAction] = []
         used, ratio, remaining = 0.0, 0.0, None
         tightest: str | None = None
-        downgrade_cap: int | None = None
+        restrictions = EMPTY
         for compiled in chain:
             spec = compiled.spec
             window = self.window(spec, now)
@@ -308,18 +307,14 @@ class BudgetBook:
             pct = 100.0 if limit <= 0 else spent * 100 / limit
             used, ratio = max(used, pct / 100), max(ratio, self._ratio(compiled, window, spent, limit, now))
             states.append((spec.scope_type, BudgetState(pct, status, nanos_to_decimal(left) if spec.hard else None)))
-            actions.extend(a for t in spec.thresholds if t.reached(spent, limit) for a in t.actions)
+            reached = [a for t in spec.thresholds if t.reached(spent, limit) for a in t.actions]
+            restrictions = restrictions.merge(restrictions_of(reached, spec.id))
             if spec.hard:
                 if remaining is None or left < remaining:
                     remaining, tightest = left, f"{spec.name} ({spec.id})"
                 if spec.on_exhausted == "downgrade" and status in ("critical", "exhausted"):
-                    downgrade_cap = left if downgrade_cap is None else min(downgrade_cap, left)
-        restrictions = restrictions_of(actions)
-        if downgrade_cap is not None:
-            restrictions["downgrade"] = True
-            restrictions["max_cost_nanos"] = downgrade_cap
-        if restrictions:
-            restrictions["reasons"] = ("budget",)
+                    restrictions = restrictions.merge(restrictions_of([spec.downgrade_to], spec.id)).merge(
+                        Constraints(max_cost_nanos=left))
         return BudgetView(used_fraction=used, burn_ratio=ratio, remaining_nanos=remaining,
                           fields=budget_fields(states), restrictions=restrictions, tightest_budget=tightest)
 

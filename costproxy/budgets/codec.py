@@ -68,6 +68,7 @@ _NAMES: dict[str, tuple[str, str]] = {
     "channels": ("channels", "notificationChannels"), "message": ("message", "message"),
     "tiers": ("tiers", "tiers"), "models": ("models", "models"),
     "max_price_per_mtok": ("max_price_per_mtok", "maxPricePerMTok"), "type": ("type", "type"),
+    "same_provider": ("same_provider", "sameProvider"), "downgrade_to": ("downgrade_to", "downgradeTo"),
     "amount_nanos": ("amount", "amount"), "expires_at_ms": ("expires_at", "expiresAt"),
     "reason": ("reason", "reason"), "kind": ("type", "type"),
 }
@@ -143,6 +144,8 @@ class _Reader:
             values["tags"] = tuple(self.child(node, "tags").str_list())
         if node.has(self.key("thresholds")):
             values["thresholds"] = self._thresholds(self.child(node, "thresholds"))
+        if node.has(self.key("downgrade_to")):
+            values["downgrade_to"] = self._targets(self.child(node, "downgrade_to"))
         if self.style == 1:
             self._hard_limit(node, values)
             for extra in _JSON_READ_ONLY:
@@ -235,6 +238,17 @@ class _Reader:
         price = self.child(node, "max_price_per_mtok", None)
         if price.value is not None:
             values["max_price_per_mtok"] = str(price.decimal(minimum=Decimal(0)))
+        values["same_provider"] = self.child(node, "same_provider", False).bool()
+        node.done()
+        return self._build(node, ThresholdAction, values)
+
+    def _targets(self, node: Node) -> ThresholdAction:
+        """``downgrade_to``: the models an exhausted ``on_exhausted: downgrade`` budget may switch to."""
+        node.mapping()
+        values: dict[str, Any] = {"type": "auto-downgrade"}
+        values["tiers"] = frozenset(self.child(node, "tiers", []).str_list())
+        values["models"] = frozenset(self.child(node, "models", []).str_list())
+        values["same_provider"] = self.child(node, "same_provider", False).bool()
         node.done()
         return self._build(node, ThresholdAction, values)
 
@@ -380,15 +394,21 @@ def iso(ms: int | None) -> str | None:
 
 
 def action_to_json(action: ThresholdAction) -> str | dict[str, Any]:
-    if action.type != "restrict-models":
+    if not (action.tiers or action.models or action.max_price_per_mtok or action.same_provider):
         return action.type
-    out: dict[str, Any] = {"type": action.type}
+    return {"type": action.type, **targets_to_json(action)}
+
+
+def targets_to_json(action: ThresholdAction) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     if action.tiers:
         out["tiers"] = sorted(action.tiers)
     if action.models:
         out["models"] = sorted(action.models)
     if action.max_price_per_mtok:
         out["maxPricePerMTok"] = action.max_price_per_mtok
+    if action.type == "auto-downgrade":
+        out["sameProvider"] = action.same_provider
     return out
 
 
@@ -403,7 +423,8 @@ def spec_to_json(spec: BudgetSpec) -> dict[str, Any]:
         "recurring": spec.recurring,
         "alerts": [{"threshold": t.percent, "actions": [action_to_json(a) for a in t.actions],
                     "notificationChannels": list(t.channels), "message": t.message} for t in spec.thresholds],
-        "onExhausted": spec.on_exhausted, "hardLimit": spec.hard, "tags": list(spec.tags),
+        "onExhausted": spec.on_exhausted, "downgradeTo": targets_to_json(spec.downgrade_to),
+        "hardLimit": spec.hard, "tags": list(spec.tags),
         "parentBudgetId": spec.parent_id, "createdAt": iso(spec.created_at_ms),
         "updatedAt": iso(spec.updated_at_ms), "createdBy": spec.created_by, "source": spec.source,
         "readOnly": spec.read_only,
@@ -430,16 +451,14 @@ def percent(part: int, whole: int) -> float:
 
 def restrictions_to_json(status: BudgetStatus) -> dict[str, Any]:
     """``costRestrictions`` of the status API: what selection will do for this budget now."""
-    found = restrictions_of(status.actions)
-    tiers = found.get("allowed_tiers")
-    models = found.get("allowed_models")
-    downgrading = bool(found.get("downgrade")) or (
+    found = restrictions_of(status.actions, status.spec.id)
+    downgrading = found.downgrade or (
         status.spec.on_exhausted == "downgrade" and status.status in ("critical", "exhausted"))
     return {
         "downgrading": downgrading,
-        "allowedTiers": sorted(tiers) if isinstance(tiers, frozenset) else None,
-        "restrictedModels": sorted(models) if isinstance(models, frozenset) else None,
-        "maxPricePerMTok": found.get("max_price_per_mtok_output"),
+        "allowedTiers": sorted(found.allowed_tiers) if found.allowed_tiers is not None else None,
+        "restrictedModels": sorted(found.allowed_models) if found.allowed_models is not None else None,
+        "maxPricePerMTok": found.max_price_per_mtok_output,
         "maxCostPerRequest": usd(status.remaining_nanos) if status.spec.hard else None,
         "blocked": status.blocked or (status.spec.hard and status.remaining_nanos == 0),
         "requiresApproval": status.blocked and any(a.type == "require-approval" for a in status.actions),

@@ -14,7 +14,8 @@ Vocabulary (DESIGN §3.4, §3.6):
   actions: ``notify``, ``restrict-models`` (tiers, models or a max output price),
   ``auto-downgrade``, ``require-approval``, ``block-all``;
 - ``on_exhausted`` is ``block`` or ``downgrade`` (both *hard*: settled spend never exceeds the
-  limit) or ``notify`` (*soft*: only alerts);
+  limit) or ``notify`` (*soft*: only alerts); ``block`` refuses what does not fit, ``downgrade``
+  switches to the cheaper models of ``downgrade_to`` (tiers, models, same provider) first;
 - a ``BudgetOverride`` is an explicit, time-limited, audited exception: an ``increase`` of the
   limit or an ``approval`` that lifts ``require-approval`` / ``block-all``;
 - status is ``normal | warning | critical | exhausted``: exhausted at 100 %, critical from the
@@ -63,12 +64,19 @@ class BudgetInvalid(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ThresholdAction:
-    """One action of a threshold; the model restrictions only mean something for restrict-models."""
+    """One action of a threshold.
+
+    ``restrict-models`` limits the models to ``tiers``/``models``/``max_price_per_mtok``.
+    ``auto-downgrade`` switches requests to cheaper models; its targets are ``tiers``, ``models``
+    and ``same_provider`` (a request that names a concrete model is switched only within them);
+    with no target given it stays with the named model's provider.
+    """
 
     type: str
     tiers: frozenset[str] = frozenset()
     models: frozenset[str] = frozenset()
     max_price_per_mtok: str | None = None  # decimal USD per 1M output tokens
+    same_provider: bool = False
 
     def __post_init__(self) -> None:
         if self.type not in ACTION_TYPES:
@@ -76,8 +84,16 @@ class ThresholdAction:
         restricts = bool(self.tiers or self.models or self.max_price_per_mtok)
         if self.type == "restrict-models" and not restricts:
             raise BudgetInvalid("type", "restrict-models needs tiers, models or max_price_per_mtok")
-        if self.type != "restrict-models" and restricts:
-            raise BudgetInvalid("type", "only restrict-models takes tiers, models or a max price", self.type)
+        if self.type == "auto-downgrade":
+            if self.max_price_per_mtok:
+                raise BudgetInvalid("type", "auto-downgrade takes tiers, models or same_provider as its targets")
+        elif self.same_provider or (self.type != "restrict-models" and restricts):
+            raise BudgetInvalid("type", "only restrict-models and auto-downgrade take model targets", self.type)
+
+    @property
+    def stays_with_provider(self) -> bool:
+        """An auto-downgrade without explicit targets stays with the named model's provider."""
+        return self.same_provider or not (self.tiers or self.models)
 
 
 NOTIFY = ThresholdAction("notify")
@@ -121,6 +137,7 @@ class BudgetSpec:
     recurring: bool = True  # False: only the period that contains start_date
     thresholds: tuple[Threshold, ...] = DEFAULT_THRESHOLDS
     on_exhausted: str = "block"
+    downgrade_to: ThresholdAction = ThresholdAction("auto-downgrade")  # targets of on_exhausted: downgrade
     org: str | None = None  # owning organisation of a non-org budget: matching and Redis partition
     tags: tuple[str, ...] = ()
     parent_id: str | None = None
@@ -158,6 +175,8 @@ def _check_spec(spec: BudgetSpec) -> None:
     _choice("period", spec.period, PERIODS)
     _choice("currency", spec.currency, CURRENCIES)
     _choice("on_exhausted", spec.on_exhausted, EXHAUSTION_ACTIONS)
+    if spec.downgrade_to.type != "auto-downgrade":
+        raise BudgetInvalid("downgrade_to", "must name downgrade targets (tiers, models, same_provider)")
     _choice("source", spec.source, SOURCES)
     zone(spec.timezone, field_name="timezone")
     if spec.start_date and spec.end_date and spec.end_date < spec.start_date:

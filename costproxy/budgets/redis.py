@@ -46,6 +46,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from costproxy.background import cancel_and_wait, stop_if_cancelled
 from costproxy.budgets.accounts import Reservation
 from costproxy.budgets.book import BudgetBook, BudgetReservation, CompiledBudget, overrun, refusal
 from costproxy.budgets.codec import BudgetConfig
@@ -57,7 +58,7 @@ from costproxy.budgets.status import BudgetStatus, Counters
 from costproxy.errors import StoreUnavailable
 from costproxy.identity.principal import Principal
 from costproxy.ledger.entry import LedgerEntry
-from costproxy.ledger.mirror import LedgerMirror, entry_json, stop_if_cancelled
+from costproxy.ledger.mirror import LedgerMirror, entry_json
 from costproxy.money import format_usd
 from costproxy.store.sqlite import SqliteStore
 
@@ -121,10 +122,7 @@ class RedisBudgetAccounts(BudgetBook):
                        asyncio.create_task(self.mirror.run(), name="costproxy-ledger-mirror")]
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=5.0)
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         try:
             await asyncio.wait_for(self.flush_outbox(), timeout=2.0)

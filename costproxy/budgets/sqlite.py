@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 
 import structlog
 
+from costproxy.background import cancel_and_wait
 from costproxy.budgets.accounts import Reservation
 from costproxy.budgets.book import (
     BudgetBook,
@@ -90,11 +91,7 @@ class SqliteBudgetAccounts(BudgetBook):
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait([self._task])
             self._task = None
         await self.checkpoint()
 

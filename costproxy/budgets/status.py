@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 
 from costproxy.budgets.model import (
     GATE_ACTIONS,
@@ -24,6 +23,7 @@ from costproxy.budgets.model import (
     effective_limit,
     elapsed_fraction,
 )
+from costproxy.routing.policy import EMPTY, Constraints
 
 _MIN_ELAPSED_MS = 3_600_000  # burn rates are measured over at least an hour
 
@@ -56,28 +56,25 @@ def gate_amount(spec: BudgetSpec, limit: int) -> int | None:
     return None
 
 
-def restrictions_of(actions: Iterable[ThresholdAction]) -> dict[str, object]:
-    """Threshold actions as ``costproxy.routing.policy.Constraints`` keyword arguments (stricter wins)."""
-    tiers: frozenset[str] | None = None
-    models: frozenset[str] | None = None
-    prices: list[str] = []
-    result: dict[str, object] = {}
+def restrictions_of(actions: Iterable[ThresholdAction], budget_id: str) -> Constraints:
+    """Threshold actions of one budget as routing ``Constraints`` (the stricter demand wins).
+
+    ``restrict-models`` limits every request to its tiers, models and output price;
+    ``auto-downgrade`` widens the quality gap and lets a request that names a concrete model be
+    switched, but only to the action's targets (by default: the same provider's models).
+    """
+    result = EMPTY
     for action in actions:
         if action.type == "auto-downgrade":
-            result["downgrade"] = True
+            result = result.merge(Constraints(
+                downgrade=True, may_switch=True, same_provider=action.stays_with_provider,
+                allowed_tiers=action.tiers or None, allowed_models=action.models or None,
+                reasons=(f"budget {budget_id}: auto-downgrade",)))
         elif action.type == "restrict-models":
-            if action.tiers:
-                tiers = action.tiers if tiers is None else tiers & action.tiers
-            if action.models:
-                models = action.models if models is None else models & action.models
-            if action.max_price_per_mtok:
-                prices.append(action.max_price_per_mtok)
-    if tiers is not None:
-        result["allowed_tiers"] = tiers
-    if models is not None:
-        result["allowed_models"] = models
-    if prices:
-        result["max_price_per_mtok_output"] = min(prices, key=Decimal)
+            result = result.merge(Constraints(
+                allowed_tiers=action.tiers or None, allowed_models=action.models or None,
+                max_price_per_mtok_output=action.max_price_per_mtok,
+                reasons=(f"budget {budget_id}: restrict-models",)))
     return result
 
 

@@ -17,7 +17,6 @@ The middleware order is the one list ``MIDDLEWARES``; every piece of state is a 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -35,6 +34,7 @@ from costproxy.alerts.sender import SenderSettings, WebhookSender
 from costproxy.alerts.store import AlertStore, SqliteAlertStore
 from costproxy.analyzer.encodings import load_encodings
 from costproxy.analyzer.tokens import TokenCounter
+from costproxy.background import cancel_and_wait, stop_if_cancelled
 from costproxy.budgets.accounts import Accounts
 from costproxy.budgets.book import BudgetAccounts, BudgetBook
 from costproxy.budgets.codec import parse_budget_config
@@ -68,7 +68,6 @@ from costproxy.http.state import (
 )
 from costproxy.identity.key_store import KeyStore, open_key_store
 from costproxy.identity.principal import KeyRecord, KeyRing
-from costproxy.ledger.mirror import stop_if_cancelled
 from costproxy.observability import make_metrics, make_tracing, request_observer
 from costproxy.pipeline.services import Services
 from costproxy.providers.client import UpstreamClient
@@ -122,9 +121,7 @@ def _background(coroutine: Coroutine[Any, Any, None], name: str) -> Callable[[],
     task = asyncio.create_task(coroutine, name=name)
 
     async def stop() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait([task])
 
     return stop
 
@@ -288,6 +285,7 @@ async def _alerts_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _refresh_catalog(catalog: AlertCatalog, interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
+        stop_if_cancelled()
         try:
             await catalog.refresh()
         except StoreUnavailable as exc:

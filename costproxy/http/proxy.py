@@ -11,12 +11,12 @@ from typing import Any
 
 from aiohttp import web
 
-from costproxy.errors import BodyTooLarge, ProxyError
-from costproxy.http.state import PRINCIPAL, REQUEST_ID, SERVICES, SETTINGS, TRUSTED_HEADERS
+from costproxy.errors import BodyTooLarge, ProxyError, UnknownModel
+from costproxy.http.state import PRINCIPAL, REQUEST_ID, ROUTER, SERVICES, SETTINGS, TRUSTED_HEADERS
 from costproxy.ledger.entry import LedgerEntry
 from costproxy.money import format_usd
 from costproxy.pipeline.plan import Plan
-from costproxy.pipeline.run import refuse, run_stream, run_unary
+from costproxy.pipeline.run import StreamRun, refuse, run_stream, run_unary
 from costproxy.registry import ModelSpec
 from costproxy.request import ChatRequest, Endpoint, RequestContext, parse_body, parse_request
 
@@ -83,7 +83,7 @@ def make_handler(endpoint: Endpoint) -> Any:
     return handler
 
 
-async def _relay(request: web.Request, run: Any) -> web.StreamResponse:
+async def _relay(request: web.Request, run: StreamRun) -> web.StreamResponse:
     response = web.StreamResponse(status=200, headers={
         **cost_headers(run.plan, run.model, None),
         "content-type": "text/event-stream; charset=utf-8",
@@ -98,22 +98,43 @@ async def _relay(request: web.Request, run: Any) -> web.StreamResponse:
     return response
 
 
+def model_json(request: web.Request, model: ModelSpec, created: int) -> dict[str, Any]:
+    problem = request.app[ROUTER].unservable.get(model.id)
+    price = model.price
+    return {"id": model.id, "object": "model", "created": created, "owned_by": model.provider,
+            "costproxy": {"kind": model.kind, "tier": model.tier, "context_window": model.context_window,
+                          "capabilities": sorted(model.capabilities), "servable": problem is None,
+                          "unservable_reason": problem,
+                          "price_per_mtok": {"input": str(price.input), "output": str(price.output),
+                                             "cached_input": None if price.cached_input is None
+                                             else str(price.cached_input)}}}
+
+
+def virtual_json(name: str, created: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "costproxy",
+            "costproxy": {"kind": "virtual", "servable": True}}
+
+
 async def list_models(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
+    """The models this deployment can serve (``?all=true``: every model, each saying whether it can)."""
+    registry = request.app[SERVICES].registry
+    everything = request.query.get("all", "").lower() in ("1", "true", "yes")
+    unservable = request.app[ROUTER].unservable
     created = int(time.time())
-    data: list[dict[str, Any]] = [
-        {"id": m.id, "object": "model", "created": created, "owned_by": m.provider,
-         "costproxy": {"kind": m.kind, "tier": m.tier, "context_window": m.context_window,
-                       "capabilities": sorted(m.capabilities),
-                       "price_per_mtok": {"input": str(m.price.input), "output": str(m.price.output),
-                                          "cached_input": None if m.price.cached_input is None
-                                          else str(m.price.cached_input)}}}
-        for m in services.registry.models.values()
-    ]
-    for virtual in VIRTUAL_MODELS:
-        data.append({"id": virtual, "object": "model", "created": created, "owned_by": "costproxy",
-                     "costproxy": {"kind": "virtual"}})
+    data = [model_json(request, m, created) for m in registry.models.values() if everything or m.id not in unservable]
+    data.extend(virtual_json(name, created) for name in VIRTUAL_MODELS)
     return web.json_response({"object": "list", "data": data})
+
+
+async def retrieve_model(request: web.Request) -> web.Response:
+    name = request.match_info["model"]
+    if name in VIRTUAL_MODELS:
+        return web.json_response(virtual_json(name, int(time.time())))
+    model = request.app[SERVICES].registry.resolve(name)
+    if model is None:
+        raise UnknownModel(f"The model '{name}' does not exist or is not served by this proxy; "
+                           "GET /v1/models lists the models you can use", param="model")
+    return web.json_response(model_json(request, model, int(time.time())))
 
 
 VIRTUAL_MODELS = ("auto", "auto:economy", "auto:balanced", "auto:quality")
@@ -124,3 +145,4 @@ def add_routes(app: web.Application) -> None:
         for endpoint in Endpoint:
             app.router.add_post(f"{prefix}/{endpoint.value}", make_handler(endpoint))
         app.router.add_get(f"{prefix}/models", list_models)
+        app.router.add_get(f"{prefix}/models/{{model}}", retrieve_model)

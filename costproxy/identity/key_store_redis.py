@@ -26,10 +26,10 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from costproxy.background import stop_if_cancelled
 from costproxy.budgets.redis import redis_client
 from costproxy.errors import InternalError, StoreUnavailable
 from costproxy.identity.principal import KeyRecord
-from costproxy.ledger.mirror import stop_if_cancelled
 
 INSERT = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 or redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then

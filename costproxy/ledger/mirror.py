@@ -22,20 +22,13 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from costproxy.background import stop_if_cancelled
 from costproxy.budgets.lua import RedisKeys
 from costproxy.errors import StoreUnavailable
 from costproxy.ledger.entry import LedgerEntry
 from costproxy.store.sqlite import INSERT_LEDGER, SqliteStore, ledger_row
 
 log = structlog.get_logger("costproxy.budgets.model")
-
-
-def stop_if_cancelled() -> None:
-    """Raise if this task was asked to stop: redis-py can swallow a cancellation (returning or
-    raising a connection error instead), so loops over Redis calls check on every turn."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 def entry_json(entry: LedgerEntry) -> bytes:

@@ -47,6 +47,10 @@ class Constraints:
     max_output_tokens: int | None = None  # cap injected into the upstream request
     downgrade: bool = False  # prefer the cheapest model that still meets the floor
     required_capabilities: frozenset[str] = frozenset()
+    # A concrete model the caller named is switched only when an operator policy says so (a rule
+    # that routes, selects or downgrades; a budget that downgrades), never for cost alone:
+    may_switch: bool = False
+    same_provider: bool = False  # switching stays with the named model's provider
     reasons: tuple[str, ...] = field(default=())  # human-readable provenance, in order applied
 
     def merge(self, other: Constraints) -> Constraints:
@@ -76,6 +80,8 @@ class Constraints:
             max_output_tokens=_min_opt(self.max_output_tokens, other.max_output_tokens),
             downgrade=self.downgrade or other.downgrade,
             required_capabilities=self.required_capabilities | other.required_capabilities,
+            may_switch=self.may_switch or other.may_switch,
+            same_provider=self.same_provider or other.same_provider,
             reasons=self.reasons + other.reasons,
         )
 

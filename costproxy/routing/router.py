@@ -19,13 +19,20 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
-from typing import Any, cast
+from decimal import Decimal
+from typing import Any
 
 from costproxy.analyzer.profile import RequestProfile, analyze
 from costproxy.analyzer.tasks import TASK_TYPES
-from costproxy.budgets.accounts import BudgetView
 from costproxy.config_schema import Node
-from costproxy.errors import BudgetExceeded, ConfigError, InvalidRequest, NoEligibleModel
+from costproxy.errors import (
+    BudgetExceeded,
+    ConfigError,
+    InvalidRequest,
+    ModelNotAllowed,
+    NoEligibleModel,
+    ProviderNotConfigured,
+)
 from costproxy.money import MoneyError, format_usd, usd_to_nanos
 from costproxy.registry import ENDPOINT_KIND, TIERS, ModelSpec, Registry
 from costproxy.routing.breakers import CircuitBreakers, parse_breaker_config
@@ -33,8 +40,15 @@ from costproxy.routing.concrete import resolve_concrete
 from costproxy.routing.policy import EMPTY, QUALITY_MODES, Constraints
 from costproxy.routing.quality import QualityProfiles, parse_quality
 from costproxy.routing.route import Route, RouteInput
-from costproxy.routing.selection import BudgetPressure, Decision, SelectionConfig, parse_selection_config, select
-from costproxy.settings import Settings, read_yaml
+from costproxy.routing.selection import (
+    BudgetPressure,
+    Decision,
+    SelectionConfig,
+    cap_that_fits,
+    parse_selection_config,
+    select,
+)
+from costproxy.settings import ProviderSettings, Settings, read_yaml
 from costproxy.steering import RulesHolder, SteeringOutcome, evaluate
 from costproxy.steering.rules import EMPTY_RULESET, Rule, RuleSet
 
@@ -98,16 +112,6 @@ def header_constraints(headers: Mapping[str, str]) -> Constraints:
     return Constraints(quality_mode=quality, max_cost_nanos=nanos, reasons=reasons)
 
 
-def budget_constraints(view: BudgetView) -> Constraints:
-    """Threshold actions of the caller's budgets (restrict-models, auto-downgrade) as constraints.
-
-    ``BudgetView.restrictions`` holds ``Constraints`` keyword arguments (see ``budget_status``).
-    """
-    if not view.restrictions:
-        return EMPTY
-    return Constraints(**cast(dict[str, Any], view.restrictions))
-
-
 def steering_context(request: RouteInput, profile: RequestProfile, virtual: bool,
                      mode: str | None, now: float) -> dict[str, Any]:
     ctx = request.ctx
@@ -138,6 +142,35 @@ def steering_context(request: RouteInput, profile: RequestProfile, virtual: bool
             context[f"request.metadata.{name}"] = value
     context.update(request.budget.fields)
     return context
+
+
+def switch_demand(model: ModelSpec, c: Constraints) -> str | None:
+    """Why policy wants another model than the one named, or ``None`` when it may serve.
+
+    A cost limit is not such a reason: a named model is capped to fit, or refused.
+    """
+    if c.pinned_model and c.pinned_model != model.id:
+        return f"routed to {c.pinned_model}"
+    if c.pinned_tier and c.pinned_tier != model.tier:
+        return f"routed to tier {c.pinned_tier}"
+    if model.id in c.excluded_models:
+        return "excluded"
+    if c.allowed_models is not None and model.id not in c.allowed_models:
+        return f"only {', '.join(sorted(c.allowed_models))} allowed"
+    if c.allowed_tiers is not None and model.tier not in c.allowed_tiers:
+        return f"only tiers {', '.join(sorted(c.allowed_tiers))} allowed"
+    price = c.max_price_per_mtok_output
+    if price is not None and model.price.output > Decimal(price):
+        return f"output price above {price}/M"
+    if c.downgrade:
+        return "downgrade"
+    return None
+
+
+def choices_of(body: Mapping[str, Any]) -> int:
+    """``n`` (or ``best_of``): completions the provider generates and bills (validated upstream)."""
+    values = [v for key in ("n", "best_of") if isinstance(v := body.get(key), int) and not isinstance(v, bool)]
+    return max([1, *values])
 
 
 NO_STEERING = SteeringOutcome(constraints=EMPTY, rejected=None, fired=(), logs=(), shadow_constraints=EMPTY,
@@ -178,16 +211,24 @@ def undetected_profile(body: Mapping[str, Any], input_tokens: int) -> RequestPro
                           task_source="not-detected")
 
 
+MIN_USEFUL_OUTPUT = 16  # a named model is capped to fit a budget only if it may still say this much
+
+
 class SelectionRouter:
     def __init__(self, registry: Registry, quality: QualityProfiles, config: SelectionConfig,
                  rules: RulesHolder | None, breakers: CircuitBreakers,
-                 fallbacks: Mapping[str, tuple[str, ...]] | None = None) -> None:
+                 fallbacks: Mapping[str, tuple[str, ...]] | None = None,
+                 unservable: Mapping[str, str] | None = None) -> None:
         self.registry = registry
         self.quality = quality
         self.config = config
         self.rules = rules
         self.breakers = breakers
-        self.fallbacks = dict(fallbacks or {})
+        self.unservable = dict(unservable or {})  # model id -> why this deployment cannot call it
+        self.fallbacks = {model: tuple(m for m in chain if m not in self.unservable)
+                          for model, chain in (fallbacks or {}).items()}
+        self.candidates = tuple(m for m in registry.models.values()
+                                if m.kind == "chat" and m.id not in self.unservable)
         self.decisions: OrderedDict[str, DecisionRecord] = OrderedDict()
 
     def route(self, request: RouteInput) -> Route:
@@ -219,52 +260,79 @@ class SelectionRouter:
         base = Constraints(quality_mode=mode, pinned_tier=tier) if (mode or tier) else EMPTY
         constraints = (base.merge(header_constraints(request.ctx.headers))
                        .merge(steering.constraints)
-                       .merge(budget_constraints(request.budget))
+                       .merge(request.budget.restrictions)
                        .merge(extra or EMPTY))
+        named: ModelSpec | None = None
         if not virtual:
-            model = resolve_concrete(self.registry, request.requested, request.ctx.endpoint)
-            if kind != "chat" or not self._must_switch(model, profile, constraints, request.budget):
-                route = Route(chain=self._concrete_chain(model), max_output_tokens=constraints.max_output_tokens,
+            named = self._servable(resolve_concrete(self.registry, request.requested, request.ctx.endpoint))
+            why = switch_demand(named, constraints) if kind == "chat" else None
+            if why is None:
+                cap = self._named_cap(named, profile, constraints, request) if kind == "chat" else None
+                route = Route(chain=self._concrete_chain(named), max_output_tokens=cap,
                               task_type=profile.task_type if detect else None, reasons=constraints.reasons,
-                              baseline=model)
+                              baseline=named)
                 return Explanation(route, profile, steering, constraints, None)
-        decision = self._select(request, profile, constraints)
+            if not constraints.may_switch:
+                raise ModelNotAllowed(f"model {named.id!r} cannot serve this request: {why} "
+                                      f"({'; '.join(constraints.reasons) or 'policy'}); no rule or budget "
+                                      "allows switching it to another model", param="model")
+        decision = self._select(request, profile, constraints, named)
         chosen = self.registry.models[decision.model]
         chain = self.breakers.order([chosen, *(self.registry.models[m] for m in decision.fallback_chain)])
-        baseline = self.registry.resolve(request.requested) if not virtual else self.registry.baseline()
+        reasons = decision.reasons if named is None else (
+            f"switched from {named.id}: {switch_demand(named, constraints)}", *decision.reasons)
+        baseline = named or self.registry.baseline() or chosen
         route = Route(chain=tuple(chain), decision_id=decision.id, max_output_tokens=decision.output_cap,
-                      task_type=profile.task_type, reasons=decision.reasons, baseline=baseline or chosen)
+                      task_type=profile.task_type, reasons=reasons, baseline=baseline)
         self._remember(decision, request, steering)
         return Explanation(route, profile, steering, constraints, decision)
 
-    def _must_switch(self, model: ModelSpec, profile: RequestProfile, c: Constraints, view: BudgetView) -> bool:
-        if c.pinned_model and c.pinned_model != model.id:
-            return True
-        if c.pinned_tier and c.pinned_tier != model.tier:
-            return True
-        if c.downgrade or model.id in c.excluded_models:
-            return True
-        if c.allowed_models is not None and model.id not in c.allowed_models:
-            return True
-        if c.allowed_tiers is not None and model.tier not in c.allowed_tiers:
-            return True
-        cap = profile.max_output_tokens or model.max_output_tokens
-        worst = model.worst_case_cost(profile.input_tokens, min(cap, model.max_output_tokens or cap))
-        limits = [x for x in (c.max_cost_nanos, view.remaining_nanos) if x is not None]
-        return any(worst > limit for limit in limits)
+    def _servable(self, model: ModelSpec) -> ModelSpec:
+        problem = self.unservable.get(model.id)
+        if problem is not None:
+            raise ProviderNotConfigured(f"model {model.id!r} cannot be served by this deployment: {problem}",
+                                        param="model")
+        return model
+
+    def _named_cap(self, model: ModelSpec, profile: RequestProfile, c: Constraints,
+                   request: RouteInput) -> int | None:
+        """The output cap for a named model: the rules' cap, lowered so the worst case fits the cost
+        limit and the budget; a request whose useful minimum cannot fit is refused, never switched."""
+        n = choices_of(request.body)
+        natural = min(x for x in (profile.max_output_tokens, c.max_output_tokens,
+                                  model.max_output_tokens or model.context_window,
+                                  model.context_window - profile.input_tokens) if x is not None)
+        remaining = request.budget.remaining_nanos
+        limits = [x for x in (c.max_cost_nanos, remaining) if x is not None]
+        if not limits or natural <= 0 or model.worst_case_cost(profile.input_tokens, natural * n) <= min(limits):
+            return c.max_output_tokens
+        limit = min(limits)
+        fits = cap_that_fits(model, profile.input_tokens, limit) // n
+        if fits >= min(MIN_USEFUL_OUTPUT, natural):
+            return min(fits, natural)
+        worst = model.worst_case_cost(profile.input_tokens, min(MIN_USEFUL_OUTPUT, natural) * n)
+        if remaining is not None and limit == remaining:
+            raise BudgetExceeded(
+                f"budget {request.budget.tightest_budget or ''} has ${format_usd(remaining)} left, less than the "
+                f"${format_usd(worst)} {model.id} needs for this prompt and {min(MIN_USEFUL_OUTPUT, natural)} "
+                "output tokens", details={"budget": request.budget.tightest_budget,
+                                          "remaining_usd": format_usd(remaining)})
+        raise ModelNotAllowed(f"the cost limit ${format_usd(limit)} ({'; '.join(c.reasons)}) is below the "
+                              f"${format_usd(worst)} {model.id} needs for this prompt", param="model")
 
     def _concrete_chain(self, model: ModelSpec) -> tuple[ModelSpec, ...]:
         extra = [self.registry.models[m] for m in self.fallbacks.get(model.id, ()) if m in self.registry.models]
         return tuple(self.breakers.order([model, *extra]))
 
-    def _select(self, request: RouteInput, profile: RequestProfile, constraints: Constraints) -> Decision:
-        candidates = [m for m in self.registry.models.values() if m.kind == "chat"]
+    def _select(self, request: RouteInput, profile: RequestProfile, constraints: Constraints,
+                named: ModelSpec | None) -> Decision:
+        candidates = [m for m in self.candidates if not (constraints.same_provider and named is not None
+                                                         and m.provider != named.provider)]
         view = request.budget
         pressure = BudgetPressure(used_fraction=view.used_fraction, burn_ratio=view.burn_ratio,
                                   remaining_nanos=view.remaining_nanos)
         healthy = [m for m in candidates if self.breakers.allows(m)]
-        requested = self.registry.resolve(request.requested)  # a concrete model that must be switched
-        baseline = requested.id if requested is not None else self.registry.baseline_model
+        baseline = named.id if named is not None else self.registry.baseline_model
         try:
             return select(profile, healthy or candidates, self.quality, constraints, pressure, self.config,
                           baseline=baseline)
@@ -325,7 +393,17 @@ def build_router(settings: Settings) -> SelectionRouter:
     if not result.ok:
         raise ConfigError(str(settings.rules_dir), "", "invalid steering rules:\n" + "\n".join(
             str(error) for error in result.errors))
-    return SelectionRouter(registry, quality, config, rules, CircuitBreakers(breaker), chains)
+    unservable = {m.id: problem for m in registry.models.values()
+                  if (problem := provider_problem(settings.providers[m.provider])) is not None}
+    return SelectionRouter(registry, quality, config, rules, CircuitBreakers(breaker), chains, unservable)
+
+
+def provider_problem(provider: ProviderSettings) -> str | None:
+    """Why a provider cannot be called (``None``: it can): a key it needs is not in the environment."""
+    if provider.auth != "none" and not provider.api_key:
+        return (f"provider {provider.name!r} has no API key: set ${provider.api_key_env}"
+                if provider.api_key_env else f"provider {provider.name!r} has no API key configured")
+    return None
 
 
 # Used when no quality file is configured: a premium model is assumed better than a standard one,

@@ -234,6 +234,12 @@ def _tariff(model: ModelSpec) -> _Tariff:
     return tariff
 
 
+def cap_that_fits(model: ModelSpec, input_tokens: int, limit: int) -> int:
+    """The most output tokens ``model`` may produce for a prompt of ``input_tokens`` with its worst
+    case within ``limit`` nano-USD (0: not even the prompt fits)."""
+    return _tariff(model).cap_that_fits(input_tokens, limit)
+
+
 def _worst_case(
     tariff: _Tariff, profile: RequestProfile, constraints: Constraints, limit: int | None
 ) -> tuple[int, int, str | None]:

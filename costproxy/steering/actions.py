@@ -10,11 +10,15 @@ route              model | tier (exactly one)                             pin a 
 reject             message, status? (400-499, default 403)                refuse the request
 select-model       quality, min_quality?, allowed_models?,                quality target and limits
                    excluded_models?, max_cost_usd?
-downgrade          to_tier?                                               cheapest sufficient model
+downgrade          to_tier?, same_provider?                               cheapest sufficient model
 set-cost-limit     max_cost_usd                                           worst-case cost cap
 cap-output-tokens  max_tokens                                             lower max_tokens
 log                message, level? (debug|info|warning|error)             log line, changes nothing
 =================  =====================================================  ==========================
+
+``route``, ``select-model`` and ``downgrade`` are the operator's explicit permission to serve a
+request that names a concrete model with another one (``Constraints.may_switch``); a cost limit
+alone never switches a named model: the proxy lowers its output cap to fit, or refuses.
 """
 
 from __future__ import annotations
@@ -93,10 +97,10 @@ def _route(params: Node, reason: str) -> Action:
         raise params.error("give exactly one of model or tier", params.value)
     if model_node.value is not None:
         model = model_node.str()
-        constraints = Constraints(pinned_model=model, reasons=(f"{reason} model {model}",))
+        constraints = Constraints(pinned_model=model, may_switch=True, reasons=(f"{reason} model {model}",))
         return Action("route", _frozen({"model": model}), constraints, ((model_node.path, model),))
     tier = tier_node.str(choices=TIERS)
-    constraints = Constraints(pinned_tier=tier, reasons=(f"{reason} tier {tier}",))
+    constraints = Constraints(pinned_tier=tier, may_switch=True, reasons=(f"{reason} tier {tier}",))
     return Action("route", _frozen({"tier": tier}), constraints)
 
 
@@ -122,6 +126,7 @@ def _select_model(params: Node, reason: str) -> Action:
         allowed_models=None if allowed is None else frozenset(allowed),
         excluded_models=frozenset(excluded),
         max_cost_nanos=max_cost,
+        may_switch=True,
         reasons=(f"{reason} quality {quality}",),
     )
     shown = {
@@ -136,13 +141,16 @@ def _select_model(params: Node, reason: str) -> Action:
 
 
 def _downgrade(params: Node, reason: str) -> Action:
+    same = params.child("same_provider", False).bool()
     tier_node = params.child("to_tier", None)
     if tier_node.value is None:
-        return Action("downgrade", _frozen({}), Constraints(downgrade=True, reasons=(reason,)))
+        constraints = Constraints(downgrade=True, may_switch=True, same_provider=same, reasons=(reason,))
+        return Action("downgrade", _frozen({"same_provider": same or None}), constraints)
     tier = tier_node.str(choices=TIERS)
     tiers = frozenset(TIERS[: TIERS.index(tier) + 1])  # TIERS runs from cheapest to dearest
-    constraints = Constraints(downgrade=True, allowed_tiers=tiers, reasons=(f"{reason} to tier {tier}",))
-    return Action("downgrade", _frozen({"to_tier": tier}), constraints)
+    constraints = Constraints(downgrade=True, allowed_tiers=tiers, may_switch=True, same_provider=same,
+                              reasons=(f"{reason} to tier {tier}",))
+    return Action("downgrade", _frozen({"to_tier": tier, "same_provider": same or None}), constraints)
 
 
 def _set_cost_limit(params: Node, reason: str) -> Action:

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from costproxy.background import cancel_and_wait
 from costproxy.errors import StoreUnavailable
 from costproxy.identity.principal import KeyRecord
 from costproxy.ledger.entry import COLUMNS, LedgerEntry
@@ -110,11 +111,7 @@ class SqliteStore:
 
     async def close(self) -> None:
         if self._flusher is not None:
-            self._flusher.cancel()
-            try:
-                await self._flusher
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait([self._flusher])
             self._flusher = None
         await self.flush()
         await self.run(self._close_sync)

@@ -270,8 +270,10 @@ async def test_view_feeds_steering_and_selection(open_accounts: Opener) -> None:
     assert view.remaining_nanos == USD and view.used_fraction == pytest.approx(0.9)
     assert view.fields["budget.team.status"] == "critical" and view.fields["budget.any.used_pct"] == 90.0
     assert view.fields["budget.user.used_pct"] == 9.0
-    assert view.restrictions["allowed_tiers"] == frozenset({"economy"})
-    assert view.restrictions["downgrade"] is True and view.restrictions["max_cost_nanos"] == USD
+    assert view.restrictions.allowed_tiers == frozenset({"economy"})
+    assert view.restrictions.downgrade is True and view.restrictions.max_cost_nanos == USD
+    # on_exhausted: downgrade without targets may switch a named model, within its provider only
+    assert view.restrictions.may_switch and view.restrictions.same_provider
     assert (await accounts.view(Principal(key_id="other"))).fields == {}
 
 

@@ -152,3 +152,79 @@ async def test_concrete_model_skips_task_detection_unless_a_rule_reads_it(make_p
     assert entry.task_type is None  # not analyzed: no rule could use it
     resp = await proxy.client.post("/v1/chat/completions", json=SIMPLE, headers=proxy.auth())
     assert proxy.sim.calls[-1].body["max_tokens"] == 9  # auto: analyzed, the rule applied
+
+
+# --- the caller's intent: a named model is served as asked, capped to fit, or refused ---------------
+
+NAMED = {"model": "big", "messages": [{"role": "user", "content": "Tell me about the sea."}]}
+
+
+def team_budget(limit: str, **extra: Any) -> dict[str, Any]:
+    return {"budgets": [{"id": "core", "scope_type": "team", "scope_id": "core", "limit_usd": limit,
+                         "period": "monthly", **extra}]}
+
+
+async def test_a_budget_too_small_for_the_full_answer_caps_the_named_model(make_proxy) -> None:
+    # big: $2.50 in / $10 out per 1M; 4,096 output tokens would cost ~$0.041, the team has $0.005
+    proxy = await make_proxy(extra=team_budget("0.005"))
+    resp = await proxy.client.post("/v1/chat/completions", json=NAMED, headers=proxy.auth())
+    assert resp.status == 200, await resp.text()
+    assert resp.headers["x-costproxy-model"] == "big"
+    cap = proxy.sim.calls[-1].body["max_tokens"]
+    assert 16 <= cap < 500  # lowered so the worst case fits what is left, not switched
+    assert int(float(resp.headers["x-costproxy-max-cost-usd"]) * 1e9) <= 5_000_000
+
+
+async def test_a_budget_that_cannot_fit_a_useful_answer_refuses_the_named_model(make_proxy) -> None:
+    proxy = await make_proxy(extra=team_budget("0.0001"))  # less than 16 output tokens of big
+    resp = await proxy.client.post("/v1/chat/completions", json=NAMED, headers=proxy.auth())
+    body = await resp.json()
+    assert resp.status == 429 and body["error"]["code"] == "budget_exceeded", body
+    assert resp.headers["x-should-retry"] == "false"
+    assert not proxy.sim.calls
+    [entry] = await proxy.ledger()
+    assert (entry.status, entry.cost_nanos, entry.error_code) == ("refused", 0, "budget_exceeded")
+
+
+async def test_restrict_models_refuses_a_named_model_it_excludes(make_proxy) -> None:
+    restricted = team_budget("10", thresholds=[{"percent": 1, "actions": [
+        {"type": "restrict-models", "tiers": ["economy"]}]}])
+    proxy = await make_proxy(extra=restricted)
+    await proxy.client.post("/api/v1/budgets/core/usage", headers=ADMIN, json={"amount": "0.2", "source": "manual"})
+    resp = await proxy.client.post("/v1/chat/completions", json=NAMED, headers=proxy.auth())
+    body = await resp.json()
+    assert resp.status == 403 and body["error"]["code"] == "model_not_allowed", body
+    assert "budget core: restrict-models" in body["error"]["message"]
+    ok = await proxy.client.post("/v1/chat/completions", json={**NAMED, "model": "small"}, headers=proxy.auth())
+    assert ok.status == 200 and ok.headers["x-costproxy-model"] == "small"
+
+
+async def test_auto_downgrade_switches_a_named_model_only_to_its_targets(make_proxy) -> None:
+    downgrading = team_budget("10", thresholds=[{"percent": 1, "actions": [
+        {"type": "auto-downgrade", "models": ["small"]}]}])
+    proxy = await make_proxy(extra=downgrading)
+    await proxy.client.post("/api/v1/budgets/core/usage", headers=ADMIN, json={"amount": "0.2", "source": "manual"})
+    resp = await proxy.client.post("/v1/chat/completions", json=NAMED, headers=proxy.auth())
+    assert resp.status == 200, await resp.text()
+    assert (resp.headers["x-costproxy-requested-model"], resp.headers["x-costproxy-model"]) == ("big", "small")
+    decision = await (await proxy.client.get(f"/api/v1/decisions/{resp.headers['x-costproxy-decision-id']}",
+                                              headers=ADMIN)).json()
+    assert decision["decision"]["model"] == "small"
+
+
+async def test_a_cost_header_never_switches_a_named_model(make_proxy) -> None:
+    from costproxy.settings import TrustedProxySettings
+
+    relay = TrustedProxySettings(name="relay", secret_env="RELAY_SECRET", secret="relay-secret")
+    proxy = await make_proxy(settings_changes={"trusted_proxies": (relay,)})
+    trusted = {**proxy.auth(), "X-Costproxy-Proxy-Secret": "relay-secret"}
+    capped = await proxy.client.post("/v1/chat/completions", json=NAMED,
+                                     headers={**trusted, "X-Costproxy-Max-Cost-Usd": "0.001"})
+    assert capped.status == 200 and capped.headers["x-costproxy-model"] == "big"  # capped, not switched
+    assert proxy.sim.calls[-1].body["max_tokens"] < 100
+    refused = await proxy.client.post("/v1/chat/completions", json=NAMED,
+                                      headers={**trusted, "X-Costproxy-Max-Cost-Usd": "0.000001"})
+    body = await refused.json()
+    assert refused.status == 403 and body["error"]["code"] == "model_not_allowed", body
+    assert "cost limit" in body["error"]["message"]
+    assert len(proxy.sim.calls) == 1

@@ -43,7 +43,6 @@ from costproxy.budgets.status import (
 )
 from costproxy.errors import ConfigError, InvalidRequest
 from costproxy.identity.principal import Principal
-from costproxy.routing.policy import Constraints
 
 USD = 1_000_000_000
 
@@ -189,14 +188,27 @@ def test_threshold_actions_become_constraints() -> None:
     actions = [ThresholdAction("notify"), ThresholdAction("restrict-models", tiers=frozenset({"economy", "standard"})),
                ThresholdAction("restrict-models", tiers=frozenset({"economy"}), max_price_per_mtok="2.5"),
                ThresholdAction("restrict-models", max_price_per_mtok="0.60"), ThresholdAction("auto-downgrade")]
-    found = restrictions_of(actions)
-    assert found == {"allowed_tiers": frozenset({"economy"}), "max_price_per_mtok_output": "0.60",
-                     "downgrade": True}
-    assert Constraints(**found).downgrade  # the keys are Constraints fields
+    found = restrictions_of(actions, "b1")
+    assert (found.allowed_tiers, found.max_price_per_mtok_output) == (frozenset({"economy"}), "0.60")
+    assert found.downgrade and found.may_switch and found.same_provider  # no targets: same provider only
+    assert found.reasons == ("budget b1: restrict-models",) * 3 + ("budget b1: auto-downgrade",)
     with pytest.raises(BudgetInvalid):
         ThresholdAction("restrict-models")
     with pytest.raises(BudgetInvalid):
         ThresholdAction("notify", tiers=frozenset({"economy"}))
+    with pytest.raises(BudgetInvalid):
+        ThresholdAction("auto-downgrade", max_price_per_mtok="1")
+
+
+def test_auto_downgrade_targets_limit_where_a_named_model_may_go() -> None:
+    targeted = ThresholdAction("auto-downgrade", tiers=frozenset({"economy"}), models=frozenset({"small"}))
+    found = restrictions_of([targeted], "b1")
+    assert found.allowed_tiers == frozenset({"economy"}) and found.allowed_models == frozenset({"small"})
+    assert found.may_switch and not found.same_provider
+    pinned = restrictions_of([ThresholdAction("auto-downgrade", tiers=frozenset({"economy"}), same_provider=True)],
+                             "b1")
+    assert pinned.same_provider
+    assert restrictions_of([ThresholdAction("restrict-models", tiers=frozenset({"economy"}))], "b1").may_switch is False
 
 
 def test_gate_and_overrides() -> None:
