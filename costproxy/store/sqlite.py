@@ -55,6 +55,11 @@ MIGRATIONS: list[tuple[int, str]] = [
             created_at REAL NOT NULL, revoked_at REAL, expires_at REAL
         );
     """),
+    # The console: last use of a key (MAX(ts_ms) per key_id) and the ledger entry of a decision.
+    (2, """
+        CREATE INDEX ledger_key_ts ON ledger (key_id, ts_ms);
+        CREATE INDEX ledger_decision ON ledger (decision_id) WHERE decision_id IS NOT NULL;
+    """),
 ]
 
 INSERT_LEDGER = f"INSERT INTO ledger ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
