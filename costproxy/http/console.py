@@ -162,14 +162,18 @@ def page_handler(screen: Screen) -> Callable[[web.Request], Awaitable[web.Stream
         found = current_session(request)
         if found is None:
             target = "/ui/login" + ("" if request.path == "/ui" else f"?next={request.path}")
-            return harden(web.HTTPSeeOther(target))
+            return harden(redirect(target))
         return render(request, screen, found[1])
 
     return handler
 
 
+def redirect(location: str, status: int = 303) -> web.Response:
+    return web.Response(status=status, headers={"Location": location})
+
+
 async def root(request: web.Request) -> web.StreamResponse:
-    return harden(web.HTTPFound("/ui"))
+    return harden(redirect("/ui", 302))
 
 
 # --- sign-in, sign-out, session ---------------------------------------------------------------------
@@ -188,7 +192,7 @@ def login_page(request: web.Request, error: str = "", status: int = 200) -> web.
 
 async def login_form(request: web.Request) -> web.StreamResponse:
     if current_session(request) is not None:
-        return harden(web.HTTPSeeOther(safe_next(request.query.get("next"))))
+        return harden(redirect(safe_next(request.query.get("next"))))
     return login_page(request)
 
 
@@ -208,7 +212,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     throttle.succeeded(address)
     role, label, token_id = found
     session_id, _ = request.app[CONSOLE_SESSIONS].create(role, label, now, token_id)
-    response = web.HTTPSeeOther(safe_next(str(form.get("next", "")) or None))
+    response = redirect(safe_next(str(form.get("next", "")) or None))
     console_auth.set_session_cookie(request, response, session_id)
     return harden(response)
 
@@ -221,7 +225,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
         if not same_origin(request) or not csrf_matches(found[1], presented):
             return harden(web.Response(status=403, text="sign-out refused: missing CSRF token; reload the page"))
         request.app[CONSOLE_SESSIONS].end(found[0])
-    response = web.HTTPSeeOther("/ui/login")
+    response = redirect("/ui/login")
     console_auth.clear_session_cookie(request, response)
     return harden(response)
 
