@@ -137,6 +137,7 @@ def layout(title: str, page: str, main: str, nav: str = "", body_attrs: str = ""
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{html.escape(title)} · costproxy</title>"
+        f'<link rel="icon" href="/ui/static/favicon.svg?v={v}" type="image/svg+xml">'
         f'<link rel="stylesheet" href="/ui/static/console.css?v={v}"></head>'
         f'<body data-page="{page}"{body_attrs}><a class="skip" href="#main">Skip to content</a>{nav}'
         f'<main id="main" tabindex="-1">{main}</main>'

@@ -200,7 +200,8 @@ export function showError(form, error) {
   const name = param.split(/[.[]/)[0];
   const slot = name && form.querySelector(`[data-error-for="${CSS.escape(name)}"]`);
   const target = slot || form.querySelector('[data-error-for="_form"]');
-  target.textContent = error.message;
+  // beside the field, "body: amount: amount is not …" reads better as "amount is not …"
+  target.textContent = slot ? error.message.replace(/^body: /, "").replace(new RegExp(`^${name}: `), "") : error.message;
   const input = name && form.querySelector(`[data-field="${CSS.escape(name)}"]`);
   if (input) {
     input.setAttribute("aria-invalid", "true");
