@@ -235,7 +235,8 @@ async def spend(request: web.Request) -> web.StreamResponse:
     bucket = bucket_of(request, start, end)
     filters = drill_filters(request)
     flt = LedgerFilter(start_ms=start, end_ms=end, equals=filters, scopes=scope_filter(request))
-    rows = await analytics.spend_buckets(request.app[STORE], GROUP_COLUMNS[group], flt)
+    rows = await analytics.spend_buckets(request.app[STORE], GROUP_COLUMNS[group], flt,
+                                         analytics.sql_bucket_ms(tz, start, end))
     body = spend_body(group, analytics.fold(rows, bucket, tz), analytics.bucket_labels(start, end, bucket, tz),
                       _top(request))
     body.update(currency="USD", timezone=tz, bucket=bucket, range=label, **{"from": iso(start), "to": iso(end)},

@@ -13,21 +13,25 @@ No secret is ever written into a page: the CSRF token comes from ``GET /ui/sessi
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import html
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
 from aiohttp import web
 
+from costproxy.errors import StoreUnavailable
 from costproxy.http import console_auth
 from costproxy.http.budgets_api import catalog_of
 from costproxy.http.console_auth import COOKIE, current_session, role_for_token, safe_next, same_origin
-from costproxy.http.state import CONSOLE_SESSIONS, LOGIN_THROTTLE, SETTINGS
+from costproxy.http.state import CONSOLE_SESSIONS, LOGIN_THROTTLE, SETTINGS, STORE
 from costproxy.identity.sessions import Session, csrf_matches
+from costproxy.ledger import analytics
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "font-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
@@ -247,8 +251,20 @@ async def session_info(request: web.Request) -> web.StreamResponse:
         "expiresAt": request.app[CONSOLE_SESSIONS].expires_at(session), "cookie": COOKIE}))
 
 
+async def _rollup_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Fold the existing ledger into the overview's rollup in the background, once, at start-up, so
+    the first overview after a restart does not pay for it."""
+    task = asyncio.create_task(analytics.catch_up(app[STORE]), name="costproxy-ledger-rollup")
+    yield
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, StoreUnavailable):
+        await task
+
+
 def install(app: web.Application) -> None:
     console_auth.install(app)
+    app.cleanup_ctx.append(_rollup_ctx)
     app.router.add_get("/", root)
     for screen in SCREENS:
         app.router.add_get(screen.path, page_handler(screen))

@@ -83,19 +83,71 @@ class OverviewSums:
     recent_cost_nanos: int  # spend since ``recent_from_ms`` (burn rate for the forecast)
 
 
+_CATCH_UP = (
+    "INSERT INTO ledger_rollup (bucket_ms, served_model, virtual, refused, requests, cost_nanos, baseline_nanos)"
+    f" SELECT (l.ts_ms / {BUCKET_MS}) * {BUCKET_MS}, COALESCE(l.served_model, ''), {VIRTUAL_SQL},"
+    " l.status IN ('blocked', 'rejected'), COUNT(*), SUM(l.cost_nanos), SUM(l.baseline_nanos)"
+    " FROM ledger l WHERE l.seq > ? AND l.seq <= ? GROUP BY 1, 2, 3, 4"
+    " ON CONFLICT (bucket_ms, served_model, virtual, refused) DO UPDATE SET requests = requests + excluded.requests,"
+    " cost_nanos = cost_nanos + excluded.cost_nanos, baseline_nanos = baseline_nanos + excluded.baseline_nanos")
+
+
+def _catch_up_sync(store: SqliteStore) -> int:
+    """Fold the ledger entries appended since the last call into ``ledger_rollup`` (one transaction)."""
+    conn = store.conn()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        done = conn.execute("SELECT seq FROM ledger_rollup_mark WHERE id = 1").fetchone()[0]
+        last = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM ledger").fetchone()[0]
+        if last > done:
+            conn.execute(_CATCH_UP, (done, last))
+            conn.execute("UPDATE ledger_rollup_mark SET seq = ? WHERE id = 1", (last,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return int(last - done)
+
+
+async def catch_up(store: SqliteStore) -> int:
+    """Bring the 15-minute rollup up to date with the ledger; returns how many entries it folded.
+
+    The ledger is append-only and ``seq`` only grows, so each entry is folded exactly once; the
+    work is proportional to what was appended since the last read, not to the ledger's size."""
+    await store.flush()
+    return await store.run(_catch_up_sync, store)
+
+
 async def overview_sums(store: SqliteStore, flt: LedgerFilter, today_ms: int, recent_from_ms: int) -> OverviewSums:
-    """Sums of the period (``flt``'s range), of today, of the recent window, and refusals: one scan."""
+    """Sums of the period (``flt``'s range), of today, of the recent window, and refusals.
+
+    Without a scope limit they come from the 15-minute rollup (``today_ms`` must be on a
+    15-minute boundary, as every local midnight is); with one, from the ledger itself."""
+    if flt.scopes is None and not flt.equals and flt.end_ms is None:
+        await catch_up(store)
+        rows = await store.query(
+            "SELECT SUM(requests) AS n, SUM(cost_nanos) AS cost, SUM(baseline_nanos) AS base,"
+            " SUM(CASE WHEN bucket_ms >= ? THEN requests END) AS tn, SUM(CASE WHEN bucket_ms >= ? THEN cost_nanos END)"
+            " AS tcost, SUM(CASE WHEN bucket_ms >= ? THEN baseline_nanos END) AS tbase,"
+            " SUM(CASE WHEN refused THEN requests END) AS refused,"
+            " SUM(CASE WHEN refused AND bucket_ms >= ? THEN requests END) AS trefused,"
+            " SUM(CASE WHEN bucket_ms >= ? THEN cost_nanos END) AS recent, 0 AS tin, 0 AS tout"
+            " FROM ledger_rollup WHERE bucket_ms >= ?",
+            [today_ms, today_ms, today_ms, today_ms, recent_from_ms - recent_from_ms % BUCKET_MS, flt.start_ms or 0])
+        return _overview(rows[0])
     where, params = flt.where()
     refused = "l.status IN ('blocked', 'rejected')"
     rows = await store.query(
         "SELECT COUNT(*) AS n, SUM(l.cost_nanos) AS cost, SUM(l.baseline_nanos) AS base,"
-        " SUM(l.prompt_tokens) AS tin, SUM(l.completion_tokens) AS tout,"
-        " SUM(l.ts_ms >= ?) AS tn, SUM(CASE WHEN l.ts_ms >= ? THEN l.cost_nanos END) AS tcost,"
+        " 0 AS tin, 0 AS tout, SUM(l.ts_ms >= ?) AS tn, SUM(CASE WHEN l.ts_ms >= ? THEN l.cost_nanos END) AS tcost,"
         " SUM(CASE WHEN l.ts_ms >= ? THEN l.baseline_nanos END) AS tbase,"
         f" SUM({refused}) AS refused, SUM({refused} AND l.ts_ms >= ?) AS trefused,"
         " SUM(CASE WHEN l.ts_ms >= ? THEN l.cost_nanos END) AS recent"
         f" FROM ledger l WHERE {where}", [today_ms, today_ms, today_ms, today_ms, recent_from_ms, *params])
-    r = rows[0]
+    return _overview(rows[0])
+
+
+def _overview(r: Any) -> OverviewSums:
     refused_period = r["refused"] or 0
     refused_today = r["trefused"] or 0
     return OverviewSums(
@@ -106,6 +158,13 @@ async def overview_sums(store: SqliteStore, flt: LedgerFilter, today_ms: int, re
 
 async def auto_share(store: SqliteStore, flt: LedgerFilter) -> list[tuple[str, int, int]]:
     """``(served model, requests, cost)`` of the requests that asked for ``auto`` or a tier, answered."""
+    if flt.scopes is None and not flt.equals and flt.end_ms is None:  # the rollup (see overview_sums)
+        await catch_up(store)
+        rows = await store.query(
+            "SELECT served_model AS k, SUM(requests) AS n, SUM(cost_nanos) AS cost FROM ledger_rollup"
+            " WHERE bucket_ms >= ? AND virtual AND NOT refused AND served_model != '' GROUP BY k ORDER BY n DESC, k",
+            [flt.start_ms or 0])
+        return [(r["k"], r["n"], r["cost"] or 0) for r in rows]
     where, params = flt.where()
     rows = await store.query(
         f"SELECT l.served_model AS k, COUNT(*) AS n, SUM(l.cost_nanos) AS cost FROM ledger l WHERE {where}"
@@ -121,11 +180,23 @@ class BucketRow:
     sums: Sums
 
 
-async def spend_buckets(store: SqliteStore, column: str, flt: LedgerFilter) -> list[BucketRow]:
-    """Sums per ``column`` value and 15-minute bucket (refused requests excluded: they cost nothing)."""
+def sql_bucket_ms(tz_name: str, start_ms: int, end_ms: int) -> int:
+    """The coarsest SQL bucket that still folds exactly into local hours: an hour where the zone's
+    offset is a whole number of hours at both ends of the range, else 15 minutes."""
+    tz = zone(tz_name, field_name="tz")
+    for at in (start_ms, end_ms):
+        offset = datetime.fromtimestamp(at / 1000, tz=UTC).astimezone(tz).utcoffset()
+        if offset is None or offset.total_seconds() % 3600:
+            return BUCKET_MS
+    return 4 * BUCKET_MS
+
+
+async def spend_buckets(store: SqliteStore, column: str, flt: LedgerFilter, bucket_ms: int = BUCKET_MS
+                        ) -> list[BucketRow]:
+    """Sums per ``column`` value and bucket of ``bucket_ms`` (refused requests excluded: they cost nothing)."""
     where, params = flt.where()
     rows = await store.query(
-        f"SELECT l.{column} AS k, (l.ts_ms / {BUCKET_MS}) * {BUCKET_MS} AS b, COUNT(*) AS n,"
+        f"SELECT l.{column} AS k, (l.ts_ms / {bucket_ms}) * {bucket_ms} AS b, COUNT(*) AS n,"
         " SUM(l.cost_nanos) AS cost, SUM(l.baseline_nanos) AS base, SUM(l.prompt_tokens) AS tin,"
         f" SUM(l.completion_tokens) AS tout FROM ledger l WHERE {where}"
         " AND l.status NOT IN ('blocked', 'rejected') GROUP BY k, b", params)
@@ -204,18 +275,24 @@ class Series:
 
 def fold(rows: Iterable[BucketRow], bucket: str, tz_name: str) -> list[Series]:
     """Bucket rows folded into one series per key (largest spend first), with local bucket labels."""
-    found: dict[str | None, Series] = {}
+    points: dict[str | None, dict[str, int]] = {}
+    totals: dict[str | None, list[int]] = {}
     labels: dict[int, str] = {}
     for row in rows:
-        series = found.setdefault(row.key, Series(row.key))
         label = labels.get(row.bucket_ms)
         if label is None:
             label = labels[row.bucket_ms] = bucket_label(row.bucket_ms, bucket, tz_name)
-        series.points[label] = series.points.get(label, 0) + row.sums.cost_nanos
-        t, s = series.total, row.sums
-        series.total = Sums(t.requests + s.requests, t.cost_nanos + s.cost_nanos, t.baseline_nanos + s.baseline_nanos,
-                            t.prompt_tokens + s.prompt_tokens, t.completion_tokens + s.completion_tokens)
-    return sorted(found.values(), key=lambda s: (-s.total.cost_nanos, -s.total.requests, s.key or ""))
+        series = points.setdefault(row.key, {})
+        s = row.sums
+        series[label] = series.get(label, 0) + s.cost_nanos
+        sums = totals.setdefault(row.key, [0, 0, 0, 0, 0])
+        sums[0] += s.requests
+        sums[1] += s.cost_nanos
+        sums[2] += s.baseline_nanos
+        sums[3] += s.prompt_tokens
+        sums[4] += s.completion_tokens
+    found = [Series(key, Sums(*totals[key]), series) for key, series in points.items()]
+    return sorted(found, key=lambda s: (-s.total.cost_nanos, -s.total.requests, s.key or ""))
 
 
 def local_midnight(now_ms: int, tz_name: str) -> int:

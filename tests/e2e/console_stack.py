@@ -61,7 +61,7 @@ class Receiver:
         self.received = received
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
                 received.append({"path": self.path, "headers": dict(self.headers), "body": json.loads(body or b"{}")})
                 self.send_response(200)
@@ -92,7 +92,7 @@ def seed_ledger(path: Path, now_ms: int, count: int = 600) -> None:
     for i in range(count):
         team = rng.choice(list(teams))
         model = rng.choice(["small", "small", "backup", "big"])
-        tin, tout = rng.randint(200, 3000), rng.randint(50, 800)
+        tin, tout = rng.randint(20_000, 300_000), rng.randint(1_000, 8_000)  # long documents: cents a request
         cost = (tin * prices[model][0] + tout * prices[model][1]) // 1000
         base = (tin * prices["big"][0] + tout * prices["big"][1]) // 1000
         rows.append(ledger_row(LedgerEntry(
@@ -100,7 +100,8 @@ def seed_ledger(path: Path, now_ms: int, count: int = 600) -> None:
             status="ok", http_status=200, key_id=f"key_seed{team}", user=rng.choice(teams[team]), team=team,
             org="acme", project="web", requested_model="auto" if model != "big" else "big", served_model=model,
             provider="sim2" if model == "backup" else "sim", prompt_tokens=tin, completion_tokens=tout,
-            cost_nanos=cost, baseline_nanos=base, latency_ms=rng.randint(200, 2000))))
+            cost_nanos=cost, baseline_nanos=base, latency_ms=rng.randint(200, 2000),
+            metadata={"rules": ["economy-for-classification"]} if model != "big" and rng.random() < 0.4 else {})))
     conn = sqlite3.connect(path)
     try:
         migrate(conn)

@@ -190,3 +190,28 @@ def test_openapi_documents_the_console_calls() -> None:
                  "/api/v1/rules", "/api/v1/decisions"):
         assert "get" in paths[path], path
     assert "lastUsedAt" in document()["components"]["schemas"]["Key"]["properties"]
+
+
+async def test_the_overview_rollup_equals_a_scan_of_the_ledger(make_proxy: ProxyFactory) -> None:
+    from costproxy.http.state import STORE
+    from costproxy.ledger import analytics
+    from costproxy.ledger.analytics import LedgerFilter
+
+    budget = {"id": "tiny", "scope_type": "user", "scope_id": "zed", "limit_usd": "0.000001", "period": "daily"}
+    proxy = await make_proxy(rules={"r.yaml": RULES}, extra={"budgets": {"definitions": [budget]}})
+    store = proxy.app[STORE]
+    zed = await proxy.new_key(user="zed")
+    now = int(time.time() * 1000)
+    today = analytics.local_midnight(now, "Asia/Kathmandu")  # +05:45: a midnight on a quarter hour
+    for round_ in range(3):
+        await send(proxy, AUTO)
+        await send(proxy, SMALL)
+        await send(proxy, SMALL, zed, status=429)
+        rolled = await analytics.overview_sums(store, LedgerFilter(start_ms=0), today, now - 3_600_000)
+        scanned = await analytics.overview_sums(store, LedgerFilter(start_ms=0, end_ms=now + 86_400_000), today,
+                                                now - 3_600_000)
+        assert rolled.period == scanned.period and rolled.today == scanned.today
+        assert rolled.refused_period == scanned.refused_period == round_ + 1
+        assert await analytics.auto_share(store, LedgerFilter(start_ms=0)) == await analytics.auto_share(
+            store, LedgerFilter(start_ms=0, end_ms=now + 86_400_000))
+    assert await analytics.catch_up(store) == 0  # every entry is folded once

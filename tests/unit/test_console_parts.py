@@ -114,3 +114,12 @@ def test_vendored_assets_match_their_pinned_manifest(name: str) -> None:
     entry = manifest[name]
     assert entry["package"] == "chart.js@4.6.1" and entry["integrity"].startswith("sha512-")
     assert hashlib.sha256((VENDOR / name).read_bytes()).hexdigest() == entry["sha256"]
+
+
+def test_sql_buckets_are_hours_only_where_the_zone_keeps_whole_hour_offsets() -> None:
+    from costproxy.ledger.analytics import sql_bucket_ms
+
+    span = (ms("2026-03-01T00:00"), ms("2026-04-30T00:00"))  # across the DST change in Europe
+    assert sql_bucket_ms("Europe/Berlin", *span) == 3_600_000
+    assert sql_bucket_ms("Asia/Kolkata", *span) == 900_000
+    assert sql_bucket_ms("Australia/Lord_Howe", ms("2026-04-04T00:00"), ms("2026-04-06T00:00")) == 900_000

@@ -78,6 +78,8 @@ async function loadSavings() {
   ], rows, { caption: "Requests each applied rule touched (a request two rules touched counts for both)" }));
 }
 
+function plural(n, word) { return `${n} ${word}${n === 1 ? "" : "s"}`; }
+
 function describe(rule) {
   const conditions = rule.conditions.map((c) => `${c.field} ${c.operator}${c.value === null ? "" : ` ${JSON.stringify(c.value)}`}`)
     .join(` ${rule.operator} `) || "every request";
@@ -89,7 +91,7 @@ async function loadRules() {
   const rules = await get("/api/v1/rules");
   const last = rules.lastReload;
   fill("#rule-state", h("p", {}, rules.valid ? badge("valid", "normal") : badge("last reload failed", "exhausted"),
-    ` ${rules.rules.length} rules from ${rules.files.length} files in ${rules.directory || "—"}, digest `, h("code", {}, rules.digest || "—"),
+    ` ${plural(rules.rules.length, "rule")} from ${plural(rules.files.length, "file")} in ${rules.directory || "—"}, digest `, h("code", {}, rules.digest || "—"),
     `, loaded `, timeEl(rules.loadedAt), last ? [", last checked ", timeEl(last.at)] : ""),
   last && last.errors.length ? h("div", { class: "errors", role: "alert" }, h("p", {}, "The last reload was refused; the rule set below stays in force:"),
     h("ul", {}, last.errors.map((e) => h("li", {}, h("code", {}, `${e.file}: ${e.ruleId}: ${e.field || "-"}`), ` ${e.message}`)))) : null);
