@@ -136,13 +136,15 @@ export function table(columns, rows, { caption, empty = "Nothing yet.", foot, ro
   const head = h("tr", {}, columns.map((c) => h("th", { scope: "col", class: c.num ? "num" : null }, c.label)));
   const body = rows.map((row) => h("tr", rowAttrs ? rowAttrs(row) : {}, columns.map((c, i) => {
     const v = c.value(row);
-    const cell = h(i === 0 ? "th" : "td", { class: c.num ? "num" : null, scope: i === 0 ? "row" : null });
+    const cell = h(i === 0 ? "th" : "td", { class: c.num ? "num" : null, scope: i === 0 ? "row" : null,
+      "data-label": c.label || null });
     cell.append(v instanceof Node ? v : document.createTextNode(v === null || v === undefined ? "—" : String(v)));
     return cell;
   })));
-  const t = h("table", {}, caption ? h("caption", {}, caption) : null, h("thead", {}, head), h("tbody", {}, body));
+  const t = h("table", { class: "stack" }, caption ? h("caption", {}, caption) : null, h("thead", {}, head), h("tbody", {}, body));
   if (foot) t.append(h("tfoot", {}, h("tr", {}, columns.map((c, i) => h(i === 0 ? "th" : "td",
-    { class: c.num ? "num" : null, scope: i === 0 ? "row" : null }, foot[i] ?? "")))));
+    { class: c.num ? "num" : null, scope: i === 0 ? "row" : null, "data-label": i === 0 ? null : c.label || null },
+    foot[i] ?? "")))));
   return h("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": caption || "table" }, t);
 }
 
