@@ -54,7 +54,8 @@ def seed(path: Path, n: int, now_ms: int) -> None:
         auto = rng.random() < 0.33
         batch.append(ledger_row(LedgerEntry(
             request_id=f"r{i}", ts_ms=ts_ms, endpoint="chat/completions",
-            status="ok" if rng.random() > 0.01 else "blocked", http_status=200, key_id=f"key_{rng.randrange(400)}",
+            status="ok" if rng.random() > 0.01 else "refused", error_code="budget_exceeded",
+            http_status=200, key_id=f"key_{rng.randrange(400)}",
             user=f"user-{rng.randrange(400)}", team=team, org="acme", project=f"p{rng.randrange(20)}",
             requested_model="auto" if auto else rng.choice(MODELS), served_model=rng.choice(MODELS),
             provider="openai", decision_id=f"d{i}" if auto else None, prompt_tokens=rng.randrange(100, 4000),

@@ -13,8 +13,9 @@
 
 Admin and read-only tokens see everything; a scope-limited token sees the requests of its scopes
 only (an entry is in scope when its org, team, user, project or key is one of the token's scopes).
-Money is a decimal string in USD; refused requests (status ``blocked``/``rejected``) cost nothing
-and are counted apart.
+Money is a decimal string in USD; requests refused before any upstream call (ledger status
+``refused``) cost nothing and are not counted as requests; the overview counts those a budget, a
+steering rule or the model policy refused.
 """
 
 from __future__ import annotations

@@ -25,7 +25,13 @@ BUCKET_MS = 900_000
 GROUP_COLUMNS = {"team": "team", "user": "user", "project": "project", "key": "key_id", "model": "served_model",
                  "provider": "provider", "org": "org"}
 SCOPE_COLUMNS = {"org": "org", "team": "team", "user": "user", "project": "project", "key": "key_id"}
-REFUSED = ("blocked", "rejected")
+# A request refused before any upstream call has status "refused" (cost 0).  Refused by policy — a
+# budget, a steering rule, a model the policy does not allow — is what the overview counts; a
+# malformed request refused with 400 is neither spend nor a refusal worth a figure.
+POLICY_CODES = ("budget_exceeded", "rule_rejected", "model_not_allowed")
+REFUSED_BY_POLICY = ("(l.status = 'refused' AND l.error_code IN ("
+                     + ", ".join(f"'{code}'" for code in POLICY_CODES) + "))")
+SERVED = "l.status != 'refused'"
 VIRTUAL_SQL = ("(l.requested_model = 'auto' OR l.requested_model LIKE 'auto:%' "
                "OR l.requested_model IN ('economy', 'standard', 'premium'))")
 
@@ -86,7 +92,8 @@ class OverviewSums:
 _CATCH_UP = (
     "INSERT INTO ledger_rollup (bucket_ms, served_model, virtual, refused, requests, cost_nanos, baseline_nanos)"
     f" SELECT (l.ts_ms / {BUCKET_MS}) * {BUCKET_MS}, COALESCE(l.served_model, ''), {VIRTUAL_SQL},"
-    " l.status IN ('blocked', 'rejected'), COUNT(*), SUM(l.cost_nanos), SUM(l.baseline_nanos)"
+    f" CASE WHEN {SERVED} THEN 0 WHEN {REFUSED_BY_POLICY} THEN 1 ELSE 2 END,"
+    " COUNT(*), SUM(l.cost_nanos), SUM(l.baseline_nanos)"
     " FROM ledger l WHERE l.seq > ? AND l.seq <= ? GROUP BY 1, 2, 3, 4"
     " ON CONFLICT (bucket_ms, served_model, virtual, refused) DO UPDATE SET requests = requests + excluded.requests,"
     " cost_nanos = cost_nanos + excluded.cost_nanos, baseline_nanos = baseline_nanos + excluded.baseline_nanos")
@@ -126,34 +133,31 @@ async def overview_sums(store: SqliteStore, flt: LedgerFilter, today_ms: int, re
     if flt.scopes is None and not flt.equals and flt.end_ms is None:
         await catch_up(store)
         rows = await store.query(
-            "SELECT SUM(requests) AS n, SUM(cost_nanos) AS cost, SUM(baseline_nanos) AS base,"
-            " SUM(CASE WHEN bucket_ms >= ? THEN requests END) AS tn, SUM(CASE WHEN bucket_ms >= ? THEN cost_nanos END)"
-            " AS tcost, SUM(CASE WHEN bucket_ms >= ? THEN baseline_nanos END) AS tbase,"
-            " SUM(CASE WHEN refused THEN requests END) AS refused,"
-            " SUM(CASE WHEN refused AND bucket_ms >= ? THEN requests END) AS trefused,"
-            " SUM(CASE WHEN bucket_ms >= ? THEN cost_nanos END) AS recent, 0 AS tin, 0 AS tout"
-            " FROM ledger_rollup WHERE bucket_ms >= ?",
+            "SELECT SUM(CASE WHEN refused = 0 THEN requests END) AS n, SUM(cost_nanos) AS cost,"
+            " SUM(baseline_nanos) AS base, SUM(CASE WHEN refused = 0 AND bucket_ms >= ? THEN requests END) AS tn,"
+            " SUM(CASE WHEN bucket_ms >= ? THEN cost_nanos END) AS tcost,"
+            " SUM(CASE WHEN bucket_ms >= ? THEN baseline_nanos END) AS tbase,"
+            " SUM(CASE WHEN refused = 1 THEN requests END) AS refused,"
+            " SUM(CASE WHEN refused = 1 AND bucket_ms >= ? THEN requests END) AS trefused,"
+            " SUM(CASE WHEN bucket_ms >= ? THEN cost_nanos END) AS recent FROM ledger_rollup WHERE bucket_ms >= ?",
             [today_ms, today_ms, today_ms, today_ms, recent_from_ms - recent_from_ms % BUCKET_MS, flt.start_ms or 0])
         return _overview(rows[0])
     where, params = flt.where()
-    refused = "l.status IN ('blocked', 'rejected')"
     rows = await store.query(
-        "SELECT COUNT(*) AS n, SUM(l.cost_nanos) AS cost, SUM(l.baseline_nanos) AS base,"
-        " 0 AS tin, 0 AS tout, SUM(l.ts_ms >= ?) AS tn, SUM(CASE WHEN l.ts_ms >= ? THEN l.cost_nanos END) AS tcost,"
+        f"SELECT SUM({SERVED}) AS n, SUM(l.cost_nanos) AS cost, SUM(l.baseline_nanos) AS base,"
+        f" SUM({SERVED} AND l.ts_ms >= ?) AS tn, SUM(CASE WHEN l.ts_ms >= ? THEN l.cost_nanos END) AS tcost,"
         " SUM(CASE WHEN l.ts_ms >= ? THEN l.baseline_nanos END) AS tbase,"
-        f" SUM({refused}) AS refused, SUM({refused} AND l.ts_ms >= ?) AS trefused,"
+        f" SUM({REFUSED_BY_POLICY}) AS refused, SUM({REFUSED_BY_POLICY} AND l.ts_ms >= ?) AS trefused,"
         " SUM(CASE WHEN l.ts_ms >= ? THEN l.cost_nanos END) AS recent"
         f" FROM ledger l WHERE {where}", [today_ms, today_ms, today_ms, today_ms, recent_from_ms, *params])
     return _overview(rows[0])
 
 
 def _overview(r: Any) -> OverviewSums:
-    refused_period = r["refused"] or 0
-    refused_today = r["trefused"] or 0
     return OverviewSums(
-        today=Sums((r["tn"] or 0) - refused_today, r["tcost"] or 0, r["tbase"] or 0),
-        period=Sums((r["n"] or 0) - refused_period, r["cost"] or 0, r["base"] or 0, r["tin"] or 0, r["tout"] or 0),
-        refused_today=refused_today, refused_period=refused_period, recent_cost_nanos=r["recent"] or 0)
+        today=Sums(r["tn"] or 0, r["tcost"] or 0, r["tbase"] or 0),
+        period=Sums(r["n"] or 0, r["cost"] or 0, r["base"] or 0),
+        refused_today=r["trefused"] or 0, refused_period=r["refused"] or 0, recent_cost_nanos=r["recent"] or 0)
 
 
 async def auto_share(store: SqliteStore, flt: LedgerFilter) -> list[tuple[str, int, int]]:
@@ -162,13 +166,13 @@ async def auto_share(store: SqliteStore, flt: LedgerFilter) -> list[tuple[str, i
         await catch_up(store)
         rows = await store.query(
             "SELECT served_model AS k, SUM(requests) AS n, SUM(cost_nanos) AS cost FROM ledger_rollup"
-            " WHERE bucket_ms >= ? AND virtual AND NOT refused AND served_model != '' GROUP BY k ORDER BY n DESC, k",
+            " WHERE bucket_ms >= ? AND virtual AND refused = 0 AND served_model != '' GROUP BY k ORDER BY n DESC, k",
             [flt.start_ms or 0])
         return [(r["k"], r["n"], r["cost"] or 0) for r in rows]
     where, params = flt.where()
     rows = await store.query(
         f"SELECT l.served_model AS k, COUNT(*) AS n, SUM(l.cost_nanos) AS cost FROM ledger l WHERE {where}"
-        f" AND {VIRTUAL_SQL} AND l.status NOT IN ('blocked', 'rejected') AND l.served_model IS NOT NULL"
+        f" AND {VIRTUAL_SQL} AND {SERVED} AND l.served_model IS NOT NULL"
         " GROUP BY k ORDER BY n DESC, k", params)
     return [(r["k"], r["n"], r["cost"] or 0) for r in rows]
 
@@ -199,7 +203,7 @@ async def spend_buckets(store: SqliteStore, column: str, flt: LedgerFilter, buck
         f"SELECT l.{column} AS k, (l.ts_ms / {bucket_ms}) * {bucket_ms} AS b, COUNT(*) AS n,"
         " SUM(l.cost_nanos) AS cost, SUM(l.baseline_nanos) AS base, SUM(l.prompt_tokens) AS tin,"
         f" SUM(l.completion_tokens) AS tout FROM ledger l WHERE {where}"
-        " AND l.status NOT IN ('blocked', 'rejected') GROUP BY k, b", params)
+        f" AND {SERVED} GROUP BY k, b", params)
     return [BucketRow(r["k"], r["b"], Sums(r["n"], r["cost"] or 0, r["base"] or 0, r["tin"] or 0, r["tout"] or 0))
             for r in rows]
 
@@ -215,7 +219,7 @@ async def rule_sums(store: SqliteStore, flt: LedgerFilter) -> tuple[dict[str, Su
     """Per steering rule applied: the requests it touched with their spend and baseline; and the
     requests no rule touched (``metadata.rules`` is written by the pipeline)."""
     where, params = flt.where()
-    served = f"{where} AND l.status NOT IN ('blocked', 'rejected')"
+    served = f"{where} AND {SERVED}"
     per_rule = await store.query(
         "SELECT j.value AS k, COUNT(*) AS n, SUM(l.cost_nanos) AS cost, SUM(l.baseline_nanos) AS base"
         f" FROM ledger l, json_each(l.metadata, '$.rules') j WHERE {served} GROUP BY k", params)

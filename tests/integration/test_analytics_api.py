@@ -68,10 +68,10 @@ async def test_refused_requests_are_counted_never_charged(make_proxy: ProxyFacto
     budget = {"id": "tiny", "scope_type": "team", "scope_id": "core", "limit_usd": "0.000001", "period": "daily"}
     proxy = await make_proxy(extra={"budgets": {"definitions": [budget]}})
     await send(proxy, SMALL, status=429)
-    await send(proxy, {**SMALL, "model": "nope"}, status=404)  # not refused by a budget or rule: no entry
+    await send(proxy, {**SMALL, "model": "nope"}, status=404)  # refused, but not by policy: not counted
     entries = await proxy.ledger()
     assert [(e.status, e.error_code, e.cost_nanos, e.team) for e in entries] == [
-        ("blocked", "budget_exceeded", 0, "core")]
+        ("refused", "budget_exceeded", 0, "core"), ("refused", "model_not_found", 0, "core")]
     body = await get(proxy, "/api/v1/analytics/overview")
     assert body["today"]["refused"] == 1 and body["today"]["requests"] == 0
     risk = body["budgetsAtRisk"]
