@@ -123,3 +123,11 @@ def test_sql_buckets_are_hours_only_where_the_zone_keeps_whole_hour_offsets() ->
     assert sql_bucket_ms("Europe/Berlin", *span) == 3_600_000
     assert sql_bucket_ms("Asia/Kolkata", *span) == 900_000
     assert sql_bucket_ms("Australia/Lord_Howe", ms("2026-04-04T00:00"), ms("2026-04-06T00:00")) == 900_000
+
+
+def test_browser_tests_fail_naming_a_missing_chromium(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from tests.e2e import console_stack
+
+    monkeypatch.setattr(console_stack, "CHROMIUM", tmp_path / "no-chromium")
+    with pytest.raises(pytest.fail.Exception, match="apt-get install -y chromium"):
+        console_stack.require_browser()
