@@ -184,6 +184,16 @@ def test_budget_fills_alert_fires_and_webhook_is_delivered(admin: Screen, deploy
     page.get_by_role("button", name="Send test").first.click()
     until(lambda: any(r["body"].get("type") == "webhook.test" for r in receiver.received), "the test event")
     admin.shoot("alerts")
+    before = len(receiver.received)
+    page.get_by_role("button", name="Redeliver").last.click()
+    until(lambda: len(receiver.received) > before, "the redelivered event")
+    assert receiver.received[-1]["body"]["id"] in {r["body"]["id"] for r in receiver.received[:before]}
+    page.get_by_role("button", name="Rotate secret").click()
+    rotated = until(lambda: page.locator("#secret-panel input").input_value() != secret and
+                    page.locator("#secret-panel input").input_value(), "the rotated secret")
+    assert rotated.startswith(secret[:6])  # same prefix scheme, new value
+    page.get_by_role("button", name="Remove").click()
+    until(lambda: "No webhook yet." in page.locator("#webhook-list").inner_text(), "the webhook to be removed")
 
 
 def test_issue_use_and_revoke_a_key(admin: Screen, deployment: dict[str, Any]) -> None:
