@@ -87,14 +87,14 @@ def seed_ledger(path: Path, now_ms: int, count: int = 600) -> None:
     """A week of traffic from three teams, so the charts and tables have something to show."""
     rng = random.Random(7)
     teams = {"search": ["ana", "ben"], "ml": ["dana", "eli"], "support": ["fay"]}
-    prices = {"small": (150, 600), "backup": (100, 400), "big": (2500, 10000)}  # nano-USD per 1k tokens
+    prices = {"small": (150, 600), "backup": (100, 400), "big": (2500, 10000)}  # nano-USD per token (tests' registry)
     rows = []
     for i in range(count):
         team = rng.choice(list(teams))
         model = rng.choice(["small", "small", "backup", "big"])
         tin, tout = rng.randint(20_000, 300_000), rng.randint(1_000, 8_000)  # long documents: cents a request
-        cost = (tin * prices[model][0] + tout * prices[model][1]) // 1000
-        base = (tin * prices["big"][0] + tout * prices["big"][1]) // 1000
+        cost = tin * prices[model][0] + tout * prices[model][1]
+        base = tin * prices["big"][0] + tout * prices["big"][1]
         rows.append(ledger_row(LedgerEntry(
             request_id=f"seed-{i}", ts_ms=now_ms - rng.randint(3_600_000, 6 * 86_400_000), endpoint="chat/completions",
             status="ok", http_status=200, key_id=f"key_seed{team}", user=rng.choice(teams[team]), team=team,

@@ -194,6 +194,10 @@ def test_budget_fills_alert_fires_and_webhook_is_delivered(admin: Screen, deploy
     assert rotated.startswith(secret[:6])  # same prefix scheme, new value
     page.get_by_role("button", name="Remove").click()
     until(lambda: "No webhook yet." in page.locator("#webhook-list").inner_text(), "the webhook to be removed")
+    admin.goto("/ui")  # the overview now lists the budget at risk and its alerts
+    until(lambda: "Growth team" in page.locator("#ov-risk").inner_text(), "the budget at risk on the overview")
+    assert "crossed 50 %" in page.locator("#ov-alerts").inner_text()
+    admin.shoot("overview-with-alerts")
 
 
 def test_issue_use_and_revoke_a_key(admin: Screen, deployment: dict[str, Any]) -> None:
