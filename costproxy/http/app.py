@@ -42,11 +42,14 @@ from costproxy.budgets.factory import open_accounts
 from costproxy.budgets.model import window_at
 from costproxy.errors import ConfigError, StoreUnavailable
 from costproxy.http import (
+    analytics_api,
     budgets_api,
+    console,
     keys_api,
     middlewares,
     openapi,
     proxy,
+    routing_api,
     selection_api,
     tokens_api,
     usage_api,
@@ -79,7 +82,8 @@ log = structlog.get_logger("costproxy")
 
 AccountsFactory = Callable[[Settings, SqliteStore], Awaitable[Accounts]]
 MIDDLEWARES = (middlewares.errors_middleware, middlewares.tracing_middleware, middlewares.auth_middleware)
-ROUTES = (proxy, keys_api, selection_api, budgets_api, usage_api, webhooks_api, tokens_api, openapi)
+ROUTES = (proxy, keys_api, selection_api, budgets_api, usage_api, webhooks_api, tokens_api, openapi, analytics_api,
+          routing_api)
 KEY_REFRESH_SECONDS = 2.0
 RULES_POLL_SECONDS = 2.0
 
@@ -110,6 +114,7 @@ def create_app(settings: Settings, *, span_exporter: SpanExporter | None = None,
                             _alerts_ctx])
     for module in ROUTES:
         module.add_routes(app)
+    console.install(app)  # the web console at /ui; its session is accepted on /api/v1 (http/console_auth.py)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

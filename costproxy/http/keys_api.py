@@ -11,6 +11,7 @@ from costproxy.errors import Forbidden, InvalidJSON, InvalidRequest, NotFound
 from costproxy.http.state import ADMIN_ROLE, KEY_STORE, KEYRING, STORE
 from costproxy.identity.key_store import KeyStore, SqliteKeyStore
 from costproxy.identity.principal import KeyRecord, hash_key, new_key, new_key_id
+from costproxy.ledger.analytics import key_activity
 from costproxy.money import format_usd
 from costproxy.store.sqlite import SqliteStore
 from costproxy.tools.usage_report import GROUP_COLUMNS, spend_by
@@ -64,7 +65,14 @@ async def create_key(request: web.Request) -> web.Response:
 
 
 async def list_keys(request: web.Request) -> web.Response:
-    return web.json_response({"data": [r.public() for r in request.app[KEYRING].all()]})
+    """Every key with its last use and request count, derived from the ledger (nothing is written
+    per request for it; in Redis mode it is what this replica's ledger mirror holds)."""
+    activity = await key_activity(request.app[STORE])
+    data = []
+    for record in request.app[KEYRING].all():
+        last, count = activity.get(record.id, (None, 0))
+        data.append({**record.public(), "lastUsedAt": last / 1000 if last is not None else None, "requests": count})
+    return web.json_response({"data": data})
 
 
 async def revoke_key(request: web.Request) -> web.Response:

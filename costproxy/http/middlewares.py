@@ -21,6 +21,7 @@ from costproxy.errors import (
     ProxyError,
     Unauthenticated,
 )
+from costproxy.http import console_auth
 from costproxy.http.state import (
     ADMIN_ROLE,
     ALERT_CATALOG,
@@ -133,6 +134,9 @@ def authenticate_admin(request: web.Request, settings: Settings) -> str:
         raise Forbidden("the admin API is disabled: set COSTPROXY_ADMIN_TOKEN (or admin.token_env)")
     token = bearer_token(request)
     if token is None:
+        role = console_auth.api_session_role(request)  # a web console sign-in, with CSRF checks on writes
+        if role is not None:
+            return role
         raise Unauthenticated("missing admin token: send 'Authorization: Bearer <admin token>'")
     if hmac.compare_digest(token.encode(), settings.admin_token.encode()):
         return "admin"

@@ -111,6 +111,8 @@ def _alert_schemas() -> dict[str, Schema]:
                      token={"type": "string", "description": "only in the creation response"}),
         "Key": obj(id=S, prefix=S, name=S, user=N, team=N, org=N, project=N, createdAt=NUM,
                    revokedAt={"type": ["number", "null"]}, expiresAt={"type": ["number", "null"]}, active=B,
+                   lastUsedAt={"type": ["number", "null"], "description": "unix seconds, from the ledger"},
+                   requests={"type": "integer", "description": "requests in the ledger"},
                    key={"type": "string", "description": "only in the creation response"}),
     }
 
@@ -261,6 +263,41 @@ def _other_paths() -> dict[str, Schema]:
     }
 
 
+def _console_paths() -> dict[str, Schema]:
+    """The calls the web console reads (any client may)."""
+    sums = obj(requests=INT, amount=MONEY, baseline=MONEY, saving=MONEY, savingPercent=NUM)
+    span = (query("range", S, "<n>h or <n>d (default 7d; 30d for rules)"), query("from", TIME), query("to", TIME))
+    filters = tuple(query(g, S, f"only this {g} ('(none)': requests without one)")
+                    for g in ("team", "user", "project", "key", "model", "provider", "org"))
+    spend = obj(groupBy=S, bucket={"enum": ["hour", "day", "week"]}, timezone=S, labels=arr(S),
+                series=arr(obj(key=N, label=S, amounts=arr(MONEY))), rows=arr(sums), totals=sums)
+    return {
+        "/api/v1/analytics/overview": {"get": op(
+            "Spend today and this month, saving, forecast, budgets at risk, alerts, refusals, auto share",
+            obj(today=sums, period=sums, autoShare=arr({"type": "object"}), budgetsAtRisk=arr(ref("BudgetStatus")),
+                recentAlerts=arr(ref("Event")), serverMs=NUM),
+            params=(query("tz", S, "IANA time zone of 'today' and 'this month' (default UTC)"),), tag="analytics")},
+        "/api/v1/analytics/spend": {"get": op(
+            "Spend grouped by team, user, project, key, model or provider over time (JSON or CSV)", spend,
+            params=(query("groupBy", {"enum": ["team", "user", "project", "key", "model", "provider", "org"]}),
+                    *span, query("bucket", {"enum": ["auto", "hour", "day", "week"]}), query("tz"),
+                    query("top", INT, "series drawn (the rest is '(other)')"),
+                    query("format", {"enum": ["json", "csv"]}), *filters), tag="analytics")},
+        "/api/v1/analytics/rules": {"get": op(
+            "Spend and saving of the requests each applied steering rule touched",
+            obj(data=arr(obj(ruleId=S, name=N, inForce=B, requests=INT, amount=MONEY, saving=MONEY)), noRule=sums),
+            params=span, tag="analytics")},
+        "/api/v1/rules": {"get": op(
+            "The steering rule set in force, when it was loaded, and the last reload's validation errors",
+            obj(digest=S, files=arr(S), loadedAt=TIME, valid=B, rules=arr({"type": "object"}),
+                lastReload=obj(at=TIME, ok=B, errors=arr(obj(file=S, ruleId=S, field=S, message=S)))),
+            tag="models")},
+        "/api/v1/decisions": {"get": op(
+            "Recent routing decisions, newest first, with what each saved", listing({"type": "object"}),
+            params=(query("limit", INT),), tag="models")},
+    }
+
+
 @lru_cache(maxsize=1)
 def document() -> dict[str, Any]:
     return {
@@ -273,7 +310,8 @@ def document() -> dict[str, Any]:
         "security": [{"bearer": []}],
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
                        "schemas": {**_schemas(), **_alert_schemas()}},
-        "paths": {**_other_paths(), **_budget_paths(), **_budget_spend_paths(), **_webhook_paths()},
+        "paths": {**_other_paths(), **_budget_paths(), **_budget_spend_paths(), **_webhook_paths(),
+                  **_console_paths()},
     }
 
 

@@ -14,6 +14,7 @@ from costproxy.alerts.manager import AlertManager
 from costproxy.budgets.book import BudgetAccounts
 from costproxy.identity.key_store import KeyStore
 from costproxy.identity.principal import KeyRing, Principal
+from costproxy.identity.sessions import LoginThrottle, SessionStore
 from costproxy.observability import Metrics
 from costproxy.pipeline.services import Services
 from costproxy.routing.router import SelectionRouter
@@ -32,6 +33,8 @@ ROUTER = web.AppKey("router", SelectionRouter)  # the router of SERVICES, with e
 BUDGETS: web.AppKey[BudgetAccounts | None] = web.AppKey("budgets")  # None: budgets.enabled is false
 ALERT_CATALOG = web.AppKey("alert_catalog", AlertCatalog)  # subscriptions, read-only tokens, acks
 ALERTS: web.AppKey[AlertManager | None] = web.AppKey("alerts")  # None: alerts.enabled is false
+CONSOLE_SESSIONS = web.AppKey("console_sessions", SessionStore)  # web console sign-ins (http/console_auth.py)
+LOGIN_THROTTLE = web.AppKey("login_throttle", LoginThrottle)
 
 # Per-request storage, set by the middlewares.
 REQUEST_ID = web.RequestKey("request_id", str)

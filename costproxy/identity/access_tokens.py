@@ -25,7 +25,9 @@ from costproxy.budgets.codec import JSON_SCOPE, SCOPE_FROM_JSON, iso
 
 TOKEN_PREFIX = "cpro-"
 ROLE_PREFIX = "read-only:"
-SCOPED_PATHS = ("/api/v1/budgets", "/api/v1/models/", "/api/v1/events")  # all a scope-limited token may call
+# all a scope-limited token may call (the analytics calls filter the ledger to its scopes)
+SCOPED_PATHS = ("/api/v1/budgets", "/api/v1/models/", "/api/v1/events", "/api/v1/analytics/overview",
+                "/api/v1/analytics/spend")
 READ_ONLY_POSTS = ("/check-constraints", "/api/v1/models/select", "/api/v1/models/estimate")
 
 

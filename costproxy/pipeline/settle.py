@@ -122,6 +122,7 @@ def ledger_entry(services: Services, plan: Plan, outcome: Outcome, usage: Usage)
         usage_reported=usage.reported,
         error_code=outcome.error_code,
         task_type=plan.route.task_type,
+        metadata={"rules": list(plan.route.rules)} if plan.route.rules else {},
     )
 
 

@@ -28,6 +28,7 @@ class Route:
     task_type: str | None = None
     reasons: tuple[str, ...] = ()
     baseline: ModelSpec | None = None
+    rules: tuple[str, ...] = ()  # ids of the steering rules applied (recorded in the ledger's metadata)
 
 
 class Router(Protocol):

@@ -202,6 +202,11 @@ def _reads_task(ruleset: RuleSet) -> bool:
     return known
 
 
+def applied_rules(steering: SteeringOutcome) -> tuple[str, ...]:
+    """Ids of the enforced rules that changed this request (shadow and out-of-rollout ones did not)."""
+    return tuple(f.rule_id for f in steering.fired if f.applied) if steering.fired else ()
+
+
 def undetected_profile(body: Mapping[str, Any], input_tokens: int) -> RequestProfile:
     """A profile without task detection, for a concrete model no rule asks the task of."""
     asked = body.get("max_completion_tokens", body.get("max_tokens"))
@@ -270,7 +275,7 @@ class SelectionRouter:
                 cap = self._named_cap(named, profile, constraints, request) if kind == "chat" else None
                 route = Route(chain=self._concrete_chain(named), max_output_tokens=cap,
                               task_type=profile.task_type if detect else None, reasons=constraints.reasons,
-                              baseline=named)
+                              baseline=named, rules=applied_rules(steering))
                 return Explanation(route, profile, steering, constraints, None)
             if not constraints.may_switch:
                 raise ModelNotAllowed(f"model {named.id!r} cannot serve this request: {why} "
@@ -283,7 +288,7 @@ class SelectionRouter:
             f"switched from {named.id}: {switch_demand(named, constraints)}", *decision.reasons)
         baseline = named or self.registry.baseline() or chosen
         route = Route(chain=tuple(chain), decision_id=decision.id, max_output_tokens=decision.output_cap,
-                      task_type=profile.task_type, reasons=reasons, baseline=baseline)
+                      task_type=profile.task_type, reasons=reasons, baseline=baseline, rules=applied_rules(steering))
         self._remember(decision, request, steering)
         return Explanation(route, profile, steering, constraints, decision)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,7 @@ class ReloadResult:
     swapped: bool  # ``current`` now is the rule set just parsed
     ruleset: RuleSet  # the rule set in force after this reload
     errors: tuple[RuleError, ...] = ()
+    at: float = 0.0  # unix seconds when this reload ran
 
     def summary(self) -> str:
         rules = self.ruleset.rules
@@ -100,6 +102,7 @@ class RulesHolder:
         self._seen: Fingerprint | str = "never loaded"
         self._lock = threading.Lock()
         self.last_result: ReloadResult | None = None
+        self.loaded_at: float | None = None  # unix seconds of the last reload that swapped ``current``
 
     @property
     def current(self) -> RuleSet:
@@ -115,11 +118,13 @@ class RulesHolder:
             # Fingerprint first: an edit landing while we read is seen by the next changed().
             self._seen = fingerprint(self.directory)
             ruleset, errors = load_rules(self.directory, known_models=self.known_models)
+            now = time.time()
             if errors:
-                result = ReloadResult(ok=False, swapped=False, ruleset=self._current, errors=tuple(errors))
+                result = ReloadResult(ok=False, swapped=False, ruleset=self._current, errors=tuple(errors), at=now)
             else:
                 self._current = ruleset
-                result = ReloadResult(ok=True, swapped=True, ruleset=ruleset)
+                self.loaded_at = now
+                result = ReloadResult(ok=True, swapped=True, ruleset=ruleset, at=now)
             self.last_result = result
             return result
 

@@ -55,6 +55,23 @@ MIGRATIONS: list[tuple[int, str]] = [
             created_at REAL NOT NULL, revoked_at REAL, expires_at REAL
         );
     """),
+    # The console: last use of a key (MAX(ts_ms) per key_id) and the ledger entry of a decision.
+    (2, """
+        CREATE INDEX ledger_key_ts ON ledger (key_id, ts_ms);
+        CREATE INDEX ledger_decision ON ledger (decision_id) WHERE decision_id IS NOT NULL;
+    """),
+    # The console's overview reads sums per 15 minutes, caught up from the append-only ledger when
+    # read (costproxy/ledger/analytics.py): nothing is added to the write path.
+    (3, """
+        CREATE TABLE ledger_rollup (
+            bucket_ms INTEGER NOT NULL, served_model TEXT NOT NULL, virtual INTEGER NOT NULL,
+            refused INTEGER NOT NULL, requests INTEGER NOT NULL, cost_nanos INTEGER NOT NULL,
+            baseline_nanos INTEGER NOT NULL,
+            PRIMARY KEY (bucket_ms, served_model, virtual, refused)
+        ) WITHOUT ROWID;
+        CREATE TABLE ledger_rollup_mark (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL);
+        INSERT INTO ledger_rollup_mark (id, seq) VALUES (1, 0);
+    """),
 ]
 
 INSERT_LEDGER = f"INSERT INTO ledger ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
