@@ -106,8 +106,8 @@ def model_json(request: web.Request, model: ModelSpec, created: int) -> dict[str
                           "capabilities": sorted(model.capabilities), "servable": problem is None,
                           "unservable_reason": problem,
                           "price_per_mtok": {"input": str(price.input), "output": str(price.output),
-                                             "cached_input": None if price.cached_input is None
-                                             else str(price.cached_input)}}}
+                                             **{name: None if (v := getattr(price, name)) is None else str(v)
+                                                for name in ("cached_input", "cache_write", "cache_write_1h")}}}}
 
 
 def virtual_json(name: str, created: int) -> dict[str, Any]:

@@ -161,7 +161,6 @@ async def plan(services: Services, ctx: RequestContext, request: ChatRequest) ->
         chain.append(model)
     the_plan = Plan(ctx=ctx, request=request, requested_model=requested, route=replace(route, chain=tuple(chain)),
                     input_tokens=input_tokens, output_caps=caps, worst_case_nanos=0, budget=budget)
-    upstream_payload(the_plan, the_plan.primary)  # a body that cannot be sent is refused before reserving
     return replace(the_plan, worst_case_nanos=max(the_plan.worst_case_of(m) for m in chain))
 
 
@@ -205,18 +204,24 @@ def upstream_payload(plan: Plan, model: ModelSpec) -> bytes:
     return payload
 
 
-def _output_limit(plan: Plan, model: ModelSpec) -> tuple[str | None, int]:
-    """The output-limit field to inject, if the cap is tighter than what the upstream would apply."""
+def output_limit_needed(plan: Plan, model: ModelSpec) -> bool:
+    """Whether the cap is tighter than what the client asked or the upstream would apply."""
     if model.kind == "embedding":
-        return None, 0
+        return False
     cap = plan.output_caps[model.id]
     asked = plan.request.max_output_tokens
     upstream_default = min(model.max_output_tokens or model.context_window,
                            model.context_window - plan.input_tokens)
-    if asked == cap or (asked is None and cap >= upstream_default):
+    return not (asked == cap or (asked is None and cap >= upstream_default))
+
+
+def _output_limit(plan: Plan, model: ModelSpec) -> tuple[str | None, int]:
+    """The output-limit field to inject, if the cap is tighter than what the upstream would apply."""
+    if not output_limit_needed(plan, model):
         return None, 0
+    cap = plan.output_caps[model.id]
     if "max_completion_tokens" in plan.body:
         return "max_completion_tokens", cap
-    if plan.ctx.endpoint == "chat/completions" and "reasoning" in model.capabilities:
+    if plan.request.endpoint is Endpoint.CHAT and "reasoning" in model.capabilities:
         return "max_completion_tokens", cap
     return "max_tokens", cap

@@ -55,6 +55,10 @@ MIGRATIONS: list[tuple[int, str]] = [
             created_at REAL NOT NULL, revoked_at REAL, expires_at REAL
         );
     """),
+    (2, """
+        ALTER TABLE ledger ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE ledger ADD COLUMN cache_write_1h_tokens INTEGER NOT NULL DEFAULT 0
+    """),
 ]
 
 INSERT_LEDGER = f"INSERT INTO ledger ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
