@@ -176,8 +176,9 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
     return settings
 
 
-# Sections owned by other modules (budgets, alerts, selection); they parse them with ``Node``.
-_SECTIONS_PARSED_ELSEWHERE = ("budgets", "alerts", "selection", "fallback", "webhooks")
+# Sections owned by other modules (budgets, alerts, selection, the stored Responses); they parse
+# them with ``Node``.
+_SECTIONS_PARSED_ELSEWHERE = ("budgets", "alerts", "selection", "fallback", "webhooks", "responses")
 
 
 def _relative(base: Path, value: str) -> Path:

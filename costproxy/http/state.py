@@ -18,6 +18,7 @@ from costproxy.observability import Metrics
 from costproxy.pipeline.services import Services
 from costproxy.routing.router import SelectionRouter
 from costproxy.settings import Settings
+from costproxy.store.responses import ResponseStore
 from costproxy.store.sqlite import SqliteStore
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -32,6 +33,7 @@ ROUTER = web.AppKey("router", SelectionRouter)  # the router of SERVICES, with e
 BUDGETS: web.AppKey[BudgetAccounts | None] = web.AppKey("budgets")  # None: budgets.enabled is false
 ALERT_CATALOG = web.AppKey("alert_catalog", AlertCatalog)  # subscriptions, read-only tokens, acks
 ALERTS: web.AppKey[AlertManager | None] = web.AppKey("alerts")  # None: alerts.enabled is false
+RESPONSES = web.AppKey("responses", ResponseStore)  # stored Responses (POST /v1/responses, store: true)
 
 # Per-request storage, set by the middlewares.
 REQUEST_ID = web.RequestKey("request_id", str)
