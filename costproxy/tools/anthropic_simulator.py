@@ -145,7 +145,11 @@ class AnthropicSimulator:
     def _answer(self, body: Mapping[str, Any], call: AnthropicCall, plan: Behaviour) -> dict[str, Any]:
         tools = [{"type": "function", "function": {"name": t.get("name"), "parameters": t.get("input_schema", {})}}
                  for t in body.get("tools") or [] if isinstance(t, Mapping)]
-        answer = _compose({"tools": tools, "max_tokens": body["max_tokens"]},
+        last = body["messages"][-1].get("content") if isinstance(body["messages"][-1], Mapping) else None
+        answered = isinstance(last, list) and any(isinstance(b, Mapping) and b.get("type") == "tool_result"
+                                                  for b in last)
+        answer = _compose({"tools": tools, "max_tokens": body["max_tokens"],
+                           "messages": [{"role": "tool"}] if answered else []},
                           _last_user_text(body["messages"]), plan)
         if answer.tool_call is not None:
             function = answer.tool_call["function"]

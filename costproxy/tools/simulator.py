@@ -45,7 +45,8 @@ embedding inputs). Directives:
     no_usage          no usage chunk in streams (even if asked), no ``usage`` in JSON bodies
     cached=N          report N (at most prompt_tokens) as ``prompt_tokens_details.cached_tokens``
     retry_after=N     seconds in the ``retry-after`` header of a 429
-    tool_call         with ``tools`` in the request, call the first tool once
+    tool_call         with ``tools`` in the request, call the first tool once (unless the
+                      conversation ends with a tool result: then answer it)
 An unknown directive is a 400, so a typo never silently does nothing.
 
 ``sim.calls`` records every request in order (a ``SimCall``: what was asked, what was sent back,
@@ -495,7 +496,10 @@ def count_tokens(text: str) -> int:
 
 def _compose(body: Mapping[str, Any], text: str, plan: Behaviour) -> _Answer:
     tools = body.get("tools")
-    if plan.tool_call and isinstance(tools, list) and tools:
+    messages = body.get("messages")
+    answered = isinstance(messages, list) and bool(messages) and isinstance(messages[-1], dict) \
+        and messages[-1].get("role") == "tool"
+    if plan.tool_call and isinstance(tools, list) and tools and not answered:
         return _tool_answer(tools[0])
     if plan.reply is not None:
         words = tuple(plan.reply.split())

@@ -73,7 +73,10 @@ def _chat_shaped(body: Mapping[str, Any]) -> dict[str, Any]:
     """What ``_compose`` reads, from a Responses body: function tools and the output cap."""
     tools = [{"type": "function", "function": t} for t in body.get("tools") or []
              if isinstance(t, Mapping) and t.get("type") == "function"]
-    return {"tools": tools, "max_tokens": body.get("max_output_tokens")}
+    items = body.get("input")
+    last = items[-1] if isinstance(items, list) and items and isinstance(items[-1], Mapping) else {}
+    answered = [{"role": "tool"}] if last.get("type") == "function_call_output" else []
+    return {"tools": tools, "max_tokens": body.get("max_output_tokens"), "messages": answered}
 
 
 async def respond(sim: Simulator, request: web.Request, call: SimCall) -> web.StreamResponse:
