@@ -17,6 +17,7 @@ Responses and Messages edges run through this same code.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -134,6 +135,9 @@ class StreamRun:
                 outcome.failed(relay.failure)
         except ConnectionError as exc:
             outcome.disconnected(exc)
+        except asyncio.CancelledError as exc:  # a server that cancels handlers when the client hangs up
+            outcome.disconnected(exc)
+            raise
         except ProviderError as exc:
             outcome.failed(exc)
             await _write_quietly(write, relay.error(exc))

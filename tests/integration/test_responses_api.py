@@ -61,7 +61,8 @@ async def test_stream_native_and_translated(protocol_proxy, model: str) -> None:
     assert text == call.reply
     completed = events[-1].response
     assert completed.output_text == text and completed.usage is not None
-    assert completed.usage.input_tokens == call.prompt_tokens and completed.usage.output_tokens == call.completion_tokens
+    assert completed.usage.input_tokens == call.prompt_tokens
+    assert completed.usage.output_tokens == call.completion_tokens
     request_ids = [e.request_id for e in await proxy.ledger()]
     entry = await ledger_entry(proxy, request_ids[-1])
     assert entry.stream and entry.usage_reported and entry.status == "ok"
