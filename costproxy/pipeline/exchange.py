@@ -45,6 +45,7 @@ from costproxy.protocols.responses import new_id, response_from_chat, skeleton
 from costproxy.protocols.responses_stream import ChatToResponses
 from costproxy.protocols.shapes import DONE, frame, typed
 from costproxy.protocols.usage import AnthropicUsage, ResponsesUsage
+from costproxy.providers.apis import upstream_api
 from costproxy.providers.transport import UpstreamResponse
 from costproxy.registry import ModelSpec
 from costproxy.request import Api
@@ -52,15 +53,6 @@ from costproxy.settings import ProviderSettings
 
 log = structlog.get_logger("costproxy")
 _RESPONSES_END = ("response.completed", "response.incomplete", "response.failed", "error")
-
-
-def upstream_api(provider: ProviderSettings, client: Api) -> Api:
-    """The API a provider is spoken to for a client of ``client``'s API."""
-    if provider.kind == "anthropic":
-        return Api.MESSAGES
-    if client is Api.RESPONSES and provider.responses_api:
-        return Api.RESPONSES
-    return Api.CHAT
 
 
 class Relay(Protocol):

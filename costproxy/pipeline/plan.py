@@ -18,8 +18,10 @@ import orjson
 from costproxy.budgets.accounts import BudgetView, Reservation
 from costproxy.errors import BudgetExceeded, ContextTooLong, InvalidRequest, UnknownModel
 from costproxy.pipeline.services import NO_SPAN, Services, step
+from costproxy.providers.apis import upstream_api
 from costproxy.registry import ENDPOINT_KIND, ModelSpec
 from costproxy.request import ChatRequest, Endpoint, RequestContext
+from costproxy.routing.policy import EMPTY, Constraints
 from costproxy.routing.route import Route, RouteInput
 
 # Texts longer than this (in characters) are tokenized on a worker thread, off the event loop.
@@ -131,6 +133,18 @@ def output_cap(model: ModelSpec, request: ChatRequest, input_tokens: int, route_
     return cap
 
 
+def native_constraints(services: Services, request: ChatRequest, requested: str) -> Constraints:
+    """A selected model (``auto``…) for a request with features only its own API has must be one
+    whose provider speaks that API; a concrete model is checked by the exchange (a clear 400)."""
+    if not request.native_only or services.registry.resolve(requested) is not None:
+        return EMPTY
+    providers = services.settings.providers
+    allowed = frozenset(m.id for m in services.registry.models.values()
+                        if upstream_api(providers[m.provider], request.api) is request.api)
+    return Constraints(allowed_models=allowed, reasons=(
+        f"{', '.join(request.native_only)} need a provider that speaks the {request.api.value} API",))
+
+
 async def plan(services: Services, ctx: RequestContext, request: ChatRequest) -> Plan:
     kind = ENDPOINT_KIND[request.endpoint]
     requested = requested_model_name(services, request)
@@ -141,7 +155,8 @@ async def plan(services: Services, ctx: RequestContext, request: ChatRequest) ->
         budget = await services.accounts.view(ctx.principal)
     with step(services, "costproxy.route") as span:
         route = services.router.route(RouteInput(ctx=ctx, body=request.body, requested=requested,
-                                                 input_tokens=input_tokens, budget=budget))
+                                                 input_tokens=input_tokens, budget=budget,
+                                                 constraints=native_constraints(services, request, requested)))
         span.set_attribute("costproxy.model.requested", requested)
         if span is not NO_SPAN:
             span.set_attribute("costproxy.route.chain", [m.id for m in route.chain])

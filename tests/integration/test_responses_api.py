@@ -8,6 +8,7 @@ from typing import Any
 import openai
 import pytest
 
+from costproxy.http.state import ROUTER
 from costproxy.money import format_usd
 from tests.integration.conftest import BACKUP, BIG, CLAUDE_PRICE, base_url, ledger_entry, priced
 
@@ -118,6 +119,17 @@ async def test_built_in_tools_need_a_native_provider(protocol_proxy) -> None:
     ok = await client.responses.create(model="big", input="news today?", tools=[{"type": "web_search"}])
     assert ok.output_text  # the native provider gets the built-in tool as it is
     assert proxy.sim.calls[-1].body["tools"] == [{"type": "web_search"}]
+
+
+async def test_auto_picks_a_model_whose_provider_speaks_responses(protocol_proxy) -> None:
+    proxy = await protocol_proxy()
+    client = client_for(proxy)
+    raw = await client.responses.with_raw_response.create(model="auto", input="What happened in the news today?",
+                                                          tools=[{"type": "web_search"}])
+    assert raw.headers["x-costproxy-model"] in ("big", "small")  # sim has responses_api; sim2 and claude do not
+    assert proxy.sim.calls[-1].path == "/v1/responses"
+    decision = proxy.app[ROUTER].decisions[raw.headers["x-costproxy-decision-id"]].decision
+    assert any("web_search" in reason for reason in decision.reasons)
 
 
 async def test_store_false_owner_scope_and_unknown_previous(protocol_proxy) -> None:
