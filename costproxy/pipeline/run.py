@@ -95,14 +95,14 @@ async def run_stream(services: Services, ctx: RequestContext, request: ChatReque
         outcome.failed(exc)
         _finished(services, the_plan, await settle(services, the_plan, reservation, outcome))
         raise
-    return StreamRun(services, the_plan, reservation, outcome, upstream, exchange.relay())
+    return StreamRun(services, the_plan, reservation, outcome, upstream, relay=exchange.relay())
 
 
 class StreamRun:
     """An open upstream stream whose settlement the pipeline still owes."""
 
     def __init__(self, services: Services, plan_: Plan, reservation: Reservation, outcome: Outcome,
-                 upstream: UpstreamStream, relay: Relay) -> None:
+                 upstream: UpstreamStream, *, relay: Relay) -> None:
         self.services = services
         self.plan = plan_
         self.outcome = outcome
