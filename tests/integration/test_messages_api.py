@@ -99,6 +99,20 @@ async def test_native_stream_with_one_hour_cache_write(protocol_proxy, anthropic
                                       write_1h=call.cache_write_1h)
 
 
+@pytest.mark.parametrize("model", ["claude", "big"])
+async def test_stream_with_tool_use_and_an_image(protocol_proxy, model: str) -> None:
+    proxy = await protocol_proxy()
+    client = claude_client(proxy)
+    question = {"role": "user", "content": [IMAGE, {"type": "text", "text": "[[sim:tool_call]] Weather there?"}]}
+    async with client.messages.stream(model=model, max_tokens=200, tools=[TOOL], messages=[question]) as stream:
+        final = await stream.get_final_message()
+    [block] = final.content
+    assert block.type == "tool_use" and block.name == "get_weather" and block.input == {"city": "sim"}
+    assert final.stop_reason == "tool_use" and final.usage.output_tokens > 0
+    entry = await ledger_entry(proxy, (await proxy.ledger())[-1].request_id)
+    assert entry.status == "ok" and entry.usage_reported and entry.served_model == model and entry.cost_nanos > 0
+
+
 async def test_messages_served_by_an_openai_model(protocol_proxy) -> None:
     proxy = await protocol_proxy()
     client = claude_client(proxy)
