@@ -18,7 +18,8 @@ from costproxy.money import NANOS_PER_USD, TOKENS_PER_PRICE_UNIT, tokens_cost
 TIERS = ("economy", "standard", "premium")
 KINDS = ("chat", "embedding", "completion")
 # The kind of model each OpenAI endpoint needs.
-ENDPOINT_KIND = {"chat/completions": "chat", "completions": "completion", "embeddings": "embedding"}
+ENDPOINT_KIND = {"chat/completions": "chat", "completions": "completion", "embeddings": "embedding",
+                 "responses": "chat", "messages": "chat"}
 CAPABILITIES = (
     "tools",
     "vision",
@@ -34,33 +35,53 @@ ENCODINGS = ("o200k_base", "cl100k_base")
 
 @dataclass(frozen=True, slots=True)
 class ModelPrice:
-    """USD per 1M tokens."""
+    """USD per 1M tokens.
+
+    ``cache_write`` is the price of prompt tokens written to the provider's prompt cache (Anthropic's
+    5-minute cache writes), ``cache_write_1h`` of those written with a 1-hour lifetime.  Unset, a
+    cache write costs the input price (``cache_write_1h`` falls back to ``cache_write`` first).
+    """
 
     input: Decimal
     output: Decimal
     cached_input: Decimal | None = None
     source: str = ""
     as_of: date | None = None
-    # (input, output, cached input) in nano-USD per token when all three are whole numbers, which
-    # holds for prices with at most 3 decimals per 1M tokens; then costs need no Decimal at all.
-    nanos_per_token: tuple[int, int, int] | None = field(default=None, init=False, compare=False, repr=False)
+    cache_write: Decimal | None = None
+    cache_write_1h: Decimal | None = None
+    # (input, output, cached input, cache write, 1 h cache write) in nano-USD per token when all are
+    # whole numbers, which holds for prices with at most 3 decimals per 1M tokens; then costs need
+    # no Decimal at all.
+    nanos_per_token: tuple[int, int, int, int, int] | None = field(default=None, init=False, compare=False,
+                                                                  repr=False)
+
+    @property
+    def classes(self) -> tuple[Decimal, Decimal, Decimal, Decimal, Decimal]:
+        """The price of each token class, unset ones resolved to what they fall back to."""
+        write = self.input if self.cache_write is None else self.cache_write
+        return (self.input, self.output, self.input if self.cached_input is None else self.cached_input,
+                write, write if self.cache_write_1h is None else self.cache_write_1h)
 
     def __post_init__(self) -> None:
         scale = Decimal(NANOS_PER_USD) / TOKENS_PER_PRICE_UNIT
-        values = [p * scale for p in (self.input, self.output,
-                                      self.input if self.cached_input is None else self.cached_input)]
+        values = [p * scale for p in self.classes]
         if all(v == v.to_integral_value() for v in values):
-            object.__setattr__(self, "nanos_per_token", (int(values[0]), int(values[1]), int(values[2])))
+            a, b, c, d, e = (int(v) for v in values)
+            object.__setattr__(self, "nanos_per_token", (a, b, c, d, e))
 
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token usage of one call. ``cached_tokens`` is the part of ``prompt_tokens`` served from cache."""
+    """Token usage of one call. ``cached_tokens`` is the part of ``prompt_tokens`` served from cache,
+    ``cache_write_tokens`` the part written to the cache, ``cache_write_1h_tokens`` the part of those
+    written with a 1-hour lifetime (Anthropic's ``cache_creation_input_tokens`` and its breakdown)."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
     reported: bool = True
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -86,25 +107,27 @@ class ModelSpec:
         return set(capabilities) <= self.capabilities
 
     def cost(self, usage: Usage) -> int:
-        """Exact cost in nano-USD; cached tokens at the cached price when the model has one."""
-        cached = min(usage.cached_tokens, usage.prompt_tokens) if self.price.cached_input is not None else 0
+        """Exact cost in nano-USD: each part of the prompt (plain, read from cache, written to the
+        cache for 5 minutes or 1 hour) and the completion at its own price."""
+        prompt = usage.prompt_tokens
+        cached = min(usage.cached_tokens, prompt)
+        writes = min(usage.cache_write_tokens, prompt - cached)
+        long_writes = min(usage.cache_write_1h_tokens, writes)
+        counts = (prompt - cached - writes, usage.completion_tokens, cached, writes - long_writes, long_writes)
         fast = self.price.nanos_per_token
         if fast is not None:  # every price a whole number of nano-USD per token: exact integer maths
-            return (usage.prompt_tokens - cached) * fast[0] + usage.completion_tokens * fast[1] + cached * fast[2]
-        parts: list[tuple[int, Decimal]] = [
-            (usage.prompt_tokens - cached, self.price.input),
-            (usage.completion_tokens, self.price.output),
-        ]
-        if cached and self.price.cached_input is not None:
-            parts.append((cached, self.price.cached_input))
-        return tokens_cost(parts)
+            return sum(n * p for n, p in zip(counts, fast, strict=True))
+        return tokens_cost([(n, p) for n, p in zip(counts, self.price.classes, strict=True) if n])
 
     def worst_case_cost(self, prompt_tokens: int, max_output_tokens: int) -> int:
-        """Upper bound before the call: no cache discount, every allowed output token used."""
+        """Upper bound before the call: every prompt token at the dearest input-side price (no cache
+        discount; a cache write where that costs more), every allowed output token used."""
         fast = self.price.nanos_per_token
         if fast is not None:
-            return prompt_tokens * fast[0] + max_output_tokens * fast[1]
-        return tokens_cost([(prompt_tokens, self.price.input), (max_output_tokens, self.price.output)])
+            return prompt_tokens * max(fast[0], fast[3], fast[4]) + max_output_tokens * fast[1]
+        inputs = self.price.classes
+        return tokens_cost([(prompt_tokens, max(inputs[0], inputs[3], inputs[4])),
+                            (max_output_tokens, self.price.output)])
 
 
 @dataclass(frozen=True)
@@ -193,12 +216,15 @@ def _parse_price(node: Node) -> ModelPrice:
             raise as_of_node.error("must be a date YYYY-MM-DD", as_of) from None
     if not isinstance(as_of, date):
         raise as_of_node.error("must be a date YYYY-MM-DD", as_of)
+    write, write_1h = node.child("cache_write", None), node.child("cache_write_1h", None)
     price = ModelPrice(
         input=node.child("input").decimal(minimum=Decimal(0)),
         output=node.child("output", 0).decimal(minimum=Decimal(0)),
         cached_input=None if cached.value is None else cached.decimal(minimum=Decimal(0)),
         source=node.child("source").str(),
         as_of=as_of,
+        cache_write=None if write.value is None else write.decimal(minimum=Decimal(0)),
+        cache_write_1h=None if write_1h.value is None else write_1h.decimal(minimum=Decimal(0)),
     )
     node.done()
     return price

@@ -5,6 +5,11 @@
 after ``parse_request`` has type-checked every field the proxy itself reads.  Fields the proxy
 does not read pass through to the provider untouched, in ``body``.
 
+A request in another API (OpenAI's Responses, Anthropic's Messages; ``Api``) is converted at its
+edge into the same ``ChatRequest``: ``body`` is its chat form, which token counting, the analyzer,
+steering, selection and budgets read, and ``native`` keeps the client's own body for a provider that
+speaks that API (see ``pipeline.exchange``).
+
 Every rejection is an ``InvalidJSON`` or ``InvalidRequest`` naming the field (``param``), so a bad
 request is refused with a clear 400 before anything is counted, reserved or sent upstream.
 """
@@ -34,6 +39,14 @@ class Endpoint(StrEnum):
     EMBEDDINGS = "embeddings"
 
 
+class Api(StrEnum):
+    """An HTTP API a client or a provider speaks."""
+
+    CHAT = "chat"  # OpenAI chat completions (and the legacy completions and embeddings)
+    RESPONSES = "responses"  # OpenAI Responses
+    MESSAGES = "messages"  # Anthropic Messages
+
+
 @dataclass(frozen=True, slots=True)
 class RequestContext:
     request_id: str
@@ -56,6 +69,12 @@ class ChatRequest:
     include_usage: bool = False  # the client asked for ``stream_options.include_usage``
     max_output_tokens: int | None = None  # ``max_completion_tokens`` or ``max_tokens``
     n: int = 1  # completions generated per prompt (``best_of`` for legacy completions)
+    api: Api = Api.CHAT  # the API the client spoke; ``body`` is always its chat form
+    native: Mapping[str, Any] | None = None  # the client's own body when ``api`` is not CHAT
+    # Features of ``native`` that have no chat form (built-in tools, documents...): only a provider
+    # speaking ``api`` natively can serve them; elsewhere the request is a 400 naming them.
+    native_only: tuple[str, ...] = ()
+    upstream_headers: Mapping[str, str] = field(default_factory=dict)  # for a native upstream only
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:

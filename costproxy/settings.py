@@ -24,7 +24,8 @@ from costproxy.registry import Registry, parse_registry
 
 DEFAULT_CONFIG = Path("config/costproxy.yaml")
 PROVIDER_AUTH = ("bearer", "api-key", "x-api-key", "none")
-PROVIDER_KINDS = ("openai", "azure")
+PROVIDER_KINDS = ("openai", "azure", "anthropic")
+DEFAULT_ANTHROPIC_VERSION = "2023-06-01"
 # Redis mode: this replica's own SQLite file (ledger mirror, outbox), relative to the config file's
 # directory; {host} and {port} (hostname, server port) keep replicas started from one config apart.
 DEFAULT_LOCAL_PATH = "../data/costproxy-replica-{host}-{port}.sqlite3"
@@ -42,7 +43,7 @@ class Timeouts:
 class ProviderSettings:
     name: str
     base_url: str
-    kind: str = "openai"  # openai | azure (deployment URLs + api-version)
+    kind: str = "openai"  # openai | azure (deployment URLs + api-version) | anthropic (Messages API)
     api_key_env: str | None = None
     api_key: str | None = field(default=None, repr=False)
     auth: str = "bearer"
@@ -51,6 +52,9 @@ class ProviderSettings:
     api_version: str | None = None
     timeouts: Timeouts = Timeouts()
     simulated: bool = False
+    responses_api: bool = False  # kind openai: serves OpenAI's /responses natively
+    anthropic_version: str = DEFAULT_ANTHROPIC_VERSION  # kind anthropic: the anthropic-version header
+    count_tokens: bool = False  # kind anthropic: count prompts with its /messages/count_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,8 +176,9 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
     return settings
 
 
-# Sections owned by other modules (budgets, alerts, selection); they parse them with ``Node``.
-_SECTIONS_PARSED_ELSEWHERE = ("budgets", "alerts", "selection", "fallback", "webhooks")
+# Sections owned by other modules (budgets, alerts, selection, the stored Responses); they parse
+# them with ``Node``.
+_SECTIONS_PARSED_ELSEWHERE = ("budgets", "alerts", "selection", "fallback", "webhooks", "responses")
 
 
 def _relative(base: Path, value: str) -> Path:
@@ -233,7 +238,7 @@ def _parse_provider(name: str, node: Node, env: Mapping[str, str]) -> ProviderSe
     base_url = node.child("base_url").str().rstrip("/")
     if not base_url.startswith(("http://", "https://")):
         raise node.child("base_url").error("must start with http:// or https://", base_url)
-    default_auth = "api-key" if kind == "azure" else "bearer"
+    default_auth = {"azure": "api-key", "anthropic": "x-api-key"}.get(kind, "bearer")
     provider = ProviderSettings(
         name=name,
         base_url=base_url,
@@ -246,11 +251,22 @@ def _parse_provider(name: str, node: Node, env: Mapping[str, str]) -> ProviderSe
         api_version=node.child("api_version", None).opt_str(),
         timeouts=_parse_timeouts(node.child("timeouts", {})),
         simulated=node.child("simulated", False).bool(),
+        responses_api=_kind_option(node, "responses_api", False, kind, "openai").bool(),
+        anthropic_version=_kind_option(node, "anthropic_version", DEFAULT_ANTHROPIC_VERSION, kind, "anthropic").str(),
+        count_tokens=_kind_option(node, "count_tokens", False, kind, "anthropic").bool(),
     )
     if kind == "azure" and not provider.api_version:
         raise node.child("api_version").error("is required for kind: azure")
     node.done()
     return provider
+
+
+def _kind_option(node: Node, key: str, default: Any, kind: str, only: str) -> Node:
+    """A provider option that only one kind understands; set on another kind it is an error."""
+    child = node.child(key, default)
+    if kind != only and child.value != default:
+        raise child.error(f"applies to kind: {only} only", child.value)
+    return child
 
 
 def _parse_trusted(node: Node, env: Mapping[str, str]) -> TrustedProxySettings:

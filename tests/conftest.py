@@ -105,7 +105,8 @@ def write_config(tmp_path: Path) -> ConfigFactory:
 
 
 def load_test_settings(path: Path, **env: str) -> Settings:
-    environ = {"SIM_API_KEY": "sk-provider-secret", "COSTPROXY_ADMIN_TOKEN": ADMIN_TOKEN, **env}
+    environ = {"SIM_API_KEY": "sk-provider-secret", "ANTHROPIC_TEST_KEY": "sk-ant-test",
+               "COSTPROXY_ADMIN_TOKEN": ADMIN_TOKEN, **env}
     return load_settings(path, environ)
 
 
@@ -117,6 +118,7 @@ class Proxy:
         self.app = app
         self.key = key
         self.sim = sim
+        self.closers: list[Callable[[], Awaitable[None]]] = []  # SDK clients a test opened, closed after it
 
     def auth(self, key: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {key or self.key}"}
@@ -135,7 +137,7 @@ ProxyFactory = Callable[..., Awaitable[Proxy]]
 
 @pytest.fixture
 async def make_proxy(aiohttp_client: Any, simulator: tuple[str, Simulator],
-                     write_config: ConfigFactory) -> ProxyFactory:
+                     write_config: ConfigFactory) -> AsyncIterator[ProxyFactory]:
     url, sim = simulator
 
     async def make(*, settings_changes: dict[str, Any] | None = None, **config: Any) -> Proxy:
@@ -145,6 +147,12 @@ async def make_proxy(aiohttp_client: Any, simulator: tuple[str, Simulator],
         app = create_app(settings)
         client = await aiohttp_client(app)
         key = await Proxy(client, app, "", sim).new_key(user="alice", team="core", org="acme", project="p1")
-        return Proxy(client, app, key, sim)
+        proxy = Proxy(client, app, key, sim)
+        made.append(proxy)
+        return proxy
 
-    return make
+    made: list[Proxy] = []
+    yield make
+    for proxy in made:
+        for close in proxy.closers:
+            await close()

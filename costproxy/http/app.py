@@ -46,9 +46,11 @@ from costproxy.http import (
     budgets_api,
     console,
     keys_api,
+    messages_api,
     middlewares,
     openapi,
     proxy,
+    responses_api,
     routing_api,
     selection_api,
     tokens_api,
@@ -82,8 +84,8 @@ log = structlog.get_logger("costproxy")
 
 AccountsFactory = Callable[[Settings, SqliteStore], Awaitable[Accounts]]
 MIDDLEWARES = (middlewares.errors_middleware, middlewares.tracing_middleware, middlewares.auth_middleware)
-ROUTES = (proxy, keys_api, selection_api, budgets_api, usage_api, webhooks_api, tokens_api, openapi, analytics_api,
-          routing_api)
+ROUTES = (proxy, responses_api, messages_api, keys_api, selection_api, budgets_api, usage_api, webhooks_api,
+          tokens_api, openapi, analytics_api, routing_api)
 KEY_REFRESH_SECONDS = 2.0
 RULES_POLL_SECONDS = 2.0
 

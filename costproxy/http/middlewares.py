@@ -1,4 +1,5 @@
-"""Request id, structured-log context, errors in OpenAI's shape, body limits and authentication."""
+"""Request id, structured-log context, errors in OpenAI's shape (Anthropic's on the Messages API), body limits
+and authentication."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import hmac
 import ipaddress
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import structlog
 from aiohttp import web
@@ -22,6 +24,7 @@ from costproxy.errors import (
     Unauthenticated,
 )
 from costproxy.http import console_auth
+from costproxy.http.messages_api import anthropic_path
 from costproxy.http.state import (
     ADMIN_ROLE,
     ALERT_CATALOG,
@@ -34,6 +37,7 @@ from costproxy.http.state import (
 )
 from costproxy.identity.principal import Principal
 from costproxy.pipeline.services import new_request_id
+from costproxy.protocols.messages import error_body as messages_error_body
 from costproxy.settings import Settings, TrustedProxySettings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -52,8 +56,9 @@ PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/ui", "/openapi.json", "/fav
 SECRET_HEADER = "x-costproxy-proxy-secret"
 
 
-def error_response(error: ProxyError, request_id: str | None) -> web.Response:
-    response = web.json_response(error.body(), status=error.status)
+def error_response(error: ProxyError, request_id: str | None, *, anthropic: bool = False) -> web.Response:
+    """The error in OpenAI's shape, or Anthropic's for the Messages API's paths."""
+    response = web.json_response(messages_error_body(error) if anthropic else error.body(), status=error.status)
     for name, value in error.headers.items():
         response.headers[name] = value
     if request_id:
@@ -69,28 +74,28 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     request[REQUEST_ID] = request_id
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
+    respond = partial(error_response, request_id=request_id, anthropic=anthropic_path(request.path))
     try:
         limit = request.app[SETTINGS].server.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise BodyTooLarge(f"request body of {request.content_length} bytes exceeds the limit of {limit}")
         return await handler(request)
     except ProxyError as exc:
-        return error_response(exc, request_id)
+        return respond(exc)
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[SETTINGS].server.max_body_bytes
-        return error_response(BodyTooLarge(f"request body exceeds {limit} bytes"), request_id)
+        return respond(BodyTooLarge(f"request body exceeds {limit} bytes"))
     except web.HTTPNotFound:
-        return error_response(NotFound(f"no route for {request.method} {request.path}"), request_id)
+        return respond(NotFound(f"no route for {request.method} {request.path}"))
     except web.HTTPMethodNotAllowed:
-        return error_response(MethodNotAllowed(f"{request.method} is not allowed on {request.path}"),
-                              request_id)
+        return respond(MethodNotAllowed(f"{request.method} is not allowed on {request.path}"))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(ProxyError(exc.reason or "error"), request_id)
+        return respond(ProxyError(exc.reason or "error"))
     except Exception:  # the outermost boundary: log the bug, answer in OpenAI's shape
         log.exception("unhandled_error", path=request.path)
-        return error_response(InternalError("internal error; see the proxy log"), request_id)
+        return respond(InternalError("internal error; see the proxy log"))
 
 
 @web.middleware
@@ -123,10 +128,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 def bearer_token(request: web.Request) -> str | None:
+    """The key from ``Authorization: Bearer``, ``api-key`` (Azure-style SDKs) or ``x-api-key``
+    (Anthropic's SDKs)."""
     header = request.headers.get("authorization", "")
     if header[:7].lower() == "bearer ":
         return header[7:].strip() or None
-    return request.headers.get("api-key") or None
+    return request.headers.get("api-key") or request.headers.get("x-api-key") or None
 
 
 def authenticate_admin(request: web.Request, settings: Settings) -> str:

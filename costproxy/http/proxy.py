@@ -16,7 +16,8 @@ from costproxy.http.state import PRINCIPAL, REQUEST_ID, ROUTER, SERVICES, SETTIN
 from costproxy.ledger.entry import LedgerEntry
 from costproxy.money import format_usd
 from costproxy.pipeline.plan import Plan
-from costproxy.pipeline.run import StreamRun, refuse, run_stream, run_unary
+from costproxy.pipeline.run import StreamRun, UnaryResult, refuse, run_stream, run_unary
+from costproxy.pipeline.services import Services
 from costproxy.registry import ModelSpec
 from costproxy.request import ChatRequest, Endpoint, RequestContext, parse_body, parse_request
 
@@ -33,13 +34,18 @@ def request_context(request: web.Request, endpoint: str) -> RequestContext:
     )
 
 
-async def read_request(request: web.Request, endpoint: Endpoint) -> ChatRequest:
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object (``InvalidJSON``, ``BodyTooLarge`` otherwise)."""
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[SETTINGS].server.max_body_bytes
         raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes") from None
-    return parse_request(endpoint, parse_body(raw))
+    return parse_body(raw)
+
+
+async def read_request(request: web.Request, endpoint: Endpoint) -> ChatRequest:
+    return parse_request(endpoint, await read_json(request))
 
 
 def cost_headers(plan: Plan, model: ModelSpec, entry: LedgerEntry | None) -> dict[str, str]:
@@ -74,16 +80,22 @@ def make_handler(endpoint: Endpoint) -> Any:
             await refuse(services, ctx, None, exc)
             raise
         if chat.stream:
-            return await _relay(request, await run_stream(services, ctx, chat))
-        result = await run_unary(services, ctx, chat)
-        headers = cost_headers(result.plan, services.registry.models[result.entry.served_model or ""], result.entry)
-        headers["content-type"] = "application/json"
-        return web.Response(body=result.response.body, status=result.response.status, headers=headers)
+            response, _ = await relay_stream(request, await run_stream(services, ctx, chat))
+            return response
+        return unary_response(services, await run_unary(services, ctx, chat))
 
     return handler
 
 
-async def _relay(request: web.Request, run: StreamRun) -> web.StreamResponse:
+def unary_response(services: Services, result: UnaryResult) -> web.Response:
+    """The answer of ``run_unary`` (in the client's API), with the ``x-costproxy-*`` headers."""
+    headers = cost_headers(result.plan, services.registry.models[result.entry.served_model or ""], result.entry)
+    headers["content-type"] = "application/json"
+    return web.Response(body=result.body, status=result.response.status, headers=headers)
+
+
+async def relay_stream(request: web.Request, run: StreamRun) -> tuple[web.StreamResponse, LedgerEntry]:
+    """Relay a stream (settled when it ends) as server-sent events; returns the ledger entry too."""
     response = web.StreamResponse(status=200, headers={
         **cost_headers(run.plan, run.model, None),
         "content-type": "text/event-stream; charset=utf-8",
@@ -94,8 +106,8 @@ async def _relay(request: web.Request, run: StreamRun) -> web.StreamResponse:
     async def start() -> None:
         await response.prepare(request)
 
-    await run.relay(start, response.write)
-    return response
+    entry = await run.relay(start, response.write)
+    return response, entry
 
 
 def model_json(request: web.Request, model: ModelSpec, created: int) -> dict[str, Any]:
@@ -106,8 +118,8 @@ def model_json(request: web.Request, model: ModelSpec, created: int) -> dict[str
                           "capabilities": sorted(model.capabilities), "servable": problem is None,
                           "unservable_reason": problem,
                           "price_per_mtok": {"input": str(price.input), "output": str(price.output),
-                                             "cached_input": None if price.cached_input is None
-                                             else str(price.cached_input)}}}
+                                             **{name: None if (v := getattr(price, name)) is None else str(v)
+                                                for name in ("cached_input", "cache_write", "cache_write_1h")}}}}
 
 
 def virtual_json(name: str, created: int) -> dict[str, Any]:

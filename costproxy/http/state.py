@@ -19,6 +19,7 @@ from costproxy.observability import Metrics
 from costproxy.pipeline.services import Services
 from costproxy.routing.router import SelectionRouter
 from costproxy.settings import Settings
+from costproxy.store.responses import ResponseStore
 from costproxy.store.sqlite import SqliteStore
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -35,6 +36,7 @@ ALERT_CATALOG = web.AppKey("alert_catalog", AlertCatalog)  # subscriptions, read
 ALERTS: web.AppKey[AlertManager | None] = web.AppKey("alerts")  # None: alerts.enabled is false
 CONSOLE_SESSIONS = web.AppKey("console_sessions", SessionStore)  # web console sign-ins (http/console_auth.py)
 LOGIN_THROTTLE = web.AppKey("login_throttle", LoginThrottle)
+RESPONSES = web.AppKey("responses", ResponseStore)  # stored Responses (POST /v1/responses, store: true)
 
 # Per-request storage, set by the middlewares.
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -37,6 +37,8 @@ class LedgerEntry:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0  # part of prompt_tokens written to the provider's prompt cache
+    cache_write_1h_tokens: int = 0  # part of cache_write_tokens written with a 1-hour lifetime
     cost_nanos: int = 0
     baseline_nanos: int = 0
     usage_reported: bool = True

@@ -18,8 +18,10 @@ import orjson
 from costproxy.budgets.accounts import BudgetView, Reservation
 from costproxy.errors import BudgetExceeded, ContextTooLong, InvalidRequest, UnknownModel
 from costproxy.pipeline.services import NO_SPAN, Services, step
+from costproxy.providers.apis import upstream_api
 from costproxy.registry import ENDPOINT_KIND, ModelSpec
 from costproxy.request import ChatRequest, Endpoint, RequestContext
+from costproxy.routing.policy import EMPTY, Constraints
 from costproxy.routing.route import Route, RouteInput
 
 # Texts longer than this (in characters) are tokenized on a worker thread, off the event loop.
@@ -131,6 +133,18 @@ def output_cap(model: ModelSpec, request: ChatRequest, input_tokens: int, route_
     return cap
 
 
+def native_constraints(services: Services, request: ChatRequest, requested: str) -> Constraints:
+    """A selected model (``auto``…) for a request with features only its own API has must be one
+    whose provider speaks that API; a concrete model is checked by the exchange (a clear 400)."""
+    if not request.native_only or services.registry.resolve(requested) is not None:
+        return EMPTY
+    providers = services.settings.providers
+    allowed = frozenset(m.id for m in services.registry.models.values()
+                        if upstream_api(providers[m.provider], request.api) is request.api)
+    return Constraints(allowed_models=allowed, reasons=(
+        f"{', '.join(request.native_only)} need a provider that speaks the {request.api.value} API",))
+
+
 async def plan(services: Services, ctx: RequestContext, request: ChatRequest) -> Plan:
     kind = ENDPOINT_KIND[request.endpoint]
     requested = requested_model_name(services, request)
@@ -141,7 +155,8 @@ async def plan(services: Services, ctx: RequestContext, request: ChatRequest) ->
         budget = await services.accounts.view(ctx.principal)
     with step(services, "costproxy.route") as span:
         route = services.router.route(RouteInput(ctx=ctx, body=request.body, requested=requested,
-                                                 input_tokens=input_tokens, budget=budget))
+                                                 input_tokens=input_tokens, budget=budget,
+                                                 constraints=native_constraints(services, request, requested)))
         span.set_attribute("costproxy.model.requested", requested)
         if span is not NO_SPAN:
             span.set_attribute("costproxy.route.chain", [m.id for m in route.chain])
@@ -161,7 +176,6 @@ async def plan(services: Services, ctx: RequestContext, request: ChatRequest) ->
         chain.append(model)
     the_plan = Plan(ctx=ctx, request=request, requested_model=requested, route=replace(route, chain=tuple(chain)),
                     input_tokens=input_tokens, output_caps=caps, worst_case_nanos=0, budget=budget)
-    upstream_payload(the_plan, the_plan.primary)  # a body that cannot be sent is refused before reserving
     return replace(the_plan, worst_case_nanos=max(the_plan.worst_case_of(m) for m in chain))
 
 
@@ -205,18 +219,24 @@ def upstream_payload(plan: Plan, model: ModelSpec) -> bytes:
     return payload
 
 
-def _output_limit(plan: Plan, model: ModelSpec) -> tuple[str | None, int]:
-    """The output-limit field to inject, if the cap is tighter than what the upstream would apply."""
+def output_limit_needed(plan: Plan, model: ModelSpec) -> bool:
+    """Whether the cap is tighter than what the client asked or the upstream would apply."""
     if model.kind == "embedding":
-        return None, 0
+        return False
     cap = plan.output_caps[model.id]
     asked = plan.request.max_output_tokens
     upstream_default = min(model.max_output_tokens or model.context_window,
                            model.context_window - plan.input_tokens)
-    if asked == cap or (asked is None and cap >= upstream_default):
+    return not (asked == cap or (asked is None and cap >= upstream_default))
+
+
+def _output_limit(plan: Plan, model: ModelSpec) -> tuple[str | None, int]:
+    """The output-limit field to inject, if the cap is tighter than what the upstream would apply."""
+    if not output_limit_needed(plan, model):
         return None, 0
+    cap = plan.output_caps[model.id]
     if "max_completion_tokens" in plan.body:
         return "max_completion_tokens", cap
-    if plan.ctx.endpoint == "chat/completions" and "reasoning" in model.capabilities:
+    if plan.request.endpoint is Endpoint.CHAT and "reasoning" in model.capabilities:
         return "max_completion_tokens", cap
     return "max_tokens", cap

@@ -9,10 +9,15 @@ Streams: ``run_stream`` plans, reserves and opens the upstream (falling back bef
 byte); the returned ``StreamRun.relay`` then writes the frames through the edge's ``write`` and
 settles when the stream ends, fails, or the client hangs up (a hang-up is charged what was
 generated).  The edge never sees a reservation.
+
+Each attempt speaks to its upstream through an ``Exchange`` (``exchange.py``): the upstream path and
+body, the reader of its usage, and the conversion of its answer into the client's API, so the
+Responses and Messages edges run through this same code.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -24,7 +29,8 @@ from costproxy.errors import BudgetExceeded, ProviderError, ProxyError
 from costproxy.ledger.entry import LedgerEntry, Status
 from costproxy.money import format_usd
 from costproxy.pipeline.events import ModelSwitched, RequestBlocked, RequestCompleted, UpstreamFailed
-from costproxy.pipeline.plan import Plan, plan, reserve, upstream_payload
+from costproxy.pipeline.exchange import Exchange, Relay, exchange_for, fit_chain
+from costproxy.pipeline.plan import Plan, plan, reserve
 from costproxy.pipeline.services import Services, step
 from costproxy.pipeline.settle import Outcome, refusal_entry, settle
 from costproxy.providers.transport import UpstreamResponse, UpstreamStream
@@ -40,7 +46,9 @@ Write = Callable[[bytes], Awaitable[None]]
 class UnaryResult:
     plan: Plan
     entry: LedgerEntry
-    response: UpstreamResponse
+    response: UpstreamResponse  # as the upstream sent it
+    body: bytes  # the answer in the client's API (``response.body`` itself when no translation was needed)
+    data: dict[str, Any]  # ``body`` parsed
 
 
 async def refuse(services: Services, ctx: RequestContext, request: ChatRequest | None,
@@ -57,7 +65,7 @@ async def refuse(services: Services, ctx: RequestContext, request: ChatRequest |
 async def admit(services: Services, ctx: RequestContext, request: ChatRequest) -> tuple[Plan, Reservation]:
     """Plan and reserve, or record the refusal and raise it."""
     try:
-        return await reserve(services, await plan(services, ctx, request))
+        return await reserve(services, await fit_chain(services, await plan(services, ctx, request)))
     except ProxyError as exc:
         await refuse(services, ctx, request, exc)
         raise
@@ -67,38 +75,45 @@ async def run_unary(services: Services, ctx: RequestContext, request: ChatReques
     the_plan, reservation = await admit(services, ctx, request)
     outcome = Outcome(model=the_plan.primary)
     try:
-        response = await _call_unary(services, the_plan, outcome)
+        response, exchange = await _call_unary(services, the_plan, outcome)
+        body, data = exchange.reply(response)
     except ProxyError as exc:
         outcome.failed(exc)
         raise
     finally:
         entry = await settle(services, the_plan, reservation, outcome)
         _finished(services, the_plan, entry)
-    return UnaryResult(the_plan, entry, response)
+    return UnaryResult(the_plan, entry, response, body, data)
 
 
 async def run_stream(services: Services, ctx: RequestContext, request: ChatRequest) -> StreamRun:
     the_plan, reservation = await admit(services, ctx, request)
     outcome = Outcome(model=the_plan.primary)
     try:
-        upstream = await _open_stream(services, the_plan, outcome)
+        upstream, exchange = await _open_stream(services, the_plan, outcome)
     except ProxyError as exc:
         outcome.failed(exc)
         _finished(services, the_plan, await settle(services, the_plan, reservation, outcome))
         raise
-    return StreamRun(services, the_plan, reservation, outcome, upstream)
+    return StreamRun(services, the_plan, reservation, outcome, upstream, relay=exchange.relay())
 
 
 class StreamRun:
     """An open upstream stream whose settlement the pipeline still owes."""
 
     def __init__(self, services: Services, plan_: Plan, reservation: Reservation, outcome: Outcome,
-                 upstream: UpstreamStream) -> None:
+                 upstream: UpstreamStream, *, relay: Relay) -> None:
         self.services = services
         self.plan = plan_
         self.outcome = outcome
         self._reservation = reservation
         self._upstream = upstream
+        self._relay = relay
+
+    @property
+    def final(self) -> dict[str, Any] | None:
+        """The whole answer once relayed, for APIs that have one (a Response, to be stored)."""
+        return self._relay.final
 
     @property
     def model(self) -> ModelSpec:
@@ -109,18 +124,23 @@ class StreamRun:
         """``start`` the client response, relay every frame through ``write``, then settle.
 
         The client hanging up (``ConnectionError`` from ``start`` or ``write``) ends the relay and
-        charges what was generated; an upstream failure mid-stream is sent as an OpenAI-shaped
-        error event.  Returns the ledger entry; a final SSE comment carries its cost.
+        charges what was generated; an upstream failure mid-stream is sent as an error event
+        in the client's API.  Returns the ledger entry; a final SSE comment carries its cost.
         """
-        outcome = self.outcome
+        outcome, relay = self.outcome, self._relay
         try:
             await start()
-            await _pump(self._upstream, self.plan, outcome, write)
+            await _pump(self._upstream, relay, outcome, write)
+            if relay.failure is not None:  # reported by the upstream in a frame relayed as it was
+                outcome.failed(relay.failure)
         except ConnectionError as exc:
             outcome.disconnected(exc)
+        except asyncio.CancelledError as exc:  # a server that cancels handlers when the client hangs up
+            outcome.disconnected(exc)
+            raise
         except ProviderError as exc:
             outcome.failed(exc)
-            await _write_quietly(write, b"data: " + orjson.dumps(exc.body()) + b"\n\n")
+            await _write_quietly(write, relay.error(exc))
         finally:
             self._upstream.close()
             entry = await settle(self.services, self.plan, self._reservation, outcome)
@@ -131,41 +151,18 @@ class StreamRun:
         return entry
 
 
-async def _pump(upstream: UpstreamStream, plan_: Plan, outcome: Outcome, write: Write) -> None:
-    wants_usage = plan_.request.include_usage
+async def _pump(upstream: UpstreamStream, relay: Relay, outcome: Outcome, write: Write) -> None:
+    """Relay the upstream's events until its last one; the usage is read from the upstream's own
+    frames, before any conversion."""
     async for raw, data in upstream.events():
-        if not isinstance(data, dict):
-            if data is None and upstream.done:
-                break
-            await write(raw)
-            continue
-        outcome.observe(data)
-        if wants_usage:
-            await write(raw)
-        elif "usage" in data:  # asked for by us, not the client: strip it, or drop a usage-only chunk
-            choices = data.get("choices")
-            if not (data["usage"] is not None and isinstance(choices, list) and not choices):
-                await write(without_usage(raw, data))
-        else:
-            await write(raw)
-    await write(b"data: [DONE]\n\n")
-
-
-_NULL_USAGE = (b',"usage":null', b', "usage": null')
-
-
-def without_usage(raw: bytes, data: dict[str, Any]) -> bytes:
-    """The frame minus the ``usage`` key the client did not ask for.
-
-    Providers that were asked for usage put ``"usage":null`` in every chunk; cutting those bytes
-    is exact (inside a JSON string the quotes would be escaped) and avoids re-serialising every
-    chunk.  Anything else is re-serialised without the key.
-    """
-    if data["usage"] is None:
-        for pattern in _NULL_USAGE:
-            if raw.count(pattern) == 1:
-                return raw.replace(pattern, b"")
-    return b"data: " + orjson.dumps({k: v for k, v in data.items() if k != "usage"}) + b"\n\n"
+        if isinstance(data, dict):
+            outcome.observe(data)
+        for chunk in relay.frames(raw, data, upstream.done):
+            await write(chunk)
+        if relay.finished:
+            break
+    for chunk in relay.end():
+        await write(chunk)
 
 
 def cost_comment(entry: LedgerEntry) -> bytes:
@@ -201,7 +198,7 @@ def provider_of(services: Services, model: ModelSpec) -> ProviderSettings:
 
 
 async def _along_chain(services: Services, plan_: Plan, outcome: Outcome, span_name: str,
-                       attempt: Callable[[ProviderSettings, ModelSpec, bytes], Awaitable[T]]) -> T:
+                       attempt: Callable[[ProviderSettings, Exchange], Awaitable[T]]) -> tuple[T, Exchange]:
     """Try each model of the chain until one answers; ``outcome.model`` names the one tried last.
 
     A retryable failure (timeout, connection error, 429, 5xx) moves on to the next model; any
@@ -210,9 +207,11 @@ async def _along_chain(services: Services, plan_: Plan, outcome: Outcome, span_n
     last: ProviderError | None = None
     for model in plan_.route.chain:
         outcome.model = model
+        exchange = exchange_for(services, plan_, model)
+        outcome.reader = exchange.reader()
         try:
             with step(services, span_name, {"costproxy.model": model.id, "costproxy.provider": model.provider}):
-                return await attempt(provider_of(services, model), model, upstream_payload(plan_, model))
+                return await attempt(provider_of(services, model), exchange), exchange
         except ProviderError as exc:
             services.router.record_result(model, ok=False)
             services.events.publish(UpstreamFailed(plan_.ctx, model.id, model.provider, exc))
@@ -223,25 +222,26 @@ async def _along_chain(services: Services, plan_: Plan, outcome: Outcome, span_n
     raise last
 
 
-async def _call_unary(services: Services, plan_: Plan, outcome: Outcome) -> UpstreamResponse:
+async def _call_unary(services: Services, plan_: Plan, outcome: Outcome) -> tuple[UpstreamResponse, Exchange]:
     """Call along the chain; the first success wins and its usage (or text) is recorded."""
     ctx = plan_.ctx
 
-    async def attempt(provider: ProviderSettings, model: ModelSpec, payload: bytes) -> UpstreamResponse:
-        return await services.upstream.call(provider, ctx.endpoint, model.upstream_model, payload, ctx.request_id)
+    async def attempt(provider: ProviderSettings, exchange: Exchange) -> UpstreamResponse:
+        return await services.upstream.call(provider, exchange.path, exchange.model.upstream_model,
+                                            exchange.payload(), ctx.request_id, headers=exchange.headers)
 
-    response = await _along_chain(services, plan_, outcome, "costproxy.upstream", attempt)
+    response, exchange = await _along_chain(services, plan_, outcome, "costproxy.upstream", attempt)
     services.router.record_result(outcome.model, ok=True)
     outcome.observe(response.data)
-    return response
+    return response, exchange
 
 
-async def _open_stream(services: Services, plan_: Plan, outcome: Outcome) -> UpstreamStream:
+async def _open_stream(services: Services, plan_: Plan, outcome: Outcome) -> tuple[UpstreamStream, Exchange]:
     """Open the stream along the chain; the breakers learn its outcome when it ends."""
     ctx = plan_.ctx
 
-    async def attempt(provider: ProviderSettings, model: ModelSpec, payload: bytes) -> UpstreamStream:
-        return await services.upstream.open_stream(provider, ctx.endpoint, model.upstream_model, payload,
-                                                   ctx.request_id)
+    async def attempt(provider: ProviderSettings, exchange: Exchange) -> UpstreamStream:
+        return await services.upstream.open_stream(provider, exchange.path, exchange.model.upstream_model,
+                                                   exchange.payload(), ctx.request_id, headers=exchange.headers)
 
     return await _along_chain(services, plan_, outcome, "costproxy.upstream_open_stream", attempt)

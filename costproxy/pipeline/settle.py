@@ -3,6 +3,9 @@
 Usage comes from the provider when it reports it; otherwise (a stream without a usage chunk, a
 body without ``usage``) the generated text is counted with the model's tokenizer and the entry is
 marked estimated.  A failed call that produced nothing costs nothing and releases its reservation.
+How usage and text are read depends on the API the upstream spoke: a ``UsageReader`` per attempt
+(``ChatUsage`` here; the Responses and Messages readers in ``protocols.usage``).  A reader whose
+stream reported the prompt before it ended (Messages) lends that prompt to an estimated entry.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeGuard
+from typing import Any, Protocol, TypeGuard
 
 from costproxy.budgets.accounts import Reservation
 from costproxy.errors import ProxyError
@@ -20,6 +23,38 @@ from costproxy.pipeline.plan import Plan
 from costproxy.pipeline.services import Services, step
 from costproxy.registry import ModelSpec, Usage
 from costproxy.request import ChatRequest, RequestContext
+
+
+class UsageReader(Protocol):
+    """Reads the usage and the generated text of one upstream API's bodies and stream events."""
+
+    @property
+    def prompt(self) -> Usage | None:
+        """The prompt side reported so far by a stream that has not reported its end yet."""
+        ...
+
+    def usage_in(self, data: Mapping[str, Any]) -> Usage | None:
+        """The complete usage this body or event reports, if it does."""
+        ...
+
+    def texts_in(self, data: Mapping[str, Any]) -> list[str]:
+        """Generated text in this body or event (counted when no usage is reported)."""
+        ...
+
+
+class ChatUsage:
+    """Chat completions (and completions, embeddings) bodies and chunks."""
+
+    prompt: Usage | None = None
+
+    def usage_in(self, data: Mapping[str, Any]) -> Usage | None:
+        return usage_from(data)
+
+    def texts_in(self, data: Mapping[str, Any]) -> list[str]:
+        return texts_of(data)
+
+
+CHAT_USAGE = ChatUsage()
 
 
 @dataclass(slots=True)
@@ -34,6 +69,7 @@ class Outcome:
     streamed_text: list[str] = field(default_factory=list)
     usage_seen: bool = False
     cost_nanos: int = 0
+    reader: UsageReader = CHAT_USAGE  # of the API the current attempt's upstream speaks
 
     def failed(self, exc: ProxyError) -> None:
         self.status, self.http_status, self.error_code = Status.ERROR, exc.status, exc.code
@@ -44,11 +80,11 @@ class Outcome:
 
     def observe(self, data: Mapping[str, Any]) -> None:
         """Take the usage of a response body or stream chunk, or else keep its text for counting."""
-        usage = usage_from(data)
+        usage = self.reader.usage_in(data)
         if usage is not None:
             self.usage, self.usage_seen = usage, True
         else:
-            self.streamed_text.extend(texts_of(data))
+            self.streamed_text.extend(self.reader.texts_in(data))
 
 
 def usage_from(data: Mapping[str, Any]) -> Usage | None:
@@ -101,6 +137,9 @@ def final_usage(services: Services, plan: Plan, outcome: Outcome) -> Usage:
         return outcome.usage
     text = "".join(outcome.streamed_text)
     completion = services.counter.estimate_completion_from_text(text, outcome.model.encoding) if text else 0
+    prompt = outcome.reader.prompt
+    if prompt is not None:  # the provider told the prompt before the stream broke off
+        return replace(prompt, completion_tokens=completion, reported=False)
     return Usage(prompt_tokens=plan.input_tokens, completion_tokens=completion, reported=False)
 
 
@@ -117,6 +156,8 @@ def ledger_entry(services: Services, plan: Plan, outcome: Outcome, usage: Usage)
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         cached_tokens=usage.cached_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        cache_write_1h_tokens=usage.cache_write_1h_tokens,
         cost_nanos=outcome.cost_nanos,
         baseline_nanos=baseline.cost(usage) if baseline is not None else outcome.cost_nanos,
         usage_reported=usage.reported,
@@ -154,7 +195,7 @@ async def settle(services: Services, plan: Plan, reservation: Reservation, outco
     ok = outcome.status is Status.OK
     outcome.cost_nanos = outcome.model.cost(usage) if (ok or produced) else 0
     if outcome.cost_nanos == 0 and not ok:
-        usage = replace(usage, prompt_tokens=0, completion_tokens=0, cached_tokens=0)
+        usage = Usage(reported=usage.reported)
     entry = ledger_entry(services, plan, outcome, usage)
     with step(services, "costproxy.settle") as span:
         span.set_attribute("costproxy.cost_nanos", entry.cost_nanos)

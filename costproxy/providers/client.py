@@ -1,4 +1,11 @@
-"""Calls to OpenAI-compatible upstreams, with each failure mapped into the ``ProviderError`` tree.
+"""Calls to upstreams (OpenAI-compatible, Azure, Anthropic), each failure mapped into the
+``ProviderError`` tree.
+
+The path and body of a call come from the pipeline's exchange; this module adds the provider's
+URL, query, auth and (``kind: anthropic``) ``anthropic-version`` header.  Error bodies in OpenAI's
+shape and in Anthropic's (``{"type": "error", "error": {"type", "message"}}``) are both read:
+429 is ``UpstreamRateLimited``, any other status (Anthropic's 529 ``overloaded_error`` included) an
+``UpstreamHTTPError`` carrying the provider's status and error type, retryable from 500 up.
 
 One ``aiohttp.ClientSession`` per app.  Unary calls use the provider's ``read`` timeout for the
 whole response; streams use ``first_byte`` until headers arrive and then ``stream_idle`` between
@@ -44,6 +51,8 @@ def upstream_params(provider: ProviderSettings) -> dict[str, str]:
 
 def upstream_headers(provider: ProviderSettings, request_id: str) -> dict[str, str]:
     headers = {"content-type": "application/json", "x-request-id": request_id}
+    if provider.kind == "anthropic":
+        headers["anthropic-version"] = provider.anthropic_version
     headers.update(provider.headers)
     if provider.api_key and provider.auth != "none":
         if provider.auth == "bearer":
@@ -83,7 +92,8 @@ class UpstreamClient:
         self.session = session
         self._prepared: dict[str, _Prepared] = {}
 
-    def _prepare(self, provider: ProviderSettings, request_id: str) -> tuple[
+    def _prepare(self, provider: ProviderSettings, request_id: str,
+                 extra: Mapping[str, str] | None = None) -> tuple[
             dict[str, str], dict[str, str], aiohttp.ClientTimeout, aiohttp.ClientTimeout]:
         """Headers, query and timeouts of a provider, computed once; only the request id varies."""
         prepared = self._prepared.get(provider.name)
@@ -96,12 +106,14 @@ class UpstreamClient:
                                              sock_read=t.stream_idle))
         headers = dict(prepared.headers)
         headers["x-request-id"] = request_id
+        if extra:
+            headers.update(extra)
         return headers, prepared.params, prepared.unary, prepared.stream
 
     async def call(self, provider: ProviderSettings, endpoint: str, upstream_model: str,
-                   payload: bytes, request_id: str) -> UpstreamResponse:
+                   payload: bytes, request_id: str, *, headers: Mapping[str, str] | None = None) -> UpstreamResponse:
         t = provider.timeouts
-        headers, params, timeout, _ = self._prepare(provider, request_id)
+        headers, params, timeout, _ = self._prepare(provider, request_id, headers)
         url = upstream_url(provider, endpoint, upstream_model)
         try:
             async with self.session.post(url, data=payload, params=params or None, headers=headers,
@@ -124,10 +136,11 @@ class UpstreamClient:
         return UpstreamResponse(status=status, headers=headers, body=body, data=data)
 
     async def open_stream(self, provider: ProviderSettings, endpoint: str, upstream_model: str,
-                          payload: bytes, request_id: str) -> UpstreamStream:
+                          payload: bytes, request_id: str, *,
+                          headers: Mapping[str, str] | None = None) -> UpstreamStream:
         """Send the request and wait for the response headers; errors before then are raised."""
         t = provider.timeouts
-        headers, params, _, timeout = self._prepare(provider, request_id)
+        headers, params, _, timeout = self._prepare(provider, request_id, headers)
         url = upstream_url(provider, endpoint, upstream_model)
         try:
             resp = await asyncio.wait_for(
@@ -188,8 +201,8 @@ class UpstreamStream:
                 f"provider {self.provider.name} stream broke: {exc.__class__.__name__}") from None
         if lines:
             yield self._event(lines)
-        if not self.done:
-            raise UpstreamUnavailable(f"provider {self.provider.name} stream ended without [DONE]")
+        if not self.done:  # the pipeline stops reading at the last event of streams without [DONE]
+            raise UpstreamUnavailable(f"provider {self.provider.name} stream ended before its last event")
 
     def _event(self, frame: list[bytes]) -> tuple[bytes, Any]:
         raw = b"\n".join(frame) + b"\n\n"

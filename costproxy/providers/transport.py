@@ -37,10 +37,15 @@ class UpstreamStream(Protocol):
 
 
 class Upstream(Protocol):
+    """``endpoint`` is the path after the provider's base URL; ``headers`` are extra request headers
+    (e.g. ``anthropic-beta`` a Messages client sent, forwarded to a native Anthropic upstream)."""
+
     async def call(self, provider: ProviderSettings, endpoint: str, upstream_model: str,
-                   payload: bytes, request_id: str) -> UpstreamResponse: ...
+                   payload: bytes, request_id: str, *, headers: Mapping[str, str] | None = None
+                   ) -> UpstreamResponse: ...
 
     async def open_stream(self, provider: ProviderSettings, endpoint: str, upstream_model: str,
-                          payload: bytes, request_id: str) -> UpstreamStream:
+                          payload: bytes, request_id: str, *, headers: Mapping[str, str] | None = None
+                          ) -> UpstreamStream:
         """Send the request and wait for the response headers; errors before then are raised."""
         ...

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 from costproxy.budgets.accounts import BudgetView
 from costproxy.registry import ModelSpec
 from costproxy.request import RequestContext
+from costproxy.routing.policy import EMPTY, Constraints
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +19,7 @@ class RouteInput:
     requested: str
     input_tokens: int
     budget: BudgetView
+    constraints: Constraints = EMPTY  # demands of the request's API (e.g. models that speak it natively)
 
 
 @dataclass(frozen=True, slots=True)

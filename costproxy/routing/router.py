@@ -237,7 +237,7 @@ class SelectionRouter:
         self.decisions: OrderedDict[str, DecisionRecord] = OrderedDict()
 
     def route(self, request: RouteInput) -> Route:
-        return self.explain(request).route
+        return self.explain(request, extra=request.constraints).route
 
     def record_result(self, model: ModelSpec, ok: bool) -> None:
         self.breakers.record(model, ok)

@@ -182,14 +182,15 @@ class _Tariff:
     $0.001 per 1M tokens): then ``tokens × rate`` is exactly what ``ModelSpec.cost`` returns, with
     no Decimal arithmetic on the hot path.  Other prices go through ``ModelSpec`` itself."""
 
-    __slots__ = ("input", "model", "output", "price")
+    __slots__ = ("input", "model", "output", "price", "worst_input")
 
     def __init__(self, model: ModelSpec) -> None:
         self.model, self.price = model, model.price
-        per_token = [p * NANOS_PER_USD / TOKENS_PER_PRICE_UNIT for p in (model.price.input, model.price.output)]
-        whole = all(r == r.to_integral_value() for r in per_token)
-        self.input = int(per_token[0]) if whole else None
-        self.output = int(per_token[1]) if whole else None
+        fast = model.price.nanos_per_token
+        self.input = fast[0] if fast else None
+        self.output = fast[1] if fast else None
+        # the worst case prices every prompt token at the dearest input-side rate (cache writes)
+        self.worst_input = max(fast[0], fast[3], fast[4]) if fast else None
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> int:
         """``ModelSpec.cost`` of an uncached usage (same exact result)."""
@@ -199,9 +200,9 @@ class _Tariff:
 
     def worst_case(self, prompt_tokens: int, max_output_tokens: int) -> int:
         """``ModelSpec.worst_case_cost`` (same exact result)."""
-        if self.input is None or self.output is None:
+        if self.worst_input is None or self.output is None:
             return self.model.worst_case_cost(prompt_tokens, max_output_tokens)
-        return prompt_tokens * self.input + max_output_tokens * self.output
+        return prompt_tokens * self.worst_input + max_output_tokens * self.output
 
     def cap_that_fits(self, input_tokens: int, limit: int) -> int:
         """The largest output cap whose worst case fits ``limit`` nano-USD (0 if none)."""

@@ -37,7 +37,7 @@ KIND_DATE = "date"  # ISO "YYYY-MM-DD" string; ordered comparisons work
 KIND_LIST = "list"  # list of strings
 KIND_ANY = "any"  # any JSON value
 
-ENDPOINTS = ("chat/completions", "completions", "embeddings")
+ENDPOINTS = ("chat/completions", "completions", "embeddings", "responses", "messages")
 BUDGET_SCOPES = ("org", "team", "user", "project", "key", "any")
 BUDGET_STATUSES = ("normal", "warning", "critical", "exhausted")  # in order of severity
 BUDGET_METRICS = ("used_pct", "status", "remaining_usd")

@@ -72,6 +72,11 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE TABLE ledger_rollup_mark (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL);
         INSERT INTO ledger_rollup_mark (id, seq) VALUES (1, 0);
     """),
+    # Prompt-cache writes (Anthropic): priced apart, so the ledger keeps them apart.
+    (4, """
+        ALTER TABLE ledger ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE ledger ADD COLUMN cache_write_1h_tokens INTEGER NOT NULL DEFAULT 0
+    """),
 ]
 
 INSERT_LEDGER = f"INSERT INTO ledger ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"

@@ -4,7 +4,8 @@ Every response carries ``x-simulated-provider: costproxy-simulator`` and every c
 ``system_fingerprint`` ``"costproxy-simulator"``, so no one mistakes it for a real model.
 
 Endpoints, with and without ``/v1``: ``POST /chat/completions``, ``POST /completions``,
-``POST /embeddings``, ``GET /models``; Azure style ``POST /openai/deployments/{deployment}/
+``POST /embeddings``, ``POST /responses`` (OpenAI's Responses API, see ``simulator_responses``),
+``GET /models``; Azure style ``POST /openai/deployments/{deployment}/
 {chat/completions|completions|embeddings}?api-version=…`` (the deployment is the model; a missing
 ``api-version`` is a 404, as on Azure). Any model name is accepted and echoed back.
 
@@ -44,7 +45,8 @@ embedding inputs). Directives:
     no_usage          no usage chunk in streams (even if asked), no ``usage`` in JSON bodies
     cached=N          report N (at most prompt_tokens) as ``prompt_tokens_details.cached_tokens``
     retry_after=N     seconds in the ``retry-after`` header of a 429
-    tool_call         with ``tools`` in the request, call the first tool once
+    tool_call         with ``tools`` in the request, call the first tool once (unless the
+                      conversation ends with a tool result: then answer it)
 An unknown directive is a 400, so a typo never silently does nothing.
 
 ``sim.calls`` records every request in order (a ``SimCall``: what was asked, what was sent back,
@@ -230,6 +232,7 @@ class Simulator:
             app.router.add_post(f"{prefix}/chat/completions", self._route(self._chat))
             app.router.add_post(f"{prefix}/completions", self._route(self._completions))
             app.router.add_post(f"{prefix}/embeddings", self._route(self._embeddings))
+            app.router.add_post(f"{prefix}/responses", self._route(self._responses))
             app.router.add_get(f"{prefix}/models", self._route(self._models))
         azure = "/openai/deployments/{deployment}"
         app.router.add_post(f"{azure}/chat/completions", self._route(self._chat))
@@ -384,6 +387,11 @@ class Simulator:
             call.usage_sent = True
         return web.json_response(payload, dumps=_dumps)
 
+    async def _responses(self, request: web.Request, call: SimCall) -> web.StreamResponse:
+        from costproxy.tools.simulator_responses import respond
+
+        return await respond(self, request, call)
+
     async def _models(self, request: web.Request, call: SimCall) -> web.StreamResponse:
         data = [{"id": m, "object": "model", "created": 0, "owned_by": SIM_NAME} for m in self.config.models]
         return web.json_response({"object": "list", "data": data}, dumps=_dumps)
@@ -418,6 +426,13 @@ class Simulator:
                 ({**chunks[0][0], "choices": [], "usage": usage}, -1)
             ]
         frames = [(b"data: " + orjson.dumps(chunk) + b"\n\n", tokens) for chunk, tokens in chunks]
+        return await self.stream_frames(request, call, plan, frames)
+
+    async def stream_frames(self, request: web.Request, call: SimCall, plan: Behaviour,
+                            frames: list[tuple[bytes, int]], *, done: bool = True) -> web.StreamResponse:
+        """Send SSE ``frames`` (each with the completion tokens it carries, -1 for the usage frame)
+        under the plan's delays and faults; ``done`` ends with ``data: [DONE]``."""
+        call.streamed = True
         if plan.fault == "malformed":
             frames = [frames[0], (b'data: {"id": "sim-broken", "choices": [{"delta": \n\n', 0)]
         response = web.StreamResponse(headers={"content-type": "text/event-stream; charset=utf-8"})
@@ -425,7 +440,7 @@ class Simulator:
         try:
             await response.prepare(request)
             call.status = response.status
-            await self._write_frames(request, call, plan, frames, response)
+            await self._write_frames(request, call, plan, frames, response, done)
         except ConnectionResetError:
             call.completed = False
         return response
@@ -437,6 +452,7 @@ class Simulator:
         plan: Behaviour,
         frames: list[tuple[bytes, int]],
         response: web.StreamResponse,
+        done: bool = True,
     ) -> None:
         for frame, tokens in frames:
             if plan.drop_after is not None and call.chunks_sent >= plan.drop_after:
@@ -451,7 +467,8 @@ class Simulator:
             call.dropped = True
             _close(request)
             return
-        await response.write(b"data: [DONE]\n\n")
+        if done:
+            await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         call.completed = True
 
@@ -479,7 +496,10 @@ def count_tokens(text: str) -> int:
 
 def _compose(body: Mapping[str, Any], text: str, plan: Behaviour) -> _Answer:
     tools = body.get("tools")
-    if plan.tool_call and isinstance(tools, list) and tools:
+    messages = body.get("messages")
+    answered = isinstance(messages, list) and bool(messages) and isinstance(messages[-1], dict) \
+        and messages[-1].get("role") == "tool"
+    if plan.tool_call and isinstance(tools, list) and tools and not answered:
         return _tool_answer(tools[0])
     if plan.reply is not None:
         words = tuple(plan.reply.split())
@@ -652,3 +672,13 @@ def _non_negative(name: str, value: str | int | bool | None) -> int:
 
 def _dumps(obj: Any) -> str:
     return orjson.dumps(obj).decode()
+
+
+def typed(data: dict[str, Any]) -> bytes:
+    """An SSE frame named after its ``type`` (Responses and Messages streams)."""
+    return b"event: " + str(data["type"]).encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+def directives_in(text: str) -> dict[str, str | None]:
+    """The ``[[sim:<name>=<value>]]`` directives of a text."""
+    return {m.group(1).strip().lower(): m.group(2) for m in _DIRECTIVE.finditer(text)}

@@ -15,6 +15,8 @@ CORE = [
     "analyzer/tasks.py", "analyzer/profile.py", "analyzer/tokens.py",
     "steering/fields.py", "steering/conditions.py", "steering/actions.py", "steering/rules.py",
     "steering/evaluate.py",
+    "protocols/anthropic.py", "protocols/anthropic_stream.py", "protocols/messages.py", "protocols/messages_stream.py",
+    "protocols/responses.py", "protocols/responses_stream.py", "protocols/shapes.py", "protocols/usage.py",
 ]
 IO_MODULES = {"aiohttp", "redis", "sqlite3", "aiosqlite", "socket", "asyncio", "structlog", "opentelemetry",
               "prometheus_client", "urllib", "http", "subprocess"}

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import orjson
 
-from costproxy.pipeline.run import without_usage as _without_usage
+from costproxy.pipeline.exchange import without_usage as _without_usage
 
 
 def frame(data: dict[str, object]) -> bytes:

@@ -1,0 +1,110 @@
+"""The usage each API reports, read into one ``Usage`` (prompt tokens include cached and written).
+
+OpenAI Responses: ``usage.input_tokens`` (cache reads in ``input_tokens_details.cached_tokens``) and
+``output_tokens`` (reasoning included), in the body or in the ``response`` of the last stream event.
+
+Anthropic Messages: ``input_tokens`` counts only the uncached part of the prompt; the prompt is
+``input_tokens + cache_creation_input_tokens + cache_read_input_tokens``, and ``cache_creation``
+splits the writes by lifetime.  A stream reports the prompt in ``message_start`` and the final
+``output_tokens`` (cumulative, sometimes with the prompt fields again) in ``message_delta``: only
+then is the usage complete.  Until then ``prompt`` holds what is known, so a client that hangs up
+mid-stream is charged the exact prompt and the counted output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeGuard
+
+from costproxy.registry import Usage
+
+
+def _count(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _int(value: Any) -> int:
+    return value if _count(value) else 0
+
+
+def anthropic_usage(usage: Any) -> Usage | None:
+    """A Messages ``usage`` object as ``Usage``; ``None`` unless both token counts are there."""
+    if not isinstance(usage, Mapping) or not _count(usage.get("input_tokens")) \
+            or not _count(usage.get("output_tokens")):
+        return None
+    read, write = _int(usage.get("cache_read_input_tokens")), _int(usage.get("cache_creation_input_tokens"))
+    breakdown = usage.get("cache_creation")
+    long_writes = _int(breakdown.get("ephemeral_1h_input_tokens")) if isinstance(breakdown, Mapping) else 0
+    return Usage(prompt_tokens=usage["input_tokens"] + read + write, completion_tokens=usage["output_tokens"],
+                 cached_tokens=read, cache_write_tokens=write, cache_write_1h_tokens=min(long_writes, write))
+
+
+def responses_usage(usage: Any) -> Usage | None:
+    """A Responses ``usage`` object as ``Usage``."""
+    if not isinstance(usage, Mapping) or not _count(usage.get("input_tokens")) \
+            or not _count(usage.get("output_tokens")):
+        return None
+    details = usage.get("input_tokens_details")
+    cached = _int(details.get("cached_tokens")) if isinstance(details, Mapping) else 0
+    return Usage(prompt_tokens=usage["input_tokens"], completion_tokens=usage["output_tokens"],
+                 cached_tokens=min(cached, usage["input_tokens"]))
+
+
+class AnthropicUsage:
+    """Reads a Messages body, or a Messages stream event by event."""
+
+    def __init__(self) -> None:
+        self._start: dict[str, Any] = {}
+        self.prompt: Usage | None = None
+
+    def usage_in(self, data: Mapping[str, Any]) -> Usage | None:
+        kind = data.get("type")
+        if kind == "message":
+            return anthropic_usage(data.get("usage"))
+        if kind == "message_start":
+            message = data.get("message")
+            usage = message.get("usage") if isinstance(message, Mapping) else None
+            if isinstance(usage, Mapping):
+                self._start = dict(usage)
+                known = anthropic_usage({**usage, "output_tokens": 0})
+                self.prompt = known
+            return None
+        if kind == "message_delta" and isinstance(data.get("usage"), Mapping):
+            merged = {**self._start, **{k: v for k, v in data["usage"].items() if v is not None}}
+            return anthropic_usage(merged)
+        return None
+
+    def texts_in(self, data: Mapping[str, Any]) -> list[str]:
+        if data.get("type") == "content_block_delta":
+            delta = data.get("delta")
+            if isinstance(delta, Mapping):
+                return [v for k in ("text", "partial_json", "thinking") if isinstance(v := delta.get(k), str)]
+        elif data.get("type") == "content_block_start":
+            block = data.get("content_block")
+            if isinstance(block, Mapping) and isinstance(block.get("name"), str):
+                return [block["name"]]
+        return []
+
+
+_RESPONSE_DONE = ("response.completed", "response.incomplete", "response.failed")
+_TEXT_DELTAS = ("response.output_text.delta", "response.function_call_arguments.delta", "response.refusal.delta",
+                "response.reasoning_text.delta", "response.reasoning_summary_text.delta",
+                "response.custom_tool_call_input.delta")
+
+
+class ResponsesUsage:
+    """Reads a Responses body, or a Responses stream event by event."""
+
+    prompt: Usage | None = None
+
+    def usage_in(self, data: Mapping[str, Any]) -> Usage | None:
+        if data.get("object") == "response":
+            return responses_usage(data.get("usage"))
+        if data.get("type") in _RESPONSE_DONE and isinstance(data.get("response"), Mapping):
+            return responses_usage(data["response"].get("usage"))
+        return None
+
+    def texts_in(self, data: Mapping[str, Any]) -> list[str]:
+        if data.get("type") in _TEXT_DELTAS and isinstance(data.get("delta"), str):
+            return [data["delta"]]
+        return []
