@@ -8,7 +8,7 @@ any key nobody asked for into an error, so typos in config files never pass sile
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -66,7 +66,7 @@ class Node:
         """Raise for the first key that was never read: unknown keys are errors."""
         for key in self.mapping():
             if key not in self._seen:
-                raise ConfigError(self.file, self._child_path(key), "unknown key", None)
+                raise ConfigError(self.file, self._child_path(key), "unknown key", self.mapping()[key])
 
     # --- sequences ------------------------------------------------------------------------
     def elements(self) -> list[Node]:
@@ -133,3 +133,8 @@ class Node:
             else:
                 result[key] = node.str(allow_empty=True)
         return result
+
+
+# Why a configured name is not a model id of the registry (``None``: it is one).  ``load_settings``
+# builds it, so every section that names models reports unknown and withheld models the same way.
+ModelCheck = Callable[[str], "builtins.str | None"]

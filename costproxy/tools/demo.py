@@ -31,8 +31,8 @@ def simulated_settings(settings: Settings, simulator_url: str, store_path: str) 
                                auth="bearer", simulated=True, timeouts=p.timeouts)
         for name, p in settings.providers.items()
     }
-    return replace(settings, providers=providers, store_url=f"sqlite:///{store_path}",
-                   admin_token=settings.admin_token or DEMO_ADMIN_TOKEN)
+    return replace(settings, providers=providers, store=replace(settings.store, url=f"sqlite:///{store_path}"),
+                   admin=replace(settings.admin, token=settings.admin_token or DEMO_ADMIN_TOKEN))
 
 
 async def serve_demo(settings: Settings) -> None:
