@@ -312,10 +312,15 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
 
 
-def run(settings: Settings, **kwargs: Any) -> None:
+def run(settings: Settings, *, sock: socket.socket | None = None, announce: Callable[[], None] | None = None,
+        **kwargs: Any) -> None:
+    """Serve until SIGINT/SIGTERM: on ``sock`` when the caller bound one, else on the configured
+    host and port; ``announce`` is called once connections are accepted."""
     app = create_app(settings, **kwargs)
-    web.run_app(app, host=settings.server.host, port=settings.server.port,
-                access_log=web_access_logger() if settings.server.access_log else None, print=None)
+    where: dict[str, Any] = {"sock": sock} if sock is not None else {
+        "host": settings.server.host, "port": settings.server.port}
+    web.run_app(app, **where, access_log=web_access_logger() if settings.server.access_log else None,
+                print=None if announce is None else lambda *_: announce())
 
 
 def web_access_logger() -> Any:
