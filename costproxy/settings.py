@@ -311,7 +311,8 @@ def _quality_path(node: Node, base: Path) -> Path | None:
     """``quality_file``, else ``quality.yaml`` beside the config when it exists, else none."""
     if node.value is not None:
         return _relative(base, node.str())
-    return base / "quality.yaml" if (base / "quality.yaml").is_file() else None
+    beside = base / "quality.yaml"
+    return beside.resolve() if beside.is_file() else None
 
 
 def _env_name(node: Node) -> str:
