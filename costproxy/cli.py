@@ -178,9 +178,12 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from costproxy.observability import configure_logging
     from costproxy.tools.demo import run_demo
 
-    return run_demo(_settings(args))
+    settings = _settings(args)
+    configure_logging(settings.logging)
+    return run_demo(settings)
 
 
 # --- keys, usage, export-encodings ------------------------------------------------------------------
