@@ -23,7 +23,6 @@ from costproxy.settings import ConfigLocation, Settings, find_config, load_setti
 
 if TYPE_CHECKING:
     from costproxy.identity.key_store import KeyStore
-    from costproxy.pipeline import Router
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 GLOBAL_VALUE_OPTIONS = ("--config", "--log-level")
@@ -103,8 +102,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from costproxy.tools.config_report import describe, preflight, warnings
 
     location, settings = _load(args)
-    router = preflight(settings)
-    for line in describe(location, settings, router):
+    for line in describe(location, settings, preflight(settings)):
         print(line, file=sys.stderr)
     for warning in warnings(settings):
         print(f"warning: {warning}", file=sys.stderr)
@@ -118,16 +116,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(settings.logging)
     _install_uvloop()
 
-    async def prebuilt(_settings: Settings) -> Router:
-        return router  # built (rules and quality checked) above: not loaded twice
-
     def announce() -> None:
         host = settings.server.host
         shown = f"[{host}]" if ":" in host else host
         print(f"costproxy listening on http://{shown}:{settings.server.port}  (store: {settings.store.url}, "
               f"{len(settings.registry.models)} models)", file=sys.stderr, flush=True)
 
-    run(settings, sock=sock, announce=announce, router_factory=prebuilt)
+    run(settings, sock=sock, announce=announce)
     return 0
 
 

@@ -17,13 +17,15 @@
           period: monthly           # daily | weekly | monthly | quarterly | annual | total
           timezone: Europe/Berlin
           on_exhausted: block       # block | downgrade | notify (soft)
+          downgrade_to: {tiers: [economy], models: [], same_provider: false}   # for on_exhausted: downgrade
           thresholds:               # default: 50, 80, 100 with notify
             - 50
             - {percent: 80, actions: [notify, {type: restrict-models, tiers: [economy]}]}
             - {percent: 95, actions: [auto-downgrade]}
 
 A plain list under ``budgets:`` is the same as ``definitions:`` with default settings.  Models
-named by ``restrict-models`` must be model ids of the registry, tiers one of the registry's tiers.
+named by ``restrict-models``, ``auto-downgrade`` or ``downgrade_to`` must be model ids of the
+registry, tiers one of the registry's tiers.
 Pure: no I/O; errors are ``ConfigError`` naming file, dotted path and value.
 """
 
@@ -99,16 +101,18 @@ def _parse_static(node: Node, check_model: ModelCheck | None) -> tuple[BudgetSpe
 
 
 def _check_targets(item: Node, check_model: ModelCheck | None) -> None:
-    """The tiers and models a ``restrict-models`` action names exist (the budget is already parsed)."""
+    """The tiers and models that threshold actions and ``downgrade_to`` name exist (the budget is
+    already parsed, so only mappings can hold them)."""
+    targets = [item.child("downgrade_to", None)]
     for threshold in item.child("thresholds", []).elements():
-        if not isinstance(threshold.value, dict):
+        if isinstance(threshold.value, dict):
+            targets += threshold.child("actions", []).elements()
+    for target in targets:
+        if not isinstance(target.value, dict):
             continue
-        for action in threshold.child("actions", []).elements():
-            if not isinstance(action.value, dict):
-                continue
-            for tier in action.child("tiers", []).elements():
-                tier.str(choices=TIERS)
-            for model in action.child("models", []).elements():
-                problem = None if check_model is None else check_model(model.str())
-                if problem is not None:
-                    raise model.error(problem, model.value)
+        for tier in target.child("tiers", []).elements():
+            tier.str(choices=TIERS)
+        for model in target.child("models", []).elements():
+            problem = None if check_model is None else check_model(model.str())
+            if problem is not None:
+                raise model.error(problem, model.value)

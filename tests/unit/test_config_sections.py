@@ -163,6 +163,10 @@ def check(name: str) -> str | None:
     ([restrict(tiers=["gold"])], "budgets[0].thresholds[0].actions[1].tiers[0]: must be one of economy, standard, "
                                  "premium (got 'gold')"),
     ([restrict(models=[7])], "budgets[0].thresholds[0].actions[1].models[0]: must be a string (got 7)"),
+    ([{**BUDGET, "on_exhausted": "downgrade", "downgrade_to": {"models": ["a", "zz"]}}],
+     "budgets[0].downgrade_to.models[1]: names no model in the registry (got 'zz')"),
+    ([{**BUDGET, "on_exhausted": "downgrade", "downgrade_to": {"tiers": ["cheap"]}}],
+     "budgets[0].downgrade_to.tiers[0]: must be one of economy, standard, premium (got 'cheap')"),
 ])
 def test_budgets_refuse(section: Any, expected: str) -> None:
     assert expected in refused(parse_budget_config, section, "c.yaml", check_model=check)
@@ -171,3 +175,6 @@ def test_budgets_refuse(section: Any, expected: str) -> None:
 def test_budget_restrictions_to_known_models_pass() -> None:
     config = parse_budget_config([restrict(models=["a"], tiers=["economy"])], "c.yaml", check_model=check)
     assert config.static[0].thresholds[0].actions[1].models == frozenset({"a"})
+    downgrade = {**BUDGET, "on_exhausted": "downgrade", "downgrade_to": {"models": ["b"], "same_provider": True}}
+    spec = parse_budget_config([downgrade], "c.yaml", check_model=check).static[0]
+    assert spec.downgrade_to.models == frozenset({"b"}) and spec.downgrade_to.same_provider
