@@ -4,10 +4,12 @@
 ``./config/costproxy.yaml``, else the defaults shipped in the package (``costproxy/defaults/``).
 ``load_settings`` reads it, the model registry and the quality profiles it points to, checks that the
 rules directory exists, resolves secrets (each referenced by env var *name*) once, and returns
-frozen, typed settings for every section.  Unknown keys are errors; every error names the file, the
-dotted path and the bad value; names that refer to models (``default_model``, ``fallback.chains``,
-budget ``restrict-models``) are checked against the registry here, at load time.  ``check-config``
-and ``serve`` therefore run the same checks by construction.
+frozen, typed settings for every section; the big sections are parsed in their domain's ``config``
+module (``providers``, ``store``, ``budgets``, ``alerts``, ``routing``), the small ones here, and
+``load_settings`` is the one caller of them all.  Unknown keys are errors; every error names the
+file, the dotted path and the bad value; names that refer to models (``default_model``,
+``fallback.chains``, budget targets) are checked against the registry here, at load time.
+``check-config`` and ``serve`` therefore run the same checks by construction.
 
 A provider whose ``enabled`` is false (the default for ``auth: none`` providers such as a local
 Ollama) is not part of the deployment: its models are left out of ``registry`` (listed in
@@ -23,7 +25,6 @@ from __future__ import annotations
 import importlib.util
 import ipaddress
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,49 +37,17 @@ from costproxy.budgets.config import BudgetConfig, parse_budget_config
 from costproxy.config_schema import ModelCheck, Node
 from costproxy.defaults import PACKAGED_CONFIG, is_packaged
 from costproxy.errors import ConfigError
+from costproxy.providers.config import ProviderSettings as ProviderSettings  # re-exported for its importers
+from costproxy.providers.config import parse_provider
 from costproxy.registry import TIERS, Registry, parse_registry
 from costproxy.routing.config import FallbackSettings, parse_fallback_config, parse_selection_config
 from costproxy.routing.policy import QUALITY_MODES
 from costproxy.routing.quality import QualityProfiles, parse_quality
 from costproxy.routing.selection import SelectionConfig
+from costproxy.store.config import StoreSettings, parse_store
 from costproxy.store.responses import ResponsesSettings, parse_responses_settings
 
 LOCAL_CONFIG = Path("config/costproxy.yaml")
-PROVIDER_AUTH = ("bearer", "api-key", "x-api-key", "none")
-PROVIDER_KINDS = ("openai", "azure", "anthropic")
-DEFAULT_ANTHROPIC_VERSION = "2023-06-01"
-DEFAULT_STORE_URL = "sqlite:///data/costproxy.sqlite3"  # relative: to the working directory
-# Redis mode: this replica's own SQLite file (ledger mirror, outbox), relative to the config file's
-# directory; {host} and {port} (hostname, server port) keep replicas started from one config apart.
-DEFAULT_LOCAL_PATH = "../data/costproxy-replica-{host}-{port}.sqlite3"
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    connect: float = 10.0
-    read: float = 120.0  # whole unary response
-    stream_idle: float = 120.0  # max silence between stream chunks
-    first_byte: float = 60.0  # until response headers arrive
-
-
-@dataclass(frozen=True, slots=True)
-class ProviderSettings:
-    name: str
-    base_url: str
-    kind: str = "openai"  # openai | azure (deployment URLs + api-version) | anthropic (Messages API)
-    api_key_env: str | None = None
-    api_key: str | None = field(default=None, repr=False)
-    auth: str = "bearer"
-    headers: Mapping[str, str] = field(default_factory=dict)
-    query: Mapping[str, str] = field(default_factory=dict)
-    api_version: str | None = None
-    timeouts: Timeouts = Timeouts()
-    simulated: bool = False
-    responses_api: bool = False  # kind openai: serves OpenAI's /responses natively
-    anthropic_version: str = DEFAULT_ANTHROPIC_VERSION  # kind anthropic: the anthropic-version header
-    count_tokens: bool = False  # kind anthropic: count prompts with its /messages/count_tokens
-    enabled: bool = True  # false: not part of this deployment (default for auth: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,12 +56,6 @@ class ServerSettings:
     port: int = 8080
     max_body_bytes: int = 4 * 1024 * 1024
     access_log: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class StoreSettings:
-    url: str = DEFAULT_STORE_URL  # sqlite:///path, redis://host:port/db, rediss://…, memory://
-    local_path: str = DEFAULT_LOCAL_PATH  # template, used with a redis:// store only
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +178,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
     if not isinstance(root.value, dict):
         raise root.error("must be a mapping of sections (server, store, providers, …)", root.value)
     base = path.parent
-    providers = {name: _parse_provider(name, node, env) for name, node in root.child("providers").items()}
+    providers = {name: parse_provider(name, node, env) for name, node in root.child("providers").items()}
     models_path = _relative(base, root.child("models_file", "models.yaml").str())
     registry, disabled = _load_registry(models_path, providers)
     check = _model_check(registry, disabled)
@@ -223,7 +186,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
     settings = Settings(
         config_path=path,
         server=_parse_server(root.child("server", {}), env),
-        store=_parse_store(root.child("store", {}), env, path),
+        store=parse_store(root.child("store", {}), env.get("COSTPROXY_STORE_URL"), _local_base(path)),
         providers=providers,
         registry=registry,
         models_path=models_path,
@@ -315,14 +278,6 @@ def _quality_path(node: Node, base: Path) -> Path | None:
     return beside.resolve() if beside.is_file() else None
 
 
-def _env_name(node: Node) -> str:
-    name = node.str()
-    if not _ENV_NAME.fullmatch(name):
-        raise node.error("must be the NAME of an environment variable (letters, digits, _), not a secret",
-                         name if len(name) < 8 else name[:4] + "…")
-    return name
-
-
 def _load_registry(models_path: Path, providers: Mapping[str, ProviderSettings]) -> tuple[Registry, dict[str, str]]:
     """The registry of the enabled providers' models, and the models left out (id -> provider)."""
     full = parse_registry(read_yaml(models_path), str(models_path), providers)
@@ -368,40 +323,9 @@ def _parse_default_model(node: Node, registry: Registry, check: ModelCheck) -> s
     return name
 
 
-def _parse_store(node: Node, env: Mapping[str, str], config_path: Path) -> StoreSettings:
-    url_node = node.child("url", DEFAULT_STORE_URL)
-    url = url_node.str()
-    if not _valid_store_url(url):
-        raise url_node.error(_STORE_URL_FORMS, url)
-    override = env.get("COSTPROXY_STORE_URL")
-    if override:
-        if not _valid_store_url(override):
-            raise ConfigError("$COSTPROXY_STORE_URL", "", _STORE_URL_FORMS, override)
-        url = override
-    local_path = _parse_local_path(node.child("local_path", DEFAULT_LOCAL_PATH))
-    node.done()
-    if is_packaged(config_path) and not os.path.isabs(local_path):
-        # The packaged defaults behave as if `costproxy init .` had been run: data goes to ./data.
-        local_path = os.path.normpath(os.path.join(os.getcwd(), "config", local_path))
-    return StoreSettings(url=url, local_path=local_path)
-
-
-_STORE_URL_FORMS = "must be sqlite:///path, redis://host:port/db, rediss://host:port/db or memory://"
-
-
-def _valid_store_url(url: str) -> bool:
-    if url.startswith("sqlite:///"):
-        return len(url) > len("sqlite:///")
-    return url.startswith(("redis://", "rediss://")) or url == "memory://"
-
-
-def _parse_local_path(node: Node) -> str:
-    template = node.str()
-    try:
-        template.format(host="host", port=0)
-    except (KeyError, IndexError, ValueError):
-        raise node.error("may use only the placeholders {host} and {port}", template) from None
-    return template
+def _local_base(config_path: Path) -> str | None:
+    """The packaged defaults behave as if `costproxy init .` had been run: data goes to ./data."""
+    return os.path.join(os.getcwd(), "config") if is_packaged(config_path) else None
 
 
 def _parse_server(node: Node, env: Mapping[str, str]) -> ServerSettings:
@@ -423,62 +347,8 @@ def _parse_server(node: Node, env: Mapping[str, str]) -> ServerSettings:
     return server
 
 
-def _parse_timeouts(node: Node) -> Timeouts:
-    defaults = Timeouts()
-    timeouts = Timeouts(
-        connect=node.child("connect", defaults.connect).number(minimum=0.001),
-        read=node.child("read", defaults.read).number(minimum=0.001),
-        stream_idle=node.child("stream_idle", defaults.stream_idle).number(minimum=0.001),
-        first_byte=node.child("first_byte", defaults.first_byte).number(minimum=0.001),
-    )
-    node.done()
-    return timeouts
-
-
-def _parse_provider(name: str, node: Node, env: Mapping[str, str]) -> ProviderSettings:
-    kind = node.child("kind", "openai").str(choices=PROVIDER_KINDS)
-    key_node = node.child("api_key_env", None)
-    key_env = None if key_node.value is None else _env_name(key_node)
-    base_url = node.child("base_url").str().rstrip("/")
-    if not base_url.startswith(("http://", "https://")):
-        raise node.child("base_url").error("must start with http:// or https://", base_url)
-    default_auth = {"azure": "api-key", "anthropic": "x-api-key"}.get(kind, "bearer")
-    auth_node = node.child("auth", default_auth if key_env else "none")
-    auth = auth_node.str(choices=PROVIDER_AUTH)
-    if auth == "none" and key_env:
-        raise auth_node.error(f"sends no key, yet api_key_env names one: remove api_key_env or pick one of "
-                              f"{', '.join(PROVIDER_AUTH[:-1])}", auth)
-    if auth != "none" and not key_env:
-        raise key_node.error(f"is required for auth: {auth} (the NAME of the env var holding the key), or set "
-                             "auth: none for a server without keys")
-    provider = ProviderSettings(
-        name=name, base_url=base_url, kind=kind, api_key_env=key_env,
-        api_key=(env.get(key_env) or None) if key_env else None, auth=auth,
-        headers=node.child("headers", {}).str_map(), query=node.child("query", {}).str_map(),
-        api_version=node.child("api_version", None).opt_str(),
-        timeouts=_parse_timeouts(node.child("timeouts", {})),
-        simulated=node.child("simulated", False).bool(),
-        responses_api=_kind_option(node, "responses_api", False, kind, "openai").bool(),
-        anthropic_version=_kind_option(node, "anthropic_version", DEFAULT_ANTHROPIC_VERSION, kind, "anthropic").str(),
-        count_tokens=_kind_option(node, "count_tokens", False, kind, "anthropic").bool(),
-        enabled=node.child("enabled", auth != "none").bool(),
-    )
-    if kind == "azure" and not provider.api_version:
-        raise node.child("api_version").error("is required for kind: azure")
-    node.done()
-    return provider
-
-
-def _kind_option(node: Node, key: str, default: Any, kind: str, only: str) -> Node:
-    """A provider option that only one kind understands; set on another kind it is an error."""
-    child = node.child(key, default)
-    if kind != only and child.value != default:
-        raise child.error(f"applies to kind: {only} only", child.value)
-    return child
-
-
 def _parse_admin(node: Node, env: Mapping[str, str]) -> AdminSettings:
-    token_env = _env_name(node.child("token_env", "COSTPROXY_ADMIN_TOKEN"))
+    token_env = node.child("token_env", "COSTPROXY_ADMIN_TOKEN").env_name()
     node.done()
     return AdminSettings(token_env=token_env, token=env.get(token_env) or None)
 
@@ -486,7 +356,7 @@ def _parse_admin(node: Node, env: Mapping[str, str]) -> AdminSettings:
 def _parse_trusted_proxies(node: Node, env: Mapping[str, str]) -> tuple[TrustedProxySettings, ...]:
     proxies: list[TrustedProxySettings] = []
     for item in node.elements():
-        secret_env = _env_name(item.child("secret_env"))
+        secret_env = item.child("secret_env").env_name()
         name_node = item.child("name")
         if any(proxy.name == name_node.str() for proxy in proxies):
             raise name_node.error("is used by two trusted proxies", name_node.value)
