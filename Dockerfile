@@ -4,10 +4,12 @@
 #   docker run -p 8080:8080 -v costproxy-data:/data -e OPENAI_API_KEY -e COSTPROXY_ADMIN_TOKEN costproxy
 #   docker run --rm -v costproxy-data:/data costproxy keys create --user alice --team ml
 #
-# The image's config is the repository's config/ and rules/ (in /app), plus one line appended at
-# build time: `encodings_dir: /opt/costproxy/encodings` (unless config/costproxy.yaml already sets
-# it). Mount your own directory on /app/config to replace it. Provider keys and the admin token
-# come from the environment (the names config/costproxy.yaml lists), never from the image.
+# The image's config is the repository's config/ and rules/ (in /app, found through
+# COSTPROXY_CONFIG; they equal the defaults packaged in costproxy/defaults/), plus one line appended
+# at build time: `encodings_dir: /opt/costproxy/encodings` (unless config/costproxy.yaml already
+# sets it). Mount your own directory on /app/config to replace it (`costproxy init DIR` writes an
+# editable copy). Provider keys and the admin token come from the environment (the names
+# config/costproxy.yaml lists), never from the image.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -46,8 +48,10 @@ COPY --from=build /opt/costproxy/encodings /opt/costproxy/encodings
 WORKDIR /app
 COPY config ./config
 COPY rules ./rules
-# Point the image's config at the baked encodings, then validate config, models and rules now
-# rather than at the first start.  /app stays root-owned and read-only for the service user.
+# Point the image's config at the baked encodings, then run every check `serve` runs (config,
+# models, quality profiles, rules, encodings) now rather than at the first start. No provider key
+# exists at build time, so its provider table says so; that is a warning, not a failure.
+# /app stays root-owned and read-only for the service user.
 RUN if ! grep -q '^encodings_dir:' config/costproxy.yaml; then \
         printf '\n# Added by the Dockerfile: tokenizer files baked into the image.\nencodings_dir: /opt/costproxy/encodings\n' \
             >> config/costproxy.yaml; \

@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from costproxy.budgets.accounts import Accounts, LedgerAccounts
-from costproxy.budgets.codec import parse_budget_config
+from costproxy.budgets.config import parse_budget_config
 from costproxy.budgets.definitions import BudgetStore, SqliteDefinitions, ensure_budget_schema
 from costproxy.budgets.sqlite import SqliteBudgetAccounts
 from costproxy.identity.principal import Principal

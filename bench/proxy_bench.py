@@ -190,7 +190,7 @@ def write_config(work: Path, upstream_url: str, rules: Path | None, log_level: s
         "store": {"url": f"sqlite:///{work / 'ledger.sqlite3'}"},
         "models_file": str(models_path),
         "rules_dir": str(rules_dir),
-        "logging": {"level": log_level, "json": True, "log_prompts": False},
+        "logging": {"level": log_level, "json": True},
         "providers": {name: {"base_url": upstream_url + "/v1", "api_key_env": UPSTREAM_KEY_ENV}
                       for name in providers},
     }

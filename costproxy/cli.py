@@ -1,44 +1,134 @@
-"""``costproxy`` command line: serve, demo, check-config, keys, usage, rules, explain, calibrate, eval."""
+"""``costproxy`` command line.
+
+Sub-commands: serve, demo, check-config, init, keys, usage, export-encodings, and rules, explain,
+calibrate, eval (delegated to parsers of their own).  Global options work before or after the
+sub-command: ``--config FILE`` (else ``$COSTPROXY_CONFIG``, ``./config/costproxy.yaml``, the packaged
+defaults), ``--log-level LEVEL`` (overrides ``logging.level``) and ``--version``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import os
+import socket
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from costproxy.errors import ConfigError
-from costproxy.settings import Settings, config_path_from, load_settings
+from costproxy.settings import ConfigLocation, Settings, find_config, load_settings
 
 if TYPE_CHECKING:
     from costproxy.identity.key_store import KeyStore
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+GLOBAL_VALUE_OPTIONS = ("--config", "--log-level")
 
-def _settings(args: argparse.Namespace) -> Settings:
-    settings = load_settings(config_path_from(args.config))
+
+@dataclass(frozen=True, slots=True)
+class GlobalOptions:
+    config: str | None = None
+    log_level: str | None = None
+    version: bool = False
+
+
+class UsageError(Exception):
+    """A command line that cannot be understood (exit status 2, like argparse)."""
+
+
+def split_global_options(argv: list[str]) -> tuple[GlobalOptions, list[str]]:
+    """Take the global options out of ``argv``, wherever they are (up to a ``--``); the last one wins.
+
+    Like argparse, a token starting with ``--`` is always an option, never the value of another one."""
+    values: dict[str, str] = {}
+    rest: list[str] = []
+    version = False
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        name, has_value, value = token.partition("=")
+        if token == "--":
+            rest.extend(argv[index:])
+            break
+        if token == "--version":
+            version = True
+        elif name in GLOBAL_VALUE_OPTIONS:
+            if not has_value:
+                index += 1
+                value = argv[index] if index < len(argv) else ""
+            if not value or value.startswith("--"):
+                raise UsageError(f"{name} needs a value")
+            values[name] = value
+        else:
+            rest.append(token)
+        index += 1
+    level = values.get("--log-level")
+    if level is not None and level not in LOG_LEVELS:
+        raise UsageError(f"--log-level must be one of {', '.join(LOG_LEVELS)} (got {level!r})")
+    return GlobalOptions(values.get("--config"), level, version), rest
+
+
+# --- loading ---------------------------------------------------------------------------------------
+
+
+def _load(args: argparse.Namespace) -> tuple[ConfigLocation, Settings]:
+    location = find_config(args.config)
+    settings = load_settings(location.path)
     server = settings.server
     if getattr(args, "host", None):
         server = replace(server, host=args.host)
     if getattr(args, "port", None) is not None:
+        if not 0 <= args.port <= 65535:
+            raise ConfigError("--port", "", "must be a port number from 0 to 65535", args.port)
         server = replace(server, port=args.port)
-    return replace(settings, server=server)
+    logging = settings.logging if args.log_level is None else replace(settings.logging, level=args.log_level)
+    return location, replace(settings, server=server, logging=logging)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return _load(args)[1]
+
+
+# --- serve, check-config, init ---------------------------------------------------------------------------
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """Validate everything, print what will serve, bind, and only then say "listening"."""
     from costproxy.http.app import run
     from costproxy.observability import configure_logging
+    from costproxy.tools.config_report import describe, preflight, warnings
 
-    settings = _settings(args)
+    location, settings = _load(args)
+    for line in describe(location, settings, preflight(settings)):
+        print(line, file=sys.stderr)
+    for warning in warnings(settings):
+        print(f"warning: {warning}", file=sys.stderr)
+    try:
+        sock = _listen(settings.server.host, settings.server.port)
+    except OSError as exc:
+        print(f"error: cannot listen on {settings.server.host}:{settings.server.port}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
+    settings = replace(settings, server=replace(settings.server, port=sock.getsockname()[1]))  # port 0: chosen
     configure_logging(settings.logging)
     _install_uvloop()
-    print(f"costproxy listening on http://{settings.server.host}:{settings.server.port}  "
-          f"(store: {settings.store_url}, {len(settings.registry.models)} models)", file=sys.stderr, flush=True)
-    run(settings)
+
+    def announce() -> None:
+        host = settings.server.host
+        shown = f"[{host}]" if ":" in host else host
+        print(f"costproxy listening on http://{shown}:{settings.server.port}  (store: {settings.store.url}, "
+              f"{len(settings.registry.models)} models)", file=sys.stderr, flush=True)
+
+    run(settings, sock=sock, announce=announce)
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    return socket.create_server((host, port), family=family, backlog=128)
 
 
 def _install_uvloop() -> None:
@@ -49,25 +139,49 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from costproxy.tools.config_report import describe, preflight, warnings
+
+    location, settings = _load(args)
+    router = preflight(settings)
+    for line in describe(location, settings, router):
+        print(line)
+    for warning in warnings(settings):
+        print(f"warning: {warning}")
+    print("ok: configuration, models, quality profiles, rules and encodings are valid")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from costproxy.defaults import write_defaults
+
+    target = Path(args.directory)
+    try:
+        written = write_defaults(target, force=args.force)
+    except FileExistsError as exc:
+        print(f"error: not overwriting existing files (use --force to replace them): {exc}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"wrote {path}")
+    go = "" if target.resolve() == Path.cwd().resolve() else f"cd {target}\n  "
+    print(f"\nnext:\n  {go}export OPENAI_API_KEY=...        # or another provider's key: see config/costproxy.yaml"
+          "\n  export COSTPROXY_ADMIN_TOKEN=...  # enables the admin API and `costproxy keys`"
+          "\n  costproxy check-config           # finds ./config/costproxy.yaml\n  costproxy serve")
+    if os.environ.get("COSTPROXY_CONFIG"):
+        print("note: $COSTPROXY_CONFIG is set and wins over ./config/costproxy.yaml", file=sys.stderr)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    from costproxy.observability import configure_logging
     from costproxy.tools.demo import run_demo
 
-    return run_demo(_settings(args))
-
-
-def cmd_check_config(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    print(f"ok: {settings.config_path}: {len(settings.providers)} providers, "
-          f"{len(settings.registry.models)} models ({settings.models_path}), store {settings.store_url}")
-    missing = [p.name for p in settings.providers.values() if p.api_key_env and not p.api_key]
-    if missing:
-        print("note: no API key in the environment for: " + ", ".join(
-            f"{name} (${settings.providers[name].api_key_env})" for name in missing))
-    try:
-        from costproxy.steering.commands import rules_check_main
-    except ImportError:
-        return 0
-    return rules_check_main(["--dir", str(settings.rules_dir)])
+    configure_logging(settings.logging)
+    return run_demo(settings)
+
+
+# --- keys, usage, export-encodings ------------------------------------------------------------------
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -134,36 +248,48 @@ def cmd_export_encodings(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- parser ---------------------------------------------------------------------------------------------
+
+
+def _global_parser() -> argparse.ArgumentParser:
+    """The global options, for ``--help`` only: ``split_global_options`` takes them out before parsing."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("global options (before or after the sub-command)")
+    group.add_argument("--config", metavar="FILE", help="costproxy.yaml (default: $COSTPROXY_CONFIG, else "
+                       "./config/costproxy.yaml, else the packaged defaults); calibrate and eval read none")
+    group.add_argument("--log-level", choices=LOG_LEVELS, help="overrides logging.level")
+    group.add_argument("--version", action="store_true", help="print the version and exit")
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="costproxy", description="Cost-aware OpenAI-compatible LLM proxy")
-    parser.add_argument("--config", help="path of costproxy.yaml (default: $COSTPROXY_CONFIG or "
-                                         "config/costproxy.yaml)")
+    common = _global_parser()
+    parser = argparse.ArgumentParser(prog="costproxy", description="Cost-aware OpenAI-compatible LLM proxy",
+                                     parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the proxy")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.set_defaults(func=cmd_serve)
-    demo = sub.add_parser("demo", help="run the proxy against a local SIMULATED provider (no API keys)")
-    demo.add_argument("--host")
-    demo.add_argument("--port", type=int)
-    demo.set_defaults(func=cmd_demo)
-    sub.add_parser("check-config", help="validate configuration, models and rules").set_defaults(
-        func=cmd_check_config)
-    keys = sub.add_parser("keys", help="issue, list and revoke client keys")
-    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    create = keys_sub.add_parser("create")
-    for name in ("name", "user", "team", "org", "project"):
-        create.add_argument(f"--{name}")
-    keys_sub.add_parser("list")
-    revoke = keys_sub.add_parser("revoke")
-    revoke.add_argument("key_id")
-    keys.set_defaults(func=cmd_keys)
-    usage = sub.add_parser("usage", help="print recent spend, baseline and saving")
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text, parents=[common])
+
+    for name, text, func in (("serve", "run the proxy (validates everything first)", cmd_serve),
+                             ("demo", "run the proxy against a local SIMULATED provider (no API keys)", cmd_demo)):
+        server = command(name, text)
+        server.add_argument("--host")
+        server.add_argument("--port", type=int, help="0: any free port (printed when listening)")
+        server.set_defaults(func=func)
+    command("check-config", "validate configuration, models, quality profiles, rules and encodings; show "
+            "which providers are usable").set_defaults(func=cmd_check_config)
+    init = command("init", "write an editable copy of the default config/ and rules/ into DIR")
+    init.add_argument("directory", nargs="?", default=".", metavar="DIR", help="default: the current directory")
+    init.add_argument("--force", action="store_true", help="overwrite existing files")
+    init.set_defaults(func=cmd_init)
+    _keys_parser(command("keys", "issue, list and revoke client keys"))
+    usage = command("usage", "print recent spend, baseline and saving")
     usage.add_argument("--hours", type=float, default=24.0)
     usage.add_argument("--by", default="model", choices=("model", "team", "user", "key", "project", "org"))
     usage.add_argument("--limit", type=int, default=20, help="recent requests to list")
     usage.set_defaults(func=cmd_usage)
-    export = sub.add_parser("export-encodings", help="write verified tiktoken files into a directory")
+    export = command("export-encodings", "write verified tiktoken files into a directory")
     export.add_argument("directory")
     export.set_defaults(func=cmd_export_encodings)
     for name, text in (("rules", "steering rules: `costproxy rules check`"),
@@ -174,6 +300,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _keys_parser(keys: argparse.ArgumentParser) -> None:
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create")
+    for name in ("name", "user", "team", "org", "project"):
+        create.add_argument(f"--{name}")
+    keys_sub.add_parser("list")
+    revoke = keys_sub.add_parser("revoke")
+    revoke.add_argument("key_id")
+    keys.set_defaults(func=cmd_keys)
+
+
+# Sub-commands with parsers of their own: (module, function, reads the configuration).
 DELEGATED = {
     "rules": ("costproxy.steering.commands", "rules_main", True),
     "explain": ("costproxy.tools.explain", "explain_main", True),
@@ -182,21 +320,16 @@ DELEGATED = {
 }
 
 
-def _run_delegated(argv: list[str]) -> int | None:
-    """Sub-commands with parsers of their own get every argument after their name untouched."""
-    config: list[str] = []
-    rest = list(argv)
-    if rest[:1] == ["--config"] and len(rest) >= 2:
-        config, rest = rest[:2], rest[2:]
-    elif rest and rest[0].startswith("--config="):
-        config, rest = ["--config", rest[0].split("=", 1)[1]], rest[1:]
-    if not rest or rest[0] not in DELEGATED:
+def _run_delegated(options: GlobalOptions, argv: list[str]) -> int | None:
+    """A delegated sub-command gets every argument after its name, plus ``--config`` when it reads one."""
+    if not argv or argv[0] not in DELEGATED:
         return None
     import importlib
 
-    module, function, takes_config = DELEGATED[rest[0]]
+    module, function, takes_config = DELEGATED[argv[0]]
     main_function = getattr(importlib.import_module(module), function)
-    return int(main_function(rest[1:] + (config if takes_config else [])))
+    config = ["--config", options.config] if takes_config and options.config else []
+    return int(main_function(argv[1:] + config))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,20 +342,34 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     try:
-        delegated = _run_delegated(argv)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+        options, rest = split_global_options(argv)
+    except UsageError as exc:
+        print(f"costproxy: error: {exc}", file=sys.stderr)
         return 2
-    if delegated is not None:
-        return delegated
-    args = build_parser().parse_args(argv)
+    if options.version:
+        print(f"costproxy {_version()}")
+        return 0
     try:
+        delegated = _run_delegated(options, rest)
+        if delegated is not None:
+            return delegated
+        args = build_parser().parse_args(rest)
+        args.config, args.log_level = options.config, options.log_level
         return int(args.func(args))
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("costproxy")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 if __name__ == "__main__":

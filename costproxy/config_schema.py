@@ -8,7 +8,8 @@ any key nobody asked for into an error, so typos in config files never pass sile
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -16,6 +17,7 @@ from costproxy.errors import ConfigError
 from costproxy.money import MoneyError, parse_decimal
 
 T = TypeVar("T")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MISSING: Any = object()
 
 
@@ -66,7 +68,7 @@ class Node:
         """Raise for the first key that was never read: unknown keys are errors."""
         for key in self.mapping():
             if key not in self._seen:
-                raise ConfigError(self.file, self._child_path(key), "unknown key", None)
+                raise ConfigError(self.file, self._child_path(key), "unknown key", self.mapping()[key])
 
     # --- sequences ------------------------------------------------------------------------
     def elements(self) -> list[Node]:
@@ -85,6 +87,14 @@ class Node:
         if choices is not None and self.value not in choices:
             raise self.error(f"must be one of {', '.join(choices)}", self.value)
         return self.value
+
+    def env_name(self) -> builtins.str:
+        """The NAME of an environment variable (never echoing in full what may be a pasted secret)."""
+        name = self.str()
+        if not _ENV_NAME.fullmatch(name):
+            raise self.error("must be the NAME of an environment variable (letters, digits, _), not a secret",
+                             name if len(name) < 8 else name[:4] + "…")
+        return name
 
     def opt_str(self) -> builtins.str | None:
         return None if self.value is None else self.str()
@@ -133,3 +143,8 @@ class Node:
             else:
                 result[key] = node.str(allow_empty=True)
         return result
+
+
+# Why a configured name is not a model id of the registry (``None``: it is one).  ``load_settings``
+# builds it, so every section that names models reports unknown and withheld models the same way.
+ModelCheck = Callable[[str], "builtins.str | None"]

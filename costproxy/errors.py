@@ -228,5 +228,10 @@ class ConfigError(ValueError):
         self.path = path
         self.value = value
         where = f"{file}: {path}" if path else file
-        shown = "" if value is None else f" (got {value!r})"
+        shown = "" if value is None else f" (got {_clip(repr(value))})"
         super().__init__(f"{where}: {message}{shown}")
+
+
+def _clip(text: str, limit: int = 120) -> str:
+    """A bad value as shown in an error: whole when short, else its start (a typo'd section is big)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."

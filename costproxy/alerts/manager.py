@@ -21,22 +21,7 @@ Per-request events (``request.blocked``, ``model.switched``) can come by the tho
 budget is exhausted; each (type, budget or model pair) is sent at most once per
 ``request_event_interval_s``, the next one carrying ``suppressedCount``.
 
-The ``alerts:`` section of ``config/costproxy.yaml`` tunes it (all optional)::
-
-    alerts:
-      enabled: true
-      source: costproxy              # the envelope's ``source``
-      queue_size: 10000              # events waiting for the background task
-      max_attempts: 8                # per delivery, first attempt included
-      backoff_base_s: 2              # 2, 4, 8 … s windows with full jitter
-      backoff_max_s: 600
-      timeout_s: 10                  # per attempt
-      concurrency: 16                # simultaneous POSTs
-      request_event_interval_s: 10   # 0: send every request.blocked / model.switched
-      history_per_subscription: 1000 # deliveries kept per subscription
-      events_kept: 1000              # recent events for GET /api/v1/events
-      refresh_interval_s: 2          # how soon other replicas' changes are seen
-      maintenance_interval_s: 60     # resume deliveries a dead replica left pending, prune history
+The ``alerts:`` section of ``config/costproxy.yaml`` tunes it: see ``costproxy.alerts.config``.
 """
 
 from __future__ import annotations
@@ -51,6 +36,7 @@ from typing import Any
 import structlog
 
 from costproxy.alerts.catalog import AlertCatalog
+from costproxy.alerts.config import AlertSettings
 from costproxy.alerts.sender import WebhookSender
 from costproxy.alerts.store import AlertStore
 from costproxy.alerts.webhooks import Delivery, Subscription, sortable_id
@@ -58,7 +44,6 @@ from costproxy.background import cancel_and_wait
 from costproxy.budgets.book import BudgetEvent
 from costproxy.budgets.codec import JSON_SCOPE, action_to_json, iso, percent, usd
 from costproxy.budgets.definitions import BudgetStore
-from costproxy.config_schema import Node
 from costproxy.errors import StoreUnavailable
 from costproxy.identity.principal import Principal
 from costproxy.pipeline.events import Event, ModelSwitched, RequestBlocked
@@ -68,44 +53,6 @@ log = structlog.get_logger("costproxy.alerts.manager")
 EVENT_NAMES = {"threshold_crossed": "budget.threshold_crossed", "exhausted": "budget.exhausted",
                "status_changed": "budget.status_changed", "request_blocked": "request.blocked"}
 _RETENTION_MS = 7 * 86_400_000  # claims outlive their period by a week
-
-
-@dataclass(frozen=True, slots=True)
-class AlertSettings:
-    enabled: bool = True
-    source: str = "costproxy"
-    queue_size: int = 10_000
-    max_attempts: int = 8
-    backoff_base_s: float = 2.0
-    backoff_max_s: float = 600.0
-    timeout_s: float = 10.0
-    concurrency: int = 16
-    request_event_interval_s: float = 10.0
-    history_per_subscription: int = 1000
-    events_kept: int = 1000
-    refresh_interval_s: float = 2.0
-    maintenance_interval_s: float = 60.0  # resume orphaned deliveries, prune history
-
-
-def parse_alert_settings(value: Any, file: str) -> AlertSettings:
-    node = Node(value, file, "alerts")
-    d = AlertSettings()
-    settings = AlertSettings(
-        enabled=node.child("enabled", d.enabled).bool(), source=node.child("source", d.source).str(),
-        queue_size=node.child("queue_size", d.queue_size).int(minimum=1),
-        max_attempts=node.child("max_attempts", d.max_attempts).int(minimum=1, maximum=50),
-        backoff_base_s=node.child("backoff_base_s", d.backoff_base_s).number(minimum=0.001),
-        backoff_max_s=node.child("backoff_max_s", d.backoff_max_s).number(minimum=0.001),
-        timeout_s=node.child("timeout_s", d.timeout_s).number(minimum=0.01),
-        concurrency=node.child("concurrency", d.concurrency).int(minimum=1),
-        request_event_interval_s=node.child("request_event_interval_s", d.request_event_interval_s).number(minimum=0),
-        history_per_subscription=node.child("history_per_subscription", d.history_per_subscription).int(minimum=1),
-        events_kept=node.child("events_kept", d.events_kept).int(minimum=1),
-        refresh_interval_s=node.child("refresh_interval_s", d.refresh_interval_s).number(minimum=0.05),
-        maintenance_interval_s=node.child("maintenance_interval_s", d.maintenance_interval_s).number(minimum=0.05),
-    )
-    node.done()
-    return settings
 
 
 @dataclass(frozen=True, slots=True)

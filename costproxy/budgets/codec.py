@@ -5,26 +5,7 @@ RelayCore/Auterity vocabulary of DESIGN §3.6).  YAML errors are ``ConfigError``
 path and value; JSON errors are ``InvalidRequest`` whose ``param`` is the JSON path.  Money is a
 decimal string or number in USD, converted exactly to nano-USD (sub-nano precision is refused).
 
-The YAML section::
-
-    budgets:
-      enabled: true                 # false: no enforcement on the SQLite store
-      reservation_ttl_s: 900        # reservations older than this are reclaimed
-      refresh_interval_s: 1.0       # Redis: how often counters and definitions are re-read
-      definitions:
-        - id: acme-monthly
-          scope_type: org           # org | team | project | user | key
-          scope_id: acme
-          limit_usd: "5000"
-          period: monthly           # daily | weekly | monthly | quarterly | annual | total
-          timezone: Europe/Berlin
-          on_exhausted: block       # block | downgrade | notify (soft)
-          thresholds:               # default: 50, 80, 100 with notify
-            - 50
-            - {percent: 80, actions: [notify, {type: restrict-models, tiers: [economy]}]}
-            - {percent: 95, actions: [auto-downgrade]}
-
-A plain list under ``budgets:`` is the same as ``definitions:`` with default settings.
+The YAML section and its settings are read by ``costproxy.budgets.config``.
 """
 
 from __future__ import annotations
@@ -73,22 +54,6 @@ _NAMES: dict[str, tuple[str, str]] = {
     "reason": ("reason", "reason"), "kind": ("type", "type"),
 }
 _JSON_READ_ONLY = ("createdAt", "updatedAt", "createdBy", "source", "readOnly", "hardLimit")
-
-
-@dataclass(frozen=True, slots=True)
-class BudgetSettings:
-    enabled: bool = True  # false: no budget enforcement (SQLite store only; Redis always accounts)
-    reservation_ttl_s: float = 900.0
-    refresh_interval_s: float = 1.0
-    checkpoint_interval_s: float = 10.0
-    key_prefix: str = "cp"
-    ledger_retention_days: int = 7
-
-
-@dataclass(frozen=True, slots=True)
-class BudgetConfig:
-    settings: BudgetSettings
-    static: tuple[BudgetSpec, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,40 +232,9 @@ def _join(path: str, key: str) -> str:
 # --- YAML ------------------------------------------------------------------------------------
 
 
-def parse_budget_config(value: Any, file: str, path: str = "budgets") -> BudgetConfig:
-    """The ``budgets:`` section (a list of definitions, or a mapping with settings)."""
-    node = Node(value, file, path)
-    if value is None or isinstance(value, list):
-        return BudgetConfig(BudgetSettings(), _parse_static(node))
-    defaults = BudgetSettings()
-    settings = BudgetSettings(
-        enabled=node.child("enabled", True).bool(),
-        reservation_ttl_s=node.child("reservation_ttl_s", defaults.reservation_ttl_s).number(minimum=1),
-        refresh_interval_s=node.child("refresh_interval_s", defaults.refresh_interval_s).number(minimum=0.05),
-        checkpoint_interval_s=node.child("checkpoint_interval_s", defaults.checkpoint_interval_s).number(
-            minimum=0.1),
-        key_prefix=node.child("key_prefix", defaults.key_prefix).str(),
-        ledger_retention_days=node.child("ledger_retention_days", defaults.ledger_retention_days).int(minimum=1),
-    )
-    static = _parse_static(node.child("definitions", []))
-    node.done()
-    return BudgetConfig(settings, static)
-
-
-def _parse_static(node: Node) -> tuple[BudgetSpec, ...]:
-    reader = _Reader(0)
-    specs: list[BudgetSpec] = []
-    seen: set[str] = set()
-    for item in node.elements():
-        spec = reader.spec(item, "config")
-        if spec.id in seen:
-            raise item.child("id").error("duplicate budget id", spec.id)
-        seen.add(spec.id)
-        specs.append(spec)
-    for item, spec in zip(node.elements(), specs, strict=True):
-        if spec.parent_id is not None and spec.parent_id not in seen:
-            raise item.child("parent").error("names no budget defined here", spec.parent_id)
-    return tuple(specs)
+def spec_from_yaml(node: Node, source: str = "config") -> BudgetSpec:
+    """One budget of the ``budgets:`` section (snake_case keys); ``budgets.config`` reads the section."""
+    return _Reader(0).spec(node, source)
 
 
 # --- JSON in ---------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ the configuration defines none; an empty chain costs one dictionary lookup per r
 from __future__ import annotations
 
 from costproxy.budgets.accounts import Accounts, LedgerAccounts
-from costproxy.budgets.codec import parse_budget_config
 from costproxy.budgets.definitions import BudgetStore, SqliteDefinitions, ensure_budget_schema
 from costproxy.budgets.sqlite import SqliteBudgetAccounts
 from costproxy.settings import Settings
@@ -20,7 +19,7 @@ from costproxy.store.sqlite import SqliteStore
 
 
 async def open_accounts(settings: Settings, store: SqliteStore) -> Accounts:
-    config = parse_budget_config(settings.raw.get("budgets"), str(settings.config_path))
+    config = settings.budgets
     await ensure_budget_schema(store)
     if settings.store_url.startswith(("redis://", "rediss://")):
         from costproxy.budgets.redis import open_redis_accounts

@@ -49,7 +49,7 @@ from redis.exceptions import RedisError
 from costproxy.background import cancel_and_wait, stop_if_cancelled
 from costproxy.budgets.accounts import Reservation
 from costproxy.budgets.book import BudgetBook, BudgetReservation, CompiledBudget, overrun, refusal
-from costproxy.budgets.codec import BudgetConfig
+from costproxy.budgets.config import BudgetConfig
 from costproxy.budgets.definitions import BudgetStore
 from costproxy.budgets.definitions_redis import RedisDefinitions
 from costproxy.budgets.lua import MAX_EXACT_NANOS, RECLAIM, RESERVE, SETTLE, RedisKeys

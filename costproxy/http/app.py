@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from costproxy.alerts.catalog import AlertCatalog
-from costproxy.alerts.manager import AlertManager, parse_alert_settings
+from costproxy.alerts.manager import AlertManager
 from costproxy.alerts.sender import SenderSettings, WebhookSender
 from costproxy.alerts.store import AlertStore, SqliteAlertStore
 from costproxy.analyzer.encodings import load_encodings
@@ -37,10 +37,9 @@ from costproxy.analyzer.tokens import TokenCounter
 from costproxy.background import cancel_and_wait, stop_if_cancelled
 from costproxy.budgets.accounts import Accounts
 from costproxy.budgets.book import BudgetAccounts, BudgetBook
-from costproxy.budgets.codec import parse_budget_config
 from costproxy.budgets.factory import open_accounts
 from costproxy.budgets.model import window_at
-from costproxy.errors import ConfigError, StoreUnavailable
+from costproxy.errors import StoreUnavailable
 from costproxy.http import (
     analytics_api,
     budgets_api,
@@ -232,7 +231,7 @@ async def _open_alert_store(app: web.Application) -> AlertStore:
         from costproxy.alerts.store_redis import RedisAlertStore
         from costproxy.budgets.redis import redis_client
 
-        prefix = parse_budget_config(settings.raw.get("budgets"), str(settings.config_path)).settings.key_prefix
+        prefix = settings.budgets.settings.key_prefix
         return RedisAlertStore(redis_client(settings.store_url), prefix, settings.store_url.split("@")[-1])
     store = SqliteAlertStore(app[STORE])
     await store.open()
@@ -241,7 +240,7 @@ async def _open_alert_store(app: web.Application) -> AlertStore:
 
 def _alert_manager(app: web.Application, catalog: AlertCatalog, store: AlertStore,
                    session: aiohttp.ClientSession) -> AlertManager:
-    config = parse_alert_settings(app[SETTINGS].raw.get("alerts"), str(app[SETTINGS].config_path))
+    config = app[SETTINGS].alerts
     sender = WebhookSender(catalog, store, session, SenderSettings(
         max_attempts=config.max_attempts, backoff_base_s=config.backoff_base_s, backoff_max_s=config.backoff_max_s,
         timeout_s=config.timeout_s, concurrency=config.concurrency))
@@ -264,10 +263,7 @@ def _alert_manager(app: web.Application, catalog: AlertCatalog, store: AlertStor
 
 async def _alerts_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    config = parse_alert_settings(settings.raw.get("alerts"), str(settings.config_path))
-    if settings.raw.get("webhooks") is not None:  # reserved by settings.py; never silently ignored
-        raise ConfigError(str(settings.config_path), "webhooks", "webhook subscriptions are managed through "
-                          "/api/v1/webhooks; delivery settings live under alerts:")
+    config = settings.alerts
     store = await _open_alert_store(app)
     catalog = app[ALERT_CATALOG] = AlertCatalog(store)
     try:
@@ -316,10 +312,15 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
 
 
-def run(settings: Settings, **kwargs: Any) -> None:
+def run(settings: Settings, *, sock: socket.socket | None = None, announce: Callable[[], None] | None = None,
+        **kwargs: Any) -> None:
+    """Serve until SIGINT/SIGTERM: on ``sock`` when the caller bound one, else on the configured
+    host and port; ``announce`` is called once connections are accepted."""
     app = create_app(settings, **kwargs)
-    web.run_app(app, host=settings.server.host, port=settings.server.port,
-                access_log=web_access_logger() if settings.server.access_log else None, print=None)
+    where: dict[str, Any] = {"sock": sock} if sock is not None else {
+        "host": settings.server.host, "port": settings.server.port}
+    web.run_app(app, **where, access_log=web_access_logger() if settings.server.access_log else None,
+                print=None if announce is None else lambda *_: announce())
 
 
 def web_access_logger() -> Any:

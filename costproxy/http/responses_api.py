@@ -25,7 +25,7 @@ from costproxy.ledger.entry import Status
 from costproxy.pipeline.run import refuse, run_stream, run_unary
 from costproxy.protocols.responses import parse_responses
 from costproxy.request import ChatRequest
-from costproxy.store.responses import ResponseStore, owner_of, parse_responses_settings
+from costproxy.store.responses import ResponseStore, owner_of
 
 
 def _owner(request: web.Request) -> str:
@@ -125,8 +125,7 @@ async def input_items(request: web.Request) -> web.Response:
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    store = ResponseStore(app[STORE], parse_responses_settings(settings.raw.get("responses"),
-                                                               str(settings.config_path)))
+    store = ResponseStore(app[STORE], settings.responses)
     await store.open()
     app[RESPONSES] = store
     yield

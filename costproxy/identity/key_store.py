@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from costproxy.budgets.codec import parse_budget_config
 from costproxy.identity.principal import KeyRecord
 from costproxy.settings import Settings
 from costproxy.store.sqlite import SqliteStore
@@ -69,8 +68,7 @@ def open_key_store(settings: Settings, local: SqliteStore | None) -> KeyStore:
     if is_redis_url(settings.store_url):
         from costproxy.identity.key_store_redis import RedisKeyStore
 
-        budgets = parse_budget_config(settings.raw.get("budgets"), str(settings.config_path))
-        return RedisKeyStore.from_url(settings.store_url, prefix=budgets.settings.key_prefix)
+        return RedisKeyStore.from_url(settings.store_url, prefix=settings.budgets.settings.key_prefix)
     if local is None:
         raise ValueError(f"store {settings.store_url} keeps keys in SQLite: pass the opened SqliteStore")
     return SqliteKeyStore(local)

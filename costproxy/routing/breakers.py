@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from costproxy.config_schema import Node
 from costproxy.registry import ModelSpec
 
 
@@ -28,18 +27,6 @@ class BreakerConfig:
     provider_threshold: int = 8
     cooldown: float = 10.0
     max_cooldown: float = 300.0
-
-
-def parse_breaker_config(node: Node) -> BreakerConfig:
-    defaults = BreakerConfig()
-    config = BreakerConfig(
-        failure_threshold=node.child("failure_threshold", defaults.failure_threshold).int(minimum=1),
-        provider_threshold=node.child("provider_threshold", defaults.provider_threshold).int(minimum=1),
-        cooldown=node.child("cooldown_seconds", defaults.cooldown).number(minimum=0.01),
-        max_cooldown=node.child("max_cooldown_seconds", defaults.max_cooldown).number(minimum=0.01),
-    )
-    node.done()
-    return config
 
 
 @dataclass(slots=True)

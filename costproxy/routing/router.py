@@ -24,7 +24,6 @@ from typing import Any
 
 from costproxy.analyzer.profile import RequestProfile, analyze
 from costproxy.analyzer.tasks import TASK_TYPES
-from costproxy.config_schema import Node
 from costproxy.errors import (
     BudgetExceeded,
     ConfigError,
@@ -35,20 +34,13 @@ from costproxy.errors import (
 )
 from costproxy.money import MoneyError, format_usd, usd_to_nanos
 from costproxy.registry import ENDPOINT_KIND, TIERS, ModelSpec, Registry
-from costproxy.routing.breakers import CircuitBreakers, parse_breaker_config
+from costproxy.routing.breakers import CircuitBreakers
 from costproxy.routing.concrete import resolve_concrete
 from costproxy.routing.policy import EMPTY, QUALITY_MODES, Constraints
-from costproxy.routing.quality import QualityProfiles, parse_quality
+from costproxy.routing.quality import QualityProfiles
 from costproxy.routing.route import Route, RouteInput
-from costproxy.routing.selection import (
-    BudgetPressure,
-    Decision,
-    SelectionConfig,
-    cap_that_fits,
-    parse_selection_config,
-    select,
-)
-from costproxy.settings import ProviderSettings, Settings, read_yaml
+from costproxy.routing.selection import BudgetPressure, Decision, SelectionConfig, cap_that_fits, select
+from costproxy.settings import Settings, provider_readiness
 from costproxy.steering import RulesHolder, SteeringOutcome, evaluate
 from costproxy.steering.rules import EMPTY_RULESET, Rule, RuleSet
 
@@ -364,51 +356,28 @@ class SelectionRouter:
             self.decisions.popitem(last=False)
 
 
-def parse_fallback_chains(value: Any, file: str, registry: Registry) -> tuple[Any, dict[str, tuple[str, ...]]]:
-    """``fallback: {circuit_breaker: {...}, chains: {model: [alternatives]}}`` from costproxy.yaml."""
-    node = Node(value, file, "fallback")
-    breaker = parse_breaker_config(node.child("circuit_breaker", {}))
-    chains: dict[str, tuple[str, ...]] = {}
-    for model_id, chain_node in node.child("chains", {}).items():
-        if model_id not in registry.models:
-            raise chain_node.error("names no model in the registry", model_id)
-        names = tuple(chain_node.str_list())
-        for name in names:
-            if name not in registry.models:
-                raise chain_node.error("names no model in the registry", name)
-        chains[model_id] = names
-    node.done()
-    return breaker, chains
-
-
 def build_router(settings: Settings) -> SelectionRouter:
     """Compose the router from settings: quality profiles, selection config, rules, breakers.
 
-    Blocking (reads the quality and rules files): call it off the event loop.
+    Blocking (reads the rules directory): call it off the event loop.
     """
     registry = settings.registry
-    if settings.quality_path is not None:
-        quality = parse_quality(read_yaml(settings.quality_path), str(settings.quality_path))
-    else:
-        quality = QualityProfiles(models={}, tier_priors=DEFAULT_TIER_PRIORS)
-    config = parse_selection_config(settings.raw.get("selection"), str(settings.config_path))
-    breaker, chains = parse_fallback_chains(settings.raw.get("fallback"), str(settings.config_path), registry)
+    quality = settings.quality or QualityProfiles(models={}, tier_priors=DEFAULT_TIER_PRIORS)
     rules = RulesHolder(settings.rules_dir, known_models=[*registry.models, *registry.aliases])
     result = rules.reload()
     if not result.ok:
         raise ConfigError(str(settings.rules_dir), "", "invalid steering rules:\n" + "\n".join(
             str(error) for error in result.errors))
-    unservable = {m.id: problem for m in registry.models.values()
-                  if (problem := provider_problem(settings.providers[m.provider])) is not None}
-    return SelectionRouter(registry, quality, config, rules, CircuitBreakers(breaker), chains, unservable)
+    return SelectionRouter(registry, quality, settings.selection, rules, CircuitBreakers(settings.fallback.breaker),
+                           settings.fallback.chains, unservable_models(settings))
 
 
-def provider_problem(provider: ProviderSettings) -> str | None:
-    """Why a provider cannot be called (``None``: it can): a key it needs is not in the environment."""
-    if provider.auth != "none" and not provider.api_key:
-        return (f"provider {provider.name!r} has no API key: set ${provider.api_key_env}"
-                if provider.api_key_env else f"provider {provider.name!r} has no API key configured")
-    return None
+def unservable_models(settings: Settings) -> dict[str, str]:
+    """Model id -> why this deployment cannot call it: its provider's key is not in the environment.
+    (Models of disabled providers are not in the registry at all.)"""
+    return {model: f"provider {status.name!r} has no API key: {status.detail}"
+            for status in provider_readiness(settings) if not status.usable for model in status.models
+            if model in settings.registry.models}
 
 
 # Used when no quality file is configured: a premium model is assumed better than a standard one,

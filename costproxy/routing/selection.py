@@ -45,10 +45,8 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
 
 from costproxy.analyzer.profile import RequestProfile
-from costproxy.config_schema import Node
 from costproxy.errors import NoEligibleModel
 from costproxy.money import NANOS_PER_USD, TOKENS_PER_PRICE_UNIT, format_usd
 from costproxy.registry import ModelSpec, Usage
@@ -386,39 +384,3 @@ def select(
         output_cap=chosen.output_cap, task_type=profile.task_type, difficulty=profile.difficulty,
         mode=str(mode), pressure=level,
     )
-
-
-# --- configuration ------------------------------------------------------------------------------
-
-
-def parse_selection_config(value: Any, file: str, path: str = "selection") -> SelectionConfig:
-    """Read the ``selection:`` section of costproxy.yaml (every key optional)."""
-    node = Node(value, file, path)
-    d = SelectionConfig()
-
-    def share(key: str, default: float) -> float:
-        return node.child(key, default).number(minimum=0.0, maximum=1.0)
-
-    config = SelectionConfig(
-        default_mode=node.child("default_mode", d.default_mode).str(choices=QUALITY_MODES),
-        economy_gap=share("economy_gap", d.economy_gap),
-        balanced_gap=share("balanced_gap", d.balanced_gap),
-        quality_gap=share("quality_gap", d.quality_gap),
-        pressure_start=share("pressure_start", d.pressure_start),
-        burn_start=node.child("burn_start", d.burn_start).number(minimum=0.0),
-        burn_full=node.child("burn_full", d.burn_full).number(minimum=0.0),
-        pressure_gap=share("pressure_gap", d.pressure_gap),
-        max_gap=share("max_gap", d.max_gap),
-        quality_floor=share("quality_floor", d.quality_floor),
-        max_fallbacks=node.child("max_fallbacks", d.max_fallbacks).int(minimum=0, maximum=20),
-        quality_per_usd=_opt_rate(node.child("quality_per_usd", None)),
-        target_reference=node.child("target_reference", d.target_reference).str(choices=TARGET_REFERENCES),
-    )
-    node.done()
-    if config.burn_full < config.burn_start:
-        raise node.child("burn_full").error("must be >= burn_start", config.burn_full)
-    return config
-
-
-def _opt_rate(node: Node) -> float | None:
-    return None if node.value is None else node.number(minimum=0.0)

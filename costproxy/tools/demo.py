@@ -31,8 +31,8 @@ def simulated_settings(settings: Settings, simulator_url: str, store_path: str) 
                                auth="bearer", simulated=True, timeouts=p.timeouts)
         for name, p in settings.providers.items()
     }
-    return replace(settings, providers=providers, store_url=f"sqlite:///{store_path}",
-                   admin_token=settings.admin_token or DEMO_ADMIN_TOKEN)
+    return replace(settings, providers=providers, store=replace(settings.store, url=f"sqlite:///{store_path}"),
+                   admin=replace(settings.admin, token=settings.admin_token or DEMO_ADMIN_TOKEN))
 
 
 async def serve_demo(settings: Settings) -> None:
@@ -47,7 +47,8 @@ async def serve_demo(settings: Settings) -> None:
     key, record = await issue_key(app[STORE], {"name": "demo", "user": "demo-user", "team": "demo-team",
                                                "org": "demo-org"}, time.time())
     app[KEYRING].add(record)
-    base = f"http://{demo.server.host}:{demo.server.port}/v1"
+    port = runner.addresses[0][1]  # the chosen one with --port 0
+    base = f"http://{demo.server.host}:{port}/v1"
     print(_banner(base, key, sim_url, demo.admin_token or ""), flush=True)
     try:
         await asyncio.Event().wait()

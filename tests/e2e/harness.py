@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import queue
+import re
 import signal
 import socket
 import subprocess
@@ -91,3 +94,51 @@ def wait_healthy(base: str, proc: subprocess.Popen[str], seconds: float = 30) ->
             pass
         time.sleep(0.1)
     raise RuntimeError("costproxy did not become ready")
+
+
+class Serving:
+    """``costproxy serve --port 0`` as a subprocess: the port comes from its "listening" line."""
+
+    def __init__(self, command: list[str], *, cwd: Path, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.output: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def wait_listening(self, seconds: float = 60) -> int:
+        """The port of the "costproxy listening on http://host:PORT" line (bounded wait)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                raise RuntimeError(f"costproxy exited with {self.proc.wait()}:\n{''.join(self.output)}")
+            self.output.append(line)
+            found = re.search(r"costproxy listening on http://[^ ]+:(\d+)", line)
+            if found:
+                return int(found.group(1))
+        raise RuntimeError("costproxy did not say it was listening:\n" + "".join(self.output))
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.loads(resp.read())

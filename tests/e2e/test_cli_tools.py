@@ -18,7 +18,7 @@ def write_config(tmp_path: Path, rules: dict[str, object] | None = None) -> Path
     (tmp_path / "models.yaml").write_text(yaml.safe_dump(TEST_MODELS))
     (tmp_path / "quality.yaml").write_text(yaml.safe_dump(TEST_QUALITY))
     config = tmp_path / "costproxy.yaml"
-    provider = {"base_url": "http://127.0.0.1:9/v1"}
+    provider = {"base_url": "http://127.0.0.1:9/v1", "enabled": True}  # a keyless local server, switched on
     config.write_text(yaml.safe_dump({"providers": {"sim": provider, "sim2": provider},
                                       "models_file": "models.yaml", "rules_dir": "rules"}))
     return config

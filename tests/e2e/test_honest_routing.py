@@ -51,7 +51,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
             "models_file": "models.yaml", "rules_dir": "rules",
             "providers": {"sim": provider, "sim2": provider,
                           "nokey": {"base_url": sim.url, "api_key_env": "NOKEY_API_KEY"},
-                          "local": {"base_url": sim.url, "auth": "none"}},
+                          "local": {"base_url": sim.url, "auth": "none", "enabled": True}},  # keyless: opt in
             "budgets": [{"id": "tiny", "scope_type": "team", "scope_id": "broke", "limit_usd": "0.00002",
                          "period": "monthly", "on_exhausted": "block"}],
         }))

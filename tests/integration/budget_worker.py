@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import redis.asyncio as aioredis
 
-from costproxy.budgets.codec import parse_budget_config
+from costproxy.budgets.config import parse_budget_config
 from costproxy.budgets.definitions import ensure_budget_schema
 from costproxy.budgets.redis import RedisBudgetAccounts, open_redis_accounts
 from costproxy.errors import BudgetExceeded

@@ -22,7 +22,6 @@ from aiohttp.test_utils import TestServer
 from costproxy.alerts.manager import AlertManager
 from costproxy.alerts.webhooks import verify
 from costproxy.budgets.accounts import Accounts
-from costproxy.budgets.codec import parse_budget_config
 from costproxy.budgets.definitions import BudgetStore, SqliteDefinitions, ensure_budget_schema
 from costproxy.budgets.sqlite import SqliteBudgetAccounts
 from costproxy.http.app import create_app
@@ -101,7 +100,7 @@ async def receiver(aiohttp_server: Any) -> Receiver:
 
 def sqlite_accounts(clock: FakeClock) -> Callable[[Settings, SqliteStore], Awaitable[Accounts]]:
     async def factory(settings: Settings, store: SqliteStore) -> Accounts:
-        config = parse_budget_config(settings.raw.get("budgets"), "test")
+        config = settings.budgets
         await ensure_budget_schema(store)
         budgets = BudgetStore(SqliteDefinitions(store), config.static, clock=clock)
         await budgets.load()
@@ -117,7 +116,7 @@ def redis_accounts(clock: FakeClock) -> Callable[[Settings, SqliteStore], Awaita
         from costproxy.budgets.redis import open_redis_accounts
 
         await ensure_budget_schema(store)
-        config = parse_budget_config(settings.raw.get("budgets"), "test")
+        config = settings.budgets
         return await open_redis_accounts(settings.store_url, store, config, clock=clock)
 
     return factory

@@ -18,7 +18,7 @@ import pytest
 import redis as sync_redis
 
 from costproxy.budgets.book import BudgetEvent, BudgetReservation
-from costproxy.budgets.codec import parse_budget_config
+from costproxy.budgets.config import parse_budget_config
 from costproxy.budgets.definitions import ensure_budget_schema
 from costproxy.budgets.model import BudgetSpec
 from costproxy.budgets.redis import RedisBudgetAccounts, open_redis_accounts

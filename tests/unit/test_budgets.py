@@ -10,13 +10,13 @@ import pytest
 
 from costproxy.budgets.codec import (
     override_from_json,
-    parse_budget_config,
     spec_from_json,
     spec_to_json,
     status_to_json,
     usage_from_json,
     usd,
 )
+from costproxy.budgets.config import parse_budget_config
 from costproxy.budgets.model import (
     BudgetIndex,
     BudgetInvalid,

@@ -10,8 +10,10 @@ PACKAGE = Path(__file__).resolve().parents[2] / "costproxy"
 CORE = [
     "money.py", "errors.py", "registry.py", "config_schema.py",
     "routing/policy.py", "routing/selection.py", "routing/quality.py", "routing/breakers.py", "routing/concrete.py",
+    "routing/config.py",
     "identity/principal.py", "budgets/model.py", "budgets/status.py", "budgets/codec.py", "budgets/reports.py",
-    "alerts/webhooks.py", "identity/sessions.py",
+    "budgets/config.py", "alerts/webhooks.py", "alerts/config.py", "identity/sessions.py", "providers/config.py",
+    "store/config.py",
     "analyzer/tasks.py", "analyzer/profile.py", "analyzer/tokens.py",
     "steering/fields.py", "steering/conditions.py", "steering/actions.py", "steering/rules.py",
     "steering/evaluate.py",

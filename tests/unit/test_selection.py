@@ -14,9 +14,10 @@ from costproxy.analyzer.profile import RequestProfile
 from costproxy.analyzer.tasks import FEATURE_NAMES
 from costproxy.errors import ConfigError, NoEligibleModel
 from costproxy.registry import ModelPrice, ModelSpec, Usage, parse_registry
+from costproxy.routing.config import parse_selection_config
 from costproxy.routing.policy import Constraints
 from costproxy.routing.quality import ModelQuality, QualityProfiles, TaskQuality, parse_quality, quality_document
-from costproxy.routing.selection import BudgetPressure, Decision, SelectionConfig, parse_selection_config, select
+from costproxy.routing.selection import BudgetPressure, Decision, SelectionConfig, select
 
 ROOT = Path(__file__).resolve().parents[2]
 ALL_CAPS = frozenset({"tools", "vision", "json_schema", "json_mode", "streaming"})

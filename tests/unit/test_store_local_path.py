@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def settings(tmp_path: Path, store: dict[str, str], **env: str) -> Settings:
     config_dir = tmp_path / "config"
     config_dir.mkdir(exist_ok=True)
+    (tmp_path / "rules").mkdir(exist_ok=True)
     (config_dir / "models.yaml").write_text((ROOT / "config" / "models.yaml").read_text())
     document = yaml.safe_load((ROOT / "config" / "costproxy.yaml").read_text())
     document["store"] = store

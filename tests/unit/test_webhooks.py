@@ -9,7 +9,8 @@ from typing import Any, cast
 
 import pytest
 
-from costproxy.alerts.manager import AlertSettings, Raised, budget_payload, claim_name, envelope, parse_alert_settings
+from costproxy.alerts.config import AlertSettings, parse_alert_settings
+from costproxy.alerts.manager import Raised, budget_payload, claim_name, envelope
 from costproxy.alerts.webhooks import (
     Attempt,
     Delivery,
