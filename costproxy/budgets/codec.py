@@ -318,19 +318,27 @@ def spec_from_json(data: Any, *, base: BudgetSpec | None = None) -> BudgetSpec:
         raise _as_request_error(exc) from None
 
 
+MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+
+
 def _iso_ms(node: Node) -> int:
+    """An ISO 8601 date-time (or epoch milliseconds) between 1970 and 9999."""
     value = node.value
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if not isinstance(value, str):
+        ms = value
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            ms = int(moment.timestamp() * 1000)
+        except (ValueError, OverflowError):
+            raise node.error("must be an ISO 8601 date-time", value) from None
+    else:
         raise node.error("must be an ISO 8601 date-time", value)
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise node.error("must be an ISO 8601 date-time", value) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+    if not 0 <= ms <= MAX_TIMESTAMP_MS:
+        raise node.error("must be between 1970 and 9999", value)
+    return ms
 
 
 def override_from_json(data: Any, *, budget_id: str, override_id: str, actor: str | None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -89,11 +90,26 @@ async def revoke_key(request: web.Request) -> web.Response:
     return web.json_response(record.public() if record else {"id": key_id})
 
 
+def int_param(request: web.Request, name: str, default: int, minimum: int, maximum: int) -> int:
+    """A whole-number query parameter within ``[minimum, maximum]``, else 400 naming it."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    text = raw.strip()
+    if not (text.isascii() and text.lstrip("-").isdigit()) or len(text) > 20:
+        raise InvalidRequest(f"'{name}' must be a whole number from {minimum} to {maximum}, got {raw[:40]!r}",
+                             param=name)
+    value = int(text)
+    if not minimum <= value <= maximum:
+        raise InvalidRequest(f"'{name}' must be from {minimum} to {maximum}, got {value}", param=name)
+    return value
+
+
+MAX_HOURS = 24 * 366 * 10  # ten years of ledger
+
+
 async def recent_usage(request: web.Request) -> web.Response:
-    try:
-        limit = min(1000, max(1, int(request.query.get("limit", "50"))))
-    except ValueError:
-        raise InvalidRequest("'limit' must be an integer", param="limit") from None
+    limit = int_param(request, "limit", 50, 1, 1000)
     entries = await request.app[STORE].recent_entries(limit)
     return web.json_response({"data": [e.public() for e in entries]})
 
@@ -118,10 +134,15 @@ async def usage_summary(request: web.Request) -> web.Response:
 
 
 def _hours(request: web.Request) -> float:
+    """``hours``: a finite number from 0 to ``MAX_HOURS`` (no inf, NaN, negative or 1e300)."""
+    raw = request.query.get("hours", "24")
     try:
-        return max(0.0, float(request.query.get("hours", "24")))
+        hours = float(raw)
     except ValueError:
-        raise InvalidRequest("'hours' must be a number", param="hours") from None
+        hours = math.nan
+    if not (math.isfinite(hours) and 0 <= hours <= MAX_HOURS):
+        raise InvalidRequest(f"'hours' must be a number from 0 to {MAX_HOURS}, got {raw[:40]!r}", param="hours")
+    return hours
 
 
 def add_routes(app: web.Application) -> None:

@@ -24,7 +24,7 @@ from costproxy.budgets.model import BudgetSpec, window_at
 from costproxy.budgets.reports import GROUPS, RangeInvalid, Row, TimeRange, report, time_range, totals
 from costproxy.errors import InvalidRequest, StoreUnavailable
 from costproxy.http.budgets_api import budget_for, manager_of, status_json, store_errors
-from costproxy.http.keys_api import json_body, require_admin
+from costproxy.http.keys_api import int_param, json_body, require_admin
 from costproxy.http.state import REQUEST_ID, STORE
 from costproxy.ledger.entry import LedgerEntry
 from costproxy.store.sqlite import entry_from_row
@@ -108,19 +108,12 @@ async def list_usage(request: web.Request) -> web.Response:
     if source:
         where += " AND l.source = ?"
         params.append(source)
-    limit = _int(request, "limit", 100, 1000)
+    limit = int_param(request, "limit", 100, 1, 1000)
     rows = await request.app[STORE].query(
         f"SELECT * FROM ledger l WHERE {where} ORDER BY l.seq DESC LIMIT ? OFFSET ?",
-        [*params, limit, _int(request, "offset", 0, 10**9, minimum=0)])
+        [*params, limit, int_param(request, "offset", 0, 0, 10**12)])
     return web.json_response({"budgetId": spec.id, "timeRange": span.to_json(),
                               "data": [usage_json(entry_from_row(r), r["seq"]) for r in rows]})
-
-
-def _int(request: web.Request, name: str, default: int, maximum: int, minimum: int = 1) -> int:
-    try:
-        return min(maximum, max(minimum, int(request.query.get(name, str(default)))))
-    except ValueError:
-        raise InvalidRequest(f"'{name}' must be an integer", param=name) from None
 
 
 _SUMS = ("SUM(l.cost_nanos) AS amount, COUNT(*) AS n, SUM(l.prompt_tokens) AS tin, "
