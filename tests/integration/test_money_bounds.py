@@ -35,7 +35,7 @@ async def spent(proxy: Proxy) -> str:
     return str((await resp.json())["currentAmount"])
 
 
-@pytest.mark.parametrize("amount", TOO_BIG + NOT_MONEY)
+@pytest.mark.parametrize("amount", [*TOO_BIG, *NOT_MONEY])
 async def test_usage_beyond_the_bounds_is_a_400_that_charges_nothing(make_proxy: ProxyFactory, amount: Any) -> None:
     proxy = await make_proxy(extra={"budgets": {"definitions": [TEAM]}})
     status, body = await post(proxy, "/api/v1/budgets/team-core/usage", {"amount": amount, "source": "manual"})
@@ -56,7 +56,7 @@ async def test_usage_timestamps_are_bounded(make_proxy: ProxyFactory, stamp: Any
     assert await proxy.ledger() == []
 
 
-@pytest.mark.parametrize("amount", TOO_BIG + ["NaN", True, []])
+@pytest.mark.parametrize("amount", [*TOO_BIG, "NaN", True, []])
 async def test_budget_amounts_overrides_and_costs_are_bounded(make_proxy: ProxyFactory, amount: Any) -> None:
     proxy = await make_proxy(extra={"budgets": {"definitions": [TEAM]}})
     status, body = await post(proxy, "/api/v1/budgets", {"scopeType": "user", "scopeId": "a", "amount": amount})
