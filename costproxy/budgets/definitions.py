@@ -50,6 +50,13 @@ BUDGET_MIGRATIONS: list[tuple[int, str]] = [
         CREATE TABLE budget_marks (name TEXT PRIMARY KEY, value TEXT NOT NULL);
         CREATE TABLE budget_outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL)
     """),
+    (2, """
+        CREATE TABLE usage_claims (
+            budget_id TEXT NOT NULL, claim TEXT NOT NULL, request_id TEXT NOT NULL, ts_ms INTEGER NOT NULL,
+            PRIMARY KEY (budget_id, claim)
+        );
+        CREATE INDEX usage_claims_ts ON usage_claims (ts_ms)
+    """),
 ]
 
 
