@@ -1,6 +1,7 @@
 """A durable queue of settlements that could not reach the shared budget store (Redis mode).
 
-Each item is one settle/release/usage/refusal exactly as it will be sent to Redis (a JSON body),
+Each item is one ``Settlement`` (a settle/release/usage/refusal exactly as it will be sent to
+Redis: the settle script's keys and arguments, ledger entry included), stored as JSON,
 committed to the replica's own SQLite file (``budget_outbox``) with ``PRAGMA synchronous=FULL``
 before ``put`` returns: once the caller has been answered, neither a SIGKILL nor a power cut loses
 it.  Items are read back in the order they were put and deleted one by one, each only after the
@@ -10,7 +11,34 @@ makes that repeat a no-op).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+
+import orjson
+
 from costproxy.store.sqlite import SqliteStore, rollback
+
+
+@dataclass(slots=True)
+class Settlement:
+    """One settle script call: what Redis must apply, and what the accounts need afterwards."""
+
+    keys: list[str]
+    args: list[str | int]
+    budget_ids: tuple[str, ...]
+    period_keys: tuple[str, ...]
+    request_id: str
+    home: str = ""  # partition of the ledger stream
+    reserved_nanos: int = 0  # what the reservation held (an overrun is a charge above it)
+
+    def body(self) -> str:
+        return orjson.dumps(asdict(self)).decode()
+
+    @classmethod
+    def from_body(cls, body: str) -> Settlement:
+        data = orjson.loads(body)
+        return cls(data["keys"], data["args"], tuple(data["budget_ids"]), tuple(data["period_keys"]),
+                   data["request_id"], data.get("home", ""), int(data.get("reserved_nanos", 0)))
 
 
 class SettlementOutbox:
@@ -23,9 +51,9 @@ class SettlementOutbox:
             lambda: int(self.store.conn().execute("SELECT COUNT(*) FROM budget_outbox").fetchone()[0]))
         return self.count
 
-    async def put(self, body: str) -> None:
-        """Commit ``body`` durably (fsync'd) before returning; ``StoreUnavailable`` if it cannot."""
-        await self.store.run(self._put_sync, body)
+    async def put(self, settlement: Settlement) -> None:
+        """Commit ``settlement`` durably (fsync'd) before returning; ``StoreUnavailable`` if not."""
+        await self.store.run(self._put_sync, settlement.body())
         self.count += 1
 
     def _put_sync(self, body: str) -> None:
@@ -52,3 +80,18 @@ class SettlementOutbox:
         deleted = await self.store.run(
             lambda: self.store.conn().execute("DELETE FROM budget_outbox WHERE seq = ?", (seq,)).rowcount)
         self.count = max(0, self.count - int(deleted))
+
+    async def replay(self, apply: Callable[[Settlement], Awaitable[None]]) -> int:
+        """``apply`` every item, oldest first, deleting each once applied; returns how many.  An
+        exception from ``apply`` (the store is away again) leaves that item and the rest queued."""
+        done = 0
+        while self.count:
+            batch = await self.head()
+            if not batch:
+                self.count = 0
+                break
+            for seq, body in batch:
+                await apply(Settlement.from_body(body))
+                await self.delete(seq)  # killed before this line: the next replay is a no-op
+                done += 1
+        return done

@@ -43,10 +43,9 @@ import hashlib
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from typing import Any
 
-import orjson
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -69,7 +68,7 @@ from costproxy.budgets.definitions import BudgetStore
 from costproxy.budgets.definitions_redis import RedisDefinitions
 from costproxy.budgets.lua import MAX_EXACT_NANOS, RECLAIM, RENEW, RESERVE, SETTLE, RedisKeys
 from costproxy.budgets.model import approved
-from costproxy.budgets.outbox import SettlementOutbox
+from costproxy.budgets.outbox import Settlement, SettlementOutbox
 from costproxy.budgets.status import Counters
 from costproxy.errors import StoreUnavailable
 from costproxy.identity.principal import Principal
@@ -80,24 +79,10 @@ from costproxy.store.sqlite import SqliteStore
 
 log = structlog.get_logger("costproxy.budgets.model")
 RECLAIM_BATCH = 16
-_Args = list[str | int]
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-@dataclass(slots=True)
-class _Op:
-    """A settle/release/usage as sent to Redis; kept in the outbox while Redis is away."""
-
-    keys: list[str]
-    args: _Args
-    budget_ids: tuple[str, ...]
-    period_keys: tuple[str, ...]
-    request_id: str
-    home: str = ""  # partition of the ledger stream
-    reserved_nanos: int = 0  # what the reservation held (an overrun is a charge above it)
 
 
 class RedisBudgetAccounts(BudgetBook):
@@ -120,7 +105,7 @@ class RedisBudgetAccounts(BudgetBook):
         self._partitions: set[str] = set()
         self._registered: set[str] = set()
         self.outbox = SettlementOutbox(store)
-        self._unsaved: list[_Op] = []  # deferred while the SQLite outbox could not be written either
+        self._unsaved: list[Settlement] = []  # deferred while the SQLite outbox could not be written either
         self._outbox_lock = asyncio.Lock()
         self._healthy = True
         self._last_ok_ms = 0
@@ -256,9 +241,10 @@ class RedisBudgetAccounts(BudgetBook):
         return reservation
 
     def _reserve_call(self, chain: tuple[CompiledBudget, ...], home: str, token: str, amount: int,
-                      now: int) -> tuple[list[str], _Args, tuple[str, ...]]:
+                      now: int) -> tuple[list[str], list[str | int], tuple[str, ...]]:
         keys: list[str] = []
-        args: _Args = [now, self.ttl_ms, str(amount), token, self.keys.reservation_prefix(home), RECLAIM_BATCH]
+        args: list[str | int] = [now, self.ttl_ms, str(amount), token, self.keys.reservation_prefix(home),
+                                 RECLAIM_BATCH]
         periods: list[str] = []
         for compiled in chain:
             spec = compiled.spec
@@ -340,7 +326,7 @@ class RedisBudgetAccounts(BudgetBook):
         return Recorded(self.status_now(budget_id), duplicate=verdict == "dup")
 
     def _settle_op(self, reservation: Reservation, entry: LedgerEntry | None, cost: int, *,
-                   done_ttl_ms: int | None = None) -> _Op | None:
+                   done_ttl_ms: int | None = None) -> Settlement | None:
         now = self.now_ms()
         if isinstance(reservation, BudgetReservation) and reservation.counter_keys:
             home, token, counters = reservation.home, reservation.token, list(reservation.counter_keys)
@@ -350,14 +336,14 @@ class RedisBudgetAccounts(BudgetBook):
             home, token, counters, ids, periods = entry.org or "", "n" + uuid.uuid4().hex, [], (), ()
         else:
             return None
-        args: _Args = [now, token, str(cost), entry_json(entry).decode() if entry else "",
+        args: list[str | int] = [now, token, str(cost), entry_json(entry).decode() if entry else "",
                        str(max(0, now - self.retention_ms)), done_ttl_ms or 2 * self.ttl_ms + 3_600_000]
         for budget_id, period_key in zip(ids, periods, strict=True):
             args += [self._expire_for(budget_id, period_key, now), self._marks(budget_id, now)]
         keys = [*counters, self.keys.reservation_prefix(home) + token, self.keys.expiries(home),
                 self.keys.done(home, token), self.keys.ledger(home)]
         reserved = reservation.amount_nanos if overran(reservation, cost) else cost
-        return _Op(keys, args, ids, periods, reservation.request_id, home, reserved)
+        return Settlement(keys, args, ids, periods, reservation.request_id, home, reserved)
 
     def _expire_for(self, budget_id: str, period_key: str, now: int) -> int:
         """Expiry to (re)set on a charged counter: 0 keeps the one its reserve set (a past period)."""
@@ -374,7 +360,7 @@ class RedisBudgetAccounts(BudgetBook):
         limit = compiled.limit(now)
         return ",".join(f"{t.percent}:{t.amount(limit)}" for t in compiled.spec.thresholds)
 
-    async def _send(self, op: _Op | None) -> str:
+    async def _send(self, op: Settlement | None) -> str:
         """Run ``op``'s settle script: ``ok``, ``dup`` (already applied), or ``deferred`` (Redis is
         away: ``op`` is in the durable outbox before this returns)."""
         if op is None:
@@ -389,7 +375,7 @@ class RedisBudgetAccounts(BudgetBook):
             return "deferred"
         return self._applied(op, reply)
 
-    def _applied(self, op: _Op, reply: list[Any]) -> str:
+    def _applied(self, op: Settlement, reply: list[Any]) -> str:
         now = self.now_ms()
         self._up(now)
         verdict = _text(reply[0])
@@ -413,9 +399,9 @@ class RedisBudgetAccounts(BudgetBook):
         return verdict
 
     # --- outbox --------------------------------------------------------------------------
-    async def _defer(self, op: _Op) -> None:
+    async def _defer(self, op: Settlement) -> None:
         try:
-            await self.outbox.put(orjson.dumps(asdict(op)).decode())
+            await self.outbox.put(op)
         except StoreUnavailable as exc:  # the local file too: keep it in memory, say so loudly
             self._unsaved.append(op)
             log.error("budget_outbox_unwritable", request_id=op.request_id, error=str(exc),
@@ -427,33 +413,23 @@ class RedisBudgetAccounts(BudgetBook):
         sent = 0
         async with self._outbox_lock:
             while self._unsaved:
-                op = self._unsaved[0]
-                await self._register([op.home])
-                reply = await self._settle(keys=op.keys, args=op.args)
+                await self._replay(self._unsaved[0])
                 self._unsaved.pop(0)
-                self._applied(op, reply)
                 sent += 1
-            while self.outbox.count:
-                batch = await self.outbox.head()
-                if not batch:
-                    self.outbox.count = 0
-                    break
-                for seq, body in batch:
-                    op = _op_from(body)
-                    await self._register([op.home])
-                    reply = await self._settle(keys=op.keys, args=op.args)
-                    await self.outbox.delete(seq)  # killed before this line: the replay is a no-op
-                    self._applied(op, reply)
-                    sent += 1
+            sent += await self.outbox.replay(self._replay)
         if sent:
             log.info("budget_outbox_replayed", count=sent, left=self.pending())
         return sent
+
+    async def _replay(self, op: Settlement) -> None:
+        await self._register([op.home])
+        self._applied(op, await self._settle(keys=op.keys, args=op.args))  # "dup" if it already applied
 
     async def _save_unsaved(self) -> None:
         """At shutdown: what only memory held goes to the durable outbox if the file now allows."""
         while self._unsaved:
             try:
-                await self.outbox.put(orjson.dumps(asdict(self._unsaved[0])).decode())
+                await self.outbox.put(self._unsaved[0])
             except StoreUnavailable as exc:
                 log.error("budget_settlements_lost_at_shutdown", count=len(self._unsaved), error=str(exc))
                 return
@@ -462,12 +438,6 @@ class RedisBudgetAccounts(BudgetBook):
     def pending(self) -> int:
         """Settlements waiting for Redis (durable outbox plus any held only in memory)."""
         return self.outbox.count + len(self._unsaved)
-
-
-def _op_from(body: str) -> _Op:
-    data = orjson.loads(body)
-    return _Op(data["keys"], data["args"], tuple(data["budget_ids"]), tuple(data["period_keys"]),
-               data["request_id"], data.get("home", ""), int(data.get("reserved_nanos", 0)))
 
 
 def _counters_from(fields: dict[bytes, bytes], now: int) -> Counters:
