@@ -46,7 +46,7 @@ from costproxy.budgets.model import (
 from costproxy.budgets.status import BudgetStatus, restrictions_of
 from costproxy.config_schema import Node
 from costproxy.errors import ConfigError, InvalidRequest
-from costproxy.money import MoneyError, nanos_to_decimal, usd_to_nanos
+from costproxy.money import MAX_AMOUNT_NANOS, MoneyError, nanos_to_decimal, usd_to_nanos
 
 T = TypeVar("T")
 
@@ -107,11 +107,16 @@ class UsageRecord:
     tags: tuple[str, ...] = ()
 
 
-class _Reader:
-    """Reads one budget from a Node in one naming style (0: YAML, 1: JSON)."""
+STORED_MAX_NANOS = 2**62  # definitions already stored are read with the int64 range only
 
-    def __init__(self, style: int) -> None:
+
+class _Reader:
+    """Reads one budget from a Node in one naming style (0: YAML, 1: JSON).  ``maximum``: the
+    largest money amount accepted (``MAX_AMOUNT_NANOS`` for new input)."""
+
+    def __init__(self, style: int, maximum: int = MAX_AMOUNT_NANOS) -> None:
         self.style = style
+        self.maximum = maximum
 
     def key(self, name: str) -> str:
         return _NAMES[name][self.style]
@@ -179,7 +184,7 @@ class _Reader:
 
     def _money(self, node: Node) -> int:
         try:
-            nanos = usd_to_nanos(node.value, what="amount")
+            nanos = usd_to_nanos(node.value, what="amount", maximum=self.maximum)
         except MoneyError as exc:
             raise node.error(str(exc), node.value) from None
         if nanos < 0:
@@ -310,10 +315,11 @@ def _as_request_error(exc: ConfigError) -> InvalidRequest:
     return InvalidRequest(str(exc), param=exc.path or None)
 
 
-def spec_from_json(data: Any, *, base: BudgetSpec | None = None) -> BudgetSpec:
-    """A budget from a JSON body; with ``base`` the body is a partial update (PATCH)."""
+def spec_from_json(data: Any, *, base: BudgetSpec | None = None, stored: bool = False) -> BudgetSpec:
+    """A budget from a JSON body; with ``base`` the body is a partial update (PATCH).  ``stored``:
+    a definition read back from the store, which may predate the money bound (still int64)."""
     try:
-        return _Reader(1).spec(Node(data, "body"), "api", base)
+        return _Reader(1, STORED_MAX_NANOS if stored else MAX_AMOUNT_NANOS).spec(Node(data, "body"), "api", base)
     except ConfigError as exc:
         raise _as_request_error(exc) from None
 

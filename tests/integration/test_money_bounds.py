@@ -3,10 +3,14 @@ shape that charges nothing, never a 500, and never data the ledger cannot store.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from costproxy.budgets.definitions import BudgetStore, SqliteDefinitions, ensure_budget_schema, spec_body
+from costproxy.budgets.model import BudgetSpec
+from costproxy.store.sqlite import SqliteStore
 from tests.conftest import ADMIN_TOKEN, Proxy, ProxyFactory
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -93,3 +97,31 @@ async def test_valid_query_parameters_still_answer(make_proxy: ProxyFactory) -> 
                          "timeRange")):
         resp = await proxy.client.get(path, headers=ADMIN)
         assert_openai_400(resp.status, await resp.json(), param)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("source", 7), ("source", "elsewhere"), ("description", ["x"]), ("currency", "EUR"), ("currency", None),
+    ("metadata", "x"), ("metadata", {"requestId": 5}), ("metadata", {"tags": "a"}), ("metadata", {"unknown": 1}),
+    ("timestamp", None), ("extra", 1),
+])
+async def test_usage_fields_of_the_wrong_type_are_400s(make_proxy: ProxyFactory, field: str, value: Any) -> None:
+    proxy = await make_proxy(extra={"budgets": {"definitions": [TEAM]}})
+    status, body = await post(proxy, "/api/v1/budgets/team-core/usage", {"amount": "1", field: value})
+    assert_openai_400(status, body)
+    assert await proxy.ledger() == [] and await spent(proxy) == "0"
+
+
+async def test_budgets_stored_before_the_bound_still_load(tmp_path: Path) -> None:
+    """A definition written before amounts were bounded (say $5M) keeps working after an upgrade."""
+    store = SqliteStore(str(tmp_path / "old.sqlite3"))
+    await store.open()
+    try:
+        await ensure_budget_schema(store)
+        old = BudgetSpec(id="big", scope_type="org", scope_id="acme", limit_nanos=5_000_000 * 10**9, period="annual")
+        await store.execute("INSERT INTO budget_defs (id, body, updated_at_ms) VALUES (?, ?, 0)",
+                            ("big", spec_body(old)))
+        budgets = BudgetStore(SqliteDefinitions(store), [])
+        await budgets.load()
+        assert budgets.require("big").limit_nanos == 5_000_000 * 10**9
+    finally:
+        await store.close()
