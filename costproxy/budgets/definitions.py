@@ -93,7 +93,8 @@ def spec_body(spec: BudgetSpec) -> str:
 def spec_from_body(body: str) -> BudgetSpec:
     data = json.loads(body)
     created, updated, created_by = data.pop("_stamps", [None, None, None])
-    return replace(spec_from_json(data, stored=True), created_at_ms=created, updated_at_ms=updated, created_by=created_by)
+    return replace(spec_from_json(data, stored=True), created_at_ms=created, updated_at_ms=updated,
+                   created_by=created_by)
 
 
 def override_body(override: BudgetOverride) -> str:
