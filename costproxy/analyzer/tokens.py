@@ -155,7 +155,8 @@ class TokenCounter:
             return BillableInput(tokens=tokens, encoding=encoding, text_bytes=chat.text_bytes,
                                  structured_bytes=chat.structured_bytes,
                                  items=len(messages) if _is_list(messages) else 0, media_tokens=chat.media_tokens,
-                                 prediction_tokens=prediction, choices=choices_of(body.get("n")))
+                                 prediction_tokens=prediction, choices=choices_of(body.get("n")),
+                                 pieces=chat.pieces, tool_lists=chat.tool_lists)
         inputs = _Inputs(enc)
         if endpoint == "completions":
             tokens = inputs.add(body.get("prompt")) + inputs.add(body.get("suffix"))
@@ -176,7 +177,7 @@ class _ChatCount:
     """One chat request counted with one encoding and image rule: methods return tokens, and the
     byte counts and media estimates accumulate on the instance (one instance per request)."""
 
-    __slots__ = ("enc", "image_rule", "media_tokens", "structured_bytes", "text_bytes")
+    __slots__ = ("enc", "image_rule", "media_tokens", "pieces", "structured_bytes", "text_bytes", "tool_lists")
 
     def __init__(self, enc: tiktoken.Encoding, image_rule: ImageTokenRule) -> None:
         self.enc = enc
@@ -184,6 +185,8 @@ class _ChatCount:
         self.text_bytes = 0
         self.structured_bytes = 0
         self.media_tokens = 0
+        self.pieces = 0  # tool definitions and calls
+        self.tool_lists = 0
 
     def text(self, value: str) -> int:
         self.text_bytes += utf8_size(value)
@@ -207,6 +210,7 @@ class _ChatCount:
         for key in ("tools", "functions"):
             definitions = body.get(key)
             if _is_list(definitions) and definitions:
+                self.tool_lists += 1
                 total += TOOLS_OVERHEAD + sum(self.tool_definition(tool) for tool in definitions)
         for key in ("tool_choice", "function_call"):
             choice = body.get(key)
@@ -273,12 +277,14 @@ class _ChatCount:
             return 0
         strings = [value for value in payload.values() if isinstance(value, str)]
         self.structured_bytes += sum(utf8_size(value) for value in strings)
+        self.pieces += 1
         return TOOL_CALL_OVERHEAD + sum(_count(self.enc, value) for value in strings)
 
     def tool_definition(self, tool: object) -> int:
         if not isinstance(tool, Mapping):
             return 0
         definition = tool.get("function") if isinstance(tool.get("function"), Mapping) else tool
+        self.pieces += 1
         return TOOL_DEFINITION_OVERHEAD + self.structured(definition)
 
 

@@ -15,9 +15,11 @@ The reservation on every budget of the chain is the price of a ``WorstCase``:
     text cannot become more tokens than it has bytes.  The bound is the UTF-8 bytes of the text,
     ``STRUCTURED_RENDER_FACTOR`` x the bytes of schemas and calls (a provider may pretty-print
     JSON: each structural character can gain a line break and indentation, at most two more
-    tokens), ``HARD_TOKENS_PER_ITEM`` per message, ``HARD_TOKENS_PER_REQUEST`` and the model's
-    ``overhead_tokens``.  It does not exist for requests with images, audio or files (their
-    tokens do not follow from bytes) nor for tokenizers not known to be byte-level (Claude);
+    tokens), ``HARD_TOKENS_PER_ITEM`` per message, ``HARD_TOKENS_PER_PIECE`` per tool definition
+    or call, ``HARD_TOKENS_PER_TOOL_LIST`` per tool list, ``HARD_TOKENS_PER_REQUEST`` and the
+    model's ``overhead_tokens`` (and never less than the proxy's own count).  It does not exist
+    for requests with images, audio or files (their tokens do not follow from bytes) nor for
+    tokenizers not known to be byte-level (Claude);
 - output: the per-choice cap (``max_tokens`` or the cap the proxy injects) times the number of
   choices billed (``n``; for ``/v1/completions`` ``max(n, best_of)`` per prompt), plus the tokens
   of a ``prediction`` (rejected predicted tokens are billed at output rates).
@@ -39,6 +41,8 @@ from costproxy.registry import ModelSpec
 STRUCTURED_RENDER_FACTOR = 3
 HARD_TOKENS_PER_ITEM = 8  # role and frame tokens of one message in any known chat template
 HARD_TOKENS_PER_REQUEST = 16  # reply priming, begin/end of sequence
+HARD_TOKENS_PER_PIECE = 16  # frame of one tool/function definition or one tool call
+HARD_TOKENS_PER_TOOL_LIST = 32  # the header a template puts before a list of tools
 TIGHT_BUDGET_FACTOR = 10
 FOREIGN_ENCODING_MARGIN_PPM = 1_000_000  # counted with another encoding: +100%
 MAX_CHOICES = 1_000_000  # beyond any provider's limit; keeps a hostile ``n`` from building huge ints
@@ -76,6 +80,8 @@ class BillableInput:
     prediction_tokens: int = 0  # ``prediction`` content, billed at output rates when rejected
     choices: int = 1  # completions billed per output cap: n, best_of x prompts (0: embeddings)
     token_ids: int = 0  # prompt tokens given as ids (one token each, in any tokenizer)
+    pieces: int = 0  # tool/function definitions and tool calls (each framed by the template)
+    tool_lists: int = 0  # non-empty ``tools`` / ``functions`` lists
 
     @property
     def has_media(self) -> bool:
@@ -111,8 +117,11 @@ def hard_input_bound(billable: BillableInput, model: ModelSpec) -> int | None:
     bound (tokenizer not byte-level, or the request carries images, audio or files)."""
     if not model.tokenizer.byte_level or billable.has_media:
         return None
-    return (billable.text_bytes + STRUCTURED_RENDER_FACTOR * billable.structured_bytes + billable.token_ids
-            + HARD_TOKENS_PER_ITEM * billable.items + HARD_TOKENS_PER_REQUEST + model.tokenizer.overhead_tokens)
+    bound = (billable.text_bytes + STRUCTURED_RENDER_FACTOR * billable.structured_bytes + billable.token_ids
+             + HARD_TOKENS_PER_ITEM * billable.items + HARD_TOKENS_PER_PIECE * billable.pieces
+             + HARD_TOKENS_PER_TOOL_LIST * billable.tool_lists + HARD_TOKENS_PER_REQUEST
+             + model.tokenizer.overhead_tokens)
+    return max(bound, billable.tokens)  # never below the proxy's own count (still a bound: it is larger)
 
 
 def _case(billable: BillableInput, model: ModelSpec, input_tokens: int, output_cap: int, basis: str) -> WorstCase:

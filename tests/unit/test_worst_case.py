@@ -16,7 +16,9 @@ from costproxy.analyzer.encodings import load_encodings
 from costproxy.analyzer.tokens import TokenCounter
 from costproxy.analyzer.worst_case import (
     HARD_TOKENS_PER_ITEM,
+    HARD_TOKENS_PER_PIECE,
     HARD_TOKENS_PER_REQUEST,
+    HARD_TOKENS_PER_TOOL_LIST,
     STRUCTURED_RENDER_FACTOR,
     TIGHT_BUDGET_FACTOR,
     BillableInput,
@@ -176,7 +178,8 @@ def test_hard_bound_is_bytes_plus_overheads(counter: TokenCounter) -> None:
     billable = counter.billable(CHAT, body, "o200k_base")
     schema = len(json.dumps({"name": "f"}, separators=(",", ":")))
     text = len(b"user") + len("héllo wörld".encode())
-    expected = text + STRUCTURED_RENDER_FACTOR * schema + HARD_TOKENS_PER_ITEM + HARD_TOKENS_PER_REQUEST + 7
+    expected = (text + STRUCTURED_RENDER_FACTOR * schema + HARD_TOKENS_PER_ITEM + HARD_TOKENS_PER_PIECE
+                + HARD_TOKENS_PER_TOOL_LIST + HARD_TOKENS_PER_REQUEST + 7)
     assert hard_input_bound(billable, model(overhead=7, margin="0.1")) == expected
 
 
@@ -267,3 +270,37 @@ def test_tokenizer_errors_name_the_path(tokenizer: Any, path: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_registry(_one_model(tokenizer), "models.yaml")
     assert path in str(caught.value)
+
+
+def _random_json(rng: random.Random, depth: int = 0) -> Any:
+    kinds = ["str", "int", "float", "bool", "none"] + (["list", "dict"] if depth < 4 else [])
+    kind = rng.choice(kinds)
+    if kind == "str":
+        return _random_text(rng)[:50]
+    if kind == "int":
+        return rng.choice([0, -1, 1, 2**70, rng.randint(-10, 10)])
+    if kind == "float":
+        return rng.choice([0.5, -2.0, 1e308, float("inf")])
+    if kind == "bool":
+        return rng.random() < 0.5
+    if kind == "none":
+        return None
+    if kind == "list":
+        return [_random_json(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    keys = ["type", "text", "content", "image_url", "url", "input_audio", "data", "file", "file_data", "role",
+            "name", "tool_calls", "function", "arguments", "json_schema", "source", "detail"]
+    return {rng.choice(keys): _random_json(rng, depth + 1) for _ in range(rng.randint(0, 4))}
+
+
+def test_random_bodies_never_break_the_count(counter: TokenCounter) -> None:
+    rng = random.Random(11)
+    fields = ["messages", "tools", "functions", "tool_choice", "function_call", "response_format", "prediction",
+              "n", "best_of", "prompt", "suffix", "input"]
+    for _ in range(1500):
+        body = {name: _random_json(rng) for name in rng.sample(fields, rng.randint(1, len(fields)))}
+        if rng.random() < 0.5:
+            body["messages"] = [_random_json(rng) for _ in range(rng.randint(0, 3))]
+        for endpoint in (CHAT, "completions", "embeddings"):
+            billable = counter.billable(endpoint, body, "o200k_base")
+            case = worst_case(billable, model("0.2"), 16, remaining_nanos=rng.choice([None, 0, 10**12]))
+            assert case.nanos >= 0 and case.input_tokens >= billable.tokens
