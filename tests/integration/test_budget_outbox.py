@@ -40,7 +40,7 @@ pytestmark = pytest.mark.redis
 
 async def test_a_renewed_lease_survives_other_replicas_reclaim(replica: Opener,
                                                               redis_space: RedisSpace) -> None:
-    config = section(*CHAIN, ttl=1.0, refresh=0.05)
+    config = section(*CHAIN, ttl=2.0, refresh=0.05)
     mine, other = await replica(config), await replica(config)
     kept = await mine.reserve("kept", ALICE, 300_000_000)
     dropped = await mine.reserve("dropped", ALICE, 300_000_000)
