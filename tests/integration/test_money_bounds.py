@@ -125,3 +125,40 @@ async def test_budgets_stored_before_the_bound_still_load(tmp_path: Path) -> Non
         assert budgets.require("big").limit_nanos == 5_000_000 * 10**9
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("raw", [
+    '{"amount": NaN}', '{"amount": Infinity}', '{"amount": -Infinity}', '{"amount": 1e400}',
+    '{"amount": "1", "x": ' + "[" * 5000 + "]" * 5000 + "}", b'{"amount": "\xff"}', "[1]", '"x"',
+])
+async def test_bodies_that_are_not_strict_json_objects_are_400s(make_proxy: ProxyFactory, raw: str | bytes) -> None:
+    proxy = await make_proxy(extra={"budgets": {"definitions": [TEAM]}})
+    data = raw.encode() if isinstance(raw, str) else raw
+    resp = await proxy.client.post("/api/v1/budgets/team-core/usage", data=data,
+                                   headers={**ADMIN, "Content-Type": "application/json"})
+    body = await resp.json()
+    assert resp.status == 400, body
+    assert body["error"]["code"] in ("invalid_json", "invalid_request")
+    assert await proxy.ledger() == []
+
+
+@pytest.mark.parametrize(("duration", "param"), [
+    ('"durationMinutes": 1e400', "durationMinutes"), ('"durationMinutes": 1' + "0" * 400, "durationMinutes"),
+    ('"expiresAt": 1' + "0" * 30, "expiresAt"), ('"durationMinutes": 1e-400', "durationMinutes"),
+])
+async def test_override_durations_are_bounded(make_proxy: ProxyFactory, duration: str, param: str) -> None:
+    proxy = await make_proxy(extra={"budgets": {"definitions": [TEAM]}})
+    raw = '{"type": "approval", "reason": "r", ' + duration + "}"
+    resp = await proxy.client.post("/api/v1/budgets/team-core/overrides", data=raw.encode(),
+                                   headers={**ADMIN, "Content-Type": "application/json"})
+    assert_openai_400(resp.status, await resp.json(), param)
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"user": "u" * 257}, "user"), ({"name": ""}, "name"), ({"team": 5}, "team"),
+    ({"expiresAt": 1e300}, "expiresAt"), ({"expiresAt": -5}, "expiresAt"), ({"expiresAt": "soon"}, "expiresAt"),
+])
+async def test_key_fields_are_bounded(make_proxy: ProxyFactory, body: dict[str, Any], param: str) -> None:
+    proxy = await make_proxy()
+    status, answer = await post(proxy, "/api/v1/keys", body)
+    assert_openai_400(status, answer, param)
