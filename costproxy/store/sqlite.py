@@ -188,7 +188,11 @@ class SqliteStore:
         if self._flusher is not None:
             await cancel_and_wait([self._flusher])
             self._flusher = None
-        await self.flush()
+        try:
+            await self.flush()
+        except StoreUnavailable as exc:  # shutting down: say exactly what could not be kept
+            log.error("ledger_rows_unwritten_at_shutdown", count=len(self._pending), error=str(exc),
+                      request_ids=[e.request_id for e in self._pending[:100]])
         await self.run(self._close_sync)
         self._executor.shutdown(wait=True)
 
