@@ -8,6 +8,7 @@ any key nobody asked for into an error, so typos in config files never pass sile
 from __future__ import annotations
 
 import builtins
+import math
 import re
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -111,7 +112,12 @@ class Node:
     def number(self, *, minimum: float | None = None, maximum: float | None = None) -> float:
         if isinstance(self.value, bool) or not isinstance(self.value, (int, float)):
             raise self.error("must be a number", self.value)
-        number = float(self.value)
+        try:
+            number = float(self.value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise self.error("must be a finite number", self.value)
         if minimum is not None and number < minimum:
             raise self.error(f"must be >= {minimum}", self.value)
         if maximum is not None and number > maximum:

@@ -10,6 +10,14 @@ hard budget that fits the rounded cost also fits the real one.  With current ven
 nano-dollars and the rounding never triggers; it exists for prices with finer digits.
 
 No float ever touches money: parsing a float is refused, decimal strings and ints are accepted.
+
+The largest amount of any money input (a budget amount, a usage record, an override, a maximum
+cost, an estimated cost) is ``MAX_AMOUNT_NANOS``: $1,000,000 (10^15 nano-USD).  Why that number:
+every counter is a signed 64-bit integer of nano-USD (SQLite, Redis ``HINCRBY``), which holds
+about $9.2 billion, so 9,000 maximal amounts still add up without overflow; and Redis mode
+compares amounts in Lua doubles, exact below 2^53 nano-USD (about $9 million), so a limit plus
+one more maximal amount stays exact.  Larger amounts are refused with a clear error (HTTP 400 at
+the API), never accepted and then lost.
 """
 
 from __future__ import annotations
@@ -18,6 +26,9 @@ from decimal import ROUND_CEILING, Decimal, InvalidOperation
 
 NANOS_PER_USD = 1_000_000_000
 TOKENS_PER_PRICE_UNIT = 1_000_000
+MAX_AMOUNT_NANOS = 10**15  # $1,000,000: see the module docstring
+MAX_AMOUNT_USD = "1000000"
+INT64_MAX = 2**63 - 1
 _NANO = Decimal(1) / Decimal(NANOS_PER_USD)
 
 
@@ -51,11 +62,16 @@ def parse_decimal(value: object, *, what: str = "amount") -> Decimal:
     return result
 
 
-def usd_to_nanos(value: object, *, what: str = "amount") -> int:
-    """Exact USD (decimal string or number) -> nano-USD; refuses sub-nano precision."""
+def usd_to_nanos(value: object, *, what: str = "amount", maximum: int = MAX_AMOUNT_NANOS) -> int:
+    """Exact USD (decimal string or number) -> nano-USD; refuses sub-nano precision and amounts
+    whose size exceeds ``maximum`` nano-USD (``MAX_AMOUNT_NANOS``, $1,000,000, by default)."""
     amount = parse_decimal(value, what=what)
+    # Checked before any arithmetic: "1e999999999" is a valid Decimal that no context can scale.
+    if amount and (amount.adjusted() > 30 or abs(amount) * NANOS_PER_USD > maximum):
+        raise MoneyError(f"{what} exceeds the largest amount accepted, "
+                         f"${format(Decimal(maximum) / NANOS_PER_USD, 'f')}: {value!r}")
     nanos = amount * NANOS_PER_USD
-    if nanos != nanos.to_integral_value():
+    if (amount and amount.adjusted() < -9) or nanos != nanos.to_integral_value():
         raise MoneyError(f"{what} has more precision than 1e-9 USD: {value!r}")
     return int(nanos)
 

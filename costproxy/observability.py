@@ -178,3 +178,24 @@ def request_observer(metrics: Metrics) -> Listener:
                  team=entry.team, user=entry.user, duration_ms=entry.latency_ms)
 
     return observe
+
+
+def budget_event_metrics(registry: CollectorRegistry) -> Callable[[Any], None]:
+    """A ``BudgetAccounts.subscribe`` listener that counts overruns (a provider billing more than
+    was reserved) in ``registry``: ``costproxy_budget_overruns_total`` and
+    ``costproxy_budget_overrun_nanos_total``, labelled by the budget's scope type (one count per
+    budget charged).  Wire it in the composition root:
+    ``accounts.subscribe(budget_event_metrics(app[METRICS].registry))``."""
+    overruns = Counter("costproxy_budget_overruns", "Charges above their reservation, per budget charged",
+                       ["scope"], registry=registry)
+    overrun_nanos = Counter("costproxy_budget_overrun_nanos", "Nano-USD charged above reservations",
+                            ["scope"], registry=registry)
+
+    def observe(event: Any) -> None:
+        if getattr(event, "kind", None) != "overrun":
+            return
+        scope = str(getattr(event, "scope_type", None) or "unknown")
+        overruns.labels(scope).inc()
+        overrun_nanos.labels(scope).inc(max(0, int(getattr(event, "overrun_nanos", 0) or 0)))
+
+    return observe

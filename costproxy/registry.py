@@ -2,10 +2,16 @@
 
 Read from ``config/models.yaml`` (see its header for the format).  Prices are per 1M tokens,
 decimal, each with the date and the vendor page it was read from.  Pure data: no I/O here.
+
+Each model also says how far the proxy's own token count may fall short of the provider's
+(``tokenizer``: ``TokenizerSpec``): the proxy counts with tiktoken, which is exact for OpenAI
+models and an approximation for every other vendor.  ``ModelSpec.input_bound`` applies that
+margin; ``costproxy.analyzer.worst_case`` builds the reservation from it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
@@ -31,6 +37,40 @@ CAPABILITIES = (
     "embeddings",
 )
 ENCODINGS = ("o200k_base", "cl100k_base")
+MARGIN_SCALE = 1_000_000  # margins are kept as integer parts per million (exact integer maths)
+MAX_INPUT_MARGIN = Decimal(10)  # a margin above 1000% is a typo, not a tokenizer
+
+
+@dataclass(frozen=True, slots=True)
+class TokenizerSpec:
+    """How the provider counts input tokens, relative to the proxy's count with ``encoding``.
+
+    ``input_margin``: the provider counts at most ``(1 + input_margin) x`` the proxy's count for
+    text (``0`` for models the proxy counts with their own tokenizer).  ``byte_level``: every token
+    of the provider's tokenizer covers at least one UTF-8 byte of text (byte-level BPE, or
+    SentencePiece with byte fallback), so the byte bound of ``analyzer.worst_case`` holds.
+    ``overhead_tokens``: hidden tokens the provider adds to every request (chat template headers,
+    system preambles) beyond what the proxy counts per message.  ``source``: where the numbers
+    come from (vendor page, paper or measurement).
+    """
+
+    family: str = ""
+    input_margin: Decimal = Decimal(0)
+    byte_level: bool = True
+    overhead_tokens: int = 0
+    source: str = ""
+    margin_ppm: int = field(default=0, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "margin_ppm", math.ceil(self.input_margin * MARGIN_SCALE))
+
+    @property
+    def own(self) -> bool:
+        """True when the proxy counts with this model's own tokenizer (no margin needed)."""
+        return self.margin_ppm == 0
+
+
+OWN_TOKENIZER = TokenizerSpec()
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +142,7 @@ class ModelSpec:
     encoding: str = "o200k_base"
     family: str = ""
     aliases: tuple[str, ...] = ()
+    tokenizer: TokenizerSpec = OWN_TOKENIZER
 
     def supports(self, capabilities: Iterable[str]) -> bool:
         return set(capabilities) <= self.capabilities
@@ -119,15 +160,27 @@ class ModelSpec:
             return sum(n * p for n, p in zip(counts, fast, strict=True))
         return tokens_cost([(n, p) for n, p in zip(counts, self.price.classes, strict=True) if n])
 
-    def worst_case_cost(self, prompt_tokens: int, max_output_tokens: int) -> int:
-        """Upper bound before the call: every prompt token at the dearest input-side price (no cache
-        discount; a cache write where that costs more), every allowed output token used."""
+    def input_bound(self, counted_tokens: int, margin_ppm: int | None = None) -> int:
+        """Most input tokens the provider may bill for ``counted_tokens`` counted by the proxy: the
+        count plus the tokenizer's margin (rounded up) plus its hidden per-request tokens
+        (``margin_ppm`` overrides the margin)."""
+        ppm = self.tokenizer.margin_ppm if margin_ppm is None else margin_ppm
+        return counted_tokens + -(-counted_tokens * ppm // MARGIN_SCALE) + self.tokenizer.overhead_tokens
+
+    def price_of(self, input_tokens: int, output_tokens: int) -> int:
+        """The most these exact tokens can cost: every input token at the dearest input-side price
+        (no cache discount; a cache write where that costs more), no margin."""
         fast = self.price.nanos_per_token
         if fast is not None:
-            return prompt_tokens * max(fast[0], fast[3], fast[4]) + max_output_tokens * fast[1]
+            return input_tokens * max(fast[0], fast[3], fast[4]) + output_tokens * fast[1]
         inputs = self.price.classes
-        return tokens_cost([(prompt_tokens, max(inputs[0], inputs[3], inputs[4])),
-                            (max_output_tokens, self.price.output)])
+        return tokens_cost([(input_tokens, max(inputs[0], inputs[3], inputs[4])), (output_tokens, self.price.output)])
+
+    def worst_case_cost(self, prompt_tokens: int, max_output_tokens: int) -> int:
+        """Upper bound before the call: the counted prompt plus the tokenizer's margin, every input
+        token at the dearest input-side price, every allowed output token used (see
+        ``analyzer.worst_case`` for ``n``, files and predicted output)."""
+        return self.price_of(self.input_bound(prompt_tokens), max_output_tokens)
 
 
 @dataclass(frozen=True)
@@ -200,6 +253,27 @@ def _parse_model(model_id: str, node: Node, providers: set[str] | None) -> Model
         encoding=node.child("encoding", "o200k_base").str(choices=ENCODINGS),
         family=node.child("family", "").str(allow_empty=True),
         aliases=tuple(node.child("aliases", []).str_list()),
+        tokenizer=_parse_tokenizer(node.child("tokenizer", None)),
+    )
+    node.done()
+    return spec
+
+
+def _parse_tokenizer(node: Node) -> TokenizerSpec:
+    """``tokenizer: {family, input_margin, byte_level, overhead_tokens, source}``; absent means the
+    proxy counts with the model's own tokenizer (OpenAI models)."""
+    if node.value is None:
+        return OWN_TOKENIZER
+    margin_node = node.child("input_margin")
+    margin = margin_node.decimal(minimum=Decimal(0))
+    if margin > MAX_INPUT_MARGIN:
+        raise margin_node.error(f"must be at most {MAX_INPUT_MARGIN} (a fraction: 0.35 means 35%)", margin_node.value)
+    spec = TokenizerSpec(
+        family=node.child("family").str(),
+        input_margin=margin,
+        byte_level=node.child("byte_level", False).bool(),
+        overhead_tokens=node.child("overhead_tokens", 0).int(minimum=0, maximum=1_000_000),
+        source=node.child("source").str(),
     )
     node.done()
     return spec

@@ -45,9 +45,10 @@ def answers(host: str, port: int) -> bool:
 class RedisServer:
     """A redis-server process of our own (no persistence) on ``port``."""
 
-    def __init__(self, port: int, workdir: Path) -> None:
+    def __init__(self, port: int, workdir: Path, options: tuple[str, ...] = ("--appendonly", "no")) -> None:
         self.port = port
         self.workdir = workdir
+        self.options = options  # persistence: no AOF by default; ("--appendonly", "yes", ...) to keep data
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -61,7 +62,7 @@ class RedisServer:
                         "binary is on PATH (install the Debian package redis-server)", pytrace=False)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
+            [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", *self.options,
              "--dir", str(self.workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while not answers("127.0.0.1", self.port):
@@ -73,6 +74,13 @@ class RedisServer:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown save; only what the AOF already holds survives."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
             self.proc.wait(10)
         self.proc = None
 

@@ -51,7 +51,8 @@ from costproxy.pipeline.events import Event, ModelSwitched, RequestBlocked
 log = structlog.get_logger("costproxy.alerts.manager")
 
 EVENT_NAMES = {"threshold_crossed": "budget.threshold_crossed", "exhausted": "budget.exhausted",
-               "status_changed": "budget.status_changed", "request_blocked": "request.blocked"}
+               "status_changed": "budget.status_changed", "request_blocked": "request.blocked",
+               "overrun": "budget.overrun"}
 _RETENTION_MS = 7 * 86_400_000  # claims outlive their period by a week
 
 
@@ -86,6 +87,8 @@ def budget_payload(event: BudgetEvent, budgets: BudgetStore) -> dict[str, Any]:
         payload["threshold"] = event.threshold
     if event.reason is not None:
         payload["reason"] = event.reason
+    if event.overrun_nanos is not None:
+        payload["overrunAmount"] = usd(event.overrun_nanos)
     if spec is not None:
         payload.update(budgetName=spec.name or spec.id, scopeType=JSON_SCOPE[spec.scope_type], scopeId=spec.scope_id,
                        period=spec.period, hardLimit=spec.hard)
@@ -97,6 +100,8 @@ def budget_payload(event: BudgetEvent, budgets: BudgetStore) -> dict[str, Any]:
 
 
 def claim_name(event: BudgetEvent) -> str:
+    if event.kind == "overrun":  # one per request and budget
+        return f"fired:{event.budget_id}:{event.period_key}:overrun:{event.request_id}"
     what = f"threshold:{event.threshold}" if event.kind == "threshold_crossed" else f"{event.kind}:{event.status}"
     return f"fired:{event.budget_id}:{event.period_key}:{what}"
 

@@ -31,7 +31,7 @@ from typing import Any
 from costproxy.budgets.codec import SCOPE_FROM_JSON, iso
 
 EVENT_TYPES = ("budget.threshold_crossed", "budget.exhausted", "budget.status_changed", "request.blocked",
-               "model.switched", "webhook.test")
+               "model.switched", "budget.overrun", "webhook.test")
 FORMATS = ("json", "slack")
 DELIVERY_STATES = ("pending", "delivered", "failed")
 SIGNATURE_HEADER = "X-Costproxy-Signature"
@@ -297,7 +297,8 @@ def delivery_from_stored(data: dict[str, Any]) -> Delivery:
 
 _ICONS = {"budget.threshold_crossed": ":warning:", "budget.exhausted": ":no_entry:",
           "budget.status_changed": ":chart_with_upwards_trend:", "request.blocked": ":octagonal_sign:",
-          "model.switched": ":twisted_rightwards_arrows:", "webhook.test": ":white_check_mark:"}
+          "model.switched": ":twisted_rightwards_arrows:", "webhook.test": ":white_check_mark:",
+          "budget.overrun": ":rotating_light:"}
 
 
 def headline(envelope: dict[str, Any]) -> str:
@@ -313,6 +314,9 @@ def headline(envelope: dict[str, Any]) -> str:
         return f"Budget {name} is now {p.get('status')} (was {p.get('previousStatus')}): {spend}"
     if kind == "request.blocked":
         return f"Request {p.get('requestId')} blocked by budget {name}: {p.get('reason')}"
+    if kind == "budget.overrun":
+        return (f"Budget {name}: request {p.get('requestId')} was billed ${p.get('overrunAmount')} more than "
+                f"reserved: {spend}")
     if kind == "model.switched":
         return f"Request {p.get('requestId')}: {p.get('requestedModel')} switched to {p.get('servedModel')}"
     return f"costproxy webhook test for subscription {p.get('subscriptionId')}"

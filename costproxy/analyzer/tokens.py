@@ -13,18 +13,21 @@ call, and billing always settles on the usage the provider reports):
   read from ``data:`` URLs (PNG, JPEG, GIF, WebP headers); for remote URLs, which are never
   fetched, or unreadable data the size defaults to 1024x1024, i.e. 765 tokens for ``high`` or
   ``auto`` detail with GPT-4o's rule.  ``low`` detail costs the base tokens (85);
-- audio (``input_audio`` parts): ``AUDIO_TOKENS_PER_SECOND`` tokens per second of audio, the
-  duration read from a WAV header's byte rate, or assumed ``ASSUMED_AUDIO_BYTES_PER_SECOND``
-  (64 kbit/s) for other formats;
+- audio (``input_audio`` parts) and files (``file`` / ``document`` parts): see ``media``;
 - assistant ``tool_calls`` / ``function_call``: the call's string fields (function name and
   arguments) plus ``TOOL_CALL_OVERHEAD``;
-- ``tools``: per definition, the compact JSON (sorted keys) of the function object (name,
-  description, parameters) plus ``TOOL_DEFINITION_OVERHEAD``, and ``TOOLS_OVERHEAD`` once;
-- ``tool_choice`` naming a function and ``response_format`` with a ``json_schema``: the compact
-  JSON of that object; string choices and ``json_object``/``text`` formats add nothing.
+- ``tools`` and the legacy ``functions``: per definition, the compact JSON (sorted keys) of the
+  function object (name, description, parameters) plus ``TOOL_DEFINITION_OVERHEAD``, and
+  ``TOOLS_OVERHEAD`` once per list;
+- ``tool_choice`` / legacy ``function_call`` naming a function and ``response_format`` with a
+  ``json_schema``: the compact JSON of that object; string choices and ``json_object``/``text``
+  formats add nothing;
+- content parts of an unknown type: the compact JSON of the part (it reaches the provider).
 
-Anything else (unknown part types, non-string fields, non-dict messages) counts zero: requests
-come straight from users and counting never raises on their shape.
+Non-string fields and non-dict messages count zero: requests come straight from users and
+counting never raises on their shape.  ``TokenCounter.billable`` counts a whole request body
+(every field above, ``prediction``, ``n``/``best_of``) into a ``worst_case.BillableInput``, with
+the UTF-8 byte counts the byte bound needs.
 
 Every ``count_*`` method is pure and thread-safe.  Tokenizing prose runs at about 20 MB/s, long
 unbroken runs of one character far slower (1 MB: ~0.3 s), so for big inputs (over ~100 kB of
@@ -34,11 +37,8 @@ a worker thread (``asyncio.to_thread``) rather than on the event loop.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import math
-import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -46,6 +46,8 @@ from typing import TypeGuard
 
 import tiktoken
 
+from costproxy.analyzer.media import audio_tokens, data_url_image_size, file_tokens
+from costproxy.analyzer.worst_case import BillableInput, choices_of
 from costproxy.errors import InternalError
 
 TOKENS_PER_MESSAGE = 3
@@ -54,9 +56,8 @@ REPLY_PRIMING_TOKENS = 3
 TOOL_CALL_OVERHEAD = 3
 TOOL_DEFINITION_OVERHEAD = 7
 TOOLS_OVERHEAD = 12
-AUDIO_TOKENS_PER_SECOND = 10
-ASSUMED_AUDIO_BYTES_PER_SECOND = 8_000
 DEFAULT_IMAGE_SIZE = (1024, 1024)
+FILE_PART_TYPES = ("file", "document")
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,11 +122,11 @@ class TokenCounter:
 
     def count_completion_prompt(self, prompt: object, encoding: str) -> int:
         """``/v1/completions`` prompt: ``str | list[str] | list[int] | list[list[int]]``."""
-        return _count_input(self.encoding(encoding), prompt)
+        return _Inputs(self.encoding(encoding)).add(prompt)
 
     def count_embedding_input(self, input: object, encoding: str) -> int:
         """``/v1/embeddings`` input: ``str | list[str] | list[int] | list[list[int]]``."""
-        return _count_input(self.encoding(encoding), input)
+        return _Inputs(self.encoding(encoding)).add(input)
 
     def count_chat(
         self,
@@ -138,26 +139,96 @@ class TokenCounter:
         image_rule: ImageTokenRule = GPT4O_IMAGES,
     ) -> int:
         """Prompt tokens of a chat completion request (see the module docstring for the rules)."""
+        body = {"messages": messages, "tools": tools, "tool_choice": tool_choice, "response_format": response_format}
+        return _ChatCount(self.encoding(encoding), image_rule).request(body)
+
+    def billable(self, endpoint: str, body: Mapping[str, object], encoding: str, *,
+                 image_rule: ImageTokenRule = GPT4O_IMAGES) -> BillableInput:
+        """Every billable input of a request body for ``endpoint`` (``chat/completions``,
+        ``completions`` or ``embeddings``), counted once; see ``worst_case.BillableInput``."""
         enc = self.encoding(encoding)
-        chat = _ChatCount(enc, image_rule)
+        if endpoint == "chat/completions":
+            chat = _ChatCount(enc, image_rule)
+            tokens = chat.request(body)
+            messages = body.get("messages")
+            prediction = _ChatCount(enc, image_rule).prediction(body.get("prediction"))
+            return BillableInput(tokens=tokens, encoding=encoding, text_bytes=chat.text_bytes,
+                                 structured_bytes=chat.structured_bytes,
+                                 items=len(messages) if _is_list(messages) else 0, media_tokens=chat.media_tokens,
+                                 prediction_tokens=prediction, choices=choices_of(body.get("n")),
+                                 pieces=chat.pieces, tool_lists=chat.tool_lists)
+        inputs = _Inputs(enc)
+        if endpoint == "completions":
+            tokens = inputs.add(body.get("prompt")) + inputs.add(body.get("suffix"))
+            per_prompt = max(choices_of(body.get("n")), choices_of(body.get("best_of")))
+            choices = per_prompt * max(1, _prompts_in(body.get("prompt")))
+        else:
+            tokens, choices = inputs.add(body.get("input")), 0
+        return BillableInput(tokens=tokens, encoding=encoding, text_bytes=inputs.text_bytes, items=inputs.items,
+                             choices=choices, token_ids=inputs.token_ids)
+
+
+def utf8_size(text: str) -> int:
+    """UTF-8 bytes of ``text`` (a lone surrogate, which JSON allows, counts as 3 bytes)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+class _ChatCount:
+    """One chat request counted with one encoding and image rule: methods return tokens, and the
+    byte counts and media estimates accumulate on the instance (one instance per request)."""
+
+    __slots__ = ("enc", "image_rule", "media_tokens", "pieces", "structured_bytes", "text_bytes", "tool_lists")
+
+    def __init__(self, enc: tiktoken.Encoding, image_rule: ImageTokenRule) -> None:
+        self.enc = enc
+        self.image_rule = image_rule
+        self.text_bytes = 0
+        self.structured_bytes = 0
+        self.media_tokens = 0
+        self.pieces = 0  # tool definitions and calls
+        self.tool_lists = 0
+
+    def text(self, value: str) -> int:
+        self.text_bytes += utf8_size(value)
+        return _count(self.enc, value)
+
+    def structured(self, value: object) -> int:
+        """A schema or call the provider may re-render (tools, choices, formats): compact JSON."""
+        text = _json(value)
+        self.structured_bytes += utf8_size(text)
+        return _count(self.enc, text)
+
+    def media(self, tokens: int) -> int:
+        self.media_tokens += tokens
+        return tokens
+
+    def request(self, body: Mapping[str, object]) -> int:
         total = REPLY_PRIMING_TOKENS
+        messages = body.get("messages")
         if _is_list(messages):
-            total += sum(chat.message(message) for message in messages)
-        if _is_list(tools) and tools:
-            total += TOOLS_OVERHEAD + sum(chat.tool_definition(tool) for tool in tools)
-        if isinstance(tool_choice, Mapping):
-            total += _count(enc, _json(tool_choice))
+            total += sum(self.message(message) for message in messages)
+        for key in ("tools", "functions"):
+            definitions = body.get(key)
+            if _is_list(definitions) and definitions:
+                self.tool_lists += 1
+                total += TOOLS_OVERHEAD + sum(self.tool_definition(tool) for tool in definitions)
+        for key in ("tool_choice", "function_call"):
+            choice = body.get(key)
+            if isinstance(choice, Mapping):
+                total += self.structured(choice)
+        response_format = body.get("response_format")
         if isinstance(response_format, Mapping) and isinstance(response_format.get("json_schema"), Mapping):
-            total += _count(enc, _json(response_format["json_schema"]))
+            total += self.structured(response_format["json_schema"])
         return total
 
-
-@dataclass(frozen=True, slots=True)
-class _ChatCount:
-    """The per-request pieces of ``count_chat``: one encoding, one image rule."""
-
-    enc: tiktoken.Encoding
-    image_rule: ImageTokenRule
+    def prediction(self, prediction: object) -> int:
+        """Tokens of a ``prediction`` (predicted output; billed at output rates when rejected)."""
+        if not isinstance(prediction, Mapping):
+            return 0
+        content = prediction.get("content")
+        if isinstance(content, str):
+            return self.text(content)
+        return sum(self.part(part) for part in content) if _is_list(content) else 0
 
     def message(self, message: object) -> int:
         if not isinstance(message, Mapping):
@@ -165,7 +236,7 @@ class _ChatCount:
         total = TOKENS_PER_MESSAGE
         for key, value in message.items():
             if isinstance(value, str):
-                total += _count(self.enc, value) + (TOKENS_PER_NAME if key == "name" else 0)
+                total += self.text(value) + (TOKENS_PER_NAME if key == "name" else 0)
             elif key == "content" and _is_list(value):
                 total += sum(self.part(part) for part in value)
             elif key == "tool_calls" and _is_list(value):
@@ -176,22 +247,26 @@ class _ChatCount:
 
     def part(self, part: object) -> int:
         if isinstance(part, str):
-            return _count(self.enc, part)
+            return self.text(part)
         if not isinstance(part, Mapping):
             return 0
         kind = part.get("type")
         if kind == "image_url":
-            return self.image(part.get("image_url"))
+            return self.media(self.image(part.get("image_url")))
         if kind == "input_audio":
-            return _audio_tokens(part.get("input_audio"))
-        text = part.get("refusal") if kind == "refusal" else part.get("text")
-        return _count(self.enc, text) if isinstance(text, str) else 0
+            return self.media(audio_tokens(part.get("input_audio")))
+        if kind in FILE_PART_TYPES:
+            return self.media(file_tokens(part))
+        if kind in ("text", "refusal", "input_text"):
+            text = part.get("refusal") if kind == "refusal" else part.get("text")
+            return self.text(text) if isinstance(text, str) else 0
+        return self.structured(part)
 
     def image(self, image: object) -> int:
         url, detail = image, "auto"
         if isinstance(image, Mapping):
             url, detail = image.get("url"), image.get("detail") or "auto"
-        size = _data_url_image_size(url) if isinstance(url, str) and url.startswith("data:") else None
+        size = data_url_image_size(url) if isinstance(url, str) and url.startswith("data:") else None
         return self.image_rule.tokens(detail if isinstance(detail, str) else "auto", size)
 
     def call(self, call: object) -> int:
@@ -201,13 +276,64 @@ class _ChatCount:
         if not isinstance(payload, Mapping):
             return 0
         strings = [value for value in payload.values() if isinstance(value, str)]
+        self.structured_bytes += sum(utf8_size(value) for value in strings)
+        self.pieces += 1
         return TOOL_CALL_OVERHEAD + sum(_count(self.enc, value) for value in strings)
 
     def tool_definition(self, tool: object) -> int:
         if not isinstance(tool, Mapping):
             return 0
         definition = tool.get("function") if isinstance(tool.get("function"), Mapping) else tool
-        return TOOL_DEFINITION_OVERHEAD + _count(self.enc, _json(definition))
+        self.pieces += 1
+        return TOOL_DEFINITION_OVERHEAD + self.structured(definition)
+
+
+class _Inputs:
+    """``/v1/completions`` prompts and ``/v1/embeddings`` inputs: ``str | list[str] | list[int] |
+    list[list[int]]``; other items count zero.  Token ids count one token each."""
+
+    __slots__ = ("enc", "items", "text_bytes", "token_ids")
+
+    def __init__(self, enc: tiktoken.Encoding) -> None:
+        self.enc = enc
+        self.items = 0
+        self.text_bytes = 0
+        self.token_ids = 0
+
+    def add(self, value: object) -> int:
+        if isinstance(value, str):
+            return self._text(value)
+        if not _is_list(value):
+            return 0
+        total = ids = 0
+        if any(_is_token_id(item) for item in value):  # one prompt given as token ids
+            self.items += 1
+        for item in value:
+            if isinstance(item, str):
+                total += self._text(item)
+            elif _is_token_id(item):
+                ids += 1
+            elif isinstance(item, list | tuple):
+                self.items += 1
+                ids += sum(1 for token in item if _is_token_id(token))
+        self.token_ids += ids
+        return total + ids
+
+    def _text(self, text: str) -> int:
+        self.items += 1
+        self.text_bytes += utf8_size(text)
+        return _count(self.enc, text)
+
+
+def _prompts_in(prompt: object) -> int:
+    """How many prompts a ``/v1/completions`` body holds (each gets ``n`` completions)."""
+    if isinstance(prompt, str):
+        return 1
+    if not _is_list(prompt) or not prompt:
+        return 0
+    if all(_is_token_id(item) for item in prompt):
+        return 1
+    return sum(1 for item in prompt if isinstance(item, str | list | tuple))
 
 
 # Texts longer than this are counted in pieces.  tiktoken releases the GIL while it encodes but
@@ -254,104 +380,26 @@ def _is_token_id(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _count_input(enc: tiktoken.Encoding, value: object) -> int:
-    """A string, or a list of strings, token ids, or lists of token ids; other items count zero."""
-    if isinstance(value, str):
-        return _count(enc, value)
-    if not _is_list(value):
-        return 0
-    total = 0
-    for item in value:
-        if isinstance(item, str):
-            total += _count(enc, item)
-        elif _is_token_id(item):
-            total += 1
-        elif isinstance(item, list | tuple):
-            total += sum(1 for token in item if _is_token_id(token))
-    return total
-
-
 def _json(value: object) -> str:
     """Compact, key-sorted JSON; the stable serialisation used for estimates."""
     try:
         return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    except (TypeError, ValueError):  # keys of mixed types, circular references
-        return str(value)
+    except (TypeError, ValueError, RecursionError):  # mixed key types, cycles, absurd nesting
+        return _flat_text(value)
 
 
-def _audio_tokens(audio: object) -> int:
-    if not isinstance(audio, Mapping) or not isinstance(audio.get("data"), str):
-        return 0
-    payload: str = audio["data"]
-    size = len(payload.rstrip("=")) * 3 // 4  # decoded length, without decoding
-    bytes_per_second = ASSUMED_AUDIO_BYTES_PER_SECOND
-    if audio.get("format") == "wav":
-        header = _b64decode(payload[:64])
-        if len(header) >= 44 and header[:4] == b"RIFF" and header[8:12] == b"WAVE":
-            (byte_rate,) = struct.unpack_from("<I", header, 28)
-            bytes_per_second = byte_rate or bytes_per_second
-            size = max(size - 44, 0)
-    return math.ceil(size / bytes_per_second * AUDIO_TOKENS_PER_SECOND)
-
-
-def _b64decode(payload: str) -> bytes:
-    try:
-        return base64.b64decode(payload + "=" * (-len(payload) % 4))
-    except (binascii.Error, ValueError):
-        return b""
-
-
-def _data_url_image_size(url: str) -> tuple[int, int] | None:
-    """Width and height from a base64 ``data:`` URL's PNG, GIF, WebP or JPEG header."""
-    header, _, payload = url.partition(",")
-    if not header.endswith(";base64"):
-        return None
-    data = _b64decode(payload)
-    try:
-        if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
-            width, height = struct.unpack(">II", data[16:24])
-            return width, height
-        if data[:6] in (b"GIF87a", b"GIF89a"):
-            width, height = struct.unpack("<HH", data[6:10])
-            return width, height
-        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-            return _webp_size(data)
-        if data[:2] == b"\xff\xd8":
-            return _jpeg_size(data)
-    except struct.error:  # truncated header
-        return None
-    return None
-
-
-def _webp_size(data: bytes) -> tuple[int, int] | None:
-    chunk = data[12:16]
-    if chunk == b"VP8 ":
-        width, height = struct.unpack("<HH", data[26:30])
-        return width & 0x3FFF, height & 0x3FFF
-    if chunk == b"VP8L":
-        bits = int.from_bytes(data[21:25], "little")
-        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-    if chunk == b"VP8X":
-        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
-    return None
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """Walk the JPEG segments to the first start-of-frame marker, which holds the size."""
-    offset = 2
-    while offset + 9 <= len(data):
-        if data[offset] != 0xFF:
-            return None
-        marker = data[offset + 1]
-        if marker == 0xFF:  # fill byte
-            offset += 1
-            continue
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            height, width = struct.unpack(">HH", data[offset + 5 : offset + 9])
-            return width, height
-        if marker == 0x01 or 0xD0 <= marker <= 0xD9:
-            offset += 2
-            continue
-        (length,) = struct.unpack(">H", data[offset + 2 : offset + 4])
-        offset += 2 + length
-    return None
+def _flat_text(value: object, limit: int = 1_000_000) -> str:
+    """The keys, strings and numbers of a structure, walked without recursion (at most ``limit``
+    items): a stand-in for JSON that no nesting depth or cycle can break."""
+    out: list[str] = []
+    stack = [value]
+    while stack and len(out) < limit:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            out.extend(str(k) for k in item)
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        else:
+            out.append(str(item))
+    return " ".join(out)

@@ -9,8 +9,11 @@ fan-out of ``BudgetEvent``s.  Subclasses only say where the counters are (``_cou
 
 Events (``BudgetEvent.kind``): ``threshold_crossed`` (once per threshold per budget period — the
 counter that crossed it decides, atomically, so once across replicas too), ``status_changed``,
-``exhausted`` and ``request_blocked``.  Listeners are called on the event loop and must not
-block (queue the work); an exception in one is logged and does not reach the request.
+``exhausted``, ``request_blocked`` and ``overrun`` (a provider billed more than was reserved: the
+actual cost was charged anyway, ``overrun_nanos`` says by how much; one event per budget charged).
+Listeners are called on the event loop and must not block (queue the work); an exception in one
+is logged and does not reach the request.  ``observability.budget_event_metrics`` is the listener
+that counts overruns for ``/metrics``.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from costproxy.steering.fields import BudgetState, budget_fields
 
 log = structlog.get_logger("costproxy.budgets.model")
 
-EVENT_KINDS = ("threshold_crossed", "status_changed", "exhausted", "request_blocked")
+EVENT_KINDS = ("threshold_crossed", "status_changed", "exhausted", "request_blocked", "overrun")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,8 @@ class BudgetEvent:
     threshold: int | None = None  # percent, for threshold_crossed
     request_id: str | None = None
     reason: str | None = None  # for request_blocked
+    overrun_nanos: int | None = None  # for overrun: charged minus reserved
+    scope_type: str | None = None  # of the budget (bounded label for metrics)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +97,18 @@ class Check:
                 "suggestedActions": list(self.suggested_actions)}
 
 
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What ``record_usage`` did: the budget's status after it, and whether the record was a
+    duplicate of one already charged (same idempotency key: nothing charged this time)."""
+
+    status: BudgetStatus
+    duplicate: bool = False
+
+
+IDEMPOTENCY_TTL_MS = 7 * 86_400_000  # how long a usage record's idempotency key is remembered
+
+
 class BudgetAccounts(Accounts, Protocol):
     budgets: BudgetStore
     clock: Callable[[], float]
@@ -100,7 +117,11 @@ class BudgetAccounts(Accounts, Protocol):
 
     async def statuses(self, scope_type: str, scope_id: str) -> list[BudgetStatus]: ...
 
-    async def record_usage(self, budget_id: str, nanos: int, entry: LedgerEntry) -> BudgetStatus: ...
+    async def record_usage(self, budget_id: str, nanos: int, entry: LedgerEntry, *,
+                           idempotency_key: str | None = None) -> Recorded:
+        """Charge usage that happened elsewhere; with ``idempotency_key`` a second record with the
+        same key (within ``IDEMPOTENCY_TTL_MS``) charges nothing, claimed atomically with the charge."""
+        ...
 
     async def check(self, budget_id: str, nanos: int) -> Check: ...
 
@@ -146,12 +167,11 @@ def refusal(spec: BudgetSpec, *, gated: bool, amount: int, available: int) -> Bu
                                             "scope_id": spec.scope_id})
 
 
-def overrun(reservation: Reservation, cost: int) -> None:
-    """Log a charge above its reservation: the money was spent, so it is charged anyway, and only
-    then can settled spend pass a hard limit (a provider billing beyond ``max_tokens``)."""
-    if cost > reservation.amount_nanos and isinstance(reservation, BudgetReservation) and reservation.budget_ids:
-        log.warning("budget_reservation_overrun", request_id=reservation.request_id,
-                    reserved_nanos=reservation.amount_nanos, cost_nanos=cost, budgets=list(reservation.budget_ids))
+def overran(reservation: Reservation, cost: int) -> bool:
+    """A charge above its reservation: the money was spent, so it is charged anyway (the ledger
+    records the truth), and only then can settled spend pass a hard limit."""
+    return cost > reservation.amount_nanos and isinstance(reservation, BudgetReservation) \
+        and bool(reservation.budget_ids)
 
 
 def usage_entry(record: UsageRecord, spec: BudgetSpec, request_id: str) -> LedgerEntry:
@@ -252,6 +272,18 @@ class BudgetBook:
             if new == "exhausted":
                 self.emit(BudgetEvent("exhausted", spec.id, period_key, now_ms, after, limit, new, old,
                                       None, request_id))
+
+    def emit_overrun(self, compiled: CompiledBudget, period_key: str, *, spent: int, now_ms: int,
+                     request_id: str, reserved: int, charged: int) -> None:
+        """An ``overrun`` event for one budget a request was charged more than reserved on."""
+        spec = compiled.spec
+        limit = compiled.limit(now_ms)
+        log.warning("budget_reservation_overrun", request_id=request_id, budget_id=spec.id,
+                    reserved_nanos=reserved, cost_nanos=charged, spent_nanos=spent, limit_nanos=limit)
+        if self._listeners:
+            self.emit(BudgetEvent("overrun", spec.id, period_key, now_ms, spent, limit, status_of(spec, spent, limit),
+                                  None, None, request_id, f"charged {charged} nano-USD, reserved {reserved}",
+                                  charged - reserved, spec.scope_type))
 
     def emit_blocked(self, spec: BudgetSpec, period_key: str, *, spent: int, limit: int, now_ms: int,
                      request_id: str, reason: str) -> None:

@@ -27,7 +27,7 @@ from costproxy.budgets.model import (
 from costproxy.budgets.status import BudgetStatus, restrictions_of
 from costproxy.config_schema import Node
 from costproxy.errors import ConfigError, InvalidRequest
-from costproxy.money import MoneyError, nanos_to_decimal, usd_to_nanos
+from costproxy.money import MAX_AMOUNT_NANOS, MoneyError, nanos_to_decimal, usd_to_nanos
 
 T = TypeVar("T")
 
@@ -72,11 +72,16 @@ class UsageRecord:
     tags: tuple[str, ...] = ()
 
 
-class _Reader:
-    """Reads one budget from a Node in one naming style (0: YAML, 1: JSON)."""
+STORED_MAX_NANOS = 2**62  # definitions already stored are read with the int64 range only
 
-    def __init__(self, style: int) -> None:
+
+class _Reader:
+    """Reads one budget from a Node in one naming style (0: YAML, 1: JSON).  ``maximum``: the
+    largest money amount accepted (``MAX_AMOUNT_NANOS`` for new input)."""
+
+    def __init__(self, style: int, maximum: int = MAX_AMOUNT_NANOS) -> None:
         self.style = style
+        self.maximum = maximum
 
     def key(self, name: str) -> str:
         return _NAMES[name][self.style]
@@ -144,7 +149,7 @@ class _Reader:
 
     def _money(self, node: Node) -> int:
         try:
-            nanos = usd_to_nanos(node.value, what="amount")
+            nanos = usd_to_nanos(node.value, what="amount", maximum=self.maximum)
         except MoneyError as exc:
             raise node.error(str(exc), node.value) from None
         if nanos < 0:
@@ -244,27 +249,36 @@ def _as_request_error(exc: ConfigError) -> InvalidRequest:
     return InvalidRequest(str(exc), param=exc.path or None)
 
 
-def spec_from_json(data: Any, *, base: BudgetSpec | None = None) -> BudgetSpec:
-    """A budget from a JSON body; with ``base`` the body is a partial update (PATCH)."""
+def spec_from_json(data: Any, *, base: BudgetSpec | None = None, stored: bool = False) -> BudgetSpec:
+    """A budget from a JSON body; with ``base`` the body is a partial update (PATCH).  ``stored``:
+    a definition read back from the store, which may predate the money bound (still int64)."""
     try:
-        return _Reader(1).spec(Node(data, "body"), "api", base)
+        return _Reader(1, STORED_MAX_NANOS if stored else MAX_AMOUNT_NANOS).spec(Node(data, "body"), "api", base)
     except ConfigError as exc:
         raise _as_request_error(exc) from None
 
 
+MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+
+
 def _iso_ms(node: Node) -> int:
+    """An ISO 8601 date-time (or epoch milliseconds) between 1970 and 9999."""
     value = node.value
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if not isinstance(value, str):
+        ms = value
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            ms = int(moment.timestamp() * 1000)
+        except (ValueError, OverflowError):
+            raise node.error("must be an ISO 8601 date-time", value) from None
+    else:
         raise node.error("must be an ISO 8601 date-time", value)
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise node.error("must be an ISO 8601 date-time", value) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+    if not 0 <= ms <= MAX_TIMESTAMP_MS:
+        raise node.error("must be between 1970 and 9999", value)
+    return ms
 
 
 def override_from_json(data: Any, *, budget_id: str, override_id: str, actor: str | None,

@@ -50,6 +50,13 @@ BUDGET_MIGRATIONS: list[tuple[int, str]] = [
         CREATE TABLE budget_marks (name TEXT PRIMARY KEY, value TEXT NOT NULL);
         CREATE TABLE budget_outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL)
     """),
+    (2, """
+        CREATE TABLE usage_claims (
+            budget_id TEXT NOT NULL, claim TEXT NOT NULL, request_id TEXT NOT NULL, ts_ms INTEGER NOT NULL,
+            PRIMARY KEY (budget_id, claim)
+        );
+        CREATE INDEX usage_claims_ts ON usage_claims (ts_ms)
+    """),
 ]
 
 
@@ -86,7 +93,8 @@ def spec_body(spec: BudgetSpec) -> str:
 def spec_from_body(body: str) -> BudgetSpec:
     data = json.loads(body)
     created, updated, created_by = data.pop("_stamps", [None, None, None])
-    return replace(spec_from_json(data), created_at_ms=created, updated_at_ms=updated, created_by=created_by)
+    return replace(spec_from_json(data, stored=True), created_at_ms=created, updated_at_ms=updated,
+                   created_by=created_by)
 
 
 def override_body(override: BudgetOverride) -> str:

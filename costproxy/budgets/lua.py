@@ -5,7 +5,9 @@ Key layout (``P`` is ``budgets.key_prefix``, default ``cp``; ``{…}`` is the Re
     P:{<org>}:b:<budget_id>:<period_key>  hash   spent, reserved (nano-USD), f<pct> (threshold fired at ms)
     P:{<org>}:r:<token>                   hash   one reservation: <counter key> -> amount, _exp -> ms
     P:{<org>}:rx                          zset   reservation tokens by expiry (ms)
-    P:{<org>}:d:<token>                   string settled marker (makes settle idempotent on retry)
+    P:{<org>}:d:<token>                   string settled marker (makes settle idempotent on retry and on
+                                                 outbox replay; for usage records the token is
+                                                 derived from the idempotency key, kept 7 days)
     P:{<org>}:ledger                      stream the ledger: one entry per settle (field ``e``, JSON)
     P:partitions                          set    every <org> partition in use (for mirrors, reclaim)
     P:{defs}:budgets / :overrides          hash   definitions by id (JSON), P:{defs}:version (counter)
@@ -157,6 +159,17 @@ if ARGV[4] ~= '' then
   redis.call('XADD', stream, 'MINID', '~', ARGV[5], '*', 'e', ARGV[4])
 end
 return out
+"""
+
+# KEYS: reservation, expiries; ARGV: token, now, lease ms.  Extends a lease: 1, or 0 when the
+# reservation is gone (reclaimed after its lease lapsed, or settled), so the request must end.
+RENEW = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local expires = tonumber(ARGV[2]) + tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], '_exp', expires)
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) * 4)
+redis.call('ZADD', KEYS[2], expires, ARGV[1])
+return 1
 """
 
 # KEYS: expiries; ARGV: reservation prefix, now, batch.  Returns how many were reclaimed.

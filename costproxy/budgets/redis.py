@@ -18,9 +18,15 @@ SIGKILLed replica come back within the TTL plus one ``refresh_interval_s``.
 When Redis is unreachable:
 - ``reserve`` raises ``StoreUnavailable`` (HTTP 503) if the chain has a hard budget or a gating
   threshold — a hard budget is never passed unchecked; a chain of soft budgets only proceeds;
-- ``settle``/``release``/``record_usage`` never fail the request: the operation waits in an
-  outbox, retried every ``refresh_interval_s`` (idempotent), saved to SQLite at shutdown and
-  replayed at the next start;
+- ``settle``/``release``/``record_usage``/``record_refusal`` never fail the request: the operation
+  (its Lua call, ledger entry included) is committed to this replica's SQLite file
+  (``outbox.SettlementOutbox``, fsync'd) before the call returns, so a SIGKILL at any instant
+  loses no settlement and no ledger entry; the outbox is replayed in order when Redis answers
+  again (every ``refresh_interval_s``) and at start-up, each item deleted only after Redis applied
+  it.  Replays are exactly once: the settle script's per-token ``done`` marker turns a replay of an
+  operation Redis already applied (reply lost) into a no-op, for ``2 x reservation_ttl_s + 1 h``
+  (7 days for usage records with an idempotency key).  Only if the SQLite file cannot be written
+  either does an operation wait in memory (logged as an error);
 - ``view``/``status`` answer from the local cache of counters, refreshed every
   ``refresh_interval_s`` and after every script this replica runs.  ``BudgetStatus.stale_ms`` says
   how old it is when refreshes fail; while Redis is reachable it is at most one refresh interval
@@ -33,13 +39,13 @@ pick up changes within one ``refresh_interval_s``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from typing import Any
 
-import orjson
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -47,40 +53,36 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from costproxy.background import cancel_and_wait, stop_if_cancelled
-from costproxy.budgets.accounts import Reservation
-from costproxy.budgets.book import BudgetBook, BudgetReservation, CompiledBudget, overrun, refusal
+from costproxy.budgets.accounts import Reservation, lease_ms
+from costproxy.budgets.book import (
+    IDEMPOTENCY_TTL_MS,
+    BudgetBook,
+    BudgetReservation,
+    CompiledBudget,
+    Recorded,
+    overran,
+    refusal,
+)
 from costproxy.budgets.config import BudgetConfig
 from costproxy.budgets.definitions import BudgetStore
 from costproxy.budgets.definitions_redis import RedisDefinitions
-from costproxy.budgets.lua import MAX_EXACT_NANOS, RECLAIM, RESERVE, SETTLE, RedisKeys
+from costproxy.budgets.lua import MAX_EXACT_NANOS, RECLAIM, RENEW, RESERVE, SETTLE, RedisKeys
 from costproxy.budgets.model import approved
-from costproxy.budgets.status import BudgetStatus, Counters
+from costproxy.budgets.outbox import Settlement, SettlementOutbox
+from costproxy.budgets.status import Counters
 from costproxy.errors import StoreUnavailable
 from costproxy.identity.principal import Principal
-from costproxy.ledger.entry import LedgerEntry
+from costproxy.ledger.entry import LedgerEntry, as_refusal
 from costproxy.ledger.mirror import LedgerMirror, entry_json
 from costproxy.money import format_usd
 from costproxy.store.sqlite import SqliteStore
 
 log = structlog.get_logger("costproxy.budgets.model")
 RECLAIM_BATCH = 16
-_Args = list[str | int]
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-@dataclass(slots=True)
-class _Op:
-    """A settle/release/usage as sent to Redis; kept in the outbox while Redis is away."""
-
-    keys: list[str]
-    args: _Args
-    budget_ids: tuple[str, ...]
-    period_keys: tuple[str, ...]
-    request_id: str
-    home: str = ""  # partition of the ledger stream
 
 
 class RedisBudgetAccounts(BudgetBook):
@@ -98,10 +100,13 @@ class RedisBudgetAccounts(BudgetBook):
         self._reserve = redis.register_script(RESERVE)
         self._settle = redis.register_script(SETTLE)
         self._reclaim = redis.register_script(RECLAIM)
+        self._renew = redis.register_script(RENEW)
         self._cache: dict[tuple[str, str], Counters] = {}
         self._partitions: set[str] = set()
         self._registered: set[str] = set()
-        self._outbox: list[_Op] = []
+        self.outbox = SettlementOutbox(store)
+        self._unsaved: list[Settlement] = []  # deferred while the SQLite outbox could not be written either
+        self._outbox_lock = asyncio.Lock()
         self._healthy = True
         self._last_ok_ms = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -110,9 +115,10 @@ class RedisBudgetAccounts(BudgetBook):
 
     # --- life cycle ----------------------------------------------------------------------
     async def open(self) -> None:
-        await self._load_outbox()
+        await self.outbox.load()
         try:
             await self.refresh()
+            await self.flush_outbox()  # what a previous run could not settle, before new traffic
         except RedisError as exc:
             self._down(exc)
         for spec in self.budgets.all():
@@ -128,8 +134,8 @@ class RedisBudgetAccounts(BudgetBook):
             await asyncio.wait_for(self.flush_outbox(), timeout=2.0)
             await asyncio.wait_for(self.mirror.catch_up(), timeout=5.0)
         except (RedisError, OSError, TimeoutError) as exc:
-            log.error("budget_close_incomplete", error=str(exc), outbox=len(self._outbox))
-        await self._save_outbox()
+            log.error("budget_close_incomplete", error=str(exc), outbox=self.pending())
+        await self._save_unsaved()
         await self.redis.aclose(close_connection_pool=True)
         if self._mirror_redis is not None:
             await self._mirror_redis.aclose(close_connection_pool=True)
@@ -235,9 +241,10 @@ class RedisBudgetAccounts(BudgetBook):
         return reservation
 
     def _reserve_call(self, chain: tuple[CompiledBudget, ...], home: str, token: str, amount: int,
-                      now: int) -> tuple[list[str], _Args, tuple[str, ...]]:
+                      now: int) -> tuple[list[str], list[str | int], tuple[str, ...]]:
         keys: list[str] = []
-        args: _Args = [now, self.ttl_ms, str(amount), token, self.keys.reservation_prefix(home), RECLAIM_BATCH]
+        args: list[str | int] = [now, self.ttl_ms, str(amount), token, self.keys.reservation_prefix(home),
+                                 RECLAIM_BATCH]
         periods: list[str] = []
         for compiled in chain:
             spec = compiled.spec
@@ -270,6 +277,22 @@ class RedisBudgetAccounts(BudgetBook):
                           request_id=request_id, reason="approval required" if gated else "over budget")
         raise refusal(compiled.spec, gated=gated, amount=amount, available=limit - spent - reserved)
 
+    # --- leases --------------------------------------------------------------------------
+    async def renew(self, reservation: Reservation, ttl_s: float | None = None) -> bool:
+        """Extend the lease in Redis; False if a reclaim (any replica's) already took it."""
+        length = lease_ms(ttl_s, self.ttl_ms)
+        if not isinstance(reservation, BudgetReservation) or not reservation.counter_keys:
+            return True  # nothing held
+        home, token = reservation.home, reservation.token
+        try:
+            held = await self._renew(keys=[self.keys.reservation_prefix(home) + token, self.keys.expiries(home)],
+                                     args=[token, self.now_ms(), length])
+        except RedisError as exc:
+            self._down(exc)
+            raise StoreUnavailable(f"budget store ({self.label}) is unreachable, the lease of request "
+                                   f"{reservation.request_id} cannot be renewed: {exc}") from None
+        return bool(int(held))
+
     # --- settle / release / usage --------------------------------------------------------
     async def settle(self, reservation: Reservation, entry: LedgerEntry) -> None:
         await self._send(self._settle_op(reservation, entry, entry.cost_nanos))
@@ -277,23 +300,34 @@ class RedisBudgetAccounts(BudgetBook):
     async def release(self, reservation: Reservation, entry: LedgerEntry | None) -> None:
         await self._send(self._settle_op(reservation, entry, 0 if entry is None else entry.cost_nanos))
 
-    async def record_usage(self, budget_id: str, nanos: int, entry: LedgerEntry) -> BudgetStatus:
-        """Charge usage that happened elsewhere (no limit check: the money is already spent)."""
+    async def record_refusal(self, entry: LedgerEntry) -> None:
+        refused = as_refusal(entry)
+        await self._send(self._settle_op(Reservation(refused.request_id, 0), refused, 0))
+
+    async def record_usage(self, budget_id: str, nanos: int, entry: LedgerEntry, *,
+                           idempotency_key: str | None = None) -> Recorded:
+        """Charge usage that happened elsewhere (no limit check: the money is already spent).
+
+        With ``idempotency_key`` the settle token is derived from it, so the settle script's
+        ``done`` marker claims the key in the same atomic step that charges the counter."""
         now = self.now_ms()
         spec = self.compiled(budget_id).spec
         window = self.window(spec, now)
         if entry.cost_nanos != nanos:  # the ledger must say what the counter was charged
             entry = replace(entry, cost_nanos=nanos)
+        token = "u" + (uuid.uuid4().hex if idempotency_key is None else
+                       hashlib.sha256(f"{spec.id}\0{idempotency_key}".encode()).hexdigest()[:40])
         usage = BudgetReservation(
-            request_id=entry.request_id, amount_nanos=0, budget_ids=(spec.id,), token="u" + uuid.uuid4().hex,
+            request_id=entry.request_id, amount_nanos=nanos, budget_ids=(spec.id,), token=token,
             period_keys=(window.key,), counter_keys=(self.keys.counter(spec.partition, spec.id, window.key),),
             home=spec.partition)
-        await self._send(self._settle_op(usage, entry, nanos))
-        return self.status_now(budget_id)
+        done_ttl = IDEMPOTENCY_TTL_MS if idempotency_key is not None else None
+        verdict = await self._send(self._settle_op(usage, entry, nanos, done_ttl_ms=done_ttl))
+        return Recorded(self.status_now(budget_id), duplicate=verdict == "dup")
 
-    def _settle_op(self, reservation: Reservation, entry: LedgerEntry | None, cost: int) -> _Op | None:
+    def _settle_op(self, reservation: Reservation, entry: LedgerEntry | None, cost: int, *,
+                   done_ttl_ms: int | None = None) -> Settlement | None:
         now = self.now_ms()
-        overrun(reservation, cost)
         if isinstance(reservation, BudgetReservation) and reservation.counter_keys:
             home, token, counters = reservation.home, reservation.token, list(reservation.counter_keys)
             ids, periods = reservation.budget_ids, reservation.period_keys
@@ -302,13 +336,14 @@ class RedisBudgetAccounts(BudgetBook):
             home, token, counters, ids, periods = entry.org or "", "n" + uuid.uuid4().hex, [], (), ()
         else:
             return None
-        args: _Args = [now, token, str(cost), entry_json(entry).decode() if entry else "",
-                       str(max(0, now - self.retention_ms)), 2 * self.ttl_ms + 3_600_000]
+        args: list[str | int] = [now, token, str(cost), entry_json(entry).decode() if entry else "",
+                       str(max(0, now - self.retention_ms)), done_ttl_ms or 2 * self.ttl_ms + 3_600_000]
         for budget_id, period_key in zip(ids, periods, strict=True):
             args += [self._expire_for(budget_id, period_key, now), self._marks(budget_id, now)]
         keys = [*counters, self.keys.reservation_prefix(home) + token, self.keys.expiries(home),
                 self.keys.done(home, token), self.keys.ledger(home)]
-        return _Op(keys, args, ids, periods, reservation.request_id, home)
+        reserved = reservation.amount_nanos if overran(reservation, cost) else cost
+        return Settlement(keys, args, ids, periods, reservation.request_id, home, reserved)
 
     def _expire_for(self, budget_id: str, period_key: str, now: int) -> int:
         """Expiry to (re)set on a charged counter: 0 keeps the one its reserve set (a past period)."""
@@ -325,70 +360,84 @@ class RedisBudgetAccounts(BudgetBook):
         limit = compiled.limit(now)
         return ",".join(f"{t.percent}:{t.amount(limit)}" for t in compiled.spec.thresholds)
 
-    async def _send(self, op: _Op | None) -> None:
+    async def _send(self, op: Settlement | None) -> str:
+        """Run ``op``'s settle script: ``ok``, ``dup`` (already applied), or ``deferred`` (Redis is
+        away: ``op`` is in the durable outbox before this returns)."""
         if op is None:
-            return
+            return "ok"
         try:
             await self._register([op.home])
             reply = await self._settle(keys=op.keys, args=op.args)
         except RedisError as exc:
             self._down(exc)
-            self._outbox.append(op)
-            log.error("budget_settle_deferred", request_id=op.request_id, error=str(exc), outbox=len(self._outbox))
-            return
-        self._applied(op, reply)
+            await self._defer(op)
+            log.error("budget_settle_deferred", request_id=op.request_id, error=str(exc), outbox=self.pending())
+            return "deferred"
+        return self._applied(op, reply)
 
-    def _applied(self, op: _Op, reply: list[Any]) -> None:
+    def _applied(self, op: Settlement, reply: list[Any]) -> str:
         now = self.now_ms()
         self._up(now)
-        if _text(reply[0]) != "ok":
-            return  # already settled (a retry after a lost reply)
+        verdict = _text(reply[0])
+        if verdict != "ok":
+            return verdict  # already settled (a retry after a lost reply, an outbox replay)
+        cost = int(_text(op.args[2]))
         for i, (budget_id, period_key) in enumerate(zip(op.budget_ids, op.period_keys, strict=True)):
             spent, reserved, fired = int(reply[1 + 3 * i]), int(reply[2 + 3 * i]), _text(reply[3 + 3 * i])
             percents = [int(p) for p in fired.split(",") if p]
             self._remember(budget_id, period_key, spent, reserved, now=now, fired=dict.fromkeys(percents, now))
             compiled = self._compiled.get(budget_id)
-            if compiled is not None and percents:
+            if compiled is None:
+                continue
+            if percents:
                 hit = tuple(t for t in compiled.spec.thresholds if t.percent in percents)
-                cost = int(_text(op.args[2]))
                 self.emit_crossings(compiled, period_key, before=spent - cost, after=spent, fired=hit, now_ms=now,
                                     request_id=op.request_id)
+            if cost > op.reserved_nanos:
+                self.emit_overrun(compiled, period_key, spent=spent, now_ms=now, request_id=op.request_id,
+                                  reserved=op.reserved_nanos, charged=cost)
+        return verdict
 
     # --- outbox --------------------------------------------------------------------------
+    async def _defer(self, op: Settlement) -> None:
+        try:
+            await self.outbox.put(op)
+        except StoreUnavailable as exc:  # the local file too: keep it in memory, say so loudly
+            self._unsaved.append(op)
+            log.error("budget_outbox_unwritable", request_id=op.request_id, error=str(exc),
+                      in_memory=len(self._unsaved))
+
     async def flush_outbox(self) -> int:
+        """Replay what waits, oldest first; returns how many were sent.  ``RedisError``: the rest
+        stays queued (durably) for the next try."""
         sent = 0
-        while self._outbox:
-            op = self._outbox[0]
-            await self._register([op.home])
-            reply = await self._settle(keys=op.keys, args=op.args)  # RedisError: stays queued
-            self._outbox.pop(0)
-            self._applied(op, reply)
-            sent += 1
+        async with self._outbox_lock:
+            while self._unsaved:
+                await self._replay(self._unsaved[0])
+                self._unsaved.pop(0)
+                sent += 1
+            sent += await self.outbox.replay(self._replay)
+        if sent:
+            log.info("budget_outbox_replayed", count=sent, left=self.pending())
         return sent
 
-    async def _save_outbox(self) -> None:
-        if not self._outbox:
-            return
-        bodies = [(orjson.dumps(asdict(op)).decode(),) for op in self._outbox]
-        await self.store.run(lambda: self.store.conn().executemany(
-            "INSERT INTO budget_outbox (body) VALUES (?)", bodies))
-        log.error("budget_outbox_saved", count=len(bodies))
-        self._outbox = []
+    async def _replay(self, op: Settlement) -> None:
+        await self._register([op.home])
+        self._applied(op, await self._settle(keys=op.keys, args=op.args))  # "dup" if it already applied
 
-    async def _load_outbox(self) -> None:
-        def take() -> list[str]:
-            conn = self.store.conn()
-            rows = conn.execute("SELECT body FROM budget_outbox ORDER BY seq").fetchall()
-            conn.execute("DELETE FROM budget_outbox")
-            return [r[0] for r in rows]
-
-        for body in await self.store.run(take):
-            data = orjson.loads(body)
-            self._outbox.append(_Op(data["keys"], data["args"], tuple(data["budget_ids"]),
-                                    tuple(data["period_keys"]), data["request_id"], data.get("home", "")))
+    async def _save_unsaved(self) -> None:
+        """At shutdown: what only memory held goes to the durable outbox if the file now allows."""
+        while self._unsaved:
+            try:
+                await self.outbox.put(self._unsaved[0])
+            except StoreUnavailable as exc:
+                log.error("budget_settlements_lost_at_shutdown", count=len(self._unsaved), error=str(exc))
+                return
+            self._unsaved.pop(0)
 
     def pending(self) -> int:
-        return len(self._outbox)
+        """Settlements waiting for Redis (durable outbox plus any held only in memory)."""
+        return self.outbox.count + len(self._unsaved)
 
 
 def _counters_from(fields: dict[bytes, bytes], now: int) -> Counters:

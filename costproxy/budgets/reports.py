@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from costproxy.budgets.codec import iso, percent, usd
+from costproxy.budgets.codec import MAX_TIMESTAMP_MS, iso, percent, usd
 from costproxy.budgets.model import BudgetSpec, PeriodWindow, window_at, zone
 
 BUCKET_MS = 900_000
@@ -67,11 +67,14 @@ def time_range(value: str | None, spec: BudgetSpec, window: PeriodWindow, now_ms
 def _instant(text: str) -> int:
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise RangeInvalid(f"not an ISO 8601 date or date-time: {text!r}") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        ms = int(moment.timestamp() * 1000)
+    except (ValueError, OverflowError):
+        raise RangeInvalid(f"not an ISO 8601 date or date-time: {text[:60]!r}") from None
+    if not 0 <= ms <= MAX_TIMESTAMP_MS:
+        raise RangeInvalid(f"timeRange must lie between 1970 and 9999: {text[:60]!r}")
+    return ms
 
 
 @dataclass(frozen=True, slots=True)

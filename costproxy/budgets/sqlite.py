@@ -11,9 +11,13 @@ ledger rows after the last checkpointed ``seq`` into ``budget_spend`` in one tra
 runs the same fold and loads the current periods.  Counters therefore equal the durable ledger
 after a restart; a hard crash loses what the ledger loses (its last ``flush_interval``).
 
-Reservations live only in memory: a crash of the owning process frees them with it.  They also
-expire after ``reservation_ttl_s`` (a request stuck longer is a bug or a hung upstream): the
-maintenance task reclaims them, and a late settle still charges the actual cost.
+Reservations live only in memory: a crash of the owning process frees them with it.  Each is a
+lease of ``reservation_ttl_s`` that the running request renews (``renew``); a lease nobody renews
+(a hung request) is reclaimed by the maintenance task, ``renew`` then answers False, and a late
+settle still charges the actual cost to the periods it was reserved in.
+
+Usage records with an idempotency key are claimed in ``usage_claims`` in the same SQLite
+transaction that writes their ledger entry, so two identical records charge once.
 """
 
 from __future__ import annotations
@@ -27,20 +31,22 @@ from dataclasses import dataclass, field, replace
 import structlog
 
 from costproxy.background import cancel_and_wait
-from costproxy.budgets.accounts import Reservation
+from costproxy.budgets.accounts import Reservation, lease_ms
 from costproxy.budgets.book import (
+    IDEMPOTENCY_TTL_MS,
     BudgetBook,
     BudgetReservation,
     CompiledBudget,
-    overrun,
+    Recorded,
+    overran,
     refusal,
 )
 from costproxy.budgets.definitions import BudgetStore
-from costproxy.budgets.status import BudgetStatus, Counters
-from costproxy.errors import StoreUnavailable
+from costproxy.budgets.status import Counters
+from costproxy.errors import InvalidRequest, StoreUnavailable
 from costproxy.identity.principal import Principal
-from costproxy.ledger.entry import LedgerEntry
-from costproxy.store.sqlite import SqliteStore
+from costproxy.ledger.entry import LedgerEntry, as_refusal
+from costproxy.store.sqlite import INSERT_LEDGER, ROW_ERRORS, SqliteStore, ledger_row, rollback
 
 log = structlog.get_logger("costproxy.budgets.model")
 
@@ -146,6 +152,8 @@ class SqliteBudgetAccounts(BudgetBook):
                 last_checkpoint = time.monotonic()
                 try:
                     await self.checkpoint()
+                    await self.store.execute("DELETE FROM usage_claims WHERE ts_ms < ?",
+                                             (self.now_ms() - IDEMPOTENCY_TTL_MS,))
                 except StoreUnavailable as exc:
                     log.warning("budget_checkpoint_failed", error=str(exc))
                 self._prune()
@@ -210,22 +218,39 @@ class SqliteBudgetAccounts(BudgetBook):
                                  budget_ids=tuple(c.spec.id for c, _, _ in charged), token=token,
                                  period_keys=tuple(k for _, k, _ in charged))
 
+    async def renew(self, reservation: Reservation, ttl_s: float | None = None) -> bool:
+        length = lease_ms(ttl_s, self.ttl_ms)
+        if not isinstance(reservation, BudgetReservation) or not reservation.budget_ids:
+            return True  # nothing held
+        held = self._held.pop(reservation.token, None)
+        if held is None:
+            return False  # reclaimed (or already settled): the money is no longer held
+        held.expires_ms = self.now_ms() + length
+        self._held[reservation.token] = held  # to the end: the dict stays in renewal order
+        return True
+
     async def settle(self, reservation: Reservation, entry: LedgerEntry) -> None:
         self._finish(reservation, entry, entry.cost_nanos)
 
     async def release(self, reservation: Reservation, entry: LedgerEntry | None) -> None:
         self._finish(reservation, entry, 0 if entry is None else entry.cost_nanos)
 
+    async def record_refusal(self, entry: LedgerEntry) -> None:
+        self.store.append(as_refusal(entry))
+
     def _finish(self, reservation: Reservation, entry: LedgerEntry | None, cost: int) -> None:
         """Drop the reservation and charge ``cost`` on the periods it was taken in (no await)."""
         now = self.now_ms()
-        overrun(reservation, cost)
         held = self._take(reservation)
         if held is not None and cost:
+            over = overran(reservation, cost)
             for compiled, key, counter in held.charged:
                 before = counter.spent
                 counter.spent += cost
                 self._fire(compiled, key, counter, before=before, now=now, request_id=reservation.request_id)
+                if over:
+                    self.emit_overrun(compiled, key, spent=counter.spent, now_ms=now, request_id=reservation.request_id,
+                                      reserved=reservation.amount_nanos, charged=cost)
         if entry is not None:
             self.store.append(self.tagged(entry, reservation))
 
@@ -262,13 +287,10 @@ class SqliteBudgetAccounts(BudgetBook):
                             request_id=request_id)
 
     def reclaim_expired(self) -> int:
-        """Release reservations past their TTL; returns how many (their requests are stuck)."""
+        """Release reservations whose lease lapsed; returns how many (their requests are stuck).
+        Leases of other lengths than the default can sit anywhere in ``_held``: scan them all."""
         now = self.now_ms()
-        expired = []
-        for token, held in self._held.items():
-            if held.expires_ms > now:
-                break
-            expired.append(token)
+        expired = [token for token, held in self._held.items() if held.expires_ms <= now]
         for token in expired:
             held = self._held.pop(token)
             for _, _, counter in held.charged:
@@ -279,20 +301,46 @@ class SqliteBudgetAccounts(BudgetBook):
         return len(expired)
 
     # --- usage from other systems --------------------------------------------------------
-    async def record_usage(self, budget_id: str, nanos: int, entry: LedgerEntry) -> BudgetStatus:
-        """Charge usage that happened elsewhere (no limit check: the money is already spent)."""
+    async def record_usage(self, budget_id: str, nanos: int, entry: LedgerEntry, *,
+                           idempotency_key: str | None = None) -> Recorded:
+        """Charge usage that happened elsewhere (no limit check: the money is already spent).
+
+        With ``idempotency_key`` the claim and the ledger entry are committed in one transaction
+        before the counter moves: a second record with the same key charges nothing."""
         now = self.now_ms()
         compiled = self.compiled(budget_id)
         key = self.window(compiled.spec, now).key
-        counter = self._counter(compiled.spec.id, key)
         if entry.cost_nanos != nanos:  # the ledger must say what the counter was charged
             entry = replace(entry, cost_nanos=nanos)
+        tagged = self.tagged(entry, BudgetReservation(entry.request_id, nanos, (compiled.spec.id,), "", (key,)))
+        if idempotency_key is None:
+            self.store.append(tagged)
+        elif not await self.store.run(self._claim_sync, compiled.spec.id, idempotency_key, tagged, now):
+            return Recorded(self.status_now(budget_id), duplicate=True)
+        counter = self._counter(compiled.spec.id, key)
         before = counter.spent
         counter.spent += nanos
         self._fire(compiled, key, counter, before=before, now=now, request_id=entry.request_id)
-        tagged = BudgetReservation(entry.request_id, nanos, (compiled.spec.id,), "", (key,))
-        self.store.append(self.tagged(entry, tagged))
-        return self.status_now(budget_id)
+        return Recorded(self.status_now(budget_id))
+
+    def _claim_sync(self, budget_id: str, claim: str, entry: LedgerEntry, now: int) -> bool:
+        """Claim ``claim`` and write ``entry`` in one transaction; False if already claimed."""
+        conn = self.store.conn()
+        try:
+            row = ledger_row(entry)
+        except ROW_ERRORS as exc:
+            raise InvalidRequest(f"this usage record cannot be stored: {exc}") from None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            claimed = conn.execute("INSERT OR IGNORE INTO usage_claims (budget_id, claim, request_id, ts_ms) "
+                                   "VALUES (?, ?, ?, ?)", (budget_id, claim, entry.request_id, now)).rowcount
+            if claimed:
+                conn.execute(INSERT_LEDGER, row)
+            conn.execute("COMMIT")
+        except BaseException:
+            rollback(conn)
+            raise
+        return bool(claimed)
 
     def held_nanos(self) -> int:
         """Sum reserved over every counter (0 once traffic stops: the leak check of the tests)."""

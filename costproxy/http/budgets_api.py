@@ -45,7 +45,7 @@ from costproxy.budgets.definitions import new_override_id
 from costproxy.budgets.model import STATUSES, BudgetSpec
 from costproxy.budgets.status import BudgetStatus
 from costproxy.errors import InvalidRequest, NotFound, StoreUnavailable
-from costproxy.http.keys_api import json_body, require_admin
+from costproxy.http.keys_api import int_param, json_body, require_admin
 from costproxy.http.state import ADMIN_ROLE, ALERT_CATALOG, ALERTS, BUDGETS
 from costproxy.identity.access_tokens import ScopedToken
 from costproxy.money import MoneyError, usd_to_nanos
@@ -178,10 +178,7 @@ async def audit(request: web.Request) -> web.Response:
 
 
 def _limit(request: web.Request, default: int, maximum: int = 1000) -> int:
-    try:
-        return min(maximum, max(1, int(request.query.get("limit", str(default)))))
-    except ValueError:
-        raise InvalidRequest("'limit' must be an integer", param="limit") from None
+    return int_param(request, "limit", default, 1, maximum)
 
 
 # --- status ------------------------------------------------------------------------------------
@@ -311,10 +308,10 @@ async def acknowledge(request: web.Request) -> web.Response:
     catalog = catalog_of(request.app)
     if catalog is None:
         raise NotFound("alerting is disabled in this deployment (alerts.enabled: false)")
-    try:
-        threshold = int(request.match_info["threshold"])
-    except ValueError:
-        raise InvalidRequest("the threshold in the URL must be a whole percent", param="threshold") from None
+    raw = request.match_info["threshold"]
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4):
+        raise InvalidRequest("the threshold in the URL must be a whole percent", param="threshold")
+    threshold = int(raw)
     body = await json_body(request) if request.can_read_body else {}
     status = await accounts.status(spec.id)
     if threshold not in {pct for pct, _ in status.thresholds_reached}:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from typing import Any
 
@@ -17,6 +19,8 @@ from costproxy.store.sqlite import SqliteStore
 from costproxy.tools.usage_report import GROUP_COLUMNS, spend_by
 
 KEY_FIELDS = ("name", "user", "team", "org", "project")
+MAX_FIELD_CHARS = 256
+MAX_UNIX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
 
 
 def require_admin(request: web.Request) -> None:
@@ -24,11 +28,22 @@ def require_admin(request: web.Request) -> None:
         raise Forbidden("this endpoint needs the admin token; the presented token is read-only")
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _strict_json(text: str) -> Any:
+    """JSON as RFC 8259 has it: no NaN or Infinity (Python's json accepts them)."""
+    return json.loads(text, parse_constant=_no_constant)
+
+
 async def json_body(request: web.Request) -> dict[str, Any]:
     try:
-        body = await request.json()
-    except ValueError:
-        raise InvalidJSON("request body is not valid JSON") from None
+        body = await request.json(loads=_strict_json)
+    except ValueError as exc:  # includes bodies that are not UTF-8
+        raise InvalidJSON(f"request body is not valid JSON: {str(exc)[:120]}") from None
+    except RecursionError:
+        raise InvalidJSON("request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise InvalidJSON("request body must be a JSON object")
     return body
@@ -39,11 +54,14 @@ async def issue_key(store: KeyStore | SqliteStore, fields: dict[str, Any], now: 
     ``SqliteStore`` (tools and tests holding the file) means its ``api_keys`` table."""
     for name in KEY_FIELDS:
         value = fields.get(name)
-        if value is not None and (not isinstance(value, str) or not value.strip()):
-            raise InvalidRequest(f"'{name}' must be a non-empty string", param=name)
+        if value is not None and (not isinstance(value, str) or not value.strip() or len(value) > MAX_FIELD_CHARS):
+            raise InvalidRequest(f"'{name}' must be a non-empty string of at most {MAX_FIELD_CHARS} characters",
+                                 param=name)
     expires = fields.get("expiresAt")
-    if expires is not None and (isinstance(expires, bool) or not isinstance(expires, (int, float))):
-        raise InvalidRequest("'expiresAt' must be a unix timestamp", param="expiresAt")
+    if expires is not None and (isinstance(expires, bool) or not isinstance(expires, (int, float))
+                                or not 0 < expires <= MAX_UNIX_SECONDS):
+        raise InvalidRequest("'expiresAt' must be a unix timestamp in seconds (before the year 10000)",
+                             param="expiresAt")
     secret = new_key()
     record = KeyRecord(id=new_key_id(), key_hash=hash_key(secret), prefix=secret[:7],
                        name=fields.get("name") or "", user=fields.get("user"), team=fields.get("team"),
@@ -89,11 +107,26 @@ async def revoke_key(request: web.Request) -> web.Response:
     return web.json_response(record.public() if record else {"id": key_id})
 
 
+def int_param(request: web.Request, name: str, default: int, minimum: int, maximum: int) -> int:
+    """A whole-number query parameter within ``[minimum, maximum]``, else 400 naming it."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    text = raw.strip()
+    if not (text.isascii() and text.lstrip("-").isdigit()) or len(text) > 20:
+        raise InvalidRequest(f"'{name}' must be a whole number from {minimum} to {maximum}, got {raw[:40]!r}",
+                             param=name)
+    value = int(text)
+    if not minimum <= value <= maximum:
+        raise InvalidRequest(f"'{name}' must be from {minimum} to {maximum}, got {value}", param=name)
+    return value
+
+
+MAX_HOURS = 24 * 366 * 10  # ten years of ledger
+
+
 async def recent_usage(request: web.Request) -> web.Response:
-    try:
-        limit = min(1000, max(1, int(request.query.get("limit", "50"))))
-    except ValueError:
-        raise InvalidRequest("'limit' must be an integer", param="limit") from None
+    limit = int_param(request, "limit", 50, 1, 1000)
     entries = await request.app[STORE].recent_entries(limit)
     return web.json_response({"data": [e.public() for e in entries]})
 
@@ -118,10 +151,15 @@ async def usage_summary(request: web.Request) -> web.Response:
 
 
 def _hours(request: web.Request) -> float:
+    """``hours``: a finite number from 0 to ``MAX_HOURS`` (no inf, NaN, negative or 1e300)."""
+    raw = request.query.get("hours", "24")
     try:
-        return max(0.0, float(request.query.get("hours", "24")))
+        hours = float(raw)
     except ValueError:
-        raise InvalidRequest("'hours' must be a number", param="hours") from None
+        hours = math.nan
+    if not (math.isfinite(hours) and 0 <= hours <= MAX_HOURS):
+        raise InvalidRequest(f"'hours' must be a number from 0 to {MAX_HOURS}, got {raw[:40]!r}", param="hours")
+    return hours
 
 
 def add_routes(app: web.Application) -> None:

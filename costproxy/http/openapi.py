@@ -45,6 +45,12 @@ B: Schema = {"type": "boolean"}
 NUM: Schema = {"type": "number"}
 TIME: Schema = {"type": ["string", "null"], "format": "date-time"}
 MONEY = ref("Money")
+LIMIT: Schema = {"type": "integer", "minimum": 1, "maximum": 1000}
+OFFSET: Schema = {"type": "integer", "minimum": 0, "maximum": 10**12}
+HOURS: Schema = {"type": "number", "minimum": 0, "maximum": 87_840}
+IDEMPOTENCY_KEY: Schema = {"name": "Idempotency-Key", "in": "header", "required": False,
+                           "schema": {"type": "string", "maxLength": 256},
+                           "description": "a second record with this key within 7 days charges nothing"}
 SCOPE: Schema = {"type": "string", "enum": ["organization", "team", "project", "user", "key"]}
 
 
@@ -60,7 +66,8 @@ def _schemas() -> dict[str, Schema]:
                        restrictedModels={"type": ["array", "null"], "items": S}, maxPricePerMTok=N,
                        maxCostPerRequest=N, blocked=B, requiresApproval=B)
     return {
-        "Money": {"type": "string", "pattern": r"^-?\d+(\.\d{1,9})?$", "description": "USD as a decimal string",
+        "Money": {"type": "string", "pattern": r"^-?\d+(\.\d{1,9})?$",
+                  "description": "USD as a decimal string (input: string or number, at most 1000000)",
                   "examples": ["12.5", "0.000150"]},
         "Error": obj(("error",), error=obj(("message", "type", "code"), message=S, type=S, param=N, code=S)),
         "Budget": obj(
@@ -165,10 +172,10 @@ def _budget_spend_paths() -> dict[str, Schema]:
     return {
         "/api/v1/budgets/{budgetId}/usage": {
             "get": op("Usage charged to the budget", listing(ref("UsageRecord")),
-                      params=(*bid, time_range, query("source"), query("limit", INT), query("offset", INT))),
+                      params=(*bid, time_range, query("source"), query("limit", LIMIT), query("offset", OFFSET))),
             "post": op("Record usage from another system", obj(budgetId=S, duplicate=B, usage=ref("UsageRecord"),
                                                                  status=ref("BudgetStatus")),
-                       body=ref("UsageRecord"), status=201, params=bid, read_only=False)},
+                       body=ref("UsageRecord"), status=201, params=(*bid, IDEMPOTENCY_KEY), read_only=False)},
         "/api/v1/budgets/{budgetId}/usage/summary": {"get": op(
             "Usage totals by source and model", obj(totals={"type": "object"}, bySource=arr({"type": "object"}),
                                                     byModel=arr({"type": "object"})), params=(*bid, time_range))},
@@ -245,9 +252,9 @@ def _other_paths() -> dict[str, Schema]:
         "/api/v1/keys/{keyId}": {"delete": op("Revoke a client key", ref("Key"), params=(path("keyId"),),
                                               read_only=False, tag="keys")},
         "/api/v1/usage": {"get": op("Recent ledger entries", listing({"type": "object"}),
-                                    params=(query("limit", INT),), tag="usage")},
+                                    params=(query("limit", LIMIT),), tag="usage")},
         "/api/v1/usage/summary": {"get": op("Spend and savings grouped", obj(groupBy=S, data=arr({"type": "object"})),
-                                            params=(query("groupBy"), query("hours", NUM)), tag="usage")},
+                                            params=(query("groupBy"), query("hours", HOURS)), tag="usage")},
         "/api/v1/requests/{requestId}": {"get": op("Ledger entries of a request", listing({"type": "object"}),
                                                    params=(path("requestId"),), tag="usage")},
         "/api/v1/models/select": {"post": op("Select a model without calling it", obj(

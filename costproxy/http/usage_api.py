@@ -22,15 +22,14 @@ from costproxy.budgets.book import BudgetAccounts, usage_entry
 from costproxy.budgets.codec import iso, usage_from_json, usd
 from costproxy.budgets.model import BudgetSpec, window_at
 from costproxy.budgets.reports import GROUPS, RangeInvalid, Row, TimeRange, report, time_range, totals
-from costproxy.errors import InvalidRequest, StoreUnavailable
-from costproxy.http.budgets_api import budget_for, manager_of, status_json, store_errors
-from costproxy.http.keys_api import json_body, require_admin
+from costproxy.errors import InvalidRequest
+from costproxy.http.budgets_api import budget_for, status_json, store_errors
+from costproxy.http.keys_api import int_param, json_body, require_admin
 from costproxy.http.state import REQUEST_ID, STORE
 from costproxy.ledger.entry import LedgerEntry
 from costproxy.store.sqlite import entry_from_row
 
 EXTERNAL_SOURCES = ("relaycore", "auterity", "manual")
-_IDEMPOTENCY_TTL_MS = 7 * 86_400_000
 
 
 async def record_usage(request: web.Request) -> web.Response:
@@ -40,26 +39,25 @@ async def record_usage(request: web.Request) -> web.Response:
     record = usage_from_json(await json_body(request), now_ms=now)
     if record.source not in EXTERNAL_SOURCES:
         raise InvalidRequest(f"'source' must be one of {', '.join(EXTERNAL_SOURCES)}", param="source")
-    key = request.headers.get("idempotency-key") or record.request_id
-    if key and not await _first_time(request, f"usage:{spec.id}:{key}", now):
-        return web.json_response({"budgetId": spec.id, "duplicate": True, "idempotencyKey": key,
-                                  "status": await status_json(request, await accounts.status(spec.id))})
+    key = idempotency_key(request, record.request_id)
     entry = usage_entry(record, spec, request[REQUEST_ID])
     with store_errors():
-        status = await accounts.record_usage(spec.id, record.amount_nanos, entry)
+        recorded = await accounts.record_usage(spec.id, record.amount_nanos, entry, idempotency_key=key)
+    status_body = await status_json(request, recorded.status)
+    if recorded.duplicate:
+        return web.json_response({"budgetId": spec.id, "duplicate": True, "idempotencyKey": key,
+                                  "status": status_body})
     return web.json_response({"budgetId": spec.id, "duplicate": False, "usage": usage_json(entry),
-                              "status": await status_json(request, status)}, status=201)
+                              "status": status_body}, status=201)
 
 
-async def _first_time(request: web.Request, name: str, now: int) -> bool:
-    """Claim an idempotency key (shared by every replica); if the claim store is away, charge."""
-    manager = manager_of(request.app)
-    if manager is None:
-        return True
-    try:
-        return await manager.store.claim(name, request[REQUEST_ID], now, _IDEMPOTENCY_TTL_MS)
-    except StoreUnavailable:
-        return True
+def idempotency_key(request: web.Request, request_id: str | None) -> str | None:
+    """``Idempotency-Key`` header, else ``metadata.requestId``: claimed by the accounts together
+    with the charge (never through the alert manager), so it holds with alerts disabled too."""
+    key = request.headers.get("idempotency-key", "").strip() or request_id
+    if key is not None and (len(key) > 256 or not key.isprintable()):
+        raise InvalidRequest("an idempotency key must be at most 256 printable characters", param="Idempotency-Key")
+    return key
 
 
 def usage_json(entry: LedgerEntry, seq: int | None = None) -> dict[str, Any]:
@@ -108,19 +106,12 @@ async def list_usage(request: web.Request) -> web.Response:
     if source:
         where += " AND l.source = ?"
         params.append(source)
-    limit = _int(request, "limit", 100, 1000)
+    limit = int_param(request, "limit", 100, 1, 1000)
     rows = await request.app[STORE].query(
         f"SELECT * FROM ledger l WHERE {where} ORDER BY l.seq DESC LIMIT ? OFFSET ?",
-        [*params, limit, _int(request, "offset", 0, 10**9, minimum=0)])
+        [*params, limit, int_param(request, "offset", 0, 0, 10**12)])
     return web.json_response({"budgetId": spec.id, "timeRange": span.to_json(),
                               "data": [usage_json(entry_from_row(r), r["seq"]) for r in rows]})
-
-
-def _int(request: web.Request, name: str, default: int, maximum: int, minimum: int = 1) -> int:
-    try:
-        return min(maximum, max(minimum, int(request.query.get(name, str(default)))))
-    except ValueError:
-        raise InvalidRequest(f"'{name}' must be an integer", param=name) from None
 
 
 _SUMS = ("SUM(l.cost_nanos) AS amount, COUNT(*) AS n, SUM(l.prompt_tokens) AS tin, "

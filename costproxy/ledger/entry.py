@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -59,3 +59,11 @@ class LedgerEntry:
 
 
 COLUMNS: tuple[str, ...] = tuple(LedgerEntry.__dataclass_fields__)
+
+
+def as_refusal(entry: LedgerEntry) -> LedgerEntry:
+    """``entry`` as the ledger records a refused request: status ``refused``, nothing charged or
+    counted (the provider was never called); the error code and HTTP status stay as given."""
+    return replace(entry, status=Status.REFUSED.value, cost_nanos=0, baseline_nanos=0, prompt_tokens=0,
+                   completion_tokens=0, cached_tokens=0, usage_reported=False,
+                   error_code=entry.error_code or "refused")

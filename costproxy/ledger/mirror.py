@@ -26,7 +26,15 @@ from costproxy.background import stop_if_cancelled
 from costproxy.budgets.lua import RedisKeys
 from costproxy.errors import StoreUnavailable
 from costproxy.ledger.entry import LedgerEntry
-from costproxy.store.sqlite import INSERT_LEDGER, SqliteStore, ledger_row
+from costproxy.store.sqlite import (
+    INSERT_LEDGER,
+    INSERT_QUARANTINE,
+    ROW_ERRORS,
+    SqliteStore,
+    ledger_row,
+    quarantine_row,
+    rollback,
+)
 
 log = structlog.get_logger("costproxy.budgets.model")
 
@@ -83,28 +91,39 @@ class LedgerMirror:
         count = 0
         for stream, messages in reply or []:
             name = stream.decode() if isinstance(stream, bytes) else stream
-            rows = [(mid.decode() if isinstance(mid, bytes) else mid, entry_from_json(fields[b"e"]))
+            rows = [(mid.decode() if isinstance(mid, bytes) else mid, fields.get(b"e", b""))
                     for mid, fields in messages]
             if rows:
-                await self.store.run(self._write_sync, name, rows)
+                written = await self.store.run(self._write_sync, name, rows)
                 self._last[name] = rows[-1][0]
                 count += len(rows)
                 for callback in self.store.on_flushed:
-                    callback([entry for _, entry in rows])
+                    callback(written)
         self.mirrored += count
         return count
 
-    def _write_sync(self, stream: str, rows: list[tuple[str, LedgerEntry]]) -> None:
+    def _write_sync(self, stream: str, rows: list[tuple[str, bytes]]) -> list[LedgerEntry]:
+        """Write one batch of stream entries and the stream mark in one transaction; an entry that
+        cannot be a ledger row goes to ``ledger_quarantine`` (mirroring never stops on one)."""
         conn = self.store.conn()
+        written: list[LedgerEntry] = []
         conn.execute("BEGIN")
         try:
-            conn.executemany(INSERT_LEDGER, [ledger_row(entry) for _, entry in rows])
+            for _, data in rows:
+                try:
+                    entry = entry_from_json(data)
+                    conn.execute(INSERT_LEDGER, ledger_row(entry))
+                    written.append(entry)
+                except (*ROW_ERRORS, orjson.JSONDecodeError) as exc:
+                    conn.execute(INSERT_QUARANTINE, quarantine_row({"raw": data.decode("utf-8", "replace")}, exc))
+                    log.error("ledger_mirror_row_quarantined", stream=stream, error=str(exc)[:200])
             conn.execute("INSERT OR REPLACE INTO budget_marks (name, value) VALUES (?, ?)",
                          ("mirror:" + stream, rows[-1][0]))
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback(conn)
             raise
+        return written
 
     async def catch_up(self) -> int:
         """Mirror everything currently in the streams (tests, shutdown); returns the count."""

@@ -200,7 +200,7 @@ class _Tariff:
         """``ModelSpec.worst_case_cost`` (same exact result)."""
         if self.worst_input is None or self.output is None:
             return self.model.worst_case_cost(prompt_tokens, max_output_tokens)
-        return prompt_tokens * self.worst_input + max_output_tokens * self.output
+        return self.model.input_bound(prompt_tokens) * self.worst_input + max_output_tokens * self.output
 
     def cap_that_fits(self, input_tokens: int, limit: int) -> int:
         """The largest output cap whose worst case fits ``limit`` nano-USD (0 if none)."""

@@ -7,6 +7,13 @@ seconds or when ``batch_size`` entries wait): that keeps the per-request cost of
 ledger write to a few microseconds of CPU.  ``close()`` flushes what is pending, so a clean
 shutdown loses nothing; a hard crash can lose at most the last ``flush_interval`` of entries.
 
+The writer never drops what it accepted.  A row SQLite cannot store (an integer beyond 64 bits,
+text with a lone surrogate, metadata that is not JSON) is isolated: the batch is retried row by
+row and such a row goes to ``ledger_quarantine`` with the error and the entry as JSON, while every
+other row is written.  When the file cannot be written at all (disk full, locked, I/O error) the
+rows stay queued and are retried; ``healthy`` turns False (``/readyz`` reads it) until a write
+succeeds again.
+
 One serving process owns a SQLite file (the CLI may write keys into it concurrently: the server
 notices through ``PRAGMA data_version``); several replicas share state through Redis instead.
 The schema is versioned: ``MIGRATIONS`` run in order, once each.
@@ -25,12 +32,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import structlog
+
 from costproxy.background import cancel_and_wait
 from costproxy.errors import StoreUnavailable
 from costproxy.identity.principal import KeyRecord
 from costproxy.ledger.entry import COLUMNS, LedgerEntry
 
 T = TypeVar("T")
+log = structlog.get_logger("costproxy.store")
 
 MIGRATIONS: list[tuple[int, str]] = [
     (1, """
@@ -77,6 +87,14 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE ledger ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0;
         ALTER TABLE ledger ADD COLUMN cache_write_1h_tokens INTEGER NOT NULL DEFAULT 0
     """),
+    # Rows the writer could not store (an integer beyond 64 bits, a lone surrogate, metadata that is
+    # not JSON), kept whole with the error instead of being dropped with their batch.
+    (5, """
+        CREATE TABLE ledger_quarantine (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT, ts_ms INTEGER NOT NULL, request_id TEXT,
+            error TEXT NOT NULL, body TEXT NOT NULL
+        )
+    """),
 ]
 
 INSERT_LEDGER = f"INSERT INTO ledger ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
@@ -92,6 +110,28 @@ def ledger_row(entry: LedgerEntry) -> tuple[Any, ...]:
     metadata = values[_METADATA]
     values[_METADATA] = json.dumps(metadata, separators=(",", ":"), sort_keys=True) if metadata else "{}"
     return tuple(values)
+
+
+# A row SQLite refuses for its content (not for the state of the file): isolate it, write the rest.
+ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError, sqlite3.ProgrammingError,
+              OverflowError, TypeError, ValueError)
+INSERT_QUARANTINE = "INSERT INTO ledger_quarantine (ts_ms, request_id, error, body) VALUES (?, ?, ?, ?)"
+
+
+def rollback(conn: sqlite3.Connection) -> None:
+    """Roll back if a transaction is open (SQLite ends one by itself on SQLITE_FULL and I/O errors,
+    and a second ROLLBACK would hide the real error)."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+def quarantine_row(entry: LedgerEntry | dict[str, Any], error: BaseException) -> tuple[Any, ...]:
+    """``ledger_quarantine`` values for an entry that could not be stored as a ledger row."""
+    data = entry if isinstance(entry, dict) else {name: getattr(entry, name) for name in COLUMNS}
+    body = json.dumps(data, default=repr, ensure_ascii=True, sort_keys=True)
+    request_id = data.get("request_id")
+    return (int(time.time() * 1000), request_id if isinstance(request_id, str) and request_id.isascii() else None,
+            f"{type(error).__name__}: {error}"[:500], body)
 
 
 def entry_from_row(row: sqlite3.Row) -> LedgerEntry:
@@ -114,6 +154,19 @@ class SqliteStore:
         self._wake = asyncio.Event()
         self._thread_lock = threading.Lock()
         self.on_flushed: list[Callable[[Sequence[LedgerEntry]], None]] = []
+        self.quarantined = 0  # rows isolated in ledger_quarantine since start
+        self.last_error: str | None = None  # why the last write failed; None once one succeeds
+        self._failing_since: float | None = None
+
+    @property
+    def healthy(self) -> bool:
+        """False while ledger rows cannot be written (they stay queued and are retried)."""
+        return self._failing_since is None
+
+    @property
+    def backlog(self) -> int:
+        """Ledger entries accepted and not yet committed."""
+        return len(self._pending)
 
     # --- life cycle ----------------------------------------------------------------------
     async def open(self) -> None:
@@ -135,7 +188,11 @@ class SqliteStore:
         if self._flusher is not None:
             await cancel_and_wait([self._flusher])
             self._flusher = None
-        await self.flush()
+        try:
+            await self.flush()
+        except StoreUnavailable as exc:  # shutting down: say exactly what could not be kept
+            log.error("ledger_rows_unwritten_at_shutdown", count=len(self._pending), error=str(exc),
+                      request_ids=[e.request_id for e in self._pending[:100]])
         await self.run(self._close_sync)
         self._executor.shutdown(wait=True)
 
@@ -171,35 +228,73 @@ class SqliteStore:
             return
         batch, self._pending = self._pending, []
         try:
-            await self.run(self._insert_sync, batch)
-        except StoreUnavailable:
+            written = await self.run(self._insert_sync, batch)
+        except StoreUnavailable as exc:
             self._pending[:0] = batch  # keep them; the next flush retries
+            if self._failing_since is None:
+                self._failing_since = time.monotonic()
+                log.error("ledger_write_failing", error=str(exc), backlog=len(self._pending))
+            self.last_error = str(exc)
             raise
+        if self._failing_since is not None:
+            log.info("ledger_write_recovered", after_s=round(time.monotonic() - self._failing_since, 3))
+        self._failing_since, self.last_error = None, None
+        if len(written) < len(batch):
+            self.quarantined += len(batch) - len(written)
+            log.error("ledger_rows_quarantined", count=len(batch) - len(written), table="ledger_quarantine")
         for callback in self.on_flushed:
-            callback(batch)
+            callback(written)
 
-    def _insert_sync(self, batch: list[LedgerEntry]) -> None:
+    def _insert_sync(self, batch: list[LedgerEntry]) -> list[LedgerEntry]:
+        """Commit ``batch``; rows SQLite refuses for their content go to ``ledger_quarantine``.
+        Returns the entries written to ``ledger``.  File errors (``OperationalError``) propagate."""
         conn = self.conn()
         with self._thread_lock:
             conn.execute("BEGIN")
             try:
                 conn.executemany(INSERT_LEDGER, [ledger_row(e) for e in batch])
                 conn.execute("COMMIT")
+                return batch
+            except ROW_ERRORS:
+                rollback(conn)
             except BaseException:
-                conn.execute("ROLLBACK")
+                rollback(conn)
                 raise
+            return self._insert_one_by_one(conn, batch)
+
+    @staticmethod
+    def _insert_one_by_one(conn: sqlite3.Connection, batch: list[LedgerEntry]) -> list[LedgerEntry]:
+        written: list[LedgerEntry] = []
+        conn.execute("BEGIN")
+        try:
+            for entry in batch:
+                try:
+                    conn.execute(INSERT_LEDGER, ledger_row(entry))
+                    written.append(entry)
+                except ROW_ERRORS as exc:
+                    conn.execute(INSERT_QUARANTINE, quarantine_row(entry, exc))
+            conn.execute("COMMIT")
+        except BaseException:
+            rollback(conn)
+            raise
+        return written
 
     async def _flush_loop(self) -> None:
+        delay = self.flush_interval
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.flush_interval)
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
             except TimeoutError:
                 pass
             self._wake.clear()
             try:
                 await self.flush()
+                delay = self.flush_interval
             except StoreUnavailable:
-                await asyncio.sleep(min(1.0, self.flush_interval * 10))
+                delay = min(5.0, max(delay * 2, self.flush_interval))  # back off, keep the rows
+            except Exception:  # the supervisor of the writer: it must outlive any bug in one batch
+                log.exception("ledger_flush_crashed", backlog=len(self._pending))
+                delay = min(5.0, max(delay * 2, self.flush_interval))
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         await self.flush()

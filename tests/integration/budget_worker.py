@@ -4,14 +4,21 @@
 a random cost up to the worst case or release), mark ``test:done:<tag>``, wait for every replica to
 finish, let the ledger mirror catch up, close, and print a JSON summary on the last line.
 ``hold``: take COUNT reservations, print ``held``, and sleep (the test SIGKILLs it).
+``outage``: take COUNT reservations, print ``reserved``, wait for a line on stdin (the test stops
+Redis meanwhile), then settle them one by one, printing ``settled <request id> <cost>`` after each
+``settle`` returned, and sleep (the test SIGKILLs it mid-way).
+``replay``: open the replica (which replays its outbox), let the mirror catch up, print a JSON
+summary (``waiting`` in the outbox before, ``pending`` after opening, ``mirrored``) and close.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -100,9 +107,40 @@ async def hold(args: argparse.Namespace) -> None:
     await asyncio.sleep(3600)
 
 
+async def outage(args: argparse.Namespace) -> None:
+    accounts, _ = await open_replica(args.url, args.db, args.config)
+    held = [await accounts.reserve(f"o-{n}", PRINCIPALS[0], args.amount) for n in range(args.count)]
+    print("reserved", flush=True)
+    await asyncio.to_thread(sys.stdin.readline)
+    for n, reservation in enumerate(held):
+        cost = args.amount - n
+        entry = LedgerEntry(request_id=f"o-{n}", ts_ms=int(time.time() * 1000), endpoint="chat/completions",
+                            status="ok", http_status=200, key_id="k-alice", user="alice", team="core", org="acme",
+                            cost_nanos=cost)
+        await accounts.settle(reservation, entry)
+        print(f"settled o-{n} {cost}", flush=True)
+    print("done", flush=True)
+    await asyncio.sleep(3600)
+
+
+async def replay(args: argparse.Namespace) -> None:
+    with contextlib.closing(sqlite3.connect(args.db)) as conn:
+        waiting = conn.execute("SELECT COUNT(*) FROM budget_outbox").fetchone()[0]
+    accounts, store = await open_replica(args.url, args.db, args.config)
+    pending = accounts.pending()
+    await accounts.mirror.catch_up()
+    rows = await store.query("SELECT COUNT(*) FROM ledger")
+    await accounts.close()
+    await store.close()
+    print(json.dumps({"waiting": waiting, "pending": pending, "mirrored": rows[0][0]}), flush=True)
+
+
+ROLES = {"hammer": hammer, "hold": hold, "outage": outage, "replay": replay}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("role", choices=("hammer", "hold"))
+    parser.add_argument("role", choices=tuple(ROLES))
     parser.add_argument("--url", required=True)
     parser.add_argument("--db", required=True)
     parser.add_argument("--config", required=True)
@@ -113,7 +151,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=3)
     parser.add_argument("--amount", type=int, default=1_000)
     args = parser.parse_args()
-    asyncio.run(hammer(args) if args.role == "hammer" else hold(args))
+    asyncio.run(ROLES[args.role](args))
 
 
 if __name__ == "__main__":

@@ -244,3 +244,25 @@ async def test_status_answers_from_local_state_while_redis_is_down(
 async def test_a_webhooks_section_is_refused_not_ignored(make_proxy: ProxyFactory) -> None:
     with pytest.raises(ConfigError, match="webhooks: webhook subscriptions are managed through"):
         await make_proxy(extra={"webhooks": [{"url": "https://hooks.example"}]})
+
+
+@pytest.mark.parametrize("alerts", [True, False])
+async def test_usage_idempotency_holds_without_the_alert_manager(make_proxy: ProxyFactory, alerts: bool) -> None:
+    proxy = await make_proxy(extra={**static(TEAM), "alerts": {"enabled": alerts}})
+    body = {"amount": "0.25", "source": "relaycore", "metadata": {"requestId": "rc-1"}}
+    replies = await asyncio.gather(*(proxy.client.post("/api/v1/budgets/team-core/usage", json=body, headers=ADMIN)
+                                     for _ in range(8)))
+    assert sorted(r.status for r in replies) == [200] * 7 + [201]
+    keyed = {**ADMIN, "Idempotency-Key": "batch-7"}
+    first = await call(proxy, "POST", "/api/v1/budgets/team-core/usage", status=201, headers=keyed,
+                       json={"amount": "0.5", "source": "manual"})
+    again = await call(proxy, "POST", "/api/v1/budgets/team-core/usage", status=200, headers=keyed,
+                       json={"amount": "0.5", "source": "manual"})
+    assert first["duplicate"] is False and again["duplicate"] is True and again["idempotencyKey"] == "batch-7"
+    status = await call(proxy, "GET", "/api/v1/budgets/team-core/status")
+    assert status["currentAmount"] == "0.75"
+    usage = await call(proxy, "GET", "/api/v1/budgets/team-core/usage")
+    assert len(usage["data"]) == 2
+    bad = await call(proxy, "POST", "/api/v1/budgets/team-core/usage", status=400,
+                     headers={**ADMIN, "Idempotency-Key": "x" * 300}, json={"amount": "1"})
+    assert bad["error"]["param"] == "Idempotency-Key"

@@ -316,9 +316,9 @@ async def test_usage_recorded_by_another_system(replica: Opener, redis_space: Re
     from costproxy.budgets.codec import usage_from_json
 
     record = usage_from_json({"amount": "0.6", "source": "auterity"}, now_ms=int(time.time() * 1000))
-    status = await accounts.record_usage("alice", record.amount_nanos,
+    result = await accounts.record_usage("alice", record.amount_nanos,
                                          usage_entry(record, accounts.budgets.require("alice"), "u1"))
-    assert status.spent_nanos == 600_000_000
+    assert result.status.spent_nanos == 600_000_000 and not result.duplicate
     with pytest.raises(BudgetExceeded):
         await accounts.reserve("r", ALICE, 400_000_001)
     [recorded] = stream_entries(redis_space)

@@ -284,8 +284,9 @@ async def test_usage_recorded_by_other_systems(open_accounts: Opener) -> None:
 
     record = usage_from_json({"amount": "0.25", "source": "relaycore", "metadata": {"requestId": "ext-1"}},
                              now_ms=int(T0 * 1000))
-    status = await accounts.record_usage("team", record.amount_nanos,
-                                         usage_entry(record, accounts.budgets.require("team"), "usage-1"))
+    recorded = await accounts.record_usage("team", record.amount_nanos,
+                                           usage_entry(record, accounts.budgets.require("team"), "usage-1"))
+    status = recorded.status
     assert status.spent_nanos == 250_000_000
     assert (await accounts.status("org")).spent_nanos == 0  # only the named budget
     await store.flush()

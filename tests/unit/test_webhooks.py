@@ -12,6 +12,7 @@ import pytest
 from costproxy.alerts.config import AlertSettings, parse_alert_settings
 from costproxy.alerts.manager import Raised, budget_payload, claim_name, envelope
 from costproxy.alerts.webhooks import (
+    EVENT_TYPES,
     Attempt,
     Delivery,
     Subscription,
@@ -191,6 +192,19 @@ def test_envelope_and_budget_payload() -> None:
     wrapped = envelope(Raised("budget.threshold_crossed", NOW * 1000, payload, "req_9"), "costproxy")
     assert set(wrapped) == {"id", "type", "source", "timestamp", "correlationId", "payload"}
     assert wrapped["id"].startswith("evt_") and wrapped["timestamp"] == "2026-11-25T09:46:40.000Z"
+
+
+def test_an_overrun_is_a_budget_overrun_event_per_request() -> None:
+    spec = BudgetSpec(id="team-core", scope_type="team", scope_id="core", limit_nanos=10_000_000_000, name="Core")
+    budgets = BudgetStore(cast(Any, None), [spec])
+    event = BudgetEvent("overrun", "team-core", "2026-11", NOW * 1000, 9_000_000_130, 10_000_000_000, "critical",
+                        None, None, "req_7", "charged 130, reserved 100", 30, "team")
+    payload = budget_payload(event, budgets)
+    assert payload["overrunAmount"] == "0.00000003" and payload["requestId"] == "req_7"
+    assert claim_name(event) == "fired:team-core:2026-11:overrun:req_7"  # one per request, not per period
+    assert "budget.overrun" in EVENT_TYPES
+    text = headline({"type": "budget.overrun", "payload": payload})
+    assert "req_7" in text and "0.00000003" in text
 
 
 def test_alert_settings_are_strict() -> None:

@@ -1,0 +1,183 @@
+"""Redis mode: leases renewed across replicas, overrun events, refusals and idempotent usage in the
+shared ledger, and a settlement outbox that survives a SIGKILL during a Redis outage."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from costproxy.budgets.book import BudgetEvent, usage_entry
+from costproxy.budgets.codec import usage_from_json
+from costproxy.errors import StoreUnavailable
+from costproxy.ledger.entry import LedgerEntry
+from tests.conftest_redis import RedisServer, RedisSpace, free_port, new_space, own_redis, redis_endpoint, redis_space
+from tests.integration.test_budget_redis import (
+    ALICE,
+    CHAIN,
+    ROOT,
+    USD,
+    WORKER,
+    Opener,
+    counters,
+    entry,
+    replica,
+    section,
+    stream_entries,
+)
+
+__all__ = ["own_redis", "redis_endpoint", "redis_space", "replica"]
+pytestmark = pytest.mark.redis
+
+
+async def test_a_renewed_lease_survives_other_replicas_reclaim(replica: Opener,
+                                                              redis_space: RedisSpace) -> None:
+    config = section(*CHAIN, ttl=2.0, refresh=0.05)
+    mine, other = await replica(config), await replica(config)
+    kept = await mine.reserve("kept", ALICE, 300_000_000)
+    dropped = await mine.reserve("dropped", ALICE, 300_000_000)
+
+    def reserved() -> int:
+        return next(v for k, v in counters(redis_space).items() if ":b:alice:" in k).get("reserved", 0)
+
+    until = time.monotonic() + 1.6
+    while time.monotonic() < until:  # beyond the TTL: renewed leases are not reclaimed
+        assert await mine.renew(kept) and await mine.renew(dropped)
+        await other.reclaim_expired()
+        await asyncio.sleep(0.2)
+    assert reserved() == 600_000_000
+    deadline = time.monotonic() + 10
+    while reserved() != 300_000_000:  # only ``kept`` is renewed now: the other replica reclaims ``dropped``
+        assert time.monotonic() < deadline, "the lapsed lease was never reclaimed"
+        assert await mine.renew(kept)
+        await other.reclaim_expired()
+        await asyncio.sleep(0.2)
+    assert not await mine.renew(dropped)
+    await mine.settle(kept, entry("kept", 200_000_000))
+    assert not await mine.renew(kept)
+    await mine.settle(dropped, entry("dropped", 1))  # a late settle still charges
+    user = next(v for k, v in counters(redis_space).items() if ":b:alice:" in k)
+    assert (user["spent"], user["reserved"]) == (200_000_001, 0)
+
+
+async def test_renewing_while_redis_is_away_says_so(replica: Opener, own_redis: RedisServer) -> None:
+    accounts = await replica(section(*CHAIN), url=f"{own_redis.endpoint}/13")
+    reservation = await accounts.reserve("r", ALICE, 10)
+    own_redis.stop()
+    with pytest.raises(StoreUnavailable, match="cannot be renewed"):
+        await accounts.renew(reservation)
+
+
+async def test_overrun_refusal_and_idempotent_usage_in_the_shared_ledger(replica: Opener,
+                                                                         redis_space: RedisSpace) -> None:
+    accounts = await replica(section(*CHAIN))
+    events: list[BudgetEvent] = []
+    accounts.subscribe(events.append)
+    await accounts.settle(await accounts.reserve("r1", ALICE, 100), entry("r1", 160))
+    overruns = [e for e in events if e.kind == "overrun"]
+    assert sorted(e.budget_id for e in overruns) == ["alice", "org", "team"]
+    assert {(e.overrun_nanos, e.spent_nanos) for e in overruns} == {(60, 160)}
+    assert (await accounts.view(ALICE)).remaining_nanos == USD - 160
+    await accounts.record_refusal(LedgerEntry(request_id="no", ts_ms=int(time.time() * 1000), endpoint="chat",
+                                              status="error", http_status=429, org="acme", cost_nanos=5,
+                                              error_code="budget_exceeded"))
+    record = usage_from_json({"amount": "0.1", "source": "relaycore"}, now_ms=int(time.time() * 1000))
+    spec = accounts.budgets.require("team")
+    results = await asyncio.gather(*(accounts.record_usage("team", record.amount_nanos,
+                                                           usage_entry(record, spec, f"u{n}"), idempotency_key="same")
+                                     for n in range(10)))
+    assert sorted(r.duplicate for r in results) == [False] + [True] * 9
+    ledger = stream_entries(redis_space)
+    assert [(e.request_id, e.status, e.cost_nanos) for e in ledger if e.status == "refused"] == [("no", "refused", 0)]
+    assert sum(e.cost_nanos for e in ledger) == 160 + 100_000_000
+    team = next(v for k, v in counters(redis_space).items() if ":b:team:" in k)
+    assert team["spent"] == 160 + 100_000_000
+
+
+@pytest.fixture
+def aof_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private Redis that writes every command to its AOF before answering."""
+    server = RedisServer(free_port(), tmp_path / "aof-redis",
+                         ("--appendonly", "yes", "--appendfsync", "always")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def _run(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(sys.executable, str(WORKER), *args, stdin=asyncio.subprocess.PIPE,
+                                                stdout=asyncio.subprocess.PIPE, cwd=ROOT)
+
+
+async def test_a_sigkill_during_a_redis_outage_loses_no_settlement(aof_redis: RedisServer, tmp_path: Path) -> None:
+    space = new_space(aof_redis.endpoint)
+    config = json.dumps({**section(*CHAIN, ttl=600, refresh=0.1), "key_prefix": space.prefix})
+    common = ("--url", space.url, "--db", str(tmp_path / "replica.sqlite3"), "--config", config)
+    count, amount = 40, 1_000_000
+    proc = await _run("outage", *common, "--count", str(count), "--amount", str(amount))
+    printed: dict[str, int] = {}
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert (await asyncio.wait_for(proc.stdout.readline(), 30)).strip() == b"reserved"
+        aof_redis.kill()  # the outage: every settle from here on goes to the outbox
+        proc.stdin.write(b"go\n")
+        await proc.stdin.drain()
+        while len(printed) < count // 2:  # SIGKILL mid-way through the settles
+            line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().split()
+            assert line, "the replica ended before settling"
+            if line[0] == "settled":  # (log lines go to stdout too)
+                printed[line[1]] = int(line[2])
+        os.kill(proc.pid, signal.SIGKILL)
+        await asyncio.wait_for(proc.wait(), 10)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    aof_redis.start()  # Redis returns with what its AOF holds: the reservations, nothing settled
+    assert stream_entries(space) == []
+    summaries = []
+    for _ in range(2):  # a restart replays the outbox; a second one finds nothing left to do
+        replayer = await _run("replay", *common)
+        out, _ = await asyncio.wait_for(replayer.communicate(), 60)
+        summaries.append(json.loads(out.decode().strip().splitlines()[-1]))
+        assert replayer.returncode == 0
+    assert summaries[0]["waiting"] >= len(printed) and summaries[0]["pending"] == 0
+    assert summaries[1]["waiting"] == 0
+    ledger = stream_entries(space)
+    ids = Counter(e.request_id for e in ledger)
+    assert max(ids.values()) == 1, "a replayed settlement was applied twice"
+    assert set(printed) <= set(ids), "a settlement that had returned was lost"
+    assert len(ids) - len(printed) <= 1  # at most the settle that was in flight when killed
+    assert summaries[1]["mirrored"] == len(ledger)  # and the replica's mirror holds every entry once
+    spent = sum(e.cost_nanos for e in ledger)
+    user = next(v for k, v in counters(space).items() if ":b:alice:" in k)
+    assert user["spent"] == spent == sum(amount - int(i.split("-")[1]) for i in ids)
+    assert user["reserved"] == amount * (count - len(ids))  # the unsettled leases are still held
+    space.delete_all()
+
+
+async def test_replaying_a_settlement_redis_already_applied_changes_nothing(replica: Opener,
+                                                                            redis_space: RedisSpace) -> None:
+    """A reply lost after Redis applied the script: the settlement also lands in the outbox, and
+    its replay must not charge or append twice."""
+    accounts = await replica(section(*CHAIN))
+    reservation = await accounts.reserve("r1", ALICE, 500)
+    op = accounts._settle_op(reservation, entry("r1", 400), 400)
+    assert op is not None
+    assert await accounts._send(op) == "ok"
+    await accounts._defer(op)  # as if the reply had been lost
+    assert accounts.pending() == 1
+    assert await accounts.flush_outbox() == 1
+    assert accounts.pending() == 0
+    assert [e.request_id for e in stream_entries(redis_space)] == ["r1"]
+    user = next(v for k, v in counters(redis_space).items() if ":b:alice:" in k)
+    assert (user["spent"], user["reserved"]) == (400, 0)
