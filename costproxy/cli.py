@@ -187,26 +187,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_keys(args: argparse.Namespace) -> int:
     """Keys go where the server reads them: the SQLite file, or Redis (``store.url: redis://…``)."""
     from costproxy.errors import StoreUnavailable
-    from costproxy.http.app import ledger_path
-    from costproxy.identity.key_store import is_redis_url, open_key_store
-    from costproxy.store.sqlite import SqliteStore
+    from costproxy.store.backend import open_client_keys
 
     settings = _settings(args)
 
     async def run() -> int:
-        store = None if is_redis_url(settings.store_url) else SqliteStore(ledger_path(settings))
-        if store is not None:
-            await store.open()
-        keys = open_key_store(settings, store)
+        keys, close = await open_client_keys(settings)
         try:
             return await _keys_command(args, keys)
         except StoreUnavailable as exc:
             print(f"error: {exc.message}", file=sys.stderr)
             return 1
         finally:
-            await keys.close()
-            if store is not None:
-                await store.close()
+            await close()
 
     return asyncio.run(run())
 
@@ -233,11 +226,11 @@ async def _keys_command(args: argparse.Namespace, keys: KeyStore) -> int:
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
-    from costproxy.http.app import ledger_path
+    from costproxy.store.backend import local_path
     from costproxy.tools.usage_report import print_usage
 
     settings = _settings(args)
-    return asyncio.run(print_usage(ledger_path(settings), hours=args.hours, group_by=args.by, limit=args.limit))
+    return asyncio.run(print_usage(local_path(settings), hours=args.hours, group_by=args.by, limit=args.limit))
 
 
 def cmd_export_encodings(args: argparse.Namespace) -> int:

@@ -24,7 +24,8 @@
     │   └── UpstreamHTTPError       other upstream 4xx/5xx, relayed faithfully  <status> upstream_error
     └── InternalError               a bug or a broken dependency of ours        500 internal_error
         ├── StoreUnavailable        ledger/budget store unreachable             503 store_unavailable
-        └── ProviderNotConfigured   the model's provider has no credentials     503 provider_not_configured
+        ├── ProviderNotConfigured   the model's provider has no credentials     503 provider_not_configured
+        └── ReservationLost         the request's budget lease could not be kept 503 reservation_lost
 
 ``ConfigError`` is separate: it is raised while loading configuration, never while serving, and
 names the file, the dotted path and the bad value.
@@ -218,6 +219,15 @@ class ProviderNotConfigured(InternalError):
 
     status = 503
     code = "provider_not_configured"
+
+
+class ReservationLost(InternalError):
+    """A running request's budget reservation could not be renewed before it lapsed (the budget
+    store was unreachable too long, or the lease was reclaimed): the request is ended so that no
+    spend happens without money held for it."""
+
+    status = 503
+    code = "reservation_lost"
 
 
 class ConfigError(ValueError):

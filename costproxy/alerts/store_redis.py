@@ -115,4 +115,4 @@ class RedisAlertStore:
             raise self._unavailable(exc) from None
 
     async def close(self) -> None:
-        await self.redis.aclose(close_connection_pool=True)
+        return None  # the Redis client is shared: its owner (store.backend) closes it

@@ -89,9 +89,10 @@ class RedisBudgetAccounts(BudgetBook):
     def __init__(self, redis: Redis, store: SqliteStore, budgets: BudgetStore, keys: RedisKeys, *,
                  clock: Callable[[], float] = time.time, reservation_ttl_s: float = 900.0,
                  refresh_interval_s: float = 1.0, ledger_retention_days: int = 7,
-                 mirror_redis: Redis | None = None, label: str = "redis") -> None:
+                 mirror_redis: Redis | None = None, label: str = "redis", owns_redis: bool = True) -> None:
         super().__init__(budgets, clock, reservation_ttl_s)
         self.redis = redis
+        self._owns_redis = owns_redis  # False: the command client is shared (store.backend closes it)
         self.store = store
         self.keys = keys
         self.refresh_interval_s = refresh_interval_s
@@ -136,7 +137,8 @@ class RedisBudgetAccounts(BudgetBook):
         except (RedisError, OSError, TimeoutError) as exc:
             log.error("budget_close_incomplete", error=str(exc), outbox=self.pending())
         await self._save_unsaved()
-        await self.redis.aclose(close_connection_pool=True)
+        if self._owns_redis:
+            await self.redis.aclose(close_connection_pool=True)
         if self._mirror_redis is not None:
             await self._mirror_redis.aclose(close_connection_pool=True)
 
@@ -455,10 +457,15 @@ def redis_client(url: str, *, timeout_s: float = 1.0, max_connections: int = 64)
 
 
 async def open_redis_accounts(url: str, store: SqliteStore, config: BudgetConfig, *,
-                              clock: Callable[[], float] = time.time) -> RedisBudgetAccounts:
+                              clock: Callable[[], float] = time.time,
+                              redis: Redis | None = None) -> RedisBudgetAccounts:
+    """Budget accounts on the Redis at ``url``: commands go through ``redis`` when given (a client
+    shared with other stores, closed by its owner), else through a client of their own; the ledger
+    mirror's blocking reads always get a client of their own (longer timeouts)."""
     settings = config.settings
     keys = RedisKeys(settings.key_prefix)
-    redis = redis_client(url)
+    shared = redis is not None
+    redis = redis if redis is not None else redis_client(url)
     budgets = BudgetStore(RedisDefinitions(redis, keys), config.static, clock)
     try:
         await budgets.load()
@@ -468,6 +475,6 @@ async def open_redis_accounts(url: str, store: SqliteStore, config: BudgetConfig
     accounts = RedisBudgetAccounts(
         redis, store, budgets, keys, clock=clock, reservation_ttl_s=settings.reservation_ttl_s,
         refresh_interval_s=settings.refresh_interval_s, ledger_retention_days=settings.ledger_retention_days,
-        mirror_redis=redis_client(url, timeout_s=5.0), label=label)
+        mirror_redis=redis_client(url, timeout_s=5.0), label=label, owns_redis=not shared)
     await accounts.open()
     return accounts

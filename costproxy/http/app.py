@@ -17,10 +17,10 @@ The middleware order is the one list ``MIDDLEWARES``; every piece of state is a 
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 import structlog
@@ -31,13 +31,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from costproxy.alerts.catalog import AlertCatalog
 from costproxy.alerts.manager import AlertManager
 from costproxy.alerts.sender import SenderSettings, WebhookSender
-from costproxy.alerts.store import AlertStore, SqliteAlertStore
+from costproxy.alerts.store import AlertStore
 from costproxy.analyzer.encodings import load_encodings
 from costproxy.analyzer.tokens import TokenCounter
 from costproxy.background import cancel_and_wait, stop_if_cancelled
-from costproxy.budgets.accounts import Accounts
-from costproxy.budgets.book import BudgetAccounts, BudgetBook
-from costproxy.budgets.factory import open_accounts
 from costproxy.budgets.model import window_at
 from costproxy.errors import StoreUnavailable
 from costproxy.http import (
@@ -59,6 +56,7 @@ from costproxy.http import (
 from costproxy.http.state import (
     ALERT_CATALOG,
     ALERTS,
+    BACKEND,
     BUDGETS,
     HTTP_SESSION,
     KEY_STORE,
@@ -70,18 +68,17 @@ from costproxy.http.state import (
     STORE,
     TRACER,
 )
-from costproxy.identity.key_store import KeyStore, open_key_store
+from costproxy.identity.key_store import KeyStore
 from costproxy.identity.principal import KeyRecord, KeyRing
-from costproxy.observability import make_metrics, make_tracing, request_observer
+from costproxy.observability import budget_event_metrics, make_metrics, make_tracing, request_observer
 from costproxy.pipeline.services import Services
 from costproxy.providers.client import UpstreamClient
 from costproxy.routing.router import build_router
 from costproxy.settings import Settings
-from costproxy.store.sqlite import SqliteStore, sqlite_path
+from costproxy.store.backend import open_backend
 
 log = structlog.get_logger("costproxy")
 
-AccountsFactory = Callable[[Settings, SqliteStore], Awaitable[Accounts]]
 MIDDLEWARES = (middlewares.errors_middleware, middlewares.tracing_middleware, middlewares.auth_middleware)
 ROUTES = (proxy, responses_api, messages_api, keys_api, selection_api, budgets_api, usage_api, webhooks_api,
           tokens_api, openapi, analytics_api, routing_api)
@@ -89,17 +86,9 @@ KEY_REFRESH_SECONDS = 2.0
 RULES_POLL_SECONDS = 2.0
 
 
-def ledger_path(settings: Settings) -> str:
-    """SQLite file of the ledger and keys; with a Redis store it is this replica's local mirror:
-    ``store.local_path`` with ``{host}`` and ``{port}`` expanded, relative to the config file."""
-    if settings.store_url.startswith(("sqlite:///", "memory://")):
-        return sqlite_path(settings.store_url)
-    local = settings.store_local_path.format(host=socket.gethostname(), port=settings.server.port)
-    return os.path.normpath(settings.config_path.parent / local)
-
-
 def create_app(settings: Settings, *, span_exporter: SpanExporter | None = None,
-               accounts_factory: AccountsFactory | None = None) -> web.Application:
+               clock: Callable[[], float] = time.time) -> web.Application:
+    """The application for ``settings``; ``clock`` (tests) is the budgets' and alerts' wall clock."""
     tracing = make_tracing(settings.tracing, span_exporter)
     chain = [m for m in MIDDLEWARES if tracing.enabled or m is not middlewares.tracing_middleware]
     app = web.Application(middlewares=chain, client_max_size=settings.server.max_body_bytes)
@@ -111,8 +100,7 @@ def create_app(settings: Settings, *, span_exporter: SpanExporter | None = None,
         yield
         await asyncio.to_thread(tracing.shutdown)
 
-    app.cleanup_ctx.extend([tracing_ctx, _store_ctx, _session_ctx, _services_ctx(accounts_factory or open_accounts),
-                            _alerts_ctx])
+    app.cleanup_ctx.extend([tracing_ctx, _backend_ctx(clock), _session_ctx, _services_ctx, _alerts_ctx])
     for module in ROUTES:
         module.add_routes(app)
     console.install(app)  # the web console at /ui; its session is accepted on /api/v1 (http/console_auth.py)
@@ -135,18 +123,20 @@ def _background(coroutine: Coroutine[Any, Any, None], name: str) -> Callable[[],
 # --- store and client keys -----------------------------------------------------------------------
 
 
-async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    store = SqliteStore(ledger_path(app[SETTINGS]))
-    await store.open()
-    app[STORE] = store
-    keys = app[KEY_STORE] = open_key_store(app[SETTINGS], store)
-    seen, records = await _load_keys(keys)
-    app[KEYRING] = KeyRing(records)
-    stop = _background(_refresh_keys(app, seen), "costproxy-key-refresh")
-    yield
-    await stop()
-    await keys.close()
-    await store.close()
+def _backend_ctx(clock: Callable[[], float]) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def backend_ctx(app: web.Application) -> AsyncIterator[None]:
+        backend = app[BACKEND] = await open_backend(app[SETTINGS], clock=clock)
+        app[STORE], app[KEY_STORE], app[BUDGETS] = backend.local, backend.client_keys, backend.budgets
+        seen, records = await _load_keys(backend.client_keys)
+        app[KEYRING] = KeyRing(records)
+        if backend.budgets is not None:
+            backend.budgets.subscribe(budget_event_metrics(app[METRICS].registry))
+        stop = _background(_refresh_keys(app, seen), "costproxy-key-refresh")
+        yield
+        await stop()
+        await backend.close()
+
+    return backend_ctx
 
 
 async def _load_keys(keys: KeyStore) -> tuple[int | None, list[KeyRecord]]:
@@ -185,25 +175,18 @@ async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
 # --- services: accounts, router, pipeline --------------------------------------------------------
 
 
-def _services_ctx(accounts_factory: AccountsFactory) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def services_ctx(app: web.Application) -> AsyncIterator[None]:
-        settings = app[SETTINGS]
-        encodings = await asyncio.to_thread(load_encodings, directory=settings.encodings_dir)
-        accounts = await accounts_factory(settings, app[STORE])
-        router = app[ROUTER] = await asyncio.to_thread(build_router, settings)
-        app[BUDGETS] = cast(BudgetAccounts, accounts) if isinstance(accounts, BudgetBook) else None
-        services = app[SERVICES] = Services(
-            settings=settings, registry=settings.registry, counter=TokenCounter(encodings),
-            upstream=UpstreamClient(app[HTTP_SESSION]), accounts=accounts, router=router, tracer=app[TRACER])
-        services.events.subscribe(request_observer(app[METRICS]))
-        stop = _background(_reload_rules(app), "costproxy-rules-reload")
-        yield
-        await stop()
-        close = getattr(accounts, "close", None)
-        if close is not None:
-            await close()
-
-    return services_ctx
+async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    encodings = await asyncio.to_thread(load_encodings, directory=settings.encodings_dir)
+    router = app[ROUTER] = await asyncio.to_thread(build_router, settings)
+    services = app[SERVICES] = Services(
+        settings=settings, registry=settings.registry, counter=TokenCounter(encodings),
+        upstream=UpstreamClient(app[HTTP_SESSION]), accounts=app[BACKEND].accounts, router=router,
+        tracer=app[TRACER])
+    services.events.subscribe(request_observer(app[METRICS]))
+    stop = _background(_reload_rules(app), "costproxy-rules-reload")
+    yield
+    await stop()
 
 
 async def _reload_rules(app: web.Application) -> None:
@@ -223,19 +206,6 @@ async def _reload_rules(app: web.Application) -> None:
 
 
 # --- alerts --------------------------------------------------------------------------------------
-
-
-async def _open_alert_store(app: web.Application) -> AlertStore:
-    settings = app[SETTINGS]
-    if settings.store_url.startswith(("redis://", "rediss://")):
-        from costproxy.alerts.store_redis import RedisAlertStore
-        from costproxy.budgets.redis import redis_client
-
-        prefix = settings.budgets.settings.key_prefix
-        return RedisAlertStore(redis_client(settings.store_url), prefix, settings.store_url.split("@")[-1])
-    store = SqliteAlertStore(app[STORE])
-    await store.open()
-    return store
 
 
 def _alert_manager(app: web.Application, catalog: AlertCatalog, store: AlertStore,
@@ -264,7 +234,7 @@ def _alert_manager(app: web.Application, catalog: AlertCatalog, store: AlertStor
 async def _alerts_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     config = settings.alerts
-    store = await _open_alert_store(app)
+    store = app[BACKEND].alerts
     catalog = app[ALERT_CATALOG] = AlertCatalog(store)
     try:
         await catalog.load()
@@ -282,7 +252,6 @@ async def _alerts_ctx(app: web.Application) -> AsyncIterator[None]:
     if manager is not None and session is not None:
         await manager.stop()
         await session.close()
-    await store.close()
 
 
 async def _refresh_catalog(catalog: AlertCatalog, interval_s: float) -> None:

@@ -19,10 +19,12 @@ from costproxy.observability import Metrics
 from costproxy.pipeline.services import Services
 from costproxy.routing.router import SelectionRouter
 from costproxy.settings import Settings
+from costproxy.store.backend import Backend
 from costproxy.store.responses import ResponseStore
 from costproxy.store.sqlite import SqliteStore
 
 SETTINGS = web.AppKey("settings", Settings)
+BACKEND = web.AppKey("backend", Backend)  # everything that persists (store.backend)
 SERVICES = web.AppKey("services", Services)
 STORE = web.AppKey("store", SqliteStore)
 KEYRING = web.AppKey("keyring", KeyRing)

@@ -6,8 +6,10 @@ stores raise ``StoreUnavailable`` (HTTP 503 ``store_unavailable``) when they can
 
 - ``SqliteKeyStore``: the ``api_keys`` table of the local file; ``version()`` is SQLite's
   ``PRAGMA data_version``, which moves when another connection (the CLI) commits;
-- ``RedisKeyStore`` (``redis_keys.py``): records shared by every replica, with a version counter
-  bumped in the same atomic step as each change.
+- ``RedisKeyStore`` (``key_store_redis.py``): records shared by every replica, with a version
+  counter bumped in the same atomic step as each change.
+
+Which one a replica uses is decided once, by ``store.backend.open_backend``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 from typing import Protocol
 
 from costproxy.identity.principal import KeyRecord
-from costproxy.settings import Settings
 from costproxy.store.sqlite import SqliteStore
 
 
@@ -56,19 +57,3 @@ class SqliteKeyStore:
 
     async def close(self) -> None:
         return None
-
-
-def is_redis_url(url: str) -> bool:
-    return url.startswith(("redis://", "rediss://"))
-
-
-def open_key_store(settings: Settings, local: SqliteStore | None) -> KeyStore:
-    """Redis when the store URL is ``redis://``/``rediss://`` (keys shared by every replica, under
-    ``budgets.key_prefix``), else ``local``: the SQLite store the caller opened."""
-    if is_redis_url(settings.store_url):
-        from costproxy.identity.key_store_redis import RedisKeyStore
-
-        return RedisKeyStore.from_url(settings.store_url, prefix=settings.budgets.settings.key_prefix)
-    if local is None:
-        raise ValueError(f"store {settings.store_url} keeps keys in SQLite: pass the opened SqliteStore")
-    return SqliteKeyStore(local)

@@ -27,7 +27,6 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from costproxy.background import stop_if_cancelled
-from costproxy.budgets.redis import redis_client
 from costproxy.errors import InternalError, StoreUnavailable
 from costproxy.identity.principal import KeyRecord
 
@@ -69,10 +68,6 @@ class RedisKeyStore:
         self._insert = redis.register_script(INSERT)
         self._revoke = redis.register_script(REVOKE)
 
-    @classmethod
-    def from_url(cls, url: str, *, prefix: str = "cp") -> RedisKeyStore:
-        return cls(redis_client(url), prefix=prefix, label=url.split("@")[-1])  # never log a password
-
     @contextlib.contextmanager
     def _reachable(self, action: str) -> Iterator[None]:
         try:
@@ -112,4 +107,4 @@ class RedisKeyStore:
             return int(await self.redis.get(self.version_key) or 0)
 
     async def close(self) -> None:
-        await self.redis.aclose(close_connection_pool=True)
+        return None  # the Redis client is shared: its owner (store.backend) closes it

@@ -231,7 +231,7 @@ async def _provider_count(services: Services, plan: Plan) -> Plan:
     counted = response.data.get("input_tokens")
     if not isinstance(counted, int) or isinstance(counted, bool) or counted <= plan.input_tokens:
         return plan
-    counted_plan = replace(plan, input_tokens=counted)
+    counted_plan = replace(plan, input_tokens=counted, billable=replace(plan.billable, tokens=counted))
     return replace(counted_plan, worst_case_nanos=max(counted_plan.worst_case_of(m) for m in plan.route.chain))
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from costproxy.analyzer.worst_case import BillableInput, output_cap_within, worst_case
 from costproxy.budgets.accounts import BudgetView, Reservation
 from costproxy.errors import BudgetExceeded, ContextTooLong, InvalidRequest, UnknownModel
 from costproxy.pipeline.services import NO_SPAN, Services, step
@@ -22,7 +23,7 @@ from costproxy.providers.apis import upstream_api
 from costproxy.registry import ENDPOINT_KIND, ModelSpec
 from costproxy.request import ChatRequest, Endpoint, RequestContext
 from costproxy.routing.policy import EMPTY, Constraints
-from costproxy.routing.route import Route, RouteInput
+from costproxy.routing.route import MIN_USEFUL_OUTPUT, Route, RouteInput
 
 # Texts longer than this (in characters) are tokenized on a worker thread, off the event loop.
 OFFLOOP_TOKENIZE_CHARS = 32_000
@@ -34,9 +35,10 @@ class Plan:
     request: ChatRequest
     requested_model: str
     route: Route
-    input_tokens: int
+    input_tokens: int  # the proxy's count (or the provider's, when larger)
     output_caps: dict[str, int]  # model id -> max output tokens sent upstream (per choice)
     worst_case_nanos: int
+    billable: BillableInput
     budget: BudgetView = field(default_factory=BudgetView)
     payloads: dict[str, bytes] = field(default_factory=dict)  # model id -> upstream body, built once
 
@@ -58,25 +60,24 @@ class Plan:
         return self.budget.remaining_nanos
 
     def worst_case_of(self, model: ModelSpec) -> int:
-        return model.worst_case_cost(self.input_tokens, self.output_caps[model.id] * self.request.n)
+        """The most ``model`` can bill for this request (``analyzer.worst_case``): every billable
+        input with the model's tokenizer margin, or the byte bound when money is tight, and every
+        allowed output token of every choice."""
+        return worst_case(self.billable, model, self.output_caps[model.id],
+                          remaining_nanos=self.budget.remaining_nanos).nanos
+
+
+async def count_billable(services: Services, request: ChatRequest, encoding: str) -> BillableInput:
+    """Every billable input of the request (``TokenCounter.billable``), off the loop when large."""
+    counter, body, endpoint = services.counter, request.body, request.endpoint.value
+    if _rough_size(body) > OFFLOOP_TOKENIZE_CHARS:
+        return await asyncio.to_thread(counter.billable, endpoint, body, encoding)
+    return counter.billable(endpoint, body, encoding)
 
 
 async def count_input(services: Services, request: ChatRequest, encoding: str) -> int:
-    counter, body = services.counter, request.body
-    if request.endpoint is Endpoint.CHAT:
-        def run() -> int:
-            return counter.count_chat(body["messages"], encoding, tools=body.get("tools"),
-                                      tool_choice=body.get("tool_choice"),
-                                      response_format=body.get("response_format"))
-    elif request.endpoint is Endpoint.COMPLETIONS:
-        def run() -> int:
-            return counter.count_completion_prompt(body["prompt"], encoding)
-    else:
-        def run() -> int:
-            return counter.count_embedding_input(body["input"], encoding)
-    if _rough_size(body) > OFFLOOP_TOKENIZE_CHARS:
-        return await asyncio.to_thread(run)
-    return run()
+    """Input tokens of the request as the proxy counts them (for estimates and selection)."""
+    return (await count_billable(services, request, encoding)).tokens
 
 
 def _rough_size(body: Mapping[str, Any]) -> int:
@@ -149,7 +150,8 @@ async def plan(services: Services, ctx: RequestContext, request: ChatRequest) ->
     kind = ENDPOINT_KIND[request.endpoint]
     requested = requested_model_name(services, request)
     with step(services, "costproxy.count_tokens") as span:
-        input_tokens = await count_input(services, request, encoding_for(services, requested, kind))
+        billable = await count_billable(services, request, encoding_for(services, requested, kind))
+        input_tokens = billable.tokens
         span.set_attribute("costproxy.tokens.input", input_tokens)
     with step(services, "costproxy.budget_view"):
         budget = await services.accounts.view(ctx.principal)
@@ -174,9 +176,26 @@ async def plan(services: Services, ctx: RequestContext, request: ChatRequest) ->
                 raise
             continue  # a fallback that cannot hold this prompt is dropped
         chain.append(model)
+    if budget.remaining_nanos is not None:
+        fit_caps(billable, chain, caps, budget.remaining_nanos)
     the_plan = Plan(ctx=ctx, request=request, requested_model=requested, route=replace(route, chain=tuple(chain)),
-                    input_tokens=input_tokens, output_caps=caps, worst_case_nanos=0, budget=budget)
+                    input_tokens=input_tokens, output_caps=caps, worst_case_nanos=0, billable=billable, budget=budget)
     return replace(the_plan, worst_case_nanos=max(the_plan.worst_case_of(m) for m in chain))
+
+
+def fit_caps(billable: BillableInput, chain: list[ModelSpec], caps: dict[str, int], remaining: int) -> None:
+    """Lower each model's output cap so its worst case fits what the tightest hard budget has left,
+    as long as it may still say ``MIN_USEFUL_OUTPUT`` tokens; a model that cannot is left as it is
+    (the reservation then refuses it, or narrows the chain to the models that fit)."""
+    for model in chain:
+        cap = caps[model.id]
+        case = worst_case(billable, model, cap, remaining_nanos=remaining)
+        if model.kind == "embedding" or case.nanos <= remaining:
+            continue
+        fitted = min(cap, output_cap_within(billable, model, remaining, case.input_tokens))
+        if fitted >= min(MIN_USEFUL_OUTPUT, cap) and fitted > 0 \
+                and worst_case(billable, model, fitted, remaining_nanos=remaining).nanos <= remaining:
+            caps[model.id] = fitted
 
 
 async def reserve(services: Services, plan_: Plan) -> tuple[Plan, Reservation]:

@@ -25,11 +25,12 @@ from typing import Any, TypeVar
 import orjson
 
 from costproxy.budgets.accounts import Reservation
-from costproxy.errors import BudgetExceeded, ProviderError, ProxyError
+from costproxy.errors import BudgetExceeded, ProviderError, ProxyError, ReservationLost
 from costproxy.ledger.entry import LedgerEntry, Status
 from costproxy.money import format_usd
 from costproxy.pipeline.events import ModelSwitched, RequestBlocked, RequestCompleted, UpstreamFailed
 from costproxy.pipeline.exchange import Exchange, Relay, exchange_for, fit_chain
+from costproxy.pipeline.lease import Lease
 from costproxy.pipeline.plan import Plan, plan, reserve
 from costproxy.pipeline.services import Services, step
 from costproxy.pipeline.settle import Outcome, refusal_entry, settle
@@ -55,7 +56,7 @@ async def refuse(services: Services, ctx: RequestContext, request: ChatRequest |
                  error: ProxyError) -> LedgerEntry:
     """Record a request refused before any upstream call: ledger entry (cost 0) and events."""
     entry = refusal_entry(services, ctx, request, error)
-    await services.accounts.release(Reservation(request_id=ctx.request_id, amount_nanos=0), entry)
+    await services.accounts.record_refusal(entry)
     if isinstance(error, BudgetExceeded):
         services.events.publish(RequestBlocked(ctx, error))
     services.events.publish(RequestCompleted(ctx, entry))
@@ -75,8 +76,9 @@ async def run_unary(services: Services, ctx: RequestContext, request: ChatReques
     the_plan, reservation = await admit(services, ctx, request)
     outcome = Outcome(model=the_plan.primary)
     try:
-        response, exchange = await _call_unary(services, the_plan, outcome)
-        body, data = exchange.reply(response)
+        async with lease(services, reservation):
+            response, exchange = await _call_unary(services, the_plan, outcome)
+            body, data = exchange.reply(response)
     except ProxyError as exc:
         outcome.failed(exc)
         raise
@@ -129,10 +131,14 @@ class StreamRun:
         """
         outcome, relay = self.outcome, self._relay
         try:
-            await start()
-            await _pump(self._upstream, relay, outcome, write)
+            async with lease(self.services, self._reservation):
+                await start()
+                await _pump(self._upstream, relay, outcome, write)
             if relay.failure is not None:  # reported by the upstream in a frame relayed as it was
                 outcome.failed(relay.failure)
+        except ReservationLost as exc:
+            outcome.failed(exc)
+            await _write_quietly(write, relay.error(exc))
         except ConnectionError as exc:
             outcome.disconnected(exc)
         except asyncio.CancelledError as exc:  # a server that cancels handlers when the client hangs up
@@ -178,6 +184,11 @@ async def _write_quietly(write: Write, data: bytes) -> None:
         await write(data)
     except (ConnectionError, RuntimeError):
         pass
+
+
+def lease(services: Services, reservation: Reservation) -> Lease:
+    """The lease that keeps ``reservation`` while the call runs (see ``lease.py``)."""
+    return Lease(services.accounts, reservation, services.settings.budgets.settings.reservation_ttl_s)
 
 
 def _finished(services: Services, plan_: Plan, entry: LedgerEntry) -> None:

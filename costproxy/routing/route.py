@@ -11,6 +11,8 @@ from costproxy.registry import ModelSpec
 from costproxy.request import RequestContext
 from costproxy.routing.policy import EMPTY, Constraints
 
+MIN_USEFUL_OUTPUT = 16  # output tokens: a request is capped to fit a budget only if it may still say this much
+
 
 @dataclass(frozen=True, slots=True)
 class RouteInput:

@@ -38,7 +38,7 @@ from costproxy.routing.breakers import CircuitBreakers
 from costproxy.routing.concrete import resolve_concrete
 from costproxy.routing.policy import EMPTY, QUALITY_MODES, Constraints
 from costproxy.routing.quality import QualityProfiles
-from costproxy.routing.route import Route, RouteInput
+from costproxy.routing.route import MIN_USEFUL_OUTPUT, Route, RouteInput
 from costproxy.routing.selection import BudgetPressure, Decision, SelectionConfig, cap_that_fits, select
 from costproxy.settings import Settings, provider_readiness
 from costproxy.steering import RulesHolder, SteeringOutcome, evaluate
@@ -206,9 +206,6 @@ def undetected_profile(body: Mapping[str, Any], input_tokens: int) -> RequestPro
     return RequestProfile(input_tokens=input_tokens, expected_output_tokens=0, max_output_tokens=max_output,
                           task_type="general_chat", difficulty=0.0, required_capabilities=frozenset(),
                           task_source="not-detected")
-
-
-MIN_USEFUL_OUTPUT = 16  # a named model is capped to fit a budget only if it may still say this much
 
 
 class SelectionRouter:

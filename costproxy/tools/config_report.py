@@ -14,9 +14,9 @@ import os
 
 from costproxy.analyzer.encodings import load_encodings
 from costproxy.errors import ConfigError, InternalError
-from costproxy.http.app import ledger_path
 from costproxy.routing.router import SelectionRouter, build_router
 from costproxy.settings import ConfigLocation, Settings, provider_readiness, usable_providers
+from costproxy.store.backend import local_path
 
 
 def preflight(settings: Settings) -> SelectionRouter:
@@ -66,7 +66,7 @@ def _store_file(settings: Settings) -> str:
     if settings.store.url == "memory://":
         return " (in memory: nothing survives a restart)"
     role = "SQLite file" if settings.store.url.startswith("sqlite:///") else "this replica's local SQLite file"
-    return f" ({role}: {os.path.abspath(ledger_path(settings))})"
+    return f" ({role}: {os.path.abspath(local_path(settings))})"
 
 
 def warnings(settings: Settings) -> list[str]:

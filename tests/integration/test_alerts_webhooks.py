@@ -21,13 +21,8 @@ from aiohttp.test_utils import TestServer
 
 from costproxy.alerts.manager import AlertManager
 from costproxy.alerts.webhooks import verify
-from costproxy.budgets.accounts import Accounts
-from costproxy.budgets.definitions import BudgetStore, SqliteDefinitions, ensure_budget_schema
-from costproxy.budgets.sqlite import SqliteBudgetAccounts
 from costproxy.http.app import create_app
 from costproxy.http.state import ALERTS
-from costproxy.settings import Settings
-from costproxy.store.sqlite import SqliteStore
 from tests.conftest import ADMIN_TOKEN, Proxy, load_test_settings
 from tests.conftest_redis import RedisSpace, redis_endpoint, redis_space  # noqa: F401
 
@@ -98,30 +93,6 @@ async def receiver(aiohttp_server: Any) -> Receiver:
 # --- apps with a fake clock ------------------------------------------------------------------------
 
 
-def sqlite_accounts(clock: FakeClock) -> Callable[[Settings, SqliteStore], Awaitable[Accounts]]:
-    async def factory(settings: Settings, store: SqliteStore) -> Accounts:
-        config = settings.budgets
-        await ensure_budget_schema(store)
-        budgets = BudgetStore(SqliteDefinitions(store), config.static, clock=clock)
-        await budgets.load()
-        accounts = SqliteBudgetAccounts(store, budgets, clock=clock, checkpoint_interval_s=0.05)
-        await accounts.open()
-        return accounts
-
-    return factory
-
-
-def redis_accounts(clock: FakeClock) -> Callable[[Settings, SqliteStore], Awaitable[Accounts]]:
-    async def factory(settings: Settings, store: SqliteStore) -> Accounts:
-        from costproxy.budgets.redis import open_redis_accounts
-
-        await ensure_budget_schema(store)
-        config = settings.budgets
-        return await open_redis_accounts(settings.store_url, store, config, clock=clock)
-
-    return factory
-
-
 AppFactory = Callable[..., Awaitable[Proxy]]
 
 
@@ -139,8 +110,7 @@ async def make_app(aiohttp_client: Any, simulator: Any, write_config: Any, tmp_p
             path = root / "config" / path.name
         env = {"COSTPROXY_STORE_URL": store_url} if store_url else {}
         settings = load_test_settings(path, **env)
-        factory = (redis_accounts if store_url else sqlite_accounts)(clock or FakeClock())
-        app = create_app(settings, accounts_factory=factory)
+        app = create_app(settings, clock=clock or FakeClock())
         client = await aiohttp_client(app)
         key = await Proxy(client, app, "", sim).new_key(user="alice", team="core", org="acme", project="p1")
         return Proxy(client, app, key, sim)
@@ -149,7 +119,7 @@ async def make_app(aiohttp_client: Any, simulator: Any, write_config: Any, tmp_p
 
 
 def budgets(limit: str = "1", period: str = "daily", **extra: Any) -> dict[str, Any]:
-    return {"refresh_interval_s": 0.1, "definitions": [
+    return {"refresh_interval_s": 0.1, "checkpoint_interval_s": 0.1, "definitions": [
         {"id": "team-core", "scope_type": "team", "scope_id": "core", "org": "acme", "limit_usd": limit,
          "period": period, **extra}]}
 

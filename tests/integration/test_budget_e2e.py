@@ -28,6 +28,7 @@ import orjson
 import pytest
 import yaml
 
+from costproxy.budgets.redis import redis_client
 from costproxy.http.keys_api import issue_key
 from costproxy.identity.key_store_redis import RedisKeyStore
 from costproxy.ledger.entry import LedgerEntry
@@ -78,12 +79,12 @@ def write_replica(directory: Path, sim_url: str, space: RedisSpace, ttl: float) 
 
 async def add_key(space: RedisSpace) -> str:
     """A client key every replica accepts: in Redis mode keys live in Redis, shared."""
-    keys = RedisKeyStore.from_url(space.url, prefix=space.prefix)
+    keys = RedisKeyStore(redis_client(space.url), prefix=space.prefix)
     try:
         secret, _ = await issue_key(keys, {"user": "alice", "team": "core", "org": "acme"}, time.time())
         return secret
     finally:
-        await keys.close()
+        await keys.redis.aclose()
 
 
 async def start(config: Path, log: Path, session: aiohttp.ClientSession) -> Replica:

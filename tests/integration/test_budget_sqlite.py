@@ -337,24 +337,27 @@ async def test_dynamic_budgets_survive_restart(open_accounts: Opener) -> None:
         await again.reserve("r", ALICE, 6)
 
 
-async def test_factory_opens_budget_accounts_from_settings(write_config: Any, tmp_path: Path) -> None:
-    from costproxy.budgets.factory import open_accounts as factory
+async def test_the_backend_opens_budget_accounts_from_settings(write_config: Any, tmp_path: Path) -> None:
+    from costproxy.store.backend import open_backend
     from tests.conftest import load_test_settings
 
     path = write_config("http://127.0.0.1:9/v1", extra={"budgets": {"definitions": [
         {"id": "acme", "scope_type": "org", "scope_id": "acme", "limit_usd": "1"}]}})
-    settings = load_test_settings(path)
-    store = SqliteStore(str(tmp_path / "f.sqlite3"))
-    await store.open()
-    accounts = await factory(settings, store)
+    backend = await open_backend(load_test_settings(path))
     try:
-        assert isinstance(accounts, SqliteBudgetAccounts)
-        assert accounts.budgets.require("acme").read_only
+        assert backend.kind == "sqlite" and backend.budgets is backend.accounts
+        assert isinstance(backend.accounts, SqliteBudgetAccounts)
+        assert backend.accounts.budgets.require("acme").read_only
         with pytest.raises(BudgetExceeded):
-            await accounts.reserve("r", ALICE, USD + 1)
+            await backend.accounts.reserve("r", ALICE, USD + 1)
     finally:
-        await accounts.close()
-        await store.close()
+        await backend.close()
+    disabled = write_config("http://127.0.0.1:9/v1", extra={"budgets": {"enabled": False}})
+    backend = await open_backend(load_test_settings(disabled))
+    try:
+        assert backend.budgets is None and not isinstance(backend.accounts, SqliteBudgetAccounts)
+    finally:
+        await backend.close()
 
 
 async def test_proxy_requests_on_sqlite_never_overspend(make_proxy: Any) -> None:

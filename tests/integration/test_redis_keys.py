@@ -16,11 +16,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from costproxy.budgets.redis import redis_client
 from costproxy.errors import InternalError
-from costproxy.http.app import create_app, ledger_path
+from costproxy.http.app import create_app
 from costproxy.identity.key_store_redis import RedisKeyStore
 from costproxy.identity.principal import KeyRecord
 from costproxy.settings import Settings
+from costproxy.store.backend import local_path as ledger_path
 from tests.conftest import ADMIN_TOKEN, load_test_settings
 from tests.conftest_redis import RedisServer, RedisSpace, own_redis, redis_endpoint, redis_space  # noqa: F401
 
@@ -183,7 +185,7 @@ async def test_redis_outage_keeps_known_keys_working_and_refuses_key_changes(
 
 async def test_key_store_records_are_unique_and_revokes_are_compare_and_set(
         redis_space: RedisSpace) -> None:  # noqa: F811
-    store = RedisKeyStore.from_url(redis_space.url, prefix=redis_space.prefix)
+    store = RedisKeyStore(redis_client(redis_space.url), prefix=redis_space.prefix)
     try:
         record = KeyRecord(id="key_1", key_hash="ab" * 32, prefix="cp-abcd", user="u", created_at=1764100169.123456)
         assert await store.version() == 0
@@ -197,4 +199,4 @@ async def test_key_store_records_are_unique_and_revokes_are_compare_and_set(
         assert await store.version() == 2
         assert await store.revoke("key_404", 1.0) is False
     finally:
-        await store.close()
+        await store.redis.aclose()

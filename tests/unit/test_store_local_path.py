@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from costproxy.errors import ConfigError
-from costproxy.http.app import ledger_path
 from costproxy.settings import Settings, load_settings
+from costproxy.store.backend import local_path as ledger_path
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,0 +1,140 @@
+"""The one storage backend of a replica, chosen once from ``settings.store``.
+
+``open_backend`` returns a ``Backend`` that bundles everything that persists:
+
+- ``local``: this replica's SQLite file, always: the ledger itself (SQLite mode) or its mirror of
+  the shared Redis stream, the durable settlement outbox, stored Responses, the console rollup;
+- ``accounts``: the money gate of the pipeline (``SqliteBudgetAccounts``, ``RedisBudgetAccounts``,
+  or ``LedgerAccounts`` when budgets are disabled), and ``budgets`` — the same object when it
+  enforces budgets (the budget API and alerts need it), else ``None``;
+- ``client_keys``: where ``cp-`` keys are written (the local file, or Redis shared by replicas);
+- ``alerts``: webhook subscriptions, deliveries, events, acknowledgements, read-only tokens.
+
+In Redis mode the backend owns one command client for all of them (fail-fast timeouts) and one
+client for the ledger mirror's long blocking reads; nothing else opens a pool.  ``close`` releases
+everything in reverse order.  The CLI opens only what it needs: ``open_client_keys``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from costproxy.alerts.store import AlertStore, SqliteAlertStore
+from costproxy.budgets.accounts import Accounts, LedgerAccounts
+from costproxy.budgets.book import BudgetAccounts
+from costproxy.budgets.definitions import BudgetStore, SqliteDefinitions, ensure_budget_schema
+from costproxy.budgets.sqlite import SqliteBudgetAccounts
+from costproxy.identity.key_store import KeyStore, SqliteKeyStore
+from costproxy.settings import Settings
+from costproxy.store.sqlite import SqliteStore, sqlite_path
+
+Closer = Callable[[], Awaitable[None]]
+
+
+def is_redis_url(url: str) -> bool:
+    return url.startswith(("redis://", "rediss://"))
+
+
+def redacted(url: str) -> str:
+    """A store URL fit for logs: never the password."""
+    return url.split("@")[-1]
+
+
+def local_path(settings: Settings) -> str:
+    """SQLite file of this replica: the store itself, or in Redis mode ``store.local_path`` with
+    ``{host}`` and ``{port}`` expanded, relative to the config file."""
+    store = settings.store
+    if not is_redis_url(store.url):
+        return sqlite_path(store.url)
+    local = store.local_path.format(host=socket.gethostname(), port=settings.server.port)
+    return os.path.normpath(settings.config_path.parent / local)
+
+
+@dataclass
+class Backend:
+    kind: str  # "sqlite" | "redis"
+    local: SqliteStore
+    accounts: Accounts
+    budgets: BudgetAccounts | None
+    client_keys: KeyStore
+    alerts: AlertStore
+    label: str  # where the data lives, fit for logs
+    _closers: list[Closer] = field(default_factory=list, repr=False)
+
+    async def close(self) -> None:
+        """Close what was opened, last opened first."""
+        while self._closers:
+            await self._closers.pop()()
+
+
+async def open_backend(settings: Settings, *, clock: Callable[[], float] = time.time) -> Backend:
+    local = SqliteStore(local_path(settings))
+    await local.open()
+    try:
+        await ensure_budget_schema(local)
+        if is_redis_url(settings.store.url):
+            return await _open_redis(settings, local, clock)
+        return await _open_sqlite(settings, local, clock)
+    except BaseException:
+        await local.close()
+        raise
+
+
+async def _open_sqlite(settings: Settings, local: SqliteStore, clock: Callable[[], float]) -> Backend:
+    config = settings.budgets
+    accounts: Accounts
+    budgets: BudgetAccounts | None = None
+    closers: list[Closer] = [local.close]
+    if config.settings.enabled:
+        definitions = BudgetStore(SqliteDefinitions(local), config.static, clock)
+        await definitions.load()
+        book = SqliteBudgetAccounts(local, definitions, clock=clock,
+                                    reservation_ttl_s=config.settings.reservation_ttl_s,
+                                    checkpoint_interval_s=config.settings.checkpoint_interval_s)
+        await book.open()
+        closers.append(book.close)
+        accounts = budgets = book
+    else:
+        accounts = LedgerAccounts(local)
+    alerts = SqliteAlertStore(local)
+    await alerts.open()
+    closers.append(alerts.close)
+    return Backend("sqlite", local, accounts, budgets, SqliteKeyStore(local), alerts, local.path, closers)
+
+
+async def _open_redis(settings: Settings, local: SqliteStore, clock: Callable[[], float]) -> Backend:
+    from costproxy.alerts.store_redis import RedisAlertStore
+    from costproxy.budgets.redis import open_redis_accounts, redis_client
+    from costproxy.identity.key_store_redis import RedisKeyStore
+
+    url, prefix = settings.store.url, settings.budgets.settings.key_prefix
+    label = redacted(url)
+    redis = redis_client(url)
+    closers: list[Closer] = [local.close, redis.aclose]
+    try:
+        accounts = await open_redis_accounts(url, local, settings.budgets, clock=clock, redis=redis)
+    except BaseException:
+        await redis.aclose()
+        raise
+    closers.append(accounts.close)
+    keys = RedisKeyStore(redis, prefix=prefix, label=label)
+    alerts = RedisAlertStore(redis, prefix, label)
+    return Backend("redis", local, accounts, accounts, keys, alerts, label, closers)
+
+
+async def open_client_keys(settings: Settings) -> tuple[KeyStore, Closer]:
+    """Only the client key store (for the CLI) and the function that closes what it opened."""
+    if is_redis_url(settings.store.url):
+        from costproxy.budgets.redis import redis_client
+        from costproxy.identity.key_store_redis import RedisKeyStore
+
+        redis = redis_client(settings.store.url)
+        keys = RedisKeyStore(redis, prefix=settings.budgets.settings.key_prefix, label=redacted(settings.store.url))
+        return keys, redis.aclose
+    local = SqliteStore(local_path(settings))
+    await local.open()
+    return SqliteKeyStore(local), local.close
