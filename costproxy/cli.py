@@ -84,6 +84,10 @@ def _load(args: argparse.Namespace) -> tuple[ConfigLocation, Settings]:
         if not 0 <= args.port <= 65535:
             raise ConfigError("--port", "", "must be a port number from 0 to 65535", args.port)
         server = replace(server, port=args.port)
+    if getattr(args, "workers", None) is not None:
+        if not 1 <= args.workers <= 256:
+            raise ConfigError("--workers", "", "must be from 1 to 256", args.workers)
+        server = replace(server, workers=args.workers)
     logging = settings.logging if args.log_level is None else replace(settings.logging, level=args.log_level)
     return location, replace(settings, server=server, logging=logging)
 
@@ -97,11 +101,17 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Validate everything, print what will serve, bind, and only then say "listening"."""
-    from costproxy.http.app import run
+    from costproxy.http.server import run, run_workers
     from costproxy.observability import configure_logging
+    from costproxy.store.backend import is_redis_url
     from costproxy.tools.config_report import describe, preflight, warnings
 
     location, settings = _load(args)
+    if settings.server.workers > 1 and not is_redis_url(settings.store.url):
+        print(f"error: {settings.server.workers} workers need a shared store (store.url: redis://...); on "
+              "SQLite each worker would keep budget counters of its own and hard budgets would not hold",
+              file=sys.stderr)
+        return 2
     for line in describe(location, settings, preflight(settings)):
         print(line, file=sys.stderr)
     for warning in warnings(settings):
@@ -122,7 +132,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"costproxy listening on http://{shown}:{settings.server.port}  (store: {settings.store.url}, "
               f"{len(settings.registry.models)} models)", file=sys.stderr, flush=True)
 
-    run(settings, sock=sock, announce=announce)
+    if settings.server.workers > 1:
+        return run_workers(settings, sock, announce)
+    run(settings, sock, announce)
     return 0
 
 
@@ -269,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
         server = command(name, text)
         server.add_argument("--host")
         server.add_argument("--port", type=int, help="0: any free port (printed when listening)")
+        if name == "serve":
+            server.add_argument("--workers", type=int, help="processes serving the port (server.workers; more "
+                                "than one needs a redis:// store)")
         server.set_defaults(func=func)
     command("check-config", "validate configuration, models, quality profiles, rules and encodings; show "
             "which providers are usable").set_defaults(func=cmd_check_config)

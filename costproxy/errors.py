@@ -5,6 +5,7 @@
     │   ├── InvalidJSON             body is not JSON / not an object            400 invalid_json
     │   ├── InvalidRequest          a field has a bad value or is missing       400 invalid_request
     │   ├── BodyTooLarge            body over ``server.max_body_bytes``         413 body_too_large
+    │   ├── RequestTimeout          body not received within its time limit    408 request_timeout
     │   ├── UnknownModel            model not in the registry                   404 model_not_found
     │   ├── NotFound                route or resource does not exist            404 not_found
     │   ├── MethodNotAllowed        wrong HTTP method                           405 method_not_allowed
@@ -85,6 +86,11 @@ class InvalidRequest(CallerError):
 class BodyTooLarge(CallerError):
     status = 413
     code = "body_too_large"
+
+
+class RequestTimeout(CallerError):
+    status = 408
+    code = "request_timeout"
 
 
 class UnknownModel(CallerError):

@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
     SpanExporter,
 )
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 
 from costproxy.errors import ConfigError
 from costproxy.money import format_usd
@@ -117,7 +117,16 @@ class Metrics:
     latency: Histogram
     upstream_errors: Counter
     fallbacks: Counter
+    multiprocess_dir: str | None = None
     _children: dict[tuple[str, str, str], RequestMetrics] = field(default_factory=dict)
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format: this process's metrics, or every worker's summed."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)
 
     def for_request(self, endpoint: str, model: str, status: str) -> RequestMetrics:
         key = (endpoint, model, status)
@@ -130,10 +139,13 @@ class Metrics:
         return children
 
 
-def make_metrics() -> Metrics:
+def make_metrics(multiprocess_dir: str | None = None) -> Metrics:
+    """The app's metrics; with ``multiprocess_dir`` (several workers) values are kept in files there
+    and ``exposition`` sums every worker's."""
     registry = CollectorRegistry()
     return Metrics(
         registry=registry,
+        multiprocess_dir=multiprocess_dir,
         requests=Counter("costproxy_requests", "Requests by endpoint, served model and status",
                          ["endpoint", "model", "status"], registry=registry),
         cost=Counter("costproxy_cost_nanos", "Actual cost in nano-USD", ["model"], registry=registry),

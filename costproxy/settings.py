@@ -56,6 +56,10 @@ class ServerSettings:
     port: int = 8080
     max_body_bytes: int = 4 * 1024 * 1024
     access_log: bool = False
+    idle_timeout_s: float = 15.0  # a connection without a complete request header this long is closed
+    body_timeout_s: float = 30.0  # a request body must arrive within this (408 request_timeout)
+    drain_timeout_s: float = 30.0  # on SIGTERM: how long in-flight requests and streams may finish
+    workers: int = 1  # processes serving one port (more than one needs a redis:// store)
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,6 +346,10 @@ def _parse_server(node: Node, env: Mapping[str, str]) -> ServerSettings:
         port=port,
         max_body_bytes=node.child("max_body_bytes", 4 * 1024 * 1024).int(minimum=1024),
         access_log=node.child("access_log", False).bool(),
+        idle_timeout_s=node.child("idle_timeout_s", 15.0).number(minimum=1, maximum=3600),
+        body_timeout_s=node.child("body_timeout_s", 30.0).number(minimum=1, maximum=3600),
+        drain_timeout_s=node.child("drain_timeout_s", 30.0).number(minimum=0, maximum=86_400),
+        workers=node.child("workers", 1).int(minimum=1, maximum=256),
     )
     node.done()
     return server

@@ -17,7 +17,6 @@ The middleware order is the one list ``MIDDLEWARES``; every piece of state is a 
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
@@ -26,7 +25,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 from opentelemetry.sdk.trace.export import SpanExporter
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from costproxy.alerts.catalog import AlertCatalog
 from costproxy.alerts.manager import AlertManager
@@ -58,6 +57,7 @@ from costproxy.http.state import (
     ALERTS,
     BACKEND,
     BUDGETS,
+    DRAINING,
     HTTP_SESSION,
     KEY_STORE,
     KEYRING,
@@ -87,13 +87,14 @@ RULES_POLL_SECONDS = 2.0
 
 
 def create_app(settings: Settings, *, span_exporter: SpanExporter | None = None,
-               clock: Callable[[], float] = time.time) -> web.Application:
-    """The application for ``settings``; ``clock`` (tests) is the budgets' and alerts' wall clock."""
+               clock: Callable[[], float] = time.time, metrics_dir: str | None = None) -> web.Application:
+    """The application for ``settings``; ``clock`` (tests) is the budgets' and alerts' wall clock;
+    ``metrics_dir``: the directory where several workers keep their metrics (``http.server``)."""
     tracing = make_tracing(settings.tracing, span_exporter)
     chain = [m for m in MIDDLEWARES if tracing.enabled or m is not middlewares.tracing_middleware]
     app = web.Application(middlewares=chain, client_max_size=settings.server.max_body_bytes)
     app[SETTINGS] = settings
-    app[METRICS] = make_metrics()
+    app[METRICS] = make_metrics(metrics_dir)
     app[TRACER] = tracing.tracer
 
     async def tracing_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -272,27 +273,25 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    ready = ALERTS in request.app  # set by the last start-up step
-    return web.json_response({"status": "ready" if ready else "starting"}, status=200 if ready else 503)
+    """Ready: started, not draining, and the ledger writer is writing (a replica whose ledger cannot
+    be written keeps its rows and stops taking traffic until it can)."""
+    app = request.app
+    if app.get(DRAINING):
+        return web.json_response({"status": "draining"}, status=503)
+    if ALERTS not in app:  # set by the last start-up step
+        return web.json_response({"status": "starting"}, status=503)
+    store, backend = app[STORE], app[BACKEND]
+    body: dict[str, Any] = {"status": "ready" if store.healthy else "ledger_unwritable",
+                            "ledgerBacklog": store.backlog, "store": backend.kind}
+    if not store.healthy:
+        body["ledgerError"] = store.last_error
+    pending = getattr(backend.accounts, "pending", None)
+    if callable(pending):
+        body["settlementsPending"] = pending()  # Redis away: settlements wait in the durable outbox
+    return web.json_response(body, status=200 if store.healthy else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS].registry)
-    return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
+    return web.Response(body=request.app[METRICS].exposition(), headers={"content-type": CONTENT_TYPE_LATEST})
 
 
-def run(settings: Settings, *, sock: socket.socket | None = None, announce: Callable[[], None] | None = None,
-        **kwargs: Any) -> None:
-    """Serve until SIGINT/SIGTERM: on ``sock`` when the caller bound one, else on the configured
-    host and port; ``announce`` is called once connections are accepted."""
-    app = create_app(settings, **kwargs)
-    where: dict[str, Any] = {"sock": sock} if sock is not None else {
-        "host": settings.server.host, "port": settings.server.port}
-    web.run_app(app, **where, access_log=web_access_logger() if settings.server.access_log else None,
-                print=None if announce is None else lambda *_: announce())
-
-
-def web_access_logger() -> Any:
-    import logging
-
-    return logging.getLogger("aiohttp.access")

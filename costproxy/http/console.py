@@ -27,6 +27,7 @@ from aiohttp import web
 
 from costproxy.errors import StoreUnavailable
 from costproxy.http import console_auth
+from costproxy.http.bodies import read_body
 from costproxy.http.budgets_api import catalog_of
 from costproxy.http.console_auth import COOKIE, current_session, role_for_token, safe_next, same_origin
 from costproxy.http.state import CONSOLE_SESSIONS, LOGIN_THROTTLE, SETTINGS, STORE
@@ -207,6 +208,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     throttle, address, now = request.app[LOGIN_THROTTLE], request.remote or "-", time.time()
     if not throttle.allowed(address, now):
         return login_page(request, "Too many failed sign-ins from this address; wait a few minutes.", 429)
+    await read_body(request)
     form = await request.post()
     token = str(form.get("token", "")).strip()
     found = role_for_token(request.app, token) if token else None
@@ -225,6 +227,7 @@ async def login(request: web.Request) -> web.StreamResponse:
 async def logout(request: web.Request) -> web.StreamResponse:
     found = current_session(request)
     if found is not None:
+        await read_body(request)
         form = await request.post()
         presented = str(form.get("csrf", "")) or request.headers.get("x-csrf-token")
         if not same_origin(request) or not csrf_matches(found[1], presented):

@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from costproxy.errors import Forbidden, InvalidJSON, InvalidRequest, NotFound
+from costproxy.http.bodies import read_body
 from costproxy.http.state import ADMIN_ROLE, KEY_STORE, KEYRING, STORE
 from costproxy.identity.key_store import KeyStore, SqliteKeyStore
 from costproxy.identity.principal import KeyRecord, hash_key, new_key, new_key_id
@@ -38,6 +39,7 @@ def _strict_json(text: str) -> Any:
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
+    await read_body(request)
     try:
         body = await request.json(loads=_strict_json)
     except ValueError as exc:  # includes bodies that are not UTF-8

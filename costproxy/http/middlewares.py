@@ -87,8 +87,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return respond(BodyTooLarge(f"request body exceeds {limit} bytes"))
     except web.HTTPNotFound:
         return respond(NotFound(f"no route for {request.method} {request.path}"))
-    except web.HTTPMethodNotAllowed:
-        return respond(MethodNotAllowed(f"{request.method} is not allowed on {request.path}"))
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return respond(MethodNotAllowed(f"{request.method} is not allowed on {request.path} (allowed: {allowed})",
+                                        headers={"Allow": allowed}))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -199,3 +201,4 @@ def authenticate_client(request: web.Request, settings: Settings) -> Principal:
     return Principal(key_id=principal.key_id, user=fields.get("user", principal.user),
                      team=fields.get("team", principal.team), org=fields.get("org", principal.org),
                      project=fields.get("project", principal.project), via=f"trusted-proxy:{trusted.name}")
+

@@ -11,8 +11,9 @@ from typing import Any
 
 from aiohttp import web
 
-from costproxy.errors import BodyTooLarge, ProxyError, UnknownModel
-from costproxy.http.state import PRINCIPAL, REQUEST_ID, ROUTER, SERVICES, SETTINGS, TRUSTED_HEADERS
+from costproxy.errors import ProxyError, UnknownModel
+from costproxy.http.bodies import read_body
+from costproxy.http.state import PRINCIPAL, REQUEST_ID, ROUTER, SERVICES, TRUSTED_HEADERS
 from costproxy.ledger.entry import LedgerEntry
 from costproxy.money import format_usd
 from costproxy.pipeline.plan import Plan
@@ -36,12 +37,7 @@ def request_context(request: web.Request, endpoint: str) -> RequestContext:
 
 async def read_json(request: web.Request) -> dict[str, Any]:
     """The request body as a JSON object (``InvalidJSON``, ``BodyTooLarge`` otherwise)."""
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        limit = request.app[SETTINGS].server.max_body_bytes
-        raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes") from None
-    return parse_body(raw)
+    return parse_body(await read_body(request))
 
 
 async def read_request(request: web.Request, endpoint: Endpoint) -> ChatRequest:

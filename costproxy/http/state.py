@@ -25,6 +25,7 @@ from costproxy.store.sqlite import SqliteStore
 
 SETTINGS = web.AppKey("settings", Settings)
 BACKEND = web.AppKey("backend", Backend)  # everything that persists (store.backend)
+DRAINING = web.AppKey("draining", bool)  # set on SIGTERM: readiness false while in-flight requests finish
 SERVICES = web.AppKey("services", Services)
 STORE = web.AppKey("store", SqliteStore)
 KEYRING = web.AppKey("keyring", KeyRing)

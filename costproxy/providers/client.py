@@ -87,6 +87,12 @@ class _Prepared:
     stream: aiohttp.ClientTimeout
 
 
+def _connect_timeout(provider: ProviderSettings) -> UpstreamTimeout:
+    """A connection that was never made (the request was never sent) is not a slow answer."""
+    return UpstreamTimeout(f"provider {provider.name} could not be connected to within "
+                           f"{provider.timeouts.connect:g}s", details={"phase": "connect"})
+
+
 class UpstreamClient:
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self.session = session
@@ -121,6 +127,8 @@ class UpstreamClient:
                 body = await resp.read()
                 headers = {k.lower(): v for k, v in resp.headers.items()}
                 status = resp.status
+        except aiohttp.ConnectionTimeoutError:
+            raise _connect_timeout(provider) from None
         except TimeoutError:
             raise UpstreamTimeout(f"provider {provider.name} did not answer within {t.read:g}s") from None
         except aiohttp.ClientError as exc:
@@ -147,6 +155,8 @@ class UpstreamClient:
                 self.session.post(url, data=payload, params=params or None, headers=headers, timeout=timeout),
                 timeout=t.first_byte,
             )
+        except aiohttp.ConnectionTimeoutError:
+            raise _connect_timeout(provider) from None
         except TimeoutError:
             raise UpstreamTimeout(f"provider {provider.name} sent no response within {t.first_byte:g}s") from None
         except aiohttp.ClientError as exc:

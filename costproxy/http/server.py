@@ -1,0 +1,219 @@
+"""Serving the application: HTTP hygiene, graceful drain, and several workers on one port.
+
+``serve(settings, sock)`` runs the app on an already bound listening socket until SIGTERM or
+SIGINT, then drains:
+
+1. readiness goes false (``/readyz`` answers 503 ``draining``) and the listener closes, so no new
+   connection is accepted;
+2. requests and streams in flight get ``server.drain_timeout_s`` to finish; whatever is still
+   running then is cancelled, and the pipeline settles it in its ``finally`` (a cancelled stream is
+   charged what was generated, a reservation is settled or released);
+3. the application's cleanup runs: background tasks stop, the ledger writer flushes every accepted
+   entry, Redis settlements that could not be sent are already in the durable outbox.
+
+A second signal during the drain ends the process at once.
+
+HTTP hygiene: idle connections — including one that never completes its request header (a
+slowloris) — are closed after ``server.idle_timeout_s``; request bodies must arrive within
+``server.body_timeout_s`` (``http.bodies``); errors of the HTTP parser (a malformed request line,
+a header too long) are answered in OpenAI's error shape, not as plain text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_server import Server
+
+from costproxy.http.app import create_app
+from costproxy.http.state import DRAINING
+from costproxy.settings import Settings
+
+log = structlog.get_logger("costproxy")
+
+
+def parser_error_body(status: int, message: str | None) -> bytes:
+    """An HTTP parser error in OpenAI's shape (the request never reached the application)."""
+    server_side = status >= 500
+    text = "internal error while reading the request" if server_side else \
+        f"malformed HTTP request: {(message or HTTPStatus(status).phrase).strip()[:200]}"
+    return orjson.dumps({"error": {
+        "message": text, "type": "server_error" if server_side else "invalid_request_error", "param": None,
+        "code": "internal_error" if server_side else "malformed_request"}})
+
+
+class ProxyRequestHandler(RequestHandler):
+    """aiohttp's connection handler, answering its own errors in OpenAI's shape."""
+
+    def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # a response is already on its way: only closing is left
+            return super().handle_error(request, status, exc, message)
+        log.info("http_parser_error", status=status, remote=request.remote, error=message or repr(exc))
+        response = web.Response(status=status, body=parser_error_body(status, message),
+                                content_type="application/json")
+        response.force_close()
+        return response
+
+
+class ProxyServer(Server):
+    def __call__(self) -> RequestHandler:
+        return ProxyRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class ProxyRunner(web.AppRunner):
+    """An ``AppRunner`` whose connections use ``ProxyRequestHandler``."""
+
+    async def _make_server(self) -> Server:
+        server = await super()._make_server()
+        server.__class__ = ProxyServer  # same state, one overridden factory method
+        return server
+
+
+def access_logger(settings: Settings) -> logging.Logger | None:
+    return logging.getLogger("aiohttp.access") if settings.server.access_log else None
+
+
+async def serve(settings: Settings, sock: socket.socket, announce: Callable[[], None] | None = None,
+                **app_options: Any) -> None:
+    """Serve on ``sock`` until a signal, then drain (see the module docstring)."""
+    app = create_app(settings, **app_options)
+    server = settings.server
+    runner = ProxyRunner(app, access_log=access_logger(settings), keepalive_timeout=server.idle_timeout_s,
+                         shutdown_timeout=server.drain_timeout_s, handle_signals=False)
+    await runner.setup()
+    stop = asyncio.Event()
+    _on_signals(asyncio.get_running_loop(), stop)
+    try:
+        await web.SockSite(runner, sock).start()
+        if announce is not None:
+            announce()
+        await stop.wait()
+        app[DRAINING] = True
+        log.info("draining", deadline_s=server.drain_timeout_s)
+    finally:
+        await runner.cleanup()
+    log.info("stopped")
+
+
+def _on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    def first() -> None:
+        if stop.is_set():
+            log.warning("second_signal_exit_now")
+            os._exit(1)  # the operator asked twice: no more waiting
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, first)
+
+
+def run(settings: Settings, sock: socket.socket, announce: Callable[[], None] | None = None,
+        **app_options: Any) -> None:
+    """Serve in this process (blocking) on the event loop policy already installed."""
+    asyncio.run(serve(settings, sock, announce, **app_options))
+
+
+# --- several workers on one port ----------------------------------------------------------------
+
+
+RESTART_DELAY_S = 1.0
+
+
+def worker_settings(settings: Settings, index: int) -> Settings:
+    """A worker's settings: its own local SQLite file (``-w<index>`` before the suffix)."""
+    from dataclasses import replace
+
+    root, dot, suffix = settings.store.local_path.rpartition(".")
+    local = f"{root}-w{index}.{suffix}" if dot else f"{settings.store.local_path}-w{index}"
+    return replace(settings, store=replace(settings.store, local_path=local))
+
+
+def run_workers(settings: Settings, sock: socket.socket, announce: Callable[[], None] | None = None) -> int:
+    """Fork ``server.workers`` processes that all accept on ``sock``; supervise them (a worker that
+    dies is restarted), forward SIGTERM/SIGINT to them, and return when they have all drained.
+
+    Budgets stay exact because every worker uses the shared Redis store (``costproxy serve``
+    refuses several workers on SQLite); metrics are kept in files in a directory of this run and
+    ``/metrics`` on any worker sums all of them.
+    """
+    count = settings.server.workers
+    metrics_dir = tempfile.mkdtemp(prefix="costproxy-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # read by prometheus_client in the workers
+    children: dict[int, int] = {}  # pid -> worker index
+    stopping = False
+
+    def spawn(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 0
+            try:
+                _reset_child_signals()
+                _multiprocess_metrics()
+                run(worker_settings(settings, index), sock, metrics_dir=metrics_dir)
+            except BaseException:  # the worker's outermost boundary: log, then exit non-zero
+                log.exception("worker_crashed", worker=index)
+                code = 1
+            finally:
+                os._exit(code)
+        children[pid] = index
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        kill = signal.SIGKILL if stopping else signal.SIGTERM  # a second signal ends at once
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, kill)
+            except ProcessLookupError:
+                pass
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+    for index in range(count):
+        spawn(index)
+    if announce is not None:
+        announce()
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        if pid not in children:
+            continue
+        index = children.pop(pid)
+        if not stopping:
+            log.error("worker_exited", worker=index, status=os.waitstatus_to_exitcode(status))
+            time.sleep(RESTART_DELAY_S)  # never a restart loop at full speed
+            if not stopping:
+                spawn(index)
+    sock.close()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+def _multiprocess_metrics() -> None:
+    """Make prometheus_client keep values in ``PROMETHEUS_MULTIPROC_DIR`` files in this process
+    (it picks its value class when first imported, which may have been before the fork)."""
+    from prometheus_client import values
+
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+
+
+def _reset_child_signals() -> None:
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_DFL)
