@@ -61,6 +61,7 @@ from costproxy.http.state import (
     HTTP_SESSION,
     KEY_STORE,
     KEYRING,
+    LEDGER,
     METRICS,
     ROUTER,
     SERVICES,
@@ -127,6 +128,7 @@ def _backend_ctx(clock: Callable[[], float]) -> Callable[[web.Application], Asyn
     async def backend_ctx(app: web.Application) -> AsyncIterator[None]:
         backend = app[BACKEND] = await open_backend(app[SETTINGS], clock=clock)
         app[STORE], app[KEY_STORE], app[BUDGETS] = backend.local, backend.client_keys, backend.budgets
+        app[LEDGER] = backend.ledger
         seen, records = await _load_keys(backend.client_keys)
         app[KEYRING] = KeyRing(records)
         if backend.budgets is not None:
@@ -273,7 +275,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     ready = ALERTS in request.app  # set by the last start-up step
-    return web.json_response({"status": "ready" if ready else "starting"}, status=200 if ready else 503)
+    body: dict[str, Any] = {"status": "ready" if ready else "starting"}
+    if BACKEND in request.app:  # where reports read the ledger; a PostgreSQL ledger that cannot be written
+        body["ledger"] = await request.app[BACKEND].ledger_health()  # is reported here, rows wait durably
+    return web.json_response(body, status=200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
