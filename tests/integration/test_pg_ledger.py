@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from costproxy.cli import main
+from costproxy.http.state import BACKEND
 from costproxy.ledger.entry import LedgerEntry
 from costproxy.ledger.pg_schema import LATEST
 from costproxy.ledger.postgres import PostgresLedger
@@ -21,6 +22,7 @@ from costproxy.ledger.shipper import LocalShipper
 from costproxy.store.sqlite import SqliteStore
 from tests.conftest import ADMIN_TOKEN, ConfigFactory, Proxy, ProxyFactory
 from tests.conftest_pg import TcpRelay, pg_server, pg_url  # noqa: F401
+from tests.conftest_redis import RedisSpace, redis_endpoint, redis_space  # noqa: F401
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 SMALL = {"model": "small", "messages": [{"role": "user", "content": "hello"}]}
@@ -239,3 +241,33 @@ async def test_a_restored_sqlite_file_ships_as_a_new_origin(tmp_path: Path, pg_u
     finally:
         await ledger.close()
         await local.close()
+
+
+@pytest.mark.redis
+async def test_redis_replicas_write_postgresql_once_and_the_streams_wait_for_it(
+        make_proxy: ProxyFactory, tmp_path: Path, pg_url: str, redis_space: RedisSpace) -> None:  # noqa: F811
+    budgets = {**BUDGET, "key_prefix": redis_space.prefix, "refresh_interval_s": 0.1, "ledger_trim_interval_s": 0.2}
+    apps = [await make_proxy(extra={"store": {"url": redis_space.url, "local_path": str(tmp_path / f"{n}.sqlite3"),
+                                              "ledger_url": pg_url}, "budgets": budgets}) for n in ("a", "b")]
+    for proxy in apps:
+        proxy.app[BACKEND].accounts.keeper.grace_ms = 0  # type: ignore[attr-defined]
+    sent = 0
+    for proxy in apps * 3:
+        resp = await proxy.client.post("/v1/chat/completions", json=SMALL, headers=proxy.auth())
+        assert resp.status == 200
+        sent += 1
+    client = redis_space.client()
+    stream = f"{redis_space.prefix}:{{acme}}:ledger"
+
+    async def written_and_trimmed() -> bool:
+        return len(pg_rows(pg_url)) == sent and client.xlen(stream) == 0
+
+    try:
+        await until(written_and_trimmed, "PostgreSQL to hold every entry and the stream to be trimmed")
+        holders = {k.decode() for k in client.hkeys(f"{redis_space.prefix}:{{acme}}:ledger:mirrors")}
+    finally:
+        client.close()
+    assert "postgres" in holders and len(holders) == 3  # two mirrors and the PostgreSQL shipper
+    assert len(set(pg_rows(pg_url))) == sent  # once each, though both replicas could ship
+    answers = [await _get(proxy, "/api/v1/usage/summary?groupBy=user&hours=1") for proxy in apps]
+    assert answers[0] == answers[1] and answers[0]["data"][0]["requests"] == sent
