@@ -36,6 +36,15 @@ from costproxy.ledger.reader import POSTGRES, Dialect, for_request, recent
 log = structlog.get_logger("costproxy.ledger")
 
 _QUOTED = ", ".join(f'"{c}"' for c in COLUMNS)
+_TYPES = {"ts_ms": "BIGINT", "http_status": "INTEGER", "usage_reported": "BOOLEAN", "stream": "BOOLEAN",
+          "metadata": "JSONB", **{c: "BIGINT" for c in COLUMNS if c.endswith(("_tokens", "_nanos", "_ms"))}}
+# A batch arrives by COPY into a per-session staging table (emptied at commit), then moves with one
+# INSERT … SELECT: an order of magnitude less client CPU than a row-by-row INSERT.
+STAGE = ("CREATE TEMP TABLE IF NOT EXISTS costproxy_ledger_in (n INTEGER NOT NULL, origin TEXT, origin_id TEXT, "
+         + ", ".join(f'"{c}" {_TYPES.get(c, "TEXT")}' for c in COLUMNS) + ") ON COMMIT DELETE ROWS")
+COPY_IN = f"COPY costproxy_ledger_in (n, origin, origin_id, {_QUOTED}) FROM STDIN"
+MOVE = (f"INSERT INTO costproxy_ledger (origin, origin_id, {_QUOTED}) SELECT origin, origin_id, {_QUOTED}"
+        " FROM costproxy_ledger_in ORDER BY n ON CONFLICT (origin, origin_id) DO NOTHING")
 INSERT = (f"INSERT INTO costproxy_ledger (origin, origin_id, {_QUOTED}) VALUES (%s, %s"
           + ", %s" * len(COLUMNS) + ") ON CONFLICT (origin, origin_id) DO NOTHING")
 QUARANTINE = ("INSERT INTO costproxy_ledger_quarantine (origin, origin_id, request_id, error, body)"
@@ -179,8 +188,12 @@ class PostgresLedger:
         written = 0
         async with conn.transaction(), conn.cursor() as cursor:
             if not isolate:
-                batch = [_values(origin, oid, item) for oid, item in rows if isinstance(item, LedgerEntry)]
-                await cursor.executemany(INSERT, batch)
+                await cursor.execute(STAGE)
+                async with cursor.copy(COPY_IN) as copy:
+                    for n, (oid, item) in enumerate(rows):
+                        if isinstance(item, LedgerEntry):
+                            await copy.write_row([n, *_values(origin, oid, item)])
+                await cursor.execute(MOVE)
                 written = cursor.rowcount
                 for oid, item in rows:
                     if isinstance(item, str):
