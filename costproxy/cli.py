@@ -238,11 +238,24 @@ async def _keys_command(args: argparse.Namespace, keys: KeyStore) -> int:
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
+    from costproxy.errors import StoreUnavailable
     from costproxy.store.backend import local_path
     from costproxy.tools.usage_report import print_usage
 
     settings = _settings(args)
-    return asyncio.run(print_usage(local_path(settings), hours=args.hours, group_by=args.by, limit=args.limit))
+    try:
+        return asyncio.run(print_usage(local_path(settings), hours=args.hours, group_by=args.by, limit=args.limit,
+                                       ledger_url=settings.store.ledger_url))
+    except StoreUnavailable as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+
+
+def cmd_ledger(args: argparse.Namespace) -> int:
+    """The PostgreSQL ledger's schema: status, migrate, rollback (``tools/ledger_cli.py``)."""
+    from costproxy.tools.ledger_cli import run
+
+    return asyncio.run(run(_settings(args), args))
 
 
 def cmd_export_encodings(args: argparse.Namespace) -> int:
@@ -297,6 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--by", default="model", choices=("model", "team", "user", "key", "project", "org"))
     usage.add_argument("--limit", type=int, default=20, help="recent requests to list")
     usage.set_defaults(func=cmd_usage)
+    ledger = command("ledger", "the PostgreSQL ledger's schema: status, migrate [--to N], rollback [--to N]")
+    from costproxy.tools.ledger_cli import add_parser as add_ledger_parser
+
+    add_ledger_parser(ledger)
+    ledger.set_defaults(func=cmd_ledger)
     export = command("export-encodings", "write verified tiktoken files into a directory")
     export.add_argument("directory")
     export.set_defaults(func=cmd_export_encodings)

@@ -190,7 +190,8 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
     settings = Settings(
         config_path=path,
         server=_parse_server(root.child("server", {}), env),
-        store=parse_store(root.child("store", {}), env.get("COSTPROXY_STORE_URL"), _local_base(path)),
+        store=parse_store(root.child("store", {}), env.get("COSTPROXY_STORE_URL"), _local_base(path),
+                          env.get("COSTPROXY_LEDGER_URL")),
         providers=providers,
         registry=registry,
         models_path=models_path,

@@ -8,7 +8,9 @@
       refresh_interval_s: 1.0       # Redis: how often counters and definitions are re-read
       checkpoint_interval_s: 10     # SQLite: how often counters are checkpointed
       key_prefix: cp                # Redis: prefix of every key (budgets, client keys, alerts)
-      ledger_retention_days: 7      # Redis: how long the ledger stream keeps entries
+      ledger_retention_days: 7      # Redis: how long counters of past periods are kept
+      ledger_trim_interval_s: 5     # Redis: how often replicas publish their mirror position and trim
+      mirror_expiry_s: 86400        # Redis: a replica silent this long stops holding the ledger trim back
       definitions:
         - id: acme-monthly
           scope_type: org           # org | team | project | user | key
@@ -48,6 +50,8 @@ class BudgetSettings:
     checkpoint_interval_s: float = 10.0
     key_prefix: str = "cp"
     ledger_retention_days: int = 7
+    ledger_trim_interval_s: float = 5.0
+    mirror_expiry_s: float = 86_400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +75,9 @@ def parse_budget_config(value: Any, file: str, path: str = "budgets",
             minimum=0.1),
         key_prefix=_key_prefix(node.child("key_prefix", defaults.key_prefix)),
         ledger_retention_days=node.child("ledger_retention_days", defaults.ledger_retention_days).int(minimum=1),
+        ledger_trim_interval_s=node.child("ledger_trim_interval_s", defaults.ledger_trim_interval_s).number(
+            minimum=0.05),
+        mirror_expiry_s=node.child("mirror_expiry_s", defaults.mirror_expiry_s).number(minimum=60),
     )
     static = _parse_static(node.child("definitions", []), check_model)
     node.done()

@@ -9,6 +9,10 @@ Key layout (``P`` is ``budgets.key_prefix``, default ``cp``; ``{…}`` is the Re
                                                  outbox replay; for usage records the token is
                                                  derived from the idempotency key, kept 7 days)
     P:{<org>}:ledger                      stream the ledger: one entry per settle (field ``e``, JSON)
+    P:{<org>}:ledger:mirrors              hash   replica -> "<last mirrored id> <published at ms>"
+    P:{<org>}:ledger:trimmed              string the stream id below which entries were trimmed
+    P:replicas                            hash   replica -> last heartbeat (ms): who mirrors the ledger
+    P:ledger-trim                         string lease of the replica trimming the streams this round
     P:partitions                          set    every <org> partition in use (for mirrors, reclaim)
     P:{defs}:budgets / :overrides          hash   definitions by id (JSON), P:{defs}:version (counter)
     P:{defs}:audit                        stream audit trail of definition changes
@@ -59,6 +63,20 @@ class RedisKeys:
 
     def ledger(self, partition: str) -> str:
         return f"{self.tag(partition)}:ledger"
+
+    def mirrors(self, partition: str) -> str:
+        return f"{self.tag(partition)}:ledger:mirrors"
+
+    def trimmed(self, partition: str) -> str:
+        return f"{self.tag(partition)}:ledger:trimmed"
+
+    @property
+    def replicas(self) -> str:
+        return f"{self.prefix}:replicas"
+
+    @property
+    def trim_lease(self) -> str:
+        return f"{self.prefix}:ledger-trim"
 
     @property
     def partitions(self) -> str:
@@ -120,8 +138,10 @@ return out
 """
 
 # KEYS: counter_1..counter_n, reservation, expiries, done marker, ledger stream
-# ARGV: now, token, cost, entry JSON ('' for none), stream MINID, done TTL ms, then per counter:
+# ARGV: now, token, cost, entry JSON ('' for none), unused, done TTL ms, then per counter:
 #       expire-at ms, thresholds "pct:amount,..." (amount: nano-USD that reaches pct)
+# ARGV[5] once carried a time-based MINID; the stream is now trimmed only once every replica has
+# mirrored it (ledger/trim.py).  The slot stays so outbox items saved by older versions replay as is.
 # Returns {'dup'} if already settled, else {'ok', spent_1, reserved_1, fired_1, ...} after it.
 SETTLE = """
 local n = #KEYS - 4
@@ -156,7 +176,7 @@ for i = 1, n do
   out[#out + 1] = fired
 end
 if ARGV[4] ~= '' then
-  redis.call('XADD', stream, 'MINID', '~', ARGV[5], '*', 'e', ARGV[4])
+  redis.call('XADD', stream, '*', 'e', ARGV[4])
 end
 return out
 """

@@ -9,7 +9,8 @@ after a lost reply never counts twice.
 Where the ledger lives: in the Redis stream ``P:{<org>}:ledger`` (written by the settle script,
 so counters and ledger cannot disagree; as durable as the Redis persistence you configure —
 run Redis with AOF ``everysec`` or better), and mirrored by every replica into its local SQLite
-(``ledger_mirror.py``) for reports.  Each replica therefore holds a full copy of the ledger.
+(``ledger/mirror.py``) for reports.  Each replica therefore holds a full copy of the ledger; the
+streams are trimmed once every live replica's mirror holds them (``ledger/trim.py``).
 
 Reservations expire after ``reservation_ttl_s``: every reserve first reclaims a few expired ones
 of its partition, and each replica's maintenance loop reclaims the rest, so the reservations of a
@@ -74,6 +75,7 @@ from costproxy.errors import StoreUnavailable
 from costproxy.identity.principal import Principal
 from costproxy.ledger.entry import LedgerEntry, as_refusal
 from costproxy.ledger.mirror import LedgerMirror, entry_json
+from costproxy.ledger.trim import StreamKeeper, replica_id
 from costproxy.money import format_usd
 from costproxy.store.sqlite import SqliteStore
 
@@ -89,7 +91,8 @@ class RedisBudgetAccounts(BudgetBook):
     def __init__(self, redis: Redis, store: SqliteStore, budgets: BudgetStore, keys: RedisKeys, *,
                  clock: Callable[[], float] = time.time, reservation_ttl_s: float = 900.0,
                  refresh_interval_s: float = 1.0, ledger_retention_days: int = 7,
-                 mirror_redis: Redis | None = None, label: str = "redis", owns_redis: bool = True) -> None:
+                 mirror_redis: Redis | None = None, label: str = "redis", owns_redis: bool = True,
+                 trim_interval_s: float = 5.0, mirror_expiry_s: float = 86_400.0) -> None:
         super().__init__(budgets, clock, reservation_ttl_s)
         self.redis = redis
         self._owns_redis = owns_redis  # False: the command client is shared (store.backend closes it)
@@ -113,12 +116,18 @@ class RedisBudgetAccounts(BudgetBook):
         self._tasks: list[asyncio.Task[None]] = []
         self._mirror_redis = mirror_redis
         self.mirror = LedgerMirror(mirror_redis or redis, store, keys, lambda: set(self._partitions))
+        self.keeper = StreamKeeper(redis, keys, "", lambda: set(self._partitions), clock,
+                                   interval_s=trim_interval_s, expiry_s=mirror_expiry_s)
 
     # --- life cycle ----------------------------------------------------------------------
     async def open(self) -> None:
         await self.outbox.load()
+        await self.mirror.load_marks()
+        self.keeper.replica = await replica_id(self.store)
+        self.keeper.sources[self.keeper.replica] = self.mirror.positions
         try:
             await self.refresh()
+            await self.keeper.publish()  # registered before the first trim round can pass it by
             await self.flush_outbox()  # what a previous run could not settle, before new traffic
         except RedisError as exc:
             self._down(exc)
@@ -126,7 +135,8 @@ class RedisBudgetAccounts(BudgetBook):
             if spec.limit_nanos > MAX_EXACT_NANOS:
                 log.error("budget_limit_too_large_for_redis", budget_id=spec.id)
         self._tasks = [asyncio.create_task(self._maintain(), name="costproxy-budget-refresh"),
-                       asyncio.create_task(self.mirror.run(), name="costproxy-ledger-mirror")]
+                       asyncio.create_task(self.mirror.run(), name="costproxy-ledger-mirror"),
+                       asyncio.create_task(self.keeper.run(), name="costproxy-ledger-trim")]
 
     async def close(self) -> None:
         await cancel_and_wait(self._tasks)
@@ -339,7 +349,7 @@ class RedisBudgetAccounts(BudgetBook):
         else:
             return None
         args: list[str | int] = [now, token, str(cost), entry_json(entry).decode() if entry else "",
-                       str(max(0, now - self.retention_ms)), done_ttl_ms or 2 * self.ttl_ms + 3_600_000]
+                       "0", done_ttl_ms or 2 * self.ttl_ms + 3_600_000]
         for budget_id, period_key in zip(ids, periods, strict=True):
             args += [self._expire_for(budget_id, period_key, now), self._marks(budget_id, now)]
         keys = [*counters, self.keys.reservation_prefix(home) + token, self.keys.expiries(home),
@@ -475,6 +485,7 @@ async def open_redis_accounts(url: str, store: SqliteStore, config: BudgetConfig
     accounts = RedisBudgetAccounts(
         redis, store, budgets, keys, clock=clock, reservation_ttl_s=settings.reservation_ttl_s,
         refresh_interval_s=settings.refresh_interval_s, ledger_retention_days=settings.ledger_retention_days,
-        mirror_redis=redis_client(url, timeout_s=5.0), label=label, owns_redis=not shared)
+        mirror_redis=redis_client(url, timeout_s=5.0), label=label, owns_redis=not shared,
+        trim_interval_s=settings.ledger_trim_interval_s, mirror_expiry_s=settings.mirror_expiry_s)
     await accounts.open()
     return accounts

@@ -33,7 +33,7 @@ from costproxy.budgets.codec import SCOPE_FROM_JSON, iso, percent, usd
 from costproxy.budgets.model import STATUSES, BudgetInvalid, zone
 from costproxy.errors import InvalidRequest
 from costproxy.http.budgets_api import manager_of, status_json, viewer, visible
-from costproxy.http.state import BUDGETS, STORE
+from costproxy.http.state import BUDGETS, LEDGER
 from costproxy.ledger import analytics
 from costproxy.ledger.analytics import GROUP_COLUMNS, SCOPE_COLUMNS, LedgerFilter, Series, Sums
 
@@ -88,7 +88,7 @@ async def overview(request: web.Request) -> web.Response:
     today = analytics.local_midnight(now, tz)
     recent_from = max(month_start, now - BURN_WINDOW_MS)
     scopes = scope_filter(request)
-    store = request.app[STORE]
+    store = request.app[LEDGER]
     month = LedgerFilter(start_ms=month_start, scopes=scopes)
     sums = await analytics.overview_sums(store, month, today, recent_from)
     share = await analytics.auto_share(store, month)
@@ -236,7 +236,7 @@ async def spend(request: web.Request) -> web.StreamResponse:
     bucket = bucket_of(request, start, end)
     filters = drill_filters(request)
     flt = LedgerFilter(start_ms=start, end_ms=end, equals=filters, scopes=scope_filter(request))
-    rows = await analytics.spend_buckets(request.app[STORE], GROUP_COLUMNS[group], flt,
+    rows = await analytics.spend_buckets(request.app[LEDGER], GROUP_COLUMNS[group], flt,
                                          analytics.sql_bucket_ms(tz, start, end))
     body = spend_body(group, analytics.fold(rows, bucket, tz), analytics.bucket_labels(start, end, bucket, tz),
                       _top(request))

@@ -61,6 +61,7 @@ from costproxy.http.state import (
     HTTP_SESSION,
     KEY_STORE,
     KEYRING,
+    LEDGER,
     METRICS,
     ROUTER,
     SERVICES,
@@ -128,6 +129,7 @@ def _backend_ctx(clock: Callable[[], float]) -> Callable[[web.Application], Asyn
     async def backend_ctx(app: web.Application) -> AsyncIterator[None]:
         backend = app[BACKEND] = await open_backend(app[SETTINGS], clock=clock)
         app[STORE], app[KEY_STORE], app[BUDGETS] = backend.local, backend.client_keys, backend.budgets
+        app[LEDGER] = backend.ledger
         seen, records = await _load_keys(backend.client_keys)
         app[KEYRING] = KeyRing(records)
         if backend.budgets is not None:
@@ -285,6 +287,7 @@ async def readyz(request: web.Request) -> web.Response:
                             "ledgerBacklog": store.backlog, "store": backend.kind}
     if not store.healthy:
         body["ledgerError"] = store.last_error
+    body["ledger"] = await backend.ledger_health()  # a PostgreSQL ledger that cannot be written: rows wait durably
     pending = getattr(backend.accounts, "pending", None)
     if callable(pending):
         body["settlementsPending"] = pending()  # Redis away: settlements wait in the durable outbox

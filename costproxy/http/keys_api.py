@@ -11,13 +11,14 @@ from aiohttp import web
 
 from costproxy.errors import Forbidden, InvalidJSON, InvalidRequest, NotFound
 from costproxy.http.bodies import read_body
-from costproxy.http.state import ADMIN_ROLE, KEY_STORE, KEYRING, STORE
+from costproxy.http.state import ADMIN_ROLE, KEY_STORE, KEYRING, LEDGER
 from costproxy.identity.key_store import KeyStore, SqliteKeyStore
 from costproxy.identity.principal import KeyRecord, hash_key, new_key, new_key_id
 from costproxy.ledger.analytics import key_activity
+from costproxy.ledger.reader import SPEND_COLUMNS as GROUP_COLUMNS
+from costproxy.ledger.reader import spend_by
 from costproxy.money import format_usd
 from costproxy.store.sqlite import SqliteStore
-from costproxy.tools.usage_report import GROUP_COLUMNS, spend_by
 
 KEY_FIELDS = ("name", "user", "team", "org", "project")
 MAX_FIELD_CHARS = 256
@@ -87,7 +88,7 @@ async def create_key(request: web.Request) -> web.Response:
 async def list_keys(request: web.Request) -> web.Response:
     """Every key with its last use and request count, derived from the ledger (nothing is written
     per request for it; in Redis mode it is what this replica's ledger mirror holds)."""
-    activity = await key_activity(request.app[STORE])
+    activity = await key_activity(request.app[LEDGER])
     data = []
     for record in request.app[KEYRING].all():
         last, count = activity.get(record.id, (None, 0))
@@ -129,12 +130,12 @@ MAX_HOURS = 24 * 366 * 10  # ten years of ledger
 
 async def recent_usage(request: web.Request) -> web.Response:
     limit = int_param(request, "limit", 50, 1, 1000)
-    entries = await request.app[STORE].recent_entries(limit)
+    entries = await request.app[LEDGER].recent_entries(limit)
     return web.json_response({"data": [e.public() for e in entries]})
 
 
 async def request_entries(request: web.Request) -> web.Response:
-    entries = await request.app[STORE].entries_for(request.match_info["request_id"])
+    entries = await request.app[LEDGER].entries_for(request.match_info["request_id"])
     if not entries:
         raise NotFound(f"no ledger entry for request {request.match_info['request_id']}")
     return web.json_response({"data": [e.public() for e in entries]})
@@ -145,7 +146,7 @@ async def usage_summary(request: web.Request) -> web.Response:
     if group not in GROUP_COLUMNS:
         raise InvalidRequest(f"'groupBy' must be one of {', '.join(GROUP_COLUMNS)}", param="groupBy")
     since_ms = int((time.time() - _hours(request) * 3600) * 1000)
-    rows = await spend_by(request.app[STORE], group, since_ms)
+    rows = await spend_by(request.app[LEDGER], group, since_ms)
     data = [{group: r["k"], "requests": r["n"], "costUsd": format_usd(r["cost"] or 0),
              "baselineUsd": format_usd(r["base"] or 0), "savingUsd": format_usd((r["base"] or 0) - (r["cost"] or 0)),
              "promptTokens": r["tin"] or 0, "completionTokens": r["tout"] or 0} for r in rows]

@@ -20,7 +20,7 @@ from aiohttp import web
 from costproxy.budgets.codec import iso, percent, usd
 from costproxy.errors import InvalidRequest
 from costproxy.http.analytics_api import now_ms, span, sums_json
-from costproxy.http.state import ROUTER, STORE
+from costproxy.http.state import LEDGER, ROUTER
 from costproxy.ledger import analytics
 from costproxy.ledger.analytics import LedgerFilter
 from costproxy.routing.router import DecisionRecord
@@ -62,7 +62,7 @@ async def list_decisions(request: web.Request) -> web.Response:
         records.append(record)
         if len(records) >= limit:
             break
-    outcomes = await analytics.decision_outcomes(request.app[STORE], [r.decision.id for r in records])
+    outcomes = await analytics.decision_outcomes(request.app[LEDGER], [r.decision.id for r in records])
     return web.json_response({"data": [decision_summary(r, outcomes.get(r.decision.id)) for r in records],
                               "kept": len(router.decisions)})
 
@@ -105,7 +105,7 @@ async def rules(request: web.Request) -> web.Response:
 async def rule_savings(request: web.Request) -> web.Response:
     router = request.app[ROUTER]
     start, end, label = span(request, now_ms(), default="30d")
-    per_rule, untouched = await analytics.rule_sums(request.app[STORE], LedgerFilter(start_ms=start, end_ms=end))
+    per_rule, untouched = await analytics.rule_sums(request.app[LEDGER], LedgerFilter(start_ms=start, end_ms=end))
     known = {r.id: r for r in router.rules.current.rules} if router.rules is not None else {}
     data = []
     for rule_id, sums in sorted(per_rule.items(), key=lambda item: (-item[1].saving_nanos, item[0])):

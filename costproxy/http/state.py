@@ -15,6 +15,7 @@ from costproxy.budgets.book import BudgetAccounts
 from costproxy.identity.key_store import KeyStore
 from costproxy.identity.principal import KeyRing, Principal
 from costproxy.identity.sessions import LoginThrottle, SessionStore
+from costproxy.ledger.reader import LedgerReader
 from costproxy.observability import Metrics
 from costproxy.pipeline.services import Services
 from costproxy.routing.router import SelectionRouter
@@ -28,6 +29,7 @@ BACKEND = web.AppKey("backend", Backend)  # everything that persists (store.back
 DRAINING = web.AppKey("draining", bool)  # set on SIGTERM: readiness false while in-flight requests finish
 SERVICES = web.AppKey("services", Services)
 STORE = web.AppKey("store", SqliteStore)
+LEDGER: web.AppKey[LedgerReader] = web.AppKey("ledger")  # what reports read: PostgreSQL or the SQLite file
 KEYRING = web.AppKey("keyring", KeyRing)
 KEY_STORE: web.AppKey[KeyStore] = web.AppKey("key_store")  # where keys are written (SQLite or Redis)
 METRICS = web.AppKey("metrics", Metrics)

@@ -6,8 +6,9 @@
 ``GET  /api/v1/budgets/{id}/usage/summary``  totals by source and by model
 ``GET  /api/v1/budgets/{id}/reports``        ``?timeRange=&groupBy=day|week|model|user|team|project|key|source``
 
-Everything is read from the local ledger (SQLite; in Redis mode this replica's mirror of the
-shared ledger stream, a fraction of a second behind).  An entry belongs to a budget when its
+Everything is read from the ledger (``LEDGER``: the PostgreSQL ledger when ``store.ledger_url`` is
+set, else the local SQLite one; in Redis mode this replica's mirror of the shared ledger stream,
+a fraction of a second behind); the SQL is in ``ledger/budget_usage.py``.  An entry belongs to a budget when its
 ``metadata.budgets`` names it; ``timeRange=current``/``previous`` select by the period the entry
 was charged to, other ranges by the entry's timestamp.
 """
@@ -25,9 +26,9 @@ from costproxy.budgets.reports import GROUPS, RangeInvalid, Row, TimeRange, repo
 from costproxy.errors import InvalidRequest
 from costproxy.http.budgets_api import budget_for, status_json, store_errors
 from costproxy.http.keys_api import int_param, json_body, require_admin
-from costproxy.http.state import REQUEST_ID, STORE
+from costproxy.http.state import LEDGER, REQUEST_ID
+from costproxy.ledger.budget_usage import BUCKET, budget_entries, budget_sums
 from costproxy.ledger.entry import LedgerEntry
-from costproxy.store.sqlite import entry_from_row
 
 EXTERNAL_SOURCES = ("relaycore", "auterity", "manual")
 
@@ -82,46 +83,19 @@ def _span(request: web.Request, accounts: BudgetAccounts, spec: BudgetSpec, defa
         raise InvalidRequest(str(exc), param="timeRange") from None
 
 
-def _where(spec: BudgetSpec, span: TimeRange) -> tuple[str, list[Any]]:
-    """Ledger rows charged to ``spec`` within ``span`` (``l`` is the ledger alias)."""
-    if span.period_key is not None:
-        return ("EXISTS (SELECT 1 FROM json_each(l.metadata, '$.budgets') j WHERE j.key = ? AND j.value = ?)",
-                [spec.id, span.period_key])
-    clauses = ["EXISTS (SELECT 1 FROM json_each(l.metadata, '$.budgets') j WHERE j.key = ?)"]
-    params: list[Any] = [spec.id]
-    if span.start_ms is not None:
-        clauses.append("l.ts_ms >= ?")
-        params.append(span.start_ms)
-    if span.end_ms is not None:
-        clauses.append("l.ts_ms < ?")
-        params.append(span.end_ms)
-    return " AND ".join(clauses), params
-
-
 async def list_usage(request: web.Request) -> web.Response:
     accounts, spec = budget_for(request)
     span = _span(request, accounts, spec, "all")
-    where, params = _where(spec, span)
-    source = request.query.get("source")
-    if source:
-        where += " AND l.source = ?"
-        params.append(source)
     limit = int_param(request, "limit", 100, 1, 1000)
-    rows = await request.app[STORE].query(
-        f"SELECT * FROM ledger l WHERE {where} ORDER BY l.seq DESC LIMIT ? OFFSET ?",
-        [*params, limit, int_param(request, "offset", 0, 0, 10**12)])
+    found = await budget_entries(request.app[LEDGER], spec.id, span, source=request.query.get("source"),
+                                 limit=limit, offset=int_param(request, "offset", 0, 0, 10**12))
     return web.json_response({"budgetId": spec.id, "timeRange": span.to_json(),
-                              "data": [usage_json(entry_from_row(r), r["seq"]) for r in rows]})
+                              "data": [usage_json(entry, seq) for seq, entry in found]})
 
 
-_SUMS = ("SUM(l.cost_nanos) AS amount, COUNT(*) AS n, SUM(l.prompt_tokens) AS tin, "
-         "SUM(l.completion_tokens) AS tout, SUM(l.baseline_nanos) AS base")
-
-
-async def _grouped(request: web.Request, key_sql: str, where: str, params: list[Any]) -> list[Row]:
-    rows = await request.app[STORE].query(
-        f"SELECT {key_sql} AS k, {_SUMS} FROM ledger l WHERE {where} GROUP BY k ORDER BY amount DESC", params)
-    return [Row(r["k"], r["amount"] or 0, r["n"], r["tin"] or 0, r["tout"] or 0, r["base"] or 0) for r in rows]
+async def _grouped(request: web.Request, spec: BudgetSpec, span: TimeRange, group: str, *,
+                   known_only: bool = False) -> list[Row]:
+    return await budget_sums(request.app[LEDGER], spec.id, span, group, known_only=known_only)
 
 
 def _sums_json(rows: list[Row], name: str) -> list[dict[str, Any]]:
@@ -131,9 +105,8 @@ def _sums_json(rows: list[Row], name: str) -> list[dict[str, Any]]:
 async def usage_summary(request: web.Request) -> web.Response:
     accounts, spec = budget_for(request)
     span = _span(request, accounts, spec, "current")
-    where, params = _where(spec, span)
-    sources = await _grouped(request, "l.source", where, params)
-    models = await _grouped(request, "l.served_model", where, params)
+    sources = await _grouped(request, spec, span, "source")
+    models = await _grouped(request, spec, span, "served_model")
     status = await accounts.status(spec.id)
     return web.json_response({
         "budgetId": spec.id, "currency": spec.currency, "timeRange": span.to_json(), "totals": totals(sources),
@@ -149,12 +122,11 @@ async def reports(request: web.Request) -> web.Response:
     if group not in GROUPS:
         raise InvalidRequest(f"'groupBy' must be one of {', '.join(GROUPS)}", param="groupBy")
     span = _span(request, accounts, spec, "current")
-    where, params = _where(spec, span)
-    series = await _grouped(request, "(l.ts_ms / 900000) * 900000", where, params)
+    series = await _grouped(request, spec, span, BUCKET)
     column = GROUPS[group]
-    grouped = series if column is None else await _grouped(request, f"l.{column}", where, params)
-    spenders = await _grouped(request, "l.user", where + " AND l.user IS NOT NULL", params)
-    models = await _grouped(request, "l.served_model", where, params)
+    grouped = series if column is None else await _grouped(request, spec, span, column)
+    spenders = await _grouped(request, spec, span, "user", known_only=True)
+    models = await _grouped(request, spec, span, "served_model")
     return web.json_response(report(spec, span, group, grouped, series, spenders, models))
 
 

@@ -1,7 +1,8 @@
 """Spend analytics over the ledger: the SQL behind the console's overview, reports and routing screens.
 
-Every query reads the local SQLite ledger (in Redis mode, this replica's mirror of the shared
-ledger).  Queries aggregate in SQL and hand back small rows; time series are summed per
+Every query reads "the ledger" through a ``LedgerReader`` (``ledger/reader.py``): the local SQLite
+ledger (in Redis mode, this replica's mirror of the shared ledger) or the PostgreSQL ledger when
+``store.ledger_url`` is set.  Queries aggregate in SQL and hand back small rows; time series are summed per
 15-minute bucket in SQL and folded into the viewer's local hours, days or weeks in Python, which
 is exact for every time zone offset in use (all are multiples of 15 minutes) and keeps the work
 proportional to the range, not to the number of requests.
@@ -18,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from costproxy.budgets.model import zone
+from costproxy.ledger.reader import LedgerReader
 from costproxy.store.sqlite import SqliteStore
 
 BUCKET_MS = 900_000
@@ -60,11 +62,11 @@ class LedgerFilter:
                 params.append(value)
         if self.scopes is not None:
             if not self.scopes:
-                clauses.append("0")
+                clauses.append("FALSE")
             else:
                 clauses.append("(" + " OR ".join(f"l.{c} = ?" for c, _ in self.scopes) + ")")
                 params.extend(v for _, v in self.scopes)
-        return (" AND ".join(clauses) or "1"), params
+        return (" AND ".join(clauses) or "TRUE"), params
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,12 +127,25 @@ async def catch_up(store: SqliteStore) -> int:
     return await store.run(_catch_up_sync, store)
 
 
-async def overview_sums(store: SqliteStore, flt: LedgerFilter, today_ms: int, recent_from_ms: int) -> OverviewSums:
+def _count(condition: str) -> str:
+    return f"SUM(CASE WHEN {condition} THEN 1 ELSE 0 END)"
+
+
+def _rollup(ledger: LedgerReader, flt: LedgerFilter) -> SqliteStore | None:
+    """The store whose 15-minute rollup can answer ``flt`` (unscoped, open-ended), if any."""
+    if ledger.dialect.rollup and isinstance(ledger, SqliteStore) and flt.scopes is None and not flt.equals \
+            and flt.end_ms is None:
+        return ledger
+    return None
+
+
+async def overview_sums(ledger: LedgerReader, flt: LedgerFilter, today_ms: int, recent_from_ms: int) -> OverviewSums:
     """Sums of the period (``flt``'s range), of today, of the recent window, and refusals.
 
     Without a scope limit they come from the 15-minute rollup (``today_ms`` must be on a
     15-minute boundary, as every local midnight is); with one, from the ledger itself."""
-    if flt.scopes is None and not flt.equals and flt.end_ms is None:
+    store = _rollup(ledger, flt)
+    if store is not None:
         await catch_up(store)
         rows = await store.query(
             "SELECT SUM(CASE WHEN refused = 0 THEN requests END) AS n, SUM(cost_nanos) AS cost,"
@@ -143,13 +158,14 @@ async def overview_sums(store: SqliteStore, flt: LedgerFilter, today_ms: int, re
             [today_ms, today_ms, today_ms, today_ms, recent_from_ms - recent_from_ms % BUCKET_MS, flt.start_ms or 0])
         return _overview(rows[0])
     where, params = flt.where()
-    rows = await store.query(
-        f"SELECT SUM({SERVED}) AS n, SUM(l.cost_nanos) AS cost, SUM(l.baseline_nanos) AS base,"
-        f" SUM({SERVED} AND l.ts_ms >= ?) AS tn, SUM(CASE WHEN l.ts_ms >= ? THEN l.cost_nanos END) AS tcost,"
+    rows = await ledger.query(
+        f"SELECT {_count(SERVED)} AS n, SUM(l.cost_nanos) AS cost, SUM(l.baseline_nanos) AS base,"
+        f" {_count(SERVED + ' AND l.ts_ms >= ?')} AS tn, SUM(CASE WHEN l.ts_ms >= ? THEN l.cost_nanos END) AS tcost,"
         " SUM(CASE WHEN l.ts_ms >= ? THEN l.baseline_nanos END) AS tbase,"
-        f" SUM({REFUSED_BY_POLICY}) AS refused, SUM({REFUSED_BY_POLICY} AND l.ts_ms >= ?) AS trefused,"
+        f" {_count(REFUSED_BY_POLICY)} AS refused, {_count(REFUSED_BY_POLICY + ' AND l.ts_ms >= ?')} AS trefused,"
         " SUM(CASE WHEN l.ts_ms >= ? THEN l.cost_nanos END) AS recent"
-        f" FROM ledger l WHERE {where}", [today_ms, today_ms, today_ms, today_ms, recent_from_ms, *params])
+        f" FROM {ledger.dialect.table} l WHERE {where}",
+        [today_ms, today_ms, today_ms, today_ms, recent_from_ms, *params])
     return _overview(rows[0])
 
 
@@ -160,9 +176,10 @@ def _overview(r: Any) -> OverviewSums:
         refused_today=r["trefused"] or 0, refused_period=r["refused"] or 0, recent_cost_nanos=r["recent"] or 0)
 
 
-async def auto_share(store: SqliteStore, flt: LedgerFilter) -> list[tuple[str, int, int]]:
+async def auto_share(ledger: LedgerReader, flt: LedgerFilter) -> list[tuple[str, int, int]]:
     """``(served model, requests, cost)`` of the requests that asked for ``auto`` or a tier, answered."""
-    if flt.scopes is None and not flt.equals and flt.end_ms is None:  # the rollup (see overview_sums)
+    store = _rollup(ledger, flt)
+    if store is not None:  # the rollup (see overview_sums)
         await catch_up(store)
         rows = await store.query(
             "SELECT served_model AS k, SUM(requests) AS n, SUM(cost_nanos) AS cost FROM ledger_rollup"
@@ -170,10 +187,11 @@ async def auto_share(store: SqliteStore, flt: LedgerFilter) -> list[tuple[str, i
             [flt.start_ms or 0])
         return [(r["k"], r["n"], r["cost"] or 0) for r in rows]
     where, params = flt.where()
-    rows = await store.query(
-        f"SELECT l.served_model AS k, COUNT(*) AS n, SUM(l.cost_nanos) AS cost FROM ledger l WHERE {where}"
+    rows = await ledger.query(
+        f"SELECT l.served_model AS k, COUNT(*) AS n, SUM(l.cost_nanos) AS cost FROM {ledger.dialect.table} l"
+        f" WHERE {where}"
         f" AND {VIRTUAL_SQL} AND {SERVED} AND l.served_model IS NOT NULL"
-        " GROUP BY k ORDER BY n DESC, k", params)
+        " GROUP BY l.served_model ORDER BY n DESC, k", params)
     return [(r["k"], r["n"], r["cost"] or 0) for r in rows]
 
 
@@ -195,50 +213,53 @@ def sql_bucket_ms(tz_name: str, start_ms: int, end_ms: int) -> int:
     return 4 * BUCKET_MS
 
 
-async def spend_buckets(store: SqliteStore, column: str, flt: LedgerFilter, bucket_ms: int = BUCKET_MS
+async def spend_buckets(ledger: LedgerReader, column: str, flt: LedgerFilter, bucket_ms: int = BUCKET_MS
                         ) -> list[BucketRow]:
     """Sums per ``column`` value and bucket of ``bucket_ms`` (refused requests excluded: they cost nothing)."""
     where, params = flt.where()
-    rows = await store.query(
+    rows = await ledger.query(
         f"SELECT l.{column} AS k, (l.ts_ms / {bucket_ms}) * {bucket_ms} AS b, COUNT(*) AS n,"
         " SUM(l.cost_nanos) AS cost, SUM(l.baseline_nanos) AS base, SUM(l.prompt_tokens) AS tin,"
-        f" SUM(l.completion_tokens) AS tout FROM ledger l WHERE {where}"
-        f" AND {SERVED} GROUP BY k, b", params)
+        f" SUM(l.completion_tokens) AS tout FROM {ledger.dialect.table} l WHERE {where}"
+        f" AND {SERVED} GROUP BY l.{column}, b", params)
     return [BucketRow(r["k"], r["b"], Sums(r["n"], r["cost"] or 0, r["base"] or 0, r["tin"] or 0, r["tout"] or 0))
             for r in rows]
 
 
-async def key_activity(store: SqliteStore) -> dict[str, tuple[int, int]]:
+async def key_activity(ledger: LedgerReader) -> dict[str, tuple[int, int]]:
     """``key id -> (last use in epoch ms, requests)``, derived from the ledger (no write per request)."""
-    rows = await store.query(
-        "SELECT key_id AS k, MAX(ts_ms) AS last, COUNT(*) AS n FROM ledger WHERE key_id IS NOT NULL GROUP BY key_id")
+    rows = await ledger.query(
+        f"SELECT l.key_id AS k, MAX(l.ts_ms) AS last, COUNT(*) AS n FROM {ledger.dialect.table} l"
+        " WHERE l.key_id IS NOT NULL GROUP BY l.key_id")
     return {r["k"]: (r["last"], r["n"]) for r in rows}
 
 
-async def rule_sums(store: SqliteStore, flt: LedgerFilter) -> tuple[dict[str, Sums], Sums]:
+async def rule_sums(ledger: LedgerReader, flt: LedgerFilter) -> tuple[dict[str, Sums], Sums]:
     """Per steering rule applied: the requests it touched with their spend and baseline; and the
     requests no rule touched (``metadata.rules`` is written by the pipeline)."""
     where, params = flt.where()
     served = f"{where} AND {SERVED}"
-    per_rule = await store.query(
+    dialect = ledger.dialect
+    per_rule = await ledger.query(
         "SELECT j.value AS k, COUNT(*) AS n, SUM(l.cost_nanos) AS cost, SUM(l.baseline_nanos) AS base"
-        f" FROM ledger l, json_each(l.metadata, '$.rules') j WHERE {served} GROUP BY k", params)
-    rest = await store.query(
-        "SELECT COUNT(*) AS n, SUM(l.cost_nanos) AS cost, SUM(l.baseline_nanos) AS base FROM ledger l"
-        f" WHERE {served} AND json_extract(l.metadata, '$.rules') IS NULL", params)
+        f" FROM {dialect.table} l, {dialect.rules_source} WHERE {served} GROUP BY j.value", params)
+    rest = await ledger.query(
+        f"SELECT COUNT(*) AS n, SUM(l.cost_nanos) AS cost, SUM(l.baseline_nanos) AS base FROM {dialect.table} l"
+        f" WHERE {served} AND {dialect.no_rules}", params)
     found = {r["k"]: Sums(r["n"], r["cost"] or 0, r["base"] or 0) for r in per_rule}
     none = rest[0]
     return found, Sums(none["n"] or 0, none["cost"] or 0, none["base"] or 0)
 
 
-async def decision_outcomes(store: SqliteStore, decision_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+async def decision_outcomes(ledger: LedgerReader, decision_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
     """The ledger entry of each decision (served model, cost, baseline, status), by decision id."""
     if not decision_ids:
         return {}
     marks = ", ".join("?" for _ in decision_ids)
-    rows = await store.query(
-        "SELECT decision_id, served_model, cost_nanos, baseline_nanos, status, usage_reported, request_id"
-        f" FROM ledger WHERE decision_id IN ({marks}) ORDER BY seq", list(decision_ids))
+    rows = await ledger.query(
+        "SELECT l.decision_id, l.served_model, l.cost_nanos, l.baseline_nanos, l.status, l.usage_reported,"
+        f" l.request_id FROM {ledger.dialect.table} l WHERE l.decision_id IN ({marks}) ORDER BY l.seq",
+        list(decision_ids))
     return {r["decision_id"]: dict(r) for r in rows}
 
 

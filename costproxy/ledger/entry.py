@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -67,3 +69,14 @@ def as_refusal(entry: LedgerEntry) -> LedgerEntry:
     return replace(entry, status=Status.REFUSED.value, cost_nanos=0, baseline_nanos=0, prompt_tokens=0,
                    completion_tokens=0, cached_tokens=0, usage_reported=False,
                    error_code=entry.error_code or "refused")
+
+
+def entry_from_row(row: Mapping[str, Any]) -> LedgerEntry:
+    """A ledger row of either store (SQLite: metadata as JSON text, booleans as 0/1; PostgreSQL:
+    jsonb and booleans) as the entry it records."""
+    data = {name: row[name] for name in COLUMNS}
+    metadata = data["metadata"]
+    data["metadata"] = json.loads(metadata or "{}") if isinstance(metadata, str | bytes | None) else dict(metadata)
+    data["usage_reported"] = bool(data["usage_reported"])
+    data["stream"] = bool(data["stream"])
+    return LedgerEntry(**data)

@@ -6,9 +6,10 @@ counters can never disagree.  Every replica mirrors every stream into its own SQ
 table (reports, the UI and exports read it there, fast and even while Redis is away).
 
 Exactly once: each batch of rows and the last stream id it contains are written in one SQLite
-transaction (``budget_marks``), so a restart resumes right after the last mirrored entry — no
-gap, no duplicate.  Streams are trimmed to ``ledger_retention_days`` by the settle script; a
-replica that is down longer than that misses entries the others still hold in their mirrors.
+transaction (``budget_marks``), committed with ``synchronous=FULL`` (on disk, not only in the OS),
+so a restart resumes right after the last mirrored entry — no gap, no duplicate — and the position
+``positions()`` reports may be published for trimming (``ledger/trim.py``): a stream is trimmed
+only below what every live replica's mirror holds this way.
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ class LedgerMirror:
         self._lock = asyncio.Lock()  # one reader at a time: ``run`` and ``catch_up`` share ``_last``
         self.mirrored = 0
 
+    def positions(self) -> dict[str, str]:
+        """Partition -> id of the last entry committed to this mirror (only streams it has read)."""
+        return {p: self._last[self.keys.ledger(p)] for p in self.partitions() if self.keys.ledger(p) in self._last}
+
     async def load_marks(self) -> None:
         rows = await self.store.run(lambda: self.store.conn().execute(
             "SELECT name, value FROM budget_marks WHERE name LIKE 'mirror:%'").fetchall())
@@ -107,6 +112,7 @@ class LedgerMirror:
         cannot be a ledger row goes to ``ledger_quarantine`` (mirroring never stops on one)."""
         conn = self.store.conn()
         written: list[LedgerEntry] = []
+        conn.execute("PRAGMA synchronous=FULL")  # the mark may be published: it must be on disk
         conn.execute("BEGIN")
         try:
             for _, data in rows:
@@ -123,6 +129,8 @@ class LedgerMirror:
         except BaseException:
             rollback(conn)
             raise
+        finally:
+            conn.execute("PRAGMA synchronous=NORMAL")
         return written
 
     async def catch_up(self) -> int:

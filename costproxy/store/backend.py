@@ -8,7 +8,10 @@
   or ``LedgerAccounts`` when budgets are disabled), and ``budgets`` — the same object when it
   enforces budgets (the budget API and alerts need it), else ``None``;
 - ``client_keys``: where ``cp-`` keys are written (the local file, or Redis shared by replicas);
-- ``alerts``: webhook subscriptions, deliveries, events, acknowledgements, read-only tokens.
+- ``alerts``: webhook subscriptions, deliveries, events, acknowledgements, read-only tokens;
+- ``ledger``: "the ledger" as reports read it (``ledger/reader.py``): the PostgreSQL ledger when
+  ``store.ledger_url`` is set — written by a shipper from the local SQLite ledger (SQLite mode) or
+  from the shared Redis streams (Redis mode), see ``ledger/shipper.py`` — else ``local``.
 
 In Redis mode the backend owns one command client for all of them (fail-fast timeouts) and one
 client for the ledger mirror's long blocking reads; nothing else opens a pool.  ``close`` releases
@@ -17,20 +20,28 @@ everything in reverse order.  The CLI opens only what it needs: ``open_client_ke
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from costproxy.alerts.store import AlertStore, SqliteAlertStore
+from costproxy.background import cancel_and_wait
 from costproxy.budgets.accounts import Accounts, LedgerAccounts
 from costproxy.budgets.book import BudgetAccounts
 from costproxy.budgets.definitions import BudgetStore, SqliteDefinitions, ensure_budget_schema
 from costproxy.budgets.sqlite import SqliteBudgetAccounts
 from costproxy.identity.key_store import KeyStore, SqliteKeyStore
+from costproxy.ledger.reader import LedgerReader
 from costproxy.settings import Settings
 from costproxy.store.sqlite import SqliteStore, sqlite_path
+
+if TYPE_CHECKING:
+    from costproxy.ledger.postgres import PostgresLedger
+    from costproxy.ledger.shipper import Shipper
 
 Closer = Callable[[], Awaitable[None]]
 
@@ -64,6 +75,19 @@ class Backend:
     alerts: AlertStore
     label: str  # where the data lives, fit for logs
     _closers: list[Closer] = field(default_factory=list, repr=False)
+    postgres: PostgresLedger | None = None  # store.ledger_url
+    shipper: Shipper | None = None  # writes the PostgreSQL ledger
+
+    @property
+    def ledger(self) -> LedgerReader:
+        return self.local if self.postgres is None else self.postgres
+
+    async def ledger_health(self) -> dict[str, object]:
+        """Where reports read the ledger, and whether the PostgreSQL ledger is being written."""
+        if self.postgres is None or self.shipper is None:
+            return {"store": "sqlite", "healthy": self.local.healthy, "backlog": self.local.backlog}
+        return {"store": "postgresql", "server": self.postgres.label, "healthy": self.shipper.healthy,
+                "error": self.shipper.last_error, "shipped": self.shipper.shipped}
 
     async def close(self) -> None:
         """Close what was opened, last opened first."""
@@ -77,11 +101,46 @@ async def open_backend(settings: Settings, *, clock: Callable[[], float] = time.
     try:
         await ensure_budget_schema(local)
         if is_redis_url(settings.store.url):
-            return await _open_redis(settings, local, clock)
-        return await _open_sqlite(settings, local, clock)
+            backend = await _open_redis(settings, local, clock)
+        else:
+            backend = await _open_sqlite(settings, local, clock)
     except BaseException:
         await local.close()
         raise
+    if settings.store.ledger_url is not None:
+        try:
+            await _attach_postgres(backend, settings.store.ledger_url)
+        except BaseException:
+            await backend.close()
+            raise
+    return backend
+
+
+async def _attach_postgres(backend: Backend, url: str) -> None:
+    """The PostgreSQL ledger and its shipper; closed (after a last drain) before everything else."""
+    from costproxy.budgets.redis import RedisBudgetAccounts
+    from costproxy.ledger.postgres import PostgresLedger
+    from costproxy.ledger.shipper import POSTGRES_REPLICA, LocalShipper, StreamShipper
+
+    postgres = PostgresLedger(url)
+    await postgres.open()
+    backend._closers.append(postgres.close)
+    accounts = backend.accounts
+    shipper: Shipper
+    if isinstance(accounts, RedisBudgetAccounts):
+        shipper = StreamShipper(accounts.redis, accounts.keys, accounts.mirror.partitions, postgres,
+                                owner=accounts.keeper.replica)
+        accounts.keeper.sources[POSTGRES_REPLICA] = shipper.positions
+    else:
+        shipper = LocalShipper(backend.local, postgres)
+    task = asyncio.create_task(shipper.run(), name="costproxy-ledger-postgres")
+
+    async def stop() -> None:
+        await cancel_and_wait([task])
+        await shipper.drain()
+
+    backend._closers.append(stop)
+    backend.postgres, backend.shipper = postgres, shipper
 
 
 async def _open_sqlite(settings: Settings, local: SqliteStore, clock: Callable[[], float]) -> Backend:

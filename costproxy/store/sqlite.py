@@ -38,6 +38,7 @@ from costproxy.background import cancel_and_wait
 from costproxy.errors import StoreUnavailable
 from costproxy.identity.principal import KeyRecord
 from costproxy.ledger.entry import COLUMNS, LedgerEntry
+from costproxy.ledger.reader import SQLITE, Dialect, for_request, recent
 
 T = TypeVar("T")
 log = structlog.get_logger("costproxy.store")
@@ -134,15 +135,9 @@ def quarantine_row(entry: LedgerEntry | dict[str, Any], error: BaseException) ->
             f"{type(error).__name__}: {error}"[:500], body)
 
 
-def entry_from_row(row: sqlite3.Row) -> LedgerEntry:
-    data = {name: row[name] for name in COLUMNS}
-    data["metadata"] = json.loads(data["metadata"] or "{}")
-    data["usage_reported"] = bool(data["usage_reported"])
-    data["stream"] = bool(data["stream"])
-    return LedgerEntry(**data)
-
-
 class SqliteStore:
+    dialect: Dialect = SQLITE  # a LedgerReader (costproxy/ledger/reader.py) over this file's ledger
+
     def __init__(self, path: str, *, flush_interval: float = 0.05, batch_size: int = 256) -> None:
         self.path = path
         self.flush_interval = flush_interval
@@ -307,12 +302,10 @@ class SqliteStore:
         return await self.run(run)
 
     async def recent_entries(self, limit: int = 50) -> list[LedgerEntry]:
-        rows = await self.query("SELECT * FROM ledger ORDER BY seq DESC LIMIT ?", (limit,))
-        return [entry_from_row(r) for r in rows]
+        return await recent(self, limit)
 
     async def entries_for(self, request_id: str) -> list[LedgerEntry]:
-        rows = await self.query("SELECT * FROM ledger WHERE request_id = ? ORDER BY seq", (request_id,))
-        return [entry_from_row(r) for r in rows]
+        return await for_request(self, request_id)
 
     # --- client keys ---------------------------------------------------------------------
     async def insert_key(self, record: KeyRecord) -> None:

@@ -10,6 +10,7 @@ model nobody can serve), each with how to fix it.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 from costproxy.analyzer.encodings import load_encodings
@@ -17,11 +18,15 @@ from costproxy.errors import ConfigError, InternalError
 from costproxy.routing.router import SelectionRouter, build_router
 from costproxy.settings import ConfigLocation, Settings, provider_readiness, usable_providers
 from costproxy.store.backend import local_path
+from costproxy.store.config import redacted_url
 
 
 def preflight(settings: Settings) -> SelectionRouter:
     """The router (rules and quality profiles loaded) once the encodings load too; else ``ConfigError``."""
     router = build_router(settings)
+    if settings.store.ledger_url is not None and not _postgres_driver():
+        raise ConfigError(str(settings.config_path), "store.ledger_url", "the PostgreSQL ledger needs its driver: "
+                          "pip install 'costproxy[postgres]'", redacted_url(settings.store.ledger_url))
     try:
         load_encodings(directory=settings.encodings_dir)
     except (InternalError, OSError) as exc:
@@ -29,6 +34,10 @@ def preflight(settings: Settings) -> SelectionRouter:
         raise ConfigError(str(settings.config_path), where, f"tokenizer encodings do not load: {exc}",
                           None if settings.encodings_dir is None else str(settings.encodings_dir)) from None
     return router
+
+
+def _postgres_driver() -> bool:
+    return all(importlib.util.find_spec(name) is not None for name in ("psycopg", "psycopg_pool"))
 
 
 def describe(location: ConfigLocation, settings: Settings, router: SelectionRouter) -> list[str]:
@@ -40,6 +49,8 @@ def describe(location: ConfigLocation, settings: Settings, router: SelectionRout
         f"rules:    {_rules_summary(router)} from {settings.rules_dir}",
         f"quality:  {settings.quality_path or 'none (tier priors only)'}",
         f"store:    {settings.store.url}" + _store_file(settings),
+        *([f"ledger:   {redacted_url(settings.store.ledger_url)} (PostgreSQL: every replica writes it, reports "
+             "read it; migrations run on start)"] if settings.store.ledger_url else []),
         "providers:",
     ]
     for status in provider_readiness(settings):

@@ -5,30 +5,32 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from costproxy.ledger.reader import SPEND_COLUMNS as GROUP_COLUMNS
+from costproxy.ledger.reader import LedgerReader, spend_by
 from costproxy.money import format_usd
 from costproxy.store.sqlite import SqliteStore
 
-GROUP_COLUMNS = {"model": "served_model", "team": "team", "user": "user", "key": "key_id",
-                 "project": "project", "org": "org"}
-
-
-async def spend_by(store: SqliteStore, group_by: str, since_ms: int) -> list[Any]:
-    """Requests, tokens, cost, baseline and estimated entries per ``group_by`` value since a time."""
-    column = GROUP_COLUMNS[group_by]
-    return await store.query(
-        f"SELECT {column} AS k, COUNT(*) AS n, SUM(cost_nanos) AS cost, SUM(baseline_nanos) AS base,"
-        " SUM(prompt_tokens) AS tin, SUM(completion_tokens) AS tout,"
-        " SUM(CASE WHEN usage_reported = 0 THEN 1 ELSE 0 END) AS est"
-        " FROM ledger WHERE ts_ms >= ? GROUP BY k ORDER BY cost DESC", (since_ms,))
+__all__ = ["GROUP_COLUMNS", "print_usage", "spend_by"]
 
 
 def _saving_pct(cost: int, baseline: int) -> str:
     return f"{100 * (baseline - cost) / baseline:5.1f}%" if baseline else "    -"
 
 
-async def print_usage(path: str, *, hours: float, group_by: str, limit: int) -> int:
-    store = SqliteStore(path)
-    await store.open()
+async def print_usage(path: str, *, hours: float, group_by: str, limit: int, ledger_url: str | None = None) -> int:
+    """Reads the PostgreSQL ledger when ``ledger_url`` is given, else the SQLite file at ``path``."""
+    if ledger_url is None:
+        store = SqliteStore(path)
+        await store.open()
+        return await _print(store, hours, group_by, limit, store.close)
+    from costproxy.ledger.postgres import PostgresLedger
+
+    postgres = PostgresLedger(ledger_url, max_connections=1)
+    await postgres.pool.open(wait=False)
+    return await _print(postgres, hours, group_by, limit, postgres.close)
+
+
+async def _print(store: LedgerReader, hours: float, group_by: str, limit: int, close: Any) -> int:
     try:
         since = int((time.time() - hours * 3600) * 1000)
         rows = await spend_by(store, group_by, since)
@@ -54,5 +56,5 @@ async def print_usage(path: str, *, hours: float, group_by: str, limit: int) -> 
                   f"{e.served_model or '-':24} {e.prompt_tokens:>7}+{e.completion_tokens:<6} "
                   f"{format_usd(e.cost_nanos)} ({usage})")
     finally:
-        await store.close()
+        await close()
     return 0

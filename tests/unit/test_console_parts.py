@@ -65,7 +65,7 @@ def test_filter_sql_never_interpolates_values() -> None:
                                  scopes=(("team", "a"), ("key_id", "k"))).where()
     assert "x'" not in where and params == [1, 2, "x' OR 1=1 --", "a", "k"]
     assert "l.user IS NULL" in where and "(l.team = ? OR l.key_id = ?)" in where
-    assert LedgerFilter(scopes=()).where() == ("0", [])
+    assert LedgerFilter(scopes=()).where() == ("FALSE", [])
 
 
 def test_buckets_follow_the_viewers_zone_including_half_hour_offsets_and_dst() -> None:
