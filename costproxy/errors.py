@@ -42,6 +42,7 @@ class ProxyError(Exception):
     code: str = "internal_error"
     type: str = "server_error"
     retryable: bool = False
+    close_connection: bool = False  # the request body was not read to its end
 
     def __init__(
         self,
@@ -86,11 +87,13 @@ class InvalidRequest(CallerError):
 class BodyTooLarge(CallerError):
     status = 413
     code = "body_too_large"
+    close_connection = True
 
 
 class RequestTimeout(CallerError):
     status = 408
     code = "request_timeout"
+    close_connection = True
 
 
 class UnknownModel(CallerError):

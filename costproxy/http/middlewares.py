@@ -63,6 +63,8 @@ def error_response(error: ProxyError, request_id: str | None, *, anthropic: bool
         response.headers[name] = value
     if request_id:
         response.headers["x-costproxy-request-id"] = request_id
+    if error.close_connection:  # the rest of the body is unread: the connection cannot carry another request
+        response.force_close()
     return response
 
 

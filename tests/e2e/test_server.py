@@ -1,0 +1,217 @@
+"""The server as operators run it (``costproxy serve`` as a subprocess): HTTP hygiene, graceful
+drain with a stream in flight, and several workers on one port sharing Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import ADMIN_TOKEN, TEST_MODELS
+from tests.conftest_redis import RedisSpace, redis_endpoint, redis_space  # noqa: F401
+from tests.e2e.harness import Serving, SimulatorThread, cli
+
+ENV = {"SIM_API_KEY": "sk-provider-secret", "COSTPROXY_ADMIN_TOKEN": ADMIN_TOKEN}
+
+
+def write_config(root: Path, sim_url: str, **extra: Any) -> Path:
+    (root / "rules").mkdir(exist_ok=True)
+    (root / "models.yaml").write_text(yaml.safe_dump(TEST_MODELS))
+    server = {"host": "127.0.0.1", "port": 0, "idle_timeout_s": 1, "body_timeout_s": 1, "drain_timeout_s": 20,
+              **extra.pop("server", {})}
+    document = {"server": server, "store": {"url": f"sqlite:///{root / 'ledger.sqlite3'}"},
+                "models_file": "models.yaml", "rules_dir": "rules",
+                "providers": {"sim": {"base_url": sim_url, "api_key_env": "SIM_API_KEY"},
+                              "sim2": {"base_url": sim_url, "api_key_env": "SIM_API_KEY"}}, **extra}
+    config = root / "costproxy.yaml"
+    config.write_text(yaml.safe_dump(document))
+    return config
+
+
+def start(config: Path, *args: str) -> tuple[Serving, str]:
+    serving = Serving([sys.executable, "-m", "costproxy", "--config", str(config), "serve", *args],
+                      cwd=config.parent, env={**os.environ, **ENV})
+    port = serving.wait_listening()
+    return serving, f"http://127.0.0.1:{port}"
+
+
+def new_key(config: Path) -> str:
+    created = cli(config, "keys", "create", "--user", "ops", "--team", "infra", "--org", "acme", env=ENV)
+    assert created.returncode == 0, created.stderr
+    return created.stdout.strip().split()[-1]
+
+
+def post(base: str, key: str, body: dict[str, Any]) -> urllib.request.Request:
+    return urllib.request.Request(f"{base}/v1/chat/completions", data=json.dumps(body).encode(), method="POST",
+                                  headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+
+
+def raw_exchange(port: int, data: bytes, *, read_timeout: float = 30) -> bytes:
+    """Send raw bytes; return one whole response (headers and a Content-Length body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=read_timeout) as sock:
+        sock.sendall(data)
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < _length(answer):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+
+
+def _length(answer: bytes) -> int:
+    for line in answer.partition(b"\r\n\r\n")[0].split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimulatorThread]:
+    with SimulatorThread() as thread:
+        yield thread
+
+
+@pytest.fixture(scope="module")
+def served(sim: SimulatorThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("served")
+    config = write_config(root, sim.url)
+    key = new_key(config)
+    serving, base = start(config)
+    try:
+        yield {"base": base, "port": int(base.rsplit(":", 1)[1]), "key": key, "config": config}
+    finally:
+        serving.stop()
+
+
+def test_a_malformed_request_line_is_answered_in_openai_shape(served: dict[str, Any]) -> None:
+    answer = raw_exchange(served["port"], b"NOT A REQUEST\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ", 2)[1] == b"400", answer[:200]
+    error = json.loads(body)["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "malformed_request"
+
+
+def test_a_wrong_method_names_the_allowed_ones(served: dict[str, Any]) -> None:
+    request = urllib.request.Request(f"{served['base']}/v1/chat/completions", method="GET",
+                                     headers={"Authorization": f"Bearer {served['key']}"})
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=10)
+    assert caught.value.code == 405 and caught.value.headers["Allow"] == "POST"
+    assert json.loads(caught.value.read())["error"]["code"] == "method_not_allowed"
+
+
+def test_a_trickled_body_times_out_with_408(served: dict[str, Any]) -> None:
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {served['key']}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"model\": ").encode()
+    answer = raw_exchange(served["port"], head)  # the rest of the body never comes
+    assert b" 408 " in answer.split(b"\r\n", 1)[0], answer[:200]
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == "request_timeout"
+
+
+def test_a_connection_that_never_finishes_its_header_is_closed(served: dict[str, Any]) -> None:
+    with socket.create_connection(("127.0.0.1", served["port"]), timeout=30) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")  # and nothing more
+        started = time.monotonic()
+        assert sock.recv(1024) == b""  # closed by the server (idle_timeout_s: 1), not by our timeout
+        assert time.monotonic() - started < 30
+
+
+def test_sigterm_drains_a_stream_in_flight(sim: SimulatorThread, tmp_path: Path) -> None:
+    config = write_config(tmp_path, sim.url)
+    key = new_key(config)
+    serving, base = start(config)
+    body = {"model": "small", "stream": True,
+            "messages": [{"role": "user", "content": "count slowly [[sim:tokens=30]] [[sim:chunk_delay_ms=100]]"}]}
+    received: list[bytes] = []
+    finished = threading.Event()
+
+    def read_stream() -> None:
+        with urllib.request.urlopen(post(base, key, body), timeout=60) as resp:
+            for line in resp:
+                received.append(line)
+        finished.set()
+
+    reader = threading.Thread(target=read_stream, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 30
+    while len(received) < 3 and time.monotonic() < deadline:  # the stream is under way
+        time.sleep(0.02)
+    serving.proc.send_signal(signal.SIGTERM)
+    ready_during_drain = None
+    while not finished.is_set() and time.monotonic() < deadline + 30:
+        try:
+            urllib.request.urlopen(f"{base}/readyz", timeout=2)
+            ready_during_drain = True
+        except urllib.error.HTTPError as exc:
+            ready_during_drain = exc.code == 200
+            break
+        except (urllib.error.URLError, ConnectionError):
+            ready_during_drain = False  # the listener is closed: no new connections
+            break
+        time.sleep(0.05)
+    assert finished.wait(60), "the stream did not finish during the drain"
+    assert serving.proc.wait(60) == 0
+    assert ready_during_drain is False
+    text = b"".join(received).decode()
+    assert "data: [DONE]" in text and ": costproxy " in text  # finished in full, its cost told
+    db = sqlite3.connect(tmp_path / "ledger.sqlite3")
+    [(status, cost)] = db.execute("SELECT status, cost_nanos FROM ledger WHERE stream = 1").fetchall()
+    assert status == "ok" and cost > 0  # settled and flushed before the process ended
+
+
+def test_several_workers_refuse_a_sqlite_store(sim: SimulatorThread, tmp_path: Path) -> None:
+    config = write_config(tmp_path, sim.url)
+    result = cli(config, "serve", "--workers", "2", env=ENV)
+    assert result.returncode == 2
+    assert "workers need a shared store" in result.stderr
+
+
+@pytest.mark.redis
+def test_workers_share_one_port_one_budget_and_one_metrics_view(sim: SimulatorThread, tmp_path: Path,
+                                                               redis_space: RedisSpace) -> None:  # noqa: F811
+    config = write_config(tmp_path, sim.url, server={"workers": 2},
+                          store={"url": redis_space.url, "local_path": str(tmp_path / "local-{port}.sqlite3")},
+                          budgets={"key_prefix": redis_space.prefix, "definitions": [
+                              {"id": "infra", "scope_type": "team", "scope_id": "infra", "org": "acme",
+                               "limit_usd": "10"}]})
+    key = new_key(config)
+    serving, base = start(config)
+    try:
+        body = {"model": "small", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
+        sent = 24
+        for _ in range(sent):
+            with urllib.request.urlopen(post(base, key, body), timeout=30) as resp:
+                assert resp.status == 200
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as resp:
+            exposition = resp.read().decode()
+        served = sum(float(line.rsplit(" ", 1)[1]) for line in exposition.splitlines()
+                     if line.startswith("costproxy_requests_total{") and 'status="ok"' in line)
+        assert served == sent  # one view over both workers, whichever answered
+        admin = urllib.request.Request(f"{base}/api/v1/budgets/infra/status",
+                                       headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        deadline = time.monotonic() + 20
+        while True:  # both workers charge the one Redis budget; reservations all settled
+            with urllib.request.urlopen(admin, timeout=10) as resp:
+                status = json.loads(resp.read())
+            if status["reserved"] == "0" or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert status["reserved"] == "0" and float(status["currentAmount"]) > 0
+        assert len(list(tmp_path.glob("local-*-w*.sqlite3"))) == 2  # a local file per worker
+    finally:
+        assert serving.stop() == 0
