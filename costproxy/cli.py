@@ -123,7 +123,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     settings = replace(settings, server=replace(settings.server, port=sock.getsockname()[1]))  # port 0: chosen
-    configure_logging(settings.logging)
+    writer = configure_logging(settings.logging)
     _install_uvloop()
 
     def announce() -> None:
@@ -132,10 +132,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"costproxy listening on http://{shown}:{settings.server.port}  (store: {settings.store.url}, "
               f"{len(settings.registry.models)} models)", file=sys.stderr, flush=True)
 
-    if settings.server.workers > 1:
-        return run_workers(settings, sock, announce)
-    run(settings, sock, announce)
-    return 0
+    try:
+        if settings.server.workers > 1:
+            return run_workers(settings, sock, announce)
+        run(settings, sock, announce)
+        return 0
+    finally:
+        writer.close()
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -8,11 +8,14 @@ Metrics live in a per-app ``CollectorRegistry`` served at ``GET /metrics``.
 
 from __future__ import annotations
 
+import io
 import logging
+import queue
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import structlog
@@ -26,6 +29,8 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from costproxy.errors import ConfigError
 from costproxy.money import format_usd
@@ -35,15 +40,90 @@ from costproxy.settings import LoggingSettings, TracingSettings
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def configure_logging(settings: LoggingSettings, stream: Any = None) -> None:
-    """JSON lines rendered by orjson straight to bytes (or a console renderer for humans)."""
-    renderer: Any
-    if settings.json:
-        renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
-        factory: Any = structlog.BytesLoggerFactory(stream or sys.stderr.buffer)
-    else:
-        renderer = structlog.dev.ConsoleRenderer()
-        factory = structlog.PrintLoggerFactory(stream or sys.stderr)
+class Sink(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+    def flush(self) -> object: ...
+
+
+class LogWriter:
+    """Log lines go through a bounded queue to one writer thread.
+
+    The event loop never waits on a log line: when the queue is full (stdout is a pipe nobody
+    reads, a disk that stalls) the line is dropped and counted (``dropped``, exported as
+    ``costproxy_log_lines_dropped_total``), never waited on.
+    """
+
+    def __init__(self, stream: Sink, capacity: int = 10_000) -> None:
+        self.stream = stream
+        self.queue: queue.Queue[bytes | None] = queue.Queue(capacity)
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name="costproxy-log-writer", daemon=True)
+        self._thread.start()
+
+    def write(self, line: bytes) -> None:
+        try:
+            self.queue.put_nowait(line)
+        except queue.Full:
+            self.dropped += 1
+
+    def _run(self) -> None:
+        while True:
+            line = self.queue.get()
+            lines = [line]
+            while len(lines) < 256:  # write what is waiting in one go
+                try:
+                    lines.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            done = None in lines
+            try:
+                self.stream.write(b"".join(x for x in lines if x is not None))
+                self.stream.flush()
+            except (OSError, ValueError):  # a closed or broken stream: the lines are lost, not the server
+                self.dropped += len(lines)
+            if done:
+                return
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Write what is queued (bounded wait), then stop the thread."""
+        if not self._thread.is_alive():  # e.g. in a forked worker: the thread stayed in the parent
+            return
+        try:
+            self.queue.put(None, timeout=timeout_s)
+        except queue.Full:
+            return
+        self._thread.join(timeout_s)
+
+
+class _QueuedLogger:
+    """A structlog logger whose every method hands the rendered line to the ``LogWriter``."""
+
+    def __init__(self, writer: LogWriter) -> None:
+        self._writer = writer
+
+    def msg(self, message: str | bytes) -> None:
+        line = message if isinstance(message, bytes) else message.encode("utf-8", "replace")
+        self._writer.write(line + b"\n")
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
+
+
+_WRITER: list[LogWriter] = []  # the process's writer: structlog's configuration is process-wide too
+
+
+def configure_logging(settings: LoggingSettings, stream: Any = None) -> LogWriter:
+    """JSON lines rendered by orjson straight to bytes (or a console renderer for humans), written
+    by a ``LogWriter`` thread so that a slow or blocked output never stalls a request."""
+    renderer: Any = (structlog.processors.JSONRenderer(serializer=orjson.dumps) if settings.json
+                     else structlog.dev.ConsoleRenderer())
+    target: Sink = sys.stderr.buffer if stream is None else stream
+    if isinstance(stream, io.TextIOBase):
+        target = _TextSink(stream)
+    for old in _WRITER:
+        old.close()
+    _WRITER[:] = [LogWriter(target, settings.queue_lines)]
+    writer = _WRITER[0]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -53,9 +133,27 @@ def configure_logging(settings: LoggingSettings, stream: Any = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[settings.level]),
-        logger_factory=factory,
+        logger_factory=lambda *args: _QueuedLogger(writer),
         cache_logger_on_first_use=True,
     )
+    return writer
+
+
+class _TextSink:
+    """Bytes into a text stream (a test's ``StringIO``)."""
+
+    def __init__(self, stream: io.TextIOBase) -> None:
+        self.stream = stream
+
+    def write(self, data: bytes) -> int:
+        return self.stream.write(data.decode("utf-8", "replace"))
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def log_lines_dropped() -> int:
+    return sum(writer.dropped for writer in _WRITER)
 
 
 @dataclass(frozen=True)
@@ -139,10 +237,17 @@ class Metrics:
         return children
 
 
+class _DroppedLogLines(Collector):
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("costproxy_log_lines_dropped", "Log lines dropped because the log output was "
+                                  "not keeping up (never waited on)", value=log_lines_dropped())
+
+
 def make_metrics(multiprocess_dir: str | None = None) -> Metrics:
     """The app's metrics; with ``multiprocess_dir`` (several workers) values are kept in files there
     and ``exposition`` sums every worker's."""
     registry = CollectorRegistry()
+    registry.register(_DroppedLogLines())
     return Metrics(
         registry=registry,
         multiprocess_dir=multiprocess_dir,

@@ -82,6 +82,7 @@ class TrustedProxySettings:
 class LoggingSettings:
     level: str = "info"
     json: bool = True
+    queue_lines: int = 10_000  # lines waiting for the writer thread; beyond, lines are dropped and counted
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,6 +393,7 @@ def _parse_logging(node: Node) -> LoggingSettings:
     result = LoggingSettings(
         level=node.child("level", "info").str(choices=("debug", "info", "warning", "error")),
         json=node.child("json", True).bool(),
+        queue_lines=node.child("queue_lines", 10_000).int(minimum=1, maximum=10_000_000),
     )
     node.done()
     return result

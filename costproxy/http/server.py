@@ -42,6 +42,7 @@ from aiohttp.web_server import Server
 
 from costproxy.http.app import create_app
 from costproxy.http.state import DRAINING
+from costproxy.observability import configure_logging
 from costproxy.settings import Settings
 
 log = structlog.get_logger("costproxy")
@@ -164,7 +165,11 @@ def run_workers(settings: Settings, sock: socket.socket, announce: Callable[[], 
             try:
                 _reset_child_signals()
                 _multiprocess_metrics()
-                run(worker_settings(settings, index), sock, metrics_dir=metrics_dir)
+                writer = configure_logging(settings.logging)  # the parent's writer thread did not fork
+                try:
+                    run(worker_settings(settings, index), sock, metrics_dir=metrics_dir)
+                finally:
+                    writer.close()
             except BaseException:  # the worker's outermost boundary: log, then exit non-zero
                 log.exception("worker_crashed", worker=index)
                 code = 1

@@ -104,13 +104,21 @@ class Serving:
                                      text=True)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.output: list[str] = []
+        self._reading = threading.Event()
+        self._reading.set()
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.lines.put(line)
+            if not self._reading.is_set():
+                return  # from now on nobody reads the pipe: the server's writes fill it
         self.lines.put(None)
+
+    def stop_reading(self) -> None:
+        """Leave the output pipe unread (after at most one more line)."""
+        self._reading.clear()
 
     def wait_listening(self, seconds: float = 60) -> int:
         """The port of the "costproxy listening on http://host:PORT" line (bounded wait)."""

@@ -215,3 +215,23 @@ def test_workers_share_one_port_one_budget_and_one_metrics_view(sim: SimulatorTh
         assert len(list(tmp_path.glob("local-*-w*.sqlite3"))) == 2  # a local file per worker
     finally:
         assert serving.stop() == 0
+
+
+def test_a_log_output_nobody_reads_never_stops_the_server(sim: SimulatorThread, tmp_path: Path) -> None:
+    config = write_config(tmp_path, sim.url, logging={"queue_lines": 50})
+    key = new_key(config)
+    serving, base = start(config)  # its output pipe is read until "listening", then never again
+    serving.stop_reading()
+    try:
+        body = {"model": "small", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+        for _ in range(400):  # ~150 request_completed lines fill a 64 KiB pipe
+            with urllib.request.urlopen(post(base, key, body), timeout=30) as resp:
+                assert resp.status == 200
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as resp:
+            exposition = resp.read().decode()
+        dropped = next(float(line.rsplit(" ", 1)[1]) for line in exposition.splitlines()
+                       if line.startswith("costproxy_log_lines_dropped_total "))
+        assert dropped > 0  # counted and dropped, never waited on
+    finally:
+        serving.proc.kill()
+        serving.proc.wait()
