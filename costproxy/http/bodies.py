@@ -17,6 +17,12 @@ from costproxy.http.state import SETTINGS
 
 
 async def read_body(request: web.Request) -> bytes:
+    if request.content.is_eof():  # the whole body is already here: nothing to wait for
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise BodyTooLarge(f"request body exceeds the limit of {request.app[SETTINGS].server.max_body_bytes} "
+                               "bytes") from None
     server = request.app[SETTINGS].server
     try:
         async with asyncio.timeout(server.body_timeout_s):
