@@ -77,11 +77,11 @@ def budget_names(data: Any) -> Any:
     left for the reader to refuse with its own message)."""
     if not isinstance(data, dict):
         return data
-    body = canonical(data, BUDGET_KEYS, BUDGET_ALIASES, where="body")
+    body = canonical(data, BUDGET_KEYS, BUDGET_ALIASES)
     if isinstance(body.get("alerts"), list):
-        body["alerts"] = [_alert_names(item, f"body.alerts[{i}]") for i, item in enumerate(body["alerts"])]
+        body["alerts"] = [_alert_names(item, f"alerts[{i}]") for i, item in enumerate(body["alerts"])]
     if isinstance(body.get("downgradeTo"), dict):
-        body["downgradeTo"] = canonical(body["downgradeTo"], TARGET_KEYS, where="body.downgradeTo")
+        body["downgradeTo"] = canonical(body["downgradeTo"], TARGET_KEYS, where="downgradeTo")
     return body
 
 
@@ -314,7 +314,7 @@ USAGE_METADATA_KEYS = ("requestId", "modelId", "userId", "teamId", "projectId", 
 def override_from_json(data: Any, *, budget_id: str, override_id: str, actor: str | None,
                        now_ms: int) -> BudgetOverride:
     """``{type: increase|approval, amount?, expiresAt | durationMinutes, startsAt?, reason}``."""
-    node = Node(canonical(data, OVERRIDE_KEYS, where="body") if isinstance(data, dict) else data, "body")
+    node = Node(canonical(data, OVERRIDE_KEYS) if isinstance(data, dict) else data, "body")
     try:
         kind = node.child("type").str(choices=("increase", "approval"))
         amount = node.child("amount", None)
@@ -336,9 +336,9 @@ def override_from_json(data: Any, *, budget_id: str, override_id: str, actor: st
 def usage_from_json(data: Any, *, now_ms: int) -> UsageRecord:
     """A usage record: ``amount, currency, timestamp, source, description, metadata{...}``."""
     if isinstance(data, dict):
-        data = canonical(data, USAGE_KEYS, where="body")
+        data = canonical(data, USAGE_KEYS)
         if isinstance(data.get("metadata"), dict):
-            data["metadata"] = canonical(data["metadata"], USAGE_METADATA_KEYS, where="body.metadata")
+            data["metadata"] = canonical(data["metadata"], USAGE_METADATA_KEYS, where="metadata")
     node = Node(data, "body")
     try:
         amount = _Reader(1)._money(node.child("amount"))

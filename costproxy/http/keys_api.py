@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from costproxy.budgets.codec import usd
 from costproxy.errors import Forbidden, InvalidJSON, InvalidRequest, NotFound
 from costproxy.http.bodies import read_body
 from costproxy.http.state import ADMIN_ROLE, KEY_STORE, KEYRING, LEDGER
@@ -192,10 +193,6 @@ def entry_json(entry: LedgerEntry) -> dict[str, Any]:
     }, entry.public())
 
 
-def usd(nanos: int) -> str:
-    return format_usd(nanos)
-
-
 async def recent_usage(request: web.Request) -> web.Response:
     limit = int_param(request, "limit", 50, 1, 1000)
     entries = await request.app[LEDGER].recent_entries(limit)
@@ -221,7 +218,8 @@ async def usage_summary(request: web.Request) -> web.Response:
         cost, base = r["cost"] or 0, r["base"] or 0
         data.append({"key": r["k"], "requests": r["n"], "amount": usd(cost), "baseline": usd(base),
                      "saving": usd(base - cost), "promptTokens": r["tin"] or 0, "completionTokens": r["tout"] or 0,
-                     group: r["k"], "costUsd": usd(cost), "baselineUsd": usd(base), "savingUsd": usd(base - cost)})
+                     group: r["k"], "costUsd": format_usd(cost), "baselineUsd": format_usd(base),
+                     "savingUsd": format_usd(base - cost)})
     return web.json_response({"groupBy": group, "currency": "USD", "data": data})
 
 
