@@ -49,7 +49,8 @@ async def record_usage(request: web.Request) -> web.Response:
     if recorded.duplicate:
         return web.json_response({"budgetId": spec.id, "duplicate": True, "idempotencyKey": key,
                                   "status": status_body})
-    return web.json_response({"budgetId": spec.id, "duplicate": False, "usage": usage_json(entry),
+    usage = {**usage_json(entry), "periods": {spec.id: recorded.status.window.key}}
+    return web.json_response({"budgetId": spec.id, "duplicate": False, "usage": usage,
                               "status": status_body}, status=201)
 
 
