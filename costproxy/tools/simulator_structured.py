@@ -12,8 +12,9 @@
 allows: ``type`` (and type lists), ``properties`` (every property is filled), ``items`` and
 ``prefixItems``, ``enum``, ``const``, ``anyOf``/``oneOf`` (the first alternative that is not
 ``null``), ``allOf`` (merged), ``$ref`` into ``$defs``/``definitions`` (a recursive reference
-ends at its first repetition, any structure at a depth of 6, with the smallest valid value), numeric bounds and ``multipleOf``, string lengths,
-``minItems``/``maxItems``/``uniqueItems`` and the common ``format``s.  A ``pattern`` is honoured
+ends at its first repetition, any structure at a depth of 6, with the smallest valid value),
+numeric bounds and ``multipleOf``, string lengths, ``minItems``/``maxItems``/``uniqueItems`` and
+the common ``format``s.  A ``pattern`` is honoured
 when one of a few plain candidates matches it; otherwise ``SchemaUnsupported`` says so (the
 simulator answers 400 naming the pattern) rather than returning something that does not validate.
 """
