@@ -46,7 +46,9 @@ def test_the_demo_ledger_is_found_by_usage_and_deleted_when_the_demo_stops(tmp_p
         raw = client.chat.completions.with_raw_response.create(
             model="auto", messages=[{"role": "user", "content": "Summarize: costproxy saves money."}])
         request_id = raw.headers["x-costproxy-request-id"]
-        assert "simulator" in (raw.parse().choices[0].message.content or "")
+        answer = raw.parse()
+        assert "costproxy simulator" in (answer.choices[0].message.content or "")
+        assert answer.system_fingerprint == "costproxy-simulator"
         ticket = client.chat.completions.parse(model="auto", response_format=Ticket, messages=[
             {"role": "user", "content": "File a ticket: the login page is slow"}]).choices[0].message.parsed
         assert isinstance(ticket, Ticket)
