@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from costproxy.errors import InvalidRequest
-from costproxy.wire import JSON_SCOPE, SCOPE_FROM_JSON, canonical, iso
+from costproxy.wire import JSON_SCOPE, SCOPE_FROM_JSON, canonical, iso, spellings
 
 EVENT_TYPES = ("budget.threshold_crossed", "budget.exhausted", "budget.status_changed", "request.blocked",
                "model.switched", "budget.overrun", "webhook.test")
@@ -47,7 +47,12 @@ class WebhookInvalid(ValueError):
 
     def __init__(self, field_name: str, message: str) -> None:
         self.field = field_name
+        self.detail = message
         super().__init__(f"{field_name}: {message}")
+
+    def spelled(self, sent: dict[str, str]) -> WebhookInvalid:
+        """The same error naming the key as the client spelled it (an alias)."""
+        return WebhookInvalid(sent.get(self.field, self.field), self.detail)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,10 +126,17 @@ def subscription_from_json(data: Any, *, sub_id: str, now_ms: int, actor: str | 
     """A subscription from an API body; with ``base`` the body is a partial update (PATCH)."""
     if not isinstance(data, dict):
         raise WebhookInvalid("body", "must be a JSON object")
+    names = (*sorted(_EDITABLE), "id")
     try:
-        data = canonical(data, (*sorted(_EDITABLE), "id"))
+        return _subscription(canonical(data, names), sub_id, now_ms, actor, base)
     except InvalidRequest as exc:
         raise WebhookInvalid(exc.param or "body", exc.message.partition(": ")[2]) from None
+    except WebhookInvalid as exc:
+        raise exc.spelled(spellings(data, names)) from None
+
+
+def _subscription(data: dict[str, Any], sub_id: str, now_ms: int, actor: str | None,
+                  base: Subscription | None) -> Subscription:
     values: dict[str, Any] = {} if base is None else {"url": base.url, "secret": base.secret, "events": base.events,
                                                       "format": base.format, "budget_ids": base.budget_ids,
                                                       "scopes": base.scopes, "enabled": base.enabled,

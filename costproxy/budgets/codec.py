@@ -10,6 +10,7 @@ The YAML section and its settings are read by ``costproxy.budgets.config``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from datetime import date, datetime
@@ -30,7 +31,7 @@ from costproxy.money import MAX_AMOUNT_NANOS, MoneyError, nanos_to_decimal, usd_
 from costproxy.wire import JSON_SCOPE as JSON_SCOPE  # re-exported: the budget API's older home of these
 from costproxy.wire import MAX_TIMESTAMP_MS as MAX_TIMESTAMP_MS
 from costproxy.wire import SCOPE_FROM_JSON as SCOPE_FROM_JSON
-from costproxy.wire import TimeInvalid, canonical, instant_ms
+from costproxy.wire import TimeInvalid, canonical, instant_ms, spellings
 from costproxy.wire import iso as iso
 
 T = TypeVar("T")
@@ -284,8 +285,19 @@ def spec_from_yaml(node: Node, source: str = "config") -> BudgetSpec:
 # --- JSON in ---------------------------------------------------------------------------------
 
 
-def _as_request_error(exc: ConfigError) -> InvalidRequest:
-    return InvalidRequest(str(exc), param=exc.path or None)
+def _as_request_error(exc: ConfigError, sent: Mapping[str, str] | None = None) -> InvalidRequest:
+    """The 400 for a bad body.  ``sent``: top-level key -> as the client spelled it (an alias), so
+    the error names the key that was sent (``limit_usd``, not ``amount``)."""
+    head = re.match(r"[A-Za-z0-9_]+", exc.path)
+    if sent is None or head is None or sent.get(head.group(0), head.group(0)) == head.group(0):
+        return InvalidRequest(str(exc), param=exc.path or None)
+    path = sent[head.group(0)] + exc.path[head.end():]
+    message = str(exc).replace(f"{exc.file}: {exc.path}", f"{exc.file}: {path}", 1)
+    return InvalidRequest(message, param=path)
+
+
+def _spelled(data: Any, names: tuple[str, ...], aliases: Mapping[str, str] | None = None) -> dict[str, str] | None:
+    return spellings(data, names, aliases) if isinstance(data, dict) else None
 
 
 def spec_from_json(data: Any, *, base: BudgetSpec | None = None, stored: bool = False) -> BudgetSpec:
@@ -295,7 +307,7 @@ def spec_from_json(data: Any, *, base: BudgetSpec | None = None, stored: bool = 
         return _Reader(1, STORED_MAX_NANOS if stored else MAX_AMOUNT_NANOS).spec(
             Node(budget_names(data), "body"), "api", base)
     except ConfigError as exc:
-        raise _as_request_error(exc) from None
+        raise _as_request_error(exc, _spelled(data, BUDGET_KEYS, BUDGET_ALIASES)) from None
 
 
 def _iso_ms(node: Node) -> int:
@@ -330,11 +342,12 @@ def override_from_json(data: Any, *, budget_id: str, override_id: str, actor: st
         node.done()
         return _Reader(1)._build(node, BudgetOverride, values)
     except ConfigError as exc:
-        raise _as_request_error(exc) from None
+        raise _as_request_error(exc, _spelled(data, OVERRIDE_KEYS)) from None
 
 
 def usage_from_json(data: Any, *, now_ms: int) -> UsageRecord:
     """A usage record: ``amount, currency, timestamp, source, description, metadata{...}``."""
+    sent = _spelled(data, USAGE_KEYS)
     if isinstance(data, dict):
         data = canonical(data, USAGE_KEYS)
         if isinstance(data.get("metadata"), dict):
@@ -356,7 +369,7 @@ def usage_from_json(data: Any, *, now_ms: int) -> UsageRecord:
         meta.done()
         node.done()
     except ConfigError as exc:
-        raise _as_request_error(exc) from None
+        raise _as_request_error(exc, sent) from None
     return record
 
 

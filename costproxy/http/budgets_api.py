@@ -49,7 +49,7 @@ from costproxy.http.state import ADMIN_ROLE, ALERT_CATALOG, ALERTS, BUDGETS, ROU
 from costproxy.identity.access_tokens import ScopedToken
 from costproxy.money import MoneyError, usd_to_nanos
 from costproxy.registry import ModelSpec
-from costproxy.wire import canonical, query_value, scope_kind
+from costproxy.wire import canonical, query_value, scope_kind, spellings
 
 # --- access ------------------------------------------------------------------------------------
 
@@ -236,15 +236,16 @@ async def scope_status(request: web.Request) -> web.Response:
 
 async def check_constraints(request: web.Request) -> web.Response:
     accounts, spec = budget_for(request)
-    body = canonical(await json_body(request), ("estimatedCost",))
+    raw = await json_body(request)
+    body, sent = canonical(raw, ("estimatedCost",)), spellings(raw, ("estimatedCost",)).get("estimatedCost")
     if "estimatedCost" not in body:
         raise InvalidRequest("'estimatedCost' is required", param="estimatedCost")
     try:
-        nanos = usd_to_nanos(body["estimatedCost"], what="estimatedCost")
+        nanos = usd_to_nanos(body["estimatedCost"], what=str(sent))
     except MoneyError as exc:
-        raise InvalidRequest(str(exc), param="estimatedCost") from None
+        raise InvalidRequest(str(exc), param=sent) from None
     if nanos < 0:
-        raise InvalidRequest("'estimatedCost' must not be negative", param="estimatedCost")
+        raise InvalidRequest(f"'{sent}' must not be negative", param=sent)
     check = await accounts.check(spec.id, nanos)
     status = await accounts.status(spec.id)
     return web.json_response({

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from costproxy.errors import InvalidRequest
-from costproxy.wire import JSON_SCOPE, SCOPE_FROM_JSON, TimeInvalid, canonical, instant_ms, iso
+from costproxy.wire import JSON_SCOPE, SCOPE_FROM_JSON, TimeInvalid, canonical, instant_ms, iso, spellings
 
 TOKEN_PREFIX = "cpro-"
 ROLE_PREFIX = "read-only:"
@@ -35,6 +35,7 @@ READ_ONLY_POSTS = ("/check-constraints", "/api/v1/models/select", "/api/v1/model
 class TokenInvalid(ValueError):
     def __init__(self, field_name: str, message: str) -> None:
         self.field = field_name
+        self.detail = message
         super().__init__(f"{field_name}: {message}")
 
 
@@ -97,10 +98,16 @@ def issue(data: Any, *, now_ms: int, actor: str | None) -> tuple[str, ScopedToke
     ``expiresAt`` is any time ``costproxy.wire.instant_ms`` reads (ISO 8601, unix s or ms)."""
     if not isinstance(data, dict):
         raise TokenInvalid("body", "must be a JSON object")
+    names = ("name", "scopes", "expiresAt", "expiresInSeconds")
     try:
-        data = canonical(data, ("name", "scopes", "expiresAt", "expiresInSeconds"))
+        return _issue(canonical(data, names), now_ms, actor)
     except InvalidRequest as exc:
         raise TokenInvalid(exc.param or "body", exc.message.partition(": ")[2]) from None
+    except TokenInvalid as exc:  # name the key as the client spelled it
+        raise TokenInvalid(spellings(data, names).get(exc.field, exc.field), exc.detail) from None
+
+
+def _issue(data: dict[str, Any], now_ms: int, actor: str | None) -> tuple[str, ScopedToken]:
     name = data.get("name", "")
     if not isinstance(name, str):
         raise TokenInvalid("name", "must be a string")

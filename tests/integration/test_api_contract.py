@@ -256,3 +256,31 @@ async def test_every_time_in_a_response_is_iso_utc(api: Api) -> None:
     entry = (await call(proxy, "GET", f"/api/v1/requests/{resp.headers['x-costproxy-request-id']}"))["data"][0]
     assert re.match(ISO_Z, entry["timestamp"]) and entry["ts_ms"] > 0  # ts_ms: deprecated, still sent
     assert entry["cost"] == entry["cost_usd"].rstrip("0").rstrip(".") or entry["cost"] == "0"
+
+
+@pytest.mark.parametrize(("path", "body", "param"), [
+    ("/api/v1/budgets", {"scope_type": "team", "scope_id": "x", "limit_usd": True}, "limit_usd"),
+    ("/api/v1/budgets", {"scopeType": "team", "scope_id": 7, "amount": "1"}, "scope_id"),
+    ("/api/v1/budgets", {"scopeType": "team", "scopeId": "x", "amount": "1", "on_exhausted": "explode"},
+     "on_exhausted"),
+    ("/api/v1/budgets", {"scopeType": "team", "scopeId": "x", "amount": "1", "start_date": 12.5}, "start_date"),
+    ("/api/v1/budgets/team-core/usage", {"amount": "1", "time_stamp": "x"}, "time_stamp"),
+    ("/api/v1/budgets/team-core/usage", {"amount": [], "source": "manual"}, "amount"),
+    ("/api/v1/budgets/team-core/usage", {"amount": "1", "metadata": {"user_id": 5}}, "metadata.userId"),
+    ("/api/v1/budgets/team-core/overrides", {"type": "approval", "reason": "r", "expires_at": {}}, "expires_at"),
+    ("/api/v1/budgets/team-core/overrides", {"type": "approval", "reason": "r", "duration_minutes": "10"},
+     "duration_minutes"),
+    ("/api/v1/budgets/team-core/check-constraints", {"estimated_cost": "a lot"}, "estimated_cost"),
+    ("/api/v1/keys", {"user_id": ["x"]}, "user_id"),
+    ("/api/v1/keys", {"expires_in_seconds": -1}, "expires_in_seconds"),
+    ("/api/v1/tokens", {"expires_at": "later"}, "expires_at"),
+    ("/api/v1/tokens", {"scopes": [{"scope_type": "galaxy", "scope_id": "m31"}]}, "scopes"),
+    ("/api/v1/webhooks", {"url": "https://x", "budget_ids": "team-core"}, "budget_ids"),
+    ("/api/v1/models/select", {"metadata": {"team": 5}, "constraints": {"max_cost": "x"}}, "constraints.maxCost"),
+])
+async def test_wrong_types_under_any_spelling_are_a_400_naming_the_key(api: Api, path: str, body: dict[str, Any],
+                                                                       param: str) -> None:
+    error = (await call(api.proxy, "POST", path, 400, json=body))["error"]
+    assert error["param"] == param, error
+    assert set(error) >= {"message", "type", "param", "code"} and error["message"]
+    assert await api.proxy.ledger() == []  # nothing was charged or recorded
