@@ -144,8 +144,6 @@ def budget_schemas() -> dict[str, Schema]:
                     ("threshold",), codec.ALERT_ALIASES)
     budget_in = {**budget, "amount": MONEY_INPUT, "scopeType": SCOPE_INPUT, "alerts": arr({"oneOf": [INT, alert_in]}),
                  "startDate": {"type": ["string", "null"]}, "endDate": {"type": ["string", "null"]}}
-    active_alert = resp(threshold=INT, triggeredAt=NTIME, actions=arr(action), acknowledged=B, acknowledgedBy=N,
-                        acknowledgedAt=NTIME, note=N)
     return {
         "Money": {"type": "string", "pattern": r"^-?\d+(\.\d{1,9})?$",
                   "description": "USD as a decimal string (input: a string or a number, at most 1000000)",
@@ -155,6 +153,22 @@ def budget_schemas() -> dict[str, Schema]:
         "Budget": closed(budget),
         "BudgetWithStatus": closed({**budget, "status": ref("BudgetStatus")}, optional=("status",)),
         "BudgetInput": body(budget_in, aliases=codec.BUDGET_ALIASES),
+        "Override": resp(id=S, budgetId=S, type={"enum": ["increase", "approval"]}, amount=NMONEY, startsAt=NTIME,
+                         expiresAt=NTIME, reason=S, createdBy=N, createdAt=NTIME, revokedAt=NTIME, revokedBy=N,
+                         active=B),
+        "OverrideInput": body({"type": {"enum": ["increase", "approval"]}, "amount": MONEY_INPUT,
+                               "startsAt": TIME_INPUT, "expiresAt": TIME_INPUT,
+                               "durationMinutes": {"type": "number", "minimum": 1, "maximum": 527040},
+                               "reason": S}, ("type", "reason")),
+        **usage_schemas(),
+    }
+
+
+def status_schemas() -> dict[str, Schema]:
+    """The status API's bodies (``costproxy.budgets.status_json``)."""
+    active_alert = resp(threshold=INT, triggeredAt=NTIME, actions=arr(_action()), acknowledged=B, acknowledgedBy=N,
+                        acknowledgedAt=NTIME, note=N)
+    return {
         "ActiveAlert": active_alert,
         "CostRestrictions": resp(
             modelDowngrading=B, restrictedModels={"type": ["array", "null"], "items": S},
@@ -175,14 +189,6 @@ def budget_schemas() -> dict[str, Schema]:
         "ScopeStatus": resp(scopeType=SCOPE, scopeId=S, aggregateStatus=STATUS, budgets=arr(ref("BudgetStatus")),
                             costRestrictions=ref("CostRestrictions"), lastUpdated=NTIME, stale=B,
                             status=dep(STATUS, "aggregateStatus")),
-        "Override": resp(id=S, budgetId=S, type={"enum": ["increase", "approval"]}, amount=NMONEY, startsAt=NTIME,
-                         expiresAt=NTIME, reason=S, createdBy=N, createdAt=NTIME, revokedAt=NTIME, revokedBy=N,
-                         active=B),
-        "OverrideInput": body({"type": {"enum": ["increase", "approval"]}, "amount": MONEY_INPUT,
-                               "startsAt": TIME_INPUT, "expiresAt": TIME_INPUT,
-                               "durationMinutes": {"type": "number", "minimum": 1, "maximum": 527040},
-                               "reason": S}, ("type", "reason")),
-        **usage_schemas(),
     }
 
 
@@ -291,4 +297,4 @@ def routing_schemas() -> dict[str, Schema]:
 
 
 def schemas() -> dict[str, Schema]:
-    return {**budget_schemas(), **alert_schemas(), **routing_schemas()}
+    return {**budget_schemas(), **status_schemas(), **alert_schemas(), **routing_schemas()}

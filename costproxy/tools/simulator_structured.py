@@ -76,8 +76,8 @@ class _Sampler:
     def __init__(self, root: Mapping[str, Any]) -> None:
         self.root = root
 
-    def value(self, schema: Any, name: str, depth: int, index: int = 0, active: frozenset[str] = frozenset()
-              ) -> Any:
+    def value(self, schema: Any, name: str, depth: int, index: int = 0, *,
+              active: frozenset[str] = frozenset()) -> Any:
         """``active``: the ``$ref``s being expanded above; meeting one again is recursion, which
         ends here with the smallest valid value."""
         if schema is True or schema == {}:
@@ -98,10 +98,10 @@ class _Sampler:
             return options[index % len(options)] if schema.get("_unique") else options[0]
         for key in ("anyOf", "oneOf"):
             if key in schema:
-                return self.value(self._first_option(schema[key], depth, active), name, depth, index, active)
+                return self.value(self._first_option(schema[key], depth, active), name, depth, index, active=active)
         if "allOf" in schema:
             return self.value(_merge(self._resolve(part, depth) for part in schema["allOf"]), name, depth, index,
-                              active)
+                              active=active)
         kind = _kind(schema)
         if kind == "object":
             return self._object(schema, depth, active)
@@ -151,7 +151,7 @@ class _Sampler:
         required = set(schema.get("required") or ())
         if depth >= MAX_DEPTH:
             props = {k: v for k, v in props.items() if k in required}
-        return {key: self.value(sub, key, depth + 1, 0, active) for key, sub in props.items()}
+        return {key: self.value(sub, key, depth + 1, active=active) for key, sub in props.items()}
 
     def _array(self, schema: Mapping[str, Any], name: str, depth: int, active: frozenset[str]) -> list[Any]:
         prefix = list(schema.get("prefixItems") or ())
@@ -167,7 +167,7 @@ class _Sampler:
             sub = prefix[i] if i < len(prefix) else items
             if unique and isinstance(sub, Mapping):
                 sub = {**sub, "_unique": True}
-            out.append(self.value(sub, name, depth + 1, i, active))
+            out.append(self.value(sub, name, depth + 1, i, active=active))
         return out
 
 
