@@ -147,6 +147,10 @@ def test_client_disconnect_mid_stream_still_recorded(deployment: dict[str, Any])
 
 
 def test_usage_command_and_admin_api(deployment: dict[str, Any]) -> None:
+    for model in ("big", "small"):  # its own spend: under xdist this test may run before the others
+        raw = sync_client(deployment).chat.completions.with_raw_response.create(
+            model=model, messages=[{"role": "user", "content": "Hi"}])
+        ledger_row(deployment["db"], raw.headers["x-costproxy-request-id"])
     result = cli(deployment["config"], "usage", "--by", "team", env=ENV)
     assert result.returncode == 0, result.stderr
     assert "ml" in result.stdout and "TOTAL" in result.stdout
