@@ -193,7 +193,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     configure_logging(settings.logging)
-    return run_demo(settings)
+    return run_demo(settings, keep=args.keep)
 
 
 # --- keys, usage, export-encodings ------------------------------------------------------------------
@@ -243,12 +243,21 @@ async def _keys_command(args: argparse.Namespace, keys: KeyStore) -> int:
 def cmd_usage(args: argparse.Namespace) -> int:
     from costproxy.errors import StoreUnavailable
     from costproxy.store.backend import local_path
+    from costproxy.tools.demo import demo_ledger_path
     from costproxy.tools.usage_report import print_usage
 
     settings = _settings(args)
+    path, demo = local_path(settings), str(demo_ledger_path(settings))
+    ledger_url = None if args.demo else settings.store.ledger_url  # the demo's ledger is its own SQLite file
+    if args.demo:
+        path = demo
+    if ledger_url is None and not os.path.exists(path):
+        hint = "" if args.demo or not os.path.exists(demo) else f"; the demo's ledger is {demo}: costproxy usage --demo"
+        print(f"no ledger at {path} yet{hint}", file=sys.stderr)
+        return 1
     try:
-        return asyncio.run(print_usage(local_path(settings), hours=args.hours, group_by=args.by, limit=args.limit,
-                                       ledger_url=settings.store.ledger_url))
+        return asyncio.run(print_usage(path, hours=args.hours, group_by=args.by, limit=args.limit,
+                                       ledger_url=ledger_url))
     except StoreUnavailable as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
@@ -301,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
             server.add_argument("--workers", type=int, help="processes serving the port (server.workers; more "
                                 "than one needs a redis:// store)")
         server.set_defaults(func=func)
+        if name == "demo":
+            server.add_argument("--keep", action="store_true", help="keep the demo ledger when the demo stops "
+                                "(default: delete it; it lives beside the configured ledger file)")
     command("check-config", "validate configuration, models, quality profiles, rules and encodings; show "
             "which providers are usable").set_defaults(func=cmd_check_config)
     init = command("init", "write an editable copy of the default config/ and rules/ into DIR")
@@ -312,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--hours", type=float, default=24.0)
     usage.add_argument("--by", default="model", choices=("model", "team", "user", "key", "project", "org"))
     usage.add_argument("--limit", type=int, default=20, help="recent requests to list")
+    usage.add_argument("--demo", action="store_true", help="read the ledger of `costproxy demo`")
     usage.set_defaults(func=cmd_usage)
     ledger = command("ledger", "the PostgreSQL ledger's schema: status, migrate [--to N], rollback [--to N]")
     from costproxy.tools.ledger_cli import add_parser as add_ledger_parser

@@ -28,7 +28,8 @@ import secrets
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from costproxy.budgets.codec import SCOPE_FROM_JSON, iso
+from costproxy.errors import InvalidRequest
+from costproxy.wire import JSON_SCOPE, SCOPE_FROM_JSON, canonical, iso, spellings
 
 EVENT_TYPES = ("budget.threshold_crossed", "budget.exhausted", "budget.status_changed", "request.blocked",
                "model.switched", "budget.overrun", "webhook.test")
@@ -46,7 +47,12 @@ class WebhookInvalid(ValueError):
 
     def __init__(self, field_name: str, message: str) -> None:
         self.field = field_name
+        self.detail = message
         super().__init__(f"{field_name}: {message}")
+
+    def spelled(self, sent: dict[str, str]) -> WebhookInvalid:
+        """The same error naming the key as the client spelled it (an alias)."""
+        return WebhookInvalid(sent.get(self.field, self.field), self.detail)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +89,8 @@ class Subscription:
             return True
         if self.budget_ids and payload.get("budgetId") not in self.budget_ids:
             return False
-        if self.scopes and (payload.get("scopeType"), payload.get("scopeId")) not in self.scopes:
+        scope = (SCOPE_FROM_JSON.get(str(payload.get("scopeType"))), payload.get("scopeId"))
+        if self.scopes and scope not in self.scopes:
             return False
         return True
 
@@ -91,7 +98,7 @@ class Subscription:
         return {
             "id": self.id, "url": self.url, "events": sorted(self.events), "format": self.format,
             "budgetIds": sorted(self.budget_ids),
-            "scopes": [{"scopeType": t, "scopeId": i} for t, i in sorted(self.scopes)],
+            "scopes": [{"scopeType": JSON_SCOPE[t], "scopeId": i} for t, i in sorted(self.scopes)],
             "enabled": self.enabled, "description": self.description,
             "secret": self.secret if reveal_secret else mask(self.secret),
             "createdAt": iso(self.created_at_ms), "updatedAt": iso(self.updated_at_ms), "createdBy": self.created_by,
@@ -105,7 +112,8 @@ def subscription_from_stored(data: dict[str, Any]) -> Subscription:
     return Subscription(
         id=data["id"], url=data["url"], secret=data["secret"], events=frozenset(data["events"]),
         format=data["format"], budget_ids=frozenset(data["budgetIds"]),
-        scopes=frozenset((s["scopeType"], s["scopeId"]) for s in data["scopes"]), enabled=data["enabled"],
+        scopes=frozenset((SCOPE_FROM_JSON[s["scopeType"]], s["scopeId"]) for s in data["scopes"]),
+        enabled=data["enabled"],
         description=data["description"], created_at_ms=data["createdAt"], updated_at_ms=data["updatedAt"],
         created_by=data["createdBy"])
 
@@ -118,9 +126,17 @@ def subscription_from_json(data: Any, *, sub_id: str, now_ms: int, actor: str | 
     """A subscription from an API body; with ``base`` the body is a partial update (PATCH)."""
     if not isinstance(data, dict):
         raise WebhookInvalid("body", "must be a JSON object")
-    unknown = sorted(set(data) - _EDITABLE - {"id"})
-    if unknown:
-        raise WebhookInvalid(unknown[0], "unknown field")
+    names = (*sorted(_EDITABLE), "id")
+    try:
+        return _subscription(canonical(data, names), sub_id, now_ms, actor, base)
+    except InvalidRequest as exc:
+        raise WebhookInvalid(exc.param or "body", exc.message.partition(": ")[2]) from None
+    except WebhookInvalid as exc:
+        raise exc.spelled(spellings(data, names)) from None
+
+
+def _subscription(data: dict[str, Any], sub_id: str, now_ms: int, actor: str | None,
+                  base: Subscription | None) -> Subscription:
     values: dict[str, Any] = {} if base is None else {"url": base.url, "secret": base.secret, "events": base.events,
                                                       "format": base.format, "budget_ids": base.budget_ids,
                                                       "scopes": base.scopes, "enabled": base.enabled,
@@ -162,7 +178,8 @@ def _scopes(value: Any) -> frozenset[tuple[str, str]]:
     if not isinstance(value, list):
         raise WebhookInvalid("scopes", "must be a list of {scopeType, scopeId}")
     found: set[tuple[str, str]] = set()
-    for item in value:
+    for raw in value:
+        item = canonical(raw, ("scopeType", "scopeId"), strict=False) if isinstance(raw, dict) else raw
         if not isinstance(item, dict) or set(item) != {"scopeType", "scopeId"}:
             raise WebhookInvalid("scopes", "each scope is {scopeType, scopeId}")
         kind = SCOPE_FROM_JSON.get(str(item["scopeType"]))

@@ -10,9 +10,10 @@ The YAML section and its settings are read by ``costproxy.budgets.config``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -24,15 +25,17 @@ from costproxy.budgets.model import (
     ThresholdAction,
     zone,
 )
-from costproxy.budgets.status import BudgetStatus, restrictions_of
 from costproxy.config_schema import Node
 from costproxy.errors import ConfigError, InvalidRequest
 from costproxy.money import MAX_AMOUNT_NANOS, MoneyError, nanos_to_decimal, usd_to_nanos
+from costproxy.wire import JSON_SCOPE as JSON_SCOPE  # re-exported: the budget API's older home of these
+from costproxy.wire import MAX_TIMESTAMP_MS as MAX_TIMESTAMP_MS
+from costproxy.wire import SCOPE_FROM_JSON as SCOPE_FROM_JSON
+from costproxy.wire import TimeInvalid, canonical, instant_ms, spellings
+from costproxy.wire import iso as iso
 
 T = TypeVar("T")
 
-JSON_SCOPE = {"org": "organization", "team": "team", "project": "project", "user": "user", "key": "key"}
-SCOPE_FROM_JSON = {**{v: k for k, v in JSON_SCOPE.items()}, "org": "org"}
 USAGE_SOURCES = ("relaycore", "auterity", "manual", "proxy")
 
 # internal name -> (YAML key, JSON key)
@@ -54,6 +57,43 @@ _NAMES: dict[str, tuple[str, str]] = {
     "reason": ("reason", "reason"), "kind": ("type", "type"),
 }
 _JSON_READ_ONLY = ("createdAt", "updatedAt", "createdBy", "source", "readOnly", "hardLimit")
+
+# The alias table of a budget body: at each level the camelCase keys, and the names of the YAML
+# ``budgets:`` section accepted for them (snake_case spellings of every key are accepted too, see
+# ``costproxy.wire.canonical``), so a definition copied from the YAML works in the API unchanged.
+BUDGET_KEYS = ("id", "name", "description", "scopeType", "scopeId", "organizationId", "amount", "currency",
+               "period", "timezone", "startDate", "endDate", "recurring", "alerts", "onExhausted", "downgradeTo",
+               "tags", "parentBudgetId", *_JSON_READ_ONLY)
+BUDGET_ALIASES = {"limit_usd": "amount", "org": "organizationId", "organization": "organizationId",
+                  "thresholds": "alerts", "parent": "parentBudgetId"}
+ALERT_KEYS = ("threshold", "actions", "notificationChannels", "message")
+ALERT_ALIASES = {"percent": "threshold", "channels": "notificationChannels"}
+ACTION_KEYS = ("type", "tiers", "models", "maxPricePerMTok", "sameProvider")
+ACTION_ALIASES = {"max_price_per_mtok": "maxPricePerMTok"}
+TARGET_KEYS = ("tiers", "models", "sameProvider")
+
+
+def budget_names(data: Any) -> Any:
+    """A budget body with its aliases renamed to the camelCase keys (anything not an object is
+    left for the reader to refuse with its own message)."""
+    if not isinstance(data, dict):
+        return data
+    body = canonical(data, BUDGET_KEYS, BUDGET_ALIASES)
+    if isinstance(body.get("alerts"), list):
+        body["alerts"] = [_alert_names(item, f"alerts[{i}]") for i, item in enumerate(body["alerts"])]
+    if isinstance(body.get("downgradeTo"), dict):
+        body["downgradeTo"] = canonical(body["downgradeTo"], TARGET_KEYS, where="downgradeTo")
+    return body
+
+
+def _alert_names(item: Any, where: str) -> Any:
+    if not isinstance(item, dict):
+        return item
+    alert = canonical(item, ALERT_KEYS, ALERT_ALIASES, where=where)
+    if isinstance(alert.get("actions"), list):
+        alert["actions"] = [canonical(a, ACTION_KEYS, ACTION_ALIASES, where=f"{where}.actions[{i}]")
+                            if isinstance(a, dict) else a for i, a in enumerate(alert["actions"])]
+    return alert
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,46 +285,48 @@ def spec_from_yaml(node: Node, source: str = "config") -> BudgetSpec:
 # --- JSON in ---------------------------------------------------------------------------------
 
 
-def _as_request_error(exc: ConfigError) -> InvalidRequest:
-    return InvalidRequest(str(exc), param=exc.path or None)
+def _as_request_error(exc: ConfigError, sent: Mapping[str, str] | None = None) -> InvalidRequest:
+    """The 400 for a bad body.  ``sent``: top-level key -> as the client spelled it (an alias), so
+    the error names the key that was sent (``limit_usd``, not ``amount``)."""
+    head = re.match(r"[A-Za-z0-9_]+", exc.path)
+    if sent is None or head is None or sent.get(head.group(0), head.group(0)) == head.group(0):
+        return InvalidRequest(str(exc), param=exc.path or None)
+    path = sent[head.group(0)] + exc.path[head.end():]
+    message = str(exc).replace(f"{exc.file}: {exc.path}", f"{exc.file}: {path}", 1)
+    return InvalidRequest(message, param=path)
+
+
+def _spelled(data: Any, names: tuple[str, ...], aliases: Mapping[str, str] | None = None) -> dict[str, str] | None:
+    return spellings(data, names, aliases) if isinstance(data, dict) else None
 
 
 def spec_from_json(data: Any, *, base: BudgetSpec | None = None, stored: bool = False) -> BudgetSpec:
     """A budget from a JSON body; with ``base`` the body is a partial update (PATCH).  ``stored``:
     a definition read back from the store, which may predate the money bound (still int64)."""
     try:
-        return _Reader(1, STORED_MAX_NANOS if stored else MAX_AMOUNT_NANOS).spec(Node(data, "body"), "api", base)
+        return _Reader(1, STORED_MAX_NANOS if stored else MAX_AMOUNT_NANOS).spec(
+            Node(budget_names(data), "body"), "api", base)
     except ConfigError as exc:
-        raise _as_request_error(exc) from None
-
-
-MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+        raise _as_request_error(exc, _spelled(data, BUDGET_KEYS, BUDGET_ALIASES)) from None
 
 
 def _iso_ms(node: Node) -> int:
-    """An ISO 8601 date-time (or epoch milliseconds) between 1970 and 9999."""
-    value = node.value
-    if isinstance(value, int) and not isinstance(value, bool):
-        ms = value
-    elif isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=UTC)
-            ms = int(moment.timestamp() * 1000)
-        except (ValueError, OverflowError):
-            raise node.error("must be an ISO 8601 date-time", value) from None
-    else:
-        raise node.error("must be an ISO 8601 date-time", value)
-    if not 0 <= ms <= MAX_TIMESTAMP_MS:
-        raise node.error("must be between 1970 and 9999", value)
-    return ms
+    """A time as ``costproxy.wire.instant_ms`` reads it (ISO 8601, or unix seconds/milliseconds)."""
+    try:
+        return instant_ms(node.value)
+    except TimeInvalid as exc:
+        raise node.error(str(exc), node.value) from None
+
+
+OVERRIDE_KEYS = ("type", "amount", "startsAt", "expiresAt", "durationMinutes", "reason")
+USAGE_KEYS = ("amount", "currency", "timestamp", "source", "description", "metadata")
+USAGE_METADATA_KEYS = ("requestId", "modelId", "userId", "teamId", "projectId", "tags")
 
 
 def override_from_json(data: Any, *, budget_id: str, override_id: str, actor: str | None,
                        now_ms: int) -> BudgetOverride:
     """``{type: increase|approval, amount?, expiresAt | durationMinutes, startsAt?, reason}``."""
-    node = Node(data, "body")
+    node = Node(canonical(data, OVERRIDE_KEYS) if isinstance(data, dict) else data, "body")
     try:
         kind = node.child("type").str(choices=("increase", "approval"))
         amount = node.child("amount", None)
@@ -300,11 +342,16 @@ def override_from_json(data: Any, *, budget_id: str, override_id: str, actor: st
         node.done()
         return _Reader(1)._build(node, BudgetOverride, values)
     except ConfigError as exc:
-        raise _as_request_error(exc) from None
+        raise _as_request_error(exc, _spelled(data, OVERRIDE_KEYS)) from None
 
 
 def usage_from_json(data: Any, *, now_ms: int) -> UsageRecord:
     """A usage record: ``amount, currency, timestamp, source, description, metadata{...}``."""
+    sent = _spelled(data, USAGE_KEYS)
+    if isinstance(data, dict):
+        data = canonical(data, USAGE_KEYS)
+        if isinstance(data.get("metadata"), dict):
+            data["metadata"] = canonical(data["metadata"], USAGE_METADATA_KEYS, where="metadata")
     node = Node(data, "body")
     try:
         amount = _Reader(1)._money(node.child("amount"))
@@ -322,7 +369,7 @@ def usage_from_json(data: Any, *, now_ms: int) -> UsageRecord:
         meta.done()
         node.done()
     except ConfigError as exc:
-        raise _as_request_error(exc) from None
+        raise _as_request_error(exc, sent) from None
     return record
 
 
@@ -332,13 +379,6 @@ def usage_from_json(data: Any, *, now_ms: int) -> UsageRecord:
 def usd(nanos: int) -> str:
     """Nano-USD as the shortest exact decimal string ("12.5", "0.000001")."""
     return format(nanos_to_decimal(nanos).normalize(), "f")
-
-
-def iso(ms: int | None) -> str | None:
-    """Epoch ms as ISO 8601 UTC; None and 0 (unknown, e.g. fired before a restart) give None."""
-    if not ms:
-        return None
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def action_to_json(action: ThresholdAction) -> str | dict[str, Any]:
@@ -395,46 +435,6 @@ def percent(part: int, whole: int) -> float:
     if whole <= 0:
         return 100.0 if part > 0 else 0.0
     return float((Decimal(part) * 100 / Decimal(whole)).quantize(Decimal("0.01")))
-
-
-def restrictions_to_json(status: BudgetStatus) -> dict[str, Any]:
-    """``costRestrictions`` of the status API: what selection will do for this budget now."""
-    found = restrictions_of(status.actions, status.spec.id)
-    downgrading = found.downgrade or (
-        status.spec.on_exhausted == "downgrade" and status.status in ("critical", "exhausted"))
-    return {
-        "downgrading": downgrading,
-        "allowedTiers": sorted(found.allowed_tiers) if found.allowed_tiers is not None else None,
-        "restrictedModels": sorted(found.allowed_models) if found.allowed_models is not None else None,
-        "maxPricePerMTok": found.max_price_per_mtok_output,
-        "maxCostPerRequest": usd(status.remaining_nanos) if status.spec.hard else None,
-        "blocked": status.blocked or (status.spec.hard and status.remaining_nanos == 0),
-        "requiresApproval": status.blocked and any(a.type == "require-approval" for a in status.actions),
-    }
-
-
-def status_to_json(status: BudgetStatus) -> dict[str, Any]:
-    spec, window = status.spec, status.window
-    days = None if status.ms_remaining is None else round(status.ms_remaining / 86_400_000, 2)
-    return {
-        "budgetId": spec.id, "name": spec.name, "scopeType": JSON_SCOPE[spec.scope_type],
-        "scopeId": spec.scope_id, "period": spec.period, "periodKey": window.key,
-        "periodStart": iso(window.start_ms), "periodEnd": iso(window.end_ms),
-        "currentAmount": usd(status.spent_nanos), "reserved": usd(status.reserved_nanos),
-        "limit": usd(status.limit_nanos), "baseLimit": usd(spec.limit_nanos), "currency": spec.currency,
-        "percentUsed": percent(status.spent_nanos, status.limit_nanos), "remaining": usd(status.remaining_nanos),
-        "daysRemaining": days, "burnRate": usd(status.burn_rate_nanos_per_day), "burnRatePeriod": "day",
-        "projectedTotal": None if status.projected_nanos is None else usd(status.projected_nanos),
-        "status": status.status, "hardLimit": spec.hard, "onExhausted": spec.on_exhausted,
-        "activeAlerts": [{"threshold": pct, "triggeredAt": iso(at),
-                          "actions": [action_to_json(a) for t in spec.thresholds if t.percent == pct
-                                      for a in t.actions]}
-                         for pct, at in status.thresholds_reached],
-        "costRestrictions": restrictions_to_json(status),
-        "activeOverrides": [override_to_json(o, status.as_of_ms) for o in status.overrides],
-        "lastUpdated": iso(status.as_of_ms), "stale": status.stale_ms > 0,
-        "staleSeconds": round(status.stale_ms / 1000, 3),
-    }
 
 
 def names_for(style: str) -> Mapping[str, str]:

@@ -6,7 +6,8 @@ converting to local days keeps the work proportional to the range, not to the nu
 requests, and is exact for every time zone offset in use (all are multiples of 15 minutes).
 
 ``timeRange`` values: ``current`` (the budget's current period, the default), ``previous``,
-``<n>h`` / ``<n>d`` (the last n hours or days), ``all``, or ``<ISO start>/<ISO end>``.
+``<n>h`` / ``<n>d`` (the last n hours or days), ``all``, or ``<start>/<end>`` (each an ISO 8601
+date or date-time, or a unix time in seconds or milliseconds: ``costproxy.wire.instant_ms``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from costproxy.budgets.codec import MAX_TIMESTAMP_MS, iso, percent, usd
+from costproxy.budgets.codec import iso, percent, usd
 from costproxy.budgets.model import BudgetSpec, PeriodWindow, window_at, zone
+from costproxy.wire import TimeInvalid, instant_ms
 
 BUCKET_MS = 900_000
 GROUPS = {"day": None, "week": None, "model": "served_model", "user": "user", "team": "team",
@@ -66,15 +68,9 @@ def time_range(value: str | None, spec: BudgetSpec, window: PeriodWindow, now_ms
 
 def _instant(text: str) -> int:
     try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        ms = int(moment.timestamp() * 1000)
-    except (ValueError, OverflowError):
-        raise RangeInvalid(f"not an ISO 8601 date or date-time: {text[:60]!r}") from None
-    if not 0 <= ms <= MAX_TIMESTAMP_MS:
-        raise RangeInvalid(f"timeRange must lie between 1970 and 9999: {text[:60]!r}")
-    return ms
+        return instant_ms(text)
+    except TimeInvalid as exc:
+        raise RangeInvalid(f"timeRange: {text[:60]!r} {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)

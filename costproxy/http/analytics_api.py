@@ -24,7 +24,6 @@ import csv
 import io
 import re
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -36,6 +35,7 @@ from costproxy.http.budgets_api import manager_of, status_json, viewer, visible
 from costproxy.http.state import BUDGETS, LEDGER
 from costproxy.ledger import analytics
 from costproxy.ledger.analytics import GROUP_COLUMNS, SCOPE_COLUMNS, LedgerFilter, Series, Sums
+from costproxy.wire import TimeInvalid, instant_ms, query_value
 
 NONE_LABEL = "(none)"
 OTHER_LABEL = "(other)"
@@ -149,12 +149,9 @@ async def _recent_alerts(request: web.Request, limit: int) -> list[dict[str, Any
 
 def _instant(name: str, text: str) -> int:
     try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidRequest(f"'{name}' must be an ISO 8601 date or date-time (got {text!r})", param=name) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+        return instant_ms(text)
+    except TimeInvalid as exc:
+        raise InvalidRequest(f"'{name}' {exc} (got {text[:60]!r})", param=name) from None
 
 
 def span(request: web.Request, now_ms: int, default: str = "7d") -> tuple[int, int, str]:
@@ -191,12 +188,20 @@ def bucket_of(request: web.Request, start: int, end: int) -> str:
 
 
 def drill_filters(request: web.Request) -> tuple[tuple[str, str | None], ...]:
-    found = []
-    for name, column in GROUP_COLUMNS.items():
-        if name in request.query:
-            value = request.query[name]
-            found.append((column, None if value == NONE_LABEL else value))
-    return tuple(found)
+    return tuple((GROUP_COLUMNS[name], None if value == NONE_LABEL else value)
+                 for name, value in drill_values(request).items())
+
+
+def drill_values(request: web.Request) -> dict[str, str]:
+    """The drill-down filters given (``organization=`` is accepted for ``org=``)."""
+    found = {}
+    for name in GROUP_COLUMNS:
+        value = request.query.get(name)
+        if value is None and name == "org":
+            value = request.query.get("organization")
+        if value is not None:
+            found[name] = value
+    return found
 
 
 def _top(request: web.Request) -> int:
@@ -228,7 +233,8 @@ def spend_body(group: str, series: list[Series], labels: list[str], top: int) ->
 
 
 async def spend(request: web.Request) -> web.StreamResponse:
-    group = request.query.get("groupBy", "team")
+    raw = query_value(request.query, "groupBy") or "team"
+    group = "org" if raw == "organization" else raw
     if group not in GROUP_COLUMNS:
         raise InvalidRequest(f"'groupBy' must be one of {', '.join(GROUP_COLUMNS)}", param="groupBy")
     tz, now = time_zone(request), now_ms()
@@ -241,7 +247,7 @@ async def spend(request: web.Request) -> web.StreamResponse:
     body = spend_body(group, analytics.fold(rows, bucket, tz), analytics.bucket_labels(start, end, bucket, tz),
                       _top(request))
     body.update(currency="USD", timezone=tz, bucket=bucket, range=label, **{"from": iso(start), "to": iso(end)},
-                filters={name: request.query[name] for name in GROUP_COLUMNS if name in request.query})
+                filters=drill_values(request))
     if request.query.get("format", "json") == "csv":
         return csv_response(body)
     if request.query.get("format", "json") != "json":

@@ -32,23 +32,24 @@ from costproxy.alerts.manager import AlertManager
 from costproxy.alerts.store import SqliteAlertStore
 from costproxy.budgets.book import BudgetAccounts
 from costproxy.budgets.codec import (
-    SCOPE_FROM_JSON,
     iso,
     override_from_json,
     override_to_json,
     spec_from_json,
     spec_to_json,
-    status_to_json,
     usd,
 )
-from costproxy.budgets.definitions import new_override_id
-from costproxy.budgets.model import STATUSES, BudgetSpec
+from costproxy.budgets.definitions import AuditRecord, new_override_id
+from costproxy.budgets.model import BudgetOverride, BudgetSpec
 from costproxy.budgets.status import BudgetStatus
+from costproxy.budgets.status_json import refusing, scope_status_json, status_to_json
 from costproxy.errors import InvalidRequest, NotFound, StoreUnavailable
 from costproxy.http.keys_api import int_param, json_body, require_admin
-from costproxy.http.state import ADMIN_ROLE, ALERT_CATALOG, ALERTS, BUDGETS
+from costproxy.http.state import ADMIN_ROLE, ALERT_CATALOG, ALERTS, BUDGETS, ROUTER, SERVICES
 from costproxy.identity.access_tokens import ScopedToken
 from costproxy.money import MoneyError, usd_to_nanos
+from costproxy.registry import ModelSpec
+from costproxy.wire import canonical, query_value, scope_kind, spellings
 
 # --- access ------------------------------------------------------------------------------------
 
@@ -104,10 +105,13 @@ def store_errors() -> Iterator[None]:
 
 
 def scope_param(raw: str) -> str:
-    kind = SCOPE_FROM_JSON.get(raw)
-    if kind is None:
-        raise InvalidRequest("scopeType must be one of organization, team, project, user, key", param="scopeType")
-    return kind
+    return scope_kind(raw)
+
+
+def servable_models(request: web.Request) -> list[ModelSpec]:
+    """The deployment's models a request can be served by (what ``restrictedModels`` lists from)."""
+    unservable = request.app[ROUTER].unservable
+    return [m for m in request.app[SERVICES].registry.models.values() if m.id not in unservable]
 
 
 # --- definitions -------------------------------------------------------------------------------
@@ -115,14 +119,14 @@ def scope_param(raw: str) -> str:
 
 async def list_budgets(request: web.Request) -> web.Response:
     accounts = accounts_of(request)
-    query = request.query
-    kind = scope_param(query["scopeType"]) if "scopeType" in query else None
+    raw_kind, scope_id, tag = (query_value(request.query, n) for n in ("scopeType", "scopeId", "tag"))
+    kind = scope_param(raw_kind) if raw_kind is not None else None
     specs = [s for s in accounts.budgets.all() if visible(request, s)
              and (kind is None or s.scope_type == kind)
-             and ("scopeId" not in query or s.scope_id == query["scopeId"])
-             and ("tag" not in query or query["tag"] in s.tags)]
+             and (scope_id is None or s.scope_id == scope_id)
+             and (tag is None or tag in s.tags)]
     data = [spec_to_json(s) for s in specs]
-    if query.get("withStatus") in ("1", "true"):
+    if query_value(request.query, "withStatus") in ("1", "true"):
         for item, spec in zip(data, specs, strict=True):
             item["status"] = await status_json(request, await accounts.status(spec.id))
     return web.json_response({"data": data})
@@ -132,7 +136,8 @@ async def create_budget(request: web.Request) -> web.Response:
     require_admin(request)
     accounts = accounts_of(request)
     body = await json_body(request)
-    body.setdefault("id", "bud_" + uuid.uuid4().hex[:16])
+    if "id" not in body:
+        body["id"] = "bud_" + uuid.uuid4().hex[:16]
     with store_errors():
         stored = await accounts.budgets.create(spec_from_json(body), actor(request))
     return web.json_response(spec_to_json(stored), status=201)
@@ -174,7 +179,16 @@ async def audit(request: web.Request) -> web.Response:
     accounts, spec = budget_for(request)
     with store_errors():
         records = await accounts.budgets.audit_log(spec.id, limit=_limit(request, 100))
-    return web.json_response({"data": [r.public() for r in records]})
+    return web.json_response({"data": [audit_json(r) for r in records]})
+
+
+def audit_json(record: AuditRecord) -> dict[str, Any]:
+    """One change: ISO time; an override's detail in the override shape of the API."""
+    detail = record.detail
+    if record.action.startswith("override.") and "budget_id" in detail:
+        detail = override_to_json(BudgetOverride(**detail), record.ts_ms)
+    return {"timestamp": iso(record.ts_ms), "actor": record.actor, "action": record.action,
+            "budgetId": record.budget_id, "detail": detail}
 
 
 def _limit(request: web.Request, default: int, maximum: int = 1000) -> int:
@@ -186,7 +200,7 @@ def _limit(request: web.Request, default: int, maximum: int = 1000) -> int:
 
 async def status_json(request: web.Request, status: BudgetStatus) -> dict[str, Any]:
     """``status_to_json`` plus acknowledgements and, where the counters forgot, when alerts fired."""
-    data = status_to_json(status)
+    data = status_to_json(status, servable_models(request))
     catalog, manager = catalog_of(request.app), manager_of(request.app)
     local_claims = manager is not None and isinstance(manager.store, SqliteAlertStore)
     for alert in data["activeAlerts"]:
@@ -217,48 +231,28 @@ async def scope_status(request: web.Request) -> web.Response:
         raise NotFound(f"no budgets visible for {request.match_info['scope_type']} {scope_id!r}")
     statuses = await accounts.statuses(kind, scope_id)
     budgets = [await status_json(request, s) for s in statuses]
-    worst = max((STATUSES.index(s.status) for s in statuses), default=0)
-    return web.json_response({
-        "scopeType": request.match_info["scope_type"], "scopeId": scope_id, "status": STATUSES[worst],
-        "budgets": budgets, "costRestrictions": merge_restrictions([b["costRestrictions"] for b in budgets]),
-        "lastUpdated": min((b["lastUpdated"] for b in budgets), default=None),
-        "stale": any(b["stale"] for b in budgets),
-    }, headers=_stale_headers(statuses))
-
-
-def merge_restrictions(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """The restrictions of several budgets together: the strictest of each."""
-    def narrowest(key: str) -> list[str] | None:
-        sets = [set(i[key]) for i in items if i.get(key) is not None]
-        return sorted(set.intersection(*sets)) if sets else None
-
-    def least(key: str) -> str | None:
-        values = [i[key] for i in items if i.get(key) is not None]
-        return min(values, key=lambda v: usd_to_nanos(v)) if values else None
-
-    return {"downgrading": any(i["downgrading"] for i in items), "allowedTiers": narrowest("allowedTiers"),
-            "restrictedModels": narrowest("restrictedModels"), "maxPricePerMTok": least("maxPricePerMTok"),
-            "maxCostPerRequest": least("maxCostPerRequest"), "blocked": any(i["blocked"] for i in items),
-            "requiresApproval": any(i["requiresApproval"] for i in items)}
+    return web.json_response(scope_status_json(kind, scope_id, budgets), headers=_stale_headers(statuses))
 
 
 async def check_constraints(request: web.Request) -> web.Response:
     accounts, spec = budget_for(request)
-    body = await json_body(request)
+    raw = await json_body(request)
+    body, sent = canonical(raw, ("estimatedCost",)), spellings(raw, ("estimatedCost",)).get("estimatedCost")
     if "estimatedCost" not in body:
         raise InvalidRequest("'estimatedCost' is required", param="estimatedCost")
     try:
-        nanos = usd_to_nanos(body["estimatedCost"], what="estimatedCost")
+        nanos = usd_to_nanos(body["estimatedCost"], what=str(sent))
     except MoneyError as exc:
-        raise InvalidRequest(str(exc), param="estimatedCost") from None
+        raise InvalidRequest(str(exc), param=sent) from None
     if nanos < 0:
-        raise InvalidRequest("'estimatedCost' must not be negative", param="estimatedCost")
+        raise InvalidRequest(f"'{sent}' must not be negative", param=sent)
     check = await accounts.check(spec.id, nanos)
     status = await accounts.status(spec.id)
     return web.json_response({
         **check.public(), "budgetId": spec.id, "estimatedCost": usd(nanos), "currency": spec.currency,
         "status": status.status, "remaining": usd(status.remaining_nanos), "limit": usd(status.limit_nanos),
-        "currentAmount": usd(status.spent_nanos), "hardLimit": spec.hard, "stale": status.stale_ms > 0,
+        "currentAmount": usd(status.spent_nanos), "currentSpend": usd(status.spent_nanos), "hardLimit": spec.hard,
+        "blockNonEssential": refusing(status), "stale": status.stale_ms > 0,
     })
 
 
@@ -312,7 +306,7 @@ async def acknowledge(request: web.Request) -> web.Response:
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 4):
         raise InvalidRequest("the threshold in the URL must be a whole percent", param="threshold")
     threshold = int(raw)
-    body = await json_body(request) if request.can_read_body else {}
+    body = canonical(await json_body(request), ("note",)) if request.can_read_body else {}
     status = await accounts.status(spec.id)
     if threshold not in {pct for pct, _ in status.thresholds_reached}:
         raise InvalidRequest(f"threshold {threshold}% of budget {spec.id!r} has not fired in period "

@@ -1,4 +1,13 @@
-"""``/api/v1`` routes: client keys, ledger queries.  Other subsystems add their own routes here."""
+"""``/api/v1`` routes: client keys, ledger queries.  Other subsystems add their own routes here.
+
+``POST   /api/v1/keys``          ``{name?, userId?, teamId?, organizationId?, projectId?, expiresAt? |
+                                 expiresInSeconds?}`` (also ``user``, ``team``, ``org``, ``project``)
+                                 → the key, shown once
+``GET    /api/v1/keys``          every key, with its last use and request count from the ledger
+``DELETE /api/v1/keys/{id}``     revoke
+``GET    /api/v1/usage``         the latest ledger entries; ``/usage/summary`` spend grouped;
+``GET    /api/v1/requests/{id}`` the ledger entries of one request
+"""
 
 from __future__ import annotations
 
@@ -9,20 +18,28 @@ from typing import Any
 
 from aiohttp import web
 
+from costproxy.budgets.codec import usd
 from costproxy.errors import Forbidden, InvalidJSON, InvalidRequest, NotFound
 from costproxy.http.bodies import read_body
 from costproxy.http.state import ADMIN_ROLE, KEY_STORE, KEYRING, LEDGER
 from costproxy.identity.key_store import KeyStore, SqliteKeyStore
 from costproxy.identity.principal import KeyRecord, hash_key, new_key, new_key_id
 from costproxy.ledger.analytics import key_activity
+from costproxy.ledger.entry import LedgerEntry
 from costproxy.ledger.reader import SPEND_COLUMNS as GROUP_COLUMNS
 from costproxy.ledger.reader import spend_by
 from costproxy.money import format_usd
 from costproxy.store.sqlite import SqliteStore
+from costproxy.wire import canonical, iso, iso_seconds, query_value, spellings, time_field, with_deprecated
 
 KEY_FIELDS = ("name", "user", "team", "org", "project")
+# JSON name -> the key store's field; the store's names (``org``…) are accepted as aliases
+KEY_JSON = {"name": "name", "userId": "user", "teamId": "team", "organizationId": "org", "projectId": "project"}
+KEY_ALIASES = {"user": "userId", "team": "teamId", "org": "organizationId", "organization": "organizationId",
+               "project": "projectId"}
 MAX_FIELD_CHARS = 256
 MAX_UNIX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
+GROUP_ALIASES = {"organization": "org"}
 
 
 def require_admin(request: web.Request) -> None:
@@ -74,25 +91,56 @@ async def issue_key(store: KeyStore | SqliteStore, fields: dict[str, Any], now: 
     return secret, record
 
 
+def key_json(record: KeyRecord, now: float) -> dict[str, Any]:
+    """A client key in the API's names (``user``, ``team``, ``org``, ``project``: deprecated)."""
+    expired = record.expires_at is not None and record.expires_at <= now
+    return {"id": record.id, "prefix": record.prefix, "name": record.name, "userId": record.user,
+            "teamId": record.team, "organizationId": record.org, "projectId": record.project,
+            "createdAt": iso_seconds(record.created_at), "expiresAt": iso_seconds(record.expires_at),
+            "revokedAt": iso_seconds(record.revoked_at), "active": record.active and not expired,
+            "user": record.user, "team": record.team, "org": record.org, "project": record.project}
+
+
+def key_fields(body: dict[str, Any], now: float) -> dict[str, Any]:
+    """A ``POST /api/v1/keys`` body as ``issue_key`` fields; ``expiresAt`` is any time
+    ``costproxy.wire`` accepts, ``expiresInSeconds`` a positive whole number."""
+    names = (*KEY_JSON, "expiresAt", "expiresInSeconds")
+    data, sent = canonical(body, names, KEY_ALIASES), spellings(body, names, KEY_ALIASES)
+    fields: dict[str, Any] = {KEY_JSON[name]: data[name] for name in KEY_JSON if name in data}
+    for name in KEY_JSON:
+        value = data.get(name)
+        if value is not None and (not isinstance(value, str) or not value.strip() or len(value) > MAX_FIELD_CHARS):
+            raise InvalidRequest(f"'{sent[name]}' must be a non-empty string of at most {MAX_FIELD_CHARS} "
+                                 "characters", param=sent[name])
+    seconds = data.get("expiresInSeconds")
+    if seconds is not None:
+        if isinstance(seconds, bool) or not isinstance(seconds, int) or not 0 < seconds <= MAX_UNIX_SECONDS:
+            raise InvalidRequest(f"'{sent['expiresInSeconds']}' must be a positive whole number",
+                                 param=sent["expiresInSeconds"])
+        fields["expiresAt"] = now + seconds
+    elif data.get("expiresAt") is not None:
+        fields["expiresAt"] = time_field(data["expiresAt"], sent["expiresAt"]) / 1000
+        if fields["expiresAt"] <= now:
+            raise InvalidRequest(f"'{sent['expiresAt']}' is in the past", param=sent["expiresAt"])
+    return fields
+
+
 async def create_key(request: web.Request) -> web.Response:
     require_admin(request)
-    body = await json_body(request)
-    unknown = set(body) - {*KEY_FIELDS, "expiresAt"}
-    if unknown:
-        raise InvalidRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
-    secret, record = await issue_key(request.app[KEY_STORE], body, time.time())
+    now = time.time()
+    secret, record = await issue_key(request.app[KEY_STORE], key_fields(await json_body(request), now), now)
     request.app[KEYRING].add(record)
-    return web.json_response({**record.public(), "key": secret}, status=201)
+    return web.json_response({**key_json(record, now), "key": secret}, status=201)
 
 
 async def list_keys(request: web.Request) -> web.Response:
     """Every key with its last use and request count, derived from the ledger (nothing is written
     per request for it; in Redis mode it is what this replica's ledger mirror holds)."""
     activity = await key_activity(request.app[LEDGER])
-    data = []
+    data, now = [], time.time()
     for record in request.app[KEYRING].all():
         last, count = activity.get(record.id, (None, 0))
-        data.append({**record.public(), "lastUsedAt": last / 1000 if last is not None else None, "requests": count})
+        data.append({**key_json(record, now), "lastUsedAt": iso(last), "requests": count})
     return web.json_response({"data": data})
 
 
@@ -107,7 +155,7 @@ async def revoke_key(request: web.Request) -> web.Response:
     await keys.revoke(key_id, time.time())
     ring.replace(await keys.load_all())
     record = ring.get(key_id)
-    return web.json_response(record.public() if record else {"id": key_id})
+    return web.json_response(key_json(record, time.time()) if record else {"id": key_id})
 
 
 def int_param(request: web.Request, name: str, default: int, minimum: int, maximum: int) -> int:
@@ -128,29 +176,51 @@ def int_param(request: web.Request, name: str, default: int, minimum: int, maxim
 MAX_HOURS = 24 * 366 * 10  # ten years of ledger
 
 
+def entry_json(entry: LedgerEntry) -> dict[str, Any]:
+    """A ledger entry in the API's names; the snake_case names of earlier versions stay, deprecated."""
+    return with_deprecated({
+        "requestId": entry.request_id, "timestamp": iso(entry.ts_ms), "endpoint": entry.endpoint,
+        "status": entry.status, "httpStatus": entry.http_status, "keyId": entry.key_id, "userId": entry.user,
+        "teamId": entry.team, "organizationId": entry.org, "projectId": entry.project,
+        "requestedModel": entry.requested_model, "servedModel": entry.served_model, "provider": entry.provider,
+        "decisionId": entry.decision_id, "promptTokens": entry.prompt_tokens,
+        "completionTokens": entry.completion_tokens, "cachedTokens": entry.cached_tokens,
+        "cacheWriteTokens": entry.cache_write_tokens, "cacheWrite1hTokens": entry.cache_write_1h_tokens,
+        "cost": usd(entry.cost_nanos), "baseline": usd(entry.baseline_nanos), "currency": "USD",
+        "usageReported": entry.usage_reported, "stream": entry.stream, "latencyMs": entry.latency_ms,
+        "errorCode": entry.error_code, "taskType": entry.task_type, "correlationId": entry.correlation_id,
+        "tenant": entry.tenant, "source": entry.source, "metadata": entry.metadata,
+    }, entry.public())
+
+
 async def recent_usage(request: web.Request) -> web.Response:
     limit = int_param(request, "limit", 50, 1, 1000)
     entries = await request.app[LEDGER].recent_entries(limit)
-    return web.json_response({"data": [e.public() for e in entries]})
+    return web.json_response({"data": [entry_json(e) for e in entries]})
 
 
 async def request_entries(request: web.Request) -> web.Response:
     entries = await request.app[LEDGER].entries_for(request.match_info["request_id"])
     if not entries:
         raise NotFound(f"no ledger entry for request {request.match_info['request_id']}")
-    return web.json_response({"data": [e.public() for e in entries]})
+    return web.json_response({"data": [entry_json(e) for e in entries]})
 
 
 async def usage_summary(request: web.Request) -> web.Response:
-    group = request.query.get("groupBy", "model")
+    raw = query_value(request.query, "groupBy") or "model"
+    group = GROUP_ALIASES.get(raw, raw)
     if group not in GROUP_COLUMNS:
-        raise InvalidRequest(f"'groupBy' must be one of {', '.join(GROUP_COLUMNS)}", param="groupBy")
+        raise InvalidRequest(f"'groupBy' must be one of {', '.join(GROUP_COLUMNS)}, organization", param="groupBy")
     since_ms = int((time.time() - _hours(request) * 3600) * 1000)
     rows = await spend_by(request.app[LEDGER], group, since_ms)
-    data = [{group: r["k"], "requests": r["n"], "costUsd": format_usd(r["cost"] or 0),
-             "baselineUsd": format_usd(r["base"] or 0), "savingUsd": format_usd((r["base"] or 0) - (r["cost"] or 0)),
-             "promptTokens": r["tin"] or 0, "completionTokens": r["tout"] or 0} for r in rows]
-    return web.json_response({"groupBy": group, "data": data})
+    data = []
+    for r in rows:
+        cost, base = r["cost"] or 0, r["base"] or 0
+        data.append({"key": r["k"], "requests": r["n"], "amount": usd(cost), "baseline": usd(base),
+                     "saving": usd(base - cost), "promptTokens": r["tin"] or 0, "completionTokens": r["tout"] or 0,
+                     group: r["k"], "costUsd": format_usd(cost), "baselineUsd": format_usd(base),
+                     "savingUsd": format_usd(base - cost)})
+    return web.json_response({"groupBy": group, "currency": "USD", "data": data})
 
 
 def _hours(request: web.Request) -> float:

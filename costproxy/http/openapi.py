@@ -1,7 +1,9 @@
 """The OpenAPI 3.1 document of the ``/api/v1`` integration API, served at ``GET /openapi.json``.
 
-Built once from plain data (no I/O).  Money is a decimal string in USD everywhere (``Money``);
-requests accept a decimal string or a JSON number and are converted exactly to nano-USD.
+Built once from plain data (no I/O); the schemas live in ``openapi_schemas``.  Money is a decimal
+string in USD everywhere (``Money``); requests accept a decimal string or a JSON number and are
+converted exactly to nano-USD.  Times are ISO 8601 UTC in responses; requests accept ISO 8601 or
+unix seconds/milliseconds.  Keys are camelCase; snake_case spellings are accepted on input.
 Authentication: ``Authorization: Bearer <admin token>`` for everything, or a read-only token
 (``cpro-…``) for the reads marked ``x-costproxy-read-only: true``.
 """
@@ -13,131 +15,55 @@ from typing import Any
 
 from aiohttp import web
 
-from costproxy.alerts.webhooks import EVENT_TYPES
+from costproxy.http.openapi_schemas import (
+    ANY_OBJECT,
+    INT,
+    MONEY,
+    NTIME,
+    NUM,
+    SCOPE_INPUT,
+    TIME_INPUT,
+    B,
+    N,
+    S,
+    Schema,
+    arr,
+    body,
+    listing,
+    ref,
+    report_row,
+    resp,
+    schemas,
+)
 
 JSON = "application/json"
-Schema = dict[str, Any]
-
-
-def ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def obj(required: tuple[str, ...] = (), **props: Schema) -> Schema:
-    schema: Schema = {"type": "object", "properties": props}
-    if required:
-        schema["required"] = list(required)
-    return schema
-
-
-def arr(items: Schema) -> Schema:
-    return {"type": "array", "items": items}
-
-
-def listing(items: Schema) -> Schema:
-    return obj(("data",), data=arr(items))
-
-
-S: Schema = {"type": "string"}
-N: Schema = {"type": ["string", "null"]}
-INT: Schema = {"type": "integer"}
-B: Schema = {"type": "boolean"}
-NUM: Schema = {"type": "number"}
-TIME: Schema = {"type": ["string", "null"], "format": "date-time"}
-MONEY = ref("Money")
 LIMIT: Schema = {"type": "integer", "minimum": 1, "maximum": 1000}
 OFFSET: Schema = {"type": "integer", "minimum": 0, "maximum": 10**12}
 HOURS: Schema = {"type": "number", "minimum": 0, "maximum": 87_840}
 IDEMPOTENCY_KEY: Schema = {"name": "Idempotency-Key", "in": "header", "required": False,
                            "schema": {"type": "string", "maxLength": 256},
                            "description": "a second record with this key within 7 days charges nothing"}
-SCOPE: Schema = {"type": "string", "enum": ["organization", "team", "project", "user", "key"]}
 
 
-def _schemas() -> dict[str, Schema]:
-    action: Schema = {"oneOf": [{"type": "string", "enum": ["notify", "auto-downgrade", "require-approval",
-                                                             "block-all"]},
-                                obj(("type",), type={"const": "restrict-models"}, tiers=arr(S), models=arr(S),
-                                    maxPricePerMTok=S)]}
-    alert_def = obj(("threshold",), threshold=INT, actions=arr(action), notificationChannels=arr(S), message=N)
-    active_alert = obj(threshold=INT, triggeredAt=TIME, actions=arr(action), acknowledged=B, acknowledgedBy=N,
-                       acknowledgedAt=TIME, note=N)
-    restrictions = obj(downgrading=B, allowedTiers={"type": ["array", "null"], "items": S},
-                       restrictedModels={"type": ["array", "null"], "items": S}, maxPricePerMTok=N,
-                       maxCostPerRequest=N, blocked=B, requiresApproval=B)
-    return {
-        "Money": {"type": "string", "pattern": r"^-?\d+(\.\d{1,9})?$",
-                  "description": "USD as a decimal string (input: string or number, at most 1000000)",
-                  "examples": ["12.5", "0.000150"]},
-        "Error": obj(("error",), error=obj(("message", "type", "code"), message=S, type=S, param=N, code=S)),
-        "Budget": obj(
-            ("scopeType", "scopeId", "amount"), id=S, name=S, description=S, scopeType=SCOPE, scopeId=S,
-            organizationId=N, amount=MONEY, currency={"const": "USD"},
-            period={"enum": ["daily", "weekly", "monthly", "quarterly", "annual", "total"]}, timezone=S,
-            startDate=N, endDate=N, recurring=B, alerts=arr(alert_def),
-            onExhausted={"enum": ["block", "downgrade", "notify"]}, hardLimit=B, tags=arr(S), parentBudgetId=N,
-            createdAt={**TIME, "readOnly": True}, updatedAt={**TIME, "readOnly": True},
-            createdBy={**N, "readOnly": True}, source={"enum": ["config", "api"], "readOnly": True},
-            readOnly={**B, "readOnly": True}),
-        "CostRestrictions": restrictions,
-        "BudgetStatus": obj(
-            budgetId=S, name=S, scopeType=SCOPE, scopeId=S, period=S, periodKey=S, periodStart=TIME,
-            periodEnd=TIME, currentAmount=MONEY, reserved=MONEY, limit=MONEY, baseLimit=MONEY, currency=S,
-            percentUsed=NUM, remaining=MONEY, daysRemaining={"type": ["number", "null"]}, burnRate=MONEY,
-            burnRatePeriod={"const": "day"}, projectedTotal={"anyOf": [MONEY, {"type": "null"}]},
-            status={"enum": ["normal", "warning", "critical", "exhausted"]}, hardLimit=B, onExhausted=S,
-            activeAlerts=arr(active_alert), costRestrictions=ref("CostRestrictions"),
-            activeOverrides=arr(ref("Override")), lastUpdated=TIME, stale=B, staleSeconds=NUM),
-        "UsageRecord": obj(("amount",), amount=MONEY, currency={"const": "USD"}, timestamp=TIME,
-                           source={"enum": ["relaycore", "auterity", "manual"]}, description=S,
-                           metadata=obj(requestId=S, modelId=S, userId=S, teamId=S, projectId=S, tags=arr(S))),
-        "Override": obj(("type", "reason"), id=S, budgetId=S, type={"enum": ["increase", "approval"]},
-                        amount={"anyOf": [MONEY, {"type": "null"}]}, startsAt=TIME, expiresAt=TIME,
-                        durationMinutes={"type": "number", "writeOnly": True}, reason=S, createdBy=N,
-                        createdAt=TIME, revokedAt=TIME, revokedBy=N, active=B),
-    }
-
-
-def _alert_schemas() -> dict[str, Schema]:
-    return {
-        "Subscription": obj(("url",), id=S, url={"type": "string", "format": "uri"},
-                            events=arr({"enum": list(EVENT_TYPES)}), format={"enum": ["json", "slack"]},
-                            budgetIds=arr(S), scopes=arr(obj(scopeType=SCOPE, scopeId=S)), enabled=B,
-                            description=S, secret={"type": "string",
-                                                   "description": "whole at creation and rotation, else masked"},
-                            createdAt=TIME, updatedAt=TIME, createdBy=N),
-        "Delivery": obj(id=S, subscriptionId=S, eventId=S, eventType=S,
-                        status={"enum": ["pending", "delivered", "failed"]}, attemptCount=INT,
-                        lastStatusCode={"type": ["integer", "null"]}, lastError=N, createdAt=TIME,
-                        nextAttemptAt=TIME, finishedAt=TIME, event=ref("Event"),
-                        attempts=arr(obj(at=TIME, statusCode={"type": ["integer", "null"]}, error=N, durationMs=INT))),
-        "Event": obj(("id", "type", "source", "timestamp", "payload"), id=S, type={"enum": list(EVENT_TYPES)},
-                     source=S, timestamp=TIME, correlationId=N, payload={"type": "object"}),
-        "Token": obj(id=S, prefix=S, name=S, role={"const": "read-only"}, scopes=arr(obj(scopeType=SCOPE, scopeId=S)),
-                     createdAt=TIME, createdBy=N, expiresAt=TIME, revokedAt=TIME, revokedBy=N, active=B,
-                     token={"type": "string", "description": "only in the creation response"}),
-        "Key": obj(id=S, prefix=S, name=S, user=N, team=N, org=N, project=N, createdAt=NUM,
-                   revokedAt={"type": ["number", "null"]}, expiresAt={"type": ["number", "null"]}, active=B,
-                   lastUsedAt={"type": ["number", "null"], "description": "unix seconds, from the ledger"},
-                   requests={"type": "integer", "description": "requests in the ledger"},
-                   key={"type": "string", "description": "only in the creation response"}),
-    }
-
-
-def op(summary: str, response: Schema | None = None, *, body: Schema | None = None, status: int = 200,
-       params: tuple[Schema, ...] = (), read_only: bool = True, tag: str = "budgets") -> Schema:
+def op(summary: str, response: Schema | None = None, *, request: Schema | None = None, status: int = 200,
+       params: tuple[Schema, ...] = (), read_only: bool = True, tag: str = "budgets",
+       also: dict[int, str] | None = None) -> Schema:
+    """One operation; ``also``: more statuses answering the same schema, with what each means."""
+    answer = {"content": {JSON: {"schema": response or ANY_OBJECT}}}
+    responses: Schema = {str(status): {"description": "OK", **answer}}
+    responses.update({str(code): {"description": meaning, **answer} for code, meaning in (also or {}).items()})
+    responses["default"] = {"description": "error", "content": {JSON: {"schema": ref("Error")}}}
     operation: Schema = {"summary": summary, "tags": [tag], "x-costproxy-read-only": read_only,
-                         "responses": {str(status): {"description": "OK", "content": {
-                             JSON: {"schema": response or {"type": "object"}}}},
-                             "default": {"description": "error", "content": {JSON: {"schema": ref("Error")}}}}}
-    if body is not None:
-        operation["requestBody"] = {"required": True, "content": {JSON: {"schema": body}}}
+                         "responses": responses}
+    if request is not None:
+        operation["requestBody"] = {"required": True, "content": {JSON: {"schema": request}}}
     if params:
         operation["parameters"] = list(params)
     return operation
 
 
 def query(name: str, schema: Schema = S, description: str = "") -> Schema:
+    """A query parameter; its snake_case spelling is accepted too (``group_by``)."""
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
@@ -149,57 +75,72 @@ def _budget_paths() -> dict[str, Schema]:
     bid = (path("budgetId"),)
     return {
         "/api/v1/budgets": {
-            "get": op("List budgets", listing(ref("Budget")), params=(query("scopeType", SCOPE), query("scopeId"),
-                                                                     query("tag"), query("withStatus", B))),
-            "post": op("Create a budget", ref("Budget"), body=ref("Budget"), status=201, read_only=False)},
+            "get": op("List budgets", listing(ref("BudgetWithStatus")),
+                      params=(query("scopeType", SCOPE_INPUT), query("scopeId"), query("tag"),
+                              query("withStatus", B, "add each budget's status"))),
+            "post": op("Create a budget", ref("Budget"), request=ref("BudgetInput"), status=201, read_only=False)},
         "/api/v1/budgets/status/{scopeType}/{scopeId}": {"get": op(
-            "Status of every budget of a scope", obj(scopeType=S, scopeId=S, status=S, budgets=arr(ref("BudgetStatus")),
-                                                      costRestrictions=ref("CostRestrictions"), lastUpdated=TIME,
-                                                      stale=B), params=(path("scopeType"), path("scopeId")))},
+            "Status of every budget of a scope, the worst status, the restrictions in force", ref("ScopeStatus"),
+            params=({**path("scopeType"), "schema": SCOPE_INPUT}, path("scopeId")))},
         "/api/v1/budgets/{budgetId}": {
             "get": op("A budget", ref("Budget"), params=bid),
-            "put": op("Replace a budget", ref("Budget"), body=ref("Budget"), params=bid, read_only=False),
-            "patch": op("Update some fields of a budget", ref("Budget"), body=ref("Budget"), params=bid,
+            "put": op("Replace a budget", ref("Budget"), request=ref("BudgetInput"), params=bid, read_only=False),
+            "patch": op("Update some fields of a budget", ref("Budget"), request=ref("BudgetInput"), params=bid,
                         read_only=False),
-            "delete": op("Delete a budget", obj(id=S, deleted=B, budget=ref("Budget")), params=bid, read_only=False)},
+            "delete": op("Delete a budget", resp(id=S, deleted=B, budget=ref("Budget")), params=bid,
+                         read_only=False)},
         "/api/v1/budgets/{budgetId}/status": {"get": op("Budget status", ref("BudgetStatus"), params=bid)},
+        "/api/v1/budgets/{budgetId}/check-constraints": {"post": op(
+            "Can a request of this cost proceed?", resp(
+                canProceed=B, reason=S, suggestedActions=arr(S), budgetId=S, estimatedCost=MONEY, currency=S,
+                status=S, remaining=MONEY, limit=MONEY, currentAmount=MONEY, currentSpend=MONEY, hardLimit=B,
+                blockNonEssential=B, stale=B),
+            request=body({"estimatedCost": ref("Money")}, ("estimatedCost",)), params=bid)},
+        "/api/v1/budgets/{budgetId}/overrides": {
+            "get": op("Overrides (temporary increases, approvals)", listing(ref("Override")), params=bid),
+            "post": op("Grant an override", ref("Override"), request=ref("OverrideInput"), status=201, params=bid,
+                       read_only=False)},
+        "/api/v1/budgets/{budgetId}/overrides/{overrideId}": {"delete": op(
+            "Revoke an override", ref("Override"), params=(*bid, path("overrideId")), read_only=False)},
+        "/api/v1/budgets/{budgetId}/alerts": {"get": op(
+            "Active alerts of the current period", resp(budgetId=S, periodKey=S, data=arr(ref("ActiveAlert"))),
+            params=bid)},
+        "/api/v1/budgets/{budgetId}/alerts/{threshold}/acknowledge": {"post": op(
+            "Acknowledge a fired threshold", resp(budgetId=S, periodKey=S, threshold=INT, acknowledged=B,
+                                                  acknowledgedBy=N, acknowledgedAt=NTIME, note=N),
+            request=body({"note": S}), params=(*bid, path("threshold")), read_only=False)},
+        "/api/v1/budgets/{budgetId}/audit": {"get": op(
+            "Change history", listing(resp(timestamp=NTIME, actor=N, action=S, budgetId=S, detail=ANY_OBJECT)),
+            params=(*bid, query("limit", LIMIT)))},
     }
 
 
 def _budget_spend_paths() -> dict[str, Schema]:
     bid = (path("budgetId"),)
-    time_range = query("timeRange", S, "current (default), previous, all, <n>h, <n>d or <start>/<end>")
+    time_range = query("timeRange", S, "current (default), previous, all, <n>h, <n>d or <start>/<end> (ISO 8601 "
+                                       "or unix seconds/milliseconds)")
+    spent = {"amount": MONEY, "requests": INT}
     return {
         "/api/v1/budgets/{budgetId}/usage": {
-            "get": op("Usage charged to the budget", listing(ref("UsageRecord")),
+            "get": op("Usage charged to the budget, newest first",
+                      resp(budgetId=S, timeRange=ref("TimeRange"), data=arr(ref("UsageRecord"))),
                       params=(*bid, time_range, query("source"), query("limit", LIMIT), query("offset", OFFSET))),
-            "post": op("Record usage from another system", obj(budgetId=S, duplicate=B, usage=ref("UsageRecord"),
-                                                                 status=ref("BudgetStatus")),
-                       body=ref("UsageRecord"), status=201, params=(*bid, IDEMPOTENCY_KEY), read_only=False)},
+            "post": op("Record usage from another system", resp(
+                ("usage", "idempotencyKey"), budgetId=S, duplicate=B, usage=ref("UsageRecord"),
+                idempotencyKey=N, status=ref("BudgetStatus")), request=ref("UsageInput"), status=201,
+                params=(*bid, IDEMPOTENCY_KEY), read_only=False,
+                also={200: "a duplicate (same idempotency key within 7 days): nothing charged"})},
         "/api/v1/budgets/{budgetId}/usage/summary": {"get": op(
-            "Usage totals by source and model", obj(totals={"type": "object"}, bySource=arr({"type": "object"}),
-                                                    byModel=arr({"type": "object"})), params=(*bid, time_range))},
-        "/api/v1/budgets/{budgetId}/check-constraints": {"post": op(
-            "Can a request of this cost proceed?", obj(("canProceed",), canProceed=B, reason=S,
-                                                       suggestedActions=arr(S), remaining=MONEY, status=S),
-            body=obj(("estimatedCost",), estimatedCost=MONEY), params=bid)},
+            "Usage totals by source and model", resp(
+                budgetId=S, currency=S, timeRange=ref("TimeRange"), totals=ref("Totals"),
+                bySource=arr(resp(source=S, **spent)), byModel=arr(resp(model=N, **spent)), limit=MONEY,
+                currentAmount=MONEY, remaining=MONEY, status=S), params=(*bid, time_range))},
         "/api/v1/budgets/{budgetId}/reports": {"get": op(
-            "Spend report", obj(totals={"type": "object"}, data=arr({"type": "object"}),
-                                topSpenders=arr({"type": "object"}), modelUsage=arr({"type": "object"})),
+            "Spend report", resp(budgetId=S, currency=S, timeRange=ref("TimeRange"), groupBy=S, totals=ref("Totals"),
+                                 limit=MONEY, data=arr(report_row("key")), topSpenders=arr(report_row("userId")),
+                                 modelUsage=arr(report_row("model"))),
             params=(*bid, time_range, query("groupBy", {"enum": ["day", "week", "model", "user", "team",
                                                                   "project", "key", "source"]})))},
-        "/api/v1/budgets/{budgetId}/overrides": {
-            "get": op("Overrides (temporary increases, approvals)", listing(ref("Override")), params=bid),
-            "post": op("Grant an override", ref("Override"), body=ref("Override"), status=201, params=bid,
-                       read_only=False)},
-        "/api/v1/budgets/{budgetId}/overrides/{overrideId}": {"delete": op(
-            "Revoke an override", ref("Override"), params=(*bid, path("overrideId")), read_only=False)},
-        "/api/v1/budgets/{budgetId}/alerts": {"get": op("Active alerts of the current period", listing(
-            {"type": "object"}), params=bid)},
-        "/api/v1/budgets/{budgetId}/alerts/{threshold}/acknowledge": {"post": op(
-            "Acknowledge a fired threshold", {"type": "object"}, body=obj(note=S),
-            params=(*bid, path("threshold")), read_only=False)},
-        "/api/v1/budgets/{budgetId}/audit": {"get": op("Change history", listing({"type": "object"}), params=bid)},
     }
 
 
@@ -209,29 +150,32 @@ def _webhook_paths() -> dict[str, Schema]:
     def wop(summary: str, response: Schema | None = None, **kw: Any) -> Schema:
         return op(summary, response, tag="webhooks", read_only=False, **kw)
 
+    events_enum = {"type": "array", "items": S}
     return {
-        "/api/v1/webhooks": {"get": wop("List subscriptions", listing(ref("Subscription"))),
-                             "post": wop("Subscribe", ref("Subscription"), body=ref("Subscription"), status=201)},
+        "/api/v1/webhooks": {
+            "get": wop("List subscriptions", listing(ref("Subscription"), eventTypes=events_enum)),
+            "post": wop("Subscribe", ref("Subscription"), request=ref("SubscriptionInput"), status=201)},
         "/api/v1/webhooks/{webhookId}": {
             "get": wop("A subscription", ref("Subscription"), params=(wid,)),
-            "patch": wop("Change a subscription", ref("Subscription"), body=ref("Subscription"), params=(wid,)),
-            "delete": wop("Unsubscribe", obj(id=S, deleted=B), params=(wid,))},
+            "patch": wop("Change a subscription", ref("Subscription"), request=ref("SubscriptionInput"),
+                         params=(wid,)),
+            "delete": wop("Unsubscribe", resp(id=S, deleted=B), params=(wid,))},
         "/api/v1/webhooks/{webhookId}/rotate-secret": {"post": wop("New signing secret", ref("Subscription"),
                                                                   params=(wid,))},
         "/api/v1/webhooks/{webhookId}/test": {"post": wop("Send a test event", ref("Delivery"), status=202,
                                                          params=(wid,))},
         "/api/v1/webhooks/{webhookId}/deliveries": {"get": wop(
-            "Delivery history", listing(ref("Delivery")), params=(wid, query("status"), query("limit", INT)))},
-        "/api/v1/webhooks/{webhookId}/deliveries/{deliveryId}": {"get": wop("A delivery", ref("Delivery"),
-                                                                           params=(wid, did))},
+            "Delivery history, newest first", resp(subscriptionId=S, data=arr(ref("Delivery"))),
+            params=(wid, query("status", {"enum": ["pending", "delivered", "failed"]}), query("limit", LIMIT)))},
+        "/api/v1/webhooks/{webhookId}/deliveries/{deliveryId}": {"get": wop("A delivery with every attempt",
+                                                                           ref("Delivery"), params=(wid, did))},
         "/api/v1/webhooks/{webhookId}/deliveries/{deliveryId}/redeliver": {"post": wop(
-            "Send the event again", ref("Delivery"), status=202, params=(wid, did))},
+            "Send the same event again (a new delivery)", ref("Delivery"), status=202, params=(wid, did))},
         "/api/v1/events": {"get": op("Recent events", listing(ref("Event")),
-                                     params=(query("type"), query("limit", INT)), tag="webhooks")},
+                                     params=(query("type"), query("limit", LIMIT)), tag="webhooks")},
         "/api/v1/tokens": {"get": op("List read-only tokens", listing(ref("Token")), tag="tokens", read_only=False),
-                           "post": op("Create a read-only token", ref("Token"), status=201, tag="tokens",
-                                      read_only=False, body=obj(name=S, scopes=arr(obj(scopeType=SCOPE, scopeId=S)),
-                                                                expiresAt=INT, expiresInSeconds=INT))},
+                           "post": op("Create a read-only token (shown once)", ref("Token"), status=201,
+                                      tag="tokens", read_only=False, request=ref("TokenInput"))},
         "/api/v1/tokens/{tokenId}": {"get": op("A token", ref("Token"), params=(path("tokenId"),), tag="tokens",
                                                read_only=False),
                                      "delete": op("Revoke a token", ref("Token"), params=(path("tokenId"),),
@@ -240,68 +184,97 @@ def _webhook_paths() -> dict[str, Schema]:
 
 
 def _other_paths() -> dict[str, Schema]:
-    select_body = obj(requestId=S, content=obj(messages=arr({"type": "object"})),
-                      metadata=obj(userId=S, teamId=S, organizationId=S, projectId=S, taskType=S,
-                                   qualityRequirement=S, budgetPriority=S, tags=arr(S)),
-                      constraints=obj(preferredModel=S, excludedModels=arr(S), maxCost=MONEY, minQuality=NUM,
-                                      requiredCapabilities=arr(S)))
+    select_body = body({
+        "requestId": S, "content": body({"messages": arr(ANY_OBJECT)}) | {"additionalProperties": True},
+        "metadata": body({"userId": S, "teamId": S, "organizationId": S, "projectId": S, "taskType": S,
+                          "qualityRequirement": S, "budgetPriority": S, "tags": arr(S)},
+                         aliases={"org": "organizationId", "organization": "organizationId", "user": "userId",
+                                  "team": "teamId", "project": "projectId"}),
+        "constraints": body({"preferredModel": S, "excludedModels": arr(S), "maxCost": ref("Money"),
+                             "minQuality": NUM, "requiredCapabilities": arr(S)})})
+    impact = resp(("remainingBefore", "remainingAfter", "percentOfRemaining"), estimatedCost=MONEY,
+                  worstCaseCost=MONEY, remainingBefore=MONEY, remainingAfter=MONEY,
+                  percentOfRemaining={"type": ["number", "null"]})
+    alternative = resp(model=S, expectedQuality=NUM, estimatedCost=MONEY, eligible=B, reasonExcluded=N)
+    pricing = resp(currency=S, per=S, input=S, cachedInput=N, output=S, source=S, asOf=N)
     return {
         "/api/v1/keys": {"get": op("List client keys", listing(ref("Key")), tag="keys"),
                          "post": op("Issue a client key (shown once)", ref("Key"), status=201, read_only=False,
-                                    body=obj(name=S, user=S, team=S, org=S, project=S, expiresAt=NUM), tag="keys")},
+                                    request=ref("KeyInput"), tag="keys")},
         "/api/v1/keys/{keyId}": {"delete": op("Revoke a client key", ref("Key"), params=(path("keyId"),),
                                               read_only=False, tag="keys")},
-        "/api/v1/usage": {"get": op("Recent ledger entries", listing({"type": "object"}),
+        "/api/v1/usage": {"get": op("Latest ledger entries, newest first", listing(ref("LedgerEntry")),
                                     params=(query("limit", LIMIT),), tag="usage")},
-        "/api/v1/usage/summary": {"get": op("Spend and savings grouped", obj(groupBy=S, data=arr({"type": "object"})),
-                                            params=(query("groupBy"), query("hours", HOURS)), tag="usage")},
-        "/api/v1/requests/{requestId}": {"get": op("Ledger entries of a request", listing({"type": "object"}),
+        "/api/v1/usage/summary": {"get": op(
+            "Spend and savings grouped", resp(groupBy=S, currency=S, data=arr(ref("UsageSummaryRow"))),
+            params=(query("groupBy", {"enum": ["model", "team", "user", "key", "project", "organization", "org"]}),
+                    query("hours", HOURS)), tag="usage")},
+        "/api/v1/requests/{requestId}": {"get": op("Ledger entries of a request", listing(ref("LedgerEntry")),
                                                    params=(path("requestId"),), tag="usage")},
-        "/api/v1/models/select": {"post": op("Select a model without calling it", obj(
-            selectedModel=S, alternatives=arr({"type": "object"}), reasoning=arr(S), estimatedCost=MONEY,
-            budgetImpact={"type": "object"}, qualityExpectation={"type": ["number", "null"]},
-            fallbackChain=arr(S)), body=select_body, tag="models")},
-        "/api/v1/models/estimate": {"post": op("Cost of a request on each model", listing({"type": "object"}),
-                                               body={"type": "object"}, tag="models")},
-        "/api/v1/models/capabilities": {"get": op("Models, capabilities and prices", listing({"type": "object"}),
-                                                  tag="models")},
-        "/api/v1/decisions/{decisionId}": {"get": op("Why a model was chosen", {"type": "object"},
+        "/api/v1/models/select": {"post": op("Select a model without calling it", resp(
+            requestId=S, selectedModel=S, provider=S, decisionId=N, alternatives=arr(alternative), reasoning=arr(S),
+            rulesFired=arr(ref("FiredRule")), taskType=S, difficulty=NUM, inputTokens=INT, expectedOutputTokens=INT,
+            estimatedCost=MONEY, currency=S, budgetImpact=impact, qualityExpectation={"type": ["number", "null"]},
+            qualityTarget={"type": ["number", "null"]}, fallbackChain=arr(S)), request=select_body, tag="models")},
+        "/api/v1/models/estimate": {"post": op(
+            "Cost of a request on each model", listing(resp(model=S, inputTokens=INT, outputTokens=INT,
+                                                            estimatedCost=MONEY, worstCaseCost=MONEY), currency=S),
+            request=ANY_OBJECT, tag="models")},
+        "/api/v1/models/capabilities": {"get": op("Models, capabilities and prices", listing(resp(
+            model=S, provider=S, kind=S, tier=S, contextWindow=INT, maxOutputTokens=INT, capabilities=arr(S),
+            pricing=pricing)), tag="models")},
+        "/api/v1/decisions/{decisionId}": {"get": op("Why a model was chosen", ref("Decision"),
                                                      params=(path("decisionId"),), tag="models")},
     }
 
 
 def _console_paths() -> dict[str, Schema]:
     """The calls the web console reads (any client may)."""
-    sums = obj(requests=INT, amount=MONEY, baseline=MONEY, saving=MONEY, savingPercent=NUM)
-    span = (query("range", S, "<n>h or <n>d (default 7d; 30d for rules)"), query("from", TIME), query("to", TIME))
+    sums = ref("Sums")
+    sums_props = {"requests": INT, "amount": MONEY, "baseline": MONEY, "saving": MONEY, "savingPercent": NUM}
+    tokens = {"promptTokens": INT, "completionTokens": INT}
+    span = (query("range", S, "<n>h or <n>d (default 7d; 30d for rules)"),
+            query("from", TIME_INPUT, "start (ISO 8601 or unix seconds/milliseconds)"), query("to", TIME_INPUT))
     filters = tuple(query(g, S, f"only this {g} ('(none)': requests without one)")
-                    for g in ("team", "user", "project", "key", "model", "provider", "org"))
-    spend = obj(groupBy=S, bucket={"enum": ["hour", "day", "week"]}, timezone=S, labels=arr(S),
-                series=arr(obj(key=N, label=S, amounts=arr(MONEY))), rows=arr(sums), totals=sums)
+                    for g in ("team", "user", "project", "key", "model", "provider", "org", "organization"))
+    spend = resp(
+        groupBy=S, labels=arr(S), series=arr(resp(("other",), key=N, label=S, amounts=arr(MONEY), other=INT)),
+        rows=arr(resp(key=N, label=S, **sums_props, **tokens, percent=NUM)), totals=resp(**sums_props, **tokens),
+        currency=S, timezone=S, bucket={"enum": ["hour", "day", "week"]}, range=S,
+        **{"from": NTIME, "to": NTIME}, filters={"type": "object", "additionalProperties": S})
+    overview = resp(
+        currency=S, timezone=S, generatedAt=NTIME, today=resp(**sums_props, **{"from": NTIME}, refused=INT),
+        period=resp(**sums_props, label=S, **{"from": NTIME, "to": NTIME}, refused=INT, forecast=MONEY),
+        autoShare=arr(resp(model=S, requests=INT, amount=MONEY, percent=NUM)),
+        budgetsAtRisk=arr(ref("BudgetStatus")), recentAlerts=arr(ref("Event")), serverMs=NUM)
+    reload = {"anyOf": [resp(at=NTIME, ok=B, summary=S, errors=arr(resp(file=N, ruleId=N, field=N, message=S))),
+                        {"type": "null"}]}
+    rule = resp(id=S, name=S, description=S, priority=INT, enabled=B, mode=S, rollout=NUM, file=S, operator=S,
+                conditions=arr(resp(field=S, operator=S, value={})), actions=arr(resp(type=S, params=ANY_OBJECT)),
+                **{"continue": B})
     return {
         "/api/v1/analytics/overview": {"get": op(
-            "Spend today and this month, saving, forecast, budgets at risk, alerts, refusals, auto share",
-            obj(today=sums, period=sums, autoShare=arr({"type": "object"}), budgetsAtRisk=arr(ref("BudgetStatus")),
-                recentAlerts=arr(ref("Event")), serverMs=NUM),
+            "Spend today and this month, saving, forecast, budgets at risk, alerts, refusals, auto share", overview,
             params=(query("tz", S, "IANA time zone of 'today' and 'this month' (default UTC)"),), tag="analytics")},
         "/api/v1/analytics/spend": {"get": op(
             "Spend grouped by team, user, project, key, model or provider over time (JSON or CSV)", spend,
-            params=(query("groupBy", {"enum": ["team", "user", "project", "key", "model", "provider", "org"]}),
+            params=(query("groupBy", {"enum": ["team", "user", "project", "key", "model", "provider", "org",
+                                               "organization"]}),
                     *span, query("bucket", {"enum": ["auto", "hour", "day", "week"]}), query("tz"),
                     query("top", INT, "series drawn (the rest is '(other)')"),
                     query("format", {"enum": ["json", "csv"]}), *filters), tag="analytics")},
         "/api/v1/analytics/rules": {"get": op(
             "Spend and saving of the requests each applied steering rule touched",
-            obj(data=arr(obj(ruleId=S, name=N, inForce=B, requests=INT, amount=MONEY, saving=MONEY)), noRule=sums),
+            resp(currency=S, range=S, **{"from": NTIME, "to": NTIME},
+                 data=arr(resp(ruleId=S, name=N, inForce=B, **sums_props)), noRule=sums),
             params=span, tag="analytics")},
         "/api/v1/rules": {"get": op(
             "The steering rule set in force, when it was loaded, and the last reload's validation errors",
-            obj(digest=S, files=arr(S), loadedAt=TIME, valid=B, rules=arr({"type": "object"}),
-                lastReload=obj(at=TIME, ok=B, errors=arr(obj(file=S, ruleId=S, field=S, message=S)))),
+            resp(directory=N, digest=S, files=arr(S), loadedAt=NTIME, valid=B, lastReload=reload, rules=arr(rule)),
             tag="models")},
         "/api/v1/decisions": {"get": op(
-            "Recent routing decisions, newest first, with what each saved", listing({"type": "object"}),
-            params=(query("limit", INT),), tag="models")},
+            "Recent routing decisions, newest first, with what each saved",
+            listing(ref("DecisionSummary"), kept=INT), params=(query("limit", INT),), tag="models")},
     }
 
 
@@ -309,14 +282,17 @@ def _console_paths() -> dict[str, Schema]:
 def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
-        "info": {"title": "costproxy integration API", "version": "1.0.0",
-                 "description": "Budgets, usage, model selection, webhooks and tokens. Webhook deliveries are "
-                                "signed: X-Costproxy-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "
-                                "'<t>.<body>')>."},
+        "info": {"title": "costproxy integration API", "version": "1.1.0",
+                 "description": "Budgets, usage, model selection, webhooks and tokens. Keys are camelCase "
+                                "(snake_case spellings and the YAML names are accepted on input); times are ISO "
+                                "8601 UTC (input: also unix seconds or milliseconds); money is a decimal string "
+                                "in USD. Webhook deliveries are signed: X-Costproxy-Signature: t=<unix>,v1=<hex "
+                                "HMAC-SHA256(secret, '<t>.<body>')>, where the key is the whole secret, whsec_ "
+                                "prefix included."},
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-                       "schemas": {**_schemas(), **_alert_schemas()}},
+                       "schemas": schemas()},
         "paths": {**_other_paths(), **_budget_paths(), **_budget_spend_paths(), **_webhook_paths(),
                   **_console_paths()},
     }

@@ -90,7 +90,7 @@ async def rules(request: web.Request) -> web.Response:
     holder = request.app[ROUTER].rules
     if holder is None:
         return web.json_response({"directory": None, "rules": [], "files": [], "digest": "", "loadedAt": None,
-                                  "lastReload": None})
+                                  "valid": True, "lastReload": None})
     current, last = holder.current, holder.last_result
     reload = None if last is None else {
         "at": iso(int(last.at * 1000)), "ok": last.ok, "summary": last.summary(),

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
@@ -24,9 +25,18 @@ from costproxy.registry import CAPABILITIES, Usage
 from costproxy.request import Endpoint, RequestContext, parse_request
 from costproxy.routing.policy import QUALITY_MODES, Constraints
 from costproxy.routing.route import RouteInput
-from costproxy.routing.router import Explanation
+from costproxy.routing.router import DecisionRecord, Explanation
+from costproxy.routing.selection import CandidateScore
+from costproxy.steering.evaluate import FiredRule
+from costproxy.wire import canonical, iso_seconds, with_deprecated
 
 PRIORITY_MODES = {"low": "quality", "medium": "balanced", "high": "economy", "critical": "economy"}
+SELECT_KEYS = ("requestId", "content", "metadata", "constraints")
+METADATA_KEYS = ("userId", "teamId", "organizationId", "projectId", "taskType", "qualityRequirement",
+                 "budgetPriority", "tags")
+METADATA_ALIASES = {"org": "organizationId", "organization": "organizationId", "user": "userId",
+                    "team": "teamId", "project": "projectId"}
+CONSTRAINT_KEYS = ("preferredModel", "excludedModels", "maxCost", "minQuality", "requiredCapabilities")
 
 
 
@@ -41,6 +51,7 @@ def _api_constraints(raw: Any, metadata: dict[str, Any]) -> tuple[str, Constrain
         raw = {}
     if not isinstance(raw, dict):
         raise InvalidRequest("'constraints' must be an object", param="constraints")
+    raw = canonical(raw, CONSTRAINT_KEYS, where="constraints")
     quality = metadata.get("qualityRequirement")
     mode = quality if quality in QUALITY_MODES else PRIORITY_MODES.get(str(metadata.get("budgetPriority")))
     excluded = raw.get("excludedModels") or []
@@ -70,11 +81,12 @@ def _api_constraints(raw: Any, metadata: dict[str, Any]) -> tuple[str, Constrain
 
 async def _explain(request: web.Request) -> tuple[Explanation, dict[str, Any], int]:
     services = request.app[SERVICES]
-    body = await json_body(request)
+    body = canonical(await json_body(request), SELECT_KEYS)
     content = body.get("content") or {}
     metadata = body.get("metadata") or {}
     if not isinstance(content, dict) or not isinstance(metadata, dict):
         raise InvalidRequest("'content' and 'metadata' must be objects")
+    metadata = canonical(metadata, METADATA_KEYS, METADATA_ALIASES, where="metadata")
     preferred, extra = _api_constraints(body.get("constraints"), metadata)
     chat = {k: v for k, v in content.items() if k != "model"}
     chat["model"] = preferred
@@ -117,7 +129,7 @@ async def select_model(request: web.Request) -> web.Response:
         "decisionId": route.decision_id,
         "alternatives": alternatives,
         "reasoning": list(route.reasons),
-        "rulesFired": [f._asdict() for f in explanation.steering.fired],
+        "rulesFired": [fired_json(f) for f in explanation.steering.fired],
         "taskType": profile.task_type,
         "difficulty": round(profile.difficulty, 4),
         "inputTokens": profile.input_tokens,
@@ -174,7 +186,36 @@ async def decision(request: web.Request) -> web.Response:
     record = request.app[ROUTER].decisions.get(request.match_info["decision_id"])
     if record is None:
         raise NotFound(f"no decision {request.match_info['decision_id']} (the last 10,000 are kept)")
-    return web.json_response(record.public())
+    return web.json_response(decision_json(record))
+
+
+def fired_json(fired: FiredRule) -> dict[str, Any]:
+    return {"ruleId": fired.rule_id, "mode": fired.mode, "applied": fired.applied,
+            "rule_id": fired.rule_id}  # rule_id: deprecated
+
+
+def score_json(score: CandidateScore) -> dict[str, Any]:
+    return with_deprecated({
+        "model": score.model, "provider": score.provider, "tier": score.tier,
+        "expectedQuality": score.expected_quality, "qualitySource": score.quality_source,
+        "expectedCost": format_usd(score.expected_cost_nanos), "worstCaseCost": format_usd(score.worst_case_nanos),
+        "outputCap": score.output_cap, "eligible": score.eligible, "reasonExcluded": score.reason_excluded,
+    }, asdict(score))
+
+
+def decision_json(record: DecisionRecord) -> dict[str, Any]:
+    """``GET /api/v1/decisions/{id}``: camelCase, money as USD strings; the snake_case names and
+    nano-USD integers of earlier versions stay inside ``decision`` and its scores, deprecated."""
+    d = record.decision
+    decision = with_deprecated({
+        "id": d.id, "model": d.model, "scores": [score_json(s) for s in d.scores], "reasons": list(d.reasons),
+        "fallbackChain": list(d.fallback_chain), "qualityTarget": d.quality_target,
+        "expectedQuality": d.expected_quality, "estimatedCost": format_usd(d.estimated_cost_nanos),
+        "worstCaseCost": format_usd(d.worst_case_nanos), "outputCap": d.output_cap, "taskType": d.task_type,
+        "difficulty": d.difficulty, "mode": d.mode, "pressure": d.pressure,
+    }, asdict(d))
+    return {"decision": decision, "requestId": record.request_id, "requestedModel": record.requested_model,
+            "rulesFired": [fired_json(f) for f in record.fired], "createdAt": iso_seconds(record.created_at)}
 
 
 def add_routes(app: web.Application) -> None:

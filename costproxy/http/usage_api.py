@@ -29,6 +29,7 @@ from costproxy.http.keys_api import int_param, json_body, require_admin
 from costproxy.http.state import LEDGER, REQUEST_ID
 from costproxy.ledger.budget_usage import BUCKET, budget_entries, budget_sums
 from costproxy.ledger.entry import LedgerEntry
+from costproxy.wire import query_value
 
 EXTERNAL_SOURCES = ("relaycore", "auterity", "manual")
 
@@ -48,7 +49,8 @@ async def record_usage(request: web.Request) -> web.Response:
     if recorded.duplicate:
         return web.json_response({"budgetId": spec.id, "duplicate": True, "idempotencyKey": key,
                                   "status": status_body})
-    return web.json_response({"budgetId": spec.id, "duplicate": False, "usage": usage_json(entry),
+    usage = {**usage_json(entry), "periods": {spec.id: recorded.status.window.key}}
+    return web.json_response({"budgetId": spec.id, "duplicate": False, "usage": usage,
                               "status": status_body}, status=201)
 
 
@@ -78,7 +80,7 @@ def usage_json(entry: LedgerEntry, seq: int | None = None) -> dict[str, Any]:
 def _span(request: web.Request, accounts: BudgetAccounts, spec: BudgetSpec, default: str) -> TimeRange:
     now = int(accounts.budgets.clock() * 1000)
     try:
-        return time_range(request.query.get("timeRange", default), spec, window_at(spec, now), now)
+        return time_range(query_value(request.query, "timeRange") or default, spec, window_at(spec, now), now)
     except RangeInvalid as exc:
         raise InvalidRequest(str(exc), param="timeRange") from None
 
@@ -118,7 +120,7 @@ async def usage_summary(request: web.Request) -> web.Response:
 
 async def reports(request: web.Request) -> web.Response:
     accounts, spec = budget_for(request)
-    group = request.query.get("groupBy", "day")
+    group = query_value(request.query, "groupBy") or "day"
     if group not in GROUPS:
         raise InvalidRequest(f"'groupBy' must be one of {', '.join(GROUPS)}", param="groupBy")
     span = _span(request, accounts, spec, "current")

@@ -21,7 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from costproxy.budgets.codec import JSON_SCOPE, SCOPE_FROM_JSON, iso
+from costproxy.errors import InvalidRequest
+from costproxy.wire import JSON_SCOPE, SCOPE_FROM_JSON, TimeInvalid, canonical, instant_ms, iso, spellings
 
 TOKEN_PREFIX = "cpro-"
 ROLE_PREFIX = "read-only:"
@@ -34,6 +35,7 @@ READ_ONLY_POSTS = ("/check-constraints", "/api/v1/models/select", "/api/v1/model
 class TokenInvalid(ValueError):
     def __init__(self, field_name: str, message: str) -> None:
         self.field = field_name
+        self.detail = message
         super().__init__(f"{field_name}: {message}")
 
 
@@ -92,12 +94,20 @@ def hash_token(token: str) -> str:
 
 
 def issue(data: Any, *, now_ms: int, actor: str | None) -> tuple[str, ScopedToken]:
-    """A new token from ``{name?, scopes?: [{scopeType, scopeId}], expiresAt? (unix ms or s)}``."""
+    """A new token from ``{name?, scopes?: [{scopeType, scopeId}], expiresAt? | expiresInSeconds?}``;
+    ``expiresAt`` is any time ``costproxy.wire.instant_ms`` reads (ISO 8601, unix s or ms)."""
     if not isinstance(data, dict):
         raise TokenInvalid("body", "must be a JSON object")
-    unknown = sorted(set(data) - {"name", "scopes", "expiresAt", "expiresInSeconds"})
-    if unknown:
-        raise TokenInvalid(unknown[0], "unknown field")
+    names = ("name", "scopes", "expiresAt", "expiresInSeconds")
+    try:
+        return _issue(canonical(data, names), now_ms, actor)
+    except InvalidRequest as exc:
+        raise TokenInvalid(exc.param or "body", exc.message.partition(": ")[2]) from None
+    except TokenInvalid as exc:  # name the key as the client spelled it
+        raise TokenInvalid(spellings(data, names).get(exc.field, exc.field), exc.detail) from None
+
+
+def _issue(data: dict[str, Any], now_ms: int, actor: str | None) -> tuple[str, ScopedToken]:
     name = data.get("name", "")
     if not isinstance(name, str):
         raise TokenInvalid("name", "must be a string")
@@ -112,7 +122,8 @@ def _scopes(value: Any) -> frozenset[tuple[str, str]]:
     if not isinstance(value, list):
         raise TokenInvalid("scopes", "must be a list of {scopeType, scopeId}")
     found = set()
-    for item in value:
+    for raw in value:
+        item = canonical(raw, ("scopeType", "scopeId"), strict=False) if isinstance(raw, dict) else raw
         if not isinstance(item, dict) or set(item) != {"scopeType", "scopeId"}:
             raise TokenInvalid("scopes", "each scope is {scopeType, scopeId}")
         kind = SCOPE_FROM_JSON.get(str(item["scopeType"]))
@@ -131,9 +142,10 @@ def _expiry(data: dict[str, Any], now_ms: int) -> int | None:
     expires = data.get("expiresAt")
     if expires is None:
         return None
-    if isinstance(expires, bool) or not isinstance(expires, int) or expires <= 0:
-        raise TokenInvalid("expiresAt", "must be a unix timestamp (seconds or milliseconds)")
-    expires_ms = expires * 1000 if expires < 100_000_000_000 else expires
+    try:
+        expires_ms = instant_ms(expires)
+    except TimeInvalid as exc:
+        raise TokenInvalid("expiresAt", str(exc)) from None
     if expires_ms <= now_ms:
         raise TokenInvalid("expiresAt", "is in the past")
     return expires_ms

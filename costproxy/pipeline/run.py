@@ -153,7 +153,7 @@ class StreamRun:
             self.services.router.record_result(outcome.model, ok=outcome.status is not Status.ERROR)
             _finished(self.services, self.plan, entry)
         if outcome.status is Status.OK:
-            await _write_quietly(write, cost_comment(entry))
+            await _write_quietly(write, cost_comment(entry, self.plan.budget_remaining_nanos))
         return entry
 
 
@@ -171,11 +171,16 @@ async def _pump(upstream: UpstreamStream, relay: Relay, outcome: Outcome, write:
         await write(chunk)
 
 
-def cost_comment(entry: LedgerEntry) -> bytes:
-    """The SSE comment after ``[DONE]`` that tells a client what the stream cost."""
-    payload = {"request_id": entry.request_id, "model": entry.served_model,
-               "cost_usd": format_usd(entry.cost_nanos), "usage": "reported" if entry.usage_reported else "estimated",
-               "prompt_tokens": entry.prompt_tokens, "completion_tokens": entry.completion_tokens}
+def cost_comment(entry: LedgerEntry, budget_remaining_nanos: int | None = None) -> bytes:
+    """The SSE comment after ``[DONE]`` that tells a client what the stream cost: what the
+    ``x-costproxy-*`` headers of a unary answer say but a stream's cannot (they go out first)."""
+    payload: dict[str, object] = {
+        "request_id": entry.request_id, "model": entry.served_model, "cost_usd": format_usd(entry.cost_nanos),
+        "baseline_cost_usd": format_usd(entry.baseline_nanos),
+        "usage": "reported" if entry.usage_reported else "estimated",
+        "prompt_tokens": entry.prompt_tokens, "completion_tokens": entry.completion_tokens}
+    if budget_remaining_nanos is not None:  # what this request left (others may spend too)
+        payload["budget_remaining_usd"] = format_usd(max(0, budget_remaining_nanos - entry.cost_nanos))
     return b": costproxy " + orjson.dumps(payload) + b"\n\n"
 
 

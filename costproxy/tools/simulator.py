@@ -14,7 +14,10 @@ Auth: ``Authorization: Bearer <key>`` or ``api-key: <key>`` is required (401 oth
 
 Answers are deterministic: a canned paragraph that opens by saying it is simulated, whose length
 and sentences depend on a hash of the last user message (the prompt for ``/completions``), cut at
-``max_completion_tokens`` or ``max_tokens`` (then ``finish_reason`` is ``"length"``).
+``max_completion_tokens`` or ``max_tokens`` (then ``finish_reason`` is ``"length"``).  With
+``response_format`` (chat) or ``text.format`` (Responses) asking for JSON, the answer is a JSON
+object, or a value generated from the given JSON schema that validates against it
+(``simulator_structured``), so the SDKs' ``.parse()`` helpers work.
 Embeddings are unit vectors hashed from each input (8 dims, or ``dimensions``; float lists or
 ``encoding_format: base64`` as the openai SDK asks). Token counts, also deterministic:
     text tokens        = whitespace-separated words * 4 // 3
@@ -69,6 +72,8 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+
+from costproxy.tools.simulator_structured import SchemaUnsupported, structured_text
 
 SIM_NAME = "costproxy-simulator"
 DEFAULT_MODELS = (
@@ -510,8 +515,12 @@ def _compose(body: Mapping[str, Any], text: str, plan: Behaviour) -> _Answer:
         digest = hashlib.sha256(text.encode()).digest()
         rest = SENTENCES[1:]
         start, count = digest[0] % len(rest), 1 + digest[1] % 3
-        chosen = [SENTENCES[0], *(rest[(start + i) % len(rest)] for i in range(count))]
-        words = tuple(" ".join(chosen).split())
+        prose = " ".join([SENTENCES[0], *(rest[(start + i) % len(rest)] for i in range(count))])
+        try:
+            structured = structured_text(body, prose)
+        except SchemaUnsupported as exc:
+            raise _Abort(_error(400, str(exc), code="invalid_value")) from None
+        words = tuple((structured or prose).split())
     limit = body.get("max_completion_tokens") or body.get("max_tokens")
     if isinstance(limit, int) and len(words) > limit:
         return _Answer(words[:limit], "length")

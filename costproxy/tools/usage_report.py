@@ -49,10 +49,11 @@ async def _print(store: LedgerReader, hours: float, group_by: str, limit: int, c
         recent = await store.recent_entries(limit)
         if recent:
             print(f"\nlatest {len(recent)} requests")
-        for e in recent:
+        width = max((len(e.request_id) for e in recent), default=0)
+        for e in recent:  # the whole request id: it is what GET /api/v1/requests/{id} takes
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.ts_ms / 1000))
             usage = "reported" if e.usage_reported else "estimated"
-            print(f"{stamp}Z {e.request_id[:20]:20} {e.status:19} {e.requested_model or '-':>18} -> "
+            print(f"{stamp}Z {e.request_id:{width}} {e.status:19} {e.requested_model or '-':>18} -> "
                   f"{e.served_model or '-':24} {e.prompt_tokens:>7}+{e.completion_tokens:<6} "
                   f"{format_usd(e.cost_nanos)} ({usage})")
     finally:

@@ -8,12 +8,14 @@ import socket
 import sqlite3
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import openai
 import pytest
 import yaml
+from pydantic import BaseModel, Field
 
 from tests.conftest import ADMIN_TOKEN, TEST_MODELS
 from tests.e2e.harness import SimulatorThread, cli, free_port, serve
@@ -145,6 +147,10 @@ def test_client_disconnect_mid_stream_still_recorded(deployment: dict[str, Any])
 
 
 def test_usage_command_and_admin_api(deployment: dict[str, Any]) -> None:
+    for model in ("big", "small"):  # its own spend: under xdist this test may run before the others
+        raw = sync_client(deployment).chat.completions.with_raw_response.create(
+            model=model, messages=[{"role": "user", "content": "Hi"}])
+        ledger_row(deployment["db"], raw.headers["x-costproxy-request-id"])
     result = cli(deployment["config"], "usage", "--by", "team", env=ENV)
     assert result.returncode == 0, result.stderr
     assert "ml" in result.stdout and "TOTAL" in result.stdout
@@ -165,3 +171,47 @@ def test_check_config_names_file_path_and_value(tmp_path: Path) -> None:
     result = cli(config, "check-config")
     assert result.returncode == 2
     assert "costproxy.yaml: providers.sim.base_url" in result.stderr and "ftp://nope" in result.stderr
+
+
+class LineItem(BaseModel):
+    description: str
+    quantity: int = Field(ge=1, le=100)
+    unit_price_usd: float
+
+
+class Invoice(BaseModel):
+    number: str
+    status: Literal["draft", "sent", "paid"]
+    issued: datetime
+    lines: list[LineItem]
+    customer_email: str | None
+    rush: bool
+
+
+def test_structured_output_parse_helpers_work_through_the_proxy(deployment: dict[str, Any]) -> None:
+    client = openai.OpenAI(base_url=deployment["base"] + "/v1", api_key=deployment["key"])
+    messages = [{"role": "user", "content": "Extract the invoice: #A-12, 2 chairs at $40, sent 1 March."}]
+    for model in ("small", "auto"):
+        completion = client.chat.completions.parse(model=model, messages=messages, response_format=Invoice)
+        parsed = completion.choices[0].message.parsed
+        assert isinstance(parsed, Invoice) and parsed.lines and 1 <= parsed.lines[0].quantity <= 100
+    again = client.chat.completions.parse(model="small", messages=messages, response_format=Invoice)
+    assert again.choices[0].message.parsed == parsed  # deterministic from the schema
+    with client.chat.completions.stream(model="small", messages=messages, response_format=Invoice) as stream:
+        streamed = stream.get_final_completion().choices[0].message.parsed
+    assert streamed == parsed
+    response = client.responses.parse(model="small", input=messages[0]["content"], text_format=Invoice)
+    assert isinstance(response.output_parsed, Invoice)
+    plain = client.chat.completions.create(model="small", messages=messages, response_format={"type": "json_object"})
+    answer = json.loads(plain.choices[0].message.content or "")
+    assert answer["simulated"] is True and "simulator" in answer["answer"]
+
+
+def test_langchain_with_structured_output_works_through_the_proxy(deployment: dict[str, Any]) -> None:
+    langchain_openai = pytest.importorskip("langchain_openai")
+    chat = langchain_openai.ChatOpenAI(model="small", base_url=deployment["base"] + "/v1", api_key=deployment["key"],
+                                       max_retries=0)
+    extractor = chat.with_structured_output(Invoice, method="json_schema", include_raw=True)
+    result = extractor.invoke("Extract the invoice as JSON: #A-12, 2 chairs at $40.")
+    assert result["parsing_error"] is None and isinstance(result["parsed"], Invoice)
+    assert result["raw"].response_metadata["model_name"] == "small"

@@ -7,6 +7,7 @@ import asyncio
 import csv
 import io
 import time
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -138,8 +139,9 @@ async def test_keys_show_their_last_use_from_the_ledger(make_proxy: ProxyFactory
     before = time.time()
     await send(proxy, SMALL)
     await send(proxy, SMALL)
-    keys = {k["user"]: k for k in (await get(proxy, "/api/v1/keys"))["data"]}
-    assert keys["alice"]["requests"] == 2 and keys["alice"]["lastUsedAt"] >= before - 1
+    keys = {k["userId"]: k for k in (await get(proxy, "/api/v1/keys"))["data"]}
+    last_used = datetime.fromisoformat(keys["alice"]["lastUsedAt"].replace("Z", "+00:00")).timestamp()
+    assert keys["alice"]["requests"] == 2 and last_used >= before - 1
     assert keys["idle"]["lastUsedAt"] is None and keys["idle"]["requests"] == 0
     assert idle.startswith("cp-")
 

@@ -52,7 +52,7 @@ async def test_usage_beyond_the_bounds_is_a_400_that_charges_nothing(make_proxy:
     assert len(await proxy.ledger()) == 1
 
 
-@pytest.mark.parametrize("stamp", [10**30, -1, "99999-01-01T00:00:00Z", "0001-01-01T00:00:00+14:00", 1.5, "x"])
+@pytest.mark.parametrize("stamp", [10**30, -1, "99999-01-01T00:00:00Z", "0001-01-01T00:00:00+14:00", True, "x"])
 async def test_usage_timestamps_are_bounded(make_proxy: ProxyFactory, stamp: Any) -> None:
     proxy = await make_proxy(extra={"budgets": {"definitions": [TEAM]}})
     status, body = await post(proxy, "/api/v1/budgets/team-core/usage", {"amount": "1", "timestamp": stamp})

@@ -12,7 +12,6 @@ from costproxy.budgets.codec import (
     override_from_json,
     spec_from_json,
     spec_to_json,
-    status_to_json,
     usage_from_json,
     usd,
 )
@@ -41,6 +40,7 @@ from costproxy.budgets.status import (
     restrictions_of,
     status_of,
 )
+from costproxy.budgets.status_json import status_to_json
 from costproxy.errors import ConfigError, InvalidRequest
 from costproxy.identity.principal import Principal
 

@@ -12,6 +12,7 @@ CORE = [
     "routing/policy.py", "routing/selection.py", "routing/quality.py", "routing/breakers.py", "routing/concrete.py",
     "routing/config.py",
     "identity/principal.py", "budgets/model.py", "budgets/status.py", "budgets/codec.py", "budgets/reports.py",
+    "budgets/status_json.py", "wire.py",
     "budgets/config.py", "alerts/webhooks.py", "alerts/config.py", "identity/sessions.py", "providers/config.py",
     "store/config.py",
     "analyzer/tasks.py", "analyzer/profile.py", "analyzer/tokens.py", "analyzer/media.py",

@@ -3,8 +3,10 @@
 import { $, ApiError, api, badge, clearErrors, count, fill, get, h, secretBox, showError, table, timeEl,
   toast } from "./ui.js";
 
+const PRINCIPAL = [["organizationId", "org"], ["teamId", "team"], ["projectId", "project"], ["userId", "user"]];
+
 function principal(k) {
-  return ["org", "team", "project", "user"].filter((f) => k[f]).map((f) => `${f} ${k[f]}`).join(" · ") || "—";
+  return PRINCIPAL.filter(([f]) => k[f]).map(([f, label]) => `${label} ${k[f]}`).join(" · ") || "—";
 }
 
 async function revoke(key) {
@@ -16,13 +18,13 @@ async function revoke(key) {
 
 async function load() {
   const { data } = await get("/api/v1/keys");
-  data.sort((a, b) => (b.createdAt || 0) - (a.createdAt || 0));
+  data.sort((a, b) => Date.parse(b.createdAt || 0) - Date.parse(a.createdAt || 0));
   fill("#key-list", table([
     { label: "Key", value: (k) => h("span", {}, h("code", {}, `${k.prefix}…`), " ", k.name || "") },
     { label: "Id", value: (k) => k.id },
     { label: "Principal", value: principal },
-    { label: "Created", value: (k) => timeEl(k.createdAt * 1000) },
-    { label: "Last use", value: (k) => (k.lastUsedAt ? timeEl(k.lastUsedAt * 1000) : "never") },
+    { label: "Created", value: (k) => timeEl(k.createdAt) },
+    { label: "Last use", value: (k) => (k.lastUsedAt ? timeEl(k.lastUsedAt) : "never") },
     { label: "Requests", value: (k) => count(k.requests), num: true },
     { label: "State", value: (k) => (k.active ? badge("active", "normal") : badge("revoked", "exhausted")) },
     { label: "", value: (k) => (k.active ? h("button", { type: "button", class: "danger write",

@@ -1,12 +1,7 @@
 // Routing: recent decisions with their explanation (rules fired, candidates and scores, why this
 // model, what it saved), savings per rule, and the rule set in force with its validation state.
 import { $, PALETTE, badge, chart, count, fill, get, h, money, moneyNumber, moneyTick, pct, table, timeEl,
-  tooltipMoney } from "./ui.js";
-
-function nanosMoney(n) {
-  const s = String(n).padStart(10, "0");
-  return money(`${s.slice(0, -9)}.${s.slice(-9)}`);
-}
+  toNanos, tooltipMoney } from "./ui.js";
 
 async function explain(summary, button) {
   const [record, ledger] = await Promise.all([get(`/api/v1/decisions/${encodeURIComponent(summary.id)}`),
@@ -15,32 +10,32 @@ async function explain(summary, button) {
   const entry = ledger.data[ledger.data.length - 1];
   const panel = $("#explain");
   panel.hidden = false;
-  const saved = entry ? entry.baseline_nanos - entry.cost_nanos : null;
+  const saved = summary.outcome ? summary.outcome.saving : null;
   fill(panel,
     h("div", { class: "title-row" }, h("h3", { id: "explain-title" }, `Why ${d.model}? Decision ${d.id}`),
       h("button", { type: "button", onclick: () => { panel.hidden = true; button.focus(); } }, "Close")),
     h("dl", { class: "facts" },
       h("dt", {}, "Asked for"), h("dd", {}, record.requestedModel),
-      h("dt", {}, "Task"), h("dd", {}, `${d.task_type} (difficulty ${d.difficulty.toFixed(2)}), mode ${d.mode}`),
-      h("dt", {}, "Quality target"), h("dd", { class: "num" }, `${d.quality_target.toFixed(3)} (expected ${d.expected_quality.toFixed(3)})`),
+      h("dt", {}, "Task"), h("dd", {}, `${d.taskType} (difficulty ${d.difficulty.toFixed(2)}), mode ${d.mode}`),
+      h("dt", {}, "Quality target"), h("dd", { class: "num" }, `${d.qualityTarget.toFixed(3)} (expected ${d.expectedQuality.toFixed(3)})`),
       h("dt", {}, "Budget pressure"), h("dd", { class: "num" }, d.pressure.toFixed(2)),
-      h("dt", {}, "Served"), h("dd", {}, entry ? `${entry.served_model} · ${entry.status}` : "not in the ledger (yet)"),
-      h("dt", {}, "Cost / baseline"), h("dd", { class: "num" }, entry ? `${money(entry.cost_usd)} / ${money(entry.baseline_usd)}` : "—"),
-      h("dt", {}, "Saved"), h("dd", { class: "num good" }, saved === null ? "—" : nanosMoney(saved)),
-      h("dt", {}, "Fallback chain"), h("dd", {}, d.fallback_chain.join(" → ") || "none")),
+      h("dt", {}, "Served"), h("dd", {}, entry ? `${entry.servedModel} · ${entry.status}` : "not in the ledger (yet)"),
+      h("dt", {}, "Cost / baseline"), h("dd", { class: "num" }, entry ? `${money(entry.cost)} / ${money(entry.baseline)}` : "—"),
+      h("dt", {}, "Saved"), h("dd", { class: "num good" }, saved === null ? "—" : money(saved)),
+      h("dt", {}, "Fallback chain"), h("dd", {}, d.fallbackChain.join(" → ") || "none")),
     h("h4", {}, "Why"), h("ul", {}, d.reasons.map((r) => h("li", {}, r))),
     h("h4", {}, "Rules that fired"),
-    record.rulesFired.length ? h("ul", {}, record.rulesFired.map((f) => h("li", {}, `${f.rule_id} (${f.mode}${f.applied ? ", applied" : ", not applied"})`)))
+    record.rulesFired.length ? h("ul", {}, record.rulesFired.map((f) => h("li", {}, `${f.ruleId} (${f.mode}${f.applied ? ", applied" : ", not applied"})`)))
       : h("p", { class: "empty" }, "No rule matched."),
     h("h4", {}, "Candidates and scores"),
     table([
       { label: "Model", value: (s) => (s.model === d.model ? h("strong", {}, `${s.model} ✓`) : s.model) },
       { label: "Tier", value: (s) => s.tier },
-      { label: "Expected quality", value: (s) => s.expected_quality.toFixed(3), num: true },
-      { label: "Expected cost (USD)", value: (s) => nanosMoney(s.expected_cost_nanos), num: true },
-      { label: "Worst case (USD)", value: (s) => nanosMoney(s.worst_case_nanos), num: true },
-      { label: "Eligible", value: (s) => (s.eligible ? "yes" : `no: ${s.reason_excluded}`) },
-    ], [...d.scores].sort((a, b) => a.expected_cost_nanos - b.expected_cost_nanos), { caption: "Every candidate the engine scored" }));
+      { label: "Expected quality", value: (s) => s.expectedQuality.toFixed(3), num: true },
+      { label: "Expected cost (USD)", value: (s) => money(s.expectedCost), num: true },
+      { label: "Worst case (USD)", value: (s) => money(s.worstCaseCost), num: true },
+      { label: "Eligible", value: (s) => (s.eligible ? "yes" : `no: ${s.reasonExcluded}`) },
+    ], [...d.scores].sort((a, b) => (toNanos(a.expectedCost) < toNanos(b.expectedCost) ? -1 : 1)), { caption: "Every candidate the engine scored" }));
   panel.focus();
 }
 

@@ -47,7 +47,7 @@ export const get = (path) => api("GET", path);
 
 const NANOS = 1000000000n;
 
-function toNanos(text) {
+export function toNanos(text) {
   let s = String(text).trim();
   const negative = s.startsWith("-");
   if (negative) s = s.slice(1);
