@@ -185,7 +185,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES] = Services(
         settings=settings, registry=settings.registry, counter=TokenCounter(encodings),
         upstream=UpstreamClient(app[HTTP_SESSION]), accounts=app[BACKEND].accounts, router=router,
-        tracer=app[TRACER])
+        tracer=app[TRACER], limits=app[BACKEND].limits, cache=app[BACKEND].cache)
     services.events.subscribe(request_observer(app[METRICS]))
     stop = _background(_reload_rules(app), "costproxy-rules-reload")
     yield

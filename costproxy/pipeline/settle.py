@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeGuard
 from costproxy.budgets.accounts import Reservation
 from costproxy.errors import ProxyError
 from costproxy.ledger.entry import LedgerEntry, Status
+from costproxy.pipeline.admission import settle_limits
 from costproxy.pipeline.plan import Plan
 from costproxy.pipeline.services import Services, step
 from costproxy.registry import ModelSpec, Usage
@@ -204,4 +205,5 @@ async def settle(services: Services, plan: Plan, reservation: Reservation, outco
             await asyncio.shield(services.accounts.release(reservation, entry))
         else:
             await asyncio.shield(services.accounts.settle(reservation, entry))
+        await asyncio.shield(settle_limits(services, plan, entry))  # tokens per minute: the actual usage
     return entry
