@@ -45,6 +45,7 @@ from costproxy.http import (
     middlewares,
     openapi,
     proxy,
+    ratelimits_api,
     responses_api,
     routing_api,
     selection_api,
@@ -82,7 +83,7 @@ log = structlog.get_logger("costproxy")
 
 MIDDLEWARES = (middlewares.errors_middleware, middlewares.tracing_middleware, middlewares.auth_middleware)
 ROUTES = (proxy, responses_api, messages_api, keys_api, selection_api, budgets_api, usage_api, webhooks_api,
-          tokens_api, openapi, analytics_api, routing_api)
+          tokens_api, openapi, analytics_api, routing_api, ratelimits_api)
 KEY_REFRESH_SECONDS = 2.0
 RULES_POLL_SECONDS = 2.0
 
