@@ -52,6 +52,10 @@ CLIENT_TOOL_TYPES = frozenset({"function", "custom"})
 # on the client, like function tools).
 ANTHROPIC_SERVER_TOOLS = ("web_search", "web_fetch", "code_execution", "mcp")
 MAX_TTL_S = 30 * 86_400
+# Fields whose answer depends on what the provider holds or does (a stored prompt template, a
+# conversation, a background run, a search), per client API.
+PROVIDER_STATE = {Api.CHAT: ("web_search_options",), Api.RESPONSES: ("background", "prompt", "conversation"),
+                  Api.MESSAGES: ("mcp_servers", "container")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +136,7 @@ def uncacheable(request: ChatRequest) -> str | None:
     seeded = isinstance(seed, int) and not isinstance(seed, bool)
     if not (zero or seeded):
         return "not deterministic: send temperature 0 (or a seed)"
-    for name in ("background", "prompt", "conversation", "web_search_options", "mcp_servers"):
+    for name in PROVIDER_STATE[request.api]:
         if body.get(name) not in (None, False):
             return f"{name!r} makes the answer depend on the provider's state"
     tools = body.get("tools")
