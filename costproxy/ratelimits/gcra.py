@@ -18,7 +18,7 @@ Exact integers: the state is the bucket's *fill* in units of 1/60000 (so a bucke
 ``rate`` fill per millisecond, with no rounding), and the time of that fill in milliseconds.  A
 correction (actual tokens smaller or larger than the worst case charged) adds to the fill;
 clamping at zero makes it equal to having charged the actual amount at admission (see
-``tests/unit/test_ratelimits.py``).  The same arithmetic runs in Lua (``ratelimits/redis.py``),
+``tests/unit/test_rate_limit_rules.py``).  The same arithmetic runs in Lua (``ratelimits/redis.py``),
 where numbers are doubles: fills stay below 2**53 because ``MAX_UNITS_PER_MINUTE * SCALE`` does.
 
 Pure: no clock, no I/O; callers pass ``now_ms``.

@@ -37,7 +37,6 @@ from costproxy.ratelimits.gcra import SCALE, Meter, Reading, Verdict
 from costproxy.ratelimits.model import (
     REQUESTS,
     Admission,
-    Applied,
     Draw,
     LimitIndex,
     RateLimit,
@@ -137,16 +136,16 @@ class RateLimiter:
         """Draw one request and ``tokens`` from every limit of the principal, or raise."""
         if not self.applies(principal):
             return None
-        applied = self.index.applied(principal)
-        pairs = _meters(applied, tokens)
-        meters = [meter for _, _, meter in pairs]
+        pairs = self.index.meters(principal)
+        meters = [meter if metric == REQUESTS else Meter(meter.bucket, meter.rate, meter.burst, tokens)
+                  for _, metric, meter in pairs]
         try:
-            verdict = await self.buckets.admit(applied[0].partition, meters)
+            verdict = await self.buckets.admit(pairs[0][0].partition, meters)
         except StoreUnavailable as exc:
             self._unavailable(exc)
             return None
-        draws = tuple(Draw(a, metric, meter, reading) for (a, metric, meter), reading
-                      in zip(pairs, verdict.readings(meters), strict=True))
+        draws = tuple(Draw(a, metric, meter, Reading(meter.rate, meter.burst, fill))
+                      for (a, metric, _), meter, fill in zip(pairs, meters, verdict.fills, strict=True))
         if not verdict.admitted:
             raise _refusal(verdict, draws)
         return Admission(draws, tokens)
@@ -174,10 +173,9 @@ class RateLimiter:
         """The ``x-ratelimit-*`` headers of the principal right now, without drawing anything."""
         if not self.applies(principal):
             return {}
-        applied = self.index.applied(principal)
-        pairs = _meters(applied, 0)
+        pairs = self.index.meters(principal)
         try:
-            readings = await self.buckets.peek(applied[0].partition, [meter for _, _, meter in pairs])
+            readings = await self.buckets.peek(pairs[0][0].partition, [meter for _, _, meter in pairs])
         except StoreUnavailable:
             return {}
         return limit_headers(Draw(a, metric, meter, reading)
@@ -239,16 +237,11 @@ class RateLimiter:
 
     async def status(self, principal: Principal) -> list[Draw]:
         """Every limit of ``principal`` with its buckets' state now (nothing drawn)."""
-        applied = self.index.applied(principal)
-        if not applied:
+        pairs = self.index.meters(principal)
+        if not pairs:
             return []
-        pairs = _meters(applied, 0)
-        readings = await self.buckets.peek(applied[0].partition, [meter for _, _, meter in pairs])
+        readings = await self.buckets.peek(pairs[0][0].partition, [meter for _, _, meter in pairs])
         return [Draw(a, metric, meter, reading) for (a, metric, meter), reading in zip(pairs, readings, strict=True)]
-
-
-def _meters(applied: Sequence[Applied], tokens: int) -> list[tuple[Applied, str, Meter]]:
-    return [(a, metric, meter) for a in applied for metric, meter in a.limit.meters(a.bucket, tokens)]
 
 
 def _wait_ms(draw: Draw) -> int:

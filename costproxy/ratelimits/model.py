@@ -96,6 +96,7 @@ class LimitIndex:
         self.limits = {limit.id: limit for limit in limits}
         self._by_scope = {(limit.scope_type, limit.scope_id): limit for limit in self.limits.values()}
         self._memo: dict[Principal, tuple[Applied, ...]] = {}
+        self._meters: dict[Principal, tuple[tuple[Applied, str, Meter], ...]] = {}
 
     def __bool__(self) -> bool:
         return bool(self._by_scope)
@@ -120,6 +121,18 @@ class LimitIndex:
             self._memo.clear()
         self._memo[principal] = found
         return found
+
+    def meters(self, principal: Principal) -> tuple[tuple[Applied, str, Meter], ...]:
+        """``(applied, metric, meter)`` of every bucket the principal draws from; a tokens meter
+        costs 0 here (the request's tokens are set at admission).  Memoised."""
+        known = self._meters.get(principal)
+        if known is None:
+            known = tuple((a, metric, meter) for a in self.applied(principal)
+                          for metric, meter in a.limit.meters(a.bucket, 0))
+            if len(self._meters) > 50_000:
+                self._meters.clear()
+            self._meters[principal] = known
+        return known
 
 
 # --- what a request drew, and what it is told ------------------------------------------------------
@@ -152,18 +165,20 @@ class Admission:
 def limit_headers(draws: Iterable[Draw]) -> dict[str, str]:
     """OpenAI's ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``: per metric, the limit
     with the least room left (several scopes may limit one request)."""
-    tightest: dict[str, Draw] = {}
+    tightest: dict[str, tuple[int, int, Draw]] = {}
     for draw in draws:
+        rank = (draw.reading.remaining, draw.meter.rate, draw)
         best = tightest.get(draw.metric)
-        if best is None or (draw.reading.remaining, draw.meter.rate) < (best.reading.remaining, best.meter.rate):
-            tightest[draw.metric] = draw
+        if best is None or rank[:2] < best[:2]:
+            tightest[draw.metric] = rank
     headers: dict[str, str] = {}
     for metric in (REQUESTS, TOKENS):
         chosen = tightest.get(metric)
         if chosen is not None:
-            headers[f"x-ratelimit-limit-{metric}"] = str(chosen.meter.rate)
-            headers[f"x-ratelimit-remaining-{metric}"] = str(chosen.reading.remaining)
-            headers[f"x-ratelimit-reset-{metric}"] = duration(chosen.reading.reset_ms)
+            remaining, rate, draw = chosen
+            headers[f"x-ratelimit-limit-{metric}"] = str(rate)
+            headers[f"x-ratelimit-remaining-{metric}"] = str(remaining)
+            headers[f"x-ratelimit-reset-{metric}"] = duration(draw.reading.reset_ms)
     return headers
 
 

@@ -114,33 +114,35 @@ class LocalBuckets:
     def _now(self) -> int:
         return int(self.clock() * 1000)
 
-    def _levels(self, partition: str, meters: Sequence[Meter], now: int) -> list[int]:
+    def _levels(self, keys: Sequence[str], meters: Sequence[Meter], now: int) -> list[int]:
+        state = self._state
         levels = []
-        for meter in meters:
-            state = self._state.get(f"{partition}:{meter.bucket}")
-            levels.append(0 if state is None else level(state[0], state[1], meter.rate, now))
+        for key, meter in zip(keys, meters, strict=True):
+            held = state.get(key)
+            levels.append(0 if held is None else level(held[0], held[1], meter.rate, now))
         return levels
 
     async def admit(self, partition: str, meters: Sequence[Meter]) -> Verdict:
         now = self._now()
-        verdict = admit(meters, self._levels(partition, meters, now))
+        keys = [f"{partition}:{meter.bucket}" for meter in meters]
+        verdict = admit(meters, self._levels(keys, meters, now))
         if verdict.admitted:
-            for meter, fill in zip(meters, verdict.fills, strict=True):
-                self._set(f"{partition}:{meter.bucket}", fill, now, meter.rate)
+            for key, meter, fill in zip(keys, meters, verdict.fills, strict=True):
+                self._state[key] = (fill, now, meter.rate)
+            self._dirty.update(keys)
         return verdict
 
     async def correct(self, partition: str, meters: Sequence[Meter], deltas: Sequence[int]) -> None:
         now = self._now()
-        for meter, current, delta in zip(meters, self._levels(partition, meters, now), deltas, strict=True):
-            self._set(f"{partition}:{meter.bucket}", corrected(current, delta), now, meter.rate)
+        keys = [f"{partition}:{meter.bucket}" for meter in meters]
+        for key, meter, current, delta in zip(keys, meters, self._levels(keys, meters, now), deltas, strict=True):
+            self._state[key] = (corrected(current, delta), now, meter.rate)
+        self._dirty.update(keys)
 
     async def peek(self, partition: str, meters: Sequence[Meter]) -> tuple[Reading, ...]:
-        levels = self._levels(partition, meters, self._now())
+        keys = [f"{partition}:{meter.bucket}" for meter in meters]
+        levels = self._levels(keys, meters, self._now())
         return tuple(Reading(m.rate, m.burst, fill) for m, fill in zip(meters, levels, strict=True))
-
-    def _set(self, bucket: str, fill: int, at_ms: int, rate: int) -> None:
-        self._state[bucket] = (fill, at_ms, rate)
-        self._dirty.add(bucket)
 
     async def checkpoint(self) -> None:
         """Write the buckets changed since the last checkpoint; forget the drained ones."""
