@@ -72,7 +72,13 @@ from costproxy.http.state import (
 )
 from costproxy.identity.key_store import KeyStore
 from costproxy.identity.principal import KeyRecord, KeyRing
-from costproxy.observability import budget_event_metrics, make_metrics, make_tracing, request_observer
+from costproxy.observability import (
+    budget_event_metrics,
+    make_metrics,
+    make_tracing,
+    refusal_and_cache_metrics,
+    request_observer,
+)
 from costproxy.pipeline.services import Services
 from costproxy.providers.client import UpstreamClient
 from costproxy.routing.router import build_router
@@ -188,6 +194,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
         upstream=UpstreamClient(app[HTTP_SESSION]), accounts=app[BACKEND].accounts, router=router,
         tracer=app[TRACER], limits=app[BACKEND].limits, cache=app[BACKEND].cache)
     services.events.subscribe(request_observer(app[METRICS]))
+    services.events.subscribe(refusal_and_cache_metrics(app[METRICS].registry))
     stop = _background(_reload_rules(app), "costproxy-rules-reload")
     yield
     await stop()

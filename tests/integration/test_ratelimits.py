@@ -298,3 +298,19 @@ async def test_limits_are_kept_across_a_restart(make_proxy: ProxyFactory, write_
     assert "api-one" in [x["id"] for x in (await listed.json())["data"]]
     resp = await again.post("/v1/chat/completions", json=CHAT, headers=proxy.auth())
     assert resp.status == 429  # the two requests of the minute before the restart still count
+
+
+async def test_metrics_count_refusals_by_code_and_what_the_cache_saved(make_proxy: ProxyFactory) -> None:
+    rules = {"cache.yaml": {"version": 1, "rules": [{"id": "c", "name": "c", "priority": 1, "continue": True,
+                                                     "actions": [{"type": "cache"}]}]}}
+    proxy = await make_proxy(rules=rules, extra=limits({"id": "r", "scope_type": "key", "scope_id": "*",
+                                                        "requests_per_minute": 2}))
+    body = {**CHAT, "temperature": 0}
+    assert (await chat(proxy, body)).status == 200
+    assert (await chat(proxy, body)).headers["x-costproxy-cache"] == "hit"
+    assert (await chat(proxy, body)).status == 429
+    text = await (await proxy.client.get("/metrics")).text()
+    miss = (await proxy.ledger())[0]
+    assert 'costproxy_refusals_total{code="rate_limited"} 1.0' in text
+    assert f"costproxy_cache_saved_nanos_total {float(miss.cost_nanos)}" in text
+    assert 'status="cache_hit"' in text
