@@ -11,6 +11,7 @@ import pytest
 from costproxy.budgets.redis import redis_client
 from costproxy.cache.redis import RedisResponseCache
 from costproxy.http.app import create_app
+from costproxy.http.state import STORE
 from tests.conftest import ADMIN_TOKEN, load_test_settings
 from tests.conftest_redis import RedisSpace, redis_endpoint, redis_space  # noqa: F401
 
@@ -39,6 +40,13 @@ async def test_replicas_share_entries(aiohttp_client: Any, simulator: Any, write
     async with b.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=bob) as resp:
         assert resp.status == 200 and resp.headers["x-costproxy-cache"] == "hit"  # another replica, same org
         assert first["choices"][0]["message"]["content"].split()[0] in await resp.text()
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:  # the hit is in the shared ledger stream, mirrored into every replica's file
+        statuses = [e.status for e in await a.app[STORE].recent_entries(10)]
+        if "cache_hit" in statuses:
+            break
+        assert asyncio.get_running_loop().time() < deadline, statuses
+        await asyncio.sleep(0.05)
     async with b.get("/api/v1/cache", headers=ADMIN) as resp:
         stats = await resp.json()
         assert stats["entries"] == 1 and stats["bytes"] > 0
