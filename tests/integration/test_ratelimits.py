@@ -314,3 +314,13 @@ async def test_metrics_count_refusals_by_code_and_what_the_cache_saved(make_prox
     assert 'costproxy_refusals_total{code="rate_limited"} 1.0' in text
     assert f"costproxy_cache_saved_nanos_total {float(miss.cost_nanos)}" in text
     assert 'status="cache_hit"' in text
+
+
+async def test_disabled_limits_are_not_enforced(make_proxy: ProxyFactory) -> None:
+    proxy = await make_proxy(extra={"rate_limits": {"enabled": False, "limits": [
+        {"id": "r", "scope_type": "key", "scope_id": "*", "requests_per_minute": 1}]}})
+    for _ in range(3):
+        resp = await chat(proxy)
+        assert resp.status == 200 and "x-ratelimit-limit-requests" not in resp.headers
+    listed = await api(proxy, "GET", "/api/v1/rate-limits", 200)
+    assert listed["enabled"] is False and len(listed["data"]) == 1

@@ -3,7 +3,9 @@ savings report, streams replayed in every API, partitions, TTL, bounds, failures
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import Any
 
 import orjson
@@ -296,3 +298,19 @@ async def test_both_prefixes(make_proxy: ProxyFactory, path: str) -> None:
     proxy = await make_proxy(rules=cache_rule())
     await post(proxy, CHAT, path)
     assert (await post(proxy, CHAT, path)).headers["x-costproxy-cache"] == "hit"
+
+
+async def test_a_client_leaving_a_replayed_stream_is_still_a_settled_hit(make_proxy: ProxyFactory) -> None:
+    proxy = await make_proxy(rules=cache_rule())
+    await post(proxy, CHAT)
+    resp = await post(proxy, {**CHAT, "stream": True})
+    assert resp.headers["x-costproxy-cache"] == "hit"
+    await resp.content.readany()
+    resp.close()  # hang up after the first bytes
+    deadline = time.monotonic() + 5
+    while len(await proxy.ledger()) < 2:  # settled when the replay ends, whenever the client left
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    hit = (await proxy.ledger())[-1]
+    assert hit.status == "cache_hit" and hit.cost_nanos == 0
+    assert (await post(proxy, CHAT)).headers["x-costproxy-cache"] == "hit"  # nothing broke
