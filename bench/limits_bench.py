@@ -10,7 +10,11 @@ process (every thread, so the SQLite thread counts too):
 * the same on Redis (``--redis URL``, database of your choice; keys under a random prefix, deleted
   after): client CPU and wall time per request (one Lua script to admit, one to correct);
 * the response cache: deciding and deriving the key of a typical chat request, a miss on the
-  SQLite store (no disk read), and a hit (read, decode, encode the answer).
+  SQLite store (no disk read), and a hit (read, decode, encode the answer);
+* the whole pipeline (``run_unary``: tokens, routing with the project's rules, budgets, ledger) for
+  a named model against an in-memory upstream, with the three limits and without any, in
+  alternating batches in one process (so the machine's load affects both alike): the difference
+  is what rate limiting adds to a request.
 
 Usage::
 
@@ -147,6 +151,70 @@ async def cache_steps(work: Path, n: int) -> dict[str, tuple[float, float]]:
         await store.close()
 
 
+class CannedUpstream:
+    """An ``Upstream`` that answers every call at once with one chat completion."""
+
+    def __init__(self) -> None:
+        data = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris."},
+                             "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 30, "completion_tokens": 3, "total_tokens": 33}}
+        from costproxy.providers.transport import UpstreamResponse
+
+        self.response = UpstreamResponse(200, {}, orjson.dumps(data), data)
+
+    async def call(self, *args: object, **kwargs: object) -> object:
+        return self.response
+
+    async def open_stream(self, *args: object, **kwargs: object) -> object:
+        raise NotImplementedError
+
+
+async def pipeline_ab(work: Path, rounds: int, batch: int) -> dict[str, tuple[float, float]]:
+    """CPU per ``run_unary`` with and without limits, in alternating batches; medians over rounds."""
+    from dataclasses import replace
+
+    from costproxy.analyzer.encodings import load_encodings
+    from costproxy.analyzer.tokens import TokenCounter
+    from costproxy.budgets.accounts import LedgerAccounts
+    from costproxy.pipeline.run import run_unary
+    from costproxy.pipeline.services import Services
+    from costproxy.request import RequestContext
+    from costproxy.routing.router import build_router
+    from costproxy.settings import load_settings
+
+    root = Path(__file__).resolve().parents[1]
+    settings = load_settings(root / "config" / "costproxy.yaml", {"OPENAI_API_KEY": "sk-bench"})
+    store = SqliteStore(str(work / "pipeline.sqlite3"))
+    await store.open()
+    await ensure_schema(store)
+    buckets = LocalBuckets(store)
+    await buckets.open()
+    limiter = RateLimiter(RateLimitConfig(static=LIMITS), SqliteLimitDefinitions(store), buckets)
+    await limiter.open(refresh=False)
+    plain = Services(settings=settings, registry=settings.registry, counter=TokenCounter(load_encodings()),
+                     upstream=CannedUpstream(), accounts=LedgerAccounts(store),  # type: ignore[arg-type]
+                     router=build_router(settings))
+    limited = replace(plain, limits=limiter)
+    request = parse_request(Endpoint.CHAT, {**BODY, "temperature": 0.2})
+    samples: dict[str, list[float]] = {"without limits": [], "with 3 limits": []}
+    try:
+        for _ in range(rounds):
+            for name, services in (("without limits", plain), ("with 3 limits", limited)):
+                start = time.process_time()
+                for i in range(batch):
+                    await run_unary(services, RequestContext(f"req-{i}", CALLER, "chat/completions"), request)
+                samples[name].append((time.process_time() - start) / batch * 1e6)
+            await store.flush()
+    finally:
+        await limiter.close()
+        await store.close()
+    result = {name: (sorted(values)[len(values) // 2], min(values)) for name, values in samples.items()}
+    result["difference (median, min)"] = (result["with 3 limits"][0] - result["without limits"][0],
+                                          result["with 3 limits"][1] - result["without limits"][1])
+    return result
+
+
 def show(title: str, rows: dict[str, tuple[float, float]]) -> None:
     print(title)
     for name, (cpu, wall) in rows.items():
@@ -162,11 +230,18 @@ async def main(args: argparse.Namespace) -> None:
             show(f"rate limits, Redis ({args.redis.split('@')[-1]}), client side:",
                  await redis_limits(args.redis, max(1, args.n // 10)))
         show("response cache:", await cache_steps(Path(work), args.n))
+        rows = await pipeline_ab(Path(work), args.rounds, args.batch)
+        print(f"the pipeline in-process (run_unary, {args.rounds} alternating rounds of {args.batch}), "
+              "CPU µs per request, median and min:")
+        for name, (median, low) in rows.items():
+            print(f"  {name:48} {median:8.1f}   {low:8.1f}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=20_000, help="calls per step (Redis: a tenth)")
     parser.add_argument("--concurrency", type=int, default=32, help="calls in flight at once (default 32)")
+    parser.add_argument("--rounds", type=int, default=10, help="pipeline A/B rounds (default 10)")
+    parser.add_argument("--batch", type=int, default=500, help="requests per pipeline batch (default 500)")
     parser.add_argument("--redis", default=None, help="redis://host:port/db to measure the Redis store too")
     asyncio.run(main(parser.parse_args()))

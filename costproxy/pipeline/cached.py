@@ -36,10 +36,9 @@ from costproxy.cache.replay import replay
 from costproxy.errors import StoreUnavailable
 from costproxy.ledger.entry import LedgerEntry, Status
 from costproxy.money import format_usd
-from costproxy.pipeline.admission import settle_limits
 from costproxy.pipeline.plan import Plan
 from costproxy.pipeline.services import Services, step
-from costproxy.pipeline.settle import base_entry
+from costproxy.pipeline.settle import base_entry, record
 from costproxy.protocols.responses import new_id
 from costproxy.registry import ModelSpec, Usage
 from costproxy.request import Api
@@ -133,8 +132,7 @@ async def settle_hit(services: Services, plan: Plan, reservation: Reservation, s
     """Charge nothing (the reservation goes), give the drawn tokens back, write the ledger entry."""
     entry = hit_entry(services, plan, stored)
     with step(services, "costproxy.settle"):
-        await asyncio.shield(services.accounts.settle(reservation, entry))
-        await asyncio.shield(settle_limits(services, plan, entry))
+        await asyncio.shield(record(services, plan, reservation, entry))
     return entry
 
 
