@@ -46,6 +46,7 @@ from costproxy.registry import Usage
 from costproxy.request import Endpoint, parse_request
 from costproxy.store.sqlite import SqliteStore
 
+ROOT = Path(__file__).resolve().parents[1]
 LIMITS = tuple(RateLimit(f"bench-{kind}", kind, scope, requests_per_minute=10**9, tokens_per_minute=10**10)
                for kind, scope in (("key", "*"), ("user", "bench"), ("team", "perf")))
 CALLER = Principal(key_id="key_bench", user="bench", team="perf", org="acme")
@@ -121,7 +122,7 @@ async def cache_steps(work: Path, n: int) -> dict[str, tuple[float, float]]:
     settings, rule = CacheSettings(), CacheDirective(ttl_s=600)
 
     async def key() -> None:
-        decide(settings, rule, None, request, (CALLER, None), ("gpt-4o-mini", 256))
+        decide(settings, rule, None, request, who=(CALLER, None), answer=("gpt-4o-mini", 256))
 
     store = SqliteStore(str(work / "cache.sqlite3"))
     await store.open()
@@ -183,8 +184,7 @@ async def pipeline_ab(work: Path, rounds: int, batch: int) -> dict[str, tuple[fl
     from costproxy.routing.router import build_router
     from costproxy.settings import load_settings
 
-    root = Path(__file__).resolve().parents[1]
-    settings = load_settings(root / "config" / "costproxy.yaml", {"OPENAI_API_KEY": "sk-bench"})
+    settings = load_settings(ROOT / "config" / "costproxy.yaml", {"OPENAI_API_KEY": "sk-bench"})
     store = SqliteStore(str(work / "pipeline.sqlite3"))
     await store.open()
     await ensure_schema(store)

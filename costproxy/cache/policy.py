@@ -94,7 +94,7 @@ class CachePlan:
         return self.key is not None
 
 
-def decide(settings: CacheSettings, directive: CacheDirective | None, header: str | None, request: ChatRequest,
+def decide(settings: CacheSettings, directive: CacheDirective | None, header: str | None, request: ChatRequest, *,
            who: tuple[Principal, str | None], answer: tuple[str, int]) -> CachePlan | None:
     """The cache plan of a request, or None when caching was not asked for.
 

@@ -82,7 +82,7 @@ def with_cache(services: Services, plan: Plan) -> Plan:
         return plan
     ctx, model = plan.ctx, plan.primary
     decision = decide(services.settings.cache, plan.route.cache, ctx.headers.get(HEADER), plan.request,
-                      (ctx.principal, ctx.tenant), (model.id, plan.output_caps[model.id]))
+                      who=(ctx.principal, ctx.tenant), answer=(model.id, plan.output_caps[model.id]))
     return plan if decision is None else replace(plan, cache=decision)
 
 

@@ -81,18 +81,21 @@ def test_the_key_ignores_what_does_not_change_the_answer() -> None:
 
 def test_decide() -> None:
     settings = CacheSettings()
-    who, answer = (ALICE, None), ("big", 100)
-    assert decide(settings, None, None, chat(temperature=0), who, answer) is None  # nobody asked
-    rule = decide(settings, CacheDirective(ttl_s=60, share="team"), None, chat(temperature=0), who, answer)
+
+    def ask(config: CacheSettings, rule: CacheDirective | None, header: str | None, request: ChatRequest) -> Any:
+        return decide(config, rule, header, request, who=(ALICE, None), answer=("big", 100))
+
+    assert ask(settings, None, None, chat(temperature=0)) is None  # nobody asked
+    rule = ask(settings, CacheDirective(ttl_s=60, share="team"), None, chat(temperature=0))
     assert rule is not None and rule.label == "miss" and rule.ttl_s == 60 and rule.lookup and rule.store
-    assert decide(settings, CacheDirective(), "OFF", chat(temperature=0), who, answer) is None  # off beats a rule
-    refresh = decide(settings, None, "refresh", chat(temperature=0), who, answer)
+    assert ask(settings, CacheDirective(), "OFF", chat(temperature=0)) is None  # off beats a rule
+    refresh = ask(settings, None, "refresh", chat(temperature=0))
     assert refresh is not None and not refresh.lookup and refresh.store and refresh.ttl_s == 3600
-    odd = decide(settings, None, "on", chat(temperature=1), who, answer)
+    odd = ask(settings, None, "on", chat(temperature=1))
     assert odd is not None and odd.label == "uncacheable" and odd.key is None and not odd.store
-    assert decide(CacheSettings(enabled=False), CacheDirective(), "on", chat(temperature=0), who, answer) is None
+    assert ask(CacheSettings(enabled=False), CacheDirective(), "on", chat(temperature=0)) is None
     with pytest.raises(InvalidRequest) as info:
-        decide(settings, None, "please", chat(temperature=0), who, answer)
+        ask(settings, None, "please", chat(temperature=0))
     assert info.value.param == "x-costproxy-cache"
 
 
