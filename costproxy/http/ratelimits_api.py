@@ -28,14 +28,8 @@ from costproxy.http.keys_api import json_body, require_admin
 from costproxy.http.state import BACKEND, SETTINGS
 from costproxy.identity.principal import Principal
 from costproxy.ratelimits.limiter import RateLimiter
-from costproxy.ratelimits.model import (
-    JSON_SCOPE,
-    SCOPE_FROM_JSON,
-    Draw,
-    duration,
-    limit_from_json,
-    limit_to_json,
-)
+from costproxy.ratelimits.model import Draw, duration, limit_from_json, limit_to_json
+from costproxy.wire import JSON_SCOPE, query_value, scope_kind
 
 PRINCIPAL_QUERY = {"keyId": "key_id", "user": "user", "team": "team", "project": "project", "org": "org"}
 
@@ -49,13 +43,10 @@ def limiter_of(request: web.Request) -> RateLimiter:
 
 async def list_limits(request: web.Request) -> web.Response:
     limiter, query = limiter_of(request), request.query
-    kind = None
-    if "scopeType" in query:
-        kind = SCOPE_FROM_JSON.get(query["scopeType"])
-        if kind is None:
-            raise InvalidRequest(f"scopeType must be one of {', '.join(JSON_SCOPE.values())}", param="scopeType")
+    raw_kind, scope_id = query_value(query, "scopeType"), query_value(query, "scopeId")
+    kind = None if raw_kind is None else scope_kind(raw_kind)
     data = [limit_to_json(limit) for limit in limiter.all() if (kind is None or limit.scope_type == kind)
-            and ("scopeId" not in query or limit.scope_id == query["scopeId"])]
+            and (scope_id is None or limit.scope_id == scope_id)]
     return web.json_response({"data": data, "enabled": limiter.settings.enabled})
 
 
@@ -105,7 +96,7 @@ async def limit_status(request: web.Request) -> web.Response:
     """What a caller (given by its key, user, team, project and org) may still send now."""
     fields: dict[str, Any] = {}
     for name, attr in PRINCIPAL_QUERY.items():
-        value = request.query.get(name)
+        value = query_value(request.query, name)
         if value is not None:
             if not value.strip() or len(value) > 256:
                 raise InvalidRequest(f"'{name}' must be a non-empty id of at most 256 characters", param=name)

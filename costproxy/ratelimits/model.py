@@ -23,15 +23,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from costproxy.budgets.codec import iso
 from costproxy.config_schema import Node
 from costproxy.errors import ConfigError, InvalidRequest
 from costproxy.identity.principal import Principal
 from costproxy.ratelimits.gcra import MAX_UNITS_PER_MINUTE, Meter, Reading
+from costproxy.wire import JSON_SCOPE, SCOPE_FROM_JSON, canonical, iso, spellings
 
 SCOPE_TYPES = ("org", "team", "project", "user", "key")
-JSON_SCOPE = {"org": "organization", "team": "team", "project": "project", "user": "user", "key": "key"}
-SCOPE_FROM_JSON = {**{v: k for k, v in JSON_SCOPE.items()}, "org": "org"}
 EVERY = "*"  # scope_id of a limit that applies to every scope of its type, each on its own
 NO_ORG = "_"  # the bucket partition of principals without an org
 REQUESTS, TOKENS = "requests", "tokens"
@@ -261,14 +259,23 @@ def _check_numbers(node: Node, values: Mapping[str, Any], key: Mapping[str, str]
             raise node.child(key[burst]).error(f"needs {key[rate]}", values[burst])
 
 
+JSON_KEYS = (*(names[1] for names in _NAMES.values()), *_JSON_READ_ONLY)
+
+
 def limit_from_json(data: Any, *, base: RateLimit | None = None, stored: bool = False) -> RateLimit:
-    """A limit from an API body (``base``: PATCH), or as stored; errors are 400s naming the field."""
-    try:
+    """A limit from an API body (``base``: PATCH), or as stored; errors are 400s naming the key as the
+    client spelled it.  Every key is accepted in its snake_case spelling too (the YAML names)."""
+    if stored:
         return read_limit(Node(data, "body"), 1, "api", base)
+    if not isinstance(data, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    spelled = spellings(data, JSON_KEYS)
+    try:
+        return read_limit(Node(canonical(data, JSON_KEYS), "body"), 1, "api", base)
     except ConfigError as exc:
-        if stored:
-            raise
-        raise InvalidRequest(str(exc), param=exc.path or None) from None
+        param = spelled.get(exc.path, exc.path) or None
+        message = str(exc).replace(f"body: {exc.path}:", f"body: {param}:") if param else str(exc)
+        raise InvalidRequest(message, param=param) from None
 
 
 def limit_to_json(limit: RateLimit) -> dict[str, Any]:

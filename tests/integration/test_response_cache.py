@@ -12,7 +12,6 @@ import orjson
 import pytest
 
 from costproxy.budgets.codec import usd
-from costproxy.money import format_usd
 from tests.conftest import ADMIN_TOKEN, Proxy, ProxyFactory
 from tests.integration.conftest import ProtocolProxy
 
@@ -55,8 +54,8 @@ async def test_a_rule_caches_a_deterministic_request_and_a_hit_costs_nothing(mak
     assert hit.served_model == "big" and hit.http_status == 200 and hit.metadata["rules"] == ["cache-everything"]
     summary = await (await proxy.client.get("/api/v1/usage/summary?groupBy=model", headers=ADMIN)).json()
     [row] = summary["data"]
-    assert row["cacheHits"] == 1 and row["cacheSavingUsd"] == format_usd(miss.cost_nanos)
-    assert row["savingUsd"] == format_usd(2 * miss.baseline_nanos - miss.cost_nanos)
+    assert row["cacheHits"] == 1 and row["cacheSaving"] == usd(miss.cost_nanos)
+    assert row["saving"] == usd(2 * miss.baseline_nanos - miss.cost_nanos)
 
 
 async def test_what_is_not_deterministic_is_never_cached(make_proxy: ProxyFactory) -> None:
