@@ -178,7 +178,14 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
 # --- the proxy's configuration ------------------------------------------------------------------------
 
 
-def write_config(work: Path, upstream_url: str, rules: Path | None, log_level: str = "info") -> Path:
+# --rate-limits: the bench key draws from three limits (its key, user and team), each on requests and
+# tokens, all far above what the run sends: the cost of admission and settlement, never a refusal.
+BENCH_LIMITS = [{"id": f"bench-{kind}", "scope_type": kind, "scope_id": scope, "requests_per_minute": 10**9,
+                 "tokens_per_minute": 10**10} for kind, scope in (("key", "*"), ("user", "bench"), ("team", "perf"))]
+
+
+def write_config(work: Path, upstream_url: str, rules: Path | None, log_level: str = "info",
+                 rate_limits: bool = False) -> Path:
     """costproxy.yaml using the project's models.yaml, every provider served by the fast upstream."""
     models_path = ROOT / "config" / "models.yaml"
     models = yaml.safe_load(models_path.read_text())
@@ -194,6 +201,8 @@ def write_config(work: Path, upstream_url: str, rules: Path | None, log_level: s
         "providers": {name: {"base_url": upstream_url + "/v1", "api_key_env": UPSTREAM_KEY_ENV}
                       for name in providers},
     }
+    if rate_limits:
+        config["rate_limits"] = {"limits": BENCH_LIMITS}
     path = work / "costproxy.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -533,6 +542,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                         help="the proxy's log level (default info: one JSON request_completed line per request, "
                              "to a file)")
+    parser.add_argument("--rate-limits", action="store_true",
+                        help="configure requests and tokens per minute on the key, user and team of the bench key "
+                             "(never reached): compare with a run without it for the cost of rate limiting")
     parser.add_argument("--no-stream", action="store_true", help="skip the streamed runs")
     parser.add_argument("--no-passthrough", action="store_true", help="skip the bare aiohttp pass-through runs")
     parser.add_argument("--python-load", action="store_true", help="use the Python generator even if wrk exists")
@@ -586,7 +598,8 @@ def deploy(args: argparse.Namespace, stack: ExitStack, work: Path) -> Deployment
     up_log, proxy_log, bare_log = work / "upstream.log", work / "proxy.log", work / "passthrough.log"
     upstream = stack.enter_context(running([sys.executable, str(FAST_UPSTREAM)], up_log, child_env(), load_cpus))
     upstream_url = wait_listening(upstream, up_log)
-    config = write_config(work, upstream_url, Path(args.rules) if args.rules else None, args.log_level)
+    config = write_config(work, upstream_url, Path(args.rules) if args.rules else None, args.log_level,
+                          args.rate_limits)
     env = child_env(**{UPSTREAM_KEY_ENV: "sk-bench-upstream"})
     key = create_key(config, env)
     port = free_port()

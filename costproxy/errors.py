@@ -14,6 +14,8 @@
     │   └── Forbidden               key lacks the scope for this call           403 forbidden
     ├── PolicyError                 costproxy's rules or budgets refuse it
     │   ├── BudgetExceeded          a hard budget cannot fit the worst case     429 budget_exceeded
+    │   ├── RateLimited             a rate limit has no room now (retry-after)  429 rate_limited
+    │   ├── ExceedsRateLimit        the request alone is above a rate limit     429 exceeds_rate_limit
     │   ├── RuleRejected            a steering rule rejected the request        403 rule_rejected
     │   ├── ModelNotAllowed         a budget or rule forbids the named model    403 model_not_allowed
     │   └── NoEligibleModel         no model meets capabilities/quality/budget  422 no_eligible_model
@@ -139,6 +141,27 @@ class BudgetExceeded(PolicyError):
     status = 429
     code = "budget_exceeded"
     type = "insufficient_quota"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.headers.setdefault("x-should-retry", "false")
+
+
+class RateLimited(PolicyError):
+    """A requests- or tokens-per-minute limit has no room for the request now; ``retry-after``
+    says when it will.  SDKs may retry it (no ``x-should-retry: false``)."""
+
+    status = 429
+    code = "rate_limited"
+    type = "rate_limit_error"
+
+
+class ExceedsRateLimit(PolicyError):
+    """The request alone needs more tokens than a limit's whole capacity: waiting cannot help."""
+
+    status = 429
+    code = "exceeds_rate_limit"
+    type = "rate_limit_error"
 
     def __init__(self, message: str, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)

@@ -303,6 +303,28 @@ def request_observer(metrics: Metrics) -> Listener:
     return observe
 
 
+def refusal_and_cache_metrics(registry: CollectorRegistry) -> Listener:
+    """A pipeline-event subscriber counting ``costproxy_refusals_total`` by error code (a rate limit's
+    ``rate_limited`` / ``exceeds_rate_limit``, ``budget_exceeded``, ``rule_rejected``…) and
+    ``costproxy_cache_saved_nanos_total``: what answers from the response cache saved (the cost of
+    the answers they replayed; hits are ``costproxy_requests_total{status="cache_hit"}``)."""
+    refusals = Counter("costproxy_refusals", "Requests refused before any upstream call, by error code",
+                       ["code"], registry=registry)
+    saved = Counter("costproxy_cache_saved_nanos", "Nano-USD the response cache saved (cost of the answers "
+                    "it replayed)", registry=registry)
+
+    def observe(event: Event) -> None:
+        if not isinstance(event, RequestCompleted):
+            return
+        entry = event.entry
+        if entry.status == "refused":
+            refusals.labels(entry.error_code or "refused").inc()
+        elif entry.status == "cache_hit":
+            saved.inc(max(0, int(entry.metadata.get("cache", {}).get("saved_nanos", 0))))
+
+    return observe
+
+
 def budget_event_metrics(registry: CollectorRegistry) -> Callable[[Any], None]:
     """A ``BudgetAccounts.subscribe`` listener that counts overruns (a provider billing more than
     was reserved) in ``registry``: ``costproxy_budget_overruns_total`` and

@@ -5,7 +5,8 @@
 ``load_settings`` reads it, the model registry and the quality profiles it points to, checks that the
 rules directory exists, resolves secrets (each referenced by env var *name*) once, and returns
 frozen, typed settings for every section; the big sections are parsed in their domain's ``config``
-module (``providers``, ``store``, ``budgets``, ``alerts``, ``routing``), the small ones here, and
+module (``providers``, ``store``, ``budgets``, ``alerts``, ``routing``, ``ratelimits``, ``cache``), the
+small ones here, and
 ``load_settings`` is the one caller of them all.  Unknown keys are errors; every error names the
 file, the dotted path and the bad value; names that refer to models (``default_model``,
 ``fallback.chains``, budget targets) are checked against the registry here, at load time.
@@ -34,11 +35,14 @@ import yaml
 
 from costproxy.alerts.config import AlertSettings, parse_alert_settings
 from costproxy.budgets.config import BudgetConfig, parse_budget_config
+from costproxy.cache.config import parse_cache_settings
+from costproxy.cache.policy import CacheSettings
 from costproxy.config_schema import ModelCheck, Node
 from costproxy.defaults import PACKAGED_CONFIG, is_packaged
 from costproxy.errors import ConfigError
 from costproxy.providers.config import ProviderSettings as ProviderSettings  # re-exported for its importers
 from costproxy.providers.config import parse_provider
+from costproxy.ratelimits.config import RateLimitConfig, parse_rate_limits
 from costproxy.registry import TIERS, Registry, parse_registry
 from costproxy.routing.config import FallbackSettings, parse_fallback_config, parse_selection_config
 from costproxy.routing.policy import QUALITY_MODES
@@ -113,6 +117,8 @@ class Settings:
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     fallback: FallbackSettings = field(default_factory=FallbackSettings)
     responses: ResponsesSettings = field(default_factory=ResponsesSettings)  # stored /v1/responses
+    rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)
+    cache: CacheSettings = field(default_factory=CacheSettings)  # the response cache
     disabled_models: Mapping[str, str] = field(default_factory=dict)  # model id -> its disabled provider
 
     # Shorthands kept while other branches still read the pre-``store``/``admin`` names.
@@ -210,6 +216,8 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         selection=parse_selection_config(root.child("selection", None).value, str(path)),
         fallback=parse_fallback_config(root.child("fallback", None).value, str(path), registry, check),
         responses=parse_responses_settings(root.child("responses", None).value, str(path)),
+        rate_limits=parse_rate_limits(root.child("rate_limits", None).value, str(path)),
+        cache=parse_cache_settings(root.child("cache", None).value, str(path)),
         disabled_models=disabled,
     )
     webhooks = root.child("webhooks", None)

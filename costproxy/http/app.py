@@ -45,6 +45,7 @@ from costproxy.http import (
     middlewares,
     openapi,
     proxy,
+    ratelimits_api,
     responses_api,
     routing_api,
     selection_api,
@@ -71,7 +72,13 @@ from costproxy.http.state import (
 )
 from costproxy.identity.key_store import KeyStore
 from costproxy.identity.principal import KeyRecord, KeyRing
-from costproxy.observability import budget_event_metrics, make_metrics, make_tracing, request_observer
+from costproxy.observability import (
+    budget_event_metrics,
+    make_metrics,
+    make_tracing,
+    refusal_and_cache_metrics,
+    request_observer,
+)
 from costproxy.pipeline.services import Services
 from costproxy.providers.client import UpstreamClient
 from costproxy.routing.router import build_router
@@ -82,7 +89,7 @@ log = structlog.get_logger("costproxy")
 
 MIDDLEWARES = (middlewares.errors_middleware, middlewares.tracing_middleware, middlewares.auth_middleware)
 ROUTES = (proxy, responses_api, messages_api, keys_api, selection_api, budgets_api, usage_api, webhooks_api,
-          tokens_api, openapi, analytics_api, routing_api)
+          tokens_api, openapi, analytics_api, routing_api, ratelimits_api)
 KEY_REFRESH_SECONDS = 2.0
 RULES_POLL_SECONDS = 2.0
 
@@ -185,8 +192,9 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES] = Services(
         settings=settings, registry=settings.registry, counter=TokenCounter(encodings),
         upstream=UpstreamClient(app[HTTP_SESSION]), accounts=app[BACKEND].accounts, router=router,
-        tracer=app[TRACER])
+        tracer=app[TRACER], limits=app[BACKEND].limits, cache=app[BACKEND].cache)
     services.events.subscribe(request_observer(app[METRICS]))
+    services.events.subscribe(refusal_and_cache_metrics(app[METRICS].registry))
     stop = _background(_reload_rules(app), "costproxy-rules-reload")
     yield
     await stop()

@@ -219,7 +219,8 @@ async def usage_summary(request: web.Request) -> web.Response:
         data.append({"key": r["k"], "requests": r["n"], "amount": usd(cost), "baseline": usd(base),
                      "saving": usd(base - cost), "promptTokens": r["tin"] or 0, "completionTokens": r["tout"] or 0,
                      group: r["k"], "costUsd": format_usd(cost), "baselineUsd": format_usd(base),
-                     "savingUsd": format_usd(base - cost)})
+                     "savingUsd": format_usd(base - cost), "cacheHits": r["hits"] or 0,
+                     "cacheSaving": usd(r["cache_saved"] or 0)})
     return web.json_response({"groupBy": group, "currency": "USD", "data": data})
 
 

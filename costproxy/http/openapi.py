@@ -21,6 +21,7 @@ from costproxy.http.openapi_schemas import (
     MONEY,
     NTIME,
     NUM,
+    SCOPE,
     SCOPE_INPUT,
     TIME_INPUT,
     B,
@@ -278,6 +279,36 @@ def _console_paths() -> dict[str, Schema]:
     }
 
 
+def _limit_paths() -> dict[str, Schema]:
+    """Rate limits (``http/ratelimits_api.py``) and the response cache's figures."""
+    lid = (path("limitId"),)
+    status = listing(resp(rateLimitId=S, scopeType=SCOPE, scopeId=S, metric={"enum": ["requests", "tokens"]},
+                          limitPerMinute=INT, burst=INT, remaining=INT, resetMs=INT, reset=S), enabled=B)
+    stats = resp(("entries", "bytes", "maxBytes", "maxEntryBytes"), enabled=B, defaultTtlSeconds=INT, share=S,
+                 header=S, entries=INT, bytes=INT, maxBytes=INT, maxEntryBytes=INT)
+    return {
+        "/api/v1/rate-limits": {
+            "get": op("List rate limits (the YAML ones are readOnly)", listing(ref("RateLimit"), enabled=B),
+                      params=(query("scopeType", SCOPE_INPUT), query("scopeId")), tag="limits"),
+            "post": op("Create a rate limit", ref("RateLimit"), request=ref("RateLimitInput"), status=201,
+                       read_only=False, tag="limits")},
+        "/api/v1/rate-limits/status": {"get": op(
+            "The limits a caller draws from and what each has left now", status, tag="limits",
+            params=tuple(query(name) for name in ("keyId", "user", "team", "project", "org")))},
+        "/api/v1/rate-limits/{limitId}": {
+            "get": op("One rate limit", ref("RateLimit"), params=lid, tag="limits"),
+            "put": op("Replace a rate limit", ref("RateLimit"), request=ref("RateLimitInput"), params=lid,
+                      read_only=False, tag="limits"),
+            "patch": op("Update some fields of a rate limit", ref("RateLimit"), request=ref("RateLimitInput"),
+                        params=lid, read_only=False, tag="limits"),
+            "delete": op("Delete a rate limit", ref("RateLimitDeleted"), params=lid, read_only=False,
+                         tag="limits")},
+        "/api/v1/cache": {
+            "get": op("Response cache: entries, bytes and bounds", stats, tag="cache"),
+            "delete": op("Drop every cached answer", resp(deleted=INT), read_only=False, tag="cache")},
+    }
+
+
 @lru_cache(maxsize=1)
 def document() -> dict[str, Any]:
     return {
@@ -294,7 +325,7 @@ def document() -> dict[str, Any]:
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
                        "schemas": schemas()},
         "paths": {**_other_paths(), **_budget_paths(), **_budget_spend_paths(), **_webhook_paths(),
-                  **_console_paths()},
+                  **_console_paths(), **_limit_paths()},
     }
 
 

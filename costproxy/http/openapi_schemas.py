@@ -261,7 +261,10 @@ def alert_schemas() -> dict[str, Schema]:
                                         "metadata"), cost_usd=S, baseline_usd=S)}),
         "UsageSummaryRow": resp(
             ("model", "team", "user", "project", "org"), key=N, requests=INT, amount=MONEY, baseline=MONEY,
-            saving=MONEY, promptTokens=INT, completionTokens=INT, costUsd=dep(MONEY, "amount"),
+            saving=MONEY, promptTokens=INT, completionTokens=INT,
+            cacheHits={"type": "integer", "description": "answers from the response cache (cost 0)"},
+            cacheSaving={**MONEY, "description": "what those answers would have cost from the provider"},
+            costUsd=dep(MONEY, "amount"),
             baselineUsd=dep(MONEY, "baseline"), savingUsd=dep(MONEY, "saving"),
             **{g: dep(N, "key (the group's value under the groupBy name)")
                for g in ("model", "team", "user", "project", "org")}),
@@ -296,5 +299,23 @@ def routing_schemas() -> dict[str, Schema]:
     }
 
 
+def limit_schemas() -> dict[str, Schema]:
+    """Rate limits (``ratelimits.model``): a limit answered, and the body that creates or edits one."""
+    count: Schema = {"type": "integer", "minimum": 1, "maximum": 10**10}
+    figures = {"requestsPerMinute": count, "tokensPerMinute": count, "burstRequests": count, "burstTokens": count}
+    limit = {"id": S, "name": S, "description": S, "scopeType": SCOPE,
+             "scopeId": {"type": "string", "description": "an id, or * for every scope of the type (each its own)"},
+             **{k: nullable(v) for k, v in figures.items()}, "source": {"enum": ["config", "api"]}, "readOnly": B,
+             "createdAt": NTIME, "updatedAt": NTIME, "createdBy": N}
+    stamps = ("source", "readOnly", "createdAt", "updatedAt", "createdBy")
+    return {
+        "RateLimit": closed(limit),
+        "RateLimitDeleted": closed({**limit, "deleted": B}),
+        "RateLimitInput": body({"id": S, "name": S, "description": N, "scopeType": SCOPE_INPUT,
+                                "scopeId": S, **{k: nullable(v) for k, v in figures.items()},
+                                **{k: {"readOnly": True} for k in stamps}}),
+    }
+
+
 def schemas() -> dict[str, Schema]:
-    return {**budget_schemas(), **status_schemas(), **alert_schemas(), **routing_schemas()}
+    return {**budget_schemas(), **status_schemas(), **alert_schemas(), **routing_schemas(), **limit_schemas()}

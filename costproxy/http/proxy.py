@@ -11,11 +11,14 @@ from typing import Any
 
 from aiohttp import web
 
+from costproxy.cache.policy import HEADER as CACHE_HEADER
 from costproxy.errors import ProxyError, UnknownModel
 from costproxy.http.bodies import read_body
-from costproxy.http.state import PRINCIPAL, REQUEST_ID, ROUTER, SERVICES, TRUSTED_HEADERS
+from costproxy.http.state import PRINCIPAL, REQUEST_ID, ROUTER, SERVICES, SETTINGS, TRUSTED_HEADERS
 from costproxy.ledger.entry import LedgerEntry
 from costproxy.money import format_usd
+from costproxy.pipeline.admission import limit_headers
+from costproxy.pipeline.cached import ReplayRun, cache_label
 from costproxy.pipeline.plan import Plan
 from costproxy.pipeline.run import StreamRun, UnaryResult, refuse, run_stream, run_unary
 from costproxy.pipeline.services import Services
@@ -25,6 +28,9 @@ from costproxy.request import ChatRequest, Endpoint, RequestContext, parse_body,
 
 def request_context(request: web.Request, endpoint: str) -> RequestContext:
     trusted = request.get(TRUSTED_HEADERS, {})
+    asked = request.headers.get(CACHE_HEADER)
+    if asked is not None and _may_ask_cache(request):
+        trusted = {**trusted, CACHE_HEADER: asked}
     return RequestContext(
         request_id=request[REQUEST_ID],
         principal=request[PRINCIPAL],
@@ -33,6 +39,13 @@ def request_context(request: web.Request, endpoint: str) -> RequestContext:
         correlation_id=request.headers.get("x-correlation-id"),
         tenant=trusted.get("x-tenant-id"),
     )
+
+
+def _may_ask_cache(request: web.Request) -> bool:
+    """``x-costproxy-cache`` counts from any caller (``cache.header: all``) or from a trusted
+    chaining proxy (``trusted``, the default); otherwise it is ignored like other control headers."""
+    allowed = request.app[SETTINGS].cache.header
+    return allowed == "all" or (allowed == "trusted" and request[PRINCIPAL].via.startswith("trusted-proxy"))
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
@@ -45,7 +58,7 @@ async def read_request(request: web.Request, endpoint: Endpoint) -> ChatRequest:
 
 
 def cost_headers(plan: Plan, model: ModelSpec, entry: LedgerEntry | None) -> dict[str, str]:
-    headers = {
+    headers = {**limit_headers(plan),
         "x-costproxy-request-id": plan.ctx.request_id,
         "x-costproxy-model": model.id,
         "x-costproxy-provider": model.provider,
@@ -63,6 +76,13 @@ def cost_headers(plan: Plan, model: ModelSpec, entry: LedgerEntry | None) -> dic
                 max(0, plan.budget_remaining_nanos - entry.cost_nanos))
     else:
         headers["x-costproxy-cost-usd"] = "pending"  # streams: exact cost in the final SSE comment
+    label = cache_label(plan)
+    if label is not None:
+        headers[CACHE_HEADER] = label
+        if label == "hit":
+            headers["x-costproxy-cost-usd"] = "0"
+        elif label == "uncacheable" and plan.cache is not None and plan.cache.reason:
+            headers["x-costproxy-cache-reason"] = plan.cache.reason
     return headers
 
 
@@ -90,7 +110,7 @@ def unary_response(services: Services, result: UnaryResult) -> web.Response:
     return web.Response(body=result.body, status=result.response.status, headers=headers)
 
 
-async def relay_stream(request: web.Request, run: StreamRun) -> tuple[web.StreamResponse, LedgerEntry]:
+async def relay_stream(request: web.Request, run: StreamRun | ReplayRun) -> tuple[web.StreamResponse, LedgerEntry]:
     """Relay a stream (settled when it ends) as server-sent events; returns the ledger entry too."""
     response = web.StreamResponse(status=200, headers={
         **cost_headers(run.plan, run.model, None),

@@ -51,7 +51,7 @@ async def _keep(request: web.Request, chat: ChatRequest, response: dict[str, Any
     store = request.app[RESPONSES]
     native = chat.native or {}
     if (not store.settings.enabled or native.get("store") is False or response is None
-            or entry_status != Status.OK or not isinstance(response.get("id"), str)):
+            or entry_status not in (Status.OK, Status.CACHE_HIT) or not isinstance(response.get("id"), str)):
         return
     await store.save(_owner(request), request[REQUEST_ID], list(native.get("input") or []), response)
 

@@ -18,6 +18,7 @@ class Status(StrEnum):
     ERROR = "error"  # the provider failed, or the proxy ended the call (lease lost)
     CLIENT_DISCONNECTED = "client_disconnected"  # the client hung up mid-stream; charged what was generated
     REFUSED = "refused"  # refused before any upstream call (bad request, budget, rule, store); cost 0
+    CACHE_HIT = "cache_hit"  # answered from the response cache: cost 0; metadata.cache says what it saved
 
 
 @dataclass(frozen=True, slots=True)

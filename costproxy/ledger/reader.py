@@ -28,6 +28,7 @@ class Dialect:
     budget_any: str  # true when metadata.budgets names the budget ``?``
     budget_period: str  # true when metadata.budgets maps budget ``?`` to period ``?``
     table: str  # the ledger table
+    cache_saved: str  # metadata.cache.saved_nanos as an integer (0 when absent): what a cache hit saved
 
 
 SQLITE = Dialect(
@@ -35,14 +36,14 @@ SQLITE = Dialect(
     no_rules="json_extract(l.metadata, '$.rules') IS NULL",
     budget_any="EXISTS (SELECT 1 FROM json_each(l.metadata, '$.budgets') j WHERE j.key = ?)",
     budget_period="EXISTS (SELECT 1 FROM json_each(l.metadata, '$.budgets') j WHERE j.key = ? AND j.value = ?)",
-    table="ledger")
+    table="ledger", cache_saved="COALESCE(json_extract(l.metadata, '$.cache.saved_nanos'), 0)")
 POSTGRES = Dialect(
     name="postgresql", rollup=False,
     rules_source="jsonb_array_elements_text(CASE WHEN jsonb_typeof(l.metadata->'rules') = 'array'"
                  " THEN l.metadata->'rules' ELSE '[]'::jsonb END) AS j(value)",
     no_rules="l.metadata->'rules' IS NULL",
     budget_any="(l.metadata->'budgets')->>? IS NOT NULL", budget_period="(l.metadata->'budgets')->>? = ?",
-    table="costproxy_ledger")
+    table="costproxy_ledger", cache_saved="COALESCE((l.metadata->'cache'->>'saved_nanos')::bigint, 0)")
 
 
 class LedgerReader(Protocol):
@@ -73,11 +74,15 @@ SPEND_COLUMNS = {"model": "served_model", "team": "team", "user": "user", "key":
 
 
 async def spend_by(ledger: LedgerReader, group_by: str, since_ms: int) -> list[Any]:
-    """Requests, tokens, cost, baseline and estimated entries per ``group_by`` value since a time
-    (rows ``k, n, cost, base, tin, tout, est``), largest cost first."""
+    """Requests, tokens, cost, baseline, estimated entries, response-cache hits and what they saved
+    per ``group_by`` value since a time (rows ``k, n, cost, base, tin, tout, est, hits, cache_saved``),
+    largest cost first."""
     column = SPEND_COLUMNS[group_by]
+    hit = "l.status = 'cache_hit'"
     return await ledger.query(
         f"SELECT l.{column} AS k, COUNT(*) AS n, SUM(l.cost_nanos) AS cost, SUM(l.baseline_nanos) AS base,"
         " SUM(l.prompt_tokens) AS tin, SUM(l.completion_tokens) AS tout,"
-        " SUM(CASE WHEN l.usage_reported THEN 0 ELSE 1 END) AS est"
+        " SUM(CASE WHEN l.usage_reported THEN 0 ELSE 1 END) AS est,"
+        f" SUM(CASE WHEN {hit} THEN 1 ELSE 0 END) AS hits,"
+        f" SUM(CASE WHEN {hit} THEN {ledger.dialect.cache_saved} ELSE 0 END) AS cache_saved"
         f" FROM {ledger.dialect.table} l WHERE l.ts_ms >= ? GROUP BY l.{column} ORDER BY cost DESC", [since_ms])

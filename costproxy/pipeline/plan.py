@@ -17,9 +17,11 @@ import orjson
 
 from costproxy.analyzer.worst_case import BillableInput, output_cap_within, worst_case
 from costproxy.budgets.accounts import BudgetView, Reservation
+from costproxy.cache.policy import CachePlan
 from costproxy.errors import BudgetExceeded, ContextTooLong, InvalidRequest, UnknownModel
 from costproxy.pipeline.services import NO_SPAN, Services, step
 from costproxy.providers.apis import upstream_api
+from costproxy.ratelimits.model import Admission
 from costproxy.registry import ENDPOINT_KIND, ModelSpec
 from costproxy.request import ChatRequest, Endpoint, RequestContext
 from costproxy.routing.policy import EMPTY, Constraints
@@ -41,6 +43,8 @@ class Plan:
     billable: BillableInput
     budget: BudgetView = field(default_factory=BudgetView)
     payloads: dict[str, bytes] = field(default_factory=dict)  # model id -> upstream body, built once
+    admission: Admission | None = None  # the rate limits it was admitted under (pipeline.admission)
+    cache: CachePlan | None = None  # the response cache's part, when asked for (pipeline.cached)
 
     @property
     def primary(self) -> ModelSpec:

@@ -28,6 +28,8 @@ from costproxy.budgets.accounts import Reservation
 from costproxy.errors import BudgetExceeded, ProviderError, ProxyError, ReservationLost
 from costproxy.ledger.entry import LedgerEntry, Status
 from costproxy.money import format_usd
+from costproxy.pipeline import cached
+from costproxy.pipeline.admission import add_refusal_headers, admit_limits, limit_headers, settle_limits
 from costproxy.pipeline.events import ModelSwitched, RequestBlocked, RequestCompleted, UpstreamFailed
 from costproxy.pipeline.exchange import Exchange, Relay, exchange_for, fit_chain
 from costproxy.pipeline.lease import Lease
@@ -53,8 +55,10 @@ class UnaryResult:
 
 
 async def refuse(services: Services, ctx: RequestContext, request: ChatRequest | None,
-                 error: ProxyError) -> LedgerEntry:
-    """Record a request refused before any upstream call: ledger entry (cost 0) and events."""
+                 error: ProxyError, plan_: Plan | None = None) -> LedgerEntry:
+    """Record a request refused before any upstream call: ledger entry (cost 0) and events; the
+    error answer gets the caller's rate-limit headers."""
+    await add_refusal_headers(services, ctx, plan_, error)
     entry = refusal_entry(services, ctx, request, error)
     await services.accounts.record_refusal(entry)
     if isinstance(error, BudgetExceeded):
@@ -64,16 +68,26 @@ async def refuse(services: Services, ctx: RequestContext, request: ChatRequest |
 
 
 async def admit(services: Services, ctx: RequestContext, request: ChatRequest) -> tuple[Plan, Reservation]:
-    """Plan and reserve, or record the refusal and raise it."""
+    """Plan, decide the cache's part, draw from the rate limits and reserve, or record the refusal
+    (tokens drawn are given back) and raise it."""
+    the_plan: Plan | None = None
     try:
-        return await reserve(services, await fit_chain(services, await plan(services, ctx, request)))
+        the_plan = cached.with_cache(services, await fit_chain(services, await plan(services, ctx, request)))
+        the_plan = await admit_limits(services, the_plan)
+        return await reserve(services, the_plan)
     except ProxyError as exc:
-        await refuse(services, ctx, request, exc)
+        await settle_limits(services, the_plan, None)
+        await refuse(services, ctx, request, exc, the_plan)
         raise
 
 
 async def run_unary(services: Services, ctx: RequestContext, request: ChatRequest) -> UnaryResult:
     the_plan, reservation = await admit(services, ctx, request)
+    stored = await cached.lookup(services, the_plan)
+    if stored is not None:
+        hit_plan, entry, body, data = await cached.serve_unary(services, the_plan, reservation, stored)
+        _finished(services, hit_plan, entry)
+        return UnaryResult(hit_plan, entry, UpstreamResponse(200, {}, body, data), body, data)
     outcome = Outcome(model=the_plan.primary)
     try:
         async with lease(services, reservation):
@@ -81,20 +95,29 @@ async def run_unary(services: Services, ctx: RequestContext, request: ChatReques
             body, data = exchange.reply(response)
     except ProxyError as exc:
         outcome.failed(exc)
+        exc.headers.update(limit_headers(the_plan))
         raise
     finally:
         entry = await settle(services, the_plan, reservation, outcome)
         _finished(services, the_plan, entry)
+    if response.status == 200:
+        await cached.keep(services, the_plan, entry, data)
     return UnaryResult(the_plan, entry, response, body, data)
 
 
-async def run_stream(services: Services, ctx: RequestContext, request: ChatRequest) -> StreamRun:
+async def run_stream(services: Services, ctx: RequestContext, request: ChatRequest) -> StreamRun | cached.ReplayRun:
     the_plan, reservation = await admit(services, ctx, request)
+    stored = await cached.lookup(services, the_plan)
+    if stored is not None:
+        return cached.ReplayRun(services, the_plan, reservation, stored,
+                                comment=lambda entry: cost_comment(entry, the_plan.budget_remaining_nanos),
+                                finished=lambda entry: _finished(services, the_plan, entry))
     outcome = Outcome(model=the_plan.primary)
     try:
         upstream, exchange = await _open_stream(services, the_plan, outcome)
     except ProxyError as exc:
         outcome.failed(exc)
+        exc.headers.update(limit_headers(the_plan))
         _finished(services, the_plan, await settle(services, the_plan, reservation, outcome))
         raise
     return StreamRun(services, the_plan, reservation, outcome, upstream, relay=exchange.relay())
@@ -130,6 +153,8 @@ class StreamRun:
         in the client's API.  Returns the ledger entry; a final SSE comment carries its cost.
         """
         outcome, relay = self.outcome, self._relay
+        capture = cached.capture_for(self.plan)
+        write = cached.teed(write, capture)
         try:
             async with lease(self.services, self._reservation):
                 await start()
@@ -154,6 +179,8 @@ class StreamRun:
             _finished(self.services, self.plan, entry)
         if outcome.status is Status.OK:
             await _write_quietly(write, cost_comment(entry, self.plan.budget_remaining_nanos))
+            if capture is not None:
+                await cached.keep(self.services, self.plan, entry, capture.answer())
         return entry
 
 

@@ -2,7 +2,8 @@
 
 Every service is typed by a protocol of its own package: ``Upstream`` (``providers.transport``),
 ``Accounts`` (``budgets.accounts``) and ``Router`` (``routing.route``), so a test can swap any of
-them for an in-memory stand-in.
+them for an in-memory stand-in.  ``limits`` (rate limits) and ``cache`` (the response cache) are
+optional: without them no request is limited or cached.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from opentelemetry.trace import NoOpTracer, Tracer
 
 from costproxy.analyzer.tokens import TokenCounter
 from costproxy.budgets.accounts import Accounts
+from costproxy.cache.store import ResponseCache
 from costproxy.pipeline.events import EventBus
 from costproxy.providers.transport import Upstream
+from costproxy.ratelimits.limiter import RateLimiter
 from costproxy.registry import Registry
 from costproxy.routing.route import Router
 from costproxy.settings import Settings
@@ -36,6 +39,8 @@ class Services:
     events: EventBus = field(default_factory=EventBus)
     clock: Callable[[], float] = time.time
     tracer: Tracer = field(default_factory=NoOpTracer)
+    limits: RateLimiter | None = None
+    cache: ResponseCache | None = None
 
 
 _ID_PREFIX = os.urandom(8).hex()  # per process: ids stay unique across replicas and restarts

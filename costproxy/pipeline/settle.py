@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeGuard
 from costproxy.budgets.accounts import Reservation
 from costproxy.errors import ProxyError
 from costproxy.ledger.entry import LedgerEntry, Status
+from costproxy.pipeline.admission import settle_limits
 from costproxy.pipeline.plan import Plan
 from costproxy.pipeline.services import Services, step
 from costproxy.registry import ModelSpec, Usage
@@ -200,8 +201,18 @@ async def settle(services: Services, plan: Plan, reservation: Reservation, outco
     with step(services, "costproxy.settle") as span:
         span.set_attribute("costproxy.cost_nanos", entry.cost_nanos)
         span.set_attribute("costproxy.usage_reported", entry.usage_reported)
-        if outcome.cost_nanos == 0 and not ok:
-            await asyncio.shield(services.accounts.release(reservation, entry))
-        else:
-            await asyncio.shield(services.accounts.settle(reservation, entry))
+        release = outcome.cost_nanos == 0 and not ok
+        await asyncio.shield(record(services, plan, reservation, entry, release=release))
     return entry
+
+
+async def record(services: Services, plan: Plan, reservation: Reservation, entry: LedgerEntry, *,
+                 release: bool = False) -> None:
+    """Settle (or release) the reservation with ``entry``, then correct the tokens the rate limits
+    drew at admission to the entry's; run shielded, so a cancelled request still records both."""
+    if release:
+        await services.accounts.release(reservation, entry)
+    else:
+        await services.accounts.settle(reservation, entry)
+    if plan.admission is not None:
+        await settle_limits(services, plan, entry)

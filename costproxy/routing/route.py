@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from costproxy.budgets.accounts import BudgetView
+from costproxy.cache.policy import CacheDirective
 from costproxy.registry import ModelSpec
 from costproxy.request import RequestContext
 from costproxy.routing.policy import EMPTY, Constraints
@@ -33,6 +34,7 @@ class Route:
     reasons: tuple[str, ...] = ()
     baseline: ModelSpec | None = None
     rules: tuple[str, ...] = ()  # ids of the steering rules applied (recorded in the ledger's metadata)
+    cache: CacheDirective | None = None  # a steering rule's cache action
 
 
 class Router(Protocol):

@@ -264,7 +264,7 @@ class SelectionRouter:
                 cap = self._named_cap(named, profile, constraints, request) if kind == "chat" else None
                 route = Route(chain=self._concrete_chain(named), max_output_tokens=cap,
                               task_type=profile.task_type if detect else None, reasons=constraints.reasons,
-                              baseline=named, rules=applied_rules(steering))
+                              baseline=named, rules=applied_rules(steering), cache=steering.cache)
                 return Explanation(route, profile, steering, constraints, None)
             if not constraints.may_switch:
                 raise ModelNotAllowed(f"model {named.id!r} cannot serve this request: {why} "
@@ -277,7 +277,8 @@ class SelectionRouter:
             f"switched from {named.id}: {switch_demand(named, constraints)}", *decision.reasons)
         baseline = named or self.registry.baseline() or chosen
         route = Route(chain=tuple(chain), decision_id=decision.id, max_output_tokens=decision.output_cap,
-                      task_type=profile.task_type, reasons=reasons, baseline=baseline, rules=applied_rules(steering))
+                      task_type=profile.task_type, reasons=reasons, baseline=baseline, rules=applied_rules(steering),
+                      cache=steering.cache)
         self._remember(decision, request, steering)
         return Explanation(route, profile, steering, constraints, decision)
 

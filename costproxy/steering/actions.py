@@ -13,6 +13,8 @@ select-model       quality, min_quality?, allowed_models?,                qualit
 downgrade          to_tier?, same_provider?                               cheapest sufficient model
 set-cost-limit     max_cost_usd                                           worst-case cost cap
 cap-output-tokens  max_tokens                                             lower max_tokens
+cache              ttl_s?, share? (principal|user|project|team|org|       answer deterministic
+                   global)                                                requests from the cache
 log                message, level? (debug|info|warning|error)             log line, changes nothing
 =================  =====================================================  ==========================
 
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from costproxy.cache.policy import MAX_TTL_S, SHARES, CacheDirective
 from costproxy.config_schema import Node
 from costproxy.money import MoneyError, format_usd, usd_to_nanos
 from costproxy.registry import TIERS
@@ -40,6 +43,7 @@ ACTION_TYPES = (
     "downgrade",
     "set-cost-limit",
     "cap-output-tokens",
+    "cache",
     "log",
 )
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -52,6 +56,7 @@ class Action:
     params: Mapping[str, Any]  # validated and normalised (read-only)
     constraints: Constraints | None = None  # None for reject and log
     model_refs: tuple[tuple[str, str], ...] = ()  # (field path in the rule, model name)
+    cache: CacheDirective | None = None  # the cache action only
 
 
 def parse_action(node: Node, rule_id: str) -> Action:
@@ -166,6 +171,14 @@ def _cap_output_tokens(params: Node, reason: str) -> Action:
     return Action("cap-output-tokens", _frozen({"max_tokens": tokens}), constraints)
 
 
+def _cache(params: Node, reason: str) -> Action:
+    ttl_node = params.child("ttl_s", None)
+    ttl = None if ttl_node.value is None else ttl_node.int(minimum=1, maximum=MAX_TTL_S)
+    share_node = params.child("share", None)
+    share = None if share_node.value is None else share_node.str(choices=SHARES)
+    return Action("cache", _frozen({"ttl_s": ttl, "share": share}), cache=CacheDirective(ttl_s=ttl, share=share))
+
+
 def _log(params: Node, reason: str) -> Action:
     message = params.child("message").str()
     level = params.child("level", "info").str(choices=LOG_LEVELS)
@@ -179,5 +192,6 @@ _PARSERS: dict[str, Callable[[Node, str], Action]] = {
     "downgrade": _downgrade,
     "set-cost-limit": _set_cost_limit,
     "cap-output-tokens": _cap_output_tokens,
+    "cache": _cache,
     "log": _log,
 }

@@ -11,8 +11,8 @@ rule whose conditions hold:
   on as if the rule did not exist;
 - ``mode: enforce``: recorded with ``applied=True``; a ``reject`` ends evaluation with
   ``rejected`` set; other actions merge into ``constraints`` (stricter demand wins; for ``route``
-  and the ``select-model`` quality, the last rule applied wins); evaluation stops after this rule
-  unless it says ``continue: true``.
+  and the ``select-model`` quality, the last rule applied wins; so does a ``cache`` action, into
+  ``cache``); evaluation stops after this rule unless it says ``continue: true``.
 
 ``log`` actions produce ``logs`` for every fired rule, tagged with the rule's mode.
 """
@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from costproxy.cache.policy import CacheDirective
 from costproxy.errors import RuleRejected
 from costproxy.routing.policy import EMPTY, Constraints
 from costproxy.steering.rules import Rule, RuleSet
@@ -63,6 +64,7 @@ class SteeringOutcome:
     shadow_rejected: Rejection | None = None  # the first reject a shadow rule would have made
     outside_rollout: tuple[str, ...] = ()  # matched, but this request is outside their rollout
     ruleset_digest: str = ""
+    cache: CacheDirective | None = None  # the cache action of the last applied rule that has one
 
     def raise_if_rejected(self) -> None:
         """Raise ``RuleRejected`` (with the rule's status and id) when a rule rejected the request."""
@@ -90,7 +92,7 @@ def rollout_bucket(rule_id: str, request_id: str) -> int:
 class _Acc:
     """Mutable accumulator local to one ``evaluate`` call."""
 
-    __slots__ = ("applied", "fired", "logs", "outside", "rejected", "shadow", "shadow_rejected")
+    __slots__ = ("applied", "cache", "fired", "logs", "outside", "rejected", "shadow", "shadow_rejected")
 
     def __init__(self) -> None:
         self.applied: list[int] = []  # positions in ruleset.active of applied rules with constraints
@@ -100,6 +102,7 @@ class _Acc:
         self.fired: list[FiredRule] = []
         self.logs: list[LogLine] = []
         self.outside: list[str] = []
+        self.cache: CacheDirective | None = None
 
 
 def evaluate(ruleset: RuleSet, context: Mapping[str, Any], request_id: str) -> SteeringOutcome:
@@ -125,6 +128,7 @@ def evaluate(ruleset: RuleSet, context: Mapping[str, Any], request_id: str) -> S
         shadow_rejected=acc.shadow_rejected,
         outside_rollout=tuple(acc.outside),
         ruleset_digest=ruleset.digest,
+        cache=acc.cache,
     )
 
 
@@ -148,6 +152,8 @@ def _apply(acc: _Acc, rule: Rule, position: int) -> bool:
         return True
     if rule.constraints is not None:
         acc.applied.append(position)
+    if rule.cache is not None:
+        acc.cache = rule.cache
     return False
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from costproxy.cache.policy import CacheDirective
 from costproxy.config_schema import Node
 from costproxy.errors import ConfigError
 from costproxy.routing.policy import Constraints
@@ -71,6 +72,7 @@ class Rule:
     constraints: Constraints | None = field(init=False, compare=False, repr=False)
     rejection: tuple[str, int] | None = field(init=False, compare=False, repr=False)  # message, status
     log_lines: tuple[tuple[str, str], ...] = field(init=False, compare=False, repr=False)  # level, msg
+    cache: CacheDirective | None = field(init=False, compare=False, repr=False)  # its cache action, if any
     rollout_threshold: int = field(init=False, compare=False, repr=False)  # basis points, 0..10000
     _checks: tuple[Check, ...] = field(init=False, compare=False, repr=False)
 
@@ -85,6 +87,7 @@ class Rule:
         object.__setattr__(self, "constraints", merged)
         object.__setattr__(self, "rejection", rejection)
         object.__setattr__(self, "log_lines", logs)
+        object.__setattr__(self, "cache", next((a.cache for a in reversed(self.actions) if a.cache), None))
         object.__setattr__(self, "rollout_threshold", round(self.rollout * 100))
         object.__setattr__(self, "_checks", tuple(c.check for c in self.conditions) or _ALWAYS)
 

@@ -11,7 +11,9 @@
 - ``alerts``: webhook subscriptions, deliveries, events, acknowledgements, read-only tokens;
 - ``ledger``: "the ledger" as reports read it (``ledger/reader.py``): the PostgreSQL ledger when
   ``store.ledger_url`` is set — written by a shipper from the local SQLite ledger (SQLite mode) or
-  from the shared Redis streams (Redis mode), see ``ledger/shipper.py`` — else ``local``.
+  from the shared Redis streams (Redis mode), see ``ledger/shipper.py`` — else ``local``;
+- ``limits``: the rate limiter (limits and buckets: in memory with a SQLite checkpoint, or Redis);
+- ``cache``: the response cache (a SQLite table, or TTL keys in Redis).
 
 In Redis mode the backend owns one command client for all of them (fail-fast timeouts) and one
 client for the ledger mirror's long blocking reads; nothing else opens a pool.  ``close`` releases
@@ -34,8 +36,11 @@ from costproxy.budgets.accounts import Accounts, LedgerAccounts
 from costproxy.budgets.book import BudgetAccounts
 from costproxy.budgets.definitions import BudgetStore, SqliteDefinitions, ensure_budget_schema
 from costproxy.budgets.sqlite import SqliteBudgetAccounts
+from costproxy.cache.store import ResponseCache, SqliteResponseCache
 from costproxy.identity.key_store import KeyStore, SqliteKeyStore
 from costproxy.ledger.reader import LedgerReader
+from costproxy.ratelimits.limiter import RateLimiter
+from costproxy.ratelimits.store import LocalBuckets, SqliteLimitDefinitions, ensure_schema
 from costproxy.settings import Settings
 from costproxy.store.sqlite import SqliteStore, sqlite_path
 
@@ -74,6 +79,8 @@ class Backend:
     client_keys: KeyStore
     alerts: AlertStore
     label: str  # where the data lives, fit for logs
+    limits: RateLimiter | None = None
+    cache: ResponseCache | None = None
     _closers: list[Closer] = field(default_factory=list, repr=False)
     postgres: PostgresLedger | None = None  # store.ledger_url
     shipper: Shipper | None = None  # writes the PostgreSQL ledger
@@ -162,13 +169,26 @@ async def _open_sqlite(settings: Settings, local: SqliteStore, clock: Callable[[
     alerts = SqliteAlertStore(local)
     await alerts.open()
     closers.append(alerts.close)
-    return Backend("sqlite", local, accounts, budgets, SqliteKeyStore(local), alerts, local.path, closers)
+    await ensure_schema(local)
+    buckets = LocalBuckets(local, clock=clock,
+                           checkpoint_interval_s=settings.rate_limits.settings.checkpoint_interval_s)
+    await buckets.open()
+    limits = RateLimiter(settings.rate_limits, SqliteLimitDefinitions(local), buckets, clock=clock)
+    await limits.open(refresh=False)
+    closers.append(limits.close)
+    cache = SqliteResponseCache(local, max_bytes=settings.cache.max_bytes,
+                                max_entry_bytes=settings.cache.max_entry_bytes, clock=clock)
+    await cache.open()
+    return Backend("sqlite", local, accounts, budgets, SqliteKeyStore(local), alerts, local.path, limits, cache,
+                   closers)
 
 
 async def _open_redis(settings: Settings, local: SqliteStore, clock: Callable[[], float]) -> Backend:
     from costproxy.alerts.store_redis import RedisAlertStore
     from costproxy.budgets.redis import open_redis_accounts, redis_client
+    from costproxy.cache.redis import RedisResponseCache
     from costproxy.identity.key_store_redis import RedisKeyStore
+    from costproxy.ratelimits.redis import RedisBuckets, RedisLimitDefinitions
 
     url, prefix = settings.store.url, settings.budgets.settings.key_prefix
     label = redacted(url)
@@ -182,7 +202,13 @@ async def _open_redis(settings: Settings, local: SqliteStore, clock: Callable[[]
     closers.append(accounts.close)
     keys = RedisKeyStore(redis, prefix=prefix, label=label)
     alerts = RedisAlertStore(redis, prefix, label)
-    return Backend("redis", local, accounts, accounts, keys, alerts, label, closers)
+    limits = RateLimiter(settings.rate_limits, RedisLimitDefinitions(redis, prefix, label=label),
+                         RedisBuckets(redis, prefix, label=label), clock=clock)
+    await limits.open(refresh=True)
+    closers.append(limits.close)
+    cache = RedisResponseCache(redis, prefix, max_bytes=settings.cache.max_bytes,
+                               max_entry_bytes=settings.cache.max_entry_bytes, label=label, clock=clock)
+    return Backend("redis", local, accounts, accounts, keys, alerts, label, limits, cache, closers)
 
 
 async def open_client_keys(settings: Settings) -> tuple[KeyStore, Closer]:

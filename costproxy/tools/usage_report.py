@@ -1,4 +1,9 @@
-"""``costproxy usage``: spend, baseline and saving by scope or model, and the latest requests."""
+"""``costproxy usage``: spend, baseline and saving by scope or model, and the latest requests.
+
+Saving is baseline minus cost over every request served, answers from the response cache included
+(cost 0, status ``cache_hit``); the cache's own share — what its hits would have cost had the
+provider been called again — is summed from their ``metadata.cache.saved_nanos``.
+"""
 
 from __future__ import annotations
 
@@ -37,15 +42,19 @@ async def _print(store: LedgerReader, hours: float, group_by: str, limit: int, c
         print(f"spend in the last {hours:g} h by {group_by}")
         print(f"{group_by:32} {'requests':>8} {'tokens in':>10} {'tokens out':>10} {'cost USD':>14} "
               f"{'baseline USD':>14} {'saving':>7}")
-        total_cost = total_base = 0
+        total_cost = total_base = hits = cache_saved = 0
         for r in rows:
             cost, base = r["cost"] or 0, r["base"] or 0
             total_cost += cost
             total_base += base
+            hits += r["hits"] or 0
+            cache_saved += r["cache_saved"] or 0
             print(f"{r['k'] or '-':32} {r['n']:>8} {r['tin'] or 0:>10} {r['tout'] or 0:>10} "
                   f"{format_usd(cost):>14} {format_usd(base):>14} {_saving_pct(cost, base):>7}")
         print(f"{'TOTAL':32} {'':>8} {'':>10} {'':>10} {format_usd(total_cost):>14} "
               f"{format_usd(total_base):>14} {_saving_pct(total_cost, total_base):>7}")
+        if hits:
+            print(f"response cache: {hits} hits (cost 0), saving {format_usd(cache_saved)} USD of provider calls")
         recent = await store.recent_entries(limit)
         if recent:
             print(f"\nlatest {len(recent)} requests")

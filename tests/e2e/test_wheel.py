@@ -64,7 +64,7 @@ def test_the_wheel_serves_from_an_empty_directory(tmp_path: Path) -> None:
     checked = run([str(bin_dir / "costproxy"), "check-config"], empty)
     assert checked.stdout.splitlines()[0] == f"config:   {defaults / 'config' / 'costproxy.yaml'} (from packaged " \
                                              "defaults)"
-    assert "12 rules" in checked.stdout and "ollama" in checked.stdout and checked.stdout.endswith("valid\n")
+    assert "13 rules" in checked.stdout and "ollama" in checked.stdout and checked.stdout.endswith("valid\n")
 
     server = Serving([str(bin_dir / "costproxy"), "serve", "--port", "0"], cwd=empty, env=CLEAN_ENV)
     try:

@@ -155,6 +155,27 @@ async def _routing(proxy: Proxy) -> None:
     await call(proxy, "GET", f"/api/v1/analytics/spend?groupBy=organization&from={int(time.time()) - 3600}")
 
 
+async def _limits(proxy: Proxy) -> None:
+    """Rate limits (snake_case spellings honoured on input) and the response cache's figures."""
+    created = await call(proxy, "POST", "/api/v1/rate-limits", 201, json={
+        "scope_type": "user", "scope_id": "alice", "requests_per_minute": 1000, "name": "alice"})
+    lid = created["id"]
+    assert created["scopeType"] == "user" and created["requestsPerMinute"] == 1000
+    await call(proxy, "GET", "/api/v1/rate-limits?scope_type=user")
+    await call(proxy, "GET", f"/api/v1/rate-limits/{lid}")
+    await call(proxy, "PATCH", f"/api/v1/rate-limits/{lid}", json={"tokensPerMinute": 10**6})
+    await call(proxy, "PUT", f"/api/v1/rate-limits/{lid}", json={**created, "burstRequests": 50})
+    resp = await proxy.client.post("/v1/chat/completions", json=CHAT, headers=proxy.auth())
+    assert resp.headers["x-ratelimit-limit-requests"] == "1000"
+    await call(proxy, "GET", "/api/v1/rate-limits/status?user=alice&org=acme")
+    await call(proxy, "GET", "/api/v1/cache")
+    await call(proxy, "DELETE", "/api/v1/cache")
+    await call(proxy, "DELETE", f"/api/v1/rate-limits/{lid}")
+    error = (await call(proxy, "POST", "/api/v1/rate-limits", 400, json={
+        "scopeType": "team", "scope_type": "team", "scopeId": "x", "requestsPerMinute": 1}))["error"]
+    assert error["param"] == "scopeType" and "given twice" in error["message"]
+
+
 async def test_every_documented_operation_answers_what_the_document_says(api: Api) -> None:
     proxy, recorder = api.proxy, api.recorder
     document = await call(proxy, "GET", "/openapi.json")
@@ -163,6 +184,7 @@ async def test_every_documented_operation_answers_what_the_document_says(api: Ap
     await _webhooks(proxy, api.hook_url)
     await _identity(proxy)
     await _routing(proxy)
+    await _limits(proxy)
     await call(proxy, "DELETE", f"/api/v1/budgets/{budget_id}")
     assert problems(document, recorder.answers) == []
     assert operations(document) - covered(recorder.answers) == set()

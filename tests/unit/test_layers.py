@@ -21,6 +21,8 @@ CORE = [
     "steering/evaluate.py",
     "protocols/anthropic.py", "protocols/anthropic_stream.py", "protocols/messages.py", "protocols/messages_stream.py",
     "protocols/responses.py", "protocols/responses_stream.py", "protocols/shapes.py", "protocols/usage.py",
+    "ratelimits/gcra.py", "ratelimits/model.py", "ratelimits/config.py",
+    "cache/policy.py", "cache/config.py", "cache/capture.py", "cache/replay.py",
 ]
 IO_MODULES = {"aiohttp", "redis", "sqlite3", "aiosqlite", "socket", "asyncio", "structlog", "opentelemetry",
               "prometheus_client", "urllib", "http", "subprocess"}
