@@ -16,9 +16,9 @@ import argparse
 import difflib
 import json
 import os
+import queue
 import re
 import subprocess
-import queue
 import sys
 import tempfile
 import threading
@@ -98,7 +98,7 @@ def _schema_section(name: str, schema: Schema) -> list[str]:
     lines = ["", f"### {name}", ""]
     properties = schema.get("properties")
     if not properties:
-        return lines + [f"{_type(schema)}."]
+        return [*lines, f"{_type(schema)}."]
     required = set(schema.get("required", []))
     closed = schema.get("additionalProperties") is False
     lines += [f"An object{'; no other fields' if closed else ''}.", "",

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 REQUIRED = "required"
 VARIES = "varies"  # the default depends on the element (e.g. a model's id, a provider's kind)
-_MISSING = config_schema._MISSING  # noqa: SLF001 - the parser's own "no default" marker
+_MISSING = config_schema._MISSING
 
 
 @dataclass
@@ -63,13 +63,13 @@ class KeyRecorder:
         return Path(file).name
 
     def read(self, node: Node, key: str, default: Any) -> None:
-        path = self.normalise(node._child_path(key))  # noqa: SLF001
+        path = self.normalise(node._child_path(key))
         record = self.records.setdefault((self.file_kind(node.file), path),
                                          KeyRecord(self.file_kind(node.file), path))
         record.defaults.append(default)
 
     def named(self, node: Node, key: str) -> None:
-        raw = node._child_path(key)  # noqa: SLF001
+        raw = node._child_path(key)
         self._dynamic[raw] = self.normalise(node.path) + ".*" if node.path else "*"
 
     def keys(self, file: str) -> dict[str, KeyRecord]:
@@ -87,10 +87,8 @@ def recording() -> Iterator[KeyRecorder]:
         return child(self, key, default)
 
     def recorded_has(self: Node, key: str) -> bool:
-        found = has(self, key)
-        if not found:  # asked about but absent: an optional key without a default
-            recorder.read(self, key, None)
-        return found
+        recorder.read(self, key, None)  # asked about first: optional, its default lives in the model
+        return has(self, key)
 
     def recorded_items(self: Node) -> Iterator[tuple[str, Node]]:
         for key, value in items(self):
