@@ -91,7 +91,8 @@ def _operation(path: str, method: str, operation: Schema) -> list[str]:
 
 def _json_schema(holder: Schema) -> Schema:
     content: Schema = holder.get("content", {})
-    return dict(next(iter(content.values()), {}).get("schema", {}))
+    media: Schema = next(iter(content.values()), {})
+    return dict(media.get("schema", {}))
 
 
 def _schema_section(name: str, schema: Schema) -> list[str]:
@@ -125,7 +126,7 @@ def _type(schema: Schema) -> str:
     if kind == "object" and "properties" in schema:
         fields = ", ".join(f"`{name}`: {_type(sub)}" for name, sub in schema["properties"].items())
         return "object {" + fields + "}"
-    return kind + _bounds(schema)
+    return str(kind) + _bounds(schema)
 
 
 def _bounds(schema: Schema) -> str:

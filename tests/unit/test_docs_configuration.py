@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from costproxy.routing.quality import FEATURE_NAMES, parse_quality
+from costproxy.analyzer.tasks import FEATURE_NAMES
+from costproxy.routing.quality import parse_quality
 from costproxy.settings import load_settings
 from tests.docs_support import DOCS, REQUIRED, ROOT, VARIES, KeyRecorder, code_spans, markdown_tables, recording
 
