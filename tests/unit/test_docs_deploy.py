@@ -134,3 +134,19 @@ def test_docker_compose_config_accepts_the_file() -> None:
     result = subprocess.run([docker, "compose", "-f", str(COMPOSE), "config", "--quiet"], capture_output=True,
                             text=True, check=False, env={**SAMPLE_SECRETS, "PATH": "/usr/bin:/bin:/usr/local/bin"})
     assert result.returncode == 0, result.stderr
+
+
+def test_the_yaml_snippets_of_the_deployment_and_monitoring_pages_parse() -> None:
+    from tests.docs_support import DOCS, fenced_blocks
+
+    snippets = [block for page in ("deployment.md", "monitoring.md")
+                for block in fenced_blocks((DOCS / page).read_text(encoding="utf-8"), "yaml")]
+    assert len(snippets) >= 2
+    parsed = [yaml.safe_load(snippet) for snippet in snippets]
+    probes = next(p for p in parsed if "readinessProbe" in p)
+    assert probes["readinessProbe"]["httpGet"]["path"] in PUBLIC_PATHS
+    assert probes["livenessProbe"]["httpGet"]["path"] in PUBLIC_PATHS
+    settings = load_settings(ROOT / "config" / "costproxy.yaml", {})
+    assert probes["terminationGracePeriodSeconds"] > settings.server.drain_timeout_s
+    scrape = next(p for p in parsed if "scrape_configs" in p)
+    assert scrape["scrape_configs"][0]["job_name"] == "costproxy"
