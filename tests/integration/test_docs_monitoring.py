@@ -7,8 +7,10 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from costproxy.http.state import METRICS
@@ -85,8 +87,18 @@ def test_the_dashboard_is_importable_json() -> None:
 def test_promtool_accepts_the_rules() -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
-        import pytest
-
         pytest.skip("promtool is not installed here (the metric-name and YAML checks above still run)")
     result = subprocess.run([promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_accepts_the_compose_prometheus_config(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed here (tests/unit/test_docs_deploy.py checks the file's YAML)")
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text(encoding="utf-8"))
+    config["rule_files"] = [str(ALERTS)]  # the container path, as mounted by deploy/docker-compose.yml
+    local = tmp_path / "prometheus.yml"
+    local.write_text(yaml.safe_dump(config), encoding="utf-8")
+    result = subprocess.run([promtool, "check", "config", str(local)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -103,6 +103,8 @@ def test_nginx_balances_the_replicas_and_relays_streams() -> None:
     assert body and int(body.group(1)) * 1024 * 1024 >= settings.server.max_body_bytes
     lb = compose()["services"]["lb"]
     assert any(volume.startswith("./nginx/nginx.conf:") for volume in lb["volumes"])
+    listen = re.search(r"^\s*listen\s+(\d+);", conf, re.MULTILINE)
+    assert listen and all(port.rsplit(":", 1)[-1] == listen.group(1) for port in lb["ports"])
     assert (DEPLOY / "nginx" / "nginx.conf").is_file()
 
 
