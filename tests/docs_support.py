@@ -25,6 +25,7 @@ DOCS = ROOT / "docs"
 REQUIRED = "required"
 VARIES = "varies"  # the default depends on the element (e.g. a model's id, a provider's kind)
 _MISSING = config_schema._MISSING
+TYPED_ACCESSORS = ("str", "int", "number", "bool", "decimal", "env_name", "str_map", "elements")
 
 
 @dataclass
@@ -44,10 +45,12 @@ class KeyRecord:
 
 
 class KeyRecorder:
-    """Collects (file, normalised path) -> defaults while ``Node`` parses."""
+    """Collects (file, normalised path) -> defaults, and the accessors that read each value, while
+    ``Node`` parses."""
 
     def __init__(self) -> None:
         self.records: dict[tuple[str, str], KeyRecord] = {}
+        self.kinds: dict[tuple[str, str], set[str]] = {}  # accessor names: int, number, str:a|b, …
         self._dynamic: dict[str, str] = {}  # raw path of an operator-named key -> its normalised form
 
     def normalise(self, raw: str) -> str:
@@ -72,6 +75,13 @@ class KeyRecorder:
         raw = node._child_path(key)
         self._dynamic[raw] = self.normalise(node.path) + ".*" if node.path else "*"
 
+    def accessed(self, node: Node, kind: str) -> None:
+        path = re.sub(r"\[\]$", "", self.normalise(node.path))  # a list element types its list
+        self.kinds.setdefault((self.file_kind(node.file), path), set()).add(kind)
+
+    def kinds_of(self, file: str, path: str) -> set[str]:
+        return self.kinds.get((file, path), set())
+
     def keys(self, file: str) -> dict[str, KeyRecord]:
         return {path: r for (kind, path), r in self.records.items() if kind == file}
 
@@ -95,11 +105,27 @@ def recording() -> Iterator[KeyRecorder]:
             recorder.named(self, key)
             yield key, value
 
+    typed = {name: getattr(Node, name) for name in TYPED_ACCESSORS}
+
+    def typed_accessor(name: str) -> Any:
+        original = typed[name]
+
+        def accessor(self: Node, *args: Any, **kwargs: Any) -> Any:
+            choices = kwargs.get("choices")
+            recorder.accessed(self, f"str:{'|'.join(choices)}" if name == "str" and choices else name)
+            return original(self, *args, **kwargs)
+
+        return accessor
+
     Node.child, Node.has, Node.items = recorded_child, recorded_has, recorded_items  # type: ignore[method-assign]
+    for name in TYPED_ACCESSORS:
+        setattr(Node, name, typed_accessor(name))
     try:
         yield recorder
     finally:
         Node.child, Node.has, Node.items = child, has, items  # type: ignore[method-assign]
+        for name, original in typed.items():
+            setattr(Node, name, original)
 
 
 # --- Markdown ------------------------------------------------------------------------------------

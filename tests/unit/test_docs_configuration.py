@@ -121,3 +121,34 @@ def test_every_environment_variable_the_settings_read_is_documented() -> None:
     documented_names = set(re.findall(r"`(COSTPROXY_[A-Z_]+)`", text))
     assert read - documented_names == set(), f"undocumented: {sorted(read - documented_names)}"
     assert documented_names - read == set(), f"documented but never read: {sorted(documented_names - read)}"
+
+
+def _type_problem(cell: str, kinds: set[str]) -> str | None:
+    """Why the documented type does not match how the parser reads the value (None: it does)."""
+    text = cell.replace("\\|", "|")
+    choices = [k[4:].split("|") for k in kinds if k.startswith("str:")]
+    if choices:
+        documented = set(re.split(r"[|`\s]+", " ".join(code_spans(text)) or text)) - {""}
+        return None if set(choices[0]) <= documented else f"choices {choices[0]}"
+    expected = {"bool": ("bool",), "int": ("integer",), "number": ("number", "seconds", "fraction", "days"),
+                "env_name": ("env var name",), "decimal": ("decimal",), "str_map": ("mapping",),
+                "elements": ("list", "mapping")}
+    for kind, words in expected.items():
+        if kind in kinds:
+            return None if any(word in text for word in words) else f"read as {kind}"
+    return None
+
+
+@pytest.mark.parametrize("file", ["costproxy.yaml", "models.yaml", "quality.yaml"])
+def test_documented_types_match_how_the_parser_reads_them(tmp_path: Path, file: str) -> None:
+    recorder = recorded(tmp_path)
+    text = DOC.read_text(encoding="utf-8")
+    section = re.split(r"^## ", text, flags=re.MULTILINE)
+    tables = [t for s in section if s.split("\n", 1)[0].strip() == file for t in markdown_tables(s)]
+    wrong = []
+    for row in (row for table in tables for row in table):
+        key = re.sub(r"<[^>]+>", "*", code_spans(row["key"])[0])
+        problem = _type_problem(row["type"], recorder.kinds_of(file, key))
+        if problem:
+            wrong.append(f"{key}: type {row['type']!r}: {problem}")
+    assert not wrong, "\n".join(wrong)
