@@ -326,6 +326,10 @@ class SelectionRouter:
         view = request.budget
         pressure = BudgetPressure(used_fraction=view.used_fraction, burn_ratio=view.burn_ratio,
                                   remaining_nanos=view.remaining_nanos)
+        if not self.candidates and self.unservable:
+            missing = sorted(set(self.unservable.values()))
+            raise ProviderNotConfigured("no model can serve this request: no configured provider has its key ("
+                                        + "; ".join(missing) + ")", param="model")
         healthy = [m for m in candidates if self.breakers.allows(m)]
         baseline = named.id if named is not None else self.registry.baseline_model
         try:

@@ -17,6 +17,7 @@ from typing import Any
 from costproxy.analyzer.encodings import load_encodings
 from costproxy.analyzer.tokens import TokenCounter
 from costproxy.budgets.accounts import BudgetView
+from costproxy.errors import ProxyError
 from costproxy.identity.principal import Principal
 from costproxy.money import format_usd
 from costproxy.registry import ENDPOINT_KIND
@@ -66,8 +67,15 @@ def explain_main(argv: list[str]) -> int:
     tokens = counter.count_chat(body.get("messages") or [], encoding, tools=body.get("tools"))
     principal = Principal(user=args.user, team=args.team, org=args.org, project=args.project, via="cli")
     ctx = RequestContext(request_id="explain", principal=principal, endpoint=args.endpoint)
-    explanation = router.explain(RouteInput(ctx=ctx, body=body, requested=str(body["model"]),
-                                            input_tokens=tokens, budget=BudgetView()))
+    try:
+        explanation = router.explain(RouteInput(ctx=ctx, body=body, requested=str(body["model"]),
+                                                input_tokens=tokens, budget=BudgetView()))
+    except ProxyError as exc:  # the answer the proxy would give, e.g. no provider key is set
+        if args.json:
+            print(json.dumps(exc.body(), indent=2))
+        print(f"costproxy explain: the proxy would refuse this request: {exc.status} {exc.code}: {exc}",
+              file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(_as_json(explanation), indent=2, default=str))
     else:
