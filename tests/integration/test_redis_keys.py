@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import os
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,13 +24,13 @@ from costproxy.settings import Settings
 from costproxy.store.backend import local_path as ledger_path
 from tests.conftest import ADMIN_TOKEN, load_test_settings
 from tests.conftest_redis import RedisServer, RedisSpace, own_redis, redis_endpoint, redis_space  # noqa: F401
+from tests.polling import eventually
 
 pytestmark = pytest.mark.redis
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 CHAT = {"model": "small", "max_tokens": 20, "messages": [{"role": "user", "content": "hi [[sim:tokens=3]]"}]}
-WITHIN = 3.5  # replicas poll the key version every 2 s
 
 
 @dataclass
@@ -64,15 +63,6 @@ def make_replica(aiohttp_client: Any, config_path: Path, redis_space: RedisSpace
         return Replica(await aiohttp_client(app), app, settings)
 
     return make
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = WITHIN) -> float:
-    """Seconds until ``check()`` held; fails after ``within``."""
-    start = time.monotonic()
-    while not await check():
-        assert time.monotonic() - start < within, f"not within {within} s"
-        await asyncio.sleep(0.1)
-    return time.monotonic() - start
 
 
 async def create_key(replica: Replica, **fields: str) -> dict[str, Any]:
