@@ -3,9 +3,7 @@ savings report, streams replayed in every API, partitions, TTL, bounds, failures
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from typing import Any
 
 import orjson
@@ -14,6 +12,7 @@ import pytest
 from costproxy.budgets.codec import usd
 from tests.conftest import ADMIN_TOKEN, Proxy, ProxyFactory
 from tests.integration.conftest import ProtocolProxy
+from tests.polling import eventually
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 CHAT = {"model": "big", "temperature": 0, "max_tokens": 60,
@@ -306,10 +305,11 @@ async def test_a_client_leaving_a_replayed_stream_is_still_a_settled_hit(make_pr
     assert resp.headers["x-costproxy-cache"] == "hit"
     await resp.content.readany()
     resp.close()  # hang up after the first bytes
-    deadline = time.monotonic() + 5
-    while len(await proxy.ledger()) < 2:  # settled when the replay ends, whenever the client left
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
+
+    async def settled() -> bool:  # settled when the replay ends, whenever the client left
+        return len(await proxy.ledger()) >= 2
+
+    await eventually(settled, what="the replayed hit in the ledger")
     hit = (await proxy.ledger())[-1]
     assert hit.status == "cache_hit" and hit.cost_nanos == 0
     assert (await post(proxy, CHAT)).headers["x-costproxy-cache"] == "hit"  # nothing broke
