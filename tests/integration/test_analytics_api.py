@@ -60,7 +60,8 @@ async def test_overview_figures_match_the_ledger(make_proxy: ProxyFactory) -> No
     assert {e.served_model for e in auto} == {"backup"}  # the cheapest economy model of the test registry
     assert body["autoShare"] == [{"model": "backup", "requests": 3, "amount": usd(sum(e.cost_nanos for e in auto)),
                                   "percent": 100.0}]
-    assert body["budgetsAtRisk"] == [] and body["today"]["refused"] == 0 and body["serverMs"] >= 0
+    assert body["budgetsAtRisk"] == [] and body["today"]["refused"] == 0
+    assert isinstance(body["serverMs"], (int, float))  # a duration: its value is the machine's
     bad = await get(proxy, "/api/v1/analytics/overview?tz=Mars/Olympus", status=400)
     assert bad["error"]["param"] == "tz" and bad["error"]["code"] == "invalid_request"
 

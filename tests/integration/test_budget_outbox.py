@@ -19,7 +19,7 @@ from costproxy.budgets.book import BudgetEvent, usage_entry
 from costproxy.budgets.codec import usage_from_json
 from costproxy.errors import StoreUnavailable
 from costproxy.ledger.entry import LedgerEntry
-from tests.conftest_redis import RedisServer, RedisSpace, free_port, new_space, own_redis, redis_endpoint, redis_space
+from tests.conftest_redis import RedisServer, RedisSpace, new_space, own_redis, redis_endpoint, redis_space
 from tests.integration.test_budget_redis import (
     ALICE,
     CHAIN,
@@ -107,7 +107,7 @@ async def test_overrun_refusal_and_idempotent_usage_in_the_shared_ledger(replica
 @pytest.fixture
 def aof_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A private Redis that writes every command to its AOF before answering."""
-    server = RedisServer(free_port(), tmp_path / "aof-redis",
+    server = RedisServer(tmp_path / "aof-redis",
                          ("--appendonly", "yes", "--appendfsync", "always")).start()
     try:
         yield server

@@ -163,7 +163,7 @@ def test_difficulty_in_unit_interval_and_ordered() -> None:
         90,
     )
     assert 0.0 <= easy < hard <= 1.0
-    assert estimate_difficulty("math", "", 0) >= 0.0
+    assert 0.0 <= estimate_difficulty("math", "", 0) < estimate_difficulty("math", "What is 2+2?", 6)
     assert estimate_difficulty("reasoning", "why " * 10_000, 10**6) <= 1.0
 
 
