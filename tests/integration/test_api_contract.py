@@ -17,7 +17,8 @@ from costproxy.http.app import create_app
 from costproxy.http.keys_api import issue_key
 from costproxy.http.state import ALERTS, KEYRING, STORE
 from tests.conftest import ADMIN_TOKEN, ConfigFactory, Proxy, load_test_settings
-from tests.integration.api_harness import Receiver, Recorder, covered, operations, problems, wait_until
+from tests.integration.api_harness import Receiver, Recorder, covered, operations, problems
+from tests.polling import eventually
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 CHAT = {"model": "auto", "messages": [{"role": "user", "content": "Classify this sentence as happy or sad."}]}
@@ -114,12 +115,12 @@ async def _webhooks(proxy: Proxy, hook_url: str) -> None:
     async def idle() -> bool:
         return manager.sender.running() == 0
 
-    await wait_until(idle)
+    await eventually(idle, what="webhook deliveries to finish")
     await call(proxy, "GET", f"/api/v1/webhooks/{wid}/deliveries")
     await call(proxy, "GET", f"/api/v1/webhooks/{wid}/deliveries/{delivery['id']}")
     await call(proxy, "POST", f"/api/v1/webhooks/{wid}/deliveries/{delivery['id']}/redeliver", 202)
     await call(proxy, "POST", f"/api/v1/webhooks/{wid}/rotate-secret")
-    await wait_until(idle)
+    await eventually(idle, what="webhook deliveries to finish")
     await call(proxy, "GET", "/api/v1/events?limit=20")
     await call(proxy, "DELETE", f"/api/v1/webhooks/{wid}")
 
