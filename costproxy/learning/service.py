@@ -10,11 +10,15 @@ Selection reads the snapshot only: it never waits for the store.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from costproxy.learning.config import LearningSettings
 from costproxy.learning.estimates import OnlineEstimates, z_score
 from costproxy.learning.feedback import Feedback, FeedbackInput
-from costproxy.learning.store import LearningStore, contribution
+from costproxy.learning.store import LearningStore, SqliteLearningStore, contribution
 from costproxy.ledger.entry import LedgerEntry
+from costproxy.settings import Settings
+from costproxy.store.sqlite import SqliteStore
 
 LEARNABLE_STATUSES = ("ok",)
 BUCKET_KEY = "difficulty_bucket"  # where the pipeline records the bucket in the ledger entry's metadata
@@ -64,3 +68,32 @@ class Learner:
             if item is not None and item.cell is not None and n:
                 estimates = estimates.with_observation(item.cell, sign * n, sign * successes)
         self.estimates = estimates
+
+
+async def stored_estimates(settings: Settings) -> OnlineEstimates:
+    """The estimates a deployment's store holds now (``costproxy explain``): opened, read, closed."""
+    from costproxy.store.backend import is_redis_url, local_path, redacted
+
+    config = settings.learning
+    if is_redis_url(settings.store.url):
+        from costproxy.budgets.redis import redis_client
+        from costproxy.learning.redis import RedisLearningStore
+
+        redis = redis_client(settings.store.url)
+        try:
+            cells = await RedisLearningStore(redis, settings.budgets.settings.key_prefix,
+                                             label=redacted(settings.store.url)).evidence()
+        finally:
+            await redis.aclose()
+    elif not Path(local_path(settings)).exists():
+        cells = {}  # nothing recorded yet (and explain creates no store file)
+    else:
+        local = SqliteStore(local_path(settings))
+        await local.open()
+        try:
+            store = SqliteLearningStore(local)
+            await store.open()
+            cells = await store.evidence()
+        finally:
+            await local.close()
+    return OnlineEstimates(cells, config.prior_strength, z_score(config.confidence))

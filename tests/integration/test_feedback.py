@@ -4,6 +4,9 @@ unknown requests, what it teaches the router, and two stores sharing one file's 
 from __future__ import annotations
 
 import asyncio
+import json
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from costproxy.http.state import LEARNER, ROUTER, STORE
@@ -12,8 +15,12 @@ from costproxy.learning.feedback import FeedbackInput
 from costproxy.learning.service import Learner
 from costproxy.learning.store import SqliteLearningStore
 from costproxy.ledger.entry import LedgerEntry
+from costproxy.settings import load_settings
+from costproxy.store.backend import local_path
 from costproxy.store.sqlite import SqliteStore
+from costproxy.tools.explain import explain_main
 from tests.conftest import ADMIN_TOKEN, Proxy, ProxyFactory
+from tests.e2e.test_cli_tools import write_config
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 CHAT = {"model": "auto", "messages": [{"role": "user", "content": "Classify this sentence as happy or sad."}]}
@@ -121,3 +128,32 @@ async def test_two_replicas_on_one_file_share_the_estimates(tmp_path: Any) -> No
     finally:
         await first.close()
         await second.close()
+
+
+def test_explain_shows_prior_evidence_and_posterior(tmp_path: Any, capsys: Any) -> None:
+    config = write_config(tmp_path)
+    message = ["--config", str(config), "--message", "Classify this review as positive or negative: superb"]
+    assert explain_main([*message, "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert all(s["learned"] is None for s in plain["scores"])
+    assert not Path(local_path(load_settings(config))).exists()  # explain created no store
+    chosen = plain["chain"][0]
+    bucket = int(next(r for r in plain["reasons"] if "bucket" in r).split("bucket ")[1].rstrip(")"))
+
+    async def learn() -> None:
+        local = SqliteStore(local_path(load_settings(config)))
+        await local.open()
+        store = SqliteLearningStore(local)
+        await store.open()
+        learner = Learner(store, LearningSettings())
+        for i in range(30):
+            entry = replace(_entry(f"r{i}", chosen), task_type=plain["taskType"],
+                            metadata={"difficulty_bucket": bucket})
+            await learner.record(FeedbackInput(f"r{i}", 0.0, "eval"), entry, "test", i)
+        await local.close()
+
+    asyncio.run(learn())
+    assert explain_main(message) == 0
+    text = capsys.readouterr().out
+    assert "learned: prior" in text and "evidence 30" in text
+    assert f"model: {chosen}" not in text  # thirty failures moved the request elsewhere
