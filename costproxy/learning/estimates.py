@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 
 Cell = tuple[str, int, str]  # (task type, difficulty bucket, model id)
+MEMO_LIMIT = 65_536  # posteriors kept per snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,17 +88,26 @@ class OnlineEstimates:
     """A snapshot of every cell's evidence, read by selection without any I/O.
 
     ``lookup`` answers ``None`` for a cell without evidence, the common case, at the cost of one
-    dictionary lookup."""
+    dictionary lookup; posteriors are memoised per (cell, prior) — a snapshot never changes, and
+    without per-request predictors a cell always has the same prior."""
 
     cells: Mapping[Cell, Evidence] = field(default_factory=dict)
     strength: float = 20.0
     z: float = 1.6448536269514722  # 95 % one-sided
+    _memo: dict[tuple[Cell, float], Posterior] = field(default_factory=dict, compare=False, repr=False)
 
     def lookup(self, task_type: str, bucket: int, model: str, prior: float) -> Posterior | None:
-        evidence = self.cells.get((task_type, bucket, model))
+        cell = (task_type, bucket, model)
+        evidence = self.cells.get(cell)
         if evidence is None or evidence.n <= 0:
             return None
-        return posterior(prior, evidence, self.strength, self.z)
+        key = (cell, prior)
+        found = self._memo.get(key)
+        if found is None:
+            if len(self._memo) > MEMO_LIMIT:
+                self._memo.clear()
+            found = self._memo[key] = posterior(prior, evidence, self.strength, self.z)
+        return found
 
     def evidence(self, task_type: str, bucket: int, model: str) -> Evidence:
         return self.cells.get((task_type, bucket, model), Evidence())

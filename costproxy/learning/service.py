@@ -10,6 +10,7 @@ Selection reads the snapshot only: it never waits for the store.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from costproxy.learning.config import LearningSettings
@@ -85,7 +86,7 @@ async def stored_estimates(settings: Settings) -> OnlineEstimates:
                                              label=redacted(settings.store.url)).evidence()
         finally:
             await redis.aclose()
-    elif not Path(local_path(settings)).exists():
+    elif not await asyncio.to_thread(Path(local_path(settings)).exists):
         cells = {}  # nothing recorded yet (and explain creates no store file)
     else:
         local = SqliteStore(local_path(settings))
