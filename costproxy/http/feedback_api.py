@@ -28,11 +28,14 @@ from costproxy.background import cancel_and_wait, stop_if_cancelled
 from costproxy.errors import InvalidRequest, NotFound, StoreUnavailable
 from costproxy.http.budgets_api import actor, viewer
 from costproxy.http.keys_api import json_body
-from costproxy.http.state import ADMIN_ROLE, BACKEND, LEARNER, LEDGER, PRINCIPAL, ROUTER, SETTINGS
+from costproxy.http.state import ADMIN_ROLE, BACKEND, JUDGE, LEARNER, LEDGER, PRINCIPAL, ROUTER, SERVICES, SETTINGS
 from costproxy.learning.feedback import MAX_ID_CHARS, parse_feedback
+from costproxy.learning.judge import Judge, Sample, answer_text
 from costproxy.learning.service import Learner
 from costproxy.learning.store import LearningStore, SqliteLearningStore
 from costproxy.ledger.entry import LedgerEntry
+from costproxy.pipeline.run import UnaryResult
+from costproxy.request import Api, ChatRequest
 from costproxy.wire import query_value
 
 log = structlog.get_logger("costproxy.learning")
@@ -123,9 +126,26 @@ async def learning_ctx(app: web.Application) -> AsyncIterator[None]:
     store = _store(app)
     await store.open()
     learner = app[LEARNER] = Learner(store, settings)
+    judge = app[JUDGE] = None
+    if settings.judge.enabled:
+        config = app[SETTINGS]
+        judge = app[JUDGE] = Judge(settings.judge, config.registry, config.providers, app[SERVICES].upstream,
+                                   learner=learner, accounts=app[BACKEND].accounts)
     task = asyncio.create_task(_refresh(app, learner), name="costproxy-learning-refresh")
     yield
     await cancel_and_wait([task])
+    if judge is not None:
+        await judge.stop()
+
+
+def offer_to_judge(request: web.Request, chat: ChatRequest, result: UnaryResult) -> None:
+    """Hand a unary chat answer to the judge, which samples it or not (never awaited)."""
+    judge = request.app.get(JUDGE)
+    if judge is None or chat.api is not Api.CHAT:
+        return
+    messages, answer = chat.body.get("messages"), answer_text(result.data)
+    if isinstance(messages, list) and answer is not None:
+        judge.offer(Sample(result.entry, messages, answer))
 
 
 async def _refresh(app: web.Application, learner: Learner) -> None:
