@@ -9,6 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from costproxy.http.state import LEARNER, ROUTER, STORE
 from costproxy.learning.config import LearningSettings
 from costproxy.learning.feedback import FeedbackInput
@@ -132,6 +134,8 @@ async def test_two_replicas_on_one_file_share_the_estimates(tmp_path: Any) -> No
 
 def test_explain_shows_prior_evidence_and_posterior(tmp_path: Any, capsys: Any) -> None:
     config = write_config(tmp_path)
+    document = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**document, "store": {"url": f"sqlite:///{tmp_path / 'store.sqlite3'}"}}))
     message = ["--config", str(config), "--message", "Classify this review as positive or negative: superb"]
     assert explain_main([*message, "--json"]) == 0
     plain = json.loads(capsys.readouterr().out)
