@@ -116,6 +116,10 @@ def _eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--label-rate", type=float, default=0.05,
                         help="--online: share of rows whose label is revealed")
     parser.add_argument("--horizon", type=int, default=500, help="--online: requests after which the goal is checked")
+    parser.add_argument("--online-prior-strength", type=float, default=20.0,
+                        help="--online: observations the profile's estimate is worth (learning.prior_strength)")
+    parser.add_argument("--online-confidence", type=float, default=0.95,
+                        help="--online: level of the lower bound (learning.confidence)")
     return parser
 
 
@@ -161,8 +165,11 @@ def _online(args: argparse.Namespace, argv: list[str]) -> int:
         data = load_dataset(args.data)
         count = token_counter(args.tokenizer)
         profiles = None if args.profiles is None else _load_profiles(args.profiles, data, count, args.tokenizer)
+        if not 0.5 <= args.online_confidence < 1.0 or args.online_prior_strength < 0:
+            raise ValueError("--online-confidence must be in [0.5, 1) and --online-prior-strength >= 0")
         options = OnlineOptions(label_rate=args.label_rate, horizon=args.horizon,
-                                target_retention=args.target_retention, seed=args.seed)
+                                target_retention=args.target_retention, seed=args.seed,
+                                prior_strength=args.online_prior_strength, confidence=args.online_confidence)
         results = run_online(data, profiles, count, options)
     except (DatasetError, ConfigError, ValueError) as exc:
         print(f"costproxy eval: error: {exc}", file=sys.stderr)

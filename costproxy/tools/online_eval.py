@@ -79,6 +79,14 @@ class StreamResult:
             return None
         return float(self.saving[self.at(horizon)] / self.best_fixed_saving)
 
+    def goal_met(self, horizon: int, target_retention: float) -> bool | None:
+        """The issue's goal: ≥ 80 % of the best fixed saving, at the target retention (None: no fixed
+        policy saves anything at the target, so there is no saving to reach)."""
+        share = self.share(horizon)
+        if share is None:
+            return None
+        return share >= 0.8 and bool(self.retention[self.at(horizon)] >= target_retention)
+
 
 def _cumulative(cost: FloatArray, perf: FloatArray, data: EvalSet, strongest: int) -> tuple[FloatArray, FloatArray]:
     base_cost, base_perf = np.cumsum(data.cost[:, strongest]), np.cumsum(data.perf[:, strongest])
@@ -182,6 +190,9 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None or not np.isfinite(value) else f"{100 * value:.1f}%"
 
 
+_GOAL = {True: "met", False: "**not met**", None: "n/a (nothing to save)"}
+
+
 def summary_markdown(results: Sequence[StreamResult], options: OnlineOptions, command: str) -> str:
     h = options.horizon
     lines = [f"Command: `{command}`", "",
@@ -196,7 +207,7 @@ def summary_markdown(results: Sequence[StreamResult], options: OnlineOptions, co
             f"| {r.benchmark} | {r.rows} | {r.labels} | {_pct(r.saving[k])} / {_pct(r.retention[k])} | "
             f"{_pct(r.static_saving[k])} / {_pct(r.static_retention[k])} | {r.best_fixed}: "
             f"{_pct(r.best_fixed_saving)} / {_pct(r.best_fixed_retention)} | {_pct(r.share(h))} | "
-            f"{_pct(r.saving[-1])} / {_pct(r.retention[-1])} |")
+            f"{_GOAL[r.goal_met(h, options.target_retention)]} | {_pct(r.saving[-1])} / {_pct(r.retention[-1])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -204,12 +215,13 @@ def _write_csvs(results: Sequence[StreamResult], options: OnlineOptions, out: Pa
     with (out / "online_summary.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["benchmark", "rows", "labels", "horizon", "saving", "retention", "static_saving",
-                         "static_retention", "best_fixed", "best_fixed_saving", "best_fixed_retention", "share"])
+                         "static_retention", "best_fixed", "best_fixed_saving", "best_fixed_retention", "share",
+                         "goal_met"])
         for r in results:
             k = r.at(options.horizon)
             writer.writerow([r.benchmark, r.rows, r.labels, k + 1, r.saving[k], r.retention[k], r.static_saving[k],
                              r.static_retention[k], r.best_fixed, r.best_fixed_saving, r.best_fixed_retention,
-                             r.share(options.horizon)])
+                             r.share(options.horizon), r.goal_met(options.horizon, options.target_retention)])
     with (out / "online_stream.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["benchmark", "requests", "saving", "retention", "static_saving", "static_retention"])
