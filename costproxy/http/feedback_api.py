@@ -41,7 +41,7 @@ from costproxy.wire import query_value
 log = structlog.get_logger("costproxy.learning")
 
 FEEDBACK_PATH = "/api/v1/feedback"
-LEDGER_WAIT_S = 1.0  # Redis mode: how long to wait for a request's entry to reach this replica's mirror
+LEDGER_WAIT_S = 3.0  # Redis mode: how long to wait for a request's entry to reach this replica's mirror
 
 
 def _chain(entry: LedgerEntry) -> list[tuple[str, str]]:

@@ -67,13 +67,22 @@ async def test_feedback_on_one_replica_reaches_the_others_router(aiohttp_client:
     resp = await a.post("/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {key}"})
     assert resp.status == 200
     rid = resp.headers["x-costproxy-request-id"]
-    answer = await b.post("/api/v1/feedback", json={"requestId": rid, "thumbs": "up", "source": "user"},
-                          headers=ADMIN)  # the other replica: it waits for its ledger mirror
-    assert answer.status == 201, await answer.text()
-    cell = ((body := await answer.json())["taskType"], body["difficultyBucket"], body["model"])
+    accepted: list[dict[str, Any]] = []
+
+    async def sent() -> bool:  # the other replica: 404 until the entry reaches its ledger mirror
+        answer = await b.post("/api/v1/feedback", json={"requestId": rid, "thumbs": "up", "source": "user"},
+                              headers=ADMIN)
+        assert answer.status in (201, 404), await answer.text()
+        if answer.status == 201:
+            accepted.append(await answer.json())
+        return bool(accepted)
+
+    await wait_until(sent, seconds=30)
+    body = accepted[0]
+    cell = (body["taskType"], body["difficultyBucket"], body["model"])
 
     async def learned() -> bool:
         estimates = a.app[ROUTER].estimates
         return estimates is not None and estimates.evidence(*cell).n == 1.0
 
-    await wait_until(learned)
+    await wait_until(learned, seconds=30)
