@@ -322,7 +322,8 @@ def _feedback_paths() -> dict[str, Schema]:
                   "comment": {"type": "string", "maxLength": 4000}}, required=("requestId", "source"))
     return {FEEDBACK: {
         "post": op("Feedback on one request's answer (score in [0, 1] or thumbs up/down); one per source, "
-                   "sending it again replaces it", feedback, request=given, status=201, read_only=False,
+                   "sending it again replaces it (also the request's own cp- key, and read-only tokens for "
+                   "requests of their scopes)", feedback, request=given, status=201,
                    tag="learning", also={200: "this source's feedback on the request was already recorded "
                                               "(replaced, or unchanged when identical)"}),
         "get": op("Every source's feedback on a request", resp(requestId=S, model=N, taskType=N, status=S,
