@@ -18,6 +18,8 @@ Target (issue 4): p99 < 0.5 ms at 1,000 tokens on a 2-core machine.
 
 ``--predictors`` adds a per-request quality predictor (``quality.py``) for every candidate model and
 every task type — the worst case of a calibrated file — so the timing includes evaluating them.
+``--learned`` gives every (task, difficulty bucket, model) cell feedback evidence, so every candidate's
+quality is a posterior (``learning/estimates.py``) — the worst case of a deployment that learns.
 """
 
 from __future__ import annotations
@@ -45,6 +47,11 @@ from costproxy.registry import parse_registry  # noqa: E402
 from costproxy.routing.policy import Constraints  # noqa: E402
 from costproxy.routing.quality import QualityProfiles, parse_quality  # noqa: E402
 from costproxy.routing.selection import BudgetPressure, SelectionConfig, select  # noqa: E402
+
+try:  # the branch that learns from feedback (issue 10); absent before it
+    from costproxy.learning.estimates import OnlineEstimates
+except ImportError:  # pragma: no cover
+    OnlineEstimates = None  # type: ignore[assignment,misc]
 
 RulesHook = Callable[[Mapping[str, Any], RequestProfile], Constraints]
 SIZES = (100, 1_000, 10_000)
@@ -102,7 +109,8 @@ def measure(body: dict[str, Any], tokens: int, iterations: int, rules: RulesHook
         start = time.perf_counter_ns()
         n = count() if count is not None else tokens
         profile = analyze(body, n)
-        select(profile, candidates, QUALITY, rules(body, profile), pressure, config, baseline=REGISTRY.baseline_model)
+        select(profile, candidates, QUALITY, rules(body, profile), pressure, config, baseline=REGISTRY.baseline_model,
+               **LEARNED)
         elapsed = time.perf_counter_ns() - start
         if i >= 200:  # warm-up
             samples.append(elapsed / 1_000)
@@ -119,6 +127,8 @@ def measure_router(body: dict[str, Any], tokens: int, iterations: int) -> tuple[
     from costproxy.settings import load_settings
 
     router = build_router(load_settings(ROOT / "config/costproxy.yaml", {}))
+    if LEARNED:
+        router.estimates = LEARNED["estimates"]
     view = BudgetView(used_fraction=0.3, burn_ratio=0.8, remaining_nanos=10**9,
                       fields={"budget.team.used_pct": 30.0, "budget.any.status": "normal"})
     principal = Principal(key_id="k", user="u", team="t", org="o")
@@ -141,6 +151,17 @@ def _counting(counter: TokenCounter, messages: list[dict[str, str]]) -> Callable
 
 REGISTRY = parse_registry(yaml.safe_load((ROOT / "config/models.yaml").read_text()), "config/models.yaml")
 QUALITY = parse_quality(yaml.safe_load((ROOT / "config/quality.yaml").read_text()), "config/quality.yaml")
+LEARNED: dict[str, Any] = {}  # select(**LEARNED): nothing, or estimates=… with --learned
+
+
+def learned_everywhere() -> Any:
+    """Evidence (40 observations, 34 successes) in every cell a request can fall in."""
+    cells = {(t, b, m.id): (40.0, 34.0) for t in TASK_TYPES for b in range(len(QUALITY.edges(t)) + 1)
+             for m in REGISTRY.models.values() if m.kind == "chat"}
+    estimates = OnlineEstimates()
+    for cell, (n, s) in cells.items():
+        estimates = estimates.with_observation(cell, n, s)
+    return estimates
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,7 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=3_000)
     parser.add_argument("--with-count", action="store_true", help="include token counting in the timing")
     parser.add_argument("--predictors", action="store_true", help="a quality predictor for every model and task")
+    parser.add_argument("--learned", action="store_true", help="feedback evidence for every task, bucket and model")
     args = parser.parse_args(argv)
+    if args.learned:
+        LEARNED["estimates"] = learned_everywhere()
     global QUALITY
     if args.predictors:
         QUALITY = with_predictors(QUALITY)
@@ -156,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     chat = [m for m in REGISTRY.models.values() if m.kind == "chat"]
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {len(chat)} candidate models, "
           f"{args.iterations} timed requests per size{' (token counting included)' if args.with_count else ''}"
-          f"{', predictors for every model and task' if args.predictors else ''}")
+          f"{', predictors for every model and task' if args.predictors else ''}"
+          f"{', feedback evidence in every cell' if args.learned else ''}")
     print(f"{'prompt tokens':>14} {'p50 µs':>9} {'p99 µs':>9} {'max µs':>9}  task / chosen model")
     gc.collect()
     for size in SIZES:

@@ -40,6 +40,7 @@ from costproxy.http import (
     analytics_api,
     budgets_api,
     console,
+    feedback_api,
     keys_api,
     messages_api,
     middlewares,
@@ -89,7 +90,7 @@ log = structlog.get_logger("costproxy")
 
 MIDDLEWARES = (middlewares.errors_middleware, middlewares.tracing_middleware, middlewares.auth_middleware)
 ROUTES = (proxy, responses_api, messages_api, keys_api, selection_api, budgets_api, usage_api, webhooks_api,
-          tokens_api, openapi, analytics_api, routing_api, ratelimits_api)
+          tokens_api, openapi, analytics_api, routing_api, ratelimits_api, feedback_api)
 KEY_REFRESH_SECONDS = 2.0
 RULES_POLL_SECONDS = 2.0
 
@@ -109,7 +110,8 @@ def create_app(settings: Settings, *, span_exporter: SpanExporter | None = None,
         yield
         await asyncio.to_thread(tracing.shutdown)
 
-    app.cleanup_ctx.extend([tracing_ctx, _backend_ctx(clock), _session_ctx, _services_ctx, _alerts_ctx])
+    app.cleanup_ctx.extend([tracing_ctx, _backend_ctx(clock), _session_ctx, _services_ctx, _alerts_ctx,
+                            feedback_api.learning_ctx])
     for module in ROUTES:
         module.add_routes(app)
     console.install(app)  # the web console at /ui; its session is accepted on /api/v1 (http/console_auth.py)

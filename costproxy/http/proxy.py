@@ -14,6 +14,7 @@ from aiohttp import web
 
 from costproxy.cache.policy import HEADER as CACHE_HEADER
 from costproxy.errors import ProxyError, UnknownModel
+from costproxy.http import feedback_api
 from costproxy.http.bodies import read_body
 from costproxy.http.state import PRINCIPAL, REQUEST_ID, ROUTER, SERVICES, SETTINGS, TRUSTED_HEADERS
 from costproxy.ledger.entry import LedgerEntry
@@ -102,7 +103,9 @@ async def answer(request: web.Request, services: Services, ctx: RequestContext,
     if chat.stream:
         response, _ = await relay_stream(request, await run_stream(services, ctx, chat))
         return response
-    return unary_response(services, await run_unary(services, ctx, chat))
+    result = await run_unary(services, ctx, chat)
+    feedback_api.offer_to_judge(request, chat, result)  # a sampled share, judged in the background
+    return unary_response(services, result)
 
 
 def make_handler(endpoint: Endpoint) -> Any:

@@ -164,8 +164,16 @@ def ledger_entry(services: Services, plan: Plan, outcome: Outcome, usage: Usage)
         usage_reported=usage.reported,
         error_code=outcome.error_code,
         task_type=plan.route.task_type,
-        metadata={"rules": list(plan.route.rules)} if plan.route.rules else {},
+        metadata=_metadata(plan),
     )
+
+
+def _metadata(plan: Plan) -> dict[str, Any]:
+    """Rules applied, and the difficulty bucket of a selected model (``learning`` reads it back)."""
+    metadata: dict[str, Any] = {"rules": list(plan.route.rules)} if plan.route.rules else {}
+    if plan.route.difficulty_bucket is not None:
+        metadata["difficulty_bucket"] = plan.route.difficulty_bucket
+    return metadata
 
 
 def base_entry(services: Services, ctx: RequestContext, request: ChatRequest | None,

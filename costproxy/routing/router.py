@@ -32,6 +32,7 @@ from costproxy.errors import (
     NoEligibleModel,
     ProviderNotConfigured,
 )
+from costproxy.learning.estimates import OnlineEstimates
 from costproxy.money import MoneyError, format_usd, usd_to_nanos
 from costproxy.registry import ENDPOINT_KIND, TIERS, ModelSpec, Registry
 from costproxy.routing.breakers import CircuitBreakers
@@ -224,6 +225,7 @@ class SelectionRouter:
         self.candidates = tuple(m for m in registry.models.values()
                                 if m.kind == "chat" and m.id not in self.unservable)
         self.decisions: OrderedDict[str, DecisionRecord] = OrderedDict()
+        self.estimates: OnlineEstimates | None = None  # what feedback taught (learning/), replaced, never mutated
 
     def route(self, request: RouteInput) -> Route:
         return self.explain(request, extra=request.constraints).route
@@ -278,7 +280,8 @@ class SelectionRouter:
         baseline = named or self.registry.baseline() or chosen
         route = Route(chain=tuple(chain), decision_id=decision.id, max_output_tokens=decision.output_cap,
                       task_type=profile.task_type, reasons=reasons, baseline=baseline, rules=applied_rules(steering),
-                      cache=steering.cache)
+                      cache=steering.cache, difficulty_bucket=self.quality.bucket(profile.task_type,
+                                                                                  profile.difficulty))
         self._remember(decision, request, steering)
         return Explanation(route, profile, steering, constraints, decision)
 
@@ -334,14 +337,14 @@ class SelectionRouter:
         baseline = named.id if named is not None else self.registry.baseline_model
         try:
             return select(profile, healthy or candidates, self.quality, constraints, pressure, self.config,
-                          baseline=baseline)
+                          baseline=baseline, estimates=self.estimates)
         except NoEligibleModel:
             if view.remaining_nanos is None:
                 raise
             unbounded = replace(pressure, remaining_nanos=None)
             try:  # would a model serve if the budget had room? then the budget is what refuses
                 select(profile, healthy or candidates, self.quality, constraints, unbounded, self.config,
-                       baseline=baseline)
+                       baseline=baseline, estimates=self.estimates)
             except NoEligibleModel:
                 raise
             raise BudgetExceeded(

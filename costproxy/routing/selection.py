@@ -31,6 +31,13 @@
    other sufficient models, cheapest first, other providers before the chosen one's, then the
    remaining eligible models by expected quality.
 
+Learning (``learning/estimates.py``): with ``estimates`` — the evidence feedback has added up per
+task, difficulty bucket and model — a candidate's expected quality is its Beta posterior around the
+profile's estimate (the prior): a candidate is credited with its *conservative* quality (the prior
+until its lower confidence bound rises above it; the posterior mean when evidence is worse) and
+the reference with its *optimistic* one, so traffic moves to a cheaper model only when the lower
+bound of its expected retention clears the target.  Without evidence nothing changes.
+
 Budget pressure is ``max(used, burn)`` in [0, 1]: *used* rises linearly from 0 at
 ``pressure_start`` (fraction of the budget spent) to 1 when it is spent; *burn* rises from 0 at a
 burn ratio (spend rate / sustainable rate) of ``burn_start`` to 1 at ``burn_full``.  More pressure
@@ -48,6 +55,7 @@ from decimal import Decimal
 
 from costproxy.analyzer.profile import RequestProfile
 from costproxy.errors import NoEligibleModel
+from costproxy.learning.estimates import OnlineEstimates, Posterior
 from costproxy.money import NANOS_PER_USD, TOKENS_PER_PRICE_UNIT, format_usd
 from costproxy.registry import ModelSpec, Usage
 from costproxy.routing.policy import QUALITY_MODES, Constraints
@@ -96,12 +104,18 @@ class CandidateScore:
     provider: str
     tier: str
     expected_quality: float
-    quality_source: str  # predictor | bucket | task | model | tier | default (quality.LEVELS)
+    quality_source: str  # predictor | bucket | task | model | tier | default (quality.LEVELS), or online
     expected_cost_nanos: int
     worst_case_nanos: int
     output_cap: int  # max output tokens the worst case assumes
     eligible: bool
     reason_excluded: str | None = None
+    learned: Posterior | None = None  # the online estimate around the profile's prior, when there is evidence
+
+    @property
+    def reference_quality(self) -> float:
+        """Its quality as the reference of the target (optimistic once evidence exists)."""
+        return self.expected_quality if self.learned is None else self.learned.optimistic
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +276,11 @@ def _score(
     model: ModelSpec, profile: RequestProfile, quality: QualityProfiles, bucket: int, ctx: _Context
 ) -> CandidateScore:
     expected_q, source = quality.estimate(model.id, model.tier, profile.task_type, bucket, profile.features)
+    learned = None
+    if ctx.estimates is not None and ctx.estimates.cells:
+        learned = ctx.estimates.lookup(profile.task_type, bucket, model.id, expected_q)
+        if learned is not None:
+            expected_q, source = learned.conservative, "online"
     tariff = _tariff(model)
     expected_cost = tariff.cost(profile.input_tokens, profile.expected_output_tokens)
     reason = _fit_exclusion(model, profile, ctx.required) or _policy_exclusion(model, ctx.constraints)
@@ -273,7 +292,7 @@ def _score(
     return CandidateScore(
         model=model.id, provider=model.provider, tier=model.tier, expected_quality=expected_q,
         quality_source=source, expected_cost_nanos=expected_cost, worst_case_nanos=worst,
-        output_cap=cap, eligible=reason is None, reason_excluded=reason,
+        output_cap=cap, eligible=reason is None, reason_excluded=reason, learned=learned,
     )
 
 
@@ -282,6 +301,7 @@ class _Context:
     constraints: Constraints
     required: frozenset[str]
     limit: int | None
+    estimates: OnlineEstimates | None = None
 
 
 # --- choice -------------------------------------------------------------------------------------
@@ -293,7 +313,7 @@ def _reference(best: float, mode: str, scores: Sequence[CandidateScore], baselin
     if config.target_reference == "baseline" and mode != "quality" and baseline is not None:
         score = next((s for s in scores if s.model == baseline), None)
         if score is not None:
-            return score.expected_quality, f"baseline {baseline}"
+            return score.reference_quality, f"baseline {baseline}"
     return best, "best eligible"
 
 
@@ -345,14 +365,15 @@ def select(
     *,
     decision_id: str | None = None,
     baseline: str | None = None,
+    estimates: OnlineEstimates | None = None,
 ) -> Decision:
     """Choose the cheapest sufficient model; raise ``NoEligibleModel`` when none can serve.
 
     ``baseline`` is the model the caller would otherwise have used (the registry's
     ``baseline_model`` for ``auto``): the quality reference when ``config.target_reference`` is
-    ``baseline``."""
+    ``baseline``.  ``estimates``: what feedback taught (module docstring), read without I/O."""
     ctx = _Context(constraints, profile.required_capabilities | constraints.required_capabilities,
-                   _limit(constraints, pressure))
+                   _limit(constraints, pressure), estimates)
     bucket = quality.bucket(profile.task_type, profile.difficulty)
     scores = [_score(model, profile, quality, bucket, ctx) for model in candidates]
     eligible = [s for s in scores if s.eligible]

@@ -177,6 +177,18 @@ async def _limits(proxy: Proxy) -> None:
     assert error["param"] == "scopeType" and "given twice" in error["message"]
 
 
+async def _feedback(proxy: Proxy) -> None:
+    """Feedback on a request: new (201), said again (200), read back; snake_case spellings honoured."""
+    resp = await proxy.client.post("/v1/chat/completions", json=CHAT, headers=proxy.auth())
+    request_id = resp.headers["x-costproxy-request-id"]
+    await call(proxy, "POST", "/api/v1/feedback", 201, json={"request_id": request_id, "thumbs": "up",
+                                                              "source": "user"})
+    await call(proxy, "POST", "/api/v1/feedback", 200, json={"requestId": request_id, "score": 0.5,
+                                                              "source": "user", "comment": "half right"})
+    listed = await call(proxy, "GET", f"/api/v1/feedback?request_id={request_id}")
+    assert [f["score"] for f in listed["data"]] == [0.5]
+
+
 async def test_every_documented_operation_answers_what_the_document_says(api: Api) -> None:
     proxy, recorder = api.proxy, api.recorder
     document = await call(proxy, "GET", "/openapi.json")
@@ -186,6 +198,7 @@ async def test_every_documented_operation_answers_what_the_document_says(api: Ap
     await _identity(proxy)
     await _routing(proxy)
     await _limits(proxy)
+    await _feedback(proxy)
     await call(proxy, "DELETE", f"/api/v1/budgets/{budget_id}")
     assert problems(document, recorder.answers) == []
     assert operations(document) - covered(recorder.answers) == set()
