@@ -96,7 +96,7 @@ class CandidateScore:
     provider: str
     tier: str
     expected_quality: float
-    quality_source: str  # predictor | bucket | task | model | tier | default (quality.LEVELS)
+    quality_source: str  # text | predictor | bucket | task | model | tier | default (quality.LEVELS)
     expected_cost_nanos: int
     worst_case_nanos: int
     output_cap: int  # max output tokens the worst case assumes
@@ -261,7 +261,8 @@ def _limit(constraints: Constraints, pressure: BudgetPressure) -> int | None:
 def _score(
     model: ModelSpec, profile: RequestProfile, quality: QualityProfiles, bucket: int, ctx: _Context
 ) -> CandidateScore:
-    expected_q, source = quality.estimate(model.id, model.tier, profile.task_type, bucket, profile.features)
+    expected_q, source = quality.estimate(model.id, model.tier, profile.task_type, bucket, profile.features,
+                                          profile.ngrams)
     tariff = _tariff(model)
     expected_cost = tariff.cost(profile.input_tokens, profile.expected_output_tokens)
     reason = _fit_exclusion(model, profile, ctx.required) or _policy_exclusion(model, ctx.constraints)

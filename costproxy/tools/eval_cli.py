@@ -66,6 +66,9 @@ def _calibrate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--buckets", default="auto", help="difficulty buckets per task, or auto (cross-validated)")
     parser.add_argument("--prior-strength", default="auto", help="shrinkage pseudo-rows, or auto (cross-validated)")
     parser.add_argument("--tokenizer", choices=TOKENIZERS, default="cl100k_base", help="how prompt tokens are counted")
+    parser.add_argument("--no-text-model", action="store_true", help="skip the n-gram text model")
+    parser.add_argument("--text-l2", type=float, default=CalibrationOptions().text_l2,
+                        help="L2 penalty of the text model (mean log-loss + l2/2 |w|^2)")
     parser.add_argument("--as-of", type=date.fromisoformat, default=None, help="price date for the registry section")
     parser.add_argument("--seed", type=int, default=0)
     return parser
@@ -79,6 +82,7 @@ def calibrate_main(argv: list[str]) -> int:
         options = CalibrationOptions(
             buckets=None if buckets is None else int(buckets), prior_strength=_optional_number(args.prior_strength),
             tokenizer=args.tokenizer, as_of=args.as_of, seed=args.seed,
+            text_model=not args.no_text_model, text_l2=args.text_l2,
         )
         result = calibrate(data, token_counter(args.tokenizer), options)
     except (DatasetError, ConfigError, ValueError) as exc:

@@ -178,6 +178,8 @@ def _calibration_options(quality: QualityProfiles) -> CalibrationOptions:
         min_task_rows=int(settings.get("min_task_rows", CalibrationOptions().min_task_rows)),
         predictors=bool(settings.get("predictors", bool(quality.predictors))),
         predictor_l2=float(settings.get("predictor_l2", CalibrationOptions().predictor_l2)),
+        text_model=bool(settings.get("text_model", quality.text is not None)),
+        text_l2=float(settings.get("text_l2", CalibrationOptions().text_l2)),
     )
 
 
