@@ -7,6 +7,11 @@ holds documented priors; ``costproxy calibrate`` writes fitted ones in the same 
 
     version: 1
     source: "what these numbers are and where they come from"
+    fitted_on:                     # optional: data, split, command, date (costproxy calibrate writes it)
+      data: my_eval.csv.gz
+      split: "train (2205 rows)"
+      command: "costproxy calibrate --data my_eval.csv.gz --out config/quality.yaml"
+      date: "2026-11-29"
     difficulty_buckets:            # upper edges of the difficulty buckets, strictly increasing in (0, 1)
       default: [0.35, 0.55]        # 3 buckets: easy < 0.35 <= medium < 0.55 <= hard
       question_answering: [0.4]    # optional per-task edges (calibration uses per-task quantiles)
@@ -56,6 +61,7 @@ from costproxy.routing.text_model import TextModel, parse_text_model, text_model
 
 QUALITY_FORMAT_VERSION = 1
 DEFAULT_BUCKET_EDGES = (0.35, 0.55)
+FITTED_ON_KEYS = ("data", "split", "command", "date")
 LEVELS = ("text", "predictor", "bucket", "task", "model", "tier", "default")
 Predictors = Mapping[tuple[str, str], tuple[float, ...]]  # (model, task) → (bias, *weights)
 
@@ -86,6 +92,7 @@ class QualityProfiles:
     calibration: Mapping[str, Any] = field(default_factory=dict)  # settings of costproxy calibrate
     predictors: Predictors = field(default_factory=dict)
     text: TextModel | None = None  # per-model n-gram weights (text_model.py)
+    fitted_on: Mapping[str, str] = field(default_factory=dict)  # FITTED_ON_KEYS: what the numbers come from
 
     def edges(self, task_type: str) -> tuple[float, ...]:
         edges = self.bucket_edges.get(task_type)
@@ -225,6 +232,9 @@ def parse_quality(document: Any, file: str) -> QualityProfiles:
     models = {model_id: _parse_model(node, edges) for model_id, node in root.child("models", {}).items()}
     predictors = _parse_predictors(root.child("predictors", None))
     text = parse_text_model(root.child("text_model", None))
+    fitted_on_node = root.child("fitted_on", {})
+    fitted_on = {key: fitted_on_node.child(key).str() for key in FITTED_ON_KEYS if fitted_on_node.has(key)}
+    fitted_on_node.done()
     registry_node = root.child("registry", None)
     registry = None if registry_node.value is None else parse_registry(registry_node.value, file)
     profiles = QualityProfiles(
@@ -237,6 +247,7 @@ def parse_quality(document: Any, file: str) -> QualityProfiles:
         calibration=root.child("calibration", {}).mapping(),
         predictors=predictors,
         text=text,
+        fitted_on=fitted_on,
     )
     root.done()
     return profiles
@@ -264,6 +275,7 @@ def quality_document(profiles: QualityProfiles, registry: Mapping[str, Any] | No
     document: dict[str, Any] = {
         "version": QUALITY_FORMAT_VERSION,
         "source": profiles.source,
+        **({"fitted_on": dict(profiles.fitted_on)} if profiles.fitted_on else {}),
         "difficulty_buckets": {task: [round(e, 4) for e in edges]
                                for task, edges in profiles.bucket_edges.items()},
         "tier_priors": {tier: round(p, 4) for tier, p in profiles.tier_priors.items()},

@@ -319,5 +319,7 @@ def calibrate(data: EvalSet, count: TokenCount = approx_tokens,
         source=f"calibrated by costproxy calibrate on the train split of {data.source} ({len(train)} rows)",
         registry=registry,
         calibration=settings,
+        fitted_on={"data": data.source, "split": f"train ({len(train)} rows)",
+                   "date": (options.as_of or date.today()).isoformat()},
     )
     return Calibration(profiles=profiles, document=quality_document(profiles, registry_doc))

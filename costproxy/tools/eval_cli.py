@@ -95,8 +95,11 @@ def calibrate_main(argv: list[str]) -> int:
         print(f"costproxy calibrate: error: {exc}", file=sys.stderr)
         return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    header = _QUALITY_HEADER.format(command="costproxy calibrate " + shlex.join(argv))
-    args.out.write_text(header + yaml.safe_dump(result.document, sort_keys=False, allow_unicode=True), "utf-8")
+    command = "costproxy calibrate " + shlex.join(argv)
+    document = dict(result.document)
+    document["fitted_on"] = {**document.get("fitted_on", {}), "command": command}
+    args.out.write_text(_QUALITY_HEADER.format(command=command)
+                        + yaml.safe_dump(document, sort_keys=False, allow_unicode=True), "utf-8")
     settings = result.profiles.calibration
     print(f"wrote {args.out}: {settings['train_rows']} train rows, {len(data.models)} models, "
           f"{settings['buckets']} difficulty bucket(s) per task, prior strength {settings['prior_strength']:g}")
