@@ -78,6 +78,16 @@ def _usage_lines(report: EvalReport) -> list[str]:
     return lines
 
 
+def _point_sentence(report: EvalReport) -> str:
+    o = report.options
+    if o.point is not None:
+        return f"Operating point fixed by the command: `{report.chosen.label}`; profiles {report.profiles}."
+    return (f"Operating point chosen on train only ({o.folds}-fold cross-fitted when the profiles were calibrated, "
+            f"admitted when the {'lower 95% bound' if o.select_by == 'lower' else 'point estimate'} of train "
+            f"retention >= {_pct(o.target_retention)}, then the largest train saving): profiles {report.profiles}, "
+            f"`{report.chosen.label}`.")
+
+
 def report_markdown(report: EvalReport, command: str) -> str:
     o = report.options
     lines = [
@@ -85,10 +95,7 @@ def report_markdown(report: EvalReport, command: str) -> str:
         f"Command: `{command}`", "",
         f"Train {report.n_train} prompts, test {report.n_test} prompts. Strongest model (best train score): "
         f"`{report.strongest}`; cheapest (lowest train cost): `{report.cheapest}`.",
-        f"Operating point chosen on train only ({o.folds}-fold cross-fitted, admitted when the "
-        f"{'lower 95% bound' if o.select_by == 'lower' else 'point estimate'} of train retention >= "
-        f"{_pct(o.target_retention)}, then the largest train saving): profiles {report.profiles}, "
-        f"`{report.chosen.label}`.", "",
+        _point_sentence(report), "",
         "## Test split, 95% bootstrap intervals (" + f"{o.bootstrap} resamples, seed {o.seed})", "",
         summary_table(report), "", "## Goals (issue 4)", "", *_goals(report, o.target_retention), "",
         "## Profiles tried on train", "", "| profiles | chosen point | train saving | train retention |",

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
+from costproxy.errors import ConfigError
+from costproxy.routing.quality import parse_quality
 from costproxy.tools.crosseval import parse_model_map, train_test
 from costproxy.tools.dataset import load_dataset
 from costproxy.tools.eval_cli import calibrate_main, eval_main
@@ -81,6 +84,10 @@ def test_a_test_only_file_needs_a_fixed_point(files: dict[str, Path], tmp_path: 
     profiles = tmp_path / "q.yaml"
     assert calibrate_main(["--data", str(files["all"]), "--out", str(profiles), "--tokenizer", "approx",
                            "--buckets", "2", "--prior-strength", "5"]) == 0
+    fitted_on = yaml.safe_load(profiles.read_text())["fitted_on"]
+    assert fitted_on["data"] == str(files["all"]) and fitted_on["split"] == "train (144 rows)"
+    assert fitted_on["command"].startswith("costproxy calibrate --data ") and fitted_on["date"]
+    assert parse_quality(yaml.safe_load(profiles.read_text()), "q").fitted_on == fitted_on
     test_only = write_csv(tmp_path / "t.csv", [r for r in synthetic_rows() if r["split"] == "test"])
     args = ["--data", str(test_only), "--profiles", str(profiles), "--tokenizer", "approx", "--bootstrap", "200"]
     assert eval_main([*args, "--out", str(tmp_path / "x")]) == 2
@@ -89,6 +96,7 @@ def test_a_test_only_file_needs_a_fixed_point(files: dict[str, Path], tmp_path: 
     assert eval_main([*args, "--balanced-gap", "0.05", "--out", str(out)]) == 0
     report = (out / "report.md").read_text()
     assert "hindsight" in report and "balanced_gap=0.05, fixed" in report
+    assert "Operating point fixed by the command" in report
     assert "Train 0 prompts" in report
 
 
@@ -138,3 +146,9 @@ def test_random_at_quality() -> None:
                        cheapest_cost=np.zeros(4), cheapest_perf=halves)
     assert random_at_quality(halfway, idx)[0] == pytest.approx(0.5)
     assert parse_model_map(" a=b , c=d ") == {"a": "b", "c": "d"}
+
+
+def test_fitted_on_is_checked() -> None:
+    document = {"version": 1, "fitted_on": {"data": "x.csv", "when": "today"}}
+    with pytest.raises(ConfigError, match=r"fitted_on\.when"):
+        parse_quality(document, "q.yaml")
