@@ -117,3 +117,13 @@ def test_sparse_rows_have_unit_norm() -> None:
     x = SparseRows([(1, 2, 3, 4), (5,), ()])
     assert x.dot(np.ones(NGRAM_BUCKETS)) == pytest.approx([2.0, 1.0, 0.0])
     assert x.transpose_dot(np.asarray([1.0, 1.0, 1.0]))[[1, 5, 0]] == pytest.approx([0.5, 1.0, 0.0])
+
+
+def test_adjust_with_one_and_many_ngrams() -> None:
+    weights = tuple(1.0 if i in (5, 9) else 0.0 for i in range(NGRAM_BUCKETS))
+    model = TextModel(weights={"m": weights})
+    assert model.adjust("m", 0.5, (5,)) == pytest.approx(1 / (1 + np.exp(-1.0)))
+    # two n-grams of weight 1, scaled by 1/sqrt(2); an unseen third only dilutes
+    assert model.adjust("m", 0.5, (5, 9)) == pytest.approx(1 / (1 + np.exp(-2 / np.sqrt(2))))
+    assert model.adjust("m", 0.5, (5, 9, 11)) == pytest.approx(1 / (1 + np.exp(-2 / np.sqrt(3))))
+    assert model.adjust("m", 1.0, (5,)) < 1.0  # a certain base stays finite
