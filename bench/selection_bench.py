@@ -15,11 +15,14 @@ Target (issue 4): p99 < 0.5 ms at 1,000 tokens on a 2-core machine.
     python3 bench/selection_bench.py                 # 3,000 timed requests per size
     python3 bench/selection_bench.py --iterations 10000 --with-count
     python3 bench/selection_bench.py --predictors    # a logistic predictor for every model and task
+    python3 bench/selection_bench.py --predictors --text-model   # and n-gram weights for every model
 
 ``--predictors`` adds a per-request quality predictor (``quality.py``) for every candidate model and
 every task type — the worst case of a calibrated file — so the timing includes evaluating them.
 ``--learned`` gives every (task, difficulty bucket, model) cell feedback evidence, so every candidate's
 quality is a posterior (``learning/estimates.py``) — the worst case of a deployment that learns.
+``--text-model`` adds n-gram text-model weights (``routing/text_model.py``) for every candidate model,
+so each request also hashes its query's n-grams (in ``analyze``) and sums one weight per n-gram per model.
 """
 
 from __future__ import annotations
@@ -40,18 +43,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from costproxy.analyzer.encodings import load_encodings  # noqa: E402
+from costproxy.analyzer.ngrams import NGRAM_BUCKETS  # noqa: E402
 from costproxy.analyzer.profile import RequestProfile, analyze  # noqa: E402
 from costproxy.analyzer.tasks import FEATURE_NAMES, TASK_TYPES  # noqa: E402
 from costproxy.analyzer.tokens import TokenCounter  # noqa: E402
+from costproxy.learning.estimates import OnlineEstimates  # noqa: E402
 from costproxy.registry import parse_registry  # noqa: E402
 from costproxy.routing.policy import Constraints  # noqa: E402
 from costproxy.routing.quality import QualityProfiles, parse_quality  # noqa: E402
 from costproxy.routing.selection import BudgetPressure, SelectionConfig, select  # noqa: E402
-
-try:  # the branch that learns from feedback (issue 10); absent before it
-    from costproxy.learning.estimates import OnlineEstimates
-except ImportError:  # pragma: no cover
-    OnlineEstimates = None  # type: ignore[assignment,misc]
+from costproxy.routing.text_model import TextModel  # noqa: E402
 
 RulesHook = Callable[[Mapping[str, Any], RequestProfile], Constraints]
 SIZES = (100, 1_000, 10_000)
@@ -100,18 +101,28 @@ def with_predictors(quality: QualityProfiles) -> QualityProfiles:
     return dataclasses.replace(quality, predictors={(m, t): weights for m in models for t in TASK_TYPES})
 
 
+def with_text_model(quality: QualityProfiles) -> QualityProfiles:
+    """``quality`` with (made-up, non-zero) n-gram weights for every chat model."""
+    weights = tuple(0.01 * ((i * 7919) % 201 - 100) for i in range(NGRAM_BUCKETS))
+    models = [m.id for m in REGISTRY.models.values() if m.kind == "chat"]
+    return dataclasses.replace(quality, text=TextModel(weights={m: weights for m in models}))
+
+
+CLOCK = time.perf_counter_ns  # --cpu-time: time.thread_time_ns
+
+
 def measure(body: dict[str, Any], tokens: int, iterations: int, rules: RulesHook,
             count: Callable[[], int] | None) -> list[float]:
     candidates = [m for m in REGISTRY.models.values() if m.kind == "chat"]
     config, pressure = SelectionConfig(), BudgetPressure(used_fraction=0.3, burn_ratio=0.8, remaining_nanos=10**9)
     samples: list[float] = []
     for i in range(iterations + 200):
-        start = time.perf_counter_ns()
+        start = CLOCK()
         n = count() if count is not None else tokens
         profile = analyze(body, n)
         select(profile, candidates, QUALITY, rules(body, profile), pressure, config, baseline=REGISTRY.baseline_model,
                **LEARNED)
-        elapsed = time.perf_counter_ns() - start
+        elapsed = CLOCK() - start
         if i >= 200:  # warm-up
             samples.append(elapsed / 1_000)
     return sorted(samples)
@@ -170,21 +181,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--with-count", action="store_true", help="include token counting in the timing")
     parser.add_argument("--predictors", action="store_true", help="a quality predictor for every model and task")
     parser.add_argument("--learned", action="store_true", help="feedback evidence for every task, bucket and model")
+    parser.add_argument("--text-model", action="store_true", help="n-gram text-model weights for every model")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time the selection section by this thread's CPU time (immune to preemption by "
+                             "other processes on a busy machine), not wall-clock")
+    parser.add_argument("--selection-only", action="store_true", help="skip the proxy-router section")
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="prompt sizes in tokens")
     args = parser.parse_args(argv)
     if args.learned:
         LEARNED["estimates"] = learned_everywhere()
-    global QUALITY
+    global QUALITY, CLOCK
+    if args.cpu_time:
+        CLOCK = time.thread_time_ns
     if args.predictors:
         QUALITY = with_predictors(QUALITY)
+    if args.text_model:
+        QUALITY = with_text_model(QUALITY)
+    sizes = tuple(int(x) for x in args.sizes.split(",") if x.strip())
     counter = TokenCounter(load_encodings([ENCODING]))
     chat = [m for m in REGISTRY.models.values() if m.kind == "chat"]
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {len(chat)} candidate models, "
           f"{args.iterations} timed requests per size{' (token counting included)' if args.with_count else ''}"
           f"{', predictors for every model and task' if args.predictors else ''}"
-          f"{', feedback evidence in every cell' if args.learned else ''}")
+          f"{', feedback evidence in every cell' if args.learned else ''}"
+          f"{', text model for every model' if args.text_model else ''}"
+          f"{', thread CPU time' if args.cpu_time else ', wall-clock'}")
     print(f"{'prompt tokens':>14} {'p50 µs':>9} {'p99 µs':>9} {'max µs':>9}  task / chosen model")
     gc.collect()
-    for size in SIZES:
+    for size in sizes:
         body, tokens = make_body(size, counter)
         count = _counting(counter, body["messages"]) if args.with_count else None
         samples = measure(body, tokens, args.iterations, no_rules, count)
@@ -193,9 +217,11 @@ def main(argv: list[str] | None = None) -> int:
                           baseline=REGISTRY.baseline_model)
         print(f"{tokens:>14} {percentile(samples, 0.5):>9.1f} {percentile(samples, 0.99):>9.1f} "
               f"{samples[-1]:>9.1f}  {profile.task_type} / {decision.model}")
+    if args.selection_only:
+        return 0
     print("\nthe proxy's router (analyze + rules/default.yaml + select, as SelectionRouter.route runs it):")
     print(f"{'prompt tokens':>14} {'p50 µs':>9} {'p99 µs':>9} {'max µs':>9}  chosen model")
-    for size in SIZES:
+    for size in sizes:
         body, tokens = make_body(size, counter)
         samples, model = measure_router(body, tokens, args.iterations)
         print(f"{tokens:>14} {percentile(samples, 0.5):>9.1f} {percentile(samples, 0.99):>9.1f} "

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from costproxy.analyzer.ngrams import hashed_ngrams
 from costproxy.analyzer.tasks import TASK_TYPES, TaskEstimate, detect_task
 
 _OUTPUT_BY_TASK = {
@@ -53,6 +54,7 @@ class RequestProfile:
     required_capabilities: frozenset[str]
     task_source: str = "detected"  # "detected" | "hint"
     features: tuple[float, ...] = ()  # tasks.FEATURE_NAMES of the query, for quality predictors
+    ngrams: tuple[int, ...] = ()  # ngrams.hashed_ngrams of the query, for the text quality model
 
 
 def _text_of(content: Any, capabilities: set[str]) -> str:
@@ -155,5 +157,6 @@ def analyze(body: Mapping[str, Any], input_tokens: int, task_hint: str | None = 
         required_capabilities=capabilities,
         task_source="hint" if hint else "detected",
         features=estimate.features,
+        ngrams=hashed_ngrams(user),
     )
 

@@ -198,7 +198,9 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     services.events.subscribe(request_observer(app[METRICS]))
     services.events.subscribe(refusal_and_cache_metrics(app[METRICS].registry))
     stop = _background(_reload_rules(app), "costproxy-rules-reload")
+    stop_quality = _background(_reload_quality(app), "costproxy-quality-reload")
     yield
+    await stop_quality()
     await stop()
 
 
@@ -216,6 +218,20 @@ async def _reload_rules(app: web.Application) -> None:
             log.info("rules_reloaded", summary=result.summary())
         else:
             log.error("rules_reload_failed", errors=[str(e) for e in result.errors], kept=holder.current.digest)
+
+
+async def _reload_quality(app: web.Application) -> None:
+    """Hot reload of the quality file, like the rules: a bad file keeps the last good profiles."""
+    router = app[ROUTER]
+    if router.quality_file is None:
+        return
+    while True:
+        await asyncio.sleep(RULES_POLL_SECONDS)
+        result = await asyncio.to_thread(router.reload_quality_if_changed)
+        if result is not None and result.ok:
+            log.info("quality_reloaded", summary=result.summary())
+        elif result is not None:
+            log.error("quality_reload_failed", error=result.error, kept=result.digest)
 
 
 # --- alerts --------------------------------------------------------------------------------------

@@ -271,8 +271,11 @@ def _console_paths() -> dict[str, Schema]:
                  data=arr(resp(ruleId=S, name=N, inForce=B, **sums_props)), noRule=sums),
             params=span, tag="analytics")},
         "/api/v1/rules": {"get": op(
-            "The steering rule set in force, when it was loaded, and the last reload's validation errors",
-            resp(directory=N, digest=S, files=arr(S), loadedAt=NTIME, valid=B, lastReload=reload, rules=arr(rule)),
+            "The steering rule set in force, when it was loaded, and the last reload's validation errors; "
+            "the same for the quality profiles file",
+            resp(directory=N, digest=S, files=arr(S), loadedAt=NTIME, valid=B, lastReload=reload, rules=arr(rule),
+                 quality=resp(file=N, source=S, digest=S, loadedAt=NTIME, valid=B, lastReload={"anyOf": [
+                     resp(at=NTIME, ok=B, summary=S, error=N), {"type": "null"}]})),
             tag="models")},
         "/api/v1/decisions": {"get": op(
             "Recent routing decisions, newest first, with what each saved",

@@ -23,7 +23,7 @@ from costproxy.http.analytics_api import now_ms, span, sums_json
 from costproxy.http.state import LEDGER, ROUTER
 from costproxy.ledger import analytics
 from costproxy.ledger.analytics import LedgerFilter
-from costproxy.routing.router import DecisionRecord
+from costproxy.routing.router import DecisionRecord, SelectionRouter
 from costproxy.steering.rules import Rule
 
 
@@ -86,11 +86,25 @@ def rule_json(rule: Rule) -> dict[str, Any]:
             "actions": [{"type": a.type, "params": _plain(dict(a.params))} for a in rule.actions]}
 
 
+def quality_json(router: SelectionRouter) -> dict[str, Any]:
+    """The quality file in force and its last hot reload (shown beside the rules' status)."""
+    holder = router.quality_file
+    if holder is None:
+        return {"file": None, "source": router.quality.source, "digest": "", "loadedAt": None, "valid": True,
+                "lastReload": None}
+    last = holder.last_result
+    reload = None if last is None else {"at": iso(int(last.at * 1000)), "ok": last.ok, "summary": last.summary(),
+                                        "error": last.error or None}
+    return {"file": str(holder.path), "source": holder.current.source, "digest": holder.digest,
+            "loadedAt": iso(int(holder.loaded_at * 1000)), "valid": last is None or last.ok, "lastReload": reload}
+
+
 async def rules(request: web.Request) -> web.Response:
-    holder = request.app[ROUTER].rules
+    router = request.app[ROUTER]
+    holder = router.rules
     if holder is None:
         return web.json_response({"directory": None, "rules": [], "files": [], "digest": "", "loadedAt": None,
-                                  "valid": True, "lastReload": None})
+                                  "valid": True, "lastReload": None, "quality": quality_json(router)})
     current, last = holder.current, holder.last_result
     reload = None if last is None else {
         "at": iso(int(last.at * 1000)), "ok": last.ok, "summary": last.summary(),
@@ -99,7 +113,8 @@ async def rules(request: web.Request) -> web.Response:
     return web.json_response({
         "directory": str(holder.directory), "digest": current.digest, "files": list(current.files),
         "loadedAt": iso(int(holder.loaded_at * 1000)) if holder.loaded_at else None,
-        "valid": last is None or last.ok, "lastReload": reload, "rules": [rule_json(r) for r in current.rules]})
+        "valid": last is None or last.ok, "lastReload": reload, "rules": [rule_json(r) for r in current.rules],
+        "quality": quality_json(router)})
 
 
 async def rule_savings(request: web.Request) -> web.Response:

@@ -7,6 +7,11 @@ holds documented priors; ``costproxy calibrate`` writes fitted ones in the same 
 
     version: 1
     source: "what these numbers are and where they come from"
+    fitted_on:                     # optional: data, split, command, date (costproxy calibrate writes it)
+      data: my_eval.csv.gz
+      split: "train (2205 rows)"
+      command: "costproxy calibrate --data my_eval.csv.gz --out config/quality.yaml"
+      date: "2026-11-29"
     difficulty_buckets:            # upper edges of the difficulty buckets, strictly increasing in (0, 1)
       default: [0.35, 0.55]        # 3 buckets: easy < 0.35 <= medium < 0.55 <= hard
       question_answering: [0.4]    # optional per-task edges (calibration uses per-task quantiles)
@@ -22,6 +27,8 @@ holds documented priors; ``costproxy calibrate`` writes fitted ones in the same 
       models:
         gpt-4o-mini:
           question_answering: [-0.4, 1.2, ...]   # bias, then one weight per feature
+    text_model: {scheme: "...", models: {gpt-4o-mini: {scale: 0.004, weights: "base64"}}}
+                                   # optional: n-gram weights per model (format: text_model.py)
     registry:                      # optional: models not in models.yaml (calibrated data sets)
       models: {...}                # the models.yaml format (costproxy/registry.py)
     calibration: {...}             # optional: how ``costproxy calibrate`` made the file (free-form)
@@ -32,7 +39,9 @@ first tries the request's own estimate: when the file has a predictor for the mo
 request has query features, the expected quality is the logistic
 ``1 / (1 + exp(-(bias + Σ weight·feature)))`` — a probability that this model answers this prompt
 acceptably, a few dozen multiplications in pure Python.  The ``features`` list must name exactly the
-analyzer's current ``FEATURE_NAMES`` (a stale file is an error, not a silent misreading).
+analyzer's current ``FEATURE_NAMES`` (a stale file is an error, not a silent misreading).  With a
+``text_model``, that estimate is finally corrected by the words of the request's query
+(``text_model.py``; level ``text``).
 """
 
 from __future__ import annotations
@@ -48,10 +57,12 @@ from typing import Any
 from costproxy.analyzer.tasks import FEATURE_NAMES, TASK_TYPES
 from costproxy.config_schema import Node
 from costproxy.registry import TIERS, Registry, parse_registry
+from costproxy.routing.text_model import TextModel, parse_text_model, text_model_document
 
 QUALITY_FORMAT_VERSION = 1
 DEFAULT_BUCKET_EDGES = (0.35, 0.55)
-LEVELS = ("predictor", "bucket", "task", "model", "tier", "default")
+FITTED_ON_KEYS = ("data", "split", "command", "date")
+LEVELS = ("text", "predictor", "bucket", "task", "model", "tier", "default")
 Predictors = Mapping[tuple[str, str], tuple[float, ...]]  # (model, task) → (bias, *weights)
 
 
@@ -80,6 +91,8 @@ class QualityProfiles:
     registry: Registry | None = None  # models a calibrated data set brings along
     calibration: Mapping[str, Any] = field(default_factory=dict)  # settings of costproxy calibrate
     predictors: Predictors = field(default_factory=dict)
+    text: TextModel | None = None  # per-model n-gram weights (text_model.py)
+    fitted_on: Mapping[str, str] = field(default_factory=dict)  # FITTED_ON_KEYS: what the numbers come from
 
     def edges(self, task_type: str) -> tuple[float, ...]:
         edges = self.bucket_edges.get(task_type)
@@ -112,8 +125,18 @@ class QualityProfiles:
         return self.lookup(model_id, tier, task_type, self.bucket(task_type, difficulty))[0]
 
     def estimate(self, model_id: str, tier: str, task_type: str, bucket: int,
-                 features: Sequence[float]) -> tuple[float, str]:
-        """The request's own estimate from its query features when a predictor exists, else ``lookup``."""
+                 features: Sequence[float], ngrams: Sequence[int] = ()) -> tuple[float, str]:
+        """The request's own estimate: from its query features when a predictor exists, else ``lookup``;
+        then corrected by the text model from the query's n-grams when it has weights for the model."""
+        value, level = self._base_estimate(model_id, tier, task_type, bucket, features)
+        if self.text is not None and ngrams:
+            adjusted = self.text.adjust(model_id, value, ngrams)
+            if adjusted is not None:
+                return adjusted, "text"
+        return value, level
+
+    def _base_estimate(self, model_id: str, tier: str, task_type: str, bucket: int,
+                       features: Sequence[float]) -> tuple[float, str]:
         if features and self.predictors:
             weights = self.predictors.get((model_id, task_type))
             if weights is not None:
@@ -208,6 +231,10 @@ def parse_quality(document: Any, file: str) -> QualityProfiles:
         tier_priors[tier] = _quality(prior_node)
     models = {model_id: _parse_model(node, edges) for model_id, node in root.child("models", {}).items()}
     predictors = _parse_predictors(root.child("predictors", None))
+    text = parse_text_model(root.child("text_model", None))
+    fitted_on_node = root.child("fitted_on", {})
+    fitted_on = {key: fitted_on_node.child(key).str() for key in FITTED_ON_KEYS if fitted_on_node.has(key)}
+    fitted_on_node.done()
     registry_node = root.child("registry", None)
     registry = None if registry_node.value is None else parse_registry(registry_node.value, file)
     profiles = QualityProfiles(
@@ -219,6 +246,8 @@ def parse_quality(document: Any, file: str) -> QualityProfiles:
         registry=registry,
         calibration=root.child("calibration", {}).mapping(),
         predictors=predictors,
+        text=text,
+        fitted_on=fitted_on,
     )
     root.done()
     return profiles
@@ -246,6 +275,7 @@ def quality_document(profiles: QualityProfiles, registry: Mapping[str, Any] | No
     document: dict[str, Any] = {
         "version": QUALITY_FORMAT_VERSION,
         "source": profiles.source,
+        **({"fitted_on": dict(profiles.fitted_on)} if profiles.fitted_on else {}),
         "difficulty_buckets": {task: [round(e, 4) for e in edges]
                                for task, edges in profiles.bucket_edges.items()},
         "tier_priors": {tier: round(p, 4) for tier, p in profiles.tier_priors.items()},
@@ -257,6 +287,8 @@ def quality_document(profiles: QualityProfiles, registry: Mapping[str, Any] | No
         for (model_id, task_type), weights in sorted(profiles.predictors.items()):
             by_model.setdefault(model_id, {})[task_type] = [round(w, 5) for w in weights]
         document["predictors"] = {"features": list(FEATURE_NAMES), "models": by_model}
+    if profiles.text is not None:
+        document["text_model"] = text_model_document(profiles.text)
     if profiles.calibration:
         document["calibration"] = dict(profiles.calibration)
     if registry is not None:

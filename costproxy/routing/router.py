@@ -39,6 +39,7 @@ from costproxy.routing.breakers import CircuitBreakers
 from costproxy.routing.concrete import resolve_concrete
 from costproxy.routing.policy import EMPTY, QUALITY_MODES, Constraints
 from costproxy.routing.quality import QualityProfiles
+from costproxy.routing.quality_file import QualityHolder, QualityReload
 from costproxy.routing.route import MIN_USEFUL_OUTPUT, Route, RouteInput
 from costproxy.routing.selection import BudgetPressure, Decision, SelectionConfig, cap_that_fits, select
 from costproxy.settings import Settings, provider_readiness
@@ -224,8 +225,18 @@ class SelectionRouter:
                           for model, chain in (fallbacks or {}).items()}
         self.candidates = tuple(m for m in registry.models.values()
                                 if m.kind == "chat" and m.id not in self.unservable)
+        self.quality_file: QualityHolder | None = None  # hot reload of the quality file (build_router)
         self.decisions: OrderedDict[str, DecisionRecord] = OrderedDict()
         self.estimates: OnlineEstimates | None = None  # what feedback taught (learning/), replaced, never mutated
+
+    def reload_quality_if_changed(self) -> QualityReload | None:
+        """Reload the quality file when it changed; a valid one replaces ``quality`` in one assignment.
+        Blocking file I/O: call it off the event loop."""
+        holder = self.quality_file
+        result = None if holder is None else holder.reload_if_changed()
+        if holder is not None and result is not None and result.ok:
+            self.quality = holder.current
+        return result
 
     def route(self, request: RouteInput) -> Route:
         return self.explain(request, extra=request.constraints).route
@@ -373,8 +384,11 @@ def build_router(settings: Settings) -> SelectionRouter:
     if not result.ok:
         raise ConfigError(str(settings.rules_dir), "", "invalid steering rules:\n" + "\n".join(
             str(error) for error in result.errors))
-    return SelectionRouter(registry, quality, settings.selection, rules, CircuitBreakers(settings.fallback.breaker),
-                           settings.fallback.chains, unservable_models(settings))
+    router = SelectionRouter(registry, quality, settings.selection, rules, CircuitBreakers(settings.fallback.breaker),
+                             settings.fallback.chains, unservable_models(settings))
+    if settings.quality_path is not None:
+        router.quality_file = QualityHolder(settings.quality_path, quality)
+    return router
 
 
 def unservable_models(settings: Settings) -> dict[str, str]:

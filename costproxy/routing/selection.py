@@ -104,7 +104,7 @@ class CandidateScore:
     provider: str
     tier: str
     expected_quality: float
-    quality_source: str  # predictor | bucket | task | model | tier | default (quality.LEVELS), or online
+    quality_source: str  # text | predictor | bucket | task | model | tier | default (quality.LEVELS), or online
     expected_cost_nanos: int
     worst_case_nanos: int
     output_cap: int  # max output tokens the worst case assumes
@@ -275,7 +275,8 @@ def _limit(constraints: Constraints, pressure: BudgetPressure) -> int | None:
 def _score(
     model: ModelSpec, profile: RequestProfile, quality: QualityProfiles, bucket: int, ctx: _Context
 ) -> CandidateScore:
-    expected_q, source = quality.estimate(model.id, model.tier, profile.task_type, bucket, profile.features)
+    expected_q, source = quality.estimate(model.id, model.tier, profile.task_type, bucket, profile.features,
+                                          profile.ngrams)
     learned = None
     if ctx.estimates is not None and ctx.estimates.cells:
         learned = ctx.estimates.lookup(profile.task_type, bucket, model.id, expected_q)

@@ -16,6 +16,11 @@ rows and per model, a logistic regression of the model's score on the analyzer's
 (``predictor_l2`` on the weights, a light 0.01 on the bias), and writes the weights to the
 ``predictors`` section, which the selection engine evaluates per request (``quality.py``).
 
+With ``text_model`` (the default), calibration then fits the n-gram text model
+(``routing/text_model.py``, fitted by ``tools/text_fit.py``): per model, the residual of its score
+on the hashed word n-grams of the query, with the profiles' estimate as offset, written to the
+``text_model`` section.
+
 Difficulty buckets are per task: the ``buckets``-quantiles of the analyzer's difficulty over that
 task's train rows (equal-mass buckets; tasks with fewer than ``min_task_rows`` rows use the
 default edges).  Tier priors are the mean overall quality of the models of each tier.
@@ -47,6 +52,7 @@ from costproxy.analyzer.profile import RequestProfile, analyze
 from costproxy.registry import TIERS, Registry, parse_registry
 from costproxy.routing.quality import DEFAULT_BUCKET_EDGES, ModelQuality, QualityProfiles, TaskQuality, quality_document
 from costproxy.tools.dataset import EvalSet, FloatArray
+from costproxy.tools.text_fit import fit_text_model
 
 TokenCount = Callable[[Sequence[Mapping[str, Any]]], int]
 CHARS_PER_TOKEN = 4
@@ -72,6 +78,8 @@ class CalibrationOptions:
     as_of: date | None = None  # price date written to the registry section (default: today)
     predictors: bool = True  # fit per-request logistic predictors over the query features
     predictor_l2: float = 10.0  # L2 penalty on the predictor weights (features are in [0, 1])
+    text_model: bool = True  # fit the n-gram text model on top of the profiles (tools/text_fit.py)
+    text_l2: float = 1e-3  # its L2 penalty (mean log-loss + l2/2·‖w‖²)
 
 
 @dataclass(frozen=True)
@@ -186,15 +194,20 @@ def fit_quality(
         if members:
             priors[tier] = float(np.mean([x for x in members if x is not None]))
     predictors = fit_predictors(profiles, perf, models, options) if options.predictors else {}
-    return QualityProfiles(models=fitted, tier_priors=priors, bucket_edges=edges,
-                           default_prior=float(perf.mean()), predictors=predictors)
+    quality = QualityProfiles(models=fitted, tier_priors=priors, bucket_edges=edges,
+                              default_prior=float(perf.mean()), predictors=predictors)
+    if not options.text_model:
+        return quality
+    base = predict(quality, profiles, models, tiers)
+    text = fit_text_model([p.ngrams for p in profiles], perf, base, models, options.text_l2)
+    return replace(quality, text=text)
 
 
 def predict(quality: QualityProfiles, profiles: Sequence[RequestProfile], models: Sequence[str],
             tiers: Mapping[str, str]) -> FloatArray:
     """(rows × models) expected quality of each row under ``quality``."""
     return np.asarray([[quality.estimate(m, tiers.get(m, ""), p.task_type, quality.bucket(p.task_type, p.difficulty),
-                                         p.features)[0] for m in models]
+                                         p.features, p.ngrams)[0] for m in models]
                        for p in profiles], dtype=np.float64)
 
 
@@ -293,17 +306,20 @@ def calibrate(data: EvalSet, count: TokenCount = approx_tokens,
     registry: Registry = parse_registry(registry_doc, f"{data.source} (fitted registry)")
     tiers = {m.id: m.tier for m in registry.models.values()}
     buckets, strength, tried = choose_granularity(analyzed, train.perf, train.models, tiers,
-                                                replace(options, predictors=False))
+                                                replace(options, predictors=False, text_model=False))
     chosen = replace(options, buckets=buckets, prior_strength=strength)
     fitted = fit_quality(analyzed, train.perf, train.models, tiers, chosen)
     settings = {"data": data.source, "train_rows": len(train), "buckets": buckets,
                 "prior_strength": strength, "min_task_rows": options.min_task_rows,
                 "tokenizer": options.tokenizer, "predictors": options.predictors,
-                "predictor_l2": options.predictor_l2, "cross_validated_brier": tried}
+                "predictor_l2": options.predictor_l2, "text_model": options.text_model,
+                "text_l2": options.text_l2, "cross_validated_brier": tried}
     profiles = replace(
         fitted,
         source=f"calibrated by costproxy calibrate on the train split of {data.source} ({len(train)} rows)",
         registry=registry,
         calibration=settings,
+        fitted_on={"data": data.source, "split": f"train ({len(train)} rows)",
+                   "date": (options.as_of or date.today()).isoformat()},
     )
     return Calibration(profiles=profiles, document=quality_document(profiles, registry_doc))

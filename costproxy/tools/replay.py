@@ -90,6 +90,7 @@ class EvalOptions:
     bootstrap: int = 2_000
     seed: int = 0
     buckets_grid: tuple[int, ...] = ()  # empty: the profiles file as it is
+    point: OperatingPoint | None = None  # fixed operating point (required without train rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +136,37 @@ class EvalReport:
     options: EvalOptions = EvalOptions()
     profiles: str = "file"  # which profiles routed the test split
     variants: tuple[tuple[str, str, float, float], ...] = ()  # (profiles, point, train saving, retention)
+    rows: RowOutcomes | None = None  # per-row outcomes on test (pooling across runs)
+    advantage_vs_random: Interval | None = None  # router saving − random saving at the router's quality
+    hindsight: bool = False  # no train rows: strongest, cheapest and the mixes were read off test
+
+
+@dataclass(frozen=True)
+class RowOutcomes:
+    """Per-row cost and score on test of the router, always-strongest and always-cheapest."""
+
+    router_cost: FloatArray
+    router_perf: FloatArray
+    strongest_cost: FloatArray
+    strongest_perf: FloatArray
+    cheapest_cost: FloatArray
+    cheapest_perf: FloatArray
+
+
+def random_at_quality(rows: RowOutcomes, idx: IntArray) -> tuple[float, FloatArray, FloatArray]:
+    """Saving of random strongest/cheapest routing at the router's score: the point, and per bootstrap
+    resample (``idx``, B × rows) that saving and the router's minus it."""
+    def saving(i: IntArray | slice) -> tuple[FloatArray, FloatArray]:
+        s_cost, c_cost = rows.strongest_cost[i].sum(axis=-1), rows.cheapest_cost[i].sum(axis=-1)
+        s_perf, c_perf = rows.strongest_perf[i].sum(axis=-1), rows.cheapest_perf[i].sum(axis=-1)
+        share = np.clip((rows.router_perf[i].sum(axis=-1) - c_perf) / np.where(s_perf == c_perf, np.nan,
+                                                                               s_perf - c_perf), 0.0, 1.0)
+        random_saving = 1.0 - (share * s_cost + (1.0 - share) * c_cost) / s_cost
+        return np.asarray(random_saving), np.asarray(1.0 - rows.router_cost[i].sum(axis=-1) / s_cost)
+
+    point_random, _ = saving(slice(None))
+    random_b, router_b = saving(idx)
+    return float(point_random), random_b, router_b - random_b
 
 
 # --- routing ------------------------------------------------------------------------------------
@@ -178,6 +210,8 @@ def _calibration_options(quality: QualityProfiles) -> CalibrationOptions:
         min_task_rows=int(settings.get("min_task_rows", CalibrationOptions().min_task_rows)),
         predictors=bool(settings.get("predictors", bool(quality.predictors))),
         predictor_l2=float(settings.get("predictor_l2", CalibrationOptions().predictor_l2)),
+        text_model=bool(settings.get("text_model", quality.text is not None)),
+        text_l2=float(settings.get("text_l2", CalibrationOptions().text_l2)),
     )
 
 
@@ -185,10 +219,14 @@ def cross_fitted_routes(train: EvalSet, profiles: Sequence[RequestProfile], qual
                         options: EvalOptions) -> IntArray:
     """(points × rows) choices on train, each fold routed by profiles fitted without it."""
     candidates = _candidates(quality, train.models)
+    chosen = np.empty((len(options.points), len(train)), dtype=np.intp)
+    if not quality.calibration:  # not costproxy calibrate output (priors): nothing to refit, route as is
+        for k, point in enumerate(options.points):
+            chosen[k] = route(profiles, candidates, quality, point, train.models)
+        return chosen
     tiers = {m.id: m.tier for m in candidates}
     settings = _calibration_options(quality)
     folds = np.random.default_rng(options.seed).permutation(len(train)) % max(2, options.folds)
-    chosen = np.empty((len(options.points), len(train)), dtype=np.intp)
     for fold in np.unique(folds):
         fit_idx, held = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
         fitted = fit_quality([profiles[int(i)] for i in fit_idx], train.perf[fit_idx], train.models, tiers, settings)
@@ -373,8 +411,9 @@ def _baselines(s: _Splits, router: StrategyResult, target: float) -> tuple[list[
     s_cost, c_cost = test.cost[:, strongest], test.cost[:, cheapest]
     router_cost = (1.0 - router.saving.point) * s_cost.sum()
     p = float(np.clip((router_cost - c_cost.sum()) / max(s_cost.sum() - c_cost.sum(), 1e-12), 0.0, 1.0))
-    mix, mix_cost = s.mix("query-blind mix at router quality (train-fitted)", router.retention.point)
-    mix_target, _ = s.mix(f"query-blind mix at {target:.0%} (train-fitted)", target)
+    fitted = "hindsight: fitted on test" if s.train is s.test else "train-fitted"
+    mix, mix_cost = s.mix(f"query-blind mix at router quality ({fitted})", router.retention.point)
+    mix_target, _ = s.mix(f"query-blind mix at {target:.0%} ({fitted})", target)
     oracle = _oracle(test)
     return [
         s.base.result("always-strongest", s_cost, test.perf[:, strongest], test.models[strongest]),
@@ -399,27 +438,58 @@ def _curve(test: EvalSet, routes: IntArray, train_points: FloatArray, strongest:
     return tuple(curve)
 
 
+def _fixed_point(options: EvalOptions) -> tuple[EvalOptions, int | None]:
+    """Options whose points include the fixed point, and its index (``None`` when there is none)."""
+    if options.point is None:
+        return options, None
+    points = options.points if options.point in options.points else (*options.points, options.point)
+    return replace(options, points=points), points.index(options.point)
+
+
+def _choose_on_train(quality: QualityProfiles, train: EvalSet, count: TokenCount, strongest: int,
+                     options: EvalOptions) -> tuple[_Choice, list[_Choice]]:
+    if len(train) == 0:  # nothing to choose on: the file as it is, at the fixed point
+        empty = np.full((len(options.points), 2), np.nan)
+        choice = _Choice("file, fixed point (no train rows)", quality, 0, float("nan"), empty)
+        return choice, []
+    return _choose_profiles(quality, train, analyze_rows(train, count), strongest, options)
+
+
 def run_eval(data: EvalSet, quality: QualityProfiles, count: TokenCount = approx_tokens,
              options: EvalOptions | None = None) -> EvalReport:
-    """Choose the operating point on train (cross-fitted), then report every strategy on test."""
-    options = options or EvalOptions()
+    """Choose the operating point on train (cross-fitted), then report every strategy on test.
+
+    Without train rows (a test-only file) ``options.point`` must be given; always-strongest,
+    always-cheapest and the query-blind mixes are then read off the test rows (hindsight)."""
+    options, fixed = _fixed_point(options or EvalOptions())
     train, test = data.split("train"), data.split("test")
-    if len(train) == 0 or len(test) == 0:
-        raise ValueError(f"{data.source}: needs both a train and a test split")
-    strongest = int(train.perf.mean(axis=0).argmax())
-    cheapest = int(train.cost.mean(axis=0).argmin())
-    train_profiles, test_profiles = analyze_rows(train, count), analyze_rows(test, count)
-    best, tried = _choose_profiles(quality, train, train_profiles, strongest, options)
-    quality, g, train_points = best.quality, best.index, best.train_points
+    if len(test) == 0:
+        raise ValueError(f"{data.source}: no test rows to report on")
+    if len(train) == 0 and fixed is None:
+        raise ValueError(f"{data.source}: no train rows to choose the operating point on: give one "
+                         "(--balanced-gap or --quality-per-usd)")
+    reference = train if len(train) else test
+    strongest = int(reference.perf.mean(axis=0).argmax())
+    cheapest = int(reference.cost.mean(axis=0).argmin())
+    test_profiles = analyze_rows(test, count)
+    best, tried = _choose_on_train(quality, train, count, strongest, options)
+    quality, g, train_points = best.quality, best.index if fixed is None else fixed, best.train_points
     candidates = _candidates(quality, data.models)
     test_routes = np.stack([route(test_profiles, candidates, quality, p, data.models) for p in options.points])
     idx = np.random.default_rng(options.seed).integers(0, len(test), (options.bootstrap, len(test)))
     base = _Baseline(test.cost[:, strongest], test.perf[:, strongest], idx)
     router_cost = _pick(test.cost, test_routes[g], strongest)
-    router = base.result("router (analyze + select)", router_cost, _pick(test.perf, test_routes[g], strongest),
-                         f"{options.points[g].label}, chosen on train")
-    splits = _Splits(train, test, base, strongest, cheapest)
+    router_perf = _pick(test.perf, test_routes[g], strongest)
+    how = "fixed" if fixed is not None else "chosen on train"
+    router = base.result("router (analyze + select)", router_cost, router_perf, f"{options.points[g].label}, {how}")
+    splits = _Splits(reference, test, base, strongest, cheapest)
     others, mix_cost = _baselines(splits, router, options.target_retention)
+    rows = RowOutcomes(router_cost, router_perf, test.cost[:, strongest], test.perf[:, strongest],
+                    test.cost[:, cheapest], test.perf[:, cheapest])
+    random_saving, random_b, advantage_b = random_at_quality(rows, idx)
+    others.append(StrategyResult("random at router quality", _interval(random_saving, random_b), router.retention,
+                                 router.score, float((1 - random_saving) * base.cost.mean() * 1_000),
+                                 "strongest/cheapest mixed to the router's score, in expectation"))
     singles = tuple((m, *_saving_retention(test.cost[:, j], test.perf[:, j], strongest, test))
                     for j, m in enumerate(data.models))
     chosen_names = [data.models[j] if j >= 0 else data.models[strongest] for j in test_routes[g]]
@@ -434,4 +504,6 @@ def run_eval(data: EvalSet, quality: QualityProfiles, count: TokenCount = approx
         profiles=best.label,
         variants=tuple((c.label, options.points[c.index].label, float(c.train_points[c.index, 0]),
                         float(c.train_points[c.index, 1])) for c in tried),
+        rows=rows, advantage_vs_random=_interval(router.saving.point - random_saving, advantage_b),
+        hindsight=len(train) == 0,
     )
