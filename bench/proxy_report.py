@@ -134,7 +134,8 @@ def hotspots(raw: Path, root: Path, top: int = 25) -> str:
             continue
         frames = [_function(f, root) for f in stack.split(";") if not f.startswith(("process ", "thread "))]
         if not frames or frames[-1].endswith(("threading.py:Condition.wait", "threading.py:Event.wait",
-                                              "queue.py:SimpleQueue.get", "queue.py:Queue.get")):
+                                              "queue.py:SimpleQueue.get", "queue.py:Queue.get",
+                                              "thread.py:_worker")):
             continue
         count = int(count_text)
         total += count
