@@ -342,7 +342,28 @@ def _prompts_in(prompt: object) -> int:
 PIECE_CHARS = 32_768
 
 
+# Counts of texts up to MEMO_CHARS are remembered per encoding: the same system prompt, tool schema
+# or earlier turn of a conversation (clients resend the whole history every turn) comes back in
+# request after request, and a dict lookup costs a fraction of tiktoken's encode.  The memo holds at
+# most MEMO_ENTRIES texts per encoding (about 8 MB at worst) and starts over when full; dict reads
+# and writes are atomic, so worker threads counting big inputs share it safely.
+MEMO_CHARS = 4_096
+MEMO_ENTRIES = 2_048
+_MEMOS: dict[str, dict[str, int]] = {}
+
+
 def _count(enc: tiktoken.Encoding, text: str) -> int:
+    if len(text) <= MEMO_CHARS:
+        memo = _MEMOS.get(enc.name)
+        if memo is None:
+            memo = _MEMOS.setdefault(enc.name, {})
+        tokens = memo.get(text)
+        if tokens is None:
+            tokens = len(enc.encode_ordinary(text))
+            if len(memo) >= MEMO_ENTRIES:
+                memo.clear()
+            memo[text] = tokens
+        return tokens
     if len(text) <= PIECE_CHARS:
         return len(enc.encode_ordinary(text))
     return sum(len(enc.encode_ordinary(piece)) for piece in _pieces(text))

@@ -285,3 +285,22 @@ def test_long_texts_are_counted_in_pieces_exactly() -> None:
     assert len(token_module._pieces(text)) > 3
     for encoding in load_encodings().values():
         assert token_module._count(encoding, text) == len(encoding.encode_ordinary(text))
+
+
+def test_short_texts_are_remembered_per_encoding_and_the_memo_is_bounded() -> None:
+    from costproxy.analyzer import tokens as token_module
+
+    encodings = load_encodings()
+    text = "You are a concise assistant. Answer in two sentences at most."
+    for encoding in encodings.values():
+        first = token_module._count(encoding, text)
+        assert first == len(encoding.encode_ordinary(text))
+        assert token_module._MEMOS[encoding.name][text] == first
+        assert token_module._count(encoding, text) == first  # from the memo: the same count
+    long_text = "word " * (token_module.MEMO_CHARS // 5 + 1)
+    token_module._count(encodings["o200k_base"], long_text)
+    assert long_text not in token_module._MEMOS["o200k_base"]
+    for i in range(token_module.MEMO_ENTRIES + 10):
+        assert token_module._count(encodings["o200k_base"], f"message number {i}") == \
+            len(encodings["o200k_base"].encode_ordinary(f"message number {i}"))
+    assert len(token_module._MEMOS["o200k_base"]) <= token_module.MEMO_ENTRIES
