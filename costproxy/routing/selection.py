@@ -90,7 +90,10 @@ class SelectionConfig:
         return max(used, burn)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: ``select`` builds one per candidate model on every ``auto`` request, and a frozen
+# dataclass's ``__init__`` (one ``object.__setattr__`` per field) costs three times a plain one.
+# Treat it as read-only all the same; ``unsafe_hash`` keeps it hashable as it was when frozen.
+@dataclass(slots=True, unsafe_hash=True)
 class CandidateScore:
     model: str
     provider: str
