@@ -74,6 +74,8 @@ class Plan:
 async def count_billable(services: Services, request: ChatRequest, encoding: str) -> BillableInput:
     """Every billable input of the request (``TokenCounter.billable``), off the loop when large."""
     counter, body, endpoint = services.counter, request.body, request.endpoint.value
+    if not counter.has(encoding):  # loaded on first use, never on the event loop
+        await asyncio.to_thread(counter.load, encoding)
     if _rough_size(body) > OFFLOOP_TOKENIZE_CHARS:
         return await asyncio.to_thread(counter.billable, endpoint, body, encoding)
     return counter.billable(endpoint, body, encoding)
