@@ -146,6 +146,15 @@ def load_encodings(
     return {name: load_encoding(name, directory) for name in names}
 
 
+def check_encodings(names: Iterable[str] = ENCODING_NAMES, directory: Path | None = None) -> None:
+    """Load and verify every named encoding, keeping none that is not loaded already (``serve``
+    refuses to start on a bad file, and a process then holds only the encodings its traffic uses).
+    Blocking, like ``load_encoding``."""
+    for name in names:
+        _load_cached.__wrapped__(_spec(name).name, None if directory is None else Path(directory))
+    _trim_heap()
+
+
 def export_encodings(directory: Path) -> list[Path]:
     """Write the verified ``<name>.tiktoken`` files of every encoding into ``directory``.
 
