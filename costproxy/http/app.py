@@ -17,6 +17,7 @@ The middleware order is the one list ``MIDDLEWARES``; every piece of state is a 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
@@ -31,7 +32,7 @@ from costproxy.alerts.catalog import AlertCatalog
 from costproxy.alerts.manager import AlertManager
 from costproxy.alerts.sender import SenderSettings, WebhookSender
 from costproxy.alerts.store import AlertStore
-from costproxy.analyzer.encodings import load_encodings
+from costproxy.analyzer.encodings import load_encoding, load_encodings
 from costproxy.analyzer.tokens import TokenCounter
 from costproxy.background import cancel_and_wait, stop_if_cancelled
 from costproxy.budgets.model import window_at
@@ -189,10 +190,12 @@ async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    encodings = await asyncio.to_thread(load_encodings, directory=settings.encodings_dir)
+    # o200k_base now (the default); the others when a request first needs them (tens of MB each)
+    encodings = await asyncio.to_thread(load_encodings, ["o200k_base"], directory=settings.encodings_dir)
     router = app[ROUTER] = await asyncio.to_thread(build_router, settings)
+    counter = TokenCounter(encodings, functools.partial(load_encoding, directory=settings.encodings_dir))
     services = app[SERVICES] = Services(
-        settings=settings, registry=settings.registry, counter=TokenCounter(encodings),
+        settings=settings, registry=settings.registry, counter=counter,
         upstream=UpstreamClient(app[HTTP_SESSION]), accounts=app[BACKEND].accounts, router=router,
         tracer=app[TRACER], limits=app[BACKEND].limits, cache=app[BACKEND].cache)
     services.events.subscribe(request_observer(app[METRICS]))

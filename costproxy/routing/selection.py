@@ -98,7 +98,10 @@ class SelectionConfig:
         return max(used, burn)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: ``select`` builds one per candidate model on every ``auto`` request, and a frozen
+# dataclass's ``__init__`` (one ``object.__setattr__`` per field) costs three times a plain one.
+# Treat it as read-only all the same; ``unsafe_hash`` keeps it hashable as it was when frozen.
+@dataclass(slots=True, unsafe_hash=True)
 class CandidateScore:
     model: str
     provider: str
@@ -356,6 +359,23 @@ def _no_model_message(scores: Sequence[CandidateScore], profile: RequestProfile)
             else "No model can serve this request: the candidate list is empty")
 
 
+# The router keeps the last 10,000 decisions (``/api/v1/decisions/{id}``), each with a score per
+# candidate model: ~7 KB apiece.  Requests alike (task, size, budget) score alike, so a decision
+# whose scores equal an earlier one's holds that earlier tuple instead (~0.3 KB left per decision).
+SHARED_SCORES = 2_048
+_SCORES_SEEN: dict[tuple[CandidateScore, ...], tuple[CandidateScore, ...]] = {}
+
+
+def _shared(scores: tuple[CandidateScore, ...]) -> tuple[CandidateScore, ...]:
+    known = _SCORES_SEEN.get(scores)
+    if known is not None:
+        return known
+    if len(_SCORES_SEEN) >= SHARED_SCORES:
+        _SCORES_SEEN.clear()
+    _SCORES_SEEN[scores] = scores
+    return scores
+
+
 def select(
     profile: RequestProfile,
     candidates: Sequence[ModelSpec],
@@ -399,7 +419,7 @@ def select(
         *constraints.reasons,
     )
     return Decision(
-        id=decision_id or uuid.uuid4().hex, model=chosen.model, scores=tuple(scores), reasons=reasons,
+        id=decision_id or uuid.uuid4().hex, model=chosen.model, scores=_shared(tuple(scores)), reasons=reasons,
         fallback_chain=_fallbacks(chosen, sufficient, eligible, config.max_fallbacks),
         quality_target=target, expected_quality=chosen.expected_quality,
         estimated_cost_nanos=chosen.expected_cost_nanos, worst_case_nanos=chosen.worst_case_nanos,

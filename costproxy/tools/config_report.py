@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from costproxy.analyzer.encodings import load_encodings
+from costproxy.analyzer.encodings import check_encodings
 from costproxy.errors import ConfigError, InternalError
 from costproxy.money import format_usd
 from costproxy.routing.router import SelectionRouter, build_router
@@ -29,7 +29,7 @@ def preflight(settings: Settings) -> SelectionRouter:
         raise ConfigError(str(settings.config_path), "store.ledger_url", "the PostgreSQL ledger needs its driver: "
                           "pip install 'costproxy[postgres]'", redacted_url(settings.store.ledger_url))
     try:
-        load_encodings(directory=settings.encodings_dir)
+        check_encodings(directory=settings.encodings_dir)
     except (InternalError, OSError) as exc:
         where = "encodings_dir" if settings.encodings_dir is not None else ""
         raise ConfigError(str(settings.config_path), where, f"tokenizer encodings do not load: {exc}",
