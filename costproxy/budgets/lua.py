@@ -3,8 +3,11 @@
 Key layout (``P`` is ``budgets.key_prefix``, default ``cp``; ``{…}`` is the Redis Cluster hash tag)::
 
     P:{<org>}:b:<budget_id>:<period_key>  hash   spent, reserved (nano-USD), f<pct> (threshold fired at ms)
-    P:{<org>}:r:<token>                   hash   one reservation: <counter key> -> amount, _exp -> ms
+    P:{<org>}:r:<token>                   hash   one reservation: <counter key> -> amount, _exp -> ms,
+                                                 _o -> owner, _e -> its ledger entry if the owner dies
     P:{<org>}:rx                          zset   reservation tokens by expiry (ms)
+    P:{<org>}:alive:<owner>               string a replica process that holds reservations is running
+                                                 (expires one reservation TTL after its last sign)
     P:{<org>}:d:<token>                   string settled marker (makes settle idempotent on retry and on
                                                  outbox replay; for usage records the token is
                                                  derived from the idempotency key, kept 7 days)
@@ -61,6 +64,9 @@ class RedisKeys:
     def done(self, partition: str, token: str) -> str:
         return f"{self.tag(partition)}:d:{token}"
 
+    def alive(self, partition: str, owner: str) -> str:
+        return f"{self.tag(partition)}:alive:{owner}"
+
     def ledger(self, partition: str) -> str:
         return f"{self.tag(partition)}:ledger"
 
@@ -86,17 +92,32 @@ class RedisKeys:
         return f"{self.prefix}:{{defs}}:{name}"
 
 
+# A lapsed reservation whose owner (``_o``, a replica process) is still alive is released: that
+# replica ended the request before the lease lapsed and settles it itself (late, from its outbox).
+# The owner's ``alive`` key is gone when the replica died (SIGKILL, crash, lost host): its call may
+# have been billed, so the reservation's worst case is charged and its ``lapsed`` ledger entry
+# (``_e``, priced at the amount held) appended, with the settled marker set so that a settlement the
+# replica did save (its outbox, replayed after a restart) cannot charge a second time.
 _RECLAIM_FN = """
-local function reclaim(zkey, rprefix, now, limit)
+local function reclaim(zkey, rprefix, now, limit, done_ttl)
+  local tag = string.sub(rprefix, 1, #rprefix - 2)
   local tokens = redis.call('ZRANGEBYSCORE', zkey, '-inf', now, 'LIMIT', 0, limit)
   for _, token in ipairs(tokens) do
     local rkey = rprefix .. token
     local held = redis.call('HGETALL', rkey)
+    local owner, entry = nil, nil
+    for j = 1, #held, 2 do
+      if held[j] == '_o' then owner = held[j + 1] elseif held[j] == '_e' then entry = held[j + 1] end
+    end
+    local charge = owner ~= nil and entry ~= nil and redis.call('EXISTS', tag .. 'alive:' .. owner) == 0
+    if charge and not redis.call('SET', tag .. 'd:' .. token, '1', 'PX', done_ttl, 'NX') then charge = false end
     for j = 1, #held, 2 do
       if string.sub(held[j], 1, 1) ~= '_' and held[j + 1] ~= '0' then
         redis.call('HINCRBY', held[j], 'reserved', '-' .. held[j + 1])
+        if charge then redis.call('HINCRBY', held[j], 'spent', held[j + 1]) end
       end
     end
+    if charge then redis.call('XADD', tag .. 'ledger', '*', 'e', entry) end
     redis.call('DEL', rkey)
     redis.call('ZREM', zkey, token)
   end
@@ -106,7 +127,9 @@ end
 
 # KEYS: counter_1..counter_n, reservation, expiries
 # ARGV: now, ttl, amount, token, reservation prefix, reclaim batch, then per counter: limit
-#       (-1: soft), gate (-1: none), expire-at ms (0: never, a total budget without end)
+#       (-1: soft), gate (-1: none), expire-at ms (0: never, a total budget without end); then the
+#       owner (this replica process, kept alive by this script, RENEW and the maintenance loop)
+#       and the ledger entry to append if the owner dies holding the reservation (both optional)
 # Returns {'ok', spent_1, reserved_1, ...} (before this reservation), {'over'|'gate', i, spent,
 # reserved}, or {'dup'} when this token is already reserved (a client retry after a lost reply).
 RESERVE = _RECLAIM_FN + """
@@ -114,7 +137,7 @@ local n = #KEYS - 2
 local now, ttl, amount = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local res, zkey = KEYS[n + 1], KEYS[n + 2]
 if redis.call('EXISTS', res) == 1 then return {'dup'} end
-reclaim(zkey, ARGV[5], now, tonumber(ARGV[6]))
+reclaim(zkey, ARGV[5], now, tonumber(ARGV[6]), ttl * 2 + 3600000)
 local out = {'ok'}
 for i = 1, n do
   local c = redis.call('HMGET', KEYS[i], 'spent', 'reserved')
@@ -132,6 +155,12 @@ for i = 1, n do
   redis.call('HSET', res, KEYS[i], ARGV[3])
 end
 redis.call('HSET', res, '_exp', ARGV[1] + 0 + ttl)
+local owner, entry = ARGV[7 + 3 * n], ARGV[8 + 3 * n]
+if owner and owner ~= '' then
+  redis.call('HSET', res, '_o', owner)
+  if entry and entry ~= '' then redis.call('HSET', res, '_e', entry) end
+  redis.call('SET', string.sub(ARGV[5], 1, #ARGV[5] - 2) .. 'alive:' .. owner, '1', 'PX', ttl)
+end
 redis.call('PEXPIRE', res, ttl * 4)
 redis.call('ZADD', zkey, now + ttl, ARGV[4])
 return out
@@ -185,6 +214,10 @@ return out
 # reservation is gone (reclaimed after its lease lapsed, or settled), so the request must end.
 RENEW = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local owner = redis.call('HGET', KEYS[1], '_o')
+if owner then
+  redis.call('SET', string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[1] - 2) .. 'alive:' .. owner, '1', 'PX', ARGV[3])
+end
 local expires = tonumber(ARGV[2]) + tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], '_exp', expires)
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) * 4)
@@ -192,9 +225,10 @@ redis.call('ZADD', KEYS[2], expires, ARGV[1])
 return 1
 """
 
-# KEYS: expiries; ARGV: reservation prefix, now, batch.  Returns how many were reclaimed.
+# KEYS: expiries; ARGV: reservation prefix, now, batch, settled-marker TTL ms.  Returns how many
+# were reclaimed.
 RECLAIM = _RECLAIM_FN + """
-return reclaim(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
+return reclaim(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
 """
 
 # KEYS: definitions hash, version, audit stream; ARGV: mode (create|update|delete|put), id, body,
