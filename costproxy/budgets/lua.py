@@ -92,36 +92,54 @@ class RedisKeys:
         return f"{self.prefix}:{{defs}}:{name}"
 
 
-# A lapsed reservation whose owner (``_o``, a replica process) is still alive is released: that
-# replica ended the request before the lease lapsed and settles it itself (late, from its outbox).
-# The owner's ``alive`` key is gone when the replica died (SIGKILL, crash, lost host): its call may
-# have been billed, so the reservation's worst case is charged and its ``lapsed`` ledger entry
-# (``_e``, priced at the amount held) appended, with the settled marker set so that a settlement the
-# replica did save (its outbox, replayed after a restart) cannot charge a second time.
+# A lapsed reservation records its owner (``_o``, a replica process whose ``alive`` key it keeps
+# fresh while it runs) and the ledger entry to append if that owner died (``_e``).  Seen lapsed
+# while the owner's ``alive`` key still runs, the decision waits until that key would expire
+# (``_seen``): found alive again, the owner outlived the lapse, so it ended the request itself and
+# settles it (late, from its outbox): the reservation is released.  Found dead (SIGKILL, crash,
+# lost host), its call may have been billed: the reservation's worst case is charged and the
+# ``lapsed`` entry (priced at the amount held) appended, with the settled marker set so that a
+# settlement the replica did save (its outbox, replayed after a restart) cannot charge twice.
 _RECLAIM_FN = """
-local function reclaim(zkey, rprefix, now, limit, done_ttl)
+local function lapse(zkey, rprefix, token, now, done_ttl)
   local tag = string.sub(rprefix, 1, #rprefix - 2)
-  local tokens = redis.call('ZRANGEBYSCORE', zkey, '-inf', now, 'LIMIT', 0, limit)
-  for _, token in ipairs(tokens) do
-    local rkey = rprefix .. token
-    local held = redis.call('HGETALL', rkey)
-    local owner, entry = nil, nil
-    for j = 1, #held, 2 do
-      if held[j] == '_o' then owner = held[j + 1] elseif held[j] == '_e' then entry = held[j + 1] end
-    end
-    local charge = owner ~= nil and entry ~= nil and redis.call('EXISTS', tag .. 'alive:' .. owner) == 0
-    if charge and not redis.call('SET', tag .. 'd:' .. token, '1', 'PX', done_ttl, 'NX') then charge = false end
-    for j = 1, #held, 2 do
-      if string.sub(held[j], 1, 1) ~= '_' and held[j + 1] ~= '0' then
-        redis.call('HINCRBY', held[j], 'reserved', '-' .. held[j + 1])
-        if charge then redis.call('HINCRBY', held[j], 'spent', held[j + 1]) end
-      end
-    end
-    if charge then redis.call('XADD', tag .. 'ledger', '*', 'e', entry) end
-    redis.call('DEL', rkey)
-    redis.call('ZREM', zkey, token)
+  local rkey = rprefix .. token
+  local held = redis.call('HGETALL', rkey)
+  local owner, entry, seen = nil, nil, nil
+  for j = 1, #held, 2 do
+    if held[j] == '_o' then owner = held[j + 1]
+    elseif held[j] == '_e' then entry = held[j + 1]
+    elseif held[j] == '_seen' then seen = true end
   end
-  return #tokens
+  local charge = false
+  if owner and entry then
+    local left = redis.call('PTTL', tag .. 'alive:' .. owner)
+    if left > 0 and not seen then
+      redis.call('HSET', rkey, '_seen', '1')
+      redis.call('ZADD', zkey, now + left + 1, token)
+      return 0
+    end
+    charge = left <= 0 and redis.call('SET', tag .. 'd:' .. token, '1', 'PX', done_ttl, 'NX') ~= false
+  end
+  for j = 1, #held, 2 do
+    if string.sub(held[j], 1, 1) ~= '_' and held[j + 1] ~= '0' then
+      redis.call('HINCRBY', held[j], 'reserved', '-' .. held[j + 1])
+      if charge then redis.call('HINCRBY', held[j], 'spent', held[j + 1]) end
+    end
+  end
+  if charge then redis.call('XADD', tag .. 'ledger', '*', 'e', entry) end
+  redis.call('DEL', rkey)
+  redis.call('ZREM', zkey, token)
+  return 1
+end
+
+local function reclaim(zkey, rprefix, now, limit, done_ttl)
+  local tokens = redis.call('ZRANGEBYSCORE', zkey, '-inf', now, 'LIMIT', 0, limit)
+  local count = 0
+  for _, token in ipairs(tokens) do
+    count = count + lapse(zkey, rprefix, token, now, done_ttl)
+  end
+  return count
 end
 """
 
@@ -215,6 +233,7 @@ return out
 RENEW = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local owner = redis.call('HGET', KEYS[1], '_o')
+redis.call('HDEL', KEYS[1], '_seen')
 if owner then
   redis.call('SET', string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[1] - 2) .. 'alive:' .. owner, '1', 'PX', ARGV[3])
 end

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from costproxy.background import cancel_and_wait
 from costproxy.budgets.book import BudgetEvent, usage_entry
 from costproxy.budgets.codec import usage_from_json
 from costproxy.errors import StoreUnavailable
@@ -181,3 +182,29 @@ async def test_replaying_a_settlement_redis_already_applied_changes_nothing(repl
     assert [e.request_id for e in stream_entries(redis_space)] == ["r1"]
     user = next(v for k, v in counters(redis_space).items() if ":b:alice:" in k)
     assert (user["spent"], user["reserved"]) == (400, 0)
+
+
+async def test_a_dead_replicas_lapsed_reservation_is_charged_even_if_it_lapsed_before_its_heartbeat(
+        replica: Opener, redis_space: RedisSpace) -> None:
+    """The owner's ``alive`` key can outlive a reservation it stopped renewing: the reclaim waits
+    for the key before deciding, so a replica that then turns out dead is charged (its call may
+    have been billed) and a live one's lapsed lease would be released."""
+    config = section(*CHAIN, ttl=1.0, refresh=0.05)
+    dead, survivor = await replica(config), await replica(config)
+    early = await dead.reserve("early", ALICE, 300_000_000)
+    await asyncio.sleep(0.6)
+    await dead.reserve("late", ALICE, 100_000_000)  # refreshes the owner's heartbeat
+    await cancel_and_wait(dead._tasks)  # the replica dies: no more heartbeats, renewals or settles
+    deadline = time.monotonic() + 10
+    while len(stream_entries(redis_space)) < 2:
+        assert time.monotonic() < deadline, "the dead replica's reservations were never charged"
+        await survivor.reclaim_expired()
+        await asyncio.sleep(0.05)
+    ledger = {e.request_id: e for e in stream_entries(redis_space)}
+    assert {(r, e.status, e.cost_nanos, e.usage_reported) for r, e in ledger.items()} == {
+        ("early", "lapsed", 300_000_000, False), ("late", "lapsed", 100_000_000, False)}
+    user = next(v for k, v in counters(redis_space).items() if ":b:alice:" in k)
+    assert (user["spent"], user["reserved"]) == (400_000_000, 0)
+    await dead.settle(early, entry("early", 1))  # a replayed settlement after a restart: already charged
+    assert len(stream_entries(redis_space)) == 2
+    assert next(v for k, v in counters(redis_space).items() if ":b:alice:" in k)["spent"] == 400_000_000
