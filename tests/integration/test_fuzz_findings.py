@@ -27,3 +27,16 @@ async def test_an_expiry_beyond_the_year_9999_is_a_400_not_a_500(make_proxy: Pro
     assert body["error"]["param"] == "expiresInSeconds"
     resp = await proxy.client.post(path, headers=ADMIN, json={"expiresInSeconds": 3600})
     assert resp.status == 201
+
+
+@pytest.mark.parametrize("role", [{}, [], [None], {"a": 1}])
+async def test_a_role_that_is_a_list_or_an_object_is_a_400_and_charges_nothing(make_proxy: ProxyFactory,
+                                                                                role: Any) -> None:
+    proxy = await make_proxy()
+    body = {"model": "small", "max_tokens": 20, "messages": [{"role": role, "content": []}]}
+    resp = await proxy.client.post("/v1/chat/completions", json=body, headers=proxy.auth())
+    answer = await resp.json()
+    assert resp.status == 400 and openai_error(answer, "invalid_request"), answer
+    assert answer["error"]["param"] == "messages[0].role"
+    assert not proxy.sim.calls
+    assert all(e.cost_nanos == 0 and e.status == "refused" for e in await proxy.ledger())
