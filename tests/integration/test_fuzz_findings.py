@@ -40,3 +40,16 @@ async def test_a_role_that_is_a_list_or_an_object_is_a_400_and_charges_nothing(m
     assert answer["error"]["param"] == "messages[0].role"
     assert not proxy.sim.calls
     assert all(e.cost_nanos == 0 and e.status == "refused" for e in await proxy.ledger())
+
+
+@pytest.mark.parametrize("value", [True, 0, 1.5, [], [None]])
+async def test_a_legacy_function_call_of_the_wrong_type_is_refused_before_the_provider(
+        make_proxy: ProxyFactory, value: Any) -> None:
+    proxy = await make_proxy()
+    body = {"model": "small", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}],
+            "functions": [{"name": "f", "parameters": {"type": "object"}}], "function_call": value}
+    resp = await proxy.client.post("/v1/chat/completions", json=body, headers=proxy.auth())
+    answer = await resp.json()
+    assert resp.status == 400 and openai_error(answer, "invalid_request"), answer
+    assert answer["error"]["param"] == "function_call"
+    assert not proxy.sim.calls
