@@ -47,6 +47,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
+import orjson
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -83,13 +84,16 @@ log = structlog.get_logger("costproxy.budgets.model")
 RECLAIM_BATCH = 16
 
 
-def lapsed_entry(request_id: str, principal: Principal, amount: int, now_ms: int) -> LedgerEntry:
-    """The ledger entry of a reservation whose replica died holding it: the call may have been
-    billed, so it is charged the worst case that was reserved, marked as not reported."""
-    return LedgerEntry(request_id=request_id, ts_ms=now_ms, endpoint="", status=Status.LAPSED.value,
-                       http_status=0, key_id=principal.key_id, user=principal.user, team=principal.team,
-                       org=principal.org, project=principal.project, cost_nanos=amount, usage_reported=False,
-                       error_code="replica_lost")
+def lapsed_entry(reservation: BudgetReservation, principal: Principal, now_ms: int) -> bytes:
+    """The ledger entry (JSON) of a reservation whose replica died holding it: the call may have
+    been billed, so it is charged the worst case that was reserved, marked as not reported.  Built
+    as a plain dict (the fields a ``LedgerEntry`` does not default), since every reserve pays for it."""
+    return orjson.dumps({
+        "request_id": reservation.request_id, "ts_ms": now_ms, "endpoint": "", "status": Status.LAPSED.value,
+        "http_status": 0, "key_id": principal.key_id, "user": principal.user, "team": principal.team,
+        "org": principal.org, "project": principal.project, "cost_nanos": reservation.amount_nanos,
+        "usage_reported": False, "error_code": "replica_lost",
+        "metadata": {"budgets": dict(zip(reservation.budget_ids, reservation.period_keys, strict=True))}})
 
 
 def _text(value: Any) -> str:
@@ -253,8 +257,7 @@ class RedisBudgetAccounts(BudgetBook):
         reservation = BudgetReservation(
             request_id=request_id, amount_nanos=worst_case_nanos, budget_ids=tuple(c.spec.id for c in chain),
             token=token, period_keys=periods, counter_keys=tuple(keys[:-2]), home=home)
-        args += [self.owner, entry_json(self.tagged(lapsed_entry(request_id, principal, worst_case_nanos, now),
-                                                    reservation)).decode()]
+        args += [self.owner, lapsed_entry(reservation, principal, now).decode()]
         try:
             await self._register([home, *(c.spec.partition for c in chain)])
             reply = await self._reserve(keys=keys, args=args)
