@@ -95,13 +95,14 @@ class RedisKeys:
 # A lapsed reservation records its owner (``_o``, a replica process whose ``alive`` key it keeps
 # fresh while it runs) and the ledger entry to append if that owner died (``_e``).  Seen lapsed
 # while the owner's ``alive`` key still runs, the decision waits until that key would expire
-# (``_seen``): found alive again, the owner outlived the lapse, so it ended the request itself and
+# (``_seen`` keeps when, on Redis's own clock: a caller's ``now`` may be late or skewed).  Found
+# alive with a later expiry, the owner outlived the lapse, so it ended the request itself and
 # settles it (late, from its outbox): the reservation is released.  Found dead (SIGKILL, crash,
 # lost host), its call may have been billed: the reservation's worst case is charged and the
 # ``lapsed`` entry (priced at the amount held) appended, with the settled marker set so that a
 # settlement the replica did save (its outbox, replayed after a restart) cannot charge twice.
 _RECLAIM_FN = """
-local function lapse(zkey, rprefix, token, now, done_ttl)
+local function lapse(zkey, rprefix, token, done_ttl)
   local tag = string.sub(rprefix, 1, #rprefix - 2)
   local rkey = rprefix .. token
   local held = redis.call('HGETALL', rkey)
@@ -109,17 +110,22 @@ local function lapse(zkey, rprefix, token, now, done_ttl)
   for j = 1, #held, 2 do
     if held[j] == '_o' then owner = held[j + 1]
     elseif held[j] == '_e' then entry = held[j + 1]
-    elseif held[j] == '_seen' then seen = true end
+    elseif held[j] == '_seen' then seen = tonumber(held[j + 1]) end
   end
   local charge = false
   if owner and entry then
     local left = redis.call('PTTL', tag .. 'alive:' .. owner)
-    if left > 0 and not seen then
-      redis.call('HSET', rkey, '_seen', '1')
-      redis.call('ZADD', zkey, now + left + 1, token)
-      return 0
+    if left > 0 then
+      local clock = redis.call('TIME')
+      local expires = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) + left
+      if not seen or expires <= seen then  -- the heartbeat seen before has not run out yet: look again then
+        if not seen then redis.call('HSET', rkey, '_seen', expires) end
+        redis.call('ZADD', zkey, expires + 1, token)
+        return 0
+      end
+    else
+      charge = redis.call('SET', tag .. 'd:' .. token, '1', 'PX', done_ttl, 'NX') ~= false
     end
-    charge = left <= 0 and redis.call('SET', tag .. 'd:' .. token, '1', 'PX', done_ttl, 'NX') ~= false
   end
   for j = 1, #held, 2 do
     if string.sub(held[j], 1, 1) ~= '_' and held[j + 1] ~= '0' then
@@ -137,7 +143,7 @@ local function reclaim(zkey, rprefix, now, limit, done_ttl)
   local tokens = redis.call('ZRANGEBYSCORE', zkey, '-inf', now, 'LIMIT', 0, limit)
   local count = 0
   for _, token in ipairs(tokens) do
-    count = count + lapse(zkey, rprefix, token, now, done_ttl)
+    count = count + lapse(zkey, rprefix, token, done_ttl)
   end
   return count
 end

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from costproxy.background import cancel_and_wait
-from costproxy.budgets.book import BudgetEvent, usage_entry
+from costproxy.budgets.book import BudgetEvent, BudgetReservation, usage_entry
 from costproxy.budgets.codec import usage_from_json
 from costproxy.errors import StoreUnavailable
 from costproxy.ledger.entry import LedgerEntry
@@ -187,15 +187,26 @@ async def test_replaying_a_settlement_redis_already_applied_changes_nothing(repl
 async def test_a_dead_replicas_lapsed_reservation_is_charged_even_if_it_lapsed_before_its_heartbeat(
         replica: Opener, redis_space: RedisSpace) -> None:
     """The owner's ``alive`` key can outlive a reservation it stopped renewing: the reclaim waits
-    for the key before deciding, so a replica that then turns out dead is charged (its call may
-    have been billed) and a live one's lapsed lease would be released."""
+    for the key before deciding (on Redis's clock, not the late one of the replica that first saw
+    it), so a replica that then turns out dead is charged (its call may have been billed)."""
     config = section(*CHAIN, ttl=1.0, refresh=0.05)
     dead, survivor = await replica(config), await replica(config)
+    behind = await replica(config, clock=lambda: time.time() - 0.3)  # a replica whose clock is late
+    await cancel_and_wait([*survivor._tasks, *behind._tasks])  # their reclaims run when the test says
     early = await dead.reserve("early", ALICE, 300_000_000)
+    assert isinstance(early, BudgetReservation)
     await asyncio.sleep(0.6)
     await dead.reserve("late", ALICE, 100_000_000)  # refreshes the owner's heartbeat
     await cancel_and_wait(dead._tasks)  # the replica dies: no more heartbeats, renewals or settles
+    await survivor.refresh()  # (they learn the partition in use)
+    await behind.refresh()
+    client = redis_space.client()
     deadline = time.monotonic() + 10
+    while not client.hexists(dead.keys.reservation_prefix(early.home) + early.token, "_seen"):
+        assert time.monotonic() < deadline, "the lapsed reservation was never looked at"
+        await behind.reclaim_expired()  # sees it lapsed while the owner's heartbeat still runs
+        await asyncio.sleep(0.02)
+    client.close()
     while len(stream_entries(redis_space)) < 2:
         assert time.monotonic() < deadline, "the dead replica's reservations were never charged"
         await survivor.reclaim_expired()
