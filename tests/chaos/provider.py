@@ -51,6 +51,8 @@ class Bill:
     completion_tokens: int = 0
     usage_sent: bool = False  # the usage went out in a completed write
     finished: bool = False  # the whole answer went out
+    began: float = field(default_factory=time.monotonic)  # when it was charged
+    ended: float = 0.0  # when the provider was done with it
 
 
 @dataclass
@@ -154,8 +156,10 @@ class FakeProvider:
             await response.write(data)
             await response.write_eof()
         except (ConnectionError, RuntimeError):
+            bill.ended = time.monotonic()
             return response
         bill.usage_sent = bill.finished = True
+        bill.ended = time.monotonic()
         return response
 
     async def _stream(self, request: web.Request, body: dict[str, Any], bill: Bill, n: int, words: int,
@@ -195,6 +199,7 @@ class FakeProvider:
             bill.finished = True
         except (ConnectionError, RuntimeError):
             pass
+        bill.ended = time.monotonic()
         return response
 
 

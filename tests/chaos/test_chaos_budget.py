@@ -159,7 +159,7 @@ async def havoc(cluster: Cluster, redis: RedisServer) -> list[str]:
     done: list[str] = []
     await asyncio.sleep(2.5)
     await cluster.kill(1)
-    done.append("replica 1 SIGKILLed")
+    done.append(f"replica 1 SIGKILLed at {time.monotonic():.2f}")
     await asyncio.sleep(1.0)
     await cluster.restart(1)
     done.append("replica 1 restarted")
@@ -171,7 +171,7 @@ async def havoc(cluster: Cluster, redis: RedisServer) -> list[str]:
     done.append("redis paused 1.2 s")
     await asyncio.sleep(2.0)
     redis.kill()
-    done.append("redis SIGKILLed")
+    done.append(f"redis SIGKILLed at {time.monotonic():.2f}")
     await asyncio.sleep(1.0)
     await asyncio.to_thread(redis.start)
     done.append("redis restarted from AOF")
@@ -209,7 +209,7 @@ async def test_hard_budgets_hold_through_chaos(tmp_path: Path) -> None:
         print("chaos:", report)
         assert not BAD_ERRORS, BAD_ERRORS
         check_budgets(counters, ledger)
-        check_books(provider, ledger)
+        check_books(provider, ledger, events)
         assert statuses[200] > 40 and statuses[429] > 20, report  # traffic got through, and hit the limits
     finally:
         await cluster.stop()
@@ -231,7 +231,7 @@ def check_budgets(counters: dict[str, dict[str, int]], ledger: list[Any]) -> Non
         assert fields.get("spent", 0) == total, f"budget {budget_id}: counter {fields} != ledger {total}"
 
 
-def check_books(provider: FakeProvider, ledger: list[Any]) -> None:
+def check_books(provider: FakeProvider, ledger: list[Any], events: list[str]) -> None:
     entries: dict[str, list[Any]] = {}
     for entry in ledger:
         entries.setdefault(entry.request_id, []).append(entry)
@@ -239,7 +239,9 @@ def check_books(provider: FakeProvider, ledger: list[Any]) -> None:
         assert len(bills) == 1, f"{request_id}: the provider billed {len(bills)} calls for one request"
         bill = bills[0]
         mine = entries.get(request_id, [])
-        assert len(mine) == 1, f"{request_id} ({bill}): {len(mine)} ledger entries: {mine}"
+        lapsed = sorted(e.request_id for e in ledger if e.status == "lapsed")
+        assert len(mine) == 1, (
+            f"{request_id} ({bill}): {len(mine)} ledger entries: {mine}; lapsed: {lapsed}; {events}")
         entry = mine[0]
         priced = bill.prompt_tokens * PRICE_IN + bill.completion_tokens * PRICE_OUT
         if entry.status == "lapsed":  # its replica was SIGKILLed mid-call: charged the worst case reserved
