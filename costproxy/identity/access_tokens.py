@@ -23,7 +23,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from costproxy.errors import InvalidRequest
-from costproxy.wire import JSON_SCOPE, SCOPE_FROM_JSON, TimeInvalid, canonical, instant_ms, iso, spellings
+from costproxy.wire import (
+    JSON_SCOPE,
+    MAX_TIMESTAMP_MS,
+    SCOPE_FROM_JSON,
+    TimeInvalid,
+    canonical,
+    instant_ms,
+    iso,
+    spellings,
+)
 
 TOKEN_PREFIX = "cpro-"
 ROLE_PREFIX = "read-only:"
@@ -139,6 +148,8 @@ def _expiry(data: dict[str, Any], now_ms: int) -> int | None:
         seconds = data["expiresInSeconds"]
         if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds <= 0:
             raise TokenInvalid("expiresInSeconds", "must be a positive integer")
+        if now_ms + seconds * 1000 > MAX_TIMESTAMP_MS:  # a time nobody can write down (or store)
+            raise TokenInvalid("expiresInSeconds", "must end before 9999-12-31T23:59:59Z")
         return now_ms + seconds * 1000
     expires = data.get("expiresAt")
     if expires is None:

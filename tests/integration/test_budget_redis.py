@@ -198,7 +198,15 @@ async def test_sigkilled_replica_reservations_come_back_within_ttl(
     await eventually(lambda: not any(v["reserved"] for v in counters(redis_space).values()), ttl + 10,
                      what="the killed replica's reservations reclaimed")
     assert time.monotonic() - killed_at >= ttl - 0.2
-    await survivor.settle(await survivor.reserve("after", ALICE, USD), entry("after", USD))
+    # The dead replica's calls may have been billed: each reservation is charged its worst case,
+    # with a ``lapsed`` ledger entry (usage unknown), and the budget it filled stays full.
+    lapsed = stream_entries(redis_space)
+    assert sorted(e.request_id for e in lapsed) == [f"held-{n}" for n in range(4)]
+    assert {(e.status, e.cost_nanos, e.usage_reported, e.error_code) for e in lapsed} == {
+        ("lapsed", USD // 4, False, "replica_lost")}
+    assert all(v["spent"] == USD and v["reserved"] == 0 for v in counters(redis_space).values())
+    with pytest.raises(BudgetExceeded):
+        await survivor.reserve("after", ALICE, 1)
 
 
 async def test_period_roll_over_needs_no_cron(replica: Opener, redis_space: RedisSpace) -> None:  # noqa: F811
