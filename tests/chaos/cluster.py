@@ -1,7 +1,9 @@
 """Three ``costproxy serve`` subprocesses on one Redis (the chaos test's deployment).
 
-Each replica has its own config directory and a fixed port, so a SIGKILLed replica restarts on the
-same port and finds its own SQLite file (ledger mirror, durable outbox) again.
+Each replica has its own config directory, so a SIGKILLed replica restarts and finds its own SQLite
+file (ledger mirror, durable outbox) again. Replicas bind port 0 and the port is read back from their
+"listening on" line, so a restarted replica may answer on another port; traffic reads ``base`` at
+each call.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import sys
 import time
@@ -27,7 +30,7 @@ from costproxy.http.keys_api import issue_key
 from costproxy.identity.key_store_redis import RedisKeyStore
 from costproxy.ledger.entry import LedgerEntry
 from tests.conftest import ADMIN_TOKEN
-from tests.conftest_redis import REDIS_DB, RedisServer, RedisSpace, free_port
+from tests.conftest_redis import REDIS_DB, RedisServer, RedisSpace
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {"FAKE_PROVIDER_KEY": "sk-fake", "COSTPROXY_ADMIN_TOKEN": ADMIN_TOKEN}
@@ -81,7 +84,7 @@ class Cluster:
         self.space = RedisSpace(f"{redis.endpoint}/{REDIS_DB}", "chaos" + uuid.uuid4().hex[:8])
         self.provider_url = provider_url
         self.session = session
-        self.replicas = [Replica(tmp_path / f"r{i}", free_port()) for i in range(3)]
+        self.replicas = [Replica(tmp_path / f"r{i}", 0) for i in range(3)]
         self.keys: dict[str, str] = {}
 
     async def start(self) -> None:
@@ -100,7 +103,7 @@ class Cluster:
         provider = {"base_url": self.provider_url, "api_key_env": "FAKE_PROVIDER_KEY",
                     "timeouts": {"connect": 1, "first_byte": 2.5, "read": 3, "stream_idle": 2.5}}
         replica.config.write_text(yaml.safe_dump({
-            "server": {"host": "127.0.0.1", "port": replica.port},
+            "server": {"host": "127.0.0.1"},
             "store": {"url": self.space.url, "local_path": str(replica.directory / "replica.sqlite3")},
             "models_file": "models.yaml", "rules_dir": "../rules",
             "providers": {"fake": provider},
@@ -118,19 +121,28 @@ class Cluster:
 
     async def restart(self, index: int) -> None:
         replica = self.replicas[index]
-        log = (replica.directory / "proxy.log").open("ab")
+        log_path = replica.directory / "proxy.log"
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        log = log_path.open("ab")
         replica.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "costproxy", "--config", str(replica.config), "serve", "--port", str(replica.port),
+            sys.executable, "-m", "costproxy", "--config", str(replica.config), "serve", "--port", "0",
             env={**os.environ, **ENV}, stdout=log, stderr=log, cwd=ROOT)
         log.close()
+        replica.port = 0
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline:
             if replica.proc.returncode is not None:
                 raise AssertionError(f"replica {index} exited {replica.proc.returncode}, see {replica.directory}")
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                async with self.session.get(replica.base + "/readyz") as resp:
-                    if resp.status == 200:
-                        return
+            if not replica.port:
+                with log_path.open("rb") as handle:
+                    handle.seek(offset)
+                    found = re.search(rb"costproxy listening on http://[^ ]+:(\d+)", handle.read())
+                replica.port = int(found.group(1)) if found else 0
+            if replica.port:
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with self.session.get(replica.base + "/readyz") as resp:
+                        if resp.status == 200:
+                            return
             await asyncio.sleep(0.1)
         raise AssertionError(f"replica {index} did not become ready, see {replica.directory}")
 

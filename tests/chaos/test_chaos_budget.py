@@ -43,7 +43,7 @@ from tests.chaos.cluster import (
     ledger_entries,
 )
 from tests.chaos.provider import FakeProvider, serve_provider
-from tests.conftest_redis import RedisServer, free_port
+from tests.conftest_redis import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.chaos]
 
@@ -195,7 +195,7 @@ async def settled(cluster: Cluster, provider: FakeProvider, seconds: float = 40)
 async def test_hard_budgets_hold_through_chaos(tmp_path: Path) -> None:
     provider = FakeProvider(load_encoding("o200k_base"), Fraction(MARGIN), MAX_OUTPUT, hang_s=4.0)
     runner, provider_url = await serve_provider(provider)
-    redis = RedisServer(free_port(), tmp_path / "redis", ("--appendonly", "yes", "--appendfsync", "always")).start()
+    redis = RedisServer(tmp_path / "redis", ("--appendonly", "yes", "--appendfsync", "always")).start()
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
     cluster = Cluster(tmp_path, redis, provider_url, session)
     try:
