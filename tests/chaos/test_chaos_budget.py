@@ -204,8 +204,13 @@ async def test_hard_budgets_hold_through_chaos(tmp_path: Path) -> None:
         statuses, events = await asyncio.gather(traffic(session, cluster, rng), havoc(cluster, redis))
         await settled(cluster, provider)
         counters, ledger = budget_counters(cluster.space), ledger_entries(cluster.space)
+        costs = {e.request_id: (e.status, e.cost_nanos) for e in ledger}
         report = {"statuses": dict(statuses), "faults": provider.faults, "events": events,
-                  "billed": len(provider.bills), "ledger": len(ledger)}
+                  "billed": len(provider.bills), "ledger": len(ledger),
+                  "lapsed": sum(1 for e in ledger if e.status == "lapsed"),
+                  # known gap: a unary call whose provider sent 200 headers, then hung, is released at cost 0
+                  "billed_but_uncharged": sorted(f"{r} {b[0].fault} {costs.get(r)}" for r, b in provider.bills.items()
+                                                 if costs.get(r, ("", 0))[1] == 0)}
         print("chaos:", report)
         assert not BAD_ERRORS, BAD_ERRORS
         check_budgets(counters, ledger)
