@@ -121,17 +121,25 @@ class UpstreamClient:
         t = provider.timeouts
         headers, params, timeout, _ = self._prepare(provider, request_id, headers)
         url = upstream_url(provider, endpoint, upstream_model)
+        accepted = False  # a 2xx status line came before the body: the provider took the call
         try:
             async with self.session.post(url, data=payload, params=params or None, headers=headers,
                                          timeout=timeout) as resp:
+                accepted = resp.status < 300
                 body = await resp.read()
                 headers = {k.lower(): v for k, v in resp.headers.items()}
                 status = resp.status
         except aiohttp.ConnectionTimeoutError:
             raise _connect_timeout(provider) from None
         except TimeoutError:
+            if accepted:
+                raise UpstreamTimeout(f"provider {provider.name} accepted the call but sent no whole answer "
+                                      f"within {t.read:g}s").after_acceptance() from None
             raise UpstreamTimeout(f"provider {provider.name} did not answer within {t.read:g}s") from None
         except aiohttp.ClientError as exc:
+            if accepted:
+                raise UpstreamUnavailable(f"provider {provider.name} accepted the call, then its answer broke off: "
+                                          f"{exc.__class__.__name__}").after_acceptance() from None
             raise UpstreamUnavailable(f"provider {provider.name} unreachable: {exc.__class__.__name__}") from None
         if status >= 400:
             raise _error_from(status, body, provider.name, headers)
@@ -227,10 +235,10 @@ class UpstreamStream:
         except TimeoutError:
             raise UpstreamTimeout(
                 f"provider {self.provider.name} stream idle for {self.provider.timeouts.stream_idle:g}s"
-            ) from None
+            ).after_acceptance() from None
         except aiohttp.ClientError as exc:
             raise UpstreamUnavailable(
-                f"provider {self.provider.name} stream broke: {exc.__class__.__name__}") from None
+                f"provider {self.provider.name} stream broke: {exc.__class__.__name__}").after_acceptance() from None
         self.pending = False
         line = rest.rstrip(b"\r\n")
         if line:
@@ -238,7 +246,8 @@ class UpstreamStream:
         if lines:
             yield self._event(lines)
         if not self.done:  # the pipeline stops reading at the last event of streams without [DONE]
-            raise UpstreamUnavailable(f"provider {self.provider.name} stream ended before its last event")
+            raise UpstreamUnavailable(
+                f"provider {self.provider.name} stream ended before its last event").after_acceptance()
 
     def _event(self, frame: list[bytes]) -> tuple[bytes, Any]:
         raw = b"\n".join(frame) + b"\n\n"
