@@ -376,6 +376,20 @@ def _shared(scores: tuple[CandidateScore, ...]) -> tuple[CandidateScore, ...]:
     return scores
 
 
+_REASONS_SEEN: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+def _shared_reasons(reasons: tuple[str, ...]) -> tuple[str, ...]:
+    """The same for a decision's reasons (five strings or more, as alike as the scores)."""
+    known = _REASONS_SEEN.get(reasons)
+    if known is not None:
+        return known
+    if len(_REASONS_SEEN) >= SHARED_SCORES:
+        _REASONS_SEEN.clear()
+    _REASONS_SEEN[reasons] = reasons
+    return reasons
+
+
 def select(
     profile: RequestProfile,
     candidates: Sequence[ModelSpec],
@@ -419,7 +433,8 @@ def select(
         *constraints.reasons,
     )
     return Decision(
-        id=decision_id or uuid.uuid4().hex, model=chosen.model, scores=_shared(tuple(scores)), reasons=reasons,
+        id=decision_id or uuid.uuid4().hex, model=chosen.model, scores=_shared(tuple(scores)),
+        reasons=_shared_reasons(reasons),
         fallback_chain=_fallbacks(chosen, sufficient, eligible, config.max_fallbacks),
         quality_target=target, expected_quality=chosen.expected_quality,
         estimated_cost_nanos=chosen.expected_cost_nanos, worst_case_nanos=chosen.worst_case_nanos,
