@@ -77,7 +77,7 @@ async def test_feedback_on_one_replica_reaches_the_others_router(aiohttp_client:
             accepted.append(await answer.json())
         return bool(accepted)
 
-    await eventually(sent, 30)
+    await eventually(sent, 30, what="the entry on the other replica's mirror")
     body = accepted[0]
     cell = (body["taskType"], body["difficultyBucket"], body["model"])
 
@@ -85,4 +85,4 @@ async def test_feedback_on_one_replica_reaches_the_others_router(aiohttp_client:
         estimates = a.app[ROUTER].estimates
         return estimates is not None and estimates.evidence(*cell).n == 1.0
 
-    await eventually(learned, 30)
+    await eventually(learned, 30, what="the feedback in the other replica's router")

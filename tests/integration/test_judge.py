@@ -34,7 +34,7 @@ async def test_the_judge_turns_a_comparison_into_feedback_and_ledgers_its_calls(
     async def verdict_in() -> bool:
         return any(f.source == "judge" for f in await learner.store.feedback_for(rid))
 
-    await eventually(verdict_in)
+    await eventually(verdict_in, what="the judge's verdict")
     feedback = next(f for f in await learner.store.feedback_for(rid) if f.source == "judge")
     assert feedback.score == 0.8 and feedback.actor == "judge" and feedback.weight == 1.0
     big_calls = [c for c in proxy.sim.calls if c.model == "big"]
@@ -45,17 +45,13 @@ async def test_the_judge_turns_a_comparison_into_feedback_and_ledgers_its_calls(
     async def ledgered() -> list[Any]:
         return [e for e in await proxy.ledger() if e.source == "judge"]
 
-    await eventually(lambda: _nonempty(ledgered))
+    await eventually(ledgered, what="the judge's ledger entries")
     overhead = await ledgered()
     assert {e.request_id for e in overhead} == {f"{rid}:judge-reference", f"{rid}:judge-verdict"}
     assert all(e.metadata == {"kind": "evaluation", "judged_request": rid} and e.cost_nanos > 0 and e.user is None
                for e in overhead)
     day = judge.day()
     assert await learner.store.spent(day) == sum(e.cost_nanos for e in overhead)  # worst case corrected
-
-
-async def _nonempty(fetch: Any) -> bool:
-    return bool(await fetch())
 
 
 async def test_the_judges_budget_caps_it_before_any_call(make_proxy: ProxyFactory) -> None:
@@ -67,7 +63,7 @@ async def test_the_judges_budget_caps_it_before_any_call(make_proxy: ProxyFactor
     async def settled() -> bool:
         return not judge.tasks
 
-    await eventually(settled)
+    await eventually(settled, what="the judge's task to end")
     assert [c for c in proxy.sim.calls if c.model == "big"] == []
     assert await proxy.app[LEARNER].store.feedback_for(rid) == []
     assert await proxy.app[LEARNER].store.spent(judge.day()) == 0
