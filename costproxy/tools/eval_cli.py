@@ -72,7 +72,8 @@ def _calibrate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--buckets", default="auto", help="difficulty buckets per task, or auto (cross-validated)")
     parser.add_argument("--prior-strength", default="auto", help="shrinkage pseudo-rows, or auto (cross-validated)")
     parser.add_argument("--tokenizer", choices=TOKENIZERS, default="cl100k_base", help="how prompt tokens are counted")
-    parser.add_argument("--no-text-model", action="store_true", help="skip the n-gram text model")
+    parser.add_argument("--text-model", action=argparse.BooleanOptionalAction, default=False,
+                        help="also fit the n-gram text model (off by default: see docs/evaluation.md)")
     parser.add_argument("--text-l2", type=float, default=CalibrationOptions().text_l2,
                         help="L2 penalty of the text model (mean log-loss + l2/2 |w|^2)")
     parser.add_argument("--as-of", type=date.fromisoformat, default=None, help="price date for the registry section")
@@ -88,7 +89,7 @@ def calibrate_main(argv: list[str]) -> int:
         options = CalibrationOptions(
             buckets=None if buckets is None else int(buckets), prior_strength=_optional_number(args.prior_strength),
             tokenizer=args.tokenizer, as_of=args.as_of, seed=args.seed,
-            text_model=not args.no_text_model, text_l2=args.text_l2,
+            text_model=args.text_model, text_l2=args.text_l2,
         )
         result = calibrate(data, token_counter(args.tokenizer), options)
     except (DatasetError, ConfigError, ValueError) as exc:
@@ -131,7 +132,8 @@ def _eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--buckets-grid", default="", help="e.g. 1,3,5: also choose the bucket count on train")
     parser.add_argument("--buckets", default="auto", help="when calibrating here: as costproxy calibrate")
     parser.add_argument("--prior-strength", default="auto", help="when calibrating here: as costproxy calibrate")
-    parser.add_argument("--no-text-model", action="store_true", help="when calibrating here: no n-gram text model")
+    parser.add_argument("--text-model", action=argparse.BooleanOptionalAction, default=False,
+                        help="when calibrating here: also fit the n-gram text model")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--bootstrap", type=int, default=2_000)
     parser.add_argument("--seed", type=int, default=0)
@@ -180,7 +182,7 @@ def eval_main(argv: list[str]) -> int:
         buckets = _optional_number(args.buckets)
         calibration = CalibrationOptions(buckets=None if buckets is None else int(buckets),
                                          prior_strength=_optional_number(args.prior_strength),
-                                         tokenizer=args.tokenizer, text_model=not args.no_text_model)
+                                         tokenizer=args.tokenizer, text_model=args.text_model)
         options = _eval_options(args)
         if args.leave_one_out:
             loo = leave_one_out(data, count, calibration, options)
