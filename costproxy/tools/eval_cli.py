@@ -5,9 +5,17 @@
     costproxy eval --data ../shared/data/routerbench_subset_arc_mbpp_winogrande.csv.gz \\
         --profiles build/quality.routerbench.yaml --out build/eval/
 
+Other ways to evaluate (``tools/crosseval.py``)::
+
+    costproxy eval --train A.csv --test B.csv --out build/ab/         # fit on every row of A, report on B
+    costproxy eval --data F.csv --leave-one-out --out build/loo/      # per benchmark (eval_name) of F
+    costproxy eval --data test_only.csv --profiles P.yaml --balanced-gap 0.03 --out build/t/
+    costproxy eval --data F.csv --profiles config/quality.yaml [--model-map data_model=profile_model,...]
+
 ``eval`` writes ``report.md`` (summary with 95 % intervals, the operating point chosen on train,
 model usage, the curve), ``summary.csv``, ``curve.csv`` and the cost–quality picture
-``curve.png`` / ``curve.svg`` into ``--out``.  Exit status: 0 done, 2 bad input.
+``curve.png`` / ``curve.svg`` into ``--out`` (see ``tools/eval_report.py``; for ``--leave-one-out``
+also one directory per benchmark and ``auc.csv``).  Exit status: 0 done, 2 bad input.
 """
 
 from __future__ import annotations
