@@ -15,6 +15,8 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # --- build: install the project and its dependencies into a virtualenv ----------------------------
 FROM ${PYTHON_IMAGE} AS build
+# Optional extras, e.g. --build-arg EXTRAS='[postgres]' for store.ledger_url (deploy/docker-compose.yml).
+ARG EXTRAS=""
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
@@ -24,7 +26,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY costproxy ./costproxy
 # pip compiles the .pyc files here, so the read-only runtime never needs to write them.
-RUN pip install . \
+RUN pip install ".${EXTRAS}" \
  && costproxy export-encodings /opt/costproxy/encodings
 
 # --- runtime ---------------------------------------------------------------------------------------

@@ -1,38 +1,46 @@
-"""Proxy overhead benchmark: CPU per request, throughput and added latency of ``costproxy serve``.
+"""Proxy overhead benchmark: CPU per request, as a ratio to a bare aiohttp pass-through, and memory.
 
-Three processes besides this one, all on 127.0.0.1:
+Processes besides this one, all on 127.0.0.1:
 
 * the upstream: ``bench/fast_upstream.py``, canned OpenAI answers from a raw asyncio protocol
                 (~7 µs CPU per request, so it never is the bottleneck);
+* the bare aiohttp pass-through (``fast_upstream.py --passthrough``): the floor of any aiohttp proxy;
 * the proxy:    ``python -m costproxy serve`` (uvloop, as the CLI installs it) from this checkout,
                 the project's ``config/models.yaml`` with every provider pointed at the upstream,
-                the project's ``rules/``, a SQLite ledger in a temporary directory, JSON logs to a
-                file, a client key issued with ``costproxy keys create``;
+                the project's ``rules/``, three budgets on the bench key's chain (org, team, user;
+                never reached), JSON logs to a file, a client key issued with ``costproxy keys
+                create``; on a SQLite store in a temporary directory, and with ``--redis URL`` a
+                second proxy on that Redis (its own random key prefix, deleted at the end);
 * the load:     ``wrk`` with a Lua script (POST body, bearer key; after N responses the script
                 says so and this script SIGINTs wrk, which then prints its summary), or, when wrk
                 is not installed, a Python aiohttp generator in a subprocess (the output says so;
                 its own client overhead inflates latencies, CPU per request is unaffected).
 
-The same load also goes to the upstream directly and through a *bare aiohttp pass-through*
-(``fast_upstream.py --passthrough``): the floor of any aiohttp proxy, which issue 2 puts at
-~155 µs CPU per request on its 2-core reference machine.
+Scenarios, each sent to every target in turn within one round: ``named`` (``--model``, at
+concurrency 1 for the added latency and at ``--concurrency``), ``auto`` (``model: auto``: analysis
+and selection) and ``stream`` (the named model streamed, ~20 SSE events).  ``--rounds`` repeats
+the whole set; the summary prints each costproxy's CPU per request divided by the pass-through's
+in the same round and scenario, as median [min-max] over the rounds.  Target (issue 13): at most
+2.0x on every path, and under 1 ms added p50 at one request at a time.
 
 CPU per request is read from ``/proc/<pid>/stat`` (utime + stime, all threads) before and after a
 run of N requests, divided by the responses the load generator counted; ``/proc/<pid>/task/*``
-splits it between the event loop and worker threads.  On two or more CPUs the server under test
-is pinned to the first CPU and upstream + load generator to the others (``--no-pin`` to disable),
-so they do not take turns on one core.  Targets (issue 2): proxy CPU <= 300 µs per non-streamed
-request, < 1 ms added p50 latency at concurrency 1.  ``--profile`` adds one run with py-spy
-attached to the proxy and prints its hotspots.
+splits it between the event loop and worker threads.  On two or more CPUs the servers under test
+are pinned to the first CPU and upstream + load generator to the others (``--no-pin`` to disable).
+RSS (``/proc/<pid>/status`` VmRSS) of each proxy is printed after start and at the end;
+``--soak SECONDS`` then keeps the SQLite proxy busy (named, auto and stream in turn) and prints
+its RSS and the requests served so far every ``--soak-interval`` seconds.  ``--profile`` adds one
+run per scenario with py-spy attached to the SQLite proxy and prints its hotspots.
 
 Usage::
 
-    python3 bench/proxy_bench.py                      # 4000 requests per run, concurrency 32
-    python3 bench/proxy_bench.py --requests 2000 --concurrency 16 --duration 10 --no-stream
+    python3 bench/proxy_bench.py                      # 3000 requests per run, concurrency 32, 1 round
+    python3 bench/proxy_bench.py --rounds 3 --redis redis://127.0.0.1:6379/13
     python3 bench/proxy_bench.py --no-stream --profile
+    python3 bench/proxy_bench.py --rounds 0 --soak 600 # memory only: ten minutes of traffic
 
 Bounded: every run stops after ``--requests`` responses or ``--duration`` seconds, whichever comes
-first; with the defaults the whole benchmark takes well under 3 minutes.
+first.
 """
 
 from __future__ import annotations
@@ -57,12 +65,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from proxy_report import DIRECT, PASSTHROUGH, Row, hotspots, print_latency, print_ratios, print_table
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST_UPSTREAM = ROOT / "bench" / "fast_upstream.py"
-CPU_TARGET_US = 300.0
-ADDED_P50_TARGET_MS = 1.0
-PASSTHROUGH_REFERENCE_US = 155.0  # bare aiohttp pass-through on issue 2's reference machine
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 UPSTREAM_KEY_ENV = "BENCH_UPSTREAM_KEY"
 WRK_INSTALL_HINT = "install it with: sudo apt-get update && sudo apt-get install -y wrk  (macOS: brew install wrk)"
@@ -184,33 +190,64 @@ BENCH_LIMITS = [{"id": f"bench-{kind}", "scope_type": kind, "scope_id": scope, "
                  "tokens_per_minute": 10**10} for kind, scope in (("key", "*"), ("user", "bench"), ("team", "perf"))]
 
 
-def write_config(work: Path, upstream_url: str, rules: Path | None, log_level: str = "info",
-                 rate_limits: bool = False) -> Path:
-    """costproxy.yaml using the project's models.yaml, every provider served by the fast upstream."""
+# Three budgets on the bench key's chain, far above what a run spends: reserve and settle on each.
+BENCH_BUDGETS = [{"id": f"bench-{kind}", "scope_type": kind, "scope_id": scope, "limit_usd": "1000000",
+                  "period": "monthly"} for kind, scope in (("org", "bench-org"), ("team", "perf"), ("user", "bench"))]
+
+
+def write_config(work: Path, upstream_url: str, args: argparse.Namespace, store: str = "sqlite") -> Path:
+    """costproxy.yaml using the project's models.yaml, every provider served by the fast upstream;
+    ``store`` is ``sqlite`` or a Redis URL (then keys go under a prefix of their own)."""
     models_path = ROOT / "config" / "models.yaml"
     models = yaml.safe_load(models_path.read_text())
     providers = sorted({m["provider"] for m in models["models"].values()})
-    rules_dir = rules if rules is not None else work / "no-rules"
+    rules_dir = Path(args.rules) if args.rules else work / "no-rules"
     rules_dir.mkdir(exist_ok=True)
-    config = {
+    name = "sqlite" if store == "sqlite" else "redis"
+    budgets: dict[str, Any] = {"definitions": BENCH_BUDGETS}
+    if store != "sqlite":
+        budgets["key_prefix"] = redis_prefix(work)
+    config: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 8080},
-        "store": {"url": f"sqlite:///{work / 'ledger.sqlite3'}"},
+        "store": {"url": f"sqlite:///{work / 'ledger.sqlite3'}" if store == "sqlite" else store},
         "models_file": str(models_path),
         "rules_dir": str(rules_dir),
-        "logging": {"level": log_level, "json": True},
+        "logging": {"level": args.log_level, "json": True},
         "providers": {name: {"base_url": upstream_url + "/v1", "api_key_env": UPSTREAM_KEY_ENV}
                       for name in providers},
+        "budgets": budgets,
     }
-    if rate_limits:
+    if store != "sqlite":
+        config["store"]["local_path"] = str(work / "redis-replica.sqlite3")
+    if args.rate_limits:
         config["rate_limits"] = {"limits": BENCH_LIMITS}
-    path = work / "costproxy.yaml"
+    path = work / f"costproxy-{name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
 
+def redis_prefix(work: Path) -> str:
+    """This run's Redis key prefix (from the work directory's random name)."""
+    return "cpbench" + "".join(c for c in work.name.rsplit("-", 1)[-1] if c.isalnum()).lower()
+
+
+def drop_redis_keys(url: str, prefix: str) -> int:
+    """Delete every key of this run's prefix; the number deleted."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        doomed = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        for start in range(0, len(doomed), 500):
+            client.delete(*doomed[start:start + 500])
+        return len(doomed)
+    finally:
+        client.close()
+
+
 def create_key(config: Path, env: dict[str, str]) -> str:
     done = subprocess.run([sys.executable, "-m", "costproxy", "--config", str(config), "keys", "create",
-                           "--name", "bench", "--user", "bench", "--team", "perf"],
+                           "--name", "bench", "--user", "bench", "--team", "perf", "--org", "bench-org"],
                           capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
     if done.returncode != 0:
         raise RuntimeError(f"costproxy keys create failed:\n{done.stdout}{done.stderr}")
@@ -363,35 +400,36 @@ def python_load_main(spec_json: str) -> int:
 # --- measuring -----------------------------------------------------------------------------------------
 
 
+def rss_mb(pid: int) -> float:
+    """Resident set size of a process, in MB (VmRSS of ``/proc/<pid>/status``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 @dataclass(frozen=True)
-class Row:
-    label: str
-    kind: str  # "unary" | "stream"
+class Scenario:
+    name: str  # "named" | "auto" | "stream"
+    model: str
+    stream: bool
     concurrency: int
-    requests: int
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    cpu_us: float  # the target process, per request
-    upstream_cpu_us: float  # the fast upstream during the same run, per request
-    errors: int
-    threads_us: dict[str, float]  # the target's CPU per request by thread name
 
 
-def measure(load: Load, target: tuple[str, str, int], upstream_pid: int, concurrency: int,
-            requests: int, kind: str) -> Row:
+def measure(load: Load, target: tuple[str, str, int], upstream_pid: int, scenario: Scenario, requests: int,
+            round_: int) -> Row:
     label, url, pid = target
     pids = {pid, upstream_pid}
     before = {p: cpu_seconds(p) for p in pids}
     threads_before = thread_cpu_seconds(pid)
-    result = run_load(load, url + "/v1/chat/completions", concurrency, requests)
+    result = run_load(load, url + "/v1/chat/completions", scenario.concurrency, requests)
     time.sleep(0.3)  # the ledger flushes every 50 ms: count that work too
     after = {p: cpu_seconds(p) for p in pids}
     threads_after = thread_cpu_seconds(pid)
     n = max(1, result["requests"])
     threads = {name: (cpu - threads_before.get(name, 0.0)) / n * 1e6 for name, cpu in threads_after.items()}
-    return Row(label=label, kind=kind, concurrency=concurrency, requests=result["requests"],
-               rps=result["requests"] / (result["duration_us"] / 1e6),
+    return Row(label=label, scenario=scenario.name, concurrency=scenario.concurrency, round=round_,
+               requests=result["requests"], rps=result["requests"] / (result["duration_us"] / 1e6),
                p50_ms=result["p50_us"] / 1000, p99_ms=result["p99_us"] / 1000,
                cpu_us=(after[pid] - before[pid]) / n * 1e6,
                upstream_cpu_us=(after[upstream_pid] - before[upstream_pid]) / n * 1e6,
@@ -399,11 +437,12 @@ def measure(load: Load, target: tuple[str, str, int], upstream_pid: int, concurr
                threads_us={name: us for name, us in threads.items() if us >= 0.5})
 
 
-# --- profiling -----------------------------------------------------------------------------------------
+# --- profiling and soak --------------------------------------------------------------------------------
 
 
-def profile_proxy(load: Load, proxy: tuple[str, str, int], concurrency: int, requests: int, out: Path) -> str:
-    """One extra unary run (not in the table) with py-spy sampling the proxy; prints the hotspots."""
+def profile_proxy(loads: list[tuple[Load, Scenario]], proxy: tuple[str, str, int], requests: int,
+                  out: Path) -> str:
+    """One extra run per scenario (not in the table) with py-spy sampling the proxy; its hotspots."""
     if shutil.which("py-spy") is None:
         return "note: --profile needs py-spy (pip install py-spy); skipped"
     raw = out.with_suffix(".txt")
@@ -412,7 +451,8 @@ def profile_proxy(load: Load, proxy: tuple[str, str, int], concurrency: int, req
     spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(1.0)  # attach
     try:
-        run_load(load, proxy[1] + "/v1/chat/completions", concurrency, requests)
+        for load, scenario in loads:
+            run_load(load, proxy[1] + "/v1/chat/completions", scenario.concurrency, requests)
     finally:
         spy.send_signal(signal.SIGINT)
         try:
@@ -422,108 +462,27 @@ def profile_proxy(load: Load, proxy: tuple[str, str, int], concurrency: int, req
             spy.wait()
     if not raw.exists():
         return f"note: py-spy wrote no profile: {spy.stderr.read() if spy.stderr else ''}"
-    return hotspots(raw) + f"\n  collapsed stacks (flamegraph.pl / speedscope input): {raw} (kept with --keep)"
+    names = ", ".join(s.name for _, s in loads)
+    return (f"scenarios profiled: {names}\n" + hotspots(raw, ROOT)
+            + f"\n  collapsed stacks (flamegraph.pl / speedscope input): {raw} (kept with --keep)")
 
 
-def hotspots(raw: Path, top: int = 25) -> str:
-    """Self and inclusive shares per function from py-spy's collapsed ``a;b;c count`` lines.
-
-    Frames are ``function (file:line)``; lines are dropped so a function's samples add up.  Self
-    time shows where the CPU goes (often inside aiohttp or the stdlib); the inclusive list keeps
-    costproxy's own functions only, to show which step of the proxy pays for it.
-    """
-    own: dict[str, int] = {}
-    inclusive: dict[str, int] = {}
-    total = 0
-    for line in raw.read_text(errors="replace").splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit() or "(idle)" in stack:
-            continue
-        frames = [_function(f) for f in stack.split(";") if not f.startswith(("process ", "thread "))]
-        if not frames:
-            continue
-        count = int(count_text)
-        total += count
-        own[frames[-1]] = own.get(frames[-1], 0) + count
-        for frame in set(frames):
-            inclusive[frame] = inclusive.get(frame, 0) + count
-    if not total:
-        return "profile: no busy samples"
-    lines = [f"profile of the proxy, unary requests ({total} busy samples at 1 kHz; % of busy samples)",
-             "  self (where the CPU is):"]
-    lines += [f"    {100 * c / total:5.1f}%  {f}" for f, c in sorted(own.items(), key=lambda kv: -kv[1])[:top]]
-    lines.append("  inclusive, costproxy functions only (which step pays):")
-    ours = sorted(((f, c) for f, c in inclusive.items() if f.startswith("costproxy/")), key=lambda kv: -kv[1])
-    lines += [f"    {100 * c / total:5.1f}%  {f}" for f, c in ours[:top]]
-    return "\n".join(lines)
-
-
-def _function(frame: str) -> str:
-    """``func (/path/site-packages/pkg/mod.py:12)`` -> ``pkg/mod.py:func``."""
-    name, _, where = frame.partition(" (")
-    where = where.rstrip(")").rpartition(":")[0] or where
-    for anchor in ("site-packages/", str(ROOT) + "/", "/lib/python3.11/"):
-        if anchor in where:
-            where = where.split(anchor, 1)[1]
-            break
-    return f"{where}:{name}"
-
-
-# --- report --------------------------------------------------------------------------------------------
-
-
-def print_table(rows: list[Row]) -> None:
-    header = (f"{'kind':6} {'target':22} {'conc':>4} {'requests':>8} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
-              f"{'CPU µs/req':>10} {'upstream CPU':>12} {'errors':>6}")
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        upstream = "(itself)" if r.label == "upstream direct" else f"{r.upstream_cpu_us:.0f}"
-        print(f"{r.kind:6} {r.label:22} {r.concurrency:>4} {r.requests:>8} {r.rps:>8.0f} {r.p50_ms:>7.3f} "
-              f"{r.p99_ms:>7.3f} {r.cpu_us:>10.0f} {upstream:>12} {r.errors:>6}")
-    print("\ncostproxy CPU µs/request by thread (workers: SQLite ledger writer, off-loop tokenizing):")
-    for r in rows:
-        if r.label == "costproxy":
-            split = ", ".join(f"{name} {us:.0f}" for name, us in sorted(r.threads_us.items(), key=lambda kv: -kv[1]))
-            print(f"  {r.kind:6} c={r.concurrency:<3} {split}")
-
-
-def find(rows: list[Row], label: str, kind: str, concurrency: int) -> Row | None:
-    return next((r for r in rows if (r.label, r.kind, r.concurrency) == (label, kind, concurrency)), None)
-
-
-def print_summary(rows: list[Row], concurrency: int) -> None:
-    print("\nadded latency (through the proxy minus upstream direct):")
-    for kind in ("unary", "stream"):
-        for conc in sorted({1, concurrency}):
-            proxy, direct = find(rows, "costproxy", kind, conc), find(rows, "upstream direct", kind, conc)
-            bare = find(rows, "aiohttp pass-through", kind, conc)
-            if proxy is None or direct is None:
-                continue
-            line = (f"  {kind:6} c={conc:<3} costproxy p50 +{proxy.p50_ms - direct.p50_ms:.3f} ms  "
-                    f"p99 +{proxy.p99_ms - direct.p99_ms:.3f} ms")
-            if bare is not None:
-                line += (f"   | bare aiohttp p50 +{bare.p50_ms - direct.p50_ms:.3f} ms  "
-                         f"p99 +{bare.p99_ms - direct.p99_ms:.3f} ms")
-            print(line)
-    print("\nagainst the targets (issue 2, non-streamed):")
-    high = find(rows, "costproxy", "unary", concurrency)
-    one = find(rows, "costproxy", "unary", 1)
-    bare = find(rows, "aiohttp pass-through", "unary", concurrency)
-    direct1 = find(rows, "upstream direct", "unary", 1)
-    for row in (r for r in (one, high) if r is not None):
-        print(f"  proxy CPU per request at c={row.concurrency}: {row.cpu_us:.0f} µs vs target "
-              f"{CPU_TARGET_US:.0f} µs -> {row.cpu_us / CPU_TARGET_US:.2f}x "
-              f"{'(met)' if row.cpu_us <= CPU_TARGET_US else '(OVER)'}")
-    if one is not None and direct1 is not None:
-        added = one.p50_ms - direct1.p50_ms
-        print(f"  added p50 at c=1: {added:.3f} ms vs target < {ADDED_P50_TARGET_MS:.0f} ms -> "
-              f"{added / ADDED_P50_TARGET_MS:.2f}x {'(met)' if added < ADDED_P50_TARGET_MS else '(OVER)'}")
-    if high is not None and bare is not None and bare.cpu_us > 0:
-        scaled = high.cpu_us * PASSTHROUGH_REFERENCE_US / bare.cpu_us
-        print(f"  bare aiohttp pass-through here: {bare.cpu_us:.0f} µs/req (reference machine: "
-              f"~{PASSTHROUGH_REFERENCE_US:.0f}); costproxy's own work on top: {high.cpu_us - bare.cpu_us:.0f} "
-              f"µs/req; proxy CPU scaled to the reference machine: ~{scaled:.0f} µs/req (estimate)")
+def soak(args: argparse.Namespace, dep: Deployment, use_wrk: bool) -> None:
+    """Keep the SQLite proxy busy for ``--soak`` seconds (named, auto, stream in turn, one chunk of
+    ``--soak-interval`` seconds each) and print its RSS and the requests served after each chunk."""
+    _, url, pid = next(t for t in dep.targets if t[0] == "costproxy sqlite")
+    scenarios = [s for s in scenarios_of(args) if s.concurrency != 1]
+    started, served, chunk = time.monotonic(), 0, 0
+    print(f"\nsoak: {args.soak:g} s against costproxy sqlite (pid {pid}), RSS at start {rss_mb(pid):.1f} MB")
+    while time.monotonic() - started < args.soak:
+        scenario = scenarios[chunk % len(scenarios)]
+        seconds = min(args.soak_interval, max(1.0, args.soak - (time.monotonic() - started)))
+        load = Load(chat_body(scenario.model, scenario.stream), dep.key, dep.work, use_wrk, seconds, cpu_split(args)[1])
+        result = run_load(load, url + "/v1/chat/completions", scenario.concurrency, 10**9)
+        served += result["requests"]
+        chunk += 1
+        print(f"  t={time.monotonic() - started:6.0f} s  {scenario.name:6} requests so far {served:>8}  "
+              f"RSS {rss_mb(pid):6.1f} MB  errors {result['errors'] + result['bad_status']}", flush=True)
 
 
 # --- main ----------------------------------------------------------------------------------------------
@@ -531,12 +490,18 @@ def print_summary(rows: list[Row], concurrency: int) -> None:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="costproxy overhead benchmark (loopback only)")
-    parser.add_argument("--requests", type=int, default=4000, help="responses per measured run (default 4000)")
+    parser.add_argument("--requests", type=int, default=3000, help="responses per measured run (default 3000)")
     parser.add_argument("--concurrency", type=int, default=32, help="connections of the loaded runs (default 32)")
     parser.add_argument("--duration", type=float, default=12.0,
                         help="cap in seconds on each run, whichever of --requests/--duration comes first "
                              "(default 12)")
-    parser.add_argument("--model", default="gpt-4o-mini", help="model named in the requests (default gpt-4o-mini)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat every scenario on every target this many times (default 1; 0: soak only)")
+    parser.add_argument("--model", default="gpt-4o-mini",
+                        help="model of the named and stream runs (default gpt-4o-mini)")
+    parser.add_argument("--redis", metavar="URL", default="",
+                        help="also run a proxy on this Redis (e.g. redis://127.0.0.1:6379/13), keys under a "
+                             "random prefix deleted at the end")
     parser.add_argument("--rules", default=str(ROOT / "rules"),
                         help="steering rules directory for the proxy (default: the project's rules/; '' for none)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
@@ -546,16 +511,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="configure requests and tokens per minute on the key, user and team of the bench key "
                              "(never reached): compare with a run without it for the cost of rate limiting")
     parser.add_argument("--no-stream", action="store_true", help="skip the streamed runs")
-    parser.add_argument("--no-passthrough", action="store_true", help="skip the bare aiohttp pass-through runs")
+    parser.add_argument("--no-auto", action="store_true", help="skip the model: auto runs")
     parser.add_argument("--python-load", action="store_true", help="use the Python generator even if wrk exists")
     parser.add_argument("--profile", action="store_true",
-                        help="after the table, one extra unary run with py-spy sampling the proxy: print hotspots")
+                        help="after the table, one extra run per scenario with py-spy sampling the SQLite proxy")
+    parser.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
+                        help="after the table, keep the SQLite proxy busy this long and print its RSS over time")
+    parser.add_argument("--soak-interval", type=float, default=30.0, metavar="SECONDS",
+                        help="RSS is printed after each chunk of this many seconds of soak (default 30)")
     parser.add_argument("--no-pin", action="store_true",
-                        help="do not pin the server under test to one CPU and upstream + load to the others")
+                        help="do not pin the servers under test to one CPU and upstream + load to the others")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (config, logs, ledger)")
     args = parser.parse_args(argv)
-    if args.requests < 1 or args.concurrency < 1 or args.duration <= 0:
-        parser.error("--requests, --concurrency and --duration must be positive")
+    if args.requests < 1 or args.concurrency < 1 or args.duration <= 0 or args.rounds < 0 or args.soak < 0 \
+            or args.soak_interval <= 0:
+        parser.error("--requests, --concurrency, --duration and --soak-interval must be positive; --rounds and "
+                     "--soak at least 0")
     return args
 
 
@@ -571,17 +542,20 @@ def choose_generator(args: argparse.Namespace) -> tuple[bool, str]:
 
 
 def cpu_split(args: argparse.Namespace) -> tuple[frozenset[int] | None, frozenset[int] | None]:
-    """(CPUs of the server under test, CPUs of load generator + upstream), or no pinning."""
+    """(CPUs of the servers under test, CPUs of load generator + upstream), or no pinning."""
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     if args.no_pin or len(cpus) < 2:
         return None, None
     return frozenset(cpus[:1]), frozenset(cpus[1:])
 
 
-def plan_runs(args: argparse.Namespace) -> list[tuple[str, int]]:
-    kinds = ["unary"] if args.no_stream else ["unary", "stream"]
-    return [(kind, conc) for kind in kinds for conc in ([1, args.concurrency] if kind == "unary"
-                                                          else [args.concurrency])]
+def scenarios_of(args: argparse.Namespace) -> list[Scenario]:
+    found = [Scenario("named", args.model, False, 1), Scenario("named", args.model, False, args.concurrency)]
+    if not args.no_auto:
+        found.append(Scenario("auto", "auto", False, args.concurrency))
+    if not args.no_stream:
+        found.append(Scenario("stream", args.model, True, args.concurrency))
+    return found
 
 
 @dataclass(frozen=True)
@@ -589,56 +563,77 @@ class Deployment:
     work: Path
     key: str
     upstream_pid: int
-    targets: list[tuple[str, str, int]]  # (label, base URL, pid); costproxy last
+    targets: list[tuple[str, str, int]]  # (label, base URL, pid); the proxies last, SQLite first
 
 
-def deploy(args: argparse.Namespace, stack: ExitStack, work: Path) -> Deployment:
-    """Start upstream, proxy (and the bare pass-through); issue a client key."""
-    server_cpus, load_cpus = cpu_split(args)
-    up_log, proxy_log, bare_log = work / "upstream.log", work / "proxy.log", work / "passthrough.log"
-    upstream = stack.enter_context(running([sys.executable, str(FAST_UPSTREAM)], up_log, child_env(), load_cpus))
-    upstream_url = wait_listening(upstream, up_log)
-    config = write_config(work, upstream_url, Path(args.rules) if args.rules else None, args.log_level,
-                          args.rate_limits)
+def start_proxy(args: argparse.Namespace, stack: ExitStack, work: Path, upstream_url: str,
+                store: str) -> tuple[str, str, int, str]:
+    """One costproxy on ``store``: (label, URL, pid, client key)."""
+    name = "sqlite" if store == "sqlite" else "redis"
+    config = write_config(work, upstream_url, args, store)
     env = child_env(**{UPSTREAM_KEY_ENV: "sk-bench-upstream"})
     key = create_key(config, env)
     port = free_port()
+    log = work / f"proxy-{name}.log"
     proxy = stack.enter_context(running([sys.executable, "-m", "costproxy", "--config", str(config), "serve",
-                                         "--port", str(port)], proxy_log, env, server_cpus))
-    proxy_url = f"http://127.0.0.1:{port}"
-    wait_ready(proxy_url, proxy, proxy_log)
-    targets = [("upstream direct", upstream_url, upstream.pid)]
-    if not args.no_passthrough:
-        bare = stack.enter_context(running([sys.executable, str(FAST_UPSTREAM), "--passthrough", upstream_url],
-                                           bare_log, child_env(), server_cpus))
-        targets.append(("aiohttp pass-through", wait_listening(bare, bare_log), bare.pid))
-    targets.append(("costproxy", proxy_url, proxy.pid))
-    return Deployment(work=work, key=key, upstream_pid=upstream.pid, targets=targets)
+                                         "--port", str(port)], log, env, cpu_split(args)[0]))
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, proxy, log)
+    return f"costproxy {name}", url, proxy.pid, key
 
 
-def benchmark(args: argparse.Namespace, dep: Deployment, use_wrk: bool) -> list[Row]:
+def deploy(args: argparse.Namespace, stack: ExitStack, work: Path) -> tuple[Deployment, dict[str, str]]:
+    """Start upstream, the bare pass-through and the proxies; (deployment, client key per proxy label)."""
+    server_cpus, load_cpus = cpu_split(args)
+    up_log, bare_log = work / "upstream.log", work / "passthrough.log"
+    upstream = stack.enter_context(running([sys.executable, str(FAST_UPSTREAM)], up_log, child_env(), load_cpus))
+    upstream_url = wait_listening(upstream, up_log)
+    bare = stack.enter_context(running([sys.executable, str(FAST_UPSTREAM), "--passthrough", upstream_url],
+                                       bare_log, child_env(), server_cpus))
+    targets = [(DIRECT, upstream_url, upstream.pid), (PASSTHROUGH, wait_listening(bare, bare_log), bare.pid)]
+    keys: dict[str, str] = {}
+    for store in ["sqlite"] + ([args.redis] if args.redis else []):
+        label, url, pid, key = start_proxy(args, stack, work, upstream_url, store)
+        targets.append((label, url, pid))
+        keys[label] = key
+        print(f"  {label}: pid {pid}, RSS after start {rss_mb(pid):.1f} MB")
+    return Deployment(work=work, key=keys["costproxy sqlite"], upstream_pid=upstream.pid, targets=targets), keys
+
+
+def benchmark(args: argparse.Namespace, dep: Deployment, keys: dict[str, str], use_wrk: bool) -> list[Row]:
     load_cpus = cpu_split(args)[1]
     rows: list[Row] = []
-    for kind, conc in plan_runs(args):
-        load = Load(body=chat_body(args.model, kind == "stream"), key=dep.key, work=dep.work, use_wrk=use_wrk,
-                    duration=args.duration, cpus=load_cpus)
-        warm = Load(load.body, dep.key, dep.work, use_wrk, min(3.0, args.duration), load_cpus)
-        for _, url, _ in dep.targets:  # warm-up: connections, caches, first-call imports
-            run_load(warm, url + "/v1/chat/completions", conc, min(500, args.requests))
-        for target in dep.targets:
-            rows.append(measure(load, target, dep.upstream_pid, conc, args.requests, kind))
+    for round_ in range(1, args.rounds + 1):
+        for scenario in scenarios_of(args):
+            body = chat_body(scenario.model, scenario.stream)
+            for target in dep.targets:
+                key = keys.get(target[0], dep.key)
+                load = Load(body=body, key=key, work=dep.work, use_wrk=use_wrk, duration=args.duration, cpus=load_cpus)
+                if round_ == 1:  # warm-up: connections, caches, first-call imports
+                    warm = Load(body, key, dep.work, use_wrk, min(3.0, args.duration), load_cpus)
+                    run_load(warm, target[1] + "/v1/chat/completions", scenario.concurrency, min(500, args.requests))
+                rows.append(measure(load, target, dep.upstream_pid, scenario, args.requests, round_))
     return rows
 
 
 def describe(args: argparse.Namespace, generator: str, work: Path) -> None:
     server_cpus, load_cpus = cpu_split(args)
-    pinning = (f"server under test on CPU {sorted(server_cpus)}, upstream + load on CPUs {sorted(load_cpus)}"
+    pinning = (f"servers under test on CPU {sorted(server_cpus)}, upstream + load on CPUs {sorted(load_cpus)}"
                if server_cpus and load_cpus else "no CPU pinning")
-    print(f"costproxy bench: {os.cpu_count()} CPUs, {pinning}")
+    print(f"costproxy bench: {os.cpu_count()} CPUs, {pinning}; load average {os.getloadavg()[0]:.1f} at start")
     print(f"  load generator: {generator}")
-    print(f"  model {args.model}, {len(chat_body(args.model, False))}-byte request, {args.requests} requests "
-          f"per run (cap {args.duration:g} s), rules: {args.rules or 'none'}, log level {args.log_level}, "
-          f"work dir {work}")
+    print(f"  named model {args.model}, {len(chat_body(args.model, False))}-byte request, {args.requests} requests "
+          f"per run (cap {args.duration:g} s), {args.rounds} round(s), rules: {args.rules or 'none'}, log level "
+          f"{args.log_level}, stores: sqlite{' + ' + args.redis if args.redis else ''}, work dir {work}")
+
+
+def report(rows: list[Row], final_rss: dict[str, float]) -> bool:
+    print_table(rows)
+    met = print_ratios(rows)
+    print_latency(rows)
+    for label, rss in final_rss.items():
+        print(f"  RSS of {label} at the end: {rss:.1f} MB")
+    return met
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -650,27 +645,31 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="costproxy-bench-"))
     use_wrk, generator = choose_generator(args)
     describe(args, generator, work)
-    profile = ""
+    profile, final_rss = "", {}
     try:
         with ExitStack() as stack:
-            dep = deploy(args, stack, work)
-            rows_before = ledger_rows(work / "ledger.sqlite3")
-            rows = benchmark(args, dep, use_wrk)
-            time.sleep(0.2)
-            written = ledger_rows(work / "ledger.sqlite3") - rows_before
+            dep, keys = deploy(args, stack, work)
+            rows = benchmark(args, dep, keys, use_wrk)
             if args.profile:
-                load = Load(chat_body(args.model, False), dep.key, work, use_wrk, args.duration, cpu_split(args)[1])
-                profile = profile_proxy(load, dep.targets[-1], args.concurrency, args.requests, work / "profile")
+                loads = [(Load(chat_body(s.model, s.stream), dep.key, work, use_wrk, args.duration,
+                               cpu_split(args)[1]), s) for s in scenarios_of(args) if s.concurrency != 1]
+                profile = profile_proxy(loads, next(t for t in dep.targets if t[0] == "costproxy sqlite"),
+                                        args.requests, work / "profile")
+            if args.soak:
+                soak(args, dep, use_wrk)
+            final_rss = {label: rss_mb(pid) for label, _, pid in dep.targets if label.startswith("costproxy")}
     finally:
+        if args.redis:
+            print(f"  redis keys of this run deleted: {drop_redis_keys(args.redis, redis_prefix(work))}")
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"  ledger rows the proxy wrote: {written} (warm-ups included)\n")
-    print_table(rows)
-    print_summary(rows, args.concurrency)
+    print(f"  load average at the end: {os.getloadavg()[0]:.1f}\n")
+    met = report(rows, final_rss) if rows else True
     if profile:
         print("\n" + profile)
     failed = sum(r.errors for r in rows)
-    print(f"\ntotal {time.monotonic() - started:.0f} s" + (f"; {failed} FAILED REQUESTS" if failed else ""))
+    print(f"\ntotal {time.monotonic() - started:.0f} s" + (f"; {failed} FAILED REQUESTS" if failed else "")
+          + ("" if met else "; ratio target NOT met"))
     return 1 if failed else 0
 
 

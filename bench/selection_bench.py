@@ -19,6 +19,8 @@ Target (issue 4): p99 < 0.5 ms at 1,000 tokens on a 2-core machine.
 
 ``--predictors`` adds a per-request quality predictor (``quality.py``) for every candidate model and
 every task type — the worst case of a calibrated file — so the timing includes evaluating them.
+``--learned`` gives every (task, difficulty bucket, model) cell feedback evidence, so every candidate's
+quality is a posterior (``learning/estimates.py``) — the worst case of a deployment that learns.
 ``--text-model`` adds n-gram text-model weights (``routing/text_model.py``) for every candidate model,
 so each request also hashes its query's n-grams (in ``analyze``) and sums one weight per n-gram per model.
 """
@@ -45,6 +47,7 @@ from costproxy.analyzer.ngrams import NGRAM_BUCKETS  # noqa: E402
 from costproxy.analyzer.profile import RequestProfile, analyze  # noqa: E402
 from costproxy.analyzer.tasks import FEATURE_NAMES, TASK_TYPES  # noqa: E402
 from costproxy.analyzer.tokens import TokenCounter  # noqa: E402
+from costproxy.learning.estimates import OnlineEstimates  # noqa: E402
 from costproxy.registry import parse_registry  # noqa: E402
 from costproxy.routing.policy import Constraints  # noqa: E402
 from costproxy.routing.quality import QualityProfiles, parse_quality  # noqa: E402
@@ -117,7 +120,8 @@ def measure(body: dict[str, Any], tokens: int, iterations: int, rules: RulesHook
         start = CLOCK()
         n = count() if count is not None else tokens
         profile = analyze(body, n)
-        select(profile, candidates, QUALITY, rules(body, profile), pressure, config, baseline=REGISTRY.baseline_model)
+        select(profile, candidates, QUALITY, rules(body, profile), pressure, config, baseline=REGISTRY.baseline_model,
+               **LEARNED)
         elapsed = CLOCK() - start
         if i >= 200:  # warm-up
             samples.append(elapsed / 1_000)
@@ -134,6 +138,8 @@ def measure_router(body: dict[str, Any], tokens: int, iterations: int) -> tuple[
     from costproxy.settings import load_settings
 
     router = build_router(load_settings(ROOT / "config/costproxy.yaml", {}))
+    if LEARNED:
+        router.estimates = LEARNED["estimates"]
     view = BudgetView(used_fraction=0.3, burn_ratio=0.8, remaining_nanos=10**9,
                       fields={"budget.team.used_pct": 30.0, "budget.any.status": "normal"})
     principal = Principal(key_id="k", user="u", team="t", org="o")
@@ -156,6 +162,17 @@ def _counting(counter: TokenCounter, messages: list[dict[str, str]]) -> Callable
 
 REGISTRY = parse_registry(yaml.safe_load((ROOT / "config/models.yaml").read_text()), "config/models.yaml")
 QUALITY = parse_quality(yaml.safe_load((ROOT / "config/quality.yaml").read_text()), "config/quality.yaml")
+LEARNED: dict[str, Any] = {}  # select(**LEARNED): nothing, or estimates=… with --learned
+
+
+def learned_everywhere() -> Any:
+    """Evidence (40 observations, 34 successes) in every cell a request can fall in."""
+    cells = {(t, b, m.id): (40.0, 34.0) for t in TASK_TYPES for b in range(len(QUALITY.edges(t)) + 1)
+             for m in REGISTRY.models.values() if m.kind == "chat"}
+    estimates = OnlineEstimates()
+    for cell, (n, s) in cells.items():
+        estimates = estimates.with_observation(cell, n, s)
+    return estimates
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=3_000)
     parser.add_argument("--with-count", action="store_true", help="include token counting in the timing")
     parser.add_argument("--predictors", action="store_true", help="a quality predictor for every model and task")
+    parser.add_argument("--learned", action="store_true", help="feedback evidence for every task, bucket and model")
     parser.add_argument("--text-model", action="store_true", help="n-gram text-model weights for every model")
     parser.add_argument("--cpu-time", action="store_true",
                         help="time the selection section by this thread's CPU time (immune to preemption by "
@@ -170,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--selection-only", action="store_true", help="skip the proxy-router section")
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="prompt sizes in tokens")
     args = parser.parse_args(argv)
+    if args.learned:
+        LEARNED["estimates"] = learned_everywhere()
     global QUALITY, CLOCK
     if args.cpu_time:
         CLOCK = time.thread_time_ns
@@ -183,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {len(chat)} candidate models, "
           f"{args.iterations} timed requests per size{' (token counting included)' if args.with_count else ''}"
           f"{', predictors for every model and task' if args.predictors else ''}"
+          f"{', feedback evidence in every cell' if args.learned else ''}"
           f"{', text model for every model' if args.text_model else ''}"
           f"{', thread CPU time' if args.cpu_time else ', wall-clock'}")
     print(f"{'prompt tokens':>14} {'p50 µs':>9} {'p99 µs':>9} {'max µs':>9}  task / chosen model")

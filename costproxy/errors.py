@@ -190,6 +190,13 @@ class ProviderError(ProxyError):
     code = "upstream_error"
     type = "api_error"
     retryable = True
+    billed = False  # the provider accepted the call (answered 2xx) before it failed: it may have billed it
+
+    def after_acceptance(self) -> ProviderError:
+        """Mark a failure that came after the provider accepted the call: it may have billed it, so
+        it is charged, not released, and never retried on another model (that could bill twice)."""
+        self.billed, self.retryable = True, False
+        return self
 
 
 class UpstreamTimeout(ProviderError):

@@ -159,7 +159,7 @@ def _check_messages(messages: Any) -> None:
         if not isinstance(message, dict):
             raise InvalidRequest(f"'{where}' must be an object", param=where)
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # (a list or an object cannot even be looked up)
             raise InvalidRequest(f"'{where}.role' must be one of {', '.join(sorted(ROLES))}", param=f"{where}.role")
         _check_content(message.get("content"), f"{where}.content")
         name = message.get("name")
@@ -220,9 +220,10 @@ def _check_tools(body: Mapping[str, Any]) -> None:
                 _check_function(item, where, "description")
             elif item.get("type", "function") == "function":
                 _check_function(item.get("function"), f"{where}.function", "description")
-    choice = body.get("tool_choice")
-    if choice is not None and not isinstance(choice, (str, dict)):
-        raise InvalidRequest("'tool_choice' must be a string or an object", param="tool_choice")
+    for key in ("tool_choice", "function_call"):  # (the legacy ``function_call`` is counted like tool_choice)
+        choice = body.get(key)
+        if choice is not None and not isinstance(choice, (str, dict)):
+            raise InvalidRequest(f"'{key}' must be a string or an object", param=key)
 
 
 def _check_prompt(value: Any, key: str) -> None:

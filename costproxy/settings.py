@@ -40,6 +40,7 @@ from costproxy.cache.policy import CacheSettings
 from costproxy.config_schema import ModelCheck, Node
 from costproxy.defaults import PACKAGED_CONFIG, is_packaged
 from costproxy.errors import ConfigError
+from costproxy.learning.config import LearningSettings, parse_learning_settings
 from costproxy.providers.config import ProviderSettings as ProviderSettings  # re-exported for its importers
 from costproxy.providers.config import parse_provider
 from costproxy.ratelimits.config import RateLimitConfig, parse_rate_limits
@@ -120,6 +121,7 @@ class Settings:
     rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)
     cache: CacheSettings = field(default_factory=CacheSettings)  # the response cache
     disabled_models: Mapping[str, str] = field(default_factory=dict)  # model id -> its disabled provider
+    learning: LearningSettings = field(default_factory=LearningSettings)  # feedback, online estimates, judge
 
     # Shorthands kept while other branches still read the pre-``store``/``admin`` names.
     @property
@@ -219,6 +221,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         rate_limits=parse_rate_limits(root.child("rate_limits", None).value, str(path)),
         cache=parse_cache_settings(root.child("cache", None).value, str(path)),
         disabled_models=disabled,
+        learning=parse_learning_settings(root.child("learning", None).value, str(path), check_model=check),
     )
     webhooks = root.child("webhooks", None)
     if webhooks.value is not None:

@@ -4,7 +4,7 @@ Import the fixtures into a test module (``from tests.conftest_redis import redis
 The tests use database 13 (``REDIS_DB``) only, and inside it a key prefix of their own
 (``RedisSpace.prefix``, used as ``budgets.key_prefix``) whose keys are deleted after the test, so
 two suites running at once on one machine (several engineers, CI) do not flush each other's data.
-``own_redis`` starts a private server on a free port for tests that stop and restart Redis.
+``own_redis`` starts a private server (port chosen as ``RedisServer`` says) for tests that stop and restart Redis.
 If no Redis answers and no ``redis-server`` binary is installed, the tests fail (not skip) with a
 message naming what is missing.
 """
@@ -27,12 +27,6 @@ REDIS_DB = 13
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 6379
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def answers(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5) as sock:
@@ -43,10 +37,19 @@ def answers(host: str, port: int) -> bool:
 
 
 class RedisServer:
-    """A redis-server process of our own (no persistence) on ``port``."""
+    """A redis-server process of our own (no persistence by default).
 
-    def __init__(self, port: int, workdir: Path, options: tuple[str, ...] = ("--appendonly", "no")) -> None:
-        self.port = port
+    redis-server cannot be asked for "any free port" (``--port 0`` turns TCP off), so the first
+    start takes a port the kernel just handed out and checks that the server answering there is
+    this process (``INFO server`` → ``process_id``); when another process took the port meanwhile,
+    redis-server exits and the next candidate is tried. Restarts reuse the port: the tests that
+    stop and start Redis need clients to find it at the same address.
+    """
+
+    ATTEMPTS = 5
+
+    def __init__(self, workdir: Path, options: tuple[str, ...] = ("--appendonly", "no")) -> None:
+        self.port = 0  # chosen on the first start
         self.workdir = workdir
         self.options = options  # persistence: no AOF by default; ("--appendonly", "yes", ...) to keep data
         self.proc: subprocess.Popen[bytes] | None = None
@@ -61,15 +64,32 @@ class RedisServer:
             pytest.fail("these tests need Redis: nothing answers on 127.0.0.1:6379 and no redis-server "
                         "binary is on PATH (install the Debian package redis-server)", pytrace=False)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        for port in ([self.port] if self.port else [_kernel_port() for _ in range(self.ATTEMPTS)]):
+            if self._start_on(binary, port):
+                self.port = port
+                return self
+        pytest.fail(f"redis-server did not start (last port tried: {port})", pytrace=False)
+
+    def _start_on(self, binary: str, port: int) -> bool:
         self.proc = subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", *self.options,
+            [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", *self.options,
              "--dir", str(self.workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while not answers("127.0.0.1", self.port):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"redis-server did not start on port {self.port}", pytrace=False)
+        proc = self.proc
+
+        def up() -> bool | None:  # True: ours answers; None: not ours (the port was taken); False: not yet
+            if proc.poll() is not None:
+                return None
+            if not answers("127.0.0.1", port):
+                return False
+            return True if _pid_on(port) == proc.pid else None
+
+        deadline = time.monotonic() + 30
+        while (state := up()) is False and time.monotonic() < deadline:
             time.sleep(0.05)
-        return self
+        if state:
+            return True
+        self.kill()
+        return False
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -85,13 +105,31 @@ class RedisServer:
         self.proc = None
 
 
+def _kernel_port() -> int:
+    """A port the kernel considers free now (a candidate: see ``RedisServer``)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _pid_on(port: int) -> int | None:
+    """The process id of the Redis answering on ``port``."""
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+    try:
+        return int(client.info("server")["process_id"])
+    except (redis.RedisError, OSError):
+        return None
+    finally:
+        client.close()
+
+
 @pytest.fixture(scope="session")
 def redis_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``redis://host:port`` of a Redis the suite may use (database 13 only)."""
     if answers(DEFAULT_HOST, DEFAULT_PORT):
         yield f"redis://{DEFAULT_HOST}:{DEFAULT_PORT}"
         return
-    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis")).start()
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     try:
         yield server.endpoint
     finally:
@@ -131,7 +169,7 @@ def redis_space(redis_endpoint: str) -> Iterator[RedisSpace]:
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A private redis-server the test may stop and start again on the same port."""
-    server = RedisServer(free_port(), tmp_path / "own-redis").start()
+    server = RedisServer(tmp_path / "own-redis").start()
     try:
         yield server
     finally:

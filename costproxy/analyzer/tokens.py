@@ -39,9 +39,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import TypeGuard
 
 import tiktoken
@@ -93,24 +92,43 @@ GPT4O_IMAGES = ImageTokenRule()
 
 
 class TokenCounter:
-    """Counts tokens with already-loaded encodings (see ``costproxy.analyzer.encodings``)."""
+    """Counts tokens with loaded encodings (see ``costproxy.analyzer.encodings``).
 
-    __slots__ = ("_encodings",)
+    With a ``loader``, an encoding not given at construction is loaded the first time it is asked
+    for (each costs tens of MB of memory, so a process loads only those its traffic uses); the
+    pipeline calls ``load`` on a worker thread first (``has`` tells whether it must), so the event
+    loop never waits for one.
+    """
 
-    def __init__(self, encodings: Mapping[str, tiktoken.Encoding]) -> None:
-        self._encodings: Mapping[str, tiktoken.Encoding] = MappingProxyType(dict(encodings))
+    __slots__ = ("_encodings", "_loader")
+
+    def __init__(self, encodings: Mapping[str, tiktoken.Encoding],
+                 loader: Callable[[str], tiktoken.Encoding] | None = None) -> None:
+        self._encodings: dict[str, tiktoken.Encoding] = dict(encodings)
+        self._loader = loader
 
     @property
     def encoding_names(self) -> tuple[str, ...]:
         return tuple(self._encodings)
 
+    def has(self, name: str) -> bool:
+        """Whether ``name`` is loaded already (``encoding`` would not need to load it)."""
+        return name in self._encodings
+
+    def load(self, name: str) -> None:
+        """Load ``name`` now (blocking: on a worker thread)."""
+        self.encoding(name)
+
     def encoding(self, name: str) -> tiktoken.Encoding:
         """The loaded encoding; an unknown name is a wiring bug (the registry validates names)."""
-        try:
-            return self._encodings[name]
-        except KeyError:
-            known = ", ".join(self._encodings) or "none"
-            raise InternalError(f"encoding {name!r} is not loaded (loaded: {known})") from None
+        found = self._encodings.get(name)
+        if found is not None:
+            return found
+        if self._loader is not None:  # an unknown name or a bad file raises its own InternalError
+            found = self._encodings[name] = self._loader(name)
+            return found
+        known = ", ".join(self._encodings) or "none"
+        raise InternalError(f"encoding {name!r} is not loaded (loaded: {known})") from None
 
     def count_text(self, text: str, encoding: str) -> int:
         """Tokens of ``text``; special-token text counts as ordinary text."""
@@ -342,7 +360,28 @@ def _prompts_in(prompt: object) -> int:
 PIECE_CHARS = 32_768
 
 
+# Counts of texts up to MEMO_CHARS are remembered per encoding: the same system prompt, tool schema
+# or earlier turn of a conversation (clients resend the whole history every turn) comes back in
+# request after request, and a dict lookup costs a fraction of tiktoken's encode.  The memo holds at
+# most MEMO_ENTRIES texts per encoding (about 8 MB at worst) and starts over when full; dict reads
+# and writes are atomic, so worker threads counting big inputs share it safely.
+MEMO_CHARS = 4_096
+MEMO_ENTRIES = 2_048
+_MEMOS: dict[str, dict[str, int]] = {}
+
+
 def _count(enc: tiktoken.Encoding, text: str) -> int:
+    if len(text) <= MEMO_CHARS:
+        memo = _MEMOS.get(enc.name)
+        if memo is None:
+            memo = _MEMOS.setdefault(enc.name, {})
+        tokens = memo.get(text)
+        if tokens is None:
+            tokens = len(enc.encode_ordinary(text))
+            if len(memo) >= MEMO_ENTRIES:
+                memo.clear()
+            memo[text] = tokens
+        return tokens
     if len(text) <= PIECE_CHARS:
         return len(enc.encode_ordinary(text))
     return sum(len(enc.encode_ordinary(piece)) for piece in _pieces(text))

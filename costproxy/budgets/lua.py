@@ -3,8 +3,11 @@
 Key layout (``P`` is ``budgets.key_prefix``, default ``cp``; ``{…}`` is the Redis Cluster hash tag)::
 
     P:{<org>}:b:<budget_id>:<period_key>  hash   spent, reserved (nano-USD), f<pct> (threshold fired at ms)
-    P:{<org>}:r:<token>                   hash   one reservation: <counter key> -> amount, _exp -> ms
+    P:{<org>}:r:<token>                   hash   one reservation: <counter key> -> amount, _exp -> ms,
+                                                 _o -> owner, _e -> its ledger entry if the owner dies
     P:{<org>}:rx                          zset   reservation tokens by expiry (ms)
+    P:{<org>}:alive:<owner>               string a replica process that holds reservations is running
+                                                 (expires one reservation TTL after its last sign)
     P:{<org>}:d:<token>                   string settled marker (makes settle idempotent on retry and on
                                                  outbox replay; for usage records the token is
                                                  derived from the idempotency key, kept 7 days)
@@ -61,6 +64,9 @@ class RedisKeys:
     def done(self, partition: str, token: str) -> str:
         return f"{self.tag(partition)}:d:{token}"
 
+    def alive(self, partition: str, owner: str) -> str:
+        return f"{self.tag(partition)}:alive:{owner}"
+
     def ledger(self, partition: str) -> str:
         return f"{self.tag(partition)}:ledger"
 
@@ -86,27 +92,68 @@ class RedisKeys:
         return f"{self.prefix}:{{defs}}:{name}"
 
 
+# A lapsed reservation records its owner (``_o``, a replica process whose ``alive`` key it keeps
+# fresh while it runs) and the ledger entry to append if that owner died (``_e``).  Seen lapsed
+# while the owner's ``alive`` key still runs, the decision waits until that key would expire
+# (``_seen`` keeps when, on Redis's own clock: a caller's ``now`` may be late or skewed).  Found
+# alive with a later expiry, the owner outlived the lapse, so it ended the request itself and
+# settles it (late, from its outbox): the reservation is released.  Found dead (SIGKILL, crash,
+# lost host), its call may have been billed: the reservation's worst case is charged and the
+# ``lapsed`` entry (priced at the amount held) appended, with the settled marker set so that a
+# settlement the replica did save (its outbox, replayed after a restart) cannot charge twice.
 _RECLAIM_FN = """
-local function reclaim(zkey, rprefix, now, limit)
-  local tokens = redis.call('ZRANGEBYSCORE', zkey, '-inf', now, 'LIMIT', 0, limit)
-  for _, token in ipairs(tokens) do
-    local rkey = rprefix .. token
-    local held = redis.call('HGETALL', rkey)
-    for j = 1, #held, 2 do
-      if string.sub(held[j], 1, 1) ~= '_' and held[j + 1] ~= '0' then
-        redis.call('HINCRBY', held[j], 'reserved', '-' .. held[j + 1])
-      end
-    end
-    redis.call('DEL', rkey)
-    redis.call('ZREM', zkey, token)
+local function lapse(zkey, rprefix, token, done_ttl)
+  local tag = string.sub(rprefix, 1, #rprefix - 2)
+  local rkey = rprefix .. token
+  local held = redis.call('HGETALL', rkey)
+  local owner, entry, seen = nil, nil, nil
+  for j = 1, #held, 2 do
+    if held[j] == '_o' then owner = held[j + 1]
+    elseif held[j] == '_e' then entry = held[j + 1]
+    elseif held[j] == '_seen' then seen = tonumber(held[j + 1]) end
   end
-  return #tokens
+  local charge = false
+  if owner and entry then
+    local left = redis.call('PTTL', tag .. 'alive:' .. owner)
+    if left > 0 then
+      local clock = redis.call('TIME')
+      local expires = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) + left
+      if not seen or expires <= seen then  -- the heartbeat seen before has not run out yet: look again then
+        if not seen then redis.call('HSET', rkey, '_seen', expires) end
+        redis.call('ZADD', zkey, expires + 1, token)
+        return 0
+      end
+    else
+      charge = redis.call('SET', tag .. 'd:' .. token, '1', 'PX', done_ttl, 'NX') ~= false
+    end
+  end
+  for j = 1, #held, 2 do
+    if string.sub(held[j], 1, 1) ~= '_' and held[j + 1] ~= '0' then
+      redis.call('HINCRBY', held[j], 'reserved', '-' .. held[j + 1])
+      if charge then redis.call('HINCRBY', held[j], 'spent', held[j + 1]) end
+    end
+  end
+  if charge then redis.call('XADD', tag .. 'ledger', '*', 'e', entry) end
+  redis.call('DEL', rkey)
+  redis.call('ZREM', zkey, token)
+  return 1
+end
+
+local function reclaim(zkey, rprefix, now, limit, done_ttl)
+  local tokens = redis.call('ZRANGEBYSCORE', zkey, '-inf', now, 'LIMIT', 0, limit)
+  local count = 0
+  for _, token in ipairs(tokens) do
+    count = count + lapse(zkey, rprefix, token, done_ttl)
+  end
+  return count
 end
 """
 
 # KEYS: counter_1..counter_n, reservation, expiries
 # ARGV: now, ttl, amount, token, reservation prefix, reclaim batch, then per counter: limit
-#       (-1: soft), gate (-1: none), expire-at ms (0: never, a total budget without end)
+#       (-1: soft), gate (-1: none), expire-at ms (0: never, a total budget without end); then the
+#       owner (this replica process, kept alive by this script, RENEW and the maintenance loop)
+#       and the ledger entry to append if the owner dies holding the reservation (both optional)
 # Returns {'ok', spent_1, reserved_1, ...} (before this reservation), {'over'|'gate', i, spent,
 # reserved}, or {'dup'} when this token is already reserved (a client retry after a lost reply).
 RESERVE = _RECLAIM_FN + """
@@ -114,7 +161,7 @@ local n = #KEYS - 2
 local now, ttl, amount = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local res, zkey = KEYS[n + 1], KEYS[n + 2]
 if redis.call('EXISTS', res) == 1 then return {'dup'} end
-reclaim(zkey, ARGV[5], now, tonumber(ARGV[6]))
+reclaim(zkey, ARGV[5], now, tonumber(ARGV[6]), ttl * 2 + 3600000)
 local out = {'ok'}
 for i = 1, n do
   local c = redis.call('HMGET', KEYS[i], 'spent', 'reserved')
@@ -132,6 +179,12 @@ for i = 1, n do
   redis.call('HSET', res, KEYS[i], ARGV[3])
 end
 redis.call('HSET', res, '_exp', ARGV[1] + 0 + ttl)
+local owner, entry = ARGV[7 + 3 * n], ARGV[8 + 3 * n]
+if owner and owner ~= '' then
+  redis.call('HSET', res, '_o', owner)
+  if entry and entry ~= '' then redis.call('HSET', res, '_e', entry) end
+  redis.call('SET', string.sub(ARGV[5], 1, #ARGV[5] - 2) .. 'alive:' .. owner, '1', 'PX', ttl)
+end
 redis.call('PEXPIRE', res, ttl * 4)
 redis.call('ZADD', zkey, now + ttl, ARGV[4])
 return out
@@ -185,6 +238,11 @@ return out
 # reservation is gone (reclaimed after its lease lapsed, or settled), so the request must end.
 RENEW = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local owner = redis.call('HGET', KEYS[1], '_o')
+redis.call('HDEL', KEYS[1], '_seen')
+if owner then
+  redis.call('SET', string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[1] - 2) .. 'alive:' .. owner, '1', 'PX', ARGV[3])
+end
 local expires = tonumber(ARGV[2]) + tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], '_exp', expires)
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) * 4)
@@ -192,9 +250,10 @@ redis.call('ZADD', KEYS[2], expires, ARGV[1])
 return 1
 """
 
-# KEYS: expiries; ARGV: reservation prefix, now, batch.  Returns how many were reclaimed.
+# KEYS: expiries; ARGV: reservation prefix, now, batch, settled-marker TTL ms.  Returns how many
+# were reclaimed.
 RECLAIM = _RECLAIM_FN + """
-return reclaim(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
+return reclaim(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
 """
 
 # KEYS: definitions hash, version, audit stream; ARGV: mode (create|update|delete|put), id, body,

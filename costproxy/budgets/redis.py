@@ -47,6 +47,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
+import orjson
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -73,7 +74,7 @@ from costproxy.budgets.outbox import Settlement, SettlementOutbox
 from costproxy.budgets.status import Counters
 from costproxy.errors import StoreUnavailable
 from costproxy.identity.principal import Principal
-from costproxy.ledger.entry import LedgerEntry, as_refusal
+from costproxy.ledger.entry import LedgerEntry, Status, as_refusal
 from costproxy.ledger.mirror import LedgerMirror, entry_json
 from costproxy.ledger.trim import StreamKeeper, replica_id
 from costproxy.money import format_usd
@@ -81,6 +82,18 @@ from costproxy.store.sqlite import SqliteStore
 
 log = structlog.get_logger("costproxy.budgets.model")
 RECLAIM_BATCH = 16
+
+
+def lapsed_entry(reservation: BudgetReservation, principal: Principal, now_ms: int) -> bytes:
+    """The ledger entry (JSON) of a reservation whose replica died holding it: the call may have
+    been billed, so it is charged the worst case that was reserved, marked as not reported.  Built
+    as a plain dict (the fields a ``LedgerEntry`` does not default), since every reserve pays for it."""
+    return orjson.dumps({
+        "request_id": reservation.request_id, "ts_ms": now_ms, "endpoint": "", "status": Status.LAPSED.value,
+        "http_status": 0, "key_id": principal.key_id, "user": principal.user, "team": principal.team,
+        "org": principal.org, "project": principal.project, "cost_nanos": reservation.amount_nanos,
+        "usage_reported": False, "error_code": "replica_lost",
+        "metadata": {"budgets": dict(zip(reservation.budget_ids, reservation.period_keys, strict=True))}})
 
 
 def _text(value: Any) -> str:
@@ -113,6 +126,7 @@ class RedisBudgetAccounts(BudgetBook):
         self._outbox_lock = asyncio.Lock()
         self._healthy = True
         self._last_ok_ms = 0
+        self.owner = uuid.uuid4().hex[:16]  # this process: its reservations die with it (lua.py, reclaim)
         self._tasks: list[asyncio.Task[None]] = []
         self._mirror_redis = mirror_redis
         self.mirror = LedgerMirror(mirror_redis or redis, store, keys, lambda: set(self._partitions))
@@ -158,11 +172,21 @@ class RedisBudgetAccounts(BudgetBook):
             stop_if_cancelled()
             try:
                 await self.refresh()
+                await self._heartbeat()
+                await self.flush_outbox()  # before reclaiming: a returning Redis gets our own settlements first
                 await self.reclaim_expired()
-                await self.flush_outbox()
             except RedisError as exc:
                 stop_if_cancelled()  # redis-py may turn a cancellation into a connection error
                 self._down(exc)
+
+    async def _heartbeat(self) -> None:
+        """This process is alive: a lapsed reservation of ours is released, not charged (lua.py)."""
+        if not self._registered:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for partition in self._registered:
+                pipe.set(self.keys.alive(partition, self.owner), "1", px=self.ttl_ms)
+            await pipe.execute()
 
     def _down(self, exc: BaseException) -> None:
         if self._healthy:
@@ -196,7 +220,8 @@ class RedisBudgetAccounts(BudgetBook):
         total = 0
         for partition in sorted(self._partitions):
             total += int(await self._reclaim(keys=[self.keys.expiries(partition)],
-                                             args=[self.keys.reservation_prefix(partition), now, 100]))
+                                             args=[self.keys.reservation_prefix(partition), now, 100,
+                                                   2 * self.ttl_ms + 3_600_000]))
         return total
 
     def _counters(self, budget_id: str, period_key: str, now_ms: int) -> Counters:
@@ -232,6 +257,7 @@ class RedisBudgetAccounts(BudgetBook):
         reservation = BudgetReservation(
             request_id=request_id, amount_nanos=worst_case_nanos, budget_ids=tuple(c.spec.id for c in chain),
             token=token, period_keys=periods, counter_keys=tuple(keys[:-2]), home=home)
+        args += [self.owner, lapsed_entry(reservation, principal, now).decode()]
         try:
             await self._register([home, *(c.spec.partition for c in chain)])
             reply = await self._reserve(keys=keys, args=args)

@@ -72,7 +72,9 @@ class _Parts:
         raise NotImplementedError
 
 
-class _ChatParts(_Parts):
+class _ChoiceParts(_Parts):
+    """The chunks of the two choice-based APIs: a head, per-choice deltas, usage at the end."""
+
     def __init__(self) -> None:
         self.head: dict[str, Any] = {}
         self.choices: dict[int, dict[str, Any]] = {}
@@ -92,6 +94,26 @@ class _ChatParts(_Parts):
         return False
 
     def _choice(self, choice: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _complete(self) -> bool:
+        return bool(self.choices) and all(s["finish_reason"] is not None for s in self.choices.values())
+
+
+def _merge_tail(state: dict[str, Any], choice: Mapping[str, Any]) -> None:
+    """Logprobs and the finish reason, the same in both choice-based APIs."""
+    logprobs = choice.get("logprobs")
+    if isinstance(logprobs, Mapping):
+        merged = state["logprobs"] = state["logprobs"] or {}
+        for key, value in logprobs.items():
+            if isinstance(value, list):
+                merged.setdefault(key, []).extend(value)
+    if choice.get("finish_reason") is not None:
+        state["finish_reason"] = choice["finish_reason"]
+
+
+class _ChatParts(_ChoiceParts):
+    def _choice(self, choice: Mapping[str, Any]) -> None:
         state = self.choices.setdefault(int(choice.get("index") or 0), {
             "role": "assistant", "content": [], "refusal": [], "reasoning_content": [], "tools": {},
             "logprobs": None, "finish_reason": None})
@@ -104,17 +126,10 @@ class _ChatParts(_Parts):
         for call in delta.get("tool_calls") or []:
             if isinstance(call, Mapping):
                 _tool_delta(state["tools"], call)
-        logprobs = choice.get("logprobs")
-        if isinstance(logprobs, Mapping):
-            merged = state["logprobs"] = state["logprobs"] or {}
-            for key, value in logprobs.items():
-                if isinstance(value, list):
-                    merged.setdefault(key, []).extend(value)
-        if choice.get("finish_reason") is not None:
-            state["finish_reason"] = choice["finish_reason"]
+        _merge_tail(state, choice)
 
     def answer(self) -> dict[str, Any] | None:
-        if not self.choices or any(s["finish_reason"] is None for s in self.choices.values()):
+        if not self._complete():
             return None
         choices = []
         for index in sorted(self.choices):
@@ -144,39 +159,16 @@ def _tool_delta(tools: dict[int, dict[str, Any]], call: Mapping[str, Any]) -> No
             tool["function"][key] += function[key]
 
 
-class _CompletionParts(_Parts):
-    def __init__(self) -> None:
-        self.head: dict[str, Any] = {}
-        self.choices: dict[int, dict[str, Any]] = {}
-        self.usage: Any = None
-
-    def event(self, data: dict[str, Any]) -> bool:
-        if "error" in data:
-            return True
-        for key in _HEAD:
-            if data.get(key) is not None:
-                self.head[key] = data[key]
-        if data.get("usage") is not None:
-            self.usage = data["usage"]
-        for choice in data.get("choices") or []:
-            if not isinstance(choice, Mapping):
-                continue
-            state = self.choices.setdefault(int(choice.get("index") or 0),
-                                            {"text": [], "logprobs": None, "finish_reason": None})
-            if isinstance(choice.get("text"), str):
-                state["text"].append(choice["text"])
-            logprobs = choice.get("logprobs")
-            if isinstance(logprobs, Mapping):
-                merged = state["logprobs"] = state["logprobs"] or {}
-                for key, value in logprobs.items():
-                    if isinstance(value, list):
-                        merged.setdefault(key, []).extend(value)
-            if choice.get("finish_reason") is not None:
-                state["finish_reason"] = choice["finish_reason"]
-        return False
+class _CompletionParts(_ChoiceParts):
+    def _choice(self, choice: Mapping[str, Any]) -> None:
+        state = self.choices.setdefault(int(choice.get("index") or 0),
+                                        {"text": [], "logprobs": None, "finish_reason": None})
+        if isinstance(choice.get("text"), str):
+            state["text"].append(choice["text"])
+        _merge_tail(state, choice)
 
     def answer(self) -> dict[str, Any] | None:
-        if not self.choices or any(s["finish_reason"] is None for s in self.choices.values()):
+        if not self._complete():
             return None
         choices = [{"text": "".join(s["text"]), "index": i, "logprobs": s["logprobs"],
                     "finish_reason": s["finish_reason"]} for i, s in sorted(self.choices.items())]

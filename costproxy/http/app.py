@@ -17,6 +17,7 @@ The middleware order is the one list ``MIDDLEWARES``; every piece of state is a 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
@@ -31,7 +32,7 @@ from costproxy.alerts.catalog import AlertCatalog
 from costproxy.alerts.manager import AlertManager
 from costproxy.alerts.sender import SenderSettings, WebhookSender
 from costproxy.alerts.store import AlertStore
-from costproxy.analyzer.encodings import load_encodings
+from costproxy.analyzer.encodings import load_encoding, load_encodings
 from costproxy.analyzer.tokens import TokenCounter
 from costproxy.background import cancel_and_wait, stop_if_cancelled
 from costproxy.budgets.model import window_at
@@ -40,6 +41,7 @@ from costproxy.http import (
     analytics_api,
     budgets_api,
     console,
+    feedback_api,
     keys_api,
     messages_api,
     middlewares,
@@ -89,7 +91,7 @@ log = structlog.get_logger("costproxy")
 
 MIDDLEWARES = (middlewares.errors_middleware, middlewares.tracing_middleware, middlewares.auth_middleware)
 ROUTES = (proxy, responses_api, messages_api, keys_api, selection_api, budgets_api, usage_api, webhooks_api,
-          tokens_api, openapi, analytics_api, routing_api, ratelimits_api)
+          tokens_api, openapi, analytics_api, routing_api, ratelimits_api, feedback_api)
 KEY_REFRESH_SECONDS = 2.0
 RULES_POLL_SECONDS = 2.0
 
@@ -109,7 +111,8 @@ def create_app(settings: Settings, *, span_exporter: SpanExporter | None = None,
         yield
         await asyncio.to_thread(tracing.shutdown)
 
-    app.cleanup_ctx.extend([tracing_ctx, _backend_ctx(clock), _session_ctx, _services_ctx, _alerts_ctx])
+    app.cleanup_ctx.extend([tracing_ctx, _backend_ctx(clock), _session_ctx, _services_ctx, _alerts_ctx,
+                            feedback_api.learning_ctx])
     for module in ROUTES:
         module.add_routes(app)
     console.install(app)  # the web console at /ui; its session is accepted on /api/v1 (http/console_auth.py)
@@ -187,10 +190,12 @@ async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    encodings = await asyncio.to_thread(load_encodings, directory=settings.encodings_dir)
+    # o200k_base now (the default); the others when a request first needs them (tens of MB each)
+    encodings = await asyncio.to_thread(load_encodings, ["o200k_base"], directory=settings.encodings_dir)
     router = app[ROUTER] = await asyncio.to_thread(build_router, settings)
+    counter = TokenCounter(encodings, functools.partial(load_encoding, directory=settings.encodings_dir))
     services = app[SERVICES] = Services(
-        settings=settings, registry=settings.registry, counter=TokenCounter(encodings),
+        settings=settings, registry=settings.registry, counter=counter,
         upstream=UpstreamClient(app[HTTP_SESSION]), accounts=app[BACKEND].accounts, router=router,
         tracer=app[TRACER], limits=app[BACKEND].limits, cache=app[BACKEND].cache)
     services.events.subscribe(request_observer(app[METRICS]))

@@ -20,12 +20,12 @@ in-process counters on SQLite; on Redis the replica's cache, refreshed every
 from __future__ import annotations
 
 import contextlib
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from costproxy.alerts.catalog import Ack, AlertCatalog
 from costproxy.alerts.manager import AlertManager
@@ -100,8 +100,15 @@ def store_errors() -> Iterator[None]:
     """Redis failures while changing definitions answer 503 in OpenAI's error shape."""
     try:
         yield
-    except (RedisError, OSError) as exc:
+    except _store_failures() as exc:
         raise StoreUnavailable(f"budget store is unreachable: {exc}") from None
+
+
+def _store_failures() -> tuple[type[Exception], ...]:
+    """``RedisError`` once redis is loaded (a Redis store loads it), else ``OSError`` alone: a SQLite
+    deployment never imports redis (~9 MB of RSS)."""
+    exceptions = sys.modules.get("redis.exceptions")
+    return (OSError,) if exceptions is None else (exceptions.RedisError, OSError)
 
 
 def scope_param(raw: str) -> str:

@@ -114,9 +114,9 @@ def key_fields(body: dict[str, Any], now: float) -> dict[str, Any]:
                                  "characters", param=sent[name])
     seconds = data.get("expiresInSeconds")
     if seconds is not None:
-        if isinstance(seconds, bool) or not isinstance(seconds, int) or not 0 < seconds <= MAX_UNIX_SECONDS:
-            raise InvalidRequest(f"'{sent['expiresInSeconds']}' must be a positive whole number",
-                                 param=sent["expiresInSeconds"])
+        if isinstance(seconds, bool) or not isinstance(seconds, int) or not 0 < seconds <= MAX_UNIX_SECONDS - now:
+            raise InvalidRequest(f"'{sent['expiresInSeconds']}' must be a positive whole number that ends before "
+                                 "9999-12-31T23:59:59Z", param=sent["expiresInSeconds"])
         fields["expiresAt"] = now + seconds
     elif data.get("expiresAt") is not None:
         fields["expiresAt"] = time_field(data["expiresAt"], sent["expiresAt"]) / 1000

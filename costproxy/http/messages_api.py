@@ -17,11 +17,10 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from costproxy.errors import ProxyError, UpstreamBadResponse
-from costproxy.http.proxy import read_json, relay_stream, request_context, unary_response
+from costproxy.errors import UpstreamBadResponse
+from costproxy.http.proxy import answer, parsed, read_json, request_context
 from costproxy.http.state import REQUEST_ID, SERVICES
 from costproxy.pipeline.plan import count_input, encoding_for
-from costproxy.pipeline.run import refuse, run_stream, run_unary
 from costproxy.protocols.messages import parse_messages
 from costproxy.registry import ModelSpec
 from costproxy.request import ChatRequest
@@ -44,15 +43,12 @@ def _forwarded(request: web.Request) -> dict[str, str]:
 async def create_message(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     ctx = request_context(request, "messages")
-    try:
-        chat = parse_messages(await read_json(request), _forwarded(request))
-    except ProxyError as exc:
-        await refuse(services, ctx, None, exc)
-        raise
-    if chat.stream:
-        response, _ = await relay_stream(request, await run_stream(services, ctx, chat))
-        return response
-    return unary_response(services, await run_unary(services, ctx, chat))
+    chat = await parsed(services, ctx, _parse(request))
+    return await answer(request, services, ctx, chat)
+
+
+async def _parse(request: web.Request) -> ChatRequest:
+    return parse_messages(await read_json(request), _forwarded(request))
 
 
 async def count_tokens(request: web.Request) -> web.Response:

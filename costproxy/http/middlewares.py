@@ -124,11 +124,22 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if path == "/" or path.startswith(PUBLIC_PATHS):
         return await handler(request)
     settings = request.app[SETTINGS]
+    if path == CLIENT_API_PATH and _client_key(request, settings):  # feedback from the key that made the request
+        request[PRINCIPAL] = authenticate_client(request, settings)
+        return await handler(request)
     if path.startswith("/api/"):
         request[ADMIN_ROLE] = authenticate_admin(request, settings)
         return await handler(request)
     request[PRINCIPAL] = authenticate_client(request, settings)
     return await handler(request)
+
+
+CLIENT_API_PATH = "/api/v1/feedback"  # the one /api path a client key may call
+
+
+def _client_key(request: web.Request, settings: Settings) -> bool:
+    token = bearer_token(request)
+    return token is not None and token.startswith("cp-") and token != settings.admin_token
 
 
 def bearer_token(request: web.Request) -> str | None:

@@ -19,6 +19,7 @@ from costproxy.http.openapi_schemas import (
     ANY_OBJECT,
     INT,
     MONEY,
+    NINT,
     NTIME,
     NUM,
     SCOPE,
@@ -312,6 +313,31 @@ def _limit_paths() -> dict[str, Schema]:
     }
 
 
+def _feedback_paths() -> dict[str, Schema]:
+    """Feedback on answers (``http/feedback_api.py``): the admin token, the request's own cp- key, or a
+    read-only token within its scopes."""
+    feedback = resp(requestId=S, source=S, score=NUM, comment=N, model=N, taskType=N, difficultyBucket=NINT,
+                    weight=NUM, learned=B, createdBy=S, createdAt=NTIME, updatedAt=NTIME)
+    given = body({"requestId": {"type": "string", "minLength": 1, "maxLength": 256},
+                  "score": {"type": "number", "minimum": 0, "maximum": 1},
+                  "thumbs": {"enum": ["up", "down"]},
+                  "source": {"enum": ["user", "agent", "eval", "judge"]},
+                  "comment": {"type": "string", "maxLength": 4000}}, required=("requestId", "source"))
+    return {FEEDBACK: {
+        "post": op("Feedback on one request's answer (score in [0, 1] or thumbs up/down); one per source, "
+                   "sending it again replaces it (also the request's own cp- key, and read-only tokens for "
+                   "requests of their scopes)", feedback, request=given, status=201,
+                   tag="learning", also={200: "this source's feedback on the request was already recorded "
+                                              "(replaced, or unchanged when identical)"}),
+        "get": op("Every source's feedback on a request", resp(requestId=S, model=N, taskType=N, status=S,
+                                                                data=arr(feedback)),
+                  params=(query("requestId", S, "the request id (the x-costproxy-request-id response header)"),),
+                  tag="learning")}}
+
+
+FEEDBACK = "/api/v1/feedback"
+
+
 @lru_cache(maxsize=1)
 def document() -> dict[str, Any]:
     return {
@@ -328,7 +354,7 @@ def document() -> dict[str, Any]:
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
                        "schemas": schemas()},
         "paths": {**_other_paths(), **_budget_paths(), **_budget_spend_paths(), **_webhook_paths(),
-                  **_console_paths(), **_limit_paths()},
+                  **_console_paths(), **_limit_paths(), **_feedback_paths()},
     }
 
 

@@ -7,12 +7,14 @@ a request that fails to parse is still recorded through ``pipeline.run.refuse``.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
 
 from costproxy.cache.policy import HEADER as CACHE_HEADER
 from costproxy.errors import ProxyError, UnknownModel
+from costproxy.http import feedback_api
 from costproxy.http.bodies import read_body
 from costproxy.http.state import PRINCIPAL, REQUEST_ID, ROUTER, SERVICES, SETTINGS, TRUSTED_HEADERS
 from costproxy.ledger.entry import LedgerEntry
@@ -86,19 +88,32 @@ def cost_headers(plan: Plan, model: ModelSpec, entry: LedgerEntry | None) -> dic
     return headers
 
 
+async def parsed(services: Services, ctx: RequestContext, parse: Awaitable[ChatRequest]) -> ChatRequest:
+    """The request a route parsed at its edge; a body it cannot parse is refused (ledgered) and raised."""
+    try:
+        return await parse
+    except ProxyError as exc:
+        await refuse(services, ctx, None, exc)
+        raise
+
+
+async def answer(request: web.Request, services: Services, ctx: RequestContext,
+                 chat: ChatRequest) -> web.StreamResponse:
+    """Run a parsed request through the pipeline and write its answer, streamed or whole."""
+    if chat.stream:
+        response, _ = await relay_stream(request, await run_stream(services, ctx, chat))
+        return response
+    result = await run_unary(services, ctx, chat)
+    feedback_api.offer_to_judge(request, chat, result)  # a sampled share, judged in the background
+    return unary_response(services, result)
+
+
 def make_handler(endpoint: Endpoint) -> Any:
     async def handler(request: web.Request) -> web.StreamResponse:
         services = request.app[SERVICES]
         ctx = request_context(request, endpoint)
-        try:
-            chat = await read_request(request, endpoint)
-        except ProxyError as exc:
-            await refuse(services, ctx, None, exc)
-            raise
-        if chat.stream:
-            response, _ = await relay_stream(request, await run_stream(services, ctx, chat))
-            return response
-        return unary_response(services, await run_unary(services, ctx, chat))
+        chat = await parsed(services, ctx, read_request(request, endpoint))
+        return await answer(request, services, ctx, chat)
 
     return handler
 

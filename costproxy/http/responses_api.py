@@ -18,11 +18,11 @@ from typing import Any
 
 from aiohttp import web
 
-from costproxy.errors import InvalidRequest, NotFound, ProxyError
-from costproxy.http.proxy import read_json, relay_stream, request_context, unary_response
+from costproxy.errors import InvalidRequest, NotFound
+from costproxy.http.proxy import parsed, read_json, relay_stream, request_context, unary_response
 from costproxy.http.state import PRINCIPAL, REQUEST_ID, RESPONSES, SERVICES, SETTINGS, STORE, TRUSTED_HEADERS
 from costproxy.ledger.entry import Status
-from costproxy.pipeline.run import refuse, run_stream, run_unary
+from costproxy.pipeline.run import run_stream, run_unary
 from costproxy.protocols.responses import parse_responses
 from costproxy.request import ChatRequest
 from costproxy.store.responses import ResponseStore, owner_of
@@ -59,11 +59,7 @@ async def _keep(request: web.Request, chat: ChatRequest, response: dict[str, Any
 async def create_response(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     ctx = request_context(request, "responses")
-    try:
-        chat = await _parse(request)
-    except ProxyError as exc:
-        await refuse(services, ctx, None, exc)
-        raise
+    chat = await parsed(services, ctx, _parse(request))
     if chat.stream:
         run = await run_stream(services, ctx, chat)
         response, entry = await relay_stream(request, run)

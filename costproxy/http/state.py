@@ -15,6 +15,8 @@ from costproxy.budgets.book import BudgetAccounts
 from costproxy.identity.key_store import KeyStore
 from costproxy.identity.principal import KeyRing, Principal
 from costproxy.identity.sessions import LoginThrottle, SessionStore
+from costproxy.learning.judge import Judge
+from costproxy.learning.service import Learner
 from costproxy.ledger.reader import LedgerReader
 from costproxy.observability import Metrics
 from costproxy.pipeline.services import Services
@@ -41,6 +43,8 @@ ALERT_CATALOG = web.AppKey("alert_catalog", AlertCatalog)  # subscriptions, read
 ALERTS: web.AppKey[AlertManager | None] = web.AppKey("alerts")  # None: alerts.enabled is false
 CONSOLE_SESSIONS = web.AppKey("console_sessions", SessionStore)  # web console sign-ins (http/console_auth.py)
 LOGIN_THROTTLE = web.AppKey("login_throttle", LoginThrottle)
+LEARNER = web.AppKey("learner", Learner)  # feedback and online estimates (http/feedback_api.py)
+JUDGE: web.AppKey[Judge | None] = web.AppKey("judge")  # None: learning.judge.enabled is false
 RESPONSES = web.AppKey("responses", ResponseStore)  # stored Responses (POST /v1/responses, store: true)
 
 # Per-request storage, set by the middlewares.

@@ -3,9 +3,10 @@
 A token looks like ``cpro-`` + 43 URL-safe characters (256 bits); only its SHA-256 is stored and it
 is shown once, at creation, like client keys (``costproxy.identity.principal``).  A token is always
 read-only: it may call every ``GET`` route and the side-effect-free ``POST`` routes (constraint
-checks, model selection and estimates), never a write.  ``scopes`` optionally narrows it to some
-budget scopes (``(scope type, scope id)``): a scoped token sees only those budgets (and their
-events) and may call only the budget, event and model-selection routes.
+checks, model selection and estimates), never a write — except feedback on a request it sees
+(``POST /api/v1/feedback``: an annotation, changing no configuration).  ``scopes`` optionally narrows
+it to some budget scopes (``(scope type, scope id)``): a scoped token sees only those budgets (and
+their events and requests) and may call only the budget, event, model-selection and feedback routes.
 
 The middleware asks ``TokenRing.role`` for the admin role of a presented token: it answers
 ``read-only:<token id>`` (``costproxy.http.keys_api.require_admin`` treats anything but ``admin``
@@ -22,14 +23,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from costproxy.errors import InvalidRequest
-from costproxy.wire import JSON_SCOPE, SCOPE_FROM_JSON, TimeInvalid, canonical, instant_ms, iso, spellings
+from costproxy.wire import (
+    JSON_SCOPE,
+    MAX_TIMESTAMP_MS,
+    SCOPE_FROM_JSON,
+    TimeInvalid,
+    canonical,
+    instant_ms,
+    iso,
+    spellings,
+)
 
 TOKEN_PREFIX = "cpro-"
 ROLE_PREFIX = "read-only:"
 # all a scope-limited token may call (the analytics calls filter the ledger to its scopes)
 SCOPED_PATHS = ("/api/v1/budgets", "/api/v1/models/", "/api/v1/events", "/api/v1/analytics/overview",
-                "/api/v1/analytics/spend")
-READ_ONLY_POSTS = ("/check-constraints", "/api/v1/models/select", "/api/v1/models/estimate")
+                "/api/v1/analytics/spend", "/api/v1/feedback")
+READ_ONLY_POSTS = ("/check-constraints", "/api/v1/models/select", "/api/v1/models/estimate", "/api/v1/feedback")
 
 
 class TokenInvalid(ValueError):
@@ -138,6 +148,8 @@ def _expiry(data: dict[str, Any], now_ms: int) -> int | None:
         seconds = data["expiresInSeconds"]
         if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds <= 0:
             raise TokenInvalid("expiresInSeconds", "must be a positive integer")
+        if now_ms + seconds * 1000 > MAX_TIMESTAMP_MS:  # a time nobody can write down (or store)
+            raise TokenInvalid("expiresInSeconds", "must end before 9999-12-31T23:59:59Z")
         return now_ms + seconds * 1000
     expires = data.get("expiresAt")
     if expires is None:

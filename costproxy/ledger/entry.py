@@ -19,6 +19,7 @@ class Status(StrEnum):
     CLIENT_DISCONNECTED = "client_disconnected"  # the client hung up mid-stream; charged what was generated
     REFUSED = "refused"  # refused before any upstream call (bad request, budget, rule, store); cost 0
     CACHE_HIT = "cache_hit"  # answered from the response cache: cost 0; metadata.cache says what it saved
+    LAPSED = "lapsed"  # its replica died mid-request (Redis mode): charged the reserved worst case, usage unknown
 
 
 @dataclass(frozen=True, slots=True)

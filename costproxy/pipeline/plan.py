@@ -74,6 +74,8 @@ class Plan:
 async def count_billable(services: Services, request: ChatRequest, encoding: str) -> BillableInput:
     """Every billable input of the request (``TokenCounter.billable``), off the loop when large."""
     counter, body, endpoint = services.counter, request.body, request.endpoint.value
+    if not counter.has(encoding):  # loaded on first use, never on the event loop
+        await asyncio.to_thread(counter.load, encoding)
     if _rough_size(body) > OFFLOOP_TOKENIZE_CHARS:
         return await asyncio.to_thread(counter.billable, endpoint, body, encoding)
     return counter.billable(endpoint, body, encoding)
@@ -182,9 +184,11 @@ async def plan(services: Services, ctx: RequestContext, request: ChatRequest) ->
         chain.append(model)
     if budget.remaining_nanos is not None:
         fit_caps(billable, chain, caps, budget.remaining_nanos)
-    the_plan = Plan(ctx=ctx, request=request, requested_model=requested, route=replace(route, chain=tuple(chain)),
-                    input_tokens=input_tokens, output_caps=caps, worst_case_nanos=0, billable=billable, budget=budget)
-    return replace(the_plan, worst_case_nanos=max(the_plan.worst_case_of(m) for m in chain))
+    if len(chain) != len(route.chain):
+        route = replace(route, chain=tuple(chain))
+    worst = max(worst_case(billable, m, caps[m.id], remaining_nanos=budget.remaining_nanos).nanos for m in chain)
+    return Plan(ctx=ctx, request=request, requested_model=requested, route=route, input_tokens=input_tokens,
+                output_caps=caps, worst_case_nanos=worst, billable=billable, budget=budget)
 
 
 def fit_caps(billable: BillableInput, chain: list[ModelSpec], caps: dict[str, int], remaining: int) -> None:

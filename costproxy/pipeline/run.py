@@ -186,16 +186,26 @@ class StreamRun:
 
 async def _pump(upstream: UpstreamStream, relay: Relay, outcome: Outcome, write: Write) -> None:
     """Relay the upstream's events until its last one; the usage is read from the upstream's own
-    frames, before any conversion."""
-    async for raw, data in upstream.events():
-        if isinstance(data, dict):
-            outcome.observe(data)
-        for chunk in relay.frames(raw, data, upstream.done):
-            await write(chunk)
-        if relay.finished:
-            break
-    for chunk in relay.end():
-        await write(chunk)
+    frames, before any conversion.  Events the upstream delivered in one piece (``pending``) go to
+    the client in one write, each frame as it was; an event that arrives alone is written at once."""
+    held: list[bytes] = []  # frames of events that arrived together: one write to the client for all
+    try:
+        async for raw, data in upstream.events():
+            if isinstance(data, dict):
+                outcome.observe(data)
+            held.extend(relay.frames(raw, data, upstream.done))
+            if relay.finished:
+                break
+            if held and not getattr(upstream, "pending", False):
+                await write(b"".join(held) if len(held) > 1 else held[0])
+                held.clear()
+    except ProviderError:  # a bad event after good ones of the same piece: those still reach the client
+        if held:
+            await write(b"".join(held))
+        raise
+    held.extend(relay.end())
+    if held:
+        await write(b"".join(held))
 
 
 def cost_comment(entry: LedgerEntry, budget_remaining_nanos: int | None = None) -> bytes:

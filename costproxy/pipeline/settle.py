@@ -2,7 +2,9 @@
 
 Usage comes from the provider when it reports it; otherwise (a stream without a usage chunk, a
 body without ``usage``) the generated text is counted with the model's tokenizer and the entry is
-marked estimated.  A failed call that produced nothing costs nothing and releases its reservation.
+marked estimated.  A failed call that produced nothing costs nothing and releases its reservation,
+unless the provider had accepted it (a 2xx before the failure): a stream is then charged its prompt and
+what it relayed, a unary call whose answer was lost its worst case.
 How usage and text are read depends on the API the upstream spoke: a ``UsageReader`` per attempt
 (``ChatUsage`` here; the Responses and Messages readers in ``protocols.usage``).  A reader whose
 stream reported the prompt before it ended (Messages) lends that prompt to an estimated entry.
@@ -16,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeGuard
 
+from costproxy.analyzer.worst_case import worst_case
 from costproxy.budgets.accounts import Reservation
 from costproxy.errors import ProxyError
 from costproxy.ledger.entry import LedgerEntry, Status
@@ -71,9 +74,11 @@ class Outcome:
     usage_seen: bool = False
     cost_nanos: int = 0
     reader: UsageReader = CHAT_USAGE  # of the API the current attempt's upstream speaks
+    billed: bool = False  # the provider accepted the call before it failed (``ProviderError.billed``)
 
     def failed(self, exc: ProxyError) -> None:
         self.status, self.http_status, self.error_code = Status.ERROR, exc.status, exc.code
+        self.billed = self.billed or bool(getattr(exc, "billed", False))
 
     def disconnected(self, exc: BaseException) -> None:
         self.status, self.http_status = Status.CLIENT_DISCONNECTED, 499
@@ -145,12 +150,16 @@ def final_usage(services: Services, plan: Plan, outcome: Outcome) -> Usage:
 
 
 def ledger_entry(services: Services, plan: Plan, outcome: Outcome, usage: Usage) -> LedgerEntry:
-    ctx = plan.ctx
+    """The entry of a request that was planned: ``base_entry``'s fields and what the call did, built
+    in one go (a ``replace`` of the 30-field frozen entry would build it twice)."""
+    ctx, p, request = plan.ctx, plan.ctx.principal, plan.request
     baseline = plan.route.baseline
-    return replace(
-        base_entry(services, ctx, plan.request, plan.requested_model),
-        status=outcome.status,
-        http_status=outcome.http_status,
+    return LedgerEntry(
+        request_id=ctx.request_id, ts_ms=int(services.clock() * 1000), endpoint=ctx.endpoint,
+        status=outcome.status, http_status=outcome.http_status, key_id=p.key_id, user=p.user, team=p.team,
+        org=p.org, project=p.project, requested_model=plan.requested_model, stream=bool(request.stream),
+        latency_ms=int((time.monotonic() - ctx.started) * 1000), correlation_id=ctx.correlation_id,
+        tenant=ctx.tenant,
         served_model=outcome.model.id,
         provider=outcome.model.provider,
         decision_id=plan.route.decision_id,
@@ -164,8 +173,16 @@ def ledger_entry(services: Services, plan: Plan, outcome: Outcome, usage: Usage)
         usage_reported=usage.reported,
         error_code=outcome.error_code,
         task_type=plan.route.task_type,
-        metadata={"rules": list(plan.route.rules)} if plan.route.rules else {},
+        metadata=_metadata(plan),
     )
+
+
+def _metadata(plan: Plan) -> dict[str, Any]:
+    """Rules applied, and the difficulty bucket of a selected model (``learning`` reads it back)."""
+    metadata: dict[str, Any] = {"rules": list(plan.route.rules)} if plan.route.rules else {}
+    if plan.route.difficulty_bucket is not None:
+        metadata["difficulty_bucket"] = plan.route.difficulty_bucket
+    return metadata
 
 
 def base_entry(services: Services, ctx: RequestContext, request: ChatRequest | None,
@@ -191,10 +208,13 @@ def refusal_entry(services: Services, ctx: RequestContext, request: ChatRequest 
 async def settle(services: Services, plan: Plan, reservation: Reservation, outcome: Outcome) -> LedgerEntry:
     """Charge what was used (nothing if the call failed before any usage) and write the ledger."""
     usage = final_usage(services, plan, outcome)
-    produced = usage.reported or usage.completion_tokens > 0 or outcome.status is Status.CLIENT_DISCONNECTED
-    outcome.usage = usage
+    produced = (usage.reported or usage.completion_tokens > 0 or outcome.status is Status.CLIENT_DISCONNECTED
+                or outcome.billed)
     ok = outcome.status is Status.OK
     outcome.cost_nanos = outcome.model.cost(usage) if (ok or produced) else 0
+    if outcome.billed and not outcome.usage_seen and not plan.stream:
+        usage, outcome.cost_nanos = _lost_answer(plan, outcome.model)
+    outcome.usage = usage
     if outcome.cost_nanos == 0 and not ok:
         usage = Usage(reported=usage.reported)
     entry = ledger_entry(services, plan, outcome, usage)
@@ -204,6 +224,14 @@ async def settle(services: Services, plan: Plan, reservation: Reservation, outco
         release = outcome.cost_nanos == 0 and not ok
         await asyncio.shield(record(services, plan, reservation, entry, release=release))
     return entry
+
+
+def _lost_answer(plan: Plan, model: ModelSpec) -> tuple[Usage, int]:
+    """A unary call the provider accepted whose answer never arrived whole: what it generated is
+    unknown, so it is charged its worst case (never more than was reserved), marked estimated."""
+    case = worst_case(plan.billable, model, plan.output_caps[model.id], remaining_nanos=plan.budget_remaining_nanos)
+    completion = case.output_tokens * case.multiplier + case.prediction_tokens
+    return Usage(prompt_tokens=case.input_tokens, completion_tokens=completion, reported=False), case.nanos
 
 
 async def record(services: Services, plan: Plan, reservation: Reservation, entry: LedgerEntry, *,

@@ -121,17 +121,25 @@ class UpstreamClient:
         t = provider.timeouts
         headers, params, timeout, _ = self._prepare(provider, request_id, headers)
         url = upstream_url(provider, endpoint, upstream_model)
+        accepted = False  # a 2xx status line came before the body: the provider took the call
         try:
             async with self.session.post(url, data=payload, params=params or None, headers=headers,
                                          timeout=timeout) as resp:
+                accepted = resp.status < 300
                 body = await resp.read()
                 headers = {k.lower(): v for k, v in resp.headers.items()}
                 status = resp.status
         except aiohttp.ConnectionTimeoutError:
             raise _connect_timeout(provider) from None
         except TimeoutError:
+            if accepted:
+                raise UpstreamTimeout(f"provider {provider.name} accepted the call but sent no whole answer "
+                                      f"within {t.read:g}s").after_acceptance() from None
             raise UpstreamTimeout(f"provider {provider.name} did not answer within {t.read:g}s") from None
         except aiohttp.ClientError as exc:
+            if accepted:
+                raise UpstreamUnavailable(f"provider {provider.name} accepted the call, then its answer broke off: "
+                                          f"{exc.__class__.__name__}").after_acceptance() from None
             raise UpstreamUnavailable(f"provider {provider.name} unreachable: {exc.__class__.__name__}") from None
         if status >= 400:
             raise _error_from(status, body, provider.name, headers)
@@ -172,6 +180,9 @@ class UpstreamClient:
         return UpstreamStream(resp, provider)
 
 
+MAX_EVENT_LINE = 8 << 20  # bytes of one SSE line at most (a runaway upstream is cut off, not buffered)
+
+
 class UpstreamStream:
     """Server-sent events from an upstream, one ``(raw_frame, data)`` per event."""
 
@@ -179,6 +190,7 @@ class UpstreamStream:
         self.resp = resp
         self.provider = provider
         self.done = False  # saw ``data: [DONE]``
+        self.pending = False  # more events of the same read follow at once (the relay may hold its write)
 
     def close(self) -> None:
         self.resp.close()
@@ -188,31 +200,54 @@ class UpstreamStream:
 
         ``data`` is ``None`` for ``[DONE]`` and for comment/keep-alive frames.  A malformed data
         line raises ``UpstreamBadResponse``; a dropped connection raises ``UpstreamUnavailable``.
+        The body is read in whatever pieces the connection delivers and split into lines here
+        (as ``StreamReader.readline`` would, on ``\\n``); while events of one piece remain,
+        ``pending`` is true, so the relay can send them to the client in one write.
         """
         lines: list[bytes] = []
+        rest, partial = b"", 0  # the line begun and not ended; how long it is
         try:
-            async for raw_line in self.resp.content:
-                line = raw_line.rstrip(b"\r\n")
-                if line:
-                    lines.append(line)
+            while True:
+                piece = await self.resp.content.readany()
+                if not piece:
+                    break
+                if b"\n" not in piece:
+                    rest, partial = rest + piece, partial + len(piece)
+                    if partial > MAX_EVENT_LINE:
+                        raise UpstreamBadResponse(f"provider {self.provider.name} sent a stream line over "
+                                                  f"{MAX_EVENT_LINE} bytes")
                     continue
-                if not lines:
-                    continue
-                frame, lines = lines, []
-                yield self._event(frame)
-                if self.done:
-                    return
+                *complete, rest = (rest + piece).split(b"\n")
+                partial = len(rest)
+                frames: list[list[bytes]] = []
+                for raw_line in complete:
+                    line = raw_line.rstrip(b"\r")
+                    if line:
+                        lines.append(line)
+                    elif lines:
+                        frames.append(lines)
+                        lines = []
+                for index, frame in enumerate(frames):
+                    self.pending = index + 1 < len(frames)
+                    yield self._event(frame)
+                    if self.done:
+                        return
         except TimeoutError:
             raise UpstreamTimeout(
                 f"provider {self.provider.name} stream idle for {self.provider.timeouts.stream_idle:g}s"
-            ) from None
+            ).after_acceptance() from None
         except aiohttp.ClientError as exc:
             raise UpstreamUnavailable(
-                f"provider {self.provider.name} stream broke: {exc.__class__.__name__}") from None
+                f"provider {self.provider.name} stream broke: {exc.__class__.__name__}").after_acceptance() from None
+        self.pending = False
+        line = rest.rstrip(b"\r\n")
+        if line:
+            lines.append(line)
         if lines:
             yield self._event(lines)
         if not self.done:  # the pipeline stops reading at the last event of streams without [DONE]
-            raise UpstreamUnavailable(f"provider {self.provider.name} stream ended before its last event")
+            raise UpstreamUnavailable(
+                f"provider {self.provider.name} stream ended before its last event").after_acceptance()
 
     def _event(self, frame: list[bytes]) -> tuple[bytes, Any]:
         raw = b"\n".join(frame) + b"\n\n"

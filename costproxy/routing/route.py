@@ -35,6 +35,7 @@ class Route:
     baseline: ModelSpec | None = None
     rules: tuple[str, ...] = ()  # ids of the steering rules applied (recorded in the ledger's metadata)
     cache: CacheDirective | None = None  # a steering rule's cache action
+    difficulty_bucket: int | None = None  # of a selected model's decision (what feedback on it teaches)
 
 
 class Router(Protocol):

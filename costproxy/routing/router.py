@@ -32,6 +32,7 @@ from costproxy.errors import (
     NoEligibleModel,
     ProviderNotConfigured,
 )
+from costproxy.learning.estimates import OnlineEstimates
 from costproxy.money import MoneyError, format_usd, usd_to_nanos
 from costproxy.registry import ENDPOINT_KIND, TIERS, ModelSpec, Registry
 from costproxy.routing.breakers import CircuitBreakers
@@ -226,6 +227,7 @@ class SelectionRouter:
                                 if m.kind == "chat" and m.id not in self.unservable)
         self.quality_file: QualityHolder | None = None  # hot reload of the quality file (build_router)
         self.decisions: OrderedDict[str, DecisionRecord] = OrderedDict()
+        self.estimates: OnlineEstimates | None = None  # what feedback taught (learning/), replaced, never mutated
 
     def reload_quality_if_changed(self) -> QualityReload | None:
         """Reload the quality file when it changed; a valid one replaces ``quality`` in one assignment.
@@ -289,7 +291,8 @@ class SelectionRouter:
         baseline = named or self.registry.baseline() or chosen
         route = Route(chain=tuple(chain), decision_id=decision.id, max_output_tokens=decision.output_cap,
                       task_type=profile.task_type, reasons=reasons, baseline=baseline, rules=applied_rules(steering),
-                      cache=steering.cache)
+                      cache=steering.cache, difficulty_bucket=self.quality.bucket(profile.task_type,
+                                                                                  profile.difficulty))
         self._remember(decision, request, steering)
         return Explanation(route, profile, steering, constraints, decision)
 
@@ -337,18 +340,22 @@ class SelectionRouter:
         view = request.budget
         pressure = BudgetPressure(used_fraction=view.used_fraction, burn_ratio=view.burn_ratio,
                                   remaining_nanos=view.remaining_nanos)
+        if not self.candidates and self.unservable:
+            missing = sorted(set(self.unservable.values()))
+            raise ProviderNotConfigured("no model can serve this request: no configured provider has its key ("
+                                        + "; ".join(missing) + ")", param="model")
         healthy = [m for m in candidates if self.breakers.allows(m)]
         baseline = named.id if named is not None else self.registry.baseline_model
         try:
             return select(profile, healthy or candidates, self.quality, constraints, pressure, self.config,
-                          baseline=baseline)
+                          baseline=baseline, estimates=self.estimates)
         except NoEligibleModel:
             if view.remaining_nanos is None:
                 raise
             unbounded = replace(pressure, remaining_nanos=None)
             try:  # would a model serve if the budget had room? then the budget is what refuses
                 select(profile, healthy or candidates, self.quality, constraints, unbounded, self.config,
-                       baseline=baseline)
+                       baseline=baseline, estimates=self.estimates)
             except NoEligibleModel:
                 raise
             raise BudgetExceeded(

@@ -31,6 +31,13 @@
    other sufficient models, cheapest first, other providers before the chosen one's, then the
    remaining eligible models by expected quality.
 
+Learning (``learning/estimates.py``): with ``estimates`` — the evidence feedback has added up per
+task, difficulty bucket and model — a candidate's expected quality is its Beta posterior around the
+profile's estimate (the prior): a candidate is credited with its *conservative* quality (the prior
+until its lower confidence bound rises above it; the posterior mean when evidence is worse) and
+the reference with its *optimistic* one, so traffic moves to a cheaper model only when the lower
+bound of its expected retention clears the target.  Without evidence nothing changes.
+
 Budget pressure is ``max(used, burn)`` in [0, 1]: *used* rises linearly from 0 at
 ``pressure_start`` (fraction of the budget spent) to 1 when it is spent; *burn* rises from 0 at a
 burn ratio (spend rate / sustainable rate) of ``burn_start`` to 1 at ``burn_full``.  More pressure
@@ -48,6 +55,7 @@ from decimal import Decimal
 
 from costproxy.analyzer.profile import RequestProfile
 from costproxy.errors import NoEligibleModel
+from costproxy.learning.estimates import OnlineEstimates, Posterior
 from costproxy.money import NANOS_PER_USD, TOKENS_PER_PRICE_UNIT, format_usd
 from costproxy.registry import ModelSpec, Usage
 from costproxy.routing.policy import QUALITY_MODES, Constraints
@@ -90,18 +98,27 @@ class SelectionConfig:
         return max(used, burn)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: ``select`` builds one per candidate model on every ``auto`` request, and a frozen
+# dataclass's ``__init__`` (one ``object.__setattr__`` per field) costs three times a plain one.
+# Treat it as read-only all the same; ``unsafe_hash`` keeps it hashable as it was when frozen.
+@dataclass(slots=True, unsafe_hash=True)
 class CandidateScore:
     model: str
     provider: str
     tier: str
     expected_quality: float
-    quality_source: str  # text | predictor | bucket | task | model | tier | default (quality.LEVELS)
+    quality_source: str  # text | predictor | bucket | task | model | tier | default (quality.LEVELS), or online
     expected_cost_nanos: int
     worst_case_nanos: int
     output_cap: int  # max output tokens the worst case assumes
     eligible: bool
     reason_excluded: str | None = None
+    learned: Posterior | None = None  # the online estimate around the profile's prior, when there is evidence
+
+    @property
+    def reference_quality(self) -> float:
+        """Its quality as the reference of the target (optimistic once evidence exists)."""
+        return self.expected_quality if self.learned is None else self.learned.optimistic
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +280,11 @@ def _score(
 ) -> CandidateScore:
     expected_q, source = quality.estimate(model.id, model.tier, profile.task_type, bucket, profile.features,
                                           profile.ngrams)
+    learned = None
+    if ctx.estimates is not None and ctx.estimates.cells:
+        learned = ctx.estimates.lookup(profile.task_type, bucket, model.id, expected_q)
+        if learned is not None:
+            expected_q, source = learned.conservative, "online"
     tariff = _tariff(model)
     expected_cost = tariff.cost(profile.input_tokens, profile.expected_output_tokens)
     reason = _fit_exclusion(model, profile, ctx.required) or _policy_exclusion(model, ctx.constraints)
@@ -274,7 +296,7 @@ def _score(
     return CandidateScore(
         model=model.id, provider=model.provider, tier=model.tier, expected_quality=expected_q,
         quality_source=source, expected_cost_nanos=expected_cost, worst_case_nanos=worst,
-        output_cap=cap, eligible=reason is None, reason_excluded=reason,
+        output_cap=cap, eligible=reason is None, reason_excluded=reason, learned=learned,
     )
 
 
@@ -283,6 +305,7 @@ class _Context:
     constraints: Constraints
     required: frozenset[str]
     limit: int | None
+    estimates: OnlineEstimates | None = None
 
 
 # --- choice -------------------------------------------------------------------------------------
@@ -294,7 +317,7 @@ def _reference(best: float, mode: str, scores: Sequence[CandidateScore], baselin
     if config.target_reference == "baseline" and mode != "quality" and baseline is not None:
         score = next((s for s in scores if s.model == baseline), None)
         if score is not None:
-            return score.expected_quality, f"baseline {baseline}"
+            return score.reference_quality, f"baseline {baseline}"
     return best, "best eligible"
 
 
@@ -336,6 +359,37 @@ def _no_model_message(scores: Sequence[CandidateScore], profile: RequestProfile)
             else "No model can serve this request: the candidate list is empty")
 
 
+# The router keeps the last 10,000 decisions (``/api/v1/decisions/{id}``), each with a score per
+# candidate model: ~7 KB apiece.  Requests alike (task, size, budget) score alike, so a decision
+# whose scores equal an earlier one's holds that earlier tuple instead (~0.3 KB left per decision).
+SHARED_SCORES = 2_048
+_SCORES_SEEN: dict[tuple[CandidateScore, ...], tuple[CandidateScore, ...]] = {}
+
+
+def _shared(scores: tuple[CandidateScore, ...]) -> tuple[CandidateScore, ...]:
+    known = _SCORES_SEEN.get(scores)
+    if known is not None:
+        return known
+    if len(_SCORES_SEEN) >= SHARED_SCORES:
+        _SCORES_SEEN.clear()
+    _SCORES_SEEN[scores] = scores
+    return scores
+
+
+_REASONS_SEEN: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+def _shared_reasons(reasons: tuple[str, ...]) -> tuple[str, ...]:
+    """The same for a decision's reasons (five strings or more, as alike as the scores)."""
+    known = _REASONS_SEEN.get(reasons)
+    if known is not None:
+        return known
+    if len(_REASONS_SEEN) >= SHARED_SCORES:
+        _REASONS_SEEN.clear()
+    _REASONS_SEEN[reasons] = reasons
+    return reasons
+
+
 def select(
     profile: RequestProfile,
     candidates: Sequence[ModelSpec],
@@ -346,14 +400,15 @@ def select(
     *,
     decision_id: str | None = None,
     baseline: str | None = None,
+    estimates: OnlineEstimates | None = None,
 ) -> Decision:
     """Choose the cheapest sufficient model; raise ``NoEligibleModel`` when none can serve.
 
     ``baseline`` is the model the caller would otherwise have used (the registry's
     ``baseline_model`` for ``auto``): the quality reference when ``config.target_reference`` is
-    ``baseline``."""
+    ``baseline``.  ``estimates``: what feedback taught (module docstring), read without I/O."""
     ctx = _Context(constraints, profile.required_capabilities | constraints.required_capabilities,
-                   _limit(constraints, pressure))
+                   _limit(constraints, pressure), estimates)
     bucket = quality.bucket(profile.task_type, profile.difficulty)
     scores = [_score(model, profile, quality, bucket, ctx) for model in candidates]
     eligible = [s for s in scores if s.eligible]
@@ -378,7 +433,8 @@ def select(
         *constraints.reasons,
     )
     return Decision(
-        id=decision_id or uuid.uuid4().hex, model=chosen.model, scores=tuple(scores), reasons=reasons,
+        id=decision_id or uuid.uuid4().hex, model=chosen.model, scores=_shared(tuple(scores)),
+        reasons=_shared_reasons(reasons),
         fallback_chain=_fallbacks(chosen, sufficient, eligible, config.max_fallbacks),
         quality_target=target, expected_quality=chosen.expected_quality,
         estimated_cost_nanos=chosen.expected_cost_nanos, worst_case_nanos=chosen.worst_case_nanos,

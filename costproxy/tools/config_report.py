@@ -13,8 +13,9 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from costproxy.analyzer.encodings import load_encodings
+from costproxy.analyzer.encodings import check_encodings
 from costproxy.errors import ConfigError, InternalError
+from costproxy.money import format_usd
 from costproxy.routing.router import SelectionRouter, build_router
 from costproxy.settings import ConfigLocation, Settings, provider_readiness, usable_providers
 from costproxy.store.backend import local_path
@@ -28,7 +29,7 @@ def preflight(settings: Settings) -> SelectionRouter:
         raise ConfigError(str(settings.config_path), "store.ledger_url", "the PostgreSQL ledger needs its driver: "
                           "pip install 'costproxy[postgres]'", redacted_url(settings.store.ledger_url))
     try:
-        load_encodings(directory=settings.encodings_dir)
+        check_encodings(directory=settings.encodings_dir)
     except (InternalError, OSError) as exc:
         where = "encodings_dir" if settings.encodings_dir is not None else ""
         raise ConfigError(str(settings.config_path), where, f"tokenizer encodings do not load: {exc}",
@@ -48,6 +49,7 @@ def describe(location: ConfigLocation, settings: Settings, router: SelectionRout
         + (f" (+{withheld} of disabled providers, left out)" if withheld else ""),
         f"rules:    {_rules_summary(router)} from {settings.rules_dir}",
         f"quality:  {settings.quality_path or 'none (tier priors only)'}",
+        f"learning: {_learning_summary(settings)}",
         f"store:    {settings.store.url}" + _store_file(settings),
         *([f"ledger:   {redacted_url(settings.store.ledger_url)} (PostgreSQL: every replica writes it, reports "
              "read it; migrations run on start)"] if settings.store.ledger_url else []),
@@ -57,6 +59,15 @@ def describe(location: ConfigLocation, settings: Settings, router: SelectionRout
         state = _STATES[status.state]
         lines.append(f"  {status.name:<14} {state:<10} {_count(len(status.models), 'model'):<10}   {status.detail}")
     return lines
+
+
+def _learning_summary(settings: Settings) -> str:
+    config = settings.learning
+    judge = config.judge
+    return (("feedback moves selection" if config.enabled else "feedback stored, selection ignores it")
+            + f" (prior strength {config.prior_strength:g}, lower bound at {config.confidence:g}); judge "
+            + (f"on, {judge.sample_rate:g} of auto requests, ${format_usd(judge.daily_budget_nanos)}/day"
+               if judge.enabled else "off"))
 
 
 _STATES = {"ready": "usable", "no-key": "NO KEY", "disabled": "disabled"}

@@ -146,6 +146,15 @@ def _eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bootstrap", type=int, default=2_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tokenizer", choices=TOKENIZERS, default="cl100k_base")
+    parser.add_argument("--online", action="store_true",
+                        help="replay each benchmark in order, learning from a sample of labels (tools/online_eval.py)")
+    parser.add_argument("--label-rate", type=float, default=0.05,
+                        help="--online: share of rows whose label is revealed")
+    parser.add_argument("--horizon", type=int, default=500, help="--online: requests after which the goal is checked")
+    parser.add_argument("--online-prior-strength", type=float, default=20.0,
+                        help="--online: observations the profile's estimate is worth (learning.prior_strength)")
+    parser.add_argument("--online-confidence", type=float, default=0.95,
+                        help="--online: level of the lower bound (learning.confidence)")
     return parser
 
 
@@ -183,6 +192,8 @@ def _eval_options(args: argparse.Namespace) -> EvalOptions:
 
 def eval_main(argv: list[str]) -> int:
     args = _eval_parser().parse_args(argv)
+    if args.online:
+        return _online(args, argv)
     command = "costproxy eval " + shlex.join(argv)
     try:
         data = _eval_data(args)
@@ -209,4 +220,34 @@ def eval_main(argv: list[str]) -> int:
     write_outputs(report, args.out, command)
     print(summary_table(report))
     print(f"\nwrote {args.out / 'report.md'}, summary.csv, curve.csv, curve.png, curve.svg")
+    return 0
+
+
+def _online(args: argparse.Namespace, argv: list[str]) -> int:
+    from costproxy.tools.online_eval import OnlineOptions, run_online, summary_markdown, write_online
+
+    try:
+        if not 0.0 <= args.label_rate <= 1.0 or args.horizon < 1:
+            raise ValueError("--label-rate must be in [0, 1] and --horizon at least 1")
+        if not 0.5 <= args.online_confidence < 1.0 or args.online_prior_strength < 0:
+            raise ValueError("--online-confidence must be in [0.5, 1) and --online-prior-strength >= 0")
+        if args.data is None:
+            raise ValueError("--online replays one --data file")
+        data = load_dataset(args.data)
+        count = token_counter(args.tokenizer)
+        calibration = CalibrationOptions(buckets=None, prior_strength=None, tokenizer=args.tokenizer,
+                                         text_model=not args.no_text_model)
+        profiles = (None if args.profiles is None
+                    else _load_profiles(args.profiles, data, count, calibration, args.model_map))
+        options = OnlineOptions(label_rate=args.label_rate, horizon=args.horizon,
+                                target_retention=args.target_retention, seed=args.seed,
+                                prior_strength=args.online_prior_strength, confidence=args.online_confidence)
+        results = run_online(data, profiles, count, options)
+    except (DatasetError, ConfigError, ValueError) as exc:
+        print(f"costproxy eval: error: {exc}", file=sys.stderr)
+        return 2
+    command = "costproxy eval " + shlex.join(argv)
+    write_online(results, options, args.out, command)
+    print(summary_markdown(results, options, command))
+    print(f"wrote {args.out / 'online.md'}, online_summary.csv, online_stream.csv, online.png")
     return 0

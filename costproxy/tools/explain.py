@@ -8,6 +8,7 @@ proxy to see a decision under live budget pressure).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from dataclasses import asdict
@@ -17,7 +18,9 @@ from typing import Any
 from costproxy.analyzer.encodings import load_encodings
 from costproxy.analyzer.tokens import TokenCounter
 from costproxy.budgets.accounts import BudgetView
+from costproxy.errors import ProxyError
 from costproxy.identity.principal import Principal
+from costproxy.learning.service import stored_estimates
 from costproxy.money import format_usd
 from costproxy.registry import ENDPOINT_KIND
 from costproxy.request import RequestContext
@@ -59,6 +62,8 @@ def explain_main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     settings = load_settings(config_path_from(args.config))
     router = build_router(settings)
+    if settings.learning.enabled:
+        router.estimates = asyncio.run(stored_estimates(settings))  # what feedback taught, as the server reads it
     counter = TokenCounter(load_encodings(directory=settings.encodings_dir))
     body = _body(args)
     model = settings.registry.resolve(str(body["model"]))
@@ -66,8 +71,15 @@ def explain_main(argv: list[str]) -> int:
     tokens = counter.count_chat(body.get("messages") or [], encoding, tools=body.get("tools"))
     principal = Principal(user=args.user, team=args.team, org=args.org, project=args.project, via="cli")
     ctx = RequestContext(request_id="explain", principal=principal, endpoint=args.endpoint)
-    explanation = router.explain(RouteInput(ctx=ctx, body=body, requested=str(body["model"]),
-                                            input_tokens=tokens, budget=BudgetView()))
+    try:
+        explanation = router.explain(RouteInput(ctx=ctx, body=body, requested=str(body["model"]),
+                                                input_tokens=tokens, budget=BudgetView()))
+    except ProxyError as exc:  # the answer the proxy would give, e.g. no provider key is set
+        if args.json:
+            print(json.dumps(exc.body(), indent=2))
+        print(f"costproxy explain: the proxy would refuse this request: {exc.status} {exc.code}: {exc}",
+              file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(_as_json(explanation), indent=2, default=str))
     else:
@@ -106,3 +118,7 @@ def _print(e: Explanation) -> None:
         mark = "yes" if s.eligible else f"no: {s.reason_excluded}"
         print(f"{s.model:40} {s.expected_quality:8.3f} {format_usd(s.expected_cost_nanos):>14} "
               f"{format_usd(s.worst_case_nanos):>15}  {mark}")
+        if s.learned is not None:
+            post = s.learned
+            print(f"{'':40}   learned: prior {post.prior:.3f}, evidence {post.evidence:g}, posterior "
+                  f"{post.mean:.3f} [{post.lower:.3f}, {post.upper:.3f}]")

@@ -39,7 +39,9 @@ embedding inputs). Directives:
     fault=F           F in: an HTTP status 400-599 (OpenAI error body; 429 adds ``retry-after``),
                       ``timeout`` (hang ``hang_s`` or until the client leaves, then answer),
                       ``malformed`` (200 with invalid JSON; a stream gets a garbage frame),
-                      ``drop`` (close the connection before any response)
+                      ``drop`` (close the connection before any response),
+                      ``hang_body`` (unary: a 200 status line and the start of a body, then
+                      hang ``hang_s`` or until the client leaves: the call was accepted, and billed)
     malformed, drop   same as fault=malformed, fault=drop
     latency_ms=N      wait N ms before answering
     chunk_delay_ms=N  wait N ms between stream frames
@@ -152,7 +154,7 @@ class Behaviour:
                 setattr(self, name, None if value is None else str(value))
             else:
                 raise ValueError(f"unknown simulator directive {name!r}")
-        if self.fault is not None and self.fault not in ("timeout", *_FLAG_FAULTS):
+        if self.fault is not None and self.fault not in ("timeout", "hang_body", *_FLAG_FAULTS):
             if not (self.fault.isdigit() and 400 <= int(self.fault) <= 599):
                 raise ValueError(f"bad simulator fault {self.fault!r}")
 
@@ -324,6 +326,14 @@ class Simulator:
         await _wait(request, plan.latency_ms)
         if plan.fault == "timeout":
             await _wait(request, self.config.hang_s * 1000)
+        elif plan.fault == "hang_body" and not (isinstance(call.body, dict) and call.body.get("stream")):
+            response = web.StreamResponse(status=200, headers={"content-type": "application/json"})
+            await response.prepare(request)
+            await response.write(b'{"id": "sim-accepted", "choices": [')
+            await _wait(request, self.config.hang_s * 1000)
+            call.dropped = True
+            _close(request)
+            raise _Abort(response)
         elif plan.fault == "drop":
             call.dropped = True
             _close(request)

@@ -5,12 +5,8 @@ by Playwright (never a browser Playwright downloads)."""
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -27,7 +23,8 @@ import yaml
 from costproxy.ledger.entry import LedgerEntry
 from costproxy.store.sqlite import INSERT_LEDGER, ledger_row, migrate
 from tests.conftest import ADMIN_TOKEN, TEST_MODELS, TEST_QUALITY
-from tests.e2e.harness import SimulatorThread, free_port, wait_healthy
+from tests.e2e.harness import SimulatorThread, serve
+from tests.polling import eventually_sync
 
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -132,21 +129,8 @@ def write_config(tmp: Path, sim_url: str) -> Path:
 def running_proxy(tmp: Path, sim_url: str) -> Iterator[str]:
     config = write_config(tmp, sim_url)
     seed_ledger(tmp / "ledger.sqlite3", int(time.time() * 1000))
-    port = free_port()
-    log = (tmp / "proxy.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "costproxy", "--config", str(config), "serve", "--port", str(port)],
-                            env={**os.environ, **ENV}, stdout=log, stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}", proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    with serve(config, ENV) as base:
+        yield base
 
 
 @contextmanager
@@ -171,10 +155,4 @@ def call(base: str, method: str, path: str, body: Any = None, token: str = ADMIN
 
 def until(check: Callable[[], Any], what: str, seconds: float = 20.0) -> Any:
     """Poll ``check`` until it returns something truthy, or fail naming ``what``."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
+    return eventually_sync(check, seconds, interval=0.1, what=what)

@@ -8,7 +8,6 @@ import os
 import queue
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from costproxy.tools.simulator import Simulator, start_simulator
+from tests.polling import eventually_sync
 
 
 class SimulatorThread:
@@ -51,49 +51,35 @@ class SimulatorThread:
         self.thread.join(10)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def cli(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "costproxy", "--config", str(config), *args],
                           capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
 
 
 @contextmanager
-def serve(config: Path, port: int, env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen([sys.executable, "-m", "costproxy", "--config", str(config), "serve", "--port",
-                             str(port)], env={**os.environ, **env}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+def serve(config: Path, env: dict[str, str]) -> Iterator[str]:
+    """``costproxy serve --port 0``: yields its base URL once it answers ``/readyz``."""
+    serving = Serving([sys.executable, "-m", "costproxy", "--config", str(config), "serve", "--port", "0"],
+                      cwd=Path.cwd(), env={**os.environ, **env})
     try:
-        wait_healthy(f"http://127.0.0.1:{port}", proc)
-        yield proc
+        base = f"http://127.0.0.1:{serving.wait_listening()}"
+        wait_healthy(base, serving.proc)
+        yield base
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        serving.stop()
 
 
-def wait_healthy(base: str, proc: subprocess.Popen[str], seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+def wait_healthy(base: str, proc: subprocess.Popen[str], seconds: float = 60) -> None:
+    def ready() -> bool:
         if proc.poll() is not None:
-            output = proc.stdout.read() if proc.stdout else ""
-            raise RuntimeError(f"costproxy exited with {proc.returncode}:\n{output}")
+            raise RuntimeError(f"costproxy exited with {proc.returncode}")
         try:
-            with urllib.request.urlopen(f"{base}/readyz", timeout=1) as resp:
-                if resp.status == 200:
-                    return
+            with urllib.request.urlopen(f"{base}/readyz", timeout=5) as resp:
+                return resp.status == 200
         except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("costproxy did not become ready")
+            return False
+
+    eventually_sync(ready, seconds, interval=0.1, what=f"{base}/readyz answering 200")
 
 
 class Serving:

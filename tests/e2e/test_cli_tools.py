@@ -49,3 +49,19 @@ def test_rules_check_reports_file_rule_and_field(tmp_path: Path) -> None:
     assert "request.nope" in result.stderr + result.stdout
     checked = cli(config, "check-config")
     assert checked.returncode != 0
+
+
+def test_explain_without_provider_keys_says_what_to_set(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    keyed = {"base_url": "http://127.0.0.1:9/v1", "api_key_env": "CP_TEST_UNSET_KEY"}
+    raw = yaml.safe_load(config.read_text())
+    raw["providers"] = {"sim": keyed, "sim2": dict(keyed)}
+    config.write_text(yaml.safe_dump(raw))
+    env = {"CP_TEST_UNSET_KEY": ""}
+    auto = cli(config, "explain", "--message", "hello", env=env)
+    assert auto.returncode == 1
+    assert "503 provider_not_configured" in auto.stderr and "$CP_TEST_UNSET_KEY" in auto.stderr
+    assert "Traceback" not in auto.stderr
+    named = cli(config, "explain", "--model", "big", "--message", "hello", "--json", env=env)
+    assert named.returncode == 1
+    assert json.loads(named.stdout)["error"]["code"] == "provider_not_configured"

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.conftest import ADMIN_TOKEN, TEST_MODELS
-from tests.e2e.harness import SimulatorThread, cli, free_port, serve
+from tests.e2e.harness import SimulatorThread, cli, serve
 
 ENV = {"SIM_API_KEY": "sk-provider-secret", "COSTPROXY_ADMIN_TOKEN": ADMIN_TOKEN}
 MODELS: dict[str, Any] = {
@@ -60,9 +60,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
             created = cli(config, "keys", "create", "--user", "dana", "--team", team, "--org", "acme", env=ENV)
             assert created.returncode == 0, created.stderr
             keys[team] = created.stdout.strip().split()[-1]
-        port = free_port()
-        with serve(config, port, ENV):
-            yield {"base": f"http://127.0.0.1:{port}", "keys": keys, "sim": sim}
+        with serve(config, ENV) as base:
+            yield {"base": base, "keys": keys, "sim": sim}
 
 
 def client(d: dict[str, Any], team: str = "ml") -> openai.OpenAI:

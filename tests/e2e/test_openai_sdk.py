@@ -6,7 +6,6 @@ import asyncio
 import json
 import socket
 import sqlite3
-import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +17,8 @@ import yaml
 from pydantic import BaseModel, Field
 
 from tests.conftest import ADMIN_TOKEN, TEST_MODELS
-from tests.e2e.harness import SimulatorThread, cli, free_port, serve
+from tests.e2e.harness import SimulatorThread, cli, serve
+from tests.polling import eventually_sync
 
 ENV = {"SIM_API_KEY": "sk-provider-secret", "COSTPROXY_ADMIN_TOKEN": ADMIN_TOKEN}
 
@@ -41,23 +41,20 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
         assert created.returncode == 0, created.stderr
         key = created.stdout.strip().split()[-1]
         assert key.startswith("cp-")
-        port = free_port()
-        with serve(config, port, ENV) as proc:
-            yield {"config": config, "base": f"http://127.0.0.1:{port}", "key": key, "sim": sim,
-                   "db": tmp / "ledger.sqlite3", "proc": proc}
+        with serve(config, ENV) as base:
+            yield {"config": config, "base": base, "key": key, "sim": sim, "db": tmp / "ledger.sqlite3"}
 
 
-def ledger_row(db: Path, request_id: str, wait: float = 3.0) -> sqlite3.Row:
-    deadline = time.monotonic() + wait
-    while True:
+def ledger_row(db: Path, request_id: str) -> sqlite3.Row:
+    def row() -> sqlite3.Row | None:
         conn = sqlite3.connect(db)
         conn.row_factory = sqlite3.Row
-        row = conn.execute("SELECT * FROM ledger WHERE request_id = ?", (request_id,)).fetchone()
+        found: sqlite3.Row | None = conn.execute("SELECT * FROM ledger WHERE request_id = ?",
+                                                 (request_id,)).fetchone()
         conn.close()
-        if row is not None or time.monotonic() > deadline:
-            assert row is not None, f"no ledger entry for {request_id}"
-            return row
-        time.sleep(0.05)
+        return found
+
+    return eventually_sync(row, what=f"a ledger entry for {request_id}")
 
 
 def sync_client(d: dict[str, Any]) -> openai.OpenAI:
@@ -141,7 +138,7 @@ def test_client_disconnect_mid_stream_still_recorded(deployment: dict[str, Any])
             received += sock.recv(65536)
     request_id = next(line.split(b": ", 1)[1].strip().decode() for line in received.split(b"\r\n")
                       if line.lower().startswith(b"x-costproxy-request-id"))
-    row = ledger_row(deployment["db"], request_id, wait=10)
+    row = ledger_row(deployment["db"], request_id)
     assert row["status"] == "client_disconnected"
     assert row["completion_tokens"] >= 5 and row["cost_nanos"] > 0
 

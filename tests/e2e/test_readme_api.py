@@ -29,7 +29,8 @@ from costproxy.http.openapi import document
 from costproxy.http.state import ALERTS
 from costproxy.settings import load_settings
 from tests.conftest import ADMIN_TOKEN, ROOT
-from tests.integration.api_harness import Receiver, Recorder, problems, wait_until
+from tests.integration.api_harness import Receiver, Recorder, problems
+from tests.polling import eventually
 
 README = ROOT / "README.md"
 EXAMPLE = re.compile(r"<!-- example: ([\w-]+) -->\s*```bash\n(.*?)```\s*```json\n(.*?)```", re.S)
@@ -119,7 +120,7 @@ async def test_every_api_example_of_the_readme_answers_as_printed(served: Served
     mismatches = []
     for example in found:
         if example.name in WAIT_BEFORE:
-            await wait_until(idle)
+            await eventually(idle, what="webhook deliveries to finish")
         answer = await run(example, served, workdir)
         if os.environ.get("README_EXAMPLES_PRINT"):
             print(f"=== {example.name}\n{orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode()}")

@@ -23,6 +23,7 @@ import yaml
 from tests.conftest import ADMIN_TOKEN, TEST_MODELS
 from tests.conftest_redis import RedisSpace, redis_endpoint, redis_space  # noqa: F401
 from tests.e2e.harness import Serving, SimulatorThread, cli
+from tests.polling import eventually_sync
 
 ENV = {"SIM_API_KEY": "sk-provider-secret", "COSTPROXY_ADMIN_TOKEN": ADMIN_TOKEN}
 
@@ -148,25 +149,24 @@ def test_sigterm_drains_a_stream_in_flight(sim: SimulatorThread, tmp_path: Path)
 
     reader = threading.Thread(target=read_stream, daemon=True)
     reader.start()
-    deadline = time.monotonic() + 30
-    while len(received) < 3 and time.monotonic() < deadline:  # the stream is under way
-        time.sleep(0.02)
+    eventually_sync(lambda: len(received) >= 3, what="the stream under way")
     serving.proc.send_signal(signal.SIGTERM)
-    ready_during_drain = None
-    while not finished.is_set() and time.monotonic() < deadline + 30:
+
+    def readiness() -> str:  # "" while /readyz still says ready
+        if finished.is_set():
+            return "the stream finished first"
         try:
             urllib.request.urlopen(f"{base}/readyz", timeout=2)
-            ready_during_drain = True
+            return ""
         except urllib.error.HTTPError as exc:
-            ready_during_drain = exc.code == 200
-            break
+            return f"not ready ({exc.code})"
         except (urllib.error.URLError, ConnectionError):
-            ready_during_drain = False  # the listener is closed: no new connections
-            break
-        time.sleep(0.05)
+            return "not ready (listener closed)"  # no new connections
+
+    outcome = eventually_sync(readiness, 60, interval=0.05, what="/readyz to stop answering ready")
     assert finished.wait(60), "the stream did not finish during the drain"
     assert serving.proc.wait(60) == 0
-    assert ready_during_drain is False
+    assert outcome.startswith("not ready"), outcome
     text = b"".join(received).decode()
     assert "data: [DONE]" in text and ": costproxy " in text  # finished in full, its cost told
     db = sqlite3.connect(tmp_path / "ledger.sqlite3")
@@ -204,14 +204,13 @@ def test_workers_share_one_port_one_budget_and_one_metrics_view(sim: SimulatorTh
         assert served == sent  # one view over both workers, whichever answered
         admin = urllib.request.Request(f"{base}/api/v1/budgets/infra/status",
                                        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-        deadline = time.monotonic() + 20
-        while True:  # both workers charge the one Redis budget; reservations all settled
+        def settled() -> dict[str, Any] | None:  # both workers charge the one Redis budget
             with urllib.request.urlopen(admin, timeout=10) as resp:
-                status = json.loads(resp.read())
-            if status["reserved"] == "0" or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        assert status["reserved"] == "0" and float(status["currentAmount"]) > 0
+                status: dict[str, Any] = json.loads(resp.read())
+            return status if status["reserved"] == "0" else None
+
+        status = eventually_sync(settled, interval=0.1, what="every reservation settled")
+        assert float(status["currentAmount"]) > 0
         assert len(list(tmp_path.glob("local-*-w*.sqlite3"))) == 2  # a local file per worker
     finally:
         assert serving.stop() == 0

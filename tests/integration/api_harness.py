@@ -5,7 +5,6 @@ documents for that path, method and status (JSON Schema 2020-12, the dialect of 
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,11 +108,3 @@ class Receiver:
             await self.server.close()
 
 
-async def wait_until(condition: Callable[[], Awaitable[bool]], seconds: float = 5.0) -> None:
-    """Poll ``condition`` until it holds, for at most ``seconds`` (never a fixed sleep)."""
-    import asyncio
-
-    deadline = time.monotonic() + seconds
-    while not await condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)

@@ -12,6 +12,7 @@ import pytest
 
 from costproxy.tools.anthropic_simulator import AnthropicSimulator, start_anthropic_simulator
 from tests.conftest import TEST_MODELS, Proxy
+from tests.polling import eventually
 
 CLAUDE_PRICE = {"input": "3", "output": "15", "cached_input": "0.30", "cache_write": "3.75",
                 "cache_write_1h": "6", "source": "test", "as_of": "2026-11-25"}
@@ -69,18 +70,13 @@ def protocol_proxy(make_proxy: Any, simulator: Any, anthropic_sim: Any) -> Proto
     return make
 
 
-async def ledger_entry(proxy: Proxy, request_id: str, seconds: float = 5.0) -> Any:
+async def ledger_entry(proxy: Proxy, request_id: str, seconds: float = 15.0) -> Any:
     """The ledger entry of ``request_id``, waiting (bounded) for a stream's settlement."""
-    import asyncio
-    import time
 
-    deadline = time.monotonic() + seconds
-    while True:
-        entries = [e for e in await proxy.ledger() if e.request_id == request_id]
-        if entries or time.monotonic() > deadline:
-            assert entries, f"no ledger entry for {request_id}"
-            return entries[-1]
-        await asyncio.sleep(0.02)
+    async def entries() -> list[Any]:
+        return [e for e in await proxy.ledger() if e.request_id == request_id]
+
+    return (await eventually(entries, seconds, what=f"a ledger entry for {request_id}"))[-1]
 
 
 def base_url(proxy: Proxy) -> str:

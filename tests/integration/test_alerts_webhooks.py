@@ -25,6 +25,7 @@ from costproxy.http.app import create_app
 from costproxy.http.state import ALERTS
 from tests.conftest import ADMIN_TOKEN, Proxy, load_test_settings
 from tests.conftest_redis import RedisSpace, redis_endpoint, redis_space  # noqa: F401
+from tests.polling import eventually
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 T0 = 1_795_600_000.0  # 2026-11-25T09:46:40Z
@@ -73,11 +74,8 @@ class Receiver:
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
         return [r.event for r in self.received if kind is None or r.event.get("type") == kind]
 
-    async def wait(self, predicate: Callable[[], bool], limit_s: float = 10.0) -> None:
-        deadline = time.monotonic() + limit_s
-        while not predicate():
-            assert time.monotonic() < deadline, f"timed out; received {[r.event for r in self.received]}"
-            await asyncio.sleep(0.02)
+    async def wait(self, predicate: Callable[[], bool]) -> None:
+        await eventually(predicate, what=f"the deliveries expected (received so far: {len(self.received)})")
 
 
 @pytest.fixture
@@ -327,11 +325,13 @@ async def test_a_hanging_receiver_never_slows_requests(make_app: AppFactory, rec
     await spend(proxy, "1")
     durations.append(time.monotonic() - started)
     await receiver.wait(lambda: len(receiver.received) >= 2)  # both delivery slots are stuck
-    assert 429 in statuses and max(durations) < 0.5, durations
+    # a request that waited for a delivery would take the 20 s delivery timeout; 10 s is far from both
+    # that and from what a loaded machine needs to answer
+    assert 429 in statuses and max(durations) < 10, durations
     assert manager(proxy).sender.running() >= 3  # the rest wait their turn in the background
     started = time.monotonic()
     await proxy.client.close()  # shutting down does not wait for the hung receiver either
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 10
 
 
 @pytest.mark.redis
@@ -344,12 +344,16 @@ async def test_two_replicas_sharing_redis_fire_each_threshold_exactly_once(
     sub = await subscribe(one, receiver.url)
     await receiver.wait(lambda: sub["id"] in manager(two).catalog.subscriptions)  # seen by the other replica
 
-    async def burst(count: int, amount: str) -> None:
+    async def burst(count: int, amount: str, crossed: int) -> None:
         await asyncio.gather(*(spend(one if i % 2 else two, amount) for i in range(count)))
-        await asyncio.sleep(0.3)  # both replicas' caches refreshed
-        await quiet(one, two)
 
-    await burst(40, "0.03")  # 120 % of the limit, from both replicas at once
+        async def delivered() -> bool:  # a replica sees the other's spend when its cache refreshes
+            await quiet(one, two)
+            return len(crossings(receiver)) >= crossed
+
+        await eventually(delivered, what=f"{crossed} threshold crossings delivered")
+
+    await burst(40, "0.03", 3)  # 120 % of the limit, from both replicas at once
     kinds = Counter(e["type"] for e in receiver.events())
     assert sorted(crossings(receiver)) == [("2026-11-25", 50), ("2026-11-25", 80), ("2026-11-25", 100)]
     assert (kinds["budget.exhausted"], kinds["budget.status_changed"]) == (1, 3)
@@ -358,8 +362,11 @@ async def test_two_replicas_sharing_redis_fire_each_threshold_exactly_once(
     verified(receiver, sub["secret"])
 
     clock.now += 86_400
-    await burst(20, "0.03")  # 60 % of the next day's limit
+    await burst(20, "0.03", 4)  # 60 % of the next day's limit
     assert crossings(receiver)[3:] == [("2026-11-26", 50)]
     for proxy in (one, two):
-        status = await (await proxy.client.get("/api/v1/budgets/team-core/status", headers=ADMIN)).json()
-        assert (status["periodKey"], status["currentAmount"]) == ("2026-11-26", "0.6")
+        async def refreshed(proxy: Proxy = proxy) -> bool:
+            status = await (await proxy.client.get("/api/v1/budgets/team-core/status", headers=ADMIN)).json()
+            return (status["periodKey"], status["currentAmount"]) == ("2026-11-26", "0.6")
+
+        await eventually(refreshed, what="the new day's spend on both replicas")

@@ -17,7 +17,8 @@ from costproxy.http.app import create_app
 from costproxy.http.keys_api import issue_key
 from costproxy.http.state import ALERTS, KEYRING, STORE
 from tests.conftest import ADMIN_TOKEN, ConfigFactory, Proxy, load_test_settings
-from tests.integration.api_harness import Receiver, Recorder, covered, operations, problems, wait_until
+from tests.integration.api_harness import Receiver, Recorder, covered, operations, problems
+from tests.polling import eventually
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 CHAT = {"model": "auto", "messages": [{"role": "user", "content": "Classify this sentence as happy or sad."}]}
@@ -114,12 +115,12 @@ async def _webhooks(proxy: Proxy, hook_url: str) -> None:
     async def idle() -> bool:
         return manager.sender.running() == 0
 
-    await wait_until(idle)
+    await eventually(idle, what="webhook deliveries to finish")
     await call(proxy, "GET", f"/api/v1/webhooks/{wid}/deliveries")
     await call(proxy, "GET", f"/api/v1/webhooks/{wid}/deliveries/{delivery['id']}")
     await call(proxy, "POST", f"/api/v1/webhooks/{wid}/deliveries/{delivery['id']}/redeliver", 202)
     await call(proxy, "POST", f"/api/v1/webhooks/{wid}/rotate-secret")
-    await wait_until(idle)
+    await eventually(idle, what="webhook deliveries to finish")
     await call(proxy, "GET", "/api/v1/events?limit=20")
     await call(proxy, "DELETE", f"/api/v1/webhooks/{wid}")
 
@@ -176,6 +177,18 @@ async def _limits(proxy: Proxy) -> None:
     assert error["param"] == "scopeType" and "given twice" in error["message"]
 
 
+async def _feedback(proxy: Proxy) -> None:
+    """Feedback on a request: new (201), said again (200), read back; snake_case spellings honoured."""
+    resp = await proxy.client.post("/v1/chat/completions", json=CHAT, headers=proxy.auth())
+    request_id = resp.headers["x-costproxy-request-id"]
+    await call(proxy, "POST", "/api/v1/feedback", 201, json={"request_id": request_id, "thumbs": "up",
+                                                              "source": "user"})
+    await call(proxy, "POST", "/api/v1/feedback", 200, json={"requestId": request_id, "score": 0.5,
+                                                              "source": "user", "comment": "half right"})
+    listed = await call(proxy, "GET", f"/api/v1/feedback?request_id={request_id}")
+    assert [f["score"] for f in listed["data"]] == [0.5]
+
+
 async def test_every_documented_operation_answers_what_the_document_says(api: Api) -> None:
     proxy, recorder = api.proxy, api.recorder
     document = await call(proxy, "GET", "/openapi.json")
@@ -185,6 +198,7 @@ async def test_every_documented_operation_answers_what_the_document_says(api: Ap
     await _identity(proxy)
     await _routing(proxy)
     await _limits(proxy)
+    await _feedback(proxy)
     await call(proxy, "DELETE", f"/api/v1/budgets/{budget_id}")
     assert problems(document, recorder.answers) == []
     assert operations(document) - covered(recorder.answers) == set()

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import random
+import re
 import signal
 import socket
 import sys
@@ -35,7 +36,8 @@ from costproxy.ledger.entry import LedgerEntry
 from costproxy.store.sqlite import SqliteStore
 from costproxy.tools.simulator import Simulator, start_simulator
 from tests.conftest import ADMIN_TOKEN, TEST_MODELS
-from tests.conftest_redis import RedisSpace, free_port, redis_endpoint, redis_space  # noqa: F401
+from tests.conftest_redis import RedisSpace, redis_endpoint, redis_space  # noqa: F401
+from tests.polling import eventually
 
 pytestmark = pytest.mark.redis
 
@@ -88,24 +90,30 @@ async def add_key(space: RedisSpace) -> str:
 
 
 async def start(config: Path, log: Path, session: aiohttp.ClientSession) -> Replica:
-    port = free_port()
     handle = log.open("wb")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "costproxy", "--config", str(config), "serve", "--port", str(port),
+        sys.executable, "-m", "costproxy", "--config", str(config), "serve", "--port", "0",
         env={**os.environ, **ENV}, stdout=handle, stderr=handle, cwd=ROOT)
     handle.close()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def listening() -> int | None:  # the port the server bound, from its "listening on" line
         if proc.returncode is not None:
             raise AssertionError(f"costproxy exited {proc.returncode}, see {log}")
+        found = re.search(rb"costproxy listening on http://[^ ]+:(\d+)", log.read_bytes())
+        return int(found.group(1)) if found else None
+
+    port = await eventually(listening, 60, what=f"the listening line in {log}")
+    base = f"http://127.0.0.1:{port}"
+
+    async def ready() -> bool:
         with contextlib.suppress(aiohttp.ClientError):
             async with session.get(base + "/readyz") as resp:
-                if resp.status == 200:
-                    db = f"costproxy-replica-{socket.gethostname()}-{port}.sqlite3"  # store.local_path default
-                    return Replica(proc, base, config.parent.parent / "data" / db, log)
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"costproxy did not become ready, see {log}")
+                return resp.status == 200
+        return False
+
+    await eventually(ready, 60, what=f"{base}/readyz answering 200")
+    db = f"costproxy-replica-{socket.gethostname()}-{port}.sqlite3"  # store.local_path default
+    return Replica(proc, base, config.parent.parent / "data" / db, log)
 
 
 @contextlib.asynccontextmanager
@@ -197,11 +205,9 @@ async def test_three_proxies_share_a_hard_budget_exactly(tmp_path: Path, redis_s
                 return await call(session, replicas[n % 3], key, n, kind, rng)
 
         results = await asyncio.gather(*(one(n, kind) for n, kind in enumerate(kinds)))
-        deadline = time.monotonic() + 15  # settles of streams whose clients left finish in the background
-        while any(f.get("reserved", 0) for f in redis_state(redis_space)[0].values()):
-            if time.monotonic() > deadline:
-                break  # the assertions below name what is still reserved
-            await asyncio.sleep(0.1)
+        # settles of streams whose clients left finish in the background
+        await eventually(lambda: not any(f.get("reserved", 0) for f in redis_state(redis_space)[0].values()),
+                         30, interval=0.1, what="every reservation settled")
         counters, ledger = redis_state(redis_space)
         statuses = [status for status, _ in results]
         refusals = [b for status, b in results if status == 429]
@@ -245,7 +251,7 @@ async def local_ledger(db: Path) -> tuple[int, int]:
 async def test_sigkilled_proxy_reservations_are_reclaimed_within_ttl(
         tmp_path: Path, redis_space: RedisSpace) -> None:  # noqa: F811
     ttl = 2.0
-    async with deployment(tmp_path, redis_space, ttl=ttl) as (replicas, key, _, session):
+    async with deployment(tmp_path, redis_space, ttl=ttl) as (replicas, key, sim, session):
         victim = replicas[0]
         headers = {"Authorization": f"Bearer {key}"}
         slow = {"model": "small", "max_tokens": 100,
@@ -253,24 +259,15 @@ async def test_sigkilled_proxy_reservations_are_reclaimed_within_ttl(
         pending = [asyncio.create_task(session.post(victim.base + "/v1/chat/completions", json=slow,
                                                     headers={**headers, "X-Request-ID": f"slow-{n}"}))
                    for n in range(5)]
-        deadline = time.monotonic() + 10
-        while not any(f.get("reserved", 0) for f in redis_state(redis_space)[0].values()):
-            assert time.monotonic() < deadline, "the slow requests never reserved"
-            await asyncio.sleep(0.05)
-        held, stable_since = -1, time.monotonic()
-        while time.monotonic() - stable_since < 1.0:  # all five in flight: the total stops moving
-            assert time.monotonic() < deadline + 10, "the reservations never settled down"
-            now_held = max(f.get("reserved", 0) for f in redis_state(redis_space)[0].values())
-            if now_held != held:
-                held, stable_since = now_held, time.monotonic()
-            await asyncio.sleep(0.05)
+        # a request reaches the upstream only after reserving: five calls upstream, five reservations held
+        await eventually(lambda: sum(c.headers.get("x-request-id", "").startswith("slow-") for c in sim.calls) == 5,
+                         what="the five slow requests at the upstream")
+        held = max(f.get("reserved", 0) for f in redis_state(redis_space)[0].values())
         assert held > 0 and held % 5 == 0  # five equal worst cases
         victim.proc.send_signal(signal.SIGKILL)
-        killed = time.monotonic()
         await victim.proc.wait()
-        while any(f.get("reserved", 0) for f in redis_state(redis_space)[0].values()):
-            assert time.monotonic() - killed < ttl + 3, "reservations of the killed proxy were not reclaimed"
-            await asyncio.sleep(0.05)
+        await eventually(lambda: not any(f.get("reserved", 0) for f in redis_state(redis_space)[0].values()),
+                         ttl + 15, what="the killed proxy's reservations reclaimed")
         for task in pending:
             with contextlib.suppress(aiohttp.ClientError):
                 await task

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from costproxy.budgets.book import BudgetEvent, usage_entry
+from costproxy.background import cancel_and_wait
+from costproxy.budgets.book import BudgetEvent, BudgetReservation, usage_entry
 from costproxy.budgets.codec import usage_from_json
 from costproxy.errors import StoreUnavailable
 from costproxy.ledger.entry import LedgerEntry
-from tests.conftest_redis import RedisServer, RedisSpace, free_port, new_space, own_redis, redis_endpoint, redis_space
+from tests.conftest_redis import RedisServer, RedisSpace, new_space, own_redis, redis_endpoint, redis_space
 from tests.integration.test_budget_redis import (
     ALICE,
     CHAIN,
@@ -33,6 +34,7 @@ from tests.integration.test_budget_redis import (
     section,
     stream_entries,
 )
+from tests.polling import eventually
 
 __all__ = ["own_redis", "redis_endpoint", "redis_space", "replica"]
 pytestmark = pytest.mark.redis
@@ -49,17 +51,18 @@ async def test_a_renewed_lease_survives_other_replicas_reclaim(replica: Opener,
         return next(v for k, v in counters(redis_space).items() if ":b:alice:" in k).get("reserved", 0)
 
     until = time.monotonic() + 1.6
-    while time.monotonic() < until:  # beyond the TTL: renewed leases are not reclaimed
+    while time.monotonic() < until:  # the scenario: renewing for longer than the TTL; renewed leases stay
         assert await mine.renew(kept) and await mine.renew(dropped)
         await other.reclaim_expired()
         await asyncio.sleep(0.2)
     assert reserved() == 600_000_000
-    deadline = time.monotonic() + 10
-    while reserved() != 300_000_000:  # only ``kept`` is renewed now: the other replica reclaims ``dropped``
-        assert time.monotonic() < deadline, "the lapsed lease was never reclaimed"
+
+    async def reclaimed() -> bool:  # only ``kept`` is renewed now: the other replica reclaims ``dropped``
         assert await mine.renew(kept)
         await other.reclaim_expired()
-        await asyncio.sleep(0.2)
+        return reserved() == 300_000_000
+
+    await eventually(reclaimed, interval=0.2, what="the lapsed lease reclaimed")
     assert not await mine.renew(dropped)
     await mine.settle(kept, entry("kept", 200_000_000))
     assert not await mine.renew(kept)
@@ -105,7 +108,7 @@ async def test_overrun_refusal_and_idempotent_usage_in_the_shared_ledger(replica
 @pytest.fixture
 def aof_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A private Redis that writes every command to its AOF before answering."""
-    server = RedisServer(free_port(), tmp_path / "aof-redis",
+    server = RedisServer(tmp_path / "aof-redis",
                          ("--appendonly", "yes", "--appendfsync", "always")).start()
     try:
         yield server
@@ -181,3 +184,40 @@ async def test_replaying_a_settlement_redis_already_applied_changes_nothing(repl
     assert [e.request_id for e in stream_entries(redis_space)] == ["r1"]
     user = next(v for k, v in counters(redis_space).items() if ":b:alice:" in k)
     assert (user["spent"], user["reserved"]) == (400, 0)
+
+
+async def test_a_dead_replicas_lapsed_reservation_is_charged_even_if_it_lapsed_before_its_heartbeat(
+        replica: Opener, redis_space: RedisSpace) -> None:
+    """The owner's ``alive`` key can outlive a reservation it stopped renewing: the reclaim waits
+    for the key before deciding (on Redis's clock, not the late one of the replica that first saw
+    it), so a replica that then turns out dead is charged (its call may have been billed)."""
+    config = section(*CHAIN, ttl=1.0, refresh=0.05)
+    dead, survivor = await replica(config), await replica(config)
+    behind = await replica(config, clock=lambda: time.time() - 0.3)  # a replica whose clock is late
+    await cancel_and_wait([*survivor._tasks, *behind._tasks])  # their reclaims run when the test says
+    early = await dead.reserve("early", ALICE, 300_000_000)
+    assert isinstance(early, BudgetReservation)
+    await asyncio.sleep(0.6)
+    await dead.reserve("late", ALICE, 100_000_000)  # refreshes the owner's heartbeat
+    await cancel_and_wait(dead._tasks)  # the replica dies: no more heartbeats, renewals or settles
+    await survivor.refresh()  # (they learn the partition in use)
+    await behind.refresh()
+    client = redis_space.client()
+    deadline = time.monotonic() + 10
+    while not client.hexists(dead.keys.reservation_prefix(early.home) + early.token, "_seen"):
+        assert time.monotonic() < deadline, "the lapsed reservation was never looked at"
+        await behind.reclaim_expired()  # sees it lapsed while the owner's heartbeat still runs
+        await asyncio.sleep(0.02)
+    client.close()
+    while len(stream_entries(redis_space)) < 2:
+        assert time.monotonic() < deadline, "the dead replica's reservations were never charged"
+        await survivor.reclaim_expired()
+        await asyncio.sleep(0.05)
+    ledger = {e.request_id: e for e in stream_entries(redis_space)}
+    assert {(r, e.status, e.cost_nanos, e.usage_reported) for r, e in ledger.items()} == {
+        ("early", "lapsed", 300_000_000, False), ("late", "lapsed", 100_000_000, False)}
+    user = next(v for k, v in counters(redis_space).items() if ":b:alice:" in k)
+    assert (user["spent"], user["reserved"]) == (400_000_000, 0)
+    await dead.settle(early, entry("early", 1))  # a replayed settlement after a restart: already charged
+    assert len(stream_entries(redis_space)) == 2
+    assert next(v for k, v in counters(redis_space).items() if ":b:alice:" in k)["spent"] == 400_000_000

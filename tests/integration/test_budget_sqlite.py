@@ -20,6 +20,7 @@ from costproxy.errors import BudgetExceeded, Forbidden, InvalidRequest, NotFound
 from costproxy.identity.principal import Principal
 from costproxy.ledger.entry import LedgerEntry
 from costproxy.store.sqlite import SqliteStore
+from tests.polling import eventually
 
 USD = 1_000_000_000
 ALICE = Principal(key_id="key1", user="alice", team="core", org="acme")
@@ -393,9 +394,9 @@ async def test_proxy_requests_on_sqlite_never_overspend(make_proxy: Any) -> None
         return resp.status
 
     statuses = await asyncio.gather(*(one(n) for n in range(200)))
-    await asyncio.sleep(0.3)
     accounts = proxy.app[SERVICES].accounts
     assert isinstance(accounts, SqliteBudgetAccounts)
+    await eventually(lambda: accounts.held_nanos() == 0, what="streams whose clients left settled")
     status = await accounts.status("core")
     assert statuses.count(429) > 0 and statuses.count(200) > 5 and 422 not in statuses
     assert status.spent_nanos <= limit and accounts.held_nanos() == 0

@@ -3,11 +3,10 @@ the rows queued (and the store unhealthy) until they can be written, exactly onc
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 
 from costproxy.ledger.entry import LedgerEntry
 from costproxy.store.sqlite import SqliteStore
+from tests.polling import eventually
 
 
 def entry(request_id: str, **changes: object) -> LedgerEntry:
@@ -31,13 +31,6 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     await opened.close()
 
 
-async def until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
-
-
 async def rows(store: SqliteStore, table: str) -> list[sqlite3.Row]:
     return await store.run(lambda: store.conn().execute(f"SELECT * FROM {table} ORDER BY seq").fetchall())
 
@@ -51,14 +44,14 @@ async def test_a_bad_row_is_isolated_and_the_rest_of_its_batch_written(store: Sq
         store.append(entry(f"good-{n}"))
         if n < len(bad):
             store.append(bad[n])
-    await until(lambda: store.backlog == 0 and len(seen) == 10)
+    await eventually(lambda: store.backlog == 0 and len(seen) == 10)
     assert [r["request_id"] for r in await rows(store, "ledger")] == [f"good-{n}" for n in range(10)]
     quarantined = await rows(store, "ledger_quarantine")
     assert sorted(json.loads(r["body"])["request_id"] for r in quarantined) == sorted(e.request_id for e in bad)
     assert all(r["error"] for r in quarantined) and store.quarantined == 4
     assert store.healthy
     store.append(entry("after"))  # the writer is still alive
-    await until(lambda: "after" in seen)
+    await eventually(lambda: "after" in seen)
 
 
 async def test_a_full_disk_keeps_the_rows_and_turns_unhealthy(store: SqliteStore) -> None:
@@ -67,10 +60,10 @@ async def test_a_full_disk_keeps_the_rows_and_turns_unhealthy(store: SqliteStore
     await store.run(lambda: store.conn().execute(f"PRAGMA max_page_count={pages}"))
     for n in range(300):
         store.append(entry(f"r-{n}", metadata={"pad": "x" * 200}))
-    await until(lambda: not store.healthy)
+    await eventually(lambda: not store.healthy)
     assert store.backlog == 300 and "full" in (store.last_error or "")
     await store.run(lambda: store.conn().execute("PRAGMA max_page_count=1073741823"))
-    await until(lambda: store.healthy and store.backlog == 0)
+    await eventually(lambda: store.healthy and store.backlog == 0)
     written = [r["request_id"] for r in await rows(store, "ledger")]
     assert written == [f"r-{n}" for n in range(300)]  # all of them, once, in order
 
@@ -81,10 +74,10 @@ async def test_a_locked_file_keeps_the_rows_until_the_lock_goes(store: SqliteSto
     blocker.execute("BEGIN EXCLUSIVE")
     try:
         store.append(entry("waiting"))
-        await until(lambda: not store.healthy)
+        await eventually(lambda: not store.healthy)
         assert store.backlog == 1
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
-    await until(lambda: store.healthy and store.backlog == 0)
+    await eventually(lambda: store.healthy and store.backlog == 0)
     assert [r["request_id"] for r in await rows(store, "ledger")] == ["waiting"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from costproxy.store.sqlite import SqliteStore
 from tests.conftest import ADMIN_TOKEN, ConfigFactory, Proxy, ProxyFactory
 from tests.conftest_pg import TcpRelay, pg_server, pg_url  # noqa: F401
 from tests.conftest_redis import RedisSpace, redis_endpoint, redis_space  # noqa: F401
+from tests.polling import eventually
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 SMALL = {"model": "small", "messages": [{"role": "user", "content": "hello"}]}
@@ -39,13 +39,6 @@ def tables(url: str) -> set[str]:
 def pg_rows(url: str, sql: str = "SELECT request_id FROM costproxy_ledger ORDER BY request_id") -> list[Any]:
     with psycopg.connect(url) as conn:
         return [r[0] if len(r) == 1 else r for r in conn.execute(sql).fetchall()]  # type: ignore[arg-type]
-
-
-async def until(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 def test_migrate_rollback_and_migrate_again_through_the_cli(pg_url: str, write_config: ConfigFactory,  # noqa: F811
@@ -120,7 +113,7 @@ async def test_several_instances_write_one_ledger_and_their_reports_agree(
     async def all_written() -> bool:
         return len(pg_rows(pg_url)) == sent
 
-    await until(all_written, "every instance's entries in PostgreSQL")
+    await eventually(all_written, 20, what="every instance's entries in PostgreSQL")
     assert sorted(pg_rows(pg_url)) == sorted(e.request_id for e in local)  # each exactly once
     day = time.strftime("%Y-%m-%d", time.gmtime())
     tomorrow = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 86_400))
@@ -170,7 +163,7 @@ async def test_the_writer_keeps_rows_while_postgresql_is_away_and_catches_up(tmp
         async def shipped(n: int) -> bool:
             return len(pg_rows(pg_url)) == n
 
-        await until(lambda: shipped(20), "the first entries")
+        await eventually(lambda: shipped(20), 20, what="the first entries")
         await relay.cut()
         for i in range(30):
             local.append(entry(f"during-{i}"))
@@ -178,7 +171,7 @@ async def test_the_writer_keeps_rows_while_postgresql_is_away_and_catches_up(tmp
         async def failing() -> bool:
             return not shipper.healthy
 
-        await until(failing, "the writer to notice")
+        await eventually(failing, 20, what="the writer to notice")
         assert shipper.last_error and "unavailable" in shipper.last_error
         # kept, not dropped (a batch whose commit reply the cut swallowed counts as not yet confirmed)
         assert len(pg_rows(pg_url)) == 20 and await shipper.backlog() >= 30
@@ -187,7 +180,7 @@ async def test_the_writer_keeps_rows_while_postgresql_is_away_and_catches_up(tmp
         async def recovered() -> bool:
             return shipper.healthy and len(pg_rows(pg_url)) == 50
 
-        await until(recovered, "the writer to catch up")
+        await eventually(recovered, 20, what="the writer to catch up")
         ids = pg_rows(pg_url)
         assert len(ids) == len(set(ids)) == 50
     finally:
@@ -264,7 +257,7 @@ async def test_redis_replicas_write_postgresql_once_and_the_streams_wait_for_it(
         return len(pg_rows(pg_url)) == sent and client.xlen(stream) == 0
 
     try:
-        await until(written_and_trimmed, "PostgreSQL to hold every entry and the stream to be trimmed")
+        await eventually(written_and_trimmed, 20, what="PostgreSQL to hold every entry and the stream to be trimmed")
         holders = {k.decode() for k in client.hkeys(f"{redis_space.prefix}:{{acme}}:ledger:mirrors")}
     finally:
         client.close()

@@ -7,6 +7,7 @@ from decimal import Decimal
 import orjson
 import pytest
 
+from costproxy.http.state import SETTINGS
 from costproxy.money import format_usd
 
 CHAT = {"model": "big", "messages": [{"role": "user", "content": "Say hello to the team please"}]}
@@ -216,3 +217,21 @@ async def test_budget_remaining_header(make_proxy) -> None:
     assert resp.status == 200
     [entry] = await proxy.ledger()
     assert resp.headers["x-costproxy-budget-remaining-usd"] == format_usd(1_000_000_000 - entry.cost_nanos)
+
+
+async def test_an_accepted_call_whose_answer_is_lost_is_charged_not_retried(make_proxy) -> None:
+    """The provider answered 200 and then hung: it took (and bills) the call, so the entry is
+    charged the worst case the request reserved, marked estimated, and no fallback model is tried
+    (a retry elsewhere could bill the same request twice)."""
+    proxy = await make_proxy(provider_overrides={"timeouts": {"connect": 1, "read": 0.5, "first_byte": 0.5,
+                                                              "stream_idle": 0.5}})
+    proxy.sim.plan(fault="hang_body")
+    resp = await proxy.client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 40},
+                                   headers=proxy.auth())
+    assert resp.status == 504 and (await resp.json())["error"]["code"] == "upstream_timeout"
+    assert len([c for c in proxy.sim.calls if c.path.endswith("/chat/completions")]) == 1
+    [entry] = await proxy.ledger()
+    assert entry.status == "error" and entry.error_code == "upstream_timeout"
+    assert not entry.usage_reported and entry.completion_tokens == 40 and entry.prompt_tokens > 0
+    model = proxy.app[SETTINGS].registry.models[entry.served_model]
+    assert entry.cost_nanos == model.price_of(entry.prompt_tokens, entry.completion_tokens) > 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +20,7 @@ from costproxy.ratelimits.gcra import Meter, admit, corrected, level
 from costproxy.ratelimits.redis import RedisBuckets
 from tests.conftest import ADMIN_TOKEN, load_test_settings
 from tests.conftest_redis import RedisServer, RedisSpace, own_redis, redis_endpoint, redis_space  # noqa: F401
+from tests.polling import eventually
 
 pytestmark = pytest.mark.redis
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -46,13 +46,6 @@ async def new_key(client: TestClient[Any, Any]) -> str:
     async with client.post("/api/v1/keys", headers=ADMIN, json={"user": "alice", "team": "core", "org": "acme"}) as r:
         assert r.status == 201
         return str((await r.json())["key"])
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, f"not within {within} s"
-        await asyncio.sleep(0.05)
 
 
 async def test_two_replicas_share_one_limit(make_replica: Factory) -> None:

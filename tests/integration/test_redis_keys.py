@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import os
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,21 +16,23 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from costproxy.budgets.redis import redis_client
-from costproxy.errors import InternalError
+from costproxy.errors import InternalError, StoreUnavailable
 from costproxy.http.app import create_app
+from costproxy.http.state import KEY_STORE
+from costproxy.identity.key_store import KeyStore
 from costproxy.identity.key_store_redis import RedisKeyStore
 from costproxy.identity.principal import KeyRecord
 from costproxy.settings import Settings
 from costproxy.store.backend import local_path as ledger_path
 from tests.conftest import ADMIN_TOKEN, load_test_settings
 from tests.conftest_redis import RedisServer, RedisSpace, own_redis, redis_endpoint, redis_space  # noqa: F401
+from tests.polling import eventually
 
 pytestmark = pytest.mark.redis
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 CHAT = {"model": "small", "max_tokens": 20, "messages": [{"role": "user", "content": "hi [[sim:tokens=3]]"}]}
-WITHIN = 3.5  # replicas poll the key version every 2 s
 
 
 @dataclass
@@ -46,6 +47,22 @@ class Replica:
 
 
 ReplicaFactory = Callable[..., Awaitable[Replica]]
+
+
+def spy_on_failed_refreshes(keys: KeyStore) -> list[StoreUnavailable]:
+    """The errors the key refresher met from now on (it polls ``version()`` every 2 s)."""
+    failed: list[StoreUnavailable] = []
+    version = keys.version
+
+    async def watched() -> int:
+        try:
+            return await version()
+        except StoreUnavailable as exc:
+            failed.append(exc)
+            raise
+
+    keys.version = watched  # type: ignore[method-assign]
+    return failed
 
 
 @pytest.fixture
@@ -64,15 +81,6 @@ def make_replica(aiohttp_client: Any, config_path: Path, redis_space: RedisSpace
         return Replica(await aiohttp_client(app), app, settings)
 
     return make
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = WITHIN) -> float:
-    """Seconds until ``check()`` held; fails after ``within``."""
-    start = time.monotonic()
-    while not await check():
-        assert time.monotonic() - start < within, f"not within {within} s"
-        await asyncio.sleep(0.1)
-    return time.monotonic() - start
 
 
 async def create_key(replica: Replica, **fields: str) -> dict[str, Any]:
@@ -167,8 +175,9 @@ async def test_redis_outage_keeps_known_keys_working_and_refuses_key_changes(
         make_replica: ReplicaFactory, own_redis: RedisServer) -> None:  # noqa: F811
     replica = await make_replica(18131, url=f"{own_redis.endpoint}/13")
     known = await create_key(replica, user="erin", team="core", org="acme")
+    failed = spy_on_failed_refreshes(replica.app[KEY_STORE])
     own_redis.stop()
-    await asyncio.sleep(2.5)  # at least one refresh fails meanwhile
+    await eventually(lambda: failed, what="a key refresh against the stopped Redis")
     assert await replica.status(known["key"]) == 200
     async with replica.client.post("/v1/chat/completions", json=CHAT,
                                    headers={"Authorization": f"Bearer {known['key']}"}) as resp:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 from typing import Any
 
@@ -14,6 +13,7 @@ from costproxy.http.app import create_app
 from costproxy.http.state import STORE
 from tests.conftest import ADMIN_TOKEN, load_test_settings
 from tests.conftest_redis import RedisSpace, redis_endpoint, redis_space  # noqa: F401
+from tests.polling import eventually
 
 pytestmark = pytest.mark.redis
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -40,13 +40,11 @@ async def test_replicas_share_entries(aiohttp_client: Any, simulator: Any, write
     async with b.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=bob) as resp:
         assert resp.status == 200 and resp.headers["x-costproxy-cache"] == "hit"  # another replica, same org
         assert first["choices"][0]["message"]["content"].split()[0] in await resp.text()
-    deadline = asyncio.get_running_loop().time() + 10
-    while True:  # the hit is in the shared ledger stream, mirrored into every replica's file
-        statuses = [e.status for e in await a.app[STORE].recent_entries(10)]
-        if "cache_hit" in statuses:
-            break
-        assert asyncio.get_running_loop().time() < deadline, statuses
-        await asyncio.sleep(0.05)
+
+    async def mirrored() -> bool:  # the hit is in the shared ledger stream, mirrored into every replica's file
+        return "cache_hit" in [e.status for e in await a.app[STORE].recent_entries(10)]
+
+    await eventually(mirrored, what="the cache hit mirrored into the other replica's ledger")
     async with b.get("/api/v1/cache", headers=ADMIN) as resp:
         stats = await resp.json()
         assert stats["entries"] == 1 and stats["bytes"] > 0
@@ -71,10 +69,11 @@ async def test_the_byte_bound_and_lifetimes_hold(redis_space: RedisSpace) -> Non
         assert (stats.entries, stats.bytes) == (3, 2500)
         assert 0 < await redis.pttl(cache.entry_prefix + "a") <= 60_000
         await cache.put("e", b"v" * 10, 1)
-        deadline = asyncio.get_running_loop().time() + 5
-        while await cache.get("e") is not None:  # Redis expires it by itself, within its second
-            assert asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.05)
+
+        async def expired() -> bool:  # Redis expires it by itself, within its second
+            return await cache.get("e") is None
+
+        await eventually(expired, what="the 1 s entry expired by Redis")
         assert await cache.purge() >= 3 and (await cache.stats()).bytes == 0
         assert await cache.get("a") is None
     finally:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import yaml
 
 from costproxy.http.state import SERVICES
+from tests.polling import eventually
 
 ADMIN = {"Authorization": "Bearer test-admin-token"}
 SIMPLE = {"model": "auto", "messages": [{"role": "user", "content": "Classify the sentiment of: I love it."}]}
@@ -106,14 +106,12 @@ async def test_rules_hot_reload_keeps_last_good_set(make_proxy, tmp_path, monkey
     good: dict[str, Any] = {"rules": [{"id": "deny-big", "name": "deny", "priority": 1, "conditions": [],
                                        "actions": [{"type": "reject", "params": {"message": "closed"}}]}]}
     rules_file.write_text(yaml.safe_dump(good))
-    for _ in range(100):
-        if holder.current.get("deny-big") is not None:
-            break
-        await asyncio.sleep(0.05)
+    await eventually(lambda: holder.current.get("deny-big") is not None, what="the new rule loaded")
     resp = await proxy.client.post("/v1/chat/completions", json=SIMPLE, headers=proxy.auth())
     assert resp.status == 403
     rules_file.write_text("rules: [{id: broken, priority: x}]")
-    await asyncio.sleep(0.5)
+    await eventually(lambda: holder.last_result is not None and not holder.last_result.ok,
+                     what="the broken file read and refused")
     assert holder.current.get("deny-big") is not None  # last good set still in force
     assert holder.last_result is not None and not holder.last_result.ok
 

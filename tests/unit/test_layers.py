@@ -23,6 +23,7 @@ CORE = [
     "protocols/responses.py", "protocols/responses_stream.py", "protocols/shapes.py", "protocols/usage.py",
     "ratelimits/gcra.py", "ratelimits/model.py", "ratelimits/config.py",
     "cache/policy.py", "cache/config.py", "cache/capture.py", "cache/replay.py",
+    "learning/estimates.py", "learning/config.py", "learning/feedback.py",
 ]
 IO_MODULES = {"aiohttp", "redis", "sqlite3", "aiosqlite", "socket", "asyncio", "structlog", "opentelemetry",
               "prometheus_client", "urllib", "http", "subprocess"}

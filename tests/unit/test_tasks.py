@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from costproxy.analyzer.profile import analyze
@@ -165,25 +163,19 @@ def test_difficulty_in_unit_interval_and_ordered() -> None:
         90,
     )
     assert 0.0 <= easy < hard <= 1.0
-    assert estimate_difficulty("math", "", 0) >= 0.0
+    assert 0.0 <= estimate_difficulty("math", "", 0) < estimate_difficulty("math", "What is 2+2?", 6)
     assert estimate_difficulty("reasoning", "why " * 10_000, 10**6) <= 1.0
 
 
-def test_detection_is_fast_on_long_prompts() -> None:
+def test_a_long_prompt_is_read_like_a_short_one() -> None:
+    """Length alone changes no answer (bench/core_bench.py reports what detection costs)."""
     prompt = ("The quarterly report shows revenue growth in every region except APAC. " * 60)[:4_000]
     prompt += "\n\nSummarize the report above in three bullet points."
-    detect_task(prompt)
-    runs = 300
-    start = time.perf_counter()
-    for _ in range(runs):
-        detect_task(prompt, "You are a helpful assistant.", 1_000)
-    per_call = (time.perf_counter() - start) / runs
-    assert per_call < 0.001  # the bench measures the real number; this guards against blow-ups
-    long_prompt = prompt * 50
-    start = time.perf_counter()
-    for _ in range(runs):
-        detect_task(long_prompt, "", 50_000)
-    assert (time.perf_counter() - start) / runs < 0.002
+    short = detect_task(prompt, "You are a helpful assistant.", 1_000)
+    long = detect_task(prompt * 50, "", 50_000)
+    assert (short.task_type, long.task_type) == ("summarization", "summarization")
+    assert 0.0 <= short.difficulty <= long.difficulty <= 1.0  # more to read is never easier
+    assert detect_task(prompt * 50, "", 50_000) == long  # deterministic
 
 
 # --- analyze() --------------------------------------------------------------------------------

@@ -285,3 +285,43 @@ def test_long_texts_are_counted_in_pieces_exactly() -> None:
     assert len(token_module._pieces(text)) > 3
     for encoding in load_encodings().values():
         assert token_module._count(encoding, text) == len(encoding.encode_ordinary(text))
+
+
+def test_short_texts_are_remembered_per_encoding_and_the_memo_is_bounded() -> None:
+    from costproxy.analyzer import tokens as token_module
+
+    encodings = load_encodings()
+    text = "You are a concise assistant. Answer in two sentences at most."
+    for encoding in encodings.values():
+        first = token_module._count(encoding, text)
+        assert first == len(encoding.encode_ordinary(text))
+        assert token_module._MEMOS[encoding.name][text] == first
+        assert token_module._count(encoding, text) == first  # from the memo: the same count
+    long_text = "word " * (token_module.MEMO_CHARS // 5 + 1)
+    token_module._count(encodings["o200k_base"], long_text)
+    assert long_text not in token_module._MEMOS["o200k_base"]
+    for i in range(token_module.MEMO_ENTRIES + 10):
+        assert token_module._count(encodings["o200k_base"], f"message number {i}") == \
+            len(encodings["o200k_base"].encode_ordinary(f"message number {i}"))
+    assert len(token_module._MEMOS["o200k_base"]) <= token_module.MEMO_ENTRIES
+
+
+def test_an_encoding_not_given_is_loaded_on_first_use_once() -> None:
+    from costproxy.analyzer.encodings import load_encoding
+
+    loaded: list[str] = []
+
+    def loader(name: str) -> object:
+        loaded.append(name)
+        return load_encoding(name)
+
+    lazy = TokenCounter({"o200k_base": load_encoding("o200k_base")}, loader)  # type: ignore[arg-type]
+    assert lazy.has("o200k_base") and not lazy.has("cl100k_base")
+    assert lazy.count_text("hello world", "cl100k_base") == len(load_encoding("cl100k_base").encode_ordinary(
+        "hello world"))
+    lazy.count_text("again", "cl100k_base")
+    assert loaded == ["cl100k_base"] and lazy.has("cl100k_base")
+    with pytest.raises(InternalError, match="unknown encoding"):
+        lazy.count_text("x", "p50k_base")
+    with pytest.raises(InternalError, match="not loaded"):
+        TokenCounter({}).count_text("x", "o200k_base")

@@ -143,8 +143,10 @@ def test_embeddings_have_no_output(counter: TokenCounter) -> None:
 ])
 def test_hostile_shapes_never_raise(counter: TokenCounter, body: dict[str, Any]) -> None:
     billable = counter.billable(CHAT, body, "o200k_base")
-    assert billable.tokens >= 0
-    assert worst_case(billable, model(), 10).nanos >= 0
+    case = worst_case(billable, model(), 10)
+    assert case.input_tokens >= billable.tokens > 0  # every shape still counts (at least the framing)
+    output = 10 * billable.choices + billable.prediction_tokens  # every allowed output token is priced
+    assert case.nanos == model().price_of(case.input_tokens, output)
 
 
 def test_absurd_nesting_is_counted_without_recursion_errors(counter: TokenCounter) -> None:
@@ -303,4 +305,5 @@ def test_random_bodies_never_break_the_count(counter: TokenCounter) -> None:
         for endpoint in (CHAT, "completions", "embeddings"):
             billable = counter.billable(endpoint, body, "o200k_base")
             case = worst_case(billable, model("0.2"), 16, remaining_nanos=rng.choice([None, 0, 10**12]))
-            assert case.nanos >= 0 and case.input_tokens >= billable.tokens
+            assert case.input_tokens >= billable.tokens
+            assert case.nanos >= model("0.2").price_of(billable.tokens, 0)  # never less than the counted input

@@ -1,0 +1,162 @@
+"""Feedback on answers, and the learner that turns it into online estimates.
+
+``POST /api/v1/feedback``   ``{requestId, score | thumbs, source, comment?}`` (``learning/feedback.py``):
+                            201 when new, 200 when the same source had already said something about
+                            that request (replaced; the same content changes nothing)
+``GET  /api/v1/feedback?requestId=``   every source's feedback on a request, with its ledger entry's
+                            model, task and difficulty bucket
+
+Who may: the admin token; the ``cp-`` key that made the request (the middleware accepts client keys
+on these paths only); a read-only token for requests of the scopes it sees (a scope-limited token:
+only requests whose key, user, team, project or org is one of its scopes).
+
+``learning_ctx`` (a ``cleanup_ctx`` entry, after the services) builds the ``Learner`` on the
+backend's store, hands its estimates to the router, and re-reads the shared estimates every
+``learning.refresh_interval_s`` in the background, so selection never does I/O for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+from costproxy.background import cancel_and_wait, stop_if_cancelled
+from costproxy.errors import InvalidRequest, NotFound, StoreUnavailable
+from costproxy.http.budgets_api import actor, viewer
+from costproxy.http.keys_api import json_body
+from costproxy.http.state import ADMIN_ROLE, BACKEND, JUDGE, LEARNER, LEDGER, PRINCIPAL, ROUTER, SERVICES, SETTINGS
+from costproxy.learning.feedback import MAX_ID_CHARS, parse_feedback
+from costproxy.learning.judge import Judge, Sample, answer_text
+from costproxy.learning.service import Learner
+from costproxy.learning.store import LearningStore, SqliteLearningStore
+from costproxy.ledger.entry import LedgerEntry
+from costproxy.pipeline.run import UnaryResult
+from costproxy.request import Api, ChatRequest
+from costproxy.wire import query_value
+
+log = structlog.get_logger("costproxy.learning")
+
+FEEDBACK_PATH = "/api/v1/feedback"
+LEDGER_WAIT_S = 3.0  # Redis mode: how long to wait for a request's entry to reach this replica's mirror
+
+
+def _chain(entry: LedgerEntry) -> list[tuple[str, str]]:
+    pairs = (("key", entry.key_id), ("user", entry.user), ("team", entry.team), ("project", entry.project),
+             ("org", entry.org))
+    return [(kind, value) for kind, value in pairs if value]
+
+
+def _authorize(request: web.Request, entry: LedgerEntry) -> None:
+    """Admin; the key that made the request; a read-only token that sees one of its scopes."""
+    principal = request.get(PRINCIPAL)
+    if principal is not None:
+        if principal.key_id is None or principal.key_id != entry.key_id:
+            raise NotFound(f"no request {entry.request_id!r} made with this key")
+        return
+    if request.get(ADMIN_ROLE) == "admin":
+        return
+    token = viewer(request)
+    if token is None or not any(token.sees(kind, value) for kind, value in _chain(entry)):
+        raise NotFound(f"no request {entry.request_id!r} visible to this token")
+
+
+async def _entry(request: web.Request, request_id: str) -> LedgerEntry:
+    ledger = request.app[LEDGER]
+    deadline = time.monotonic() + (LEDGER_WAIT_S if request.app[BACKEND].kind == "redis" else 0.0)
+    while True:
+        entries = await ledger.entries_for(request_id)
+        if entries:
+            served = [e for e in entries if e.served_model is not None]
+            return (served or entries)[-1]
+        if time.monotonic() >= deadline:
+            raise NotFound(f"no request with id {request_id!r} in the ledger (feedback names the "
+                           "x-costproxy-request-id of a request this proxy served)", param="requestId")
+        await asyncio.sleep(0.1)
+
+
+async def post_feedback(request: web.Request) -> web.Response:
+    given = parse_feedback(await json_body(request))
+    entry = await _entry(request, given.request_id)
+    _authorize(request, entry)
+    principal = request.get(PRINCIPAL)
+    who = f"key:{principal.key_id}" if principal is not None else actor(request)
+    learner = request.app[LEARNER]
+    feedback, created = await learner.record(given, entry, who, int(time.time() * 1000))
+    if learner.settings.enabled:
+        request.app[ROUTER].estimates = learner.estimates
+    return web.json_response(feedback.to_json(), status=201 if created else 200)
+
+
+async def get_feedback(request: web.Request) -> web.Response:
+    request_id = query_value(request.query, "requestId")
+    if request_id is None or not request_id.strip() or len(request_id) > MAX_ID_CHARS:
+        raise InvalidRequest(f"give ?requestId= (a request id of at most {MAX_ID_CHARS} characters)",
+                             param="requestId")
+    entry = await _entry(request, request_id)
+    _authorize(request, entry)
+    stored = await request.app[LEARNER].store.feedback_for(request_id)
+    return web.json_response({"requestId": request_id, "model": entry.served_model, "taskType": entry.task_type,
+                              "status": entry.status, "data": [f.to_json() for f in stored]})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post(FEEDBACK_PATH, post_feedback)
+    app.router.add_get(FEEDBACK_PATH, get_feedback)
+
+
+# --- the learner ---------------------------------------------------------------------------------
+
+
+def _store(app: web.Application) -> LearningStore:
+    backend = app[BACKEND]
+    redis = getattr(backend.accounts, "redis", None)
+    if backend.kind == "redis" and redis is not None:
+        from costproxy.learning.redis import RedisLearningStore
+
+        return RedisLearningStore(redis, app[SETTINGS].budgets.settings.key_prefix, label=backend.label)
+    return SqliteLearningStore(backend.local)
+
+
+async def learning_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS].learning
+    store = _store(app)
+    await store.open()
+    learner = app[LEARNER] = Learner(store, settings)
+    judge = app[JUDGE] = None
+    if settings.judge.enabled:
+        config = app[SETTINGS]
+        judge = app[JUDGE] = Judge(settings.judge, config.registry, config.providers, app[SERVICES].upstream,
+                                   learner=learner, accounts=app[BACKEND].accounts)
+    task = asyncio.create_task(_refresh(app, learner), name="costproxy-learning-refresh")
+    yield
+    await cancel_and_wait([task])
+    if judge is not None:
+        await judge.stop()
+
+
+def offer_to_judge(request: web.Request, chat: ChatRequest, result: UnaryResult) -> None:
+    """Hand a unary chat answer to the judge, which samples it or not (never awaited)."""
+    judge = request.app.get(JUDGE)
+    if judge is None or chat.api is not Api.CHAT:
+        return
+    messages, answer = chat.body.get("messages"), answer_text(result.data)
+    if isinstance(messages, list) and answer is not None:
+        judge.offer(Sample(result.entry, messages, answer))
+
+
+async def _refresh(app: web.Application, learner: Learner) -> None:
+    """Re-read the shared estimates now and then; a store away keeps the last ones."""
+    router = app[ROUTER]
+    while True:
+        stop_if_cancelled()
+        try:
+            estimates = await learner.refresh()
+            router.estimates = estimates if learner.settings.enabled else None
+        except StoreUnavailable as exc:
+            log.warning("learning_refresh_failed", error=str(exc))
+        await asyncio.sleep(learner.settings.refresh_interval_s)
+

@@ -1,0 +1,1 @@
+"""Learning from the deployment's own outcomes: feedback, online estimates, the judge."""

@@ -1,0 +1,182 @@
+"""The judge: a sampled share of ``auto`` answers compared with the reference model's answer.
+
+Off by default (``learning.judge``).  For a sampled unary ``auto`` chat completion answered by a model
+other than the reference, in the background (never on the request's path):
+
+1. the worst case of both calls — the reference answer (``max_output_tokens``) and the verdict (a few
+   tokens) — is charged to the judge's own budget for the UTC day (``daily_budget_usd``, shared by
+   replicas through the store); when it does not fit, nothing is called (logged once per day);
+2. the reference model answers the same messages; the judge model reads the question, the reference
+   answer and the served answer and says how good the served one is, from 0 to 10;
+3. the verdict / 10 is recorded as feedback with ``source: judge`` (the estimates learn from it like
+   from any other source, weighted by ``source_weights.judge``);
+4. both calls are ledgered as evaluation overhead: entries with ``source: judge``, no caller (no
+   budget of any caller is charged), ``metadata.kind = "evaluation"`` and the judged request's id;
+   the day's charge is corrected from the worst case to what the calls cost.
+
+A failed call or an unreadable verdict records nothing (logged); the judge never raises into the
+request that was sampled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import structlog
+
+from costproxy.budgets.accounts import Accounts
+from costproxy.errors import ProxyError, StoreUnavailable
+from costproxy.identity.principal import Principal
+from costproxy.learning.config import JudgeSettings
+from costproxy.learning.feedback import FeedbackInput
+from costproxy.learning.service import Learner
+from costproxy.ledger.entry import LedgerEntry
+from costproxy.providers.config import ProviderSettings
+from costproxy.providers.transport import Upstream
+from costproxy.registry import ModelSpec, Registry, Usage
+
+log = structlog.get_logger("costproxy.learning")
+
+VERDICT_TOKENS = 8
+PROMPT = (
+    "You grade answers. Compare the CANDIDATE answer with the REFERENCE answer to the same conversation. "
+    "Reply with one integer from 0 (wrong or useless) to 10 (as correct and useful as the reference), "
+    "and nothing else.\n\nCONVERSATION:\n{question}\n\nREFERENCE ANSWER:\n{reference}\n\n"
+    "CANDIDATE ANSWER:\n{candidate}"
+)
+_NUMBER = re.compile(r"\b(10|[0-9])\b")
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """A request the judge may look at: its entry, the messages and the answer it got."""
+
+    entry: LedgerEntry
+    messages: Sequence[Mapping[str, Any]]
+    answer: str
+
+
+def answer_text(data: Mapping[str, Any]) -> str | None:
+    """The first choice's text of a chat completion body."""
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return None
+    content = (choices[0].get("message") or {}).get("content")
+    return content if isinstance(content, str) else None
+
+
+def verdict(text: str | None) -> float | None:
+    """The first integer 0..10 of the judge's reply, as a score in [0, 1]."""
+    found = _NUMBER.search(text or "")
+    return None if found is None else int(found.group(1)) / 10
+
+
+def _conversation(messages: Sequence[Mapping[str, Any]]) -> str:
+    return "\n".join(f"{m.get('role', 'user')}: {m.get('content')}" for m in messages
+                     if isinstance(m.get("content"), str))
+
+
+class Judge:
+    def __init__(self, settings: JudgeSettings, registry: Registry, providers: Mapping[str, ProviderSettings],
+                 upstream: Upstream, *, learner: Learner, accounts: Accounts,
+                 draw: Callable[[], float] = random.random, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.providers = providers
+        self.upstream = upstream
+        self.learner = learner
+        self.accounts = accounts
+        self.draw = draw
+        self.clock = clock
+        reference = settings.reference_model or registry.baseline_model
+        self.reference = registry.models.get(reference or "")
+        self.judge = registry.models.get(settings.judge_model or reference or "")
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._refused_day: str | None = None
+
+    def offer(self, sample: Sample) -> bool:
+        """Start judging ``sample`` in the background if it is drawn; whether it was."""
+        entry = sample.entry
+        if (not self.settings.enabled or self.reference is None or self.judge is None
+                or not (entry.requested_model or "").startswith("auto") or entry.status != "ok"
+                or entry.served_model in (None, self.reference.id) or self.draw() >= self.settings.sample_rate):
+            return False
+        task = asyncio.create_task(self.run(sample), name=f"costproxy-judge-{entry.request_id}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return True
+
+    async def stop(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    def day(self) -> str:
+        return time.strftime("%Y-%m-%d", time.gmtime(self.clock()))
+
+    async def run(self, sample: Sample) -> None:
+        reference, judge = self.reference, self.judge
+        assert reference is not None and judge is not None
+        day, rid = self.day(), sample.entry.request_id
+        prompt_tokens = sample.entry.prompt_tokens
+        worst = (reference.worst_case_cost(prompt_tokens, self.settings.max_output_tokens)
+                 + judge.worst_case_cost(2 * prompt_tokens + self.settings.max_output_tokens
+                                         + sample.entry.completion_tokens + 200, VERDICT_TOKENS))
+        try:
+            if not await self.learner.store.charge(day, worst, self.settings.daily_budget_nanos):
+                if self._refused_day != day:
+                    log.warning("judge_budget_exhausted", day=day, cap_nanos=self.settings.daily_budget_nanos)
+                    self._refused_day = day
+                return
+            spent = await self._judge(sample, reference, judge)
+            await self.learner.store.charge(day, spent - worst, self.settings.daily_budget_nanos + worst)
+        except (ProxyError, StoreUnavailable, ValueError) as exc:
+            log.warning("judge_failed", request_id=rid, error=str(exc))
+
+    async def _judge(self, sample: Sample, reference: ModelSpec, judge: ModelSpec) -> int:
+        """Both calls, their ledger entries and the feedback; what the calls cost."""
+        rid = sample.entry.request_id
+        body = {"messages": list(sample.messages), "max_tokens": self.settings.max_output_tokens}
+        ref_data, ref_cost = await self._call(reference, body, f"{rid}:judge-reference", rid)
+        ref_answer = answer_text(ref_data) or ""
+        question = PROMPT.format(question=_conversation(sample.messages), reference=ref_answer,
+                                 candidate=sample.answer)
+        judged, judge_cost = await self._call(judge, {"messages": [{"role": "user", "content": question}],
+                                                      "max_tokens": VERDICT_TOKENS, "temperature": 0},
+                                              f"{rid}:judge-verdict", rid)
+        score = verdict(answer_text(judged))
+        if score is None:
+            log.warning("judge_verdict_unreadable", request_id=rid)
+        else:
+            given = FeedbackInput(rid, score, "judge", comment=f"judge {judge.id} against {reference.id}")
+            await self.learner.record(given, sample.entry, "judge", int(self.clock() * 1000))
+        return ref_cost + judge_cost
+
+    async def _call(self, model: ModelSpec, body: dict[str, Any], call_id: str,
+                    judged: str) -> tuple[dict[str, Any], int]:
+        started = self.clock()
+        payload = orjson.dumps({**body, "model": model.upstream_model})
+        response = await self.upstream.call(self.providers[model.provider], "chat/completions",
+                                            model.upstream_model, payload, call_id)
+        if response.status != 200:
+            raise ValueError(f"{model.id} answered HTTP {response.status}")
+        usage_data = response.data.get("usage") or {}
+        usage = Usage(prompt_tokens=int(usage_data.get("prompt_tokens", 0)),
+                      completion_tokens=int(usage_data.get("completion_tokens", 0)))
+        cost = model.cost(usage)
+        entry = LedgerEntry(
+            request_id=call_id, ts_ms=int(self.clock() * 1000), endpoint="chat/completions", status="ok",
+            http_status=200, requested_model=model.id, served_model=model.id, provider=model.provider,
+            prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens, cost_nanos=cost,
+            baseline_nanos=cost, latency_ms=int((self.clock() - started) * 1000), source="judge",
+            metadata={"kind": "evaluation", "judged_request": judged})
+        reservation = await self.accounts.reserve(call_id, Principal(via="judge"), cost)
+        await self.accounts.settle(reservation, entry)
+        return response.data, cost

@@ -1,0 +1,268 @@
+"""``costproxy eval --online``: replay a data set in order while the router learns from feedback.
+
+For each benchmark of the file (``eval_name``; the whole file when it has one), left out in turn:
+
+1. quality profiles come from ``--profiles``, or are calibrated now on the train split of the
+   *other* benchmarks (nothing is fitted on the replayed one);
+2. its rows, every split, in file order, are routed one by one by the real analyzer and
+   ``select`` (balanced mode, ``--balanced-gap``, reference: the best eligible model) with the
+   online estimates learned so far (``learning/estimates.py``, the server's code);
+3. after each row, with probability ``--label-rate`` (seeded), its label is revealed: every model's
+   score on that row is added to the estimates as one observation of ``source: eval`` — what an
+   evaluation system that scores a sample of prompts on every model would send to
+   ``POST /api/v1/feedback``.
+
+Drawn over the stream: cumulative saving (1 − cost / cost of always-strongest, the model with the
+best calibration score) and retention (score / score of always-strongest), for the learning router
+and for the same router without learning.  The goal of issue 10: after the first ``--horizon``
+(500) requests, at least 80 % of the saving the best *fixed* policy reaches at 98 % retention over
+those requests in hindsight — the best of every operating point of the eval grid (no learning) and
+every single model.  Writes ``online.md``, ``online_summary.csv``, ``online_stream.csv`` and
+``online.png`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from costproxy.analyzer.profile import RequestProfile
+from costproxy.errors import NoEligibleModel
+from costproxy.learning.estimates import OnlineEstimates, z_score
+from costproxy.registry import ModelSpec
+from costproxy.routing.policy import Constraints
+from costproxy.routing.quality import QualityProfiles
+from costproxy.routing.selection import BudgetPressure, SelectionConfig, select
+from costproxy.tools.calibrate import CalibrationOptions, TokenCount, analyze_rows, calibrate
+from costproxy.tools.dataset import EvalSet, FloatArray
+from costproxy.tools.replay import IntArray, OperatingPoint, default_points, route
+
+CONSTRAINTS, PRESSURE = Constraints(quality_mode="balanced"), BudgetPressure()
+
+
+@dataclass(frozen=True, slots=True)
+class OnlineOptions:
+    label_rate: float = 0.05
+    balanced_gap: float = 0.03
+    prior_strength: float = 20.0
+    confidence: float = 0.95
+    horizon: int = 500
+    target_retention: float = 0.98
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    benchmark: str
+    rows: int
+    labels: int
+    strongest: str
+    learned: IntArray  # column chosen per row, with learning
+    static: IntArray  # column chosen per row, without learning
+    saving: FloatArray  # cumulative, learning router
+    retention: FloatArray
+    static_saving: FloatArray
+    static_retention: FloatArray
+    best_fixed: str  # the best fixed policy over the horizon at the target retention
+    best_fixed_saving: float
+    best_fixed_retention: float
+
+    def at(self, horizon: int) -> int:
+        return min(horizon, self.rows) - 1
+
+    def share(self, horizon: int) -> float | None:
+        if self.best_fixed_saving <= 0:
+            return None
+        return float(self.saving[self.at(horizon)] / self.best_fixed_saving)
+
+    def goal_met(self, horizon: int, target_retention: float) -> bool | None:
+        """The issue's goal: at least 80 % of the best fixed saving, at the target retention (None: no fixed
+        policy saves anything at the target, so there is no saving to reach)."""
+        share = self.share(horizon)
+        if share is None:
+            return None
+        return share >= 0.8 and bool(self.retention[self.at(horizon)] >= target_retention)
+
+
+def _cumulative(cost: FloatArray, perf: FloatArray, data: EvalSet, strongest: int) -> tuple[FloatArray, FloatArray]:
+    base_cost, base_perf = np.cumsum(data.cost[:, strongest]), np.cumsum(data.perf[:, strongest])
+    saving = 1.0 - np.cumsum(cost) / np.where(base_cost == 0, np.nan, base_cost)
+    retention = np.cumsum(perf) / np.where(base_perf == 0, np.nan, base_perf)
+    return saving, retention
+
+
+def _candidates(quality: QualityProfiles, models: Sequence[str]) -> list[ModelSpec]:
+    registry = quality.registry
+    missing = [m for m in models if registry is None or m not in registry.models]
+    if registry is None or missing:
+        raise ValueError("the quality profiles must price the data set's models (a registry section, as "
+                         f"costproxy calibrate writes): missing {', '.join(missing) or 'the registry section'}")
+    return [registry.models[m] for m in models]
+
+
+def _pick(values: FloatArray, chosen: IntArray, fallback: int) -> FloatArray:
+    cols = np.where(chosen < 0, fallback, chosen)
+    return values[np.arange(len(cols)), cols]
+
+
+def replay_online(data: EvalSet, profiles: Sequence[RequestProfile], quality: QualityProfiles,
+                  candidates: Sequence[ModelSpec], options: OnlineOptions) -> tuple[IntArray, int]:
+    """Route every row in order, learning from the labels revealed; (columns chosen, labels)."""
+    column = {m: j for j, m in enumerate(data.models)}
+    config = SelectionConfig(balanced_gap=options.balanced_gap, max_gap=1.0)
+    estimates = OnlineEstimates({}, options.prior_strength, z_score(options.confidence))
+    reveal = np.random.default_rng(options.seed).random(len(data)) < options.label_rate
+    chosen = np.empty(len(data), dtype=np.intp)
+    for i, profile in enumerate(profiles):
+        try:
+            chosen[i] = column[select(profile, candidates, quality, CONSTRAINTS, PRESSURE, config,
+                                      estimates=estimates).model]
+        except NoEligibleModel:
+            chosen[i] = -1
+        if reveal[i]:
+            bucket = quality.bucket(profile.task_type, profile.difficulty)
+            for j, model in enumerate(data.models):
+                estimates = estimates.with_observation((profile.task_type, bucket, model), 1.0,
+                                                       float(data.perf[i, j]))
+    return chosen, int(reveal.sum())
+
+
+def best_fixed(data: EvalSet, profiles: Sequence[RequestProfile], quality: QualityProfiles,
+               candidates: Sequence[ModelSpec], strongest: int, options: OnlineOptions) -> tuple[str, float, float]:
+    """The fixed policy (an operating point without learning, or one model) saving most over the
+    first ``horizon`` rows while retaining ``target_retention`` there, in hindsight."""
+    n = min(options.horizon, len(data))
+    head = data.subset(range(n))
+    policies: list[tuple[str, FloatArray, FloatArray]] = [
+        (f"always {m}", head.cost[:, j], head.perf[:, j]) for j, m in enumerate(data.models)]
+    for point in default_points():
+        chosen = route(profiles[:n], candidates, quality, point, data.models)
+        policies.append((f"router {point.label}", _pick(head.cost, chosen, strongest),
+                         _pick(head.perf, chosen, strongest)))
+    base_cost, base_perf = head.cost[:, strongest].sum(), head.perf[:, strongest].sum()
+    best = ("always " + data.models[strongest], 0.0, 1.0)
+    for name, cost, perf in policies:
+        saving, retention = 1.0 - cost.sum() / base_cost, perf.sum() / base_perf if base_perf else 1.0
+        if retention >= options.target_retention and saving > best[1]:
+            best = (name, float(saving), float(retention))
+    return best
+
+
+def _stream(data: EvalSet, name: str, quality: QualityProfiles, count: TokenCount, strongest: int,
+            options: OnlineOptions) -> StreamResult:
+    candidates = _candidates(quality, data.models)
+    profiles = analyze_rows(data, count)
+    learned, labels = replay_online(data, profiles, quality, candidates, options)
+    static = route(profiles, candidates, quality, OperatingPoint(options.balanced_gap), data.models)
+    saving, retention = _cumulative(_pick(data.cost, learned, strongest), _pick(data.perf, learned, strongest),
+                                    data, strongest)
+    s_saving, s_retention = _cumulative(_pick(data.cost, static, strongest), _pick(data.perf, static, strongest),
+                                        data, strongest)
+    fixed, fixed_saving, fixed_retention = best_fixed(data, profiles, quality, candidates, strongest, options)
+    return StreamResult(name, len(data), labels, data.models[strongest], learned, static, saving, retention,
+                        s_saving, s_retention, fixed, fixed_saving, fixed_retention)
+
+
+def run_online(data: EvalSet, quality: QualityProfiles | None, count: TokenCount,
+               options: OnlineOptions) -> list[StreamResult]:
+    """Each benchmark left out in turn (module docstring)."""
+    names = sorted(set(data.eval_names))
+    results = []
+    for name in names:
+        rows = [i for i, n in enumerate(data.eval_names) if n == name]
+        others = [i for i, n in enumerate(data.eval_names) if n != name]
+        calibration = data.subset(others) if others else data
+        fitted = quality or calibrate(calibration, count, CalibrationOptions()).profiles
+        strongest = int(calibration.split("train").perf.mean(axis=0).argmax()) \
+            if "train" in calibration.splits else int(calibration.perf.mean(axis=0).argmax())
+        results.append(_stream(data.subset(rows), name, fitted, count, strongest, options))
+    return results
+
+
+# --- outputs ------------------------------------------------------------------------------------
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{100 * value:.1f}%"
+
+
+_GOAL = {True: "met", False: "**not met**", None: "n/a (nothing to save)"}
+
+
+def summary_markdown(results: Sequence[StreamResult], options: OnlineOptions, command: str) -> str:
+    h = options.horizon
+    lines = [f"Command: `{command}`", "",
+             f"Label rate {options.label_rate:g}, balanced_gap {options.balanced_gap:g}, prior strength "
+             f"{options.prior_strength:g}, lower bound at {options.confidence:g}, seed {options.seed}.", "",
+             f"| left-out benchmark | rows | labels | learning: saving / retention after {h} | without learning "
+             f"after {h} | best fixed policy at {_pct(options.target_retention)} after {h} (hindsight) | share of "
+             "its saving | goal: >= 80 % of it at the target retention | learning: saving / retention, whole stream |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        k = r.at(h)
+        lines.append(
+            f"| {r.benchmark} | {r.rows} | {r.labels} | {_pct(r.saving[k])} / {_pct(r.retention[k])} | "
+            f"{_pct(r.static_saving[k])} / {_pct(r.static_retention[k])} | {r.best_fixed}: "
+            f"{_pct(r.best_fixed_saving)} / {_pct(r.best_fixed_retention)} | {_pct(r.share(h))} | "
+            f"{_GOAL[r.goal_met(h, options.target_retention)]} | {_pct(r.saving[-1])} / {_pct(r.retention[-1])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_csvs(results: Sequence[StreamResult], options: OnlineOptions, out: Path) -> None:
+    with (out / "online_summary.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["benchmark", "rows", "labels", "horizon", "saving", "retention", "static_saving",
+                         "static_retention", "best_fixed", "best_fixed_saving", "best_fixed_retention", "share",
+                         "goal_met"])
+        for r in results:
+            k = r.at(options.horizon)
+            writer.writerow([r.benchmark, r.rows, r.labels, k + 1, r.saving[k], r.retention[k], r.static_saving[k],
+                             r.static_retention[k], r.best_fixed, r.best_fixed_saving, r.best_fixed_retention,
+                             r.share(options.horizon), r.goal_met(options.horizon, options.target_retention)])
+    with (out / "online_stream.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["benchmark", "requests", "saving", "retention", "static_saving", "static_retention"])
+        for r in results:
+            for i in range(r.rows):
+                writer.writerow([r.benchmark, i + 1, r.saving[i], r.retention[i], r.static_saving[i],
+                                 r.static_retention[i]])
+
+
+def _plot(results: Sequence[StreamResult], options: OnlineOptions, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    for r, color in zip(results, ("C0", "C1", "C2", "C3", "C4", "C5", "C6", "C7"), strict=False):
+        x = np.arange(1, r.rows + 1)
+        top.plot(x, 100 * r.saving, color=color, label=f"{r.benchmark}: learning")
+        top.plot(x, 100 * r.static_saving, color=color, linestyle=":", label=f"{r.benchmark}: no learning")
+        top.axhline(100 * r.best_fixed_saving, color=color, linewidth=0.6, linestyle="--")
+        bottom.plot(x, 100 * r.retention, color=color)
+        bottom.plot(x, 100 * r.static_retention, color=color, linestyle=":")
+    for ax in (top, bottom):
+        ax.axvline(options.horizon, color="gray", linewidth=0.6)
+        ax.grid(alpha=0.3)
+    bottom.axhline(100 * options.target_retention, color="red", linewidth=0.6, linestyle=":")
+    top.set_ylabel("cumulative saving, %  (dashed: best fixed, hindsight)")
+    bottom.set_ylabel("cumulative retention, %")
+    bottom.set_xlabel("requests replayed")
+    top.set_title(f"online replay, label rate {options.label_rate:g}", fontsize=9)
+    top.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "online.png", dpi=140)
+    plt.close(fig)
+
+
+def write_online(results: Sequence[StreamResult], options: OnlineOptions, out: Path, command: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "online.md").write_text("# costproxy eval --online\n\n" + summary_markdown(results, options, command),
+                                   "utf-8")
+    _write_csvs(results, options, out)
+    _plot(results, options, out)

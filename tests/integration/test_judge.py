@@ -1,0 +1,78 @@
+"""The judge against the fake provider: a sampled auto answer is compared with the reference model's,
+the verdict becomes feedback with source judge, both calls are ledgered as evaluation overhead, and
+the judge's own daily budget stops it before any call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from costproxy.http.state import JUDGE, LEARNER
+from tests.conftest import Proxy, ProxyFactory
+from tests.polling import eventually
+
+CHAT = {"model": "auto", "messages": [{"role": "user", "content": "Classify this sentence as happy or sad."}]}
+
+
+def judged(budget_usd: str, rate: float = 1.0) -> dict[str, Any]:
+    return {"learning": {"judge": {"enabled": True, "sample_rate": rate, "daily_budget_usd": budget_usd,
+                                   "max_output_tokens": 64}}}
+
+
+async def ask(proxy: Proxy) -> str:
+    resp = await proxy.client.post("/v1/chat/completions", json=CHAT, headers=proxy.auth())
+    assert resp.status == 200
+    assert (await resp.json())["model"] != "big"  # a cheap model answered: there is something to judge
+    return resp.headers["x-costproxy-request-id"]
+
+
+async def test_the_judge_turns_a_comparison_into_feedback_and_ledgers_its_calls(make_proxy: ProxyFactory) -> None:
+    proxy = await make_proxy(extra=judged("1.00"))
+    proxy.sim.plan(model="big", reply="8")  # the reference answers "8", and so does the judge (big too)
+    rid = await ask(proxy)
+    learner = proxy.app[LEARNER]
+
+    async def verdict_in() -> bool:
+        return any(f.source == "judge" for f in await learner.store.feedback_for(rid))
+
+    await eventually(verdict_in, what="the judge's verdict")
+    feedback = next(f for f in await learner.store.feedback_for(rid) if f.source == "judge")
+    assert feedback.score == 0.8 and feedback.actor == "judge" and feedback.weight == 1.0
+    big_calls = [c for c in proxy.sim.calls if c.model == "big"]
+    assert len(big_calls) == 2 and "REFERENCE ANSWER" in big_calls[1].body["messages"][0]["content"]
+    judge = proxy.app[JUDGE]
+    assert judge is not None and not judge.tasks
+
+    async def ledgered() -> list[Any]:
+        return [e for e in await proxy.ledger() if e.source == "judge"]
+
+    await eventually(ledgered, what="the judge's ledger entries")
+    overhead = await ledgered()
+    assert {e.request_id for e in overhead} == {f"{rid}:judge-reference", f"{rid}:judge-verdict"}
+    assert all(e.metadata == {"kind": "evaluation", "judged_request": rid} and e.cost_nanos > 0 and e.user is None
+               for e in overhead)
+    day = judge.day()
+    assert await learner.store.spent(day) == sum(e.cost_nanos for e in overhead)  # worst case corrected
+
+
+async def test_the_judges_budget_caps_it_before_any_call(make_proxy: ProxyFactory) -> None:
+    proxy = await make_proxy(extra=judged("0.000001"))
+    rid = await ask(proxy)
+    judge = proxy.app[JUDGE]
+    assert judge is not None
+
+    async def settled() -> bool:
+        return not judge.tasks
+
+    await eventually(settled, what="the judge's task to end")
+    assert [c for c in proxy.sim.calls if c.model == "big"] == []
+    assert await proxy.app[LEARNER].store.feedback_for(rid) == []
+    assert await proxy.app[LEARNER].store.spent(judge.day()) == 0
+
+
+async def test_the_judge_is_off_by_default_and_samples_its_rate(make_proxy: ProxyFactory) -> None:
+    proxy = await make_proxy()
+    assert proxy.app[JUDGE] is None
+    sampled = await make_proxy(extra=judged("1.00", rate=0.0))
+    await ask(sampled)
+    judge = sampled.app[JUDGE]
+    assert judge is not None and not judge.tasks and [c for c in sampled.sim.calls if c.model == "big"] == []

@@ -1,0 +1,190 @@
+"""Learning from feedback, the pure parts: posterior math, the config section, feedback bodies,
+selection with and without evidence, and the online replay on a synthetic data set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from costproxy.errors import ConfigError, InvalidRequest
+from costproxy.learning.config import LearningSettings, parse_learning_settings
+from costproxy.learning.estimates import Evidence, OnlineEstimates, cell_field, parse_cell_field, posterior, z_score
+from costproxy.learning.feedback import parse_feedback
+from costproxy.routing.policy import Constraints
+from costproxy.routing.selection import BudgetPressure, SelectionConfig, select
+from costproxy.tools.calibrate import approx_tokens
+from costproxy.tools.dataset import load_dataset
+from costproxy.tools.eval_cli import eval_main
+from costproxy.tools.online_eval import OnlineOptions, run_online
+from tests.unit.test_evaluation import synthetic_rows, write_csv
+from tests.unit.test_selection import models, profile, quality
+
+Z95 = z_score(0.95)
+
+
+# --- the posterior --------------------------------------------------------------------------------
+
+
+def test_without_evidence_the_posterior_is_the_prior() -> None:
+    p = posterior(0.8, Evidence(), 20.0, Z95)
+    assert p.mean == p.conservative == p.optimistic == 0.8
+    assert p.evidence == 0
+
+
+def test_evidence_shrinks_toward_the_prior_by_its_strength() -> None:
+    p = posterior(0.5, Evidence(n=20, successes=20), 20.0, Z95)
+    assert p.mean == pytest.approx(0.75)  # (0.5·20 + 20) / 40: halfway, the prior is worth 20 observations
+    weak = posterior(0.5, Evidence(n=20, successes=20), 5.0, Z95)
+    assert weak.mean == pytest.approx((2.5 + 20) / 25)  # a weaker prior moves further
+    assert posterior(0.5, Evidence(n=20, successes=20), 0.0, Z95).mean == pytest.approx(1.0)
+
+
+def test_the_lower_bound_tightens_with_evidence() -> None:
+    widths = [(p.mean - p.lower) for n in (5, 50, 500)
+              for p in [posterior(0.7, Evidence(n=n, successes=0.9 * n), 20.0, Z95)]]
+    assert widths[0] > widths[1] > widths[2] > 0
+    p = posterior(0.7, Evidence(n=50, successes=45), 20.0, Z95)
+    sd = (p.mean * (1 - p.mean) / 71) ** 0.5  # the Beta's variance with alpha + beta = 70
+    assert p.lower == pytest.approx(p.mean - Z95 * sd)
+    assert p.upper == pytest.approx(p.mean + Z95 * sd)
+
+
+def test_good_news_counts_only_past_the_lower_bound_and_bad_news_at_once() -> None:
+    little = posterior(0.8, Evidence(n=3, successes=3), 20.0, Z95)
+    assert little.mean > 0.8 and little.lower < 0.8
+    assert little.conservative == 0.8  # not enough to trust: the prior stands
+    much = posterior(0.8, Evidence(n=400, successes=392), 20.0, Z95)
+    assert much.conservative == pytest.approx(much.lower) and much.lower > 0.8
+    bad = posterior(0.8, Evidence(n=10, successes=4), 20.0, Z95)
+    assert bad.conservative == pytest.approx(bad.mean) and bad.mean < 0.8
+    assert bad.optimistic == pytest.approx(min(0.8, bad.upper))  # the reference side errs the other way
+
+
+def test_cells_round_trip_and_snapshots_are_not_mutated() -> None:
+    cell = ("code_generation", 2, "meta/llama-2-70b-chat")
+    assert parse_cell_field(cell_field(cell)) == cell
+    assert parse_cell_field("garbage") is None
+    empty = OnlineEstimates()
+    one = empty.with_observation(cell, 1.0, 1.0).with_observation(cell, 1.0, 0.0)
+    assert empty.cells == {} and one.evidence(*cell) == Evidence(2.0, 1.0)
+    assert empty.lookup(*cell, prior=0.5) is None
+    found = one.lookup(*cell, prior=0.5)
+    assert found is not None and found.evidence == 2.0
+
+
+# --- the config section ------------------------------------------------------------------------
+
+
+def test_learning_settings_defaults_and_errors() -> None:
+    assert parse_learning_settings(None, "c.yaml") == LearningSettings()
+    settings = parse_learning_settings({"prior_strength": 5, "source_weights": {"judge": 0.5},
+                                        "judge": {"enabled": True, "daily_budget_usd": "0.25"}}, "c.yaml")
+    assert settings.prior_strength == 5 and settings.source_weights["judge"] == 0.5
+    assert settings.source_weights["user"] == 1.0 and settings.judge.daily_budget_nanos == 250_000_000
+    for bad, where in (({"prior_strenght": 5}, "prior_strenght"), ({"confidence": 1.5}, "confidence"),
+                       ({"source_weights": {"robot": 1}}, "robot"), ({"judge": {"sample_rate": 2}}, "sample_rate"),
+                       ({"judge": {"daily_budget_usd": "-1"}}, "daily_budget_usd")):
+        with pytest.raises(ConfigError) as caught:
+            parse_learning_settings(bad, "c.yaml")
+        assert where in str(caught.value)
+    with pytest.raises(ConfigError, match="names no model"):
+        parse_learning_settings({"judge": {"reference_model": "nope"}}, "c.yaml",
+                                check_model=lambda m: None if m == "big" else "names no model in the registry")
+
+
+# --- feedback bodies -------------------------------------------------------------------------------
+
+
+def test_feedback_bodies() -> None:
+    given = parse_feedback({"request_id": "req_1", "thumbs": "down", "source": "agent"})
+    assert (given.request_id, given.score, given.source, given.comment) == ("req_1", 0.0, "agent", None)
+    assert parse_feedback({"requestId": "r", "score": 1, "source": "eval", "comment": "ok"}).score == 1.0
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"score": 1, "source": "user"}, "requestId"),
+    ({"requestId": "", "score": 1, "source": "user"}, "requestId"),
+    ({"requestId": 7, "score": 1, "source": "user"}, "requestId"),
+    ({"requestId": "r", "score": 1.5, "source": "user"}, "score"),
+    ({"requestId": "r", "score": "1", "source": "user"}, "score"),
+    ({"requestId": "r", "score": True, "source": "user"}, "score"),
+    ({"requestId": "r", "source": "user"}, "score"),
+    ({"requestId": "r", "score": 1, "thumbs": "up", "source": "user"}, "score"),
+    ({"requestId": "r", "thumbs": "sideways", "source": "user"}, "thumbs"),
+    ({"requestId": "r", "score": 1, "source": "robot"}, "source"),
+    ({"requestId": "r", "score": 1, "source": "user", "comment": 3}, "comment"),
+    ({"requestId": "r", "score": 1, "source": "user", "rating": 3}, "rating"),
+])
+def test_feedback_bodies_refused_name_the_field(body: dict[str, object], param: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_feedback(body)
+    assert caught.value.param == param
+
+
+# --- selection -------------------------------------------------------------------------------------
+
+
+def _choose(estimates: OnlineEstimates | None) -> str:
+    return select(profile(), models(), quality(), Constraints(), BudgetPressure(), SelectionConfig(),
+                  estimates=estimates).model
+
+
+def test_selection_without_evidence_is_unchanged() -> None:
+    assert _choose(None) == _choose(OnlineEstimates()) == "huge"  # big's 0.88 misses the target 0.89
+    unrelated = OnlineEstimates().with_observation(("classification", 0, "big"), 50, 50)
+    assert _choose(unrelated) == "huge"
+
+
+def test_selection_moves_to_a_cheaper_model_only_once_its_lower_bound_clears_the_target() -> None:
+    cell = ("code_generation", 1, "big")  # difficulty 0.45: bucket 1
+    assert _choose(OnlineEstimates().with_observation(cell, 5, 5)) == "huge"  # five successes: too few
+    assert _choose(OnlineEstimates().with_observation(cell, 200, 196)) == "big"
+    decision = select(profile(), models(), quality(), Constraints(), BudgetPressure(), SelectionConfig(),
+                      estimates=OnlineEstimates().with_observation(cell, 200, 196))
+    score = decision.score("big")
+    assert score is not None and score.quality_source == "online" and score.learned is not None
+    assert score.learned.prior == 0.88 and score.learned.evidence == 200
+    assert score.expected_quality == pytest.approx(score.learned.lower)
+
+
+def test_bad_news_moves_traffic_away_at_once() -> None:
+    cell = ("code_generation", 1, "huge")
+    estimates = OnlineEstimates().with_observation(cell, 30, 12)
+    decision = select(profile(), models(), quality(), Constraints(), BudgetPressure(), SelectionConfig(),
+                      estimates=estimates)
+    huge = decision.score("huge")
+    assert huge is not None and huge.expected_quality < 0.88 and decision.model == "big"
+
+
+# --- online replay ---------------------------------------------------------------------------------
+
+
+def test_online_replay_learns_what_the_other_benchmark_could_not_teach(tmp_path: Path) -> None:
+    rows = synthetic_rows(n=400)
+    for row in rows:  # on code, the cheap coder is always right (and the strong model right 90% of the time)
+        if row["eval_name"] == "code":
+            row["perf::coder"] = "1.0"
+    data = load_dataset(write_csv(tmp_path / "s.csv", rows))
+    options = OnlineOptions(label_rate=0.5, horizon=100, prior_strength=5.0)
+    results = {r.benchmark: r for r in run_online(data, None, approx_tokens, options)}
+    assert set(results) == {"code", "qa"}
+    code = results["code"]
+    assert code.rows == 200 and 0 < code.labels < 200 and len(code.saving) == 200
+    # calibrated on qa only, the coder looks weak; the labels show it is as good as strong on code
+    assert code.static_saving[-1] < code.saving[-1]
+    assert code.retention[-1] > 0.9
+    assert code.best_fixed_saving > 0 and code.share(100) is not None
+
+
+def test_eval_online_writes_the_stream_and_its_picture(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "s.csv.gz", synthetic_rows(n=200))
+    out = tmp_path / "out"
+    assert eval_main(["--data", str(path), "--online", "--label-rate", "0.1", "--horizon", "50",
+                      "--tokenizer", "approx", "--out", str(out)]) == 0
+    for name in ("online.md", "online_summary.csv", "online_stream.csv", "online.png"):
+        assert (out / name).stat().st_size > 0
+    table = [line for line in (out / "online.md").read_text().splitlines() if line.startswith("|")]
+    assert any(line.startswith("| code |") for line in table)
+    assert len({line.count("|") for line in table}) == 1  # header, rule and rows have the same columns
+    assert eval_main(["--data", str(path), "--online", "--label-rate", "2", "--out", str(out)]) == 2

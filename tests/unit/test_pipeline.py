@@ -1,0 +1,205 @@
+"""The pipeline (``pipeline/run.py``) over in-memory services: what it reserves, calls, settles
+and announces for unary calls, streams and refusals. No sockets: the upstream and the accounts are
+the stand-ins of ``tests/unit/fakes.py``, the router and the token counter are the real ones."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from costproxy.errors import BudgetExceeded, UpstreamHTTPError, UpstreamUnavailable
+from costproxy.ledger.entry import Status
+from costproxy.pipeline.events import Event, ModelSwitched, RequestBlocked, RequestCompleted, UpstreamFailed
+from costproxy.pipeline.run import StreamRun, run_stream, run_unary
+from costproxy.request import Endpoint, RequestContext, parse_request
+from costproxy.settings import Settings
+from tests.conftest import ConfigFactory, load_test_settings
+from tests.polling import eventually
+from tests.unit.fakes import ALICE, BookedAccounts, ScriptedUpstream, chunks, completion, pipeline_services
+
+SMALL_NANOS = 12 * 150 + 3 * 600  # 12 prompt and 3 completion tokens at $0.15 / $0.60 per 1M
+
+
+@pytest.fixture
+def settings(write_config: ConfigFactory) -> Settings:
+    return load_test_settings(write_config("http://upstream.invalid/v1"))
+
+
+def ctx(request_id: str = "req-1") -> RequestContext:
+    return RequestContext(request_id, ALICE, "chat/completions")
+
+
+def chat(model: str = "small", **extra: Any) -> Any:
+    question = [{"role": "user", "content": "Capital of France?"}]
+    return parse_request(Endpoint.CHAT, {"model": model, "messages": question, **extra})
+
+
+def kinds(events: list[Event]) -> list[str]:
+    return [type(e).__name__ for e in events]
+
+
+# --- unary ---------------------------------------------------------------------------------------
+
+
+async def test_a_unary_call_reserves_then_settles_the_reported_cost_once(settings: Settings) -> None:
+    upstream, accounts, events = ScriptedUpstream([completion("small")]), BookedAccounts(), []
+    result = await run_unary(pipeline_services(settings, upstream, accounts, events), ctx(), chat())
+    assert [(c.model, c.endpoint, c.request_id) for c in upstream.calls] == [("small", "chat/completions", "req-1")]
+    [reservation] = accounts.reserved
+    assert reservation.amount_nanos >= SMALL_NANOS  # the worst case covers what was used
+    [(settled, entry)] = accounts.settled
+    assert settled is reservation and accounts.released == [] and accounts.held() == []
+    assert (entry.status, entry.served_model, entry.cost_nanos, entry.usage_reported) == (
+        Status.OK, "small", SMALL_NANOS, True)
+    assert (entry.prompt_tokens, entry.completion_tokens) == (12, 3)
+    assert result.entry == entry and result.data["choices"][0]["message"]["content"] == "Paris."
+    assert kinds(events) == ["RequestCompleted"]
+    completed = events[0]
+    assert isinstance(completed, RequestCompleted) and completed.entry == entry and not completed.fallback
+
+
+async def test_a_failed_call_releases_its_reservation_and_charges_nothing(settings: Settings) -> None:
+    refused = UpstreamHTTPError("provider sim answered HTTP 400: bad tool schema", status=400)
+    upstream, accounts, events = ScriptedUpstream([refused]), BookedAccounts(), []
+    with pytest.raises(UpstreamHTTPError) as info:
+        await run_unary(pipeline_services(settings, upstream, accounts, events), ctx(), chat())
+    assert info.value is refused and len(upstream.calls) == 1  # a 400 is not retried elsewhere
+    assert accounts.settled == [] and accounts.held() == []
+    [(_, entry)] = accounts.released
+    assert entry is not None and (entry.status, entry.cost_nanos) == (Status.ERROR, 0)
+    assert kinds(events) == ["UpstreamFailed", "RequestCompleted"]
+
+
+async def test_a_retryable_failure_falls_back_to_the_next_model_and_says_so(settings: Settings) -> None:
+    upstream = ScriptedUpstream([UpstreamHTTPError("provider answered HTTP 503", status=503), completion("x")])
+    accounts, events = BookedAccounts(), []
+    result = await run_unary(pipeline_services(settings, upstream, accounts, events), ctx(), chat("auto"))
+    first, second = (c.model for c in upstream.calls)
+    assert first != second and result.entry.served_model == second
+    assert [e.cost_nanos for _, e in accounts.settled] == [result.entry.cost_nanos] and accounts.held() == []
+    failed = [e for e in events if isinstance(e, UpstreamFailed)]
+    assert [(e.model, e.error.status) for e in failed] == [(first, 503)]  # type: ignore[attr-defined]
+    completed = [e for e in events if isinstance(e, RequestCompleted)]
+    assert len(completed) == 1 and completed[0].fallback
+
+
+async def test_a_named_model_served_by_another_is_announced(write_config: ConfigFactory) -> None:
+    rules = {"route.yaml": {"rules": [{"id": "to-small", "name": "pin", "priority": 1, "conditions": [],
+                                       "actions": [{"type": "route", "params": {"model": "small"}}]}]}}
+    settings = load_test_settings(write_config("http://upstream.invalid/v1", rules=rules))
+    upstream, accounts, events = ScriptedUpstream([completion("small")]), BookedAccounts(), []
+    result = await run_unary(pipeline_services(settings, upstream, accounts, events), ctx(), chat("big"))
+    assert [c.model for c in upstream.calls] == ["small"] and result.entry.served_model == "small"
+    assert result.entry.cost_nanos == SMALL_NANOS  # charged at the price of the model that answered
+    assert kinds(events) == ["ModelSwitched", "RequestCompleted"]
+    switched = events[0]
+    assert isinstance(switched, ModelSwitched) and (switched.requested, switched.served) == ("big", "small")
+    assert any("to-small" in reason for reason in switched.reasons)
+
+
+# --- refusals ------------------------------------------------------------------------------------
+
+
+async def test_a_budget_refusal_is_recorded_and_never_reaches_the_upstream(settings: Settings) -> None:
+    upstream, accounts, events = ScriptedUpstream([completion("small")]), BookedAccounts(limit_nanos=1), []
+    with pytest.raises(BudgetExceeded):
+        await run_unary(pipeline_services(settings, upstream, accounts, events), ctx(), chat())
+    assert upstream.calls == [] and accounts.reserved == []
+    [entry] = accounts.refusals
+    assert (entry.status, entry.cost_nanos, entry.request_id) == (Status.REFUSED, 0, "req-1")
+    assert kinds(events) == ["RequestBlocked", "RequestCompleted"]
+    blocked = events[0]
+    assert isinstance(blocked, RequestBlocked) and blocked.ctx.request_id == "req-1"
+
+
+# --- cancellation --------------------------------------------------------------------------------
+
+
+async def test_a_request_cancelled_during_the_call_still_gives_its_reservation_back(settings: Settings) -> None:
+    hung = asyncio.Event()  # never set: the provider never answers
+    upstream, accounts, events = ScriptedUpstream([hung]), BookedAccounts(), []
+    task = asyncio.create_task(run_unary(pipeline_services(settings, upstream, accounts, events), ctx(), chat()))
+    await eventually(lambda: upstream.calls, what="the upstream call")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(accounts.reserved) == 1 and accounts.held() == []  # settled in ``finally``, shielded
+    [(_, entry)] = accounts.settled + accounts.released
+    assert entry is not None and entry.completion_tokens == 0 and not entry.usage_reported
+    assert entry.cost_nanos <= accounts.reserved[0].amount_nanos  # at most the input, estimated
+    assert kinds(events) == ["RequestCompleted"]
+
+
+# --- streams -------------------------------------------------------------------------------------
+
+
+async def open_run(settings: Settings, upstream: ScriptedUpstream, accounts: BookedAccounts,
+                   events: list[Event]) -> StreamRun:
+    run = await run_stream(pipeline_services(settings, upstream, accounts, events), ctx(), chat(stream=True))
+    assert isinstance(run, StreamRun)
+    return run
+
+
+async def test_a_stream_is_relayed_frame_by_frame_then_settled(settings: Settings) -> None:
+    upstream = ScriptedUpstream([chunks("small", ["The", " capital", " is", " Paris."])])
+    accounts, events, written = BookedAccounts(), [], []
+    run = await open_run(settings, upstream, accounts, events)
+    assert accounts.settled == [] and len(accounts.reserved) == 1  # held while the stream runs
+    started = []
+
+    async def start() -> None:
+        started.append(True)
+
+    async def write(data: bytes) -> None:
+        written.append(data)
+
+    entry = await run.relay(start, write)
+    text = b"".join(written).decode()
+    assert started == [True] and "capital" in text and "data: [DONE]" in text
+    assert text.rstrip().splitlines()[-1].startswith(": costproxy ")  # the cost comment comes last
+    assert upstream.calls[0].stream and upstream.streams[0].closed
+    assert (entry.status, entry.cost_nanos, entry.usage_reported) == (Status.OK, SMALL_NANOS, True)
+    assert [e for _, e in accounts.settled] == [entry] and accounts.held() == []
+    assert kinds(events) == ["RequestCompleted"]
+
+
+async def test_a_client_leaving_mid_stream_is_charged_what_was_generated(settings: Settings) -> None:
+    upstream = ScriptedUpstream([chunks("small", ["one", " two", " three", " four"], usage=None)])
+    accounts, events = BookedAccounts(), []
+    run = await open_run(settings, upstream, accounts, events)
+    frames = 0
+
+    async def start() -> None:
+        return None
+
+    async def write(data: bytes) -> None:
+        nonlocal frames
+        frames += 1
+        if frames == 3:
+            raise ConnectionResetError("client went away")
+
+    entry = await run.relay(start, write)
+    assert entry.status == Status.CLIENT_DISCONNECTED and not entry.usage_reported
+    assert entry.completion_tokens > 0 and entry.cost_nanos > 0  # counted from the text relayed
+    assert [e for _, e in accounts.settled] == [entry] and accounts.held() == []
+    assert upstream.streams[0].closed
+
+
+async def test_a_stream_that_breaks_mid_way_ends_with_an_error_event(settings: Settings) -> None:
+    broken = UpstreamUnavailable("provider sim stream broke: ClientPayloadError")
+    frames = [*chunks("small", ["half", " an"], usage=None)[:3], broken]
+    upstream, accounts, events, written = ScriptedUpstream([frames]), BookedAccounts(), [], []
+    run = await open_run(settings, upstream, accounts, events)
+
+    async def start() -> None:
+        return None
+
+    async def write(data: bytes) -> None:
+        written.append(data)
+
+    entry = await run.relay(start, write)
+    assert entry.status == Status.ERROR and accounts.held() == []
+    assert b"stream broke" in b"".join(written)  # the client is told, in the stream
+    assert kinds(events) == ["RequestCompleted"]
