@@ -236,7 +236,7 @@ def _online(args: argparse.Namespace, argv: list[str]) -> int:
         data = load_dataset(args.data)
         count = token_counter(args.tokenizer)
         calibration = CalibrationOptions(buckets=None, prior_strength=None, tokenizer=args.tokenizer,
-                                         text_model=not args.no_text_model)
+                                         text_model=args.text_model)
         profiles = (None if args.profiles is None
                     else _load_profiles(args.profiles, data, count, calibration, args.model_map))
         options = OnlineOptions(label_rate=args.label_rate, horizon=args.horizon,
