@@ -16,7 +16,7 @@ rows and per model, a logistic regression of the model's score on the analyzer's
 (``predictor_l2`` on the weights, a light 0.01 on the bias), and writes the weights to the
 ``predictors`` section, which the selection engine evaluates per request (``quality.py``).
 
-With ``text_model`` (the default), calibration then fits the n-gram text model
+With ``text_model`` (off by default; ``--text-model``), calibration then fits the n-gram text model
 (``routing/text_model.py``, fitted by ``tools/text_fit.py``): per model, the residual of its score
 on the hashed word n-grams of the query, with the profiles' estimate as offset, written to the
 ``text_model`` section.
@@ -78,7 +78,7 @@ class CalibrationOptions:
     as_of: date | None = None  # price date written to the registry section (default: today)
     predictors: bool = True  # fit per-request logistic predictors over the query features
     predictor_l2: float = 10.0  # L2 penalty on the predictor weights (features are in [0, 1])
-    text_model: bool = True  # fit the n-gram text model on top of the profiles (tools/text_fit.py)
+    text_model: bool = False  # fit the n-gram text model on top of the profiles (tools/text_fit.py)
     text_l2: float = 1e-3  # its L2 penalty (mean log-loss + l2/2·‖w‖²)
 
 

@@ -5,9 +5,17 @@
     costproxy eval --data ../shared/data/routerbench_subset_arc_mbpp_winogrande.csv.gz \\
         --profiles build/quality.routerbench.yaml --out build/eval/
 
+Other ways to evaluate (``tools/crosseval.py``)::
+
+    costproxy eval --train A.csv --test B.csv --out build/ab/         # fit on every row of A, report on B
+    costproxy eval --data F.csv --leave-one-out --out build/loo/      # per benchmark (eval_name) of F
+    costproxy eval --data test_only.csv --profiles P.yaml --balanced-gap 0.03 --out build/t/
+    costproxy eval --data F.csv --profiles config/quality.yaml [--model-map data_model=profile_model,...]
+
 ``eval`` writes ``report.md`` (summary with 95 % intervals, the operating point chosen on train,
 model usage, the curve), ``summary.csv``, ``curve.csv`` and the cost–quality picture
-``curve.png`` / ``curve.svg`` into ``--out``.  Exit status: 0 done, 2 bad input.
+``curve.png`` / ``curve.svg`` into ``--out`` (see ``tools/eval_report.py``; for ``--leave-one-out``
+also one directory per benchmark and ``auc.csv``).  Exit status: 0 done, 2 bad input.
 """
 
 from __future__ import annotations
@@ -72,7 +80,8 @@ def _calibrate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--buckets", default="auto", help="difficulty buckets per task, or auto (cross-validated)")
     parser.add_argument("--prior-strength", default="auto", help="shrinkage pseudo-rows, or auto (cross-validated)")
     parser.add_argument("--tokenizer", choices=TOKENIZERS, default="cl100k_base", help="how prompt tokens are counted")
-    parser.add_argument("--no-text-model", action="store_true", help="skip the n-gram text model")
+    parser.add_argument("--text-model", action=argparse.BooleanOptionalAction, default=False,
+                        help="also fit the n-gram text model (off by default: see docs/evaluation.md)")
     parser.add_argument("--text-l2", type=float, default=CalibrationOptions().text_l2,
                         help="L2 penalty of the text model (mean log-loss + l2/2 |w|^2)")
     parser.add_argument("--as-of", type=date.fromisoformat, default=None, help="price date for the registry section")
@@ -88,7 +97,7 @@ def calibrate_main(argv: list[str]) -> int:
         options = CalibrationOptions(
             buckets=None if buckets is None else int(buckets), prior_strength=_optional_number(args.prior_strength),
             tokenizer=args.tokenizer, as_of=args.as_of, seed=args.seed,
-            text_model=not args.no_text_model, text_l2=args.text_l2,
+            text_model=args.text_model, text_l2=args.text_l2,
         )
         result = calibrate(data, token_counter(args.tokenizer), options)
     except (DatasetError, ConfigError, ValueError) as exc:
@@ -131,7 +140,8 @@ def _eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--buckets-grid", default="", help="e.g. 1,3,5: also choose the bucket count on train")
     parser.add_argument("--buckets", default="auto", help="when calibrating here: as costproxy calibrate")
     parser.add_argument("--prior-strength", default="auto", help="when calibrating here: as costproxy calibrate")
-    parser.add_argument("--no-text-model", action="store_true", help="when calibrating here: no n-gram text model")
+    parser.add_argument("--text-model", action=argparse.BooleanOptionalAction, default=False,
+                        help="when calibrating here: also fit the n-gram text model")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--bootstrap", type=int, default=2_000)
     parser.add_argument("--seed", type=int, default=0)
@@ -191,7 +201,7 @@ def eval_main(argv: list[str]) -> int:
         buckets = _optional_number(args.buckets)
         calibration = CalibrationOptions(buckets=None if buckets is None else int(buckets),
                                          prior_strength=_optional_number(args.prior_strength),
-                                         tokenizer=args.tokenizer, text_model=not args.no_text_model)
+                                         tokenizer=args.tokenizer, text_model=args.text_model)
         options = _eval_options(args)
         if args.leave_one_out:
             loo = leave_one_out(data, count, calibration, options)
@@ -226,7 +236,7 @@ def _online(args: argparse.Namespace, argv: list[str]) -> int:
         data = load_dataset(args.data)
         count = token_counter(args.tokenizer)
         calibration = CalibrationOptions(buckets=None, prior_strength=None, tokenizer=args.tokenizer,
-                                         text_model=not args.no_text_model)
+                                         text_model=args.text_model)
         profiles = (None if args.profiles is None
                     else _load_profiles(args.profiles, data, count, calibration, args.model_map))
         options = OnlineOptions(label_rate=args.label_rate, horizon=args.horizon,

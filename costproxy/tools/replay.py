@@ -487,9 +487,10 @@ def run_eval(data: EvalSet, quality: QualityProfiles, count: TokenCount = approx
     rows = RowOutcomes(router_cost, router_perf, test.cost[:, strongest], test.perf[:, strongest],
                     test.cost[:, cheapest], test.perf[:, cheapest])
     random_saving, random_b, advantage_b = random_at_quality(rows, idx)
-    others.append(StrategyResult("random at router quality", _interval(random_saving, random_b), router.retention,
-                                 router.score, float((1 - random_saving) * base.cost.mean() * 1_000),
-                                 "strongest/cheapest mixed to the router's score, in expectation"))
+    random_q = StrategyResult("random at router quality", _interval(random_saving, random_b), router.retention,
+                              router.score, float((1 - random_saving) * base.cost.mean() * 1_000),
+                              "strongest/cheapest mixed to the router's score, in expectation")
+    others.insert(len(others) - 1, random_q)  # the oracle stays last
     singles = tuple((m, *_saving_retention(test.cost[:, j], test.perf[:, j], strongest, test))
                     for j, m in enumerate(data.models))
     chosen_names = [data.models[j] if j >= 0 else data.models[strongest] for j in test_routes[g]]

@@ -19,7 +19,7 @@ from costproxy.tools.replay import Interval, RowOutcomes, random_at_quality
 from tests.unit.test_evaluation import synthetic_rows, write_csv
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST = ["--tokenizer", "approx", "--bootstrap", "200", "--folds", "2", "--buckets", "2", "--prior-strength", "5"]
+FAST = ["--tokenizer", "approx", "--bootstrap", "200", "--buckets", "2", "--prior-strength", "5"]
 
 
 @pytest.fixture
@@ -41,7 +41,8 @@ def _summary(out: Path) -> dict[str, dict[str, str]]:
 
 def test_train_on_one_file_report_on_another(files: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "ab"
-    assert eval_main(["--train", str(files["a"]), "--test", str(files["b"]), "--out", str(out), *FAST]) == 0
+    assert eval_main(["--train", str(files["a"]), "--test", str(files["b"]), "--target-retention", "0.9",
+                      "--out", str(out), *FAST]) == 0
     report = (out / "report.md").read_text()
     a, b = load_dataset(files["a"]), load_dataset(files["b"])
     assert f"Train {len(a)} prompts, test {len(b)} prompts" in report
@@ -66,7 +67,7 @@ def test_train_test_combines_rows_and_reorders_columns(files: dict[str, Path]) -
 
 def test_leave_one_out_reports_each_benchmark_and_pooled(files: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "loo"
-    assert eval_main(["--data", str(files["all"]), "--leave-one-out", "--out", str(out), *FAST]) == 0
+    assert eval_main(["--data", str(files["all"]), "--leave-one-out", "--text-model", "--out", str(out), *FAST]) == 0
     report = (out / "report.md").read_text()
     assert "| code | 120 |" in report and "| qa | 120 |" in report and "| **pooled** | 240 |" in report
     assert (out / "code" / "report.md").exists() and (out / "qa" / "curve.png").exists()
