@@ -178,6 +178,9 @@ async def test_sigkilled_replica_reservations_come_back_within_ttl(
         replica: Opener, redis_space: RedisSpace, tmp_path: Path) -> None:  # noqa: F811
     ttl = 1.5
     config = section(*CHAIN, ttl=ttl, refresh=0.1)
+    # opened before the kill: opening it after took longer than the 1.5 s TTL on a loaded machine,
+    # and the leases had lapsed before the survivor could see them held
+    survivor = await replica(config)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(WORKER), "hold", "--url", redis_space.url, "--db", str(tmp_path / "victim.sqlite3"),
         "--config", json.dumps({**config, "key_prefix": redis_space.prefix}), "--count", "4",
@@ -193,7 +196,6 @@ async def test_sigkilled_replica_reservations_come_back_within_ttl(
             proc.kill()
             await proc.wait()
     assert all(v["reserved"] == USD for v in counters(redis_space).values())
-    survivor = await replica(config)
     with pytest.raises(BudgetExceeded):
         await survivor.reserve("blocked", ALICE, 1)
     await eventually(lambda: not any(v["reserved"] for v in counters(redis_space).values()), ttl + 10,
