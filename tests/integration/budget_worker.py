@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 
 from costproxy.budgets.config import parse_budget_config
 from costproxy.budgets.definitions import ensure_budget_schema
-from costproxy.budgets.redis import RedisBudgetAccounts, open_redis_accounts
+from costproxy.budgets.redis import RedisBudgetAccounts, open_redis_accounts, redis_client
 from costproxy.errors import BudgetExceeded
 from costproxy.identity.principal import Principal
 from costproxy.ledger.entry import LedgerEntry
@@ -39,11 +39,21 @@ PRINCIPALS = (Principal(key_id="k-alice", user="alice", team="core", org="acme")
               Principal(key_id="k-bob", user="bob", team="core", org="acme"))
 
 
-async def open_replica(url: str, db: str, config: str) -> tuple[RedisBudgetAccounts, SqliteStore]:
+# The proxy's own client gives up on Redis after 1 s, to fail closed fast when Redis is down. These
+# hammering workers test the money (no overspend, one ledger), not that latency: on a machine busy with other
+# work, three workers' connections can take longer than 1 s to be accepted, and the run would end in
+# StoreUnavailable rather than in an answer about the money. So they talk through a patient client.
+PATIENT_TIMEOUT_S = 30.0
+
+
+async def open_replica(url: str, db: str, config: str, *,
+                       patient: bool = False) -> tuple[RedisBudgetAccounts, SqliteStore]:
+    """``patient``: through a client of our own with long timeouts (close ``accounts.redis`` after)."""
     store = SqliteStore(db, flush_interval=0.01)
     await store.open()
     await ensure_budget_schema(store)
-    accounts = await open_redis_accounts(url, store, parse_budget_config(json.loads(config), "worker"))
+    redis = redis_client(url, timeout_s=PATIENT_TIMEOUT_S) if patient else None
+    accounts = await open_redis_accounts(url, store, parse_budget_config(json.loads(config), "worker"), redis=redis)
     return accounts, store
 
 
@@ -78,7 +88,7 @@ async def wait_key(client: aioredis.Redis, pattern: str, count: int, seconds: fl
 
 
 async def hammer(args: argparse.Namespace) -> None:
-    accounts, store = await open_replica(args.url, args.db, args.config)
+    accounts, store = await open_replica(args.url, args.db, args.config, patient=True)
     client = aioredis.Redis.from_url(args.url)
     print("ready", flush=True)
     prefix = json.loads(args.config).get("key_prefix", "cp")
@@ -91,6 +101,7 @@ async def hammer(args: argparse.Namespace) -> None:
     await asyncio.sleep(0.2)
     await accounts.mirror.catch_up()
     await accounts.close()
+    await accounts.redis.aclose(close_connection_pool=True)  # the patient client is ours to close
     rows = await store.query("SELECT COUNT(*), COALESCE(SUM(cost_nanos), 0) FROM ledger")
     await store.close()
     await client.aclose()

@@ -126,8 +126,12 @@ async def deployment(tmp_path: Path, space: RedisSpace, *, ttl: float = 30,
     try:
         configs = [write_replica(tmp_path / f"r{i}", sim_url, space, ttl) for i in range(3)]
         secret = await add_key(space)
-        for i, config in enumerate(configs):
-            replicas.append(await start(config, tmp_path / f"r{i}" / "proxy.log", session))
+        started = await asyncio.gather(*(start(config, tmp_path / f"r{i}" / "proxy.log", session)
+                                         for i, config in enumerate(configs)), return_exceptions=True)
+        replicas.extend(r for r in started if isinstance(r, Replica))  # stopped below, whatever happened
+        for outcome in started:
+            if isinstance(outcome, BaseException):
+                raise outcome
         yield replicas, secret, sim, session
     finally:
         for replica in replicas:
@@ -194,6 +198,14 @@ def redis_state(space: RedisSpace) -> tuple[dict[str, dict[str, int]], list[Ledg
         client.close()
 
 
+# The suite's 120 s guard is for hangs. These tests run three `costproxy serve` processes and the
+# test process at once; on a shared 2-core machine under load (two engineers' suites and `stress
+# --cpu 2`) that CPU alone took longer than 120 s while every answer was right. Nothing here bounds
+# a speed: the guard only says how long to wait before calling it a hang.
+THREE_PROCESSES_GUARD_S = 600
+
+
+@pytest.mark.timeout(THREE_PROCESSES_GUARD_S)
 async def test_three_proxies_share_a_hard_budget_exactly(tmp_path: Path, redis_space: RedisSpace) -> None:  # noqa: F811
     rng = random.Random(3)
     kinds = rng.choices(["unary", "stream", "leave", "fail", "dropped"], weights=[40, 30, 10, 10, 10], k=360)
@@ -248,6 +260,7 @@ async def local_ledger(db: Path) -> tuple[int, int]:
         await store.close()
 
 
+@pytest.mark.timeout(THREE_PROCESSES_GUARD_S)
 async def test_sigkilled_proxy_reservations_are_reclaimed_within_ttl(
         tmp_path: Path, redis_space: RedisSpace) -> None:  # noqa: F811
     ttl = 2.0

@@ -136,6 +136,7 @@ async def test_reserve_settle_release_and_chain_atomicity(replica: Opener, redis
     assert (status.spent_nanos, status.reserved_nanos, status.status) == (6, 0, "warning")
 
 
+@pytest.mark.timeout(600)  # a hang guard: three worker processes' CPU on a loaded machine exceeded 120 s
 async def test_three_replica_processes_never_overspend(redis_space: RedisSpace, tmp_path: Path) -> None:  # noqa: F811
     config = json.dumps({**section(*CHAIN, budget("bob", "user", "bob", "0.8", on_exhausted="notify")),
                          "key_prefix": redis_space.prefix})
@@ -148,7 +149,7 @@ async def test_three_replica_processes_never_overspend(redis_space: RedisSpace, 
             assert proc.stdout is not None
             assert (await asyncio.wait_for(proc.stdout.readline(), 30)).strip() == b"ready"
         redis_space.client().set(f"{redis_space.prefix}:test:go", 1)
-        outputs = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in procs)), 120)
+        outputs = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in procs)), 500)  # hang bound
         results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
     finally:
         for proc in procs:
@@ -177,6 +178,9 @@ async def test_sigkilled_replica_reservations_come_back_within_ttl(
         replica: Opener, redis_space: RedisSpace, tmp_path: Path) -> None:  # noqa: F811
     ttl = 1.5
     config = section(*CHAIN, ttl=ttl, refresh=0.1)
+    # opened before the kill: opening it after took longer than the 1.5 s TTL on a loaded machine,
+    # and the leases had lapsed before the survivor could see them held
+    survivor = await replica(config)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(WORKER), "hold", "--url", redis_space.url, "--db", str(tmp_path / "victim.sqlite3"),
         "--config", json.dumps({**config, "key_prefix": redis_space.prefix}), "--count", "4",
@@ -192,7 +196,6 @@ async def test_sigkilled_replica_reservations_come_back_within_ttl(
             proc.kill()
             await proc.wait()
     assert all(v["reserved"] == USD for v in counters(redis_space).values())
-    survivor = await replica(config)
     with pytest.raises(BudgetExceeded):
         await survivor.reserve("blocked", ALICE, 1)
     await eventually(lambda: not any(v["reserved"] for v in counters(redis_space).values()), ttl + 10,
