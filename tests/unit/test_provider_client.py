@@ -30,10 +30,21 @@ ANSWER = {"id": "chatcmpl-1", "object": "chat.completion", "choices": [],
 
 
 class Lines:
-    """A response body read line by line; an exception in the list is raised when reached."""
+    """A response body delivered piece by piece (each list item is one network read, as
+    ``readany`` returns it; b"" at the end); an exception in the list is raised when reached."""
 
     def __init__(self, lines: list[bytes | BaseException]) -> None:
         self.lines = lines
+        self._next = 0
+
+    async def readany(self) -> bytes:
+        if self._next >= len(self.lines):
+            return b""
+        piece = self.lines[self._next]
+        self._next += 1
+        if isinstance(piece, BaseException):
+            raise piece
+        return piece
 
     async def _iterate(self) -> AsyncIterator[bytes]:
         for line in self.lines:
@@ -53,10 +64,14 @@ class Reply:
     lines: list[bytes | BaseException] = field(default_factory=list)
     released: bool = False
     closed: bool = False
+    _content: Lines | None = None
 
     @property
     def content(self) -> Lines:
-        return Lines(self.lines)
+        """One body per reply: reads go on where the last one stopped."""
+        if self._content is None:
+            self._content = Lines(self.lines)
+        return self._content
 
     async def read(self) -> bytes:
         return self.body
