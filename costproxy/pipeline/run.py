@@ -97,6 +97,10 @@ async def run_unary(services: Services, ctx: RequestContext, request: ChatReques
         outcome.failed(exc)
         exc.headers.update(limit_headers(the_plan))
         raise
+    except asyncio.CancelledError as exc:  # cancelled in flight (a drain deadline): the provider may bill it all
+        outcome.disconnected(exc)
+        outcome.billed = True
+        raise
     finally:
         entry = await settle(services, the_plan, reservation, outcome)
         _finished(services, the_plan, entry)

@@ -212,7 +212,7 @@ async def settle(services: Services, plan: Plan, reservation: Reservation, outco
                 or outcome.billed)
     ok = outcome.status is Status.OK
     outcome.cost_nanos = outcome.model.cost(usage) if (ok or produced) else 0
-    if outcome.billed and not outcome.usage_seen and not plan.stream:
+    if outcome.billed and not outcome.usage_seen and not plan.stream:  # unary: what it generated is unknown
         usage, outcome.cost_nanos = _lost_answer(plan, outcome.model)
     outcome.usage = usage
     if outcome.cost_nanos == 0 and not ok:
