@@ -146,8 +146,10 @@ def worst_case(billable: BillableInput, model: ModelSpec, output_cap: int, *,
         return margin
     if hard_tokens <= margin.input_tokens:
         return _case(billable, model, hard_tokens, output_cap, "bytes")
+    if remaining_nanos is None:  # no hard budget: the margin case, and no need to price the byte bound
+        return margin
     hard = _case(billable, model, hard_tokens, output_cap, "bytes")
-    if remaining_nanos is not None and remaining_nanos < TIGHT_BUDGET_FACTOR * hard.nanos:
+    if remaining_nanos < TIGHT_BUDGET_FACTOR * hard.nanos:
         return hard
     return margin
 

@@ -340,7 +340,8 @@ class BudgetBook:
             used, ratio = max(used, pct / 100), max(ratio, self._ratio(compiled, window, spent, limit, now))
             states.append((spec.scope_type, BudgetState(pct, status, nanos_to_decimal(left) if spec.hard else None)))
             reached = [a for t in spec.thresholds if t.reached(spent, limit) for a in t.actions]
-            restrictions = restrictions.merge(restrictions_of(reached, spec.id))
+            if reached:  # restrictions_of([]) is EMPTY: skip the call on the usual path
+                restrictions = restrictions.merge(restrictions_of(reached, spec.id))
             if spec.hard:
                 if remaining is None or left < remaining:
                     remaining, tightest = left, f"{spec.name} ({spec.id})"
@@ -352,12 +353,11 @@ class BudgetBook:
 
     @staticmethod
     def _ratio(compiled: CompiledBudget, window: PeriodWindow, spent: int, limit: int, now: int) -> float:
-        since, until = compiled.span
-        starts = [x for x in (window.start_ms, since) if x is not None]
-        ends = [x for x in (window.end_ms, until) if x is not None]
-        if not starts or not ends:
+        since, until = compiled.span  # the later start and the earlier end of the two that are set
+        start = since if window.start_ms is None else window.start_ms if since is None else max(window.start_ms, since)
+        end = until if window.end_ms is None else window.end_ms if until is None else min(window.end_ms, until)
+        if start is None or end is None:
             return 0.0
-        start, end = max(starts), min(ends)
         return burn_ratio(spent, limit, max(0, now - start), end - start)
 
     def tagged(self, entry: LedgerEntry, reservation: Reservation) -> LedgerEntry:

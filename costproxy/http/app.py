@@ -20,12 +20,11 @@ import asyncio
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import structlog
 from aiohttp import web
-from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from costproxy.alerts.catalog import AlertCatalog
@@ -94,6 +93,9 @@ ROUTES = (proxy, responses_api, messages_api, keys_api, selection_api, budgets_a
           tokens_api, openapi, analytics_api, routing_api, ratelimits_api, feedback_api)
 KEY_REFRESH_SECONDS = 2.0
 RULES_POLL_SECONDS = 2.0
+
+if TYPE_CHECKING:  # the SDK is imported only when tracing is on (observability.make_tracing)
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 
 def create_app(settings: Settings, *, span_exporter: SpanExporter | None = None,

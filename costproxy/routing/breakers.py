@@ -49,6 +49,9 @@ class CircuitBreakers:
         self.config = config or BreakerConfig()
         self.clock = clock
         self._circuits: dict[str, _Circuit] = {}
+        # keys whose circuit has been opened (open or half-open): while none has, every model is
+        # allowed without reading the clock (the router asks for each of ~30 candidates per request)
+        self._tripped: set[str] = set()
 
     def _circuit(self, key: str) -> _Circuit:
         circuit = self._circuits.get(key)
@@ -69,6 +72,8 @@ class CircuitBreakers:
 
     def allows(self, model: ModelSpec) -> bool:
         """Whether a call to ``model`` may be attempted now (without claiming a probe)."""
+        if not self._tripped:
+            return True
         now = self.clock()
         return self._admits(model.provider, now) and self._admits(f"{model.provider}/{model.id}", now)
 
@@ -76,6 +81,8 @@ class CircuitBreakers:
         """Like ``allows``, and marks half-open circuits as probing: call right before the attempt."""
         if not self.allows(model):
             return False
+        if not self._tripped:
+            return True
         now = self.clock()
         for key in (model.provider, f"{model.provider}/{model.id}"):
             circuit = self._circuits.get(key)
@@ -92,6 +99,7 @@ class CircuitBreakers:
             if ok:
                 circuit.failures, circuit.opened_at, circuit.probing = 0, None, False
                 circuit.cooldown = self.config.cooldown
+                self._tripped.discard(key)
                 continue
             circuit.failures += 1
             if circuit.opened_at is not None and circuit.state(now) == "half-open":
@@ -99,10 +107,13 @@ class CircuitBreakers:
                 circuit.opened_at, circuit.probing = now, False
             elif circuit.failures >= threshold:
                 circuit.opened_at, circuit.probing = now, False
+                self._tripped.add(key)
 
     def order(self, chain: Iterable[ModelSpec]) -> list[ModelSpec]:
         """The chain with models behind open circuits moved to the end (tried only as last resort)."""
         models = list(chain)
+        if not self._tripped:
+            return models
         healthy = [m for m in models if self.allows(m)]
         return healthy + [m for m in models if m not in healthy]
 

@@ -57,7 +57,7 @@ from costproxy.analyzer.profile import RequestProfile
 from costproxy.errors import NoEligibleModel
 from costproxy.learning.estimates import OnlineEstimates, Posterior
 from costproxy.money import NANOS_PER_USD, TOKENS_PER_PRICE_UNIT, format_usd
-from costproxy.registry import ModelSpec, Usage
+from costproxy.registry import MARGIN_SCALE, ModelSpec, Usage
 from costproxy.routing.policy import QUALITY_MODES, Constraints
 from costproxy.routing.quality import QualityProfiles
 
@@ -173,9 +173,8 @@ def _policy_exclusion(model: ModelSpec, constraints: Constraints) -> str | None:
 def _fit_exclusion(model: ModelSpec, profile: RequestProfile, required: frozenset[str]) -> str | None:
     if model.kind != "chat":
         return f"{model.kind} model"
-    missing = required - model.capabilities
-    if missing:
-        return "lacks " + ", ".join(sorted(missing))
+    if required and not required <= model.capabilities:  # the set difference only when something lacks
+        return "lacks " + ", ".join(sorted(required - model.capabilities))
     needed = profile.expected_output_tokens
     if model.max_output_tokens and needed > model.max_output_tokens:
         return f"max output {model.max_output_tokens} < expected {needed}"
@@ -184,9 +183,9 @@ def _fit_exclusion(model: ModelSpec, profile: RequestProfile, required: frozense
     return None
 
 
-def _natural_cap(model: ModelSpec, profile: RequestProfile, constraints: Constraints) -> int:
-    cap = model.context_window - profile.input_tokens
-    for limit in (profile.max_output_tokens, constraints.max_output_tokens, model.max_output_tokens):
+def _natural_cap(tariff: _Tariff, profile: RequestProfile, constraints: Constraints) -> int:
+    cap = tariff.window - profile.input_tokens
+    for limit in (profile.max_output_tokens, constraints.max_output_tokens, tariff.max_output):
         if limit and limit < cap:
             cap = limit
     return max(0, cap)
@@ -197,10 +196,13 @@ class _Tariff:
     $0.001 per 1M tokens): then ``tokens × rate`` is exactly what ``ModelSpec.cost`` returns, with
     no Decimal arithmetic on the hot path.  Other prices go through ``ModelSpec`` itself."""
 
-    __slots__ = ("input", "model", "output", "price", "worst_input")
+    __slots__ = ("input", "max_output", "model", "output", "overhead", "ppm", "price", "window", "worst_input")
 
     def __init__(self, model: ModelSpec) -> None:
         self.model, self.price = model, model.price
+        # what ``_natural_cap`` and ``ModelSpec.input_bound`` read, kept here for the 30 scores per request
+        self.window, self.max_output = model.context_window, model.max_output_tokens
+        self.ppm, self.overhead = model.tokenizer.margin_ppm, model.tokenizer.overhead_tokens
         fast = model.price.nanos_per_token
         self.input = fast[0] if fast else None
         self.output = fast[1] if fast else None
@@ -217,7 +219,8 @@ class _Tariff:
         """``ModelSpec.worst_case_cost`` (same exact result)."""
         if self.worst_input is None or self.output is None:
             return self.model.worst_case_cost(prompt_tokens, max_output_tokens)
-        return self.model.input_bound(prompt_tokens) * self.worst_input + max_output_tokens * self.output
+        bound = prompt_tokens + -(-prompt_tokens * self.ppm // MARGIN_SCALE) + self.overhead  # input_bound
+        return bound * self.worst_input + max_output_tokens * self.output
 
     def cap_that_fits(self, input_tokens: int, limit: int) -> int:
         """The largest output cap whose worst case fits ``limit`` nano-USD (0 if none)."""
@@ -260,7 +263,7 @@ def _worst_case(
     tariff: _Tariff, profile: RequestProfile, constraints: Constraints, limit: int | None
 ) -> tuple[int, int, str | None]:
     """(output cap, worst-case nanos, reason excluded)."""
-    cap = _natural_cap(tariff.model, profile, constraints)
+    cap = _natural_cap(tariff, profile, constraints)
     worst = tariff.worst_case(profile.input_tokens, cap)
     if limit is None or worst <= limit:
         return cap, worst, None
@@ -293,11 +296,9 @@ def _score(
     min_quality = ctx.constraints.min_quality
     if reason is None and min_quality is not None and expected_q + _EPSILON < min_quality:
         reason = f"expected quality {expected_q:.3f} < min_quality {min_quality:.3f}"
-    return CandidateScore(
-        model=model.id, provider=model.provider, tier=model.tier, expected_quality=expected_q,
-        quality_source=source, expected_cost_nanos=expected_cost, worst_case_nanos=worst,
-        output_cap=cap, eligible=reason is None, reason_excluded=reason, learned=learned,
-    )
+    # positional: 30 of these per request, and keywords cost a third more in the generated __init__
+    return CandidateScore(model.id, model.provider, model.tier, expected_q, source, expected_cost, worst, cap,
+                          reason is None, reason, learned)
 
 
 @dataclass(frozen=True, slots=True)

@@ -137,11 +137,17 @@ def budget_fields(states: Iterable[tuple[str, BudgetState]]) -> dict[str, object
             worst[key] = _worse(worst[key], state) if key in worst else state
     fields: dict[str, object] = {}
     for scope, state in worst.items():
-        fields[f"budget.{scope}.used_pct"] = state.used_pct
-        fields[f"budget.{scope}.status"] = state.status
+        used_key, status_key, remaining_key = _BUDGET_KEYS[scope]
+        fields[used_key] = state.used_pct
+        fields[status_key] = state.status
         if state.remaining_usd is not None:
-            fields[f"budget.{scope}.remaining_usd"] = state.remaining_usd
+            fields[remaining_key] = state.remaining_usd
     return fields
+
+
+# the keys ``budget_fields`` writes, per scope: built once, not three f-strings per scope per request
+_BUDGET_KEYS = {scope: (f"budget.{scope}.used_pct", f"budget.{scope}.status", f"budget.{scope}.remaining_usd")
+                for scope in BUDGET_SCOPES}
 
 
 def _worse(a: BudgetState, b: BudgetState) -> BudgetState:
