@@ -52,6 +52,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Generic, TypeVar
 
 from costproxy.analyzer.profile import RequestProfile
 from costproxy.errors import NoEligibleModel
@@ -62,6 +63,7 @@ from costproxy.routing.policy import QUALITY_MODES, Constraints
 from costproxy.routing.quality import QualityProfiles
 
 _EPSILON = 1e-9
+_T = TypeVar("_T")
 TARGET_REFERENCES = ("baseline", "best")
 
 
@@ -364,31 +366,27 @@ def _no_model_message(scores: Sequence[CandidateScore], profile: RequestProfile)
 # candidate model: ~7 KB apiece.  Requests alike (task, size, budget) score alike, so a decision
 # whose scores equal an earlier one's holds that earlier tuple instead (~0.3 KB left per decision).
 SHARED_SCORES = 2_048
-_SCORES_SEEN: dict[tuple[CandidateScore, ...], tuple[CandidateScore, ...]] = {}
 
 
-def _shared(scores: tuple[CandidateScore, ...]) -> tuple[CandidateScore, ...]:
-    known = _SCORES_SEEN.get(scores)
-    if known is not None:
-        return known
-    if len(_SCORES_SEEN) >= SHARED_SCORES:
-        _SCORES_SEEN.clear()
-    _SCORES_SEEN[scores] = scores
-    return scores
+class _Interner(Generic[_T]):
+    """Hands back an earlier equal value instead of a new one, remembering at most ``bound``."""
+
+    def __init__(self, bound: int) -> None:
+        self.bound = bound
+        self.seen: dict[_T, _T] = {}
+
+    def __call__(self, value: _T) -> _T:
+        known = self.seen.get(value)
+        if known is not None:
+            return known
+        if len(self.seen) >= self.bound:
+            self.seen.clear()
+        self.seen[value] = value
+        return value
 
 
-_REASONS_SEEN: dict[tuple[str, ...], tuple[str, ...]] = {}
-
-
-def _shared_reasons(reasons: tuple[str, ...]) -> tuple[str, ...]:
-    """The same for a decision's reasons (five strings or more, as alike as the scores)."""
-    known = _REASONS_SEEN.get(reasons)
-    if known is not None:
-        return known
-    if len(_REASONS_SEEN) >= SHARED_SCORES:
-        _REASONS_SEEN.clear()
-    _REASONS_SEEN[reasons] = reasons
-    return reasons
+_shared: _Interner[tuple[CandidateScore, ...]] = _Interner(SHARED_SCORES)
+_shared_reasons: _Interner[tuple[str, ...]] = _Interner(SHARED_SCORES)  # five strings or more, as alike
 
 
 def select(
