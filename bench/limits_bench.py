@@ -83,14 +83,20 @@ async def limiter_steps(limiter: RateLimiter, n: int) -> dict[str, tuple[float, 
     return {"admit + headers + settle, 3 limits x (requests, tokens)": await per_call(limited, n)}
 
 
-async def sqlite_limits(work: Path, n: int) -> dict[str, tuple[float, float]]:
-    store = SqliteStore(str(work / "limits.sqlite3"))
+async def open_sqlite_limiter(path: Path) -> tuple[SqliteStore, RateLimiter]:
+    """A SQLite store at ``path`` and a limiter over it holding ``LIMITS``, both open."""
+    store = SqliteStore(str(path))
     await store.open()
     await ensure_schema(store)
     buckets = LocalBuckets(store)
     await buckets.open()
     limiter = RateLimiter(RateLimitConfig(static=LIMITS), SqliteLimitDefinitions(store), buckets)
     await limiter.open(refresh=False)
+    return store, limiter
+
+
+async def sqlite_limits(work: Path, n: int) -> dict[str, tuple[float, float]]:
+    store, limiter = await open_sqlite_limiter(work / "limits.sqlite3")
     try:
         return await limiter_steps(limiter, n)
     finally:
@@ -185,13 +191,7 @@ async def pipeline_ab(work: Path, rounds: int, batch: int) -> dict[str, tuple[fl
     from costproxy.settings import load_settings
 
     settings = load_settings(ROOT / "config" / "costproxy.yaml", {"OPENAI_API_KEY": "sk-bench"})
-    store = SqliteStore(str(work / "pipeline.sqlite3"))
-    await store.open()
-    await ensure_schema(store)
-    buckets = LocalBuckets(store)
-    await buckets.open()
-    limiter = RateLimiter(RateLimitConfig(static=LIMITS), SqliteLimitDefinitions(store), buckets)
-    await limiter.open(refresh=False)
+    store, limiter = await open_sqlite_limiter(work / "pipeline.sqlite3")
     plain = Services(settings=settings, registry=settings.registry, counter=TokenCounter(load_encodings()),
                      upstream=CannedUpstream(), accounts=LedgerAccounts(store),  # type: ignore[arg-type]
                      router=build_router(settings))

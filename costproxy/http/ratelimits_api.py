@@ -65,24 +65,22 @@ async def get_limit(request: web.Request) -> web.Response:
 
 
 async def replace_limit(request: web.Request) -> web.Response:
-    require_admin(request)
-    limiter = limiter_of(request)
-    current = limiter.require(request.match_info["limit_id"])
-    body = await json_body(request)
-    if body.setdefault("id", current.id) != current.id:
-        raise InvalidRequest("the id in the body must match the URL", param="id")
-    stored = await limiter.update(limit_from_json(body), actor(request))
-    return web.json_response(limit_to_json(stored))
+    return await _update_limit(request, merge=False)
 
 
 async def patch_limit(request: web.Request) -> web.Response:
+    return await _update_limit(request, merge=True)
+
+
+async def _update_limit(request: web.Request, *, merge: bool) -> web.Response:
+    """PUT replaces the limit with the body; PATCH applies the body's fields over the current one."""
     require_admin(request)
     limiter = limiter_of(request)
     current = limiter.require(request.match_info["limit_id"])
     body = await json_body(request)
     if body.setdefault("id", current.id) != current.id:
         raise InvalidRequest("the id in the body must match the URL", param="id")
-    stored = await limiter.update(limit_from_json(body, base=current), actor(request))
+    stored = await limiter.update(limit_from_json(body, base=current if merge else None), actor(request))
     return web.json_response(limit_to_json(stored))
 
 
