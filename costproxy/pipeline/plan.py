@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from costproxy.analyzer.worst_case import BillableInput, output_cap_within, worst_case
+from costproxy.analyzer.worst_case import BillableInput, WorstCase, output_cap_within, worst_case
 from costproxy.budgets.accounts import BudgetView, Reservation
 from costproxy.cache.policy import CachePlan
 from costproxy.errors import BudgetExceeded, ContextTooLong, InvalidRequest, UnknownModel
@@ -63,12 +63,15 @@ class Plan:
         """Least left on a hard budget of the chain, before the call."""
         return self.budget.remaining_nanos
 
-    def worst_case_of(self, model: ModelSpec) -> int:
+    def worst_case_on(self, model: ModelSpec) -> WorstCase:
         """The most ``model`` can bill for this request (``analyzer.worst_case``): every billable
         input with the model's tokenizer margin, or the byte bound when money is tight, and every
         allowed output token of every choice."""
-        return worst_case(self.billable, model, self.output_caps[model.id],
-                          remaining_nanos=self.budget.remaining_nanos).nanos
+        return worst_case(self.billable, model, self.output_caps[model.id], remaining_nanos=self.budget.remaining_nanos)
+
+    def worst_case_of(self, model: ModelSpec) -> int:
+        """``worst_case_on``'s amount, in nano-USD."""
+        return self.worst_case_on(model).nanos
 
 
 async def count_billable(services: Services, request: ChatRequest, encoding: str) -> BillableInput:

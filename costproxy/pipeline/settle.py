@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeGuard
 
-from costproxy.analyzer.worst_case import worst_case
 from costproxy.budgets.accounts import Reservation
 from costproxy.errors import ProxyError
 from costproxy.ledger.entry import LedgerEntry, Status
@@ -229,7 +228,7 @@ async def settle(services: Services, plan: Plan, reservation: Reservation, outco
 def _lost_answer(plan: Plan, model: ModelSpec) -> tuple[Usage, int]:
     """A unary call the provider accepted whose answer never arrived whole: what it generated is
     unknown, so it is charged its worst case (never more than was reserved), marked estimated."""
-    case = worst_case(plan.billable, model, plan.output_caps[model.id], remaining_nanos=plan.budget_remaining_nanos)
+    case = plan.worst_case_on(model)
     completion = case.output_tokens * case.multiplier + case.prediction_tokens
     return Usage(prompt_tokens=case.input_tokens, completion_tokens=completion, reported=False), case.nanos
 
