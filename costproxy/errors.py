@@ -45,6 +45,7 @@ class ProxyError(Exception):
     type: str = "server_error"
     retryable: bool = False
     close_connection: bool = False  # the request body was not read to its end
+    no_retry: bool = False  # SDKs are told not to retry it (``x-should-retry: false``): waiting cannot help
 
     def __init__(
         self,
@@ -58,6 +59,8 @@ class ProxyError(Exception):
         self.message = message
         self.param = param
         self.headers = dict(headers or {})
+        if self.no_retry:
+            self.headers.setdefault("x-should-retry", "false")
         self.details = dict(details or {})
 
     def body(self) -> dict[str, Any]:
@@ -141,10 +144,7 @@ class BudgetExceeded(PolicyError):
     status = 429
     code = "budget_exceeded"
     type = "insufficient_quota"
-
-    def __init__(self, message: str, **kwargs: Any) -> None:
-        super().__init__(message, **kwargs)
-        self.headers.setdefault("x-should-retry", "false")
+    no_retry = True
 
 
 class RateLimited(PolicyError):
@@ -162,10 +162,7 @@ class ExceedsRateLimit(PolicyError):
     status = 429
     code = "exceeds_rate_limit"
     type = "rate_limit_error"
-
-    def __init__(self, message: str, **kwargs: Any) -> None:
-        super().__init__(message, **kwargs)
-        self.headers.setdefault("x-should-retry", "false")
+    no_retry = True
 
 
 class RuleRejected(PolicyError):
