@@ -136,11 +136,13 @@ def expected_output_tokens(estimate: TaskEstimate, input_tokens: int, max_output
     return min(expected, max_output) if max_output is not None else expected
 
 
-def analyze(body: Mapping[str, Any], input_tokens: int, task_hint: str | None = None) -> RequestProfile:
+def analyze(body: Mapping[str, Any], input_tokens: int, task_hint: str | None = None, *,
+            ngrams: bool = True) -> RequestProfile:
     """Profile an OpenAI chat (or completions) body whose input tokens were already counted.
 
     ``task_hint`` (e.g. from ``X-Costproxy-Task-Type``) replaces the detected task type when it
     names one of ``TASK_TYPES`` (unknown hints are ignored); difficulty is still estimated from the text.
+    ``ngrams=False`` skips hashing the query's n-grams (only a text quality model reads them).
     """
     found: set[str] = set()
     user, system = _texts(body, found)
@@ -157,6 +159,6 @@ def analyze(body: Mapping[str, Any], input_tokens: int, task_hint: str | None = 
         required_capabilities=capabilities,
         task_source="hint" if hint else "detected",
         features=estimate.features,
-        ngrams=hashed_ngrams(user),
+        ngrams=hashed_ngrams(user) if ngrams else (),
     )
 

@@ -292,7 +292,7 @@ def routing_schemas() -> dict[str, Schema]:
     return {
         "FiredRule": fired,
         "Decision": resp(decision=decision, requestId=S, requestedModel=S, rulesFired=arr(ref("FiredRule")),
-                         createdAt=NTIME),
+                         createdAt=NTIME, candidates=INT, eligible=INT, scoresKept=B),
         "DecisionSummary": resp(
             id=S, requestId=S, requestedModel=S, model=S, createdAt=NTIME, taskType=S, mode=S, expectedQuality=NUM,
             qualityTarget=NUM, estimatedCost=MONEY, provider=N, rulesFired=arr(S), candidates=INT, eligible=INT,

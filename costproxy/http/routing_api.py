@@ -42,8 +42,8 @@ def decision_summary(record: DecisionRecord, outcome: dict[str, Any] | None) -> 
         "createdAt": iso(int(record.created_at * 1000)), "taskType": d.task_type, "mode": d.mode,
         "expectedQuality": round(d.expected_quality, 4), "qualityTarget": round(d.quality_target, 4),
         "estimatedCost": usd(d.estimated_cost_nanos), "provider": chosen.provider if chosen else None,
-        "rulesFired": [f.rule_id for f in record.fired], "candidates": len(d.scores),
-        "eligible": sum(1 for s in d.scores if s.eligible), "outcome": None,
+        "rulesFired": [f.rule_id for f in record.fired], "candidates": record.candidates,
+        "eligible": record.eligible, "outcome": None,
     }
     if outcome is not None:
         saving = outcome["baseline_nanos"] - outcome["cost_nanos"]

@@ -4,7 +4,8 @@
                                  reasoning, estimated cost, budget impact, fallback chain
 ``POST /api/v1/models/estimate`` the cost of a request on given (or all) models
 ``GET  /api/v1/models/capabilities``  what every model can do and costs
-``GET  /api/v1/decisions/{id}``  why a decision was taken (kept for the last 10,000 decisions)
+``GET  /api/v1/decisions/{id}``  why a decision was taken (kept for the last 10,000 decisions; every
+                                  candidate's score for the last 1,000, the chosen one's before that)
 """
 
 from __future__ import annotations
@@ -216,7 +217,8 @@ def decision_json(record: DecisionRecord) -> dict[str, Any]:
         "difficulty": d.difficulty, "mode": d.mode, "pressure": d.pressure,
     }, asdict(d))
     return {"decision": decision, "requestId": record.request_id, "requestedModel": record.requested_model,
-            "rulesFired": [fired_json(f) for f in record.fired], "createdAt": iso_seconds(record.created_at)}
+            "rulesFired": [fired_json(f) for f in record.fired], "createdAt": iso_seconds(record.created_at),
+            "candidates": record.candidates, "eligible": record.eligible, "scoresKept": record.scores_kept}
 
 
 def add_routes(app: web.Application) -> None:

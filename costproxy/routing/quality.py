@@ -93,6 +93,10 @@ class QualityProfiles:
     predictors: Predictors = field(default_factory=dict)
     text: TextModel | None = None  # per-model n-gram weights (text_model.py)
     fitted_on: Mapping[str, str] = field(default_factory=dict)  # FITTED_ON_KEYS: what the numbers come from
+    # lookup results by (model, tier, task, bucket): profiles never change, and selection asks for
+    # the same few hundred combinations on every request
+    _lookups: dict[tuple[str, str, str, int], tuple[float, str]] = field(
+        default_factory=dict, init=False, compare=False, repr=False)
 
     def edges(self, task_type: str) -> tuple[float, ...]:
         edges = self.bucket_edges.get(task_type)
@@ -142,7 +146,13 @@ class QualityProfiles:
             if weights is not None:
                 z = weights[0] + sum(map(operator.mul, weights[1:], features))
                 return 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z)))), "predictor"
-        return self.lookup(model_id, tier, task_type, bucket)
+        key = (model_id, tier, task_type, bucket)
+        found = self._lookups.get(key)
+        if found is None:
+            if len(self._lookups) > 65_536:
+                self._lookups.clear()
+            found = self._lookups[key] = self.lookup(model_id, tier, task_type, bucket)
+        return found
 
 
 # --- parsing ------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ steps without calling any model (``POST /api/v1/models/select``, ``costproxy exp
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from decimal import Decimal
@@ -48,6 +48,9 @@ from costproxy.steering.rules import EMPTY_RULESET, Rule, RuleSet
 
 VIRTUAL_PREFIX = "auto"
 DECISIONS_KEPT = 10_000
+# Every candidate's score (~7 KB a decision with 31 models) is kept for the newest 1,000 decisions;
+# older ones keep the chosen model's score and the counts (``DecisionRecord.scores_kept``).
+SCORES_KEPT = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,9 @@ class DecisionRecord:
     requested_model: str
     fired: tuple[Any, ...]
     created_at: float
+    candidates: int = 0  # models scored
+    eligible: int = 0  # of them eligible
+    scores_kept: bool = True  # False: ``decision.scores`` holds only the chosen model's (SCORES_KEPT)
 
     def public(self) -> dict[str, Any]:
         return {"decision": asdict(self.decision), "requestId": self.request_id,
@@ -227,6 +233,7 @@ class SelectionRouter:
                                 if m.kind == "chat" and m.id not in self.unservable)
         self.quality_file: QualityHolder | None = None  # hot reload of the quality file (build_router)
         self.decisions: OrderedDict[str, DecisionRecord] = OrderedDict()
+        self._scored: deque[str] = deque()  # ids of the decisions that still hold every score, oldest first
         self.estimates: OnlineEstimates | None = None  # what feedback taught (learning/), replaced, never mutated
 
     def reload_quality_if_changed(self) -> QualityReload | None:
@@ -256,7 +263,8 @@ class SelectionRouter:
         hint = hint if hint in TASK_TYPES else None
         # Task detection costs ~70 µs: a concrete model needs it only when a rule reads the task.
         detect = virtual or hint is not None or _reads_task(ruleset)
-        profile = analyze(request.body, request.input_tokens, hint) if detect else \
+        ngrams = self.quality.text is not None  # only a text quality model reads them
+        profile = analyze(request.body, request.input_tokens, hint, ngrams=ngrams) if detect else \
             undetected_profile(request.body, request.input_tokens)
         if ruleset.active:
             steering = evaluate(ruleset, steering_context(request, profile, virtual, mode, now or time.time()),
@@ -366,8 +374,17 @@ class SelectionRouter:
 
     def _remember(self, decision: Decision, request: RouteInput, steering: SteeringOutcome) -> None:
         """Keep the decision as it is (frozen); it is turned into JSON only if someone asks."""
+        scores = decision.scores
         self.decisions[decision.id] = DecisionRecord(decision, request.ctx.request_id, request.requested,
-                                                     steering.fired, time.time())
+                                                     steering.fired, time.time(), len(scores),
+                                                     sum(1 for s in scores if s.eligible))
+        self._scored.append(decision.id)
+        if len(self._scored) > SCORES_KEPT:
+            old = self.decisions.get(self._scored.popleft())
+            if old is not None:  # same key: its place in the order does not change
+                d = old.decision
+                self.decisions[d.id] = replace(old, decision=replace(d, scores=tuple(
+                    s for s in d.scores if s.model == d.model)), scores_kept=False)
         while len(self.decisions) > DECISIONS_KEPT:
             self.decisions.popitem(last=False)
 

@@ -59,6 +59,23 @@ def test_auto_selects_with_a_decision_and_a_fallback_chain(write_config: ConfigF
     assert route.task_type == "classification" and route.reasons
 
 
+def test_every_score_is_kept_for_the_newest_decisions_and_the_chosen_one_before(
+        write_config: ConfigFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("costproxy.routing.router.SCORES_KEPT", 3)
+    r = router(write_config)
+    ids_ = [r.route(ask("auto")).decision_id for _ in range(5)]
+    records = [r.decisions[i] for i in ids_ if i is not None]
+    assert [x.scores_kept for x in records] == [False, False, True, True, True]
+    assert list(r.decisions) == ids_  # stripping keeps each decision in its place
+    for record in records:
+        d = record.decision
+        assert record.candidates == len(CHAT_MODELS) and 1 <= record.eligible <= record.candidates
+        if record.scores_kept:
+            assert {s.model for s in d.scores} == CHAT_MODELS
+        else:
+            assert [s.model for s in d.scores] == [d.model] and d.score(d.model) is not None
+
+
 @pytest.mark.parametrize(("model", "tiers"), [("auto:economy", {"economy"}), ("premium", {"premium"}),
                                               ("economy", {"economy"})])
 def test_quality_modes_and_tier_names_steer_the_choice(write_config: ConfigFactory, model: str,
