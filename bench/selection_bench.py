@@ -137,7 +137,11 @@ def measure_router(body: dict[str, Any], tokens: int, iterations: int) -> tuple[
     from costproxy.routing.router import build_router
     from costproxy.settings import load_settings
 
-    router = build_router(load_settings(ROOT / "config/costproxy.yaml", {}))
+    # Every provider gets a placeholder key (nothing is called): without keys the router refuses
+    # their models, as a server without them would.
+    bare = load_settings(ROOT / "config/costproxy.yaml", {})
+    keys = {p.api_key_env: "bench-placeholder" for p in bare.providers.values() if p.api_key_env}
+    router = build_router(load_settings(ROOT / "config/costproxy.yaml", keys))
     if LEARNED:
         router.estimates = LEARNED["estimates"]
     view = BudgetView(used_fraction=0.3, burn_ratio=0.8, remaining_nanos=10**9,
