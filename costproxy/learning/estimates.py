@@ -94,19 +94,23 @@ class OnlineEstimates:
     cells: Mapping[Cell, Evidence] = field(default_factory=dict)
     strength: float = 20.0
     z: float = 1.6448536269514722  # 95 % one-sided
-    _memo: dict[tuple[Cell, float], Posterior] = field(default_factory=dict, compare=False, repr=False)
+    _memo: dict[tuple[Cell, float, float], Posterior] = field(default_factory=dict, compare=False, repr=False)
 
-    def lookup(self, task_type: str, bucket: int, model: str, prior: float) -> Posterior | None:
+    def lookup(self, task_type: str, bucket: int, model: str, prior: float,
+               strength: float | None = None) -> Posterior | None:
+        """The cell's posterior around ``prior``, worth ``strength`` observations (default: the
+        snapshot's ``strength``; never more) — ``None`` without evidence."""
         cell = (task_type, bucket, model)
         evidence = self.cells.get(cell)
         if evidence is None or evidence.n <= 0:
             return None
-        key = (cell, prior)
+        k = self.strength if strength is None else min(self.strength, max(0.0, strength))
+        key = (cell, prior, k)
         found = self._memo.get(key)
         if found is None:
             if len(self._memo) > MEMO_LIMIT:
                 self._memo.clear()
-            found = self._memo[key] = posterior(prior, evidence, self.strength, self.z)
+            found = self._memo[key] = posterior(prior, evidence, k, self.z)
         return found
 
     def evidence(self, task_type: str, bucket: int, model: str) -> Evidence:

@@ -16,6 +16,7 @@
       max_gap: 0.20
       max_fallbacks: 3              # 0..20
       quality_per_usd: null         # set: trade quality against cost instead of cheapest-sufficient
+      min_task_samples: 30          # calibration rows a model needs on a task to replace the reference
 
     fallback:
       circuit_breaker: {failure_threshold: 3, provider_threshold: 8, cooldown_seconds: 10,
@@ -67,6 +68,7 @@ def parse_selection_config(value: Any, file: str, path: str = "selection") -> Se
         max_fallbacks=node.child("max_fallbacks", d.max_fallbacks).int(minimum=0, maximum=20),
         quality_per_usd=_opt_rate(node.child("quality_per_usd", None)),
         target_reference=node.child("target_reference", d.target_reference).str(choices=TARGET_REFERENCES),
+        min_task_samples=node.child("min_task_samples", d.min_task_samples).int(minimum=0, maximum=10**9),
     )
     node.done()
     if config.burn_full < config.burn_start:

@@ -98,6 +98,26 @@ class QualityProfiles:
     _lookups: dict[tuple[str, str, str, int], tuple[float, str]] = field(
         default_factory=dict, init=False, compare=False, repr=False)
 
+    @property
+    def counted(self) -> bool:
+        """Whether the file records how many calibration rows stand behind its numbers (``samples``,
+        as ``costproxy calibrate`` writes them).  Hand-written priors record none."""
+        found = self.__dict__.get("_counted")
+        if found is None:
+            found = any(t.samples > 0 for m in self.models.values() for t in m.tasks.values())
+            object.__setattr__(self, "_counted", found)
+        return bool(found)
+
+    def support(self, model_id: str, task_type: str) -> int | None:
+        """Calibration rows behind ``model_id``'s estimate for ``task_type``: its task entry's
+        ``samples``, 0 when the model or the task has no entry (the estimate is a fallback from other
+        tasks or the tier) — or ``None`` when the file counts nothing (written priors, taken as written)."""
+        if not self.counted:
+            return None
+        model = self.models.get(model_id)
+        task = model.tasks.get(task_type) if model is not None else None
+        return task.samples if task is not None else 0
+
     def edges(self, task_type: str) -> tuple[float, ...]:
         edges = self.bucket_edges.get(task_type)
         return edges if edges is not None else self.bucket_edges.get("default", DEFAULT_BUCKET_EDGES)

@@ -38,6 +38,15 @@ until its lower confidence bound rises above it; the posterior mean when evidenc
 the reference with its *optimistic* one, so traffic moves to a cheaper model only when the lower
 bound of its expected retention clears the target.  Without evidence nothing changes.
 
+Traffic the calibration never saw starts on the reference: with a calibrated quality file (one that
+counts its ``samples``), a model with fewer than ``min_task_samples`` calibration rows on the request's
+task — its estimate is a fallback from other tasks, or rests on a handful of rows — is *unproven*
+there: it may not replace the reference model until feedback proves it, and then it is credited with
+the lower confidence bound of its posterior alone, its prior weighing only as many observations as it
+has rows.  Other tasks' numbers say little about a new one (a model as good as the best on two
+benchmarks was far worse on a third); an unproven model stays eligible for fallbacks, a budget that
+downgrades may still choose it, and hand-written priors (no counts) are taken as written.
+
 Budget pressure is ``max(used, burn)`` in [0, 1]: *used* rises linearly from 0 at
 ``pressure_start`` (fraction of the budget spent) to 1 when it is spent; *burn* rises from 0 at a
 burn ratio (spend rate / sustainable rate) of ``burn_start`` to 1 at ``burn_full``.  More pressure
@@ -87,6 +96,7 @@ class SelectionConfig:
     max_fallbacks: int = 3
     quality_per_usd: float | None = None  # None: the cheapest sufficient model wins
     target_reference: str = "baseline"  # TARGET_REFERENCES: what the mode's gap is measured from
+    min_task_samples: int = 30  # calibration rows a model needs on a task before it may replace the reference
 
     def gap(self, mode: str) -> float:
         return {"economy": self.economy_gap, "quality": self.quality_gap}.get(mode, self.balanced_gap)
@@ -114,6 +124,7 @@ class CandidateScore:
     eligible: bool
     reason_excluded: str | None = None
     learned: Posterior | None = None  # the online estimate around the profile's prior, when there is evidence
+    proven: bool = True  # False: too few calibration rows on this task and no feedback (module docstring)
 
     @property
     def reference_quality(self) -> float:
@@ -288,15 +299,25 @@ def _scores(candidates: Sequence[ModelSpec], profile: RequestProfile, quality: Q
     tokens, needed = profile.input_tokens, profile.expected_output_tokens
     required, estimates, constraints, limit = ctx.required, ctx.estimates, ctx.constraints, ctx.limit
     output_limit, policy, min_quality = ctx.output_limit, ctx.policy, ctx.constraints.min_quality
+    min_samples = ctx.min_samples
     scores = []
     for model in candidates:
         model_id = model.id
         expected_q, source = quality.estimate(model_id, model.tier, task, bucket, features, ngrams)
-        learned = None
-        if estimates is not None:
-            learned = estimates.lookup(task, bucket, model_id, expected_q)
+        learned, proven = None, True
+        support = quality.support(model_id, task) if min_samples else None
+        if support is None or support >= min_samples:
+            if estimates is not None:
+                learned = estimates.lookup(task, bucket, model_id, expected_q)
+                if learned is not None:
+                    expected_q, source = learned.conservative, "online"
+        else:  # unproven on this task: only feedback can prove it, its prior counts for no more rows than it has
+            if estimates is not None:
+                learned = estimates.lookup(task, bucket, model_id, expected_q, strength=support)
             if learned is not None:
-                expected_q, source = learned.conservative, "online"
+                expected_q, source = learned.lower, "online"
+            else:
+                proven = False
         tariff = _TARIFFS.get(model_id)
         if tariff is None or tariff.model is not model or tariff.price is not model.price:
             tariff = _tariff(model)
@@ -333,7 +354,7 @@ def _scores(candidates: Sequence[ModelSpec], profile: RequestProfile, quality: Q
             reason = f"expected quality {expected_q:.3f} < min_quality {min_quality:.3f}"
         # positional: keywords cost a third more in the generated __init__
         scores.append(CandidateScore(model_id, model.provider, model.tier, expected_q, source, expected_cost,
-                                     worst, cap, reason is None, reason, learned))
+                                     worst, cap, reason is None, reason, learned, proven))
     return scores
 
 
@@ -345,19 +366,20 @@ class _Context:
     estimates: OnlineEstimates | None = None
     policy: bool = True  # whether ``constraints`` restricts models at all (``_policy_exclusion``)
     output_limit: int | None = None  # the lower of the request's and the constraints' output caps
+    min_samples: int = 0  # SelectionConfig.min_task_samples (0: every model counts as proven)
 
 
 # --- choice -------------------------------------------------------------------------------------
 
 
-def _reference(best: float, mode: str, scores: Sequence[CandidateScore], baseline: str | None,
-               config: SelectionConfig) -> tuple[float, str]:
-    """(reference quality, what it is) — see step 3 of the module docstring."""
+def _reference(best: CandidateScore, mode: str, scores: Sequence[CandidateScore], baseline: str | None,
+               config: SelectionConfig) -> tuple[float, str, CandidateScore]:
+    """(reference quality, what it is, its score) — see step 3 of the module docstring."""
     if config.target_reference == "baseline" and mode != "quality" and baseline is not None:
         score = next((s for s in scores if s.model == baseline), None)
         if score is not None:
-            return score.reference_quality, f"baseline {baseline}"
-    return best, "best eligible"
+            return score.reference_quality, f"baseline {baseline}", score
+    return best.expected_quality, "best eligible", best
 
 
 def _target(reference: float, best: float, mode: str, level: float, constraints: Constraints,
@@ -366,6 +388,10 @@ def _target(reference: float, best: float, mode: str, level: float, constraints:
     gap = min(gap, config.max_gap)
     target = max(reference - gap, config.quality_floor, constraints.min_quality or 0.0)
     return min(target, best)
+
+
+def _by_quality(s: CandidateScore) -> float:
+    return s.expected_quality
 
 
 def _preference(quality_per_usd: float | None) -> Callable[[CandidateScore], tuple[float, int, float, str]]:
@@ -417,7 +443,7 @@ def select(
     ``baseline``.  ``estimates``: what feedback taught (module docstring), read without I/O."""
     ctx = _Context(constraints, profile.required_capabilities | constraints.required_capabilities,
                    _limit(constraints, pressure), estimates if estimates is not None and estimates.cells else None,
-                   _restricts(constraints), _output_limit(profile, constraints))
+                   _restricts(constraints), _output_limit(profile, constraints), config.min_task_samples)
     bucket = quality.bucket(profile.task_type, profile.difficulty)
     scores = _scores(candidates, profile, quality, bucket, ctx)
     eligible = [s for s in scores if s.eligible]
@@ -426,16 +452,25 @@ def select(
                               details={"excluded": {s.model: s.reason_excluded for s in scores}})
     mode = constraints.quality_mode if constraints.quality_mode in QUALITY_MODES else config.default_mode
     level = config.pressure(pressure)
-    best = max(s.expected_quality for s in eligible)
-    reference, reference_name = _reference(best, str(mode), scores, baseline, config)
+    top = max(eligible, key=_by_quality)
+    best = top.expected_quality
+    reference, reference_name, reference_score = _reference(top, str(mode), scores, baseline, config)
     target = _target(reference, best, str(mode), level, constraints, config)
     sufficient = [s for s in eligible if s.expected_quality + _EPSILON >= target]
+    unproven = () if constraints.downgrade else [s for s in sufficient if not s.proven and s is not reference_score]
+    if unproven:
+        kept = any(s is reference_score for s in sufficient)
+        sufficient = [s for s in sufficient if s.proven or s is reference_score] or [
+            reference_score if kept else top]
     chosen = min(sufficient, key=_preference(config.quality_per_usd))
     reasons = (
         f"task {profile.task_type}, difficulty {profile.difficulty:.2f} (bucket {bucket})",
         f"mode {mode}, pressure {level:.2f}: target {target:.3f} "
         f"({reference_name} {reference:.3f}, best eligible {best:.3f})",
         f"{len(eligible)} of {len(scores)} models eligible, {len(sufficient)} meet the target",
+        *((f"{len(unproven)} more unproven on {profile.task_type} (fewer than {config.min_task_samples} "
+           f"calibration rows, no feedback yet): {', '.join(s.model for s in unproven[:5])}"
+           f"{' …' if len(unproven) > 5 else ''}",) if unproven else ()),
         f"chose {chosen.model}: {'cheapest' if config.quality_per_usd is None else 'best value'} "
         f"meeting the target, expected quality "
         f"{chosen.expected_quality:.3f}, est. ${format_usd(chosen.expected_cost_nanos)}",

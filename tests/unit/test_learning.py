@@ -3,6 +3,7 @@ selection with and without evidence, and the online replay on a synthetic data s
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ from costproxy.learning.config import LearningSettings, parse_learning_settings
 from costproxy.learning.estimates import Evidence, OnlineEstimates, cell_field, parse_cell_field, posterior, z_score
 from costproxy.learning.feedback import parse_feedback
 from costproxy.routing.policy import Constraints
-from costproxy.routing.selection import BudgetPressure, SelectionConfig, select
+from costproxy.routing.quality import ModelQuality, QualityProfiles, TaskQuality
+from costproxy.routing.selection import BudgetPressure, Decision, SelectionConfig, select
 from costproxy.tools.calibrate import approx_tokens
 from costproxy.tools.dataset import load_dataset
 from costproxy.tools.eval_cli import eval_main
@@ -155,6 +157,57 @@ def test_bad_news_moves_traffic_away_at_once() -> None:
                       estimates=estimates)
     huge = decision.score("huge")
     assert huge is not None and huge.expected_quality < 0.88 and decision.model == "big"
+
+
+# --- tasks the calibration never saw start safe ---------------------------------------------------
+
+
+def _counted(samples: dict[str, int]) -> QualityProfiles:
+    """``quality()`` as a calibrated file: code rows per model as given; classification calibrated on
+    100 rows for every model (so the file counts), where the cheap models look as good as huge."""
+    base = quality()
+    counted = {}
+    for name, mq in base.models.items():
+        code = mq.tasks["code_generation"]
+        counted[name] = ModelQuality(mq.overall, {
+            "code_generation": TaskQuality(code.overall, code.buckets, samples.get(name, 0)),
+            "classification": TaskQuality(0.95, (), 100)})
+    return dataclasses.replace(base, models=counted)
+
+
+def _decide(q: QualityProfiles, *, estimates: OnlineEstimates | None = None, baseline: str | None = "huge",
+            config: SelectionConfig | None = None, c: Constraints | None = None) -> Decision:
+    return select(profile(difficulty=0.2), models(), q, c or Constraints(), BudgetPressure(),
+                  config or SelectionConfig(), baseline=baseline, estimates=estimates)
+
+
+def test_a_model_with_too_few_calibration_rows_on_the_task_does_not_replace_the_reference() -> None:
+    trusted = _decide(_counted(dict.fromkeys(["tiny", "small", "mid", "mid2", "big", "huge"], 500)))
+    assert trusted.model == "big"  # bucket 0: target huge 0.94 − 0.03; big 0.92 is the cheapest meeting it
+    unseen = _decide(_counted({"huge": 500}))  # only the reference has code rows
+    assert unseen.model == "huge"
+    assert any("unproven on code_generation" in r for r in unseen.reasons)
+    score = unseen.score("big")
+    assert score is not None and score.eligible and not score.proven
+    assert _decide(_counted({}), baseline=None).model == "huge"  # nobody has rows: the best by its prior
+    # written priors (no counts at all) are taken as written, and 0 switches the guard off
+    assert _decide(quality()).model == trusted.model
+    assert _decide(_counted({}), config=SelectionConfig(min_task_samples=0)).model == trusted.model
+    # a budget that downgrades asks for the cheapest model that meets the floor, proven or not
+    assert _decide(_counted({}), c=Constraints(downgrade=True)).model in {"tiny", "small", "mid", "mid2"}
+
+
+def test_feedback_proves_an_unseen_model_by_its_lower_bound_alone() -> None:
+    q = _counted({"huge": 500, "mid": 3})
+    cell = ("code_generation", 0, "mid")
+    few = _decide(q, estimates=OnlineEstimates().with_observation(cell, 10, 10))
+    assert few.model == "huge"  # ten successes: the lower bound is still far below the target
+    many = _decide(q, estimates=OnlineEstimates().with_observation(cell, 400, 398))
+    mid = many.score("mid")
+    assert many.model == "mid" and mid is not None and mid.proven and mid.quality_source == "online"
+    assert mid.learned is not None and mid.expected_quality == pytest.approx(mid.learned.lower)
+    # its three calibration rows weigh three observations, not learning.prior_strength's twenty
+    assert mid.learned.mean == pytest.approx((0.88 * 3 + 398) / 403)
 
 
 # --- online replay ---------------------------------------------------------------------------------
