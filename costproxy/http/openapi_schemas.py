@@ -278,9 +278,9 @@ def routing_schemas() -> dict[str, Schema]:
     fired = resp(ruleId=S, mode=S, applied=B, rule_id=dep(S, "ruleId"))
     score = closed({"model": S, "provider": S, "tier": S, "expectedQuality": NUM, "qualitySource": S,
                     "expectedCost": MONEY, "worstCaseCost": MONEY, "outputCap": INT, "eligible": B,
-                    "reasonExcluded": N,
+                    "reasonExcluded": N, "proven": B,
                     "learned": nullable(resp(prior=NUM, evidence=NUM, mean=NUM, lower=NUM, upper=NUM)),
-                    **legacy(CandidateScore, skip=("model", "provider", "tier", "eligible", "learned"))})
+                    **legacy(CandidateScore, skip=("model", "provider", "tier", "eligible", "learned", "proven"))})
     decision = closed({"id": S, "model": S, "scores": arr(score), "reasons": arr(S), "fallbackChain": arr(S),
                        "qualityTarget": NUM, "expectedQuality": NUM, "estimatedCost": MONEY,
                        "worstCaseCost": MONEY, "outputCap": INT, "taskType": S, "difficulty": NUM, "mode": S,

@@ -201,6 +201,7 @@ def score_json(score: CandidateScore) -> dict[str, Any]:
         "expectedQuality": score.expected_quality, "qualitySource": score.quality_source,
         "expectedCost": format_usd(score.expected_cost_nanos), "worstCaseCost": format_usd(score.worst_case_nanos),
         "outputCap": score.output_cap, "eligible": score.eligible, "reasonExcluded": score.reason_excluded,
+        "proven": score.proven,  # False: too few calibration rows on the task, no feedback yet
         "learned": None if score.learned is None else asdict(score.learned),  # prior, evidence, posterior
     }, asdict(score))
 

@@ -115,7 +115,7 @@ def _print(e: Explanation) -> None:
         return
     print(f"\n{'model':40} {'quality':>8} {'est. cost USD':>14} {'worst case USD':>15}  eligible")
     for s in sorted(e.decision.scores, key=lambda s: s.expected_cost_nanos):
-        mark = "yes" if s.eligible else f"no: {s.reason_excluded}"
+        mark = ("yes" if s.proven else "yes, unproven on this task") if s.eligible else f"no: {s.reason_excluded}"
         print(f"{s.model:40} {s.expected_quality:8.3f} {format_usd(s.expected_cost_nanos):>14} "
               f"{format_usd(s.worst_case_nanos):>15}  {mark}")
         if s.learned is not None:
