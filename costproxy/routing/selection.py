@@ -125,11 +125,15 @@ class CandidateScore:
     reason_excluded: str | None = None
     learned: Posterior | None = None  # the online estimate around the profile's prior, when there is evidence
     proven: bool = True  # False: too few calibration rows on this task and no feedback (module docstring)
+    by_feedback: bool = False  # proven by feedback alone: credited with its lower bound (module docstring)
 
     @property
     def reference_quality(self) -> float:
-        """Its quality as the reference of the target (optimistic once evidence exists)."""
-        return self.expected_quality if self.learned is None else self.learned.optimistic
+        """Its quality as the reference of the target (optimistic once evidence exists: the upper
+        bound when feedback alone speaks for it)."""
+        if self.learned is None:
+            return self.expected_quality
+        return self.learned.upper if self.by_feedback else self.learned.optimistic
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,7 +308,7 @@ def _scores(candidates: Sequence[ModelSpec], profile: RequestProfile, quality: Q
     for model in candidates:
         model_id = model.id
         expected_q, source = quality.estimate(model_id, model.tier, task, bucket, features, ngrams)
-        learned, proven = None, True
+        learned, proven, by_feedback = None, True, False
         support = quality.support(model_id, task) if min_samples else None
         if support is None or support >= min_samples:
             if estimates is not None:
@@ -315,7 +319,7 @@ def _scores(candidates: Sequence[ModelSpec], profile: RequestProfile, quality: Q
             if estimates is not None:
                 learned = estimates.lookup(task, bucket, model_id, expected_q, strength=support)
             if learned is not None:
-                expected_q, source = learned.lower, "online"
+                expected_q, source, by_feedback = learned.lower, "online", True
             else:
                 proven = False
         tariff = _TARIFFS.get(model_id)
@@ -354,7 +358,7 @@ def _scores(candidates: Sequence[ModelSpec], profile: RequestProfile, quality: Q
             reason = f"expected quality {expected_q:.3f} < min_quality {min_quality:.3f}"
         # positional: keywords cost a third more in the generated __init__
         scores.append(CandidateScore(model_id, model.provider, model.tier, expected_q, source, expected_cost,
-                                     worst, cap, reason is None, reason, learned, proven))
+                                     worst, cap, reason is None, reason, learned, proven, by_feedback))
     return scores
 
 
@@ -379,7 +383,7 @@ def _reference(best: CandidateScore, mode: str, scores: Sequence[CandidateScore]
         score = next((s for s in scores if s.model == baseline), None)
         if score is not None:
             return score.reference_quality, f"baseline {baseline}", score
-    return best.expected_quality, "best eligible", best
+    return best.reference_quality, "best eligible", best
 
 
 def _target(reference: float, best: float, mode: str, level: float, constraints: Constraints,
@@ -392,6 +396,10 @@ def _target(reference: float, best: float, mode: str, level: float, constraints:
 
 def _by_quality(s: CandidateScore) -> float:
     return s.expected_quality
+
+
+def _by_reference_quality(s: CandidateScore) -> float:
+    return s.reference_quality
 
 
 def _preference(quality_per_usd: float | None) -> Callable[[CandidateScore], tuple[float, int, float, str]]:
@@ -454,7 +462,9 @@ def select(
     level = config.pressure(pressure)
     top = max(eligible, key=_by_quality)
     best = top.expected_quality
-    reference, reference_name, reference_score = _reference(top, str(mode), scores, baseline, config)
+    # the reference is credited optimistically once there is evidence (module docstring)
+    top_reference = max(eligible, key=_by_reference_quality) if ctx.estimates is not None else top
+    reference, reference_name, reference_score = _reference(top_reference, str(mode), scores, baseline, config)
     target = _target(reference, best, str(mode), level, constraints, config)
     sufficient = [s for s in eligible if s.expected_quality + _EPSILON >= target]
     unproven = () if constraints.downgrade else [s for s in sufficient if not s.proven and s is not reference_score]
