@@ -97,6 +97,7 @@ class QualityProfiles:
     # the same few hundred combinations on every request
     _lookups: dict[tuple[str, str, str, int], tuple[float, str]] = field(
         default_factory=dict, init=False, compare=False, repr=False)
+    _supports: dict[tuple[str, str], int | None] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @property
     def counted(self) -> bool:
@@ -112,11 +113,19 @@ class QualityProfiles:
         """Calibration rows behind ``model_id``'s estimate for ``task_type``: its task entry's
         ``samples``, 0 when the model or the task has no entry (the estimate is a fallback from other
         tasks or the tier) — or ``None`` when the file counts nothing (written priors, taken as written)."""
-        if not self.counted:
-            return None
-        model = self.models.get(model_id)
-        task = model.tasks.get(task_type) if model is not None else None
-        return task.samples if task is not None else 0
+        key = (model_id, task_type)
+        found = self._supports.get(key, -1)
+        if found == -1:
+            if not self.counted:
+                found = None
+            else:
+                model = self.models.get(model_id)
+                task = model.tasks.get(task_type) if model is not None else None
+                found = task.samples if task is not None else 0
+            if len(self._supports) > 65_536:
+                self._supports.clear()
+            self._supports[key] = found
+        return found
 
     def edges(self, task_type: str) -> tuple[float, ...]:
         edges = self.bucket_edges.get(task_type)
