@@ -119,7 +119,7 @@ def measure(body: dict[str, Any], tokens: int, iterations: int, rules: RulesHook
     for i in range(iterations + 200):
         start = CLOCK()
         n = count() if count is not None else tokens
-        profile = analyze(body, n, ngrams=QUALITY.text is not None)
+        profile = analyze(body, n, features=bool(QUALITY.predictors), ngrams=QUALITY.text is not None)
         select(profile, candidates, QUALITY, rules(body, profile), pressure, config, baseline=REGISTRY.baseline_model,
                **LEARNED)
         elapsed = CLOCK() - start

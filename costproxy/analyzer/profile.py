@@ -137,18 +137,19 @@ def expected_output_tokens(estimate: TaskEstimate, input_tokens: int, max_output
 
 
 def analyze(body: Mapping[str, Any], input_tokens: int, task_hint: str | None = None, *,
-            ngrams: bool = True) -> RequestProfile:
+            features: bool = True, ngrams: bool = True) -> RequestProfile:
     """Profile an OpenAI chat (or completions) body whose input tokens were already counted.
 
     ``task_hint`` (e.g. from ``X-Costproxy-Task-Type``) replaces the detected task type when it
     names one of ``TASK_TYPES`` (unknown hints are ignored); difficulty is still estimated from the text.
-    ``ngrams=False`` skips hashing the query's n-grams (only a text quality model reads them).
+    ``features=False`` skips the query features (only quality predictors read them) and
+    ``ngrams=False`` hashing the query's n-grams (only a text quality model reads them).
     """
     found: set[str] = set()
     user, system = _texts(body, found)
     capabilities = _capabilities(body, found)
     hint = task_hint if task_hint in TASK_TYPES else None
-    estimate = detect_task(user, system, input_tokens, hint)
+    estimate = detect_task(user, system, input_tokens, hint, features=features)
     max_output = _max_output(body)
     return RequestProfile(
         input_tokens=input_tokens,

@@ -343,13 +343,14 @@ def _difficulty(task_type: str, question: str, words: list[bytes], input_tokens:
 
 
 def detect_task(
-    user: str, system: str = "", input_tokens: int = 0, task_hint: str | None = None
+    user: str, system: str = "", input_tokens: int = 0, task_hint: str | None = None, *, features: bool = True
 ) -> TaskEstimate:
     """Task type, difficulty and answer shape of a request from its user and system text.
 
     ``user`` is the last user message (earlier turns matter little); ``system`` the system prompt.
     Only bounded windows of both are scanned, so the cost does not grow with the prompt.  A
     ``task_hint`` naming one of ``TASK_TYPES`` replaces the detected type (confidence 1).
+    ``features=False`` leaves ``features`` empty (only quality predictors read them).
     """
     zone = _zone(user, _ZONE).lower()
     if task_hint in _INDEX:
@@ -364,5 +365,5 @@ def detect_task(
         difficulty=_difficulty(task, question, words, input_tokens),
         confidence=confidence,
         short_answer=any(phrase in zone for phrase in _SHORT_ANSWER),
-        features=_features(user, query, question, words, input_tokens),
+        features=_features(user, query, question, words, input_tokens) if features else (),
     )

@@ -52,7 +52,7 @@ from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Any
+from typing import Any, NamedTuple
 
 from costproxy.analyzer.tasks import FEATURE_NAMES, TASK_TYPES
 from costproxy.config_schema import Node
@@ -79,6 +79,15 @@ class ModelQuality:
     tasks: Mapping[str, TaskQuality] = field(default_factory=dict)
 
 
+class Cell(NamedTuple):
+    """What the profiles say of one model for one task and bucket (``QualityProfiles.cell``)."""
+
+    value: float
+    level: str  # LEVELS
+    support: int | None  # QualityProfiles.support
+    tier: str  # the tier it was looked up with (a registry reload may change a model's tier)
+
+
 @dataclass(frozen=True)
 class QualityProfiles:
     models: Mapping[str, ModelQuality]
@@ -98,6 +107,8 @@ class QualityProfiles:
     _lookups: dict[tuple[str, str, str, int], tuple[float, str]] = field(
         default_factory=dict, init=False, compare=False, repr=False)
     _supports: dict[tuple[str, str], int | None] = field(default_factory=dict, init=False, compare=False, repr=False)
+    _tables: dict[tuple[str, int], dict[str, Cell]] = field(default_factory=dict, init=False, compare=False,
+                                                             repr=False)
 
     @property
     def counted(self) -> bool:
@@ -153,6 +164,24 @@ class QualityProfiles:
         if prior is not None:
             return prior, "tier"
         return self.default_prior, "default"
+
+    def table(self, task_type: str, bucket: int) -> dict[str, Cell]:
+        """Model id → ``Cell`` for one task and bucket, filled by ``cell`` as models are asked for:
+        what selection reads per candidate when the request's own estimate is not needed (no
+        predictors, no text model)."""
+        key = (task_type, bucket)
+        found = self._tables.get(key)
+        if found is None:
+            if len(self._tables) > 4_096:
+                self._tables.clear()
+            found = self._tables[key] = {}
+        return found
+
+    def cell(self, model_id: str, tier: str, task_type: str, bucket: int) -> Cell:
+        """``lookup`` and ``support`` of one model, remembered in ``table``."""
+        value, level = self.lookup(model_id, tier, task_type, bucket)
+        found = self.table(task_type, bucket)[model_id] = Cell(value, level, self.support(model_id, task_type), tier)
+        return found
 
     def expected(self, model_id: str, tier: str, task_type: str, difficulty: float) -> float:
         return self.lookup(model_id, tier, task_type, self.bucket(task_type, difficulty))[0]

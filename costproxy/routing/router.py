@@ -263,8 +263,9 @@ class SelectionRouter:
         hint = hint if hint in TASK_TYPES else None
         # Task detection costs ~70 µs: a concrete model needs it only when a rule reads the task.
         detect = virtual or hint is not None or _reads_task(ruleset)
-        ngrams = self.quality.text is not None  # only a text quality model reads them
-        profile = analyze(request.body, request.input_tokens, hint, ngrams=ngrams) if detect else \
+        quality = self.quality  # features: only predictors read them; n-grams: only a text model
+        profile = analyze(request.body, request.input_tokens, hint, features=bool(quality.predictors),
+                          ngrams=quality.text is not None) if detect else \
             undetected_profile(request.body, request.input_tokens)
         if ruleset.active:
             steering = evaluate(ruleset, steering_context(request, profile, virtual, mode, now or time.time()),

@@ -304,12 +304,22 @@ def _scores(candidates: Sequence[ModelSpec], profile: RequestProfile, quality: Q
     required, estimates, constraints, limit = ctx.required, ctx.estimates, ctx.constraints, ctx.limit
     output_limit, policy, min_quality = ctx.output_limit, ctx.policy, ctx.constraints.min_quality
     min_samples = ctx.min_samples
+    # without predictors and a text model a model's estimate depends only on task and bucket
+    table = quality.table(task, bucket) if not quality.predictors and quality.text is None else None
     scores = []
     for model in candidates:
         model_id = model.id
-        expected_q, source = quality.estimate(model_id, model.tier, task, bucket, features, ngrams)
+        if table is not None:
+            cell = table.get(model_id)
+            if cell is None or cell.tier != model.tier:
+                cell = quality.cell(model_id, model.tier, task, bucket)
+            expected_q, source, support = cell.value, cell.level, cell.support
+        else:
+            expected_q, source = quality.estimate(model_id, model.tier, task, bucket, features, ngrams)
+            support = quality.support(model_id, task)
+        if not min_samples:
+            support = None
         learned, proven, by_feedback = None, True, False
-        support = quality.support(model_id, task) if min_samples else None
         if support is None or support >= min_samples:
             if estimates is not None:
                 learned = estimates.lookup(task, bucket, model_id, expected_q)
