@@ -7,8 +7,8 @@ counts as ``prior_strength`` pseudo-observations ``k``, so the posterior is the 
 
     alpha = p0·k + successes,  beta = (1 − p0)·k + (n − successes)
     mean  = (p0·k + successes) / (k + n)            (shrinkage toward the prior)
-    sd    = sqrt(mean·(1 − mean) / (k + n + 1))     (the Beta's standard deviation)
-    lower = mean − z·sd,  upper = mean + z·sd       (normal approximation, z from ``confidence``)
+    lower, upper = the Wilson score interval of ``mean`` over k + n observations (z from ``confidence``):
+                   about mean ∓ z·sqrt(mean·(1 − mean) / (k + n)), and honest near 0 and 1
 
 Selection reads two numbers per candidate (``Posterior.conservative`` and ``optimistic``):
 
@@ -70,7 +70,11 @@ def z_score(confidence: float) -> float:
 
 
 def posterior(prior: float, evidence: Evidence, strength: float, z: float) -> Posterior:
-    """The Beta posterior of ``prior`` (worth ``strength`` observations) after ``evidence``."""
+    """The Beta posterior of ``prior`` (worth ``strength`` observations) after ``evidence``.
+
+    Its bounds are the Wilson score interval of the posterior mean over ``strength + n``
+    observations: unlike mean ± z·sd, it stays honest at the edges — three successes out of three,
+    with a weak prior, bound the quality below by about 0.5, not by 1."""
     p0 = min(1.0, max(0.0, prior))
     n = max(0.0, evidence.n)
     successes = min(n, max(0.0, evidence.successes))
@@ -78,9 +82,12 @@ def posterior(prior: float, evidence: Evidence, strength: float, z: float) -> Po
     if total <= 0:
         return Posterior(p0, 0.0, p0, p0, p0)
     mean = (p0 * strength + successes) / total
-    sd = math.sqrt(mean * (1.0 - mean) / (total + 1.0))
-    return Posterior(prior=p0, evidence=n, mean=mean, lower=max(0.0, mean - z * sd),
-                     upper=min(1.0, mean + z * sd))
+    z2 = z * z
+    scale = 1.0 + z2 / total
+    center = (mean + z2 / (2.0 * total)) / scale
+    half = z * math.sqrt(mean * (1.0 - mean) / total + z2 / (4.0 * total * total)) / scale
+    return Posterior(prior=p0, evidence=n, mean=mean, lower=max(0.0, center - half),
+                     upper=min(1.0, center + half))
 
 
 @dataclass(frozen=True)

@@ -396,12 +396,12 @@ def _reference(best: CandidateScore, mode: str, scores: Sequence[CandidateScore]
     return best.reference_quality, "best eligible", best
 
 
-def _target(reference: float, best: float, mode: str, level: float, constraints: Constraints,
+def _target(reference: float, mode: str, level: float, constraints: Constraints,
             config: SelectionConfig) -> float:
+    """The target before it is capped at the best eligible quality (step 3 of the module docstring)."""
     gap = config.max_gap if constraints.downgrade else config.gap(mode) + level * config.pressure_gap
     gap = min(gap, config.max_gap)
-    target = max(reference - gap, config.quality_floor, constraints.min_quality or 0.0)
-    return min(target, best)
+    return max(reference - gap, config.quality_floor, constraints.min_quality or 0.0)
 
 
 def _by_quality(s: CandidateScore) -> float:
@@ -475,8 +475,15 @@ def select(
     # the reference is credited optimistically once there is evidence (module docstring)
     top_reference = max(eligible, key=_by_reference_quality) if ctx.estimates is not None else top
     reference, reference_name, reference_score = _reference(top_reference, str(mode), scores, baseline, config)
-    target = _target(reference, best, str(mode), level, constraints, config)
-    sufficient = [s for s in eligible if s.expected_quality + _EPSILON >= target]
+    wanted = _target(reference, str(mode), level, constraints, config)
+    target = min(wanted, best)
+    if ctx.estimates is not None and reference_score.eligible and wanted > target:
+        # With evidence the cap would let the best lower bound set the bar, and a handful of lucky
+        # answers would tie a cheap model with the reference: another model must clear the uncapped
+        # target, and the reference itself may always serve.
+        sufficient = [s for s in eligible if s is reference_score or s.expected_quality + _EPSILON >= wanted]
+    else:
+        sufficient = [s for s in eligible if s.expected_quality + _EPSILON >= target]
     unproven = () if constraints.downgrade else [s for s in sufficient if not s.proven and s is not reference_score]
     if unproven:
         kept = any(s is reference_score for s in sufficient)

@@ -5,7 +5,8 @@ For each benchmark of the file (``eval_name``; the whole file when it has one), 
 1. quality profiles come from ``--profiles``, or are calibrated now on the train split of the
    *other* benchmarks (nothing is fitted on the replayed one);
 2. its rows, every split, in file order, are routed one by one by the real analyzer and
-   ``select`` (balanced mode, ``--balanced-gap``, reference: the best eligible model) with the
+   ``select`` (balanced mode, ``--balanced-gap``, reference: the strongest model, as the server's
+   ``target_reference: baseline`` aims at its ``baseline_model``) with the
    online estimates learned so far (``learning/estimates.py``, the server's code);
 3. after each row, with probability ``--label-rate`` (seeded), its label is revealed: every model's
    score on that row is added to the estimates as one observation of ``source: eval`` — what an
@@ -110,8 +111,10 @@ def _pick(values: FloatArray, chosen: IntArray, fallback: int) -> FloatArray:
 
 
 def replay_online(data: EvalSet, profiles: Sequence[RequestProfile], quality: QualityProfiles,
-                  candidates: Sequence[ModelSpec], options: OnlineOptions) -> tuple[IntArray, int]:
-    """Route every row in order, learning from the labels revealed; (columns chosen, labels)."""
+                  candidates: Sequence[ModelSpec], options: OnlineOptions,
+                  baseline: str | None = None) -> tuple[IntArray, int]:
+    """Route every row in order, learning from the labels revealed; (columns chosen, labels).
+    ``baseline``: the reference of the target (``select``), as ``target_reference: baseline`` does."""
     column = {m: j for j, m in enumerate(data.models)}
     config = SelectionConfig(balanced_gap=options.balanced_gap, max_gap=1.0)
     estimates = OnlineEstimates({}, options.prior_strength, z_score(options.confidence))
@@ -120,7 +123,7 @@ def replay_online(data: EvalSet, profiles: Sequence[RequestProfile], quality: Qu
     for i, profile in enumerate(profiles):
         try:
             chosen[i] = column[select(profile, candidates, quality, CONSTRAINTS, PRESSURE, config,
-                                      estimates=estimates).model]
+                                      estimates=estimates, baseline=baseline).model]
         except NoEligibleModel:
             chosen[i] = -1
         if reveal[i]:
@@ -134,13 +137,14 @@ def replay_online(data: EvalSet, profiles: Sequence[RequestProfile], quality: Qu
 def best_fixed(data: EvalSet, profiles: Sequence[RequestProfile], quality: QualityProfiles,
                candidates: Sequence[ModelSpec], strongest: int, options: OnlineOptions) -> tuple[str, float, float]:
     """The fixed policy (an operating point without learning, or one model) saving most over the
-    first ``horizon`` rows while retaining ``target_retention`` there, in hindsight."""
+    first ``horizon`` rows while retaining ``target_retention`` there, in hindsight: the router's
+    operating points are taken without the guard for unseen tasks, which hindsight does not need."""
     n = min(options.horizon, len(data))
     head = data.subset(range(n))
     policies: list[tuple[str, FloatArray, FloatArray]] = [
         (f"always {m}", head.cost[:, j], head.perf[:, j]) for j, m in enumerate(data.models)]
-    for point in default_points():
-        chosen = route(profiles[:n], candidates, quality, point, data.models)
+    for point in default_points():  # hindsight needs no guard for unseen tasks (selection.min_task_samples)
+        chosen = route(profiles[:n], candidates, quality, point, data.models, min_task_samples=0)
         policies.append((f"router {point.label}", _pick(head.cost, chosen, strongest),
                          _pick(head.perf, chosen, strongest)))
     base_cost, base_perf = head.cost[:, strongest].sum(), head.perf[:, strongest].sum()
@@ -156,7 +160,7 @@ def _stream(data: EvalSet, name: str, quality: QualityProfiles, count: TokenCoun
             options: OnlineOptions) -> StreamResult:
     candidates = _candidates(quality, data.models)
     profiles = analyze_rows(data, count)
-    learned, labels = replay_online(data, profiles, quality, candidates, options)
+    learned, labels = replay_online(data, profiles, quality, candidates, options, data.models[strongest])
     static = route(profiles, candidates, quality, OperatingPoint(options.balanced_gap), data.models)
     saving, retention = _cumulative(_pick(data.cost, learned, strongest), _pick(data.perf, learned, strongest),
                                     data, strongest)

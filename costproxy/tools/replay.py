@@ -173,10 +173,13 @@ def random_at_quality(rows: RowOutcomes, idx: IntArray) -> tuple[float, FloatArr
 
 
 def route(profiles: Sequence[RequestProfile], candidates: Sequence[ModelSpec], quality: QualityProfiles,
-          point: OperatingPoint, models: Sequence[str]) -> IntArray:
-    """Column index (into ``models``) of the model ``select`` picks for each profile."""
+          point: OperatingPoint, models: Sequence[str], *, min_task_samples: int | None = None) -> IntArray:
+    """Column index (into ``models``) of the model ``select`` picks for each profile
+    (``min_task_samples``: override ``SelectionConfig.min_task_samples``)."""
     column = {m: j for j, m in enumerate(models)}
     config = point.config()
+    if min_task_samples is not None:
+        config = replace(config, min_task_samples=min_task_samples)
     constraints, pressure = Constraints(quality_mode="balanced"), BudgetPressure()
     chosen = np.empty(len(profiles), dtype=np.intp)
     for i, profile in enumerate(profiles):

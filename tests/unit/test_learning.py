@@ -47,9 +47,18 @@ def test_the_lower_bound_tightens_with_evidence() -> None:
               for p in [posterior(0.7, Evidence(n=n, successes=0.9 * n), 20.0, Z95)]]
     assert widths[0] > widths[1] > widths[2] > 0
     p = posterior(0.7, Evidence(n=50, successes=45), 20.0, Z95)
-    sd = (p.mean * (1 - p.mean) / 71) ** 0.5  # the Beta's variance with alpha + beta = 70
-    assert p.lower == pytest.approx(p.mean - Z95 * sd)
-    assert p.upper == pytest.approx(p.mean + Z95 * sd)
+    m, t, z2 = p.mean, 70.0, Z95 * Z95  # Wilson's interval of the posterior mean over 70 observations
+    center, half = (m + z2 / (2 * t)) / (1 + z2 / t), Z95 * ((m * (1 - m) + z2 / (4 * t)) / t) ** 0.5 / (1 + z2 / t)
+    assert p.lower == pytest.approx(center - half) and p.upper == pytest.approx(center + half)
+    assert abs(p.lower - (m - Z95 * (m * (1 - m) / t) ** 0.5)) < 0.02  # near mean − z·sd away from the edges
+
+
+def test_the_bounds_stay_honest_at_the_edges() -> None:
+    # three successes out of three with no prior: the normal approximation would say "certainly 1.0"
+    p = posterior(0.9, Evidence(n=3, successes=3), 0.0, Z95)
+    assert p.mean == 1.0 and 0.4 < p.lower < 0.6 and p.upper == 1.0
+    none = posterior(0.9, Evidence(n=3, successes=0), 0.0, Z95)
+    assert none.lower == 0.0 and 0.4 < none.upper < 0.6
 
 
 def test_good_news_counts_only_past_the_lower_bound_and_bad_news_at_once() -> None:
