@@ -59,6 +59,7 @@ from costproxy.http.state import (
     ALERTS,
     BACKEND,
     BUDGETS,
+    CLOCK,
     DRAINING,
     HTTP_SESSION,
     KEY_STORE,
@@ -100,12 +101,14 @@ if TYPE_CHECKING:  # the SDK is imported only when tracing is on (observability.
 
 def create_app(settings: Settings, *, span_exporter: SpanExporter | None = None,
                clock: Callable[[], float] = time.time, metrics_dir: str | None = None) -> web.Application:
-    """The application for ``settings``; ``clock`` (tests) is the budgets' and alerts' wall clock;
+    """The application for ``settings``; ``clock`` (tests) is the wall clock of budgets, alerts and
+    ledger entries;
     ``metrics_dir``: the directory where several workers keep their metrics (``http.server``)."""
     tracing = make_tracing(settings.tracing, span_exporter)
     chain = [m for m in MIDDLEWARES if tracing.enabled or m is not middlewares.tracing_middleware]
     app = web.Application(middlewares=chain, client_max_size=settings.server.max_body_bytes)
     app[SETTINGS] = settings
+    app[CLOCK] = clock
     app[METRICS] = make_metrics(metrics_dir)
     app[TRACER] = tracing.tracer
 
@@ -199,7 +202,7 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES] = Services(
         settings=settings, registry=settings.registry, counter=counter,
         upstream=UpstreamClient(app[HTTP_SESSION]), accounts=app[BACKEND].accounts, router=router,
-        tracer=app[TRACER], limits=app[BACKEND].limits, cache=app[BACKEND].cache)
+        tracer=app[TRACER], limits=app[BACKEND].limits, cache=app[BACKEND].cache, clock=app[CLOCK])
     services.events.subscribe(request_observer(app[METRICS]))
     services.events.subscribe(refusal_and_cache_metrics(app[METRICS].registry))
     stop = _background(_reload_rules(app), "costproxy-rules-reload")

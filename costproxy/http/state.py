@@ -5,6 +5,8 @@ The composition root (``http.app.create_app``) sets each app key once; handlers 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import aiohttp
 from aiohttp import web
 from opentelemetry.trace import Tracer
@@ -27,6 +29,7 @@ from costproxy.store.responses import ResponseStore
 from costproxy.store.sqlite import SqliteStore
 
 SETTINGS = web.AppKey("settings", Settings)
+CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")  # wall clock of budgets, alerts and the ledger
 BACKEND = web.AppKey("backend", Backend)  # everything that persists (store.backend)
 DRAINING = web.AppKey("draining", bool)  # set on SIGTERM: readiness false while in-flight requests finish
 SERVICES = web.AppKey("services", Services)

@@ -324,3 +324,12 @@ async def test_disabled_limits_are_not_enforced(make_proxy: ProxyFactory) -> Non
         assert resp.status == 200 and "x-ratelimit-limit-requests" not in resp.headers
     listed = await api(proxy, "GET", "/api/v1/rate-limits", 200)
     assert listed["enabled"] is False and len(listed["data"]) == 1
+
+
+async def test_ledger_entries_are_stamped_by_the_same_clock_as_budgets_and_limits(
+        aiohttp_client: Any, simulator: Any, write_config: Any) -> None:
+    clock = FrozenClock(1_900_000_000.0)  # 2030: far from the machine's own clock
+    proxy = await clocked_proxy(aiohttp_client, simulator, write_config, clock)
+    assert (await chat(proxy)).status == 200
+    entry = (await proxy.ledger())[-1]
+    assert entry.ts_ms == 1_900_000_000_000
