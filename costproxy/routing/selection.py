@@ -57,7 +57,8 @@ has less quality, so it can only win by being cheaper).
 
 from __future__ import annotations
 
-import uuid
+import itertools
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -71,6 +72,14 @@ from costproxy.routing.policy import QUALITY_MODES, Constraints
 from costproxy.routing.quality import QualityProfiles
 
 _EPSILON = 1e-9
+# Decision ids: 32 hex digits like a uuid4's, a random per-process prefix and a counter (unique
+# across replicas and restarts without a system call per decision).
+_ID_PREFIX = os.urandom(8).hex()
+_ids = itertools.count()
+
+
+def _decision_id() -> str:
+    return f"{_ID_PREFIX}{next(_ids) & 0xFFFFFFFFFFFFFFFF:016x}"
 TARGET_REFERENCES = ("baseline", "best")
 
 
@@ -504,7 +513,7 @@ def select(
         *constraints.reasons,
     )
     return Decision(
-        id=decision_id or uuid.uuid4().hex, model=chosen.model, scores=tuple(scores), reasons=reasons,
+        id=decision_id or _decision_id(), model=chosen.model, scores=tuple(scores), reasons=reasons,
         fallback_chain=_fallbacks(chosen, sufficient, eligible, config.max_fallbacks),
         quality_target=target, expected_quality=chosen.expected_quality,
         estimated_cost_nanos=chosen.expected_cost_nanos, worst_case_nanos=chosen.worst_case_nanos,
