@@ -25,6 +25,7 @@ import structlog
 from aiohttp import web
 
 from costproxy.background import cancel_and_wait, stop_if_cancelled
+from costproxy.cache.capture import Capture
 from costproxy.errors import InvalidRequest, NotFound, StoreUnavailable
 from costproxy.http.budgets_api import actor, viewer
 from costproxy.http.keys_api import json_body
@@ -35,7 +36,7 @@ from costproxy.learning.service import Learner
 from costproxy.learning.store import LearningStore, SqliteLearningStore
 from costproxy.ledger.entry import LedgerEntry
 from costproxy.pipeline.run import UnaryResult
-from costproxy.request import Api, ChatRequest
+from costproxy.request import Api, ChatRequest, RequestContext
 from costproxy.wire import query_value
 
 log = structlog.get_logger("costproxy.learning")
@@ -136,6 +137,23 @@ async def learning_ctx(app: web.Application) -> AsyncIterator[None]:
     await cancel_and_wait([task])
     if judge is not None:
         await judge.stop()
+
+
+def capture_for_judge(request: web.Request, ctx: RequestContext, chat: ChatRequest) -> Capture | None:
+    """A capture of a chat stream the judge drew (``Judge.wants``), else ``None`` (nothing is copied)."""
+    judge = request.app.get(JUDGE)
+    if judge is None or chat.api is not Api.CHAT or not judge.wants(str(chat.body.get("model") or "")):
+        return None
+    return Capture(Api.CHAT, ctx.endpoint)
+
+
+def offer_stream_to_judge(request: web.Request, chat: ChatRequest, entry: LedgerEntry, capture: Capture) -> None:
+    """Hand a drawn stream's assembled answer to the judge (an unfinished stream is not judged)."""
+    judge, messages = request.app.get(JUDGE), chat.body.get("messages")
+    whole = capture.answer()
+    answer = None if whole is None else answer_text(whole)
+    if judge is not None and isinstance(messages, list) and answer is not None:
+        judge.offer(Sample(entry, messages, answer), drawn=True)
 
 
 def offer_to_judge(request: web.Request, chat: ChatRequest, result: UnaryResult) -> None:

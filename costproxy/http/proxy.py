@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from costproxy.cache.capture import Capture
 from costproxy.cache.policy import HEADER as CACHE_HEADER
 from costproxy.errors import ProxyError, UnknownModel
 from costproxy.http import feedback_api
@@ -20,7 +21,7 @@ from costproxy.http.state import PRINCIPAL, REQUEST_ID, ROUTER, SERVICES, SETTIN
 from costproxy.ledger.entry import LedgerEntry
 from costproxy.money import format_usd
 from costproxy.pipeline.admission import limit_headers
-from costproxy.pipeline.cached import ReplayRun, cache_label
+from costproxy.pipeline.cached import ReplayRun, cache_label, teed
 from costproxy.pipeline.plan import Plan
 from costproxy.pipeline.run import StreamRun, UnaryResult, refuse, run_stream, run_unary
 from costproxy.pipeline.services import Services
@@ -101,7 +102,10 @@ async def answer(request: web.Request, services: Services, ctx: RequestContext,
                  chat: ChatRequest) -> web.StreamResponse:
     """Run a parsed request through the pipeline and write its answer, streamed or whole."""
     if chat.stream:
-        response, _ = await relay_stream(request, await run_stream(services, ctx, chat))
+        capture = feedback_api.capture_for_judge(request, ctx, chat)  # a sampled share is captured
+        response, entry = await relay_stream(request, await run_stream(services, ctx, chat), capture)
+        if capture is not None:
+            feedback_api.offer_stream_to_judge(request, chat, entry, capture)
         return response
     result = await run_unary(services, ctx, chat)
     feedback_api.offer_to_judge(request, chat, result)  # a sampled share, judged in the background
@@ -125,8 +129,10 @@ def unary_response(services: Services, result: UnaryResult) -> web.Response:
     return web.Response(body=result.body, status=result.response.status, headers=headers)
 
 
-async def relay_stream(request: web.Request, run: StreamRun | ReplayRun) -> tuple[web.StreamResponse, LedgerEntry]:
-    """Relay a stream (settled when it ends) as server-sent events; returns the ledger entry too."""
+async def relay_stream(request: web.Request, run: StreamRun | ReplayRun,
+                       capture: Capture | None = None) -> tuple[web.StreamResponse, LedgerEntry]:
+    """Relay a stream (settled when it ends) as server-sent events; returns the ledger entry too.
+    ``capture`` reads every frame the client is sent (the judge's copy of the answer)."""
     response = web.StreamResponse(status=200, headers={
         **cost_headers(run.plan, run.model, None),
         "content-type": "text/event-stream; charset=utf-8",
@@ -137,7 +143,7 @@ async def relay_stream(request: web.Request, run: StreamRun | ReplayRun) -> tupl
     async def start() -> None:
         await response.prepare(request)
 
-    entry = await run.relay(start, response.write)
+    entry = await run.relay(start, teed(response.write, capture))
     return response, entry
 
 

@@ -1,7 +1,8 @@
 """The judge: a sampled share of ``auto`` answers compared with the reference model's answer.
 
-Off by default (``learning.judge``).  For a sampled unary ``auto`` chat completion answered by a model
-other than the reference, in the background (never on the request's path):
+Off by default (``learning.judge``).  For a sampled ``auto`` chat completion (unary, or streamed: the
+stream the client received is then captured and assembled) answered by a model other than the
+reference, in the background (never on the request's path):
 
 1. the worst case of both calls — the reference answer (``max_output_tokens``) and the verdict (a few
    tokens) — is charged to the judge's own budget for the UTC day (``daily_budget_usd``, shared by
@@ -101,12 +102,18 @@ class Judge:
         self.tasks: set[asyncio.Task[None]] = set()
         self._refused_day: str | None = None
 
-    def offer(self, sample: Sample) -> bool:
-        """Start judging ``sample`` in the background if it is drawn; whether it was."""
+    def wants(self, requested_model: str) -> bool:
+        """Draw whether a request for ``requested_model`` is judged, before its answer exists (a
+        stream's answer is captured only when it is)."""
+        return (self.settings.enabled and self.reference is not None and self.judge is not None
+                and requested_model.startswith("auto") and self.draw() < self.settings.sample_rate)
+
+    def offer(self, sample: Sample, *, drawn: bool = False) -> bool:
+        """Start judging ``sample`` in the background if it is drawn (``drawn``: ``wants`` said so
+        already); whether it was."""
         entry = sample.entry
-        if (not self.settings.enabled or self.reference is None or self.judge is None
-                or not (entry.requested_model or "").startswith("auto") or entry.status != "ok"
-                or entry.served_model in (None, self.reference.id) or self.draw() >= self.settings.sample_rate):
+        if (self.reference is None or entry.status != "ok" or entry.served_model in (None, self.reference.id)
+                or not (drawn or self.wants(entry.requested_model or ""))):
             return False
         task = asyncio.create_task(self.run(sample), name=f"costproxy-judge-{entry.request_id}")
         self.tasks.add(task)

@@ -4,6 +4,7 @@ the judge's own daily budget stops it before any call."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from costproxy.http.state import JUDGE, LEARNER
@@ -76,3 +77,38 @@ async def test_the_judge_is_off_by_default_and_samples_its_rate(make_proxy: Prox
     await ask(sampled)
     judge = sampled.app[JUDGE]
     assert judge is not None and not judge.tasks and [c for c in sampled.sim.calls if c.model == "big"] == []
+
+
+async def test_a_streamed_auto_answer_is_captured_and_judged(make_proxy: ProxyFactory) -> None:
+    proxy = await make_proxy(extra=judged("1.00"))
+    proxy.sim.plan(model="big", reply="6")  # the reference's answer and the judge's verdict
+    resp = await proxy.client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=proxy.auth())
+    assert resp.status == 200
+    body = await resp.text()
+    assert "data: [DONE]" in body
+    rid = resp.headers["x-costproxy-request-id"]
+    learner = proxy.app[LEARNER]
+
+    async def verdict_in() -> bool:
+        return any(f.source == "judge" for f in await learner.store.feedback_for(rid))
+
+    await eventually(verdict_in, what="the judge's verdict on the stream")
+    feedback = next(f for f in await learner.store.feedback_for(rid) if f.source == "judge")
+    assert feedback.score == 0.6
+    served = next(c for c in proxy.sim.calls if c.model != "big")
+    verdict_prompt = [c for c in proxy.sim.calls if c.model == "big"][1].body["messages"][0]["content"]
+    # the candidate the judge read is the text the client was streamed, assembled
+    assert served.body["stream"] is True and "CANDIDATE ANSWER:\n" in verdict_prompt
+    streamed = "".join(
+        (chunk["choices"][0].get("delta") or {}).get("content") or ""
+        for line in body.splitlines() if line.startswith("data: {")
+        for chunk in [json.loads(line[6:])] if chunk.get("choices"))
+    assert streamed and verdict_prompt.split("CANDIDATE ANSWER:\n", 1)[1] == streamed
+
+
+async def test_a_stream_not_drawn_is_not_copied(make_proxy: ProxyFactory) -> None:
+    proxy = await make_proxy(extra=judged("1.00", rate=0.0))
+    resp = await proxy.client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=proxy.auth())
+    assert resp.status == 200 and "[DONE]" in await resp.text()
+    judge = proxy.app[JUDGE]
+    assert judge is not None and not judge.tasks and [c for c in proxy.sim.calls if c.model == "big"] == []
