@@ -127,6 +127,8 @@ O200K_BASE = EncodingSpec(
 )
 SPECS: Mapping[str, EncodingSpec] = MappingProxyType({s.name: s for s in (O200K_BASE, CL100K_BASE)})
 ENCODING_NAMES: tuple[str, ...] = tuple(SPECS)
+# Loaded when a server starts (the default encoding of the registry); the others on first use.
+STARTUP_ENCODINGS: tuple[str, ...] = ("o200k_base",)
 
 
 def load_encoding(name: str, directory: Path | None = None) -> tiktoken.Encoding:
