@@ -27,10 +27,12 @@ CPU per request is read from ``/proc/<pid>/stat`` (utime + stime, all threads) b
 run of N requests, divided by the responses the load generator counted; ``/proc/<pid>/task/*``
 splits it between the event loop and worker threads.  On two or more CPUs the servers under test
 are pinned to the first CPU and upstream + load generator to the others (``--no-pin`` to disable).
-RSS (``/proc/<pid>/status`` VmRSS) of each proxy is printed after start and at the end;
-``--soak SECONDS`` then keeps the SQLite proxy busy (named, auto and stream in turn) and prints
-its RSS and the requests served so far every ``--soak-interval`` seconds.  ``--profile`` adds one
-run per scenario with py-spy attached to the SQLite proxy and prints its hotspots.
+RSS (``/proc/<pid>/status`` VmRSS, with its anonymous and file-backed parts) of each proxy is
+printed after start and at the end; ``--soak SECONDS`` and/or ``--soak-requests N`` then keep each
+proxy busy in turn (SQLite, then Redis; named, auto and stream in turn) until that many seconds or
+responses, and print its RSS and the requests served so far every ``--soak-interval`` seconds.
+``--profile`` adds one run per scenario with py-spy attached to the SQLite proxy and prints its
+hotspots.
 
 Usage::
 
@@ -38,6 +40,7 @@ Usage::
     python3 bench/proxy_bench.py --rounds 3 --redis redis://127.0.0.1:6379/13
     python3 bench/proxy_bench.py --no-stream --profile
     python3 bench/proxy_bench.py --rounds 0 --soak 600 # memory only: ten minutes of traffic
+    python3 bench/proxy_bench.py --rounds 0 --soak-requests 100000 --redis redis://127.0.0.1:6379/13
 
 Bounded: every run stops after ``--requests`` responses or ``--duration`` seconds, whichever comes
 first.
@@ -71,6 +74,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FAST_UPSTREAM = ROOT / "bench" / "fast_upstream.py"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 UPSTREAM_KEY_ENV = "BENCH_UPSTREAM_KEY"
+SOAK_CAP_S = 3600.0  # a soak bounded by --soak-requests alone stops after this many seconds per proxy
 WRK_INSTALL_HINT = "install it with: sudo apt-get update && sudo apt-get install -y wrk  (macOS: brew install wrk)"
 
 SYSTEM = "You are a concise assistant. Answer in two sentences at most, in plain English."
@@ -467,22 +471,76 @@ def profile_proxy(loads: list[tuple[Load, Scenario]], proxy: tuple[str, str, int
             + f"\n  collapsed stacks (flamegraph.pl / speedscope input): {raw} (kept with --keep)")
 
 
-def soak(args: argparse.Namespace, dep: Deployment, use_wrk: bool) -> None:
-    """Keep the SQLite proxy busy for ``--soak`` seconds (named, auto, stream in turn, one chunk of
-    ``--soak-interval`` seconds each) and print its RSS and the requests served after each chunk."""
-    _, url, pid = next(t for t in dep.targets if t[0] == "costproxy sqlite")
+def memory_mb(pid: int) -> dict[str, float]:
+    """VmRSS and its parts (RssAnon: heap; RssFile: mapped code and data files) of a process, and its
+    PSS (shared pages divided among the processes sharing them) and USS (pages of its own), in MB."""
+    found = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile"):
+            found[key] = int(value.split()[0]) / 1024
+    try:
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+    except OSError:
+        return found
+    for line in rollup:
+        key, _, value = line.partition(":")
+        if key in ("Pss", "Private_Clean", "Private_Dirty"):
+            kind = "Pss" if key == "Pss" else "Uss"
+            found[kind] = found.get(kind, 0.0) + int(value.split()[0]) / 1024
+    return found
+
+
+def worker_pids(pid: int) -> list[int]:
+    """The children of ``pid`` (the workers of ``serve --workers N``), or none."""
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        children.extend(int(c) for c in task.read_text().split())
+    return sorted(children)
+
+
+def memory_line(pid: int) -> str:
+    """RSS of a proxy; with workers, each worker's RSS, PSS and USS and the supervisor's RSS."""
+    workers = worker_pids(pid)
+    if not workers:
+        found = memory_mb(pid)
+        return (f"RSS {found.get('VmRSS', 0.0):6.1f} MB (anon {found.get('RssAnon', 0.0):5.1f}, "
+                f"file {found.get('RssFile', 0.0):5.1f}; PSS {found.get('Pss', 0.0):5.1f})")
+    parts = []
+    for child in workers:
+        found = memory_mb(child)
+        parts.append(f"{found.get('VmRSS', 0.0):.1f}/{found.get('Pss', 0.0):.1f}/{found.get('Uss', 0.0):.1f}")
+    parent = memory_mb(pid)
+    return (f"workers RSS/PSS/USS {' '.join(parts)} MB; supervisor RSS {parent.get('VmRSS', 0.0):.1f} "
+            f"PSS {parent.get('Pss', 0.0):.1f} MB")
+
+
+def soak(args: argparse.Namespace, dep: Deployment, keys: dict[str, str], use_wrk: bool) -> None:
+    """Keep each proxy busy in turn (SQLite, then Redis with ``--redis``) until ``--soak`` seconds
+    or ``--soak-requests`` responses, whichever comes first (named, auto, stream in turn, chunks of
+    ``--soak-interval`` seconds), and print its RSS and the requests served after each chunk."""
     scenarios = [s for s in scenarios_of(args) if s.concurrency != 1]
-    started, served, chunk = time.monotonic(), 0, 0
-    print(f"\nsoak: {args.soak:g} s against costproxy sqlite (pid {pid}), RSS at start {rss_mb(pid):.1f} MB")
-    while time.monotonic() - started < args.soak:
-        scenario = scenarios[chunk % len(scenarios)]
-        seconds = min(args.soak_interval, max(1.0, args.soak - (time.monotonic() - started)))
-        load = Load(chat_body(scenario.model, scenario.stream), dep.key, dep.work, use_wrk, seconds, cpu_split(args)[1])
-        result = run_load(load, url + "/v1/chat/completions", scenario.concurrency, 10**9)
-        served += result["requests"]
-        chunk += 1
-        print(f"  t={time.monotonic() - started:6.0f} s  {scenario.name:6} requests so far {served:>8}  "
-              f"RSS {rss_mb(pid):6.1f} MB  errors {result['errors'] + result['bad_status']}", flush=True)
+    seconds = args.soak or SOAK_CAP_S
+    limit = args.soak_requests or 10**12
+    proxies = [t for t in dep.targets if t[0].startswith("costproxy")]
+    if args.workers > 1:  # the soak measures the workers of the Redis proxy
+        proxies = [t for t in proxies if t[0] != "costproxy sqlite"]
+    for label, url, pid in proxies:
+        started, served, chunk = time.monotonic(), 0, 0
+        print(f"\nsoak: {label} (pid {pid}) until {args.soak_requests or 'unbounded'} requests or {seconds:g} s; "
+              f"at start {memory_line(pid)}", flush=True)
+        while served < limit and time.monotonic() - started < seconds:
+            scenario = scenarios[chunk % len(scenarios)]
+            span = min(args.soak_interval, max(1.0, seconds - (time.monotonic() - started)))
+            load = Load(chat_body(scenario.model, scenario.stream), keys.get(label, dep.key), dep.work, use_wrk,
+                        span, cpu_split(args)[1])
+            result = run_load(load, url + "/v1/chat/completions", scenario.concurrency, min(limit - served, 10**9))
+            served += result["requests"]
+            chunk += 1
+            print(f"  t={time.monotonic() - started:6.0f} s  {scenario.name:6} requests so far {served:>8}  "
+                  f"{memory_line(pid)}  errors {result['errors'] + result['bad_status']}", flush=True)
+        print(f"  {label} after the soak: {served} requests in {time.monotonic() - started:.0f} s, "
+              f"{memory_line(pid)}", flush=True)
 
 
 # --- main ----------------------------------------------------------------------------------------------
@@ -516,17 +574,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true",
                         help="after the table, one extra run per scenario with py-spy sampling the SQLite proxy")
     parser.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
-                        help="after the table, keep the SQLite proxy busy this long and print its RSS over time")
+                        help="after the table, keep each proxy busy this long in turn and print its RSS over time")
+    parser.add_argument("--soak-requests", type=int, default=0, metavar="N",
+                        help="soak each proxy until N responses (e.g. 100000), or --soak seconds if that comes "
+                             f"first (default cap {SOAK_CAP_S:g} s)")
     parser.add_argument("--soak-interval", type=float, default=30.0, metavar="SECONDS",
                         help="RSS is printed after each chunk of this many seconds of soak (default 30)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="run the Redis proxy with serve --workers N (memory: RSS, PSS and USS of each worker; "
+                             "its CPU figures would be the supervisor's only, so only with --rounds 0; the soak then "
+                             "skips SQLite)")
     parser.add_argument("--no-pin", action="store_true",
                         help="do not pin the servers under test to one CPU and upstream + load to the others")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (config, logs, ledger)")
     args = parser.parse_args(argv)
     if args.requests < 1 or args.concurrency < 1 or args.duration <= 0 or args.rounds < 0 or args.soak < 0 \
-            or args.soak_interval <= 0:
+            or args.soak_interval <= 0 or args.soak_requests < 0:
         parser.error("--requests, --concurrency, --duration and --soak-interval must be positive; --rounds and "
-                     "--soak at least 0")
+                     "--soak, --soak-requests at least 0")
+    if args.workers > 1 and (args.rounds or not args.redis):
+        parser.error("--workers needs --redis (several workers need a shared store) and --rounds 0")
     return args
 
 
@@ -575,8 +642,9 @@ def start_proxy(args: argparse.Namespace, stack: ExitStack, work: Path, upstream
     key = create_key(config, env)
     port = free_port()
     log = work / f"proxy-{name}.log"
+    workers = ["--workers", str(args.workers)] if args.workers > 1 and store != "sqlite" else []
     proxy = stack.enter_context(running([sys.executable, "-m", "costproxy", "--config", str(config), "serve",
-                                         "--port", str(port)], log, env, cpu_split(args)[0]))
+                                         "--port", str(port), *workers], log, env, cpu_split(args)[0]))
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, proxy, log)
     return f"costproxy {name}", url, proxy.pid, key
@@ -596,7 +664,7 @@ def deploy(args: argparse.Namespace, stack: ExitStack, work: Path) -> tuple[Depl
         label, url, pid, key = start_proxy(args, stack, work, upstream_url, store)
         targets.append((label, url, pid))
         keys[label] = key
-        print(f"  {label}: pid {pid}, RSS after start {rss_mb(pid):.1f} MB")
+        print(f"  {label}: pid {pid}, after start {memory_line(pid)}")
     return Deployment(work=work, key=keys["costproxy sqlite"], upstream_pid=upstream.pid, targets=targets), keys
 
 
@@ -655,8 +723,8 @@ def main(argv: list[str] | None = None) -> int:
                                cpu_split(args)[1]), s) for s in scenarios_of(args) if s.concurrency != 1]
                 profile = profile_proxy(loads, next(t for t in dep.targets if t[0] == "costproxy sqlite"),
                                         args.requests, work / "profile")
-            if args.soak:
-                soak(args, dep, use_wrk)
+            if args.soak or args.soak_requests:
+                soak(args, dep, keys, use_wrk)
             final_rss = {label: rss_mb(pid) for label, _, pid in dep.targets if label.startswith("costproxy")}
     finally:
         if args.redis:

@@ -363,11 +363,16 @@ PIECE_CHARS = 32_768
 # Counts of texts up to MEMO_CHARS are remembered per encoding: the same system prompt, tool schema
 # or earlier turn of a conversation (clients resend the whole history every turn) comes back in
 # request after request, and a dict lookup costs a fraction of tiktoken's encode.  The memo holds at
-# most MEMO_ENTRIES texts per encoding (about 8 MB at worst) and starts over when full; dict reads
-# and writes are atomic, so worker threads counting big inputs share it safely.
+# most MEMO_ENTRIES texts and MEMO_TOTAL_CHARS characters per encoding and starts over when either
+# is reached: at most ~8 MB per encoding whatever the script (a str takes 1, 2 or 4 bytes per
+# character; a bound on entries alone allowed 32 MB of 4-byte texts).  Dict reads and writes are
+# atomic, so worker threads counting big inputs share it safely; the character total is a bound,
+# not an exact figure (two threads adding at once may lose one addition until the next clear).
 MEMO_CHARS = 4_096
 MEMO_ENTRIES = 2_048
+MEMO_TOTAL_CHARS = 2_097_152
 _MEMOS: dict[str, dict[str, int]] = {}
+_MEMO_HELD: dict[str, int] = {}  # characters held per encoding's memo
 
 
 def _count(enc: tiktoken.Encoding, text: str) -> int:
@@ -378,9 +383,12 @@ def _count(enc: tiktoken.Encoding, text: str) -> int:
         tokens = memo.get(text)
         if tokens is None:
             tokens = len(enc.encode_ordinary(text))
-            if len(memo) >= MEMO_ENTRIES:
+            held = _MEMO_HELD.get(enc.name, 0) + len(text)
+            if len(memo) >= MEMO_ENTRIES or held > MEMO_TOTAL_CHARS:
                 memo.clear()
+                held = len(text)
             memo[text] = tokens
+            _MEMO_HELD[enc.name] = held
         return tokens
     if len(text) <= PIECE_CHARS:
         return len(enc.encode_ordinary(text))

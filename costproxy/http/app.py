@@ -31,7 +31,7 @@ from costproxy.alerts.catalog import AlertCatalog
 from costproxy.alerts.manager import AlertManager
 from costproxy.alerts.sender import SenderSettings, WebhookSender
 from costproxy.alerts.store import AlertStore
-from costproxy.analyzer.encodings import load_encoding, load_encodings
+from costproxy.analyzer.encodings import STARTUP_ENCODINGS, load_encoding, load_encodings
 from costproxy.analyzer.tokens import TokenCounter
 from costproxy.background import cancel_and_wait, stop_if_cancelled
 from costproxy.budgets.model import window_at
@@ -196,7 +196,7 @@ async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     # o200k_base now (the default); the others when a request first needs them (tens of MB each)
-    encodings = await asyncio.to_thread(load_encodings, ["o200k_base"], directory=settings.encodings_dir)
+    encodings = await asyncio.to_thread(load_encodings, STARTUP_ENCODINGS, directory=settings.encodings_dir)
     router = app[ROUTER] = await asyncio.to_thread(build_router, settings)
     counter = TokenCounter(encodings, functools.partial(load_encoding, directory=settings.encodings_dir))
     services = app[SERVICES] = Services(

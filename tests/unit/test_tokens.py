@@ -306,6 +306,19 @@ def test_short_texts_are_remembered_per_encoding_and_the_memo_is_bounded() -> No
     assert len(token_module._MEMOS["o200k_base"]) <= token_module.MEMO_ENTRIES
 
 
+def test_the_memo_is_bounded_by_characters_too() -> None:
+    from costproxy.analyzer import tokens as token_module
+
+    encoding = load_encodings()["o200k_base"]
+    size = token_module.MEMO_CHARS
+    texts = [f"{i:06d}" + "\U0001f600" * (size - 6) for i in range(token_module.MEMO_TOTAL_CHARS // size + 5)]
+    for text in texts:  # 4 bytes per character: the entry bound alone would keep 32 MB of these
+        assert token_module._count(encoding, text) == len(encoding.encode_ordinary(text))
+    memo = token_module._MEMOS["o200k_base"]
+    assert sum(len(text) for text in memo) <= token_module.MEMO_TOTAL_CHARS
+    assert texts[-1] in memo
+
+
 def test_an_encoding_not_given_is_loaded_on_first_use_once() -> None:
     from costproxy.analyzer.encodings import load_encoding
 
