@@ -111,6 +111,7 @@ _KEYWORDS: dict[bytes, tuple[tuple[int, float], ...]] = {}
 for _t in _KEYWORD_TABLES:
     for _w, _hit in _t.items():
         _KEYWORDS[_w] = (*_KEYWORDS.get(_w, ()), _hit)
+_KEYWORD_WORDS = frozenset(_KEYWORDS)
 
 _LANGUAGE_NAMES = (
     "english french spanish german chinese japanese italian portuguese russian korean arabic hindi dutch "
@@ -204,8 +205,9 @@ def _zone(text: str, size: int) -> str:
 
 
 def _add_keywords(scores: list[float], words: set[bytes], factor: float) -> None:
-    for word in words:
-        for index, weight in _KEYWORDS.get(word, ()):
+    # the intersection runs in C: most of a prompt's words are no keyword of any task
+    for word in words.intersection(_KEYWORD_WORDS):
+        for index, weight in _KEYWORDS[word]:
             scores[index] += factor * weight
 
 
