@@ -57,6 +57,7 @@ has less quality, so it can only win by being cheaper).
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import os
 from collections.abc import Callable, Sequence
@@ -434,9 +435,12 @@ def _preference(quality_per_usd: float | None) -> Callable[[CandidateScore], tup
 
 def _fallbacks(chosen: CandidateScore, sufficient: list[CandidateScore], eligible: list[CandidateScore],
                limit: int) -> tuple[str, ...]:
-    others = sorted((s for s in sufficient if s is not chosen),
-                    key=lambda s: (s.provider == chosen.provider, s.expected_cost_nanos, s.model))
-    seen = {chosen.model, *(s.model for s in others)}
+    provider = chosen.provider
+    others = heapq.nsmallest(limit, (s for s in sufficient if s is not chosen),
+                             key=lambda s: (s.provider == provider, s.expected_cost_nanos, s.model))
+    if len(others) >= limit:  # the usual case: the rest of the eligible models are not needed
+        return tuple(s.model for s in others)
+    seen = {chosen.model, *(s.model for s in sufficient)}
     rest = sorted((s for s in eligible if s.model not in seen),
                   key=lambda s: (-s.expected_quality, s.expected_cost_nanos, s.model))
     return tuple(s.model for s in [*others, *rest][:limit])
