@@ -47,6 +47,15 @@ _ID_PREFIX = os.urandom(8).hex()  # per process: ids stay unique across replicas
 _id_counter = itertools.count()
 
 
+def _new_id_prefix() -> None:
+    """A forked worker (``serve --workers``) starts its own prefix: it inherited its parent's."""
+    global _ID_PREFIX, _id_counter
+    _ID_PREFIX, _id_counter = os.urandom(8).hex(), itertools.count()
+
+
+os.register_at_fork(after_in_child=_new_id_prefix)
+
+
 def new_request_id() -> str:
     return f"req_{_ID_PREFIX}{next(_id_counter):08x}"
 

@@ -79,6 +79,15 @@ _ID_PREFIX = os.urandom(8).hex()
 _ids = itertools.count()
 
 
+def _new_id_prefix() -> None:
+    """A forked worker (``serve --workers``) starts its own prefix: it inherited its parent's."""
+    global _ID_PREFIX, _ids
+    _ID_PREFIX, _ids = os.urandom(8).hex(), itertools.count()
+
+
+os.register_at_fork(after_in_child=_new_id_prefix)
+
+
 def _decision_id() -> str:
     return f"{_ID_PREFIX}{next(_ids) & 0xFFFFFFFFFFFFFFFF:016x}"
 TARGET_REFERENCES = ("baseline", "best")
