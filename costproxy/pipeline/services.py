@@ -8,8 +8,6 @@ optional: without them no request is limited or cached.
 
 from __future__ import annotations
 
-import itertools
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +18,7 @@ from opentelemetry.trace import NoOpTracer, Tracer
 from costproxy.analyzer.tokens import TokenCounter
 from costproxy.budgets.accounts import Accounts
 from costproxy.cache.store import ResponseCache
+from costproxy.ids import Ids
 from costproxy.pipeline.events import EventBus
 from costproxy.providers.transport import Upstream
 from costproxy.ratelimits.limiter import RateLimiter
@@ -43,21 +42,7 @@ class Services:
     cache: ResponseCache | None = None
 
 
-_ID_PREFIX = os.urandom(8).hex()  # per process: ids stay unique across replicas and restarts
-_id_counter = itertools.count()
-
-
-def _new_id_prefix() -> None:
-    """A forked worker (``serve --workers``) starts its own prefix: it inherited its parent's."""
-    global _ID_PREFIX, _id_counter
-    _ID_PREFIX, _id_counter = os.urandom(8).hex(), itertools.count()
-
-
-os.register_at_fork(after_in_child=_new_id_prefix)
-
-
-def new_request_id() -> str:
-    return f"req_{_ID_PREFIX}{next(_id_counter):08x}"
+new_request_id = Ids("req_", 8)  # unique across replicas, restarts and forked workers
 
 
 class _NoSpan:

@@ -58,14 +58,13 @@ has less quality, so it can only win by being cheaper).
 from __future__ import annotations
 
 import heapq
-import itertools
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
 from costproxy.analyzer.profile import RequestProfile
 from costproxy.errors import NoEligibleModel
+from costproxy.ids import Ids
 from costproxy.learning.estimates import OnlineEstimates, Posterior
 from costproxy.money import NANOS_PER_USD, TOKENS_PER_PRICE_UNIT, format_usd
 from costproxy.registry import MARGIN_SCALE, ModelSpec, Usage
@@ -73,23 +72,8 @@ from costproxy.routing.policy import QUALITY_MODES, Constraints
 from costproxy.routing.quality import QualityProfiles
 
 _EPSILON = 1e-9
-# Decision ids: 32 hex digits like a uuid4's, a random per-process prefix and a counter (unique
-# across replicas and restarts without a system call per decision).
-_ID_PREFIX = os.urandom(8).hex()
-_ids = itertools.count()
-
-
-def _new_id_prefix() -> None:
-    """A forked worker (``serve --workers``) starts its own prefix: it inherited its parent's."""
-    global _ID_PREFIX, _ids
-    _ID_PREFIX, _ids = os.urandom(8).hex(), itertools.count()
-
-
-os.register_at_fork(after_in_child=_new_id_prefix)
-
-
-def _decision_id() -> str:
-    return f"{_ID_PREFIX}{next(_ids) & 0xFFFFFFFFFFFFFFFF:016x}"
+# Decision ids: 32 hex digits like a uuid4's (``costproxy.ids``: no system call per decision)
+_decision_id = Ids("", 16)
 TARGET_REFERENCES = ("baseline", "best")
 
 

@@ -31,3 +31,9 @@ def test_forked_workers_make_ids_of_their_own() -> None:
     assert len(set(ids)) == len(ids) == 6
     prefixes = {i[4:20] for i in (*[i for i in parent if i.startswith("req_")], first[0], second[0])}
     assert len(prefixes) == 3  # every process a prefix of its own, not the supervisor's
+
+
+def test_id_shapes() -> None:
+    request_id, decision_id = new_request_id(), _decision_id()
+    assert request_id.startswith("req_") and len(request_id) == 4 + 16 + 8
+    assert len(decision_id) == 32 and int(decision_id, 16) >= 0  # the shape of a uuid4's hex
