@@ -102,41 +102,27 @@ class QualityProfiles:
     predictors: Predictors = field(default_factory=dict)
     text: TextModel | None = None  # per-model n-gram weights (text_model.py)
     fitted_on: Mapping[str, str] = field(default_factory=dict)  # FITTED_ON_KEYS: what the numbers come from
-    # lookup results by (model, tier, task, bucket): profiles never change, and selection asks for
-    # the same few hundred combinations on every request
-    _lookups: dict[tuple[str, str, str, int], tuple[float, str]] = field(
-        default_factory=dict, init=False, compare=False, repr=False)
-    _supports: dict[tuple[str, str], int | None] = field(default_factory=dict, init=False, compare=False, repr=False)
+    # Cells by (task, bucket), then model id (``cell``): profiles never change, and selection asks
+    # for the same few hundred combinations on every request.
     _tables: dict[tuple[str, int], dict[str, Cell]] = field(default_factory=dict, init=False, compare=False,
                                                              repr=False)
+    # Whether the file records how many calibration rows stand behind its numbers (``samples``, as
+    # ``costproxy calibrate`` writes them); hand-written priors record none.  Set by __post_init__.
+    counted: bool = field(default=False, init=False, compare=False, repr=False)
 
-    @property
-    def counted(self) -> bool:
-        """Whether the file records how many calibration rows stand behind its numbers (``samples``,
-        as ``costproxy calibrate`` writes them).  Hand-written priors record none."""
-        found = self.__dict__.get("_counted")
-        if found is None:
-            found = any(t.samples > 0 for m in self.models.values() for t in m.tasks.values())
-            object.__setattr__(self, "_counted", found)
-        return bool(found)
+    def __post_init__(self) -> None:
+        counted = any(t.samples > 0 for m in self.models.values() for t in m.tasks.values())
+        object.__setattr__(self, "counted", counted)
 
     def support(self, model_id: str, task_type: str) -> int | None:
         """Calibration rows behind ``model_id``'s estimate for ``task_type``: its task entry's
         ``samples``, 0 when the model or the task has no entry (the estimate is a fallback from other
         tasks or the tier) — or ``None`` when the file counts nothing (written priors, taken as written)."""
-        key = (model_id, task_type)
-        found = self._supports.get(key, -1)
-        if found == -1:
-            if not self.counted:
-                found = None
-            else:
-                model = self.models.get(model_id)
-                task = model.tasks.get(task_type) if model is not None else None
-                found = task.samples if task is not None else 0
-            if len(self._supports) > 65_536:
-                self._supports.clear()
-            self._supports[key] = found
-        return found
+        if not self.counted:
+            return None
+        model = self.models.get(model_id)
+        task = model.tasks.get(task_type) if model is not None else None
+        return task.samples if task is not None else 0
 
     def edges(self, task_type: str) -> tuple[float, ...]:
         edges = self.bucket_edges.get(task_type)
@@ -179,8 +165,11 @@ class QualityProfiles:
 
     def cell(self, model_id: str, tier: str, task_type: str, bucket: int) -> Cell:
         """``lookup`` and ``support`` of one model, remembered in ``table``."""
-        value, level = self.lookup(model_id, tier, task_type, bucket)
-        found = self.table(task_type, bucket)[model_id] = Cell(value, level, self.support(model_id, task_type), tier)
+        table = self.table(task_type, bucket)
+        found = table.get(model_id)
+        if found is None or found.tier != tier:
+            value, level = self.lookup(model_id, tier, task_type, bucket)
+            found = table[model_id] = Cell(value, level, self.support(model_id, task_type), tier)
         return found
 
     def expected(self, model_id: str, tier: str, task_type: str, difficulty: float) -> float:
@@ -204,13 +193,8 @@ class QualityProfiles:
             if weights is not None:
                 z = weights[0] + sum(map(operator.mul, weights[1:], features))
                 return 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z)))), "predictor"
-        key = (model_id, tier, task_type, bucket)
-        found = self._lookups.get(key)
-        if found is None:
-            if len(self._lookups) > 65_536:
-                self._lookups.clear()
-            found = self._lookups[key] = self.lookup(model_id, tier, task_type, bucket)
-        return found
+        found = self.cell(model_id, tier, task_type, bucket)
+        return found.value, found.level
 
 
 # --- parsing ------------------------------------------------------------------------------------
