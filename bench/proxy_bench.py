@@ -406,10 +406,7 @@ def python_load_main(spec_json: str) -> int:
 
 def rss_mb(pid: int) -> float:
     """Resident set size of a process, in MB (VmRSS of ``/proc/<pid>/status``)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return memory_mb(pid).get("VmRSS", 0.0)
 
 
 @dataclass(frozen=True)
