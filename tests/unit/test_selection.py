@@ -335,6 +335,14 @@ def test_expected_and_worst_case_costs_equal_model_spec() -> None:
             assert spec.worst_case_cost(1_000, cap) <= limit < spec.worst_case_cost(1_000, cap + 1)
     decision = select(profile(), [odd], quality(), Constraints(), BudgetPressure(), SelectionConfig())
     assert decision.estimated_cost_nanos == odd.cost(Usage(1_000, 400))
+    # the candidate loop inlines the natural cap and the worst case: every model agrees with ModelSpec
+    for spec in [m for m in registry.models.values() if m.kind == "chat"]:
+        score = select(profile(max_output_tokens=900), [spec], quality(), Constraints(), BudgetPressure(),
+                       SelectionConfig()).scores[0]
+        natural = min(900, spec.context_window - 1_000, spec.max_output_tokens or 900)
+        assert score.output_cap == natural, spec.id
+        assert score.worst_case_nanos == spec.worst_case_cost(1_000, natural), spec.id
+        assert score.expected_cost_nanos == spec.cost(Usage(1_000, 400)), spec.id
 
 
 # --- configuration files ---------------------------------------------------------------------------
