@@ -20,7 +20,8 @@ Target (issue 4): p99 < 0.5 ms at 1,000 tokens on a 2-core machine.
 ``--predictors`` adds a per-request quality predictor (``quality.py``) for every candidate model and
 every task type — the worst case of a calibrated file — so the timing includes evaluating them.
 ``--learned`` gives every (task, difficulty bucket, model) cell feedback evidence, so every candidate's
-quality is a posterior (``learning/estimates.py``) — the worst case of a deployment that learns.
+quality is a posterior (``learning/estimates.py``) and each request brings a draw for mixing, as the
+router passes one (``learning.mixing``) — the worst case of a deployment that learns.
 ``--text-model`` adds n-gram text-model weights (``routing/text_model.py``) for every candidate model,
 so each request also hashes its query's n-grams (in ``analyze``) and sums one weight per n-gram per model.
 """
@@ -121,7 +122,7 @@ def measure(body: dict[str, Any], tokens: int, iterations: int, rules: RulesHook
         n = count() if count is not None else tokens
         profile = analyze(body, n, features=bool(QUALITY.predictors), ngrams=QUALITY.text is not None)
         select(profile, candidates, QUALITY, rules(body, profile), pressure, config, baseline=REGISTRY.baseline_model,
-               **LEARNED)
+               **LEARNED, **DRAW)
         elapsed = CLOCK() - start
         if i >= 200:  # warm-up
             samples.append(elapsed / 1_000)
@@ -167,6 +168,7 @@ def _counting(counter: TokenCounter, messages: list[dict[str, str]]) -> Callable
 REGISTRY = parse_registry(yaml.safe_load((ROOT / "config/models.yaml").read_text()), "config/models.yaml")
 QUALITY = parse_quality(yaml.safe_load((ROOT / "config/quality.yaml").read_text()), "config/quality.yaml")
 LEARNED: dict[str, Any] = {}  # select(**LEARNED): nothing, or estimates=… with --learned
+DRAW: dict[str, float] = {}  # with --learned, a draw as the router passes one (learning.mixing)
 
 
 def learned_everywhere() -> Any:
@@ -194,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.learned:
         LEARNED["estimates"] = learned_everywhere()
+        DRAW["draw"] = 0.5
     global QUALITY, CLOCK
     if args.cpu_time:
         CLOCK = time.thread_time_ns

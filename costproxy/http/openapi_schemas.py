@@ -284,9 +284,9 @@ def routing_schemas() -> dict[str, Schema]:
     decision = closed({"id": S, "model": S, "scores": arr(score), "reasons": arr(S), "fallbackChain": arr(S),
                        "qualityTarget": NUM, "expectedQuality": NUM, "estimatedCost": MONEY,
                        "worstCaseCost": MONEY, "outputCap": INT, "taskType": S, "difficulty": NUM, "mode": S,
-                       "pressure": NUM,
+                       "pressure": NUM, "mixShare": NNUM,
                        **legacy(Decision, skip=("id", "model", "scores", "reasons", "difficulty", "mode",
-                                                "pressure"), fallback_chain=arr(S))})
+                                                "pressure", "mix_share"), fallback_chain=arr(S))})
     outcome = resp(servedModel=N, status=S, cost=MONEY, baseline=MONEY, saving=MONEY, savingPercent=NUM,
                    usageReported=B)
     return {

@@ -215,8 +215,8 @@ def decision_json(record: DecisionRecord) -> dict[str, Any]:
         "fallbackChain": list(d.fallback_chain), "qualityTarget": d.quality_target,
         "expectedQuality": d.expected_quality, "estimatedCost": format_usd(d.estimated_cost_nanos),
         "worstCaseCost": format_usd(d.worst_case_nanos), "outputCap": d.output_cap, "taskType": d.task_type,
-        "difficulty": d.difficulty, "mode": d.mode, "pressure": d.pressure,
-    }, asdict(d))
+        "difficulty": d.difficulty, "mode": d.mode, "pressure": d.pressure, "mixShare": d.mix_share,
+    }, {k: v for k, v in asdict(d).items() if k != "mix_share"})  # a new field has no deprecated twin
     return {"decision": decision, "requestId": record.request_id, "requestedModel": record.requested_model,
             "rulesFired": [fired_json(f) for f in record.fired], "createdAt": iso_seconds(record.created_at),
             "candidates": record.candidates, "eligible": record.eligible, "scoresKept": record.scores_kept}

@@ -6,6 +6,7 @@
       enabled: true              # selection reads the online estimates (feedback is always accepted)
       prior_strength: 20         # observations the quality profile's estimate is worth
       confidence: 0.95           # one-sided level of the lower bound a cheaper model must clear
+      mixing: true               # a measured cheaper model may take a share of auto traffic (selection.py)
       refresh_interval_s: 2.0    # how often a replica re-reads the shared estimates
       source_weights: {user: 1.0, agent: 1.0, eval: 1.0, judge: 1.0}
       judge:
@@ -46,6 +47,7 @@ class LearningSettings:
     enabled: bool = True
     prior_strength: float = 20.0
     confidence: float = 0.95
+    mixing: bool = True
     refresh_interval_s: float = 2.0
     source_weights: Mapping[str, float] = field(default_factory=lambda: dict.fromkeys(SOURCES, 1.0))
     judge: JudgeSettings = field(default_factory=JudgeSettings)
@@ -102,6 +104,7 @@ def parse_learning_settings(value: Any, file: str, path: str = "learning", *,
         enabled=node.child("enabled", d.enabled).bool(),
         prior_strength=node.child("prior_strength", d.prior_strength).number(minimum=0.0, maximum=1e6),
         confidence=node.child("confidence", d.confidence).number(minimum=0.5, maximum=0.9999),
+        mixing=node.child("mixing", d.mixing).bool(),
         refresh_interval_s=node.child("refresh_interval_s", d.refresh_interval_s).number(minimum=0.05,
                                                                                          maximum=3600.0),
         source_weights=_weights(node.child("source_weights", {})),

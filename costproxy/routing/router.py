@@ -15,6 +15,7 @@ steps without calling any model (``POST /api/v1/models/select``, ``costproxy exp
 
 from __future__ import annotations
 
+import random
 import time
 from collections import OrderedDict, deque
 from collections.abc import Mapping
@@ -256,6 +257,7 @@ class SelectionRouter:
         # equal) share one copy of them: ~1 KB less per decision where traffic repeats itself.
         self._alike: Interner = Interner(4_096)
         self.estimates: OnlineEstimates | None = None  # what feedback taught (learning/), replaced, never mutated
+        self.mixing = True  # learning.mixing: with evidence, a measured cheaper model may take a share of auto traffic
 
     def reload_quality_if_changed(self) -> QualityReload | None:
         """Reload the quality file when it changed; a valid one replaces ``quality`` in one assignment.
@@ -376,9 +378,13 @@ class SelectionRouter:
                                         + "; ".join(missing) + ")", param="model")
         healthy = [m for m in candidates if self.breakers.allows(m)]
         baseline = named.id if named is not None else self.registry.baseline_model
+        estimates = self.estimates
+        # a named model is switched only for what the request demands, never mixed away
+        draw = random.random() if (self.mixing and named is None and estimates is not None
+                                   and estimates.cells) else None
         try:
             return select(profile, healthy or candidates, self.quality, constraints, pressure, self.config,
-                          baseline=baseline, estimates=self.estimates)
+                          baseline=baseline, estimates=estimates, draw=draw)
         except NoEligibleModel:
             if view.remaining_nanos is None:
                 raise
@@ -428,6 +434,7 @@ def build_router(settings: Settings) -> SelectionRouter:
                              settings.fallback.chains, unservable_models(settings))
     if settings.quality_path is not None:
         router.quality_file = QualityHolder(settings.quality_path, quality)
+    router.mixing = settings.learning.mixing
     return router
 
 

@@ -38,6 +38,18 @@ until its lower confidence bound rises above it; the posterior mean when evidenc
 the reference with its *optimistic* one, so traffic moves to a cheaper model only when the lower
 bound of its expected retention clears the target.  Without evidence nothing changes.
 
+Mixing (with ``draw``, the router's ``learning.mixing``): when feedback has measured a cheaper model
+that does not meet the target on its own, it may still take a *share* of the traffic, as long as
+the mix's expected quality meets the target — the gap is spent on a fraction of the requests
+instead of on none.  With ``q`` the chosen model's quality (the reference's optimistic one, or a
+cheaper sufficient model's conservative one), ``p`` the partner's conservative quality and ``t``
+the target before the cap, the share is ``(q − t) / (q − p)`` (at most 1); among the measured
+cheaper models the one saving most per request, share × cost difference, is the partner, and a
+request goes to it when its uniform ``draw`` falls below the share.  Only models with evidence in
+the request's cell take part, so the bound tightens and the share grows as feedback accumulates, and
+none whose posterior mean is below the reference less ``max_gap``: no request goes to a model the
+evidence puts below what the deepest downgrade would accept.
+
 Traffic the calibration never saw starts on the reference: with a calibrated quality file (one that
 counts its ``samples``), a model with fewer than ``min_task_samples`` calibration rows on the request's
 task — its estimate is a fallback from other tasks, or rests on a handful of rows — is *unproven*
@@ -155,6 +167,9 @@ class Decision:
     difficulty: float
     mode: str
     pressure: float
+    # With ``draw``: the share of this traffic the mix sends to its cheaper model (module docstring,
+    # "Mixing"); None when no model was mixed in
+    mix_share: float | None = None
 
     def score(self, model_id: str) -> CandidateScore | None:
         return next((s for s in self.scores if s.model == model_id), None)
@@ -439,6 +454,32 @@ def _fallbacks(chosen: CandidateScore, sufficient: list[CandidateScore], eligibl
     return tuple(s.model for s in [*others, *rest][:limit])
 
 
+def _mix(chosen: CandidateScore, reference: CandidateScore, wanted: float, floor: float,
+         eligible: Sequence[CandidateScore]) -> tuple[CandidateScore, float] | None:
+    """The cheaper model feedback has measured and the share of traffic it may take so that the
+    mix's expected quality — the chosen model's (the reference's optimistic quality, or another's
+    conservative one) for the rest, the partner's conservative one for its share — still meets
+    ``wanted``: the partner saving most per request, or None (module docstring, "Mixing").  A
+    partner's posterior mean must reach ``floor`` (the reference less ``max_gap``): no request goes
+    to a model the evidence puts below what the deepest downgrade would accept."""
+    base = chosen.reference_quality if chosen is reference else chosen.expected_quality
+    slack = base - wanted
+    if slack <= _EPSILON:
+        return None
+    best: tuple[CandidateScore, float] | None = None
+    best_saving = 0.0
+    cost = chosen.expected_cost_nanos
+    for s in eligible:
+        q, learned = s.expected_quality, s.learned
+        if learned is None or s.expected_cost_nanos >= cost or q >= base or learned.mean + _EPSILON < floor:
+            continue
+        share = min(1.0, slack / (base - q))
+        saving = share * (cost - s.expected_cost_nanos)
+        if saving > best_saving:
+            best, best_saving = (s, share), saving
+    return best
+
+
 def _no_model_message(scores: Sequence[CandidateScore], profile: RequestProfile) -> str:
     shown = "; ".join(f"{s.model}: {s.reason_excluded}" for s in scores[:8])
     more = f"; and {len(scores) - 8} more" if len(scores) > 8 else ""
@@ -459,12 +500,15 @@ def select(
     decision_id: str | None = None,
     baseline: str | None = None,
     estimates: OnlineEstimates | None = None,
+    draw: float | None = None,
 ) -> Decision:
     """Choose the cheapest sufficient model; raise ``NoEligibleModel`` when none can serve.
 
     ``baseline`` is the model the caller would otherwise have used (the registry's
     ``baseline_model`` for ``auto``): the quality reference when ``config.target_reference`` is
-    ``baseline``.  ``estimates``: what feedback taught (module docstring), read without I/O."""
+    ``baseline``.  ``estimates``: what feedback taught (module docstring), read without I/O.
+    ``draw``: a uniform number in [0, 1) for this request, which lets a measured cheaper model take
+    a share of the traffic (module docstring, "Mixing"); None: no mixing."""
     ctx = _Context(constraints, profile.required_capabilities | constraints.required_capabilities,
                    _limit(constraints, pressure), estimates if estimates is not None and estimates.cells else None,
                    _restricts(constraints), _output_limit(profile, constraints), config.min_task_samples)
@@ -496,6 +540,21 @@ def select(
         sufficient = [s for s in sufficient if s.proven or s is reference_score] or [
             reference_score if kept else top]
     chosen = min(sufficient, key=_preference(config.quality_per_usd))
+    mixed: tuple[str, ...] = ()
+    share = None
+    if draw is not None and ctx.estimates is not None:
+        mix = _mix(chosen, reference_score, wanted, reference - config.max_gap, eligible)
+        if mix is not None:
+            partner, share = mix
+            base = chosen
+            # no per-request number in the reason: decisions alike keep sharing one copy (router)
+            mixed = (f"mix: {partner.model} (expected quality {partner.expected_quality:.3f}, "
+                     f"est. ${format_usd(partner.expected_cost_nanos)}) may take {100 * share:.1f} % of this "
+                     f"traffic, which keeps the mix's expected quality at the target; this request "
+                     f"{'was drawn for it' if draw < share else 'stays on ' + base.model}",)
+            if draw < share:
+                chosen = partner
+                sufficient = [partner, base, *(s for s in sufficient if s is not base)]
     reasons = (
         f"task {profile.task_type}, difficulty {profile.difficulty:.2f} (bucket {bucket})",
         f"mode {mode}, pressure {level:.2f}: target {target:.3f} "
@@ -507,6 +566,7 @@ def select(
         f"chose {chosen.model}: {'cheapest' if config.quality_per_usd is None else 'best value'} "
         f"meeting the target, expected quality "
         f"{chosen.expected_quality:.3f}, est. ${format_usd(chosen.expected_cost_nanos)}",
+        *mixed,
         *constraints.reasons,
     )
     return Decision(
@@ -515,5 +575,5 @@ def select(
         quality_target=target, expected_quality=chosen.expected_quality,
         estimated_cost_nanos=chosen.expected_cost_nanos, worst_case_nanos=chosen.worst_case_nanos,
         output_cap=chosen.output_cap, task_type=profile.task_type, difficulty=profile.difficulty,
-        mode=str(mode), pressure=level,
+        mode=str(mode), pressure=level, mix_share=share,
     )

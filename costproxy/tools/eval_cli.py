@@ -150,6 +150,8 @@ def _eval_parser() -> argparse.ArgumentParser:
                         help="replay each benchmark in order, learning from a sample of labels (tools/online_eval.py)")
     parser.add_argument("--label-rate", type=float, default=0.05,
                         help="--online: share of rows whose label is revealed")
+    parser.add_argument("--no-mixing", action="store_true",
+                        help="--online: no share of traffic for a measured cheaper model (learning.mixing: false)")
     parser.add_argument("--horizon", type=int, default=500, help="--online: requests after which the goal is checked")
     parser.add_argument("--online-prior-strength", type=float, default=20.0,
                         help="--online: observations the profile's estimate is worth (learning.prior_strength)")
@@ -239,9 +241,13 @@ def _online(args: argparse.Namespace, argv: list[str]) -> int:
                                          text_model=args.text_model)
         profiles = (None if args.profiles is None
                     else _load_profiles(args.profiles, data, count, calibration, args.model_map))
+        if args.balanced_gap is not None and not 0.0 <= args.balanced_gap <= 1.0:
+            raise ValueError("--balanced-gap must be in [0, 1]")
         options = OnlineOptions(label_rate=args.label_rate, horizon=args.horizon,
                                 target_retention=args.target_retention, seed=args.seed,
-                                prior_strength=args.online_prior_strength, confidence=args.online_confidence)
+                                prior_strength=args.online_prior_strength, confidence=args.online_confidence,
+                                mixing=not args.no_mixing,
+                                **({} if args.balanced_gap is None else {"balanced_gap": args.balanced_gap}))
         results = run_online(data, profiles, count, options)
     except (DatasetError, ConfigError, ValueError) as exc:
         print(f"costproxy eval: error: {exc}", file=sys.stderr)

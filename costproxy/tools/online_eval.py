@@ -7,7 +7,9 @@ For each benchmark of the file (``eval_name``; the whole file when it has one), 
 2. its rows, every split, in file order, are routed one by one by the real analyzer and
    ``select`` (balanced mode, ``--balanced-gap``, reference: the strongest model, as the server's
    ``target_reference: baseline`` aims at its ``baseline_model``) with the
-   online estimates learned so far (``learning/estimates.py``, the server's code);
+   online estimates learned so far (``learning/estimates.py``, the server's code) and, unless
+   ``--no-mixing``, a seeded uniform draw per row (``learning.mixing``: a measured cheaper model may
+   take a share of the traffic);
 3. after each row, with probability ``--label-rate`` (seeded), its label is revealed: every model's
    score on that row is added to the estimates as one observation of ``source: eval`` — what an
    evaluation system that scores a sample of prompts on every model would send to
@@ -17,9 +19,10 @@ Drawn over the stream: cumulative saving (1 − cost / cost of always-strongest,
 best calibration score) and retention (score / score of always-strongest), for the learning router
 and for the same router without learning.  The goal of issue 10: after the first ``--horizon``
 (500) requests, at least 80 % of the saving the best *fixed* policy reaches at 98 % retention over
-those requests in hindsight — the best of every operating point of the eval grid (no learning) and
-every single model.  Writes ``online.md``, ``online_summary.csv``, ``online_stream.csv`` and
-``online.png`` into ``--out``.
+those requests in hindsight — the best of every operating point of the eval grid (no learning),
+every single model, and every fixed random mix of the strongest model with one cheaper model (its
+share as large as the target retention allows; expected saving and retention).  Writes
+``online.md``, ``online_summary.csv``, ``online_stream.csv`` and ``online.png`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class OnlineOptions:
     horizon: int = 500
     target_retention: float = 0.98
     seed: int = 0
+    mixing: bool = True  # learning.mixing: a measured cheaper model may take a share of the traffic
 
 
 @dataclass(frozen=True)
@@ -116,14 +120,18 @@ def replay_online(data: EvalSet, profiles: Sequence[RequestProfile], quality: Qu
     """Route every row in order, learning from the labels revealed; (columns chosen, labels).
     ``baseline``: the reference of the target (``select``), as ``target_reference: baseline`` does."""
     column = {m: j for j, m in enumerate(data.models)}
-    config = SelectionConfig(balanced_gap=options.balanced_gap, max_gap=1.0)
+    # the server's max_gap (0.2), unless the gap asked for is wider
+    config = SelectionConfig(balanced_gap=options.balanced_gap,
+                             max_gap=max(SelectionConfig().max_gap, options.balanced_gap))
     estimates = OnlineEstimates({}, options.prior_strength, z_score(options.confidence))
-    reveal = np.random.default_rng(options.seed).random(len(data)) < options.label_rate
+    rng = np.random.default_rng(options.seed)
+    reveal = rng.random(len(data)) < options.label_rate
+    draws = rng.random(len(data)).tolist() if options.mixing else [None] * len(data)
     chosen = np.empty(len(data), dtype=np.intp)
     for i, profile in enumerate(profiles):
         try:
             chosen[i] = column[select(profile, candidates, quality, CONSTRAINTS, PRESSURE, config,
-                                      estimates=estimates, baseline=baseline).model]
+                                      estimates=estimates, baseline=baseline, draw=draws[i]).model]
         except NoEligibleModel:
             chosen[i] = -1
         if reveal[i]:
@@ -153,6 +161,16 @@ def best_fixed(data: EvalSet, profiles: Sequence[RequestProfile], quality: Quali
         saving, retention = 1.0 - cost.sum() / base_cost, perf.sum() / base_perf if base_perf else 1.0
         if retention >= options.target_retention and saving > best[1]:
             best = (name, float(saving), float(retention))
+    # a fixed random mix: a share of the requests to one cheaper model, the rest to the strongest,
+    # as large as the target retention allows (its expected saving and retention)
+    for j, m in enumerate(data.models):
+        retained = head.perf[:, j].sum() / base_perf if base_perf else 1.0
+        cheaper = 1.0 - head.cost[:, j].sum() / base_cost
+        if j == strongest or cheaper <= 0 or retained >= 1.0:
+            continue
+        share = min(1.0, (1.0 - options.target_retention) / (1.0 - retained))
+        if share * cheaper > best[1]:
+            best = (f"mix {100 * share:.0f} % {m}", float(share * cheaper), float(1.0 - share * (1.0 - retained)))
     return best
 
 
@@ -201,7 +219,8 @@ def summary_markdown(results: Sequence[StreamResult], options: OnlineOptions, co
     h = options.horizon
     lines = [f"Command: `{command}`", "",
              f"Label rate {options.label_rate:g}, balanced_gap {options.balanced_gap:g}, prior strength "
-             f"{options.prior_strength:g}, lower bound at {options.confidence:g}, seed {options.seed}.", "",
+             f"{options.prior_strength:g}, lower bound at {options.confidence:g}, mixing "
+             f"{'on' if options.mixing else 'off'}, seed {options.seed}.", "",
              f"| left-out benchmark | rows | labels | learning: saving / retention after {h} | without learning "
              f"after {h} | best fixed policy at {_pct(options.target_retention)} after {h} (hindsight) | share of "
              "its saving | goal: >= 80 % of it at the target retention | learning: saving / retention, whole stream |",

@@ -93,9 +93,10 @@ def test_learning_settings_defaults_and_errors() -> None:
                                         "judge": {"enabled": True, "daily_budget_usd": "0.25"}}, "c.yaml")
     assert settings.prior_strength == 5 and settings.source_weights["judge"] == 0.5
     assert settings.source_weights["user"] == 1.0 and settings.judge.daily_budget_nanos == 250_000_000
+    assert settings.mixing and not parse_learning_settings({"mixing": False}, "c.yaml").mixing
     for bad, where in (({"prior_strenght": 5}, "prior_strenght"), ({"confidence": 1.5}, "confidence"),
                        ({"source_weights": {"robot": 1}}, "robot"), ({"judge": {"sample_rate": 2}}, "sample_rate"),
-                       ({"judge": {"daily_budget_usd": "-1"}}, "daily_budget_usd")):
+                       ({"judge": {"daily_budget_usd": "-1"}}, "daily_budget_usd"), ({"mixing": "yes"}, "mixing")):
         with pytest.raises(ConfigError) as caught:
             parse_learning_settings(bad, "c.yaml")
         assert where in str(caught.value)
@@ -166,6 +167,51 @@ def test_bad_news_moves_traffic_away_at_once() -> None:
                       estimates=estimates)
     huge = decision.score("huge")
     assert huge is not None and huge.expected_quality < 0.88 and decision.model == "big"
+
+
+# --- mixing: a measured cheaper model takes a share of the traffic -------------------------------
+
+
+def _mixed(estimates: OnlineEstimates, draw: float | None, q: QualityProfiles | None = None) -> Decision:
+    return select(profile(), models(), q or quality(), Constraints(), BudgetPressure(), SelectionConfig(),
+                  baseline="huge", estimates=estimates, draw=draw)
+
+
+def test_the_gap_is_spent_on_a_share_of_the_traffic_when_no_cheaper_model_meets_the_target() -> None:
+    # bucket 1: target huge 0.92 − 0.03 = 0.89; big's prior 0.88 misses it, and so does what feedback measured
+    big, mid = ("code_generation", 1, "big"), ("code_generation", 1, "mid")
+    estimates = OnlineEstimates().with_observation(big, 40, 34).with_observation(mid, 40, 30)
+    assert _mixed(estimates, None).model == "huge" and _mixed(estimates, None).mix_share is None
+    stays, goes = _mixed(estimates, 0.999), _mixed(estimates, 0.0)
+    assert stays.model == "huge" and goes.model != "huge" and stays.mix_share == goes.mix_share
+    assert goes.fallback_chain[0] == "huge" and any("was drawn for it" in r for r in goes.reasons)
+    assert any("stays on huge" in r for r in stays.reasons)
+    share = goes.mix_share
+    partner = goes.score(goes.model)
+    assert share is not None and partner is not None and 0 < share < 1
+    # the mix's expected quality is the target: the share spends the gap, no more
+    assert share * partner.expected_quality + (1 - share) * 0.92 == pytest.approx(0.89)
+    # the partner is the measured model saving most per request; unmeasured ones never take part
+    huge_cost = stays.score("huge").expected_cost_nanos  # type: ignore[union-attr]
+
+    def saving(name: str) -> float:
+        s = stays.score(name)
+        assert s is not None
+        return min(1.0, 0.03 / (0.92 - s.expected_quality)) * (huge_cost - s.expected_cost_nanos)
+
+    assert goes.model in {"big", "mid"} and saving(goes.model) == max(saving("big"), saving("mid"))
+    # evidence worse than what the target allows shrinks the share; a cheaper model that is
+    # actually unproven on the task (no calibration rows, no feedback) never takes part
+    worse = _mixed(OnlineEstimates().with_observation(big, 200, 150), 0.0)
+    assert worse.model == "big" and worse.mix_share is not None and worse.mix_share < share
+    # nor does a model the evidence puts below the reference less max_gap (0.92 − 0.2): its mean is 0.46
+    hopeless = _mixed(OnlineEstimates().with_observation(big, 40, 10), 0.0)
+    assert hopeless.model == "huge" and hopeless.mix_share is None
+    unproven = _counted({"huge": 500})
+    only_mid = _mixed(OnlineEstimates().with_observation(mid, 40, 30), 0.0, unproven)
+    assert only_mid.model == "mid" and only_mid.mix_share is not None
+    assert _mixed(OnlineEstimates().with_observation(("code_generation", 1, "huge"), 40, 40), 0.0,
+                  unproven).model == "huge"  # evidence on the reference only: nobody to mix with
 
 
 # --- tasks the calibration never saw start safe ---------------------------------------------------
@@ -249,4 +295,8 @@ def test_eval_online_writes_the_stream_and_its_picture(tmp_path: Path) -> None:
     table = [line for line in (out / "online.md").read_text().splitlines() if line.startswith("|")]
     assert any(line.startswith("| code |") for line in table)
     assert len({line.count("|") for line in table}) == 1  # header, rule and rows have the same columns
+    assert "mixing on" in (out / "online.md").read_text()
+    assert eval_main(["--data", str(path), "--online", "--no-mixing", "--balanced-gap", "0.05", "--horizon", "50",
+                      "--tokenizer", "approx", "--out", str(out)]) == 0
+    assert "balanced_gap 0.05, prior strength 20, lower bound at 0.95, mixing off" in (out / "online.md").read_text()
     assert eval_main(["--data", str(path), "--online", "--label-rate", "2", "--out", str(out)]) == 2

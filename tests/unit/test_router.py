@@ -10,6 +10,7 @@ import pytest
 
 from costproxy.budgets.accounts import BudgetView
 from costproxy.errors import BudgetExceeded, InvalidRequest, ModelNotAllowed, ProviderNotConfigured, RuleRejected
+from costproxy.learning.estimates import OnlineEstimates
 from costproxy.request import RequestContext
 from costproxy.routing.policy import Constraints
 from costproxy.routing.route import RouteInput
@@ -167,3 +168,38 @@ def test_trusted_headers_set_the_quality_mode_and_are_checked(write_config: Conf
     assert r.route(ask("auto", headers={"x-costproxy-quality": "economy"})).chain[0].tier == "economy"
     with pytest.raises(InvalidRequest, match="X-Costproxy-Quality"):
         r.route(ask("auto", headers={"x-costproxy-quality": "best"}))
+
+
+# --- mixing (learning.mixing) ----------------------------------------------------------------------
+
+
+def test_a_measured_cheaper_model_takes_its_share_of_auto_traffic(write_config: ConfigFactory,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """backup, cheapest, is measured at 0.81 by feedback: below the target 0.92 on its own, so small
+    (0.94) is chosen — but a share (0.94 − 0.92) / (0.94 − 0.81) of the traffic may still go to it."""
+    r = router(write_config)
+    r.estimates = OnlineEstimates().with_observation(("classification", 0, "backup"), 40, 30)
+    draws: list[float] = []
+    monkeypatch.setattr("costproxy.routing.router.random.random", lambda: draws.pop(0))
+
+    def served(draw: float) -> tuple[str, float | None, tuple[str, ...]]:
+        draws.append(draw)
+        route = r.route(ask("auto"))
+        decision = r.decisions[str(route.decision_id)].decision
+        assert not draws  # one draw per auto request
+        return ids(route)[0], decision.mix_share, ids(route)
+
+    model, share, chain = served(0.0)
+    backup = r.decisions[next(reversed(r.decisions))].decision.score("backup")
+    assert backup is not None and backup.expected_quality == pytest.approx((0.93 * 20 + 30) / 60)
+    assert model == "backup" and chain[1] == "small"  # the mix's other model is the first fallback
+    assert share == pytest.approx((0.94 - 0.92) / (0.94 - backup.expected_quality))
+    assert served(share - 1e-6)[0] == "backup" and served(share)[0] == "small"
+    assert served(0.99)[:2] == ("small", share)
+    # a named model is never mixed away, and no draw is taken for it
+    assert ids(r.route(ask("big")))[0] == "big" and not draws
+    r.mixing = False
+    route = r.route(ask("auto"))
+    assert ids(route)[0] == "small" and r.decisions[str(route.decision_id)].decision.mix_share is None
+    # switched off in the settings
+    assert not router(write_config, extra={"learning": {"mixing": False}}).mixing
