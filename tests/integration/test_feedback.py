@@ -61,6 +61,36 @@ async def test_feedback_is_stored_per_source_and_idempotent(make_proxy: ProxyFac
     assert proxy.app[ROUTER].estimates.evidence(*cell) == evidence  # selection sees it at once
 
 
+async def test_feedback_lets_a_cheaper_model_take_a_share_of_auto_traffic(make_proxy: ProxyFactory) -> None:
+    """Evaluation feedback scores the cheapest model at 0.75 on forty answers: below the target on its
+    own, so a dearer model serves — and the cheap one keeps the share of the traffic the gap allows,
+    which every decision of the cell reports as ``mixShare``."""
+    proxy = await make_proxy()
+    first, decision = await _served_decision(proxy)
+    cheap = decision["model"]
+    assert decision["mixShare"] is None  # no evidence yet: nothing is mixed
+    answered = [first, *[await served(proxy) for _ in range(39)]]  # all by the cheap model: no evidence yet
+    for rid in answered:
+        status, body = await post(proxy, {"requestId": rid, "score": 0.75, "source": "eval"})
+        assert status == 201 and body["model"] == cheap, body
+    shares, models = set(), set()
+    for _ in range(40):
+        _, decision = await _served_decision(proxy)
+        shares.add(decision["mixShare"])
+        models.add(decision["model"])
+        assert any(r.startswith(f"mix: {cheap} ") for r in decision["reasons"]), decision["reasons"]
+    assert len(shares) == 1 and 0 < next(iter(shares)) < 0.5  # one cell, one share
+    assert models - {cheap}  # most requests now go to a dearer model
+
+
+async def _served_decision(proxy: Proxy) -> tuple[str, dict[str, Any]]:
+    resp = await proxy.client.post("/v1/chat/completions", json=CHAT, headers=proxy.auth())
+    assert resp.status == 200, await resp.text()
+    found = await proxy.client.get(f"/api/v1/decisions/{resp.headers['x-costproxy-decision-id']}", headers=ADMIN)
+    assert found.status == 200, await found.text()
+    return resp.headers["x-costproxy-request-id"], (await found.json())["decision"]
+
+
 async def test_bad_bodies_and_unknown_requests(make_proxy: ProxyFactory) -> None:
     proxy = await make_proxy()
     rid = await served(proxy)
