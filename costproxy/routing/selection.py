@@ -442,7 +442,12 @@ def _preference(quality_per_usd: float | None) -> Callable[[CandidateScore], tup
 
 
 def _fallbacks(chosen: CandidateScore, sufficient: list[CandidateScore], eligible: list[CandidateScore],
-               limit: int) -> tuple[str, ...]:
+               limit: int, first: CandidateScore | None = None) -> tuple[str, ...]:
+    """Up to ``limit`` fallbacks (module docstring, step 4); ``first``, the model a mixed-in one
+    stands in for, leads them."""
+    if first is not None:
+        chain = _fallbacks(chosen, sufficient, eligible, limit)
+        return (first.model, *(m for m in chain if m != first.model))[:limit]
     provider = chosen.provider
     others = heapq.nsmallest(limit, (s for s in sufficient if s is not chosen),
                              key=lambda s: (s.provider == provider, s.expected_cost_nanos, s.model))
@@ -541,7 +546,7 @@ def select(
             reference_score if kept else top]
     chosen = min(sufficient, key=_preference(config.quality_per_usd))
     mixed: tuple[str, ...] = ()
-    share = None
+    share, stand_in = None, None
     if draw is not None and ctx.estimates is not None:
         mix = _mix(chosen, reference_score, wanted, reference - config.max_gap, eligible)
         if mix is not None:
@@ -552,9 +557,8 @@ def select(
                      f"est. ${format_usd(partner.expected_cost_nanos)}) may take {100 * share:.1f} % of this "
                      f"traffic, which keeps the mix's expected quality at the target; this request "
                      f"{'was drawn for it' if draw < share else 'stays on ' + base.model}",)
-            if draw < share:
-                chosen = partner
-                sufficient = [partner, base, *(s for s in sufficient if s is not base)]
+            if draw < share:  # the model it stands in for is its first fallback
+                chosen, stand_in = partner, base
     reasons = (
         f"task {profile.task_type}, difficulty {profile.difficulty:.2f} (bucket {bucket})",
         f"mode {mode}, pressure {level:.2f}: target {target:.3f} "
@@ -571,7 +575,7 @@ def select(
     )
     return Decision(
         id=decision_id or _decision_id(), model=chosen.model, scores=tuple(scores), reasons=reasons,
-        fallback_chain=_fallbacks(chosen, sufficient, eligible, config.max_fallbacks),
+        fallback_chain=_fallbacks(chosen, sufficient, eligible, config.max_fallbacks, stand_in),
         quality_target=target, expected_quality=chosen.expected_quality,
         estimated_cost_nanos=chosen.expected_cost_nanos, worst_case_nanos=chosen.worst_case_nanos,
         output_cap=chosen.output_cap, task_type=profile.task_type, difficulty=profile.difficulty,

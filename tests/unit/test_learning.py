@@ -185,6 +185,10 @@ def test_the_gap_is_spent_on_a_share_of_the_traffic_when_no_cheaper_model_meets_
     stays, goes = _mixed(estimates, 0.999), _mixed(estimates, 0.0)
     assert stays.model == "huge" and goes.model != "huge" and stays.mix_share == goes.mix_share
     assert goes.fallback_chain[0] == "huge" and any("was drawn for it" in r for r in goes.reasons)
+    assert len(set(goes.fallback_chain)) == len(goes.fallback_chain) == SelectionConfig().max_fallbacks
+    no_fallbacks = select(profile(), models(), quality(), Constraints(), BudgetPressure(),
+                          SelectionConfig(max_fallbacks=0), baseline="huge", estimates=estimates, draw=0.0)
+    assert no_fallbacks.model == goes.model and no_fallbacks.fallback_chain == ()
     assert any("stays on huge" in r for r in stays.reasons)
     share = goes.mix_share
     partner = goes.score(goes.model)
