@@ -217,7 +217,8 @@ def _other_paths() -> dict[str, Schema]:
             requestId=S, selectedModel=S, provider=S, decisionId=N, alternatives=arr(alternative), reasoning=arr(S),
             rulesFired=arr(ref("FiredRule")), taskType=S, difficulty=NUM, inputTokens=INT, expectedOutputTokens=INT,
             estimatedCost=MONEY, currency=S, budgetImpact=impact, qualityExpectation={"type": ["number", "null"]},
-            qualityTarget={"type": ["number", "null"]}, fallbackChain=arr(S)), request=select_body, tag="models")},
+            qualityTarget={"type": ["number", "null"]}, mixShare={"type": ["number", "null"]}, fallbackChain=arr(S)),
+            request=select_body, tag="models")},
         "/api/v1/models/estimate": {"post": op(
             "Cost of a request on each model", listing(resp(model=S, inputTokens=INT, outputTokens=INT,
                                                             estimatedCost=MONEY, worstCaseCost=MONEY), currency=S),

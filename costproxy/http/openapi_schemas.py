@@ -296,7 +296,7 @@ def routing_schemas() -> dict[str, Schema]:
         "DecisionSummary": resp(
             id=S, requestId=S, requestedModel=S, model=S, createdAt=NTIME, taskType=S, mode=S, expectedQuality=NUM,
             qualityTarget=NUM, estimatedCost=MONEY, provider=N, rulesFired=arr(S), candidates=INT, eligible=INT,
-            outcome=nullable(outcome)),
+            mixShare=NNUM, outcome=nullable(outcome)),
         "Sums": resp(requests=INT, amount=MONEY, baseline=MONEY, saving=MONEY, savingPercent=NUM),
     }
 

@@ -43,7 +43,7 @@ def decision_summary(record: DecisionRecord, outcome: dict[str, Any] | None) -> 
         "expectedQuality": round(d.expected_quality, 4), "qualityTarget": round(d.quality_target, 4),
         "estimatedCost": usd(d.estimated_cost_nanos), "provider": chosen.provider if chosen else None,
         "rulesFired": [f.rule_id for f in record.fired], "candidates": record.candidates,
-        "eligible": record.eligible, "outcome": None,
+        "eligible": record.eligible, "mixShare": d.mix_share, "outcome": None,
     }
     if outcome is not None:
         saving = outcome["baseline_nanos"] - outcome["cost_nanos"]

@@ -140,6 +140,8 @@ async def select_model(request: web.Request) -> web.Response:
         "budgetImpact": impact,
         "qualityExpectation": round(decision.expected_quality, 4) if decision else None,
         "qualityTarget": round(decision.quality_target, 4) if decision else None,
+        # learning.mixing: the share of this traffic the mix sends to its cheaper model (README)
+        "mixShare": round(decision.mix_share, 4) if decision and decision.mix_share is not None else None,
         "fallbackChain": [m.id for m in route.chain[1:]],
     })
 

@@ -18,7 +18,10 @@ Selection reads two numbers per candidate (``Posterior.conservative`` and ``opti
   risen above the prior — it tightens as evidence accumulates, so traffic moves to a cheaper model
   only once the lower bound of its quality (hence of its retention) clears the target;
 - the reference the target is measured from uses the *optimistic* side (mirror image), so the
-  retention bound ``conservative(cheap) / optimistic(reference)`` errs on the safe side too.
+  retention bound ``conservative(cheap) / optimistic(reference)`` errs on the safe side too;
+- mixing (``routing/selection.py``) lets a measured cheaper model that misses the target take a
+  share of the traffic; it credits that model with its ``lower`` bound, its prior weighing no more
+  observations than the evidence has, so the mix's expected quality meets the target.
 """
 
 from __future__ import annotations

@@ -35,20 +35,25 @@ Learning (``learning/estimates.py``): with ``estimates`` — the evidence feedba
 task, difficulty bucket and model — a candidate's expected quality is its Beta posterior around the
 profile's estimate (the prior): a candidate is credited with its *conservative* quality (the prior
 until its lower confidence bound rises above it; the posterior mean when evidence is worse) and
-the reference with its *optimistic* one, so traffic moves to a cheaper model only when the lower
-bound of its expected retention clears the target.  Without evidence nothing changes.
+the reference with its *optimistic* one, so all of a cell's traffic moves to a cheaper model only
+when the lower bound of its expected retention clears the target.  Without evidence nothing changes.
 
-Mixing (with ``draw``, the router's ``learning.mixing``): when feedback has measured a cheaper model
-that does not meet the target on its own, it may still take a *share* of the traffic, as long as
-the mix's expected quality meets the target — the gap is spent on a fraction of the requests
-instead of on none.  With ``q`` the chosen model's quality (the reference's optimistic one, or a
-cheaper sufficient model's conservative one), ``p`` the partner's conservative quality and ``t``
-the target before the cap, the share is ``(q − t) / (q − p)`` (at most 1); among the measured
-cheaper models the one saving most per request, share × cost difference, is the partner, and a
-request goes to it when its uniform ``draw`` falls below the share.  Only models with evidence in
-the request's cell take part, so the bound tightens and the share grows as feedback accumulates, and
-none whose posterior mean is below the reference less ``max_gap``: no request goes to a model the
-evidence puts below what the deepest downgrade would accept.
+Mixing (with ``draw``, the router's ``learning.mixing``; not with ``quality_per_usd``): a cheaper
+model feedback has measured, whose lower bound misses the target, may still take a *share* of the
+traffic, as long as the mix's expected quality meets the target — the gap is spent on a fraction
+of the requests instead of on none.  With ``q`` the quality a sufficient model (*base*) meets the
+target with (the reference's optimistic one, another's conservative one), ``p`` the partner's lower
+confidence bound — its prior weighing no more observations than the evidence has, so one lucky
+answer proves little and a failure never raises the share — and ``t`` the target before the cap,
+the share is ``(q − t) / (q − p)``.  Of every base and partner on their cost–quality frontiers, the
+pair with the lowest expected cost per request wins, if it costs less than the cheapest sufficient
+model alone; a request goes to the partner when its uniform ``draw`` falls below the share, else to
+the base (which may be dearer than the cheapest sufficient model: the mix is cheaper in
+expectation).  As a wider gap only adds plans and widens every base's slack, more budget pressure
+never raises the expected cost.  Only models with evidence in the request's cell take part, and
+none whose posterior mean is below the reference less ``max_gap`` (or below ``quality_floor`` or
+the constraints' ``min_quality``): no request goes to a model the evidence puts below what the
+deepest downgrade would accept.
 
 Traffic the calibration never saw starts on the reference: with a calibrated quality file (one that
 counts its ``samples``), a model with fewer than ``min_task_samples`` calibration rows on the request's
@@ -64,7 +69,8 @@ Budget pressure is ``max(used, burn)`` in [0, 1]: *used* rises linearly from 0 a
 burn ratio (spend rate / sustainable rate) of ``burn_start`` to 1 at ``burn_full``.  More pressure
 never yields a more expensive choice: the target only goes down, and the cheapest model meeting a
 lower target costs no more (with ``quality_per_usd`` too: a model newly admitted by a lower target
-has less quality, so it can only win by being cheaper).
+has less quality, so it can only win by being cheaper).  With mixing the choice of one request
+depends on its draw; the expected cost over the draw never rises with pressure (see "Mixing").
 """
 
 from __future__ import annotations
@@ -459,29 +465,66 @@ def _fallbacks(chosen: CandidateScore, sufficient: list[CandidateScore], eligibl
     return tuple(s.model for s in [*others, *rest][:limit])
 
 
-def _mix(chosen: CandidateScore, reference: CandidateScore, wanted: float, floor: float,
-         eligible: Sequence[CandidateScore]) -> tuple[CandidateScore, float] | None:
-    """The cheaper model feedback has measured and the share of traffic it may take so that the
-    mix's expected quality — the chosen model's (the reference's optimistic quality, or another's
-    conservative one) for the rest, the partner's conservative one for its share — still meets
-    ``wanted``: the partner saving most per request, or None (module docstring, "Mixing").  A
-    partner's posterior mean must reach ``floor`` (the reference less ``max_gap``): no request goes
-    to a model the evidence puts below what the deepest downgrade would accept."""
-    base = chosen.reference_quality if chosen is reference else chosen.expected_quality
-    slack = base - wanted
-    if slack <= _EPSILON:
-        return None
-    best: tuple[CandidateScore, float] | None = None
-    best_saving = 0.0
-    cost = chosen.expected_cost_nanos
+@dataclass(frozen=True, slots=True)
+class _Mix:
+    base: CandidateScore  # serves the rest of the traffic; meets the target on its own
+    partner: CandidateScore  # cheaper, below the target, measured by feedback
+    share: float  # of the traffic the partner takes
+    partner_quality: float  # what the partner is credited with: the lower bound of its evidence
+    expected_cost: float  # nano-USD per request, in expectation over the draw
+
+
+def _frontier(scored: Sequence[tuple[CandidateScore, float]]) -> list[tuple[CandidateScore, float]]:
+    """The (score, quality) pairs no other beats on both cost and quality, cheapest first."""
+    kept: list[tuple[CandidateScore, float]] = []
+    for s, q in sorted(scored, key=lambda x: (x[0].expected_cost_nanos, -x[1], x[0].model)):
+        if not kept or q > kept[-1][1] + _EPSILON:
+            kept.append((s, q))
+    return kept
+
+
+def _mix(sufficient: Sequence[CandidateScore], reference: CandidateScore, wanted: float, floor: float,
+         eligible: Sequence[CandidateScore], estimates: OnlineEstimates, task: str,
+         bucket: int) -> _Mix | None:
+    """The mix of a sufficient model (*base*) and a cheaper measured one (*partner*) with the lowest
+    expected cost per request, when it costs less than the cheapest sufficient model alone (module
+    docstring, "Mixing"); None otherwise.
+
+    The base counts with the quality it meets the target with (the reference: its optimistic
+    quality).  The partner counts with the lower confidence bound of its posterior, its prior
+    weighing no more observations than the evidence has — one lucky answer proves little, and a
+    failure never raises its share — and takes part only when that posterior's mean reaches
+    ``floor`` and its bound misses ``wanted`` (a model meeting the target is a sufficient model, not
+    a partner).  Its share keeps the mix's expected quality at ``wanted``.  Every base and partner is
+    considered (their cost–quality frontiers), so a wider gap — more budget pressure — never makes
+    the expected cost higher."""
+    partners = []
     for s in eligible:
-        q, learned = s.expected_quality, s.learned
-        if learned is None or s.expected_cost_nanos >= cost or q >= base or learned.mean + _EPSILON < floor:
+        learned = s.learned
+        if learned is None or learned.evidence <= 0:
             continue
-        share = min(1.0, slack / (base - q))
-        saving = share * (cost - s.expected_cost_nanos)
-        if saving > best_saving:
-            best, best_saving = (s, share), saving
+        # an unproven model's posterior already weighs its prior as no more than its calibration rows
+        rated = learned if s.by_feedback else estimates.lookup(task, bucket, s.model, learned.prior,
+                                                               strength=min(estimates.strength, learned.evidence))
+        if rated is None or rated.mean + _EPSILON < floor:
+            continue
+        q = min(s.expected_quality, rated.lower)
+        if q + _EPSILON < wanted:
+            partners.append((s, q))
+    if not partners:
+        return None
+    bases = _frontier([(s, s.reference_quality if s is reference else s.expected_quality) for s in sufficient])
+    best: _Mix | None = None
+    alone = min(s.expected_cost_nanos for s in sufficient)
+    for partner, q_partner in _frontier(partners):
+        for base, q_base in bases:
+            gain = base.expected_cost_nanos - partner.expected_cost_nanos
+            if gain <= 0 or q_base - wanted <= _EPSILON:
+                continue
+            share = min(1.0, (q_base - wanted) / (q_base - q_partner))
+            cost = base.expected_cost_nanos - share * gain
+            if cost < alone - 0.5 and (best is None or cost < best.expected_cost):
+                best = _Mix(base, partner, share, q_partner, cost)
     return best
 
 
@@ -546,19 +589,21 @@ def select(
             reference_score if kept else top]
     chosen = min(sufficient, key=_preference(config.quality_per_usd))
     mixed: tuple[str, ...] = ()
-    share, stand_in = None, None
-    if draw is not None and ctx.estimates is not None:
-        mix = _mix(chosen, reference_score, wanted, reference - config.max_gap, eligible)
+    share, stand_in, why = None, None, ""
+    if draw is not None and ctx.estimates is not None and config.quality_per_usd is None:
+        floor = max(reference - config.max_gap, config.quality_floor, constraints.min_quality or 0.0)
+        mix = _mix(sufficient, reference_score, wanted, floor, eligible, ctx.estimates, profile.task_type, bucket)
         if mix is not None:
-            partner, share = mix
-            base = chosen
+            share, base, partner = mix.share, mix.base, mix.partner
             # no per-request number in the reason: decisions alike keep sharing one copy (router)
-            mixed = (f"mix: {partner.model} (expected quality {partner.expected_quality:.3f}, "
-                     f"est. ${format_usd(partner.expected_cost_nanos)}) may take {100 * share:.1f} % of this "
-                     f"traffic, which keeps the mix's expected quality at the target; this request "
-                     f"{'was drawn for it' if draw < share else 'stays on ' + base.model}",)
+            mixed = (f"mix: {partner.model} (lower bound {mix.partner_quality:.3f}, est. "
+                     f"${format_usd(partner.expected_cost_nanos)}) takes {100 * share:.1f} % of this traffic and "
+                     f"{base.model} the rest, which keeps the mix's expected quality at the target for an expected "
+                     f"${format_usd(round(mix.expected_cost))} a request",)
             if draw < share:  # the model it stands in for is its first fallback
-                chosen, stand_in = partner, base
+                chosen, stand_in, why = partner, base, f"drawn for its share of the mix with {base.model}"
+            else:
+                chosen, why = base, f"drawn for the mix's other share (with {partner.model})"
     reasons = (
         f"task {profile.task_type}, difficulty {profile.difficulty:.2f} (bucket {bucket})",
         f"mode {mode}, pressure {level:.2f}: target {target:.3f} "
@@ -567,9 +612,9 @@ def select(
         *((f"{len(unproven)} more unproven on {profile.task_type} (fewer than {config.min_task_samples} "
            f"calibration rows, no feedback yet): {', '.join(s.model for s in unproven[:5])}"
            f"{' …' if len(unproven) > 5 else ''}",) if unproven else ()),
-        f"chose {chosen.model}: {'cheapest' if config.quality_per_usd is None else 'best value'} "
-        f"meeting the target, expected quality "
-        f"{chosen.expected_quality:.3f}, est. ${format_usd(chosen.expected_cost_nanos)}",
+        f"chose {chosen.model}: "
+        + (why or f"{'cheapest' if config.quality_per_usd is None else 'best value'} meeting the target")
+        + f", expected quality {chosen.expected_quality:.3f}, est. ${format_usd(chosen.expected_cost_nanos)}",
         *mixed,
         *constraints.reasons,
     )

@@ -150,6 +150,8 @@ def _eval_parser() -> argparse.ArgumentParser:
                         help="replay each benchmark in order, learning from a sample of labels (tools/online_eval.py)")
     parser.add_argument("--label-rate", type=float, default=0.05,
                         help="--online: share of rows whose label is revealed")
+    parser.add_argument("--replay-split", default=None, metavar="SPLIT",
+                        help="--online: replay only this split's rows (e.g. test, with --profiles calibrated on train)")
     parser.add_argument("--no-mixing", action="store_true",
                         help="--online: no share of traffic for a measured cheaper model (learning.mixing: false)")
     parser.add_argument("--horizon", type=int, default=500, help="--online: requests after which the goal is checked")
@@ -236,6 +238,15 @@ def _online(args: argparse.Namespace, argv: list[str]) -> int:
         if args.data is None:
             raise ValueError("--online replays one --data file")
         data = load_dataset(args.data)
+        if args.quality_per_usd is not None:
+            raise ValueError("--online replays the balanced cost mode: --quality-per-usd is not supported there")
+        if args.replay_split is not None:
+            if args.profiles is None:
+                raise ValueError("--replay-split needs --profiles (calibrated on another split)")
+            if args.replay_split not in data.splits:
+                raise ValueError(f"--replay-split {args.replay_split!r}: the file has splits "
+                                 f"{', '.join(sorted(set(data.splits)))}")
+            data = data.split(args.replay_split)
         count = token_counter(args.tokenizer)
         calibration = CalibrationOptions(buckets=None, prior_strength=None, tokenizer=args.tokenizer,
                                          text_model=args.text_model)

@@ -10,7 +10,7 @@ import pytest
 
 from costproxy.budgets.accounts import BudgetView
 from costproxy.errors import BudgetExceeded, InvalidRequest, ModelNotAllowed, ProviderNotConfigured, RuleRejected
-from costproxy.learning.estimates import OnlineEstimates
+from costproxy.learning.estimates import Evidence, OnlineEstimates, posterior, z_score
 from costproxy.request import RequestContext
 from costproxy.routing.policy import Constraints
 from costproxy.routing.route import RouteInput
@@ -176,7 +176,7 @@ def test_trusted_headers_set_the_quality_mode_and_are_checked(write_config: Conf
 def test_a_measured_cheaper_model_takes_its_share_of_auto_traffic(write_config: ConfigFactory,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """backup, cheapest, is measured at 0.81 by feedback: below the target 0.92 on its own, so small
-    (0.94) is chosen — but a share (0.94 − 0.92) / (0.94 − 0.81) of the traffic may still go to it."""
+    (0.94) is chosen — but a share (0.94 − 0.92) / (0.94 − its lower bound) of the traffic may still go to it."""
     r = router(write_config)
     r.estimates = OnlineEstimates().with_observation(("classification", 0, "backup"), 40, 30)
     draws: list[float] = []
@@ -193,7 +193,9 @@ def test_a_measured_cheaper_model_takes_its_share_of_auto_traffic(write_config: 
     backup = r.decisions[next(reversed(r.decisions))].decision.score("backup")
     assert backup is not None and backup.expected_quality == pytest.approx((0.93 * 20 + 30) / 60)
     assert model == "backup" and chain[1] == "small"  # the mix's other model is the first fallback
-    assert share == pytest.approx((0.94 - 0.92) / (0.94 - backup.expected_quality))
+    # backup counts with the lower bound of its posterior (its prior worth 20 observations, 40 made)
+    lower = posterior(0.93, Evidence(40, 30), 20, z_score(0.95)).lower
+    assert share == pytest.approx((0.94 - 0.92) / (0.94 - lower))
     assert served(share - 1e-6)[0] == "backup" and served(share)[0] == "small"
     assert served(0.99)[:2] == ("small", share)
     # a named model is never mixed away, and no draw is taken for it
