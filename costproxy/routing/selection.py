@@ -498,10 +498,13 @@ def _mix(sufficient: Sequence[CandidateScore], reference: CandidateScore, wanted
     a partner).  Its share keeps the mix's expected quality at ``wanted``.  Every base and partner is
     considered (their cost–quality frontiers), so a wider gap — more budget pressure — never makes
     the expected cost higher."""
+    bases = _frontier([(s, s.reference_quality if s is reference else s.expected_quality) for s in sufficient])
+    dearest = bases[-1][0].expected_cost_nanos if bases else 0
     partners = []
     for s in eligible:
         learned = s.learned
-        if learned is None or learned.evidence <= 0:
+        # cheap checks first: a partner saves against some base, and one meeting the target is sufficient
+        if learned is None or s.expected_cost_nanos >= dearest or s.expected_quality + _EPSILON >= wanted:
             continue
         # an unproven model's posterior already weighs its prior as no more than its calibration rows
         rated = learned if s.by_feedback else estimates.lookup(task, bucket, s.model, learned.prior,
@@ -513,7 +516,6 @@ def _mix(sufficient: Sequence[CandidateScore], reference: CandidateScore, wanted
             partners.append((s, q))
     if not partners:
         return None
-    bases = _frontier([(s, s.reference_quality if s is reference else s.expected_quality) for s in sufficient])
     best: _Mix | None = None
     alone = min(s.expected_cost_nanos for s in sufficient)
     for partner, q_partner in _frontier(partners):
