@@ -307,9 +307,13 @@ class SelectionRouter:
             why = switch_demand(named, constraints) if kind == "chat" else None
             if why is None:
                 cap = self._named_cap(named, profile, constraints, request) if kind == "chat" else None
+                # with the task detected, feedback on this answer teaches the named model's cell too
+                # (an evaluation system measures models auto does not serve this way)
                 route = Route(chain=self._concrete_chain(named), max_output_tokens=cap,
                               task_type=profile.task_type if detect else None, reasons=constraints.reasons,
-                              baseline=named, rules=applied_rules(steering), cache=steering.cache)
+                              baseline=named, rules=applied_rules(steering), cache=steering.cache,
+                              difficulty_bucket=self.quality.bucket(profile.task_type, profile.difficulty)
+                              if detect and kind == "chat" else None)
                 return Explanation(route, profile, steering, constraints, None)
             if not constraints.may_switch:
                 raise ModelNotAllowed(f"model {named.id!r} cannot serve this request: {why} "

@@ -83,6 +83,30 @@ async def test_feedback_lets_a_cheaper_model_take_a_share_of_auto_traffic(make_p
     assert models - {cheap}  # most requests now go to a dearer model
 
 
+async def test_an_evaluation_system_measures_a_model_auto_does_not_serve(make_proxy: ProxyFactory) -> None:
+    """Named through a trusted proxy with its task type, a model's answer is analyzed, and an eval
+    score on it counts for that model's cell; a named answer whose task nobody detected teaches nothing."""
+    from costproxy.settings import TrustedProxySettings
+
+    relay = TrustedProxySettings(name="evals", secret_env="EVALS_SECRET", secret="evals-secret")
+    proxy = await make_proxy(settings_changes={"trusted_proxies": (relay,)})
+    body = {**CHAT, "model": "big"}
+    trusted = {**proxy.auth(), "X-Costproxy-Proxy-Secret": "evals-secret", "X-Costproxy-Task-Type": "classification"}
+    resp = await proxy.client.post("/v1/chat/completions", json=body, headers=trusted)
+    assert resp.status == 200 and resp.headers["x-costproxy-model"] == "big", await resp.text()
+    status, scored = await post(proxy, {"requestId": resp.headers["x-costproxy-request-id"], "score": 0.5,
+                                        "source": "eval"})
+    assert status == 201 and scored["learned"] is True and scored["model"] == "big"
+    assert scored["taskType"] == "classification" and scored["difficultyBucket"] is not None
+    cell = ("classification", scored["difficultyBucket"], "big")
+    assert proxy.app[LEARNER].estimates.evidence(*cell).n == 1.0
+    plain = await proxy.client.post("/v1/chat/completions", json=body, headers=proxy.auth())
+    assert plain.status == 200
+    status, untaught = await post(proxy, {"requestId": plain.headers["x-costproxy-request-id"], "score": 0.5,
+                                          "source": "eval"})
+    assert status == 201 and untaught["learned"] is False  # no task detected: no cell to teach
+
+
 async def _served_decision(proxy: Proxy) -> tuple[str, dict[str, Any]]:
     resp = await proxy.client.post("/v1/chat/completions", json=CHAT, headers=proxy.auth())
     assert resp.status == 200, await resp.text()
