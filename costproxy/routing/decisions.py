@@ -8,8 +8,9 @@ a ``CandidateScore`` object, two boxed integers and a boxed float each) and ~0.6
 
 - numbers (qualities, costs, caps, times) packed in a ``bytes`` with ``struct`` — ``d`` for floats
   and ``q`` for integers, both exact, so the ``Decision`` rebuilt from them equals the original;
-- words (model, provider, tier, quality source, reason, fallback chain, reasons) as tuples shared,
-  through an ``Interner``, with the decisions before that had the same ones — traffic repeats itself.
+- words (model, provider, tier, quality source, reason, fallback chain) as tuples shared,
+  through an ``Interner``, with the decisions before that had the same ones — traffic repeats itself;
+- the reasons, which quote the request's numbers and so are rarely shared, as one string.
 
 A decision whose values do not fit (an integer past 64 bits, a float field holding an int) is kept
 as it is: packing never changes what the API shows.  ``record.decision`` rebuilds the ``Decision``
@@ -63,7 +64,7 @@ class DecisionRecord:
     eligible: int  # of them eligible
     scores_kept: bool  # False: ``decision.scores`` holds only the chosen model's (router.SCORES_KEPT)
     _head: bytes
-    _words: tuple[Any, ...]  # model, task type, mode, fallback chain, reasons
+    _words: tuple[Any, ...]  # model, task type, mode, fallback chain, reasons (``_joined``)
     _scores: bytes
     _rows: tuple[tuple[Any, ...], ...]  # per score: model, provider, tier, quality source, reason, learned
     _raw: tuple[Decision, float] | None  # a decision that does not pack, kept as it is (and created_at)
@@ -74,7 +75,7 @@ class DecisionRecord:
         self.decision_id = decision.id
         self.request_id = request_id
         self.requested_model = requested_model
-        self.fired = fired
+        self.fired = intern(fired) if fired else fired  # the rules that fired: the same ones request after request
         self.candidates = candidates
         self.eligible = eligible
         self.scores_kept = scores_kept
@@ -83,7 +84,7 @@ class DecisionRecord:
         try:
             self._head = _pack_head(d, created_at)
             self._scores, self._rows = _pack_scores(d.scores, intern)
-            self._words = intern((d.model, d.task_type, d.mode, intern(d.fallback_chain), intern(d.reasons)))
+            self._words = intern((d.model, d.task_type, d.mode, intern(d.fallback_chain), _joined(d.reasons)))
         except (struct.error, TypeError):  # TypeError: a field of another type, or an unhashable value
             self._raw = (d, created_at)
             self._head, self._scores, self._rows, self._words = b"", b"", (), ()
@@ -99,7 +100,8 @@ class DecisionRecord:
         if self._raw is not None:
             return self._raw[0]
         target, quality, difficulty, pressure, _created, estimated, worst, cap = _HEAD.unpack(self._head)
-        model, task_type, mode, fallback_chain, reasons = self._words
+        model, task_type, mode, fallback_chain, joined = self._words
+        reasons = tuple(joined.split(_SEPARATOR)) if joined else ()
         return Decision(id=self.decision_id, model=model, scores=_unpack_scores(self._scores, self._rows),
                         reasons=reasons, fallback_chain=fallback_chain, quality_target=target,
                         expected_quality=quality, estimated_cost_nanos=estimated, worst_case_nanos=worst,
@@ -130,6 +132,20 @@ class DecisionRecord:
         return {"decision": asdict(self.decision), "requestId": self.request_id,
                 "requestedModel": self.requested_model, "rulesFired": [f._asdict() for f in self.fired],
                 "createdAt": self.created_at}
+
+
+_SEPARATOR = "\x00"
+
+
+def _joined(reasons: tuple[str, ...]) -> str:
+    """The reasons as one string: they hold the request's numbers (costs, tokens), so they are rarely
+    shared, and one string costs ~250 bytes less than four strings in a tuple."""
+    if not reasons:
+        return ""
+    joined = _SEPARATOR.join(reasons)
+    if "" in reasons or joined.count(_SEPARATOR) != len(reasons) - 1:
+        raise TypeError("a reason that does not split back")  # an empty one, or one holding the separator
+    return joined
 
 
 def _floats(*values: Any) -> None:

@@ -53,10 +53,19 @@ def test_values_that_would_not_read_back_the_same_are_kept_as_they_are() -> None
     for d in (decision(score("a", expected_quality=1)),  # an int where a float is expected
               decision(score("a", eligible=1)),  # type: ignore[arg-type]
               decision(score("a", expected_cost_nanos=2**70)),  # past 64 bits
-              decision(score("a"), difficulty=1)):
+              decision(score("a"), difficulty=1),
+              decision(score("a"), reasons=("a\x00b",)),  # a reason holding the separator
+              decision(score("a"), reasons=("",))):
         r = record(d)
         assert r._raw is not None and r.decision is d
         assert r.stripped(Interner(8)).decision == replace(d, scores=d.scores[:1])
+
+
+def test_reasons_read_back_as_they_were() -> None:
+    for reasons in ((), ("one",), ("one", "two", "thrée — 東京"), ("x" * 5000, "y")):
+        d = decision(score("a"), reasons=reasons)
+        r = record(d)
+        assert r._raw is None and r.decision == d and r.decision.reasons == reasons
 
 
 def test_alike_decisions_share_their_words() -> None:
