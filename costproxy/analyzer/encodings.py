@@ -157,7 +157,7 @@ def check_encodings(names: Iterable[str] = ENCODING_NAMES, directory: Path | Non
     Blocking, like ``load_encoding``."""
     for name in names:
         _load_cached.__wrapped__(_spec(name).name, None if directory is None else Path(directory))
-    _trim_heap()
+    trim_heap()
 
 
 def export_encodings(directory: Path) -> list[Path]:
@@ -211,11 +211,11 @@ def _load_cached(name: str, directory: Path | None) -> tiktoken.Encoding:
     # packaged files again.
     encoding._mergeable_ranks = {}
     del ranks
-    _trim_heap()
+    trim_heap()
     return encoding
 
 
-def _trim_heap() -> None:
+def trim_heap() -> None:
     """Give the heap freed by parsing (hundreds of thousands of temporary bytes objects) back to
     the OS (glibc's ``malloc_trim``), so it does not stay in the resident set; elsewhere a no-op."""
     try:

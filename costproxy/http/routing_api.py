@@ -23,7 +23,8 @@ from costproxy.http.analytics_api import now_ms, span, sums_json
 from costproxy.http.state import LEDGER, ROUTER
 from costproxy.ledger import analytics
 from costproxy.ledger.analytics import LedgerFilter
-from costproxy.routing.router import DecisionRecord, SelectionRouter
+from costproxy.routing.decisions import DecisionRecord
+from costproxy.routing.router import SelectionRouter
 from costproxy.steering.rules import Rule
 
 
@@ -62,8 +63,8 @@ async def list_decisions(request: web.Request) -> web.Response:
         records.append(record)
         if len(records) >= limit:
             break
-    outcomes = await analytics.decision_outcomes(request.app[LEDGER], [r.decision.id for r in records])
-    return web.json_response({"data": [decision_summary(r, outcomes.get(r.decision.id)) for r in records],
+    outcomes = await analytics.decision_outcomes(request.app[LEDGER], [r.decision_id for r in records])
+    return web.json_response({"data": [decision_summary(r, outcomes.get(r.decision_id)) for r in records],
                               "kept": len(router.decisions)})
 
 

@@ -24,9 +24,10 @@ from costproxy.money import MoneyError, format_usd, usd_to_nanos
 from costproxy.pipeline.plan import count_input
 from costproxy.registry import CAPABILITIES, Usage
 from costproxy.request import Endpoint, RequestContext, parse_request
+from costproxy.routing.decisions import DecisionRecord
 from costproxy.routing.policy import QUALITY_MODES, Constraints
 from costproxy.routing.route import RouteInput
-from costproxy.routing.router import DecisionRecord, Explanation
+from costproxy.routing.router import Explanation
 from costproxy.routing.selection import CandidateScore
 from costproxy.steering.evaluate import FiredRule
 from costproxy.wire import canonical, iso_seconds, with_deprecated

@@ -41,6 +41,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
 
+from costproxy.analyzer.encodings import trim_heap
 from costproxy.http.app import create_app
 from costproxy.http.state import DRAINING
 from costproxy.observability import configure_logging
@@ -104,6 +105,9 @@ async def serve(settings: Settings, sock: socket.socket, announce: Callable[[], 
     # allocated (measured in-process on auto traffic: ~3 µs a request instead of ~9).
     gc.collect()
     gc.freeze()
+    # Start-up parsed YAML and built tables, then dropped the temporaries: give the free pages of the
+    # heap back to the OS (glibc's malloc_trim; ~3 MB less resident at start, proxy_bench).
+    trim_heap()
     stop = asyncio.Event()
     _on_signals(asyncio.get_running_loop(), stop)
     try:

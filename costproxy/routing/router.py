@@ -19,9 +19,9 @@ import random
 import time
 from collections import OrderedDict, deque
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 from costproxy.analyzer.profile import RequestProfile, analyze
 from costproxy.analyzer.tasks import TASK_TYPES
@@ -38,6 +38,7 @@ from costproxy.money import MoneyError, format_usd, usd_to_nanos
 from costproxy.registry import ENDPOINT_KIND, TIERS, ModelSpec, Registry
 from costproxy.routing.breakers import CircuitBreakers
 from costproxy.routing.concrete import resolve_concrete
+from costproxy.routing.decisions import DecisionRecord, Interner
 from costproxy.routing.policy import EMPTY, QUALITY_MODES, Constraints
 from costproxy.routing.quality import QualityProfiles
 from costproxy.routing.quality_file import QualityHolder, QualityReload
@@ -47,46 +48,11 @@ from costproxy.settings import Settings, provider_readiness
 from costproxy.steering import RulesHolder, SteeringOutcome, evaluate
 from costproxy.steering.rules import EMPTY_RULESET, Rule, RuleSet
 
-_T = TypeVar("_T")
 VIRTUAL_PREFIX = "auto"
 DECISIONS_KEPT = 10_000
-# Every candidate's score (~7 KB a decision with 31 models) is kept for the newest 1,000 decisions;
-# older ones keep the chosen model's score and the counts (``DecisionRecord.scores_kept``).
+# Every candidate's score is kept for the newest 1,000 decisions; older ones keep the chosen model's
+# score and the counts (``DecisionRecord.scores_kept``).  Packed: ``routing.decisions``.
 SCORES_KEPT = 1_000
-
-
-class Interner:
-    """Hands back an earlier equal value instead of a new one, remembering at most ``bound``."""
-
-    def __init__(self, bound: int) -> None:
-        self.bound = bound
-        self.seen: dict[Any, Any] = {}
-
-    def __call__(self, value: _T) -> _T:
-        known = self.seen.get(value)
-        if known is not None:
-            return known  # type: ignore[no-any-return]
-        if len(self.seen) >= self.bound:
-            self.seen.clear()
-        self.seen[value] = value
-        return value
-
-
-@dataclass(frozen=True, slots=True)
-class DecisionRecord:
-    decision: Decision
-    request_id: str
-    requested_model: str
-    fired: tuple[Any, ...]
-    created_at: float
-    candidates: int = 0  # models scored
-    eligible: int = 0  # of them eligible
-    scores_kept: bool = True  # False: ``decision.scores`` holds only the chosen model's (SCORES_KEPT)
-
-    def public(self) -> dict[str, Any]:
-        return {"decision": asdict(self.decision), "requestId": self.request_id,
-                "requestedModel": self.requested_model, "rulesFired": [f._asdict() for f in self.fired],
-                "createdAt": self.created_at}
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,19 +371,16 @@ class SelectionRouter:
                                     "remaining_usd": format_usd(view.remaining_nanos)}) from None
 
     def _remember(self, decision: Decision, request: RouteInput, steering: SteeringOutcome) -> None:
-        """Keep the decision as it is (frozen); it is turned into JSON only if someone asks."""
+        """Keep the decision, packed (``routing.decisions``); it is turned into JSON only if someone asks."""
         scores = decision.scores
-        self.decisions[decision.id] = DecisionRecord(decision, request.ctx.request_id, request.requested,
-                                                     steering.fired, time.time(), len(scores),
-                                                     sum(1 for s in scores if s.eligible))
+        self.decisions[decision.id] = DecisionRecord(
+            decision, request.ctx.request_id, request.requested, steering.fired, time.time(), self._alike,
+            candidates=len(scores), eligible=sum(1 for s in scores if s.eligible))
         self._scored.append(decision.id)
         if len(self._scored) > SCORES_KEPT:
             old = self.decisions.get(self._scored.popleft())
             if old is not None:  # same key: its place in the order does not change
-                d = old.decision
-                chosen = self._alike(tuple(s for s in d.scores if s.model == d.model))
-                self.decisions[d.id] = replace(old, decision=replace(d, scores=chosen, reasons=self._alike(
-                    d.reasons)), scores_kept=False)
+                self.decisions[old.decision_id] = old.stripped(self._alike)
         while len(self.decisions) > DECISIONS_KEPT:
             self.decisions.popitem(last=False)
 

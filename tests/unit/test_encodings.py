@@ -74,6 +74,51 @@ def test_round_trip(name: str, text: str) -> None:
     assert encoding.decode(encoding.encode_ordinary(text)) == text
 
 
+# Varied text: scripts, emoji, code, numbers, whitespace runs, special-token text, invalid-ish bytes.
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. " * 3,
+    "naïve café 東京 🚀 Привет, мир! مرحبا بالعالم नमस्ते दुनिया 안녕하세요 ¿Qué tal? Ελληνικά",
+    "def f(x: int) -> int:\n    return x ** 2  # square\n\n\tclass A:\n\t\tpass\n",
+    "1234567890 3.14159 -42 1e-9 0xdeadbeef 2026-11-29T21:20:14Z $1,234.56 50%",
+    "  \t\n\n  mixed   spaces \r\n\r\n    trailing   ",
+    "I'm you'll they've we'd SHE'S DON'T Can'T",
+    '{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}',
+    "<|endoftext|> and <|endofprompt|> written as plain text",
+    "\u200b\u00a0zero-width and nbsp; combining e\u0301 vs é; \U0001F469\u200d\U0001F4BB",
+    "".join(chr(c) for c in range(32, 1200, 7)),
+]
+
+
+@pytest.mark.parametrize("name", ENCODING_NAMES)
+def test_dropping_the_python_ranks_changes_no_result(name: str) -> None:
+    """The loader drops the Encoding's Python dict of ranks (only pickling reads it, in tiktoken's
+    ``__getstate__``); counting, encoding and decoding give what an Encoding that keeps it gives."""
+    import tiktoken
+
+    spec = SPECS[name]
+    ranks, _text = encodings._packaged_ranks(spec)
+    reference = tiktoken.Encoding(spec.name, pat_str=spec.pat_str, mergeable_ranks=ranks,
+                                  special_tokens=dict(spec.special_tokens))
+    loaded = load_encoding(name)
+    assert loaded._mergeable_ranks == {} and reference.n_vocab == loaded.n_vocab
+    assert reference.max_token_value == loaded.max_token_value
+    for text in CORPUS:
+        tokens = reference.encode_ordinary(text)
+        assert loaded.encode_ordinary(text) == tokens
+        assert loaded.encode(text, allowed_special="all") == reference.encode(text, allowed_special="all")
+        assert loaded.encode(text, disallowed_special=()) == reference.encode(text, disallowed_special=())
+        assert loaded.decode(tokens) == reference.decode(tokens) == text
+        assert loaded.decode_bytes(tokens) == reference.decode_bytes(tokens)
+        assert [loaded.decode_single_token_bytes(t) for t in tokens] == \
+            [reference.decode_single_token_bytes(t) for t in tokens]
+        assert loaded.encode_ordinary_batch([text, text[::-1]]) == reference.encode_ordinary_batch([text, text[::-1]])
+    assert loaded.token_byte_values() == reference.token_byte_values()
+    for token in (0, 1_000, 50_000, len(ranks) - 1):
+        assert loaded.encode_single_token(reference.decode_single_token_bytes(token)) == token
+    with pytest.raises(ValueError, match="special token"):
+        loaded.encode("<|endoftext|>")
+
+
 def test_load_is_cached() -> None:
     assert load_encoding("o200k_base") is load_encoding("o200k_base")
 
