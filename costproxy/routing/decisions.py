@@ -21,6 +21,7 @@ on each read (a few µs; read only by the admin API).
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import asdict, replace
 from itertools import chain, starmap
@@ -31,8 +32,9 @@ from costproxy.routing.selection import CandidateScore, Decision
 
 _T = TypeVar("_T")
 
-# quality_target, expected_quality, difficulty, pressure, created_at; estimated cost, worst case, output cap
-_HEAD = struct.Struct("<5d3q")
+# quality_target, expected_quality, difficulty, pressure, created_at, mix share (NaN: None); estimated cost,
+# worst case, output cap
+_HEAD = struct.Struct("<6d3q")
 
 
 class Interner:
@@ -104,13 +106,14 @@ class DecisionRecord:
     def decision(self) -> Decision:
         if self._raw is not None:
             return self._raw[0]
-        target, quality, difficulty, pressure, _created, estimated, worst, cap = _HEAD.unpack(self._head)
+        target, quality, difficulty, pressure, _created, share, estimated, worst, cap = _HEAD.unpack(self._head)
         model, task_type, mode, fallback_chain, joined = self._words
         reasons = tuple(joined.split(_SEPARATOR)) if joined else ()
         return Decision(id=self.decision_id, model=model, scores=_unpack_scores(self._scores, self._rows),
                         reasons=reasons, fallback_chain=fallback_chain, quality_target=target,
                         expected_quality=quality, estimated_cost_nanos=estimated, worst_case_nanos=worst,
-                        output_cap=cap, task_type=task_type, difficulty=difficulty, mode=mode, pressure=pressure)
+                        output_cap=cap, task_type=task_type, difficulty=difficulty, mode=mode, pressure=pressure,
+                        mix_share=None if math.isnan(share) else share)
 
     def stripped(self, intern: Interner) -> DecisionRecord:
         """The same record keeping only the chosen model's score (``scores_kept`` False)."""
@@ -166,9 +169,10 @@ def _ints(*values: Any) -> None:
 
 
 def _pack_head(d: Decision, created_at: float) -> bytes:
-    _floats(d.quality_target, d.expected_quality, d.difficulty, d.pressure, created_at)
+    share = math.nan if d.mix_share is None else d.mix_share
+    _floats(d.quality_target, d.expected_quality, d.difficulty, d.pressure, created_at, share)
     _ints(d.estimated_cost_nanos, d.worst_case_nanos, d.output_cap)
-    return _HEAD.pack(d.quality_target, d.expected_quality, d.difficulty, d.pressure, created_at,
+    return _HEAD.pack(d.quality_target, d.expected_quality, d.difficulty, d.pressure, created_at, share,
                       d.estimated_cost_nanos, d.worst_case_nanos, d.output_cap)
 
 

@@ -39,6 +39,9 @@ def test_a_packed_decision_reads_back_equal_field_for_field() -> None:
     assert back == d and [type(getattr(s, f)) for s in back.scores for f in ("eligible", "proven", "by_feedback")] \
         == [bool] * 9
     assert r.created_at == 1_700_000_000.5 and r.decision_id == "d-1" and r.scores_kept
+    mixed = replace(d, mix_share=0.1875)  # learning.mixing: the share reads back, and None stays None
+    assert record(mixed).decision == mixed and record(mixed)._raw is None
+    assert back.mix_share is None and record(mixed).stripped(Interner(8)).decision.mix_share == 0.1875
 
 
 def test_stripping_keeps_the_chosen_score_only() -> None:
