@@ -16,7 +16,7 @@ import yaml
 
 from costproxy.budgets.codec import usd
 from costproxy.http.openapi import document
-from costproxy.http.state import SERVICES
+from costproxy.http.state import SERVICES, STORE
 from tests.conftest import ADMIN_TOKEN, Proxy, ProxyFactory
 from tests.polling import eventually
 
@@ -39,8 +39,12 @@ async def get(proxy: Proxy, path: str, status: int = 200) -> Any:
 
 
 async def send(proxy: Proxy, body: dict[str, Any], key: str | None = None, status: int = 200) -> None:
+    """Send one request and wait, with a bound, for its ledger entry: the answer can reach the client
+    a moment before the entry is queued, and a report read at once would then miss it."""
     resp = await proxy.client.post("/v1/chat/completions", json=body, headers=proxy.auth(key))
     assert resp.status == status, await resp.text()
+    request_id = resp.headers["x-costproxy-request-id"]
+    await eventually(lambda: proxy.app[STORE].entries_for(request_id), what=f"the ledger entry of {request_id}")
 
 
 async def test_overview_figures_match_the_ledger(make_proxy: ProxyFactory) -> None:
