@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -127,6 +128,7 @@ class RedisBudgetAccounts(BudgetBook):
         self._healthy = True
         self._last_ok_ms = 0
         self.owner = uuid.uuid4().hex[:16]  # this process: its reservations die with it (lua.py, reclaim)
+        self._serial = itertools.count(1)  # with ``owner``, the unique part of this process's tokens
         self._tasks: list[asyncio.Task[None]] = []
         self._mirror_redis = mirror_redis
         self.mirror = LedgerMirror(mirror_redis or redis, store, keys, lambda: set(self._partitions))
@@ -231,6 +233,10 @@ class RedisBudgetAccounts(BudgetBook):
             return Counters(as_of_ms=self._last_ok_ms or now_ms, stale_ms=stale)
         return Counters(cached.spent_nanos, cached.reserved_nanos, cached.fired, cached.as_of_ms, stale)
 
+    def _amounts(self, budget_id: str, period_key: str, now_ms: int) -> tuple[int, int]:
+        cached = self._cache.get((budget_id, period_key))
+        return (0, 0) if cached is None else (cached.spent_nanos, cached.reserved_nanos)
+
     def _remember(self, budget_id: str, key: str, spent: int, reserved: int, *, now: int,
                   fired: dict[int, int] | None = None) -> None:
         old = self._cache.get((budget_id, key))
@@ -252,7 +258,7 @@ class RedisBudgetAccounts(BudgetBook):
         if not chain:
             return Reservation(request_id=request_id, amount_nanos=worst_case_nanos)
         home = chain[0].spec.partition
-        token = uuid.uuid4().hex
+        token = self._token()
         keys, args, periods = self._reserve_call(chain, home, token, worst_case_nanos, now)
         reservation = BudgetReservation(
             request_id=request_id, amount_nanos=worst_case_nanos, budget_ids=tuple(c.spec.id for c in chain),
@@ -277,6 +283,11 @@ class RedisBudgetAccounts(BudgetBook):
                 spent, reserved = int(reply[1 + 2 * i]), int(reply[2 + 2 * i])
                 self._remember(compiled.spec.id, periods[i], spent, reserved + worst_case_nanos, now=now)
         return reservation
+
+    def _token(self) -> str:
+        """A reservation or settle token no other process uses: this process's random ``owner`` and
+        a serial number (a ``uuid4`` per request cost a getrandom call; uniqueness is all Redis needs)."""
+        return f"{self.owner}{next(self._serial):x}"
 
     def _reserve_call(self, chain: tuple[CompiledBudget, ...], home: str, token: str, amount: int,
                       now: int) -> tuple[list[str], list[str | int], tuple[str, ...]]:
@@ -371,7 +382,7 @@ class RedisBudgetAccounts(BudgetBook):
             ids, periods = reservation.budget_ids, reservation.period_keys
             entry = None if entry is None else self.tagged(entry, reservation)
         elif entry is not None:  # no budget applies: the entry still goes to the shared ledger
-            home, token, counters, ids, periods = entry.org or "", "n" + uuid.uuid4().hex, [], (), ()
+            home, token, counters, ids, periods = entry.org or "", "n" + self._token(), [], (), ()
         else:
             return None
         args: list[str | int] = [now, token, str(cost), entry_json(entry).decode() if entry else "",
