@@ -50,7 +50,8 @@ from typing import Any
 
 import orjson
 import structlog
-from redis.asyncio import BlockingConnectionPool, Redis
+from hiredis import pack_command
+from redis.asyncio import BlockingConnectionPool, Connection, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -494,12 +495,37 @@ def _counters_from(fields: dict[bytes, bytes], now: int) -> Counters:
     return Counters(int(fields.get(b"spent", 0)), int(fields.get(b"reserved", 0)), fired, now)
 
 
+class PackedConnection(Connection):
+    """A TCP connection that packs commands with hiredis's C packer.
+
+    redis-py's asyncio connection packs in Python (~19 µs for a reserve or settle script call with
+    its 30 arguments and the ledger entry, against ~2 µs here), and every request sends two of
+    those.  Arguments hiredis refuses (a bool) go to redis-py's packer, which raises its own error.
+    """
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        first = args[0]
+        if isinstance(first, str):  # "CONFIG GET": one argument per word, as redis-py sends it
+            args = (*first.encode().split(), *args[1:])
+        elif b" " in first:
+            args = (*first.split(), *args[1:])
+        try:
+            return [pack_command(args)]
+        except TypeError:
+            packed: list[bytes] = super().pack_command(*args)
+            return packed
+
+
 def redis_client(url: str, *, timeout_s: float = 1.0, max_connections: int = 64) -> Redis:
     """A client that fails fast (one retry, no backoff) when Redis is down, and queues for one of
-    ``max_connections`` connections (rather than failing) when many requests are in flight."""
+    ``max_connections`` connections (rather than failing) when many requests are in flight.  Plain
+    TCP connections pack commands with hiredis (``PackedConnection``); TLS and Unix sockets keep
+    redis-py's own classes."""
     pool = BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=5.0, socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 1), health_check_interval=0)
+    if pool.connection_class is Connection:
+        pool.connection_class = PackedConnection
     return Redis(connection_pool=pool)
 
 
