@@ -44,7 +44,7 @@ import hashlib
 import itertools
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -58,6 +58,7 @@ from redis.exceptions import RedisError
 
 from costproxy.background import cancel_and_wait, stop_if_cancelled
 from costproxy.budgets.accounts import Reservation, lease_ms
+from costproxy.budgets.batch import ScriptBatcher
 from costproxy.budgets.book import (
     IDEMPOTENCY_TTL_MS,
     BudgetBook,
@@ -120,7 +121,9 @@ class RedisBudgetAccounts(BudgetBook):
         self._settle = redis.register_script(SETTLE)
         self._reclaim = redis.register_script(RECLAIM)
         self._renew = redis.register_script(RENEW)
+        self._scripts = ScriptBatcher(redis)  # reserve and settle calls of one loop turn: one pipeline
         self._cache: dict[tuple[str, str], Counters] = {}
+        self._threshold_marks: dict[str, tuple[CompiledBudget, int, str]] = {}  # _marks, per compiled spec and limit
         self._partitions: set[str] = set()
         self._registered: set[str] = set()
         self.outbox = SettlementOutbox(store)
@@ -241,8 +244,11 @@ class RedisBudgetAccounts(BudgetBook):
     def _remember(self, budget_id: str, key: str, spent: int, reserved: int, *, now: int,
                   fired: dict[int, int] | None = None) -> None:
         old = self._cache.get((budget_id, key))
-        marks = dict(old.fired) if old is not None else {}
-        marks.update(fired or {})
+        marks: Mapping[int, int]
+        if fired:
+            marks = {**old.fired, **fired} if old is not None else dict(fired)
+        else:  # nothing fired (the usual case): the marks are the same, shared, never mutated
+            marks = old.fired if old is not None else {}
         self._cache[(budget_id, key)] = Counters(spent, reserved, marks, now)
 
     async def _register(self, partitions: Sequence[str]) -> None:
@@ -267,7 +273,7 @@ class RedisBudgetAccounts(BudgetBook):
         args += [self.owner, lapsed_entry(reservation, principal, now).decode()]
         try:
             await self._register([home, *(c.spec.partition for c in chain)])
-            reply = await self._reserve(keys=keys, args=args)
+            reply = await self._scripts.run(self._reserve, keys, args)
         except RedisError as exc:
             self._down(exc)
             if any(c.spec.hard or c.gate_percent is not None for c in chain):
@@ -408,7 +414,14 @@ class RedisBudgetAccounts(BudgetBook):
         if compiled is None:
             return ""
         limit = compiled.limit(now)
-        return ",".join(f"{t.percent}:{t.amount(limit)}" for t in compiled.spec.thresholds)
+        known = self._threshold_marks.get(budget_id)
+        if known is not None and known[0] is compiled and known[1] == limit:
+            return known[2]
+        marks = ",".join(f"{t.percent}:{t.amount(limit)}" for t in compiled.spec.thresholds)
+        if len(self._threshold_marks) > 10_000:
+            self._threshold_marks.clear()
+        self._threshold_marks[budget_id] = (compiled, limit, marks)
+        return marks
 
     async def _send(self, op: Settlement | None) -> str:
         """Run ``op``'s settle script: ``ok``, ``dup`` (already applied), or ``deferred`` (Redis is
@@ -417,7 +430,7 @@ class RedisBudgetAccounts(BudgetBook):
             return "ok"
         try:
             await self._register([op.home])
-            reply = await self._settle(keys=op.keys, args=op.args)
+            reply = await self._scripts.run(self._settle, op.keys, op.args)
         except RedisError as exc:
             self._down(exc)
             await self._defer(op)
