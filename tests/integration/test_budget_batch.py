@@ -61,9 +61,10 @@ async def test_calls_of_one_turn_share_a_pipeline_and_each_gets_its_own_reply(
 async def test_a_lone_call_is_sent_as_it_always_was(client: Redis, redis_space: RedisSpace) -> None:  # noqa: F811
     batcher = ScriptBatcher(client)
     script = client.register_script(echo_script())
-    assert await batcher.run(script, [f"{redis_space.prefix}:one"], ["a"]) == [b"a", f"{redis_space.prefix}:one".encode()]
+    key = f"{redis_space.prefix}:one"
+    assert await batcher.run(script, [key], ["a"]) == [b"a", key.encode()]
     with pytest.raises(ResponseError, match="boom"):
-        await batcher.run(script, [f"{redis_space.prefix}:one"], ["boom"])
+        await batcher.run(script, [key], ["boom"])
 
 
 async def test_an_unreachable_store_fails_every_call_of_the_batch() -> None:
