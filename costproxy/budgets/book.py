@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
@@ -48,7 +48,7 @@ from costproxy.budgets.status import (
 )
 from costproxy.errors import BudgetExceeded
 from costproxy.identity.principal import Principal
-from costproxy.ledger.entry import LedgerEntry
+from costproxy.ledger.entry import LedgerEntry, with_metadata
 from costproxy.money import format_usd, nanos_to_decimal
 from costproxy.routing.policy import EMPTY, Constraints
 from costproxy.steering.fields import BudgetState, budget_fields
@@ -138,11 +138,31 @@ class CompiledBudget:
     overrides: tuple[BudgetOverride, ...]
     gate_percent: int | None  # first threshold with require-approval / block-all
     span: tuple[int | None, int | None]
+    marks: tuple[Threshold, ...] = ()  # thresholds under 100 %: what ``status_of`` reads
+    least_percent: int | None = None  # the lowest threshold: below it none is reached
 
     def limit(self, now_ms: int) -> int:
         if not self.overrides:
             return self.spec.limit_nanos
         return effective_limit(self.spec, self.overrides, now_ms)
+
+    def status(self, spent: int, limit: int) -> str:
+        """``status_of(spec, spent, limit)``, with the thresholds it reads picked out once."""
+        if spent >= limit:
+            return "exhausted"
+        marks = self.marks
+        if len(marks) >= 2 and marks[-1].reached(spent, limit):
+            return "critical"
+        if marks and marks[0].reached(spent, limit):
+            return "warning"
+        return "normal"
+
+    def reached(self, spent: int, limit: int) -> list[Threshold]:
+        """The thresholds ``spent`` has reached (none, without a look at each, below the lowest)."""
+        least = self.least_percent
+        if least is None or spent * 100 < limit * least:
+            return []
+        return [t for t in self.spec.thresholds if t.reached(spent, limit)]
 
     def gated(self, spent: int, limit: int, now_ms: int) -> bool:
         if self.gate_percent is None or spent * 100 < limit * self.gate_percent:
@@ -152,7 +172,9 @@ class CompiledBudget:
 
 def compile_spec(spec: BudgetSpec, overrides: tuple[BudgetOverride, ...]) -> CompiledBudget:
     gate = next((t.percent for t in spec.thresholds if any(a.type in GATE_ACTIONS for a in t.actions)), None)
-    return CompiledBudget(spec, overrides, gate, active_span(spec))
+    marks = tuple(t for t in spec.thresholds if t.percent < 100)
+    least = min((t.percent for t in spec.thresholds), default=None)
+    return CompiledBudget(spec, overrides, gate, active_span(spec), marks, least)
 
 
 def refusal(spec: BudgetSpec, *, gated: bool, amount: int, available: int) -> BudgetExceeded:
@@ -244,6 +266,11 @@ class BudgetBook:
     def _counters(self, budget_id: str, period_key: str, now_ms: int) -> Counters:
         raise NotImplementedError
 
+    def _amounts(self, budget_id: str, period_key: str, now_ms: int) -> tuple[int, int]:
+        """Spent and reserved of one period: what ``view`` reads (subclasses skip building ``Counters``)."""
+        counters = self._counters(budget_id, period_key, now_ms)
+        return counters.spent_nanos, counters.reserved_nanos
+
     # --- events ----------------------------------------------------------------------------
     def subscribe(self, listener: Callable[[BudgetEvent], None]) -> None:
         self._listeners.append(listener)
@@ -332,16 +359,16 @@ class BudgetBook:
         for compiled in chain:
             spec = compiled.spec
             window = self.window(spec, now)
-            counters = self._counters(spec.id, window.key, now)
-            spent, limit = counters.spent_nanos, compiled.limit(now)
-            left = max(0, limit - spent - counters.reserved_nanos)
-            status = status_of(spec, spent, limit)
+            spent, reserved = self._amounts(spec.id, window.key, now)
+            limit = compiled.limit(now)
+            left = max(0, limit - spent - reserved)
+            status = compiled.status(spent, limit)
             pct = 100.0 if limit <= 0 else spent * 100 / limit
             used, ratio = max(used, pct / 100), max(ratio, self._ratio(compiled, window, spent, limit, now))
             states.append((spec.scope_type, BudgetState(pct, status, nanos_to_decimal(left) if spec.hard else None)))
-            reached = [a for t in spec.thresholds if t.reached(spent, limit) for a in t.actions]
+            reached = compiled.reached(spent, limit)
             if reached:  # restrictions_of([]) is EMPTY: skip the call on the usual path
-                restrictions = restrictions.merge(restrictions_of(reached, spec.id))
+                restrictions = restrictions.merge(restrictions_of([a for t in reached for a in t.actions], spec.id))
             if spec.hard:
                 if remaining is None or left < remaining:
                     remaining, tightest = left, f"{spec.name} ({spec.id})"
@@ -365,4 +392,4 @@ class BudgetBook:
         if not isinstance(reservation, BudgetReservation) or not reservation.budget_ids:
             return entry
         charged = dict(zip(reservation.budget_ids, reservation.period_keys, strict=True))
-        return replace(entry, metadata={**entry.metadata, "budgets": charged})
+        return with_metadata(entry, {**entry.metadata, "budgets": charged})

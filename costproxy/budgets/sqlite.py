@@ -172,6 +172,10 @@ class SqliteBudgetAccounts(BudgetBook):
             return Counters(as_of_ms=now_ms)
         return Counters(counter.spent, counter.reserved, dict(counter.fired), now_ms)
 
+    def _amounts(self, budget_id: str, period_key: str, now_ms: int) -> tuple[int, int]:
+        counter = self._table.get((budget_id, period_key))
+        return (0, 0) if counter is None else (counter.spent, counter.reserved)
+
     def _prune(self) -> None:
         """Forget counters of past periods that hold nothing (the ledger keeps their history)."""
         now = self.now_ms()

@@ -196,13 +196,14 @@ def _source_allowed(remote: str | None, sources: tuple[str, ...]) -> bool:
 
 def authenticate_client(request: web.Request, settings: Settings) -> Principal:
     token = bearer_token(request)
-    record = request.app[KEYRING].lookup(token, time.time()) if token else None
+    keyring = request.app[KEYRING]
+    record = keyring.lookup(token, time.time()) if token else None
     trusted = _trusted_proxy(request, settings)
     if record is None and trusted is None:
         if token is None:
             raise Unauthenticated("missing API key: send 'Authorization: Bearer cp-…'")
         raise Unauthenticated("invalid, revoked or expired API key")
-    principal = record.principal() if record is not None else Principal(via="trusted-proxy")
+    principal = keyring.principal_of(record) if record is not None else Principal(via="trusted-proxy")
     asserted = {name: request.headers[name] for name in TRUSTED_ONLY if name in request.headers}
     if trusted is None:
         if asserted:

@@ -84,6 +84,7 @@ class KeyRing:
     def __init__(self, records: list[KeyRecord] | None = None) -> None:
         self._by_hash: dict[str, KeyRecord] = {}
         self._by_id: dict[str, KeyRecord] = {}
+        self._principals: dict[str, tuple[KeyRecord, Principal]] = {}  # key id -> (record, its principal)
         self.replace(records or [])
 
     def replace(self, records: list[KeyRecord]) -> None:
@@ -103,6 +104,18 @@ class KeyRing:
         if not record.active or (record.expires_at is not None and record.expires_at <= now):
             return None
         return record
+
+    def principal_of(self, record: KeyRecord) -> Principal:
+        """``record.principal()``, one instance per record: built once, not per request, and the
+        budget chain cache (keyed by principal) then finds it by identity."""
+        known = self._principals.get(record.id)
+        if known is not None and known[0] is record:
+            return known[1]
+        if len(self._principals) > 4 * len(self._by_id) + 64:  # records replaced many times over
+            self._principals.clear()
+        principal = record.principal()
+        self._principals[record.id] = (record, principal)
+        return principal
 
     def get(self, key_id: str) -> KeyRecord | None:
         return self._by_id.get(key_id)

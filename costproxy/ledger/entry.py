@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
@@ -63,6 +64,13 @@ class LedgerEntry:
 
 
 COLUMNS: tuple[str, ...] = tuple(LedgerEntry.__dataclass_fields__)
+_ALL_BUT_METADATA = operator.attrgetter(*COLUMNS[:-1])  # metadata is the last field (with_metadata)
+
+
+def with_metadata(entry: LedgerEntry, metadata: dict[str, Any]) -> LedgerEntry:
+    """``replace(entry, metadata=metadata)`` at half the cost: every settled request pays for one
+    (the budgets it was charged to), and ``replace`` looks up the 31 fields one by one each time."""
+    return LedgerEntry(*_ALL_BUT_METADATA(entry), metadata)  # type: ignore[call-arg]
 
 
 def as_refusal(entry: LedgerEntry) -> LedgerEntry:

@@ -8,7 +8,10 @@ long that the lease is about to lapse — the request is ended before it lapses:
 it is cancelled and ``ReservationLost`` (HTTP 503) is raised in its place, so a unary call answers
 an error and a stream ends with an error event.  Settlement still follows (in ``finally``).
 
-A reservation that holds nothing (no budget applies) needs no lease and starts no task.
+A reservation that holds nothing (no budget applies) needs no lease and starts no task.  One that
+holds money arms a timer (``loop.call_later``) for its first renewal and starts the renewing task
+only when that timer fires: most requests end long before ``lease_interval_s(ttl)``, and a timer
+costs a fraction of a task created and cancelled per request.
 """
 
 from __future__ import annotations
@@ -34,18 +37,28 @@ class Lease:
         self.lost: str | None = None  # why the lease could not be kept
         self._owner: asyncio.Task[object] | None = None
         self._keeper: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._inside = False
 
     async def __aenter__(self) -> Lease:
         if self.reservation.budget_ids:
             self._owner = asyncio.current_task()
             self._inside = True
-            self._keeper = asyncio.create_task(self._keep(), name="costproxy-lease")
+            self._timer = asyncio.get_running_loop().call_later(lease_interval_s(self.ttl_s), self._start)
         return self
+
+    def _start(self) -> None:
+        """The first renewal is due: from here on a task keeps the lease."""
+        self._timer = None
+        if self._inside:
+            self._keeper = asyncio.create_task(self._keep(), name="costproxy-lease")
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         self._inside = False  # before any await: the keeper can no longer cancel the owner
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._keeper is not None:
             await cancel_and_wait([self._keeper])
         if self.lost is not None and exc_type is asyncio.CancelledError and self._owner is not None \
@@ -53,10 +66,14 @@ class Lease:
             raise ReservationLost(f"the request was ended: its budget reservation {self.lost}") from None
 
     async def _keep(self) -> None:
+        """Renew now (the timer waited the first interval), then every interval."""
         interval = lease_interval_s(self.ttl_s)
-        renewed = time.monotonic()
+        renewed = time.monotonic() - interval  # when the lease was taken, as far as the timer knows
+        first = True
         while True:
-            await asyncio.sleep(interval)
+            if not first:
+                await asyncio.sleep(interval)
+            first = False
             try:
                 held = await self.accounts.renew(self.reservation)
             except StoreUnavailable:

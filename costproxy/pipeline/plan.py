@@ -185,28 +185,35 @@ async def plan(services: Services, ctx: RequestContext, request: ChatRequest) ->
                 raise
             continue  # a fallback that cannot hold this prompt is dropped
         chain.append(model)
+    known: dict[str, int] = {}  # model id -> worst case at its final cap, where fit_caps priced it
     if budget.remaining_nanos is not None:
-        fit_caps(billable, chain, caps, budget.remaining_nanos)
+        fit_caps(billable, chain, caps, budget.remaining_nanos, known)
     if len(chain) != len(route.chain):
         route = replace(route, chain=tuple(chain))
-    worst = max(worst_case(billable, m, caps[m.id], remaining_nanos=budget.remaining_nanos).nanos for m in chain)
+    worst = max(known[m.id] if m.id in known else
+                worst_case(billable, m, caps[m.id], remaining_nanos=budget.remaining_nanos).nanos for m in chain)
     return Plan(ctx=ctx, request=request, requested_model=requested, route=route, input_tokens=input_tokens,
                 output_caps=caps, worst_case_nanos=worst, billable=billable, budget=budget)
 
 
-def fit_caps(billable: BillableInput, chain: list[ModelSpec], caps: dict[str, int], remaining: int) -> None:
+def fit_caps(billable: BillableInput, chain: list[ModelSpec], caps: dict[str, int], remaining: int,
+             known: dict[str, int] | None = None) -> None:
     """Lower each model's output cap so its worst case fits what the tightest hard budget has left,
     as long as it may still say ``MIN_USEFUL_OUTPUT`` tokens; a model that cannot is left as it is
-    (the reservation then refuses it, or narrows the chain to the models that fit)."""
+    (the reservation then refuses it, or narrows the chain to the models that fit).  ``known``
+    receives each model's worst case at its final cap (nano-USD), so the plan need not price it again."""
+    known = {} if known is None else known
     for model in chain:
         cap = caps[model.id]
         case = worst_case(billable, model, cap, remaining_nanos=remaining)
+        known[model.id] = case.nanos
         if model.kind == "embedding" or case.nanos <= remaining:
             continue
         fitted = min(cap, output_cap_within(billable, model, remaining, case.input_tokens))
-        if fitted >= min(MIN_USEFUL_OUTPUT, cap) and fitted > 0 \
-                and worst_case(billable, model, fitted, remaining_nanos=remaining).nanos <= remaining:
-            caps[model.id] = fitted
+        if fitted >= min(MIN_USEFUL_OUTPUT, cap) and fitted > 0:
+            fitted_nanos = worst_case(billable, model, fitted, remaining_nanos=remaining).nanos
+            if fitted_nanos <= remaining:
+                caps[model.id], known[model.id] = fitted, fitted_nanos
 
 
 async def reserve(services: Services, plan_: Plan) -> tuple[Plan, Reservation]:

@@ -102,7 +102,7 @@ def steering_context(request: RouteInput, profile: RequestProfile, virtual: bool
     ctx = request.ctx
     body = request.body
     p = ctx.principal
-    moment = time.gmtime(now)
+    hour, weekday, date = _clock_fields(now)
     context: dict[str, Any] = {
         "request.model": request.requested,
         "request.model_requested_virtual": virtual,
@@ -116,8 +116,7 @@ def steering_context(request: RouteInput, profile: RequestProfile, virtual: bool
         "request.endpoint": ctx.endpoint,
         "principal.key_id": p.key_id, "principal.user": p.user, "principal.team": p.team,
         "principal.org": p.org, "principal.project": p.project,
-        "time.hour": moment.tm_hour, "time.weekday": moment.tm_wday,
-        "time.date": time.strftime("%Y-%m-%d", moment),
+        "time.hour": hour, "time.weekday": weekday, "time.date": date,
     }
     for name, value in ctx.headers.items():
         context[f"request.headers.{name.lower()}"] = value
@@ -127,6 +126,21 @@ def steering_context(request: RouteInput, profile: RequestProfile, virtual: bool
             context[f"request.metadata.{name}"] = value
     context.update(request.budget.fields)
     return context
+
+
+_CLOCK: list[tuple[int, tuple[int, int, str]]] = [(-1, (0, 0, ""))]  # (UTC second, its time.* fields)
+
+
+def _clock_fields(now: float) -> tuple[int, int, str]:
+    """``time.hour``, ``time.weekday`` and ``time.date`` (UTC) of ``now``, worked out once a second."""
+    second = int(now // 1)
+    known = _CLOCK[0]
+    if known[0] == second:
+        return known[1]
+    moment = time.gmtime(second)
+    fields = (moment.tm_hour, moment.tm_wday, time.strftime("%Y-%m-%d", moment))
+    _CLOCK[0] = (second, fields)
+    return fields
 
 
 def switch_demand(model: ModelSpec, c: Constraints) -> str | None:

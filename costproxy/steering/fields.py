@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from costproxy.analyzer.tasks import TASK_TYPES
 from costproxy.registry import CAPABILITIES
@@ -129,19 +130,32 @@ def budget_fields(states: Iterable[tuple[str, BudgetState]]) -> dict[str, object
     A scope with several budgets (say daily and monthly) reports its worst: highest percentage,
     most severe status, least money remaining.  ``any`` is the same over every scope.
     """
-    worst: dict[str, BudgetState] = {}
+    # per key: [highest used_pct, severity, its status, least remaining]; on a tie the first seen
+    # stays (as ``max``/``min`` keep it), without building a ``BudgetState`` per comparison
+    worst: dict[str, list[Any]] = {}
     for scope, state in states:
         if scope not in BUDGET_SCOPES or scope == "any":
             raise ValueError(f"unknown budget scope {scope!r}")
+        severity = _severity(state.status)
         for key in (scope, "any"):
-            worst[key] = _worse(worst[key], state) if key in worst else state
+            seen = worst.get(key)
+            if seen is None:
+                worst[key] = [state.used_pct, severity, state.status, state.remaining_usd]
+                continue
+            if state.used_pct > seen[0]:
+                seen[0] = state.used_pct
+            if severity > seen[1]:
+                seen[1], seen[2] = severity, state.status
+            remaining = state.remaining_usd
+            if remaining is not None and (seen[3] is None or remaining < seen[3]):
+                seen[3] = remaining
     fields: dict[str, object] = {}
-    for scope, state in worst.items():
+    for scope, (used_pct, _, status, remaining) in worst.items():
         used_key, status_key, remaining_key = _BUDGET_KEYS[scope]
-        fields[used_key] = state.used_pct
-        fields[status_key] = state.status
-        if state.remaining_usd is not None:
-            fields[remaining_key] = state.remaining_usd
+        fields[used_key] = used_pct
+        fields[status_key] = status
+        if remaining is not None:
+            fields[remaining_key] = remaining
     return fields
 
 
@@ -150,14 +164,8 @@ _BUDGET_KEYS = {scope: (f"budget.{scope}.used_pct", f"budget.{scope}.status", f"
                 for scope in BUDGET_SCOPES}
 
 
-def _worse(a: BudgetState, b: BudgetState) -> BudgetState:
-    remaining = [r for r in (a.remaining_usd, b.remaining_usd) if r is not None]
-    return BudgetState(
-        used_pct=max(a.used_pct, b.used_pct),
-        status=max(a.status, b.status, key=_severity),
-        remaining_usd=min(remaining) if remaining else None,
-    )
-
-
 def _severity(status: str) -> int:
-    return BUDGET_STATUSES.index(status) if status in BUDGET_STATUSES else 0
+    return _SEVERITY.get(status, 0)
+
+
+_SEVERITY = {status: rank for rank, status in enumerate(BUDGET_STATUSES)}

@@ -426,3 +426,33 @@ def test_spec_validation_in_the_dataclass() -> None:
 def test_now_outside_utc_is_accepted() -> None:
     local = datetime(2026, 11, 25, 1, 0, tzinfo=UTC).astimezone()
     assert period_window(spec(period="daily"), local).key == "2026-11-25"
+
+
+def test_compiled_status_and_reached_match_status_of_and_each_threshold() -> None:
+    from costproxy.budgets.book import compile_spec
+    from costproxy.budgets.status import status_of
+
+    specs = [BudgetSpec(id="a", scope_type="team", scope_id="t", limit_nanos=1000, period="monthly"),
+             BudgetSpec(id="b", scope_type="team", scope_id="t", limit_nanos=1000, period="monthly",
+                        thresholds=(Threshold(30), Threshold(90), Threshold(150))),
+             BudgetSpec(id="c", scope_type="team", scope_id="t", limit_nanos=1000, period="monthly", thresholds=())]
+    for spec in specs:
+        compiled = compile_spec(spec, ())
+        for limit in (0, 1, 999, 1000, 10**12):
+            for spent in (0, 1, 299, 300, 499, 500, 799, 800, 899, 900, 999, 1000, 1499, 1500, 10**13):
+                assert compiled.status(spent, limit) == status_of(spec, spent, limit)
+                assert compiled.reached(spent, limit) == [t for t in spec.thresholds if t.reached(spent, limit)]
+
+
+def test_with_metadata_is_replace_of_the_metadata_only() -> None:
+    from costproxy.ledger.entry import COLUMNS, LedgerEntry, with_metadata
+
+    assert COLUMNS[-1] == "metadata"  # with_metadata passes every other field positionally, in order
+    entry = LedgerEntry(request_id="r", ts_ms=5, endpoint="chat/completions", status="ok", http_status=200,
+                        key_id="k", user="u", team="t", org="o", project="p", requested_model="m",
+                        served_model="s", provider="v", decision_id="d", prompt_tokens=1, completion_tokens=2,
+                        cached_tokens=3, cache_write_tokens=4, cache_write_1h_tokens=5, cost_nanos=6,
+                        baseline_nanos=7, usage_reported=False, stream=True, latency_ms=8, error_code="e",
+                        task_type="x", correlation_id="c", tenant="n", source="manual", metadata={"rules": ["r"]})
+    tagged = with_metadata(entry, {"budgets": {"b": "2026-11"}})
+    assert tagged == replace(entry, metadata={"budgets": {"b": "2026-11"}})

@@ -653,3 +653,40 @@ def test_twenty_continuing_rules_each_fire_or_fall_outside_their_rollout() -> No
         assert outcome.constraints.max_output_tokens == min(enforced)
         left_out |= outside
     assert left_out == partial  # over 40 requests, every 50 % rule sat out at least once
+
+
+def _worse_reference(a: BudgetState, b: BudgetState) -> BudgetState:
+    """What ``budget_fields`` did per comparison before it kept plain lists (the reference)."""
+    order = ("normal", "warning", "critical", "exhausted")
+    remaining = [r for r in (a.remaining_usd, b.remaining_usd) if r is not None]
+    return BudgetState(used_pct=max(a.used_pct, b.used_pct),
+                       status=max(a.status, b.status, key=lambda s: order.index(s) if s in order else 0),
+                       remaining_usd=min(remaining) if remaining else None)
+
+
+def test_budget_fields_match_the_pairwise_worst_of_every_chain() -> None:
+    import itertools
+    import random
+
+    rng = random.Random(13)
+    statuses = ("normal", "warning", "critical", "exhausted", "odd")
+    for _ in range(500):
+        states = [(rng.choice(("org", "team", "user", "project", "key")),
+                   BudgetState(rng.choice((0.0, 12.5, 50.0, 99.9, 100.0, 140.0)), rng.choice(statuses),
+                               rng.choice((None, Decimal("0"), Decimal("1.500000000"), Decimal("7")))))
+                  for _ in range(rng.randint(1, 5))]
+        worst: dict[str, BudgetState] = {}
+        for scope, state in states:
+            for key in (scope, "any"):
+                worst[key] = _worse_reference(worst[key], state) if key in worst else state
+        expected: dict[str, object] = {}
+        for scope, state in worst.items():
+            expected[f"budget.{scope}.used_pct"] = state.used_pct
+            expected[f"budget.{scope}.status"] = state.status
+            if state.remaining_usd is not None:
+                expected[f"budget.{scope}.remaining_usd"] = state.remaining_usd
+        got = budget_fields(states)
+        assert got == expected and list(got) == list(expected)
+        assert all(type(got[k]) is type(expected[k]) for k in got)
+    assert list(itertools.islice(budget_fields([("team", BudgetState(1.0, "normal"))]), 2)) == [
+        "budget.team.used_pct", "budget.team.status"]
