@@ -10,6 +10,11 @@ transaction (``budget_marks``), committed with ``synchronous=FULL`` (on disk, no
 so a restart resumes right after the last mirrored entry — no gap, no duplicate — and the position
 ``positions()`` reports may be published for trimming (``ledger/trim.py``): a stream is trimmed
 only below what every live replica's mirror holds this way.
+
+After a read that brought entries the mirror waits ``gather_s`` (50 ms) before reading again, so at
+low traffic it writes a few entries per transaction and fsync instead of one per request: at one
+request at a time on Redis this cut the proxy's CPU per request from ~1,760 to ~1,140 µs
+(``bench/proxy_bench.py``); reports on a replica lag by at most that much more.
 """
 
 from __future__ import annotations
@@ -50,13 +55,17 @@ def entry_from_json(data: bytes | str) -> LedgerEntry:
 
 class LedgerMirror:
     def __init__(self, redis: Redis, store: SqliteStore, keys: RedisKeys,
-                 partitions: Callable[[], set[str]], *, batch: int = 500, block_ms: int = 500) -> None:
+                 partitions: Callable[[], set[str]], *, batch: int = 500, block_ms: int = 500,
+                 gather_s: float = 0.05) -> None:
         self.redis = redis
         self.store = store
         self.keys = keys
         self.partitions = partitions
         self.batch = batch
         self.block_ms = block_ms
+        # After a write, wait this long before reading again: at low traffic each request's entry
+        # would otherwise be one read, one transaction and one fsync on its own (reports lag by it)
+        self.gather_s = gather_s
         self._last: dict[str, str] = {}
         self._lock = asyncio.Lock()  # one reader at a time: ``run`` and ``catch_up`` share ``_last``
         self.mirrored = 0
@@ -75,7 +84,8 @@ class LedgerMirror:
         while True:
             stop_if_cancelled()
             try:
-                await self.step()
+                if await self.step() and self.gather_s > 0:
+                    await asyncio.sleep(self.gather_s)
             except (RedisError, OSError, StoreUnavailable) as exc:
                 stop_if_cancelled()
                 log.warning("ledger_mirror_failed", error=str(exc))
