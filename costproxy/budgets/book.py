@@ -41,9 +41,11 @@ from costproxy.budgets.model import (
 from costproxy.budgets.status import (
     BudgetStatus,
     Counters,
+    below_full,
     build_status,
     burn_ratio,
     restrictions_of,
+    status_from,
     status_of,
 )
 from costproxy.errors import BudgetExceeded
@@ -148,14 +150,7 @@ class CompiledBudget:
 
     def status(self, spent: int, limit: int) -> str:
         """``status_of(spec, spent, limit)``, with the thresholds it reads picked out once."""
-        if spent >= limit:
-            return "exhausted"
-        marks = self.marks
-        if len(marks) >= 2 and marks[-1].reached(spent, limit):
-            return "critical"
-        if marks and marks[0].reached(spent, limit):
-            return "warning"
-        return "normal"
+        return status_from(self.marks, spent, limit)
 
     def reached(self, spent: int, limit: int) -> list[Threshold]:
         """The thresholds ``spent`` has reached (none, without a look at each, below the lowest)."""
@@ -172,7 +167,7 @@ class CompiledBudget:
 
 def compile_spec(spec: BudgetSpec, overrides: tuple[BudgetOverride, ...]) -> CompiledBudget:
     gate = next((t.percent for t in spec.thresholds if any(a.type in GATE_ACTIONS for a in t.actions)), None)
-    marks = tuple(t for t in spec.thresholds if t.percent < 100)
+    marks = below_full(spec)
     least = min((t.percent for t in spec.thresholds), default=None)
     return CompiledBudget(spec, overrides, gate, active_span(spec), marks, least)
 

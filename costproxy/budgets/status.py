@@ -7,7 +7,7 @@ same way.  Percentages compare by cross-multiplication; burn rates are integer n
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from costproxy.budgets.model import (
@@ -29,9 +29,19 @@ _MIN_ELAPSED_MS = 3_600_000  # burn rates are measured over at least an hour
 
 
 def status_of(spec: BudgetSpec, spent: int, limit: int) -> str:
+    return status_from(below_full(spec), spent, limit)
+
+
+def below_full(spec: BudgetSpec) -> tuple[Threshold, ...]:
+    """The thresholds under 100 %: the warning and critical marks ``status_from`` reads."""
+    return tuple(t for t in spec.thresholds if t.percent < 100)
+
+
+def status_from(marks: Sequence[Threshold], spent: int, limit: int) -> str:
+    """The status for ``spent`` against ``limit``, given the budget's ``below_full`` thresholds
+    (a compiled budget picks them out once)."""
     if spent >= limit:
         return "exhausted"
-    marks = [t for t in spec.thresholds if t.percent < 100]
     if len(marks) >= 2 and marks[-1].reached(spent, limit):
         return "critical"
     if marks and marks[0].reached(spent, limit):
