@@ -43,7 +43,7 @@ from costproxy.routing.quality import QualityProfiles
 from costproxy.routing.selection import BudgetPressure, SelectionConfig, select
 from costproxy.tools.calibrate import CalibrationOptions, TokenCount, analyze_rows, calibrate
 from costproxy.tools.dataset import EvalSet, FloatArray
-from costproxy.tools.replay import IntArray, OperatingPoint, default_points, route
+from costproxy.tools.replay import IntArray, OperatingPoint, default_points, pick, route
 
 CONSTRAINTS, PRESSURE = Constraints(quality_mode="balanced"), BudgetPressure()
 
@@ -109,11 +109,6 @@ def _candidates(quality: QualityProfiles, models: Sequence[str]) -> list[ModelSp
     return [registry.models[m] for m in models]
 
 
-def _pick(values: FloatArray, chosen: IntArray, fallback: int) -> FloatArray:
-    cols = np.where(chosen < 0, fallback, chosen)
-    return values[np.arange(len(cols)), cols]
-
-
 def replay_online(data: EvalSet, profiles: Sequence[RequestProfile], quality: QualityProfiles,
                   candidates: Sequence[ModelSpec], options: OnlineOptions,
                   baseline: str | None = None) -> tuple[IntArray, int]:
@@ -153,8 +148,8 @@ def best_fixed(data: EvalSet, profiles: Sequence[RequestProfile], quality: Quali
         (f"always {m}", head.cost[:, j], head.perf[:, j]) for j, m in enumerate(data.models)]
     for point in default_points():  # hindsight needs no guard for unseen tasks (selection.min_task_samples)
         chosen = route(profiles[:n], candidates, quality, point, data.models, min_task_samples=0)
-        policies.append((f"router {point.label}", _pick(head.cost, chosen, strongest),
-                         _pick(head.perf, chosen, strongest)))
+        policies.append((f"router {point.label}", pick(head.cost, chosen, strongest),
+                         pick(head.perf, chosen, strongest)))
     base_cost, base_perf = head.cost[:, strongest].sum(), head.perf[:, strongest].sum()
     best = ("always " + data.models[strongest], 0.0, 1.0)
     for name, cost, perf in policies:
@@ -180,9 +175,9 @@ def _stream(data: EvalSet, name: str, quality: QualityProfiles, count: TokenCoun
     profiles = analyze_rows(data, count)
     learned, labels = replay_online(data, profiles, quality, candidates, options, data.models[strongest])
     static = route(profiles, candidates, quality, OperatingPoint(options.balanced_gap), data.models)
-    saving, retention = _cumulative(_pick(data.cost, learned, strongest), _pick(data.perf, learned, strongest),
+    saving, retention = _cumulative(pick(data.cost, learned, strongest), pick(data.perf, learned, strongest),
                                     data, strongest)
-    s_saving, s_retention = _cumulative(_pick(data.cost, static, strongest), _pick(data.perf, static, strongest),
+    s_saving, s_retention = _cumulative(pick(data.cost, static, strongest), pick(data.perf, static, strongest),
                                         data, strongest)
     fixed, fixed_saving, fixed_retention = best_fixed(data, profiles, quality, candidates, strongest, options)
     return StreamResult(name, len(data), labels, data.models[strongest], learned, static, saving, retention,

@@ -190,7 +190,8 @@ def route(profiles: Sequence[RequestProfile], candidates: Sequence[ModelSpec], q
     return chosen
 
 
-def _pick(values: FloatArray, chosen: IntArray, fallback: int) -> FloatArray:
+def pick(values: FloatArray, chosen: IntArray, fallback: int) -> FloatArray:
+    """Each row's value in its chosen column (``fallback``'s where nothing was chosen, -1)."""
     cols = np.where(chosen < 0, fallback, chosen)
     return values[np.arange(len(cols)), cols]
 
@@ -288,8 +289,8 @@ def _choose(train: EvalSet, chosen: IntArray, strongest: int,
     points = np.empty((len(options.points), 2))
     best, best_saving = 0, -np.inf
     for k in range(len(options.points)):
-        perf = _pick(train.perf, chosen[k], strongest)
-        points[k] = _saving_retention(_pick(train.cost, chosen[k], strongest), perf, strongest, train)
+        perf = pick(train.perf, chosen[k], strongest)
+        points[k] = _saving_retention(pick(train.cost, chosen[k], strongest), perf, strongest, train)
         if points[k, 0] <= best_saving:
             continue
         bound = points[k, 1]
@@ -426,7 +427,7 @@ def _baselines(s: _Splits, router: StrategyResult, target: float) -> tuple[list[
                       f"{p:.0%} strongest, {1 - p:.0%} cheapest, in expectation"),
         mix,
         mix_target,
-        s.base.result("oracle", _pick(test.cost, oracle, strongest), _pick(test.perf, oracle, strongest),
+        s.base.result("oracle", pick(test.cost, oracle, strongest), pick(test.perf, oracle, strongest),
                       "cheapest model with the row's best score"),
     ], mix_cost
 
@@ -435,8 +436,8 @@ def _curve(test: EvalSet, routes: IntArray, train_points: FloatArray, strongest:
            points: Sequence[OperatingPoint]) -> tuple[CurvePoint, ...]:
     curve = []
     for k, point in enumerate(points):
-        saving, retention = _saving_retention(_pick(test.cost, routes[k], strongest),
-                                              _pick(test.perf, routes[k], strongest), strongest, test)
+        saving, retention = _saving_retention(pick(test.cost, routes[k], strongest),
+                                              pick(test.perf, routes[k], strongest), strongest, test)
         curve.append(CurvePoint(point, float(train_points[k, 0]), float(train_points[k, 1]), saving, retention))
     return tuple(curve)
 
@@ -481,8 +482,8 @@ def run_eval(data: EvalSet, quality: QualityProfiles, count: TokenCount = approx
     test_routes = np.stack([route(test_profiles, candidates, quality, p, data.models) for p in options.points])
     idx = np.random.default_rng(options.seed).integers(0, len(test), (options.bootstrap, len(test)))
     base = _Baseline(test.cost[:, strongest], test.perf[:, strongest], idx)
-    router_cost = _pick(test.cost, test_routes[g], strongest)
-    router_perf = _pick(test.perf, test_routes[g], strongest)
+    router_cost = pick(test.cost, test_routes[g], strongest)
+    router_perf = pick(test.perf, test_routes[g], strongest)
     how = "fixed" if fixed is not None else "chosen on train"
     router = base.result("router (analyze + select)", router_cost, router_perf, f"{options.points[g].label}, {how}")
     splits = _Splits(reference, test, base, strongest, cheapest)
