@@ -21,7 +21,9 @@ and for the same router without learning.  The goal of issue 10: after the first
 (500) requests, at least 80 % of the saving the best *fixed* policy reaches at 98 % retention over
 those requests in hindsight — the best of every operating point of the eval grid (no learning),
 every single model, and every fixed random mix of the strongest model with one cheaper model (its
-share as large as the target retention allows; expected saving and retention).  Writes
+share as large as the target retention allows; expected saving and retention).  Beside it, the
+*ceiling* (``certifiable_ceiling``): the most any router that only moves traffic on a lower bound
+learned from the stream's own labels could save over the horizon, in the best case.  Writes
 ``online.md``, ``online_summary.csv``, ``online_stream.csv`` and ``online.png`` into ``--out``.
 """
 
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from costproxy.analyzer.profile import RequestProfile
 from costproxy.errors import NoEligibleModel
@@ -75,6 +78,8 @@ class StreamResult:
     best_fixed: str  # the best fixed policy over the horizon at the target retention
     best_fixed_saving: float
     best_fixed_retention: float
+    ceiling: float | None  # the most a lower-bound router could save over the horizon (``certifiable_ceiling``)
+    ceiling_model: str
 
     def at(self, horizon: int) -> int:
         return min(horizon, self.rows) - 1
@@ -83,6 +88,13 @@ class StreamResult:
         if self.best_fixed_saving <= 0:
             return None
         return float(self.saving[self.at(horizon)] / self.best_fixed_saving)
+
+    def ceiling_share(self) -> float | None:
+        """The ceiling as a share of the best fixed saving (below 0.8: the goal is out of reach of any
+        router that obeys the lower-bound rule on this stream)."""
+        if self.ceiling is None or self.best_fixed_saving <= 0:
+            return None
+        return self.ceiling / self.best_fixed_saving
 
     def goal_met(self, horizon: int, target_retention: float) -> bool | None:
         """The issue's goal: at least 80 % of the best fixed saving, at the target retention (None: no fixed
@@ -109,6 +121,51 @@ def _candidates(quality: QualityProfiles, models: Sequence[str]) -> list[ModelSp
     return [registry.models[m] for m in models]
 
 
+def schedule(rows: int, options: OnlineOptions) -> tuple[npt.NDArray[np.bool_], FloatArray]:
+    """The seeded draws of a replay: which rows reveal their label, and each row's mixing draw."""
+    rng = np.random.default_rng(options.seed)
+    reveal = rng.random(rows) < options.label_rate
+    return reveal, rng.random(rows)
+
+
+def certifiable_ceiling(data: EvalSet, reveal: npt.NDArray[np.bool_], strongest: int,
+                        options: OnlineOptions) -> tuple[float | None, str]:
+    """The most any router that moves traffic only on a lower confidence bound learned from this
+    stream's labels could save over the first ``horizon`` rows, in the best case; (saving, model).
+
+    Before row ``i`` the router has seen ``t`` labels (the replay's own schedule).  If the cheaper
+    model ``m`` lost to the reference on none of them, the smallest loss rate a one-sided bound at
+    ``confidence`` can certify is ``1 − (1 − confidence) ** (1 / t)`` (the exact binomial bound: at
+    that rate, ``t`` clean labels happen with probability ``1 − confidence``, so no valid bound can
+    claim less).  Crediting ``m`` with its true rate of wins over the reference ``w`` and the
+    reference's true mean score ``q`` (both in hindsight over the horizon, favourable), ``m``'s
+    retention bound is ``1 − (bound − w) / q``, and a mix of ``m`` with the reference keeps the target
+    retention for a share of ``(1 − target) · q / (bound − w)`` of the traffic (all of it once that
+    reaches 1; none before the first label).  The ceiling is the largest saving of such a mix over
+    the cheaper models, each row's cost difference counted where ``m`` is cheaper.  It is loose when
+    labels are many (it assumes clean labels); it ignores priors from other data (unseen traffic), so
+    only a router that trusted those could exceed it.  ``None``: the reference scores 0 or costs
+    nothing over the horizon."""
+    n = min(options.horizon, len(data))
+    seen = np.concatenate(([0], np.cumsum(reveal[:n])[:-1]))
+    loss_bound = 1.0 - (1.0 - options.confidence) ** (1.0 / np.maximum(seen, 1))
+    base_cost, base_perf = data.cost[:n, strongest], data.perf[:n, strongest]
+    q = float(base_perf.mean())
+    if q <= 0 or base_cost.sum() <= 0:
+        return None, ""
+    best: tuple[float, str] = (0.0, "")
+    for j, model in enumerate(data.models):
+        if j == strongest:
+            continue
+        wins = float(np.maximum(0.0, data.perf[:n, j] - base_perf).mean())
+        net = np.maximum(loss_bound - wins, 1e-12)
+        share = np.where(seen > 0, np.minimum(1.0, (1.0 - options.target_retention) * q / net), 0.0)
+        saving = float((share * np.maximum(0.0, base_cost - data.cost[:n, j])).sum() / base_cost.sum())
+        if saving > best[0]:
+            best = (saving, model)
+    return best
+
+
 def replay_online(data: EvalSet, profiles: Sequence[RequestProfile], quality: QualityProfiles,
                   candidates: Sequence[ModelSpec], options: OnlineOptions,
                   baseline: str | None = None) -> tuple[IntArray, int]:
@@ -119,9 +176,8 @@ def replay_online(data: EvalSet, profiles: Sequence[RequestProfile], quality: Qu
     config = SelectionConfig(balanced_gap=options.balanced_gap,
                              max_gap=max(SelectionConfig().max_gap, options.balanced_gap))
     estimates = OnlineEstimates({}, options.prior_strength, z_score(options.confidence))
-    rng = np.random.default_rng(options.seed)
-    reveal = rng.random(len(data)) < options.label_rate
-    draws = rng.random(len(data)).tolist() if options.mixing else [None] * len(data)
+    reveal, mix_draws = schedule(len(data), options)
+    draws: list[float | None] = mix_draws.tolist() if options.mixing else [None] * len(data)
     chosen = np.empty(len(data), dtype=np.intp)
     for i, profile in enumerate(profiles):
         try:
@@ -180,8 +236,9 @@ def _stream(data: EvalSet, name: str, quality: QualityProfiles, count: TokenCoun
     s_saving, s_retention = _cumulative(pick(data.cost, static, strongest), pick(data.perf, static, strongest),
                                         data, strongest)
     fixed, fixed_saving, fixed_retention = best_fixed(data, profiles, quality, candidates, strongest, options)
+    ceiling, ceiling_model = certifiable_ceiling(data, schedule(len(data), options)[0], strongest, options)
     return StreamResult(name, len(data), labels, data.models[strongest], learned, static, saving, retention,
-                        s_saving, s_retention, fixed, fixed_saving, fixed_retention)
+                        s_saving, s_retention, fixed, fixed_saving, fixed_retention, ceiling, ceiling_model)
 
 
 def run_online(data: EvalSet, quality: QualityProfiles | None, count: TokenCount,
@@ -218,15 +275,23 @@ def summary_markdown(results: Sequence[StreamResult], options: OnlineOptions, co
              f"{'on' if options.mixing else 'off'}, seed {options.seed}.", "",
              f"| left-out benchmark | rows | labels | learning: saving / retention after {h} | without learning "
              f"after {h} | best fixed policy at {_pct(options.target_retention)} after {h} (hindsight) | share of "
-             "its saving | goal: >= 80 % of it at the target retention | learning: saving / retention, whole stream |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "its saving | goal: >= 80 % of it at the target retention | ceiling of a lower-bound router after "
+             f"{h} (share of the best fixed) | learning: saving / retention, whole stream |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         k = r.at(h)
         lines.append(
             f"| {r.benchmark} | {r.rows} | {r.labels} | {_pct(r.saving[k])} / {_pct(r.retention[k])} | "
             f"{_pct(r.static_saving[k])} / {_pct(r.static_retention[k])} | {r.best_fixed}: "
             f"{_pct(r.best_fixed_saving)} / {_pct(r.best_fixed_retention)} | {_pct(r.share(h))} | "
-            f"{_GOAL[r.goal_met(h, options.target_retention)]} | {_pct(r.saving[-1])} / {_pct(r.retention[-1])} |")
+            f"{_GOAL[r.goal_met(h, options.target_retention)]} | {_pct(r.ceiling)} with {r.ceiling_model or '-'} "
+            f"({_pct(r.ceiling_share())}) | {_pct(r.saving[-1])} / {_pct(r.retention[-1])} |")
+    lines += ["", f"The ceiling is the most any router that moves traffic to a cheaper model only when a "
+              f"{_pct(options.confidence)} lower bound learned from this stream's labels clears the target could "
+              f"save over the first {h} requests, in the best case: none of the cheaper model's labelled answers "
+              "worse than the reference's, and its wins over the reference known exactly "
+              "(`certifiable_ceiling`). Where it is below 80 % of the best fixed saving, the goal cannot be met "
+              "under that rule at this label rate."]
     return "\n".join(lines) + "\n"
 
 
@@ -235,12 +300,13 @@ def _write_csvs(results: Sequence[StreamResult], options: OnlineOptions, out: Pa
         writer = csv.writer(handle)
         writer.writerow(["benchmark", "rows", "labels", "horizon", "saving", "retention", "static_saving",
                          "static_retention", "best_fixed", "best_fixed_saving", "best_fixed_retention", "share",
-                         "goal_met"])
+                         "goal_met", "ceiling", "ceiling_model"])
         for r in results:
             k = r.at(options.horizon)
             writer.writerow([r.benchmark, r.rows, r.labels, k + 1, r.saving[k], r.retention[k], r.static_saving[k],
                              r.static_retention[k], r.best_fixed, r.best_fixed_saving, r.best_fixed_retention,
-                             r.share(options.horizon), r.goal_met(options.horizon, options.target_retention)])
+                             r.share(options.horizon), r.goal_met(options.horizon, options.target_retention),
+                             r.ceiling, r.ceiling_model])
     with (out / "online_stream.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["benchmark", "requests", "saving", "retention", "static_saving", "static_retention"])

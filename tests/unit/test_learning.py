@@ -8,6 +8,7 @@ import dataclasses
 import itertools
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from costproxy.errors import ConfigError, InvalidRequest
@@ -18,9 +19,9 @@ from costproxy.routing.policy import Constraints
 from costproxy.routing.quality import ModelQuality, QualityProfiles, TaskQuality
 from costproxy.routing.selection import BudgetPressure, Decision, SelectionConfig, select
 from costproxy.tools.calibrate import approx_tokens
-from costproxy.tools.dataset import load_dataset
+from costproxy.tools.dataset import EvalSet, load_dataset
 from costproxy.tools.eval_cli import calibrate_main, eval_main
-from costproxy.tools.online_eval import OnlineOptions, run_online
+from costproxy.tools.online_eval import OnlineOptions, certifiable_ceiling, run_online, schedule
 from tests.unit.test_evaluation import synthetic_rows, write_csv
 from tests.unit.test_selection import models, profile, quality
 
@@ -372,3 +373,36 @@ def test_eval_online_writes_the_stream_and_its_picture(tmp_path: Path) -> None:
     assert rows == {n: sum(1 for e, sp in zip(data.eval_names, data.splits, strict=True) if e == n and sp == "test")
                     for n in set(data.eval_names)}
     assert eval_main(["--data", str(path), "--online", "--label-rate", "2", "--out", str(out)]) == 2
+
+
+def _pair(ref_perf: list[float], cheap_perf: list[float], cheap_cost: float) -> EvalSet:
+    n = len(ref_perf)
+    return EvalSet(source="t", models=("ref", "cheap"), prompts=tuple(("q",) for _ in range(n)),
+                   splits=("test",) * n, eval_names=("b",) * n,
+                   perf=np.array([ref_perf, cheap_perf], dtype=float).T,
+                   cost=np.array([[1.0] * n, [cheap_cost] * n], dtype=float).T)
+
+
+def test_the_certifiable_ceiling_is_the_exact_binomial_bound_on_clean_labels() -> None:
+    options = OnlineOptions(horizon=4, confidence=0.95, target_retention=0.98)
+    reveal = np.array([True, False, True, False, True])
+    # labels seen before each of the 4 rows: 0, 1, 1, 2; the bound on the loss rate after t clean labels
+    # is 1 - 0.05 ** (1 / t); the reference is always right (q = 1), the cheap model never wins
+    data = _pair([1.0] * 5, [0.0] * 5, cheap_cost=0.5)
+    shares = [0.0, 0.02 / 0.95, 0.02 / 0.95, 0.02 / (1 - 0.05 ** 0.5)]
+    saving, model = certifiable_ceiling(data, reveal, 0, options)
+    assert model == "cheap" and saving == pytest.approx(sum(0.5 * s for s in shares) / 4)
+    # its wins over the reference (true rate w = 1/4 over the horizon) offset the loss bound; q = 3/4
+    wins = _pair([1.0, 0.0, 1.0, 1.0, 1.0], [1.0] * 5, cheap_cost=0.5)
+    shares = [0.0, 0.015 / 0.7, 0.015 / 0.7, 0.015 / (1 - 0.05 ** 0.5 - 0.25)]
+    assert certifiable_ceiling(wins, reveal, 0, options)[0] == pytest.approx(sum(0.5 * s for s in shares) / 4)
+    # a share never exceeds the whole traffic (no retention to keep: every labelled row mixes fully)
+    loose = dataclasses.replace(options, target_retention=0.0)
+    assert certifiable_ceiling(wins, reveal, 0, loose)[0] == pytest.approx(0.5 * 3 / 4)
+    # a dearer model saves nothing; a reference that is never right leaves nothing to keep
+    assert certifiable_ceiling(_pair([1.0] * 5, [1.0] * 5, cheap_cost=2.0), reveal, 0, options) == (0.0, "")
+    assert certifiable_ceiling(_pair([0.0] * 5, [0.0] * 5, cheap_cost=0.5), reveal, 0, options) == (None, "")
+    # more labels never lower the ceiling
+    rates = [certifiable_ceiling(data, schedule(5, OnlineOptions(label_rate=r, horizon=4))[0], 0,
+                                 OnlineOptions(label_rate=r, horizon=4))[0] for r in (0.05, 0.5, 1.0)]
+    assert rates == sorted(rates)
