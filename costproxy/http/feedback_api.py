@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import structlog
 from aiohttp import web
@@ -36,6 +36,7 @@ from costproxy.learning.service import Learner
 from costproxy.learning.store import LearningStore, SqliteLearningStore
 from costproxy.ledger.entry import LedgerEntry
 from costproxy.pipeline.run import UnaryResult
+from costproxy.registry import ModelSpec
 from costproxy.request import Api, ChatRequest, RequestContext
 from costproxy.wire import query_value
 
@@ -131,12 +132,24 @@ async def learning_ctx(app: web.Application) -> AsyncIterator[None]:
     if settings.judge.enabled:
         config = app[SETTINGS]
         judge = app[JUDGE] = Judge(settings.judge, config.registry, config.providers, app[SERVICES].upstream,
-                                   learner=learner, accounts=app[BACKEND].accounts)
+                                   learner=learner, accounts=app[BACKEND].accounts, quality=_quality_of(app))
     task = asyncio.create_task(_refresh(app, learner), name="costproxy-learning-refresh")
     yield
     await cancel_and_wait([task])
     if judge is not None:
         await judge.stop()
+
+
+def _quality_of(app: web.Application) -> Callable[[ModelSpec, str, int], float]:
+    """A model's expected quality on a task and difficulty bucket, as selection sees it now: the
+    posterior mean where feedback has measured the cell, else the (hot-reloaded) quality profile's."""
+
+    def quality(model: ModelSpec, task_type: str, bucket: int) -> float:
+        prior = app[ROUTER].quality.cell(model.id, model.tier, task_type, bucket).value
+        learned = app[LEARNER].estimates.lookup(task_type, bucket, model.id, prior)
+        return prior if learned is None else learned.mean
+
+    return quality
 
 
 def capture_for_judge(request: web.Request, ctx: RequestContext, chat: ChatRequest) -> Capture | None:

@@ -9,8 +9,13 @@ reference, in the background (never on the request's path):
    replicas through the store); when it does not fit, nothing is called (logged once per day);
 2. the reference model answers the same messages; the judge model reads the question, the reference
    answer and the served answer and says how good the served one is, from 0 to 10;
-3. the verdict / 10 is recorded as feedback with ``source: judge`` (the estimates learn from it like
-   from any other source, weighted by ``source_weights.judge``);
+3. the verdict is relative — 10 means "as good as the reference" — while feedback scores are absolute
+   (the chance the answer was right), so the verdict / 10 times the reference model's quality on the
+   request's task and difficulty bucket (its posterior mean where feedback has measured it, else the
+   quality profile's estimate) is recorded as feedback with ``source: judge``, the raw verdict in its
+   comment (the estimates learn from it like from any other source, weighted by
+   ``source_weights.judge``).  Recorded raw, a cheap model that matched a reference right 70 % of
+   the time would have been credited with 100 %, above the reference itself;
 4. both calls are ledgered as evaluation overhead: entries with ``source: judge``, no caller (no
    budget of any caller is charged), ``metadata.kind = "evaluation"`` and the judged request's id;
    the day's charge is corrected from the worst case to what the calls cost.
@@ -37,7 +42,7 @@ from costproxy.errors import ProxyError, StoreUnavailable
 from costproxy.identity.principal import Principal
 from costproxy.learning.config import JudgeSettings
 from costproxy.learning.feedback import FeedbackInput
-from costproxy.learning.service import Learner
+from costproxy.learning.service import Learner, entry_cell
 from costproxy.ledger.entry import LedgerEntry
 from costproxy.providers.config import ProviderSettings
 from costproxy.providers.transport import Upstream
@@ -87,7 +92,8 @@ def _conversation(messages: Sequence[Mapping[str, Any]]) -> str:
 class Judge:
     def __init__(self, settings: JudgeSettings, registry: Registry, providers: Mapping[str, ProviderSettings],
                  upstream: Upstream, *, learner: Learner, accounts: Accounts,
-                 draw: Callable[[], float] = random.random, clock: Callable[[], float] = time.time) -> None:
+                 draw: Callable[[], float] = random.random, clock: Callable[[], float] = time.time,
+                 quality: Callable[[ModelSpec, str, int], float] | None = None) -> None:
         self.settings = settings
         self.registry = registry
         self.providers = providers
@@ -96,6 +102,7 @@ class Judge:
         self.accounts = accounts
         self.draw = draw
         self.clock = clock
+        self.quality = quality  # (model, task type, bucket) -> its expected quality there
         reference = settings.reference_model or registry.baseline_model
         self.reference = registry.models.get(reference or "")
         self.judge = registry.models.get(settings.judge_model or reference or "")
@@ -162,9 +169,21 @@ class Judge:
         if score is None:
             log.warning("judge_verdict_unreadable", request_id=rid)
         else:
-            given = FeedbackInput(rid, score, "judge", comment=f"judge {judge.id} against {reference.id}")
+            absolute, note = self.absolute(score, sample.entry, reference)
+            given = FeedbackInput(rid, absolute, "judge",
+                                  comment=f"judge {judge.id}: {round(score * 10)}/10 against {reference.id}{note}")
             await self.learner.record(given, sample.entry, "judge", int(self.clock() * 1000))
         return ref_cost + judge_cost
+
+    def absolute(self, score: float, entry: LedgerEntry, reference: ModelSpec) -> tuple[float, str]:
+        """The relative verdict ``score`` as an absolute quality (module docstring, step 3), and a note
+        saying how; unchanged when the request has no cell (it teaches nothing then) or no quality is known."""
+        cell = entry_cell(entry)
+        if cell is None or self.quality is None:
+            return score, ""
+        reference_quality = min(1.0, max(0.0, self.quality(reference, cell[0], cell[1])))
+        value = round(score * reference_quality, 6)
+        return value, f", whose quality here is {reference_quality:.3f}: {value:.3f}"
 
     async def _call(self, model: ModelSpec, body: dict[str, Any], call_id: str,
                     judged: str) -> tuple[dict[str, Any], int]:

@@ -7,7 +7,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from costproxy.http.state import JUDGE, LEARNER
+import pytest
+
+from costproxy.http.state import JUDGE, LEARNER, ROUTER
+from costproxy.ledger.entry import LedgerEntry
 from tests.conftest import Proxy, ProxyFactory
 from tests.polling import eventually
 
@@ -37,7 +40,12 @@ async def test_the_judge_turns_a_comparison_into_feedback_and_ledgers_its_calls(
 
     await eventually(verdict_in, what="the judge's verdict")
     feedback = next(f for f in await learner.store.feedback_for(rid) if f.source == "judge")
-    assert feedback.score == 0.8 and feedback.actor == "judge" and feedback.weight == 1.0
+    # "8/10 as good as the reference" is relative: the cell learns 0.8 times the reference's quality there
+    assert feedback.task_type is not None and feedback.bucket is not None
+    big = proxy.app[ROUTER].quality.cell("big", "premium", feedback.task_type, feedback.bucket).value
+    assert big < 1.0 and feedback.score == pytest.approx(0.8 * big)
+    assert feedback.comment is not None and "8/10 against big" in feedback.comment
+    assert feedback.actor == "judge" and feedback.weight == 1.0
     big_calls = [c for c in proxy.sim.calls if c.model == "big"]
     assert len(big_calls) == 2 and "REFERENCE ANSWER" in big_calls[1].body["messages"][0]["content"]
     judge = proxy.app[JUDGE]
@@ -94,7 +102,7 @@ async def test_a_streamed_auto_answer_is_captured_and_judged(make_proxy: ProxyFa
 
     await eventually(verdict_in, what="the judge's verdict on the stream")
     feedback = next(f for f in await learner.store.feedback_for(rid) if f.source == "judge")
-    assert feedback.score == 0.6
+    assert feedback.score == pytest.approx(0.6 * 0.95)  # 6/10 of big's quality on classification
     served = next(c for c in proxy.sim.calls if c.model != "big")
     verdict_prompt = [c for c in proxy.sim.calls if c.model == "big"][1].body["messages"][0]["content"]
     # the candidate the judge read is the text the client was streamed, assembled
@@ -112,3 +120,25 @@ async def test_a_stream_not_drawn_is_not_copied(make_proxy: ProxyFactory) -> Non
     assert resp.status == 200 and "[DONE]" in await resp.text()
     judge = proxy.app[JUDGE]
     assert judge is not None and not judge.tasks and [c for c in proxy.sim.calls if c.model == "big"] == []
+
+
+async def test_the_reference_quality_behind_a_verdict_is_what_selection_believes(make_proxy: ProxyFactory) -> None:
+    proxy = await make_proxy(extra=judged("1.00"))
+    judge, learner = proxy.app[JUDGE], proxy.app[LEARNER]
+    assert judge is not None and judge.reference is not None and judge.quality is not None
+    big = judge.reference
+    assert judge.quality(big, "classification", 0) == 0.95  # the quality profile's estimate
+    assert judge.quality(big, "summarization", 0) == 0.9  # its overall, for a task it has no entry for
+    # feedback measured the reference lower on classification: a verdict there is worth less
+    learner.estimates = learner.estimates.with_observation(("classification", 0, "big"), 100, 50)
+    measured = judge.quality(big, "classification", 0)
+    assert measured == pytest.approx((0.95 * learner.estimates.strength + 50) / (learner.estimates.strength + 100))
+    entry = LedgerEntry(request_id="r1", ts_ms=1, endpoint="chat/completions", status="ok", http_status=200,
+                        requested_model="auto", served_model="small", task_type="classification",
+                        metadata={"difficulty_bucket": 0})
+    value, note = judge.absolute(1.0, entry, big)
+    assert value == pytest.approx(measured, abs=1e-6) and "whose quality here is" in note
+    # a request the router did not classify teaches nothing: its verdict is kept as it was
+    unrouted = LedgerEntry(request_id="r2", ts_ms=1, endpoint="chat/completions", status="ok", http_status=200,
+                           requested_model="auto", served_model="small")
+    assert judge.absolute(0.7, unrouted, big) == (0.7, "")
