@@ -26,7 +26,7 @@ from aiohttp import web
 
 from costproxy.background import cancel_and_wait, stop_if_cancelled
 from costproxy.cache.capture import Capture
-from costproxy.errors import InvalidRequest, NotFound, StoreUnavailable
+from costproxy.errors import Forbidden, InvalidRequest, NotFound, StoreUnavailable
 from costproxy.http.budgets_api import actor, viewer
 from costproxy.http.keys_api import json_body
 from costproxy.http.state import ADMIN_ROLE, BACKEND, JUDGE, LEARNER, LEDGER, PRINCIPAL, ROUTER, SERVICES, SETTINGS
@@ -66,6 +66,24 @@ def _authorize(request: web.Request, entry: LedgerEntry) -> None:
         raise NotFound(f"no request {entry.request_id!r} visible to this token")
 
 
+def _may_send(request: web.Request, source: str) -> None:
+    """Who may claim a source: feedback moves ``auto`` traffic for every caller of a cell, so the
+    sources an operator trusts most are not open to every key.  ``judge`` is the proxy's own judge
+    only; ``eval`` is the admin token's or an evaluation system's behind a trusted proxy; ``user``
+    and ``agent`` anyone allowed to see the request."""
+    if source == "judge":
+        raise Forbidden("source 'judge' is recorded only by the proxy's own judge (learning.judge); an external "
+                        "evaluation system sends source 'eval'", param="source")
+    if source != "eval":
+        return
+    principal = request.get(PRINCIPAL)
+    trusted = principal is not None and principal.via.startswith("trusted-proxy")
+    if not trusted and not (principal is None and request.get(ADMIN_ROLE) == "admin"):
+        raise Forbidden("source 'eval' is sent by the admin token or by an evaluation system through a trusted "
+                        "proxy (trusted_proxies); a key or a read-only token sends 'user' or 'agent'",
+                        param="source")
+
+
 async def _entry(request: web.Request, request_id: str) -> LedgerEntry:
     ledger = request.app[LEDGER]
     deadline = time.monotonic() + (LEDGER_WAIT_S if request.app[BACKEND].kind == "redis" else 0.0)
@@ -84,6 +102,7 @@ async def post_feedback(request: web.Request) -> web.Response:
     given = parse_feedback(await json_body(request))
     entry = await _entry(request, given.request_id)
     _authorize(request, entry)
+    _may_send(request, given.source)
     principal = request.get(PRINCIPAL)
     who = f"key:{principal.key_id}" if principal is not None else actor(request)
     learner = request.app[LEARNER]

@@ -327,9 +327,11 @@ def _feedback_paths() -> dict[str, Schema]:
     return {FEEDBACK: {
         "post": op("Feedback on one request's answer (score in [0, 1] or thumbs up/down); one per source, "
                    "sending it again replaces it (also the request's own cp- key, and read-only tokens for "
-                   "requests of their scopes)", feedback, request=given, status=201,
+                   "requests of their scopes); source eval only from the admin token or a trusted proxy, "
+                   "source judge only from the proxy's own judge", feedback, request=given, status=201,
                    tag="learning", also={200: "this source's feedback on the request was already recorded "
-                                              "(replaced, or unchanged when identical)"}),
+                                              "(replaced, or unchanged when identical)",
+                                         403: "this caller may not send feedback of this source"}),
         "get": op("Every source's feedback on a request", resp(requestId=S, model=N, taskType=N, status=S,
                                                                 data=arr(feedback)),
                   params=(query("requestId", S, "the request id (the x-costproxy-request-id response header)"),),

@@ -158,6 +158,40 @@ async def test_who_may_send_feedback(make_proxy: ProxyFactory) -> None:
             assert resp.status == 403  # … and nothing else written
 
 
+async def test_the_most_trusted_sources_are_not_open_to_every_caller(make_proxy: ProxyFactory) -> None:
+    """Feedback moves auto traffic for every caller of a cell: a key may not pass its thumbs off as an
+    evaluation, and nobody outside the proxy may speak as its judge."""
+    from costproxy.settings import TrustedProxySettings
+
+    relay = TrustedProxySettings(name="evals", secret_env="EVALS_SECRET", secret="evals-secret")
+    proxy = await make_proxy(settings_changes={"trusted_proxies": (relay,)})
+    rid = await served(proxy)
+    created = await proxy.client.post("/api/v1/tokens", json={"name": "viewer",
+                                                              "scopes": [{"scopeType": "team", "scopeId": "core"}]},
+                                      headers=ADMIN)
+    viewer = {"Authorization": f"Bearer {(await created.json())['token']}"}
+    for source, headers in (("eval", proxy.auth()), ("eval", viewer), ("judge", proxy.auth()), ("judge", ADMIN),
+                            ("judge", viewer)):
+        status, body = await post(proxy, {"requestId": rid, "score": 1, "source": source}, headers)
+        assert status == 403, (source, body)
+        assert body["error"]["code"] == "forbidden" and body["error"]["param"] == "source"
+        assert body["error"]["type"] == "permission_error"
+    assert await proxy.app[LEARNER].store.feedback_for(rid) == []  # nothing was recorded
+    # a request the caller may not see stays a 404: the source check never tells that it exists
+    other = await proxy.new_key(user="bob", team="other", org="acme")
+    status, body = await post(proxy, {"requestId": rid, "score": 1, "source": "judge"}, proxy.auth(other))
+    assert status == 404
+    # the evaluation system behind the trusted proxy, and the admin, may send eval
+    trusted = {**proxy.auth(), "X-Costproxy-Proxy-Secret": "evals-secret"}
+    status, body = await post(proxy, {"requestId": rid, "score": 0.5, "source": "eval"}, trusted)
+    assert status == 201 and body["source"] == "eval", body
+    status, body = await post(proxy, {"requestId": rid, "score": 0.75, "source": "eval"}, ADMIN)
+    assert status == 200 and body["score"] == 0.75
+    for source in ("user", "agent"):
+        status, _ = await post(proxy, {"requestId": rid, "thumbs": "up", "source": source}, proxy.auth())
+        assert status == 201
+
+
 def _entry(request_id: str, model: str = "small") -> LedgerEntry:
     return LedgerEntry(request_id=request_id, ts_ms=0, endpoint="chat/completions", status="ok", http_status=200,
                        served_model=model, task_type="classification", key_id="k1",
