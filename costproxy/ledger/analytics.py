@@ -34,8 +34,10 @@ POLICY_CODES = ("budget_exceeded", "rule_rejected", "model_not_allowed")
 REFUSED_BY_POLICY = ("(l.status = 'refused' AND l.error_code IN ("
                      + ", ".join(f"'{code}'" for code in POLICY_CODES) + "))")
 SERVED = "l.status != 'refused'"
-VIRTUAL_SQL = ("(l.requested_model = 'auto' OR l.requested_model LIKE 'auto:%' "
-               "OR l.requested_model IN ('economy', 'standard', 'premium'))")
+# false, never NULL, for an entry without a requested model (a request refused before its model was
+# read): the rollup's ``virtual`` column is NOT NULL, and a NULL there stopped its catch-up for good
+VIRTUAL_SQL = ("(l.requested_model IS NOT NULL AND (l.requested_model = 'auto' OR l.requested_model LIKE 'auto:%' "
+               "OR l.requested_model IN ('economy', 'standard', 'premium')))")
 
 
 @dataclass(frozen=True, slots=True)

@@ -222,3 +222,23 @@ async def test_the_overview_rollup_equals_a_scan_of_the_ledger(make_proxy: Proxy
         assert await analytics.auto_share(store, LedgerFilter(start_ms=0)) == await analytics.auto_share(
             store, LedgerFilter(start_ms=0, end_ms=now + 86_400_000))
     assert await analytics.catch_up(store) == 0  # every entry is folded once
+
+
+async def test_a_request_refused_before_its_model_was_read_never_breaks_the_overview(
+        make_proxy: ProxyFactory) -> None:
+    """Its ledger entry has no requested model; folding it into the rollup once failed on the NOT NULL
+    ``virtual`` column, and the overview answered 503 from then on."""
+    proxy = await make_proxy()
+    await send(proxy, SMALL)
+    assert (await get(proxy, "/api/v1/analytics/overview"))["today"]["requests"] == 1
+    resp = await proxy.client.post("/v1/chat/completions", data=b'{"model": ',
+                                   headers={**proxy.auth(), "content-type": "application/json"})
+    assert resp.status == 400 and (await resp.json())["error"]["code"] == "invalid_json"
+    request_id = resp.headers["x-costproxy-request-id"]
+    entries = await eventually(lambda: proxy.app[STORE].entries_for(request_id), what="the refused entry")
+    assert entries[0].requested_model is None
+    for _ in range(2):  # and again: the rollup moved past it
+        body = await get(proxy, "/api/v1/analytics/overview")
+        assert body["today"]["requests"] == 1 and body["today"]["refused"] == 0
+    await send(proxy, AUTO)
+    assert (await get(proxy, "/api/v1/analytics/overview"))["today"]["requests"] == 2
