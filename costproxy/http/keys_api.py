@@ -52,8 +52,30 @@ def _no_constant(name: str) -> Any:
 
 
 def _strict_json(text: str) -> Any:
-    """JSON as RFC 8259 has it: no NaN or Infinity (Python's json accepts them)."""
-    return json.loads(text, parse_constant=_no_constant)
+    """JSON as RFC 8259 has it: no NaN or Infinity, and no lone surrogate in a string — Python's json
+    accepts all three; a lone surrogate then failed as a 500 where it was stored, or put a usage
+    record's ledger entry in quarantine (the model endpoints' orjson refuses it too).  Numbers too
+    big for a float still parse (as infinity), so the field's own check names it."""
+    value = json.loads(text, parse_constant=_no_constant)
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            _utf8(item)
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                _utf8(key)
+                stack.append(child)
+        elif isinstance(item, list):
+            stack.extend(item)
+    return value
+
+
+def _utf8(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("a string holds a lone UTF-16 surrogate (\\ud800-\\udfff without its pair)") from None
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:

@@ -34,6 +34,9 @@ from costproxy.wire import canonical, iso_seconds, with_deprecated
 
 PRIORITY_MODES = {"low": "quality", "medium": "balanced", "high": "economy", "critical": "economy"}
 SELECT_KEYS = ("requestId", "content", "metadata", "constraints")
+IDENTITY_KEYS = ("userId", "teamId", "organizationId", "projectId", "taskType")
+MAX_ID_CHARS = 256
+MAX_OUTPUT_TOKENS = 100_000_000  # /models/estimate: far above any model's output, far below what money formats
 METADATA_KEYS = ("userId", "teamId", "organizationId", "projectId", "taskType", "qualityRequirement",
                  "budgetPriority", "tags")
 METADATA_ALIASES = {"org": "organizationId", "organization": "organizationId", "user": "userId",
@@ -90,9 +93,19 @@ async def _explain(request: web.Request) -> tuple[Explanation, dict[str, Any], i
         raise InvalidRequest("'content' and 'metadata' must be objects")
     metadata = canonical(metadata, METADATA_KEYS, METADATA_ALIASES, where="metadata")
     preferred, extra = _api_constraints(body.get("constraints"), metadata)
+    for name in IDENTITY_KEYS:
+        value = metadata.get(name)
+        if value is not None and (not isinstance(value, str) or not value.strip() or len(value) > MAX_ID_CHARS):
+            raise InvalidRequest(f"'metadata.{name}' must be a non-empty string of at most {MAX_ID_CHARS} "
+                                 "characters", param=f"metadata.{name}")
     chat = {k: v for k, v in content.items() if k != "model"}
     chat["model"] = preferred
-    request_id = str(body.get("requestId") or "sel_" + uuid.uuid4().hex)
+    given_id = body.get("requestId")
+    if given_id is not None and (not isinstance(given_id, str) or not given_id.strip()
+                                 or len(given_id) > MAX_ID_CHARS):
+        raise InvalidRequest(f"'requestId' must be a non-empty string of at most {MAX_ID_CHARS} characters",
+                             param="requestId")
+    request_id = given_id or "sel_" + uuid.uuid4().hex
     task = metadata.get("taskType")
     headers = {"x-costproxy-task-type": task} if isinstance(task, str) else {}
     ctx = RequestContext(request_id=request_id, principal=_principal(metadata), endpoint="chat/completions",
@@ -151,10 +164,18 @@ async def estimate(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     body = await json_body(request)
     content: dict[str, Any] = body["content"] if isinstance(body.get("content"), dict) else body
-    models = body.get("models") or list(services.registry.models)
-    if not isinstance(models, list):
-        raise InvalidRequest("'models' must be a list of model ids", param="models")
+    models = body.get("models")
+    if models is None:
+        models = list(services.registry.models)
+    elif not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
+        raise InvalidRequest("'models' must be a non-empty list of model ids (leave it out for every model)",
+                             param="models")
     output = body.get("outputTokens")
+    if output is None:
+        output = 0
+    elif isinstance(output, bool) or not isinstance(output, int) or not 0 <= output <= MAX_OUTPUT_TOKENS:
+        raise InvalidRequest(f"'outputTokens' must be an integer from 0 to {MAX_OUTPUT_TOKENS:,}",
+                             param="outputTokens")
     chat = parse_request(Endpoint.CHAT, content)
     rows: list[tuple[int, dict[str, Any]]] = []
     for name in models:
@@ -164,9 +185,8 @@ async def estimate(request: web.Request) -> web.Response:
         if model.kind != "chat":
             continue
         tokens = await count_input(services, chat, model.encoding)
-        out = output if isinstance(output, int) and output >= 0 else 0
-        cost = model.cost(Usage(prompt_tokens=tokens, completion_tokens=out))
-        rows.append((cost, {"model": model.id, "inputTokens": tokens, "outputTokens": out,
+        cost = model.cost(Usage(prompt_tokens=tokens, completion_tokens=output))
+        rows.append((cost, {"model": model.id, "inputTokens": tokens, "outputTokens": output,
                             "estimatedCost": format_usd(cost),
                             "worstCaseCost": format_usd(model.worst_case_cost(tokens, model.max_output_tokens))}))
     rows.sort(key=lambda row: row[0])

@@ -313,6 +313,18 @@ async def test_every_time_in_a_response_is_iso_utc(api: Api) -> None:
     ("/api/v1/tokens", {"scopes": [{"scope_type": "galaxy", "scope_id": "m31"}]}, "scopes"),
     ("/api/v1/webhooks", {"url": "https://x", "budget_ids": "team-core"}, "budget_ids"),
     ("/api/v1/models/select", {"metadata": {"team": 5}, "constraints": {"max_cost": "x"}}, "constraints.maxCost"),
+    ("/api/v1/models/select", {"metadata": {"userId": ["x"]}}, "metadata.userId"),
+    ("/api/v1/models/select", {"metadata": {"team_id": {}}}, "metadata.teamId"),
+    ("/api/v1/models/select", {"metadata": {"organizationId": [1, "x", {}]}}, "metadata.organizationId"),
+    ("/api/v1/models/select", {"requestId": {"a": 1}}, "requestId"),
+    ("/api/v1/models/estimate", {"messages": [{"role": "user", "content": "hi"}],
+                                 "outputTokens": 10 ** 30}, "outputTokens"),
+    ("/api/v1/models/estimate", {"messages": [{"role": "user", "content": "hi"}], "outputTokens": True},
+     "outputTokens"),
+    ("/api/v1/models/estimate", {"messages": [{"role": "user", "content": "hi"}], "outputTokens": -1},
+     "outputTokens"),
+    ("/api/v1/models/estimate", {"messages": [{"role": "user", "content": "hi"}], "models": ""}, "models"),
+    ("/api/v1/models/estimate", {"messages": [{"role": "user", "content": "hi"}], "models": [0]}, "models"),
 ])
 async def test_wrong_types_under_any_spelling_are_a_400_naming_the_key(api: Api, path: str, body: dict[str, Any],
                                                                        param: str) -> None:
@@ -320,3 +332,19 @@ async def test_wrong_types_under_any_spelling_are_a_400_naming_the_key(api: Api,
     assert error["param"] == param, error
     assert set(error) >= {"message", "type", "param", "code"} and error["message"]
     assert await api.proxy.ledger() == []  # nothing was charged or recorded
+
+
+@pytest.mark.parametrize("path", ["/api/v1/keys", "/api/v1/feedback", "/api/v1/budgets/team-core/usage",
+                                  "/api/v1/models/select", "/api/v1/tokens"])
+async def test_a_lone_surrogate_is_invalid_json_on_every_admin_body(api: Api, path: str) -> None:
+    """The model endpoints refused it already; the admin bodies accepted it and then failed where it was
+    stored (a 500), or charged a budget whose ledger entry went to quarantine."""
+    before = await call(api.proxy, "GET", "/api/v1/budgets/team-core/status")
+    bodies = [b'{"name": "\\ud800", "user": "alice"}', b'{"requestId": "\\ud800", "score": 0.5, "source": "user"}',
+              b'{"amount": "1", "description": "\\ud800", "metadata": {"userId": "\\udfff"}}']
+    for raw in bodies:
+        resp = await api.proxy.client.post(path, data=raw, headers={**ADMIN, "content-type": "application/json"})
+        body = await resp.json()
+        assert resp.status == 400 and body["error"]["code"] == "invalid_json", body
+    after = await call(api.proxy, "GET", "/api/v1/budgets/team-core/status")
+    assert after["currentSpend"] == before["currentSpend"] and await api.proxy.ledger() == []
