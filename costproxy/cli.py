@@ -103,7 +103,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Validate everything, print what will serve, bind, and only then say "listening"."""
     from costproxy.http.server import run, run_workers
     from costproxy.observability import configure_logging
-    from costproxy.store.backend import is_redis_url
+    from costproxy.store.backend import StoreInUse, hold_store_lock, is_redis_url, local_path
     from costproxy.tools.config_report import describe, preflight, warnings
 
     location, settings = _load(args)
@@ -123,6 +123,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     settings = replace(settings, server=replace(settings.server, port=sock.getsockname()[1]))  # port 0: chosen
+    if settings.server.workers <= 1:  # several workers: each has a file of its own (run_workers)
+        try:
+            hold_store_lock(local_path(settings))
+        except StoreInUse as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sock.close()
+            return 2
     writer = configure_logging(settings.logging)
     _install_uvloop()
 

@@ -70,6 +70,43 @@ def local_path(settings: Settings) -> str:
     return os.path.normpath(settings.config_path.parent / local)
 
 
+class StoreInUse(RuntimeError):
+    """Another serving process holds this replica's SQLite file."""
+
+
+_HELD: list[int] = []  # descriptors of the store locks this process holds, until it exits
+
+
+def hold_store_lock(path: str) -> str | None:
+    """Take, for the life of this process, the exclusive lock of a replica's SQLite file
+    (``<path>.lock``, an advisory ``flock`` the kernel drops when the process ends, however it ends).
+
+    A second ``serve`` on the same file would keep budget counters and reservations of its own —
+    each process admits requests against spend the other cannot see, so hard budgets would not
+    hold — and in Redis mode two mirrors would write one file.  Returns the lock file's path (None
+    for an in-memory store); raises ``StoreInUse`` naming the holder when another process has it."""
+    import fcntl
+
+    if path == ":memory:":
+        return None
+    lock_path = f"{path}.lock"
+    os.makedirs(os.path.dirname(os.path.abspath(lock_path)), exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise StoreInUse(f"another costproxy process (pid {holder}) is serving from {path}; one process per "
+                         "store file: for several processes use a shared store (store.url: redis://..., each "
+                         "replica with its own store.local_path) — `serve --workers N` does that on one "
+                         "machine") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD.append(fd)
+    return lock_path
+
+
 @dataclass
 class Backend:
     kind: str  # "sqlite" | "redis"

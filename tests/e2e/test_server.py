@@ -22,7 +22,7 @@ import yaml
 
 from tests.conftest import ADMIN_TOKEN, TEST_MODELS
 from tests.conftest_redis import RedisSpace, redis_endpoint, redis_space  # noqa: F401
-from tests.e2e.harness import Serving, SimulatorThread, cli
+from tests.e2e.harness import Serving, SimulatorThread, cli, wait_healthy
 from tests.polling import eventually_sync
 
 ENV = {"SIM_API_KEY": "sk-provider-secret", "COSTPROXY_ADMIN_TOKEN": ADMIN_TOKEN}
@@ -179,6 +179,25 @@ def test_several_workers_refuse_a_sqlite_store(sim: SimulatorThread, tmp_path: P
     result = cli(config, "serve", "--workers", "2", env=ENV)
     assert result.returncode == 2
     assert "workers need a shared store" in result.stderr
+
+
+def test_a_second_server_on_the_same_sqlite_store_refuses_to_start(sim: SimulatorThread, tmp_path: Path) -> None:
+    """Two processes on one SQLite file would each admit requests against spend the other cannot see:
+    the second refuses, naming the first; once the first is gone, even killed, a new one starts."""
+    config = write_config(tmp_path, sim.url)
+    first, base = start(config)
+    second = cli(config, "serve", env=ENV)
+    assert second.returncode == 2, second.stderr
+    assert f"another costproxy process (pid {first.proc.pid}) is serving from" in second.stderr
+    assert "ledger.sqlite3" in second.stderr and "store.url: redis://" in second.stderr
+    wait_healthy(base, first.proc)  # the first one serves on
+    first.proc.kill()  # no clean shutdown: the kernel drops the lock with the process
+    first.proc.wait(30)
+    third, base = start(config)
+    try:
+        wait_healthy(base, third.proc)
+    finally:
+        assert third.stop() == 0
 
 
 @pytest.mark.redis
