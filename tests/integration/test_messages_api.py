@@ -154,6 +154,10 @@ async def test_count_tokens(protocol_proxy, anthropic_sim, provider_count: bool)
     else:
         assert 10 <= counted.input_tokens <= 40  # the proxy's tokenizer estimate
     assert claude.calls == [] and await proxy.ledger() == []  # counting is free and calls no model
+    # a model this proxy does not serve is a 404, as /v1/messages answers it; auto is counted
+    with pytest.raises(anthropic.NotFoundError):
+        await client.messages.count_tokens(model="no-such-model", messages=messages)
+    assert (await client.messages.count_tokens(model="auto", messages=messages)).input_tokens > 0
 
 
 async def test_reservation_uses_the_provider_count_when_enabled(protocol_proxy, anthropic_sim) -> None:
