@@ -47,6 +47,13 @@ IDEMPOTENCY_KEY: Schema = {"name": "Idempotency-Key", "in": "header", "required"
                            "description": "a second record with this key within 7 days charges nothing"}
 
 
+PREFERRED: Schema = {
+    "type": ["object", "null"], "properties": {"model": S, "selected": B, "code": N, "reason": N},
+    "description": "with constraints.preferredModel: whether it was selected; when not (its provider has no key, "
+                   "a policy or the budget rules it out), the model is what auto chooses and code/reason say why "
+                   "(null without a preference)"}
+
+
 def op(summary: str, response: Schema | None = None, *, request: Schema | None = None, status: int = 200,
        params: tuple[Schema, ...] = (), read_only: bool = True, tag: str = "budgets",
        also: dict[int, str] | None = None) -> Schema:
@@ -217,7 +224,8 @@ def _other_paths() -> dict[str, Schema]:
             requestId=S, selectedModel=S, provider=S, decisionId=N, alternatives=arr(alternative), reasoning=arr(S),
             rulesFired=arr(ref("FiredRule")), taskType=S, difficulty=NUM, inputTokens=INT, expectedOutputTokens=INT,
             estimatedCost=MONEY, currency=S, budgetImpact=impact, qualityExpectation={"type": ["number", "null"]},
-            qualityTarget={"type": ["number", "null"]}, mixShare={"type": ["number", "null"]}, fallbackChain=arr(S)),
+            qualityTarget={"type": ["number", "null"]}, mixShare={"type": ["number", "null"]}, fallbackChain=arr(S),
+            preferredModel=PREFERRED),
             request=select_body, tag="models")},
         "/api/v1/models/estimate": {"post": op(
             "Cost of a request on each model", listing(resp(model=S, inputTokens=INT, outputTokens=INT,

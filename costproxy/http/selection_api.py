@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from costproxy.errors import InvalidRequest, NotFound
+from costproxy.errors import BudgetExceeded, InvalidRequest, ModelNotAllowed, NotFound, ProviderNotConfigured
 from costproxy.http.keys_api import json_body
 from costproxy.http.state import ROUTER, SERVICES
 from costproxy.identity.principal import Principal
@@ -27,7 +27,7 @@ from costproxy.request import Endpoint, RequestContext, parse_request
 from costproxy.routing.decisions import DecisionRecord
 from costproxy.routing.policy import QUALITY_MODES, Constraints
 from costproxy.routing.route import RouteInput
-from costproxy.routing.router import Explanation
+from costproxy.routing.router import Explanation, virtual_mode
 from costproxy.routing.selection import CandidateScore
 from costproxy.steering.evaluate import FiredRule
 from costproxy.wire import canonical, iso_seconds, with_deprecated
@@ -112,10 +112,25 @@ async def _explain(request: web.Request) -> tuple[Explanation, dict[str, Any], i
                          headers=headers)
     tokens = await count_input(services, parse_request(Endpoint.CHAT, chat), "o200k_base")
     view = await services.accounts.view(ctx.principal)
-    explanation = request.app[ROUTER].explain(
-        RouteInput(ctx=ctx, body=chat, requested=preferred, input_tokens=tokens, budget=view), extra=extra)
+    router = request.app[ROUTER]
+    answer: dict[str, Any] = {"requestId": request_id, "preferredModel": None}
+    try:
+        explanation = router.explain(
+            RouteInput(ctx=ctx, body=chat, requested=preferred, input_tokens=tokens, budget=view), extra=extra)
+    except (ProviderNotConfigured, ModelNotAllowed, BudgetExceeded) as exc:
+        if virtual_mode(preferred)[0]:
+            raise
+        # a preference, not a pin: what auto would choose instead, and why the preferred model is not it
+        # (an unknown model name stays an error: it is the caller's mistake, not the deployment's state)
+        explanation = router.explain(
+            RouteInput(ctx=ctx, body={**chat, "model": "auto"}, requested="auto", input_tokens=tokens, budget=view),
+            extra=extra)
+        answer["preferredModel"] = {"model": preferred, "selected": False, "code": exc.code, "reason": exc.message}
+    else:
+        if preferred != "auto":
+            answer["preferredModel"] = {"model": preferred, "selected": True, "code": None, "reason": None}
     remaining = view.remaining_nanos
-    return explanation, {"requestId": request_id}, -1 if remaining is None else remaining
+    return explanation, answer, -1 if remaining is None else remaining
 
 
 async def select_model(request: web.Request) -> web.Response:

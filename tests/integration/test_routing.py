@@ -6,7 +6,7 @@ from typing import Any
 
 import yaml
 
-from costproxy.http.state import SERVICES
+from costproxy.http.state import ROUTER, SERVICES
 from tests.polling import eventually
 
 ADMIN = {"Authorization": "Bearer test-admin-token"}
@@ -226,3 +226,33 @@ async def test_a_cost_header_never_switches_a_named_model(make_proxy) -> None:
     assert refused.status == 403 and body["error"]["code"] == "model_not_allowed", body
     assert "cost limit" in body["error"]["message"]
     assert len(proxy.sim.calls) == 1
+
+
+async def test_a_preferred_model_is_a_preference_not_a_pin(make_proxy) -> None:
+    """/models/select with constraints.preferredModel: chosen when it can serve; otherwise what auto
+    chooses, with the reason the preferred model is not it — never an error for the deployment's state."""
+    proxy = await make_proxy()
+    content = {"messages": SIMPLE["messages"]}
+
+    async def select(constraints: dict, status: int = 200) -> dict:
+        resp = await proxy.client.post("/api/v1/models/select", headers=ADMIN,
+                                       json={"content": content, "constraints": constraints})
+        body = await resp.json()
+        assert resp.status == status, body
+        return body
+
+    chosen = await select({"preferredModel": "big"})
+    assert chosen["selectedModel"] == "big"
+    assert chosen["preferredModel"] == {"model": "big", "selected": True, "code": None, "reason": None}
+    auto = await select({})
+    assert auto["preferredModel"] is None and auto["selectedModel"] != "big"
+    excluded = await select({"preferredModel": "big", "excludedModels": ["big"]})
+    assert excluded["selectedModel"] == auto["selectedModel"]
+    assert excluded["preferredModel"]["selected"] is False and excluded["preferredModel"]["code"] == "model_not_allowed"
+    proxy.app[ROUTER].unservable["big"] = "provider sim has no API key (SIM_API_KEY is not set)"
+    unkeyed = await select({"preferredModel": "big"})
+    assert unkeyed["selectedModel"] == auto["selectedModel"]
+    assert unkeyed["preferredModel"]["code"] == "provider_not_configured"
+    assert "SIM_API_KEY" in unkeyed["preferredModel"]["reason"]
+    typo = await select({"preferredModel": "no-such-model"}, status=404)  # the caller's mistake stays an error
+    assert typo["error"]["code"] == "model_not_found"
