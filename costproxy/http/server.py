@@ -25,6 +25,7 @@ import asyncio
 import gc
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -50,11 +51,22 @@ from costproxy.settings import Settings
 log = structlog.get_logger("costproxy")
 
 
+_QUOTED_BYTES = re.compile(r"""\s*(?:bytearray\()?b(['"]).*?\1\)?\s*(?:\^\s*)?""", re.DOTALL)
+
+
+def parser_message(status: int, message: str | None) -> str:
+    """The parser's message without the request bytes it quotes (``b'...'``): a header line too long
+    to read is quoted from its start — ``Authorization: Bearer cp-…`` — and neither the answer nor the
+    log line may carry a secret."""
+    text = _QUOTED_BYTES.sub(" ", message or "").strip().rstrip(" :.")
+    return text or HTTPStatus(status).phrase
+
+
 def parser_error_body(status: int, message: str | None) -> bytes:
     """An HTTP parser error in OpenAI's shape (the request never reached the application)."""
     server_side = status >= 500
     text = "internal error while reading the request" if server_side else \
-        f"malformed HTTP request: {(message or HTTPStatus(status).phrase).strip()[:200]}"
+        f"malformed HTTP request: {parser_message(status, message)[:200]}"
     return orjson.dumps({"error": {
         "message": text, "type": "server_error" if server_side else "invalid_request_error", "param": None,
         "code": "internal_error" if server_side else "malformed_request"}})
@@ -67,7 +79,8 @@ class ProxyRequestHandler(RequestHandler):
                      message: str | None = None) -> web.StreamResponse:
         if request.writer.output_size > 0:  # a response is already on its way: only closing is left
             return super().handle_error(request, status, exc, message)
-        log.info("http_parser_error", status=status, remote=request.remote, error=message or repr(exc))
+        log.info("http_parser_error", status=status, remote=request.remote,
+                 error=parser_message(status, message) if message else type(exc).__name__)
         response = web.Response(status=status, body=parser_error_body(status, message),
                                 content_type="application/json")
         response.force_close()

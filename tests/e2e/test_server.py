@@ -107,6 +107,20 @@ def test_a_malformed_request_line_is_answered_in_openai_shape(served: dict[str, 
     assert error["type"] == "invalid_request_error" and error["code"] == "malformed_request"
 
 
+def test_a_header_too_long_is_refused_without_echoing_it(served: dict[str, Any]) -> None:
+    """aiohttp quotes the start of a line it cannot read — here an API key — in its message: the answer
+    (and the log line) keep the error and drop the quoted bytes."""
+    secret = "cp-SECRET" + "A" * 9000
+    for request in (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secret}\r\n\r\n",
+                    f"GET /{'a' * 9000} HTTP/1.1\r\nHost: x\r\n\r\n"):
+        answer = raw_exchange(served["port"], request.encode())
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.split(b" ", 2)[1] == b"400", answer[:200]
+        error = json.loads(body)["error"]
+        assert error["code"] == "malformed_request" and "8190 bytes" in error["message"], error
+        assert "SECRET" not in error["message"] and "aaaa" not in error["message"]
+
+
 def test_a_wrong_method_names_the_allowed_ones(served: dict[str, Any]) -> None:
     request = urllib.request.Request(f"{served['base']}/v1/chat/completions", method="GET",
                                      headers={"Authorization": f"Bearer {served['key']}"})
