@@ -51,6 +51,8 @@ def parse_decimal(value: object, *, what: str = "amount") -> Decimal:
     elif isinstance(value, float):
         result = Decimal(repr(value))
     elif isinstance(value, str):
+        if not value.strip().isascii():  # Decimal reads any script's digits: "１２" would be 12
+            raise MoneyError(f"{what} is not a decimal number in ASCII digits: {value!r}")
         try:
             result = Decimal(value.strip())
         except InvalidOperation:

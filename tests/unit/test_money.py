@@ -48,4 +48,8 @@ def test_usd_parsing_is_exact_and_refuses_float_noise() -> None:
         parse_decimal(True)
     with pytest.raises(MoneyError):
         parse_decimal("NaN")
+    for other_script in ("１２", "١٢", "1\u00a02"):  # fullwidth, Arabic-Indic digits, a no-break space inside
+        with pytest.raises(MoneyError, match="ASCII"):
+            usd_to_nanos(other_script)
+    assert usd_to_nanos(" 12 ") == 12_000_000_000
     assert format_usd(1) == "0.000000001" and format_usd(12_345_000_000) == "12.345000000"
