@@ -232,7 +232,8 @@ def _other_paths() -> dict[str, Schema]:
                                                             estimatedCost=MONEY, worstCaseCost=MONEY), currency=S),
             request=ANY_OBJECT, tag="models")},
         "/api/v1/models/capabilities": {"get": op("Models, capabilities and prices", listing(resp(
-            model=S, provider=S, kind=S, tier=S, contextWindow=INT, maxOutputTokens=INT, capabilities=arr(S),
+            model=S, provider=S, kind=S, tier=S, servable=B, notServableReason=N, contextWindow=INT,
+            maxOutputTokens=INT, capabilities=arr(S),
             pricing=pricing)), tag="models")},
         "/api/v1/decisions/{decisionId}": {"get": op("Why a model was chosen", ref("Decision"),
                                                      params=(path("decisionId"),), tag="models")},

@@ -210,7 +210,9 @@ async def estimate(request: web.Request) -> web.Response:
 
 async def capabilities(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
+    unservable = request.app[ROUTER].unservable  # model id -> why this deployment cannot call it
     data = [{"model": m.id, "provider": m.provider, "kind": m.kind, "tier": m.tier,
+             "servable": m.id not in unservable, "notServableReason": unservable.get(m.id),
              "contextWindow": m.context_window, "maxOutputTokens": m.max_output_tokens,
              "capabilities": sorted(m.capabilities),
              "pricing": {"currency": "USD", "per": "1M tokens", "input": str(m.price.input),

@@ -254,5 +254,9 @@ async def test_a_preferred_model_is_a_preference_not_a_pin(make_proxy) -> None:
     assert unkeyed["selectedModel"] == auto["selectedModel"]
     assert unkeyed["preferredModel"]["code"] == "provider_not_configured"
     assert "SIM_API_KEY" in unkeyed["preferredModel"]["reason"]
+    listed = {m["model"]: m for m in (await (await proxy.client.get("/api/v1/models/capabilities",
+                                                                       headers=ADMIN)).json())["data"]}
+    assert listed["big"]["servable"] is False and "SIM_API_KEY" in listed["big"]["notServableReason"]
+    assert listed["small"]["servable"] is True and listed["small"]["notServableReason"] is None
     typo = await select({"preferredModel": "no-such-model"}, status=404)  # the caller's mistake stays an error
     assert typo["error"]["code"] == "model_not_found"
