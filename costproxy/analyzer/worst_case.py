@@ -20,7 +20,8 @@ The reservation on every budget of the chain is the price of a ``WorstCase``:
     model's ``overhead_tokens`` (and never less than the proxy's own count).  It does not exist
     for requests with images, audio or files (their tokens do not follow from bytes) nor for
     tokenizers not known to be byte-level (Claude);
-- output: the per-choice cap (``max_tokens`` or the cap the proxy injects) times the number of
+- output: the per-choice cap (the larger of ``max_tokens`` and ``max_completion_tokens``, or the cap
+  the proxy injects into every such field the request carries) times the number of
   choices billed (``n``; for ``/v1/completions`` ``max(n, best_of)`` per prompt), plus the tokens
   of a ``prediction`` (rejected predicted tokens are billed at output rates).
 

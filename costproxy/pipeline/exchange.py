@@ -34,7 +34,7 @@ import orjson
 import structlog
 
 from costproxy.errors import InvalidRequest, ProviderError, ProxyError, UpstreamHTTPError
-from costproxy.pipeline.plan import Plan, output_limit_needed, upstream_payload
+from costproxy.pipeline.plan import Plan, cap_foreign_limits, output_limit_needed, upstream_payload
 from costproxy.pipeline.services import Services, step
 from costproxy.pipeline.settle import CHAT_USAGE, UsageReader
 from costproxy.protocols import anthropic
@@ -131,8 +131,11 @@ class Exchange:
         body["model"] = model.upstream_model
         if self.upstream is Api.MESSAGES:
             body["max_tokens"] = cap  # required; never above what the client asked
-        elif output_limit_needed(plan, model):
-            body["max_output_tokens"] = cap
+            cap_foreign_limits(body, "max_tokens", cap)
+        else:
+            if output_limit_needed(plan, model):
+                body["max_output_tokens"] = cap
+            cap_foreign_limits(body, "max_output_tokens", cap)
         return body
 
     def reply(self, response: UpstreamResponse) -> tuple[bytes, dict[str, Any]]:
