@@ -87,6 +87,15 @@ class _Prepared:
     stream: aiohttp.ClientTimeout
 
 
+def _bad_answer(message: str, accepted: bool) -> UpstreamBadResponse:
+    """An answer that cannot be read; after a 2xx the provider took the call and may bill it, so it
+    is charged (its worst case, marked estimated), not released, and never retried elsewhere."""
+    error = UpstreamBadResponse(message)
+    if accepted:
+        error.after_acceptance()
+    return error
+
+
 def _connect_timeout(provider: ProviderSettings) -> UpstreamTimeout:
     """A connection that was never made (the request was never sent) is not a slow answer."""
     return UpstreamTimeout(f"provider {provider.name} could not be connected to within "
@@ -146,9 +155,9 @@ class UpstreamClient:
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
-            raise UpstreamBadResponse(f"provider {provider.name} sent a body that is not JSON") from None
+            raise _bad_answer(f"provider {provider.name} sent a body that is not JSON", accepted) from None
         if not isinstance(data, dict):
-            raise UpstreamBadResponse(f"provider {provider.name} sent JSON that is not an object")
+            raise _bad_answer(f"provider {provider.name} sent JSON that is not an object", accepted)
         return UpstreamResponse(status=status, headers=headers, body=body, data=data)
 
     async def open_stream(self, provider: ProviderSettings, endpoint: str, upstream_model: str,
@@ -215,7 +224,7 @@ class UpstreamStream:
                     rest, partial = rest + piece, partial + len(piece)
                     if partial > MAX_EVENT_LINE:
                         raise UpstreamBadResponse(f"provider {self.provider.name} sent a stream line over "
-                                                  f"{MAX_EVENT_LINE} bytes")
+                                                  f"{MAX_EVENT_LINE} bytes").after_acceptance()
                     continue
                 *complete, rest = (rest + piece).split(b"\n")
                 partial = len(rest)
@@ -261,4 +270,5 @@ class UpstreamStream:
         try:
             return raw, orjson.loads(payload)
         except orjson.JSONDecodeError:
-            raise UpstreamBadResponse(f"provider {self.provider.name} sent a malformed stream event") from None
+            raise UpstreamBadResponse(f"provider {self.provider.name} sent a malformed stream event"
+                                      ).after_acceptance() from None

@@ -1,11 +1,78 @@
 """Money accounting at the edges of what upstreams do: every output-cap field forwarded stays
-within the reservation on every API the proxy speaks natively."""
+within the reservation, an answer lost after the provider accepted the call is charged, and
+reported usage is believed only as far as the provider could have billed it.
+
+``Hostile`` is an OpenAI-compatible upstream whose answer the test chooses per call."""
 
 from __future__ import annotations
 
+import copy
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from tests.integration.conftest import ProtocolProxy
+import orjson
+import pytest
+from aiohttp import web
+
+from costproxy.http.app import create_app
+from costproxy.http.keys_api import issue_key
+from costproxy.http.state import KEYRING, STORE
+from tests.conftest import TEST_MODELS, ConfigFactory, Proxy, load_test_settings
+from tests.integration.conftest import ProtocolProxy, ledger_entry
+
+SMALL_IN, SMALL_OUT = 150, 600  # nano-USD per token of "small"
+CHAT = {"model": "small", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 100}
+
+
+@dataclass
+class Hostile:
+    """Answers ``POST /v1/chat/completions`` with what ``answer`` says (set by the test)."""
+
+    answer: Callable[[web.Request, dict[str, Any]], Awaitable[web.StreamResponse] | web.StreamResponse] | None = None
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.bodies.append(body)
+        assert self.answer is not None
+        result = self.answer(request, body)
+        return await result if isinstance(result, Awaitable) else result
+
+
+def completion(usage: Any, text: str = "word " * 20) -> web.Response:
+    data = {"id": "x", "object": "chat.completion", "created": 1, "model": "small",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": usage}
+    return web.Response(body=orjson.dumps(data), content_type="application/json")
+
+
+HostileProxy = Callable[..., Awaitable[tuple[Proxy, Hostile]]]
+
+
+@pytest.fixture
+def hostile_proxy(aiohttp_server: Any, aiohttp_client: Any, write_config: ConfigFactory) -> HostileProxy:
+    async def make(extra: dict[str, Any] | None = None) -> tuple[Proxy, Hostile]:
+        hostile = Hostile()
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", hostile.chat)
+        server = await aiohttp_server(app)
+        settings = load_test_settings(write_config(str(server.make_url("/v1")), models=copy.deepcopy(TEST_MODELS),
+                                                   extra=extra))
+        proxy_app = create_app(settings)
+        client = await aiohttp_client(proxy_app)
+        secret, record = await issue_key(proxy_app[STORE], {"user": "alice", "team": "core", "org": "acme",
+                                                            "project": "p1"}, time.time())
+        proxy_app[KEYRING].add(record)
+        return Proxy(client, proxy_app, secret, None), hostile  # type: ignore[arg-type]
+
+    return make
+
+
+def budget(limit_usd: str) -> dict[str, Any]:
+    return {"budgets": {"definitions": [{"id": "core", "scope_type": "team", "scope_id": "core",
+                                         "limit_usd": limit_usd, "period": "monthly"}]}}
 
 
 async def test_native_bodies_carry_no_foreign_cap_above_the_reserved_one(protocol_proxy: ProtocolProxy,
@@ -28,3 +95,62 @@ async def test_native_bodies_carry_no_foreign_cap_above_the_reserved_one(protoco
     assert resp.status == 200, await resp.text()
     forwarded = claude.calls[-1].body
     assert (forwarded["max_tokens"], forwarded["max_completion_tokens"]) == (5, 5)
+
+
+async def test_an_upstream_honouring_max_tokens_stays_within_a_hard_budget(hostile_proxy: HostileProxy) -> None:
+    """The tester's case: ``max_completion_tokens: 5`` with ``max_tokens: 100000`` to an upstream
+    that generates ``max_tokens``; a $0.001 budget must end at most at $0.001."""
+    proxy, hostile = await hostile_proxy(budget("0.001"))
+
+    def honour(request: web.Request, body: dict[str, Any]) -> web.Response:
+        n = body.get("max_tokens") or 16
+        return completion({"prompt_tokens": 10, "completion_tokens": n, "total_tokens": n + 10}, "w " * n)
+
+    hostile.answer = honour
+    for _ in range(3):
+        await proxy.client.post("/v1/chat/completions", headers=proxy.auth(), json={
+            **CHAT, "max_completion_tokens": 5, "max_tokens": 100_000})
+    spent = sum(e.cost_nanos for e in await proxy.ledger())
+    assert 0 < spent <= 1_000_000
+
+
+UNREADABLE = [
+    pytest.param(lambda request, body: web.Response(text="{not json", content_type="application/json"), id="not-json"),
+    pytest.param(lambda request, body: web.Response(text="[1, 2]", content_type="application/json"), id="json-array"),
+    pytest.param(lambda request, body: web.Response(text="<html>oops</html>", content_type="text/html"), id="html"),
+    pytest.param(lambda request, body: web.Response(text="", content_type="application/json"), id="empty"),
+]
+
+
+@pytest.mark.parametrize("answer", UNREADABLE)
+async def test_an_unreadable_2xx_answer_is_charged_its_worst_case(hostile_proxy: HostileProxy, answer: Any) -> None:
+    """The provider accepted the call (2xx) and may bill it; its answer is lost, so the README's
+    rule applies: charged the worst case, marked estimated, and not retried on another model."""
+    proxy, hostile = await hostile_proxy(budget("1"))
+    hostile.answer = answer
+    resp = await proxy.client.post("/v1/chat/completions", json=CHAT, headers=proxy.auth())
+    assert resp.status == 502 and (await resp.json())["error"]["code"] == "upstream_bad_response"
+    [entry] = await proxy.ledger()
+    assert entry.status == "error" and not entry.usage_reported
+    assert entry.completion_tokens == 100 and entry.prompt_tokens > 0
+    assert entry.cost_nanos == entry.prompt_tokens * SMALL_IN + 100 * SMALL_OUT
+    assert len(hostile.bodies) == 1
+    status = await proxy.client.get("/api/v1/budgets/core/status", headers={"Authorization": "Bearer test-admin-token"})
+    assert (await status.json())["currentAmount"] != "0"
+
+
+async def test_a_malformed_first_stream_event_still_charges_the_prompt(hostile_proxy: HostileProxy) -> None:
+    proxy, hostile = await hostile_proxy()
+
+    async def garbage(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"data: {not json\n\n")
+        return response
+
+    hostile.answer = garbage
+    resp = await proxy.client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=proxy.auth())
+    assert b"upstream_bad_response" in await resp.read()
+    entry = await ledger_entry(proxy, resp.headers["x-costproxy-request-id"])
+    assert entry.status == "error" and entry.prompt_tokens > 0 and entry.cost_nanos == entry.prompt_tokens * SMALL_IN
+
