@@ -8,6 +8,14 @@ what it relayed, a unary call whose answer was lost its worst case.
 How usage and text are read depends on the API the upstream spoke: a ``UsageReader`` per attempt
 (``ChatUsage`` here; the Responses and Messages readers in ``protocols.usage``).  A reader whose
 stream reported the prompt before it ended (Messages) lends that prompt to an estimated entry.
+
+Output is charged at most as far as the provider could have generated it: ``n`` (or ``best_of``)
+choices times the output cap the proxy sent (the cap the reservation was made for), plus the
+predicted tokens.  A usage reporting more completion tokens than that (a buggy or hostile
+upstream: the tester's saw 100,000,000 for ``max_tokens: 100``) is charged that bound
+(``plausible_usage``); the provider's own figure stays in the entry's metadata
+(``usage_clamped``) for reconciliation, is logged (``usage_clamped``) and counted
+(``costproxy_usage_clamped_total``).
 """
 
 from __future__ import annotations
@@ -18,14 +26,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeGuard
 
+import structlog
+
 from costproxy.budgets.accounts import Reservation
 from costproxy.errors import ProxyError
-from costproxy.ledger.entry import LedgerEntry, Status
+from costproxy.ledger.entry import LedgerEntry, Status, with_metadata
 from costproxy.pipeline.admission import settle_limits
 from costproxy.pipeline.plan import Plan
 from costproxy.pipeline.services import Services, step
 from costproxy.registry import ModelSpec, Usage
 from costproxy.request import ChatRequest, RequestContext
+
+log = structlog.get_logger("costproxy")
 
 
 class UsageReader(Protocol):
@@ -204,9 +216,24 @@ def refusal_entry(services: Services, ctx: RequestContext, request: ChatRequest 
                    http_status=error.status, error_code=error.code, usage_reported=False)
 
 
+def plausible_usage(plan: Plan, model: ModelSpec, usage: Usage) -> tuple[Usage, dict[str, int] | None]:
+    """``usage`` with its completion tokens at most what ``model`` could generate for this request
+    (every choice at the output cap sent, plus predicted tokens); with the figures that were
+    cut, or ``None`` when nothing was."""
+    if model.kind == "embedding" or model.id not in plan.output_caps:
+        return usage, None
+    most = plan.worst_case_on(model).billed_output_tokens
+    if usage.completion_tokens <= most:
+        return usage, None
+    return replace(usage, completion_tokens=most), {"completion_tokens": usage.completion_tokens, "limit": most,
+                                                    "reported": int(usage.reported)}
+
+
 async def settle(services: Services, plan: Plan, reservation: Reservation, outcome: Outcome) -> LedgerEntry:
     """Charge what was used (nothing if the call failed before any usage) and write the ledger."""
-    usage = final_usage(services, plan, outcome)
+    usage, clamped = plausible_usage(plan, outcome.model, final_usage(services, plan, outcome))
+    if clamped is not None:
+        log.warning("usage_clamped", request_id=plan.ctx.request_id, model=outcome.model.id, **clamped)
     produced = (usage.reported or usage.completion_tokens > 0 or outcome.status is Status.CLIENT_DISCONNECTED
                 or outcome.billed)
     ok = outcome.status is Status.OK
@@ -217,6 +244,8 @@ async def settle(services: Services, plan: Plan, reservation: Reservation, outco
     if outcome.cost_nanos == 0 and not ok:
         usage = Usage(reported=usage.reported)
     entry = ledger_entry(services, plan, outcome, usage)
+    if clamped is not None:
+        entry = with_metadata(entry, {**entry.metadata, "usage_clamped": clamped})
     with step(services, "costproxy.settle") as span:
         span.set_attribute("costproxy.cost_nanos", entry.cost_nanos)
         span.set_attribute("costproxy.usage_reported", entry.usage_reported)

@@ -154,3 +154,36 @@ async def test_a_malformed_first_stream_event_still_charges_the_prompt(hostile_p
     entry = await ledger_entry(proxy, resp.headers["x-costproxy-request-id"])
     assert entry.status == "error" and entry.prompt_tokens > 0 and entry.cost_nanos == entry.prompt_tokens * SMALL_IN
 
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_implausible_output_is_charged_at_most_n_times_the_cap_sent(hostile_proxy: HostileProxy,
+                                                                          stream: bool) -> None:
+    """An upstream reporting 100,000,000 completion tokens for ``max_tokens: 100`` (n = 2) is
+    charged 200, with its own figure kept for reconciliation: a $1 budget is not spent $60."""
+    proxy, hostile = await hostile_proxy(budget("1"))
+    usage = {"prompt_tokens": 5, "completion_tokens": 100_000_000, "total_tokens": 100_000_005}
+
+    async def lying(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        if not body.get("stream"):
+            return completion(usage)
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        base = {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "small"}
+        for frame in ({**base, "choices": [{"index": 0, "delta": {"content": "word "}, "finish_reason": "stop"}]},
+                      {**base, "choices": [], "usage": usage}):
+            await response.write(b"data: " + orjson.dumps(frame) + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    hostile.answer = lying
+    resp = await proxy.client.post("/v1/chat/completions", json={**CHAT, "n": 2, "stream": stream},
+                                   headers=proxy.auth())
+    assert resp.status == 200
+    await resp.read()
+    entry = await ledger_entry(proxy, resp.headers["x-costproxy-request-id"])
+    assert entry.usage_reported and (entry.prompt_tokens, entry.completion_tokens) == (5, 200)
+    assert entry.cost_nanos == 5 * SMALL_IN + 200 * SMALL_OUT
+    assert entry.metadata["usage_clamped"] == {"completion_tokens": 100_000_000, "limit": 200, "reported": 1}
+    metrics = await proxy.client.get("/metrics", headers={"Authorization": "Bearer test-admin-token"})
+    assert 'costproxy_usage_clamped_total{model="small"} 1.0' in await metrics.text()
