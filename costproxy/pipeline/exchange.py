@@ -36,7 +36,7 @@ import structlog
 from costproxy.errors import InvalidRequest, ProviderError, ProxyError, UpstreamHTTPError
 from costproxy.pipeline.plan import Plan, cap_foreign_limits, output_limit_needed, upstream_payload
 from costproxy.pipeline.services import Services, step
-from costproxy.pipeline.settle import CHAT_USAGE, UsageReader
+from costproxy.pipeline.settle import CHAT_USAGE, EMBEDDINGS_USAGE, UsageReader
 from costproxy.protocols import anthropic
 from costproxy.protocols.anthropic_stream import AnthropicToChat, stream_error
 from costproxy.protocols.messages import error_body, message_from_chat
@@ -110,7 +110,9 @@ class Exchange:
         """A fresh reader of this upstream's usage (stream readers keep state)."""
         if self.upstream is Api.MESSAGES:
             return AnthropicUsage()
-        return ResponsesUsage() if self.upstream is Api.RESPONSES else CHAT_USAGE
+        if self.upstream is Api.RESPONSES:
+            return ResponsesUsage()
+        return EMBEDDINGS_USAGE if self.path == "embeddings" else CHAT_USAGE
 
     def payload(self) -> bytes:
         """The upstream body, built once per model (``Plan.payloads``)."""

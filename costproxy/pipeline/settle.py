@@ -58,18 +58,23 @@ class UsageReader(Protocol):
 
 
 class ChatUsage:
-    """Chat completions (and completions, embeddings) bodies and chunks."""
+    """Chat completions (and completions, embeddings) bodies and chunks.  ``output``: the answer has
+    output tokens, so a usage without ``completion_tokens`` is incomplete (embeddings have none)."""
 
     prompt: Usage | None = None
 
+    def __init__(self, output: bool = True) -> None:
+        self.output = output
+
     def usage_in(self, data: Mapping[str, Any]) -> Usage | None:
-        return usage_from(data)
+        return usage_from(data, output=self.output)
 
     def texts_in(self, data: Mapping[str, Any]) -> list[str]:
         return texts_of(data)
 
 
 CHAT_USAGE = ChatUsage()
+EMBEDDINGS_USAGE = ChatUsage(output=False)
 
 
 @dataclass(slots=True)
@@ -104,12 +109,16 @@ class Outcome:
             self.streamed_text.extend(self.reader.texts_in(data))
 
 
-def usage_from(data: Mapping[str, Any]) -> Usage | None:
+def usage_from(data: Mapping[str, Any], *, output: bool = True) -> Usage | None:
+    """The usage a body or chunk reports, or ``None`` when it reports none or an incomplete one
+    (either count missing or not a count: then, as without usage, the answer is counted and the
+    entry marked estimated, never a reported usage with 0 output).  Embeddings (``output=False``)
+    report only ``prompt_tokens``."""
     usage = data.get("usage")
     if not isinstance(usage, dict):
         return None
     prompt = usage.get("prompt_tokens")
-    completion = usage.get("completion_tokens", 0)
+    completion = usage.get("completion_tokens") if output else usage.get("completion_tokens", 0)
     if not _count(prompt) or not _count(completion):
         return None
     details = usage.get("prompt_tokens_details")

@@ -41,7 +41,10 @@ class Hostile:
         return await result if isinstance(result, Awaitable) else result
 
 
-def completion(usage: Any, text: str = "word " * 20) -> web.Response:
+TWENTY = " ".join(["word"] * 20)  # 20 o200k tokens
+
+
+def completion(usage: Any, text: str = TWENTY) -> web.Response:
     data = {"id": "x", "object": "chat.completion", "created": 1, "model": "small",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
             "usage": usage}
@@ -187,3 +190,43 @@ async def test_implausible_output_is_charged_at_most_n_times_the_cap_sent(hostil
     assert entry.metadata["usage_clamped"] == {"completion_tokens": 100_000_000, "limit": 200, "reported": 1}
     metrics = await proxy.client.get("/metrics", headers={"Authorization": "Bearer test-admin-token"})
     assert 'costproxy_usage_clamped_total{model="small"} 1.0' in await metrics.text()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("usage", [{"prompt_tokens": 5}, {"completion_tokens": 7}, {"prompt_tokens": 5,
+                                                                                      "completion_tokens": "7"}])
+async def test_a_usage_missing_a_count_is_not_reported(hostile_proxy: HostileProxy, stream: bool,
+                                                       usage: dict[str, Any]) -> None:
+    """``{"prompt_tokens": 5}`` is no report of the output: the answer's 20 words are counted and
+    the entry is estimated, as for a missing usage, never a reported usage with 0 output."""
+    proxy, hostile = await hostile_proxy()
+
+    async def partial(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        if not body.get("stream"):
+            return completion(usage)
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        base = {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "small"}
+        for frame in ({**base, "choices": [{"index": 0, "delta": {"content": TWENTY}, "finish_reason": "stop"}]},
+                      {**base, "choices": [], "usage": usage}):
+            await response.write(b"data: " + orjson.dumps(frame) + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    hostile.answer = partial
+    resp = await proxy.client.post("/v1/chat/completions", json={**CHAT, "stream": stream}, headers=proxy.auth())
+    assert resp.status == 200
+    await resp.read()
+    entry = await ledger_entry(proxy, resp.headers["x-costproxy-request-id"])
+    assert not entry.usage_reported
+    assert entry.completion_tokens == 20 and entry.prompt_tokens > 0  # the answer's text, counted
+    assert entry.cost_nanos == entry.prompt_tokens * SMALL_IN + 20 * SMALL_OUT
+
+
+async def test_embeddings_usage_without_completion_tokens_is_reported(make_proxy: Any) -> None:
+    proxy = await make_proxy()
+    resp = await proxy.client.post("/v1/embeddings", json={"model": "embed", "input": "hello world"},
+                                   headers=proxy.auth())
+    assert resp.status == 200
+    [entry] = await proxy.ledger()
+    assert entry.usage_reported and entry.prompt_tokens > 0 and entry.completion_tokens == 0
