@@ -4,7 +4,8 @@ Usage comes from the provider when it reports it; otherwise (a stream without a 
 body without ``usage``) the generated text is counted with the model's tokenizer and the entry is
 marked estimated.  A failed call that produced nothing costs nothing and releases its reservation,
 unless the provider had accepted it (a 2xx before the failure): a stream is then charged its prompt and
-what it relayed, a unary call whose answer was lost its worst case.
+what it relayed, a unary call whose answer was lost, or a stream whose answer was no event stream
+(``Outcome.unread``), its worst case.
 How usage and text are read depends on the API the upstream spoke: a ``UsageReader`` per attempt
 (``ChatUsage`` here; the Responses and Messages readers in ``protocols.usage``).  A reader whose
 stream reported the prompt before it ended (Messages) lends that prompt to an estimated entry.
@@ -91,6 +92,7 @@ class Outcome:
     cost_nanos: int = 0
     reader: UsageReader = CHAT_USAGE  # of the API the current attempt's upstream speaks
     billed: bool = False  # the provider accepted the call before it failed (``ProviderError.billed``)
+    unread: bool = False  # accepted, and nothing of its answer could be read (a stream that is no stream)
 
     def failed(self, exc: ProxyError) -> None:
         self.status, self.http_status, self.error_code = Status.ERROR, exc.status, exc.code
@@ -247,7 +249,7 @@ async def settle(services: Services, plan: Plan, reservation: Reservation, outco
                 or outcome.billed)
     ok = outcome.status is Status.OK
     outcome.cost_nanos = outcome.model.cost(usage) if (ok or produced) else 0
-    if outcome.billed and not outcome.usage_seen and not plan.stream:  # unary: what it generated is unknown
+    if outcome.billed and not outcome.usage_seen and (not plan.stream or outcome.unread):  # generated: unknown
         usage, outcome.cost_nanos = _lost_answer(plan, outcome.model)
     outcome.usage = usage
     if outcome.cost_nanos == 0 and not ok:

@@ -163,7 +163,9 @@ class UpstreamClient:
     async def open_stream(self, provider: ProviderSettings, endpoint: str, upstream_model: str,
                           payload: bytes, request_id: str, *,
                           headers: Mapping[str, str] | None = None) -> UpstreamStream:
-        """Send the request and wait for the response headers; errors before then are raised."""
+        """Send the request and wait for the response headers; errors before then are raised, and so
+        is an answer that is not ``text/event-stream`` (checked before any byte reaches the client;
+        after a 2xx it is a failure after acceptance: charged, never retried elsewhere)."""
         t = provider.timeouts
         headers, params, _, timeout = self._prepare(provider, request_id, headers)
         url = upstream_url(provider, endpoint, upstream_model)
@@ -186,6 +188,11 @@ class UpstreamClient:
             finally:
                 resp.release()
             raise _error_from(resp.status, body, provider.name, {k.lower(): v for k, v in resp.headers.items()})
+        if resp.content_type != "text/event-stream":  # HTML, a JSON body...: never relayed as events
+            kind = resp.headers.get("content-type", "no content type")
+            resp.close()
+            raise _bad_answer(f"provider {provider.name} answered a stream with {kind!r}, not text/event-stream",
+                              resp.status < 300)
         return UpstreamStream(resp, provider)
 
 

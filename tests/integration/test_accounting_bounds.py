@@ -230,3 +230,30 @@ async def test_embeddings_usage_without_completion_tokens_is_reported(make_proxy
     assert resp.status == 200
     [entry] = await proxy.ledger()
     assert entry.usage_reported and entry.prompt_tokens > 0 and entry.completion_tokens == 0
+
+
+NOT_A_STREAM = [
+    pytest.param(lambda request, body: web.Response(text="<html>oops</html>", content_type="text/html"), id="html"),
+    pytest.param(lambda request, body: web.Response(text="[1, 2]", content_type="application/json"), id="json-array"),
+    pytest.param(lambda request, body: web.Response(text='{"error": {"message": "boom"}}',
+                                                    content_type="application/json"), id="error-object"),
+]
+
+
+@pytest.mark.parametrize("answer", NOT_A_STREAM)
+async def test_a_stream_answered_with_no_event_stream_is_a_bad_response(hostile_proxy: HostileProxy,
+                                                                        answer: Any) -> None:
+    """The content type is checked when the stream opens, before any byte reaches the client: the
+    client gets a 502 in OpenAI's shape (never the raw body inside its SSE stream), the call is
+    charged its worst case (the provider accepted it; its answer is lost) and not retried."""
+    proxy, hostile = await hostile_proxy(budget("1"))
+    hostile.answer = answer
+    resp = await proxy.client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=proxy.auth())
+    assert resp.status == 502 and resp.content_type == "application/json"
+    raw = await resp.read()
+    assert b"oops" not in raw and b"boom" not in raw and b"[1, 2]" not in raw
+    assert orjson.loads(raw)["error"]["code"] == "upstream_bad_response"
+    [entry] = await proxy.ledger()
+    assert entry.status == "error" and not entry.usage_reported and entry.completion_tokens == 100
+    assert entry.cost_nanos == entry.prompt_tokens * SMALL_IN + 100 * SMALL_OUT
+    assert len(hostile.bodies) == 1
