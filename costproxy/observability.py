@@ -307,16 +307,22 @@ def refusal_and_cache_metrics(registry: CollectorRegistry) -> Listener:
     """A pipeline-event subscriber counting ``costproxy_refusals_total`` by error code (a rate limit's
     ``rate_limited`` / ``exceeds_rate_limit``, ``budget_exceeded``, ``rule_rejected``…) and
     ``costproxy_cache_saved_nanos_total``: what answers from the response cache saved (the cost of
-    the answers they replayed; hits are ``costproxy_requests_total{status="cache_hit"}``)."""
+    the answers they replayed; hits are ``costproxy_requests_total{status="cache_hit"}``), and
+    ``costproxy_usage_clamped_total`` by model: calls whose usage reported more output than the
+    provider could have generated, charged the bound instead (``pipeline.settle.plausible_usage``)."""
     refusals = Counter("costproxy_refusals", "Requests refused before any upstream call, by error code",
                        ["code"], registry=registry)
     saved = Counter("costproxy_cache_saved_nanos", "Nano-USD the response cache saved (cost of the answers "
                     "it replayed)", registry=registry)
+    clamped = Counter("costproxy_usage_clamped", "Calls whose reported output exceeded what the provider could "
+                      "generate (n x the output cap sent), charged that bound", ["model"], registry=registry)
 
     def observe(event: Event) -> None:
         if not isinstance(event, RequestCompleted):
             return
         entry = event.entry
+        if "usage_clamped" in entry.metadata:
+            clamped.labels(entry.served_model or "-").inc()
         if entry.status == "refused":
             refusals.labels(entry.error_code or "refused").inc()
         elif entry.status == "cache_hit":

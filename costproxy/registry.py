@@ -18,6 +18,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
+from costproxy.analyzer.media import GPT4O_IMAGES, IMAGE_RULES, ImageTokenRule
 from costproxy.config_schema import Node
 from costproxy.money import NANOS_PER_USD, TOKENS_PER_PRICE_UNIT, tokens_cost
 
@@ -143,6 +144,7 @@ class ModelSpec:
     family: str = ""
     aliases: tuple[str, ...] = ()
     tokenizer: TokenizerSpec = OWN_TOKENIZER
+    images: ImageTokenRule = GPT4O_IMAGES  # how it bills image input (``analyzer.media``)
 
     def supports(self, capabilities: Iterable[str]) -> bool:
         return set(capabilities) <= self.capabilities
@@ -254,7 +256,37 @@ def _parse_model(model_id: str, node: Node, providers: set[str] | None) -> Model
         family=node.child("family", "").str(allow_empty=True),
         aliases=tuple(node.child("aliases", []).str_list()),
         tokenizer=_parse_tokenizer(node.child("tokenizer", None)),
+        images=_parse_images(node.child("images", None)),
     )
+    node.done()
+    return spec
+
+
+def _parse_images(node: Node) -> ImageTokenRule:
+    """``images: {rule, ..., source}`` (see ``analyzer.media.ImageTokenRule``); absent means
+    GPT-4o's tile rule (85 + 170 per tile)."""
+    if node.value is None:
+        return GPT4O_IMAGES
+    rule = node.child("rule").str(choices=IMAGE_RULES)
+    limit = 1_000_000
+    if rule == "tiles":
+        spec = ImageTokenRule(rule=rule, base_tokens=node.child("base_tokens").int(minimum=0, maximum=limit),
+                              tile_tokens=node.child("tile_tokens").int(minimum=0, maximum=limit),
+                              source=node.child("source").str())
+    elif rule == "patches":
+        multiplier_node = node.child("multiplier")
+        multiplier = multiplier_node.decimal(minimum=Decimal(0))
+        if multiplier > 1000:
+            raise multiplier_node.error("must be at most 1000", multiplier_node.value)
+        spec = ImageTokenRule(rule=rule, multiplier=multiplier, source=node.child("source").str())
+    elif rule == "pixels":
+        spec = ImageTokenRule(rule=rule, pixels_per_token=node.child("pixels_per_token").int(minimum=1, maximum=limit),
+                              max_long_edge=node.child("max_long_edge").int(minimum=1, maximum=limit),
+                              max_tokens=node.child("max_tokens").int(minimum=1, maximum=limit),
+                              source=node.child("source").str())
+    else:
+        spec = ImageTokenRule(rule=rule, max_tokens=node.child("max_tokens").int(minimum=0, maximum=limit),
+                              source=node.child("source").str())
     node.done()
     return spec
 

@@ -28,6 +28,13 @@ from costproxy.errors import InvalidJSON, InvalidRequest
 from costproxy.identity.principal import Principal
 
 MAX_N = 128  # OpenAI's own limit on ``n``
+# The fields that cap a chat-form request's output per choice.  OpenAI itself refuses a request that
+# sets both (400 ``invalid_parameter_combination``), but OpenAI-compatible upstreams may accept both
+# and honour either one, so the proxy reserves for the larger and caps every one it forwards.
+OUTPUT_CAP_FIELDS = ("max_completion_tokens", "max_tokens")
+# Every output-cap field of any API the proxy speaks (chat, Responses, Messages): a native body
+# forwarded as it is must carry none above the cap its reservation was made for.
+ANY_OUTPUT_CAP_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
@@ -67,7 +74,7 @@ class ChatRequest:
     model: str | None  # as asked; ``None`` when the body names none (the config's default applies)
     stream: bool = False
     include_usage: bool = False  # the client asked for ``stream_options.include_usage``
-    max_output_tokens: int | None = None  # ``max_completion_tokens`` or ``max_tokens``
+    max_output_tokens: int | None = None  # the larger of ``max_completion_tokens`` and ``max_tokens``
     n: int = 1  # completions generated per prompt (``best_of`` for legacy completions)
     api: Api = Api.CHAT  # the API the client spoke; ``body`` is always its chat form
     native: Mapping[str, Any] | None = None  # the client's own body when ``api`` is not CHAT
@@ -140,9 +147,17 @@ def _positive_int(body: Mapping[str, Any], key: str, *, maximum: int | None = No
 
 
 def _max_output(body: Mapping[str, Any]) -> int | None:
-    asked = [v for key in ("max_completion_tokens", "max_tokens")
-             if (v := _positive_int(body, key)) is not None]
-    return asked[0] if asked else None
+    asked = [v for key in OUTPUT_CAP_FIELDS if (v := _positive_int(body, key)) is not None]
+    return max(asked) if asked else None
+
+
+def asked_output_cap(body: Mapping[str, Any]) -> int | None:
+    """The output cap a chat-form body asks for, read leniently (for profiles and estimates): the
+    larger of ``max_completion_tokens`` and ``max_tokens`` (an upstream may honour either), or
+    ``None`` when neither is a positive integer."""
+    asked = [v for key in OUTPUT_CAP_FIELDS
+             if isinstance(v := body.get(key), int) and not isinstance(v, bool) and v > 0]
+    return max(asked) if asked else None
 
 
 def _check_object(body: Mapping[str, Any], key: str) -> None:

@@ -12,8 +12,8 @@ with any of them as one whose input the byte bound cannot cover.
   for a few kB of PDF, so ``FILE_BYTES_PER_TOKEN`` decoded bytes per token and at least
   ``FILE_MIN_TOKENS``; a file referenced only by id is assumed to be ``FILE_REFERENCE_TOKENS``
   (its size is unknown before the call);
-- images: see ``tokens.ImageTokenRule``; sizes come from ``data:`` URL headers (PNG, GIF, WebP,
-  JPEG).
+- images: ``ImageTokenRule``, a property of each model (``images`` in ``models.yaml``); sizes come
+  from ``data:`` URL headers (PNG, GIF, WebP, JPEG).
 """
 
 from __future__ import annotations
@@ -23,12 +23,88 @@ import binascii
 import math
 import struct
 from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
 
 AUDIO_TOKENS_PER_SECOND = 10
 ASSUMED_AUDIO_BYTES_PER_SECOND = 8_000
 FILE_BYTES_PER_TOKEN = 2
 FILE_MIN_TOKENS = 1_600
 FILE_REFERENCE_TOKENS = 8_000
+DEFAULT_IMAGE_SIZE = (1024, 1024)  # a typical image, for estimates of an image of unknown size
+IMAGE_RULES = ("tiles", "patches", "pixels", "fixed")
+MAX_PATCHES = 1536  # OpenAI's patch models cover an image with at most 1,536 32-px patches
+PATCH_PX = 32
+
+
+@dataclass(frozen=True, slots=True)
+class ImageTokenRule:
+    """How one model bills an image of the chat content, as input tokens.
+
+    - ``tiles`` (OpenAI GPT-4o, GPT-4.1, gpt-4o-mini...): ``low`` detail costs ``base_tokens``;
+      ``high`` (and ``auto``, counted as ``high`` to stay on the safe side) scales the image down
+      to fit 2048x2048, then so its shortest side is at most 768 px, and adds ``tile_tokens`` per
+      512-px tile: at most 8 tiles (2048x768).
+    - ``patches`` (OpenAI gpt-4.1-mini...): one token per 32-px patch covering the image, at most
+      1,536 patches (larger images are scaled down), times ``multiplier``; detail does not matter.
+    - ``pixels`` (Anthropic): ``width x height / pixels_per_token`` after scaling the long edge down
+      to ``max_long_edge``, at most ``max_tokens`` (larger images are scaled down to fit).
+    - ``fixed`` (Gemini 3): ``max_tokens`` per image, whatever its size.
+
+    ``tokens`` is the estimate (an image of unknown size counts as ``DEFAULT_IMAGE_SIZE``), for
+    routing and estimates; ``bound`` is the most the image can be billed (an image of unknown
+    size, a remote URL the proxy never fetches, counts as the worst shape), for reservations.
+    Defaults are GPT-4o's (85 + 170 per tile), the rule of a model whose ``images`` are not set.
+    """
+
+    rule: str = "tiles"
+    base_tokens: int = 85
+    tile_tokens: int = 170
+    multiplier: Decimal = Decimal(1)
+    pixels_per_token: int = 750
+    max_long_edge: int = 1568
+    max_tokens: int = 0
+    source: str = ""
+
+    def tokens(self, detail: str, size: tuple[int, int] | None) -> int:
+        return self._tokens(detail, size or DEFAULT_IMAGE_SIZE)
+
+    def bound(self, detail: str, size: tuple[int, int] | None) -> int:
+        if size is not None:
+            return self._tokens(detail, size)
+        if self.rule == "tiles":
+            return self.base_tokens if detail == "low" else self.base_tokens + 8 * self.tile_tokens
+        if self.rule == "patches":
+            return math.ceil(MAX_PATCHES * self.multiplier)
+        return self.max_tokens
+
+    def _tokens(self, detail: str, size: tuple[int, int]) -> int:
+        width: float
+        height: float
+        width, height = size
+        if self.rule == "fixed":
+            return self.max_tokens
+        if self.rule == "patches":
+            patches = min(MAX_PATCHES, math.ceil(width / PATCH_PX) * math.ceil(height / PATCH_PX))
+            return math.ceil(patches * self.multiplier)
+        if self.rule == "pixels":
+            if max(width, height) > self.max_long_edge:
+                scale = self.max_long_edge / max(width, height)
+                width, height = width * scale, height * scale
+            return min(self.max_tokens, math.ceil(width * height / self.pixels_per_token))
+        if detail == "low":
+            return self.base_tokens
+        if max(width, height) > 2048:
+            scale = 2048 / max(width, height)
+            width, height = width * scale, height * scale
+        if min(width, height) > 768:
+            scale = 768 / min(width, height)
+            width, height = width * scale, height * scale
+        tiles = math.ceil(width / 512) * math.ceil(height / 512)
+        return self.base_tokens + self.tile_tokens * tiles
+
+
+GPT4O_IMAGES = ImageTokenRule()
 
 
 def base64_size(payload: str) -> int:

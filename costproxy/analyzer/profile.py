@@ -27,6 +27,7 @@ from typing import Any
 
 from costproxy.analyzer.ngrams import hashed_ngrams
 from costproxy.analyzer.tasks import TASK_TYPES, TaskEstimate, detect_task
+from costproxy.request import asked_output_cap
 
 _OUTPUT_BY_TASK = {
     "code_generation": 450,
@@ -115,11 +116,7 @@ def _capabilities(body: Mapping[str, Any], found: set[str]) -> frozenset[str]:
 
 
 def _max_output(body: Mapping[str, Any]) -> int | None:
-    for key in ("max_completion_tokens", "max_tokens"):
-        value = body.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
+    return asked_output_cap(body)
 
 
 def expected_output_tokens(estimate: TaskEstimate, input_tokens: int, max_output: int | None) -> int:

@@ -9,10 +9,12 @@ for a ``name``, and ``+3`` priming the assistant's reply.  Special-token text su
 Estimates (OpenAI's internal rendering of these is not public; they size reservations before the
 call, and billing always settles on the usage the provider reports):
 
-- images (``image_url`` parts): OpenAI's tile rule, see ``ImageTokenRule``.  The image size is
-  read from ``data:`` URLs (PNG, JPEG, GIF, WebP headers); for remote URLs, which are never
-  fetched, or unreadable data the size defaults to 1024x1024, i.e. 765 tokens for ``high`` or
-  ``auto`` detail with GPT-4o's rule.  ``low`` detail costs the base tokens (85);
+- images (``image_url`` parts): the model's ``media.ImageTokenRule``.  The image size is read
+  from ``data:`` URLs (PNG, JPEG, GIF, WebP headers).  The count (``tokens``) uses GPT-4o's rule
+  and, for remote URLs, which are never fetched, or unreadable data, a 1024x1024 image (765
+  tokens for ``high`` or ``auto`` detail): an estimate for routing.  ``BillableInput.images``
+  keeps each image's detail and size, so that the reservation re-counts them with each model's
+  own rule and the worst shape of an image of unknown size (``worst_case.input_count``);
 - audio (``input_audio`` parts) and files (``file`` / ``document`` parts): see ``media``;
 - assistant ``tool_calls`` / ``function_call``: the call's string fields (function name and
   arguments) plus ``TOOL_CALL_OVERHEAD``;
@@ -38,14 +40,19 @@ a worker thread (``asyncio.to_thread``) rather than on the event loop.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TypeGuard
 
 import tiktoken
 
-from costproxy.analyzer.media import audio_tokens, data_url_image_size, file_tokens
+from costproxy.analyzer.media import (
+    DEFAULT_IMAGE_SIZE,  # noqa: F401 (re-exported: the size assumed for an image of unknown size)
+    GPT4O_IMAGES,
+    ImageTokenRule,
+    audio_tokens,
+    data_url_image_size,
+    file_tokens,
+)
 from costproxy.analyzer.worst_case import BillableInput, choices_of
 from costproxy.errors import InternalError
 
@@ -55,40 +62,9 @@ REPLY_PRIMING_TOKENS = 3
 TOOL_CALL_OVERHEAD = 3
 TOOL_DEFINITION_OVERHEAD = 7
 TOOLS_OVERHEAD = 12
-DEFAULT_IMAGE_SIZE = (1024, 1024)
 FILE_PART_TYPES = ("file", "document")
 
 
-@dataclass(frozen=True, slots=True)
-class ImageTokenRule:
-    """OpenAI's tile rule for image input.
-
-    ``low`` detail costs ``base_tokens``.  ``high`` (and ``auto``, counted as ``high`` to stay on the
-    safe side) scales the image down to fit 2048x2048, then so its shortest side is at most 768
-    px, and adds ``tile_tokens`` per 512-px tile.  Defaults are GPT-4o's (85 + 170 per tile);
-    models that bill images at a multiple (gpt-4o-mini: 2833 + 5667) pass their own rule.
-    """
-
-    base_tokens: int = 85
-    tile_tokens: int = 170
-
-    def tokens(self, detail: str, size: tuple[int, int] | None) -> int:
-        if detail == "low":
-            return self.base_tokens
-        width: float
-        height: float
-        width, height = size or DEFAULT_IMAGE_SIZE
-        if max(width, height) > 2048:
-            scale = 2048 / max(width, height)
-            width, height = width * scale, height * scale
-        if min(width, height) > 768:
-            scale = 768 / min(width, height)
-            width, height = width * scale, height * scale
-        tiles = math.ceil(width / 512) * math.ceil(height / 512)
-        return self.base_tokens + self.tile_tokens * tiles
-
-
-GPT4O_IMAGES = ImageTokenRule()
 
 
 class TokenCounter:
@@ -174,7 +150,8 @@ class TokenCounter:
                                  structured_bytes=chat.structured_bytes,
                                  items=len(messages) if _is_list(messages) else 0, media_tokens=chat.media_tokens,
                                  prediction_tokens=prediction, choices=choices_of(body.get("n")),
-                                 pieces=chat.pieces, tool_lists=chat.tool_lists)
+                                 pieces=chat.pieces, tool_lists=chat.tool_lists,
+                                 image_tokens=chat.image_tokens, images=tuple(chat.images))
         inputs = _Inputs(enc)
         if endpoint == "completions":
             tokens = inputs.add(body.get("prompt")) + inputs.add(body.get("suffix"))
@@ -195,7 +172,8 @@ class _ChatCount:
     """One chat request counted with one encoding and image rule: methods return tokens, and the
     byte counts and media estimates accumulate on the instance (one instance per request)."""
 
-    __slots__ = ("enc", "image_rule", "media_tokens", "pieces", "structured_bytes", "text_bytes", "tool_lists")
+    __slots__ = ("enc", "image_rule", "image_tokens", "images", "media_tokens", "pieces", "structured_bytes",
+                 "text_bytes", "tool_lists")
 
     def __init__(self, enc: tiktoken.Encoding, image_rule: ImageTokenRule) -> None:
         self.enc = enc
@@ -203,6 +181,8 @@ class _ChatCount:
         self.text_bytes = 0
         self.structured_bytes = 0
         self.media_tokens = 0
+        self.image_tokens = 0  # the part of media_tokens for images, with ``image_rule``
+        self.images: list[tuple[str, tuple[int, int] | None]] = []  # (detail, size if known)
         self.pieces = 0  # tool definitions and calls
         self.tool_lists = 0
 
@@ -285,7 +265,11 @@ class _ChatCount:
         if isinstance(image, Mapping):
             url, detail = image.get("url"), image.get("detail") or "auto"
         size = data_url_image_size(url) if isinstance(url, str) and url.startswith("data:") else None
-        return self.image_rule.tokens(detail if isinstance(detail, str) else "auto", size)
+        detail = detail if isinstance(detail, str) else "auto"
+        tokens = self.image_rule.tokens(detail, size)
+        self.images.append((detail, size))
+        self.image_tokens += tokens
+        return tokens
 
     def call(self, call: object) -> int:
         if not isinstance(call, Mapping):

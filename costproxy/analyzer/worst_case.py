@@ -20,7 +20,8 @@ The reservation on every budget of the chain is the price of a ``WorstCase``:
     model's ``overhead_tokens`` (and never less than the proxy's own count).  It does not exist
     for requests with images, audio or files (their tokens do not follow from bytes) nor for
     tokenizers not known to be byte-level (Claude);
-- output: the per-choice cap (``max_tokens`` or the cap the proxy injects) times the number of
+- output: the per-choice cap (the larger of ``max_tokens`` and ``max_completion_tokens``, or the cap
+  the proxy injects into every such field the request carries) times the number of
   choices billed (``n``; for ``/v1/completions`` ``max(n, best_of)`` per prompt), plus the tokens
   of a ``prediction`` (rejected predicted tokens are billed at output rates).
 
@@ -82,6 +83,8 @@ class BillableInput:
     token_ids: int = 0  # prompt tokens given as ids (one token each, in any tokenizer)
     pieces: int = 0  # tool/function definitions and tool calls (each framed by the template)
     tool_lists: int = 0  # non-empty ``tools`` / ``functions`` lists
+    image_tokens: int = 0  # the part of ``media_tokens`` for images, as estimated (GPT-4o's rule)
+    images: tuple[tuple[str, tuple[int, int] | None], ...] = ()  # each image's detail and size if known
 
     @property
     def has_media(self) -> bool:
@@ -104,12 +107,22 @@ class WorstCase:
         return self.output_tokens * self.multiplier + self.prediction_tokens
 
 
+def input_count(billable: BillableInput, model: ModelSpec) -> int:
+    """The proxy's count of the input as ``model`` bills it: images re-counted with the model's own
+    rule (``ModelSpec.images``), each at the most it can be billed (an image of unknown size at its
+    worst shape), in place of the estimate made with GPT-4o's rule."""
+    if not billable.images:
+        return billable.tokens
+    rule = model.images
+    return billable.tokens - billable.image_tokens + sum(rule.bound(detail, size) for detail, size in billable.images)
+
+
 def margin_input_bound(billable: BillableInput, model: ModelSpec) -> int:
     """The count plus the model's margin (more if counted with another encoding)."""
     ppm = model.tokenizer.margin_ppm
     if billable.encoding != model.encoding:
         ppm = max(ppm, FOREIGN_ENCODING_MARGIN_PPM)
-    return model.input_bound(billable.tokens, ppm)
+    return model.input_bound(input_count(billable, model), ppm)
 
 
 def hard_input_bound(billable: BillableInput, model: ModelSpec) -> int | None:

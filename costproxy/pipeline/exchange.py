@@ -34,9 +34,9 @@ import orjson
 import structlog
 
 from costproxy.errors import InvalidRequest, ProviderError, ProxyError, UpstreamHTTPError
-from costproxy.pipeline.plan import Plan, output_limit_needed, upstream_payload
+from costproxy.pipeline.plan import Plan, cap_foreign_limits, output_limit_needed, upstream_payload
 from costproxy.pipeline.services import Services, step
-from costproxy.pipeline.settle import CHAT_USAGE, UsageReader
+from costproxy.pipeline.settle import CHAT_USAGE, EMBEDDINGS_USAGE, UsageReader
 from costproxy.protocols import anthropic
 from costproxy.protocols.anthropic_stream import AnthropicToChat, stream_error
 from costproxy.protocols.messages import error_body, message_from_chat
@@ -110,7 +110,9 @@ class Exchange:
         """A fresh reader of this upstream's usage (stream readers keep state)."""
         if self.upstream is Api.MESSAGES:
             return AnthropicUsage()
-        return ResponsesUsage() if self.upstream is Api.RESPONSES else CHAT_USAGE
+        if self.upstream is Api.RESPONSES:
+            return ResponsesUsage()
+        return EMBEDDINGS_USAGE if self.path == "embeddings" else CHAT_USAGE
 
     def payload(self) -> bytes:
         """The upstream body, built once per model (``Plan.payloads``)."""
@@ -131,8 +133,11 @@ class Exchange:
         body["model"] = model.upstream_model
         if self.upstream is Api.MESSAGES:
             body["max_tokens"] = cap  # required; never above what the client asked
-        elif output_limit_needed(plan, model):
-            body["max_output_tokens"] = cap
+            cap_foreign_limits(body, "max_tokens", cap)
+        else:
+            if output_limit_needed(plan, model):
+                body["max_output_tokens"] = cap
+            cap_foreign_limits(body, "max_output_tokens", cap)
         return body
 
     def reply(self, response: UpstreamResponse) -> tuple[bytes, dict[str, Any]]:

@@ -23,7 +23,7 @@ from costproxy.pipeline.services import NO_SPAN, Services, step
 from costproxy.providers.apis import upstream_api
 from costproxy.ratelimits.model import Admission
 from costproxy.registry import ENDPOINT_KIND, ModelSpec
-from costproxy.request import ChatRequest, Endpoint, RequestContext
+from costproxy.request import ANY_OUTPUT_CAP_FIELDS, OUTPUT_CAP_FIELDS, ChatRequest, Endpoint, RequestContext
 from costproxy.routing.policy import EMPTY, Constraints
 from costproxy.routing.route import MIN_USEFUL_OUTPUT, Route, RouteInput
 
@@ -245,9 +245,7 @@ def upstream_payload(plan: Plan, model: ModelSpec) -> bytes:
         options = dict(body.get("stream_options") or {})
         options["include_usage"] = True  # needed to settle exactly; stripped if the client didn't ask
         body["stream_options"] = options
-    key, value = _output_limit(plan, model)
-    if key is not None:
-        body[key] = value
+    body.update(_output_limits(plan, model))
     try:
         payload = plan.payloads[model.id] = orjson.dumps(body)
     except orjson.JSONEncodeError as exc:
@@ -267,13 +265,30 @@ def output_limit_needed(plan: Plan, model: ModelSpec) -> bool:
     return not (asked == cap or (asked is None and cap >= upstream_default))
 
 
-def _output_limit(plan: Plan, model: ModelSpec) -> tuple[str | None, int]:
-    """The output-limit field to inject, if the cap is tighter than what the upstream would apply."""
+def _output_limits(plan: Plan, model: ModelSpec) -> dict[str, int]:
+    """The output-limit fields to set, if the cap is tighter than what the upstream would apply:
+    every output-cap field the request carries that asks for more than the cap is lowered to it
+    (an upstream may honour either ``max_completion_tokens`` or ``max_tokens``, so capping one and
+    forwarding the other unchanged would let it bill past the reservation); a request that carries
+    none gets the one its endpoint and model read."""
     if not output_limit_needed(plan, model):
-        return None, 0
+        return {}
     cap = plan.output_caps[model.id]
-    if "max_completion_tokens" in plan.body:
-        return "max_completion_tokens", cap
+    present = [key for key in OUTPUT_CAP_FIELDS if plan.body.get(key) is not None]
+    if present:
+        return {key: cap for key in present if not _within(plan.body[key], cap)}
     if plan.request.endpoint is Endpoint.CHAT and "reasoning" in model.capabilities:
-        return "max_completion_tokens", cap
-    return "max_tokens", cap
+        return {"max_completion_tokens": cap}
+    return {"max_tokens": cap}
+
+
+def _within(value: Any, cap: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= cap
+
+
+def cap_foreign_limits(body: dict[str, Any], own: str, cap: int) -> None:
+    """Lower to ``cap`` every output-cap field of another API (``ANY_OUTPUT_CAP_FIELDS`` but
+    ``own``) that a native body forwarded as it is carries: a lenient upstream may honour it."""
+    for key in ANY_OUTPUT_CAP_FIELDS:
+        if key != own and body.get(key) is not None and not _within(body[key], cap):
+            body[key] = cap

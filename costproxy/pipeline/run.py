@@ -121,6 +121,7 @@ async def run_stream(services: Services, ctx: RequestContext, request: ChatReque
         upstream, exchange = await _open_stream(services, the_plan, outcome)
     except ProxyError as exc:
         outcome.failed(exc)
+        outcome.unread = outcome.billed  # accepted, but its answer was not a stream: nothing was read
         exc.headers.update(limit_headers(the_plan))
         _finished(services, the_plan, await settle(services, the_plan, reservation, outcome))
         raise

@@ -4,10 +4,19 @@ Usage comes from the provider when it reports it; otherwise (a stream without a 
 body without ``usage``) the generated text is counted with the model's tokenizer and the entry is
 marked estimated.  A failed call that produced nothing costs nothing and releases its reservation,
 unless the provider had accepted it (a 2xx before the failure): a stream is then charged its prompt and
-what it relayed, a unary call whose answer was lost its worst case.
+what it relayed, a unary call whose answer was lost, or a stream whose answer was no event stream
+(``Outcome.unread``), its worst case.
 How usage and text are read depends on the API the upstream spoke: a ``UsageReader`` per attempt
 (``ChatUsage`` here; the Responses and Messages readers in ``protocols.usage``).  A reader whose
 stream reported the prompt before it ended (Messages) lends that prompt to an estimated entry.
+
+Output is charged at most as far as the provider could have generated it: ``n`` (or ``best_of``)
+choices times the output cap the proxy sent (the cap the reservation was made for), plus the
+predicted tokens.  A usage reporting more completion tokens than that (a buggy or hostile
+upstream: the tester's saw 100,000,000 for ``max_tokens: 100``) is charged that bound
+(``plausible_usage``); the provider's own figure stays in the entry's metadata
+(``usage_clamped``) for reconciliation, is logged (``usage_clamped``) and counted
+(``costproxy_usage_clamped_total``).
 """
 
 from __future__ import annotations
@@ -18,14 +27,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeGuard
 
+import structlog
+
 from costproxy.budgets.accounts import Reservation
 from costproxy.errors import ProxyError
-from costproxy.ledger.entry import LedgerEntry, Status
+from costproxy.ledger.entry import LedgerEntry, Status, with_metadata
 from costproxy.pipeline.admission import settle_limits
 from costproxy.pipeline.plan import Plan
 from costproxy.pipeline.services import Services, step
 from costproxy.registry import ModelSpec, Usage
 from costproxy.request import ChatRequest, RequestContext
+
+log = structlog.get_logger("costproxy")
 
 
 class UsageReader(Protocol):
@@ -46,18 +59,23 @@ class UsageReader(Protocol):
 
 
 class ChatUsage:
-    """Chat completions (and completions, embeddings) bodies and chunks."""
+    """Chat completions (and completions, embeddings) bodies and chunks.  ``output``: the answer has
+    output tokens, so a usage without ``completion_tokens`` is incomplete (embeddings have none)."""
 
     prompt: Usage | None = None
 
+    def __init__(self, output: bool = True) -> None:
+        self.output = output
+
     def usage_in(self, data: Mapping[str, Any]) -> Usage | None:
-        return usage_from(data)
+        return usage_from(data, output=self.output)
 
     def texts_in(self, data: Mapping[str, Any]) -> list[str]:
         return texts_of(data)
 
 
 CHAT_USAGE = ChatUsage()
+EMBEDDINGS_USAGE = ChatUsage(output=False)
 
 
 @dataclass(slots=True)
@@ -74,6 +92,7 @@ class Outcome:
     cost_nanos: int = 0
     reader: UsageReader = CHAT_USAGE  # of the API the current attempt's upstream speaks
     billed: bool = False  # the provider accepted the call before it failed (``ProviderError.billed``)
+    unread: bool = False  # accepted, and nothing of its answer could be read (a stream that is no stream)
 
     def failed(self, exc: ProxyError) -> None:
         self.status, self.http_status, self.error_code = Status.ERROR, exc.status, exc.code
@@ -92,12 +111,16 @@ class Outcome:
             self.streamed_text.extend(self.reader.texts_in(data))
 
 
-def usage_from(data: Mapping[str, Any]) -> Usage | None:
+def usage_from(data: Mapping[str, Any], *, output: bool = True) -> Usage | None:
+    """The usage a body or chunk reports, or ``None`` when it reports none or an incomplete one
+    (either count missing or not a count: then, as without usage, the answer is counted and the
+    entry marked estimated, never a reported usage with 0 output).  Embeddings (``output=False``)
+    report only ``prompt_tokens``."""
     usage = data.get("usage")
     if not isinstance(usage, dict):
         return None
     prompt = usage.get("prompt_tokens")
-    completion = usage.get("completion_tokens", 0)
+    completion = usage.get("completion_tokens") if output else usage.get("completion_tokens", 0)
     if not _count(prompt) or not _count(completion):
         return None
     details = usage.get("prompt_tokens_details")
@@ -204,19 +227,36 @@ def refusal_entry(services: Services, ctx: RequestContext, request: ChatRequest 
                    http_status=error.status, error_code=error.code, usage_reported=False)
 
 
+def plausible_usage(plan: Plan, model: ModelSpec, usage: Usage) -> tuple[Usage, dict[str, int] | None]:
+    """``usage`` with its completion tokens at most what ``model`` could generate for this request
+    (every choice at the output cap sent, plus predicted tokens); with the figures that were
+    cut, or ``None`` when nothing was."""
+    if model.kind == "embedding" or model.id not in plan.output_caps:
+        return usage, None
+    most = plan.worst_case_on(model).billed_output_tokens
+    if usage.completion_tokens <= most:
+        return usage, None
+    return replace(usage, completion_tokens=most), {"completion_tokens": usage.completion_tokens, "limit": most,
+                                                    "reported": int(usage.reported)}
+
+
 async def settle(services: Services, plan: Plan, reservation: Reservation, outcome: Outcome) -> LedgerEntry:
     """Charge what was used (nothing if the call failed before any usage) and write the ledger."""
-    usage = final_usage(services, plan, outcome)
+    usage, clamped = plausible_usage(plan, outcome.model, final_usage(services, plan, outcome))
+    if clamped is not None:
+        log.warning("usage_clamped", request_id=plan.ctx.request_id, model=outcome.model.id, **clamped)
     produced = (usage.reported or usage.completion_tokens > 0 or outcome.status is Status.CLIENT_DISCONNECTED
                 or outcome.billed)
     ok = outcome.status is Status.OK
     outcome.cost_nanos = outcome.model.cost(usage) if (ok or produced) else 0
-    if outcome.billed and not outcome.usage_seen and not plan.stream:  # unary: what it generated is unknown
+    if outcome.billed and not outcome.usage_seen and (not plan.stream or outcome.unread):  # generated: unknown
         usage, outcome.cost_nanos = _lost_answer(plan, outcome.model)
     outcome.usage = usage
     if outcome.cost_nanos == 0 and not ok:
         usage = Usage(reported=usage.reported)
     entry = ledger_entry(services, plan, outcome, usage)
+    if clamped is not None:
+        entry = with_metadata(entry, {**entry.metadata, "usage_clamped": clamped})
     with step(services, "costproxy.settle") as span:
         span.set_attribute("costproxy.cost_nanos", entry.cost_nanos)
         span.set_attribute("costproxy.usage_reported", entry.usage_reported)

@@ -87,6 +87,15 @@ class _Prepared:
     stream: aiohttp.ClientTimeout
 
 
+def _bad_answer(message: str, accepted: bool) -> UpstreamBadResponse:
+    """An answer that cannot be read; after a 2xx the provider took the call and may bill it, so it
+    is charged (its worst case, marked estimated), not released, and never retried elsewhere."""
+    error = UpstreamBadResponse(message)
+    if accepted:
+        error.after_acceptance()
+    return error
+
+
 def _connect_timeout(provider: ProviderSettings) -> UpstreamTimeout:
     """A connection that was never made (the request was never sent) is not a slow answer."""
     return UpstreamTimeout(f"provider {provider.name} could not be connected to within "
@@ -146,15 +155,17 @@ class UpstreamClient:
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
-            raise UpstreamBadResponse(f"provider {provider.name} sent a body that is not JSON") from None
+            raise _bad_answer(f"provider {provider.name} sent a body that is not JSON", accepted) from None
         if not isinstance(data, dict):
-            raise UpstreamBadResponse(f"provider {provider.name} sent JSON that is not an object")
+            raise _bad_answer(f"provider {provider.name} sent JSON that is not an object", accepted)
         return UpstreamResponse(status=status, headers=headers, body=body, data=data)
 
     async def open_stream(self, provider: ProviderSettings, endpoint: str, upstream_model: str,
                           payload: bytes, request_id: str, *,
                           headers: Mapping[str, str] | None = None) -> UpstreamStream:
-        """Send the request and wait for the response headers; errors before then are raised."""
+        """Send the request and wait for the response headers; errors before then are raised, and so
+        is an answer that is not ``text/event-stream`` (checked before any byte reaches the client;
+        after a 2xx it is a failure after acceptance: charged, never retried elsewhere)."""
         t = provider.timeouts
         headers, params, _, timeout = self._prepare(provider, request_id, headers)
         url = upstream_url(provider, endpoint, upstream_model)
@@ -177,6 +188,11 @@ class UpstreamClient:
             finally:
                 resp.release()
             raise _error_from(resp.status, body, provider.name, {k.lower(): v for k, v in resp.headers.items()})
+        if resp.content_type != "text/event-stream":  # HTML, a JSON body...: never relayed as events
+            kind = resp.headers.get("content-type", "no content type")
+            resp.close()
+            raise _bad_answer(f"provider {provider.name} answered a stream with {kind!r}, not text/event-stream",
+                              resp.status < 300)
         return UpstreamStream(resp, provider)
 
 
@@ -215,7 +231,7 @@ class UpstreamStream:
                     rest, partial = rest + piece, partial + len(piece)
                     if partial > MAX_EVENT_LINE:
                         raise UpstreamBadResponse(f"provider {self.provider.name} sent a stream line over "
-                                                  f"{MAX_EVENT_LINE} bytes")
+                                                  f"{MAX_EVENT_LINE} bytes").after_acceptance()
                     continue
                 *complete, rest = (rest + piece).split(b"\n")
                 partial = len(rest)
@@ -261,4 +277,5 @@ class UpstreamStream:
         try:
             return raw, orjson.loads(payload)
         except orjson.JSONDecodeError:
-            raise UpstreamBadResponse(f"provider {self.provider.name} sent a malformed stream event") from None
+            raise UpstreamBadResponse(f"provider {self.provider.name} sent a malformed stream event"
+                                      ).after_acceptance() from None

@@ -36,6 +36,7 @@ from costproxy.errors import (
 from costproxy.learning.estimates import OnlineEstimates
 from costproxy.money import MoneyError, format_usd, usd_to_nanos
 from costproxy.registry import ENDPOINT_KIND, TIERS, ModelSpec, Registry
+from costproxy.request import asked_output_cap
 from costproxy.routing.breakers import CircuitBreakers
 from costproxy.routing.concrete import resolve_concrete
 from costproxy.routing.decisions import DecisionRecord, Interner
@@ -208,8 +209,7 @@ def applied_rules(steering: SteeringOutcome) -> tuple[str, ...]:
 
 def undetected_profile(body: Mapping[str, Any], input_tokens: int) -> RequestProfile:
     """A profile without task detection, for a concrete model no rule asks the task of."""
-    asked = body.get("max_completion_tokens", body.get("max_tokens"))
-    max_output = asked if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0 else None
+    max_output = asked_output_cap(body)
     return RequestProfile(input_tokens=input_tokens, expected_output_tokens=0, max_output_tokens=max_output,
                           task_type="general_chat", difficulty=0.0, required_capabilities=frozenset(),
                           task_source="not-detected")

@@ -73,6 +73,14 @@ class Reply:
             self._content = Lines(self.lines)
         return self._content
 
+    @property
+    def content_type(self) -> str:
+        """As aiohttp reads it: the header's media type; a stream's fake replies default to SSE."""
+        header = {k.lower(): v for k, v in self.headers.items()}.get("content-type")
+        if header is None:
+            return "text/event-stream" if self.lines else "application/json"
+        return header.split(";")[0].strip().lower()
+
     async def read(self) -> bytes:
         return self.body
 
@@ -209,8 +217,9 @@ async def test_transport_failures_map_into_the_provider_error_tree(raised: BaseE
 @pytest.mark.parametrize("body", [b"not json", b"[1, 2]"])
 async def test_a_200_that_is_not_a_json_object_is_a_bad_response(body: bytes) -> None:
     upstream, _ = client(Reply(200, body))
-    with pytest.raises(UpstreamBadResponse):
+    with pytest.raises(UpstreamBadResponse) as info:
         await upstream.call(OPENAI, "chat/completions", "gpt-x", PAYLOAD, "req-1")
+    assert info.value.billed and not info.value.retryable  # accepted: charged, never retried elsewhere
 
 
 # --- streams -------------------------------------------------------------------------------------
@@ -263,3 +272,20 @@ async def test_closing_a_stream_closes_the_response() -> None:
     stream = await upstream.open_stream(OPENAI, "chat/completions", "gpt-x", PAYLOAD, "req-1")
     stream.close()
     assert reply.closed
+
+
+@pytest.mark.parametrize("content_type", ["text/html", "application/json",
+                                          "application/octet-stream"])  # (what aiohttp reads without the header)
+async def test_a_stream_answered_with_no_event_stream_is_a_bad_response_before_any_event(content_type: str) -> None:
+    reply = Reply(200, b"<html>oops</html>", {"Content-Type": content_type}, lines=[b"<html>oops</html>\n", b"\n"])
+    upstream, _ = client(reply)
+    with pytest.raises(UpstreamBadResponse, match="not text/event-stream") as info:
+        await upstream.open_stream(OPENAI, "chat/completions", "gpt-x", PAYLOAD, "req-1")
+    assert info.value.billed and not info.value.retryable and reply.closed
+
+
+async def test_an_event_stream_with_parameters_is_a_stream() -> None:
+    reply = Reply(headers={"Content-Type": "Text/Event-Stream; charset=utf-8"}, lines=[b"data: [DONE]\n", b"\n"])
+    upstream, _ = client(reply)
+    stream = await upstream.open_stream(OPENAI, "chat/completions", "gpt-x", PAYLOAD, "req-1")
+    assert [data for _, data in await read_all(stream)] == [None]

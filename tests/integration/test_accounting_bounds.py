@@ -1,0 +1,259 @@
+"""Money accounting at the edges of what upstreams do: every output-cap field forwarded stays
+within the reservation, an answer lost after the provider accepted the call is charged, and
+reported usage is believed only as far as the provider could have billed it.
+
+``Hostile`` is an OpenAI-compatible upstream whose answer the test chooses per call."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+
+from costproxy.http.app import create_app
+from costproxy.http.keys_api import issue_key
+from costproxy.http.state import KEYRING, STORE
+from tests.conftest import TEST_MODELS, ConfigFactory, Proxy, load_test_settings
+from tests.integration.conftest import ProtocolProxy, ledger_entry
+
+SMALL_IN, SMALL_OUT = 150, 600  # nano-USD per token of "small"
+CHAT = {"model": "small", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 100}
+
+
+@dataclass
+class Hostile:
+    """Answers ``POST /v1/chat/completions`` with what ``answer`` says (set by the test)."""
+
+    answer: Callable[[web.Request, dict[str, Any]], Awaitable[web.StreamResponse] | web.StreamResponse] | None = None
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.bodies.append(body)
+        assert self.answer is not None
+        result = self.answer(request, body)
+        return await result if isinstance(result, Awaitable) else result
+
+
+TWENTY = " ".join(["word"] * 20)  # 20 o200k tokens
+
+
+def completion(usage: Any, text: str = TWENTY) -> web.Response:
+    data = {"id": "x", "object": "chat.completion", "created": 1, "model": "small",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": usage}
+    return web.Response(body=orjson.dumps(data), content_type="application/json")
+
+
+HostileProxy = Callable[..., Awaitable[tuple[Proxy, Hostile]]]
+
+
+@pytest.fixture
+def hostile_proxy(aiohttp_server: Any, aiohttp_client: Any, write_config: ConfigFactory) -> HostileProxy:
+    async def make(extra: dict[str, Any] | None = None) -> tuple[Proxy, Hostile]:
+        hostile = Hostile()
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", hostile.chat)
+        server = await aiohttp_server(app)
+        settings = load_test_settings(write_config(str(server.make_url("/v1")), models=copy.deepcopy(TEST_MODELS),
+                                                   extra=extra))
+        proxy_app = create_app(settings)
+        client = await aiohttp_client(proxy_app)
+        secret, record = await issue_key(proxy_app[STORE], {"user": "alice", "team": "core", "org": "acme",
+                                                            "project": "p1"}, time.time())
+        proxy_app[KEYRING].add(record)
+        return Proxy(client, proxy_app, secret, None), hostile  # type: ignore[arg-type]
+
+    return make
+
+
+def budget(limit_usd: str) -> dict[str, Any]:
+    return {"budgets": {"definitions": [{"id": "core", "scope_type": "team", "scope_id": "core",
+                                         "limit_usd": limit_usd, "period": "monthly"}]}}
+
+
+async def test_native_bodies_carry_no_foreign_cap_above_the_reserved_one(protocol_proxy: ProtocolProxy,
+                                                                         simulator: Any, anthropic_sim: Any) -> None:
+    """A Responses body forwarded as it is may carry ``max_tokens`` too, a Messages body
+    ``max_completion_tokens``: a lenient upstream could honour them, so they are lowered to the
+    cap the reservation covers."""
+    _, sim = simulator
+    _, claude = anthropic_sim
+    proxy = await protocol_proxy()
+    resp = await proxy.client.post("/v1/responses", json={"model": "big", "input": "Hi", "max_output_tokens": 5,
+                                                          "max_tokens": 100_000, "max_completion_tokens": 7},
+                                   headers=proxy.auth())
+    assert resp.status == 200, await resp.text()
+    forwarded = sim.calls[-1].body
+    assert (forwarded["max_output_tokens"], forwarded["max_tokens"], forwarded["max_completion_tokens"]) == (5, 5, 5)
+    resp = await proxy.client.post("/v1/messages", json={"model": "claude", "max_tokens": 5, "max_completion_tokens":
+                                                         100_000, "messages": [{"role": "user", "content": "Hi"}]},
+                                   headers=proxy.auth())
+    assert resp.status == 200, await resp.text()
+    forwarded = claude.calls[-1].body
+    assert (forwarded["max_tokens"], forwarded["max_completion_tokens"]) == (5, 5)
+
+
+async def test_an_upstream_honouring_max_tokens_stays_within_a_hard_budget(hostile_proxy: HostileProxy) -> None:
+    """The tester's case: ``max_completion_tokens: 5`` with ``max_tokens: 100000`` to an upstream
+    that generates ``max_tokens``; a $0.001 budget must end at most at $0.001."""
+    proxy, hostile = await hostile_proxy(budget("0.001"))
+
+    def honour(request: web.Request, body: dict[str, Any]) -> web.Response:
+        n = body.get("max_tokens") or 16
+        return completion({"prompt_tokens": 10, "completion_tokens": n, "total_tokens": n + 10}, "w " * n)
+
+    hostile.answer = honour
+    for _ in range(3):
+        await proxy.client.post("/v1/chat/completions", headers=proxy.auth(), json={
+            **CHAT, "max_completion_tokens": 5, "max_tokens": 100_000})
+    spent = sum(e.cost_nanos for e in await proxy.ledger())
+    assert 0 < spent <= 1_000_000
+
+
+UNREADABLE = [
+    pytest.param(lambda request, body: web.Response(text="{not json", content_type="application/json"), id="not-json"),
+    pytest.param(lambda request, body: web.Response(text="[1, 2]", content_type="application/json"), id="json-array"),
+    pytest.param(lambda request, body: web.Response(text="<html>oops</html>", content_type="text/html"), id="html"),
+    pytest.param(lambda request, body: web.Response(text="", content_type="application/json"), id="empty"),
+]
+
+
+@pytest.mark.parametrize("answer", UNREADABLE)
+async def test_an_unreadable_2xx_answer_is_charged_its_worst_case(hostile_proxy: HostileProxy, answer: Any) -> None:
+    """The provider accepted the call (2xx) and may bill it; its answer is lost, so the README's
+    rule applies: charged the worst case, marked estimated, and not retried on another model."""
+    proxy, hostile = await hostile_proxy(budget("1"))
+    hostile.answer = answer
+    resp = await proxy.client.post("/v1/chat/completions", json=CHAT, headers=proxy.auth())
+    assert resp.status == 502 and (await resp.json())["error"]["code"] == "upstream_bad_response"
+    [entry] = await proxy.ledger()
+    assert entry.status == "error" and not entry.usage_reported
+    assert entry.completion_tokens == 100 and entry.prompt_tokens > 0
+    assert entry.cost_nanos == entry.prompt_tokens * SMALL_IN + 100 * SMALL_OUT
+    assert len(hostile.bodies) == 1
+    status = await proxy.client.get("/api/v1/budgets/core/status", headers={"Authorization": "Bearer test-admin-token"})
+    assert (await status.json())["currentAmount"] != "0"
+
+
+async def test_a_malformed_first_stream_event_still_charges_the_prompt(hostile_proxy: HostileProxy) -> None:
+    proxy, hostile = await hostile_proxy()
+
+    async def garbage(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"data: {not json\n\n")
+        return response
+
+    hostile.answer = garbage
+    resp = await proxy.client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=proxy.auth())
+    assert b"upstream_bad_response" in await resp.read()
+    entry = await ledger_entry(proxy, resp.headers["x-costproxy-request-id"])
+    assert entry.status == "error" and entry.prompt_tokens > 0 and entry.cost_nanos == entry.prompt_tokens * SMALL_IN
+
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_implausible_output_is_charged_at_most_n_times_the_cap_sent(hostile_proxy: HostileProxy,
+                                                                          stream: bool) -> None:
+    """An upstream reporting 100,000,000 completion tokens for ``max_tokens: 100`` (n = 2) is
+    charged 200, with its own figure kept for reconciliation: a $1 budget is not spent $60."""
+    proxy, hostile = await hostile_proxy(budget("1"))
+    usage = {"prompt_tokens": 5, "completion_tokens": 100_000_000, "total_tokens": 100_000_005}
+
+    async def lying(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        if not body.get("stream"):
+            return completion(usage)
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        base = {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "small"}
+        for frame in ({**base, "choices": [{"index": 0, "delta": {"content": "word "}, "finish_reason": "stop"}]},
+                      {**base, "choices": [], "usage": usage}):
+            await response.write(b"data: " + orjson.dumps(frame) + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    hostile.answer = lying
+    resp = await proxy.client.post("/v1/chat/completions", json={**CHAT, "n": 2, "stream": stream},
+                                   headers=proxy.auth())
+    assert resp.status == 200
+    await resp.read()
+    entry = await ledger_entry(proxy, resp.headers["x-costproxy-request-id"])
+    assert entry.usage_reported and (entry.prompt_tokens, entry.completion_tokens) == (5, 200)
+    assert entry.cost_nanos == 5 * SMALL_IN + 200 * SMALL_OUT
+    assert entry.metadata["usage_clamped"] == {"completion_tokens": 100_000_000, "limit": 200, "reported": 1}
+    metrics = await proxy.client.get("/metrics", headers={"Authorization": "Bearer test-admin-token"})
+    assert 'costproxy_usage_clamped_total{model="small"} 1.0' in await metrics.text()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("usage", [{"prompt_tokens": 5}, {"completion_tokens": 7}, {"prompt_tokens": 5,
+                                                                                      "completion_tokens": "7"}])
+async def test_a_usage_missing_a_count_is_not_reported(hostile_proxy: HostileProxy, stream: bool,
+                                                       usage: dict[str, Any]) -> None:
+    """``{"prompt_tokens": 5}`` is no report of the output: the answer's 20 words are counted and
+    the entry is estimated, as for a missing usage, never a reported usage with 0 output."""
+    proxy, hostile = await hostile_proxy()
+
+    async def partial(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        if not body.get("stream"):
+            return completion(usage)
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        base = {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "small"}
+        for frame in ({**base, "choices": [{"index": 0, "delta": {"content": TWENTY}, "finish_reason": "stop"}]},
+                      {**base, "choices": [], "usage": usage}):
+            await response.write(b"data: " + orjson.dumps(frame) + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    hostile.answer = partial
+    resp = await proxy.client.post("/v1/chat/completions", json={**CHAT, "stream": stream}, headers=proxy.auth())
+    assert resp.status == 200
+    await resp.read()
+    entry = await ledger_entry(proxy, resp.headers["x-costproxy-request-id"])
+    assert not entry.usage_reported
+    assert entry.completion_tokens == 20 and entry.prompt_tokens > 0  # the answer's text, counted
+    assert entry.cost_nanos == entry.prompt_tokens * SMALL_IN + 20 * SMALL_OUT
+
+
+async def test_embeddings_usage_without_completion_tokens_is_reported(make_proxy: Any) -> None:
+    proxy = await make_proxy()
+    resp = await proxy.client.post("/v1/embeddings", json={"model": "embed", "input": "hello world"},
+                                   headers=proxy.auth())
+    assert resp.status == 200
+    [entry] = await proxy.ledger()
+    assert entry.usage_reported and entry.prompt_tokens > 0 and entry.completion_tokens == 0
+
+
+NOT_A_STREAM = [
+    pytest.param(lambda request, body: web.Response(text="<html>oops</html>", content_type="text/html"), id="html"),
+    pytest.param(lambda request, body: web.Response(text="[1, 2]", content_type="application/json"), id="json-array"),
+    pytest.param(lambda request, body: web.Response(text='{"error": {"message": "boom"}}',
+                                                    content_type="application/json"), id="error-object"),
+]
+
+
+@pytest.mark.parametrize("answer", NOT_A_STREAM)
+async def test_a_stream_answered_with_no_event_stream_is_a_bad_response(hostile_proxy: HostileProxy,
+                                                                        answer: Any) -> None:
+    """The content type is checked when the stream opens, before any byte reaches the client: the
+    client gets a 502 in OpenAI's shape (never the raw body inside its SSE stream), the call is
+    charged its worst case (the provider accepted it; its answer is lost) and not retried."""
+    proxy, hostile = await hostile_proxy(budget("1"))
+    hostile.answer = answer
+    resp = await proxy.client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=proxy.auth())
+    assert resp.status == 502 and resp.content_type == "application/json"
+    raw = await resp.read()
+    assert b"oops" not in raw and b"boom" not in raw and b"[1, 2]" not in raw
+    assert orjson.loads(raw)["error"]["code"] == "upstream_bad_response"
+    [entry] = await proxy.ledger()
+    assert entry.status == "error" and not entry.usage_reported and entry.completion_tokens == 100
+    assert entry.cost_nanos == entry.prompt_tokens * SMALL_IN + 100 * SMALL_OUT
+    assert len(hostile.bodies) == 1
