@@ -73,10 +73,12 @@ class Learner:
 
 async def stored_estimates(settings: Settings) -> OnlineEstimates:
     """The estimates a deployment's store holds now (``costproxy explain``): opened, read, closed."""
+    from costproxy.lean_imports import import_redis
     from costproxy.store.backend import is_redis_url, local_path, redacted
 
     config = settings.learning
     if is_redis_url(settings.store.url):
+        import_redis()
         from costproxy.budgets.redis import redis_client
         from costproxy.learning.redis import RedisLearningStore
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -231,7 +231,10 @@ class SelectionRouter:
         self.candidates = tuple(m for m in registry.models.values()
                                 if m.kind == "chat" and m.id not in self.unservable)
         self.quality_file: QualityHolder | None = None  # hot reload of the quality file (build_router)
-        self.decisions: OrderedDict[str, DecisionRecord] = OrderedDict()
+        # The kept decisions by id, and their ids oldest first: a dict and a deque cost ~50 bytes a
+        # decision less than an OrderedDict (its linked nodes), and evict the oldest in O(1) alike.
+        self.decisions: dict[str, DecisionRecord] = {}
+        self._order: deque[str] = deque()
         self._scored: deque[str] = deque()  # ids of the decisions that still hold every score, oldest first
         # Older decisions alike (same task, size and budget: the chosen score and the reasons are
         # equal) share one copy of them: ~1 KB less per decision where traffic repeats itself.
@@ -387,6 +390,8 @@ class SelectionRouter:
     def _remember(self, decision: Decision, request: RouteInput, steering: SteeringOutcome) -> None:
         """Keep the decision, packed (``routing.decisions``); it is turned into JSON only if someone asks."""
         scores = decision.scores
+        if decision.id not in self.decisions:
+            self._order.append(decision.id)
         self.decisions[decision.id] = DecisionRecord(
             decision, request.ctx.request_id, request.requested, steering.fired, time.time(), self._alike,
             candidates=len(scores), eligible=sum(1 for s in scores if s.eligible))
@@ -395,8 +400,8 @@ class SelectionRouter:
             old = self.decisions.get(self._scored.popleft())
             if old is not None:  # same key: its place in the order does not change
                 self.decisions[old.decision_id] = old.stripped(self._alike)
-        while len(self.decisions) > DECISIONS_KEPT:
-            self.decisions.popitem(last=False)
+        while len(self._order) > DECISIONS_KEPT:
+            self.decisions.pop(self._order.popleft(), None)
 
 
 def build_router(settings: Settings) -> SelectionRouter:

@@ -38,6 +38,7 @@ from costproxy.budgets.definitions import BudgetStore, SqliteDefinitions, ensure
 from costproxy.budgets.sqlite import SqliteBudgetAccounts
 from costproxy.cache.store import ResponseCache, SqliteResponseCache
 from costproxy.identity.key_store import KeyStore, SqliteKeyStore
+from costproxy.lean_imports import import_redis
 from costproxy.ledger.reader import LedgerReader
 from costproxy.ratelimits.limiter import RateLimiter
 from costproxy.ratelimits.store import LocalBuckets, SqliteLimitDefinitions, ensure_schema
@@ -162,6 +163,7 @@ async def open_backend(settings: Settings, *, clock: Callable[[], float] = time.
 
 async def _attach_postgres(backend: Backend, url: str) -> None:
     """The PostgreSQL ledger and its shipper; closed (after a last drain) before everything else."""
+    import_redis()
     from costproxy.budgets.redis import RedisBudgetAccounts
     from costproxy.ledger.postgres import PostgresLedger
     from costproxy.ledger.shipper import POSTGRES_REPLICA, LocalShipper, StreamShipper
@@ -221,6 +223,7 @@ async def _open_sqlite(settings: Settings, local: SqliteStore, clock: Callable[[
 
 
 async def _open_redis(settings: Settings, local: SqliteStore, clock: Callable[[], float]) -> Backend:
+    import_redis()  # first, before the modules below import it
     from costproxy.alerts.store_redis import RedisAlertStore
     from costproxy.budgets.redis import open_redis_accounts, redis_client
     from costproxy.cache.redis import RedisResponseCache
@@ -251,6 +254,7 @@ async def _open_redis(settings: Settings, local: SqliteStore, clock: Callable[[]
 async def open_client_keys(settings: Settings) -> tuple[KeyStore, Closer]:
     """Only the client key store (for the CLI) and the function that closes what it opened."""
     if is_redis_url(settings.store.url):
+        import_redis()
         from costproxy.budgets.redis import redis_client
         from costproxy.identity.key_store_redis import RedisKeyStore
 

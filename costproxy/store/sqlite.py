@@ -135,6 +135,15 @@ def quarantine_row(entry: LedgerEntry | dict[str, Any], error: BaseException) ->
             f"{type(error).__name__}: {error}"[:500], body)
 
 
+# SQLite's page cache for the store's connection, in KiB (SQLite's default: 2,000).  The ledger's
+# inserts touch the right edge of its table and time indexes and one random page of the request and
+# decision indexes each, which a cache of any size short of those indexes misses anyway; pages not
+# cached are read back from the OS's file cache.  Inserting 100,000 ledger rows in batches of 50
+# (in-process, twice each): 32.9 / 28.6 µs CPU a row at 2,000 KiB, 31.7 / 28.3 µs at 512 KiB, and
+# ~1.7 MB less resident; proxy_bench's 30,000-request soak grew 2.6 MB less at 256 KiB.
+PAGE_CACHE_KIB = 512
+
+
 class SqliteStore:
     dialect: Dialect = SQLITE  # a LedgerReader (costproxy/ledger/reader.py) over this file's ledger
 
@@ -176,6 +185,7 @@ class SqliteStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute(f"PRAGMA cache_size=-{PAGE_CACHE_KIB}")
         migrate(conn)
         self._conn = conn
 

@@ -81,3 +81,11 @@ async def test_a_locked_file_keeps_the_rows_until_the_lock_goes(store: SqliteSto
         blocker.close()
     await eventually(lambda: store.healthy and store.backlog == 0)
     assert [r["request_id"] for r in await rows(store, "ledger")] == ["waiting"]
+
+
+async def test_the_connection_keeps_a_small_page_cache(store: SqliteStore) -> None:
+    """The page cache is bounded below SQLite's 2 MB default (memory per process, costproxy.store.sqlite)."""
+    from costproxy.store.sqlite import PAGE_CACHE_KIB
+
+    cache = await store.run(lambda: store.conn().execute("PRAGMA cache_size").fetchone()[0])
+    assert cache == -PAGE_CACHE_KIB and PAGE_CACHE_KIB < 2000

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from costproxy.learning.estimates import Posterior
 from costproxy.routing.decisions import DecisionRecord, Interner
 from costproxy.routing.selection import CandidateScore, Decision
@@ -85,3 +87,43 @@ def test_every_decision_the_router_keeps_equals_the_one_it_made(write_config: Co
         assert explanation.decision is not None
         made[explanation.decision.id] = explanation.decision
     assert {k: v.decision for k, v in r.decisions.items()} == made
+
+
+def test_who_asked_and_the_counts_read_back_packed_and_stripped() -> None:
+    d = decision(score("a"), score("b", eligible=False), score("c"), model="c")
+    for request_id in ("req-1", "", "idé-東京", "bad\udcff-byte"):  # aiohttp decodes a bad header byte to a surrogate
+        r = DecisionRecord(d, request_id, "auto", (), 1_700_000_000.5, Interner(8), candidates=3, eligible=2)
+        assert r._raw is None
+        for kept in (r, r.stripped(Interner(8))):
+            assert (kept.request_id, kept.requested_model, kept.candidates, kept.eligible) == (request_id, "auto", 3, 2)
+            assert kept.created_at == 1_700_000_000.5 and kept.decision.scores[-1] == d.scores[2]
+        assert r.scores_kept and not r.stripped(Interner(8)).scores_kept
+
+
+def test_a_request_id_that_would_not_read_back_keeps_the_decision_as_it_is() -> None:
+    pair = "\ud83d\ude00"  # two surrogates that UTF-8 would join into one character
+    d = decision(score("a"))
+    r = DecisionRecord(d, pair, "auto", (), 1.5, Interner(8), candidates=2**40, eligible=1)
+    assert r._raw is not None and r.request_id == pair and r.candidates == 2**40 and r.decision is d
+    stripped = r.stripped(Interner(8))
+    assert stripped.request_id == pair and not stripped.scores_kept and stripped.created_at == 1.5
+
+
+def test_the_requested_model_is_shared_between_decisions() -> None:
+    intern = Interner(64)
+    one = DecisionRecord(decision(score("a")), "r1", "".join(["au", "to"]), (), 1.0, intern)
+    two = DecisionRecord(decision(score("a")), "r2", "".join(["au", "to"]), (), 2.0, intern)
+    assert one.requested_model is two.requested_model
+
+
+def test_the_router_keeps_the_newest_decisions_in_order(write_config: ConfigFactory,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("costproxy.routing.router.DECISIONS_KEPT", 5)
+    r = router(write_config)
+    made = []
+    for i in range(12):
+        explanation = r.explain(ask("auto", max_tokens=16 + i))
+        assert explanation.decision is not None
+        made.append(explanation.decision.id)
+    assert list(r.decisions) == made[-5:] and list(r._order) == made[-5:]
+    assert [record.decision_id for record in reversed(r.decisions.values())] == made[::-1][:5]
