@@ -1,19 +1,25 @@
 """Budget scripts that travel to Redis together.
 
-The reserve and settle calls that requests make in the same turn of the event loop go out in one
-pipeline: one round trip, and one pass through redis-py's per-command machinery (a connection from
-the pool, the retry wrapper, the timing hooks: ~50 µs of client CPU per command) for the batch
-instead of one per call.  Under load several requests reach their reserve or settle in the same
-turn; a lone call (one request at a time) is sent as it always was.
+Two ways, same contract (``run(script, keys, args)``: the reply of that one ``EVALSHA``, or its
+error), chosen by ``script_sender``:
+
+- ``ScriptChannel`` (plain TCP and Unix sockets, what ``redis_client`` builds): one pipelined
+  connection of the accounts' own.  The calls of one loop turn go out in one ``write``; replies are
+  parsed by hiredis in the protocol's ``data_received`` and handed to their callers in order.  At one
+  request at a time this is what matters: through redis-py a lone script call cost ~200 µs of the
+  proxy's CPU (a connection from the pool, the retry wrapper, a timeout context, a stream reader)
+  for ~50 µs of Redis's own, and every request sends two before its response.
+- ``ScriptBatcher`` (TLS, credential providers): the calls of one loop turn go out in one redis-py
+  pipeline, one pass through redis-py's per-command machinery for the batch instead of one per
+  call; a lone call is sent as it always was.
 
 Each call stays one atomic ``EVALSHA``: batching changes how calls travel, never what Redis runs or
 in which atomic steps.  Every caller gets its own reply or its own error: a script error is that
 call's; a script Redis does not hold (``NOSCRIPT``: a restart, ``SCRIPT FLUSH``) is sent again on
 its own, which loads it; a connection error fails every call of the batch, exactly as it would have
-failed each of them alone (redis-py retries the pipeline once, as it retries a single command; the
-scripts are idempotent by token, so a retry never counts twice).
+failed each of them alone (one retry, as ``redis_client`` retries a single command; the scripts are
+idempotent by token, so a retry never counts twice).
 """
-
 from __future__ import annotations
 
 import asyncio
