@@ -176,3 +176,19 @@ class AsyncScriptStub:
 
     sha = "0" * 40
     script = "return 1"
+
+
+async def test_a_cancelled_caller_leaves_the_replies_of_the_others_in_order(client: Redis) -> None:
+    channel = script_sender(client)
+    script = client.register_script("return ARGV[1]")
+    try:
+        assert await channel.run(script, [], ["warm"]) == b"warm"  # loaded
+        tasks = [asyncio.ensure_future(channel.run(script, [], [str(i)])) for i in range(5)]
+        await asyncio.sleep(0)  # every call is queued
+        tasks[2].cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(results[2], asyncio.CancelledError)
+        assert [r for i, r in enumerate(results) if i != 2] == [b"0", b"1", b"3", b"4"]
+        assert await channel.run(script, [], ["after"]) == b"after"  # the cancelled call's reply was not handed on
+    finally:
+        channel.close()
