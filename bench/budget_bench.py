@@ -10,14 +10,17 @@ process CPU time per request (``time.process_time``: every thread of this proces
 writer thread's batched ledger inserts and the Redis client's parsing are included; the Redis
 server's own CPU is not).  The same loop against ``LedgerAccounts`` (no budgets: the ledger write
 only) is the baseline; ``budget overhead`` is the difference.  Target (issue 3): at most 100 µs of
-reserve + settle on the embedded default.  Redis keys go under a random prefix in the database of
-the URL and are deleted afterwards.
+reserve + settle on the embedded default.  Each line also prints the median wall time of one
+request's budget calls (``--concurrency 1``: what they add to a request's latency at one request at
+a time).  Runs on uvloop when installed, as ``costproxy serve`` does.  Redis keys go under a random
+prefix in the database of the URL and are deleted afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import sys
 import tempfile
 import time
@@ -50,19 +53,25 @@ def entry(request_id: str, cost: int) -> LedgerEntry:
                        completion_tokens=48, cost_nanos=cost, baseline_nanos=cost * 10)
 
 
-async def drive(accounts: Accounts, n: int, concurrency: int, with_view: bool) -> float:
-    """CPU seconds per request of (view +) reserve + settle over ``n`` requests."""
+async def drive(accounts: Accounts, n: int, concurrency: int, with_view: bool) -> tuple[float, float]:
+    """CPU seconds per request of (view +) reserve + settle over ``n`` requests, and the median wall
+    time of one request's (view +) reserve + settle."""
+    walls: list[float] = []
+
     async def worker(start: int, stop: int) -> None:
         for number in range(start, stop, concurrency):
+            began = time.perf_counter()
             if with_view:
                 await accounts.view(PRINCIPAL)
             reservation = await accounts.reserve(f"req-{number}", PRINCIPAL, 150_000)
             await accounts.settle(reservation, entry(f"req-{number}", 43_200))
+            walls.append(time.perf_counter() - began)
 
     await asyncio.gather(*(worker(i, min(n, 1000)) for i in range(concurrency)))  # warm-up
+    walls.clear()
     began = time.process_time()
     await asyncio.gather(*(worker(i, n) for i in range(concurrency)))
-    return (time.process_time() - began) / n
+    return (time.process_time() - began) / n, statistics.median(walls)
 
 
 async def open_store(directory: str, name: str) -> SqliteStore:
@@ -73,14 +82,15 @@ async def open_store(directory: str, name: str) -> SqliteStore:
 
 
 async def measure(open_accounts: Callable[[SqliteStore], Awaitable[Accounts]], directory: str, name: str,
-                  n: int, concurrency: int, *, with_view: bool = False) -> float:
+                  n: int, concurrency: int, *, with_view: bool = False) -> tuple[float, float]:
+    """(CPU seconds per request, median wall seconds of one request's budget calls)."""
     store = await open_store(directory, name)
     accounts = await open_accounts(store)
     try:
-        per_request = await drive(accounts, n, concurrency, with_view)
+        per_request, wall = await drive(accounts, n, concurrency, with_view)
         began = time.process_time()
         await store.flush()  # ledger rows still queued belong to these requests
-        return per_request + (time.process_time() - began) / n
+        return per_request + (time.process_time() - began) / n, wall
     finally:
         close = getattr(accounts, "close", None)
         if close is not None:
@@ -111,28 +121,29 @@ async def baseline(store: SqliteStore) -> Accounts:
     return LedgerAccounts(store)
 
 
-def report(label: str, per_request: float, base: float) -> None:
+def report(label: str, per_request: float, base: float, wall: float) -> None:
     print(f"{label:<40} {per_request * 1e6:8.1f} µs/request CPU   budget overhead "
-          f"{(per_request - base) * 1e6:8.1f} µs/request")
+          f"{(per_request - base) * 1e6:8.1f} µs/request   wall p50 {wall * 1e6:7.1f} µs")
 
 
 async def run_store(label: str, opener: Callable[[SqliteStore], Awaitable[Accounts]], directory: str,
                     args: argparse.Namespace, base: float) -> None:
-    per = await measure(opener, directory, f"{label}.sqlite3", args.n, args.concurrency)
-    report(f"{label}: reserve + settle", per, base)
-    per = await measure(opener, directory, f"{label}-view.sqlite3", args.n, args.concurrency, with_view=True)
-    report(f"{label}: view + reserve + settle", per, base)
+    per, wall = await measure(opener, directory, f"{label}.sqlite3", args.n, args.concurrency)
+    report(f"{label}: reserve + settle", per, base, wall)
+    per, wall = await measure(opener, directory, f"{label}-view.sqlite3", args.n, args.concurrency, with_view=True)
+    report(f"{label}: view + reserve + settle", per, base, wall)
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", choices=("sqlite", "redis", "both"), default="both")
     parser.add_argument("-n", type=int, default=20_000)
-    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--concurrency", type=int, default=50,
+                        help="requests in flight (default 50); 1: one at a time, as the added latency is measured")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/13")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
-        base = await measure(baseline, directory, "base.sqlite3", args.n, args.concurrency)
+        base, _ = await measure(baseline, directory, "base.sqlite3", args.n, args.concurrency)
         print(f"chain: org (monthly) -> team (weekly) -> user (daily); n={args.n}, "
               f"concurrency={args.concurrency}")
         print(f"{'no budgets (ledger write only)':<40} {base * 1e6:8.1f} µs/request CPU")
@@ -157,4 +168,9 @@ async def delete_prefix(url: str, prefix: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    try:  # the event loop ``costproxy serve`` runs on
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())

@@ -442,18 +442,22 @@ def measure(load: Load, target: tuple[str, str, int], upstream_pid: int, scenari
 
 
 def profile_proxy(loads: list[tuple[Load, Scenario]], proxy: tuple[str, str, int], requests: int,
-                  out: Path) -> str:
-    """One extra run per scenario (not in the table) with py-spy sampling the proxy; its hotspots."""
+                  out: Path, gil: bool = False) -> str:
+    """One extra run per scenario (not in the table) with py-spy sampling the proxy; its hotspots.
+    ``gil``: sample only the thread holding the GIL (py-spy ``--gil``), so that the time the event
+    loop spends waiting in ``epoll`` (uvloop's C code, which py-spy counts as ``Runner.run``) is left
+    out: at one request at a time the loop is idle a good part of each request."""
     if shutil.which("py-spy") is None:
         return "note: --profile needs py-spy (pip install py-spy); skipped"
     raw = out.with_suffix(".txt")
     cmd = ["py-spy", "record", "--pid", str(proxy[2]), "--rate", "1000", "--nonblocking", "--threads",
-           "--format", "raw", "--output", str(raw)]
+           "--format", "raw", "--output", str(raw), *(["--gil"] if gil else [])]
     spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(1.0)  # attach
+    served = 0
     try:
         for load, scenario in loads:
-            run_load(load, proxy[1] + "/v1/chat/completions", scenario.concurrency, requests)
+            served += run_load(load, proxy[1] + "/v1/chat/completions", scenario.concurrency, requests)["requests"]
     finally:
         spy.send_signal(signal.SIGINT)
         try:
@@ -463,8 +467,9 @@ def profile_proxy(loads: list[tuple[Load, Scenario]], proxy: tuple[str, str, int
             spy.wait()
     if not raw.exists():
         return f"note: py-spy wrote no profile: {spy.stderr.read() if spy.stderr else ''}"
-    names = ", ".join(s.name for _, s in loads)
-    return (f"scenarios profiled: {names}\n" + hotspots(raw, ROOT)
+    names = ", ".join(f"{s.name} c={s.concurrency}" for _, s in loads)
+    return (f"{proxy[0]}, scenarios profiled: {names}; {served} responses"
+            + (" (GIL holder only: idle waits left out)" if gil else "") + "\n" + hotspots(raw, ROOT, per=served)
             + f"\n  collapsed stacks (flamegraph.pl / speedscope input): {raw} (kept with --keep)")
 
 
@@ -569,7 +574,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no-auto", action="store_true", help="skip the model: auto runs")
     parser.add_argument("--python-load", action="store_true", help="use the Python generator even if wrk exists")
     parser.add_argument("--profile", action="store_true",
-                        help="after the table, one extra run per scenario with py-spy sampling the SQLite proxy")
+                        help="after the table, one extra run per scenario with py-spy sampling the SQLite proxy "
+                             "(see --profile-store, --profile-concurrency)")
+    parser.add_argument("--profile-store", choices=("sqlite", "redis"), default="sqlite",
+                        help="the proxy --profile samples (redis: the one on --redis; default sqlite)")
+    parser.add_argument("--profile-concurrency", type=int, default=0, metavar="N",
+                        help="connections of the profiled runs (default: --concurrency, every loaded scenario); 1: "
+                             "the named model one request at a time, where the added latency is measured, sampling "
+                             "the GIL holder only so the idle event loop is left out")
     parser.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
                         help="after the table, keep each proxy busy this long in turn and print its RSS over time")
     parser.add_argument("--soak-requests", type=int, default=0, metavar="N",
@@ -589,6 +601,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             or args.soak_interval <= 0 or args.soak_requests < 0:
         parser.error("--requests, --concurrency, --duration and --soak-interval must be positive; --rounds and "
                      "--soak, --soak-requests at least 0")
+    if args.profile_store == "redis" and not args.redis:
+        parser.error("--profile-store redis needs --redis")
+    if args.profile_concurrency < 0:
+        parser.error("--profile-concurrency must be at least 1 (0: --concurrency)")
     if args.workers > 1 and (args.rounds or not args.redis):
         parser.error("--workers needs --redis (several workers need a shared store) and --rounds 0")
     return args
@@ -681,6 +697,20 @@ def benchmark(args: argparse.Namespace, dep: Deployment, keys: dict[str, str], u
     return rows
 
 
+def profile_run(args: argparse.Namespace, dep: Deployment, keys: dict[str, str], use_wrk: bool) -> str:
+    """``--profile``: the scenarios of ``--profile-concurrency`` on the proxy of ``--profile-store``."""
+    label = f"costproxy {args.profile_store}"
+    if args.profile_concurrency == 1:
+        scenarios = [Scenario("named", args.model, False, 1)]
+    else:
+        scenarios = [Scenario(s.name, s.model, s.stream, args.profile_concurrency or s.concurrency)
+                     for s in scenarios_of(args) if s.concurrency != 1]
+    loads = [(Load(chat_body(s.model, s.stream), keys[label], dep.work, use_wrk, args.duration, cpu_split(args)[1]), s)
+             for s in scenarios]
+    return profile_proxy(loads, next(t for t in dep.targets if t[0] == label), args.requests,
+                         dep.work / f"profile-{args.profile_store}", gil=args.profile_concurrency == 1)
+
+
 def describe(args: argparse.Namespace, generator: str, work: Path) -> None:
     server_cpus, load_cpus = cpu_split(args)
     pinning = (f"servers under test on CPU {sorted(server_cpus)}, upstream + load on CPUs {sorted(load_cpus)}"
@@ -716,10 +746,7 @@ def main(argv: list[str] | None = None) -> int:
             dep, keys = deploy(args, stack, work)
             rows = benchmark(args, dep, keys, use_wrk)
             if args.profile:
-                loads = [(Load(chat_body(s.model, s.stream), dep.key, work, use_wrk, args.duration,
-                               cpu_split(args)[1]), s) for s in scenarios_of(args) if s.concurrency != 1]
-                profile = profile_proxy(loads, next(t for t in dep.targets if t[0] == "costproxy sqlite"),
-                                        args.requests, work / "profile")
+                profile = profile_run(args, dep, keys, use_wrk)
             if args.soak or args.soak_requests:
                 soak(args, dep, keys, use_wrk)
             final_rss = {label: rss_mb(pid) for label, _, pid in dep.targets if label.startswith("costproxy")}

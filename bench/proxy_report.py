@@ -116,14 +116,15 @@ def print_latency(rows: Sequence[Row]) -> None:
 # --- profiling -----------------------------------------------------------------------------------------
 
 
-def hotspots(raw: Path, root: Path, top: int = 25) -> str:
+def hotspots(raw: Path, root: Path, top: int = 25, per: int = 0) -> str:
     """Self and inclusive shares per function from py-spy's collapsed ``a;b;c count`` lines.
 
     Frames are ``function (file:line)``; lines are dropped so a function's samples add up.  Self
     time shows where the CPU goes (often inside aiohttp or the stdlib); the inclusive list keeps
     costproxy's own functions only, to show which step of the proxy pays for it.  Threads that
     wait (the log writer's and the ledger's idle ``Condition.wait`` / queue ``get``) are dropped:
-    py-spy cannot always tell a waiting thread from a busy one.
+    py-spy cannot always tell a waiting thread from a busy one.  ``per``: the responses served
+    while sampling, to print each line's samples per response too (µs per request at 1 kHz).
     """
     own: dict[str, int] = {}
     inclusive: dict[str, int] = {}
@@ -144,12 +145,16 @@ def hotspots(raw: Path, root: Path, top: int = 25) -> str:
             inclusive[frame] = inclusive.get(frame, 0) + count
     if not total:
         return "profile: no busy samples"
-    lines = [f"profile of the proxy ({total} busy samples at 1 kHz; % of busy samples)",
+    def share(count: int) -> str:
+        return f"{100 * count / total:5.1f}%" + (f" {count / per * 1000:6.0f} µs/req" if per else "")
+
+    lines = [f"profile of the proxy ({total} busy samples at 1 kHz; % of busy samples"
+             + (f", and samples per response as µs per request over {per} responses" if per else "") + ")",
              "  self (where the CPU is):"]
-    lines += [f"    {100 * c / total:5.1f}%  {f}" for f, c in sorted(own.items(), key=lambda kv: -kv[1])[:top]]
+    lines += [f"    {share(c)}  {f}" for f, c in sorted(own.items(), key=lambda kv: -kv[1])[:top]]
     lines.append("  inclusive, costproxy functions only (which step pays):")
     ours = sorted(((f, c) for f, c in inclusive.items() if f.startswith("costproxy/")), key=lambda kv: -kv[1])
-    lines += [f"    {100 * c / total:5.1f}%  {f}" for f, c in ours[:top]]
+    lines += [f"    {share(c)}  {f}" for f, c in ours[:top]]
     return "\n".join(lines)
 
 

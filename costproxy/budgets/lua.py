@@ -173,16 +173,27 @@ for i = 1, n do
   out[#out + 1] = spent
   out[#out + 1] = reserved
 end
+local fields = {}  -- the reservation hash, written in one HSET
 for i = 1, n do
   if ARGV[3] ~= '0' then redis.call('HINCRBY', KEYS[i], 'reserved', ARGV[3]) end
   if ARGV[6 + 3 * i] ~= '0' then redis.call('PEXPIREAT', KEYS[i], ARGV[6 + 3 * i]) end
-  redis.call('HSET', res, KEYS[i], ARGV[3])
+  fields[#fields + 1] = KEYS[i]
+  fields[#fields + 1] = ARGV[3]
 end
-redis.call('HSET', res, '_exp', ARGV[1] + 0 + ttl)
+fields[#fields + 1] = '_exp'
+fields[#fields + 1] = ARGV[1] + 0 + ttl
 local owner, entry = ARGV[7 + 3 * n], ARGV[8 + 3 * n]
-if owner and owner ~= '' then
-  redis.call('HSET', res, '_o', owner)
-  if entry and entry ~= '' then redis.call('HSET', res, '_e', entry) end
+local owned = owner and owner ~= ''
+if owned then
+  fields[#fields + 1] = '_o'
+  fields[#fields + 1] = owner
+  if entry and entry ~= '' then
+    fields[#fields + 1] = '_e'
+    fields[#fields + 1] = entry
+  end
+end
+redis.call('HSET', res, unpack(fields))
+if owned then
   redis.call('SET', string.sub(ARGV[5], 1, #ARGV[5] - 2) .. 'alive:' .. owner, '1', 'PX', ttl)
 end
 redis.call('PEXPIRE', res, ttl * 4)
@@ -201,9 +212,10 @@ local n = #KEYS - 4
 local res, zkey, done, stream = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3], KEYS[n + 4]
 if not redis.call('SET', done, '1', 'PX', ARGV[6], 'NX') then return {'dup'} end
 local held = redis.call('HGETALL', res)
+local left = {}  -- counter -> its reserved amount once this reservation is dropped
 for j = 1, #held, 2 do
   if string.sub(held[j], 1, 1) ~= '_' and held[j + 1] ~= '0' then
-    redis.call('HINCRBY', held[j], 'reserved', '-' .. held[j + 1])
+    left[held[j]] = redis.call('HINCRBY', held[j], 'reserved', '-' .. held[j + 1])
   end
 end
 redis.call('DEL', res)
@@ -225,7 +237,7 @@ for i = 1, n do
     end
   end
   out[#out + 1] = spent
-  out[#out + 1] = tonumber(redis.call('HGET', KEYS[i], 'reserved') or '0')
+  out[#out + 1] = left[KEYS[i]] or tonumber(redis.call('HGET', KEYS[i], 'reserved') or '0')
   out[#out + 1] = fired
 end
 if ARGV[4] ~= '' then

@@ -58,7 +58,7 @@ from redis.exceptions import RedisError
 
 from costproxy.background import cancel_and_wait, stop_if_cancelled
 from costproxy.budgets.accounts import Reservation, lease_ms
-from costproxy.budgets.batch import ScriptBatcher
+from costproxy.budgets.batch import script_sender
 from costproxy.budgets.book import (
     IDEMPOTENCY_TTL_MS,
     BudgetBook,
@@ -121,7 +121,8 @@ class RedisBudgetAccounts(BudgetBook):
         self._settle = redis.register_script(SETTLE)
         self._reclaim = redis.register_script(RECLAIM)
         self._renew = redis.register_script(RENEW)
-        self._scripts = ScriptBatcher(redis)  # reserve and settle calls of one loop turn: one pipeline
+        # reserve and settle calls of one loop turn: one write on a pipelined connection of their own
+        self._scripts = script_sender(redis)
         self._cache: dict[tuple[str, str], Counters] = {}
         self._threshold_marks: dict[str, tuple[CompiledBudget, int, str]] = {}  # _marks, per compiled spec and limit
         self._partitions: set[str] = set()
@@ -167,6 +168,7 @@ class RedisBudgetAccounts(BudgetBook):
         except (RedisError, OSError, TimeoutError) as exc:
             log.error("budget_close_incomplete", error=str(exc), outbox=self.pending())
         await self._save_unsaved()
+        self._scripts.close()
         if self._owns_redis:
             await self.redis.aclose(close_connection_pool=True)
         if self._mirror_redis is not None:

@@ -9,9 +9,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from costproxy.budgets.batch import ScriptBatcher
+from costproxy.budgets.batch import ScriptBatcher, ScriptChannel, script_sender
 from costproxy.budgets.redis import redis_client
 from tests.conftest_redis import RedisSpace, redis_endpoint, redis_space  # noqa: F401
 
@@ -77,3 +79,116 @@ async def test_an_unreachable_store_fails_every_call_of_the_batch() -> None:
         assert all(isinstance(r, RedisError) for r in results), results
     finally:
         await redis.aclose(close_connection_pool=True)
+
+
+# --- ScriptChannel: the accounts' own pipelined connection ----------------------------------------
+
+
+async def test_the_accounts_send_scripts_on_a_channel_of_their_own_over_plain_tcp(client: Redis) -> None:
+    assert isinstance(script_sender(client), ScriptChannel)
+    tls = redis_client("rediss://127.0.0.1:6379/0")
+    try:
+        assert isinstance(script_sender(tls), ScriptBatcher)  # TLS stays on redis-py's connections
+    finally:
+        await tls.aclose(close_connection_pool=True)
+
+
+async def test_channel_calls_get_their_own_replies_errors_and_noscript_is_sent_again(
+        client: Redis, redis_space: RedisSpace) -> None:  # noqa: F811
+    channel = script_sender(client)
+    assert isinstance(channel, ScriptChannel)
+    script = client.register_script(echo_script())
+    key = f"{redis_space.prefix}:chan"
+    try:
+        results = await asyncio.gather(*(channel.run(script, [key], [str(i) if i != 7 else "boom"]) for i in range(40)),
+                                       return_exceptions=True)
+        for i, result in enumerate(results):
+            if i == 7:
+                assert isinstance(result, ResponseError) and "boom" in str(result)
+            else:
+                assert result == [str(i).encode(), key.encode()]
+        assert int(await client.get(key) or 0) == 39  # each ran once: the NOSCRIPT calls went again as EVAL
+        assert await channel.run(script, [key], ["alone"]) == [b"alone", key.encode()]  # now loaded: EVALSHA
+        with pytest.raises(ResponseError, match="boom"):
+            await channel.run(script, [key], ["boom"])
+    finally:
+        channel.close()
+
+
+async def test_channel_calls_reach_redis_in_the_order_they_were_made(client: Redis, redis_space: RedisSpace) -> None:  # noqa: F811
+    """One connection, answered in order: a settle made before a later reserve is applied before it."""
+    channel = script_sender(client)
+    script = client.register_script("redis.call('RPUSH', KEYS[1], ARGV[1]) return redis.call('LLEN', KEYS[1])")
+    key = f"{redis_space.prefix}:order"
+    try:
+        await channel.run(script, [key], ["warm"])  # loads the script
+        calls = []
+        for i in range(30):
+            calls.append(asyncio.ensure_future(channel.run(script, [key], [str(i)])))
+            if i % 7 == 0:
+                await asyncio.sleep(0)  # calls of several loop turns
+        replies = await asyncio.gather(*calls)
+        assert replies == list(range(2, 32))
+        assert await client.lrange(key, 1, -1) == [str(i).encode() for i in range(30)]
+    finally:
+        channel.close()
+
+
+async def test_channel_to_an_unreachable_store_fails_every_call_with_a_redis_error() -> None:
+    channel = script_sender(redis_client("redis://127.0.0.1:1/0", timeout_s=0.2))
+    script = AsyncScriptStub()
+    results = await asyncio.gather(*(channel.run(script, ["k"], [str(i)]) for i in range(5)),  # type: ignore[arg-type]
+                                   return_exceptions=True)
+    assert all(isinstance(r, RedisConnectionError) for r in results), results
+    channel.close()
+
+
+async def test_channel_fails_calls_redis_does_not_answer_in_time_then_recovers(client: Redis) -> None:
+    """A server that accepts and never answers: every call in flight fails with ``TimeoutError`` once
+    its retry on a new connection times out too (two timeouts), and nothing waits longer."""
+    silent: list[asyncio.StreamWriter] = []
+
+    async def accept(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        silent.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    channel = ScriptChannel(port=port, timeout_s=0.2, connect_timeout_s=0.2)
+    script = AsyncScriptStub()
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        results = await asyncio.gather(*(channel.run(script, ["k"], [str(i)]) for i in range(3)),  # type: ignore[arg-type]
+                                       return_exceptions=True)
+        assert all(isinstance(r, RedisTimeoutError) for r in results), results
+        assert loop.time() - started < 2.0
+        assert len(silent) == 2  # the first connection was dropped, the retry had a new one
+    finally:
+        channel.close()
+        for writer in silent:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+class AsyncScriptStub:
+    """Enough of ``AsyncScript`` for a channel that never reaches a real Redis."""
+
+    sha = "0" * 40
+    script = "return 1"
+
+
+async def test_a_cancelled_caller_leaves_the_replies_of_the_others_in_order(client: Redis) -> None:
+    channel = script_sender(client)
+    script = client.register_script("return ARGV[1]")
+    try:
+        assert await channel.run(script, [], ["warm"]) == b"warm"  # loaded
+        tasks = [asyncio.ensure_future(channel.run(script, [], [str(i)])) for i in range(5)]
+        await asyncio.sleep(0)  # every call is queued
+        tasks[2].cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(results[2], asyncio.CancelledError)
+        assert [r for i, r in enumerate(results) if i != 2] == [b"0", b"1", b"3", b"4"]
+        assert await channel.run(script, [], ["after"]) == b"after"  # the cancelled call's reply was not handed on
+    finally:
+        channel.close()
