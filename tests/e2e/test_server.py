@@ -200,13 +200,15 @@ def test_a_second_server_on_the_same_sqlite_store_refuses_to_start(sim: Simulato
     the second refuses, naming the first; once the first is gone, even killed, a new one starts."""
     config = write_config(tmp_path, sim.url)
     first, base = start(config)
-    second = cli(config, "serve", env=ENV)
-    assert second.returncode == 2, second.stderr
-    assert f"another costproxy process (pid {first.proc.pid}) is serving from" in second.stderr
-    assert "ledger.sqlite3" in second.stderr and "store.url: redis://" in second.stderr
-    wait_healthy(base, first.proc)  # the first one serves on
-    first.proc.kill()  # no clean shutdown: the kernel drops the lock with the process
-    first.proc.wait(30)
+    try:
+        second = cli(config, "serve", env=ENV)
+        assert second.returncode == 2, second.stderr
+        assert f"another costproxy process (pid {first.proc.pid}) is serving from" in second.stderr
+        assert "ledger.sqlite3" in second.stderr and "store.url: redis://" in second.stderr
+        wait_healthy(base, first.proc)  # the first one serves on
+    finally:
+        first.proc.kill()  # no clean shutdown: the kernel drops the lock with the process
+        first.proc.wait(30)
     third, base = start(config)
     try:
         wait_healthy(base, third.proc)
