@@ -159,6 +159,21 @@ async def test_a_malformed_first_stream_event_still_charges_the_prompt(hostile_p
 
 
 
+async def answered(request: web.Request, body: dict[str, Any], content: str,
+                   usage: dict[str, Any]) -> web.StreamResponse:
+    """A completion with ``usage`` — unary, or streamed as one content chunk and a usage chunk."""
+    if not body.get("stream"):
+        return completion(usage)
+    response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+    await response.prepare(request)
+    base = {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "small"}
+    for frame in ({**base, "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": "stop"}]},
+                  {**base, "choices": [], "usage": usage}):
+        await response.write(b"data: " + orjson.dumps(frame) + b"\n\n")
+    await response.write(b"data: [DONE]\n\n")
+    return response
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_implausible_output_is_charged_at_most_n_times_the_cap_sent(hostile_proxy: HostileProxy,
                                                                           stream: bool) -> None:
@@ -168,16 +183,7 @@ async def test_implausible_output_is_charged_at_most_n_times_the_cap_sent(hostil
     usage = {"prompt_tokens": 5, "completion_tokens": 100_000_000, "total_tokens": 100_000_005}
 
     async def lying(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
-        if not body.get("stream"):
-            return completion(usage)
-        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
-        await response.prepare(request)
-        base = {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "small"}
-        for frame in ({**base, "choices": [{"index": 0, "delta": {"content": "word "}, "finish_reason": "stop"}]},
-                      {**base, "choices": [], "usage": usage}):
-            await response.write(b"data: " + orjson.dumps(frame) + b"\n\n")
-        await response.write(b"data: [DONE]\n\n")
-        return response
+        return await answered(request, body, "word ", usage)
 
     hostile.answer = lying
     resp = await proxy.client.post("/v1/chat/completions", json={**CHAT, "n": 2, "stream": stream},
@@ -202,16 +208,7 @@ async def test_a_usage_missing_a_count_is_not_reported(hostile_proxy: HostilePro
     proxy, hostile = await hostile_proxy()
 
     async def partial(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
-        if not body.get("stream"):
-            return completion(usage)
-        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
-        await response.prepare(request)
-        base = {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "small"}
-        for frame in ({**base, "choices": [{"index": 0, "delta": {"content": TWENTY}, "finish_reason": "stop"}]},
-                      {**base, "choices": [], "usage": usage}):
-            await response.write(b"data: " + orjson.dumps(frame) + b"\n\n")
-        await response.write(b"data: [DONE]\n\n")
-        return response
+        return await answered(request, body, TWENTY, usage)
 
     hostile.answer = partial
     resp = await proxy.client.post("/v1/chat/completions", json={**CHAT, "stream": stream}, headers=proxy.auth())
