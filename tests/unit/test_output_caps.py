@@ -60,3 +60,18 @@ async def test_a_budget_cap_lowers_every_cap_field_the_request_carries(settings:
     for key, value in forwarded.items():
         assert value <= min(fields[key], allowed), (key, value, reservation)  # never above the asked or reserved
     assert max(forwarded.values()) >= 16  # still a useful answer
+
+
+def test_an_integer_too_large_for_json_numbers_says_so() -> None:
+    """orjson reads an integer beyond 64 bits as a float: the error names the field and the reason,
+    not just "must be an integer"."""
+    import orjson
+
+    from costproxy.errors import InvalidRequest
+    from costproxy.request import Endpoint, parse_request
+
+    body = orjson.loads(b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], '
+                        b'"max_tokens": 100000000000000000000000}')
+    with pytest.raises(InvalidRequest, match="too large") as raised:
+        parse_request(Endpoint.CHAT, body)
+    assert raised.value.param == "max_tokens"
