@@ -104,6 +104,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from costproxy.http.server import run, run_workers
     from costproxy.observability import configure_logging
     from costproxy.store.backend import StoreInUse, hold_store_lock, is_redis_url, local_path
+    from costproxy.store.config import redacted_url
     from costproxy.tools.config_report import describe, preflight, warnings
 
     location, settings = _load(args)
@@ -136,7 +137,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def announce() -> None:
         host = settings.server.host
         shown = f"[{host}]" if ":" in host else host
-        print(f"costproxy listening on http://{shown}:{settings.server.port}  (store: {settings.store.url}, "
+        store = redacted_url(settings.store.url)  # never the password
+        print(f"costproxy listening on http://{shown}:{settings.server.port}  (store: {store}, "
               f"{len(settings.registry.models)} models)", file=sys.stderr, flush=True)
 
     try:

@@ -196,7 +196,7 @@ class ScriptChannel:
                 await conn.handshake(self._handshake())
         except (OSError, TimeoutError, RedisError) as exc:
             error = exc if isinstance(exc, RedisError) else RedisConnectionError(
-                f"Error connecting to {self.path or f'{self.host}:{self.port}'}: {exc or exc.__class__.__name__}")
+                f"Error connecting to {self.path or f'{self.host}:{self.port}'}: {str(exc) or exc.__class__.__name__}")
             conn.drop(error)
             self._connecting = None
             self._fail_queue(error)

@@ -79,33 +79,42 @@ _HELD: list[int] = []  # descriptors of the store locks this process holds, unti
 
 
 def hold_store_lock(path: str) -> str | None:
-    """Take, for the life of this process, the exclusive lock of a replica's SQLite file
-    (``<path>.lock``, an advisory ``flock`` the kernel drops when the process ends, however it ends).
+    """Take, for the life of this process, an exclusive lock on a replica's SQLite file (an advisory
+    ``flock`` on the database file itself — so a symlink or a hard link to it is the same file — which
+    the kernel drops when the process ends, however it ends; SQLite's own locks are POSIX locks,
+    which ``flock`` does not touch).  The holder's pid goes into ``<file>.lock`` for the message.
 
     A second ``serve`` on the same file would keep budget counters and reservations of its own —
     each process admits requests against spend the other cannot see, so hard budgets would not
-    hold — and in Redis mode two mirrors would write one file.  Returns the lock file's path (None
-    for an in-memory store); raises ``StoreInUse`` naming the holder when another process has it."""
+    hold — and in Redis mode two mirrors would write one file.  Returns the database file's real
+    path (None for an in-memory store); raises ``StoreInUse`` naming the holder when another
+    process has it."""
     import fcntl
 
     if path == ":memory:":
         return None
-    lock_path = f"{path}.lock"
-    os.makedirs(os.path.dirname(os.path.abspath(lock_path)), exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    real = os.path.realpath(path)
+    os.makedirs(os.path.dirname(real), exist_ok=True)
+    fd = os.open(real, os.O_RDWR | os.O_CREAT, 0o644)  # an empty file is an empty SQLite database
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+        # never close ``fd`` here in a process with SQLite connections open on this file: closing any
+        # descriptor of a file drops the process's POSIX locks on it (this process has none: it refuses)
         os.close(fd)
+        try:
+            with open(f"{real}.lock", encoding="ascii", errors="replace") as handle:
+                holder = handle.read(64).strip() or "unknown"
+        except OSError:
+            holder = "unknown"
         raise StoreInUse(f"another costproxy process (pid {holder}) is serving from {path}; one process per "
                          "store file: for several processes use a shared store (store.url: redis://..., each "
                          "replica with its own store.local_path) — `serve --workers N` does that on one "
                          "machine") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    with open(f"{real}.lock", "w", encoding="ascii") as handle:
+        handle.write(f"{os.getpid()}\n")
     _HELD.append(fd)
-    return lock_path
+    return real
 
 
 @dataclass

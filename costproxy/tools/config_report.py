@@ -50,7 +50,7 @@ def describe(location: ConfigLocation, settings: Settings, router: SelectionRout
         f"rules:    {_rules_summary(router)} from {settings.rules_dir}",
         f"quality:  {settings.quality_path or 'none (tier priors only)'}",
         f"learning: {_learning_summary(settings)}",
-        f"store:    {settings.store.url}" + _store_file(settings),
+        f"store:    {redacted_url(settings.store.url)}" + _store_file(settings),
         *([f"ledger:   {redacted_url(settings.store.ledger_url)} (PostgreSQL: every replica writes it, reports "
              "read it; migrations run on start)"] if settings.store.ledger_url else []),
         "providers:",

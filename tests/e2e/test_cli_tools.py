@@ -65,3 +65,14 @@ def test_explain_without_provider_keys_says_what_to_set(tmp_path: Path) -> None:
     named = cli(config, "explain", "--model", "big", "--message", "hello", "--json", env=env)
     assert named.returncode == 1
     assert json.loads(named.stdout)["error"]["code"] == "provider_not_configured"
+
+
+def test_check_config_never_prints_the_store_password(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    raw = yaml.safe_load(config.read_text())
+    raw["store"] = {"url": "redis://ops:s3cret-pw@127.0.0.1:6399/9"}
+    config.write_text(yaml.safe_dump(raw))
+    checked = cli(config, "check-config")
+    output = checked.stdout + checked.stderr
+    assert "redis://ops:***@127.0.0.1:6399/9" in output, output
+    assert "s3cret-pw" not in output

@@ -205,6 +205,15 @@ def test_a_second_server_on_the_same_sqlite_store_refuses_to_start(sim: Simulato
         assert second.returncode == 2, second.stderr
         assert f"another costproxy process (pid {first.proc.pid}) is serving from" in second.stderr
         assert "ledger.sqlite3" in second.stderr and "store.url: redis://" in second.stderr
+        # the same file under another name — a symlink, a hard link — is the same store
+        os.symlink(tmp_path / "ledger.sqlite3", tmp_path / "alias.sqlite3")
+        os.link(tmp_path / "ledger.sqlite3", tmp_path / "linked.sqlite3")
+        for name in ("alias.sqlite3", "linked.sqlite3"):
+            other = yaml.safe_load(config.read_text())
+            other["store"]["url"] = f"sqlite:///{tmp_path / name}"
+            (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(other))
+            refused = cli(tmp_path / f"{name}.yaml", "serve", env=ENV)
+            assert refused.returncode == 2 and "one process per store file" in refused.stderr, refused.stderr
         wait_healthy(base, first.proc)  # the first one serves on
     finally:
         first.proc.kill()  # no clean shutdown: the kernel drops the lock with the process
