@@ -279,6 +279,14 @@ class RedisBudgetAccounts(BudgetBook):
         except RedisError as exc:
             self._down(exc)
             if any(c.spec.hard or c.gate_percent is not None for c in chain):
+                # The script may have reached Redis and run there, its reply lost or too late (a
+                # stalled Redis): release the token — from the outbox, once Redis answers — so a
+                # request answered 503 never holds budget room, nor is charged as lapsed if this
+                # replica dies.  Run first, the release's settled marker keeps a late reserve from
+                # ever being charged.
+                release = self._settle_op(reservation, None, 0)
+                if release is not None:
+                    await self._defer(release)
                 raise StoreUnavailable(
                     f"budget store ({self.label}) is unreachable, so the hard budgets "
                     f"{', '.join(c.spec.id for c in chain if c.spec.hard)} cannot be checked: {exc}") from None

@@ -223,3 +223,29 @@ async def test_a_dead_replicas_lapsed_reservation_is_charged_even_if_it_lapsed_b
     await dead.settle(early, entry("early", 1))  # a replayed settlement after a restart: already charged
     assert len(stream_entries(redis_space)) == 2
     assert next(v for k, v in counters(redis_space).items() if ":b:alice:" in k)["spent"] == 400_000_000
+
+
+async def test_a_reserve_whose_reply_is_lost_is_released_never_held_or_charged(replica: Opener,
+                                                                               redis_space: RedisSpace) -> None:
+    """A stalled Redis runs the reserve script after the client gave up on it: the request is answered
+    503 and must neither hold budget room until its lease runs out nor be charged as lapsed."""
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    accounts = await replica(section(*CHAIN))
+    run = accounts._scripts.run
+
+    async def late(script, keys, args):  # type: ignore[no-untyped-def]
+        await run(script, keys, args)  # Redis ran it ...
+        raise RedisTimeoutError("Timeout reading from the budget store")  # ... the reply came too late
+
+    accounts._scripts.run = late  # type: ignore[method-assign]
+    with pytest.raises(StoreUnavailable):
+        await accounts.reserve("r-late", ALICE, 500)
+    accounts._scripts.run = run  # type: ignore[method-assign]
+    user = next(v for k, v in counters(redis_space).items() if ":b:alice:" in k)
+    assert user["reserved"] == 500  # held, until the release queued in the outbox is sent
+    assert accounts.pending() == 1
+    assert await accounts.flush_outbox() == 1
+    user = next(v for k, v in counters(redis_space).items() if ":b:alice:" in k)
+    assert (user.get("spent", 0), user["reserved"]) == (0, 0)
+    assert stream_entries(redis_space) == []  # nothing charged, nothing lapsed
