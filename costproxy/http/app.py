@@ -146,7 +146,7 @@ def _backend_ctx(clock: Callable[[], float]) -> Callable[[web.Application], Asyn
         app[STORE], app[KEY_STORE], app[BUDGETS] = backend.local, backend.client_keys, backend.budgets
         app[LEDGER] = backend.ledger
         seen, records = await _load_keys(backend.client_keys)
-        app[KEYRING] = KeyRing(records)
+        app[KEYRING] = KeyRing(records, loaded=seen is not None)
         if backend.budgets is not None:
             backend.budgets.subscribe(budget_event_metrics(app[METRICS].registry))
         stop = _background(_refresh_keys(app, seen), "costproxy-key-refresh")
@@ -316,6 +316,8 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response({"status": "draining"}, status=503)
     if ALERTS not in app:  # set by the last start-up step
         return web.json_response({"status": "starting"}, status=503)
+    if not app[KEYRING].loaded:  # started while the key store was unreachable: no key can be checked yet
+        return web.json_response({"status": "keys_unavailable"}, status=503)
     store, backend = app[STORE], app[BACKEND]
     body: dict[str, Any] = {"status": "ready" if store.healthy else "ledger_unwritable",
                             "ledgerBacklog": store.backlog, "store": backend.kind}

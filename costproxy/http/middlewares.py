@@ -21,6 +21,7 @@ from costproxy.errors import (
     MethodNotAllowed,
     NotFound,
     ProxyError,
+    StoreUnavailable,
     Unauthenticated,
 )
 from costproxy.http import console_auth
@@ -202,6 +203,9 @@ def authenticate_client(request: web.Request, settings: Settings) -> Principal:
     if record is None and trusted is None:
         if token is None:
             raise Unauthenticated("missing API key: send 'Authorization: Bearer cp-…'")
+        if not keyring.loaded:
+            raise StoreUnavailable("the client keys could not be read from the store yet (it was unreachable "
+                                   "when this replica started): retry shortly")
         raise Unauthenticated("invalid, revoked or expired API key")
     principal = keyring.principal_of(record) if record is not None else Principal(via="trusted-proxy")
     asserted = {name: request.headers[name] for name in TRUSTED_ONLY if name in request.headers}

@@ -81,13 +81,17 @@ def new_key_id() -> str:
 class KeyRing:
     """In-memory index of client keys by hash, refreshed from the store on every change."""
 
-    def __init__(self, records: list[KeyRecord] | None = None) -> None:
+    def __init__(self, records: list[KeyRecord] | None = None, *, loaded: bool = True) -> None:
         self._by_hash: dict[str, KeyRecord] = {}
         self._by_id: dict[str, KeyRecord] = {}
         self._principals: dict[str, tuple[KeyRecord, Principal]] = {}  # key id -> (record, its principal)
         self.replace(records or [])
+        # False until the keys were read from the store once (a replica started while its store was
+        # unreachable): an unknown key then says nothing about the key, only about the store
+        self.loaded = loaded
 
     def replace(self, records: list[KeyRecord]) -> None:
+        self.loaded = True
         self._by_hash = {r.key_hash: r for r in records}
         self._by_id = {r.id: r for r in records}
 

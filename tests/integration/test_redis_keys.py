@@ -192,6 +192,36 @@ async def test_redis_outage_keeps_known_keys_working_and_refuses_key_changes(
     assert await replica.status(fresh["key"]) == 200 and await replica.status(known["key"]) == 200
 
 
+async def test_a_replica_started_while_redis_is_down_says_so_instead_of_rejecting_keys(
+        make_replica: ReplicaFactory, own_redis: RedisServer) -> None:  # noqa: F811
+    """It has never read the keys: a valid key is not 'invalid', the store is away (503), and the
+    replica is not ready until it has read them."""
+    url = f"{own_redis.endpoint}/13"
+    first = await make_replica(18132, url=url)
+    known = await create_key(first, user="gina", team="core", org="acme")
+    own_redis.stop()
+    late = await make_replica(18133, url=url)
+    async with late.client.get("/v1/models", headers={"Authorization": f"Bearer {known['key']}"}) as resp:
+        error = (await resp.json())["error"]
+        assert resp.status == 503 and error["code"] == "store_unavailable", error
+    async with late.client.get("/readyz") as resp:
+        assert resp.status == 503 and (await resp.json())["status"] == "keys_unavailable"
+    own_redis.start()  # a Redis without persistence: it comes back empty
+
+    async def ready() -> bool:
+        async with late.client.get("/readyz") as resp:
+            return resp.status == 200
+
+    await eventually(ready, what="the replica ready once it has read the keys")
+    fresh = await create_key(first, user="hugo")
+
+    async def served() -> bool:
+        return await late.status(fresh["key"]) == 200
+
+    await eventually(served, what="a key created meanwhile accepted")
+    assert await late.status("cp-" + "x" * 43) == 401  # and an unknown key is invalid again
+
+
 async def test_key_store_records_are_unique_and_revokes_are_compare_and_set(
         redis_space: RedisSpace) -> None:  # noqa: F811
     store = RedisKeyStore(redis_client(redis_space.url), prefix=redis_space.prefix)
