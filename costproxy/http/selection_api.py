@@ -114,6 +114,11 @@ async def _explain(request: web.Request) -> tuple[Explanation, dict[str, Any], i
     view = await services.accounts.view(ctx.principal)
     router = request.app[ROUTER]
     answer: dict[str, Any] = {"requestId": request_id, "preferredModel": None}
+
+    def auto() -> Explanation:
+        return router.explain(RouteInput(ctx=ctx, body={**chat, "model": "auto"}, requested="auto",
+                                         input_tokens=tokens, budget=view), extra=extra)
+
     try:
         explanation = router.explain(
             RouteInput(ctx=ctx, body=chat, requested=preferred, input_tokens=tokens, budget=view), extra=extra)
@@ -122,13 +127,21 @@ async def _explain(request: web.Request) -> tuple[Explanation, dict[str, Any], i
             raise
         # a preference, not a pin: what auto would choose instead, and why the preferred model is not it
         # (an unknown model name stays an error: it is the caller's mistake, not the deployment's state)
-        explanation = router.explain(
-            RouteInput(ctx=ctx, body={**chat, "model": "auto"}, requested="auto", input_tokens=tokens, budget=view),
-            extra=extra)
+        explanation = auto()
         answer["preferredModel"] = {"model": preferred, "selected": False, "code": exc.code, "reason": exc.message}
     else:
-        if preferred != "auto":
+        if not virtual_mode(preferred)[0]:
             answer["preferredModel"] = {"model": preferred, "selected": True, "code": None, "reason": None}
+            if extra.max_cost_nanos is not None or extra.min_quality is not None:
+                # the API's maxCost and minQuality bound the preferred model as they bound auto's choice:
+                # selection's own eligibility of that model says whether it meets them
+                chosen, instead = explanation.route.chain[0].id, auto()
+                score = next((s for s in (instead.decision.scores if instead.decision else ()) if s.model == chosen),
+                             None)
+                if score is not None and not score.eligible:
+                    explanation = instead
+                    answer["preferredModel"] = {"model": preferred, "selected": False, "code": "constraint_not_met",
+                                                "reason": score.reason_excluded}
     remaining = view.remaining_nanos
     return explanation, answer, -1 if remaining is None else remaining
 

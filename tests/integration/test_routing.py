@@ -258,5 +258,11 @@ async def test_a_preferred_model_is_a_preference_not_a_pin(make_proxy) -> None:
                                                                        headers=ADMIN)).json())["data"]}
     assert listed["big"]["servable"] is False and "SIM_API_KEY" in listed["big"]["notServableReason"]
     assert listed["small"]["servable"] is True and listed["small"]["notServableReason"] is None
+    # the API's minQuality bounds the preferred model as it bounds auto's choice
+    strict = await select({"preferredModel": "small", "minQuality": 0.945})  # small 0.94, big 0.95 here
+    assert strict["selectedModel"] != "small" and strict["preferredModel"]["selected"] is False
+    assert strict["preferredModel"]["code"] == "constraint_not_met"
+    assert "min_quality" in strict["preferredModel"]["reason"]
+    assert (await select({"preferredModel": "small", "minQuality": 0.5}))["selectedModel"] == "small"
     typo = await select({"preferredModel": "no-such-model"}, status=404)  # the caller's mistake stays an error
     assert typo["error"]["code"] == "model_not_found"
