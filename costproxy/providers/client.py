@@ -199,6 +199,9 @@ class UpstreamClient:
 MAX_EVENT_LINE = 8 << 20  # bytes of one SSE line at most (a runaway upstream is cut off, not buffered)
 
 
+SSE_FIELDS = (b"event:", b"id:", b"retry:", b":")  # the server-sent event lines other than data
+
+
 class UpstreamStream:
     """Server-sent events from an upstream, one ``(raw_frame, data)`` per event."""
 
@@ -269,7 +272,11 @@ class UpstreamStream:
         raw = b"\n".join(frame) + b"\n\n"
         data_lines = [line[5:].lstrip(b" ") for line in frame if line.startswith(b"data:")]
         if not data_lines:
-            return raw, None
+            if all(not line or line.startswith(SSE_FIELDS) for line in frame):
+                return raw, None  # an event name, an id, a retry or a comment (": keep-alive"): relayed
+            # a JSON or HTML body under a text/event-stream header: never relayed to the client as an event
+            raise UpstreamBadResponse(f"provider {self.provider.name} sent a stream frame that is no server-sent "
+                                      "event").after_acceptance()
         payload = b"\n".join(data_lines)
         if payload == b"[DONE]":
             self.done = True

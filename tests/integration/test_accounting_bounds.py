@@ -142,6 +142,27 @@ async def test_an_unreadable_2xx_answer_is_charged_its_worst_case(hostile_proxy:
     assert (await status.json())["currentAmount"] != "0"
 
 
+@pytest.mark.parametrize("body", [b'{"id": "x", "usage": {"completion_tokens": 50}}\n\n', b"<html>oops</html>\n\n"])
+async def test_a_body_under_an_event_stream_header_is_never_relayed_as_an_event(hostile_proxy: HostileProxy,
+                                                                                body: bytes) -> None:
+    proxy, hostile = await hostile_proxy()
+
+    async def impostor(request: web.Request, answer: dict[str, Any]) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(body)
+        return response
+
+    hostile.answer = impostor
+    resp = await proxy.client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=proxy.auth())
+    received = await resp.read()
+    # the stream's head is out by then: it ends with an error event, and the impostor body never reaches the client
+    assert b"upstream_bad_response" in received and b"[DONE]" not in received, received
+    assert body.strip() not in received
+    entry = await ledger_entry(proxy, resp.headers["x-costproxy-request-id"])
+    assert entry.status == "error" and entry.cost_nanos > 0  # the provider accepted the call
+
+
 async def test_a_malformed_first_stream_event_still_charges_the_prompt(hostile_proxy: HostileProxy) -> None:
     proxy, hostile = await hostile_proxy()
 
