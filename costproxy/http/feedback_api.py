@@ -52,18 +52,24 @@ def _chain(entry: LedgerEntry) -> list[tuple[str, str]]:
     return [(kind, value) for kind, value in pairs if value]
 
 
+def _not_found(request_id: str) -> NotFound:
+    """One answer for a request id never seen and for one the caller may not see."""
+    return NotFound(f"no request with id {request_id!r} that this caller may see (feedback names the "
+                    "x-costproxy-request-id of a request this proxy served)", param="requestId")
+
+
 def _authorize(request: web.Request, entry: LedgerEntry) -> None:
     """Admin; the key that made the request; a read-only token that sees one of its scopes."""
     principal = request.get(PRINCIPAL)
     if principal is not None:
         if principal.key_id is None or principal.key_id != entry.key_id:
-            raise NotFound(f"no request {entry.request_id!r} made with this key")
+            raise _not_found(entry.request_id)  # the same answer as for an id never seen: no oracle
         return
     if request.get(ADMIN_ROLE) == "admin":
         return
     token = viewer(request)
     if token is None or not any(token.sees(kind, value) for kind, value in _chain(entry)):
-        raise NotFound(f"no request {entry.request_id!r} visible to this token")
+        raise _not_found(entry.request_id)
 
 
 def _may_send(request: web.Request, source: str) -> None:
@@ -93,8 +99,7 @@ async def _entry(request: web.Request, request_id: str) -> LedgerEntry:
             served = [e for e in entries if e.served_model is not None]
             return (served or entries)[-1]
         if time.monotonic() >= deadline:
-            raise NotFound(f"no request with id {request_id!r} in the ledger (feedback names the "
-                           "x-costproxy-request-id of a request this proxy served)", param="requestId")
+            raise _not_found(request_id)
         await asyncio.sleep(0.1)
 
 

@@ -181,6 +181,9 @@ async def test_the_most_trusted_sources_are_not_open_to_every_caller(make_proxy:
     other = await proxy.new_key(user="bob", team="other", org="acme")
     status, body = await post(proxy, {"requestId": rid, "score": 1, "source": "judge"}, proxy.auth(other))
     assert status == 404
+    _, unknown = await post(proxy, {"requestId": "req_never_seen", "score": 1, "source": "user"}, proxy.auth(other))
+    # the same answer as for an id never seen: another key learns nothing of which ids exist
+    assert body["error"]["message"].replace(rid, "ID") == unknown["error"]["message"].replace("req_never_seen", "ID")
     # the evaluation system behind the trusted proxy, and the admin, may send eval
     trusted = {**proxy.auth(), "X-Costproxy-Proxy-Secret": "evals-secret"}
     status, body = await post(proxy, {"requestId": rid, "score": 0.5, "source": "eval"}, trusted)
