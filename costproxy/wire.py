@@ -163,6 +163,14 @@ def query_value(query: Mapping[str, str], name: str) -> str | None:
     return query.get(snake(name))
 
 
+def optional_name(value: Any, param: str, limit: int = 256) -> str | None:
+    """An optional identifier or name field: ``None``, or a non-empty string of at most ``limit``
+    characters; else a 400 naming ``param``."""
+    if value is not None and (not isinstance(value, str) or not value.strip() or len(value) > limit):
+        raise InvalidRequest(f"'{param}' must be a non-empty string of at most {limit} characters", param=param)
+    return value
+
+
 def scope_kind(raw: Any, param: str = "scopeType") -> str:
     """A JSON scope type (``organization``, or ``org``) as the internal one; else a 400."""
     kind = SCOPE_FROM_JSON.get(str(raw)) if isinstance(raw, str) else None

@@ -30,7 +30,16 @@ from costproxy.ledger.reader import SPEND_COLUMNS as GROUP_COLUMNS
 from costproxy.ledger.reader import spend_by
 from costproxy.money import format_usd
 from costproxy.store.sqlite import SqliteStore
-from costproxy.wire import canonical, iso, iso_seconds, query_value, spellings, time_field, with_deprecated
+from costproxy.wire import (
+    canonical,
+    iso,
+    iso_seconds,
+    optional_name,
+    query_value,
+    spellings,
+    time_field,
+    with_deprecated,
+)
 
 KEY_FIELDS = ("name", "user", "team", "org", "project")
 # JSON name -> the key store's field; the store's names (``org``…) are accepted as aliases
@@ -95,10 +104,7 @@ async def issue_key(store: KeyStore | SqliteStore, fields: dict[str, Any], now: 
     """Create a client key; the secret is returned once and only its hash is stored.  A bare
     ``SqliteStore`` (tools and tests holding the file) means its ``api_keys`` table."""
     for name in KEY_FIELDS:
-        value = fields.get(name)
-        if value is not None and (not isinstance(value, str) or not value.strip() or len(value) > MAX_FIELD_CHARS):
-            raise InvalidRequest(f"'{name}' must be a non-empty string of at most {MAX_FIELD_CHARS} characters",
-                                 param=name)
+        optional_name(fields.get(name), name, MAX_FIELD_CHARS)
     expires = fields.get("expiresAt")
     if expires is not None and (isinstance(expires, bool) or not isinstance(expires, (int, float))
                                 or not 0 < expires <= MAX_UNIX_SECONDS):
@@ -130,10 +136,7 @@ def key_fields(body: dict[str, Any], now: float) -> dict[str, Any]:
     data, sent = canonical(body, names, KEY_ALIASES), spellings(body, names, KEY_ALIASES)
     fields: dict[str, Any] = {KEY_JSON[name]: data[name] for name in KEY_JSON if name in data}
     for name in KEY_JSON:
-        value = data.get(name)
-        if value is not None and (not isinstance(value, str) or not value.strip() or len(value) > MAX_FIELD_CHARS):
-            raise InvalidRequest(f"'{sent[name]}' must be a non-empty string of at most {MAX_FIELD_CHARS} "
-                                 "characters", param=sent[name])
+        optional_name(data.get(name), sent.get(name, name), MAX_FIELD_CHARS)
     seconds = data.get("expiresInSeconds")
     if seconds is not None:
         if isinstance(seconds, bool) or not isinstance(seconds, int) or not 0 < seconds <= MAX_UNIX_SECONDS - now:

@@ -30,12 +30,11 @@ from costproxy.routing.route import RouteInput
 from costproxy.routing.router import Explanation, virtual_mode
 from costproxy.routing.selection import CandidateScore
 from costproxy.steering.evaluate import FiredRule
-from costproxy.wire import canonical, iso_seconds, with_deprecated
+from costproxy.wire import canonical, iso_seconds, optional_name, with_deprecated
 
 PRIORITY_MODES = {"low": "quality", "medium": "balanced", "high": "economy", "critical": "economy"}
 SELECT_KEYS = ("requestId", "content", "metadata", "constraints")
 IDENTITY_KEYS = ("userId", "teamId", "organizationId", "projectId", "taskType")
-MAX_ID_CHARS = 256
 MAX_OUTPUT_TOKENS = 100_000_000  # /models/estimate: far above any model's output, far below what money formats
 METADATA_KEYS = ("userId", "teamId", "organizationId", "projectId", "taskType", "qualityRequirement",
                  "budgetPriority", "tags")
@@ -94,18 +93,10 @@ async def _explain(request: web.Request) -> tuple[Explanation, dict[str, Any], i
     metadata = canonical(metadata, METADATA_KEYS, METADATA_ALIASES, where="metadata")
     preferred, extra = _api_constraints(body.get("constraints"), metadata)
     for name in IDENTITY_KEYS:
-        value = metadata.get(name)
-        if value is not None and (not isinstance(value, str) or not value.strip() or len(value) > MAX_ID_CHARS):
-            raise InvalidRequest(f"'metadata.{name}' must be a non-empty string of at most {MAX_ID_CHARS} "
-                                 "characters", param=f"metadata.{name}")
+        optional_name(metadata.get(name), f"metadata.{name}")
     chat = {k: v for k, v in content.items() if k != "model"}
     chat["model"] = preferred
-    given_id = body.get("requestId")
-    if given_id is not None and (not isinstance(given_id, str) or not given_id.strip()
-                                 or len(given_id) > MAX_ID_CHARS):
-        raise InvalidRequest(f"'requestId' must be a non-empty string of at most {MAX_ID_CHARS} characters",
-                             param="requestId")
-    request_id = given_id or "sel_" + uuid.uuid4().hex
+    request_id = optional_name(body.get("requestId"), "requestId") or "sel_" + uuid.uuid4().hex
     task = metadata.get("taskType")
     headers = {"x-costproxy-task-type": task} if isinstance(task, str) else {}
     ctx = RequestContext(request_id=request_id, principal=_principal(metadata), endpoint="chat/completions",
@@ -119,18 +110,19 @@ async def _explain(request: web.Request) -> tuple[Explanation, dict[str, Any], i
         return router.explain(RouteInput(ctx=ctx, body={**chat, "model": "auto"}, requested="auto",
                                          input_tokens=tokens, budget=view), extra=extra)
 
+    named = not virtual_mode(preferred)[0]
     try:
         explanation = router.explain(
             RouteInput(ctx=ctx, body=chat, requested=preferred, input_tokens=tokens, budget=view), extra=extra)
     except (ProviderNotConfigured, ModelNotAllowed, BudgetExceeded) as exc:
-        if virtual_mode(preferred)[0]:
+        if not named:
             raise
         # a preference, not a pin: what auto would choose instead, and why the preferred model is not it
         # (an unknown model name stays an error: it is the caller's mistake, not the deployment's state)
         explanation = auto()
         answer["preferredModel"] = {"model": preferred, "selected": False, "code": exc.code, "reason": exc.message}
     else:
-        if not virtual_mode(preferred)[0]:
+        if named:
             answer["preferredModel"] = {"model": preferred, "selected": True, "code": None, "reason": None}
             if extra.max_cost_nanos is not None or extra.min_quality is not None:
                 # the API's maxCost and minQuality bound the preferred model as they bound auto's choice:
