@@ -137,7 +137,7 @@ def _positive_int(body: Mapping[str, Any], key: str, *, maximum: int | None = No
     value = body.get(key)
     if value is None:
         return None
-    if isinstance(value, float) and (value != value or abs(value) >= 2 ** 63):  # orjson reads a huge integer as a float
+    if isinstance(value, float) and abs(value) >= 2 ** 63:  # orjson reads a huge integer as a float
         raise InvalidRequest(f"'{key}' must be an integer{f' of at most {maximum}' if maximum else ''} "
                              f"(got a number too large for one)", param=key)
     if isinstance(value, bool) or not isinstance(value, int):

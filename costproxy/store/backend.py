@@ -78,7 +78,7 @@ class StoreInUse(RuntimeError):
 _HELD: list[int] = []  # descriptors of the store locks this process holds, until it exits
 
 
-def hold_store_lock(path: str) -> str | None:
+def hold_store_lock(path: str) -> None:
     """Take, for the life of this process, an exclusive lock on a replica's SQLite file (an advisory
     ``flock`` on the database file itself — so a symlink or a hard link to it is the same file — which
     the kernel drops when the process ends, however it ends; SQLite's own locks are POSIX locks,
@@ -86,13 +86,12 @@ def hold_store_lock(path: str) -> str | None:
 
     A second ``serve`` on the same file would keep budget counters and reservations of its own —
     each process admits requests against spend the other cannot see, so hard budgets would not
-    hold — and in Redis mode two mirrors would write one file.  Returns the database file's real
-    path (None for an in-memory store); raises ``StoreInUse`` naming the holder when another
-    process has it."""
+    hold — and in Redis mode two mirrors would write one file.  Nothing to lock for an in-memory
+    store; raises ``StoreInUse`` naming the holder when another process has the file."""
     import fcntl
 
     if path == ":memory:":
-        return None
+        return
     real = os.path.realpath(path)
     os.makedirs(os.path.dirname(real), exist_ok=True)
     fd = os.open(real, os.O_RDWR | os.O_CREAT, 0o644)  # an empty file is an empty SQLite database
@@ -114,7 +113,6 @@ def hold_store_lock(path: str) -> str | None:
     with open(f"{real}.lock", "w", encoding="ascii") as handle:
         handle.write(f"{os.getpid()}\n")
     _HELD.append(fd)
-    return real
 
 
 @dataclass

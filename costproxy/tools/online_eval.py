@@ -168,8 +168,8 @@ def certifiable_ceiling(data: EvalSet, reveal: npt.NDArray[np.bool_], strongest:
 
 def replay_online(data: EvalSet, profiles: Sequence[RequestProfile], quality: QualityProfiles,
                   candidates: Sequence[ModelSpec], options: OnlineOptions,
-                  baseline: str | None = None) -> tuple[IntArray, int]:
-    """Route every row in order, learning from the labels revealed; (columns chosen, labels).
+                  baseline: str | None = None) -> tuple[IntArray, npt.NDArray[np.bool_]]:
+    """Route every row in order, learning from the labels revealed; (columns chosen, rows revealed).
     ``baseline``: the reference of the target (``select``), as ``target_reference: baseline`` does."""
     column = {m: j for j, m in enumerate(data.models)}
     # the server's max_gap (0.2), unless the gap asked for is wider
@@ -190,7 +190,7 @@ def replay_online(data: EvalSet, profiles: Sequence[RequestProfile], quality: Qu
             for j, model in enumerate(data.models):
                 estimates = estimates.with_observation((profile.task_type, bucket, model), 1.0,
                                                        float(data.perf[i, j]))
-    return chosen, int(reveal.sum())
+    return chosen, reveal
 
 
 def best_fixed(data: EvalSet, profiles: Sequence[RequestProfile], quality: QualityProfiles,
@@ -229,16 +229,16 @@ def _stream(data: EvalSet, name: str, quality: QualityProfiles, count: TokenCoun
             options: OnlineOptions) -> StreamResult:
     candidates = _candidates(quality, data.models)
     profiles = analyze_rows(data, count)
-    learned, labels = replay_online(data, profiles, quality, candidates, options, data.models[strongest])
+    learned, revealed = replay_online(data, profiles, quality, candidates, options, data.models[strongest])
     static = route(profiles, candidates, quality, OperatingPoint(options.balanced_gap), data.models)
     saving, retention = _cumulative(pick(data.cost, learned, strongest), pick(data.perf, learned, strongest),
                                     data, strongest)
     s_saving, s_retention = _cumulative(pick(data.cost, static, strongest), pick(data.perf, static, strongest),
                                         data, strongest)
     fixed, fixed_saving, fixed_retention = best_fixed(data, profiles, quality, candidates, strongest, options)
-    ceiling, ceiling_model = certifiable_ceiling(data, schedule(len(data), options)[0], strongest, options)
-    return StreamResult(name, len(data), labels, data.models[strongest], learned, static, saving, retention,
-                        s_saving, s_retention, fixed, fixed_saving, fixed_retention, ceiling, ceiling_model)
+    ceiling, ceiling_model = certifiable_ceiling(data, revealed, strongest, options)
+    return StreamResult(name, len(data), int(revealed.sum()), data.models[strongest], learned, static, saving,
+                        retention, s_saving, s_retention, fixed, fixed_saving, fixed_retention, ceiling, ceiling_model)
 
 
 def run_online(data: EvalSet, quality: QualityProfiles | None, count: TokenCount,
