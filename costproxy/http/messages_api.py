@@ -17,13 +17,14 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from costproxy.errors import UnknownModel, UpstreamBadResponse
+from costproxy.errors import UpstreamBadResponse
 from costproxy.http.proxy import answer, parsed, read_json, request_context
 from costproxy.http.state import REQUEST_ID, SERVICES
 from costproxy.pipeline.plan import count_input, encoding_for
 from costproxy.protocols.messages import parse_messages
 from costproxy.registry import ModelSpec
 from costproxy.request import ChatRequest
+from costproxy.routing.concrete import unknown_model
 from costproxy.routing.router import virtual_mode
 from costproxy.settings import ProviderSettings
 
@@ -58,8 +59,7 @@ async def count_tokens(request: web.Request) -> web.Response:
     chat = parse_messages({**body, "max_tokens": 1, "stream": False}, _forwarded(request))
     model = services.registry.resolve(chat.model) if chat.model else None
     if model is None and chat.model and not virtual_mode(chat.model)[0]:  # as /v1/messages answers it
-        raise UnknownModel(f"The model '{chat.model}' does not exist or is not served by this proxy; "
-                           "GET /v1/models lists the models you can use", param="model")
+        raise unknown_model(chat.model)
     if model is not None:
         provider = services.settings.providers[model.provider]
         if provider.kind == "anthropic" and provider.count_tokens:

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from costproxy.cache.capture import Capture
 from costproxy.cache.policy import HEADER as CACHE_HEADER
-from costproxy.errors import ProxyError, UnknownModel
+from costproxy.errors import ProxyError
 from costproxy.http import feedback_api
 from costproxy.http.bodies import read_body
 from costproxy.http.state import PRINCIPAL, REQUEST_ID, ROUTER, SERVICES, SETTINGS, TRUSTED_HEADERS
@@ -27,6 +27,7 @@ from costproxy.pipeline.run import StreamRun, UnaryResult, refuse, run_stream, r
 from costproxy.pipeline.services import Services
 from costproxy.registry import ModelSpec
 from costproxy.request import ChatRequest, Endpoint, RequestContext, parse_body, parse_request
+from costproxy.routing.concrete import unknown_model
 
 
 def request_context(request: web.Request, endpoint: str) -> RequestContext:
@@ -181,8 +182,7 @@ async def retrieve_model(request: web.Request) -> web.Response:
         return web.json_response(virtual_json(name, int(time.time())))
     model = request.app[SERVICES].registry.resolve(name)
     if model is None:
-        raise UnknownModel(f"The model '{name}' does not exist or is not served by this proxy; "
-                           "GET /v1/models lists the models you can use", param="model")
+        raise unknown_model(name)
     return web.json_response(model_json(request, model, int(time.time())))
 
 
