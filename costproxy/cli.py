@@ -14,11 +14,12 @@ import os
 import socket
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from costproxy.errors import ConfigError
+from costproxy.records import frozen
 from costproxy.settings import ConfigLocation, Settings, find_config, load_settings
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 GLOBAL_VALUE_OPTIONS = ("--config", "--log-level")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class GlobalOptions:
     config: str | None = None
     log_level: str | None = None

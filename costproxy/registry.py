@@ -21,6 +21,7 @@ from typing import Any
 from costproxy.analyzer.media import GPT4O_IMAGES, IMAGE_RULES, ImageTokenRule
 from costproxy.config_schema import Node
 from costproxy.money import NANOS_PER_USD, TOKENS_PER_PRICE_UNIT, tokens_cost
+from costproxy.records import frozen
 
 TIERS = ("economy", "standard", "premium")
 KINDS = ("chat", "embedding", "completion")
@@ -42,7 +43,7 @@ MARGIN_SCALE = 1_000_000  # margins are kept as integer parts per million (exact
 MAX_INPUT_MARGIN = Decimal(10)  # a margin above 1000% is a typo, not a tokenizer
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TokenizerSpec:
     """How the provider counts input tokens, relative to the proxy's count with ``encoding``.
 
@@ -74,7 +75,7 @@ class TokenizerSpec:
 OWN_TOKENIZER = TokenizerSpec()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ModelPrice:
     """USD per 1M tokens.
 
@@ -111,7 +112,7 @@ class ModelPrice:
             object.__setattr__(self, "nanos_per_token", (a, b, c, d, e))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Usage:
     """Token usage of one call. ``cached_tokens`` is the part of ``prompt_tokens`` served from cache,
     ``cache_write_tokens`` the part written to the cache, ``cache_write_1h_tokens`` the part of those
@@ -129,7 +130,7 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ModelSpec:
     id: str
     provider: str

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from enum import StrEnum
 from typing import Any
 
@@ -26,6 +26,7 @@ import orjson
 
 from costproxy.errors import InvalidJSON, InvalidRequest
 from costproxy.identity.principal import Principal
+from costproxy.records import frozen
 
 MAX_N = 128  # OpenAI's own limit on ``n``
 # The fields that cap a chat-form request's output per choice.  OpenAI itself refuses a request that
@@ -54,7 +55,7 @@ class Api(StrEnum):
     MESSAGES = "messages"  # Anthropic Messages
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RequestContext:
     request_id: str
     principal: Principal
@@ -65,7 +66,7 @@ class RequestContext:
     started: float = field(default_factory=time.monotonic)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ChatRequest:
     """A validated OpenAI request body and the facts the proxy reads from it."""
 

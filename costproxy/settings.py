@@ -44,6 +44,7 @@ from costproxy.learning.config import LearningSettings, parse_learning_settings
 from costproxy.providers.config import ProviderSettings as ProviderSettings  # re-exported for its importers
 from costproxy.providers.config import parse_provider
 from costproxy.ratelimits.config import RateLimitConfig, parse_rate_limits
+from costproxy.records import frozen
 from costproxy.registry import TIERS, Registry, parse_registry
 from costproxy.routing.config import FallbackSettings, parse_fallback_config, parse_selection_config
 from costproxy.routing.policy import QUALITY_MODES
@@ -55,7 +56,7 @@ from costproxy.store.responses import ResponsesSettings, parse_responses_setting
 LOCAL_CONFIG = Path("config/costproxy.yaml")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -67,13 +68,13 @@ class ServerSettings:
     workers: int = 1  # processes serving one port (more than one needs a redis:// store)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AdminSettings:
     token_env: str = "COSTPROXY_ADMIN_TOKEN"
     token: str | None = field(default=None, repr=False)  # None: the admin API is disabled
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TrustedProxySettings:
     """A chaining proxy allowed to assert identity headers (DESIGN §3.2)."""
 
@@ -83,14 +84,14 @@ class TrustedProxySettings:
     sources: tuple[str, ...] = ()  # allowed source addresses/networks; empty: any
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LoggingSettings:
     level: str = "info"
     json: bool = True
     queue_lines: int = 10_000  # lines waiting for the writer thread; beyond, lines are dropped and counted
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TracingSettings:
     exporter: str = "none"  # none | console | otlp (needs the [otlp] extra)
     endpoint: str | None = None  # OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces
@@ -137,13 +138,13 @@ class Settings:
         return self.admin.token
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ConfigLocation:
     path: Path
     source: str  # --config | $COSTPROXY_CONFIG | ./config/costproxy.yaml | packaged defaults
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ProviderStatus:
     name: str
     usable: bool

@@ -9,15 +9,15 @@ when the store's change version moves (polled every ``refresh_interval_s`` by th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from costproxy.alerts.store import AlertStore
 from costproxy.alerts.webhooks import Subscription, subscription_from_stored
 from costproxy.identity.access_tokens import ScopedToken, TokenRing, token_from_stored
+from costproxy.records import frozen
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Ack:
     budget_id: str
     period_key: str

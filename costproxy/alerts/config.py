@@ -23,13 +23,13 @@ I/O; ``load_settings`` is the one caller.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from costproxy.config_schema import Node
+from costproxy.records import frozen
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AlertSettings:
     enabled: bool = True
     source: str = "costproxy"

@@ -30,7 +30,6 @@ import asyncio
 import itertools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -47,6 +46,7 @@ from costproxy.budgets.definitions import BudgetStore
 from costproxy.errors import StoreUnavailable
 from costproxy.identity.principal import Principal
 from costproxy.pipeline.events import Event, ModelSwitched, RequestBlocked
+from costproxy.records import frozen
 
 log = structlog.get_logger("costproxy.alerts.manager")
 
@@ -56,7 +56,7 @@ EVENT_NAMES = {"threshold_crossed": "budget.threshold_crossed", "exhausted": "bu
 _RETENTION_MS = 7 * 86_400_000  # claims outlive their period by a week
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Raised:
     """An event accepted by ``observe``, waiting for the background task."""
 

@@ -18,7 +18,6 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -42,13 +41,14 @@ from costproxy.alerts.webhooks import (
 )
 from costproxy.background import cancel_and_wait
 from costproxy.errors import NotFound, StoreUnavailable
+from costproxy.records import frozen
 
 log = structlog.get_logger("costproxy.alerts.manager")
 USER_AGENT = "costproxy-webhooks/1"
 _ORPHAN_GRACE_MS = 5_000
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SenderSettings:
     max_attempts: int = 8
     backoff_base_s: float = 2.0

@@ -25,10 +25,11 @@ import hmac
 import random
 import re
 import secrets
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from typing import Any
 
 from costproxy.errors import InvalidRequest
+from costproxy.records import frozen
 from costproxy.wire import JSON_SCOPE, SCOPE_FROM_JSON, canonical, iso, spellings
 
 EVENT_TYPES = ("budget.threshold_crossed", "budget.exhausted", "budget.status_changed", "request.blocked",
@@ -55,7 +56,7 @@ class WebhookInvalid(ValueError):
         return WebhookInvalid(sent.get(self.field, self.field), self.detail)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Subscription:
     id: str
     url: str
@@ -254,7 +255,7 @@ def retry_after(value: str | None) -> float | None:
 # --- deliveries ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Attempt:
     at_ms: int
     status_code: int | None
@@ -262,7 +263,7 @@ class Attempt:
     duration_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Delivery:
     id: str
     subscription_id: str

@@ -37,7 +37,6 @@ import importlib.util
 import os
 import struct
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
@@ -45,6 +44,7 @@ from typing import Literal
 import tiktoken
 
 from costproxy.errors import InternalError
+from costproxy.records import frozen
 
 ENDOFTEXT = "<|endoftext|>"
 FIM_PREFIX = "<|fim_prefix|>"
@@ -75,7 +75,7 @@ O200K_SPECIAL_TOKENS: Mapping[str, int] = MappingProxyType({ENDOFTEXT: 199999, E
 SourceFormat = Literal["tiktoken", "quicktok_vocab"]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PackagedFile:
     """A data file inside an installed distribution, found without importing its package."""
 
@@ -86,7 +86,7 @@ class PackagedFile:
     format: SourceFormat
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class EncodingSpec:
     """What an encoding is (tokenizer regex, special tokens, canonical file hash) and where it lives."""
 

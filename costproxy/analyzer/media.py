@@ -23,8 +23,9 @@ import binascii
 import math
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
 from decimal import Decimal
+
+from costproxy.records import frozen
 
 AUDIO_TOKENS_PER_SECOND = 10
 ASSUMED_AUDIO_BYTES_PER_SECOND = 8_000
@@ -37,7 +38,7 @@ MAX_PATCHES = 1536  # OpenAI's patch models cover an image with at most 1,536 32
 PATCH_PX = 32
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ImageTokenRule:
     """How one model bills an image of the chat content, as input tokens.
 

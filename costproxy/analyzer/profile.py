@@ -22,11 +22,11 @@ Expected output tokens are a per-task heuristic (``_OUTPUT_BY_TASK``), bounded b
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from costproxy.analyzer.ngrams import hashed_ngrams
 from costproxy.analyzer.tasks import TASK_TYPES, TaskEstimate, detect_task
+from costproxy.records import frozen
 from costproxy.request import asked_output_cap
 
 _OUTPUT_BY_TASK = {
@@ -45,7 +45,7 @@ _SHORT_ANSWER_TOKENS = 5
 _SYSTEM_ROLES = ("system", "developer")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RequestProfile:
     input_tokens: int
     expected_output_tokens: int

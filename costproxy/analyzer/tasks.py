@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+
+from costproxy.records import frozen
 
 TASK_TYPES = (
     "code_generation",
@@ -191,7 +192,7 @@ _CONSTRAINTS = _triggers("must should ensure without only exactly least most wit
 _DIGIT_BYTES = bytes(c if 48 <= c <= 57 else 32 for c in range(256))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TaskEstimate:
     task_type: str
     difficulty: float

@@ -35,8 +35,8 @@ largest output cap that still fits what is left.  Pure: no I/O, integers only.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
+from costproxy.records import frozen
 from costproxy.registry import ModelSpec
 
 STRUCTURED_RENDER_FACTOR = 3
@@ -68,7 +68,7 @@ def choices_of(value: object) -> int:
     return min(MAX_CHOICES, math.ceil(number))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class BillableInput:
     """Everything one request asks the provider to read, counted once with ``encoding``."""
 
@@ -91,7 +91,7 @@ class BillableInput:
         return self.media_tokens > 0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class WorstCase:
     """The most one request can be billed on one model; ``nanos`` is what to reserve."""
 

@@ -22,11 +22,12 @@ budget store cannot be reached (the lease still runs until its own expiry).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Protocol
 
 from costproxy.identity.principal import Principal
 from costproxy.ledger.entry import LedgerEntry, as_refusal
+from costproxy.records import frozen
 from costproxy.routing.policy import EMPTY, Constraints
 from costproxy.store.sqlite import SqliteStore
 
@@ -34,7 +35,7 @@ MIN_LEASE_S = 0.05
 MAX_LEASE_S = 86_400.0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class BudgetView:
     """What selection and steering may know about the caller's budgets before a call."""
 
@@ -46,7 +47,7 @@ class BudgetView:
     tightest_budget: str | None = None  # "name (id)" of the hard budget with the least left
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Reservation:
     request_id: str
     amount_nanos: int

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
@@ -52,6 +51,7 @@ from costproxy.errors import BudgetExceeded
 from costproxy.identity.principal import Principal
 from costproxy.ledger.entry import LedgerEntry, with_metadata
 from costproxy.money import format_usd, nanos_to_decimal
+from costproxy.records import frozen
 from costproxy.routing.policy import EMPTY, Constraints
 from costproxy.steering.fields import BudgetState, budget_fields
 
@@ -60,7 +60,7 @@ log = structlog.get_logger("costproxy.budgets.model")
 EVENT_KINDS = ("threshold_crossed", "status_changed", "exhausted", "request_blocked", "overrun")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class BudgetEvent:
     kind: str
     budget_id: str
@@ -77,7 +77,7 @@ class BudgetEvent:
     scope_type: str | None = None  # of the budget (bounded label for metrics)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class BudgetReservation(Reservation):
     """A ``Reservation`` with what settling needs: an internal token (request ids may repeat, they
     come from clients) and the period each budget was charged in."""
@@ -88,7 +88,7 @@ class BudgetReservation(Reservation):
     home: str = ""  # Redis: partition of the reservation and of the ledger stream
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Check:
     can_proceed: bool
     reason: str
@@ -99,7 +99,7 @@ class Check:
                 "suggestedActions": list(self.suggested_actions)}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Recorded:
     """What ``record_usage`` did: the budget's status after it, and whether the record was a
     duplicate of one already charged (same idempotency key: nothing charged this time)."""
@@ -132,7 +132,7 @@ class BudgetAccounts(Accounts, Protocol):
     async def close(self) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CompiledBudget:
     """Per-spec facts computed once per store generation, for the request path."""
 

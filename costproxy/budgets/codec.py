@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -28,6 +28,7 @@ from costproxy.budgets.model import (
 from costproxy.config_schema import Node
 from costproxy.errors import ConfigError, InvalidRequest
 from costproxy.money import MAX_AMOUNT_NANOS, MoneyError, nanos_to_decimal, usd_to_nanos
+from costproxy.records import frozen
 from costproxy.wire import JSON_SCOPE as JSON_SCOPE  # re-exported: the budget API's older home of these
 from costproxy.wire import MAX_TIMESTAMP_MS as MAX_TIMESTAMP_MS
 from costproxy.wire import SCOPE_FROM_JSON as SCOPE_FROM_JSON
@@ -96,7 +97,7 @@ def _alert_names(item: Any, where: str) -> Any:
     return alert
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class UsageRecord:
     """Usage recorded by another system (``POST /api/v1/budgets/{id}/usage``)."""
 

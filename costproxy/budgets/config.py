@@ -33,16 +33,16 @@ Pure: no I/O; errors are ``ConfigError`` naming file, dotted path and value.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from costproxy.budgets.codec import spec_from_yaml
 from costproxy.budgets.model import BudgetSpec
 from costproxy.config_schema import ModelCheck, Node
+from costproxy.records import frozen
 from costproxy.registry import TIERS
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class BudgetSettings:
     enabled: bool = True  # false: no budget enforcement (SQLite store only; Redis always accounts)
     reservation_ttl_s: float = 900.0
@@ -54,7 +54,7 @@ class BudgetSettings:
     mirror_expiry_s: float = 86_400.0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class BudgetConfig:
     settings: BudgetSettings = BudgetSettings()
     static: tuple[BudgetSpec, ...] = ()

@@ -22,13 +22,14 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from typing import Any, Protocol
 
 from costproxy.budgets.codec import spec_from_json, spec_to_json
 from costproxy.budgets.model import BudgetIndex, BudgetOverride, BudgetSpec
 from costproxy.errors import Forbidden, InvalidRequest, NotFound
 from costproxy.identity.principal import Principal
+from costproxy.records import frozen
 from costproxy.store.sqlite import SqliteStore, apply_migrations
 
 BUDGET_MIGRATIONS: list[tuple[int, str]] = [
@@ -70,7 +71,7 @@ async def ensure_budget_schema(store: SqliteStore) -> None:
     await store.run(lambda: migrate_budgets(store.conn()))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AuditRecord:
     ts_ms: int
     actor: str | None

@@ -39,13 +39,13 @@ the accounts refuse limits above ``MAX_EXACT_NANOS`` in Redis mode.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from costproxy.records import frozen
 
 MAX_EXACT_NANOS = 2**52  # limit + any single amount stays below 2**53: exact in Lua doubles
 SHARED_PARTITION = "_"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RedisKeys:
     prefix: str = "cp"
 

@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from costproxy.identity.principal import Principal
+from costproxy.records import frozen
 
 SCOPE_TYPES = ("org", "team", "project", "user", "key")  # widest first, as Principal.scopes()
 PERIODS = ("daily", "weekly", "monthly", "quarterly", "annual", "total")
@@ -62,7 +62,7 @@ class BudgetInvalid(ValueError):
         super().__init__(f"{field_name}: {message}" + ("" if value is None else f" (got {value!r})"))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ThresholdAction:
     """One action of a threshold.
 
@@ -99,7 +99,7 @@ class ThresholdAction:
 NOTIFY = ThresholdAction("notify")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Threshold:
     percent: int  # of the limit, 1..1000
     actions: tuple[ThresholdAction, ...] = (NOTIFY,)
@@ -121,7 +121,7 @@ class Threshold:
 DEFAULT_THRESHOLDS = (Threshold(50), Threshold(80), Threshold(100))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class BudgetSpec:
     id: str
     scope_type: str
@@ -211,7 +211,7 @@ def zone(name: str, *, field_name: str = "timezone") -> ZoneInfo:
         raise BudgetInvalid(field_name, "is not an IANA time zone name (e.g. Europe/Berlin)", name) from None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class BudgetOverride:
     """An explicit, time-limited exception to a budget: a temporary increase or an approval."""
 
@@ -255,7 +255,7 @@ def approved(overrides: Iterable[BudgetOverride], now_ms: int) -> bool:
 # --- periods ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PeriodWindow:
     """One period of a budget: ``key`` names it in counters; ``[start, end)`` in the budget's zone."""
 

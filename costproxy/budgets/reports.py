@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from costproxy.budgets.codec import iso, percent, usd
 from costproxy.budgets.model import BudgetSpec, PeriodWindow, window_at, zone
+from costproxy.records import frozen
 from costproxy.wire import TimeInvalid, instant_ms
 
 BUCKET_MS = 900_000
@@ -31,7 +31,7 @@ class RangeInvalid(ValueError):
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TimeRange:
     label: str
     start_ms: int | None
@@ -73,7 +73,7 @@ def _instant(text: str) -> int:
         raise RangeInvalid(f"timeRange: {text[:60]!r} {exc}") from None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Row:
     """Sums over one group (a column value, or a 15-minute bucket start in ms)."""
 

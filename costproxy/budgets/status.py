@@ -8,7 +8,7 @@ same way.  Percentages compare by cross-multiplication; burn rates are integer n
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from costproxy.budgets.model import (
     GATE_ACTIONS,
@@ -23,6 +23,7 @@ from costproxy.budgets.model import (
     effective_limit,
     elapsed_fraction,
 )
+from costproxy.records import frozen
 from costproxy.routing.policy import EMPTY, Constraints
 
 _MIN_ELAPSED_MS = 3_600_000  # burn rates are measured over at least an hour
@@ -88,7 +89,7 @@ def restrictions_of(actions: Iterable[ThresholdAction], budget_id: str) -> Const
     return result
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class BudgetStatus:
     """A budget's state in its current period, as the status API and steering see it."""
 
@@ -144,7 +145,7 @@ def burn_ratio(spent: int, limit: int, elapsed_ms: int, total_ms: int | None) ->
     return (spent / limit) / (elapsed / total_ms)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Counters:
     spent_nanos: int = 0
     reserved_nanos: int = 0

@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from costproxy.errors import InvalidRequest
 from costproxy.identity.principal import Principal
+from costproxy.records import frozen
 from costproxy.request import Api, ChatRequest, Endpoint
 
 KEY_VERSION = 1
@@ -58,7 +58,7 @@ PROVIDER_STATE = {Api.CHAT: ("web_search_options",), Api.RESPONSES: ("background
                   Api.MESSAGES: ("mcp_servers", "container")}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CacheSettings:
     enabled: bool = True
     default_ttl_s: int = 3600  # for the header's "on", and a rule that gives no ttl
@@ -68,7 +68,7 @@ class CacheSettings:
     header: str = "trusted"  # who may send x-costproxy-cache: trusted | all | none
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CacheDirective:
     """What a steering rule's ``cache`` action asks for."""
 
@@ -76,7 +76,7 @@ class CacheDirective:
     share: str | None = None  # None: cache.share
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CachePlan:
     """The cache's part in one request."""
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import heapq
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
+from costproxy.records import frozen
 from costproxy.store.sqlite import SqliteStore, apply_migrations
 
 MIGRATIONS: list[tuple[int, str]] = [
@@ -32,7 +32,7 @@ MIGRATIONS: list[tuple[int, str]] = [
 EVICT_BATCH = 64
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CacheStats:
     entries: int
     bytes: int

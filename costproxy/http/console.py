@@ -19,7 +19,6 @@ import hashlib
 import html
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
@@ -33,6 +32,7 @@ from costproxy.http.console_auth import COOKIE, current_session, role_for_token,
 from costproxy.http.state import CONSOLE_SESSIONS, LOGIN_THROTTLE, SETTINGS, STORE
 from costproxy.identity.sessions import Session, csrf_matches
 from costproxy.ledger import analytics
+from costproxy.records import frozen
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "font-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
@@ -43,7 +43,7 @@ CONTENT_TYPES = {".js": "text/javascript", ".css": "text/css", ".md": "text/plai
                  ".png": "image/png", ".svg": "image/svg+xml"}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Screen:
     path: str
     page: str  # fragment file and data-page

@@ -19,10 +19,11 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from costproxy.errors import InvalidRequest
+from costproxy.records import frozen
 from costproxy.wire import (
     JSON_SCOPE,
     MAX_TIMESTAMP_MS,
@@ -49,7 +50,7 @@ class TokenInvalid(ValueError):
         super().__init__(f"{field_name}: {message}")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ScopedToken:
     id: str
     token_hash: str = field(repr=False)

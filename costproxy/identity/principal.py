@@ -10,13 +10,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import field
+
+from costproxy.records import frozen
 
 KEY_PREFIX = "cp-"
 SCOPE_TYPES = ("org", "team", "user", "project", "key")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Principal:
     key_id: str | None = None
     user: str | None = None
@@ -32,7 +34,7 @@ class Principal:
         return [(kind, value) for kind, value in pairs if value]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class KeyRecord:
     id: str
     key_hash: str = field(repr=False)

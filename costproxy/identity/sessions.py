@@ -19,14 +19,16 @@ import hashlib
 import hmac
 import secrets
 from collections import OrderedDict, deque
-from dataclasses import dataclass, replace
+from dataclasses import replace
+
+from costproxy.records import frozen
 
 IDLE_SECONDS = 30 * 60
 MAX_AGE_SECONDS = 12 * 3600
 MAX_SESSIONS = 10_000
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Session:
     role: str  # "admin" or "read-only:<token id>"
     label: str  # shown in the console: "admin" or the token's name and prefix

@@ -23,16 +23,17 @@ Pure: no I/O.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from costproxy.config_schema import ModelCheck, Node
 from costproxy.money import MoneyError, usd_to_nanos
+from costproxy.records import frozen
 
 SOURCES = ("user", "agent", "eval", "judge")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class JudgeSettings:
     enabled: bool = False
     sample_rate: float = 0.02
@@ -42,7 +43,7 @@ class JudgeSettings:
     max_output_tokens: int = 512
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LearningSettings:
     enabled: bool = True
     prior_strength: float = 20.0

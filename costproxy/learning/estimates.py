@@ -31,11 +31,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from statistics import NormalDist
 
+from costproxy.records import frozen
+
 Cell = tuple[str, int, str]  # (task type, difficulty bucket, model id)
 MEMO_LIMIT = 65_536  # posteriors kept per snapshot
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Evidence:
     n: float = 0.0  # weighted observations
     successes: float = 0.0  # weighted sum of their scores
@@ -44,7 +46,7 @@ class Evidence:
         return Evidence(self.n + n, self.successes + successes)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Posterior:
     prior: float
     evidence: float  # weighted observations behind it

@@ -13,12 +13,13 @@ one piece of feedback per source: sending it again replaces it (same content: no
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 from costproxy.errors import InvalidRequest
 from costproxy.learning.config import SOURCES
 from costproxy.learning.estimates import Cell
+from costproxy.records import frozen
 from costproxy.wire import canonical, iso, spellings
 
 FIELDS = ("requestId", "score", "thumbs", "source", "comment")
@@ -27,7 +28,7 @@ MAX_ID_CHARS = 256
 MAX_COMMENT_CHARS = 4_000
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class FeedbackInput:
     request_id: str
     score: float
@@ -35,7 +36,7 @@ class FeedbackInput:
     comment: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Feedback:
     """Feedback as stored: with the cell it informs (``None``: the request was not routed by task)."""
 

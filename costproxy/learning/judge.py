@@ -31,7 +31,6 @@ import random
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -46,6 +45,7 @@ from costproxy.learning.service import Learner, entry_cell
 from costproxy.ledger.entry import LedgerEntry
 from costproxy.providers.config import ProviderSettings
 from costproxy.providers.transport import Upstream
+from costproxy.records import frozen
 from costproxy.registry import ModelSpec, Registry, Usage
 
 log = structlog.get_logger("costproxy.learning")
@@ -60,7 +60,7 @@ PROMPT = (
 _NUMBER = re.compile(r"\b(10|[0-9])\b")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Sample:
     """A request the judge may look at: its entry, the messages and the answer it got."""
 

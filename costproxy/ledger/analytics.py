@@ -20,6 +20,7 @@ from typing import Any
 
 from costproxy.budgets.model import zone
 from costproxy.ledger.reader import LedgerReader
+from costproxy.records import frozen
 from costproxy.store.sqlite import SqliteStore
 
 BUCKET_MS = 900_000
@@ -40,7 +41,7 @@ VIRTUAL_SQL = ("(l.requested_model IS NOT NULL AND (l.requested_model = 'auto' O
                "OR l.requested_model IN ('economy', 'standard', 'premium')))")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LedgerFilter:
     start_ms: int | None = None
     end_ms: int | None = None
@@ -71,7 +72,7 @@ class LedgerFilter:
         return (" AND ".join(clauses) or "TRUE"), params
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Sums:
     requests: int = 0
     cost_nanos: int = 0
@@ -84,7 +85,7 @@ class Sums:
         return self.baseline_nanos - self.cost_nanos
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class OverviewSums:
     today: Sums
     period: Sums
@@ -197,7 +198,7 @@ async def auto_share(ledger: LedgerReader, flt: LedgerFilter) -> list[tuple[str,
     return [(r["k"], r["n"], r["cost"] or 0) for r in rows]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class BucketRow:
     key: str | None
     bucket_ms: int

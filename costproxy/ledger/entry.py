@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import operator
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, field, replace
 from enum import StrEnum
 from typing import Any
 
 from costproxy.money import format_usd
+from costproxy.records import frozen
 
 
 class Status(StrEnum):
@@ -23,7 +24,7 @@ class Status(StrEnum):
     LAPSED = "lapsed"  # its replica died mid-request (Redis mode): charged the reserved worst case, usage unknown
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LedgerEntry:
     request_id: str
     ts_ms: int

@@ -13,8 +13,9 @@ version's ``costproxy ledger rollback --to N`` first.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from costproxy.records import frozen
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -27,7 +28,7 @@ class SchemaTooNew(RuntimeError):
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Migration:
     version: int
     name: str

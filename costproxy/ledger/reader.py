@@ -13,13 +13,13 @@ reader's ``Dialect``.  ``l`` is always the ledger's alias; columns are always qu
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from costproxy.ledger.entry import LedgerEntry, entry_from_row
+from costproxy.records import frozen
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Dialect:
     name: str  # sqlite | postgresql
     rollup: bool  # the 15-minute rollup table is kept (SQLite only)

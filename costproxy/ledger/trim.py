@@ -39,6 +39,7 @@ from redis.exceptions import RedisError
 
 from costproxy.background import stop_if_cancelled
 from costproxy.budgets.lua import RedisKeys
+from costproxy.records import frozen
 from costproxy.store.sqlite import SqliteStore
 
 log = structlog.get_logger("costproxy.ledger")
@@ -131,7 +132,7 @@ async def replica_id(store: SqliteStore) -> str:
     return await store.run(load)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Trimmed:
     partition: str
     verdict: str  # trimmed | wait | none

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import orjson
@@ -40,6 +40,7 @@ from costproxy.pipeline.plan import Plan
 from costproxy.pipeline.services import Services, step
 from costproxy.pipeline.settle import base_entry, record
 from costproxy.protocols.responses import new_id
+from costproxy.records import frozen
 from costproxy.registry import ModelSpec, Usage
 from costproxy.request import Api
 
@@ -48,7 +49,7 @@ FORMAT = 1
 Write = Callable[[bytes], Awaitable[None]]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class StoredAnswer:
     answer: dict[str, Any]  # in the client's API, as it was returned
     model: str  # the model that answered

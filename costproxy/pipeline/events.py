@@ -11,31 +11,31 @@ writer thread.  A failing subscriber is logged and never reaches the request.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import structlog
 
 from costproxy.errors import BudgetExceeded, ProviderError
 from costproxy.ledger.entry import LedgerEntry
+from costproxy.records import frozen
 from costproxy.request import RequestContext
 
 log = structlog.get_logger("costproxy")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RequestCompleted:
     ctx: RequestContext
     entry: LedgerEntry
     fallback: bool = False  # served by a model after the first of the chain
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RequestBlocked:
     ctx: RequestContext
     error: BudgetExceeded
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ModelSwitched:
     ctx: RequestContext
     requested: str
@@ -43,7 +43,7 @@ class ModelSwitched:
     reasons: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class UpstreamFailed:
     """One attempt along the fallback chain failed (the next model may still answer)."""
 

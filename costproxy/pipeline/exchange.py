@@ -27,7 +27,7 @@ translation is refused with a 400 naming them (and dropped when it is only a fal
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Protocol
 
 import orjson
@@ -47,6 +47,7 @@ from costproxy.protocols.shapes import DONE, frame, typed
 from costproxy.protocols.usage import AnthropicUsage, ResponsesUsage
 from costproxy.providers.apis import upstream_api
 from costproxy.providers.transport import UpstreamResponse
+from costproxy.records import frozen
 from costproxy.registry import ModelSpec
 from costproxy.request import Api
 from costproxy.settings import ProviderSettings
@@ -80,7 +81,7 @@ class Relay(Protocol):
     def error(self, exc: ProxyError) -> bytes: ...
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Exchange:
     plan: Plan
     model: ModelSpec

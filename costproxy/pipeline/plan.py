@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from typing import Any
 
 import orjson
@@ -22,6 +22,7 @@ from costproxy.errors import BudgetExceeded, ContextTooLong, InvalidRequest, Unk
 from costproxy.pipeline.services import NO_SPAN, Services, step
 from costproxy.providers.apis import upstream_api
 from costproxy.ratelimits.model import Admission
+from costproxy.records import frozen
 from costproxy.registry import ENDPOINT_KIND, ModelSpec
 from costproxy.request import ANY_OUTPUT_CAP_FIELDS, OUTPUT_CAP_FIELDS, ChatRequest, Endpoint, RequestContext
 from costproxy.routing.policy import EMPTY, Constraints
@@ -31,7 +32,7 @@ from costproxy.routing.route import MIN_USEFUL_OUTPUT, Route, RouteInput
 OFFLOOP_TOKENIZE_CHARS = 32_000
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Plan:
     ctx: RequestContext
     request: ChatRequest

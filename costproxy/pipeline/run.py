@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
@@ -37,6 +36,7 @@ from costproxy.pipeline.plan import Plan, plan, reserve
 from costproxy.pipeline.services import Services, step
 from costproxy.pipeline.settle import Outcome, refusal_entry, settle
 from costproxy.providers.transport import UpstreamResponse, UpstreamStream
+from costproxy.records import frozen
 from costproxy.registry import ModelSpec
 from costproxy.request import ChatRequest, RequestContext
 from costproxy.settings import ProviderSettings
@@ -45,7 +45,7 @@ T = TypeVar("T")
 Write = Callable[[bytes], Awaitable[None]]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class UnaryResult:
     plan: Plan
     entry: LedgerEntry

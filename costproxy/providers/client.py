@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -31,6 +30,7 @@ from costproxy.errors import (
     UpstreamUnavailable,
 )
 from costproxy.providers.transport import UpstreamResponse
+from costproxy.records import frozen
 from costproxy.settings import ProviderSettings
 
 ENDPOINTS = ("chat/completions", "completions", "embeddings")
@@ -78,7 +78,7 @@ def _error_from(status: int, body: bytes, provider: str, headers: Mapping[str, s
     return UpstreamHTTPError(message, status=status, upstream_body=parsed)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Prepared:
     provider: ProviderSettings
     headers: dict[str, str]

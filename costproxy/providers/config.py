@@ -21,17 +21,18 @@ A provider without keys (a local Ollama or vLLM) serves only when it says ``enab
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from costproxy.config_schema import Node
+from costproxy.records import frozen
 
 PROVIDER_AUTH = ("bearer", "api-key", "x-api-key", "none")
 PROVIDER_KINDS = ("openai", "azure", "anthropic")
 DEFAULT_ANTHROPIC_VERSION = "2023-06-01"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Timeouts:
     connect: float = 10.0
     read: float = 120.0  # whole unary response
@@ -39,7 +40,7 @@ class Timeouts:
     first_byte: float = 60.0  # until response headers arrive
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ProviderSettings:
     name: str
     base_url: str

@@ -8,13 +8,13 @@ Failures are raised as the ``ProviderError`` tree of ``costproxy.errors``.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
 
+from costproxy.records import frozen
 from costproxy.settings import ProviderSettings
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class UpstreamResponse:
     status: int
     headers: Mapping[str, str]

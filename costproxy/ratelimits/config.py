@@ -25,16 +25,16 @@ this file are read-only through the API.  Pure: no I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from costproxy.config_schema import Node
 from costproxy.ratelimits.model import RateLimit, check_unique, read_limit
+from costproxy.records import frozen
 
 STORE_ERROR_CHOICES = ("allow", "refuse")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RateLimitSettings:
     enabled: bool = True
     on_store_error: str = "allow"
@@ -42,7 +42,7 @@ class RateLimitSettings:
     refresh_interval_s: float = 1.0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RateLimitConfig:
     settings: RateLimitSettings = RateLimitSettings()
     static: tuple[RateLimit, ...] = ()

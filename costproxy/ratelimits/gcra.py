@@ -27,13 +27,14 @@ Pure: no clock, no I/O; callers pass ``now_ms``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+from costproxy.records import frozen
 
 SCALE = 60_000  # fill per unit: milliseconds in a minute, so a bucket drains `rate` fill per ms
 MAX_UNITS_PER_MINUTE = 10**10  # limits and bursts above this are refused (fills stay exact in Lua doubles)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Meter:
     """One limit applied to one request: the bucket it draws from and how much."""
 
@@ -43,7 +44,7 @@ class Meter:
     cost: int  # units this request takes (>= 0)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Reading:
     """A bucket after an admission (or a look): what is left and when it is whole again."""
 
@@ -62,7 +63,7 @@ class Reading:
         return -(-self.fill // self.rate)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Verdict:
     admitted: bool
     fills: tuple[int, ...]  # per meter: the fill after admission (unchanged when refused)

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from costproxy.config_schema import Node
 from costproxy.errors import ConfigError, InvalidRequest
 from costproxy.identity.principal import Principal
 from costproxy.ratelimits.gcra import MAX_UNITS_PER_MINUTE, Meter, Reading
+from costproxy.records import frozen
 from costproxy.wire import JSON_SCOPE, SCOPE_FROM_JSON, canonical, iso, spellings
 
 SCOPE_TYPES = ("org", "team", "project", "user", "key")
@@ -36,7 +37,7 @@ REQUESTS, TOKENS = "requests", "tokens"
 MAX_ID_CHARS = 128
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RateLimit:
     id: str
     scope_type: str  # org | team | project | user | key
@@ -68,7 +69,7 @@ class RateLimit:
         return found
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Applied:
     """A limit as it applies to one request: the concrete scope it counts."""
 
@@ -136,7 +137,7 @@ class LimitIndex:
 # --- what a request drew, and what it is told ------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Draw:
     """One meter of one admission: which scope, which metric, and the bucket reading after it."""
 
@@ -146,7 +147,7 @@ class Draw:
     reading: Reading
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Admission:
     """The rate limits a request was admitted under (kept in the plan until settlement)."""
 

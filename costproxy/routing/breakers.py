@@ -18,10 +18,11 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from costproxy.records import frozen
 from costproxy.registry import ModelSpec
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class BreakerConfig:
     failure_threshold: int = 3
     provider_threshold: int = 8

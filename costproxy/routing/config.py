@@ -30,17 +30,18 @@ Pure: no I/O, errors are ``ConfigError`` naming file, dotted path and value.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from costproxy.config_schema import ModelCheck, Node
+from costproxy.records import frozen
 from costproxy.registry import Registry
 from costproxy.routing.breakers import BreakerConfig
 from costproxy.routing.policy import QUALITY_MODES
 from costproxy.routing.selection import TARGET_REFERENCES, SelectionConfig
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class FallbackSettings:
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     chains: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # model id -> alternatives

@@ -9,8 +9,10 @@ which sources are applied never loosens anything.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from decimal import Decimal
+
+from costproxy.records import frozen
 
 QUALITY_MODES = ("economy", "balanced", "quality")
 
@@ -31,7 +33,7 @@ def _max_opt(a: float | None, b: float | None) -> float | None:
     return max(a, b)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Constraints:
     """Demands on the model choice.  ``None`` / empty means "no demand"."""
 

@@ -56,6 +56,7 @@ from typing import Any, NamedTuple
 
 from costproxy.analyzer.tasks import FEATURE_NAMES, TASK_TYPES
 from costproxy.config_schema import Node
+from costproxy.records import frozen
 from costproxy.registry import TIERS, Registry, parse_registry
 from costproxy.routing.text_model import TextModel, parse_text_model, text_model_document
 
@@ -66,14 +67,14 @@ LEVELS = ("text", "predictor", "bucket", "task", "model", "tier", "default")
 Predictors = Mapping[tuple[str, str], tuple[float, ...]]  # (model, task) → (bias, *weights)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TaskQuality:
     overall: float | None
     buckets: tuple[float | None, ...] = ()
     samples: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ModelQuality:
     overall: float | None
     tasks: Mapping[str, TaskQuality] = field(default_factory=dict)

@@ -14,12 +14,12 @@ import hashlib
 import os
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from costproxy.errors import ConfigError
+from costproxy.records import frozen
 from costproxy.routing.quality import QualityProfiles, parse_quality
 
 Fingerprint = tuple[int, int, int] | None  # (mtime_ns, size, inode); None: the file is missing
@@ -33,7 +33,7 @@ def fingerprint(path: Path) -> Fingerprint:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class QualityReload:
     ok: bool
     at: float  # unix seconds

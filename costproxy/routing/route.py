@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from costproxy.budgets.accounts import BudgetView
 from costproxy.cache.policy import CacheDirective
+from costproxy.records import frozen
 from costproxy.registry import ModelSpec
 from costproxy.request import RequestContext
 from costproxy.routing.policy import EMPTY, Constraints
@@ -15,7 +15,7 @@ from costproxy.routing.policy import EMPTY, Constraints
 MIN_USEFUL_OUTPUT = 16  # output tokens: a request is capped to fit a budget only if it may still say this much
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RouteInput:
     ctx: RequestContext
     body: Mapping[str, Any]
@@ -25,7 +25,7 @@ class RouteInput:
     constraints: Constraints = EMPTY  # demands of the request's API (e.g. models that speak it natively)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Route:
     chain: tuple[ModelSpec, ...]  # primary first, then fallbacks
     decision_id: str | None = None

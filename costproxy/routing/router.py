@@ -19,7 +19,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -35,6 +35,7 @@ from costproxy.errors import (
 )
 from costproxy.learning.estimates import OnlineEstimates
 from costproxy.money import MoneyError, format_usd, usd_to_nanos
+from costproxy.records import frozen
 from costproxy.registry import ENDPOINT_KIND, TIERS, ModelSpec, Registry
 from costproxy.request import asked_output_cap
 from costproxy.routing.breakers import CircuitBreakers
@@ -56,7 +57,7 @@ DECISIONS_KEPT = 10_000
 SCORES_KEPT = 1_000
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Explanation:
     route: Route
     profile: RequestProfile

@@ -85,6 +85,7 @@ from costproxy.errors import NoEligibleModel
 from costproxy.ids import Ids
 from costproxy.learning.estimates import OnlineEstimates, Posterior
 from costproxy.money import NANOS_PER_USD, TOKENS_PER_PRICE_UNIT, format_usd
+from costproxy.records import frozen
 from costproxy.registry import MARGIN_SCALE, ModelSpec, Usage
 from costproxy.routing.policy import QUALITY_MODES, Constraints
 from costproxy.routing.quality import QualityProfiles
@@ -95,14 +96,14 @@ _decision_id = Ids("", 16)
 TARGET_REFERENCES = ("baseline", "best")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class BudgetPressure:
     used_fraction: float = 0.0  # of the tightest budget in the caller's chain
     burn_ratio: float = 0.0  # spend rate / rate that would exactly exhaust it at period end
     remaining_nanos: int | None = None  # the least remaining amount across the chain
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SelectionConfig:
     default_mode: str = "balanced"
     economy_gap: float = 0.10
@@ -157,7 +158,7 @@ class CandidateScore:
         return self.learned.upper if self.by_feedback else self.learned.optimistic
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Decision:
     id: str
     model: str
@@ -396,7 +397,7 @@ def _scores(candidates: Sequence[ModelSpec], profile: RequestProfile, quality: Q
     return scores
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Context:
     constraints: Constraints
     required: frozenset[str]
@@ -465,7 +466,7 @@ def _fallbacks(chosen: CandidateScore, sufficient: list[CandidateScore], eligibl
     return tuple(s.model for s in [*others, *rest][:limit])
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Mix:
     base: CandidateScore  # serves the rest of the traffic; meets the target on its own
     partner: CandidateScore  # cheaper, below the target, measured by feedback

@@ -26,13 +26,13 @@ alone never switches a named model: the proxy lowers its output cap to fit, or r
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
 from costproxy.cache.policy import MAX_TTL_S, SHARES, CacheDirective
 from costproxy.config_schema import Node
 from costproxy.money import MoneyError, format_usd, usd_to_nanos
+from costproxy.records import frozen
 from costproxy.registry import TIERS
 from costproxy.routing.policy import QUALITY_MODES, Constraints
 
@@ -50,7 +50,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_REJECT_STATUS = 403
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Action:
     type: str
     params: Mapping[str, Any]  # validated and normalised (read-only)

@@ -12,13 +12,13 @@ import difflib
 import operator as operator_module
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from datetime import date
 from decimal import Decimal
 from typing import Any
 
 from costproxy.config_schema import Node
+from costproxy.records import frozen
 from costproxy.steering import fields as f
 
 OPERATORS = (
@@ -55,7 +55,7 @@ Check = Callable[[Context], bool]
 _LISTLIKE = (list, tuple, set, frozenset)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Condition:
     field: str
     operator: str

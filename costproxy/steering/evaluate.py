@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from costproxy.cache.policy import CacheDirective
 from costproxy.errors import RuleRejected
+from costproxy.records import frozen
 from costproxy.routing.policy import EMPTY, Constraints
 from costproxy.steering.rules import Rule, RuleSet
 
@@ -54,7 +54,7 @@ class LogLine(NamedTuple):
     mode: str  # enforce | shadow
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SteeringOutcome:
     constraints: Constraints = _NO_CONSTRAINTS  # merge of every applied rule's actions
     rejected: Rejection | None = None

@@ -20,11 +20,11 @@ A field the pipeline does not know for a request is simply absent (or ``None``).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from costproxy.analyzer.tasks import TASK_TYPES
+from costproxy.records import frozen
 from costproxy.registry import CAPABILITIES
 from costproxy.routing.policy import QUALITY_MODES
 
@@ -48,7 +48,7 @@ METADATA_PREFIX = "request.metadata."
 BUDGET_PREFIX = "budget."
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class FieldSpec:
     name: str
     kind: str
@@ -115,7 +115,7 @@ def known_field_names() -> list[str]:
     return names
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class BudgetState:
     """One budget's state, as ``budget_fields`` turns it into steering context keys."""
 

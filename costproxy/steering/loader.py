@@ -18,9 +18,9 @@ import os
 import threading
 import time
 from collections.abc import Collection
-from dataclasses import dataclass
 from pathlib import Path
 
+from costproxy.records import frozen
 from costproxy.steering.rules import EMPTY_RULESET, NO_RULE, RuleError, RuleSet, build_ruleset
 
 SUFFIXES = (".yaml", ".yml")
@@ -73,7 +73,7 @@ def load_rules(directory: Path, *, known_models: Collection[str] | None = None) 
     return ruleset, errors + parse_errors
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ReloadResult:
     ok: bool  # every file was valid
     swapped: bool  # ``current`` now is the rule set just parsed

@@ -16,7 +16,7 @@ import hashlib
 import os
 import re
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 import yaml
@@ -24,6 +24,7 @@ import yaml
 from costproxy.cache.policy import CacheDirective
 from costproxy.config_schema import Node
 from costproxy.errors import ConfigError
+from costproxy.records import frozen
 from costproxy.routing.policy import Constraints
 from costproxy.steering.actions import Action, parse_action
 from costproxy.steering.conditions import Check, Condition, parse_condition
@@ -54,7 +55,7 @@ class RuleError(ConfigError):
         return cls(exc.file, rule_id, exc.path, message)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Rule:
     id: str
     name: str
@@ -111,7 +112,7 @@ class Rule:
         return tuple(ref for action in self.actions for ref in action.model_refs)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RuleSet:
     """Every rule of a rules directory, ordered by priority (then file name, then position)."""
 

@@ -16,10 +16,10 @@ directory that relative paths stand for.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from costproxy.config_schema import Node
 from costproxy.errors import ConfigError
+from costproxy.records import frozen
 
 DEFAULT_STORE_URL = "sqlite:///data/costproxy.sqlite3"
 # {host} and {port} (hostname, server port) keep replicas started from one config directory apart.
@@ -28,7 +28,7 @@ STORE_URL_FORMS = "must be sqlite:///path, redis://host:port/db, rediss://host:p
 LEDGER_URL_FORMS = "must be postgresql://[user[:password]@][host][:port]/database[?option=value&…]"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class StoreSettings:
     url: str = DEFAULT_STORE_URL  # sqlite:///path, redis://host:port/db, rediss://…, memory://
     local_path: str = DEFAULT_LOCAL_PATH  # template, used with a redis:// store only

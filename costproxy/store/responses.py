@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from costproxy.config_schema import Node
 from costproxy.identity.principal import Principal
+from costproxy.records import frozen
 from costproxy.store.sqlite import SqliteStore, apply_migrations
 
 MIGRATIONS: list[tuple[int, str]] = [
@@ -35,7 +35,7 @@ MIGRATIONS: list[tuple[int, str]] = [
 PURGE_EVERY_MS = 3_600_000
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ResponsesSettings:
     enabled: bool = True  # false: nothing is stored, previous_response_id always 404s
     retention_days: float = 30.0
@@ -56,7 +56,7 @@ def owner_of(principal: Principal, tenant: str | None) -> str:
     return "\x1f".join((tenant or "", principal.org or "", who))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class StoredResponse:
     id: str
     input: list[Any]

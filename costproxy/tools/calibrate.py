@@ -49,6 +49,7 @@ import numpy as np
 import numpy.typing as npt
 
 from costproxy.analyzer.profile import RequestProfile, analyze
+from costproxy.records import frozen
 from costproxy.registry import TIERS, Registry, parse_registry
 from costproxy.routing.quality import DEFAULT_BUCKET_EDGES, ModelQuality, QualityProfiles, TaskQuality, quality_document
 from costproxy.tools.dataset import EvalSet, FloatArray
@@ -67,7 +68,7 @@ BUCKET_CHOICES = (1, 2, 3, 4, 5, 6, 8)
 STRENGTH_CHOICES = (2.0, 5.0, 10.0, 20.0, 50.0)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CalibrationOptions:
     buckets: int | None = None  # None: chosen by cross-validation (BUCKET_CHOICES)
     prior_strength: float | None = None  # None: chosen by cross-validation (STRENGTH_CHOICES)

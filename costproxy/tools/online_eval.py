@@ -40,6 +40,7 @@ import numpy.typing as npt
 from costproxy.analyzer.profile import RequestProfile
 from costproxy.errors import NoEligibleModel
 from costproxy.learning.estimates import OnlineEstimates, z_score
+from costproxy.records import frozen
 from costproxy.registry import ModelSpec
 from costproxy.routing.policy import Constraints
 from costproxy.routing.quality import QualityProfiles
@@ -51,7 +52,7 @@ from costproxy.tools.replay import IntArray, OperatingPoint, default_points, pic
 CONSTRAINTS, PRESSURE = Constraints(quality_mode="balanced"), BudgetPressure()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class OnlineOptions:
     label_rate: float = 0.05
     balanced_gap: float = 0.03

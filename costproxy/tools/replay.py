@@ -38,6 +38,7 @@ import numpy.typing as npt
 
 from costproxy.analyzer.profile import RequestProfile
 from costproxy.errors import NoEligibleModel
+from costproxy.records import frozen
 from costproxy.registry import ModelSpec
 from costproxy.routing.policy import Constraints
 from costproxy.routing.quality import QualityProfiles
@@ -54,7 +55,7 @@ from costproxy.tools.dataset import EvalSet, FloatArray
 IntArray = npt.NDArray[np.intp]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class OperatingPoint:
     """One setting of the selection engine: ``balanced_gap`` and, optionally, ``quality_per_usd``."""
 
@@ -81,7 +82,7 @@ def default_points() -> tuple[OperatingPoint, ...]:
     return (*gaps, *rates)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class EvalOptions:
     target_retention: float = 0.98
     select_by: str = "lower"  # lower | point
@@ -93,14 +94,14 @@ class EvalOptions:
     point: OperatingPoint | None = None  # fixed operating point (required without train rows)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Interval:
     point: float
     low: float
     high: float
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class StrategyResult:
     name: str
     saving: Interval
@@ -110,7 +111,7 @@ class StrategyResult:
     note: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CurvePoint:
     point: OperatingPoint
     train_saving: float

@@ -75,6 +75,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from costproxy.records import frozen
 from costproxy.tools.simulator_structured import SchemaUnsupported, structured_text
 
 SIM_NAME = "costproxy-simulator"
@@ -112,7 +113,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Chunk = tuple[dict[str, Any], int]  # a stream payload and the completion tokens it carries
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SimConfig:
     require_auth: bool = True
     accepted_keys: tuple[str, ...] = ()  # empty: any key passes
@@ -191,7 +192,7 @@ class _Plan:
     directives: dict[str, str | int | bool | None]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Answer:
     words: tuple[str, ...]
     finish_reason: str
