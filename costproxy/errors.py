@@ -11,7 +11,8 @@
     │   ├── MethodNotAllowed        wrong HTTP method                           405 method_not_allowed
     │   ├── ContextTooLong          prompt + output cannot fit the model        400 context_length_exceeded
     │   ├── Unauthenticated         missing, unknown or revoked key             401 invalid_api_key
-    │   └── Forbidden               key lacks the scope for this call           403 forbidden
+    │   ├── Forbidden               key lacks the scope for this call           403 forbidden
+    │   └── IdempotencyKeyReused    a usage record's key names a different one  409 idempotency_key_reused
     ├── PolicyError                 costproxy's rules or budgets refuse it
     │   ├── BudgetExceeded          a hard budget cannot fit the worst case     429 budget_exceeded
     │   ├── RateLimited             a rate limit has no room now (retry-after)  429 rate_limited
@@ -130,6 +131,15 @@ class Forbidden(CallerError):
     status = 403
     code = "forbidden"
     type = "permission_error"
+
+
+class IdempotencyKeyReused(CallerError):
+    """An idempotency key already claimed by a different usage record (another amount, source or
+    metadata): nothing is charged; sending it again cannot help, so SDKs (which retry a 409) must not."""
+
+    status = 409
+    code = "idempotency_key_reused"
+    no_retry = True
 
 
 class PolicyError(ProxyError):

@@ -18,8 +18,11 @@ that counts overruns for ``/metrics``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Protocol
 
 import structlog
@@ -47,9 +50,9 @@ from costproxy.budgets.status import (
     status_from,
     status_of,
 )
-from costproxy.errors import BudgetExceeded
+from costproxy.errors import BudgetExceeded, IdempotencyKeyReused
 from costproxy.identity.principal import Principal
-from costproxy.ledger.entry import LedgerEntry, with_metadata
+from costproxy.ledger.entry import LedgerEntry, as_refusal, with_metadata
 from costproxy.money import format_usd, nanos_to_decimal
 from costproxy.records import frozen
 from costproxy.routing.policy import EMPTY, Constraints
@@ -120,9 +123,13 @@ class BudgetAccounts(Accounts, Protocol):
     async def statuses(self, scope_type: str, scope_id: str) -> list[BudgetStatus]: ...
 
     async def record_usage(self, budget_id: str, nanos: int, entry: LedgerEntry, *,
-                           idempotency_key: str | None = None) -> Recorded:
-        """Charge usage that happened elsewhere; with ``idempotency_key`` a second record with the
-        same key (within ``IDEMPOTENCY_TTL_MS``) charges nothing, claimed atomically with the charge."""
+                           idempotency_key: str | None = None, fingerprint: str | None = None) -> Recorded:
+        """Charge usage that happened elsewhere.  With ``idempotency_key`` the key is claimed
+        atomically with the charge, together with ``fingerprint`` (``usage_fingerprint``; default:
+        that of the budget and ``nanos`` alone).  A second record with the same key (within
+        ``IDEMPOTENCY_TTL_MS``) charges nothing: with the same fingerprint (or a claim stored before
+        fingerprints were) it is a duplicate; with another one it is refused — ``IdempotencyKeyReused``,
+        its entry ledgered as refused (``reused_entry``) in the same atomic step."""
         ...
 
     async def check(self, budget_id: str, nanos: int) -> Check: ...
@@ -203,6 +210,50 @@ def usage_entry(record: UsageRecord, spec: BudgetSpec, request_id: str) -> Ledge
         usage_reported=True, source=record.source,
         metadata={"description": record.description, "tags": list(record.tags), "budget_id": spec.id},
     )
+
+
+FINGERPRINT_FORM = "usage/1"  # names the canonical form below: change it whenever the form changes
+
+
+def usage_fingerprint(budget_id: str, nanos: int, record: UsageRecord | None = None) -> str:
+    """SHA-256 (hex) of the canonical form of a usage record charged ``nanos`` to ``budget_id``:
+    the same for a replay of the record, different for another record under the same idempotency key.
+
+    The form is every field the client chose, as parsed, so equal meaning gives equal bytes
+    (``"412.50"`` and ``412.5`` are one amount in nano-USD; snake_case spellings and defaults are
+    applied): budget, amount, source, description, requestId, modelId, userId, teamId, projectId,
+    tags (in order), and the timestamp in ms when one was sent.  Without one the arrival time stands
+    in, which a retry cannot repeat, so it is left out.  Description and tags are in: two records
+    that differ only there are still two records, and refusing the second loses nothing (it is
+    ledgered as refused) where taking it for a duplicate would.  Without ``record``: budget and
+    amount only (the Python API's default)."""
+    form: list[object] = [FINGERPRINT_FORM, budget_id, nanos]
+    if record is not None:
+        form += [record.source, record.description, record.request_id, record.model_id, record.user,
+                 record.team, record.project, list(record.tags),
+                 record.timestamp_ms if record.timestamp_sent else None]
+    return hashlib.sha256(json.dumps(form, ensure_ascii=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def reused_entry(entry: LedgerEntry, nanos: int, idempotency_key: str) -> LedgerEntry:
+    """The ledger entry of a usage record refused for its reused idempotency key: a refusal like any
+    (status ``refused``, cost 0, HTTP 409, the error code), charged to no budget, with what it
+    asked to charge and its key in ``metadata`` so the record is kept, not lost."""
+    refused = as_refusal(replace(entry, http_status=IdempotencyKeyReused.status,
+                                 error_code=IdempotencyKeyReused.code))
+    metadata = {k: v for k, v in refused.metadata.items() if k != "budgets"}
+    return with_metadata(refused, {**metadata, "refused_amount_nanos": nanos, "idempotency_key": idempotency_key})
+
+
+def key_reused(budget_id: str, idempotency_key: str, entry: LedgerEntry, nanos: int) -> IdempotencyKeyReused:
+    """Log a refused record and say why it was refused (the caller raises it)."""
+    log.warning("usage_idempotency_key_reused", budget_id=budget_id, idempotency_key=idempotency_key,
+                request_id=entry.request_id, refused_amount_nanos=nanos)
+    return IdempotencyKeyReused(
+        f"idempotency key {idempotency_key!r} was used within the last 7 days for a different usage record "
+        f"on budget {budget_id!r} (another amount, source, timestamp, description or metadata); nothing was "
+        "charged and this record is in the ledger as refused. Send the first record unchanged to replay it, "
+        "or a new key for a new record", details={"budget_id": budget_id})
 
 
 class BudgetBook:

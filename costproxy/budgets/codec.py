@@ -111,6 +111,7 @@ class UsageRecord:
     team: str | None = None
     project: str | None = None
     tags: tuple[str, ...] = ()
+    timestamp_sent: bool = True  # False: ``timestamp_ms`` is when it arrived (no ``timestamp`` was sent)
 
 
 STORED_MAX_NANOS = 2**62  # definitions already stored are read with the int64 range only
@@ -366,6 +367,7 @@ def usage_from_json(data: Any, *, now_ms: int) -> UsageRecord:
             request_id=meta.child("requestId", None).opt_str(), model_id=meta.child("modelId", None).opt_str(),
             user=meta.child("userId", None).opt_str(), team=meta.child("teamId", None).opt_str(),
             project=meta.child("projectId", None).opt_str(), tags=tuple(meta.child("tags", []).str_list()),
+            timestamp_sent=node.has("timestamp"),
         )
         meta.done()
         node.done()

@@ -58,6 +58,11 @@ BUDGET_MIGRATIONS: list[tuple[int, str]] = [
         );
         CREATE INDEX usage_claims_ts ON usage_claims (ts_ms)
     """),
+    # What the claiming record was (``book.usage_fingerprint``): the same key with another record is
+    # refused, not taken for a duplicate.  Claims made before it have none and stay plain duplicates.
+    (3, """
+        ALTER TABLE usage_claims ADD COLUMN fingerprint TEXT
+    """),
 ]
 
 

@@ -10,7 +10,8 @@ Key layout (``P`` is ``budgets.key_prefix``, default ``cp``; ``{…}`` is the Re
                                                  (expires one reservation TTL after its last sign)
     P:{<org>}:d:<token>                   string settled marker (makes settle idempotent on retry and on
                                                  outbox replay; for usage records the token is
-                                                 derived from the idempotency key, kept 7 days)
+                                                 derived from the idempotency key, kept 7 days,
+                                                 holding the fingerprint of the record that claimed it)
     P:{<org>}:ledger                      stream the ledger: one entry per settle (field ``e``, JSON)
     P:{<org>}:ledger:mirrors              hash   replica -> "<last mirrored id> <published at ms>"
     P:{<org>}:ledger:trimmed              string the stream id below which entries were trimmed
@@ -203,14 +204,27 @@ return out
 
 # KEYS: counter_1..counter_n, reservation, expiries, done marker, ledger stream
 # ARGV: now, token, cost, entry JSON ('' for none), unused, done TTL ms, then per counter:
-#       expire-at ms, thresholds "pct:amount,..." (amount: nano-USD that reaches pct)
+#       expire-at ms, thresholds "pct:amount,..." (amount: nano-USD that reaches pct);
+#       then, for a usage record with an idempotency key only: its fingerprint, its refusal entry JSON
 # ARGV[5] once carried a time-based MINID; the stream is now trimmed only once every replica has
 # mirrored it (ledger/trim.py).  The slot stays so outbox items saved by older versions replay as is.
-# Returns {'dup'} if already settled, else {'ok', spent_1, reserved_1, fired_1, ...} after it.
+# The fingerprint is the done marker's value (so it lives exactly as long as the claim); a marker
+# set without one holds '1' (a settle, or a claim from before fingerprints): always a plain 'dup'.
+# Returns {'dup'} if already settled (by the same record), {'reused'} if the marker holds another
+# fingerprint (the refusal entry is appended to the ledger instead), else {'ok', spent_1,
+# reserved_1, fired_1, ...} after it.
 SETTLE = """
 local n = #KEYS - 4
 local res, zkey, done, stream = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3], KEYS[n + 4]
-if not redis.call('SET', done, '1', 'PX', ARGV[6], 'NX') then return {'dup'} end
+local fingerprint, refused = ARGV[7 + 2 * n], ARGV[8 + 2 * n]
+if not redis.call('SET', done, fingerprint or '1', 'PX', ARGV[6], 'NX') then
+  local first = fingerprint and redis.call('GET', done)
+  if first and first ~= '1' and first ~= fingerprint then
+    redis.call('XADD', stream, '*', 'e', refused)
+    return {'reused'}
+  end
+  return {'dup'}
+end
 local held = redis.call('HGETALL', res)
 local left = {}  -- counter -> its reserved amount once this reservation is dropped
 for j = 1, #held, 2 do

@@ -65,8 +65,11 @@ from costproxy.budgets.book import (
     BudgetReservation,
     CompiledBudget,
     Recorded,
+    key_reused,
     overran,
     refusal,
+    reused_entry,
+    usage_fingerprint,
 )
 from costproxy.budgets.config import BudgetConfig
 from costproxy.budgets.definitions import BudgetStore
@@ -371,11 +374,14 @@ class RedisBudgetAccounts(BudgetBook):
         await self._send(self._settle_op(Reservation(refused.request_id, 0), refused, 0))
 
     async def record_usage(self, budget_id: str, nanos: int, entry: LedgerEntry, *,
-                           idempotency_key: str | None = None) -> Recorded:
+                           idempotency_key: str | None = None, fingerprint: str | None = None) -> Recorded:
         """Charge usage that happened elsewhere (no limit check: the money is already spent).
 
         With ``idempotency_key`` the settle token is derived from it, so the settle script's
-        ``done`` marker claims the key in the same atomic step that charges the counter."""
+        ``done`` marker claims the key in the same atomic step that charges the counter; the marker
+        holds the record's fingerprint, and a different record under the key is refused by the
+        script, which appends its refusal entry instead (``IdempotencyKeyReused``).  While Redis
+        is away the record waits in the outbox (answered as recorded); the check runs on replay."""
         now = self.now_ms()
         spec = self.compiled(budget_id).spec
         window = self.window(spec, now)
@@ -387,8 +393,14 @@ class RedisBudgetAccounts(BudgetBook):
             request_id=entry.request_id, amount_nanos=nanos, budget_ids=(spec.id,), token=token,
             period_keys=(window.key,), counter_keys=(self.keys.counter(spec.partition, spec.id, window.key),),
             home=spec.partition)
-        done_ttl = IDEMPOTENCY_TTL_MS if idempotency_key is not None else None
-        verdict = await self._send(self._settle_op(usage, entry, nanos, done_ttl_ms=done_ttl))
+        op = self._settle_op(usage, entry, nanos,
+                             done_ttl_ms=None if idempotency_key is None else IDEMPOTENCY_TTL_MS)
+        if op is not None and idempotency_key is not None:
+            op.args += [fingerprint or usage_fingerprint(spec.id, nanos),
+                        entry_json(reused_entry(entry, nanos, idempotency_key)).decode()]
+        verdict = await self._send(op)
+        if verdict == "reused":
+            raise key_reused(spec.id, idempotency_key or "", entry, nanos)
         return Recorded(self.status_now(budget_id), duplicate=verdict == "dup")
 
     def _settle_op(self, reservation: Reservation, entry: LedgerEntry | None, cost: int, *,
@@ -434,7 +446,8 @@ class RedisBudgetAccounts(BudgetBook):
         return marks
 
     async def _send(self, op: Settlement | None) -> str:
-        """Run ``op``'s settle script: ``ok``, ``dup`` (already applied), or ``deferred`` (Redis is
+        """Run ``op``'s settle script: ``ok``, ``dup`` (already applied), ``reused`` (a usage
+        record's key holds another record: its refusal was ledgered), or ``deferred`` (Redis is
         away: ``op`` is in the durable outbox before this returns)."""
         if op is None:
             return "ok"
@@ -496,7 +509,9 @@ class RedisBudgetAccounts(BudgetBook):
 
     async def _replay(self, op: Settlement) -> None:
         await self._register([op.home])
-        self._applied(op, await self._settle(keys=op.keys, args=op.args))  # "dup" if it already applied
+        verdict = self._applied(op, await self._settle(keys=op.keys, args=op.args))  # "dup" if it already applied
+        if verdict == "reused":  # answered as recorded while Redis was away; the script ledgered the refusal
+            log.error("usage_idempotency_key_reused_on_replay", request_id=op.request_id, budget_ids=op.budget_ids)
 
     async def _save_unsaved(self) -> None:
         """At shutdown: what only memory held goes to the durable outbox if the file now allows."""

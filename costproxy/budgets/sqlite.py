@@ -16,8 +16,10 @@ lease of ``reservation_ttl_s`` that the running request renews (``renew``); a le
 (a hung request) is reclaimed by the maintenance task, ``renew`` then answers False, and a late
 settle still charges the actual cost to the periods it was reserved in.
 
-Usage records with an idempotency key are claimed in ``usage_claims`` in the same SQLite
-transaction that writes their ledger entry, so two identical records charge once.
+Usage records with an idempotency key are claimed in ``usage_claims`` (with the record's
+fingerprint) in the same SQLite transaction that writes their ledger entry, so two identical
+records charge once, and a different record under a claimed key is refused: its refusal entry is
+written in that transaction instead.
 """
 
 from __future__ import annotations
@@ -38,14 +40,18 @@ from costproxy.budgets.book import (
     BudgetReservation,
     CompiledBudget,
     Recorded,
+    key_reused,
     overran,
     refusal,
+    reused_entry,
+    usage_fingerprint,
 )
 from costproxy.budgets.definitions import BudgetStore
 from costproxy.budgets.status import Counters
 from costproxy.errors import InvalidRequest, StoreUnavailable
 from costproxy.identity.principal import Principal
 from costproxy.ledger.entry import LedgerEntry, as_refusal
+from costproxy.records import frozen
 from costproxy.store.sqlite import INSERT_LEDGER, ROW_ERRORS, SqliteStore, ledger_row, rollback
 
 log = structlog.get_logger("costproxy.budgets.model")
@@ -76,6 +82,18 @@ class _Held:
     charged: tuple[tuple[CompiledBudget, str, _Counter], ...]
     reclaimed: bool = False
     request_id: str = field(default="")
+
+
+@frozen
+class _Claim:
+    """A usage record's claim of its idempotency key: the entry to write if the key is free, the
+    refusal to write if another record holds it."""
+
+    budget_id: str
+    key: str
+    fingerprint: str
+    entry: LedgerEntry
+    refused: LedgerEntry
 
 
 class SqliteBudgetAccounts(BudgetBook):
@@ -306,11 +324,12 @@ class SqliteBudgetAccounts(BudgetBook):
 
     # --- usage from other systems --------------------------------------------------------
     async def record_usage(self, budget_id: str, nanos: int, entry: LedgerEntry, *,
-                           idempotency_key: str | None = None) -> Recorded:
+                           idempotency_key: str | None = None, fingerprint: str | None = None) -> Recorded:
         """Charge usage that happened elsewhere (no limit check: the money is already spent).
 
         With ``idempotency_key`` the claim and the ledger entry are committed in one transaction
-        before the counter moves: a second record with the same key charges nothing."""
+        before the counter moves: a second record with the same key charges nothing (a duplicate,
+        or ``IdempotencyKeyReused`` if its fingerprint differs: see ``BudgetAccounts``)."""
         now = self.now_ms()
         compiled = self.compiled(budget_id)
         key = self.window(compiled.spec, now).key
@@ -319,32 +338,47 @@ class SqliteBudgetAccounts(BudgetBook):
         tagged = self.tagged(entry, BudgetReservation(entry.request_id, nanos, (compiled.spec.id,), "", (key,)))
         if idempotency_key is None:
             self.store.append(tagged)
-        elif not await self.store.run(self._claim_sync, compiled.spec.id, idempotency_key, tagged, now):
-            return Recorded(self.status_now(budget_id), duplicate=True)
+        else:
+            claim = _Claim(compiled.spec.id, idempotency_key, fingerprint or usage_fingerprint(compiled.spec.id, nanos),
+                           tagged, reused_entry(entry, nanos, idempotency_key))
+            verdict = await self.store.run(self._claim_sync, claim, now)
+            if verdict == "reused":
+                raise key_reused(compiled.spec.id, idempotency_key, entry, nanos)
+            if verdict == "dup":
+                return Recorded(self.status_now(budget_id), duplicate=True)
         counter = self._counter(compiled.spec.id, key)
         before = counter.spent
         counter.spent += nanos
         self._fire(compiled, key, counter, before=before, now=now, request_id=entry.request_id)
         return Recorded(self.status_now(budget_id))
 
-    def _claim_sync(self, budget_id: str, claim: str, entry: LedgerEntry, now: int) -> bool:
-        """Claim ``claim`` and write ``entry`` in one transaction; False if already claimed."""
+    def _claim_sync(self, claim: _Claim, now: int) -> str:
+        """Claim the key and write the entry in one transaction: ``ok``; ``dup`` if the key was
+        claimed by the same record (or before fingerprints were kept); ``reused`` if by another
+        record — the refusal entry is written instead."""
         conn = self.store.conn()
         try:
-            row = ledger_row(entry)
+            row, refused = ledger_row(claim.entry), ledger_row(claim.refused)
         except ROW_ERRORS as exc:
             raise InvalidRequest(f"this usage record cannot be stored: {exc}") from None
         conn.execute("BEGIN IMMEDIATE")
         try:
-            claimed = conn.execute("INSERT OR IGNORE INTO usage_claims (budget_id, claim, request_id, ts_ms) "
-                                   "VALUES (?, ?, ?, ?)", (budget_id, claim, entry.request_id, now)).rowcount
-            if claimed:
+            verdict = "ok"
+            if conn.execute("INSERT OR IGNORE INTO usage_claims (budget_id, claim, request_id, ts_ms, fingerprint) "
+                            "VALUES (?, ?, ?, ?, ?)", (claim.budget_id, claim.key, claim.entry.request_id, now,
+                                                       claim.fingerprint)).rowcount:
                 conn.execute(INSERT_LEDGER, row)
+            else:
+                first = conn.execute("SELECT fingerprint FROM usage_claims WHERE budget_id = ? AND claim = ?",
+                                     (claim.budget_id, claim.key)).fetchone()[0]
+                verdict = "dup" if first is None or first == claim.fingerprint else "reused"
+                if verdict == "reused":
+                    conn.execute(INSERT_LEDGER, refused)
             conn.execute("COMMIT")
         except BaseException:
             rollback(conn)
             raise
-        return bool(claimed)
+        return verdict
 
     def held_nanos(self) -> int:
         """Sum reserved over every counter (0 once traffic stops: the leak check of the tests)."""

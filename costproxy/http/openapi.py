@@ -44,7 +44,9 @@ OFFSET: Schema = {"type": "integer", "minimum": 0, "maximum": 10**12}
 HOURS: Schema = {"type": "number", "minimum": 0, "maximum": 87_840}
 IDEMPOTENCY_KEY: Schema = {"name": "Idempotency-Key", "in": "header", "required": False,
                            "schema": {"type": "string", "maxLength": 256},
-                           "description": "a second record with this key within 7 days charges nothing"}
+                           "description": "default: metadata.requestId. Within 7 days the same record sent again "
+                                          "with this key charges nothing (200, duplicate); a different record "
+                                          "(amount, source, timestamp, description or metadata) is refused (409)"}
 
 
 PREFERRED: Schema = {
@@ -56,11 +58,14 @@ PREFERRED: Schema = {
 
 def op(summary: str, response: Schema | None = None, *, request: Schema | None = None, status: int = 200,
        params: tuple[Schema, ...] = (), read_only: bool = True, tag: str = "budgets",
-       also: dict[int, str] | None = None) -> Schema:
-    """One operation; ``also``: more statuses answering the same schema, with what each means."""
+       also: dict[int, str] | None = None, refusals: dict[int, str] | None = None) -> Schema:
+    """One operation; ``also``: more statuses answering the same schema, with what each means;
+    ``refusals``: errors worth naming (an ``Error`` body, like every other error status)."""
     answer = {"content": {JSON: {"schema": response or ANY_OBJECT}}}
     responses: Schema = {str(status): {"description": "OK", **answer}}
     responses.update({str(code): {"description": meaning, **answer} for code, meaning in (also or {}).items()})
+    responses.update({str(code): {"description": meaning, "content": {JSON: {"schema": ref("Error")}}}
+                      for code, meaning in (refusals or {}).items()})
     responses["default"] = {"description": "error", "content": {JSON: {"schema": ref("Error")}}}
     operation: Schema = {"summary": summary, "tags": [tag], "x-costproxy-read-only": read_only,
                          "responses": responses}
@@ -138,7 +143,10 @@ def _budget_spend_paths() -> dict[str, Schema]:
                 ("usage", "idempotencyKey"), budgetId=S, duplicate=B, usage=ref("UsageRecord"),
                 idempotencyKey=N, status=ref("BudgetStatus")), request=ref("UsageInput"), status=201,
                 params=(*bid, IDEMPOTENCY_KEY), read_only=False,
-                also={200: "a duplicate (same idempotency key within 7 days): nothing charged"})},
+                also={200: "a duplicate (the same record under the same idempotency key within 7 days): "
+                           "nothing charged"},
+                refusals={409: "idempotency_key_reused: the idempotency key was used within 7 days for a "
+                               "different record; nothing charged, this one ledgered as refused"})},
         "/api/v1/budgets/{budgetId}/usage/summary": {"get": op(
             "Usage totals by source and model", resp(
                 budgetId=S, currency=S, timeRange=ref("TimeRange"), totals=ref("Totals"),

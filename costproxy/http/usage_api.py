@@ -1,7 +1,9 @@
 """Spend against one budget: usage recorded by other systems, the usage list and summary, reports.
 
 ``POST /api/v1/budgets/{id}/usage``          a usage record (DESIGN §3.6) charged exactly, admin only;
-                                             idempotent on ``Idempotency-Key`` or ``metadata.requestId``
+                                             idempotent on ``Idempotency-Key`` or ``metadata.requestId``:
+                                             the same record again is a duplicate (200, nothing
+                                             charged), another record under a used key a 409
 ``GET  /api/v1/budgets/{id}/usage``          ledger entries charged to the budget, newest first
 ``GET  /api/v1/budgets/{id}/usage/summary``  totals by source and by model
 ``GET  /api/v1/budgets/{id}/reports``        ``?timeRange=&groupBy=day|week|model|user|team|project|key|source``
@@ -19,11 +21,11 @@ from typing import Any
 
 from aiohttp import web
 
-from costproxy.budgets.book import BudgetAccounts, usage_entry
+from costproxy.budgets.book import BudgetAccounts, usage_entry, usage_fingerprint
 from costproxy.budgets.codec import iso, usage_from_json, usd
 from costproxy.budgets.model import BudgetSpec, window_at
 from costproxy.budgets.reports import GROUPS, RangeInvalid, Row, TimeRange, report, time_range, totals
-from costproxy.errors import InvalidRequest
+from costproxy.errors import IdempotencyKeyReused, InvalidRequest
 from costproxy.http.budgets_api import budget_for, status_json, store_errors
 from costproxy.http.keys_api import int_param, json_body, require_admin
 from costproxy.http.state import LEDGER, REQUEST_ID
@@ -41,10 +43,15 @@ async def record_usage(request: web.Request) -> web.Response:
     record = usage_from_json(await json_body(request), now_ms=now)
     if record.source not in EXTERNAL_SOURCES:
         raise InvalidRequest(f"'source' must be one of {', '.join(EXTERNAL_SOURCES)}", param="source")
-    key = idempotency_key(request, record.request_id)
+    key, param = idempotency_key(request, record.request_id)
     entry = usage_entry(record, spec, request[REQUEST_ID])
-    with store_errors():
-        recorded = await accounts.record_usage(spec.id, record.amount_nanos, entry, idempotency_key=key)
+    try:
+        with store_errors():
+            recorded = await accounts.record_usage(spec.id, record.amount_nanos, entry, idempotency_key=key,
+                                                   fingerprint=usage_fingerprint(spec.id, record.amount_nanos, record))
+    except IdempotencyKeyReused as exc:  # param: what to change, the header or the requestId standing in for it
+        where = "" if param == "Idempotency-Key" else f"no Idempotency-Key header was sent, so {param} is the key: "
+        raise IdempotencyKeyReused(where + exc.message, param=param, details=exc.details) from None
     status_body = await status_json(request, recorded.status)
     if recorded.duplicate:
         return web.json_response({"budgetId": spec.id, "duplicate": True, "idempotencyKey": key,
@@ -54,13 +61,16 @@ async def record_usage(request: web.Request) -> web.Response:
                               "status": status_body}, status=201)
 
 
-def idempotency_key(request: web.Request, request_id: str | None) -> str | None:
-    """``Idempotency-Key`` header, else ``metadata.requestId``: claimed by the accounts together
-    with the charge (never through the alert manager), so it holds with alerts disabled too."""
-    key = request.headers.get("idempotency-key", "").strip() or request_id
+def idempotency_key(request: web.Request, request_id: str | None) -> tuple[str | None, str]:
+    """``Idempotency-Key`` header, else ``metadata.requestId``, and which of the two it is (the
+    ``param`` of an error about it): claimed by the accounts together with the charge (never through
+    the alert manager), so it holds with alerts disabled too.  The same key with another record
+    (``book.usage_fingerprint`` differs) is refused with 409 ``idempotency_key_reused``."""
+    header = request.headers.get("idempotency-key", "").strip()
+    key, param = (header, "Idempotency-Key") if header else (request_id, "metadata.requestId")
     if key is not None and (len(key) > 256 or not key.isprintable()):
-        raise InvalidRequest("an idempotency key must be at most 256 printable characters", param="Idempotency-Key")
-    return key
+        raise InvalidRequest("an idempotency key must be at most 256 printable characters", param=param)
+    return key, param
 
 
 def usage_json(entry: LedgerEntry, seq: int | None = None) -> dict[str, Any]:

@@ -84,12 +84,13 @@ async def _spend(proxy: Proxy) -> None:
     for _ in range(2):
         resp = await proxy.client.post("/v1/chat/completions", json=CHAT, headers=proxy.auth())
         assert resp.status == 200
-    recorded = await call(proxy, "POST", "/api/v1/budgets/team-core/usage", 201, json={
-        "amount": "0.85", "source": "relaycore", "timestamp": "2026-11-25T10:00:00Z",
-        "metadata": {"request_id": "rc-1", "modelId": "gpt-4o", "userId": "bob"}})
+    usage = {"amount": "0.85", "source": "relaycore", "timestamp": "2026-11-25T10:00:00Z",
+             "metadata": {"request_id": "rc-1", "modelId": "gpt-4o", "userId": "bob"}}
+    recorded = await call(proxy, "POST", "/api/v1/budgets/team-core/usage", 201, json=usage)
     assert recorded["usage"]["timestamp"] == "2026-11-25T10:00:00.000Z"
-    await call(proxy, "POST", "/api/v1/budgets/team-core/usage", 200, json={
-        "amount": "0.85", "metadata": {"requestId": "rc-1"}})  # a duplicate: charged once
+    await call(proxy, "POST", "/api/v1/budgets/team-core/usage", 200, json=usage)  # a duplicate: charged once
+    await call(proxy, "POST", "/api/v1/budgets/team-core/usage", 409, json={
+        "amount": "0.85", "metadata": {"requestId": "rc-1"}})  # another record under a used key: refused
     for path in ("usage", "usage/summary", "reports?group_by=user", "reports?groupBy=day&timeRange=all",
                  "alerts", "audit"):
         await call(proxy, "GET", f"/api/v1/budgets/team-core/{path}")
