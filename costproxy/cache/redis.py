@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from redis.asyncio import Redis
 
+from costproxy.budgets.batch import bounded, client_timeout
 from costproxy.cache.store import CacheStats
 from costproxy.ratelimits.redis import reachable
 
@@ -77,12 +78,13 @@ class RedisResponseCache:
         base = f"{prefix}:{{cache}}"
         self.entry_prefix = f"{base}:e:"
         self.index, self.sizes, self.total = f"{base}:idx", f"{base}:sz", f"{base}:bytes"
+        self.timeout_s = client_timeout(redis)  # on a request's path: within its time for the store
         self._put = redis.register_script(PUT)
         self._purge = redis.register_script(PURGE)
 
     async def get(self, key: str) -> bytes | None:
         with reachable(self.label, "response cache"):
-            value = await self.redis.get(self.entry_prefix + key)
+            value = await bounded(lambda: self.redis.get(self.entry_prefix + key), self.timeout_s)
         if value is None:
             return None
         return value.encode() if isinstance(value, str) else bytes(value)
@@ -92,8 +94,9 @@ class RedisResponseCache:
             return False
         now = int(self.clock() * 1000)
         with reachable(self.label, "response cache"):
-            await self._put(keys=[self.entry_prefix + key, self.index, self.sizes, self.total],
-                            args=[key, value, ttl_s * 1000, now, self.max_bytes, self.entry_prefix])
+            await bounded(lambda: self._put(keys=[self.entry_prefix + key, self.index, self.sizes, self.total],
+                                            args=[key, value, ttl_s * 1000, now, self.max_bytes, self.entry_prefix]),
+                          self.timeout_s)
         return True
 
     async def stats(self) -> CacheStats:
