@@ -83,6 +83,7 @@ from costproxy.ledger.mirror import LedgerMirror, entry_json
 from costproxy.ledger.trim import StreamKeeper, replica_id
 from costproxy.money import format_usd
 from costproxy.store.config import DEFAULT_TIMEOUT_S
+from costproxy.store.outage import unavailable
 from costproxy.store.sqlite import SqliteStore
 
 log = structlog.get_logger("costproxy.budgets.model")
@@ -290,9 +291,9 @@ class RedisBudgetAccounts(BudgetBook):
                 release = self._settle_op(reservation, None, 0)
                 if release is not None:
                     await self._defer(release)
-                raise StoreUnavailable(
-                    f"budget store ({self.label}) is unreachable, so the hard budgets "
-                    f"{', '.join(c.spec.id for c in chain if c.spec.hard)} cannot be checked: {exc}") from None
+                gated = ", ".join(c.spec.id for c in chain if c.spec.hard or c.gate_percent is not None)
+                raise unavailable("budget store", self.label, exc,
+                                  f"reserve on the budgets {gated}, so they cannot be checked") from None
             return reservation  # soft budgets only: proceed; settling waits in the outbox if needed
         self._up(now)
         verdict = _text(reply[0])
@@ -358,8 +359,8 @@ class RedisBudgetAccounts(BudgetBook):
                                      args=[token, self.now_ms(), length])
         except RedisError as exc:
             self._down(exc)
-            raise StoreUnavailable(f"budget store ({self.label}) is unreachable, the lease of request "
-                                   f"{reservation.request_id} cannot be renewed: {exc}") from None
+            raise unavailable("budget store", self.label, exc,
+                              f"renew the lease of request {reservation.request_id}") from None
         return bool(int(held))
 
     # --- settle / release / usage --------------------------------------------------------

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 
 from costproxy.budgets.batch import bounded, client_timeout
 from costproxy.cache.store import CacheStats
-from costproxy.ratelimits.redis import reachable
+from costproxy.store.outage import reachable
 
 # KEYS: entry, idx, sz, bytes; ARGV: member, value, ttl ms, now ms, max bytes, entry key prefix
 PUT = """
@@ -83,7 +83,7 @@ class RedisResponseCache:
         self._purge = redis.register_script(PURGE)
 
     async def get(self, key: str) -> bytes | None:
-        with reachable(self.label, "response cache"):
+        with reachable(self.label, "response cache", "look up a cached answer"):
             value = await bounded(lambda: self.redis.get(self.entry_prefix + key), self.timeout_s)
         if value is None:
             return None
@@ -93,7 +93,7 @@ class RedisResponseCache:
         if len(value) > self.max_entry_bytes:
             return False
         now = int(self.clock() * 1000)
-        with reachable(self.label, "response cache"):
+        with reachable(self.label, "response cache", "store the answer"):
             await bounded(lambda: self._put(keys=[self.entry_prefix + key, self.index, self.sizes, self.total],
                                             args=[key, value, ttl_s * 1000, now, self.max_bytes, self.entry_prefix]),
                           self.timeout_s)
@@ -101,7 +101,7 @@ class RedisResponseCache:
 
     async def stats(self) -> CacheStats:
         now = int(self.clock() * 1000)
-        with reachable(self.label, "response cache"):
+        with reachable(self.label, "response cache", "read the cache's size"):
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.zcount(self.index, f"({now}", "+inf")
                 pipe.get(self.total)
@@ -111,7 +111,7 @@ class RedisResponseCache:
     async def purge(self) -> int:
         deleted = 0
         while True:
-            with reachable(self.label, "response cache"):
+            with reachable(self.label, "response cache", "purge the cache"):
                 count = int(await self._purge(keys=[self.index, self.sizes, self.total],
                                               args=[self.entry_prefix, PURGE_BATCH]))
             deleted += count
