@@ -17,6 +17,7 @@ from costproxy.budgets.batch import ScriptBatcher, ScriptChannel, script_sender
 from costproxy.budgets.redis import redis_client
 from costproxy.store import wait as store_wait
 from tests.conftest_redis import RedisSpace, redis_endpoint, redis_space  # noqa: F401
+from tests.polling import eventually
 
 pytestmark = pytest.mark.redis
 
@@ -222,6 +223,32 @@ async def test_a_request_waits_for_the_store_once_over_all_its_calls(silent: Sil
         store_wait.end(waiting)
         runner.close()
         await redis.aclose(close_connection_pool=True)
+
+
+async def test_a_call_whose_request_stopped_waiting_while_connecting_is_never_written(silent: SilentServer) -> None:
+    """The connection's handshake (``SELECT``) is answered only after the request's time ran out: the
+    call queued behind it has failed by then and is dropped from the queue, never run by Redis."""
+    channel = ScriptChannel(port=await silent.start(), db=13, timeout_s=TIMEOUT_S, connect_timeout_s=TIMEOUT_S)
+    script = AsyncScriptStub()
+    loop = asyncio.get_running_loop()
+    waiting = store_wait.begin(TIMEOUT_S / 2)
+    try:
+        started = loop.time()
+        with pytest.raises(RedisTimeoutError):
+            await channel.run(script, ["k"], ["gave-up"])  # type: ignore[arg-type]
+        assert loop.time() - started < 0.75 * TIMEOUT_S  # the request's time, not the connect timeout
+    finally:
+        store_wait.end(waiting)
+    try:
+        await eventually(lambda: b"SELECT" in silent.received, what="the handshake written")
+        assert b"EVALSHA" not in silent.received
+        silent.connections[0].write(b"+OK\r\n")  # the handshake completes: the queue is flushed
+        later = asyncio.ensure_future(channel.run(script, ["k"], ["later"]))  # type: ignore[arg-type]
+        await eventually(lambda: b"later" in silent.received, what="the later call written")
+        assert b"gave-up" not in silent.received
+        later.cancel()
+    finally:
+        channel.close()
 
 
 class AsyncScriptStub:
