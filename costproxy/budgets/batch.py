@@ -203,6 +203,12 @@ class ScriptChannel:
         self._expiry: asyncio.TimerHandle | None = None  # fails the calls whose callers stop waiting
         self._expiry_at = math.inf
 
+    @property
+    def address(self) -> str:
+        """Where the channel connects (its errors name Redis, not the store that uses the channel: the
+        budgets and the rate limits each have one)."""
+        return self.path or f"{self.host}:{self.port}"
+
     async def run(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """``await script(keys=keys, args=args)``, written with the other calls of this loop turn."""
         loop = asyncio.get_running_loop()
@@ -226,13 +232,13 @@ class ScriptChannel:
         if self._connecting is not None:
             self._connecting.cancel()
         if self._conn is not None:
-            self._conn.drop(RedisConnectionError("the budget accounts were closed"))
-        self._fail_queue(RedisConnectionError("the budget accounts were closed"))
+            self._conn.drop(RedisConnectionError("the script channel was closed"))
+        self._fail_queue(RedisConnectionError("the script channel was closed"))
 
     def _submit(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any], now: float,
                 deadline: float) -> asyncio.Future[Any]:
         if self._closed:
-            raise RedisConnectionError("the budget accounts were closed")
+            raise RedisConnectionError("the script channel was closed")
         if now >= deadline:  # the request has no time left for the store: not sent at all
             raise out_of_time()
         try:
@@ -303,7 +309,7 @@ class ScriptChannel:
                 await conn.handshake(self._handshake())
         except (OSError, TimeoutError, RedisError) as exc:
             error = exc if isinstance(exc, RedisError) else RedisConnectionError(
-                f"Error connecting to {self.path or f'{self.host}:{self.port}'}: {str(exc) or exc.__class__.__name__}")
+                f"Error connecting to {self.address}: {str(exc) or exc.__class__.__name__}")
             conn.drop(error)
             self._connecting = None
             self._fail_queue(error)
@@ -411,7 +417,7 @@ class _Connection(asyncio.Protocol):
                 elif not call.future.done():  # else the caller was cancelled meanwhile
                     call.future.set_result(reply)
         except (hiredis.ProtocolError, IndexError) as exc:  # a reply no call waits for: the stream is broken
-            self.drop(RedisConnectionError(f"budget store protocol error: {exc}"))
+            self.drop(RedisConnectionError(f"Redis protocol error: {exc}"))
             return
         if not self.pending and self._timer is not None:
             self._timer.cancel()
@@ -428,12 +434,11 @@ class _Connection(asyncio.Protocol):
         else:
             self._timer = loop.call_at(due, self._check_timeout)
 
-    @staticmethod
-    def stalled() -> RedisTimeoutError:
-        return RedisTimeoutError("Timeout reading from the budget store")
+    def stalled(self) -> RedisTimeoutError:
+        return RedisTimeoutError(f"Timeout reading from {self.channel.address}")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.drop(RedisConnectionError(f"Connection closed by the budget store{f': {exc}' if exc else '.'}"))
+        self.drop(RedisConnectionError(f"Connection closed by {self.channel.address}{f': {exc}' if exc else '.'}"))
 
     def drop(self, error: BaseException) -> None:
         """Fail every call in flight on this connection with ``error`` and close it."""
