@@ -63,6 +63,11 @@ BUDGET_MIGRATIONS: list[tuple[int, str]] = [
     (3, """
         ALTER TABLE usage_claims ADD COLUMN fingerprint TEXT
     """),
+    # Open reservations of the SQLite store (``budgets/journal.py``): what a crashed process held is
+    # charged as ``lapsed`` at the next start.  ``body`` is the lapsed entry's JSON (ASCII).
+    (4, """
+        CREATE TABLE budget_reservations (token TEXT PRIMARY KEY, opened_ms INTEGER NOT NULL, body TEXT NOT NULL)
+    """),
 ]
 
 
