@@ -25,6 +25,8 @@ import json
 import sqlite3
 from typing import Any
 
+import orjson
+
 from costproxy.budgets.book import BudgetReservation
 from costproxy.identity.principal import Principal
 from costproxy.ledger.entry import LedgerEntry, Status
@@ -81,19 +83,22 @@ class ReservationJournal:
     def write(conn: sqlite3.Connection, taken: _Taken) -> None:
         opened, closed = taken
         if opened:
-            conn.executemany(_INSERT, [(token, now, _body(r, p)) for token, (r, p, now) in opened.items()])
+            conn.executemany(_INSERT, [(int(token), now, _body(r, p)) for token, (r, p, now) in opened.items()])
         if closed:
-            conn.executemany(_DELETE, [(token,) for token in closed])
+            conn.executemany(_DELETE, [(int(token),) for token in closed])
 
 
 def _body(reservation: BudgetReservation, principal: Principal) -> str:
-    """What the lapsed entry needs, as ASCII JSON (any request id, any amount: always storable)."""
-    return json.dumps({
-        "request_id": reservation.request_id, "amount_nanos": reservation.amount_nanos,
-        "key_id": principal.key_id, "user": principal.user, "team": principal.team, "org": principal.org,
-        "project": principal.project,
-        "budgets": dict(zip(reservation.budget_ids, reservation.period_keys, strict=True))},
-        separators=(",", ":"), ensure_ascii=True)
+    """What the lapsed entry needs, as JSON that is always storable: orjson's UTF-8, or for text it
+    refuses (a lone surrogate) the standard library's ASCII; amounts beyond 64 bits as text."""
+    body = {"request_id": reservation.request_id, "amount_nanos": reservation.amount_nanos,
+            "key_id": principal.key_id, "user": principal.user, "team": principal.team, "org": principal.org,
+            "project": principal.project,
+            "budgets": dict(zip(reservation.budget_ids, reservation.period_keys, strict=True))}
+    try:
+        return orjson.dumps(body).decode()
+    except (orjson.JSONEncodeError, UnicodeDecodeError):
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=True)
 
 
 def lapsed_entry(body: dict[str, Any], opened_ms: int, now_ms: int) -> LedgerEntry:

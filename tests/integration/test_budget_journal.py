@@ -230,16 +230,22 @@ async def test_lapse_sync_quarantines_a_row_it_cannot_read(tmp_path: Path) -> No
 
         await ensure_budget_schema(store)
         journal = ReservationJournal()
-        good = BudgetReservation("ok-1", 5, ("b",), "t1", ("2026-11",))
+        good = BudgetReservation("ok-1", 5, ("b",), "1", ("2026-11",))
         journal.opened(good, Principal(user="u"), 1_000)
+        # rows the writer must store anyway (the batch would fail for ever otherwise) and that cannot
+        # become ledger rows: a lone surrogate in the request id, an amount beyond 64 bits
+        journal.opened(BudgetReservation("bad-\ud800", 5, ("b",), "3", ("2026-11",)), Principal(), 1_001)
+        journal.opened(BudgetReservation("huge", 2**70, ("b",), "4", ("2026-11",)), Principal(), 1_002)
         taken = journal.take()
         await store.run(lambda: _write(store, journal, taken))
-        await store.execute("INSERT INTO budget_reservations (token, opened_ms, body) VALUES ('t2', 2, '{\"x\": 1}')")
+        await store.execute("INSERT INTO budget_reservations (token, opened_ms, body) VALUES (2, 2, '{\"x\": 1}')")
         charged = await store.run(lambda: lapse_sync(store.conn(), 3_000))
         assert [(e.request_id, e.cost_nanos, e.ts_ms, e.metadata["budgets"]) for e in charged] == [
             ("ok-1", 5, 1_000, {"b": "2026-11"})]
-        assert [r[0] for r in await store.query("SELECT body FROM ledger_quarantine")] == [
-            json.dumps({"body": "{\"x\": 1}", "request_id": None, "token": "t2"}, sort_keys=True)]
+        quarantined = [json.loads(r[0]) for r in await store.query("SELECT body FROM ledger_quarantine")]
+        assert [q["token"] for q in quarantined] == [2, 3, 4] and quarantined[0]["body"] == '{"x": 1}'
+        assert json.loads(quarantined[1]["body"])["request_id"] == "bad-\ud800"
+        assert json.loads(quarantined[2]["body"])["amount_nanos"] == 2**70
         assert await store.query("SELECT * FROM budget_reservations") == []
         assert await store.run(lambda: lapse_sync(store.conn(), 4_000)) == []  # once
     finally:
