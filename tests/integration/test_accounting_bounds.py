@@ -275,3 +275,29 @@ async def test_a_stream_answered_with_no_event_stream_is_a_bad_response(hostile_
     assert entry.status == "error" and not entry.usage_reported and entry.completion_tokens == 100
     assert entry.cost_nanos == entry.prompt_tokens * SMALL_IN + 100 * SMALL_OUT
     assert len(hostile.bodies) == 1
+
+
+async def test_a_thinking_budget_stays_below_the_max_tokens_the_budget_lowered(protocol_proxy: ProtocolProxy,
+                                                                               anthropic_sim: Any) -> None:
+    """Anthropic refuses ``thinking.budget_tokens >= max_tokens``: when a hard budget lowers a native
+    Messages body's ``max_tokens``, its thinking budget is lowered with it; when not even the
+    1,024-token minimum fits, the request is refused as the budget's, and nothing is forwarded."""
+    _, claude = anthropic_sim
+    body = {"model": "claude", "max_tokens": 8000, "thinking": {"type": "enabled", "budget_tokens": 4000},
+            "messages": [{"role": "user", "content": "Hi"}]}
+    proxy = await protocol_proxy(**budget("0.03"))  # ~1,990 output tokens of claude at $15/M
+    resp = await proxy.client.post("/v1/messages", json=body, headers=proxy.auth())
+    assert resp.status == 200, await resp.text()
+    forwarded = claude.calls[-1].body
+    assert 1024 <= forwarded["thinking"]["budget_tokens"] == forwarded["max_tokens"] - 1 < 2000
+    assert forwarded["thinking"]["type"] == "enabled"
+
+    sent = len(claude.calls)
+    proxy = await protocol_proxy(**budget("0.01"))  # ~660 output tokens: thinking cannot fit
+    resp = await proxy.client.post("/v1/messages", json=body, headers=proxy.auth())
+    assert resp.status == 429, await resp.text()
+    error = (await resp.json())["error"]
+    assert error["type"] == "insufficient_quota" or "budget" in error["message"]
+    assert "extended thinking" in error["message"] and len(claude.calls) == sent
+    [entry] = [e for e in await proxy.ledger() if e.status != "ok"]
+    assert entry.cost_nanos == 0 and entry.error_code == "budget_exceeded"
