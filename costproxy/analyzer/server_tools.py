@@ -225,6 +225,8 @@ def parse_tool_fees(node: Node, providers: set[str] | None) -> ToolFees:
 
 def _parse_fee(node: Node) -> ToolFee:
     usd_node = node.child("usd")
+    if not isinstance(usd_node.value, str):  # a YAML float has already lost the exact figure
+        raise usd_node.error('must be a quoted decimal string, e.g. "0.01"', usd_node.value)
     usd = usd_node.decimal(minimum=Decimal(0))
     if usd > MAX_FEE_USD:
         raise usd_node.error(f"must be at most {MAX_FEE_USD} (USD per call)", usd_node.value)
