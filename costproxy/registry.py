@@ -151,6 +151,7 @@ class ModelSpec:
     images: ImageTokenRule = GPT4O_IMAGES  # how it bills image input (``analyzer.media``)
     # Nano-USD per call of each provider-side tool kind its provider bills (models.yaml ``tool_fees``).
     tool_fees: tuple[tuple[str, int], ...] = ()
+    tool_inputs: tuple[tuple[str, int], ...] = ()  # input tokens reserved per call, by tool kind
 
     @property
     def fees(self) -> dict[str, int]:
@@ -281,6 +282,7 @@ def _parse_model(model_id: str, node: Node, providers: set[str] | None, fees: To
         tokenizer=_parse_tokenizer(node.child("tokenizer", None)),
         images=_parse_images(node.child("images", None)),
         tool_fees=fees.of(provider),
+        tool_inputs=fees.inputs_of(provider),
     )
     node.done()
     return spec

@@ -10,7 +10,10 @@ Before the call the proxy bounds the calls (``ToolBounds``): a request's own ``m
 Anthropic tool, or its Responses ``max_tool_calls`` across all built-in tools, at most
 ``tool_fees.max_calls``; ``tool_fees.default_max_calls`` where it gives none.  The bound is sent
 upstream in those same fields (set or lowered, as ``max_tokens`` is), reserved at each kind's fee,
-and after the call no more calls than the bound are charged (``ToolBounds.clamp``).
+and after the call no more calls than the bound are charged (``ToolBounds.clamp``).  What a call
+adds to the prompt (search results, billed as input tokens) has no bound the proxy can know before
+the call; a fee's ``input_tokens_per_call`` reserves an allowance for it (``ModelSpec.tool_inputs``),
+and a bill beyond it is an overrun like any other.
 
 A server tool whose kind the fee table does not list is *unpriced*: the proxy cannot bound what
 it costs, so under a hard budget it is refused (``UnpricedTool``), and without one it is passed
@@ -54,6 +57,7 @@ class ToolFee:
     usd: Decimal
     source: str = ""
     as_of: date | None = None
+    input_tokens: int = 0  # input tokens each call may add (search results), reserved as an allowance
     nanos: int = field(default=0, init=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -76,6 +80,11 @@ class ToolFees:
     def of(self, provider: str) -> tuple[tuple[str, int], ...]:
         """``provider``'s fees, (kind, nano-USD per call), as ``ModelSpec.tool_fees`` holds them."""
         return tuple(sorted((kind, fee.nanos) for kind, fee in self.providers.get(provider, {}).items()))
+
+    def inputs_of(self, provider: str) -> tuple[tuple[str, int], ...]:
+        """``provider``'s input-token allowances per call, (kind, tokens), where set."""
+        return tuple(sorted((kind, fee.input_tokens) for kind, fee in self.providers.get(provider, {}).items()
+                            if fee.input_tokens))
 
 
 NO_TOOL_FEES = ToolFees()
@@ -129,7 +138,8 @@ class ToolBounds:
         return charged
 
     def fee_bound(self, fees: Mapping[str, int]) -> int:
-        """The most the calls can cost at ``fees`` (nano-USD)."""
+        """The most the calls can cost at ``fees`` (nano-USD); with input-token allowances per call
+        in place of fees, the most input tokens they are reserved for."""
         charged = self.clamp({kind: count for kind, count in self.calls if kind in fees}, fees)
         return sum(count * fees[kind] for kind, count in charged.items())
 
@@ -239,6 +249,7 @@ def _parse_fee(node: Node) -> ToolFee:
             raise as_of_node.error("must be a date YYYY-MM-DD", as_of) from None
     if not isinstance(as_of, date):
         raise as_of_node.error("must be a date YYYY-MM-DD", as_of)
-    fee = ToolFee(usd=usd, source=node.child("source").str(), as_of=as_of)
+    fee = ToolFee(usd=usd, source=node.child("source").str(), as_of=as_of,
+                  input_tokens=node.child("input_tokens_per_call", 0).int(minimum=0, maximum=1_000_000))
     node.done()
     return fee

@@ -25,7 +25,8 @@ The reservation on every budget of the chain is the price of a ``WorstCase``:
   choices billed (``n``; for ``/v1/completions`` ``max(n, best_of)`` per prompt), plus the tokens
   of a ``prediction`` (rejected predicted tokens are billed at output rates);
 - provider-side tool calls: the calls the proxy bounds and sends upstream (``BillableInput.tools``,
-  ``analyzer.server_tools``) at the fee per call of the model's provider.
+  ``analyzer.server_tools``) at the fee per call of the model's provider, and each call's input-token
+  allowance (``ModelSpec.tool_inputs``: what its results may add to the prompt) in the input bound.
 
 ``worst_case`` uses the margin bound while the budget has room, and the byte bound, which no
 tokenizer can exceed, when the byte bound is the smaller one or when less than
@@ -145,7 +146,11 @@ def hard_input_bound(billable: BillableInput, model: ModelSpec) -> int | None:
 def _case(billable: BillableInput, model: ModelSpec, input_tokens: int, output_cap: int, basis: str) -> WorstCase:
     multiplier = billable.choices if output_cap > 0 else 0
     output = output_cap * multiplier + billable.prediction_tokens
-    tools = billable.tools.fee_bound(model.fees) if billable.tools.calls else 0
+    tools = 0
+    if billable.tools.calls:
+        tools = billable.tools.fee_bound(model.fees)
+        if model.tool_inputs:  # what the calls' results may add to the prompt
+            input_tokens += billable.tools.fee_bound(dict(model.tool_inputs))
     return WorstCase(input_tokens, output_cap, multiplier, billable.prediction_tokens, basis,
                      model.price_of(input_tokens, output) + tools, tools)
 

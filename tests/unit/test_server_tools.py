@@ -5,6 +5,7 @@ errors."""
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,18 @@ def test_the_worst_case_and_the_cost_include_the_fees_exactly() -> None:
     assert output_cap_within(searching, model, budget, case.input_tokens) == 100
     usage = Usage(prompt_tokens=100, completion_tokens=50, tool_calls=(("web_search", 3),))
     assert model.cost(usage) == 100 * 3000 + 50 * 15000 + 30_000_000
+
+
+def test_an_input_allowance_per_call_is_reserved_as_input_tokens() -> None:
+    model = replace(claude(), tool_inputs=(("web_search", 1000),))
+    plain = BillableInput(tokens=100, encoding="o200k_base")
+    searching = replace(plain, tools=ToolBounds((("web_search", 5),)))
+    base, case = worst_case(plain, model, 200), worst_case(searching, model, 200)
+    assert case.input_tokens == base.input_tokens + 5 * 1000
+    assert case.nanos == base.nanos + 5 * 1000 * 3000 + 5 * 10_000_000
+    table = registry_with({"providers": {"anthropic": {"web_search": {
+        "usd": "0.01", "source": "s", "as_of": "2026-11-30", "input_tokens_per_call": 4000}}}})
+    assert {m.tool_inputs for m in table.models.values() if m.provider == "anthropic"} == {(("web_search", 4000),)}
 
 
 def registry_with(tool_fees: Any) -> Any:
