@@ -178,7 +178,8 @@ def server_tools(api: Api, body: Mapping[str, Any]) -> list[ServerTool]:
 
 def tool_bounds(api: Api, body: Mapping[str, Any], tools: Iterable[ServerTool], fees: ToolFees) -> ToolBounds:
     """What the proxy reserves for: each tool's own bound (or the request's ``max_tool_calls``),
-    ``default_max_calls`` without one, never above ``max_calls``."""
+    ``default_max_calls`` without one, never above ``max_calls``.  Only tools some provider has a fee
+    for are bounded upstream: the calls of a request with unpriced tools alone are left as asked."""
     calls: dict[str, int] = {}
     uses: list[tuple[int, int]] = []
     asked_total = _count(body.get("max_tool_calls")) if api is Api.RESPONSES else None
@@ -195,7 +196,7 @@ def tool_bounds(api: Api, body: Mapping[str, Any], tools: Iterable[ServerTool], 
     if not calls:
         return NO_TOOLS
     total = None
-    if api is Api.RESPONSES:
+    if api is Api.RESPONSES and priced.intersection(calls):  # only unpriced tools: their calls are not limited
         total = min(fees.max_calls, fees.default_max_calls if asked_total is None else asked_total)
         calls = {kind: total for kind in calls}
     return ToolBounds(tuple(sorted(calls.items())), total, tuple(uses))

@@ -13,14 +13,15 @@ from typing import Any
 import pytest
 import yaml
 
-from costproxy.analyzer.server_tools import NO_TOOLS, ToolBounds, ToolFees, server_tools, tool_bounds
+from costproxy.analyzer.server_tools import NO_TOOLS, ToolBounds, ToolFee, ToolFees, server_tools, tool_bounds
 from costproxy.analyzer.worst_case import BillableInput, output_cap_within, worst_case
 from costproxy.errors import ConfigError
 from costproxy.registry import ModelPrice, ModelSpec, Usage, parse_registry
 from costproxy.request import Api
 
 ROOT = Path(__file__).resolve().parents[2]
-LIMITS = ToolFees(default_max_calls=5, max_calls=20)
+FEE = ToolFee(usd=Decimal("0.01"))
+LIMITS = ToolFees(providers={"openai": {"web_search": FEE, "file_search": FEE}}, default_max_calls=5, max_calls=20)
 SEARCH = {"type": "web_search_20250305", "name": "web_search"}
 
 
@@ -51,6 +52,10 @@ def test_bounds_default_lower_and_keep_what_the_request_asks() -> None:
     responses = {"tools": [{"type": "web_search"}, {"type": "file_search"}], "max_tool_calls": 3}
     bounds = tool_bounds(Api.RESPONSES, responses, server_tools(Api.RESPONSES, responses), LIMITS)
     assert bounds.calls == (("file_search", 3), ("web_search", 3)) and bounds.total == 3
+    assert tool_bounds(Api.RESPONSES, responses, server_tools(Api.RESPONSES, responses), ToolFees()).total is None
+    unpriced: dict[str, Any] = {"tools": [{"type": "code_interpreter"}]}  # nothing is sent for it
+    tool_bounds(Api.RESPONSES, unpriced, server_tools(Api.RESPONSES, unpriced), LIMITS).send(Api.RESPONSES, unpriced)
+    assert "max_tool_calls" not in unpriced
     sent: dict[str, Any] = dict(responses, max_tool_calls=30)
     ToolBounds(bounds.calls, 20).send(Api.RESPONSES, sent)
     assert sent["max_tool_calls"] == 20
