@@ -8,14 +8,17 @@ is never exceeded by searches."""
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 from typing import Any
 
+from tests.conftest import ADMIN_TOKEN
 from tests.integration.conftest import BIG, CLAUDE_PRICE, ledger_entry, priced, protocol_models
 
 SEARCH = {"type": "web_search_20250305", "name": "web_search"}
 CENT = 10_000_000  # $0.01 in nano-USD
 PREVIEW = 25_000_000
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def fee(usd: str) -> dict[str, str]:
@@ -197,3 +200,29 @@ async def test_chat_web_search_options_is_one_search_fee_per_request(protocol_pr
     assert entry.cost_nanos == priced(backup, call.prompt_tokens, call.completion_tokens) + PREVIEW
     assert entry.metadata["tool_calls"] == {"web_search_options": 1}
     assert nanos(resp.headers["x-costproxy-max-cost-usd"]) >= entry.cost_nanos
+
+
+async def test_a_responses_stream_that_breaks_off_is_charged_the_searches_it_relayed(protocol_proxy) -> None:
+    proxy = await protocol_proxy(models=fee_models())
+    # created, in_progress, then two searches (added + done each): the connection drops after them
+    text = "[[sim:searches=2]] [[sim:drop_after=6]] [[sim:chunk_delay_ms=20]] latest news"
+    resp = await responses(proxy, text, [{"type": "web_search"}], stream=True)
+    assert (await resp.text()).count('"type":"response.output_item.done"') == 2
+    entry = await ledger_entry(proxy, resp.headers["x-costproxy-request-id"])
+    assert entry.status == "error" and not entry.usage_reported
+    assert entry.metadata["tool_calls"] == {"web_search": 2}
+    assert entry.cost_nanos == priced(BIG, entry.prompt_tokens, entry.completion_tokens) + 2 * CENT
+
+
+async def test_concurrent_searches_stay_within_a_hard_budget(protocol_proxy, anthropic_sim) -> None:
+    proxy = await protocol_proxy(models=fee_models(), **hard_budget("0.1"))
+    # twelve at once, each reserving three searches; the provider reports nine (it ignores max_uses)
+    answers = await asyncio.gather(*(messages(proxy, "[[sim:searches=9]] search", [{**SEARCH, "max_uses": 3}])
+                                     for _ in range(12)))
+    statuses = sorted(a.status for a in answers)
+    assert statuses.count(200) >= 2 and 429 in statuses
+    ledger = await proxy.ledger()
+    assert sum(e.cost_nanos for e in ledger) <= 100_000_000
+    assert all(e.metadata["tool_calls"] == {"web_search": 3} for e in ledger if e.status == "ok")
+    status = await (await proxy.client.get("/api/v1/budgets/alice/status", headers=ADMIN)).json()
+    assert status["reserved"] == "0"
