@@ -156,6 +156,7 @@ class Exchange:
             if output_limit_needed(plan, model):
                 body["max_output_tokens"] = cap
             cap_foreign_limits(body, "max_output_tokens", cap)
+        plan.billable.tools.send(self.upstream, body)  # no more tool calls than were reserved
         return body
 
     def reply(self, response: UpstreamResponse) -> tuple[bytes, dict[str, Any]]:
