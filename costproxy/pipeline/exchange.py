@@ -336,7 +336,8 @@ class NativeRelay:
                 if kind == "response.completed" or kind == "response.incomplete":
                     self.final = data.get("response") if isinstance(data.get("response"), dict) else None
                 else:
-                    self.failure = UpstreamHTTPError(f"provider {self.provider} reported {kind}", status=502)
+                    self.failure = UpstreamHTTPError(f"provider {self.provider} reported {kind}",
+                                                     status=502).after_acceptance()  # inside a 2xx stream
         elif data is None and done:
             self.finished = True
             return []

@@ -130,7 +130,8 @@ def test_anthropic_stream_usage_and_chunks() -> None:
     assert chunks[-1]["usage"]["prompt_tokens"] == 27 and chunks[-1]["usage"]["completion_tokens"] == 12
     with pytest.raises(UpstreamHTTPError) as failure:
         AnthropicToChat("claude").event({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}})
-    assert failure.value.status == 529 and failure.value.retryable
+    # inside a stream the provider accepted: charged (its prompt, what was relayed), never retried
+    assert failure.value.status == 529 and failure.value.billed and not failure.value.retryable
 
 
 def test_messages_client_request_in_chat_form() -> None:
