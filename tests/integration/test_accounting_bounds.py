@@ -285,7 +285,9 @@ async def test_a_thinking_budget_stays_below_the_max_tokens_the_budget_lowered(p
     _, claude = anthropic_sim
     body = {"model": "claude", "max_tokens": 8000, "thinking": {"type": "enabled", "budget_tokens": 4000},
             "messages": [{"role": "user", "content": "Hi"}]}
-    proxy = await protocol_proxy(**budget("0.03"))  # ~1,990 output tokens of claude at $15/M
+    budgets = [{"id": "core", "scope_type": "team", "scope_id": "core", "limit_usd": "0.03", "period": "monthly"},
+               {"id": "tight", "scope_type": "team", "scope_id": "tight", "limit_usd": "0.01", "period": "monthly"}]
+    proxy = await protocol_proxy(budgets={"definitions": budgets})  # core: ~1,990 output tokens of claude at $15/M
     resp = await proxy.client.post("/v1/messages", json=body, headers=proxy.auth())
     assert resp.status == 200, await resp.text()
     forwarded = claude.calls[-1].body
@@ -293,8 +295,8 @@ async def test_a_thinking_budget_stays_below_the_max_tokens_the_budget_lowered(p
     assert forwarded["thinking"]["type"] == "enabled"
 
     sent = len(claude.calls)
-    proxy = await protocol_proxy(**budget("0.01"))  # ~660 output tokens: thinking cannot fit
-    resp = await proxy.client.post("/v1/messages", json=body, headers=proxy.auth())
+    tight = await proxy.new_key(user="bob", team="tight", org="acme")  # ~660 output tokens: thinking cannot fit
+    resp = await proxy.client.post("/v1/messages", json=body, headers=proxy.auth(tight))
     assert resp.status == 429, await resp.text()
     error = (await resp.json())["error"]
     assert error["type"] == "insufficient_quota" or "budget" in error["message"]
