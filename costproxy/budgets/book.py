@@ -134,6 +134,11 @@ class BudgetAccounts(Accounts, Protocol):
 
     async def check(self, budget_id: str, nanos: int) -> Check: ...
 
+    async def current(self) -> None:
+        """Bring the definitions in memory up to the store's, so a read answers from no older ones
+        than a change that already answered (Redis: another replica's; never raises)."""
+        ...
+
     def subscribe(self, listener: Callable[[BudgetEvent], None]) -> None: ...
 
     async def close(self) -> None: ...
@@ -365,6 +370,9 @@ class BudgetBook:
                                   status_of(spec, spent, limit), None, None, request_id, reason))
 
     # --- reading ---------------------------------------------------------------------------
+    async def current(self) -> None:
+        """One process owns the definitions (SQLite): they are always current."""
+
     def status_now(self, budget_id: str) -> BudgetStatus:
         now = self.now_ms()
         compiled = self.compiled(budget_id)
