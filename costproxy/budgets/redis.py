@@ -307,13 +307,16 @@ class RedisBudgetAccounts(BudgetBook):
         """Reserve on the chain of the definitions this process holds; a script that finds them
         older than a change another replica already answered (``stale``) reserves nothing, and the
         reserve is tried again on freshly loaded ones, at most ``STALE_RELOADS`` times."""
-        for _ in range(STALE_RELOADS + 1):
+        reloads = 0
+        while True:
             done = await self._reserve_at(request_id, principal, worst_case_nanos, self.budgets.version)
             if not isinstance(done, Stale):
                 return done
+            if reloads == STALE_RELOADS:
+                raise StoreUnavailable(f"the budget definitions kept changing while request {request_id} was "
+                                       f"being admitted ({reloads} reloads); retry it")
             await self._catch_up(done)
-        raise StoreUnavailable(f"the budget definitions changed {STALE_RELOADS + 1} times while request "
-                               f"{request_id} was being admitted; retry it")
+            reloads += 1
 
     async def _reserve_at(self, request_id: str, principal: Principal, worst_case_nanos: int,
                           known: int) -> Reservation | Stale:
