@@ -134,11 +134,6 @@ class BudgetAccounts(Accounts, Protocol):
 
     async def check(self, budget_id: str, nanos: int) -> Check: ...
 
-    async def current(self) -> None:
-        """Bring the definitions in memory up to the store's, so a read answers from no older ones
-        than a change that already answered (Redis: another replica's; never raises)."""
-        ...
-
     def subscribe(self, listener: Callable[[BudgetEvent], None]) -> None: ...
 
     async def close(self) -> None: ...
@@ -370,8 +365,12 @@ class BudgetBook:
                                   status_of(spec, spent, limit), None, None, request_id, reason))
 
     # --- reading ---------------------------------------------------------------------------
-    async def current(self) -> None:
-        """One process owns the definitions (SQLite): they are always current."""
+    def definitions_version(self) -> int:
+        return self.budgets.generation
+
+    async def current(self) -> bool:
+        """One process owns the definitions (SQLite): a look at the local version, no I/O."""
+        return await self.budgets.refresh()
 
     def status_now(self, budget_id: str) -> BudgetStatus:
         now = self.now_ms()

@@ -254,16 +254,18 @@ class RedisBudgetAccounts(BudgetBook):
         self._cache = fresh
         self._up(now)
 
-    async def current(self) -> None:
+    async def current(self) -> bool:
         """Reload the definitions if they changed in Redis (one version read): what the budget API
-        reads before answering.  While Redis is away it answers from what it has (status says how
-        stale), so this neither waits for nor raises a failure the maintenance loop already saw."""
+        reads before answering, and a refusal checks before it stands.  While Redis is away the
+        definitions in memory stay (status says how stale), so this neither waits for nor raises a
+        failure the maintenance loop already saw."""
         if not self._healthy:
-            return
+            return False
         try:
-            await self.budgets.refresh()
+            return await self.budgets.refresh()
         except RedisError as exc:
             self._down(exc)
+            return False
 
     async def reclaim_expired(self) -> int:
         now = self.now_ms()

@@ -126,8 +126,8 @@ async def test_a_missing_version_copy_is_reloaded_and_seeded(replica: Opener, re
         client.close()
 
 
-async def test_definitions_that_keep_changing_give_up_after_a_bound(replica: Opener,
-                                                                   redis_space: RedisSpace) -> None:  # noqa: F811
+async def test_definitions_that_keep_changing_give_up_after_a_bound(
+        replica: Opener, redis_space: RedisSpace) -> None:  # noqa: F811
     one, two = await pair(replica)
     await one.budgets.create(dyn(10), actor="admin")
     client = sync_redis.Redis.from_url(redis_space.url)
