@@ -14,7 +14,6 @@ chain (``lua.py``, "Definitions versions").
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any
 
@@ -64,13 +63,15 @@ class RedisDefinitions:
             await self.announce(version)
         return bool(version)
 
-    async def announce(self, version: int, partitions: Iterable[str] = ()) -> None:
-        """Raise the definitions version copy of every registered partition (and of ``partitions``)
-        to ``version``: from then on no replica reserves there on older definitions.  Read after the
-        change committed, ``P:partitions`` holds every partition a stale replica could reserve in,
-        but for one registered later, whose missing copy makes its first reserve reload (lua.py)."""
+    async def announce(self, version: int) -> None:
+        """Raise the definitions version copy of every registered partition to ``version``: from
+        then on no replica reserves there on older definitions.  Read after the change committed,
+        ``P:partitions`` holds every partition a stale replica could reserve in but one registered
+        later, whose copy is missing or was seeded after that by a replica that registered it
+        first and then loaded (lua.py).  So a copy is never written here for a partition that is
+        not registered: seeded with this version, a later change that missed it could leave it behind."""
         members: Any = await self.redis.smembers(self.keys.partitions)
-        every = {_text(p) for p in members} | set(partitions)
+        every = {_text(p) for p in members}
         async with self.redis.pipeline(transaction=False) as pipe:  # loads the script first if needed
             for partition in sorted(every):
                 await self._raise(keys=[self.keys.defs_seen(partition)], args=[version], client=pipe)

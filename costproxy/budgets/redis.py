@@ -178,6 +178,7 @@ class RedisBudgetAccounts(BudgetBook):
         self.keeper.replica = await replica_id(self.store)
         self.keeper.sources[self.keeper.replica] = self.mirror.positions
         try:
+            await self._seed_versions({s.partition for s in self.budgets.all()})
             await self.refresh()
             await self.keeper.publish()  # registered before the first trim round can pass it by
             await self.flush_outbox()  # what a previous run could not settle, before new traffic
@@ -253,6 +254,20 @@ class RedisBudgetAccounts(BudgetBook):
         fresh = {(b, k): _counters_from(h, now) for (b, k, _), h in zip(wanted, replies[1:], strict=True)}
         self._cache = fresh
         self._up(now)
+
+    async def _seed_versions(self, partitions: set[str]) -> None:
+        """Give the partitions of the known budgets a definitions version copy if they have none,
+        so the first reserve there need not find it missing and reload: registered first, then
+        loaded, so the version seeded is at least that of any change whose writer missed them."""
+        if not partitions:
+            return
+        await self._register(sorted(partitions))
+        await self.budgets.load()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for partition in sorted(partitions):
+                await self._defs_raise(keys=[self.keys.defs_seen(partition)], args=[self.budgets.version],
+                                       client=pipe)
+            await pipe.execute()
 
     async def current(self) -> bool:
         """Reload the definitions if they changed in Redis (one version read): what the budget API
