@@ -29,7 +29,8 @@
     └── InternalError               a bug or a broken dependency of ours        500 internal_error
         ├── StoreUnavailable        ledger/budget store unreachable             503 store_unavailable
         ├── ProviderNotConfigured   the model's provider has no credentials     503 provider_not_configured
-        └── ReservationLost         the request's budget lease could not be kept 503 reservation_lost
+        ├── ReservationLost         the request's budget lease could not be kept 503 reservation_lost
+        └── ServerShuttingDown      the drain deadline ended the request         503 server_shutting_down
 
 ``ConfigError`` is separate: it is raised while loading configuration, never while serving, and
 names the file, the dotted path and the bad value.
@@ -274,6 +275,15 @@ class ReservationLost(InternalError):
 
     status = 503
     code = "reservation_lost"
+
+
+class ServerShuttingDown(InternalError):
+    """The server was draining (SIGTERM) and ``server.drain_timeout_s`` passed while the request
+    still ran: it was ended.  A stream gets this as its last event; the ledger records what was
+    generated until then.  Another replica (or this one, restarted) can take the retry."""
+
+    status = 503
+    code = "server_shutting_down"
 
 
 class ConfigError(ValueError):

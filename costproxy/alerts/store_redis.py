@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from costproxy.alerts.store import CONFIG_KINDS
 from costproxy.errors import StoreUnavailable
+from costproxy.store.outage import problem
 
 
 class RedisAlertStore:
@@ -36,7 +37,7 @@ class RedisAlertStore:
         return f"{self.base}:t:{kind}"
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
-        return StoreUnavailable(f"alert store ({self.label}) is unreachable: {exc}")
+        return StoreUnavailable(f"the alert store ({self.label}) {problem(exc)}")  # what Redis did (store.outage)
 
     async def put(self, kind: str, item_id: str, body: dict[str, Any], ts_ms: int) -> None:
         try:

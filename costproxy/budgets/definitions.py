@@ -64,6 +64,12 @@ BUDGET_MIGRATIONS: list[tuple[int, str]] = [
     (3, """
         ALTER TABLE usage_claims ADD COLUMN fingerprint TEXT
     """),
+    # Open reservations of the SQLite store (``budgets/journal.py``): what a crashed process held is
+    # charged as ``lapsed`` at the next start.  ``token`` is the reservation's (a number: the rowid, no
+    # second index to write), ``body`` what the lapsed entry needs, as JSON.
+    (4, """
+        CREATE TABLE budget_reservations (token INTEGER PRIMARY KEY, opened_ms INTEGER NOT NULL, body TEXT NOT NULL)
+    """),
 ]
 
 

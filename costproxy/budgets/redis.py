@@ -59,11 +59,12 @@ from hiredis import pack_command
 from redis.asyncio import BlockingConnectionPool, Connection, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from costproxy.background import cancel_and_wait, stop_if_cancelled
 from costproxy.budgets.accounts import Reservation, lease_ms
-from costproxy.budgets.batch import script_sender
+from costproxy.budgets.batch import bounded, script_sender
 from costproxy.budgets.book import (
     IDEMPOTENCY_TTL_MS,
     BudgetBook,
@@ -99,6 +100,8 @@ from costproxy.ledger.mirror import LedgerMirror, entry_json
 from costproxy.ledger.trim import StreamKeeper, replica_id
 from costproxy.money import format_usd
 from costproxy.records import frozen
+from costproxy.store.config import DEFAULT_TIMEOUT_S
+from costproxy.store.outage import unavailable
 from costproxy.store.sqlite import SqliteStore
 
 log = structlog.get_logger("costproxy.budgets.model")
@@ -315,7 +318,8 @@ class RedisBudgetAccounts(BudgetBook):
     async def _register(self, partitions: Sequence[str]) -> None:
         missing = [p for p in partitions if p not in self._registered]
         if missing:
-            await self.redis.sadd(self.keys.partitions, *[p or "" for p in missing])
+            await bounded(lambda: self.redis.sadd(self.keys.partitions, *[p or "" for p in missing]),
+                          self._scripts.timeout_s)
             self._registered.update(missing)
             self._partitions.update(missing)
 
@@ -363,9 +367,9 @@ class RedisBudgetAccounts(BudgetBook):
                 release = self._settle_op(reservation, None, 0)
                 if release is not None:
                     await self._defer(release)
-                raise StoreUnavailable(
-                    f"budget store ({self.label}) is unreachable, so the hard budgets "
-                    f"{', '.join(c.spec.id for c in chain if c.spec.hard)} cannot be checked: {exc}") from None
+                gated = ", ".join(c.spec.id for c in chain if c.spec.hard or c.gate_percent is not None)
+                raise unavailable("budget store", self.label, exc,
+                                  f"reserve on the budgets {gated}, so they cannot be checked") from None
             return reservation  # soft budgets only: proceed; settling waits in the outbox if needed
         self._up(now)
         verdict = _text(reply[0])
@@ -406,8 +410,7 @@ class RedisBudgetAccounts(BudgetBook):
                     await self._defs_raise(keys=[self.keys.defs_seen(stale.partition)], args=[self.budgets.version])
         except RedisError as exc:
             self._down(exc)
-            raise StoreUnavailable(f"budget store ({self.label}) is unreachable, so the budget definitions "
-                                   f"that changed cannot be loaded: {exc}") from None
+            raise unavailable("budget store", self.label, exc, "load the budget definitions that changed") from None
         self._sync()
 
     def _token(self) -> str:
@@ -464,8 +467,8 @@ class RedisBudgetAccounts(BudgetBook):
                                      args=[token, self.now_ms(), length])
         except RedisError as exc:
             self._down(exc)
-            raise StoreUnavailable(f"budget store ({self.label}) is unreachable, the lease of request "
-                                   f"{reservation.request_id} cannot be renewed: {exc}") from None
+            raise unavailable("budget store", self.label, exc,
+                              f"renew the lease of request {reservation.request_id}") from None
         return bool(int(held))
 
     # --- settle / release / usage --------------------------------------------------------
@@ -660,14 +663,17 @@ class PackedConnection(Connection):
             return packed
 
 
-def redis_client(url: str, *, timeout_s: float = 1.0, max_connections: int = 64) -> Redis:
-    """A client that fails fast (one retry, no backoff) when Redis is down, and queues for one of
+def redis_client(url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, max_connections: int = 64) -> Redis:
+    """A client that fails fast when Redis is down — one retry, at once, on a new connection when a
+    connection breaks; none when Redis does not answer within ``timeout_s`` (``store.timeout_s``): a
+    stalled Redis would keep the retry waiting as long again — and queues for one of
     ``max_connections`` connections (rather than failing) when many requests are in flight.  Plain
     TCP connections pack commands with hiredis (``PackedConnection``); TLS and Unix sockets keep
     redis-py's own classes."""
     pool = BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=5.0, socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 1), health_check_interval=0)
+        socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        health_check_interval=0)
     if pool.connection_class is Connection:
         pool.connection_class = PackedConnection
     return Redis(connection_pool=pool)

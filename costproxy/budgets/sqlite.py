@@ -11,10 +11,16 @@ ledger rows after the last checkpointed ``seq`` into ``budget_spend`` in one tra
 runs the same fold and loads the current periods.  Counters therefore equal the durable ledger
 after a restart; a hard crash loses what the ledger loses (its last ``flush_interval``).
 
-Reservations live only in memory: a crash of the owning process frees them with it.  Each is a
-lease of ``reservation_ttl_s`` that the running request renews (``renew``); a lease nobody renews
-(a hung request) is reclaimed by the maintenance task, ``renew`` then answers False, and a late
-settle still charges the actual cost to the periods it was reserved in.
+Reservations are held in memory, and journaled on disk without touching the request path
+(``budgets/journal.py``): the journal rides in the ledger writer's batches, and a reservation's
+row is deleted in the transaction that writes its request's ledger entry.  At start-up, before
+the fold, the rows a dead process left are charged their worst case as ``lapsed`` entries, once.
+A reservation opened less than one ``flush_interval`` before a crash may be lost with it (the
+ledger's own window).  Each reservation is a lease of ``reservation_ttl_s`` that the running
+request renews (``renew``, in memory only: at a restart every row left is charged, renewed or
+not); a lease nobody renews (a hung request) is reclaimed by the maintenance task, ``renew`` then
+answers False, and a late settle still charges the actual cost to the periods it was reserved in
+(and removes the row: until then a crash charges the reclaimed reservation as lapsed).
 
 Usage records with an idempotency key are claimed in ``usage_claims`` (with the record's
 fingerprint) in the same SQLite transaction that writes their ledger entry, so two identical
@@ -47,6 +53,7 @@ from costproxy.budgets.book import (
     usage_fingerprint,
 )
 from costproxy.budgets.definitions import BudgetStore
+from costproxy.budgets.journal import ReservationJournal, lapse_sync
 from costproxy.budgets.status import Counters
 from costproxy.errors import InvalidRequest, StoreUnavailable
 from costproxy.identity.principal import Principal
@@ -107,9 +114,12 @@ class SqliteBudgetAccounts(BudgetBook):
         self._late: dict[str, _Held] = {}  # reclaimed, kept so a late settle charges the right period
         self._tokens = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
+        self.journal = ReservationJournal()
+        store.riders.append(self.journal)
 
     # --- life cycle ----------------------------------------------------------------------
     async def open(self) -> None:
+        await self.lapse()
         await self.rebuild()
         self._task = asyncio.create_task(self._maintain(), name="costproxy-budget-maintenance")
 
@@ -118,6 +128,20 @@ class SqliteBudgetAccounts(BudgetBook):
             await cancel_and_wait([self._task])
             self._task = None
         await self.checkpoint()
+
+    async def lapse(self) -> int:
+        """Charge the reservations a dead process left journaled (its calls may have been billed):
+        each its worst case as a ``lapsed`` entry, in the periods it was reserved in.  Only at
+        start-up, before ``rebuild`` folds them: no live process holds those rows (one serving
+        process per file).  Returns how many."""
+        await self.store.flush()
+        now = self.now_ms()
+        charged = await self.store.run(lambda: lapse_sync(self.store.conn(), now))
+        if charged:
+            log.warning("budget_reservations_lapsed", count=len(charged),
+                        amount_nanos=sum(e.cost_nanos for e in charged),
+                        request_ids=[e.request_id for e in charged[:100]])
+        return len(charged)
 
     async def rebuild(self) -> None:
         """Counters of the current periods from the durable ledger (via the checkpoint table)."""
@@ -211,9 +235,10 @@ class SqliteBudgetAccounts(BudgetBook):
         chain = self.chain(principal, now)
         if not chain:
             return Reservation(request_id=request_id, amount_nanos=worst_case_nanos)
-        return self._reserve(request_id, chain, worst_case_nanos, now)
+        return self._reserve(request_id, principal, chain, worst_case_nanos, now)
 
-    def _reserve(self, request_id: str, chain: tuple[CompiledBudget, ...], amount: int, now: int) -> Reservation:
+    def _reserve(self, request_id: str, principal: Principal, chain: tuple[CompiledBudget, ...], amount: int,
+                 now: int) -> Reservation:
         # The race this closes: checking the remaining budget and then reserving after an
         # ``await`` lets every request in flight see the same free money and all of them pass.
         # Here the checks and the increments run with no ``await`` in between, on the one event
@@ -236,9 +261,11 @@ class SqliteBudgetAccounts(BudgetBook):
             counter.reserved += amount
         token = str(next(self._tokens))
         self._held[token] = _Held(now + self.ttl_ms, amount, tuple(charged), request_id=request_id)
-        return BudgetReservation(request_id=request_id, amount_nanos=amount,
-                                 budget_ids=tuple(c.spec.id for c, _, _ in charged), token=token,
-                                 period_keys=tuple(k for _, k, _ in charged))
+        reservation = BudgetReservation(request_id=request_id, amount_nanos=amount,
+                                        budget_ids=tuple(c.spec.id for c, _, _ in charged), token=token,
+                                        period_keys=tuple(k for _, k, _ in charged))
+        self.journal.opened(reservation, principal, now)  # on disk with the next batch
+        return reservation
 
     async def renew(self, reservation: Reservation, ttl_s: float | None = None) -> bool:
         length = lease_ms(ttl_s, self.ttl_ms)
@@ -279,6 +306,7 @@ class SqliteBudgetAccounts(BudgetBook):
     def _take(self, reservation: Reservation) -> _Held | None:
         if not isinstance(reservation, BudgetReservation) or not reservation.budget_ids:
             return None
+        self.journal.closed(reservation.token)  # in the batch that carries the entry (``_finish``)
         held = self._held.pop(reservation.token, None)
         if held is not None:
             for _, _, counter in held.charged:

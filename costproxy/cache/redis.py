@@ -20,8 +20,9 @@ from collections.abc import Callable
 
 from redis.asyncio import Redis
 
+from costproxy.budgets.batch import bounded, client_timeout
 from costproxy.cache.store import CacheStats
-from costproxy.ratelimits.redis import reachable
+from costproxy.store.outage import reachable
 
 # KEYS: entry, idx, sz, bytes; ARGV: member, value, ttl ms, now ms, max bytes, entry key prefix
 PUT = """
@@ -77,12 +78,13 @@ class RedisResponseCache:
         base = f"{prefix}:{{cache}}"
         self.entry_prefix = f"{base}:e:"
         self.index, self.sizes, self.total = f"{base}:idx", f"{base}:sz", f"{base}:bytes"
+        self.timeout_s = client_timeout(redis)  # on a request's path: within its time for the store
         self._put = redis.register_script(PUT)
         self._purge = redis.register_script(PURGE)
 
     async def get(self, key: str) -> bytes | None:
-        with reachable(self.label, "response cache"):
-            value = await self.redis.get(self.entry_prefix + key)
+        with reachable(self.label, "response cache", "look up a cached answer"):
+            value = await bounded(lambda: self.redis.get(self.entry_prefix + key), self.timeout_s)
         if value is None:
             return None
         return value.encode() if isinstance(value, str) else bytes(value)
@@ -91,14 +93,15 @@ class RedisResponseCache:
         if len(value) > self.max_entry_bytes:
             return False
         now = int(self.clock() * 1000)
-        with reachable(self.label, "response cache"):
-            await self._put(keys=[self.entry_prefix + key, self.index, self.sizes, self.total],
-                            args=[key, value, ttl_s * 1000, now, self.max_bytes, self.entry_prefix])
+        with reachable(self.label, "response cache", "store the answer"):
+            await bounded(lambda: self._put(keys=[self.entry_prefix + key, self.index, self.sizes, self.total],
+                                            args=[key, value, ttl_s * 1000, now, self.max_bytes, self.entry_prefix]),
+                          self.timeout_s)
         return True
 
     async def stats(self) -> CacheStats:
         now = int(self.clock() * 1000)
-        with reachable(self.label, "response cache"):
+        with reachable(self.label, "response cache", "read the cache's size"):
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.zcount(self.index, f"({now}", "+inf")
                 pipe.get(self.total)
@@ -108,7 +111,7 @@ class RedisResponseCache:
     async def purge(self) -> int:
         deleted = 0
         while True:
-            with reachable(self.label, "response cache"):
+            with reachable(self.label, "response cache", "purge the cache"):
                 count = int(await self._purge(keys=[self.index, self.sizes, self.total],
                                               args=[self.entry_prefix, PURGE_BATCH]))
             deleted += count

@@ -101,11 +101,16 @@ def actor(request: web.Request) -> str:
 
 @contextlib.contextmanager
 def store_errors() -> Iterator[None]:
-    """Redis failures while changing definitions answer 503 in OpenAI's error shape."""
+    """Store failures while reading or changing budgets answer 503 in OpenAI's error shape, saying what
+    Redis did (``store.outage``)."""
     try:
         yield
     except _store_failures() as exc:
-        raise StoreUnavailable(f"budget store is unreachable: {exc}") from None
+        if "redis.exceptions" not in sys.modules:  # SQLite: the file could not be read or written
+            raise StoreUnavailable(f"the budget store failed: {exc}") from None
+        from costproxy.store.outage import problem
+
+        raise StoreUnavailable(f"the budget store {problem(exc)}") from None
 
 
 def _store_failures() -> tuple[type[Exception], ...]:

@@ -1,5 +1,5 @@
-"""Request id, structured-log context, errors in OpenAI's shape (Anthropic's on the Messages API), body limits
-and authentication."""
+"""Request id, structured-log context, the request's time for the store (``store.wait``), errors in
+OpenAI's shape (Anthropic's on the Messages API), body limits and authentication."""
 
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ from costproxy.identity.principal import Principal
 from costproxy.pipeline.services import new_request_id
 from costproxy.protocols.messages import error_body as messages_error_body
 from costproxy.settings import Settings, TrustedProxySettings
+from costproxy.store import wait as store_wait
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = structlog.get_logger("costproxy")
@@ -78,8 +79,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     respond = partial(error_response, request_id=request_id, anthropic=anthropic_path(request.path))
+    settings = request.app[SETTINGS]
+    waiting = store_wait.begin(settings.store.timeout_s)  # the request's time for the store, all calls together
     try:
-        limit = request.app[SETTINGS].server.max_body_bytes
+        limit = settings.server.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise BodyTooLarge(f"request body of {request.content_length} bytes exceeds the limit of {limit}")
         return await handler(request)
@@ -101,6 +104,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except Exception:  # the outermost boundary: log the bug, answer in OpenAI's shape
         log.exception("unhandled_error", path=request.path)
         return respond(InternalError("internal error; see the proxy log"))
+    finally:
+        store_wait.end(waiting)
 
 
 @web.middleware

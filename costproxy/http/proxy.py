@@ -6,6 +6,7 @@ a request that fails to parse is still recorded through ``pipeline.run.refuse``.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable
 from typing import Any
@@ -23,7 +24,7 @@ from costproxy.money import format_usd
 from costproxy.pipeline.admission import limit_headers
 from costproxy.pipeline.cached import ReplayRun, cache_label, teed
 from costproxy.pipeline.plan import Plan
-from costproxy.pipeline.run import StreamRun, UnaryResult, refuse, run_stream, run_unary
+from costproxy.pipeline.run import StreamRun, UnaryResult, refuse, run_stream, run_unary, shutting_down
 from costproxy.pipeline.services import Services
 from costproxy.registry import ModelSpec
 from costproxy.request import ChatRequest, Endpoint, RequestContext, parse_body, parse_request
@@ -116,9 +117,21 @@ async def answer(request: web.Request, services: Services, ctx: RequestContext,
 def make_handler(endpoint: Endpoint) -> Any:
     async def handler(request: web.Request) -> web.StreamResponse:
         services = request.app[SERVICES]
-        ctx = request_context(request, endpoint)
-        chat = await parsed(services, ctx, read_request(request, endpoint))
-        return await answer(request, services, ctx, chat)
+        task = asyncio.current_task()
+        assert task is not None
+        services.in_flight.add(task)  # the drain deadline ends what is still here (Services.end_in_flight)
+        try:
+            ctx = request_context(request, endpoint)
+            chat = await parsed(services, ctx, read_request(request, endpoint))
+            return await answer(request, services, ctx, chat)
+        except asyncio.CancelledError:
+            if task not in services.cut:
+                raise
+            task.uncancel()  # ended by the drain deadline, not by the client: it is told so
+            raise shutting_down() from None
+        finally:
+            services.in_flight.discard(task)
+            services.cut.discard(task)
 
     return handler
 

@@ -6,8 +6,10 @@ SIGINT, then drains:
 1. readiness goes false (``/readyz`` answers 503 ``draining``) and the listener closes, so no new
    connection is accepted;
 2. requests and streams in flight get ``server.drain_timeout_s`` to finish; whatever is still
-   running then is cancelled, and the pipeline settles it in its ``finally`` (a cancelled stream is
-   charged what was generated, a reservation is settled or released);
+   running then is cancelled by ``Services.end_in_flight`` while aiohttp still holds its connection
+   open, so its client is told (``server_shutting_down``: a stream's last error event, a unary 503)
+   and the pipeline settles it in its ``finally`` (a cut stream is charged what was generated, a
+   reservation is settled or released);
 3. the application's cleanup runs: background tasks stop, the ledger writer flushes every accepted
    entry, Redis settlements that could not be sent are already in the durable outbox.
 
@@ -44,8 +46,9 @@ from aiohttp.web_server import Server
 
 from costproxy.analyzer.encodings import trim_heap
 from costproxy.http.app import create_app
-from costproxy.http.state import DRAINING
+from costproxy.http.state import DRAINING, SERVICES
 from costproxy.observability import configure_logging
+from costproxy.pipeline.services import Services
 from costproxy.settings import Settings
 
 log = structlog.get_logger("costproxy")
@@ -130,9 +133,18 @@ async def serve(settings: Settings, sock: socket.socket, announce: Callable[[], 
         await stop.wait()
         app[DRAINING] = True
         log.info("draining", deadline_s=server.drain_timeout_s)
+        # at the deadline, requests still running are ended by the pipeline itself (a last error event
+        # for a stream, a 503 for a unary call) while aiohttp still holds their connections open
+        asyncio.get_running_loop().call_later(server.drain_timeout_s, _end_in_flight, app[SERVICES])
     finally:
         await runner.cleanup()
     log.info("stopped")
+
+
+def _end_in_flight(services: Services) -> None:
+    ended = services.end_in_flight()
+    if ended:
+        log.warning("drain_deadline_ended_requests", count=ended)
 
 
 def _on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:

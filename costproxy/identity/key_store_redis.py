@@ -19,16 +19,14 @@ Redis is away auth answers from the keys last loaded, and inserting or revoking 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from dataclasses import asdict, replace
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from costproxy.background import stop_if_cancelled
 from costproxy.errors import InternalError, StoreUnavailable
 from costproxy.identity.principal import KeyRecord
+from costproxy.store.outage import reachable
 
 INSERT = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 or redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then
@@ -68,13 +66,8 @@ class RedisKeyStore:
         self._insert = redis.register_script(INSERT)
         self._revoke = redis.register_script(REVOKE)
 
-    @contextlib.contextmanager
-    def _reachable(self, action: str) -> Iterator[None]:
-        try:
-            yield
-        except (RedisError, OSError) as exc:
-            stop_if_cancelled()  # redis-py may turn a cancellation into a connection error
-            raise StoreUnavailable(f"cannot {action}: the key store ({self.label}) is unreachable: {exc}") from None
+    def _reachable(self, action: str) -> contextlib.AbstractContextManager[None]:
+        return reachable(self.label, "key store", action)
 
     async def insert(self, record: KeyRecord) -> None:
         with self._reachable("create the key"):

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from costproxy.learning.estimates import Cell, Evidence, cell_field, parse_cell_field
 from costproxy.learning.feedback import Feedback, feedback_from_stored
 from costproxy.learning.store import contribution
-from costproxy.ratelimits.redis import reachable
+from costproxy.store.outage import reachable
 
 # KEYS: feedback hash, evidence hash.  ARGV: source, new JSON, new cell field ('' none), new n, new s.
 # The replaced feedback's contribution is taken back from its own cell (read from its JSON).
@@ -60,21 +60,21 @@ class RedisLearningStore:
         return None
 
     async def feedback_for(self, request_id: str) -> list[Feedback]:
-        with reachable(self.label, "learning store"):
+        with reachable(self.label, "learning store", f"read the feedback on request {request_id}"):
             found = await self.redis.hgetall(f"{self.base}:fb:{request_id}")
         return sorted((feedback_from_stored(v) for v in found.values()), key=lambda f: f.source)
 
     async def put(self, feedback: Feedback) -> Feedback | None:
         n, successes = contribution(feedback)
         cell = feedback.cell
-        with reachable(self.label, "learning store"):
+        with reachable(self.label, "learning store", "record the feedback"):
             old = await self._put(keys=[f"{self.base}:fb:{feedback.request_id}", f"{self.base}:evidence"],
                                   args=[feedback.source, feedback.stored(), "" if cell is None else cell_field(cell),
                                         repr(n), repr(successes)])
         return None if old is None else feedback_from_stored(old)
 
     async def evidence(self) -> dict[Cell, Evidence]:
-        with reachable(self.label, "learning store"):
+        with reachable(self.label, "learning store", "read the learned estimates"):
             raw = await self.redis.hgetall(f"{self.base}:evidence")
         sums: dict[Cell, list[float]] = {}
         for key, value in raw.items():
@@ -87,10 +87,10 @@ class RedisLearningStore:
         return {cell: Evidence(n, s) for cell, (n, s) in sums.items()}
 
     async def charge(self, day: str, nanos: int, cap: int) -> bool:
-        with reachable(self.label, "learning store"):
+        with reachable(self.label, "learning store", "charge the judge's daily budget"):
             return bool(await self._charge(keys=[f"{self.base}:judge:{day}"], args=[nanos, cap, 2 * 86_400]))
 
     async def spent(self, day: str) -> int:
-        with reachable(self.label, "learning store"):
+        with reachable(self.label, "learning store", "read the judge's daily spend"):
             value = await self.redis.get(f"{self.base}:judge:{day}")
         return int(value or 0)

@@ -82,7 +82,7 @@ async def stored_estimates(settings: Settings) -> OnlineEstimates:
         from costproxy.budgets.redis import redis_client
         from costproxy.learning.redis import RedisLearningStore
 
-        redis = redis_client(settings.store.url)
+        redis = redis_client(settings.store.url, timeout_s=settings.store.timeout_s)
         try:
             cells = await RedisLearningStore(redis, settings.budgets.settings.key_prefix,
                                              label=redacted(settings.store.url)).evidence()

@@ -21,7 +21,7 @@ class Status(StrEnum):
     CLIENT_DISCONNECTED = "client_disconnected"  # the client hung up mid-stream; charged what was generated
     REFUSED = "refused"  # refused before any upstream call (bad request, budget, rule, store); cost 0
     CACHE_HIT = "cache_hit"  # answered from the response cache: cost 0; metadata.cache says what it saved
-    LAPSED = "lapsed"  # its replica died mid-request (Redis mode): charged the reserved worst case, usage unknown
+    LAPSED = "lapsed"  # its process died mid-request (either store): charged the reserved worst case, usage unknown
 
 
 @frozen

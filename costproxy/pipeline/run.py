@@ -18,6 +18,7 @@ Responses and Messages edges run through this same code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -25,7 +26,7 @@ from typing import Any, TypeVar
 import orjson
 
 from costproxy.budgets.accounts import Reservation
-from costproxy.errors import BudgetExceeded, ProviderError, ProxyError, ReservationLost
+from costproxy.errors import BudgetExceeded, ProviderError, ProxyError, ReservationLost, ServerShuttingDown
 from costproxy.ledger.entry import LedgerEntry, Status
 from costproxy.money import format_usd
 from costproxy.pipeline import cached
@@ -43,6 +44,7 @@ from costproxy.request import ChatRequest, RequestContext
 from costproxy.settings import ProviderSettings
 
 T = TypeVar("T")
+FINAL_WRITE_S = 2.0  # how long a stream cut by the drain deadline may take to send its last event
 Write = Callable[[bytes], Awaitable[None]]
 
 
@@ -121,8 +123,8 @@ async def run_unary(services: Services, ctx: RequestContext, request: ChatReques
         outcome.failed(exc)
         exc.headers.update(limit_headers(the_plan))
         raise
-    except asyncio.CancelledError as exc:  # cancelled in flight (a drain deadline): the provider may bill it all
-        outcome.disconnected(exc)
+    except asyncio.CancelledError:  # cancelled in flight (a hang-up, a drain deadline): the provider may bill it all
+        _cancelled(services, outcome)
         outcome.billed = True
         raise
     finally:
@@ -193,11 +195,17 @@ class StreamRun:
         except ReservationLost as exc:
             outcome.failed(exc)
             await _write_quietly(write, relay.error(exc))
-        except ConnectionError as exc:
-            outcome.disconnected(exc)
-        except asyncio.CancelledError as exc:  # a server that cancels handlers when the client hangs up
-            outcome.disconnected(exc)
-            raise
+        except ConnectionError:
+            outcome.disconnected()
+        except asyncio.CancelledError:  # the client hung up (a server that cancels its handler), or the drain deadline
+            ended = _cancelled(self.services, outcome)
+            if ended is None:
+                raise
+            # the drain deadline (ours, not the client's): tell the client the answer was cut, in its API,
+            # and end the stream as a stream; the server's own deadline follows if this cannot be written
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_write_quietly(write, relay.error(ended)), FINAL_WRITE_S)
         except ProviderError as exc:
             outcome.failed(exc)
             await _write_quietly(write, relay.error(exc))
@@ -235,6 +243,22 @@ async def _pump(upstream: UpstreamStream, relay: Relay, outcome: Outcome, write:
     held.extend(relay.end())
     if held:
         await write(b"".join(held))
+
+
+def _cancelled(services: Services, outcome: Outcome) -> ServerShuttingDown | None:
+    """Record why a running call was cancelled: the drain deadline (``Services.end_in_flight``; the
+    error is returned, for a stream's last event), else the client hanging up."""
+    if asyncio.current_task() in services.cut:
+        ended = shutting_down()
+        outcome.failed(ended)
+        return ended
+    outcome.disconnected()
+    return None
+
+
+def shutting_down() -> ServerShuttingDown:
+    return ServerShuttingDown("the server is shutting down and its drain deadline passed before this request "
+                              "finished; retry it")
 
 
 def cost_comment(entry: LedgerEntry, budget_remaining_nanos: int | None = None) -> bytes:

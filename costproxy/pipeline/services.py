@@ -8,6 +8,7 @@ optional: without them no request is limited or cached.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,18 @@ class Services:
     tracer: Tracer = field(default_factory=NoOpTracer)
     limits: RateLimiter | None = None
     cache: ResponseCache | None = None
+    in_flight: set[asyncio.Task[Any]] = field(default_factory=set)  # proxied requests running (http/proxy.py)
+    cut: set[asyncio.Task[Any]] = field(default_factory=set)  # of them, those the drain deadline ended
+
+    def end_in_flight(self) -> int:
+        """The drain deadline: cancel every proxied request still running, marked as ended by the
+        server (``cut``) so that each records ``server_shutting_down`` and tells its client so — a
+        stream in a last error event, a unary call in a 503 — while its connection is still open."""
+        running = [task for task in self.in_flight if not task.done()]
+        for task in running:
+            self.cut.add(task)
+            task.cancel()
+        return len(running)
 
 
 new_request_id = Ids("req_", 8)  # unique across replicas, restarts and forked workers

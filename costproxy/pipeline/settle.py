@@ -98,9 +98,10 @@ class Outcome:
         self.status, self.http_status, self.error_code = Status.ERROR, exc.status, exc.code
         self.billed = self.billed or bool(getattr(exc, "billed", False))
 
-    def disconnected(self, exc: BaseException) -> None:
+    def disconnected(self) -> None:
+        """The client hung up (or the server cancelled the handler because it did)."""
         self.status, self.http_status = Status.CLIENT_DISCONNECTED, 499
-        self.error_code = exc.__class__.__name__
+        self.error_code = Status.CLIENT_DISCONNECTED.value
 
     def observe(self, data: Mapping[str, Any]) -> None:
         """Take the usage of a response body or stream chunk, or else keep its text for counting."""

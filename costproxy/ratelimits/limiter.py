@@ -152,7 +152,7 @@ class RateLimiter:
 
     def _unavailable(self, exc: StoreUnavailable) -> None:
         if self.settings.on_store_error == "refuse":
-            raise StoreUnavailable(f"the rate-limit store is unreachable: {exc.message}")
+            raise StoreUnavailable(f"{exc.message} (rate_limits.on_store_error: refuse)")
         log.warning("rate_limits_skipped", error=exc.message)
         return None
 

@@ -19,17 +19,17 @@ would have drained (an empty bucket equals no key), so nothing needs a cron.  Th
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from costproxy.background import stop_if_cancelled
 from costproxy.budgets.batch import script_sender
-from costproxy.errors import StoreUnavailable
 from costproxy.ratelimits.gcra import Meter, Reading, Verdict
 from costproxy.ratelimits.model import RateLimit, limit_body, limit_from_body, scope_name
+from costproxy.store.outage import reachable
+
+STORE = "rate-limit store"
+DOING = {"admit": "draw from the rate limits", "peek": "read the rate limits' buckets"}
 
 _LEVEL = """
 local SCALE = 60000
@@ -124,16 +124,6 @@ return 'ok'
 """
 
 
-@contextlib.contextmanager
-def reachable(label: str, what: str = "rate-limit store") -> Iterator[None]:
-    """Redis errors as ``StoreUnavailable`` naming ``what`` was unreachable."""
-    try:
-        yield
-    except (RedisError, OSError) as exc:
-        stop_if_cancelled()  # redis-py may turn a cancellation into a connection error
-        raise StoreUnavailable(f"the {what} ({label}) is unreachable: {exc}") from None
-
-
 class RedisBuckets:
     """GCRA buckets in Redis (see the module docstring); ``clock``: tests only (else Redis TIME)."""
 
@@ -159,7 +149,7 @@ class RedisBuckets:
         args: list[str | int] = [mode, self._now()]
         for meter in meters:
             args += [meter.rate, meter.burst, meter.cost]
-        with reachable(self.label):
+        with reachable(self.label, STORE, DOING[mode]):
             out = await self._scripts.run(self._admit, [self._key(partition, m.bucket) for m in meters], args)
         fills = tuple(int(value) for value in out[3:])
         never = int(out[2]) - 1 if int(out[2]) else None
@@ -175,7 +165,7 @@ class RedisBuckets:
         args: list[str | int] = ["", self._now()]
         for meter, delta in zip(meters, deltas, strict=True):
             args += [meter.rate, delta]
-        with reachable(self.label):
+        with reachable(self.label, STORE, "give back or charge the tokens the provider billed"):
             await self._scripts.run(self._correct, [self._key(partition, m.bucket) for m in meters], args)
 
     async def close(self) -> None:
@@ -193,7 +183,7 @@ class RedisLimitDefinitions:
         self._define = redis.register_script(DEFINE)
 
     async def load(self) -> tuple[list[RateLimit], int]:
-        with reachable(self.label):
+        with reachable(self.label, STORE, "load the rate limits"):
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hgetall(self.keys[0])
                 pipe.get(self.keys[3])
@@ -201,7 +191,7 @@ class RedisLimitDefinitions:
         return [limit_from_body(body) for body in bodies.values()], int(version or 0)
 
     async def version(self) -> int:
-        with reachable(self.label):
+        with reachable(self.label, STORE, "read the rate limits' version"):
             return int(await self.redis.get(self.keys[3]) or 0)
 
     async def put(self, limit: RateLimit, *, create: bool) -> str | None:
@@ -211,7 +201,7 @@ class RedisLimitDefinitions:
         return await self._apply("delete", limit_id, "", "") is None
 
     async def _apply(self, mode: str, limit_id: str, scope: str, body: str) -> str | None:
-        with reachable(self.label):
+        with reachable(self.label, STORE, f"{mode} the rate limit {limit_id!r}"):
             answer = await self._define(keys=self.keys, args=[mode, limit_id, scope, body])
         text = answer.decode() if isinstance(answer, bytes) else str(answer)
         if text == "ok":

@@ -239,7 +239,7 @@ async def _open_redis(settings: Settings, local: SqliteStore, clock: Callable[[]
 
     url, prefix = settings.store.url, settings.budgets.settings.key_prefix
     label = redacted(url)
-    redis = redis_client(url)
+    redis = redis_client(url, timeout_s=settings.store.timeout_s)
     closers: list[Closer] = [local.close, redis.aclose]
     try:
         accounts = await open_redis_accounts(url, local, settings.budgets, clock=clock, redis=redis)
@@ -265,7 +265,7 @@ async def open_client_keys(settings: Settings) -> tuple[KeyStore, Closer]:
         from costproxy.budgets.redis import redis_client
         from costproxy.identity.key_store_redis import RedisKeyStore
 
-        redis = redis_client(settings.store.url)
+        redis = redis_client(settings.store.url, timeout_s=settings.store.timeout_s)
         keys = RedisKeyStore(redis, prefix=settings.budgets.settings.key_prefix, label=redacted(settings.store.url))
         return keys, redis.aclose
     local = SqliteStore(local_path(settings))

@@ -7,6 +7,11 @@ seconds or when ``batch_size`` entries wait): that keeps the per-request cost of
 ledger write to a few microseconds of CPU.  ``close()`` flushes what is pending, so a clean
 shutdown loses nothing; a hard crash can lose at most the last ``flush_interval`` of entries.
 
+Other tables can ride in those batches (``Rider``): what a rider has pending is written in the
+same transaction as the ledger entries queued with it, so a ledger entry and, for instance, the
+removal of the budget reservation it settles commit together or not at all.  Batches are written
+one at a time, in order (a failed batch is put back before the next is taken).
+
 The writer never drops what it accepted.  A row SQLite cannot store (an integer beyond 64 bits,
 text with a lone surrogate, metadata that is not JSON) is isolated: the batch is retried row by
 row and such a row goes to ``ledger_quarantine`` with the error and the entry as JSON, while every
@@ -30,7 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -135,6 +140,25 @@ def quarantine_row(entry: LedgerEntry | dict[str, Any], error: BaseException) ->
             f"{type(error).__name__}: {error}"[:500], body)
 
 
+class Rider(Protocol):
+    """Writes of another table that ride in the ledger's batches (``SqliteStore.riders``).
+
+    On the event loop: ``pending`` (anything to write?) and ``take`` (hand over what is pending,
+    forgetting it); on the writer thread, inside the batch's transaction: ``write``; back on the
+    loop if that transaction failed: ``restore`` (keep it, ahead of what came since, for the next
+    batch).  ``write`` must not raise for the content of what it writes (a row SQLite refuses
+    would fail every retry of the batch): only for the state of the file."""
+
+    @property
+    def pending(self) -> bool: ...
+
+    def take(self) -> Any: ...
+
+    def write(self, conn: sqlite3.Connection, taken: Any) -> None: ...
+
+    def restore(self, taken: Any) -> None: ...
+
+
 # SQLite's page cache for the store's connection, in KiB (SQLite's default: 2,000).  The ledger's
 # inserts touch the right edge of its table and time indexes and one random page of the request and
 # decision indexes each, which a cache of any size short of those indexes misses anyway; pages not
@@ -157,6 +181,8 @@ class SqliteStore:
         self._flusher: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._thread_lock = threading.Lock()
+        self._flushing = asyncio.Lock()  # one batch at a time, so batches commit in the order they were taken
+        self.riders: list[Rider] = []
         self.on_flushed: list[Callable[[Sequence[LedgerEntry]], None]] = []
         self.quarantined = 0  # rows isolated in ledger_quarantine since start
         self.last_error: str | None = None  # why the last write failed; None once one succeeds
@@ -229,13 +255,22 @@ class SqliteStore:
             self._wake.set()
 
     async def flush(self) -> None:
-        if not self._pending:
+        if not self._pending and not any(r.pending for r in self.riders):
             return
+        async with self._flushing:
+            await self._flush_batch()
+
+    async def _flush_batch(self) -> None:
+        if not self._pending and not any(r.pending for r in self.riders):
+            return  # written by the batch this one waited for
         batch, self._pending = self._pending, []
+        ridden = [(rider, rider.take()) for rider in self.riders if rider.pending]
         try:
-            written = await self.run(self._insert_sync, batch)
+            written = await self.run(self._insert_sync, batch, ridden)
         except StoreUnavailable as exc:
             self._pending[:0] = batch  # keep them; the next flush retries
+            for rider, taken in ridden:
+                rider.restore(taken)
             if self._failing_since is None:
                 self._failing_since = time.monotonic()
                 log.error("ledger_write_failing", error=str(exc), backlog=len(self._pending))
@@ -247,17 +282,22 @@ class SqliteStore:
         if len(written) < len(batch):
             self.quarantined += len(batch) - len(written)
             log.error("ledger_rows_quarantined", count=len(batch) - len(written), table="ledger_quarantine")
-        for callback in self.on_flushed:
-            callback(written)
+        if batch:
+            for callback in self.on_flushed:
+                callback(written)
 
-    def _insert_sync(self, batch: list[LedgerEntry]) -> list[LedgerEntry]:
-        """Commit ``batch``; rows SQLite refuses for their content go to ``ledger_quarantine``.
-        Returns the entries written to ``ledger``.  File errors (``OperationalError``) propagate."""
+    def _insert_sync(self, batch: list[LedgerEntry], ridden: Sequence[tuple[Rider, Any]] = ()) -> list[LedgerEntry]:
+        """Commit ``batch`` and what rides with it; rows SQLite refuses for their content go to
+        ``ledger_quarantine``.  Returns the entries written to ``ledger``.  File errors
+        (``OperationalError``) propagate."""
         conn = self.conn()
         with self._thread_lock:
             conn.execute("BEGIN")
             try:
-                conn.executemany(INSERT_LEDGER, [ledger_row(e) for e in batch])
+                if batch:
+                    conn.executemany(INSERT_LEDGER, [ledger_row(e) for e in batch])
+                for rider, taken in ridden:
+                    rider.write(conn, taken)
                 conn.execute("COMMIT")
                 return batch
             except ROW_ERRORS:
@@ -265,10 +305,11 @@ class SqliteStore:
             except BaseException:
                 rollback(conn)
                 raise
-            return self._insert_one_by_one(conn, batch)
+            return self._insert_one_by_one(conn, batch, ridden)
 
     @staticmethod
-    def _insert_one_by_one(conn: sqlite3.Connection, batch: list[LedgerEntry]) -> list[LedgerEntry]:
+    def _insert_one_by_one(conn: sqlite3.Connection, batch: list[LedgerEntry],
+                           ridden: Sequence[tuple[Rider, Any]] = ()) -> list[LedgerEntry]:
         written: list[LedgerEntry] = []
         conn.execute("BEGIN")
         try:
@@ -278,6 +319,8 @@ class SqliteStore:
                     written.append(entry)
                 except ROW_ERRORS as exc:
                     conn.execute(INSERT_QUARANTINE, quarantine_row(entry, exc))
+            for rider, taken in ridden:
+                rider.write(conn, taken)
             conn.execute("COMMIT")
         except BaseException:
             rollback(conn)

@@ -188,6 +188,78 @@ def test_sigterm_drains_a_stream_in_flight(sim: SimulatorThread, tmp_path: Path)
     assert status == "ok" and cost > 0  # settled and flushed before the process ended
 
 
+def test_a_stream_cut_by_the_drain_deadline_ends_with_an_error_event_and_is_ledgered_as_such(
+        sim: SimulatorThread, tmp_path: Path) -> None:
+    """Past ``drain_timeout_s`` a stream still running is ended: its client gets a last error event
+    (``server_shutting_down``), not a stream that just stops, and the ledger says why, charging
+    what was generated."""
+    config = write_config(tmp_path, sim.url, server={"drain_timeout_s": 1})
+    key = new_key(config)
+    serving, base = start(config)
+    body = {"model": "small", "stream": True,
+            "messages": [{"role": "user", "content": "count slowly [[sim:tokens=200]] [[sim:chunk_delay_ms=100]]"}]}
+    received: list[bytes] = []
+    finished = threading.Event()
+
+    def read_stream() -> None:
+        try:
+            with urllib.request.urlopen(post(base, key, body), timeout=60) as resp:
+                for line in resp:
+                    received.append(line)
+        finally:
+            finished.set()
+
+    threading.Thread(target=read_stream, daemon=True).start()
+    eventually_sync(lambda: len(received) >= 3, what="the stream under way")
+    serving.proc.send_signal(signal.SIGTERM)
+    assert finished.wait(60), "the stream was not ended by the drain deadline"
+    assert serving.proc.wait(60) == 0
+    text = b"".join(received).decode()
+    assert "data: [DONE]" not in text
+    last = [line for line in text.splitlines() if line.startswith("data: ")][-1]
+    assert json.loads(last[len("data: "):])["error"]["code"] == "server_shutting_down"
+    db = sqlite3.connect(tmp_path / "ledger.sqlite3")
+    [(status, code, http, cost, out)] = db.execute(
+        "SELECT status, error_code, http_status, cost_nanos, completion_tokens FROM ledger WHERE stream = 1").fetchall()
+    assert (status, code, http) == ("error", "server_shutting_down", 503)
+    assert cost > 0 and out > 0  # what was relayed before the cut is charged
+
+
+def test_a_unary_call_cut_by_the_drain_deadline_is_answered_503_server_shutting_down(
+        sim: SimulatorThread, tmp_path: Path) -> None:
+    """A unary call still waiting for its provider at the drain deadline gets a 503 in OpenAI's shape
+    (retryable elsewhere), not a dropped connection; the ledger records why and charges the worst
+    case (the provider accepted the call and may bill it all)."""
+    config = write_config(tmp_path, sim.url, server={"drain_timeout_s": 1})
+    key = new_key(config)
+    serving, base = start(config)
+    body = {"model": "small", "max_tokens": 50,
+            "messages": [{"role": "user", "content": "think long [[sim:latency_ms=20000]]"}]}
+    answered: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            urllib.request.urlopen(post(base, key, body), timeout=60)
+            answered["status"] = 200
+        except urllib.error.HTTPError as exc:
+            answered["status"], answered["body"] = exc.code, json.loads(exc.read())
+
+    assert sim.sim is not None
+    before = len(sim.sim.calls)  # the simulator serves the whole module
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    eventually_sync(lambda: len(sim.sim.calls) > before or answered, what="the call under way at the provider")
+    assert not answered, answered
+    serving.proc.send_signal(signal.SIGTERM)
+    caller.join(60)
+    assert serving.proc.wait(60) == 0
+    assert answered["status"] == 503, answered
+    assert answered["body"]["error"]["code"] == "server_shutting_down"
+    db = sqlite3.connect(tmp_path / "ledger.sqlite3")
+    [(status, code, cost)] = db.execute("SELECT status, error_code, cost_nanos FROM ledger").fetchall()
+    assert (status, code) == ("error", "server_shutting_down") and cost > 0
+
+
 def test_several_workers_refuse_a_sqlite_store(sim: SimulatorThread, tmp_path: Path) -> None:
     config = write_config(tmp_path, sim.url)
     result = cli(config, "serve", "--workers", "2", env=ENV)

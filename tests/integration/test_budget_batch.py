@@ -15,7 +15,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from costproxy.budgets.batch import ScriptBatcher, ScriptChannel, script_sender
 from costproxy.budgets.redis import redis_client
+from costproxy.store import wait as store_wait
 from tests.conftest_redis import RedisSpace, redis_endpoint, redis_space  # noqa: F401
+from tests.polling import eventually
 
 pytestmark = pytest.mark.redis
 
@@ -143,17 +145,46 @@ async def test_channel_to_an_unreachable_store_fails_every_call_with_a_redis_err
     channel.close()
 
 
-async def test_channel_fails_calls_redis_does_not_answer_in_time_then_recovers(client: Redis) -> None:
-    """A server that accepts and never answers: every call in flight fails with ``TimeoutError`` once
-    its retry on a new connection times out too (two timeouts), and nothing waits longer."""
-    silent: list[asyncio.StreamWriter] = []
+class SilentServer:
+    """Accepts connections, reads what is written to them and never answers: a stalled Redis."""
 
-    async def accept(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        silent.append(writer)
+    def __init__(self) -> None:
+        self.connections: list[asyncio.StreamWriter] = []
+        self.received = bytearray()
+        self.server: asyncio.Server | None = None
 
-    server = await asyncio.start_server(accept, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    channel = ScriptChannel(port=port, timeout_s=0.2, connect_timeout_s=0.2)
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections.append(writer)
+        while data := await reader.read(65536):
+            self.received += data
+
+    async def stop(self) -> None:
+        for writer in self.connections:
+            writer.close()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+@pytest.fixture
+async def silent() -> AsyncIterator[SilentServer]:
+    server = SilentServer()
+    yield server
+    await server.stop()
+
+
+TIMEOUT_S = 0.5  # small, so that "within one timeout, never two" is a bound a loaded machine keeps
+
+
+async def test_channel_fails_calls_redis_does_not_answer_in_time_after_one_timeout(silent: SilentServer) -> None:
+    """Every call in flight fails with ``TimeoutError`` after one timeout: none is sent again on a new
+    connection (a stalled Redis would keep the copy waiting as long again), and the silent
+    connection is dropped, so the next call opens a new one."""
+    channel = ScriptChannel(port=await silent.start(), timeout_s=TIMEOUT_S, connect_timeout_s=TIMEOUT_S)
     script = AsyncScriptStub()
     try:
         loop = asyncio.get_running_loop()
@@ -161,14 +192,63 @@ async def test_channel_fails_calls_redis_does_not_answer_in_time_then_recovers(c
         results = await asyncio.gather(*(channel.run(script, ["k"], [str(i)]) for i in range(3)),  # type: ignore[arg-type]
                                        return_exceptions=True)
         assert all(isinstance(r, RedisTimeoutError) for r in results), results
-        assert loop.time() - started < 2.0
-        assert len(silent) == 2  # the first connection was dropped, the retry had a new one
+        assert loop.time() - started < 1.5 * TIMEOUT_S
+        assert len(silent.connections) == 1  # no retry on a second connection
+        with pytest.raises(RedisTimeoutError):
+            await channel.run(script, ["k"], ["next"])  # type: ignore[arg-type]
+        assert len(silent.connections) == 2  # a new connection for the next call
     finally:
         channel.close()
-        for writer in silent:
-            writer.close()
-        server.close()
-        await server.wait_closed()
+
+
+@pytest.mark.parametrize("sender", ["channel", "batcher"])
+async def test_a_request_waits_for_the_store_once_over_all_its_calls(silent: SilentServer, sender: str) -> None:
+    """Inside a request (``store.wait``), the timeout is the request's: the first call to a stalled
+    Redis takes it all, the next calls fail at once and are never sent."""
+    port = await silent.start()
+    redis = redis_client(f"redis://127.0.0.1:{port}/0", timeout_s=TIMEOUT_S)
+    runner = (ScriptChannel(port=port, timeout_s=TIMEOUT_S) if sender == "channel"
+              else ScriptBatcher(redis, timeout_s=TIMEOUT_S))
+    script = redis.register_script("return ARGV[1]")
+    loop = asyncio.get_running_loop()
+    waiting = store_wait.begin(TIMEOUT_S)
+    try:
+        started = loop.time()
+        for call in ("reserve", "refusal"):
+            with pytest.raises(RedisTimeoutError):
+                await runner.run(script, ["k"], [call])
+        assert loop.time() - started < 1.5 * TIMEOUT_S
+        assert b"refusal" not in silent.received  # the second call was never written
+    finally:
+        store_wait.end(waiting)
+        runner.close()
+        await redis.aclose(close_connection_pool=True)
+
+
+async def test_a_call_whose_request_stopped_waiting_while_connecting_is_never_written(silent: SilentServer) -> None:
+    """The connection's handshake (``SELECT``) is answered only after the request's time ran out: the
+    call queued behind it has failed by then and is dropped from the queue, never run by Redis."""
+    channel = ScriptChannel(port=await silent.start(), db=13, timeout_s=TIMEOUT_S, connect_timeout_s=TIMEOUT_S)
+    script = AsyncScriptStub()
+    loop = asyncio.get_running_loop()
+    waiting = store_wait.begin(TIMEOUT_S / 2)
+    try:
+        started = loop.time()
+        with pytest.raises(RedisTimeoutError):
+            await channel.run(script, ["k"], ["gave-up"])  # type: ignore[arg-type]
+        assert loop.time() - started < 0.75 * TIMEOUT_S  # the request's time, not the connect timeout
+    finally:
+        store_wait.end(waiting)
+    try:
+        await eventually(lambda: b"SELECT" in silent.received, what="the handshake written")
+        assert b"EVALSHA" not in silent.received
+        silent.connections[0].write(b"+OK\r\n")  # the handshake completes: the queue is flushed
+        later = asyncio.ensure_future(channel.run(script, ["k"], ["later"]))  # type: ignore[arg-type]
+        await eventually(lambda: b"later" in silent.received, what="the later call written")
+        assert b"gave-up" not in silent.received
+        later.cancel()
+    finally:
+        channel.close()
 
 
 class AsyncScriptStub:

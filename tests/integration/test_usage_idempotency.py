@@ -194,7 +194,7 @@ async def test_a_sqlite_claim_from_before_fingerprints_stays_a_duplicate(open_ac
                       ("team", "k-old", "ext-old", int(FakeClock()() * 1000)))
     await old.close()
     accounts, store = await open_accounts(chain_specs(), clock=FakeClock(), name="old.sqlite3")  # migrates
-    assert [tuple(r) for r in await store.query("SELECT MAX(version) FROM budget_schema_version")] == [(3,)]
+    assert [tuple(r) for r in await store.query("SELECT MAX(version) FROM budget_schema_version")] == [(4,)]
     assert [tuple(r) for r in await store.query("SELECT claim, fingerprint FROM usage_claims")] == [("k-old", None)]
     record = usage_from_json(usage("0.9"), now_ms=0)
     again = await accounts.record_usage("team", record.amount_nanos,

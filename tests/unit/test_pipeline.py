@@ -128,6 +128,7 @@ async def test_a_request_cancelled_during_the_call_still_gives_its_reservation_b
     assert len(accounts.reserved) == 1 and accounts.held() == []  # settled in ``finally``, shielded
     [(_, entry)] = accounts.settled  # charged: the provider had the call and may bill all of it
     assert entry is not None and entry.status == "client_disconnected" and not entry.usage_reported
+    assert entry.error_code == "client_disconnected" and entry.http_status == 499  # not a Python class name
     assert 0 < entry.cost_nanos <= accounts.reserved[0].amount_nanos  # its worst case, estimated
     assert kinds(events) == ["RequestCompleted"]
 
