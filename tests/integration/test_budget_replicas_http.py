@@ -24,6 +24,7 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 CHAT = {"model": "small", "max_tokens": 20, "messages": [{"role": "user", "content": "hi [[sim:tokens=3]]"}]}
 Factory = Callable[[int], Awaitable[TestClient[Any, Any]]]
 BUDGET = "/api/v1/budgets/alice-total"
+SELECT = {"content": {"messages": CHAT["messages"]}, "metadata": {"userId": "alice", "teamId": "core"}}
 
 
 @pytest.fixture
@@ -65,8 +66,12 @@ async def test_budget_changes_on_one_replica_bind_the_others_next_request(make_r
     assert (status, shown["limit"]) == (200, "0.000001")
     status, scoped = await admin(b, "GET", "/api/v1/budgets/status/user/alice")
     assert status == 200 and [s["budgetId"] for s in scoped["budgets"]] == ["alice-total"]
+    status, selected = await admin(b, "POST", "/api/v1/models/select", SELECT)  # b's selection reads it too
+    assert status == 429 and "alice-total" in selected["error"]["message"], selected
 
     assert (await admin(a, "PATCH", BUDGET, {"amount": "5"}))[0] == 200
+    status, selected = await admin(b, "POST", "/api/v1/models/select", SELECT)
+    assert status == 200 and selected["budgetImpact"]["remainingBefore"].startswith("5"), selected
     status, body = await chat(b, key)
     assert status == 200, body  # room at once, and charged to the budget
     status, shown = await admin(b, "GET", f"{BUDGET}/status")
