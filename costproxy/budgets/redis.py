@@ -402,12 +402,16 @@ class RedisBudgetAccounts(BudgetBook):
         """Reload the definitions a reserve found stale (once for every request that found the same
         copy), and seed a missing copy with the version loaded — after this process registered the
         partition, so at least that of any change whose writer did not see it (lua.py)."""
+        copy = self.keys.defs_seen(stale.partition)
         try:
             async with self._reloading:
-                if stale.seen < 0 or self.budgets.version < stale.seen:
+                seen = stale.seen
+                if seen < 0:  # seeded meanwhile (by the request that held the lock)? then it counts
+                    seen = int(await self.redis.get(copy) or -1)
+                if seen < 0 or self.budgets.version < seen:
                     await self.budgets.load()
-                if stale.seen < 0:
-                    await self._defs_raise(keys=[self.keys.defs_seen(stale.partition)], args=[self.budgets.version])
+                if seen < 0:
+                    await self._defs_raise(keys=[copy], args=[self.budgets.version])
         except RedisError as exc:
             self._down(exc)
             raise unavailable("budget store", self.label, exc, "load the budget definitions that changed") from None

@@ -8,6 +8,7 @@ without sleeping or polling.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 import pytest
@@ -118,9 +119,21 @@ async def test_a_missing_version_copy_is_reloaded_and_seeded(replica: Opener, re
     copy = RedisKeys(redis_space.prefix).defs_seen("")
     client = sync_redis.Redis.from_url(redis_space.url)
     try:
+        with pytest.raises(BudgetExceeded):  # two knows the budget now
+            await two.reserve("warm", ALICE, 11)
         client.delete(copy)  # evicted, flushed, or a partition no writer had seen
-        with pytest.raises(BudgetExceeded, match="'dyn'"):
-            await two.reserve("over", ALICE, 11)
+        loads = 0
+        real_load = two.budgets.load
+
+        async def counted() -> None:
+            nonlocal loads
+            loads += 1
+            await real_load()
+
+        two.budgets.load = counted  # type: ignore[method-assign]
+        results = await asyncio.gather(*(two.reserve(f"r{i}", ALICE, 11) for i in range(10)), return_exceptions=True)
+        assert all(isinstance(r, BudgetExceeded) and "'dyn'" in r.message for r in results)
+        assert loads == 1  # the others found the copy seeded by the first
         assert int(client.get(copy) or -1) == two.budgets.version == one.budgets.version
     finally:
         client.close()
@@ -158,3 +171,23 @@ async def test_a_request_without_budgets_learns_of_a_new_one(replica: Opener) ->
                                         org="globex"), actor="admin")
     with pytest.raises(BudgetExceeded, match="'bob'"):
         await two.reserve("after", bob, 5)
+
+
+async def test_requests_that_find_the_definitions_stale_together_share_one_reload(replica: Opener) -> None:  # noqa: F811
+    one, two = await pair(replica)
+    assert (await two.reserve("warm", ALICE, 1)).budget_ids == ()
+    loads = 0
+    real_load = two.budgets.load
+
+    async def counted() -> None:
+        nonlocal loads
+        loads += 1
+        await real_load()
+
+    two.budgets.load = counted  # type: ignore[method-assign]
+    await one.budgets.create(dyn(10, org="acme"), actor="admin")  # alice's partition: its copy exists
+    results = await asyncio.gather(*(two.reserve(f"r{i}", ALICE, 1) for i in range(30)), return_exceptions=True)
+    held = [r for r in results if isinstance(r, BudgetReservation)]
+    assert len(held) == 10 and all(r.budget_ids == ("dyn",) for r in held)  # 10 fit, none escaped the budget
+    assert all(isinstance(r, BudgetExceeded) for r in results if r not in held)
+    assert loads == 1
