@@ -171,8 +171,9 @@ local function reclaim(zkey, rprefix, now, limit, done_ttl)
 end
 """
 
-# KEYS: the partition's definitions version copy (``dv``); ARGV: the caller's loaded version.
-# {'stale', copy} when the copy is newer than the caller's version (copy -1: missing), else nil.
+# stale(dv, known): dv is the partition's definitions version copy (a key the script declares),
+# known the version the caller's chain was built from.  {'stale', copy} when the copy is newer
+# (copy -1: missing, which counts as newer), else nil.
 _STALE_FN = """
 local function stale(dv, known)
   local seen = redis.call('GET', dv)
