@@ -221,7 +221,7 @@ end
 fields[#fields + 1] = '_exp'
 fields[#fields + 1] = ARGV[1] + 0 + ttl
 local owner, entry = ARGV[7 + 3 * n], ARGV[8 + 3 * n]
-local owned = owner ~= ''
+local owned = owner and owner ~= ''
 if owned then
   fields[#fields + 1] = '_o'
   fields[#fields + 1] = owner
