@@ -19,6 +19,7 @@
     │   ├── ExceedsRateLimit        the request alone is above a rate limit     429 exceeds_rate_limit
     │   ├── RuleRejected            a steering rule rejected the request        403 rule_rejected
     │   ├── ModelNotAllowed         a budget or rule forbids the named model    403 model_not_allowed
+    │   ├── UnpricedTool            a provider-side tool without a fee, under a hard budget  400 unpriced_tool
     │   └── NoEligibleModel         no model meets capabilities/quality/budget  422 no_eligible_model
     ├── ProviderError               the upstream failed
     │   ├── UpstreamTimeout         no answer in time                           504 upstream_timeout
@@ -186,6 +187,16 @@ class ModelNotAllowed(PolicyError):
 
     status = 403
     code = "model_not_allowed"
+
+
+class UnpricedTool(PolicyError):
+    """A tool that runs on the provider's side has no fee in models.yaml's ``tool_fees``: its cost
+    cannot be bounded, so a caller with a hard budget is refused it (``param``: the tool)."""
+
+    status = 400
+    code = "unpriced_tool"
+    type = "invalid_request_error"
+    no_retry = True
 
 
 class NoEligibleModel(PolicyError):

@@ -309,7 +309,8 @@ def refusal_and_cache_metrics(registry: CollectorRegistry) -> Listener:
     ``costproxy_cache_saved_nanos_total``: what answers from the response cache saved (the cost of
     the answers they replayed; hits are ``costproxy_requests_total{status="cache_hit"}``), and
     ``costproxy_usage_clamped_total`` by model: calls whose usage reported more output than the
-    provider could have generated, charged the bound instead (``pipeline.settle.plausible_usage``)."""
+    provider could have generated, charged the bound instead (``pipeline.settle.plausible_usage``), or
+    more provider-side tool calls than the bound sent (``pipeline.settle.charged_tool_calls``)."""
     refusals = Counter("costproxy_refusals", "Requests refused before any upstream call, by error code",
                        ["code"], registry=registry)
     saved = Counter("costproxy_cache_saved_nanos", "Nano-USD the response cache saved (cost of the answers "
@@ -321,7 +322,7 @@ def refusal_and_cache_metrics(registry: CollectorRegistry) -> Listener:
         if not isinstance(event, RequestCompleted):
             return
         entry = event.entry
-        if "usage_clamped" in entry.metadata:
+        if "usage_clamped" in entry.metadata or "tool_calls_clamped" in entry.metadata:
             clamped.labels(entry.served_model or "-").inc()
         if entry.status == "refused":
             refusals.labels(entry.error_code or "refused").inc()

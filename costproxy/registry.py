@@ -19,6 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 from costproxy.analyzer.media import GPT4O_IMAGES, IMAGE_RULES, ImageTokenRule
+from costproxy.analyzer.server_tools import NO_TOOL_FEES, ToolFees, parse_tool_fees
 from costproxy.config_schema import Node
 from costproxy.money import NANOS_PER_USD, TOKENS_PER_PRICE_UNIT, tokens_cost
 from costproxy.records import frozen
@@ -116,7 +117,8 @@ class ModelPrice:
 class Usage:
     """Token usage of one call. ``cached_tokens`` is the part of ``prompt_tokens`` served from cache,
     ``cache_write_tokens`` the part written to the cache, ``cache_write_1h_tokens`` the part of those
-    written with a 1-hour lifetime (Anthropic's ``cache_creation_input_tokens`` and its breakdown)."""
+    written with a 1-hour lifetime (Anthropic's ``cache_creation_input_tokens`` and its breakdown).
+    ``tool_calls``: calls of provider-side tools, (kind, count) sorted by kind (``analyzer.server_tools``)."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -124,6 +126,7 @@ class Usage:
     reported: bool = True
     cache_write_tokens: int = 0
     cache_write_1h_tokens: int = 0
+    tool_calls: tuple[tuple[str, int], ...] = ()
 
     @property
     def total_tokens(self) -> int:
@@ -146,13 +149,31 @@ class ModelSpec:
     aliases: tuple[str, ...] = ()
     tokenizer: TokenizerSpec = OWN_TOKENIZER
     images: ImageTokenRule = GPT4O_IMAGES  # how it bills image input (``analyzer.media``)
+    # Nano-USD per call of each provider-side tool kind its provider bills (models.yaml ``tool_fees``).
+    tool_fees: tuple[tuple[str, int], ...] = ()
+    tool_inputs: tuple[tuple[str, int], ...] = ()  # input tokens reserved per call, by tool kind
+
+    @property
+    def fees(self) -> dict[str, int]:
+        """``tool_fees`` as a mapping: tool kind -> nano-USD per call."""
+        return dict(self.tool_fees)
+
+    def tool_cost(self, calls: Iterable[tuple[str, int]]) -> int:
+        """Nano-USD of these tool calls; a kind without a fee costs nothing here (it is unpriced)."""
+        fees = self.fees
+        return sum(count * fees.get(kind, 0) for kind, count in calls)
 
     def supports(self, capabilities: Iterable[str]) -> bool:
         return set(capabilities) <= self.capabilities
 
     def cost(self, usage: Usage) -> int:
         """Exact cost in nano-USD: each part of the prompt (plain, read from cache, written to the
-        cache for 5 minutes or 1 hour) and the completion at its own price."""
+        cache for 5 minutes or 1 hour) and the completion at its own price, plus the fees of its
+        provider-side tool calls."""
+        fees = self.tool_cost(usage.tool_calls) if usage.tool_calls else 0
+        return fees + self._tokens_cost(usage)
+
+    def _tokens_cost(self, usage: Usage) -> int:
         prompt = usage.prompt_tokens
         cached = min(usage.cached_tokens, prompt)
         writes = min(usage.cache_write_tokens, prompt - cached)
@@ -191,6 +212,7 @@ class Registry:
     models: Mapping[str, ModelSpec]
     aliases: Mapping[str, str] = field(default_factory=dict)
     baseline_model: str | None = None
+    tool_fees: ToolFees = NO_TOOL_FEES  # models.yaml ``tool_fees`` (each model holds its provider's)
 
     def resolve(self, name: str) -> ModelSpec | None:
         """A model by id or alias, or ``None``."""
@@ -213,8 +235,9 @@ def parse_registry(document: Any, file: str, providers: Iterable[str] | None = N
     known_providers = set(providers) if providers is not None else None
     models: dict[str, ModelSpec] = {}
     aliases: dict[str, str] = {}
+    fees = parse_tool_fees(root.child("tool_fees", None), known_providers)
     for model_id, node in root.child("models").items():
-        spec = _parse_model(model_id, node, known_providers)
+        spec = _parse_model(model_id, node, known_providers, fees)
         models[model_id] = spec
         for alias in spec.aliases:
             if alias in aliases or alias in models:
@@ -228,10 +251,10 @@ def parse_registry(document: Any, file: str, providers: Iterable[str] | None = N
     for alias, node_target in aliases.items():
         if alias in models:
             raise root.error(f"alias {alias!r} of {node_target!r} is also a model id")
-    return Registry(models=models, aliases=aliases, baseline_model=baseline)
+    return Registry(models=models, aliases=aliases, baseline_model=baseline, tool_fees=fees)
 
 
-def _parse_model(model_id: str, node: Node, providers: set[str] | None) -> ModelSpec:
+def _parse_model(model_id: str, node: Node, providers: set[str] | None, fees: ToolFees) -> ModelSpec:
     provider_node = node.child("provider")
     provider = provider_node.str()
     if providers is not None and provider not in providers:
@@ -258,6 +281,8 @@ def _parse_model(model_id: str, node: Node, providers: set[str] | None) -> Model
         aliases=tuple(node.child("aliases", []).str_list()),
         tokenizer=_parse_tokenizer(node.child("tokenizer", None)),
         images=_parse_images(node.child("images", None)),
+        tool_fees=fees.of(provider),
+        tool_inputs=fees.inputs_of(provider),
     )
     node.done()
     return spec

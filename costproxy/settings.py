@@ -309,6 +309,7 @@ def _load_registry(models_path: Path, providers: Mapping[str, ProviderSettings])
         models={k: m for k, m in full.models.items() if k not in disabled},
         aliases={alias: target for alias, target in full.aliases.items() if target not in disabled},
         baseline_model=full.baseline_model,
+        tool_fees=full.tool_fees,
     )
     return registry, disabled
 

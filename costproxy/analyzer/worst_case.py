@@ -23,7 +23,10 @@ The reservation on every budget of the chain is the price of a ``WorstCase``:
 - output: the per-choice cap (the larger of ``max_tokens`` and ``max_completion_tokens``, or the cap
   the proxy injects into every such field the request carries) times the number of
   choices billed (``n``; for ``/v1/completions`` ``max(n, best_of)`` per prompt), plus the tokens
-  of a ``prediction`` (rejected predicted tokens are billed at output rates).
+  of a ``prediction`` (rejected predicted tokens are billed at output rates);
+- provider-side tool calls: the calls the proxy bounds and sends upstream (``BillableInput.tools``,
+  ``analyzer.server_tools``) at the fee per call of the model's provider, and each call's input-token
+  allowance (``ModelSpec.tool_inputs``: what its results may add to the prompt) in the input bound.
 
 ``worst_case`` uses the margin bound while the budget has room, and the byte bound, which no
 tokenizer can exceed, when the byte bound is the smaller one or when less than
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import math
 
+from costproxy.analyzer.server_tools import NO_TOOLS, ToolBounds
 from costproxy.records import frozen
 from costproxy.registry import ModelSpec
 
@@ -85,6 +89,7 @@ class BillableInput:
     tool_lists: int = 0  # non-empty ``tools`` / ``functions`` lists
     image_tokens: int = 0  # the part of ``media_tokens`` for images, as estimated (GPT-4o's rule)
     images: tuple[tuple[str, tuple[int, int] | None], ...] = ()  # each image's detail and size if known
+    tools: ToolBounds = NO_TOOLS  # provider-side tool calls the request may make, as bounded upstream
 
     @property
     def has_media(self) -> bool:
@@ -101,6 +106,7 @@ class WorstCase:
     prediction_tokens: int
     basis: str  # "estimate" (own tokenizer) | "margin" | "bytes"
     nanos: int
+    tool_nanos: int = 0  # the part of ``nanos`` for provider-side tool calls
 
     @property
     def billed_output_tokens(self) -> int:
@@ -140,8 +146,13 @@ def hard_input_bound(billable: BillableInput, model: ModelSpec) -> int | None:
 def _case(billable: BillableInput, model: ModelSpec, input_tokens: int, output_cap: int, basis: str) -> WorstCase:
     multiplier = billable.choices if output_cap > 0 else 0
     output = output_cap * multiplier + billable.prediction_tokens
+    tools = 0
+    if billable.tools.calls:
+        tools = billable.tools.fee_bound(model.fees)
+        if model.tool_inputs:  # what the calls' results may add to the prompt
+            input_tokens += billable.tools.fee_bound(dict(model.tool_inputs))
     return WorstCase(input_tokens, output_cap, multiplier, billable.prediction_tokens, basis,
-                     model.price_of(input_tokens, output))
+                     model.price_of(input_tokens, output) + tools, tools)
 
 
 def worst_case(billable: BillableInput, model: ModelSpec, output_cap: int, *,
@@ -170,7 +181,9 @@ def worst_case(billable: BillableInput, model: ModelSpec, output_cap: int, *,
 def output_cap_within(billable: BillableInput, model: ModelSpec, budget_nanos: int, input_tokens: int) -> int:
     """The largest output cap per choice whose worst case (with ``input_tokens`` as the input
     bound) costs at most ``budget_nanos``; 0 when not even the input fits.  For lowering the cap
-    so that a request still fits what is left instead of refusing it."""
+    so that a request still fits what is left instead of refusing it (the tool calls' fees first)."""
+    if billable.tools.calls:
+        budget_nanos -= billable.tools.fee_bound(model.fees)
     if billable.choices <= 0 or model.price_of(input_tokens, billable.prediction_tokens) > budget_nanos:
         return 0
     low, high = 0, 1

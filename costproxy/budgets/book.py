@@ -424,7 +424,7 @@ class BudgetBook:
                 restrictions = restrictions.merge(restrictions_of([a for t in reached for a in t.actions], spec.id))
             if spec.hard:
                 if remaining is None or left < remaining:
-                    remaining, tightest = left, f"{spec.name} ({spec.id})"
+                    remaining, tightest = left, f"{spec.name} ({spec.id})" if spec.name else spec.id
                 if spec.on_exhausted == "downgrade" and status in ("critical", "exhausted"):
                     restrictions = restrictions.merge(restrictions_of([spec.downgrade_to], spec.id)).merge(
                         Constraints(max_cost_nanos=left))

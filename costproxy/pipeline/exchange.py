@@ -56,6 +56,22 @@ log = structlog.get_logger("costproxy")
 _RESPONSES_END = ("response.completed", "response.incomplete", "response.failed", "error")
 
 
+def _fit_thinking(body: dict[str, Any], asked: int | None, cap: int) -> None:
+    """A native Messages body whose ``max_tokens`` the budget lowered: its thinking budget must stay
+    below it (Anthropic refuses the call otherwise), so it is lowered too — or, when not even the
+    1,024-token minimum fits, the request is refused as the budget's (``budget_exceeded``)."""
+    thinking = body.get("thinking")
+    if not isinstance(thinking, Mapping) or thinking.get("type") != "enabled" or asked is None or asked <= cap:
+        return  # not lowered by the budget: the client's own body goes as it is
+    budget = thinking.get("budget_tokens")
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget < cap:
+        return
+    fitted = anthropic.fit_thinking(budget, cap)
+    if fitted is None:
+        raise anthropic.no_room_to_think(cap, asked, "thinking.budget_tokens")
+    body["thinking"] = {**thinking, "budget_tokens": fitted}
+
+
 class Relay(Protocol):
     """Turns an upstream stream into the client's frames."""
 
@@ -135,10 +151,12 @@ class Exchange:
         if self.upstream is Api.MESSAGES:
             body["max_tokens"] = cap  # required; never above what the client asked
             cap_foreign_limits(body, "max_tokens", cap)
+            _fit_thinking(body, plan.request.max_output_tokens, cap)
         else:
             if output_limit_needed(plan, model):
                 body["max_output_tokens"] = cap
             cap_foreign_limits(body, "max_output_tokens", cap)
+        plan.billable.tools.send(self.upstream, body)  # no more tool calls than were reserved
         return body
 
     def reply(self, response: UpstreamResponse) -> tuple[bytes, dict[str, Any]]:
@@ -318,7 +336,8 @@ class NativeRelay:
                 if kind == "response.completed" or kind == "response.incomplete":
                     self.final = data.get("response") if isinstance(data.get("response"), dict) else None
                 else:
-                    self.failure = UpstreamHTTPError(f"provider {self.provider} reported {kind}", status=502)
+                    self.failure = UpstreamHTTPError(f"provider {self.provider} reported {kind}",
+                                                     status=502).after_acceptance()  # inside a 2xx stream
         elif data is None and done:
             self.finished = True
             return []

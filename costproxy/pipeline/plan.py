@@ -14,11 +14,13 @@ from dataclasses import field, replace
 from typing import Any
 
 import orjson
+import structlog
 
+from costproxy.analyzer.server_tools import ServerTool, server_tools, tool_bounds
 from costproxy.analyzer.worst_case import BillableInput, WorstCase, output_cap_within, worst_case
 from costproxy.budgets.accounts import BudgetView, Reservation
 from costproxy.cache.policy import CachePlan
-from costproxy.errors import BudgetExceeded, ContextTooLong, InvalidRequest, UnknownModel
+from costproxy.errors import BudgetExceeded, ContextTooLong, InvalidRequest, UnknownModel, UnpricedTool
 from costproxy.pipeline.services import NO_SPAN, Services, step
 from costproxy.providers.apis import upstream_api
 from costproxy.ratelimits.model import Admission
@@ -28,6 +30,7 @@ from costproxy.request import ANY_OUTPUT_CAP_FIELDS, OUTPUT_CAP_FIELDS, ChatRequ
 from costproxy.routing.policy import EMPTY, Constraints
 from costproxy.routing.route import MIN_USEFUL_OUTPUT, Route, RouteInput
 
+log = structlog.get_logger("costproxy")
 # Texts longer than this (in characters) are tokenized on a worker thread, off the event loop.
 OFFLOOP_TOKENIZE_CHARS = 32_000
 
@@ -46,6 +49,7 @@ class Plan:
     payloads: dict[str, bytes] = field(default_factory=dict)  # model id -> upstream body, built once
     admission: Admission | None = None  # the rate limits it was admitted under (pipeline.admission)
     cache: CachePlan | None = None  # the response cache's part, when asked for (pipeline.cached)
+    unpriced_tools: tuple[str, ...] = ()  # provider-side tool kinds without a fee, passed (no hard budget)
 
     @property
     def primary(self) -> ModelSpec:
@@ -162,6 +166,10 @@ async def plan(services: Services, ctx: RequestContext, request: ChatRequest) ->
     with step(services, "costproxy.count_tokens") as span:
         billable = await count_billable(services, request, encoding_for(services, requested, kind))
         input_tokens = billable.tokens
+        tools = server_tools(request.api, native_body(request))
+        if tools:
+            billable = replace(billable, tools=tool_bounds(request.api, native_body(request), tools,
+                                                          services.registry.tool_fees))
         span.set_attribute("costproxy.tokens.input", input_tokens)
     with step(services, "costproxy.budget_view"):
         budget = await services.accounts.view(ctx.principal)
@@ -176,6 +184,15 @@ async def plan(services: Services, ctx: RequestContext, request: ChatRequest) ->
             span.set_attribute("costproxy.decision_id", route.decision_id)
     if not route.chain:
         raise UnknownModel(f"model {requested!r} is not served here", param="model")
+    unpriced = unpriced_tools(services, request, tools, route.chain)
+    if unpriced and budget.remaining_nanos is not None:
+        first = unpriced[0]
+        raise UnpricedTool(f"the {first.kind!r} tool runs on the provider's side and has no fee in models.yaml's "
+                           f"tool_fees, so its cost cannot be bounded under a hard budget: remove the tool, or "
+                           f"ask the operator to price it", param=first.param)
+    if unpriced:
+        log.warning("unpriced_tools_passed", request_id=ctx.request_id, tools=[t.kind for t in unpriced],
+                    model=route.chain[0].id)
     caps: dict[str, int] = {}
     chain: list[ModelSpec] = []
     for position, model in enumerate(route.chain):
@@ -194,7 +211,24 @@ async def plan(services: Services, ctx: RequestContext, request: ChatRequest) ->
     worst = max(known[m.id] if m.id in known else
                 worst_case(billable, m, caps[m.id], remaining_nanos=budget.remaining_nanos).nanos for m in chain)
     return Plan(ctx=ctx, request=request, requested_model=requested, route=route, input_tokens=input_tokens,
-                output_caps=caps, worst_case_nanos=worst, billable=billable, budget=budget)
+                output_caps=caps, worst_case_nanos=worst, billable=billable, budget=budget,
+                unpriced_tools=tuple(dict.fromkeys(t.kind for t in unpriced)))
+
+
+def native_body(request: ChatRequest) -> Mapping[str, Any]:
+    """The body in the client's own API (the chat form is derived from it for other APIs)."""
+    return request.native if request.native is not None else request.body
+
+
+def unpriced_tools(services: Services, request: ChatRequest, tools: list[ServerTool],
+                   chain: tuple[ModelSpec, ...]) -> list[ServerTool]:
+    """The provider-side tools some model of the chain would be sent without a fee for them (a
+    model whose provider needs a translation never receives them: no fee applies there)."""
+    if not tools:
+        return []
+    providers = services.settings.providers
+    native = [m for m in chain if upstream_api(providers[m.provider], request.api) is request.api]
+    return [t for t in tools if any(t.kind not in m.fees for m in native)]
 
 
 def fit_caps(billable: BillableInput, chain: list[ModelSpec], caps: dict[str, int], remaining: int,

@@ -17,6 +17,13 @@ upstream: the tester's saw 100,000,000 for ``max_tokens: 100``) is charged that 
 (``plausible_usage``); the provider's own figure stays in the entry's metadata
 (``usage_clamped``) for reconciliation, is logged (``usage_clamped``) and counted
 (``costproxy_usage_clamped_total``).
+
+Provider-side tool calls (``analyzer.server_tools``) are charged the same way: the calls the
+provider reports, each kind at most the bound the proxy sent upstream and reserved for, at the fee
+per call of the model's provider (chat's ``web_search_options``: one per request answered by a chat
+upstream).  The entry's metadata explains the cost: ``tool_calls`` (kind -> calls charged),
+``tool_fee_nanos`` (what they cost), and ``tool_calls_clamped`` (reported and bound) when the
+provider reported more than the bound.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from typing import Any, Protocol, TypeGuard
 
 import structlog
 
+from costproxy.analyzer.server_tools import PER_REQUEST_SEARCH
 from costproxy.budgets.accounts import Reservation
 from costproxy.errors import ProxyError
 from costproxy.ledger.entry import LedgerEntry, Status, with_metadata
@@ -57,12 +65,18 @@ class UsageReader(Protocol):
         """Generated text in this body or event (counted when no usage is reported)."""
         ...
 
+    @property
+    def tool_calls(self) -> tuple[tuple[str, int], ...]:
+        """Provider-side tool calls seen so far by a stream that has not reported its end."""
+        ...
+
 
 class ChatUsage:
     """Chat completions (and completions, embeddings) bodies and chunks.  ``output``: the answer has
     output tokens, so a usage without ``completion_tokens`` is incomplete (embeddings have none)."""
 
     prompt: Usage | None = None
+    tool_calls: tuple[tuple[str, int], ...] = ()  # chat reports none (``web_search_options``: see ``settle``)
 
     def __init__(self, output: bool = True) -> None:
         self.output = output
@@ -166,10 +180,10 @@ def final_usage(services: Services, plan: Plan, outcome: Outcome) -> Usage:
         return outcome.usage
     text = "".join(outcome.streamed_text)
     completion = services.counter.estimate_completion_from_text(text, outcome.model.encoding) if text else 0
-    prompt = outcome.reader.prompt
+    prompt, calls = outcome.reader.prompt, outcome.reader.tool_calls
     if prompt is not None:  # the provider told the prompt before the stream broke off
-        return replace(prompt, completion_tokens=completion, reported=False)
-    return Usage(prompt_tokens=plan.input_tokens, completion_tokens=completion, reported=False)
+        return replace(prompt, completion_tokens=completion, reported=False, tool_calls=calls)
+    return Usage(prompt_tokens=plan.input_tokens, completion_tokens=completion, reported=False, tool_calls=calls)
 
 
 def ledger_entry(services: Services, plan: Plan, outcome: Outcome, usage: Usage) -> LedgerEntry:
@@ -201,10 +215,13 @@ def ledger_entry(services: Services, plan: Plan, outcome: Outcome, usage: Usage)
 
 
 def _metadata(plan: Plan) -> dict[str, Any]:
-    """Rules applied, and the difficulty bucket of a selected model (``learning`` reads it back)."""
+    """Rules applied, the difficulty bucket of a selected model (``learning`` reads it back), and the
+    provider-side tools passed without a fee."""
     metadata: dict[str, Any] = {"rules": list(plan.route.rules)} if plan.route.rules else {}
     if plan.route.difficulty_bucket is not None:
         metadata["difficulty_bucket"] = plan.route.difficulty_bucket
+    if plan.unpriced_tools:
+        metadata["unpriced_tools"] = list(plan.unpriced_tools)
     return metadata
 
 
@@ -241,6 +258,34 @@ def plausible_usage(plan: Plan, model: ModelSpec, usage: Usage) -> tuple[Usage, 
                                                     "reported": int(usage.reported)}
 
 
+def charged_tool_calls(plan: Plan, model: ModelSpec, usage: Usage,
+                       per_request: bool) -> tuple[Usage, dict[str, Any] | None]:
+    """``usage`` with its provider-side tool calls as charged: each reported kind under the kind the
+    request declared (a Responses ``web_search_call`` of a ``web_search_preview`` tool is one of
+    those), at most the bound sent upstream; ``per_request``: a chat upstream answered a request with
+    ``web_search_options`` (one search fee).  With the ledger metadata that explains the fees, or
+    ``None`` when no tool was called."""
+    bounds = plan.billable.tools
+    declared = [kind for kind, _ in bounds.calls]
+    fees = model.fees
+    reported: dict[str, int] = {}
+    for kind, count in usage.tool_calls:
+        if kind not in declared:
+            kind = max((d for d in declared if d.startswith(kind + "_")), key=lambda d: fees.get(d, 0), default=kind)
+        reported[kind] = reported.get(kind, 0) + count
+    if per_request and PER_REQUEST_SEARCH in declared:
+        reported[PER_REQUEST_SEARCH] = 1
+    if not reported:
+        return usage, None
+    charged = bounds.clamp(reported, fees)
+    metadata: dict[str, Any] = {"tool_calls": charged, "tool_fee_nanos": model.tool_cost(charged.items())}
+    if charged != reported:
+        metadata["tool_calls_clamped"] = {"reported": reported, "limit": dict(bounds.calls)}
+        log.warning("tool_calls_clamped", request_id=plan.ctx.request_id, model=model.id, reported=reported,
+                    limit=dict(bounds.calls))
+    return replace(usage, tool_calls=tuple(sorted(charged.items()))), metadata
+
+
 async def settle(services: Services, plan: Plan, reservation: Reservation, outcome: Outcome) -> LedgerEntry:
     """Charge what was used (nothing if the call failed before any usage) and write the ledger."""
     usage, clamped = plausible_usage(plan, outcome.model, final_usage(services, plan, outcome))
@@ -249,15 +294,22 @@ async def settle(services: Services, plan: Plan, reservation: Reservation, outco
     produced = (usage.reported or usage.completion_tokens > 0 or outcome.status is Status.CLIENT_DISCONNECTED
                 or outcome.billed)
     ok = outcome.status is Status.OK
+    usage, tools = charged_tool_calls(plan, outcome.model, usage,
+                                      isinstance(outcome.reader, ChatUsage) and (ok or produced))
     outcome.cost_nanos = outcome.model.cost(usage) if (ok or produced) else 0
     if outcome.billed and not outcome.usage_seen and (not plan.stream or outcome.unread):  # generated: unknown
         usage, outcome.cost_nanos = _lost_answer(plan, outcome.model)
+        tools = ({"tool_calls": dict(usage.tool_calls), "tool_fee_nanos": outcome.model.tool_cost(usage.tool_calls)}
+                 if usage.tool_calls else None)
     outcome.usage = usage
     if outcome.cost_nanos == 0 and not ok:
         usage = Usage(reported=usage.reported)
     entry = ledger_entry(services, plan, outcome, usage)
-    if clamped is not None:
-        entry = with_metadata(entry, {**entry.metadata, "usage_clamped": clamped})
+    if clamped is not None or (tools is not None and outcome.cost_nanos):
+        extra = {"usage_clamped": clamped} if clamped is not None else {}
+        if tools is not None and outcome.cost_nanos:
+            extra.update(tools)
+        entry = with_metadata(entry, {**entry.metadata, **extra})
     with step(services, "costproxy.settle") as span:
         span.set_attribute("costproxy.cost_nanos", entry.cost_nanos)
         span.set_attribute("costproxy.usage_reported", entry.usage_reported)
@@ -271,7 +323,10 @@ def _lost_answer(plan: Plan, model: ModelSpec) -> tuple[Usage, int]:
     unknown, so it is charged its worst case (never more than was reserved), marked estimated."""
     case = plan.worst_case_on(model)
     completion = case.output_tokens * case.multiplier + case.prediction_tokens
-    return Usage(prompt_tokens=case.input_tokens, completion_tokens=completion, reported=False), case.nanos
+    bounds = plan.billable.tools
+    calls = tuple(sorted(bounds.clamp(dict(bounds.calls), model.fees).items()))
+    return Usage(prompt_tokens=case.input_tokens, completion_tokens=completion, reported=False,
+                 tool_calls=calls), case.nanos
 
 
 async def record(services: Services, plan: Plan, reservation: Reservation, entry: LedgerEntry, *,

@@ -12,7 +12,10 @@ Request (``messages_request``), from the chat form:
   ``disable_parallel_tool_use``;
 - ``max_tokens`` is always sent (Messages requires it): the output cap the pipeline computed;
 - ``stop`` → ``stop_sequences``, ``user`` → ``metadata.user_id``, ``temperature`` (clamped to
-  Anthropic's 0–1), ``top_p``, ``reasoning_effort`` → ``thinking`` with a token budget;
+  Anthropic's 0–1), ``top_p``, ``reasoning_effort`` → ``thinking`` with a token budget (its
+  effort's, lowered under ``max_tokens`` as Anthropic requires: ``fit_thinking``; when not even
+  Anthropic's 1,024-token minimum fits, a 400 — or ``budget_exceeded`` when the budget lowered
+  the cap — never a silent answer without thinking);
 - refused with a 400 naming the field (Messages cannot do them): ``n`` > 1, ``response_format``
   json_object / json_schema, ``logprobs``, ``logit_bias``, audio and file parts, non-function tools;
   ignored: ``seed``, ``frequency_penalty``, ``presence_penalty``, ``stream_options``, ``store``,
@@ -31,7 +34,7 @@ from typing import Any
 
 import orjson
 
-from costproxy.errors import InvalidRequest
+from costproxy.errors import BudgetExceeded, InvalidRequest
 from costproxy.protocols.usage import anthropic_usage
 
 THINKING_BUDGET = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384}
@@ -79,11 +82,38 @@ def _refuse_unsupported(body: Mapping[str, Any]) -> None:
             raise InvalidRequest(f"'{key}' is not supported by Anthropic models", param=key)
 
 
+THINKING_MIN = 1024  # Anthropic: 1,024 <= thinking.budget_tokens < max_tokens
+
+
+def fit_thinking(budget: int, max_tokens: int) -> int | None:
+    """The thinking budget that fits under ``max_tokens`` (at most ``budget``), or None if not even
+    Anthropic's minimum does."""
+    fitted = min(budget, max_tokens - 1)
+    return fitted if fitted >= THINKING_MIN else None
+
+
+def no_room_to_think(max_tokens: int, asked: int | None, param: str) -> InvalidRequest | BudgetExceeded:
+    """The refusal when extended thinking cannot fit under the output cap: the client's own cap
+    (a 400), or one the budget lowered from what the client asked (``budget_exceeded``)."""
+    if asked is not None and asked <= max_tokens:
+        return InvalidRequest(f"extended thinking on Claude models needs max_tokens above {THINKING_MIN} "
+                              f"(a thinking budget of at least {THINKING_MIN} tokens, below max_tokens); "
+                              f"max_tokens is {max_tokens}", param=param)
+    return BudgetExceeded(f"the budget left affords at most {max_tokens} output tokens, and extended thinking on "
+                          f"Claude models needs more than {THINKING_MIN}; lower the thinking budget or use a "
+                          "cheaper model")
+
+
 def _sampling(body: Mapping[str, Any], request: dict[str, Any], max_tokens: int) -> None:
     effort = body.get("reasoning_effort")
     budget = THINKING_BUDGET.get(effort) if isinstance(effort, str) else None
-    if budget is not None and max_tokens > budget:
-        request["thinking"] = {"type": "enabled", "budget_tokens": budget}
+    if budget is not None:
+        fitted = fit_thinking(budget, max_tokens)
+        if fitted is None:
+            asked = [v for k in ("max_completion_tokens", "max_tokens")
+                     if isinstance(v := body.get(k), int) and not isinstance(v, bool)]
+            raise no_room_to_think(max_tokens, max(asked) if asked else None, "reasoning_effort")
+        request["thinking"] = {"type": "enabled", "budget_tokens": fitted}
         return  # extended thinking runs at the default temperature and top_p
     temperature = body.get("temperature")
     if isinstance(temperature, int | float) and not isinstance(temperature, bool):

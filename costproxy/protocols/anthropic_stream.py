@@ -25,14 +25,16 @@ ERROR_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "perm
 
 
 def stream_error(data: Mapping[str, Any], provider: str) -> ProviderError:
-    """The ``ProviderError`` for a Messages ``error`` event."""
+    """The ``ProviderError`` for a Messages ``error`` event.  It comes inside a stream the provider
+    accepted (2xx; ``message_start`` reported the prompt), so it is charged as such — the prompt and
+    what was relayed, never released — and not retried (``ProviderError.after_acceptance``)."""
     error = obj(data.get("error"))
     kind = str(error.get("type") or "api_error")
     message = f"provider {provider} stream failed: {error.get('message') or kind}"
-    if kind == "rate_limit_error":
-        return UpstreamRateLimited(message)
-    return UpstreamHTTPError(message, status=ERROR_STATUS.get(kind, 502),
-                             upstream_body={"error": {"type": kind, "message": error.get("message")}})
+    body = {"error": {"type": kind, "message": error.get("message")}}
+    failure = UpstreamRateLimited(message) if kind == "rate_limit_error" else UpstreamHTTPError(
+        message, status=ERROR_STATUS.get(kind, 502), upstream_body=body)
+    return failure.after_acceptance()
 
 
 class AnthropicToChat:

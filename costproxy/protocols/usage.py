@@ -9,6 +9,12 @@ splits the writes by lifetime.  A stream reports the prompt in ``message_start``
 ``output_tokens`` (cumulative, sometimes with the prompt fields again) in ``message_delta``: only
 then is the usage complete.  Until then ``prompt`` holds what is known, so a client that hangs up
 mid-stream is charged the exact prompt and the counted output.
+
+Provider-side tool calls (``Usage.tool_calls``, priced by ``analyzer.server_tools``): Anthropic
+reports them in ``usage.server_tool_use`` (``web_search_requests``…; in a stream, in
+``message_delta``'s usage), Responses as one ``*_call`` output item per call (``web_search_call``,
+``file_search_call``…; in a stream, each in ``response.output_item.done`` and all in the final
+response).  A stream that breaks off lends the calls seen so far (``tool_calls``) to its estimate.
 """
 
 from __future__ import annotations
@@ -27,6 +33,32 @@ def _int(value: Any) -> int:
     return value if _count(value) else 0
 
 
+_CLIENT_CALLS = ("function_call", "custom_tool_call")
+
+
+def _calls(counts: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
+    return tuple(sorted((kind, count) for kind, count in counts.items() if count > 0))
+
+
+def anthropic_tool_calls(usage: Mapping[str, Any]) -> tuple[tuple[str, int], ...]:
+    """``usage.server_tool_use``: ``{"web_search_requests": 3}`` -> ``(("web_search", 3),)``."""
+    used = usage.get("server_tool_use")
+    if not isinstance(used, Mapping):
+        return ()
+    return _calls({key.removesuffix("_requests"): _int(value) for key, value in used.items()
+                   if isinstance(key, str) and key.endswith("_requests")})
+
+
+def responses_tool_calls(output: Any) -> tuple[tuple[str, int], ...]:
+    """The provider-side calls among a Response's ``output`` items: ``web_search_call`` -> ``web_search``."""
+    counts: dict[str, int] = {}
+    for item in output if isinstance(output, list) else ():
+        kind = item.get("type") if isinstance(item, Mapping) else None
+        if isinstance(kind, str) and kind.endswith("_call") and kind not in _CLIENT_CALLS:
+            counts[kind[:-5]] = counts.get(kind[:-5], 0) + 1
+    return _calls(counts)
+
+
 def anthropic_usage(usage: Any) -> Usage | None:
     """A Messages ``usage`` object as ``Usage``; ``None`` unless both token counts are there."""
     if not isinstance(usage, Mapping) or not _count(usage.get("input_tokens")) \
@@ -36,18 +68,19 @@ def anthropic_usage(usage: Any) -> Usage | None:
     breakdown = usage.get("cache_creation")
     long_writes = _int(breakdown.get("ephemeral_1h_input_tokens")) if isinstance(breakdown, Mapping) else 0
     return Usage(prompt_tokens=usage["input_tokens"] + read + write, completion_tokens=usage["output_tokens"],
-                 cached_tokens=read, cache_write_tokens=write, cache_write_1h_tokens=min(long_writes, write))
+                 cached_tokens=read, cache_write_tokens=write, cache_write_1h_tokens=min(long_writes, write),
+                 tool_calls=anthropic_tool_calls(usage))
 
 
-def responses_usage(usage: Any) -> Usage | None:
-    """A Responses ``usage`` object as ``Usage``."""
+def responses_usage(usage: Any, output: Any = None) -> Usage | None:
+    """A Responses ``usage`` object as ``Usage``, with the provider-side calls of its ``output``."""
     if not isinstance(usage, Mapping) or not _count(usage.get("input_tokens")) \
             or not _count(usage.get("output_tokens")):
         return None
     details = usage.get("input_tokens_details")
     cached = _int(details.get("cached_tokens")) if isinstance(details, Mapping) else 0
     return Usage(prompt_tokens=usage["input_tokens"], completion_tokens=usage["output_tokens"],
-                 cached_tokens=min(cached, usage["input_tokens"]))
+                 cached_tokens=min(cached, usage["input_tokens"]), tool_calls=responses_tool_calls(output))
 
 
 class AnthropicUsage:
@@ -56,6 +89,7 @@ class AnthropicUsage:
     def __init__(self) -> None:
         self._start: dict[str, Any] = {}
         self.prompt: Usage | None = None
+        self.tool_calls: tuple[tuple[str, int], ...] = ()
 
     def usage_in(self, data: Mapping[str, Any]) -> Usage | None:
         kind = data.get("type")
@@ -71,6 +105,7 @@ class AnthropicUsage:
             return None
         if kind == "message_delta" and isinstance(data.get("usage"), Mapping):
             merged = {**self._start, **{k: v for k, v in data["usage"].items() if v is not None}}
+            self.tool_calls = anthropic_tool_calls(merged)
             return anthropic_usage(merged)
         return None
 
@@ -97,11 +132,22 @@ class ResponsesUsage:
 
     prompt: Usage | None = None
 
+    def __init__(self) -> None:
+        self._items: list[Any] = []  # output items done so far (a stream)
+
+    @property
+    def tool_calls(self) -> tuple[tuple[str, int], ...]:
+        return responses_tool_calls(self._items)
+
     def usage_in(self, data: Mapping[str, Any]) -> Usage | None:
         if data.get("object") == "response":
-            return responses_usage(data.get("usage"))
-        if data.get("type") in _RESPONSE_DONE and isinstance(data.get("response"), Mapping):
-            return responses_usage(data["response"].get("usage"))
+            return responses_usage(data.get("usage"), data.get("output"))
+        kind = data.get("type")
+        if kind == "response.output_item.done":
+            self._items.append(data.get("item"))
+        elif kind in _RESPONSE_DONE and isinstance(data.get("response"), Mapping):
+            response = data["response"]
+            return responses_usage(response.get("usage"), response.get("output") or self._items)
         return None
 
     def texts_in(self, data: Mapping[str, Any]) -> list[str]:

@@ -17,7 +17,9 @@ requests with the same prefix read it (``cache_read_input_tokens``); ``input_tok
 
 Answers and directives are the OpenAI simulator's (``[[sim:reply=…]]``, ``tokens=N``, ``tool_call``,
 ``fault=529``, ``drop_after=N``, ``chunk_delay_ms=N``; see ``simulator``), read from the last user
-message; ``tool_call`` answers with a ``tool_use`` block for the first tool.
+message; ``tool_call`` answers with a ``tool_use`` block for the first tool; ``searches=N`` reports N
+web searches in ``usage.server_tool_use.web_search_requests`` (as said, whatever ``max_uses`` is: a
+provider that overruns the bound).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class AnthropicCall:
     cache_write: int = 0
     cache_write_1h: int = 0
     output_tokens: int = 0
+    searches: int = 0  # web searches reported (``server_tool_use.web_search_requests``)
     usage_sent: bool = False  # the final usage reached the client (message_delta, or the body)
     completed: bool = False
 
@@ -159,16 +162,20 @@ class AnthropicSimulator:
         else:
             content = [{"type": "text", "text": answer.text}]
             stop = "max_tokens" if answer.finish_reason == "length" else "end_turn"
-        call.output_tokens = answer.completion_tokens
+        call.output_tokens, call.searches = answer.completion_tokens, plan.searches
         return {"id": f"msg_sim_{len(self.calls):06d}", "type": "message", "role": "assistant",
                 "model": call.model, "content": content, "stop_reason": stop, "stop_sequence": None,
                 "usage": self._usage(call)}
 
     def _usage(self, call: AnthropicCall) -> dict[str, Any]:
-        return {"input_tokens": call.input_tokens, "output_tokens": call.output_tokens,
-                "cache_creation_input_tokens": call.cache_write, "cache_read_input_tokens": call.cache_read,
-                "cache_creation": {"ephemeral_5m_input_tokens": call.cache_write - call.cache_write_1h,
-                                   "ephemeral_1h_input_tokens": call.cache_write_1h}}
+        usage: dict[str, Any] = {
+            "input_tokens": call.input_tokens, "output_tokens": call.output_tokens,
+            "cache_creation_input_tokens": call.cache_write, "cache_read_input_tokens": call.cache_read,
+            "cache_creation": {"ephemeral_5m_input_tokens": call.cache_write - call.cache_write_1h,
+                               "ephemeral_1h_input_tokens": call.cache_write_1h}}
+        if call.searches:
+            usage["server_tool_use"] = {"web_search_requests": call.searches}
+        return usage
 
     async def _stream(self, request: web.Request, call: AnthropicCall, plan: Behaviour,
                       message: dict[str, Any]) -> web.StreamResponse:
@@ -176,12 +183,16 @@ class AnthropicSimulator:
         response = web.StreamResponse(headers={"content-type": "text/event-stream; charset=utf-8"})
         await response.prepare(request)
         call.status = 200
-        start = {**message, "content": [], "stop_reason": None, "usage": {**self._usage(call), "output_tokens": 1}}
+        start = {**message, "content": [], "stop_reason": None,
+                 "usage": {**self._usage(call), "output_tokens": 1, "server_tool_use": {"web_search_requests": 0}}}
+        final: dict[str, Any] = {"output_tokens": call.output_tokens}
+        if call.searches:
+            final["server_tool_use"] = {"web_search_requests": call.searches}
         events: list[dict[str, Any]] = [{"type": "message_start", "message": start}, {"type": "ping"}]
         for index, block in enumerate(message["content"]):
             events += _block_events(index, block)
         events += [{"type": "message_delta", "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
-                    "usage": {"output_tokens": call.output_tokens}}, {"type": "message_stop"}]
+                    "usage": final}, {"type": "message_stop"}]
         try:
             for sent, event in enumerate(events):
                 if plan.drop_after is not None and sent >= plan.drop_after:

@@ -99,7 +99,7 @@ SENTENCES = (
     "Streamed, it arrives one word per chunk, like a real provider.",
 )
 _DIRECTIVE = re.compile(r"\[\[sim:([^\]=]*)(?:=([^\]]*))?\]\]")
-_INT_DIRECTIVES = ("tokens", "latency_ms", "chunk_delay_ms", "drop_after", "cached", "retry_after")
+_INT_DIRECTIVES = ("tokens", "latency_ms", "chunk_delay_ms", "drop_after", "cached", "retry_after", "searches")
 _FLAG_FAULTS = ("malformed", "drop")
 _ERRORS: dict[int, tuple[str, str | None, str]] = {
     400: ("invalid_request_error", "invalid_value", "Simulated invalid request."),
@@ -140,6 +140,7 @@ class Behaviour:
     cached: int = 0
     retry_after: int = 1
     tool_call: bool = False
+    searches: int = 0  # web searches the provider says it ran (Messages and Responses only)
 
     def apply(self, directives: Mapping[str, str | int | bool | None]) -> None:
         """Set each directive; ``ValueError`` names an unknown directive or a bad value."""

@@ -10,6 +10,7 @@ Streams send ``response.created``, ``response.in_progress``, then per output ite
 ``response.output_text.delta`` per word, ``.output_text.done``, ``.content_part.done``; function
 calls: ``response.function_call_arguments.delta`` / ``.done``) and ``response.output_item.done``,
 and end with ``response.completed`` carrying the usage; no ``[DONE]``, as OpenAI does.
+``searches=N`` puts N ``web_search_call`` items before the answer (whatever ``max_tool_calls`` is).
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ async def respond(sim: Simulator, request: web.Request, call: SimCall) -> web.St
     reasoning = isinstance(body.get("reasoning"), Mapping) and bool(body["reasoning"].get("effort"))
     call.response_id = f"resp_{call.response_id}"
     call.reply = answer.text
-    output = _output(body, call, answer, reasoning)
+    output = _searches(call, plan.searches) + _output(body, call, answer, reasoning)
     completion = answer.completion_tokens + (REASONING_TOKENS if reasoning else 0)
     response = _response(body, call, [])
     done = {**response, "status": "completed" if answer.finish_reason != "length" else "incomplete",
@@ -111,6 +112,11 @@ def _response(body: Mapping[str, Any], call: SimCall, output: list[Any]) -> dict
             "parallel_tool_calls": True, "tool_choice": body.get("tool_choice", "auto"), "usage": None,
             "metadata": body.get("metadata") or {}, "store": body.get("store", True), "error": None,
             "incomplete_details": None, "text": {"format": {"type": "text"}}, "truncation": "disabled"}
+
+
+def _searches(call: SimCall, count: int) -> list[dict[str, Any]]:
+    return [{"id": f"ws_{call.response_id}_{n}", "type": "web_search_call", "status": "completed",
+             "action": {"type": "search", "query": f"simulated search {n}"}} for n in range(count)]
 
 
 def _output(body: Mapping[str, Any], call: SimCall, answer: Any, reasoning: bool) -> list[dict[str, Any]]:
@@ -153,9 +159,10 @@ def _events(response: dict[str, Any], done: dict[str, Any], no_usage: bool) -> l
 def _item_events(index: int, item: dict[str, Any]) -> list[tuple[dict[str, Any], int]]:
     where = {"item_id": item["id"], "output_index": index}
     added = {**item, "status": "in_progress"}
-    if item["type"] == "reasoning":
+    if item["type"] in ("reasoning", "web_search_call"):
         return [({"type": "response.output_item.added", "output_index": index, "item": item}, 0),
-                ({"type": "response.output_item.done", "output_index": index, "item": item}, REASONING_TOKENS)]
+                ({"type": "response.output_item.done", "output_index": index, "item": item},
+                 REASONING_TOKENS if item["type"] == "reasoning" else 0)]
     if item["type"] == "function_call":
         arguments = item["arguments"]
         return [({"type": "response.output_item.added", "output_index": index, "item": {**added, "arguments": ""}}, 0),

@@ -57,7 +57,7 @@ def protocol_proxy(make_proxy: Any, simulator: Any, anthropic_sim: Any) -> Proto
     url, _ = simulator
     anthropic_url, _ = anthropic_sim
 
-    async def make(count_tokens: bool = False, **extra: Any) -> Proxy:
+    async def make(count_tokens: bool = False, models: dict[str, Any] | None = None, **extra: Any) -> Proxy:
         timeouts = {"connect": 2, "first_byte": 5, "read": 5, "stream_idle": 5}
         providers = {
             "sim": {"base_url": url, "api_key_env": "SIM_API_KEY", "responses_api": True, "timeouts": timeouts},
@@ -65,7 +65,8 @@ def protocol_proxy(make_proxy: Any, simulator: Any, anthropic_sim: Any) -> Proto
             "claude": {"kind": "anthropic", "base_url": anthropic_url, "api_key_env": "ANTHROPIC_TEST_KEY",
                        "count_tokens": count_tokens, "timeouts": timeouts},
         }
-        return await make_proxy(models=protocol_models(), extra={"providers": providers, **extra})  # type: ignore[no-any-return]
+        return await make_proxy(models=models or protocol_models(),  # type: ignore[no-any-return]
+                                extra={"providers": providers, **extra})
 
     return make
 

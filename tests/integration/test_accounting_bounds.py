@@ -275,3 +275,77 @@ async def test_a_stream_answered_with_no_event_stream_is_a_bad_response(hostile_
     assert entry.status == "error" and not entry.usage_reported and entry.completion_tokens == 100
     assert entry.cost_nanos == entry.prompt_tokens * SMALL_IN + 100 * SMALL_OUT
     assert len(hostile.bodies) == 1
+
+
+async def test_a_thinking_budget_stays_below_the_max_tokens_the_budget_lowered(protocol_proxy: ProtocolProxy,
+                                                                               anthropic_sim: Any) -> None:
+    """Anthropic refuses ``thinking.budget_tokens >= max_tokens``: when a hard budget lowers a native
+    Messages body's ``max_tokens``, its thinking budget is lowered with it; when not even the
+    1,024-token minimum fits, the request is refused as the budget's, and nothing is forwarded."""
+    _, claude = anthropic_sim
+    body = {"model": "claude", "max_tokens": 8000, "thinking": {"type": "enabled", "budget_tokens": 4000},
+            "messages": [{"role": "user", "content": "Hi"}]}
+    proxy = await protocol_proxy(**budget("0.03"))  # ~1,990 output tokens of claude at $15/M
+    resp = await proxy.client.post("/v1/messages", json=body, headers=proxy.auth())
+    assert resp.status == 200, await resp.text()
+    forwarded = claude.calls[-1].body
+    assert 1024 <= forwarded["thinking"]["budget_tokens"] == forwarded["max_tokens"] - 1 < 2000
+    assert forwarded["thinking"]["type"] == "enabled"
+
+    sent = len(claude.calls)
+    proxy = await protocol_proxy(**budget("0.01"))  # ~660 output tokens: thinking cannot fit
+    resp = await proxy.client.post("/v1/messages", json=body, headers=proxy.auth())
+    assert resp.status == 429, await resp.text()
+    error = (await resp.json())["error"]
+    assert error["type"] == "insufficient_quota" or "budget" in error["message"]
+    assert "extended thinking" in error["message"] and len(claude.calls) == sent
+    [entry] = [e for e in await proxy.ledger() if e.status != "ok"]
+    assert entry.cost_nanos == 0 and entry.error_code == "budget_exceeded"
+
+
+async def test_a_budget_without_a_name_is_named_by_its_id_in_a_refusal(protocol_proxy: ProtocolProxy) -> None:
+    """The refusal names the tightest hard budget as "name (id)", or by its id alone when it has no
+    name — never "budget  (id)" with an empty name."""
+    proxy = await protocol_proxy(**budget("0.000001"))
+    resp = await proxy.client.post("/v1/chat/completions", json={**CHAT, "model": "auto"}, headers=proxy.auth())
+    assert resp.status == 429, await resp.text()
+    error = (await resp.json())["error"]
+    assert error["code"] == "budget_exceeded" and error["message"].startswith("budget core has $"), error
+    assert error["budget"] == "core"
+
+
+async def test_an_anthropic_stream_that_errors_after_message_start_is_charged_its_reported_prompt(
+        aiohttp_server: Any, aiohttp_client: Any, write_config: ConfigFactory) -> None:
+    """An ``error`` event (``overloaded_error``) right after ``message_start`` comes inside a stream
+    the provider accepted, whose ``message_start`` reported the prompt: the call is charged that
+    prompt, never released, and the client gets the error as the stream's last event."""
+    async def messages(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        start = {"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant",
+                                                      "model": "m", "content": [], "stop_reason": None,
+                                                      "usage": {"input_tokens": 25, "output_tokens": 1}}}
+        error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+        for name, data in (("message_start", start), ("error", error)):
+            await response.write(f"event: {name}\ndata: {orjson.dumps(data).decode()}\n\n".encode())
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", messages)
+    server = await aiohttp_server(app)
+    settings = load_test_settings(write_config(str(server.make_url("/v1")), models=copy.deepcopy(TEST_MODELS),
+                                               provider_overrides={"kind": "anthropic",
+                                                                   "api_key_env": "ANTHROPIC_TEST_KEY"}))
+    proxy_app = create_app(settings)
+    client = await aiohttp_client(proxy_app)
+    secret, record = await issue_key(proxy_app[STORE], {"user": "alice", "team": "core", "org": "acme"}, time.time())
+    proxy_app[KEYRING].add(record)
+    proxy = Proxy(client, proxy_app, secret, None)  # type: ignore[arg-type]
+    resp = await client.post("/v1/messages", headers=proxy.auth(), json={
+        "model": "small", "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "Hi"}]})
+    text = await resp.text()
+    assert resp.status == 200 and "overloaded_error" in text
+    [entry] = await proxy.ledger()
+    assert entry.status == "error" and entry.prompt_tokens == 25
+    assert entry.cost_nanos == 25 * SMALL_IN + entry.completion_tokens * SMALL_OUT > 0

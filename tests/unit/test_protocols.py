@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from costproxy.errors import InvalidRequest, UpstreamHTTPError
+from costproxy.errors import BudgetExceeded, InvalidRequest, UpstreamHTTPError
 from costproxy.protocols.anthropic import chat_completion, messages_request
 from costproxy.protocols.anthropic_stream import AnthropicToChat
 from costproxy.protocols.messages import parse_messages
@@ -59,6 +59,24 @@ def test_chat_form_to_messages_request() -> None:
     thinking = messages_request({"messages": [{"role": "user", "content": "x"}], "reasoning_effort": "medium"},
                                 "m", 9000)
     assert thinking["thinking"] == {"type": "enabled", "budget_tokens": 4096}
+
+
+def test_reasoning_effort_becomes_a_thinking_budget_that_fits_under_max_tokens() -> None:
+    """Anthropic needs 1,024 <= budget_tokens < max_tokens: the effort's budget is lowered to fit,
+    and when not even the minimum fits the caller is told, never answered without thinking."""
+    def thinking(cap: int, **body: Any) -> Any:
+        return messages_request({"messages": [{"role": "user", "content": "x"}], **body}, "m", cap).get("thinking")
+
+    assert thinking(8000, reasoning_effort="high", max_tokens=8000) == {"type": "enabled", "budget_tokens": 7999}
+    assert thinking(20000, reasoning_effort="high") == {"type": "enabled", "budget_tokens": 16384}
+    assert thinking(1025, reasoning_effort="low", max_tokens=1025) == {"type": "enabled", "budget_tokens": 1024}
+    with pytest.raises(InvalidRequest) as own:  # the caller's own cap leaves no room: a 400 naming it
+        thinking(1024, reasoning_effort="low", max_tokens=1024)
+    assert own.value.param == "reasoning_effort" and "above 1024" in own.value.message
+    with pytest.raises(BudgetExceeded) as lowered:  # the budget lowered the cap below thinking's minimum
+        thinking(600, reasoning_effort="medium", max_tokens=4000)
+    assert "at most 600 output tokens" in lowered.value.message
+    assert thinking(600, max_tokens=4000) is None  # no reasoning asked: nothing to fit
 
 
 @pytest.mark.parametrize("extra", [{"n": 2}, {"response_format": {"type": "json_object"}}, {"logprobs": True},
@@ -112,7 +130,8 @@ def test_anthropic_stream_usage_and_chunks() -> None:
     assert chunks[-1]["usage"]["prompt_tokens"] == 27 and chunks[-1]["usage"]["completion_tokens"] == 12
     with pytest.raises(UpstreamHTTPError) as failure:
         AnthropicToChat("claude").event({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}})
-    assert failure.value.status == 529 and failure.value.retryable
+    # inside a stream the provider accepted: charged (its prompt, what was relayed), never retried
+    assert failure.value.status == 529 and failure.value.billed and not failure.value.retryable
 
 
 def test_messages_client_request_in_chat_form() -> None:
