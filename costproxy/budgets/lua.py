@@ -325,6 +325,12 @@ DEFS_CHECK = _STALE_FN + """
 return stale(KEYS[1], ARGV[1]) or {'ok'}
 """
 
+# KEYS: P:{defs}:version.  The definitions version, sent as a script so that it travels with the
+# reserve and settle calls (and within a request's time for the store: store/wait.py).
+DEFS_VERSION = """
+return tonumber(redis.call('GET', KEYS[1]) or '0')
+"""
+
 # KEYS: definitions version copy of a partition; ARGV: a version.  Raises the copy to it (never
 # lowers it); returns the copy's value after.
 DEFS_RAISE = """

@@ -83,6 +83,7 @@ from costproxy.budgets.definitions_redis import RedisDefinitions
 from costproxy.budgets.lua import (
     DEFS_CHECK,
     DEFS_RAISE,
+    DEFS_VERSION,
     MAX_EXACT_NANOS,
     RECLAIM,
     RENEW,
@@ -154,6 +155,7 @@ class RedisBudgetAccounts(BudgetBook):
         self._renew = redis.register_script(RENEW)
         self._defs_check = redis.register_script(DEFS_CHECK)
         self._defs_raise = redis.register_script(DEFS_RAISE)
+        self._defs_version = redis.register_script(DEFS_VERSION)
         self._reloading = asyncio.Lock()  # one reload for the requests that found the definitions stale
         # reserve and settle calls of one loop turn: one write on a pipelined connection of their own
         self._scripts = script_sender(redis)
@@ -280,10 +282,14 @@ class RedisBudgetAccounts(BudgetBook):
         if not self._healthy:
             return False
         try:
-            return await self.budgets.refresh()
+            version = int(await self._scripts.run(self._defs_version, [self.keys.defs("version")], []))
+            if version == self.budgets.version:
+                return False
+            await self.budgets.load()
         except RedisError as exc:
             self._down(exc)
             return False
+        return True
 
     async def reclaim_expired(self) -> int:
         now = self.now_ms()
