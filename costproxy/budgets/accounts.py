@@ -79,6 +79,16 @@ class Accounts(Protocol):
         the ledger without touching any budget."""
         ...
 
+    def definitions_version(self) -> int:
+        """Changes whenever the budget definitions this process plans with do (a reserve that
+        found them stale reloads them: the plan made before is then stale too)."""
+        ...
+
+    async def current(self) -> bool:
+        """Bring the budget definitions up to the store's; True if they changed.  Never raises for
+        an unreachable store (the definitions in memory stay)."""
+        ...
+
 
 def lease_interval_s(ttl_s: float) -> float:
     """How often a running request should renew its lease: three tries before it lapses."""
@@ -119,3 +129,9 @@ class LedgerAccounts:
 
     async def record_refusal(self, entry: LedgerEntry) -> None:
         self.store.append(as_refusal(entry))
+
+    def definitions_version(self) -> int:
+        return 0  # no budgets
+
+    async def current(self) -> bool:
+        return False

@@ -365,6 +365,13 @@ class BudgetBook:
                                   status_of(spec, spent, limit), None, None, request_id, reason))
 
     # --- reading ---------------------------------------------------------------------------
+    def definitions_version(self) -> int:
+        return self.budgets.generation
+
+    async def current(self) -> bool:
+        """One process owns the definitions (SQLite): a look at the local version, no I/O."""
+        return await self.budgets.refresh()
+
     def status_now(self, budget_id: str) -> BudgetStatus:
         now = self.now_ms()
         compiled = self.compiled(budget_id)

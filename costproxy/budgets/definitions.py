@@ -17,6 +17,7 @@ module never collides with the ledger's migration numbers.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import sqlite3
@@ -208,12 +209,19 @@ class BudgetStore:
         self._overrides: dict[str, BudgetOverride] = {}
         self._by_budget: dict[str, tuple[BudgetOverride, ...]] = {}
         self._seen_version: int | None = None
+        self._loading = asyncio.Lock()  # loads install in the order they read: never an older one last
         self.index = BudgetIndex(self.static.values())
 
     # --- loading ---------------------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        """The backend's change version the definitions in memory were loaded at (-1: never loaded)."""
+        return -1 if self._seen_version is None else self._seen_version
+
     async def load(self) -> None:
-        specs, overrides, version = await self.backend.load()
-        self._install(specs, overrides, version)
+        async with self._loading:
+            specs, overrides, version = await self.backend.load()
+            self._install(specs, overrides, version)
 
     async def refresh(self) -> bool:
         """Reload if another replica changed something; True if the index changed."""

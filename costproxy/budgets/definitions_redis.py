@@ -4,6 +4,12 @@ Every change runs one Lua script (``DEFINE``) that checks existence, writes, bum
 ``P:{defs}:version`` and appends the audit record to ``P:{defs}:audit`` atomically; replicas poll
 the version every ``refresh_interval_s`` and reload when it moved.  All these keys share the
 ``{defs}`` hash tag, so the script is valid on a Redis Cluster too.
+
+Polling alone would let another replica admit requests against the old definitions for up to an
+interval after the change answered.  So, before a change returns, the new version is also copied
+to every registered partition (``announce``: ``P:{<org>}:dv``, raised, never lowered), where every
+reserve script compares it with the version its caller loaded and refuses to reserve on a stale
+chain (``lua.py``, "Definitions versions").
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from costproxy.budgets.definitions import (
     spec_body,
     spec_from_body,
 )
-from costproxy.budgets.lua import DEFINE, RedisKeys
+from costproxy.budgets.lua import DEFINE, DEFS_RAISE, RedisKeys
 from costproxy.budgets.model import BudgetOverride, BudgetSpec
 
 
@@ -36,6 +42,7 @@ class RedisDefinitions:
         self.redis = redis
         self.keys = keys
         self._define = redis.register_script(DEFINE)
+        self._raise = redis.register_script(DEFS_RAISE)
 
     async def load(self) -> tuple[list[BudgetSpec], list[BudgetOverride], int]:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -51,7 +58,24 @@ class RedisDefinitions:
 
     async def _apply(self, table: str, mode: str, item_id: str, body: str, audit: AuditRecord) -> bool:
         keys = [self.keys.defs(table), self.keys.defs("version"), self.keys.defs("audit")]
-        return bool(await self._define(keys=keys, args=[mode, item_id, body, orjson.dumps(asdict(audit))]))
+        version = int(await self._define(keys=keys, args=[mode, item_id, body, orjson.dumps(asdict(audit))]))
+        if version:
+            await self.announce(version)
+        return bool(version)
+
+    async def announce(self, version: int) -> None:
+        """Raise the definitions version copy of every registered partition to ``version``: from
+        then on no replica reserves there on older definitions.  Read after the change committed,
+        ``P:partitions`` holds every partition a stale replica could reserve in but one registered
+        later, whose copy is missing or was seeded after that by a replica that registered it
+        first and then loaded (lua.py).  So a copy is never written here for a partition that is
+        not registered: seeded with this version, a later change that missed it could leave it behind."""
+        members: Any = await self.redis.smembers(self.keys.partitions)
+        every = {_text(p) for p in members}
+        async with self.redis.pipeline(transaction=False) as pipe:  # loads the script first if needed
+            for partition in sorted(every):
+                await self._raise(keys=[self.keys.defs_seen(partition)], args=[version], client=pipe)
+            await pipe.execute()
 
     async def put_spec(self, spec: BudgetSpec, audit: AuditRecord, *, create: bool) -> bool:
         return await self._apply("budgets", "create" if create else "update", spec.id, spec_body(spec), audit)

@@ -13,6 +13,8 @@ Key layout (``P`` is ``budgets.key_prefix``, default ``cp``; ``{…}`` is the Re
                                                  derived from the idempotency key, kept 7 days,
                                                  holding the fingerprint of the record that claimed it)
     P:{<org>}:ledger                      stream the ledger: one entry per settle (field ``e``, JSON)
+    P:{<org>}:dv                          string the definitions version this partition's reserves
+                                                 check against (a copy of P:{defs}:version, see below)
     P:{<org>}:ledger:mirrors              hash   replica -> "<last mirrored id> <published at ms>"
     P:{<org>}:ledger:trimmed              string the stream id below which entries were trimmed
     P:replicas                            hash   replica -> last heartbeat (ms): who mirrors the ledger
@@ -32,6 +34,21 @@ from a reservation (counters to release): those share the reservation's tag, whi
 Period roll-over needs no cron and no lock: the period key is part of the counter's name, so the
 first reservation of a new period simply starts a new hash; each counter gets ``PEXPIREAT`` at
 its period's end plus the ledger retention, so old periods disappear on their own.
+
+Definitions versions: a reserve must never run against definitions older than a change whose
+admin call already answered (a budget created, deleted, its limit or kind changed, an override
+granted or revoked).  ``DEFINE`` bumps ``P:{defs}:version``; before the admin call answers, the
+writer raises every registered partition's ``dv`` copy to that version (``DEFS_RAISE``, one call
+per partition: each copy lives in its partition's slot, so the reserve script reads it without
+leaving its own).  The reserve script takes the caller's loaded version and answers ``stale``
+(reserving nothing) when the copy is newer, or missing; the caller reloads and tries again.  The
+check is per partition, not per budget, so a budget the caller does not know exists yet (created
+for its scope) is covered too, and a caller without any budget checks its own partition
+(``DEFS_CHECK``).  Why a missing copy is enough: a partition that was not in ``P:partitions`` when a
+writer raised the copies was added later, by a replica that registers a partition before its
+first script there; that replica, answered ``stale`` for the missing copy, reloads after it
+registered, so with a version at least the writer's, and seeds the copy with that
+(``DEFS_RAISE`` only ever raises it).
 
 Numbers: Redis integers are 64-bit and every ``HINCRBY`` here is exact (amounts travel as
 strings); comparisons run in Lua doubles, exact up to 2**53 nano-USD (about $9M) per counter, so
@@ -92,6 +109,10 @@ class RedisKeys:
     def defs(self, name: str) -> str:
         return f"{self.prefix}:{{defs}}:{name}"
 
+    def defs_seen(self, partition: str) -> str:
+        """The copy of the definitions version that reserves in ``partition`` check against."""
+        return f"{self.tag(partition)}:dv"
+
 
 # A lapsed reservation records its owner (``_o``, a replica process whose ``alive`` key it keeps
 # fresh while it runs) and the ledger entry to append if that owner died (``_e``).  Seen lapsed
@@ -150,18 +171,34 @@ local function reclaim(zkey, rprefix, now, limit, done_ttl)
 end
 """
 
-# KEYS: counter_1..counter_n, reservation, expiries
+# stale(dv, known): dv is the partition's definitions version copy (a key the script declares),
+# known the version the caller's chain was built from.  {'stale', copy} when the copy is newer
+# (copy -1: missing, which counts as newer), else nil.
+_STALE_FN = """
+local function stale(dv, known)
+  local seen = redis.call('GET', dv)
+  if not seen then return {'stale', -1} end
+  if tonumber(seen) > tonumber(known) then return {'stale', tonumber(seen)} end
+  return nil
+end
+"""
+
+# KEYS: counter_1..counter_n, reservation, expiries, definitions version copy of the home partition
 # ARGV: now, ttl, amount, token, reservation prefix, reclaim batch, then per counter: limit
 #       (-1: soft), gate (-1: none), expire-at ms (0: never, a total budget without end); then the
-#       owner (this replica process, kept alive by this script, RENEW and the maintenance loop)
-#       and the ledger entry to append if the owner dies holding the reservation (both optional)
+#       owner (this replica process, kept alive by this script, RENEW and the maintenance loop),
+#       the ledger entry to append if the owner dies holding the reservation (both may be ''),
+#       and the definitions version the chain was built from
 # Returns {'ok', spent_1, reserved_1, ...} (before this reservation), {'over'|'gate', i, spent,
-# reserved}, or {'dup'} when this token is already reserved (a client retry after a lost reply).
-RESERVE = _RECLAIM_FN + """
-local n = #KEYS - 2
+# reserved}, {'dup'} when this token is already reserved (a client retry after a lost reply), or
+# {'stale', copy} when the definitions changed since the caller loaded them (nothing reserved).
+RESERVE = _RECLAIM_FN + _STALE_FN + """
+local n = #KEYS - 3
 local now, ttl, amount = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local res, zkey = KEYS[n + 1], KEYS[n + 2]
 if redis.call('EXISTS', res) == 1 then return {'dup'} end
+local changed = stale(KEYS[n + 3], ARGV[9 + 3 * n])
+if changed then return changed end
 reclaim(zkey, ARGV[5], now, tonumber(ARGV[6]), ttl * 2 + 3600000)
 local out = {'ok'}
 for i = 1, n do
@@ -282,8 +319,29 @@ RECLAIM = _RECLAIM_FN + """
 return reclaim(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
 """
 
+# KEYS: definitions version copy of a partition; ARGV: the caller's loaded version.  A reserve
+# without any budget to reserve on: {'ok'}, or {'stale', copy} as RESERVE answers it.
+DEFS_CHECK = _STALE_FN + """
+return stale(KEYS[1], ARGV[1]) or {'ok'}
+"""
+
+# KEYS: P:{defs}:version.  The definitions version, sent as a script so that it travels with the
+# reserve and settle calls (and within a request's time for the store: store/wait.py).
+DEFS_VERSION = """
+return tonumber(redis.call('GET', KEYS[1]) or '0')
+"""
+
+# KEYS: definitions version copy of a partition; ARGV: a version.  Raises the copy to it (never
+# lowers it); returns the copy's value after.
+DEFS_RAISE = """
+local seen = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if seen >= tonumber(ARGV[1]) then return seen end
+redis.call('SET', KEYS[1], ARGV[1])
+return tonumber(ARGV[1])
+"""
+
 # KEYS: definitions hash, version, audit stream; ARGV: mode (create|update|delete|put), id, body,
-# audit JSON.  Returns 1 if applied, 0 if create found the id or update/delete did not.
+# audit JSON.  Returns the new version if applied, 0 if create found the id or update/delete did not.
 DEFINE = """
 local exists = redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1
 if ARGV[1] == 'create' and exists then return 0 end
@@ -293,7 +351,7 @@ if ARGV[1] == 'delete' then
 else
   redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 end
-redis.call('INCR', KEYS[2])
+local version = redis.call('INCR', KEYS[2])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', '100000', '*', 'a', ARGV[4])
-return 1
+return version
 """

@@ -33,8 +33,13 @@ When Redis is unreachable:
   how old it is when refreshes fail; while Redis is reachable it is at most one refresh interval
   behind the other replicas' activity (and exact for this replica's own).
 
-Definitions (budgets, overrides, audit) live in Redis too (``redis_definitions.py``); replicas
-pick up changes within one ``refresh_interval_s``.
+Definitions (budgets, overrides, audit) live in Redis too (``definitions_redis.py``); replicas
+reload them every ``refresh_interval_s``, but never reserve on older ones than a change that
+already answered: every reserve script checks the version its chain was built from against the
+partition's copy (``lua.py``, "Definitions versions") and, finding it stale, reserves nothing;
+``reserve`` then reloads and tries again (``STALE_RELOADS``).  A request with no budget at all
+pays one small script for that check.  The budget API reads through ``current`` (one version
+read) so they answer from definitions at least as new as any change that answered before.
 """
 
 from __future__ import annotations
@@ -75,7 +80,17 @@ from costproxy.budgets.book import (
 from costproxy.budgets.config import BudgetConfig
 from costproxy.budgets.definitions import BudgetStore
 from costproxy.budgets.definitions_redis import RedisDefinitions
-from costproxy.budgets.lua import MAX_EXACT_NANOS, RECLAIM, RENEW, RESERVE, SETTLE, RedisKeys
+from costproxy.budgets.lua import (
+    DEFS_CHECK,
+    DEFS_RAISE,
+    DEFS_VERSION,
+    MAX_EXACT_NANOS,
+    RECLAIM,
+    RENEW,
+    RESERVE,
+    SETTLE,
+    RedisKeys,
+)
 from costproxy.budgets.model import approved
 from costproxy.budgets.outbox import Settlement, SettlementOutbox
 from costproxy.budgets.status import Counters
@@ -85,12 +100,23 @@ from costproxy.ledger.entry import LedgerEntry, Status, as_refusal
 from costproxy.ledger.mirror import LedgerMirror, entry_json
 from costproxy.ledger.trim import StreamKeeper, replica_id
 from costproxy.money import format_usd
+from costproxy.records import frozen
 from costproxy.store.config import DEFAULT_TIMEOUT_S
 from costproxy.store.outage import unavailable
 from costproxy.store.sqlite import SqliteStore
 
 log = structlog.get_logger("costproxy.budgets.model")
 RECLAIM_BATCH = 16
+STALE_RELOADS = 3  # reloads of the definitions one reserve may need before it gives up (503)
+
+
+@frozen
+class Stale:
+    """A reserve script's answer that the definitions changed since this process loaded them:
+    nothing was reserved.  ``seen`` is the partition's version copy (-1: the copy is missing)."""
+
+    partition: str
+    seen: int
 
 
 def lapsed_entry(reservation: BudgetReservation, principal: Principal, now_ms: int) -> bytes:
@@ -127,6 +153,10 @@ class RedisBudgetAccounts(BudgetBook):
         self._settle = redis.register_script(SETTLE)
         self._reclaim = redis.register_script(RECLAIM)
         self._renew = redis.register_script(RENEW)
+        self._defs_check = redis.register_script(DEFS_CHECK)
+        self._defs_raise = redis.register_script(DEFS_RAISE)
+        self._defs_version = redis.register_script(DEFS_VERSION)
+        self._reloading = asyncio.Lock()  # one reload for the requests that found the definitions stale
         # reserve and settle calls of one loop turn: one write on a pipelined connection of their own
         self._scripts = script_sender(redis)
         self._cache: dict[tuple[str, str], Counters] = {}
@@ -153,6 +183,7 @@ class RedisBudgetAccounts(BudgetBook):
         self.keeper.replica = await replica_id(self.store)
         self.keeper.sources[self.keeper.replica] = self.mirror.positions
         try:
+            await self._seed_versions({s.partition for s in self.budgets.all()})
             await self.refresh()
             await self.keeper.publish()  # registered before the first trim round can pass it by
             await self.flush_outbox()  # what a previous run could not settle, before new traffic
@@ -229,6 +260,37 @@ class RedisBudgetAccounts(BudgetBook):
         self._cache = fresh
         self._up(now)
 
+    async def _seed_versions(self, partitions: set[str]) -> None:
+        """Give the partitions of the known budgets a definitions version copy if they have none,
+        so the first reserve there need not find it missing and reload: registered first, then
+        loaded, so the version seeded is at least that of any change whose writer missed them."""
+        if not partitions:
+            return
+        await self._register(sorted(partitions))
+        await self.budgets.load()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for partition in sorted(partitions):
+                await self._defs_raise(keys=[self.keys.defs_seen(partition)], args=[self.budgets.version],
+                                       client=pipe)
+            await pipe.execute()
+
+    async def current(self) -> bool:
+        """Reload the definitions if they changed in Redis (one version read): what the budget API
+        reads before answering, and a refusal checks before it stands.  While Redis is away the
+        definitions in memory stay (status says how stale), so this neither waits for nor raises a
+        failure the maintenance loop already saw."""
+        if not self._healthy:
+            return False
+        try:
+            version = int(await self._scripts.run(self._defs_version, [self.keys.defs("version")], []))
+            if version == self.budgets.version:
+                return False
+            await self.budgets.load()
+        except RedisError as exc:
+            self._down(exc)
+            return False
+        return True
+
     async def reclaim_expired(self) -> int:
         now = self.now_ms()
         total = 0
@@ -269,17 +331,34 @@ class RedisBudgetAccounts(BudgetBook):
 
     # --- reserve -------------------------------------------------------------------------
     async def reserve(self, request_id: str, principal: Principal, worst_case_nanos: int) -> Reservation:
+        """Reserve on the chain of the definitions this process holds; a script that finds them
+        older than a change another replica already answered (``stale``) reserves nothing, and the
+        reserve is tried again on freshly loaded ones, at most ``STALE_RELOADS`` times."""
+        reloads = 0
+        while True:
+            done = await self._reserve_at(request_id, principal, worst_case_nanos, self.budgets.version)
+            if not isinstance(done, Stale):
+                return done
+            if reloads == STALE_RELOADS:
+                raise StoreUnavailable(f"the budget definitions kept changing while request {request_id} was "
+                                       f"being admitted ({reloads} reloads); retry it")
+            await self._catch_up(done)
+            reloads += 1
+
+    async def _reserve_at(self, request_id: str, principal: Principal, worst_case_nanos: int,
+                          known: int) -> Reservation | Stale:
+        """One reserve on the chain of the definitions at version ``known`` (the ones in memory)."""
         now = self.now_ms()
         chain = self.chain(principal, now)
         if not chain:
-            return Reservation(request_id=request_id, amount_nanos=worst_case_nanos)
+            return await self._unbudgeted(request_id, principal, worst_case_nanos, known)
         home = chain[0].spec.partition
         token = self._token()
         keys, args, periods = self._reserve_call(chain, home, token, worst_case_nanos, now)
         reservation = BudgetReservation(
             request_id=request_id, amount_nanos=worst_case_nanos, budget_ids=tuple(c.spec.id for c in chain),
-            token=token, period_keys=periods, counter_keys=tuple(keys[:-2]), home=home)
-        args += [self.owner, lapsed_entry(reservation, principal, now).decode()]
+            token=token, period_keys=periods, counter_keys=tuple(keys[:-3]), home=home)
+        args += [self.owner, lapsed_entry(reservation, principal, now).decode(), known]
         try:
             await self._register([home, *(c.spec.partition for c in chain)])
             reply = await self._scripts.run(self._reserve, keys, args)
@@ -300,6 +379,8 @@ class RedisBudgetAccounts(BudgetBook):
             return reservation  # soft budgets only: proceed; settling waits in the outbox if needed
         self._up(now)
         verdict = _text(reply[0])
+        if verdict == "stale":
+            return Stale(home, int(reply[1]))
         if verdict in ("over", "gate"):
             self._refused(chain, periods, reply, request_id=request_id, amount=worst_case_nanos, now=now)
         if verdict == "ok":
@@ -307,6 +388,40 @@ class RedisBudgetAccounts(BudgetBook):
                 spent, reserved = int(reply[1 + 2 * i]), int(reply[2 + 2 * i])
                 self._remember(compiled.spec.id, periods[i], spent, reserved + worst_case_nanos, now=now)
         return reservation
+
+    async def _unbudgeted(self, request_id: str, principal: Principal, amount: int, known: int) -> Reservation | Stale:
+        """No budget applies, as far as the definitions in memory say: one look at the version copy
+        of the caller's partition tells whether one was created meanwhile (a round trip only
+        requests without any budget pay).  Redis away: proceed, as a chain of soft budgets does."""
+        partition = principal.org or ""
+        try:
+            await self._register([partition])
+            reply = await self._scripts.run(self._defs_check, [self.keys.defs_seen(partition)], [known])
+        except RedisError as exc:
+            self._down(exc)
+            return Reservation(request_id=request_id, amount_nanos=amount)
+        if _text(reply[0]) == "stale":
+            return Stale(partition, int(reply[1]))
+        return Reservation(request_id=request_id, amount_nanos=amount)
+
+    async def _catch_up(self, stale: Stale) -> None:
+        """Reload the definitions a reserve found stale (once for every request that found the same
+        copy), and seed a missing copy with the version loaded — after this process registered the
+        partition, so at least that of any change whose writer did not see it (lua.py)."""
+        copy = self.keys.defs_seen(stale.partition)
+        try:
+            async with self._reloading:
+                seen = stale.seen
+                if seen < 0:  # seeded meanwhile (by the request that held the lock)? then it counts
+                    seen = int(await self.redis.get(copy) or -1)
+                if seen < 0 or self.budgets.version < seen:
+                    await self.budgets.load()
+                if seen < 0:
+                    await self._defs_raise(keys=[copy], args=[self.budgets.version])
+        except RedisError as exc:
+            self._down(exc)
+            raise unavailable("budget store", self.label, exc, "load the budget definitions that changed") from None
+        self._sync()
 
     def _token(self) -> str:
         """A reservation or settle token no other process uses: this process's random ``owner`` and
@@ -332,7 +447,7 @@ class RedisBudgetAccounts(BudgetBook):
             keys.append(self.keys.counter(spec.partition, spec.id, window.key))
             args += [limit if spec.hard else -1, gate, self._expire_at(window.end_ms)]
             periods.append(window.key)
-        keys += [self.keys.reservation_prefix(home) + token, self.keys.expiries(home)]
+        keys += [self.keys.reservation_prefix(home) + token, self.keys.expiries(home), self.keys.defs_seen(home)]
         return keys, args, tuple(periods)
 
     def _expire_at(self, end_ms: int | None) -> int:

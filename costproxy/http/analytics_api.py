@@ -113,6 +113,7 @@ async def _budgets_at_risk(request: web.Request) -> list[dict[str, Any]]:
     accounts = request.app[BUDGETS]
     if accounts is None:
         return []
+    await accounts.current()  # no older than a change another replica already answered
     found = []
     for spec in accounts.budgets.all():
         if not visible(request, spec):

@@ -15,14 +15,18 @@ Reads accept the admin token and read-only tokens (a scope-limited token sees on
 budgets; others answer 404 as if absent).  Status comes from the accounts' local state — the
 in-process counters on SQLite; on Redis the replica's cache, refreshed every
 ``budgets.refresh_interval_s`` — so it answers while Redis is away, flagged ``stale`` with its age.
+Every handler first brings the definitions up to the store's (``current_definitions``: on Redis one
+version read, a reload if another replica changed them), so a budget created, changed or deleted
+through any replica is seen by the next call to any other.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from aiohttp import web
@@ -333,20 +337,40 @@ async def acknowledge(request: web.Request) -> web.Response:
                               "note": ack.note})
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def current_definitions(handler: Handler) -> Handler:
+    """``handler`` after the definitions were brought up to the store's (``BudgetAccounts.current``)."""
+    @functools.wraps(handler)
+    async def run(request: web.Request) -> web.StreamResponse:
+        accounts = request.app[BUDGETS]
+        if accounts is not None:
+            await accounts.current()
+        return await handler(request)
+
+    return run
+
+
+ROUTES: list[tuple[str, str, Handler]] = [
+    ("GET", "/api/v1/budgets", list_budgets),
+    ("POST", "/api/v1/budgets", create_budget),
+    ("GET", "/api/v1/budgets/status/{scope_type}/{scope_id}", scope_status),
+    ("GET", "/api/v1/budgets/{budget_id}", get_budget),
+    ("PUT", "/api/v1/budgets/{budget_id}", replace_budget),
+    ("PATCH", "/api/v1/budgets/{budget_id}", patch_budget),
+    ("DELETE", "/api/v1/budgets/{budget_id}", delete_budget),
+    ("GET", "/api/v1/budgets/{budget_id}/status", budget_status),
+    ("POST", "/api/v1/budgets/{budget_id}/check-constraints", check_constraints),
+    ("GET", "/api/v1/budgets/{budget_id}/overrides", list_overrides),
+    ("POST", "/api/v1/budgets/{budget_id}/overrides", grant_override),
+    ("DELETE", "/api/v1/budgets/{budget_id}/overrides/{override_id}", revoke_override),
+    ("GET", "/api/v1/budgets/{budget_id}/alerts", list_alerts),
+    ("POST", "/api/v1/budgets/{budget_id}/alerts/{threshold}/acknowledge", acknowledge),
+    ("GET", "/api/v1/budgets/{budget_id}/audit", audit),
+]
+
+
 def add_routes(app: web.Application) -> None:
-    add = app.router
-    add.add_get("/api/v1/budgets", list_budgets)
-    add.add_post("/api/v1/budgets", create_budget)
-    add.add_get("/api/v1/budgets/status/{scope_type}/{scope_id}", scope_status)
-    add.add_get("/api/v1/budgets/{budget_id}", get_budget)
-    add.add_put("/api/v1/budgets/{budget_id}", replace_budget)
-    add.add_patch("/api/v1/budgets/{budget_id}", patch_budget)
-    add.add_delete("/api/v1/budgets/{budget_id}", delete_budget)
-    add.add_get("/api/v1/budgets/{budget_id}/status", budget_status)
-    add.add_post("/api/v1/budgets/{budget_id}/check-constraints", check_constraints)
-    add.add_get("/api/v1/budgets/{budget_id}/overrides", list_overrides)
-    add.add_post("/api/v1/budgets/{budget_id}/overrides", grant_override)
-    add.add_delete("/api/v1/budgets/{budget_id}/overrides/{override_id}", revoke_override)
-    add.add_get("/api/v1/budgets/{budget_id}/alerts", list_alerts)
-    add.add_post("/api/v1/budgets/{budget_id}/alerts/{threshold}/acknowledge", acknowledge)
-    add.add_get("/api/v1/budgets/{budget_id}/audit", audit)
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, current_definitions(handler))

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from costproxy.errors import BudgetExceeded, InvalidRequest, ModelNotAllowed, NotFound, ProviderNotConfigured
 from costproxy.http.keys_api import json_body
-from costproxy.http.state import ROUTER, SERVICES
+from costproxy.http.state import BUDGETS, ROUTER, SERVICES
 from costproxy.identity.principal import Principal
 from costproxy.money import MoneyError, format_usd, usd_to_nanos
 from costproxy.pipeline.plan import count_input
@@ -102,6 +102,9 @@ async def _explain(request: web.Request) -> tuple[Explanation, dict[str, Any], i
     ctx = RequestContext(request_id=request_id, principal=_principal(metadata), endpoint="chat/completions",
                          headers=headers)
     tokens = await count_input(services, parse_request(Endpoint.CHAT, chat), "o200k_base")
+    budgets = request.app[BUDGETS]
+    if budgets is not None:  # the view from definitions no older than a change that already answered
+        await budgets.current()
     view = await services.accounts.view(ctx.principal)
     router = request.app[ROUTER]
     answer: dict[str, Any] = {"requestId": request_id, "preferredModel": None}

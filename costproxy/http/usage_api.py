@@ -26,7 +26,7 @@ from costproxy.budgets.codec import iso, usage_from_json, usd
 from costproxy.budgets.model import BudgetSpec, window_at
 from costproxy.budgets.reports import GROUPS, RangeInvalid, Row, TimeRange, report, time_range, totals
 from costproxy.errors import IdempotencyKeyReused, InvalidRequest
-from costproxy.http.budgets_api import budget_for, status_json, store_errors
+from costproxy.http.budgets_api import budget_for, current_definitions, status_json, store_errors
 from costproxy.http.keys_api import int_param, json_body, require_admin
 from costproxy.http.state import LEDGER, REQUEST_ID
 from costproxy.ledger.budget_usage import BUCKET, budget_entries, budget_sums
@@ -143,7 +143,7 @@ async def reports(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/api/v1/budgets/{budget_id}/usage", record_usage)
-    app.router.add_get("/api/v1/budgets/{budget_id}/usage", list_usage)
-    app.router.add_get("/api/v1/budgets/{budget_id}/usage/summary", usage_summary)
-    app.router.add_get("/api/v1/budgets/{budget_id}/reports", reports)
+    app.router.add_post("/api/v1/budgets/{budget_id}/usage", current_definitions(record_usage))
+    app.router.add_get("/api/v1/budgets/{budget_id}/usage", current_definitions(list_usage))
+    app.router.add_get("/api/v1/budgets/{budget_id}/usage/summary", current_definitions(usage_summary))
+    app.router.add_get("/api/v1/budgets/{budget_id}/reports", current_definitions(reports))

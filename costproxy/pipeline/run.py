@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import orjson
@@ -71,16 +72,39 @@ async def refuse(services: Services, ctx: RequestContext, request: ChatRequest |
 
 async def admit(services: Services, ctx: RequestContext, request: ChatRequest) -> tuple[Plan, Reservation]:
     """Plan, decide the cache's part, draw from the rate limits and reserve, or record the refusal
-    (tokens drawn are given back) and raise it."""
+    (tokens drawn are given back) and raise it.
+
+    The plan reads the budget definitions this process holds.  When they changed while it was
+    made (another replica's change: the reserve found them stale and reloaded them), or when a
+    budget refuses and a look at the store finds them changed, the request is planned once more
+    on the fresh ones — a plan is never refused, capped or routed by definitions older than a
+    change that already answered.  The rate limits are drawn once."""
+    accounts = services.accounts
     the_plan: Plan | None = None
     try:
-        the_plan = cached.with_cache(services, await fit_chain(services, await plan(services, ctx, request)))
-        the_plan = await admit_limits(services, the_plan)
+        version = accounts.definitions_version()
+        try:
+            the_plan = await _planned(services, ctx, request)
+            the_plan = await admit_limits(services, the_plan)
+            admitted = await reserve(services, the_plan)
+            if accounts.definitions_version() == version:
+                return admitted
+            await accounts.release(admitted[1], None)
+        except BudgetExceeded:
+            if not await accounts.current() and accounts.definitions_version() == version:
+                raise
+        fresh = await _planned(services, ctx, request)
+        the_plan = await admit_limits(services, fresh) if the_plan is None else \
+            replace(fresh, admission=the_plan.admission)
         return await reserve(services, the_plan)
     except ProxyError as exc:
         await settle_limits(services, the_plan, None)
         await refuse(services, ctx, request, exc, the_plan)
         raise
+
+
+async def _planned(services: Services, ctx: RequestContext, request: ChatRequest) -> Plan:
+    return cached.with_cache(services, await fit_chain(services, await plan(services, ctx, request)))
 
 
 async def run_unary(services: Services, ctx: RequestContext, request: ChatRequest) -> UnaryResult:

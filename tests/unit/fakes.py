@@ -150,6 +150,12 @@ class BookedAccounts:
     async def record_refusal(self, entry: LedgerEntry) -> None:
         self.refusals.append(as_refusal(entry))
 
+    def definitions_version(self) -> int:
+        return 0
+
+    async def current(self) -> bool:
+        return False
+
     def held(self) -> list[Reservation]:
         """Reservations neither settled nor released."""
         done = [r for r, _ in self.settled] + [r for r, _ in self.released]

@@ -114,6 +114,59 @@ async def test_a_budget_refusal_is_recorded_and_never_reaches_the_upstream(setti
     assert isinstance(blocked, RequestBlocked) and blocked.ctx.request_id == "req-1"
 
 
+class ChangingAccounts(BookedAccounts):
+    """Accounts whose budget definitions another replica changes: ``changes_on_reserve`` reloads them
+    during the first reserve (as a stale reserve does); ``current`` finds them changed once, lifting
+    the limit."""
+
+    def __init__(self, limit_nanos: int | None = None, *, changes_on_reserve: bool = False) -> None:
+        super().__init__(limit_nanos)
+        self.version = 0
+        self.changes_on_reserve = changes_on_reserve
+        self.looked = 0
+
+    def definitions_version(self) -> int:
+        return self.version
+
+    async def reserve(self, request_id: str, principal: Any, worst_case_nanos: int) -> Any:
+        reservation = await super().reserve(request_id, principal, worst_case_nanos)
+        if self.changes_on_reserve:
+            self.changes_on_reserve, self.version = False, self.version + 1
+        return reservation
+
+    async def current(self) -> bool:
+        self.looked += 1
+        if self.limit_nanos is None:
+            return False
+        self.limit_nanos, self.version = None, self.version + 1
+        return True
+
+
+async def test_a_plan_whose_definitions_changed_under_its_reserve_is_made_again(settings: Settings) -> None:
+    upstream, accounts = ScriptedUpstream([completion("small")]), ChangingAccounts(changes_on_reserve=True)
+    result = await run_unary(pipeline_services(settings, upstream, accounts), ctx(), chat())
+    first, second = accounts.reserved
+    assert [r for r, _ in accounts.released] == [first]  # given back unused, before the call
+    assert [r for r, _ in accounts.settled] == [second] and result.entry.cost_nanos == SMALL_NANOS
+    assert len(upstream.calls) == 1
+
+
+async def test_a_refusal_stands_only_on_current_definitions(settings: Settings) -> None:
+    upstream, accounts = ScriptedUpstream([completion("small")]), ChangingAccounts(limit_nanos=1)
+    result = await run_unary(pipeline_services(settings, upstream, accounts), ctx(), chat())  # raised meanwhile
+    assert accounts.looked == 1 and accounts.refusals == [] and result.entry.cost_nanos == SMALL_NANOS
+    refused = ChangingAccounts(limit_nanos=1)  # and one whose store holds nothing newer
+
+    async def unchanged() -> bool:
+        refused.looked += 1
+        return False
+
+    refused.current = unchanged  # type: ignore[method-assign]
+    with pytest.raises(BudgetExceeded):
+        await run_unary(pipeline_services(settings, ScriptedUpstream([]), refused), ctx(), chat())
+    assert refused.looked == 1 and len(refused.refusals) == 1
+
+
 # --- cancellation --------------------------------------------------------------------------------
 
 
