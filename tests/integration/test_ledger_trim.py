@@ -189,7 +189,7 @@ async def test_young_entries_wait_for_the_grace(replicas: Opener, redis_space: R
 
 
 async def test_nobody_registered_keeps_everything(replicas: Opener, redis_space: RedisSpace) -> None:  # noqa: F811
-    a = await replicas("a")
+    a = await replicas("a", refresh_interval_s=3600)  # no heartbeat re-registers it after the delete below
     await write(a, ["r0"])
     client = sync_redis.Redis.from_url(redis_space.url)
     try:
