@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from costproxy.errors import UpstreamBadResponse
-from costproxy.http.proxy import answer, parsed, read_json, request_context
+from costproxy.http.proxy import answer, drained, parsed, read_json, request_context
 from costproxy.http.state import REQUEST_ID, SERVICES
 from costproxy.pipeline.plan import count_input, encoding_for
 from costproxy.protocols.messages import parse_messages
@@ -42,6 +42,7 @@ def _forwarded(request: web.Request) -> dict[str, str]:
             if name in request.headers and len(request.headers[name]) <= 512}
 
 
+@drained
 async def create_message(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     ctx = request_context(request, "messages")

@@ -7,8 +7,9 @@ a request that fails to parse is still recorded through ``pipeline.run.refuse``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -114,16 +115,21 @@ async def answer(request: web.Request, services: Services, ctx: RequestContext,
     return unary_response(services, result)
 
 
-def make_handler(endpoint: Endpoint) -> Any:
-    async def handler(request: web.Request) -> web.StreamResponse:
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def drained(handler: Handler) -> Handler:
+    """A proxied endpoint's handler, ended by the drain deadline if still running then
+    (``Services.end_in_flight``): its client is told ``server_shutting_down`` — a unary 503 here, a
+    stream's last error event in ``StreamRun.relay`` — instead of a dropped connection."""
+    @functools.wraps(handler)
+    async def running(request: web.Request) -> web.StreamResponse:
         services = request.app[SERVICES]
         task = asyncio.current_task()
         assert task is not None
-        services.in_flight.add(task)  # the drain deadline ends what is still here (Services.end_in_flight)
+        services.in_flight.add(task)
         try:
-            ctx = request_context(request, endpoint)
-            chat = await parsed(services, ctx, read_request(request, endpoint))
-            return await answer(request, services, ctx, chat)
+            return await handler(request)
         except asyncio.CancelledError:
             if task not in services.cut:
                 raise
@@ -132,6 +138,17 @@ def make_handler(endpoint: Endpoint) -> Any:
         finally:
             services.in_flight.discard(task)
             services.cut.discard(task)
+
+    return running
+
+
+def make_handler(endpoint: Endpoint) -> Handler:
+    @drained
+    async def handler(request: web.Request) -> web.StreamResponse:
+        services = request.app[SERVICES]
+        ctx = request_context(request, endpoint)
+        chat = await parsed(services, ctx, read_request(request, endpoint))
+        return await answer(request, services, ctx, chat)
 
     return handler
 

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from costproxy.errors import InvalidRequest, NotFound
-from costproxy.http.proxy import parsed, read_json, relay_stream, request_context, unary_response
+from costproxy.http.proxy import drained, parsed, read_json, relay_stream, request_context, unary_response
 from costproxy.http.state import PRINCIPAL, REQUEST_ID, RESPONSES, SERVICES, SETTINGS, STORE, TRUSTED_HEADERS
 from costproxy.ledger.entry import Status
 from costproxy.pipeline.run import run_stream, run_unary
@@ -56,6 +56,7 @@ async def _keep(request: web.Request, chat: ChatRequest, response: dict[str, Any
     await store.save(_owner(request), request[REQUEST_ID], list(native.get("input") or []), response)
 
 
+@drained
 async def create_response(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     ctx = request_context(request, "responses")

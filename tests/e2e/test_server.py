@@ -42,9 +42,24 @@ def write_config(root: Path, sim_url: str, **extra: Any) -> Path:
     return config
 
 
-def start(config: Path, *args: str) -> tuple[Serving, str]:
+STARTED: list[Serving] = []  # servers a test started: ended after it, even when it failed midway
+
+
+@pytest.fixture(autouse=True)
+def no_server_left_behind() -> Iterator[None]:
+    yield
+    while STARTED:
+        serving = STARTED.pop()
+        if serving.proc.poll() is None:
+            serving.proc.kill()
+            serving.proc.wait(30)
+
+
+def start(config: Path, *args: str, for_module: bool = False) -> tuple[Serving, str]:
     serving = Serving([sys.executable, "-m", "costproxy", "--config", str(config), "serve", *args],
                       cwd=config.parent, env={**os.environ, **ENV})
+    if not for_module:
+        STARTED.append(serving)
     port = serving.wait_listening()
     return serving, f"http://127.0.0.1:{port}"
 
@@ -92,7 +107,7 @@ def served(sim: SimulatorThread, tmp_path_factory: pytest.TempPathFactory) -> It
     root = tmp_path_factory.mktemp("served")
     config = write_config(root, sim.url)
     key = new_key(config)
-    serving, base = start(config)
+    serving, base = start(config, for_module=True)
     try:
         yield {"base": base, "port": int(base.rsplit(":", 1)[1]), "key": key, "config": config}
     finally:
@@ -188,22 +203,29 @@ def test_sigterm_drains_a_stream_in_flight(sim: SimulatorThread, tmp_path: Path)
     assert status == "ok" and cost > 0  # settled and flushed before the process ended
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages", "/v1/responses"])
 def test_a_stream_cut_by_the_drain_deadline_ends_with_an_error_event_and_is_ledgered_as_such(
-        sim: SimulatorThread, tmp_path: Path) -> None:
-    """Past ``drain_timeout_s`` a stream still running is ended: its client gets a last error event
-    (``server_shutting_down``), not a stream that just stops, and the ledger says why, charging
-    what was generated."""
+        sim: SimulatorThread, tmp_path: Path, path: str) -> None:
+    """Past ``drain_timeout_s`` a stream still running is ended, on every proxied API: its client
+    gets a last error event (``server_shutting_down``), not a stream that just stops, and the ledger
+    says why, charging what was generated."""
     config = write_config(tmp_path, sim.url, server={"drain_timeout_s": 1})
     key = new_key(config)
     serving, base = start(config)
-    body = {"model": "small", "stream": True,
-            "messages": [{"role": "user", "content": "count slowly [[sim:tokens=200]] [[sim:chunk_delay_ms=100]]"}]}
+    prompt = "count slowly [[sim:tokens=200]] [[sim:chunk_delay_ms=100]]"
+    body: dict[str, Any] = {"model": "small", "stream": True, "messages": [{"role": "user", "content": prompt}]}
+    if path == "/v1/messages":
+        body["max_tokens"] = 500
+    elif path == "/v1/responses":
+        body = {"model": "small", "stream": True, "input": prompt}
     received: list[bytes] = []
     finished = threading.Event()
 
     def read_stream() -> None:
         try:
-            with urllib.request.urlopen(post(base, key, body), timeout=60) as resp:
+            request = post(base, key, body)
+            request.full_url = base + path
+            with urllib.request.urlopen(request, timeout=60) as resp:
                 for line in resp:
                     received.append(line)
         finally:
@@ -217,7 +239,8 @@ def test_a_stream_cut_by_the_drain_deadline_ends_with_an_error_event_and_is_ledg
     text = b"".join(received).decode()
     assert "data: [DONE]" not in text
     last = [line for line in text.splitlines() if line.startswith("data: ")][-1]
-    assert json.loads(last[len("data: "):])["error"]["code"] == "server_shutting_down"
+    event = json.loads(last[len("data: "):])  # chat: {"error": …}; Messages and Responses: {"type": "error", …}
+    assert "server_shutting_down" in last and ("error" in event or event.get("type") == "error"), last
     db = sqlite3.connect(tmp_path / "ledger.sqlite3")
     [(status, code, http, cost, out)] = db.execute(
         "SELECT status, error_code, http_status, cost_nanos, completion_tokens FROM ledger WHERE stream = 1").fetchall()
