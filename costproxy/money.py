@@ -22,6 +22,7 @@ the API), never accepted and then lost.
 
 from __future__ import annotations
 
+import re
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 
 NANOS_PER_USD = 1_000_000_000
@@ -34,6 +35,9 @@ _NANO = Decimal(1) / Decimal(NANOS_PER_USD)
 
 class MoneyError(ValueError):
     """A value that cannot be an exact amount of money."""
+
+
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 def parse_decimal(value: object, *, what: str = "amount") -> Decimal:
@@ -53,6 +57,8 @@ def parse_decimal(value: object, *, what: str = "amount") -> Decimal:
     elif isinstance(value, str):
         if not value.strip().isascii():  # Decimal reads any script's digits: "１２" would be 12
             raise MoneyError(f"{what} is not a decimal number in ASCII digits: {value!r}")
+        if not _DECIMAL.fullmatch(value.strip()):  # Decimal also reads "1_0" as 10, and "Infinity"
+            raise MoneyError(f"{what} is not a decimal number: {value!r}")
         try:
             result = Decimal(value.strip())
         except InvalidOperation:

@@ -51,5 +51,9 @@ def test_usd_parsing_is_exact_and_refuses_float_noise() -> None:
     for other_script in ("１２", "١٢", "1\u00a02"):  # fullwidth, Arabic-Indic digits, a no-break space inside
         with pytest.raises(MoneyError, match="ASCII"):
             usd_to_nanos(other_script)
+    for spelled in ("1_0", "Infinity", "-inf", "1 0", "0x10", "1e", ".", ""):  # Decimal reads "1_0" as 10
+        with pytest.raises(MoneyError, match="not a decimal number"):
+            usd_to_nanos(spelled)
+    assert usd_to_nanos("1.5e0") == usd_to_nanos(".15e1") == usd_to_nanos("1.50") == 1_500_000_000
     assert usd_to_nanos(" 12 ") == 12_000_000_000
     assert format_usd(1) == "0.000000001" and format_usd(12_345_000_000) == "12.345000000"
