@@ -17,7 +17,8 @@ Request (``messages_request``), from the chat form:
   Anthropic's 1,024-token minimum fits, a 400 — or ``budget_exceeded`` when the budget lowered
   the cap — never a silent answer without thinking);
 - refused with a 400 naming the field (Messages cannot do them): ``n`` > 1, ``response_format``
-  json_object / json_schema, ``logprobs``, ``logit_bias``, audio and file parts, non-function tools;
+  json_object / json_schema, ``logprobs``, ``logit_bias``, ``web_search_options`` (Claude searches
+  through a native Messages body's ``web_search`` tool), audio and file parts, non-function tools;
   ignored: ``seed``, ``frequency_penalty``, ``presence_penalty``, ``stream_options``, ``store``,
   ``metadata`` (costproxy's steering reads it; Messages' metadata holds only ``user_id``).
 
@@ -37,10 +38,12 @@ import orjson
 from costproxy.errors import BudgetExceeded, InvalidRequest
 from costproxy.protocols.usage import anthropic_usage
 
-THINKING_BUDGET = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384}
+THINKING_BUDGET = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384, "xhigh": 32768}
+NO_THINKING = "none"  # OpenAI's reasoning_effort for no reasoning: sent without ``thinking``
 FINISH_REASON = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
                  "model_context_window_exceeded": "length", "tool_use": "tool_calls", "refusal": "content_filter"}
-_REFUSED = ("logprobs", "top_logprobs", "logit_bias", "audio", "prediction", "functions", "function_call")
+_REFUSED = ("logprobs", "top_logprobs", "logit_bias", "audio", "prediction", "functions", "function_call",
+            "web_search_options")  # search: send a native Messages body with the web_search tool instead
 
 
 def messages_request(body: Mapping[str, Any], model: str, max_tokens: int) -> dict[str, Any]:
@@ -106,6 +109,9 @@ def no_room_to_think(max_tokens: int, asked: int | None, param: str) -> InvalidR
 
 def _sampling(body: Mapping[str, Any], request: dict[str, Any], max_tokens: int) -> None:
     effort = body.get("reasoning_effort")
+    if effort is not None and effort != NO_THINKING and effort not in THINKING_BUDGET:
+        raise InvalidRequest(f"reasoning_effort must be one of {', '.join([NO_THINKING, *THINKING_BUDGET])}, got "
+                             f"{effort!r}", param="reasoning_effort")
     budget = THINKING_BUDGET.get(effort) if isinstance(effort, str) else None
     if budget is not None:
         fitted = fit_thinking(budget, max_tokens)

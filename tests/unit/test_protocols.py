@@ -77,9 +77,16 @@ def test_reasoning_effort_becomes_a_thinking_budget_that_fits_under_max_tokens()
         thinking(600, reasoning_effort="medium", max_tokens=4000)
     assert "at most 600 output tokens" in lowered.value.message
     assert thinking(600, max_tokens=4000) is None  # no reasoning asked: nothing to fit
+    assert thinking(40000, reasoning_effort="xhigh") == {"type": "enabled", "budget_tokens": 32768}
+    assert thinking(40000, reasoning_effort="none") is None  # OpenAI's "no reasoning"
+    for unknown in ("HIGH", "extreme", 3, ""):  # never a silent answer without the thinking asked for
+        with pytest.raises(InvalidRequest) as bad:
+            thinking(40000, reasoning_effort=unknown)
+        assert bad.value.param == "reasoning_effort"
 
 
 @pytest.mark.parametrize("extra", [{"n": 2}, {"response_format": {"type": "json_object"}}, {"logprobs": True},
+                                   {"web_search_options": {}},
                                    {"tools": [{"type": "custom", "custom": {"name": "x"}}]}])
 def test_chat_features_messages_cannot_do_are_400(extra: dict[str, Any]) -> None:
     with pytest.raises(InvalidRequest):
