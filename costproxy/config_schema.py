@@ -8,6 +8,7 @@ any key nobody asked for into an error, so typos in config files never pass sile
 from __future__ import annotations
 
 import builtins
+import datetime
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -137,6 +138,18 @@ class Node:
         if minimum is not None and result < minimum:
             raise self.error(f"must be >= {minimum}", self.value)
         return result
+
+    def date(self) -> datetime.date:
+        """A ``YYYY-MM-DD`` date: YAML's own date, or a string in that form."""
+        value = self.value
+        if isinstance(value, builtins.str):
+            try:
+                value = datetime.date.fromisoformat(value)
+            except ValueError:
+                raise self.error("must be a date YYYY-MM-DD", self.value) from None
+        if not isinstance(value, datetime.date):
+            raise self.error("must be a date YYYY-MM-DD", self.value)
+        return value
 
     def str_list(self) -> list[builtins.str]:
         return [node.str() for node in self.elements()]

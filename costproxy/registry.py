@@ -339,15 +339,7 @@ def _parse_tokenizer(node: Node) -> TokenizerSpec:
 
 def _parse_price(node: Node) -> ModelPrice:
     cached = node.child("cached_input", None)
-    as_of_node = node.child("as_of")
-    as_of = as_of_node.value
-    if isinstance(as_of, str):
-        try:
-            as_of = date.fromisoformat(as_of)
-        except ValueError:
-            raise as_of_node.error("must be a date YYYY-MM-DD", as_of) from None
-    if not isinstance(as_of, date):
-        raise as_of_node.error("must be a date YYYY-MM-DD", as_of)
+    as_of = node.child("as_of").date()
     write, write_1h = node.child("cache_write", None), node.child("cache_write_1h", None)
     price = ModelPrice(
         input=node.child("input").decimal(minimum=Decimal(0)),

@@ -241,15 +241,7 @@ def _parse_fee(node: Node) -> ToolFee:
     usd = usd_node.decimal(minimum=Decimal(0))
     if usd > MAX_FEE_USD:
         raise usd_node.error(f"must be at most {MAX_FEE_USD} (USD per call)", usd_node.value)
-    as_of_node = node.child("as_of")
-    as_of = as_of_node.value
-    if isinstance(as_of, str):
-        try:
-            as_of = date.fromisoformat(as_of)
-        except ValueError:
-            raise as_of_node.error("must be a date YYYY-MM-DD", as_of) from None
-    if not isinstance(as_of, date):
-        raise as_of_node.error("must be a date YYYY-MM-DD", as_of)
+    as_of = node.child("as_of").date()
     fee = ToolFee(usd=usd, source=node.child("source").str(), as_of=as_of,
                   input_tokens=node.child("input_tokens_per_call", 0).int(minimum=0, maximum=1_000_000))
     node.done()
