@@ -46,6 +46,18 @@ async def spend(accounts: RedisBudgetAccounts, request_id: str, nanos: int) -> B
     return held
 
 
+
+def counting_loads(accounts: RedisBudgetAccounts) -> list[int]:
+    """Count ``accounts``' reloads of the definitions (in the list's one element)."""
+    loads, real_load = [0], accounts.budgets.load
+
+    async def counted() -> None:
+        loads[0] += 1
+        await real_load()
+
+    accounts.budgets.load = counted  # type: ignore[method-assign]
+    return loads
+
 async def test_a_budget_created_on_one_replica_binds_the_others_next_reserve(replica: Opener) -> None:  # noqa: F811
     one, two = await pair(replica)
     assert (await two.reserve("before", ALICE, 5)).budget_ids == ()  # no budget for alice yet
@@ -122,18 +134,10 @@ async def test_a_missing_version_copy_is_reloaded_and_seeded(replica: Opener, re
         with pytest.raises(BudgetExceeded):  # two knows the budget now
             await two.reserve("warm", ALICE, 11)
         client.delete(copy)  # evicted, flushed, or a partition no writer had seen
-        loads = 0
-        real_load = two.budgets.load
-
-        async def counted() -> None:
-            nonlocal loads
-            loads += 1
-            await real_load()
-
-        two.budgets.load = counted  # type: ignore[method-assign]
+        loads = counting_loads(two)
         results = await asyncio.gather(*(two.reserve(f"r{i}", ALICE, 11) for i in range(10)), return_exceptions=True)
         assert all(isinstance(r, BudgetExceeded) and "'dyn'" in r.message for r in results)
-        assert loads == 1  # the others found the copy seeded by the first
+        assert loads[0] == 1  # the others found the copy seeded by the first
         assert int(client.get(copy) or -1) == two.budgets.version == one.budgets.version
     finally:
         client.close()
@@ -146,18 +150,10 @@ async def test_definitions_that_keep_changing_give_up_after_a_bound(
     client = sync_redis.Redis.from_url(redis_space.url)
     try:  # a copy no reload can reach stands for a writer that changes the definitions faster
         client.set(RedisKeys(redis_space.prefix).defs_seen(""), 10**9)
-        loads = 0
-        real_load = two.budgets.load
-
-        async def counted() -> None:
-            nonlocal loads
-            loads += 1
-            await real_load()
-
-        two.budgets.load = counted  # type: ignore[method-assign]
+        loads = counting_loads(two)
         with pytest.raises(StoreUnavailable, match="kept changing"):
             await two.reserve("r", ALICE, 1)
-        assert loads == STALE_RELOADS
+        assert loads[0] == STALE_RELOADS
     finally:
         client.close()
 
@@ -176,18 +172,10 @@ async def test_a_request_without_budgets_learns_of_a_new_one(replica: Opener) ->
 async def test_requests_that_find_the_definitions_stale_together_share_one_reload(replica: Opener) -> None:  # noqa: F811
     one, two = await pair(replica)
     assert (await two.reserve("warm", ALICE, 1)).budget_ids == ()
-    loads = 0
-    real_load = two.budgets.load
-
-    async def counted() -> None:
-        nonlocal loads
-        loads += 1
-        await real_load()
-
-    two.budgets.load = counted  # type: ignore[method-assign]
+    loads = counting_loads(two)
     await one.budgets.create(dyn(10, org="acme"), actor="admin")  # alice's partition: its copy exists
     results = await asyncio.gather(*(two.reserve(f"r{i}", ALICE, 1) for i in range(30)), return_exceptions=True)
     held = [r for r in results if isinstance(r, BudgetReservation)]
     assert len(held) == 10 and all(r.budget_ids == ("dyn",) for r in held)  # 10 fit, none escaped the budget
     assert all(isinstance(r, BudgetExceeded) for r in results if r not in held)
-    assert loads == 1
+    assert loads[0] == 1
