@@ -81,6 +81,7 @@ from costproxy.observability import (
     refusal_and_cache_metrics,
     request_observer,
 )
+from costproxy.pipeline.events import EventBus
 from costproxy.pipeline.services import Services
 from costproxy.providers.client import UpstreamClient
 from costproxy.routing.router import build_router
@@ -202,7 +203,8 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES] = Services(
         settings=settings, registry=settings.registry, counter=counter,
         upstream=UpstreamClient(app[HTTP_SESSION]), accounts=app[BACKEND].accounts, router=router,
-        tracer=app[TRACER], limits=app[BACKEND].limits, cache=app[BACKEND].cache, clock=app[CLOCK])
+        tracer=app[TRACER], limits=app[BACKEND].limits, cache=app[BACKEND].cache, clock=app[CLOCK],
+        events=EventBus(deferred=True))  # the log line and metrics after the answer, not before it
     services.events.subscribe(request_observer(app[METRICS]))
     services.events.subscribe(refusal_and_cache_metrics(app[METRICS].registry))
     stop = _background(_reload_rules(app), "costproxy-rules-reload")

@@ -10,6 +10,7 @@ writer thread.  A failing subscriber is logged and never reaches the request.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import structlog
@@ -58,8 +59,14 @@ Listener = Callable[[Event], None]
 
 
 class EventBus:
-    def __init__(self) -> None:
+    """Hands each event to every subscriber, in order.  ``deferred`` (the server's bus): on a running
+    event loop, delivery waits for the loop's next turn (``call_soon``), so the log line and the
+    metrics a request's events feed run after its answer went out, not between its last byte from
+    the provider and its first byte to the client; events still arrive in the order published."""
+
+    def __init__(self, *, deferred: bool = False) -> None:
         self._listeners: list[Listener] = []
+        self._deferred = deferred
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Add ``listener``; the returned function removes it again."""
@@ -67,6 +74,15 @@ class EventBus:
         return lambda: self._listeners.remove(listener)
 
     def publish(self, event: Event) -> None:
+        if self._deferred:
+            try:
+                asyncio.get_running_loop().call_soon(self.deliver, event)
+                return
+            except RuntimeError:  # no running loop (a CLI tool, a test): deliver now
+                pass
+        self.deliver(event)
+
+    def deliver(self, event: Event) -> None:
         for listener in self._listeners:
             try:
                 listener(event)
