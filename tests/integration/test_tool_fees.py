@@ -124,6 +124,37 @@ async def test_a_hard_budget_is_never_exceeded_by_searches(protocol_proxy, anthr
     assert len(claude.calls) == len(entries)
 
 
+async def test_an_anthropic_stream_that_breaks_off_is_charged_the_searches_it_relayed(protocol_proxy,
+                                                                                       anthropic_sim) -> None:
+    proxy = await protocol_proxy(models=fee_models())
+    # message_start, ping, then two searches (server_tool_use: start, delta, stop; result: start,
+    # stop): the connection drops after them, before message_delta reports the usage
+    text = "[[sim:searches=2]] [[sim:drop_after=12]] [[sim:chunk_delay_ms=20]] latest news"
+    resp = await messages(proxy, text, [SEARCH], stream=True)
+    assert (await resp.text()).count('"type":"server_tool_use"') == 2
+    entry = await ledger_entry(proxy, resp.headers["x-costproxy-request-id"])
+    assert entry.status == "error" and not entry.usage_reported
+    assert entry.metadata["tool_calls"] == {"web_search": 2}
+    assert entry.cost_nanos == priced(CLAUDE_PRICE, entry.prompt_tokens, entry.completion_tokens) + 2 * CENT
+
+
+async def test_a_client_that_hangs_up_on_an_anthropic_stream_pays_the_searches_seen(protocol_proxy,
+                                                                                   anthropic_sim) -> None:
+    _, claude = anthropic_sim
+    claude.chunk_delay_ms = 30
+    proxy = await protocol_proxy(models=fee_models())
+    resp = await messages(proxy, "[[sim:searches=3]] [[sim:tokens=200]] latest news", [SEARCH], stream=True)
+    request_id = resp.headers["x-costproxy-request-id"]
+    seen = b""
+    while seen.count(b"web_search_tool_result") < 3:  # the three searches' results relayed
+        seen += await resp.content.readany()
+    resp.close()
+    entry = await ledger_entry(proxy, request_id)
+    assert entry.status == "client_disconnected" and not entry.usage_reported
+    assert entry.metadata["tool_calls"] == {"web_search": 3}
+    assert entry.cost_nanos == priced(CLAUDE_PRICE, entry.prompt_tokens, entry.completion_tokens) + 3 * CENT
+
+
 # --- tools without a fee ---------------------------------------------------------------------------
 
 
