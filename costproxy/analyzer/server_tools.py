@@ -40,8 +40,10 @@ from costproxy.request import Api
 _VERSION = re.compile(r"(_\d{8}|_\d{4}_\d{2}_\d{2})$")
 # Anthropic tools with a ``type`` that run on the client (billed as tokens only, like functions).
 ANTHROPIC_CLIENT_TOOLS = frozenset({"bash", "text_editor", "computer", "memory"})
-# Responses tools the client runs.
-RESPONSES_CLIENT_TOOLS = frozenset({"function", "custom"})
+# Responses tools the client runs: the model emits a call item (``function_call``, ``local_shell_call``,
+# ``shell_call``, ``apply_patch_call``, ``computer_call``…) and the client executes it; no fee per call.
+RESPONSES_CLIENT_TOOLS = frozenset({"function", "custom", "local_shell", "shell", "apply_patch",
+                                    "computer_use_preview", "computer_use", "computer"})
 # Chat completions' search: billed per request by the search models, not per call.
 PER_REQUEST_SEARCH = "web_search_options"
 MCP_SERVERS = "mcp"  # Anthropic's ``mcp_servers`` (the MCP connector)
@@ -167,7 +169,7 @@ def server_tools(api: Api, body: Mapping[str, Any]) -> list[ServerTool]:
         base = tool_kind(kind)
         if api is Api.MESSAGES and (kind == "custom" or base in ANTHROPIC_CLIENT_TOOLS):
             continue
-        if api is Api.RESPONSES and kind in RESPONSES_CLIENT_TOOLS:
+        if api is Api.RESPONSES and base in RESPONSES_CLIENT_TOOLS and not _hosted(tool):
             continue
         uses = tool.get("max_uses") if api is Api.MESSAGES else None
         found.append(ServerTool(base, f"tools[{index}].type", _count(uses), index))
@@ -200,6 +202,13 @@ def tool_bounds(api: Api, body: Mapping[str, Any], tools: Iterable[ServerTool], 
         total = min(fees.max_calls, fees.default_max_calls if asked_total is None else asked_total)
         calls = {kind: total for kind in calls}
     return ToolBounds(tuple(sorted(calls.items())), total, tuple(uses))
+
+
+def _hosted(tool: Mapping[str, Any]) -> bool:
+    """A Responses ``shell`` tool in a container the provider runs (``environment.type``
+    ``container_auto`` / ``container_reference``), not in the client's own runtime."""
+    environment = tool.get("environment")
+    return isinstance(environment, Mapping) and str(environment.get("type", "")).startswith("container")
 
 
 def _at_most(value: Any, bound: int) -> bool:

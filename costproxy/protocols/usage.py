@@ -39,7 +39,9 @@ def _int(value: Any) -> int:
     return value if _count(value) else 0
 
 
-_CLIENT_CALLS = ("function_call", "custom_tool_call")
+# Call items of tools the client runs (``analyzer.server_tools.RESPONSES_CLIENT_TOOLS``): no provider fee.
+_CLIENT_CALLS = ("function_call", "custom_tool_call", "local_shell_call", "shell_call", "apply_patch_call",
+                 "computer_call")
 
 
 def _calls(counts: Mapping[str, int]) -> tuple[tuple[str, int], ...]:

@@ -179,6 +179,19 @@ async def test_an_unpriced_server_tool_is_refused_under_a_hard_budget(protocol_p
     assert [e.status for e in refused] == ["refused", "refused"] and all(e.cost_nanos == 0 for e in refused)
 
 
+async def test_responses_tools_the_client_runs_pass_under_a_hard_budget(protocol_proxy, simulator) -> None:
+    _, sim = simulator
+    proxy = await protocol_proxy(models=fee_models(), **hard_budget("5"))
+    computer = {"type": "computer_use_preview", "display_width": 1024, "display_height": 768,
+                "environment": "browser"}
+    for tool in ({"type": "local_shell"}, {"type": "shell"}, {"type": "apply_patch"}, computer):
+        resp = await responses(proxy, "hi", [tool])
+        assert resp.status == 200, await resp.text()
+        assert sim.calls[-1].body["tools"] == [tool] and "max_tool_calls" not in sim.calls[-1].body
+        entry = await ledger_entry(proxy, resp.headers["x-costproxy-request-id"])
+        assert "unpriced_tools" not in entry.metadata
+
+
 async def test_an_unpriced_server_tool_passes_without_a_hard_budget_and_is_marked(protocol_proxy,
                                                                                  anthropic_sim) -> None:
     _, claude = anthropic_sim

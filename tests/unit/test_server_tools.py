@@ -16,6 +16,7 @@ import yaml
 from costproxy.analyzer.server_tools import NO_TOOLS, ToolBounds, ToolFee, ToolFees, server_tools, tool_bounds
 from costproxy.analyzer.worst_case import BillableInput, output_cap_within, worst_case
 from costproxy.errors import ConfigError
+from costproxy.protocols.usage import responses_tool_calls
 from costproxy.registry import ModelPrice, ModelSpec, Usage, parse_registry
 from costproxy.request import Api
 
@@ -42,6 +43,19 @@ def test_server_tools_of_each_api() -> None:
     assert [t.kind for t in server_tools(Api.RESPONSES, responses)] == ["web_search_preview", "file_search"]
     assert [t.kind for t in server_tools(Api.CHAT, {"web_search_options": {}})] == ["web_search_options"]
     assert server_tools(Api.CHAT, {"tools": [{"type": "function"}]}) == []
+
+
+def test_responses_tools_the_client_runs_are_no_server_tools() -> None:
+    # the model emits a call item and the client executes it: no fee per call, like a function
+    client = [{"type": "local_shell"}, {"type": "shell"}, {"type": "shell", "environment": {"type": "local"}},
+              {"type": "apply_patch"}, {"type": "computer_use_preview", "display_width": 1024,
+                                        "display_height": 768, "environment": "browser"}, {"type": "computer"}]
+    assert server_tools(Api.RESPONSES, {"tools": client}) == []
+    hosted = {"tools": [{"type": "shell", "environment": {"type": "container_auto"}}]}  # OpenAI's container
+    assert [(t.kind, t.param) for t in server_tools(Api.RESPONSES, hosted)] == [("shell", "tools[0].type")]
+    output = [{"type": kind} for kind in ("local_shell_call", "shell_call", "apply_patch_call", "computer_call",
+                                          "function_call", "custom_tool_call", "web_search_call")]
+    assert responses_tool_calls(output) == (("web_search", 1),)
 
 
 def test_bounds_default_lower_and_keep_what_the_request_asks() -> None:
