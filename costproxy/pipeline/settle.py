@@ -262,7 +262,8 @@ def charged_tool_calls(plan: Plan, model: ModelSpec, usage: Usage,
                        per_request: bool) -> tuple[Usage, dict[str, Any] | None]:
     """``usage`` with its provider-side tool calls as charged: each reported kind under the kind the
     request declared (a Responses ``web_search_call`` of a ``web_search_preview`` tool is one of
-    those), at most the bound sent upstream; ``per_request``: a chat upstream answered a request with
+    those; with several declared kinds it may be, under the one with the highest fee), at most the
+    bound sent upstream; ``per_request``: a chat upstream answered a request with
     ``web_search_options`` (one search fee).  With the ledger metadata that explains the fees, or
     ``None`` when no tool was called."""
     bounds = plan.billable.tools
@@ -270,8 +271,10 @@ def charged_tool_calls(plan: Plan, model: ModelSpec, usage: Usage,
     fees = model.fees
     reported: dict[str, int] = {}
     for kind, count in usage.tool_calls:
-        if kind not in declared:
-            kind = max((d for d in declared if d.startswith(kind + "_")), key=lambda d: fees.get(d, 0), default=kind)
+        # the declared kinds this call may be of (a ``web_search_call`` with both ``web_search`` and
+        # ``web_search_preview`` declared: either ran); the dearest, never below the provider's bill
+        kinds = [d for d in declared if d == kind or d.startswith(kind + "_")]
+        kind = max(kinds, key=lambda d: (fees.get(d, 0), d == kind), default=kind)
         reported[kind] = reported.get(kind, 0) + count
     if per_request and PER_REQUEST_SEARCH in declared:
         reported[PER_REQUEST_SEARCH] = 1

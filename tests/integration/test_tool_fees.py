@@ -231,6 +231,22 @@ async def test_responses_web_search_calls_are_charged_unary_and_streamed(protoco
     assert entry.metadata["tool_calls_clamped"]["reported"] == {"web_search_preview": 5}
 
 
+async def test_a_web_search_call_of_either_declared_search_tool_is_charged_the_dearer_fee(protocol_proxy,
+                                                                                          simulator) -> None:
+    _, sim = simulator
+    proxy = await protocol_proxy(models=fee_models())
+    # a web_search_call does not say which tool ran it: web_search_preview ($0.025) may have
+    for stream in (False, True):
+        resp = await responses(proxy, "[[sim:searches=2]] latest news",
+                               [{"type": "web_search"}, {"type": "web_search_preview"}], stream=stream)
+        assert resp.status == 200 and "web_search_call" in await resp.text()
+        call = sim.calls[-1]
+        entry = await ledger_entry(proxy, resp.headers["x-costproxy-request-id"])
+        assert entry.metadata["tool_calls"] == {"web_search_preview": 2}
+        assert entry.cost_nanos == priced(BIG, call.prompt_tokens, call.completion_tokens) + 2 * PREVIEW
+        assert nanos(resp.headers["x-costproxy-max-cost-usd"]) >= entry.cost_nanos
+
+
 async def test_chat_web_search_options_is_one_search_fee_per_request(protocol_proxy, simulator) -> None:
     _, sim = simulator
     proxy = await protocol_proxy(models=fee_models())
