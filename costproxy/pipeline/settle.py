@@ -23,7 +23,10 @@ provider reports, each kind at most the bound the proxy sent upstream and reserv
 per call of the model's provider (chat's ``web_search_options``: one per request answered by a chat
 upstream).  The entry's metadata explains the cost: ``tool_calls`` (kind -> calls charged),
 ``tool_fee_nanos`` (what they cost), and ``tool_calls_clamped`` (reported and bound) when the
-provider reported more than the bound.
+provider reported more than the bound.  Calls of a priced kind the request never declared (a
+Responses stored ``prompt`` may carry tools; a provider may run one unasked) were neither bounded nor
+reserved for: they are charged as reported — the ledger records the real bill, an overrun of the
+reservation — marked ``tool_calls_undeclared`` and logged (``tool_calls_undeclared``).
 """
 
 from __future__ import annotations
@@ -282,6 +285,11 @@ def charged_tool_calls(plan: Plan, model: ModelSpec, usage: Usage,
         return usage, None
     charged = bounds.clamp(reported, fees)
     metadata: dict[str, Any] = {"tool_calls": charged, "tool_fee_nanos": model.tool_cost(charged.items())}
+    undeclared = {kind: count for kind, count in reported.items() if kind in fees and kind not in declared}
+    if undeclared:  # not bounded, not reserved for: charged as reported, an overrun of the reservation
+        metadata["tool_calls_undeclared"] = undeclared
+        log.warning("tool_calls_undeclared", request_id=plan.ctx.request_id, model=model.id, reported=undeclared,
+                    fee_nanos=model.tool_cost(undeclared.items()))
     if charged != reported:
         metadata["tool_calls_clamped"] = {"reported": reported, "limit": dict(bounds.calls)}
         log.warning("tool_calls_clamped", request_id=plan.ctx.request_id, model=model.id, reported=reported,

@@ -247,6 +247,42 @@ async def test_a_web_search_call_of_either_declared_search_tool_is_charged_the_d
         assert nanos(resp.headers["x-costproxy-max-cost-usd"]) >= entry.cost_nanos
 
 
+async def test_calls_the_request_never_declared_are_charged_as_reported(protocol_proxy, simulator) -> None:
+    _, sim = simulator
+    proxy = await protocol_proxy(models=fee_models())
+    # a stored prompt may carry tools the body does not show; without a hard budget it is not bounded
+    resp = await proxy.client.post("/v1/responses", headers=proxy.auth(), json={
+        "model": "big", "max_output_tokens": 100, "prompt": {"id": "pmpt_1"}, "input": "[[sim:searches=3]] news"})
+    assert resp.status == 200, await resp.text()
+    call = sim.calls[-1]
+    assert "max_tool_calls" not in call.body
+    entry = await ledger_entry(proxy, resp.headers["x-costproxy-request-id"])
+    assert entry.metadata["tool_calls"] == {"web_search": 3} and entry.metadata["tool_calls_undeclared"] == {
+        "web_search": 3}
+    assert entry.cost_nanos == priced(BIG, call.prompt_tokens, call.completion_tokens) + 3 * CENT
+    # a declared kind is still clamped; an undeclared one beside it is the real bill
+    resp = await responses(proxy, "[[sim:searches=2]] docs", [{"type": "file_search", "vector_store_ids": ["v"]}])
+    entry = await ledger_entry(proxy, resp.headers["x-costproxy-request-id"])
+    assert entry.metadata["tool_calls_undeclared"] == {"web_search": 2}
+    assert entry.metadata["tool_fee_nanos"] == 2 * CENT
+
+
+async def test_a_stored_prompt_under_a_hard_budget_is_bounded_and_reserved(protocol_proxy, simulator) -> None:
+    _, sim = simulator
+    proxy = await protocol_proxy(models=fee_models(), **hard_budget("5"))
+    resp = await proxy.client.post("/v1/responses", headers=proxy.auth(), json={
+        "model": "big", "max_output_tokens": 100, "prompt": {"id": "pmpt_1"}, "input": "[[sim:searches=2]] news"})
+    assert resp.status == 200, await resp.text()
+    call = sim.calls[-1]
+    assert call.body["max_tool_calls"] == 3  # the default bound, sent
+    tokens = priced(BIG, call.prompt_tokens, call.completion_tokens)
+    # which search tool the prompt has is unknown: charged, and reserved, at the dearest fee
+    assert nanos(resp.headers["x-costproxy-max-cost-usd"]) >= tokens + 3 * PREVIEW
+    entry = await ledger_entry(proxy, resp.headers["x-costproxy-request-id"])
+    assert entry.metadata["tool_calls"] == {"web_search_preview": 2} and "tool_calls_undeclared" not in entry.metadata
+    assert entry.cost_nanos == tokens + 2 * PREVIEW
+
+
 async def test_chat_web_search_options_is_one_search_fee_per_request(protocol_proxy, simulator) -> None:
     _, sim = simulator
     proxy = await protocol_proxy(models=fee_models())
