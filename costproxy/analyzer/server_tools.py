@@ -10,7 +10,10 @@ Before the call the proxy bounds the calls (``ToolBounds``): a request's own ``m
 Anthropic tool, or its Responses ``max_tool_calls`` across all built-in tools, at most
 ``tool_fees.max_calls``; ``tool_fees.default_max_calls`` where it gives none.  The bound is sent
 upstream in those same fields (set or lowered, as ``max_tokens`` is), reserved at each kind's fee,
-and after the call no more calls than the bound are charged (``ToolBounds.clamp``).  What a call
+and after the call no more calls than the bound are charged (``ToolBounds.clamp``).  A Responses
+request with a stored prompt (``prompt``), whose tools the proxy cannot see, is bounded under a hard
+budget as if it declared every priced kind (``stored_prompt_bounds``).  Calls of a priced kind the
+proxy did not bound are charged as reported, beyond the reservation (an overrun).  What a call
 adds to the prompt (search results, billed as input tokens) has no bound the proxy can know before
 the call; a fee's ``input_tokens_per_call`` reserves an allowance for it (``ModelSpec.tool_inputs``),
 and a bill beyond it is an overrun like any other.
@@ -40,8 +43,10 @@ from costproxy.request import Api
 _VERSION = re.compile(r"(_\d{8}|_\d{4}_\d{2}_\d{2})$")
 # Anthropic tools with a ``type`` that run on the client (billed as tokens only, like functions).
 ANTHROPIC_CLIENT_TOOLS = frozenset({"bash", "text_editor", "computer", "memory"})
-# Responses tools the client runs.
-RESPONSES_CLIENT_TOOLS = frozenset({"function", "custom"})
+# Responses tools the client runs: the model emits a call item (``function_call``, ``local_shell_call``,
+# ``shell_call``, ``apply_patch_call``, ``computer_call``…) and the client executes it; no fee per call.
+RESPONSES_CLIENT_TOOLS = frozenset({"function", "custom", "local_shell", "shell", "apply_patch",
+                                    "computer_use_preview", "computer_use", "computer"})
 # Chat completions' search: billed per request by the search models, not per call.
 PER_REQUEST_SEARCH = "web_search_options"
 MCP_SERVERS = "mcp"  # Anthropic's ``mcp_servers`` (the MCP connector)
@@ -121,16 +126,17 @@ class ToolBounds:
             body["tools"] = tools
 
     def clamp(self, reported: Mapping[str, int], fees: Mapping[str, int]) -> dict[str, int]:
-        """``reported`` with each priced kind at most its bound, and all of them at most ``total``
-        (the dearest first, so a clamp never charges less than a reservation could hold); kinds
-        without a fee pass as reported (they cost nothing here)."""
+        """``reported`` with each priced kind the proxy bounded at most its bound, and all of them at
+        most ``total`` (the dearest first, so a clamp never charges less than a reservation could
+        hold); kinds without a fee pass as reported (they cost nothing here), and so do kinds the
+        proxy never bounded (calls the request did not declare: the ledger records the real bill)."""
         bound = dict(self.calls)
         left = self.total
         charged: dict[str, int] = {}
         for kind in sorted(reported, key=lambda k: (-fees.get(k, 0), k)):
             count = reported[kind]
-            if kind in fees:
-                count = min(count, bound.get(kind, 0))
+            if kind in fees and kind in bound:
+                count = min(count, bound[kind])
                 if left is not None:
                     count = min(count, left)
                     left -= count
@@ -167,7 +173,7 @@ def server_tools(api: Api, body: Mapping[str, Any]) -> list[ServerTool]:
         base = tool_kind(kind)
         if api is Api.MESSAGES and (kind == "custom" or base in ANTHROPIC_CLIENT_TOOLS):
             continue
-        if api is Api.RESPONSES and kind in RESPONSES_CLIENT_TOOLS:
+        if api is Api.RESPONSES and base in RESPONSES_CLIENT_TOOLS and not _hosted(tool):
             continue
         uses = tool.get("max_uses") if api is Api.MESSAGES else None
         found.append(ServerTool(base, f"tools[{index}].type", _count(uses), index))
@@ -200,6 +206,27 @@ def tool_bounds(api: Api, body: Mapping[str, Any], tools: Iterable[ServerTool], 
         total = min(fees.max_calls, fees.default_max_calls if asked_total is None else asked_total)
         calls = {kind: total for kind in calls}
     return ToolBounds(tuple(sorted(calls.items())), total, tuple(uses))
+
+
+def stored_prompt_bounds(body: Mapping[str, Any], bounds: ToolBounds, fees: ToolFees) -> ToolBounds:
+    """``bounds`` of a Responses request that uses a stored prompt (``prompt: {id}``), which may
+    carry tools its body does not show: every priced kind a Responses tool may be of is bounded
+    with the declared ones by one ``max_tool_calls`` (the request's, ``default_max_calls``
+    without it, at most ``max_calls``), so the reservation holds that many calls at the dearest fee."""
+    total = bounds.total
+    if total is None:
+        asked = _count(body.get("max_tool_calls"))
+        total = min(fees.max_calls, fees.default_max_calls if asked is None else asked)
+    calls = {kind: total for kind, _ in bounds.calls}
+    calls.update((kind, total) for kind in fees.priced_kinds if kind != PER_REQUEST_SEARCH)
+    return ToolBounds(tuple(sorted(calls.items())), total, bounds.uses)
+
+
+def _hosted(tool: Mapping[str, Any]) -> bool:
+    """A Responses ``shell`` tool in a container the provider runs (``environment.type``
+    ``container_auto`` / ``container_reference``), not in the client's own runtime."""
+    environment = tool.get("environment")
+    return isinstance(environment, Mapping) and str(environment.get("type", "")).startswith("container")
 
 
 def _at_most(value: Any, bound: int) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import structlog
 
-from costproxy.analyzer.server_tools import ServerTool, server_tools, tool_bounds
+from costproxy.analyzer.server_tools import ServerTool, server_tools, stored_prompt_bounds, tool_bounds
 from costproxy.analyzer.worst_case import BillableInput, WorstCase, output_cap_within, worst_case
 from costproxy.budgets.accounts import BudgetView, Reservation
 from costproxy.cache.policy import CachePlan
@@ -26,7 +26,7 @@ from costproxy.providers.apis import upstream_api
 from costproxy.ratelimits.model import Admission
 from costproxy.records import frozen
 from costproxy.registry import ENDPOINT_KIND, ModelSpec
-from costproxy.request import ANY_OUTPUT_CAP_FIELDS, OUTPUT_CAP_FIELDS, ChatRequest, Endpoint, RequestContext
+from costproxy.request import ANY_OUTPUT_CAP_FIELDS, OUTPUT_CAP_FIELDS, Api, ChatRequest, Endpoint, RequestContext
 from costproxy.routing.policy import EMPTY, Constraints
 from costproxy.routing.route import MIN_USEFUL_OUTPUT, Route, RouteInput
 
@@ -173,6 +173,10 @@ async def plan(services: Services, ctx: RequestContext, request: ChatRequest) ->
         span.set_attribute("costproxy.tokens.input", input_tokens)
     with step(services, "costproxy.budget_view"):
         budget = await services.accounts.view(ctx.principal)
+    if budget.remaining_nanos is not None and request.api is Api.RESPONSES \
+            and isinstance(native_body(request).get("prompt"), Mapping):  # a stored prompt may carry tools
+        billable = replace(billable, tools=stored_prompt_bounds(native_body(request), billable.tools,
+                                                                services.registry.tool_fees))
     with step(services, "costproxy.route") as span:
         route = services.router.route(RouteInput(ctx=ctx, body=request.body, requested=requested,
                                                  input_tokens=input_tokens, budget=budget,

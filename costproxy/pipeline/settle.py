@@ -23,7 +23,10 @@ provider reports, each kind at most the bound the proxy sent upstream and reserv
 per call of the model's provider (chat's ``web_search_options``: one per request answered by a chat
 upstream).  The entry's metadata explains the cost: ``tool_calls`` (kind -> calls charged),
 ``tool_fee_nanos`` (what they cost), and ``tool_calls_clamped`` (reported and bound) when the
-provider reported more than the bound.
+provider reported more than the bound.  Calls of a priced kind the request never declared (a
+Responses stored ``prompt`` may carry tools; a provider may run one unasked) were neither bounded nor
+reserved for: they are charged as reported — the ledger records the real bill, an overrun of the
+reservation — marked ``tool_calls_undeclared`` and logged (``tool_calls_undeclared``).
 """
 
 from __future__ import annotations
@@ -262,7 +265,8 @@ def charged_tool_calls(plan: Plan, model: ModelSpec, usage: Usage,
                        per_request: bool) -> tuple[Usage, dict[str, Any] | None]:
     """``usage`` with its provider-side tool calls as charged: each reported kind under the kind the
     request declared (a Responses ``web_search_call`` of a ``web_search_preview`` tool is one of
-    those), at most the bound sent upstream; ``per_request``: a chat upstream answered a request with
+    those; with several declared kinds it may be, under the one with the highest fee), at most the
+    bound sent upstream; ``per_request``: a chat upstream answered a request with
     ``web_search_options`` (one search fee).  With the ledger metadata that explains the fees, or
     ``None`` when no tool was called."""
     bounds = plan.billable.tools
@@ -270,8 +274,10 @@ def charged_tool_calls(plan: Plan, model: ModelSpec, usage: Usage,
     fees = model.fees
     reported: dict[str, int] = {}
     for kind, count in usage.tool_calls:
-        if kind not in declared:
-            kind = max((d for d in declared if d.startswith(kind + "_")), key=lambda d: fees.get(d, 0), default=kind)
+        # the declared kinds this call may be of (a ``web_search_call`` with both ``web_search`` and
+        # ``web_search_preview`` declared: either ran); the dearest, never below the provider's bill
+        kinds = [d for d in declared if d == kind or d.startswith(kind + "_")]
+        kind = max(kinds, key=lambda d: (fees.get(d, 0), d == kind), default=kind)
         reported[kind] = reported.get(kind, 0) + count
     if per_request and PER_REQUEST_SEARCH in declared:
         reported[PER_REQUEST_SEARCH] = 1
@@ -279,6 +285,11 @@ def charged_tool_calls(plan: Plan, model: ModelSpec, usage: Usage,
         return usage, None
     charged = bounds.clamp(reported, fees)
     metadata: dict[str, Any] = {"tool_calls": charged, "tool_fee_nanos": model.tool_cost(charged.items())}
+    undeclared = {kind: count for kind, count in reported.items() if kind in fees and kind not in declared}
+    if undeclared:  # not bounded, not reserved for: charged as reported, an overrun of the reservation
+        metadata["tool_calls_undeclared"] = undeclared
+        log.warning("tool_calls_undeclared", request_id=plan.ctx.request_id, model=model.id, reported=undeclared,
+                    fee_nanos=model.tool_cost(undeclared.items()))
     if charged != reported:
         metadata["tool_calls_clamped"] = {"reported": reported, "limit": dict(bounds.calls)}
         log.warning("tool_calls_clamped", request_id=plan.ctx.request_id, model=model.id, reported=reported,

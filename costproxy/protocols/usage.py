@@ -12,14 +12,20 @@ mid-stream is charged the exact prompt and the counted output.
 
 Provider-side tool calls (``Usage.tool_calls``, priced by ``analyzer.server_tools``): Anthropic
 reports them in ``usage.server_tool_use`` (``web_search_requests``…; in a stream, in
-``message_delta``'s usage), Responses as one ``*_call`` output item per call (``web_search_call``,
-``file_search_call``…; in a stream, each in ``response.output_item.done`` and all in the final
-response).  A stream that breaks off lends the calls seen so far (``tool_calls``) to its estimate.
+``message_delta``'s usage) and shows each as a ``server_tool_use`` content block (``name``:
+``web_search``…; in a stream, in ``content_block_start``), Responses as one ``*_call`` output item
+per call (``web_search_call``, ``file_search_call``…; in a stream, each in
+``response.output_item.done`` and all in the final response).  A stream that breaks off (the client
+hangs up, the upstream drops the connection or sends an error event) lends the calls seen so far
+(``tool_calls``) to its estimate: for Anthropic, per kind the larger of the blocks seen and the
+usage reported, since the usage arrives only at the end.  An Anthropic answer whose usage has no
+``server_tool_use`` is charged the ``server_tool_use`` blocks of its content.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, TypeGuard
 
 from costproxy.registry import Usage
@@ -33,7 +39,9 @@ def _int(value: Any) -> int:
     return value if _count(value) else 0
 
 
-_CLIENT_CALLS = ("function_call", "custom_tool_call")
+# Call items of tools the client runs (``analyzer.server_tools.RESPONSES_CLIENT_TOOLS``): no provider fee.
+_CLIENT_CALLS = ("function_call", "custom_tool_call", "local_shell_call", "shell_call", "apply_patch_call",
+                 "computer_call")
 
 
 def _calls(counts: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
@@ -47,6 +55,16 @@ def anthropic_tool_calls(usage: Mapping[str, Any]) -> tuple[tuple[str, int], ...
         return ()
     return _calls({key.removesuffix("_requests"): _int(value) for key, value in used.items()
                    if isinstance(key, str) and key.endswith("_requests")})
+
+
+def anthropic_blocks(blocks: Any) -> dict[str, int]:
+    """The ``server_tool_use`` content blocks among ``blocks``, counted by tool name."""
+    counts: dict[str, int] = {}
+    for block in blocks if isinstance(blocks, list) else ():
+        if isinstance(block, Mapping) and block.get("type") == "server_tool_use" \
+                and isinstance(name := block.get("name"), str):
+            counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
 def responses_tool_calls(output: Any) -> tuple[tuple[str, int], ...]:
@@ -89,12 +107,25 @@ class AnthropicUsage:
     def __init__(self) -> None:
         self._start: dict[str, Any] = {}
         self.prompt: Usage | None = None
-        self.tool_calls: tuple[tuple[str, int], ...] = ()
+        self._reported: tuple[tuple[str, int], ...] = ()  # ``server_tool_use`` of a ``message_delta``
+        self._blocks: dict[str, int] = {}  # ``server_tool_use`` blocks started so far, by tool name
+
+    @property
+    def tool_calls(self) -> tuple[tuple[str, int], ...]:
+        """Per kind, the larger of the calls reported and the ``server_tool_use`` blocks seen."""
+        counts = dict(self._blocks)
+        for kind, count in self._reported:
+            counts[kind] = max(count, counts.get(kind, 0))
+        return _calls(counts)
 
     def usage_in(self, data: Mapping[str, Any]) -> Usage | None:
         kind = data.get("type")
         if kind == "message":
-            return anthropic_usage(data.get("usage"))
+            usage = data.get("usage")
+            return _with_blocks(anthropic_usage(usage), usage, anthropic_blocks(data.get("content")))
+        if kind == "content_block_start":
+            self._blocks = _merged(self._blocks, anthropic_blocks([data.get("content_block")]))
+            return None
         if kind == "message_start":
             message = data.get("message")
             usage = message.get("usage") if isinstance(message, Mapping) else None
@@ -105,8 +136,8 @@ class AnthropicUsage:
             return None
         if kind == "message_delta" and isinstance(data.get("usage"), Mapping):
             merged = {**self._start, **{k: v for k, v in data["usage"].items() if v is not None}}
-            self.tool_calls = anthropic_tool_calls(merged)
-            return anthropic_usage(merged)
+            self._reported = anthropic_tool_calls(merged)
+            return _with_blocks(anthropic_usage(merged), data["usage"], self._blocks)
         return None
 
     def texts_in(self, data: Mapping[str, Any]) -> list[str]:
@@ -119,6 +150,18 @@ class AnthropicUsage:
             if isinstance(block, Mapping) and isinstance(block.get("name"), str):
                 return [block["name"]]
         return []
+
+
+def _merged(counts: Mapping[str, int], more: Mapping[str, int]) -> dict[str, int]:
+    return {kind: counts.get(kind, 0) + more.get(kind, 0) for kind in {*counts, *more}}
+
+
+def _with_blocks(usage: Usage | None, reported: Any, blocks: Mapping[str, int]) -> Usage | None:
+    """A complete Anthropic ``usage`` whose own usage object has no ``server_tool_use``: its calls are
+    the ``server_tool_use`` blocks of the answer."""
+    if usage is None or not blocks or (isinstance(reported, Mapping) and "server_tool_use" in reported):
+        return usage
+    return replace(usage, tool_calls=_calls(blocks))
 
 
 _RESPONSE_DONE = ("response.completed", "response.incomplete", "response.failed")

@@ -17,7 +17,8 @@ requests with the same prefix read it (``cache_read_input_tokens``); ``input_tok
 
 Answers and directives are the OpenAI simulator's (``[[sim:reply=…]]``, ``tokens=N``, ``tool_call``,
 ``fault=529``, ``drop_after=N``, ``chunk_delay_ms=N``; see ``simulator``), read from the last user
-message; ``tool_call`` answers with a ``tool_use`` block for the first tool; ``searches=N`` reports N
+message; ``tool_call`` answers with a ``tool_use`` block for the first tool; ``searches=N`` puts N
+``server_tool_use`` / ``web_search_tool_result`` block pairs before the answer and reports N
 web searches in ``usage.server_tool_use.web_search_requests`` (as said, whatever ``max_uses`` is: a
 provider that overruns the bound).
 """
@@ -162,6 +163,7 @@ class AnthropicSimulator:
         else:
             content = [{"type": "text", "text": answer.text}]
             stop = "max_tokens" if answer.finish_reason == "length" else "end_turn"
+        content = _searches(plan.searches) + content
         call.output_tokens, call.searches = answer.completion_tokens, plan.searches
         return {"id": f"msg_sim_{len(self.calls):06d}", "type": "message", "role": "assistant",
                 "model": call.model, "content": content, "stop_reason": stop, "stop_sequence": None,
@@ -210,8 +212,23 @@ class AnthropicSimulator:
         return response
 
 
+def _searches(count: int) -> list[dict[str, Any]]:
+    """Each search as Anthropic shows it: a ``server_tool_use`` block and its result."""
+    blocks: list[dict[str, Any]] = []
+    for n in range(count):
+        blocks += [{"type": "server_tool_use", "id": f"srvtoolu_sim_{n}", "name": "web_search",
+                    "input": {"query": f"simulated search {n}"}},
+                   {"type": "web_search_tool_result", "tool_use_id": f"srvtoolu_sim_{n}",
+                    "content": [{"type": "web_search_result", "url": f"https://example.com/{n}",
+                                 "title": f"Result {n}", "encrypted_content": "c2lt", "page_age": None}]}]
+    return blocks
+
+
 def _block_events(index: int, block: dict[str, Any]) -> list[dict[str, Any]]:
-    if block["type"] == "tool_use":
+    if block["type"] == "web_search_tool_result":
+        return [{"type": "content_block_start", "index": index, "content_block": block},
+                {"type": "content_block_stop", "index": index}]
+    if block["type"] in ("tool_use", "server_tool_use"):
         opened = {**block, "input": {}}
         deltas = [{"type": "input_json_delta", "partial_json": orjson.dumps(block["input"]).decode()}]
     else:

@@ -316,11 +316,10 @@ async def test_a_budget_without_a_name_is_named_by_its_id_in_a_refusal(protocol_
     assert error["budget"] == "core"
 
 
-async def test_an_anthropic_stream_that_errors_after_message_start_is_charged_its_reported_prompt(
-        aiohttp_server: Any, aiohttp_client: Any, write_config: ConfigFactory) -> None:
-    """An ``error`` event (``overloaded_error``) right after ``message_start`` comes inside a stream
-    the provider accepted, whose ``message_start`` reported the prompt: the call is charged that
-    prompt, never released, and the client gets the error as the stream's last event."""
+async def _anthropic_upstream_that_errors(aiohttp_server: Any, aiohttp_client: Any, write_config: ConfigFactory,
+                                          blocks: list[dict[str, Any]], models: dict[str, Any]) -> Proxy:
+    """A proxy in front of an Anthropic upstream whose stream sends ``message_start`` (a prompt of 25
+    tokens), ``blocks`` (each a ``content_block_start``), then an ``overloaded_error`` event."""
     async def messages(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
@@ -328,7 +327,10 @@ async def test_an_anthropic_stream_that_errors_after_message_start_is_charged_it
                                                       "model": "m", "content": [], "stop_reason": None,
                                                       "usage": {"input_tokens": 25, "output_tokens": 1}}}
         error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
-        for name, data in (("message_start", start), ("error", error)):
+        events = [("message_start", start)]
+        events += [("content_block_start", {"type": "content_block_start", "index": index, "content_block": block})
+                   for index, block in enumerate(blocks)]
+        for name, data in (*events, ("error", error)):
             await response.write(f"event: {name}\ndata: {orjson.dumps(data).decode()}\n\n".encode())
         await response.write_eof()
         return response
@@ -336,18 +338,46 @@ async def test_an_anthropic_stream_that_errors_after_message_start_is_charged_it
     app = web.Application()
     app.router.add_post("/v1/messages", messages)
     server = await aiohttp_server(app)
-    settings = load_test_settings(write_config(str(server.make_url("/v1")), models=copy.deepcopy(TEST_MODELS),
+    settings = load_test_settings(write_config(str(server.make_url("/v1")), models=models,
                                                provider_overrides={"kind": "anthropic",
                                                                    "api_key_env": "ANTHROPIC_TEST_KEY"}))
     proxy_app = create_app(settings)
     client = await aiohttp_client(proxy_app)
     secret, record = await issue_key(proxy_app[STORE], {"user": "alice", "team": "core", "org": "acme"}, time.time())
     proxy_app[KEYRING].add(record)
-    proxy = Proxy(client, proxy_app, secret, None)  # type: ignore[arg-type]
-    resp = await client.post("/v1/messages", headers=proxy.auth(), json={
+    return Proxy(client, proxy_app, secret, None)  # type: ignore[arg-type]
+
+
+async def test_an_anthropic_stream_that_errors_after_message_start_is_charged_its_reported_prompt(
+        aiohttp_server: Any, aiohttp_client: Any, write_config: ConfigFactory) -> None:
+    """An ``error`` event (``overloaded_error``) right after ``message_start`` comes inside a stream
+    the provider accepted, whose ``message_start`` reported the prompt: the call is charged that
+    prompt, never released, and the client gets the error as the stream's last event."""
+    proxy = await _anthropic_upstream_that_errors(aiohttp_server, aiohttp_client, write_config, [],
+                                                  copy.deepcopy(TEST_MODELS))
+    resp = await proxy.client.post("/v1/messages", headers=proxy.auth(), json={
         "model": "small", "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "Hi"}]})
     text = await resp.text()
     assert resp.status == 200 and "overloaded_error" in text
     [entry] = await proxy.ledger()
     assert entry.status == "error" and entry.prompt_tokens == 25
     assert entry.cost_nanos == 25 * SMALL_IN + entry.completion_tokens * SMALL_OUT > 0
+
+
+async def test_an_anthropic_stream_that_errors_after_searches_is_charged_them(
+        aiohttp_server: Any, aiohttp_client: Any, write_config: ConfigFactory) -> None:
+    """The usage that counts the searches comes only at the end (``message_delta``): an ``error``
+    event after two ``server_tool_use`` blocks is charged the two searches they show."""
+    models = copy.deepcopy(TEST_MODELS)
+    models["tool_fees"] = {"providers": {"sim": {"web_search": {"usd": "0.01", "source": "test",
+                                                                "as_of": "2026-11-30"}}}}
+    search = {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {}}
+    proxy = await _anthropic_upstream_that_errors(aiohttp_server, aiohttp_client, write_config,
+                                                  [search, {**search, "id": "srvtoolu_2"}], models)
+    resp = await proxy.client.post("/v1/messages", headers=proxy.auth(), json={
+        "model": "small", "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "news?"}],
+        "tools": [{"type": "web_search_20250305", "name": "web_search"}]})
+    assert resp.status == 200 and "overloaded_error" in await resp.text()
+    [entry] = await proxy.ledger()
+    assert entry.status == "error" and entry.metadata["tool_calls"] == {"web_search": 2}
+    assert entry.cost_nanos == 25 * SMALL_IN + entry.completion_tokens * SMALL_OUT + 2 * 10_000_000

@@ -124,6 +124,37 @@ async def test_a_hard_budget_is_never_exceeded_by_searches(protocol_proxy, anthr
     assert len(claude.calls) == len(entries)
 
 
+async def test_an_anthropic_stream_that_breaks_off_is_charged_the_searches_it_relayed(protocol_proxy,
+                                                                                       anthropic_sim) -> None:
+    proxy = await protocol_proxy(models=fee_models())
+    # message_start, ping, then two searches (server_tool_use: start, delta, stop; result: start,
+    # stop): the connection drops after them, before message_delta reports the usage
+    text = "[[sim:searches=2]] [[sim:drop_after=12]] [[sim:chunk_delay_ms=20]] latest news"
+    resp = await messages(proxy, text, [SEARCH], stream=True)
+    assert (await resp.text()).count('"type":"server_tool_use"') == 2
+    entry = await ledger_entry(proxy, resp.headers["x-costproxy-request-id"])
+    assert entry.status == "error" and not entry.usage_reported
+    assert entry.metadata["tool_calls"] == {"web_search": 2}
+    assert entry.cost_nanos == priced(CLAUDE_PRICE, entry.prompt_tokens, entry.completion_tokens) + 2 * CENT
+
+
+async def test_a_client_that_hangs_up_on_an_anthropic_stream_pays_the_searches_seen(protocol_proxy,
+                                                                                   anthropic_sim) -> None:
+    _, claude = anthropic_sim
+    claude.chunk_delay_ms = 30
+    proxy = await protocol_proxy(models=fee_models())
+    resp = await messages(proxy, "[[sim:searches=3]] [[sim:tokens=200]] latest news", [SEARCH], stream=True)
+    request_id = resp.headers["x-costproxy-request-id"]
+    seen = b""
+    while seen.count(b"web_search_tool_result") < 3:  # the three searches' results relayed
+        seen += await resp.content.readany()
+    resp.close()
+    entry = await ledger_entry(proxy, request_id)
+    assert entry.status == "client_disconnected" and not entry.usage_reported
+    assert entry.metadata["tool_calls"] == {"web_search": 3}
+    assert entry.cost_nanos == priced(CLAUDE_PRICE, entry.prompt_tokens, entry.completion_tokens) + 3 * CENT
+
+
 # --- tools without a fee ---------------------------------------------------------------------------
 
 
@@ -146,6 +177,19 @@ async def test_an_unpriced_server_tool_is_refused_under_a_hard_budget(protocol_p
     assert claude.calls == [] and [c for c in sim.calls if c.path.endswith("responses")] == []
     refused = [e for e in await proxy.ledger() if e.error_code == "unpriced_tool"]
     assert [e.status for e in refused] == ["refused", "refused"] and all(e.cost_nanos == 0 for e in refused)
+
+
+async def test_responses_tools_the_client_runs_pass_under_a_hard_budget(protocol_proxy, simulator) -> None:
+    _, sim = simulator
+    proxy = await protocol_proxy(models=fee_models(), **hard_budget("5"))
+    computer = {"type": "computer_use_preview", "display_width": 1024, "display_height": 768,
+                "environment": "browser"}
+    for tool in ({"type": "local_shell"}, {"type": "shell"}, {"type": "apply_patch"}, computer):
+        resp = await responses(proxy, "hi", [tool])
+        assert resp.status == 200, await resp.text()
+        assert sim.calls[-1].body["tools"] == [tool] and "max_tool_calls" not in sim.calls[-1].body
+        entry = await ledger_entry(proxy, resp.headers["x-costproxy-request-id"])
+        assert "unpriced_tools" not in entry.metadata
 
 
 async def test_an_unpriced_server_tool_passes_without_a_hard_budget_and_is_marked(protocol_proxy,
@@ -185,6 +229,58 @@ async def test_responses_web_search_calls_are_charged_unary_and_streamed(protoco
     assert entry.cost_nanos == priced(BIG, call.prompt_tokens, call.completion_tokens) + 4 * PREVIEW
     assert entry.metadata["tool_calls"] == {"web_search_preview": 4}
     assert entry.metadata["tool_calls_clamped"]["reported"] == {"web_search_preview": 5}
+
+
+async def test_a_web_search_call_of_either_declared_search_tool_is_charged_the_dearer_fee(protocol_proxy,
+                                                                                          simulator) -> None:
+    _, sim = simulator
+    proxy = await protocol_proxy(models=fee_models())
+    # a web_search_call does not say which tool ran it: web_search_preview ($0.025) may have
+    for stream in (False, True):
+        resp = await responses(proxy, "[[sim:searches=2]] latest news",
+                               [{"type": "web_search"}, {"type": "web_search_preview"}], stream=stream)
+        assert resp.status == 200 and "web_search_call" in await resp.text()
+        call = sim.calls[-1]
+        entry = await ledger_entry(proxy, resp.headers["x-costproxy-request-id"])
+        assert entry.metadata["tool_calls"] == {"web_search_preview": 2}
+        assert entry.cost_nanos == priced(BIG, call.prompt_tokens, call.completion_tokens) + 2 * PREVIEW
+        assert nanos(resp.headers["x-costproxy-max-cost-usd"]) >= entry.cost_nanos
+
+
+async def test_calls_the_request_never_declared_are_charged_as_reported(protocol_proxy, simulator) -> None:
+    _, sim = simulator
+    proxy = await protocol_proxy(models=fee_models())
+    # a stored prompt may carry tools the body does not show; without a hard budget it is not bounded
+    resp = await proxy.client.post("/v1/responses", headers=proxy.auth(), json={
+        "model": "big", "max_output_tokens": 100, "prompt": {"id": "pmpt_1"}, "input": "[[sim:searches=3]] news"})
+    assert resp.status == 200, await resp.text()
+    call = sim.calls[-1]
+    assert "max_tool_calls" not in call.body
+    entry = await ledger_entry(proxy, resp.headers["x-costproxy-request-id"])
+    assert entry.metadata["tool_calls"] == {"web_search": 3} and entry.metadata["tool_calls_undeclared"] == {
+        "web_search": 3}
+    assert entry.cost_nanos == priced(BIG, call.prompt_tokens, call.completion_tokens) + 3 * CENT
+    # a declared kind is still clamped; an undeclared one beside it is the real bill
+    resp = await responses(proxy, "[[sim:searches=2]] docs", [{"type": "file_search", "vector_store_ids": ["v"]}])
+    entry = await ledger_entry(proxy, resp.headers["x-costproxy-request-id"])
+    assert entry.metadata["tool_calls_undeclared"] == {"web_search": 2}
+    assert entry.metadata["tool_fee_nanos"] == 2 * CENT
+
+
+async def test_a_stored_prompt_under_a_hard_budget_is_bounded_and_reserved(protocol_proxy, simulator) -> None:
+    _, sim = simulator
+    proxy = await protocol_proxy(models=fee_models(), **hard_budget("5"))
+    resp = await proxy.client.post("/v1/responses", headers=proxy.auth(), json={
+        "model": "big", "max_output_tokens": 100, "prompt": {"id": "pmpt_1"}, "input": "[[sim:searches=2]] news"})
+    assert resp.status == 200, await resp.text()
+    call = sim.calls[-1]
+    assert call.body["max_tool_calls"] == 3  # the default bound, sent
+    tokens = priced(BIG, call.prompt_tokens, call.completion_tokens)
+    # which search tool the prompt has is unknown: charged, and reserved, at the dearest fee
+    assert nanos(resp.headers["x-costproxy-max-cost-usd"]) >= tokens + 3 * PREVIEW
+    entry = await ledger_entry(proxy, resp.headers["x-costproxy-request-id"])
+    assert entry.metadata["tool_calls"] == {"web_search_preview": 2} and "tool_calls_undeclared" not in entry.metadata
+    assert entry.cost_nanos == tokens + 2 * PREVIEW
 
 
 async def test_chat_web_search_options_is_one_search_fee_per_request(protocol_proxy, simulator) -> None:

@@ -110,6 +110,30 @@ def test_message_to_chat_completion_and_usage() -> None:
         prompt_tokens=150, completion_tokens=5, cached_tokens=100, cache_write_tokens=40, cache_write_1h_tokens=15)
 
 
+def test_anthropic_server_tool_use_blocks_count_as_calls() -> None:
+    search = {"type": "server_tool_use", "id": "s", "name": "web_search", "input": {}}
+    start = {"type": "message_start", "message": {"usage": {
+        "input_tokens": 7, "output_tokens": 1, "server_tool_use": {"web_search_requests": 0}}}}
+    events = [start, {"type": "content_block_start", "index": 0, "content_block": search},
+              {"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}},
+              {"type": "content_block_start", "index": 2, "content_block": search}]
+    error = {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}
+    for stream in (events, [*events, error]):  # breaks off, or ends in an error, after two searches
+        reader = AnthropicUsage()
+        assert [reader.usage_in(event) for event in stream] == [None] * len(stream)
+        assert reader.tool_calls == (("web_search", 2),)
+    # the usage, when it comes, says how many were billed; without server_tool_use, the blocks do
+    assert reader.usage_in({"type": "message_delta", "usage": {"output_tokens": 3, "server_tool_use": {
+        "web_search_requests": 1}}}).tool_calls == (("web_search", 1),)
+    assert reader.usage_in({"type": "message_delta", "usage": {"output_tokens": 3}}).tool_calls == (
+        ("web_search", 2),)
+    message = {"type": "message", "content": [search, search, search, {"type": "text", "text": "x"}],
+               "usage": {"input_tokens": 5, "output_tokens": 2}}
+    assert AnthropicUsage().usage_in(message).tool_calls == (("web_search", 3),)
+    reported = {**message, "usage": {**message["usage"], "server_tool_use": {"web_search_requests": 2}}}
+    assert AnthropicUsage().usage_in(reported).tool_calls == (("web_search", 2),)
+
+
 def test_anthropic_stream_usage_and_chunks() -> None:
     reader, decoder = AnthropicUsage(), AnthropicToChat("claude")
     stream = [

@@ -13,9 +13,18 @@ from typing import Any
 import pytest
 import yaml
 
-from costproxy.analyzer.server_tools import NO_TOOLS, ToolBounds, ToolFee, ToolFees, server_tools, tool_bounds
+from costproxy.analyzer.server_tools import (
+    NO_TOOLS,
+    ToolBounds,
+    ToolFee,
+    ToolFees,
+    server_tools,
+    stored_prompt_bounds,
+    tool_bounds,
+)
 from costproxy.analyzer.worst_case import BillableInput, output_cap_within, worst_case
 from costproxy.errors import ConfigError
+from costproxy.protocols.usage import responses_tool_calls
 from costproxy.registry import ModelPrice, ModelSpec, Usage, parse_registry
 from costproxy.request import Api
 
@@ -44,6 +53,19 @@ def test_server_tools_of_each_api() -> None:
     assert server_tools(Api.CHAT, {"tools": [{"type": "function"}]}) == []
 
 
+def test_responses_tools_the_client_runs_are_no_server_tools() -> None:
+    # the model emits a call item and the client executes it: no fee per call, like a function
+    client = [{"type": "local_shell"}, {"type": "shell"}, {"type": "shell", "environment": {"type": "local"}},
+              {"type": "apply_patch"}, {"type": "computer_use_preview", "display_width": 1024,
+                                        "display_height": 768, "environment": "browser"}, {"type": "computer"}]
+    assert server_tools(Api.RESPONSES, {"tools": client}) == []
+    hosted = {"tools": [{"type": "shell", "environment": {"type": "container_auto"}}]}  # OpenAI's container
+    assert [(t.kind, t.param) for t in server_tools(Api.RESPONSES, hosted)] == [("shell", "tools[0].type")]
+    output = [{"type": kind} for kind in ("local_shell_call", "shell_call", "apply_patch_call", "computer_call",
+                                          "function_call", "custom_tool_call", "web_search_call")]
+    assert responses_tool_calls(output) == (("web_search", 1),)
+
+
 def test_bounds_default_lower_and_keep_what_the_request_asks() -> None:
     body = {"tools": [SEARCH, {**SEARCH, "max_uses": 50}, {**SEARCH, "max_uses": 2}]}
     bounds = tool_bounds(Api.MESSAGES, body, server_tools(Api.MESSAGES, body),
@@ -68,6 +90,26 @@ def test_clamp_charges_at_most_the_bound_dearest_first() -> None:
     assert bounds.fee_bound(fees) == 30
     assert ToolBounds((("web_search", 2),)).clamp({"web_search": 9, "code_interpreter": 4}, {"web_search": 10}) \
         == {"web_search": 2, "code_interpreter": 4}  # a kind without a fee is recorded as reported
+    # a priced kind the proxy never bounded (the request did not declare it) is the real bill
+    assert ToolBounds((("file_search", 2),), total=2).clamp({"web_search": 3, "file_search": 4}, fees) \
+        == {"web_search": 3, "file_search": 2}
+    assert NO_TOOLS.clamp({"web_search": 3}, fees) == {"web_search": 3}
+
+
+def test_a_stored_prompt_is_bounded_as_if_it_declared_every_priced_kind() -> None:
+    fees = ToolFees(providers={"openai": {"web_search": FEE, "web_search_preview": ToolFee(usd=Decimal("0.025"))},
+                               "sim2": {"web_search_options": FEE}}, default_max_calls=5, max_calls=20)
+    bounds = stored_prompt_bounds({"prompt": {"id": "pmpt_1"}}, NO_TOOLS, fees)
+    assert bounds.calls == (("web_search", 5), ("web_search_preview", 5)) and bounds.total == 5
+    assert bounds.fee_bound({"web_search": 10, "web_search_preview": 25}) == 5 * 25  # the dearest, 5 times
+    body: dict[str, Any] = {"prompt": {"id": "pmpt_1"}, "max_tool_calls": 50}
+    bounds = stored_prompt_bounds(body, NO_TOOLS, fees)
+    bounds.send(Api.RESPONSES, body)
+    assert bounds.total == 20 and body["max_tool_calls"] == 20
+    declared = {"tools": [{"type": "code_interpreter"}], "max_tool_calls": 2}  # declared tools share the bound
+    bounds = stored_prompt_bounds(declared, tool_bounds(Api.RESPONSES, declared,
+                                                        server_tools(Api.RESPONSES, declared), fees), fees)
+    assert bounds.calls == (("code_interpreter", 2), ("web_search", 2), ("web_search_preview", 2))
 
 
 def test_the_worst_case_and_the_cost_include_the_fees_exactly() -> None:
