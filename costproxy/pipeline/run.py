@@ -151,6 +151,11 @@ async def run_stream(services: Services, ctx: RequestContext, request: ChatReque
         exc.headers.update(limit_headers(the_plan))
         _finished(services, the_plan, await settle(services, the_plan, reservation, outcome))
         raise
+    except asyncio.CancelledError:  # waiting for the upstream's headers (a hang-up, the drain deadline)
+        _cancelled(services, outcome)
+        outcome.billed = outcome.unread = True  # sent, its answer never read: the provider may bill it all
+        _finished(services, the_plan, await settle(services, the_plan, reservation, outcome))
+        raise
     return StreamRun(services, the_plan, reservation, outcome, upstream, relay=exchange.relay())
 
 

@@ -248,15 +248,16 @@ def test_a_stream_cut_by_the_drain_deadline_ends_with_an_error_event_and_is_ledg
     assert cost > 0 and out > 0  # what was relayed before the cut is charged
 
 
-def test_a_unary_call_cut_by_the_drain_deadline_is_answered_503_server_shutting_down(
-        sim: SimulatorThread, tmp_path: Path) -> None:
-    """A unary call still waiting for its provider at the drain deadline gets a 503 in OpenAI's shape
-    (retryable elsewhere), not a dropped connection; the ledger records why and charges the worst
-    case (the provider accepted the call and may bill it all)."""
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_call_waiting_for_its_provider_at_the_drain_deadline_is_answered_503_server_shutting_down(
+        sim: SimulatorThread, tmp_path: Path, stream: bool) -> None:
+    """A call still waiting for its provider's answer (a stream: for its headers) at the drain
+    deadline gets a 503 in OpenAI's shape (retryable elsewhere), not a dropped connection; the
+    ledger records why and charges the worst case (the provider had the call and may bill it all)."""
     config = write_config(tmp_path, sim.url, server={"drain_timeout_s": 1})
     key = new_key(config)
     serving, base = start(config)
-    body = {"model": "small", "max_tokens": 50,
+    body = {"model": "small", "max_tokens": 50, "stream": stream,
             "messages": [{"role": "user", "content": "think long [[sim:latency_ms=20000]]"}]}
     answered: dict[str, Any] = {}
 
