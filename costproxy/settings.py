@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from costproxy import yamlfile
 from costproxy.alerts.config import AlertSettings, parse_alert_settings
 from costproxy.budgets.config import BudgetConfig, parse_budget_config
 from costproxy.cache.config import parse_cache_settings
@@ -159,7 +160,7 @@ def read_yaml(path: Path) -> Any:
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise ConfigError(str(path), "", "file not found") from None
     try:
-        return yaml.safe_load(text)
+        return yamlfile.load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from costproxy import yamlfile
 from costproxy.errors import ConfigError
 from costproxy.records import frozen
 from costproxy.routing.quality import QualityProfiles, parse_quality
@@ -78,7 +79,7 @@ class QualityHolder:
             now = time.time()
             try:
                 raw = self.path.read_bytes()
-                profiles = parse_quality(yaml.safe_load(raw), str(self.path))
+                profiles = parse_quality(yamlfile.load(raw), str(self.path))
             except (OSError, yaml.YAMLError, ConfigError, UnicodeDecodeError) as exc:
                 message = f"{self.path}: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
                 result = QualityReload(False, now, self.digest, self._current.source, message)

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from costproxy import yamlfile
 from costproxy.cache.policy import CacheDirective
 from costproxy.config_schema import Node
 from costproxy.errors import ConfigError
@@ -136,25 +137,10 @@ EMPTY_RULESET = RuleSet()
 
 
 # --- parsing ----------------------------------------------------------------------------------
-class _StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """Safe YAML that refuses duplicate keys (PyYAML would silently keep the last one)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _value in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    "while reading a mapping", node.start_mark, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return dict(super().construct_mapping(node, deep=deep))
-
-
 def load_yaml(text: str, file: str) -> Any:
     """Parse one YAML document; syntax errors become a ``RuleError`` with line and column."""
     try:
-        return yaml.load(text, Loader=_StrictLoader)
+        return yamlfile.load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

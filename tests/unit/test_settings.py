@@ -290,3 +290,24 @@ def test_anthropic_kind_and_kind_only_options(tmp_path) -> None:
         write(wrong)
         with pytest.raises(ConfigError, match="applies to kind"):
             load_settings(config, {})
+
+
+def test_numbers_in_config_files_mean_what_a_person_reads(tmp_path: Path) -> None:
+    """YAML 1.1 reads ``010`` as octal 8 and ``1:30`` as base-60 90: a limit written so would have
+    been $8 or $90.  costproxy's files read numbers as YAML 1.2 does, and refuse a key written twice."""
+    path = write(tmp_path)
+    shipped = path.read_text()
+
+    def budget_limit(limit: str) -> Any:
+        path.write_text(shipped + "budgets:\n  definitions:\n    - {id: b, scope_type: team, scope_id: t, "
+                                  f"limit_usd: {limit}, period: monthly}}\n")
+        return load_settings(path, {}).budgets.static[0]
+
+    assert budget_limit("010").limit_nanos == 10 * 10**9
+    assert budget_limit("12.5").limit_nanos == 12_500_000_000
+    for unreadable in ("1:30", "1_000", "0x10"):
+        with pytest.raises(ConfigError, match="limit_usd"):
+            budget_limit(unreadable)
+    path.write_text(shipped + "default_model: auto\ndefault_model: gpt-4o-mini\n")
+    with pytest.raises(ConfigError, match="duplicate key 'default_model'"):
+        load_settings(path, {})
