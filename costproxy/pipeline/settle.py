@@ -275,8 +275,11 @@ def charged_tool_calls(plan: Plan, model: ModelSpec, usage: Usage,
     reported: dict[str, int] = {}
     for kind, count in usage.tool_calls:
         # the declared kinds this call may be of (a ``web_search_call`` with both ``web_search`` and
-        # ``web_search_preview`` declared: either ran); the dearest, never below the provider's bill
-        kinds = [d for d in declared if d == kind or d.startswith(kind + "_")]
+        # ``web_search_preview`` declared: either ran); the dearest, never below the provider's bill.
+        # Undeclared (a stored prompt's tools): the dearest priced kind it may be of, the same figure
+        # the stored prompt's bound reserved under a hard budget
+        kinds = [d for d in declared if d == kind or d.startswith(kind + "_")] or \
+            [d for d in fees if d == kind or d.startswith(kind + "_")]
         kind = max(kinds, key=lambda d: (fees.get(d, 0), d == kind), default=kind)
         reported[kind] = reported.get(kind, 0) + count
     if per_request and PER_REQUEST_SEARCH in declared:

@@ -257,14 +257,16 @@ async def test_calls_the_request_never_declared_are_charged_as_reported(protocol
     call = sim.calls[-1]
     assert "max_tool_calls" not in call.body
     entry = await ledger_entry(proxy, resp.headers["x-costproxy-request-id"])
-    assert entry.metadata["tool_calls"] == {"web_search": 3} and entry.metadata["tool_calls_undeclared"] == {
-        "web_search": 3}
-    assert entry.cost_nanos == priced(BIG, call.prompt_tokens, call.completion_tokens) + 3 * CENT
+    # a web_search_call of a tool the proxy never saw: the dearest kind it may be of (web_search or
+    # web_search_preview), as a hard budget's bound of a stored prompt reserves it — never below the bill
+    assert entry.metadata["tool_calls"] == {"web_search_preview": 3} and entry.metadata["tool_calls_undeclared"] == {
+        "web_search_preview": 3}
+    assert entry.cost_nanos == priced(BIG, call.prompt_tokens, call.completion_tokens) + 3 * PREVIEW
     # a declared kind is still clamped; an undeclared one beside it is the real bill
     resp = await responses(proxy, "[[sim:searches=2]] docs", [{"type": "file_search", "vector_store_ids": ["v"]}])
     entry = await ledger_entry(proxy, resp.headers["x-costproxy-request-id"])
-    assert entry.metadata["tool_calls_undeclared"] == {"web_search": 2}
-    assert entry.metadata["tool_fee_nanos"] == 2 * CENT
+    assert entry.metadata["tool_calls_undeclared"] == {"web_search_preview": 2}
+    assert entry.metadata["tool_fee_nanos"] == 2 * PREVIEW
 
 
 async def test_a_stored_prompt_under_a_hard_budget_is_bounded_and_reserved(protocol_proxy, simulator) -> None:
