@@ -193,7 +193,8 @@ def worker_settings(settings: Settings, index: int) -> Settings:
 
 def run_workers(settings: Settings, sock: socket.socket, announce: Callable[[], None] | None = None) -> int:
     """Fork ``server.workers`` processes that all accept on ``sock``; supervise them (a worker that
-    dies is restarted), forward SIGTERM/SIGINT to them, and return when they have all drained.
+    dies is restarted), forward SIGTERM/SIGINT to them, and return when they have all drained: 0,
+    or 1 when a worker ended badly while stopping (its drain crashed, or a second signal killed it).
 
     Budgets stay exact because every worker uses the shared Redis store (``costproxy serve``
     refuses several workers on SQLite); metrics are kept in files in a directory of this run and
@@ -241,6 +242,7 @@ def run_workers(settings: Settings, sock: socket.socket, announce: Callable[[], 
         spawn(index)
     if announce is not None:
         announce()
+    failed = 0  # workers that ended badly while the supervisor was stopping (a drain that crashed)
     while children:
         try:
             pid, status = os.wait()
@@ -249,6 +251,9 @@ def run_workers(settings: Settings, sock: socket.socket, announce: Callable[[], 
         if pid not in children:
             continue
         index = children.pop(pid)
+        if stopping and os.waitstatus_to_exitcode(status) != 0:
+            failed += 1
+            log.error("worker_drain_failed", worker=index, status=os.waitstatus_to_exitcode(status))
         if not stopping:
             log.error("worker_exited", worker=index, status=os.waitstatus_to_exitcode(status))
             time.sleep(RESTART_DELAY_S)  # never a restart loop at full speed
@@ -256,7 +261,7 @@ def run_workers(settings: Settings, sock: socket.socket, announce: Callable[[], 
                 spawn(index)
     sock.close()
     shutil.rmtree(metrics_dir, ignore_errors=True)
-    return 0
+    return 1 if failed else 0
 
 
 def _share_before_fork(settings: Settings) -> None:
