@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from costproxy.analyzer.server_tools import server_tools
 from costproxy.errors import BudgetExceeded, InvalidRequest, ModelNotAllowed, NotFound, ProviderNotConfigured
 from costproxy.http.keys_api import json_body
 from costproxy.http.state import BUDGETS, ROUTER, SERVICES
@@ -23,7 +24,7 @@ from costproxy.identity.principal import Principal
 from costproxy.money import MoneyError, format_usd, usd_to_nanos
 from costproxy.pipeline.plan import count_input
 from costproxy.registry import CAPABILITIES, Usage
-from costproxy.request import Endpoint, RequestContext, parse_request
+from costproxy.request import Api, Endpoint, RequestContext, parse_request
 from costproxy.routing.decisions import DecisionRecord
 from costproxy.routing.policy import QUALITY_MODES, Constraints
 from costproxy.routing.route import RouteInput
@@ -200,6 +201,7 @@ async def estimate(request: web.Request) -> web.Response:
         raise InvalidRequest(f"'outputTokens' must be an integer from 0 to {MAX_OUTPUT_TOKENS:,}",
                              param="outputTokens")
     chat = parse_request(Endpoint.CHAT, content)
+    searches = [(tool.kind, 1) for tool in server_tools(Api.CHAT, chat.body)]  # web_search_options: one fee
     rows: list[tuple[int, dict[str, Any]]] = []
     for name in models:
         model = services.registry.resolve(str(name))
@@ -208,10 +210,11 @@ async def estimate(request: web.Request) -> web.Response:
         if model.kind != "chat":
             continue
         tokens = await count_input(services, chat, model.encoding)
-        cost = model.cost(Usage(prompt_tokens=tokens, completion_tokens=output))
+        fees = model.tool_cost(searches)
+        cost = model.cost(Usage(prompt_tokens=tokens, completion_tokens=output)) + fees
+        worst = model.worst_case_cost(tokens, model.max_output_tokens) + fees
         rows.append((cost, {"model": model.id, "inputTokens": tokens, "outputTokens": output,
-                            "estimatedCost": format_usd(cost),
-                            "worstCaseCost": format_usd(model.worst_case_cost(tokens, model.max_output_tokens))}))
+                            "estimatedCost": format_usd(cost), "worstCaseCost": format_usd(worst)}))
     rows.sort(key=lambda row: row[0])
     return web.json_response({"currency": "USD", "data": [row for _, row in rows]})
 

@@ -324,3 +324,21 @@ async def test_concurrent_searches_stay_within_a_hard_budget(protocol_proxy, ant
     assert all(e.metadata["tool_calls"] == {"web_search": 3} for e in ledger if e.status == "ok")
     status = await (await proxy.client.get("/api/v1/budgets/alice/status", headers=ADMIN)).json()
     assert status["reserved"] == "0"
+
+
+async def test_the_estimate_api_counts_the_search_fee_of_web_search_options(protocol_proxy) -> None:
+    """``/api/v1/models/estimate`` prices what a call would cost: with ``web_search_options`` the
+    search fee of a model whose provider charges one is in both its estimate and its worst case."""
+    proxy = await protocol_proxy(models=fee_models())
+    messages = [{"role": "user", "content": "What happened in the news today?"}]
+
+    async def estimate(**extra: Any) -> dict[str, Any]:
+        resp = await proxy.client.post("/api/v1/models/estimate", headers=ADMIN, json={
+            "content": {"messages": messages, **extra}, "models": ["backup", "small"], "outputTokens": 50})
+        assert resp.status == 200, await resp.text()
+        return {row["model"]: row for row in (await resp.json())["data"]}
+
+    plain, searching = await estimate(), await estimate(web_search_options={})
+    for key in ("estimatedCost", "worstCaseCost"):
+        assert Decimal(searching["backup"][key]) - Decimal(plain["backup"][key]) == Decimal("0.025")  # sim2's fee
+        assert searching["small"][key] == plain["small"][key]  # sim charges no per-request search fee
