@@ -377,6 +377,11 @@ class RedisBudgetAccounts(BudgetBook):
                 raise unavailable("budget store", self.label, exc,
                                   f"reserve on the budgets {gated}, so they cannot be checked") from None
             return reservation  # soft budgets only: proceed; settling waits in the outbox if needed
+        except asyncio.CancelledError:  # the request was ended while the script was out (a drain deadline):
+            release = self._settle_op(reservation, None, 0)  # it may have run: release its token, as above
+            if release is not None:
+                await asyncio.shield(self._defer(release))
+            raise
         self._up(now)
         verdict = _text(reply[0])
         if verdict == "stale":

@@ -225,6 +225,34 @@ async def test_a_dead_replicas_lapsed_reservation_is_charged_even_if_it_lapsed_b
     assert next(v for k, v in counters(redis_space).items() if ":b:alice:" in k)["spent"] == 400_000_000
 
 
+async def test_a_reserve_cancelled_while_its_script_is_out_is_released(replica: Opener,
+                                                                      redis_space: RedisSpace) -> None:
+    """A request ended (the drain deadline) while its reserve script was out: the script ran, but
+    nobody will settle it — its token is released through the outbox, never left to lapse."""
+    accounts = await replica(section(*CHAIN))
+    run = accounts._scripts.run
+    ran = asyncio.Event()
+
+    async def ran_then_hung(script, keys, args):  # type: ignore[no-untyped-def]
+        reply = await run(script, keys, args)  # Redis ran it ...
+        ran.set()
+        await asyncio.Event().wait()  # ... and the reply never came before the request was ended
+        return reply
+
+    accounts._scripts.run = ran_then_hung  # type: ignore[method-assign]
+    task = asyncio.create_task(accounts.reserve("r-cut", ALICE, 500))
+    await asyncio.wait_for(ran.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    accounts._scripts.run = run  # type: ignore[method-assign]
+    assert accounts.pending() == 1
+    assert await accounts.flush_outbox() == 1
+    user = next(v for k, v in counters(redis_space).items() if ":b:alice:" in k)
+    assert (user.get("spent", 0), user["reserved"]) == (0, 0)
+    assert stream_entries(redis_space) == []  # nothing charged, nothing lapsed
+
+
 async def test_a_reserve_whose_reply_is_lost_is_released_never_held_or_charged(replica: Opener,
                                                                                redis_space: RedisSpace) -> None:
     """A stalled Redis runs the reserve script after the client gave up on it: the request is answered
