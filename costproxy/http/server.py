@@ -180,6 +180,7 @@ def preload_encodings(settings: Settings) -> None:
 
 
 RESTART_DELAY_S = 1.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def worker_settings(settings: Settings, index: int) -> Settings:
@@ -208,11 +209,17 @@ def run_workers(settings: Settings, sock: socket.socket, announce: Callable[[], 
     stopping = False
 
     def spawn(index: int) -> None:
+        # SIGTERM/SIGINT are held across the fork: a signal that reached the new worker before it
+        # reset the supervisor's handler would run that handler in the worker (which then served on,
+        # its stop signal spent, and the supervisor waited for it forever); held, it is delivered
+        # once the worker has the default action back, and ends it before it serves
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         pid = os.fork()
         if pid == 0:  # the worker
             code = 0
             try:
                 _reset_child_signals()
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
                 _multiprocess_metrics()
                 writer = configure_logging(settings.logging)  # the parent's writer thread did not fork
                 try:
@@ -224,6 +231,7 @@ def run_workers(settings: Settings, sock: socket.socket, announce: Callable[[], 
                 code = 1
             finally:
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
         children[pid] = index
 
     def on_signal(signum: int, frame: object) -> None:
@@ -251,7 +259,8 @@ def run_workers(settings: Settings, sock: socket.socket, announce: Callable[[], 
         if pid not in children:
             continue
         index = children.pop(pid)
-        if stopping and os.waitstatus_to_exitcode(status) != 0:
+        if stopping and os.waitstatus_to_exitcode(status) not in (0, *(-int(n) for n in STOP_SIGNALS)):
+            # a worker that the forwarded signal ended by its default action had not started serving
             failed += 1
             log.error("worker_drain_failed", worker=index, status=os.waitstatus_to_exitcode(status))
         if not stopping:
@@ -286,5 +295,5 @@ def _multiprocess_metrics() -> None:
 
 
 def _reset_child_signals() -> None:
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)

@@ -322,6 +322,22 @@ def test_a_second_server_on_the_same_sqlite_store_refuses_to_start(sim: Simulato
 
 
 @pytest.mark.redis
+def test_workers_stopped_while_they_start_end_cleanly(sim: SimulatorThread, tmp_path: Path,
+                                                      redis_space: RedisSpace) -> None:  # noqa: F811
+    """SIGTERM right after ``serve --workers 2`` says it listens, while the workers still start: the
+    supervisor ends, exit 0. (A worker signalled before it had reset the supervisor's handler ran
+    that handler, served on, and the supervisor waited for it forever; one ended by the signal's
+    default action, before it served, was counted as a failed drain.)"""
+    config = write_config(tmp_path, sim.url, server={"workers": 2},
+                          store={"url": redis_space.url, "local_path": str(tmp_path / "local-{port}.sqlite3")},
+                          budgets={"key_prefix": redis_space.prefix})
+    for _ in range(3):
+        serving, _base = start(config)
+        serving.proc.send_signal(signal.SIGTERM)
+        assert serving.proc.wait(60) == 0, "".join(serving.output)
+
+
+@pytest.mark.redis
 def test_workers_share_one_port_one_budget_and_one_metrics_view(sim: SimulatorThread, tmp_path: Path,
                                                                redis_space: RedisSpace) -> None:  # noqa: F811
     config = write_config(tmp_path, sim.url, server={"workers": 2},
