@@ -82,6 +82,11 @@ class ToolFees:
         """Every tool kind some provider has a fee for."""
         return frozenset(kind for kinds in self.providers.values() for kind in kinds)
 
+    def bound(self, asked: int | None) -> int:
+        """The calls reserved for a bound the request asked (``default_max_calls`` without one),
+        never above ``max_calls``."""
+        return min(self.max_calls, self.default_max_calls if asked is None else asked)
+
     def of(self, provider: str) -> tuple[tuple[str, int], ...]:
         """``provider``'s fees, (kind, nano-USD per call), as ``ModelSpec.tool_fees`` holds them."""
         return tuple(sorted((kind, fee.nanos) for kind, fee in self.providers.get(provider, {}).items()))
@@ -195,7 +200,7 @@ def tool_bounds(api: Api, body: Mapping[str, Any], tools: Iterable[ServerTool], 
             calls[tool.kind] = 1
             continue
         asked = tool.max_calls if api is Api.MESSAGES else asked_total
-        bound = min(fees.max_calls, fees.default_max_calls if asked is None else asked)
+        bound = fees.bound(asked)
         calls[tool.kind] = calls.get(tool.kind, 0) + bound  # the same tool twice: each its own uses
         if api is Api.MESSAGES and tool.index >= 0 and tool.kind in priced:
             uses.append((tool.index, bound))
@@ -203,7 +208,7 @@ def tool_bounds(api: Api, body: Mapping[str, Any], tools: Iterable[ServerTool], 
         return NO_TOOLS
     total = None
     if api is Api.RESPONSES and priced.intersection(calls):  # only unpriced tools: their calls are not limited
-        total = min(fees.max_calls, fees.default_max_calls if asked_total is None else asked_total)
+        total = fees.bound(asked_total)
         calls = {kind: total for kind in calls}
     return ToolBounds(tuple(sorted(calls.items())), total, tuple(uses))
 
@@ -213,10 +218,7 @@ def stored_prompt_bounds(body: Mapping[str, Any], bounds: ToolBounds, fees: Tool
     carry tools its body does not show: every priced kind a Responses tool may be of is bounded
     with the declared ones by one ``max_tool_calls`` (the request's, ``default_max_calls``
     without it, at most ``max_calls``), so the reservation holds that many calls at the dearest fee."""
-    total = bounds.total
-    if total is None:
-        asked = _count(body.get("max_tool_calls"))
-        total = min(fees.max_calls, fees.default_max_calls if asked is None else asked)
+    total = bounds.total if bounds.total is not None else fees.bound(_count(body.get("max_tool_calls")))
     calls = {kind: total for kind, _ in bounds.calls}
     calls.update((kind, total) for kind in fees.priced_kinds if kind != PER_REQUEST_SEARCH)
     return ToolBounds(tuple(sorted(calls.items())), total, bounds.uses)

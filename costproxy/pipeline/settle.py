@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeGuard
 
@@ -278,8 +278,7 @@ def charged_tool_calls(plan: Plan, model: ModelSpec, usage: Usage,
         # ``web_search_preview`` declared: either ran); the dearest, never below the provider's bill.
         # Undeclared (a stored prompt's tools): the dearest priced kind it may be of, the same figure
         # the stored prompt's bound reserved under a hard budget
-        kinds = [d for d in declared if d == kind or d.startswith(kind + "_")] or \
-            [d for d in fees if d == kind or d.startswith(kind + "_")]
+        kinds = _of_kind(kind, declared) or _of_kind(kind, fees)
         kind = max(kinds, key=lambda d: (fees.get(d, 0), d == kind), default=kind)
         reported[kind] = reported.get(kind, 0) + count
     if per_request and PER_REQUEST_SEARCH in declared:
@@ -287,7 +286,7 @@ def charged_tool_calls(plan: Plan, model: ModelSpec, usage: Usage,
     if not reported:
         return usage, None
     charged = bounds.clamp(reported, fees)
-    metadata: dict[str, Any] = {"tool_calls": charged, "tool_fee_nanos": model.tool_cost(charged.items())}
+    metadata = _tool_metadata(model, charged)
     undeclared = {kind: count for kind, count in reported.items() if kind in fees and kind not in declared}
     if undeclared:  # not bounded, not reserved for: charged as reported, an overrun of the reservation
         metadata["tool_calls_undeclared"] = undeclared
@@ -298,6 +297,17 @@ def charged_tool_calls(plan: Plan, model: ModelSpec, usage: Usage,
         log.warning("tool_calls_clamped", request_id=plan.ctx.request_id, model=model.id, reported=reported,
                     limit=dict(bounds.calls))
     return replace(usage, tool_calls=tuple(sorted(charged.items()))), metadata
+
+
+def _of_kind(kind: str, names: Iterable[str]) -> list[str]:
+    """The tool kinds among ``names`` a reported call of ``kind`` may be of (``web_search`` or
+    ``web_search_preview`` for a ``web_search_call``)."""
+    return [name for name in names if name == kind or name.startswith(kind + "_")]
+
+
+def _tool_metadata(model: ModelSpec, charged: dict[str, int]) -> dict[str, Any]:
+    """What the ledger entry says of the tool calls charged: kind -> calls, and what they cost."""
+    return {"tool_calls": charged, "tool_fee_nanos": model.tool_cost(charged.items())}
 
 
 async def settle(services: Services, plan: Plan, reservation: Reservation, outcome: Outcome) -> LedgerEntry:
@@ -313,8 +323,7 @@ async def settle(services: Services, plan: Plan, reservation: Reservation, outco
     outcome.cost_nanos = outcome.model.cost(usage) if (ok or produced) else 0
     if outcome.billed and not outcome.usage_seen and (not plan.stream or outcome.unread):  # generated: unknown
         usage, outcome.cost_nanos = _lost_answer(plan, outcome.model)
-        tools = ({"tool_calls": dict(usage.tool_calls), "tool_fee_nanos": outcome.model.tool_cost(usage.tool_calls)}
-                 if usage.tool_calls else None)
+        tools = _tool_metadata(outcome.model, dict(usage.tool_calls)) if usage.tool_calls else None
     outcome.usage = usage
     if outcome.cost_nanos == 0 and not ok:
         usage = Usage(reported=usage.reported)
