@@ -370,17 +370,13 @@ class RedisBudgetAccounts(BudgetBook):
                 # request answered 503 never holds budget room, nor is charged as lapsed if this
                 # replica dies.  Run first, the release's settled marker keeps a late reserve from
                 # ever being charged.
-                release = self._settle_op(reservation, None, 0)
-                if release is not None:
-                    await self._defer(release)
+                await self._release_later(reservation)
                 gated = ", ".join(c.spec.id for c in chain if c.spec.hard or c.gate_percent is not None)
                 raise unavailable("budget store", self.label, exc,
                                   f"reserve on the budgets {gated}, so they cannot be checked") from None
             return reservation  # soft budgets only: proceed; settling waits in the outbox if needed
         except asyncio.CancelledError:  # the request was ended while the script was out (a drain deadline):
-            release = self._settle_op(reservation, None, 0)  # it may have run: release its token, as above
-            if release is not None:
-                await asyncio.shield(self._defer(release))
+            await self._release_later(reservation)  # it may have run: release its token, as above
             raise
         self._up(now)
         verdict = _text(reply[0])
@@ -393,6 +389,13 @@ class RedisBudgetAccounts(BudgetBook):
                 spent, reserved = int(reply[1 + 2 * i]), int(reply[2 + 2 * i])
                 self._remember(compiled.spec.id, periods[i], spent, reserved + worst_case_nanos, now=now)
         return reservation
+
+    async def _release_later(self, reservation: BudgetReservation) -> None:
+        """Queue the release of a reserve whose script may have run but whose reply never came: sent
+        from the outbox once Redis answers (shielded: the request may be being cancelled)."""
+        release = self._settle_op(reservation, None, 0)
+        if release is not None:
+            await asyncio.shield(self._defer(release))
 
     async def _unbudgeted(self, request_id: str, principal: Principal, amount: int, known: int) -> Reservation | Stale:
         """No budget applies, as far as the definitions in memory say: one look at the version copy
