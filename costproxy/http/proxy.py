@@ -25,7 +25,15 @@ from costproxy.money import format_usd
 from costproxy.pipeline.admission import limit_headers
 from costproxy.pipeline.cached import ReplayRun, cache_label, teed
 from costproxy.pipeline.plan import Plan
-from costproxy.pipeline.run import StreamRun, UnaryResult, refuse, run_stream, run_unary, shutting_down
+from costproxy.pipeline.run import (
+    StreamRun,
+    UnaryResult,
+    refuse,
+    run_stream,
+    run_unary,
+    shutting_down,
+    withdrawn,
+)
 from costproxy.pipeline.services import Services
 from costproxy.registry import ModelSpec
 from costproxy.request import ChatRequest, Endpoint, RequestContext, parse_body, parse_request
@@ -98,6 +106,9 @@ async def parsed(services: Services, ctx: RequestContext, parse: Awaitable[ChatR
         return await parse
     except ProxyError as exc:
         await refuse(services, ctx, None, exc)
+        raise
+    except asyncio.CancelledError:  # the drain deadline while the body was still arriving
+        await withdrawn(services, ctx, None, None, None)
         raise
 
 

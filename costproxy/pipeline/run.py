@@ -101,6 +101,37 @@ async def admit(services: Services, ctx: RequestContext, request: ChatRequest) -
         await settle_limits(services, the_plan, None)
         await refuse(services, ctx, request, exc, the_plan)
         raise
+    except asyncio.CancelledError:  # the drain deadline (or a server that cancels handlers) before any call
+        await withdrawn(services, ctx, request, the_plan, None)
+        raise
+
+
+async def withdrawn(services: Services, ctx: RequestContext, request: ChatRequest | None, plan_: Plan | None,
+                    reservation: Reservation | None) -> None:
+    """A request cancelled before anything was sent upstream: its reservation is released, its
+    rate-limit tokens are given back and, when the drain deadline ended it, it is ledgered as a
+    ``server_shutting_down`` refusal (cost 0).  Shielded: a second cancellation does not leave the
+    reservation to its lease."""
+    cut = asyncio.current_task() in services.cut
+
+    async def undo() -> None:
+        if reservation is not None:
+            await services.accounts.release(reservation, None)
+        await settle_limits(services, plan_, None)
+        if cut:
+            await refuse(services, ctx, request, shutting_down(), plan_)
+
+    await asyncio.shield(undo())
+
+
+async def _lookup(services: Services, ctx: RequestContext, request: ChatRequest, plan_: Plan,
+                  reservation: Reservation) -> cached.StoredAnswer | None:
+    """The cache's stored answer for ``plan_``, if any; a request cancelled while looking is withdrawn."""
+    try:
+        return await cached.lookup(services, plan_)
+    except asyncio.CancelledError:
+        await withdrawn(services, ctx, request, plan_, reservation)
+        raise
 
 
 async def _planned(services: Services, ctx: RequestContext, request: ChatRequest) -> Plan:
@@ -109,7 +140,7 @@ async def _planned(services: Services, ctx: RequestContext, request: ChatRequest
 
 async def run_unary(services: Services, ctx: RequestContext, request: ChatRequest) -> UnaryResult:
     the_plan, reservation = await admit(services, ctx, request)
-    stored = await cached.lookup(services, the_plan)
+    stored = await _lookup(services, ctx, request, the_plan, reservation)
     if stored is not None:
         hit_plan, entry, body, data = await cached.serve_unary(services, the_plan, reservation, stored)
         _finished(services, hit_plan, entry)
@@ -137,7 +168,7 @@ async def run_unary(services: Services, ctx: RequestContext, request: ChatReques
 
 async def run_stream(services: Services, ctx: RequestContext, request: ChatRequest) -> StreamRun | cached.ReplayRun:
     the_plan, reservation = await admit(services, ctx, request)
-    stored = await cached.lookup(services, the_plan)
+    stored = await _lookup(services, ctx, request, the_plan, reservation)
     if stored is not None:
         return cached.ReplayRun(services, the_plan, reservation, stored,
                                 comment=lambda entry: cost_comment(entry, the_plan.budget_remaining_nanos),

@@ -284,6 +284,35 @@ def test_a_call_waiting_for_its_provider_at_the_drain_deadline_is_answered_503_s
     assert (status, code) == ("error", "server_shutting_down") and cost > 0
 
 
+def test_a_request_whose_body_is_still_arriving_at_the_drain_deadline_is_answered_and_ledgered(
+        sim: SimulatorThread, tmp_path: Path) -> None:
+    """A client that sent its headers but not all of its body when the drain deadline passes gets a
+    503 ``server_shutting_down`` and the ledger keeps the request (a refusal at cost 0): nothing
+    reached the provider, nothing is charged, nothing is lost."""
+    config = write_config(tmp_path, sim.url, server={"drain_timeout_s": 1, "body_timeout_s": 30})
+    key = new_key(config)
+    serving, base = start(config)
+    host, port = base.removeprefix("http://").split(":")
+    body = json.dumps({"model": "small", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Authorization: Bearer " + key.encode() + b"\r\nContent-Length: " + str(len(body)).encode()
+                     + b"\r\n\r\n" + body[:10])
+        # a request sent later, answered: the server has read the first one's headers and is reading its body
+        urllib.request.urlopen(base + "/healthz", timeout=30).read()
+        serving.proc.send_signal(signal.SIGTERM)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    assert serving.proc.wait(60) == 0
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503"), answer[:300]
+    assert b"server_shutting_down" in rest
+    db = sqlite3.connect(tmp_path / "ledger.sqlite3")
+    assert db.execute("SELECT status, error_code, http_status, cost_nanos FROM ledger").fetchall() == [
+        ("refused", "server_shutting_down", 503, 0)]
+
+
 def test_several_workers_refuse_a_sqlite_store(sim: SimulatorThread, tmp_path: Path) -> None:
     config = write_config(tmp_path, sim.url)
     result = cli(config, "serve", "--workers", "2", env=ENV)

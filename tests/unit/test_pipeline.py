@@ -186,6 +186,66 @@ async def test_a_request_cancelled_during_the_call_still_gives_its_reservation_b
     assert kinds(events) == ["RequestCompleted"]
 
 
+class HangingReserve(BookedAccounts):
+    """Accounts whose reserve waits until cancelled (a store that stalls)."""
+
+    async def reserve(self, request_id: str, principal: Any, worst_case_nanos: int) -> Any:
+        await asyncio.Event().wait()
+
+
+async def cut_by_the_drain_deadline(services: Any, running: Any, started: Any) -> None:
+    """Start ``running`` as a proxied request, wait for ``started``, then end it as the drain deadline does."""
+    task = asyncio.create_task(running)
+    services.in_flight.add(task)
+    await eventually(started, what="the request to reach the step that stalls")
+    assert services.end_in_flight() == 1
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_request_cut_while_its_reserve_waits_is_ledgered_as_shutting_down(
+        settings: Settings, stream: bool) -> None:
+    upstream, accounts, events = ScriptedUpstream([completion("small")]), HangingReserve(), []
+    services = pipeline_services(settings, upstream, accounts, events)
+    run = run_stream if stream else run_unary
+    reached = asyncio.Event()
+    original = accounts.view
+
+    async def view(principal: Any) -> Any:
+        reached.set()
+        return await original(principal)
+
+    accounts.view = view  # type: ignore[method-assign]
+    await cut_by_the_drain_deadline(services, run(services, ctx(), chat(stream=stream)), reached.is_set)
+    assert upstream.calls == [] and accounts.held() == []
+    [entry] = accounts.refusals  # not lost: the ledger says the server ended it, at cost 0
+    assert (entry.status, entry.error_code, entry.http_status, entry.cost_nanos) == (
+        Status.REFUSED, "server_shutting_down", 503, 0)
+    assert kinds(events) == ["RequestCompleted"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_request_cut_while_the_cache_is_looked_up_releases_its_reservation(
+        settings: Settings, stream: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    upstream, accounts, events = ScriptedUpstream([completion("small")]), BookedAccounts(), []
+    services = pipeline_services(settings, upstream, accounts, events)
+    looking = asyncio.Event()
+
+    async def stalled_lookup(services_: Any, plan_: Any) -> None:
+        looking.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr("costproxy.pipeline.cached.lookup", stalled_lookup)
+    run = run_stream if stream else run_unary
+    await cut_by_the_drain_deadline(services, run(services, ctx(), chat(stream=stream)), looking.is_set)
+    assert upstream.calls == [] and len(accounts.reserved) == 1 and accounts.held() == []
+    [(released, entry)] = accounts.released  # given back at once, not left to its lease
+    assert released is accounts.reserved[0] and entry is None and accounts.settled == []
+    [refusal] = accounts.refusals
+    assert (refusal.error_code, refusal.cost_nanos) == ("server_shutting_down", 0)
+
+
 # --- streams -------------------------------------------------------------------------------------
 
 
