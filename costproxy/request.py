@@ -61,6 +61,9 @@ class RequestContext:
     principal: Principal
     endpoint: str
     headers: Mapping[str, str] = field(default_factory=dict)  # trusted costproxy/tenant headers
+    # the request's headers as steering rules may read them: any header a client sent, except its
+    # credentials; the identity and control headers only from a trusted proxy (as ``headers``)
+    client_headers: Mapping[str, str] = field(default_factory=dict)
     correlation_id: str | None = None
     tenant: str | None = None
     started: float = field(default_factory=time.monotonic)

@@ -25,6 +25,7 @@ from costproxy.errors import (
     Unauthenticated,
 )
 from costproxy.http import console_auth
+from costproxy.http.headers import IDENTITY_HEADERS, SECRET_HEADER, TRUSTED_ONLY
 from costproxy.http.messages_api import anthropic_path
 from costproxy.http.state import (
     ADMIN_ROLE,
@@ -45,17 +46,7 @@ from costproxy.store import wait as store_wait
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = structlog.get_logger("costproxy")
 
-IDENTITY_HEADERS = {
-    "x-costproxy-user": "user",
-    "x-costproxy-team": "team",
-    "x-costproxy-org": "org",
-    "x-costproxy-project": "project",
-}
-# Headers that only a trusted chaining proxy may set; from anyone else they are ignored.
-TRUSTED_ONLY = (*IDENTITY_HEADERS, "x-costproxy-task-type", "x-costproxy-quality",
-                "x-costproxy-max-cost-usd", "x-tenant-id")
 PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/ui", "/openapi.json", "/favicon.ico")
-SECRET_HEADER = "x-costproxy-proxy-secret"
 
 
 def error_response(error: ProxyError, request_id: str | None, *, anthropic: bool = False) -> web.Response:

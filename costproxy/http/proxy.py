@@ -19,6 +19,7 @@ from costproxy.cache.policy import HEADER as CACHE_HEADER
 from costproxy.errors import ProxyError
 from costproxy.http import feedback_api
 from costproxy.http.bodies import read_body
+from costproxy.http.headers import RuleHeaders
 from costproxy.http.state import PRINCIPAL, REQUEST_ID, ROUTER, SERVICES, SETTINGS, TRUSTED_HEADERS
 from costproxy.ledger.entry import LedgerEntry
 from costproxy.money import format_usd
@@ -50,6 +51,7 @@ def request_context(request: web.Request, endpoint: str) -> RequestContext:
         principal=request[PRINCIPAL],
         endpoint=endpoint,
         headers=trusted,
+        client_headers=RuleHeaders(request.headers),
         correlation_id=request.headers.get("x-correlation-id"),
         tenant=trusted.get("x-tenant-id"),
     )

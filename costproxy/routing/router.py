@@ -100,7 +100,7 @@ def header_constraints(headers: Mapping[str, str]) -> Constraints:
 
 
 def steering_context(request: RouteInput, profile: RequestProfile, virtual: bool,
-                     mode: str | None, now: float) -> dict[str, Any]:
+                     mode: str | None, now: float, header_names: tuple[str, ...] = ()) -> dict[str, Any]:
     ctx = request.ctx
     body = request.body
     p = ctx.principal
@@ -122,6 +122,10 @@ def steering_context(request: RouteInput, profile: RequestProfile, virtual: bool
     }
     for name, value in ctx.headers.items():
         context[f"request.headers.{name.lower()}"] = value
+    for name in header_names:  # only the headers some rule tests are looked up
+        sent = ctx.client_headers.get(name)
+        if sent is not None:
+            context.setdefault(f"request.headers.{name}", sent)
     metadata = body.get("metadata")
     if isinstance(metadata, dict):
         for name, value in metadata.items():
@@ -275,7 +279,8 @@ class SelectionRouter:
                           ngrams=quality.text is not None) if detect else \
             undetected_profile(request.body, request.input_tokens)
         if ruleset.active:
-            steering = evaluate(ruleset, steering_context(request, profile, virtual, mode, now or time.time()),
+            steering = evaluate(ruleset, steering_context(request, profile, virtual, mode, now or time.time(),
+                                                      ruleset.header_names),
                                 request.ctx.request_id)
             steering.raise_if_rejected()
         else:

@@ -29,6 +29,7 @@ from costproxy.records import frozen
 from costproxy.routing.policy import Constraints
 from costproxy.steering.actions import Action, parse_action
 from costproxy.steering.conditions import Check, Condition, parse_condition
+from costproxy.steering.fields import HEADER_PREFIX
 
 MODES = ("enforce", "shadow")
 JOINS = ("and", "or")
@@ -124,10 +125,16 @@ class RuleSet:
     # Merged constraints by the positions (in ``active``) of the rules applied together: the
     # same few combinations recur on every request, and merging is the slow part of evaluation.
     merge_cache: dict[tuple[int, ...], Constraints] = field(init=False, compare=False, repr=False)
+    # the request headers the enabled rules test (``request.headers.<name>``, lower-cased names)
+    header_names: tuple[str, ...] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "active", tuple(rule for rule in self.rules if rule.enabled))
+        active = tuple(rule for rule in self.rules if rule.enabled)
+        object.__setattr__(self, "active", active)
         object.__setattr__(self, "merge_cache", {})
+        object.__setattr__(self, "header_names", tuple(dict.fromkeys(
+            c.field[len(HEADER_PREFIX):] for rule in active for c in rule.conditions
+            if c.field.startswith(HEADER_PREFIX))))
 
     def get(self, rule_id: str) -> Rule | None:
         return next((rule for rule in self.rules if rule.id == rule_id), None)

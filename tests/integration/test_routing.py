@@ -266,3 +266,39 @@ async def test_a_preferred_model_is_a_preference_not_a_pin(make_proxy) -> None:
     assert (await select({"preferredModel": "small", "minQuality": 0.5}))["selectedModel"] == "small"
     typo = await select({"preferredModel": "no-such-model"}, status=404)  # the caller's mistake stays an error
     assert typo["error"]["code"] == "model_not_found"
+
+
+async def test_rules_read_any_header_a_client_sends_but_not_credentials_or_untrusted_identity(make_proxy) -> None:
+    """``request.headers.<name>`` is any header the client sent (docs/rules.md); the client's
+    credentials are never visible to rules, and the identity and control headers only from a
+    trusted proxy, as everywhere else."""
+    from costproxy.settings import TrustedProxySettings
+
+    def reject_when(rule_id: str, header: str, operator: str, value: str | None, priority: int) -> dict[str, Any]:
+        condition = {"field": f"request.headers.{header}", "operator": operator}
+        if value is not None:
+            condition["value"] = value
+        return {"id": rule_id, "name": rule_id, "priority": priority, "conditions": [condition],
+                "actions": [{"type": "reject", "params": {"message": f"{rule_id} fired"}}]}
+
+    rules = {"rules": [reject_when("probe", "X-Probe", "equals", "block", 1),
+                       reject_when("agent", "user-agent", "contains", "probe-agent", 2),
+                       reject_when("tenant", "x-tenant-id", "equals", "blockme", 3),
+                       reject_when("secret", "authorization", "exists", None, 4),
+                       reject_when("api-key", "x-api-key", "exists", None, 5)]}
+    relay = TrustedProxySettings(name="relaycore", secret_env="X", secret="s3cret", sources=("127.0.0.0/8",))
+    proxy = await make_proxy(rules={"headers.yaml": rules}, settings_changes={"trusted_proxies": (relay,)})
+
+    async def answer(**headers: str) -> tuple[int, str]:
+        resp = await proxy.client.post("/v1/chat/completions", json=SIMPLE, headers={**proxy.auth(), **headers})
+        body = await resp.json()
+        return resp.status, body["error"]["message"] if resp.status != 200 else "ok"
+
+    assert await answer() == (200, "ok")  # the bearer key and the x-api-key-less request pass rule 4 and 5
+    assert await answer(**{"x-probe": "block"}) == (403, "probe fired")
+    assert await answer(**{"X-PROBE": "block"}) == (403, "probe fired")
+    assert await answer(**{"x-probe": "other"}) == (200, "ok")
+    assert await answer(**{"User-Agent": "probe-agent/1.0"}) == (403, "agent fired")
+    assert await answer(**{"X-Tenant-ID": "blockme"}) == (200, "ok")  # from a client: ignored, as for routing
+    assert await answer(**{"X-Tenant-ID": "blockme", "X-Costproxy-Proxy-Secret": "s3cret"}) == (403, "tenant fired")
+    assert await answer(**{"x-api-key": proxy.auth()["Authorization"][7:]}) == (200, "ok")
