@@ -387,6 +387,9 @@ class BudgetBook:
 
     async def check(self, budget_id: str, nanos: int) -> Check:
         status = await self.status(budget_id)
+        if not status.in_force:
+            return Check(True, "the budget is not in force now (outside its start and end dates, or a "
+                               "non-recurring budget past its period): nothing is charged to it", ())
         if status.blocked:
             return Check(False, "a threshold action requires approval before further spend",
                          ("request an approval override", "wait for the next period"))

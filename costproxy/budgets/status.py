@@ -108,6 +108,11 @@ class BudgetStatus:
     approved: bool = False  # an approval override is in force
     stale_ms: int = 0  # age of the counters when they could not be refreshed (Redis down)
     overrides: tuple[BudgetOverride, ...] = field(default=())
+    # ``[from, until)`` in epoch ms when the budget applies (start/end dates, a non-recurring budget's
+    # first period); outside it the proxy charges nothing to it and enforces nothing of it
+    active_from_ms: int | None = None
+    active_until_ms: int | None = None
+    in_force: bool = True  # inside that span now
 
     @property
     def remaining_nanos(self) -> int:
@@ -161,7 +166,8 @@ def build_status(spec: BudgetSpec, window: PeriodWindow, counters: Counters,
     elapsed, total = elapsed_fraction(window, spec, now_ms)
     rate, projected = burn(spent, elapsed, total)
     hit = reached(spec, spent, limit)
-    ends = [x for x in (window.end_ms, active_span(spec)[1]) if x is not None]
+    since, until = active_span(spec)
+    ends = [x for x in (window.end_ms, until) if x is not None]
     return BudgetStatus(
         spec=spec, window=window, spent_nanos=spent, reserved_nanos=counters.reserved_nanos,
         limit_nanos=limit, status=status_of(spec, spent, limit), as_of_ms=counters.as_of_ms or now_ms,
@@ -171,4 +177,6 @@ def build_status(spec: BudgetSpec, window: PeriodWindow, counters: Counters,
         actions=tuple(a for t in hit for a in t.actions),
         approved=approved(overrides, now_ms), stale_ms=counters.stale_ms,
         overrides=tuple(o for o in overrides if o.active(now_ms)),
+        active_from_ms=since, active_until_ms=until,
+        in_force=(since is None or now_ms >= since) and (until is None or now_ms < until),
     )

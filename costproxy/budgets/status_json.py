@@ -50,6 +50,10 @@ def restrictions_to_json(status: BudgetStatus, models: Sequence[ModelSpec] = ())
     non-essential and refused (429 ``budget_exceeded``); essential work goes through only with an
     override (``POST /api/v1/budgets/{id}/overrides``: an approval or a temporary increase).
     """
+    if not status.in_force:  # outside its dates: the proxy enforces nothing of it
+        return {"modelDowngrading": False, "restrictedModels": None, "maxCostPerRequest": None,
+                "blockNonEssential": False, "allowedTiers": None, "allowedModels": None, "maxPricePerMTok": None,
+                "blocked": False, "requiresApproval": False, "downgrading": False}
     found = restrictions_of(status.actions, status.spec.id)
     downgrading = found.downgrade or (
         status.spec.on_exhausted == "downgrade" and status.status in ("critical", "exhausted"))
@@ -91,6 +95,8 @@ def status_to_json(status: BudgetStatus, models: Sequence[ModelSpec] = ()) -> di
         "activeOverrides": [override_to_json(o, status.as_of_ms) for o in status.overrides],
         "lastUpdated": iso(status.as_of_ms), "stale": status.stale_ms > 0,
         "staleSeconds": round(status.stale_ms / 1000, 3),
+        "active": status.in_force, "activeFrom": iso(status.active_from_ms),
+        "activeUntil": iso(status.active_until_ms),
     }
 
 
@@ -114,11 +120,13 @@ def merge_restrictions(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 def scope_status_json(scope_type: str, scope_id: str, budgets: list[dict[str, Any]]) -> dict[str, Any]:
     """``GET /api/v1/budgets/status/{scopeType}/{scopeId}`` from its budgets' status bodies.
-    ``aggregateStatus`` is the worst status of the scope's budgets (``status``: deprecated)."""
-    worst = STATUSES[max((STATUSES.index(b["status"]) for b in budgets), default=0)]
+    ``aggregateStatus`` is the worst status of the scope's budgets in force now (``status``:
+    deprecated); budgets outside their dates are listed (``active: false``) but count for nothing."""
+    in_force = [b for b in budgets if b["active"]]
+    worst = STATUSES[max((STATUSES.index(b["status"]) for b in in_force), default=0)]
     return {
         "scopeType": JSON_SCOPE[scope_type], "scopeId": scope_id, "aggregateStatus": worst,
-        "budgets": budgets, "costRestrictions": merge_restrictions([b["costRestrictions"] for b in budgets]),
+        "budgets": budgets, "costRestrictions": merge_restrictions([b["costRestrictions"] for b in in_force]),
         "lastUpdated": min((b["lastUpdated"] for b in budgets), default=None),
         "stale": any(b["stale"] for b in budgets), "status": worst,
     }

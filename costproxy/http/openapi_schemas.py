@@ -185,7 +185,12 @@ def status_schemas() -> dict[str, Schema]:
             daysRemaining=NNUM, burnRate=MONEY, burnRatePeriod={"const": "day"}, projectedTotal=NMONEY,
             status=STATUS, hardLimit=B, onExhausted=S, activeAlerts=arr(ref("ActiveAlert")),
             costRestrictions=ref("CostRestrictions"), activeOverrides=arr(ref("Override")), lastUpdated=NTIME,
-            stale=B, staleSeconds=NUM),
+            stale=B, staleSeconds=NUM,
+            active={**B, "description": "whether the budget applies now: false before its startDate, after its "
+                    "endDate, or past the first period of a non-recurring budget; then nothing is charged to it "
+                    "and its costRestrictions are empty"},
+            activeFrom={**NTIME, "description": "when the budget starts to apply (null: always did)"},
+            activeUntil={**NTIME, "description": "when it stops applying (null: never)"}),
         "ScopeStatus": resp(scopeType=SCOPE, scopeId=S, aggregateStatus=STATUS, budgets=arr(ref("BudgetStatus")),
                             costRestrictions=ref("CostRestrictions"), lastUpdated=NTIME, stale=B,
                             status=dep(STATUS, "aggregateStatus")),

@@ -349,3 +349,37 @@ async def test_a_lone_surrogate_is_invalid_json_on_every_admin_body(api: Api, pa
         assert resp.status == 400 and body["error"]["code"] == "invalid_json", body
     after = await call(api.proxy, "GET", "/api/v1/budgets/team-core/status")
     assert after["currentSpend"] == before["currentSpend"] and await api.proxy.ledger() == []
+
+
+async def test_a_budget_outside_its_dates_is_reported_as_not_in_force(api: Api) -> None:
+    """What the status API says is what the proxy does: a budget that ended, one that has not
+    started and a non-recurring one past its period charge and enforce nothing (a request of their
+    scope is served), so their status says ``active: false`` with no cost restrictions, the
+    constraint check lets the spend through, and the scope's aggregate ignores them."""
+    proxy = api.proxy
+    dated = {"ended": {"period": "daily", "endDate": "2026-01-01"},
+             "future": {"period": "daily", "startDate": "2099-06-01"},
+             "once": {"period": "monthly", "startDate": "2026-01-15", "recurring": False}}
+    for name, extra in dated.items():
+        await call(proxy, "POST", "/api/v1/budgets", status=201, json={
+            "id": f"dated-{name}", "name": name, "scopeType": "team", "scopeId": "dated", "amount": "0.000001",
+            **extra})
+    key, record = await issue_key(proxy.app[STORE], {"user": "dora", "team": "dated", "org": "acme"}, time.time())
+    proxy.app[KEYRING].add(record)
+    resp = await proxy.client.post("/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {key}"})
+    assert resp.status == 200, await resp.text()  # none of them applies now
+    for name in dated:
+        status = await call(proxy, "GET", f"/api/v1/budgets/dated-{name}/status")
+        assert status["active"] is False, (name, status)
+        restrictions = status["costRestrictions"]
+        assert not restrictions["blocked"] and not restrictions["blockNonEssential"], (name, restrictions)
+        assert restrictions["maxCostPerRequest"] is None and not restrictions["modelDowngrading"]
+        check = await call(proxy, "POST", f"/api/v1/budgets/dated-{name}/check-constraints",
+                           json={"estimatedCost": "1"})
+        assert check["canProceed"] is True and "not in force" in check["reason"], (name, check)
+    assert (await call(proxy, "GET", "/api/v1/budgets/dated-future/status"))["activeFrom"].startswith("2099-06-01")
+    scope = await call(proxy, "GET", "/api/v1/budgets/status/team/dated")
+    assert len(scope["budgets"]) == 3 and scope["aggregateStatus"] == "normal"
+    assert scope["costRestrictions"]["blocked"] is False and scope["costRestrictions"]["maxCostPerRequest"] is None
+    team = await call(proxy, "GET", "/api/v1/budgets/team-core/status")
+    assert team["active"] is True and team["activeFrom"] is None and team["activeUntil"] is None
