@@ -4,7 +4,9 @@ Key layout (``P`` is ``budgets.key_prefix``, default ``cp``; ``{…}`` is the Re
 
     P:{<org>}:b:<budget_id>:<period_key>  hash   spent, reserved (nano-USD), f<pct> (threshold fired at ms)
     P:{<org>}:r:<token>                   hash   one reservation: <counter key> -> amount, _exp -> ms,
-                                                 _o -> owner, _e -> its ledger entry if the owner dies
+                                                 _o -> owner, _e -> its ledger entry if the owner dies;
+                                                 no TTL: only a settle or the reclaim of its lapse may
+                                                 drop it, since they give its amount back to the counters
     P:{<org>}:rx                          zset   reservation tokens by expiry (ms)
     P:{<org>}:alive:<owner>               string a replica process that holds reservations is running
                                                  (expires one reservation TTL after its last sign)
@@ -149,8 +151,8 @@ local function lapse(zkey, rprefix, token, done_ttl)
       charge = redis.call('SET', tag .. 'd:' .. token, '1', 'PX', done_ttl, 'NX') ~= false
     end
   end
-  for j = 1, #held, 2 do
-    if string.sub(held[j], 1, 1) ~= '_' and held[j + 1] ~= '0' then
+  for j = 1, #held, 2 do  -- a counter past its period's retention is gone: nothing to give back there
+    if string.sub(held[j], 1, 1) ~= '_' and held[j + 1] ~= '0' and redis.call('EXISTS', held[j]) == 1 then
       redis.call('HINCRBY', held[j], 'reserved', '-' .. held[j + 1])
       if charge then redis.call('HINCRBY', held[j], 'spent', held[j + 1]) end
     end
@@ -234,7 +236,6 @@ redis.call('HSET', res, unpack(fields))
 if owned then
   redis.call('SET', string.sub(ARGV[5], 1, #ARGV[5] - 2) .. 'alive:' .. owner, '1', 'PX', ttl)
 end
-redis.call('PEXPIRE', res, ttl * 4)
 redis.call('ZADD', zkey, now + ttl, ARGV[4])
 return out
 """
@@ -308,7 +309,6 @@ if owner then
 end
 local expires = tonumber(ARGV[2]) + tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], '_exp', expires)
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) * 4)
 redis.call('ZADD', KEYS[2], expires, ARGV[1])
 return 1
 """

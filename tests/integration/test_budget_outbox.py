@@ -277,3 +277,34 @@ async def test_a_reserve_whose_reply_is_lost_is_released_never_held_or_charged(r
     user = next(v for k, v in counters(redis_space).items() if ":b:alice:" in k)
     assert (user.get("spent", 0), user["reserved"]) == (0, 0)
     assert stream_entries(redis_space) == []  # nothing charged, nothing lapsed
+
+
+async def test_a_reservation_outlives_any_downtime_until_it_is_settled_or_reclaimed(
+        replica: Opener, redis_space: RedisSpace) -> None:
+    """The reservation hash holds the amounts to give back: it used to expire four leases after its
+    last renewal, and a replica back after a longer downtime found it gone, dropped the token and
+    never released the amount (held for good). It has no expiry now; a reclaim after the counter
+    itself expired gives back nothing and recreates nothing."""
+    config = section(*CHAIN, ttl=1.0, refresh=0.05)
+    dead, survivor = await replica(config), await replica(config)
+    await cancel_and_wait(survivor._tasks)
+    kept = await dead.reserve("kept", ALICE, 300_000_000)
+    gone = await dead.reserve("gone", ALICE, 100_000_000)
+    assert isinstance(kept, BudgetReservation) and isinstance(gone, BudgetReservation)
+    assert await dead.renew(kept)
+    client = redis_space.client()
+    for reservation in (kept, gone):
+        assert client.pttl(dead.keys.reservation_prefix(reservation.home) + reservation.token) == -1  # no expiry
+    await cancel_and_wait(dead._tasks)  # the replica dies holding both
+    team = next(k for k in counters(redis_space) if ":b:team:" in k)
+    client.delete(team)  # the team's period is past its retention: its counter expired meanwhile
+    await survivor.refresh()
+    deadline = time.monotonic() + 15
+    while len(stream_entries(redis_space)) < 2:
+        assert time.monotonic() < deadline, "the dead replica's reservations were never reclaimed"
+        await survivor.reclaim_expired()
+        await asyncio.sleep(0.05)
+    user = next(v for k, v in counters(redis_space).items() if ":b:alice:" in k)
+    assert (user["spent"], user["reserved"]) == (400_000_000, 0)
+    assert not client.exists(team)  # not recreated with a negative reservation and no expiry
+    client.close()
