@@ -130,13 +130,15 @@ class Node:
             raise self.error("must be true or false", self.value)
         return self.value
 
-    def decimal(self, *, minimum: Decimal | None = None) -> Decimal:
+    def decimal(self, *, minimum: Decimal | None = None, maximum: Decimal | None = None) -> Decimal:
         try:
             result = parse_decimal(self.value, what="value")
         except MoneyError as exc:
             raise self.error(str(exc), self.value) from None
         if minimum is not None and result < minimum:
             raise self.error(f"must be >= {minimum}", self.value)
+        if maximum is not None and result > maximum:
+            raise self.error(f"must be <= {maximum}", self.value)
         return result
 
     def date(self) -> datetime.date:

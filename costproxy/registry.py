@@ -337,18 +337,24 @@ def _parse_tokenizer(node: Node) -> TokenizerSpec:
     return spec
 
 
+# The most a token may cost, USD per million: with the most tokens one call is charged
+# (pipeline.settle.MAX_INPUT_TOKENS) every call stays under money.MAX_AMOUNT_NANOS.
+MAX_PRICE_PER_MTOK = Decimal(1000)
+
+
 def _parse_price(node: Node) -> ModelPrice:
     cached = node.child("cached_input", None)
     as_of = node.child("as_of").date()
     write, write_1h = node.child("cache_write", None), node.child("cache_write_1h", None)
+    bounds = {"minimum": Decimal(0), "maximum": MAX_PRICE_PER_MTOK}
     price = ModelPrice(
-        input=node.child("input").decimal(minimum=Decimal(0)),
-        output=node.child("output", 0).decimal(minimum=Decimal(0)),
-        cached_input=None if cached.value is None else cached.decimal(minimum=Decimal(0)),
+        input=node.child("input").decimal(**bounds),
+        output=node.child("output", 0).decimal(**bounds),
+        cached_input=None if cached.value is None else cached.decimal(**bounds),
         source=node.child("source").str(),
         as_of=as_of,
-        cache_write=None if write.value is None else write.decimal(minimum=Decimal(0)),
-        cache_write_1h=None if write_1h.value is None else write_1h.decimal(minimum=Decimal(0)),
+        cache_write=None if write.value is None else write.decimal(**bounds),
+        cache_write_1h=None if write_1h.value is None else write_1h.decimal(**bounds),
     )
     node.done()
     return price

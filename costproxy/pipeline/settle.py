@@ -248,17 +248,39 @@ def refusal_entry(services: Services, ctx: RequestContext, request: ChatRequest 
                    http_status=error.status, error_code=error.code, usage_reported=False)
 
 
-def plausible_usage(plan: Plan, model: ModelSpec, usage: Usage) -> tuple[Usage, dict[str, int] | None]:
+# The most input tokens (prompt, cache reads and writes, each) one call is charged: far beyond any
+# context window or server-tool loop, and low enough that no price in models.yaml (under $1,000 per
+# million tokens) makes one call cost more than $1,000,000 (money.MAX_AMOUNT_NANOS), so a hostile or
+# broken upstream's figure cannot overflow a 64-bit counter or the ledger.
+MAX_INPUT_TOKENS = 1_000_000_000
+_INPUT_FIELDS = ("prompt_tokens", "cached_tokens", "cache_write_tokens", "cache_write_1h_tokens")
+
+
+def plausible_usage(plan: Plan, model: ModelSpec, usage: Usage) -> tuple[Usage, dict[str, Any] | None]:
     """``usage`` with its completion tokens at most what ``model`` could generate for this request
-    (every choice at the output cap sent, plus predicted tokens); with the figures that were
-    cut, or ``None`` when nothing was."""
-    if model.kind == "embedding" or model.id not in plan.output_caps:
+    (every choice at the output cap sent, plus predicted tokens) and each input count at most
+    ``MAX_INPUT_TOKENS``; with the provider's figures that were cut (and the limits), or ``None``
+    when nothing was."""
+    cut: dict[str, int] = {}
+    for name in _INPUT_FIELDS:
+        if getattr(usage, name) > MAX_INPUT_TOKENS:
+            cut[name] = getattr(usage, name)
+    if cut:
+        cut["input_limit"] = MAX_INPUT_TOKENS
+        usage = replace(usage, prompt_tokens=min(usage.prompt_tokens, MAX_INPUT_TOKENS),
+                        cached_tokens=min(usage.cached_tokens, MAX_INPUT_TOKENS),
+                        cache_write_tokens=min(usage.cache_write_tokens, MAX_INPUT_TOKENS),
+                        cache_write_1h_tokens=min(usage.cache_write_1h_tokens, MAX_INPUT_TOKENS))
+    if model.kind != "embedding" and model.id in plan.output_caps:
+        most = plan.worst_case_on(model).billed_output_tokens
+        if usage.completion_tokens > most:
+            cut.update(completion_tokens=usage.completion_tokens, limit=most)
+            usage = replace(usage, completion_tokens=most)
+    if not cut:
         return usage, None
-    most = plan.worst_case_on(model).billed_output_tokens
-    if usage.completion_tokens <= most:
-        return usage, None
-    return replace(usage, completion_tokens=most), {"completion_tokens": usage.completion_tokens, "limit": most,
-                                                    "reported": int(usage.reported)}
+    # the provider's figures as they were, as JSON can hold them (a count past 64 bits as text)
+    kept: dict[str, Any] = {k: v if v < 2**63 else str(v) for k, v in cut.items()}
+    return usage, {**kept, "reported": int(usage.reported)}
 
 
 def charged_tool_calls(plan: Plan, model: ModelSpec, usage: Usage,

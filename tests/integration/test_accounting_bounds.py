@@ -381,3 +381,31 @@ async def test_an_anthropic_stream_that_errors_after_searches_is_charged_them(
     [entry] = await proxy.ledger()
     assert entry.status == "error" and entry.metadata["tool_calls"] == {"web_search": 2}
     assert entry.cost_nanos == 25 * SMALL_IN + entry.completion_tokens * SMALL_OUT + 2 * 10_000_000
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_input_count_past_any_call_is_charged_at_most_the_input_limit_and_ledgered(
+        hostile_proxy: HostileProxy, stream: bool) -> None:
+    """An upstream reporting 10^19 prompt tokens (past 64 bits) crashed the settle: a unary 500, a
+    stream's '500' inside its body, the counter charged and no ledger entry. Each input count is
+    charged at most ``MAX_INPUT_TOKENS``; the provider's figure is kept (as text past 64 bits)."""
+    from costproxy.pipeline.settle import MAX_INPUT_TOKENS
+
+    proxy, hostile = await hostile_proxy(budget("1"))
+    usage = {"prompt_tokens": 10**19, "completion_tokens": 3, "total_tokens": 10**19 + 3,
+             "prompt_tokens_details": {"cached_tokens": 10**18}}
+
+    async def lying(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        return await answered(request, body, "word ", usage)
+
+    hostile.answer = lying
+    resp = await proxy.client.post("/v1/chat/completions", json={**CHAT, "stream": stream}, headers=proxy.auth())
+    assert resp.status == 200
+    text = (await resp.read()).decode()
+    assert "internal_error" not in text
+    entry = await ledger_entry(proxy, resp.headers["x-costproxy-request-id"])
+    assert (entry.prompt_tokens, entry.completion_tokens) == (MAX_INPUT_TOKENS, 3)
+    assert entry.metadata["usage_clamped"]["prompt_tokens"] == str(10**19)
+    assert entry.metadata["usage_clamped"]["cached_tokens"] == 10**18
+    assert entry.metadata["usage_clamped"]["input_limit"] == MAX_INPUT_TOKENS
+    assert 0 < entry.cost_nanos <= MAX_INPUT_TOKENS * SMALL_IN + 3 * SMALL_OUT
