@@ -323,8 +323,10 @@ def charged_tool_calls(plan: Plan, model: ModelSpec, usage: Usage,
 
 def _of_kind(kind: str, names: Iterable[str]) -> list[str]:
     """The tool kinds among ``names`` a reported call of ``kind`` may be of (``web_search`` or
-    ``web_search_preview`` for a ``web_search_call``)."""
-    return [name for name in names if name == kind or name.startswith(kind + "_")]
+    ``web_search_preview`` for a ``web_search_call``); never chat's per-request ``web_search_options``
+    fee, which is no tool a call is of (``charged_tool_calls`` adds it for the request)."""
+    return [name for name in names
+            if name == kind or (name.startswith(kind + "_") and name != PER_REQUEST_SEARCH)]
 
 
 def _tool_metadata(model: ModelSpec, charged: dict[str, int]) -> dict[str, Any]:

@@ -173,3 +173,16 @@ def test_the_shipped_table_loads_into_each_model() -> None:
 def test_a_bad_fee_table_is_a_load_error_naming_the_key(table: Any, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("[", r"\[")):
         registry_with(table)
+
+
+def test_a_reported_call_is_never_taken_for_chats_per_request_search_fee() -> None:
+    """A Responses ``web_search_call`` no tool declared (a stored prompt's) is charged as the dearest
+    kind it may be of — ``web_search`` or ``web_search_preview`` — never as chat's per-request
+    ``web_search_options`` fee, whose name shares the prefix (it was, at that fee, for every call)."""
+    from costproxy.pipeline.settle import _of_kind
+
+    names = ["file_search", "web_search", "web_search_options", "web_search_preview"]
+    assert _of_kind("web_search", names) == ["web_search", "web_search_preview"]
+    assert _of_kind("web_search_preview", names) == ["web_search_preview"]
+    assert _of_kind("web_search_options", names) == ["web_search_options"]
+    assert _of_kind("file_search", names) == ["file_search"]
