@@ -24,6 +24,7 @@ a header too long) are answered in OpenAI's error shape, not as plain text.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
 import os
@@ -214,11 +215,13 @@ def run_workers(settings: Settings, sock: socket.socket, announce: Callable[[], 
         # its stop signal spent, and the supervisor waited for it forever); held, it is delivered
         # once the worker has the default action back, and ends it before it serves
         held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 0
             try:
                 _reset_child_signals()
+                _end_with(supervisor)
                 signal.pthread_sigmask(signal.SIG_SETMASK, held)
                 _multiprocess_metrics()
                 writer = configure_logging(settings.logging)  # the parent's writer thread did not fork
@@ -237,6 +240,10 @@ def run_workers(settings: Settings, sock: socket.socket, announce: Callable[[], 
     def on_signal(signum: int, frame: object) -> None:
         nonlocal stopping
         kill = signal.SIGKILL if stopping else signal.SIGTERM  # a second signal ends at once
+        if not stopping:
+            # the supervisor's copy of the listener would keep it open after every worker closed
+            # its own: new connections would wait in its backlog for the whole drain, then be reset
+            sock.close()
         stopping = True
         for pid in list(children):
             try:
@@ -297,3 +304,18 @@ def _multiprocess_metrics() -> None:
 def _reset_child_signals() -> None:
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _end_with(supervisor: int) -> None:
+    """Have the kernel send this worker SIGTERM (a drain) when its supervisor dies, however it
+    dies (SIGKILL included): orphaned workers would serve on and hold the port (Linux only)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != supervisor:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)

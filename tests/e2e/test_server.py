@@ -3,6 +3,7 @@ drain with a stream in flight, and several workers on one port sharing Redis."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -399,6 +400,68 @@ def test_workers_share_one_port_one_budget_and_one_metrics_view(sim: SimulatorTh
         assert len(list(tmp_path.glob("local-*-w*.sqlite3"))) == 2  # a local file per worker
     finally:
         assert serving.stop() == 0
+
+
+def _workers_of(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in children.read_text().split()] if children.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.redis
+def test_draining_workers_refuse_new_connections_and_die_with_their_supervisor(
+        sim: SimulatorThread, tmp_path: Path, redis_space: RedisSpace) -> None:  # noqa: F811
+    """``serve --workers 2`` stops listening when it starts to drain, as one process does: the
+    supervisor's copy of the listener kept it open, so a new connection waited out the whole drain
+    and was then reset. And its workers end with it even when it is killed outright (they served on,
+    holding the port)."""
+    config = write_config(tmp_path, sim.url, server={"workers": 2},
+                          store={"url": redis_space.url, "local_path": str(tmp_path / "local-{port}.sqlite3")},
+                          budgets={"key_prefix": redis_space.prefix})
+    key = new_key(config)
+    serving, base = start(config)
+    port = int(base.rsplit(":", 1)[1])
+    body = {"model": "small", "max_tokens": 5,
+            "messages": [{"role": "user", "content": "slow [[sim:latency_ms=15000]]"}]}
+
+    def call() -> None:
+        with contextlib.suppress(OSError):  # the server is killed under it
+            urllib.request.urlopen(post(base, key, body), timeout=60)
+
+    caller = threading.Thread(target=call, daemon=True)
+    assert sim.sim is not None
+    before = len(sim.sim.calls)
+    caller.start()
+    eventually_sync(lambda: len(sim.sim.calls) > before, what="a call in flight")  # type: ignore[union-attr]
+    serving.proc.send_signal(signal.SIGTERM)
+
+    def refused() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except ConnectionRefusedError:
+            return True
+        except OSError:  # accepted into a backlog nobody serves, and timed out
+            return False
+        return False
+
+    eventually_sync(refused, 10, what="new connections refused while the workers drain")
+    assert serving.proc.poll() is None  # still draining the call in flight
+    serving.proc.kill()
+    serving.proc.wait(30)
+
+    second, _base = start(config)
+    workers = eventually_sync(lambda: _workers_of(second.proc.pid) if len(_workers_of(second.proc.pid)) == 2
+                              else None, what="two workers")
+    second.proc.send_signal(signal.SIGKILL)  # the supervisor dies without a word
+    second.proc.wait(30)
+    eventually_sync(lambda: not any(_alive(w) for w in workers), 30, what="the workers gone too")
 
 
 def test_a_log_output_nobody_reads_never_stops_the_server(sim: SimulatorThread, tmp_path: Path) -> None:
