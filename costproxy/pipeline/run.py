@@ -159,6 +159,7 @@ async def run_unary(services: Services, ctx: RequestContext, request: ChatReques
         outcome.billed = True
         raise
     finally:
+        _past_the_call(services)
         entry = await settle(services, the_plan, reservation, outcome)
         _finished(services, the_plan, entry)
     if response.status == 200:
@@ -247,6 +248,7 @@ class StreamRun:
             await _write_quietly(write, relay.error(exc))
         finally:
             self._upstream.close()
+            _past_the_call(self.services)
             entry = await settle(self.services, self.plan, self._reservation, outcome)
             self.services.router.record_result(outcome.model, ok=outcome.status is not Status.ERROR)
             _finished(self.services, self.plan, entry)
@@ -279,6 +281,15 @@ async def _pump(upstream: UpstreamStream, relay: Relay, outcome: Outcome, write:
     held.extend(relay.end())
     if held:
         await write(b"".join(held))
+
+
+def _past_the_call(services: Services) -> None:
+    """The upstream call is over (answered, failed or cut): what is left — settling, the answer or
+    a stream's last frames — is short, and the drain deadline no longer ends it (cut while it
+    settled, a stream lost its end and a paid answer became a 503)."""
+    task = asyncio.current_task()
+    if task is not None:
+        services.in_flight.discard(task)
 
 
 def _cancelled(services: Services, outcome: Outcome) -> ServerShuttingDown | None:

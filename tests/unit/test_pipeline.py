@@ -279,6 +279,55 @@ async def test_a_stream_is_relayed_frame_by_frame_then_settled(settings: Setting
     assert kinds(events) == ["RequestCompleted"]
 
 
+class SlowSettle(BookedAccounts):
+    """Accounts whose settle waits until ``go`` is set (a store that takes its time)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.settling, self.go = asyncio.Event(), asyncio.Event()
+
+    async def settle(self, reservation: Any, entry: Any) -> None:
+        self.settling.set()
+        await self.go.wait()
+        await super().settle(reservation, entry)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_drain_deadline_does_not_cut_a_request_whose_call_is_over(settings: Settings,
+                                                                          stream: bool) -> None:
+    """Cut while it settled, a finished stream lost its end (the client saw a broken stream, the
+    ledger said ok) and a unary answer the caller pays for became a 503: once the upstream call is
+    over the request is no longer the drain deadline's to end."""
+    upstream = ScriptedUpstream([chunks("small", ["The", " capital"]) if stream else completion("small")])
+    accounts, written = SlowSettle(), []
+    services = pipeline_services(settings, upstream, accounts, [])
+
+    async def whole() -> Any:
+        if not stream:
+            return (await run_unary(services, ctx(), chat())).entry
+        run = await run_stream(services, ctx(), chat(stream=True))
+        assert isinstance(run, StreamRun)
+
+        async def write(data: bytes) -> None:
+            written.append(data)
+
+        return await run.relay(_nothing, write)
+
+    task = asyncio.create_task(whole())
+    services.in_flight.add(task)
+    await eventually(accounts.settling.is_set, what="the settle under way")
+    assert services.end_in_flight() == 0  # nothing left to cut
+    accounts.go.set()
+    entry = await task
+    assert entry.status == Status.OK and accounts.held() == []
+    if stream:
+        assert b"".join(written).decode().rstrip().splitlines()[-1].startswith(": costproxy ")
+
+
+async def _nothing() -> None:
+    return None
+
+
 async def test_a_client_leaving_mid_stream_is_charged_what_was_generated(settings: Settings) -> None:
     upstream = ScriptedUpstream([chunks("small", ["one", " two", " three", " four"], usage=None)])
     accounts, events = BookedAccounts(), []
