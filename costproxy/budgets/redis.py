@@ -45,6 +45,7 @@ read) so they answer from definitions at least as new as any change that answere
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import time
@@ -520,6 +521,11 @@ class RedisBudgetAccounts(BudgetBook):
             request_id=entry.request_id, amount_nanos=nanos, budget_ids=(spec.id,), token=token,
             period_keys=(window.key,), counter_keys=(self.keys.counter(spec.partition, spec.id, window.key),),
             home=spec.partition)
+        if idempotency_key is not None and self.pending():
+            # a record answered as recorded while Redis was away may be this one, retried: replayed
+            # first, it is the one that charges, and this call is answered as its duplicate
+            with contextlib.suppress(RedisError, StoreUnavailable):
+                await self.flush_outbox()
         op = self._settle_op(usage, entry, nanos,
                              done_ttl_ms=None if idempotency_key is None else IDEMPOTENCY_TTL_MS)
         if op is not None and idempotency_key is not None:

@@ -57,7 +57,7 @@ async def record_usage(request: web.Request) -> web.Response:
         return web.json_response({"budgetId": spec.id, "duplicate": True, "idempotencyKey": key,
                                   "status": status_body})
     usage = {**usage_json(entry), "periods": {spec.id: recorded.status.window.key}}
-    return web.json_response({"budgetId": spec.id, "duplicate": False, "usage": usage,
+    return web.json_response({"budgetId": spec.id, "duplicate": False, "usage": usage, "idempotencyKey": key,
                               "status": status_body}, status=201)
 
 
@@ -66,7 +66,10 @@ def idempotency_key(request: web.Request, request_id: str | None) -> tuple[str |
     ``param`` of an error about it): claimed by the accounts together with the charge (never through
     the alert manager), so it holds with alerts disabled too.  The same key with another record
     (``book.usage_fingerprint`` differs) is refused with 409 ``idempotency_key_reused``."""
-    header = request.headers.get("idempotency-key", "").strip()
+    sent = request.headers.get("idempotency-key")
+    header = None if sent is None else sent.strip()
+    if header == "":  # sent empty: taken for "no key", every retry would be charged again
+        raise InvalidRequest("the Idempotency-Key header is empty: send a key, or no header", param="Idempotency-Key")
     key, param = (header, "Idempotency-Key") if header else (request_id, "metadata.requestId")
     if key is not None and (len(key) > 256 or not key.isprintable()):
         raise InvalidRequest("an idempotency key must be at most 256 printable characters", param=param)

@@ -268,6 +268,7 @@ async def test_usage_idempotency_holds_without_the_alert_manager(make_proxy: Pro
     again = await call(proxy, "POST", "/api/v1/budgets/team-core/usage", status=200, headers=keyed,
                        json={"amount": "0.5", "source": "manual"})
     assert first["duplicate"] is False and again["duplicate"] is True and again["idempotencyKey"] == "batch-7"
+    assert first["idempotencyKey"] == "batch-7"  # the 201 says which key claimed it, as the 200 does
     status = await call(proxy, "GET", "/api/v1/budgets/team-core/status")
     assert status["currentAmount"] == "0.75"
     usage = await call(proxy, "GET", "/api/v1/budgets/team-core/usage")
@@ -275,3 +276,6 @@ async def test_usage_idempotency_holds_without_the_alert_manager(make_proxy: Pro
     bad = await call(proxy, "POST", "/api/v1/budgets/team-core/usage", status=400,
                      headers={**ADMIN, "Idempotency-Key": "x" * 300}, json={"amount": "1"})
     assert bad["error"]["param"] == "Idempotency-Key"
+    empty = await call(proxy, "POST", "/api/v1/budgets/team-core/usage", status=400,
+                       headers={**ADMIN, "Idempotency-Key": " "}, json={"amount": "1", "source": "manual"})
+    assert empty["error"]["param"] == "Idempotency-Key"  # not "no key": each retry would be charged

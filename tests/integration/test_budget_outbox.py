@@ -308,3 +308,30 @@ async def test_a_reservation_outlives_any_downtime_until_it_is_settled_or_reclai
     assert (user["spent"], user["reserved"]) == (400_000_000, 0)
     assert not client.exists(team)  # not recreated with a negative reservation and no expiry
     client.close()
+
+
+async def test_a_keyed_usage_record_retried_after_redis_came_back_is_its_duplicate(replica: Opener,
+                                                                                   redis_space: RedisSpace) -> None:
+    """Redis away: a keyed record is answered as recorded from the outbox. Its retry once Redis is
+    back replays the outbox first, so the retry is the duplicate (it was answered as charged twice)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    accounts = await replica(section(*CHAIN))
+    await cancel_and_wait(accounts._tasks)  # no background replay: the retry must find the record waiting
+    record = usage_from_json({"amount": "0.1", "source": "relaycore"}, now_ms=int(time.time() * 1000))
+    spec = accounts.budgets.require("team")
+    run = accounts._scripts.run
+
+    async def away(script, keys, args):  # type: ignore[no-untyped-def]
+        raise RedisConnectionError("Redis is away")
+
+    accounts._scripts.run = away  # type: ignore[method-assign]
+    first = await accounts.record_usage("team", record.amount_nanos, usage_entry(record, spec, "u1"),
+                                        idempotency_key="batch-9")
+    assert not first.duplicate and accounts.pending() == 1
+    accounts._scripts.run = run  # type: ignore[method-assign]
+    again = await accounts.record_usage("team", record.amount_nanos, usage_entry(record, spec, "u2"),
+                                        idempotency_key="batch-9")
+    assert again.duplicate and accounts.pending() == 0
+    team = next(v for k, v in counters(redis_space).items() if ":b:team:" in k)
+    assert team["spent"] == 100_000_000
