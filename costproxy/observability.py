@@ -99,19 +99,23 @@ class LogWriter:
 
 
 class _QueuedLogger:
-    """A structlog logger whose every method hands the rendered line to the ``LogWriter``."""
+    """A structlog logger whose every method hands the rendered line to the process's current
+    ``LogWriter``: looked up on each line, not kept, because structlog caches a logger on first use
+    and a worker forked from a supervisor that had logged would otherwise keep writing to the
+    supervisor's writer, whose thread did not fork (its lines were lost)."""
 
-    def __init__(self, writer: LogWriter) -> None:
-        self._writer = writer
+    __slots__ = ()
 
     def msg(self, message: str | bytes) -> None:
         line = message if isinstance(message, bytes) else message.encode("utf-8", "replace")
-        self._writer.write(line + b"\n")
+        if _WRITER:
+            _WRITER[0].write(line + b"\n")
 
     log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
 
 
 _WRITER: list[LogWriter] = []  # the process's writer: structlog's configuration is process-wide too
+_QUEUED = _QueuedLogger()
 
 
 def configure_logging(settings: LoggingSettings, stream: Any = None) -> LogWriter:
@@ -135,7 +139,7 @@ def configure_logging(settings: LoggingSettings, stream: Any = None) -> LogWrite
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[settings.level]),
-        logger_factory=lambda *args: _QueuedLogger(writer),
+        logger_factory=lambda *args: _QUEUED,
         cache_logger_on_first_use=True,
     )
     return writer
