@@ -70,6 +70,8 @@ class LogWriter:
     def write(self, line: bytes) -> None:
         if len(self._lines) >= self.capacity:
             self._full += 1
+            if _DROP_COUNTERS:
+                _DROP_COUNTERS[0].inc()
             return
         self._lines.append(line)
 
@@ -89,6 +91,8 @@ class LogWriter:
                 self.stream.flush()
             except (OSError, ValueError):  # a closed or broken stream: the lines are lost, not the server
                 self._lost += len(batch)
+                if _DROP_COUNTERS:
+                    _DROP_COUNTERS[0].inc(len(batch))
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Write what is waiting (bounded wait), then stop the thread."""
@@ -115,6 +119,9 @@ class _QueuedLogger:
 
 
 _WRITER: list[LogWriter] = []  # the process's writer: structlog's configuration is process-wide too
+# With several workers, drops are counted in prometheus_client's shared files (make_metrics) as well:
+# a collector reading this process's writer would report only the worker that answered the scrape.
+_DROP_COUNTERS: list[Counter] = []
 _QUEUED = _QueuedLogger()
 
 
@@ -249,15 +256,21 @@ class Metrics:
 
 class _DroppedLogLines(Collector):
     def collect(self) -> Iterator[Metric]:
-        yield CounterMetricFamily("costproxy_log_lines_dropped", "Log lines dropped because the log output was "
-                                  "not keeping up (never waited on)", value=log_lines_dropped())
+        yield CounterMetricFamily("costproxy_log_lines_dropped", _DROPPED_HELP, value=log_lines_dropped())
+
+
+_DROPPED_HELP = "Log lines dropped because the log output was not keeping up (never waited on)"
 
 
 def make_metrics(multiprocess_dir: str | None = None) -> Metrics:
     """The app's metrics; with ``multiprocess_dir`` (several workers) values are kept in files there
     and ``exposition`` sums every worker's."""
     registry = CollectorRegistry()
-    registry.register(_DroppedLogLines())
+    if multiprocess_dir is None:
+        registry.register(_DroppedLogLines())
+        _DROP_COUNTERS.clear()
+    else:
+        _DROP_COUNTERS[:] = [Counter("costproxy_log_lines_dropped", _DROPPED_HELP, registry=registry)]
     return Metrics(
         registry=registry,
         multiprocess_dir=multiprocess_dir,

@@ -482,3 +482,33 @@ def test_a_log_output_nobody_reads_never_stops_the_server(sim: SimulatorThread, 
     finally:
         serving.proc.kill()
         serving.proc.wait()
+
+
+@pytest.mark.redis
+def test_log_lines_dropped_by_workers_are_counted_in_the_shared_metrics(sim: SimulatorThread, tmp_path: Path,
+                                                                     redis_space: RedisSpace) -> None:  # noqa: F811
+    """With ``--workers``, ``/metrics`` sums prometheus_client's shared files: a count kept only in
+    the process's log writer was never exported there, so the dropped-lines alert could not fire."""
+    config = write_config(tmp_path, sim.url, server={"workers": 2}, logging={"queue_lines": 5},
+                          store={"url": redis_space.url, "local_path": str(tmp_path / "local-{port}.sqlite3")},
+                          budgets={"key_prefix": redis_space.prefix})
+    key = new_key(config)
+    serving, base = start(config)
+    serving.stop_reading()
+    try:
+        body = {"model": "small", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+
+        def dropped() -> float | None:
+            for _ in range(50):  # ~150 request_completed lines fill a 64 KiB pipe
+                with urllib.request.urlopen(post(base, key, body), timeout=30) as resp:
+                    assert resp.status == 200
+            with urllib.request.urlopen(f"{base}/metrics", timeout=10) as resp:
+                exposition = resp.read().decode()
+            count = next((float(line.rsplit(" ", 1)[1]) for line in exposition.splitlines()
+                          if line.startswith("costproxy_log_lines_dropped_total ")), 0.0)
+            return count if count > 0 else None
+
+        assert eventually_sync(dropped, 60, what="dropped lines counted") > 0
+    finally:
+        serving.proc.kill()
+        serving.proc.wait()
