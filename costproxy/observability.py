@@ -320,6 +320,10 @@ def request_observer(metrics: Metrics) -> Listener:
     return observe
 
 
+# The refusal codes deploy/prometheus/alerts.yml alerts on.
+ALERTED_REFUSALS = ("budget_exceeded", "exceeds_rate_limit", "rate_limited", "store_unavailable")
+
+
 def refusal_and_cache_metrics(registry: CollectorRegistry) -> Listener:
     """A pipeline-event subscriber counting ``costproxy_refusals_total`` by error code (a rate limit's
     ``rate_limited`` / ``exceeds_rate_limit``, ``budget_exceeded``, ``rule_rejected``…) and
@@ -330,6 +334,8 @@ def refusal_and_cache_metrics(registry: CollectorRegistry) -> Listener:
     more provider-side tool calls than the bound sent (``pipeline.settle.charged_tool_calls``)."""
     refusals = Counter("costproxy_refusals", "Requests refused before any upstream call, by error code",
                        ["code"], registry=registry)
+    for code in ALERTED_REFUSALS:  # exported from the start at 0: ``increase()`` skips a series' first sample,
+        refusals.labels(code)      # so the first burst after a start would not reach deploy/prometheus's alerts
     saved = Counter("costproxy_cache_saved_nanos", "Nano-USD the response cache saved (cost of the answers "
                     "it replayed)", registry=registry)
     clamped = Counter("costproxy_usage_clamped", "Calls whose reported output exceeded what the provider could "

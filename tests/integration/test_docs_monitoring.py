@@ -62,6 +62,20 @@ async def test_alerts_dashboard_and_doc_name_only_exported_metrics(make_proxy: P
         assert used <= names, f"{source} names metrics costproxy does not export: {sorted(used - names)}"
 
 
+async def test_every_refusal_code_an_alert_counts_is_exported_from_the_start(make_proxy: ProxyFactory) -> None:
+    """``increase()`` skips a series' first sample: a refusal counter that appeared only at its first
+    increment hid the first burst after a start from the alerts, so those series start at 0."""
+    proxy = await make_proxy()
+    text = await (await proxy.client.get("/metrics")).text()
+    codes = set()
+    for expression in alert_expressions():
+        for selector in re.findall(r'costproxy_refusals_total\{code=~?"([^"]+)"\}', expression):
+            codes |= set(selector.split("|"))
+    assert codes
+    for code in codes:
+        assert f'costproxy_refusals_total{{code="{code}"}} 0.0' in text, code
+
+
 def test_every_alert_is_explained_in_the_doc() -> None:
     groups = yaml.safe_load(ALERTS.read_text(encoding="utf-8"))["groups"]
     doc = (DOCS / "monitoring.md").read_text(encoding="utf-8")
