@@ -9,6 +9,7 @@ import pytest
 
 from costproxy.http.state import SETTINGS
 from costproxy.money import format_usd
+from tests.conftest import ADMIN_TOKEN
 
 CHAT = {"model": "big", "messages": [{"role": "user", "content": "Say hello to the team please"}]}
 
@@ -211,6 +212,32 @@ async def test_trusted_proxy_may_assert_identity(make_proxy) -> None:
     assert resp.status == 200
     [entry] = await proxy.ledger()
     assert (entry.team, entry.user, entry.tenant) == ("relay-team", "carol", "t1")
+
+
+async def test_a_client_cannot_file_its_request_under_another_teams_request_id(make_proxy) -> None:
+    """DESIGN §3.2: X-Request-ID from a caller without the trusted proxy's secret is ignored — else
+    any key could put its request under another team's id (GET /api/v1/requests/{id} showed both)."""
+    from costproxy.settings import TrustedProxySettings
+
+    proxy = await make_proxy(settings_changes={"trusted_proxies": (
+        TrustedProxySettings(name="relaycore", secret_env="X", secret="s3cret", sources=("127.0.0.0/8",)),)})
+    victim = await proxy.new_key(team="victim", user="vic")
+    resp = await proxy.client.post("/v1/chat/completions", json=CHAT, headers=proxy.auth(victim))
+    assert resp.status == 200
+    victims_id = resp.headers["x-costproxy-request-id"]
+    resp = await proxy.client.post("/v1/chat/completions", json=CHAT,
+                                   headers={**proxy.auth(), "X-Request-ID": victims_id})
+    assert resp.status == 200 and resp.headers["x-costproxy-request-id"] != victims_id
+    own_id = resp.headers["x-costproxy-request-id"]
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    entries = (await (await proxy.client.get(f"/api/v1/requests/{victims_id}", headers=admin)).json())["data"]
+    assert [e["teamId"] for e in entries] == ["victim"]
+    assert {c.headers.get("x-request-id") for c in proxy.sim.calls} == {victims_id, own_id}
+    # a trusted chaining proxy still names the request
+    resp = await proxy.client.post("/v1/chat/completions", json=CHAT, headers={
+        **proxy.auth(), "X-Costproxy-Proxy-Secret": "s3cret", "X-Request-ID": "relay-req-1"})
+    assert resp.status == 200 and resp.headers["x-costproxy-request-id"] == "relay-req-1"
+    assert [e.request_id for e in await proxy.ledger()][-1] == "relay-req-1"
 
 
 async def test_budget_remaining_header(make_proxy) -> None:
