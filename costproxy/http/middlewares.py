@@ -15,7 +15,6 @@ from opentelemetry import propagate
 from opentelemetry.trace import SpanKind
 
 from costproxy.errors import (
-    BodyTooLarge,
     Forbidden,
     InternalError,
     MethodNotAllowed,
@@ -25,6 +24,7 @@ from costproxy.errors import (
     Unauthenticated,
 )
 from costproxy.http import console_auth
+from costproxy.http.bodies import checks_size_when_read, too_large
 from costproxy.http.headers import IDENTITY_HEADERS, SECRET_HEADER, TRUSTED_ONLY
 from costproxy.http.messages_api import anthropic_path
 from costproxy.http.state import (
@@ -92,14 +92,14 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     waiting = store_wait.begin(settings.store.timeout_s)  # the request's time for the store, all calls together
     try:
         limit = settings.server.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise BodyTooLarge(f"request body of {request.content_length} bytes exceeds the limit of {limit}")
+        declared = request.content_length
+        if declared is not None and declared > limit and not checks_size_when_read(request):
+            raise too_large(limit, declared)
         return await handler(request)
     except ProxyError as exc:
         return respond(exc)
     except web.HTTPRequestEntityTooLarge:
-        limit = request.app[SETTINGS].server.max_body_bytes
-        return respond(BodyTooLarge(f"request body exceeds {limit} bytes"))
+        return respond(too_large(settings.server.max_body_bytes))
     except web.HTTPNotFound:
         return respond(NotFound(f"no route for {request.method} {request.path}"))
     except web.HTTPMethodNotAllowed as exc:

@@ -141,6 +141,28 @@ async def test_body_too_large(make_proxy) -> None:
     assert (await resp.json())["error"]["code"] == "body_too_large"
 
 
+async def test_a_body_too_large_on_a_proxied_endpoint_leaves_a_refusal_in_the_ledger(make_proxy) -> None:
+    """README: every failed request leaves a ledger entry — a declared body over the limit too, on
+    every proxied endpoint (refused unread after authentication); count_tokens is not ledgered."""
+    proxy = await make_proxy()
+    limit = proxy.app[SETTINGS].server.max_body_bytes
+    big = {"model": "big", "max_tokens": 5, "messages": [{"role": "user", "content": "x" * (limit + 10)}]}
+    paths = ("/v1/chat/completions", "/chat/completions", "/v1/messages", "/v1/responses")
+    for path in paths:
+        resp = await proxy.client.post(path, json=big, headers=proxy.auth())
+        assert resp.status == 413, path
+        text = await resp.text()
+        assert "body_too_large" in text and "bytes exceeds the limit of" in text, text
+        assert resp.headers["x-costproxy-request-id"]
+    entries = await proxy.ledger()
+    assert [(e.status, e.error_code, e.cost_nanos) for e in entries] == [("refused", "body_too_large", 0)] * 4
+    assert all(e.key_id is not None for e in entries)
+    resp = await proxy.client.post("/v1/chat/completions", json=big, headers=proxy.auth("cp-unknown"))
+    assert resp.status == 401  # no principal: nothing to ledger, as for any unauthenticated call
+    resp = await proxy.client.post("/v1/messages/count_tokens", json=big, headers=proxy.auth())
+    assert resp.status == 413 and len(await proxy.ledger()) == 4
+
+
 async def test_auth_errors(make_proxy) -> None:
     proxy = await make_proxy()
     resp = await proxy.client.post("/v1/chat/completions", json=CHAT)
