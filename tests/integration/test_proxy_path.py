@@ -236,7 +236,7 @@ async def test_trusted_proxy_may_assert_identity(make_proxy) -> None:
     assert (entry.team, entry.user, entry.tenant) == ("relay-team", "carol", "t1")
 
 
-async def test_a_client_cannot_file_its_request_under_another_teams_request_id(make_proxy) -> None:
+async def test_a_client_cannot_file_its_request_under_another_teams_request_id(make_proxy, capsys) -> None:
     """DESIGN §3.2: X-Request-ID from a caller without the trusted proxy's secret is ignored — else
     any key could put its request under another team's id (GET /api/v1/requests/{id} showed both)."""
     from costproxy.settings import TrustedProxySettings
@@ -251,6 +251,10 @@ async def test_a_client_cannot_file_its_request_under_another_teams_request_id(m
                                    headers={**proxy.auth(), "X-Request-ID": victims_id})
     assert resp.status == 200 and resp.headers["x-costproxy-request-id"] != victims_id
     own_id = resp.headers["x-costproxy-request-id"]
+    logged = capsys.readouterr()
+    line = next(line for line in (logged.out + logged.err).splitlines()
+                if "request_completed" in line and own_id in line)
+    assert victims_id in line and "client_request_id" in line  # what the client sent, in its log line only
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     entries = (await (await proxy.client.get(f"/api/v1/requests/{victims_id}", headers=admin)).json())["data"]
     assert [e["teamId"] for e in entries] == ["victim"]
