@@ -92,6 +92,14 @@ class InvalidRequest(CallerError):
     code = "invalid_request"
 
 
+class MalformedRequest(CallerError):
+    """The HTTP parser rejected the request line or headers: raised by no handler, answered by the
+    connection handler (``costproxy.http.server``) before the request reaches the application."""
+
+    code = "malformed_request"
+    close_connection = True
+
+
 class BodyTooLarge(CallerError):
     status = 413
     code = "body_too_large"

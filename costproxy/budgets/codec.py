@@ -37,7 +37,8 @@ from costproxy.wire import iso as iso
 
 T = TypeVar("T")
 
-USAGE_SOURCES = ("relaycore", "auterity", "manual", "proxy")
+# the systems a usage record may come from ("proxy" is the proxy's own entries: no record claims it)
+USAGE_SOURCES = ("relaycore", "auterity", "manual")
 
 # internal name -> (YAML key, JSON key)
 _NAMES: dict[str, tuple[str, str]] = {

@@ -15,7 +15,6 @@ from opentelemetry import propagate
 from opentelemetry.trace import SpanKind
 
 from costproxy.errors import (
-    BodyTooLarge,
     Forbidden,
     InternalError,
     MethodNotAllowed,
@@ -25,6 +24,7 @@ from costproxy.errors import (
     Unauthenticated,
 )
 from costproxy.http import console_auth
+from costproxy.http.bodies import checks_size_when_read, too_large
 from costproxy.http.headers import IDENTITY_HEADERS, SECRET_HEADER, TRUSTED_ONLY
 from costproxy.http.messages_api import anthropic_path
 from costproxy.http.state import (
@@ -61,27 +61,45 @@ def error_response(error: ProxyError, request_id: str | None, *, anthropic: bool
     return response
 
 
+MAX_REQUEST_ID = 128
+
+
+def request_id_of(request: web.Request, settings: Settings) -> tuple[str, str | None]:
+    """The request's id (the ledger entry's, the upstream call's ``x-request-id``) and the
+    ``X-Request-ID`` a caller sent that was not adopted.  DESIGN §3.2: ``X-Request-ID`` is a chaining
+    header, believed only from a trusted proxy (its secret, from its sources); from anyone else it
+    is ignored — any client could otherwise file its requests under another team's id — and only
+    logged (``client_request_id``).  An over-long or non-ASCII id is replaced even from a trusted proxy."""
+    asked = request.headers.get("x-request-id")
+    if not asked:
+        return new_request_id(), None
+    if len(asked) <= MAX_REQUEST_ID and asked.isascii() and asked.isprintable() \
+            and _trusted_proxy(request, settings) is not None:
+        return asked, None
+    return new_request_id(), asked[:MAX_REQUEST_ID]
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = request.headers.get("x-request-id") or new_request_id()
-    if len(request_id) > 128 or not request_id.isascii():
-        request_id = new_request_id()
+    settings = request.app[SETTINGS]
+    request_id, ignored = request_id_of(request, settings)
     request[REQUEST_ID] = request_id
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
+    if ignored is not None:  # every log line of the request names what the client sent
+        structlog.contextvars.bind_contextvars(client_request_id=ignored)
     respond = partial(error_response, request_id=request_id, anthropic=anthropic_path(request.path))
-    settings = request.app[SETTINGS]
     waiting = store_wait.begin(settings.store.timeout_s)  # the request's time for the store, all calls together
     try:
         limit = settings.server.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise BodyTooLarge(f"request body of {request.content_length} bytes exceeds the limit of {limit}")
+        declared = request.content_length
+        if declared is not None and declared > limit and not checks_size_when_read(request):
+            raise too_large(limit, declared)
         return await handler(request)
     except ProxyError as exc:
         return respond(exc)
     except web.HTTPRequestEntityTooLarge:
-        limit = request.app[SETTINGS].server.max_body_bytes
-        return respond(BodyTooLarge(f"request body exceeds {limit} bytes"))
+        return respond(too_large(settings.server.max_body_bytes))
     except web.HTTPNotFound:
         return respond(NotFound(f"no route for {request.method} {request.path}"))
     except web.HTTPMethodNotAllowed as exc:

@@ -234,7 +234,9 @@ def _other_paths() -> dict[str, Schema]:
             estimatedCost=MONEY, currency=S, budgetImpact=impact, qualityExpectation={"type": ["number", "null"]},
             qualityTarget={"type": ["number", "null"]}, mixShare={"type": ["number", "null"]}, fallbackChain=arr(S),
             preferredModel=PREFERRED),
-            request=select_body, tag="models")},
+            request=select_body, tag="models",
+            refusals={404: "a scope-limited read-only token asked for a principal outside its scopes (metadata "
+                           "userId, teamId, organizationId or projectId; param names it)"})},
         "/api/v1/models/estimate": {"post": op(
             "Cost of a request on each model", listing(resp(model=S, inputTokens=INT, outputTokens=INT,
                                                             estimatedCost=MONEY, worstCaseCost=MONEY), currency=S),

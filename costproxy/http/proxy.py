@@ -18,7 +18,7 @@ from costproxy.cache.capture import Capture
 from costproxy.cache.policy import HEADER as CACHE_HEADER
 from costproxy.errors import ProxyError
 from costproxy.http import feedback_api
-from costproxy.http.bodies import read_body
+from costproxy.http.bodies import read_body, sized_when_read
 from costproxy.http.headers import RuleHeaders
 from costproxy.http.state import PRINCIPAL, REQUEST_ID, ROUTER, SERVICES, SETTINGS, TRUSTED_HEADERS
 from costproxy.ledger.entry import LedgerEntry
@@ -134,7 +134,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def drained(handler: Handler) -> Handler:
     """A proxied endpoint's handler, ended by the drain deadline if still running then
     (``Services.end_in_flight``): its client is told ``server_shutting_down`` — a unary 503 here, a
-    stream's last error event in ``StreamRun.relay`` — instead of a dropped connection."""
+    stream's last error event in ``StreamRun.relay`` — instead of a dropped connection.  Its body's
+    size is checked when it reads it (``bodies.sized_when_read``): a 413 is ledgered like any refusal."""
+    @sized_when_read
     @functools.wraps(handler)
     async def running(request: web.Request) -> web.StreamResponse:
         services = request.app[SERVICES]

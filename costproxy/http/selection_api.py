@@ -18,6 +18,7 @@ from aiohttp import web
 
 from costproxy.analyzer.server_tools import server_tools
 from costproxy.errors import BudgetExceeded, InvalidRequest, ModelNotAllowed, NotFound, ProviderNotConfigured
+from costproxy.http.budgets_api import viewer
 from costproxy.http.keys_api import json_body
 from costproxy.http.state import BUDGETS, ROUTER, SERVICES
 from costproxy.identity.principal import Principal
@@ -31,7 +32,7 @@ from costproxy.routing.route import RouteInput
 from costproxy.routing.router import Explanation, virtual_mode
 from costproxy.routing.selection import CandidateScore
 from costproxy.steering.evaluate import FiredRule
-from costproxy.wire import canonical, iso_seconds, optional_name, with_deprecated
+from costproxy.wire import JSON_SCOPE, canonical, iso_seconds, optional_name, with_deprecated
 
 PRIORITY_MODES = {"low": "quality", "medium": "balanced", "high": "economy", "critical": "economy"}
 SELECT_KEYS = ("requestId", "content", "metadata", "constraints")
@@ -46,9 +47,28 @@ CONSTRAINT_KEYS = ("preferredModel", "excludedModels", "maxCost", "minQuality", 
 
 
 
+SCOPE_PARAMS = {"org": "organizationId", "team": "teamId", "project": "projectId", "user": "userId"}
+
+
 def _principal(metadata: dict[str, Any]) -> Principal:
     return Principal(user=metadata.get("userId"), team=metadata.get("teamId"),
                      org=metadata.get("organizationId"), project=metadata.get("projectId"), via="api")
+
+
+def _may_ask_for(request: web.Request, principal: Principal) -> None:
+    """A scope-limited token asks only for principals inside its scopes: every identity in
+    ``metadata`` must be one of them.  The answer reads the budgets of every scope named (remaining
+    amount, the tightest budget's name, threshold restrictions), and such a token sees only its own
+    scopes' budgets — the same 404 as ``GET /api/v1/budgets/status/{scopeType}/{scopeId}`` for a
+    scope it does not see."""
+    token = viewer(request)
+    if token is None or not token.scopes:
+        return
+    for kind, value in principal.scopes():
+        if not token.sees(kind, value):
+            raise NotFound(f"no budgets visible for {JSON_SCOPE[kind]} {value!r}: this token is limited to its "
+                           "scopes, and selection for a principal reads the budgets of every scope it names",
+                           param=f"metadata.{SCOPE_PARAMS[kind]}")
 
 
 def _api_constraints(raw: Any, metadata: dict[str, Any]) -> tuple[str, Constraints]:
@@ -100,7 +120,9 @@ async def _explain(request: web.Request) -> tuple[Explanation, dict[str, Any], i
     request_id = optional_name(body.get("requestId"), "requestId") or "sel_" + uuid.uuid4().hex
     task = metadata.get("taskType")
     headers = {"x-costproxy-task-type": task} if isinstance(task, str) else {}
-    ctx = RequestContext(request_id=request_id, principal=_principal(metadata), endpoint="chat/completions",
+    principal = _principal(metadata)
+    _may_ask_for(request, principal)
+    ctx = RequestContext(request_id=request_id, principal=principal, endpoint="chat/completions",
                          headers=headers)
     tokens = await count_input(services, parse_request(Endpoint.CHAT, chat), "o200k_base")
     budgets = request.app[BUDGETS]

@@ -46,10 +46,13 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
 
 from costproxy.analyzer.encodings import trim_heap
+from costproxy.errors import InternalError, MalformedRequest, ProxyError
 from costproxy.http.app import create_app
+from costproxy.http.messages_api import anthropic_path
 from costproxy.http.state import DRAINING, SERVICES
 from costproxy.observability import configure_logging
 from costproxy.pipeline.services import Services
+from costproxy.protocols.messages import error_body as messages_error_body
 from costproxy.settings import Settings
 
 log = structlog.get_logger("costproxy")
@@ -66,18 +69,42 @@ def parser_message(status: int, message: str | None) -> str:
     return text or HTTPStatus(status).phrase
 
 
-def parser_error_body(status: int, message: str | None) -> bytes:
-    """An HTTP parser error in OpenAI's shape (the request never reached the application)."""
-    server_side = status >= 500
-    text = "internal error while reading the request" if server_side else \
-        f"malformed HTTP request: {parser_message(status, message)[:200]}"
-    return orjson.dumps({"error": {
-        "message": text, "type": "server_error" if server_side else "invalid_request_error", "param": None,
-        "code": "internal_error" if server_side else "malformed_request"}})
+_REQUEST_LINE = re.compile(rb"[A-Z]{1,16} (/[^ \r\n?]{0,256})")
+HEAD_KEPT = 280  # enough of a request's first bytes for its method and path (``_REQUEST_LINE``)
+
+
+def parser_error_body(status: int, message: str | None, *, anthropic: bool = False) -> bytes:
+    """An HTTP parser error in OpenAI's shape, Anthropic's on the Messages API's paths (the
+    request never reached the application)."""
+    error: ProxyError = InternalError("internal error while reading the request") if status >= 500 else \
+        MalformedRequest(f"malformed HTTP request: {parser_message(status, message)[:200]}")
+    return orjson.dumps(messages_error_body(error) if anthropic else error.body())
+
+
+def request_path(head: bytes) -> str | None:
+    """The path of the request line ``head`` starts with, if it starts with one."""
+    found = _REQUEST_LINE.match(head)
+    return found.group(1).decode("ascii", "replace") if found else None
 
 
 class ProxyRequestHandler(RequestHandler):
-    """aiohttp's connection handler, answering its own errors in OpenAI's shape."""
+    """aiohttp's connection handler, answering its own errors in OpenAI's shape (Anthropic's on the
+    Messages API's paths).
+
+    A request the parser rejects reaches ``handle_error`` as a placeholder (path ``/``): the path
+    is read from the latest request line received (``_head``: the first ``HEAD_KEPT`` bytes of the
+    last chunk that began with one, or of a first line still arriving in pieces).  A best effort —
+    a request line split across chunks after an earlier request's keeps that one's path — that only
+    chooses the error's shape."""
+
+    _head = b""
+
+    def data_received(self, data: bytes) -> None:
+        if _REQUEST_LINE.match(data):
+            self._head = data[:HEAD_KEPT]
+        elif b"\n" not in self._head and len(self._head) < HEAD_KEPT:  # a first line arriving in pieces
+            self._head += data[:HEAD_KEPT - len(self._head)]
+        super().data_received(data)
 
     def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
@@ -85,7 +112,8 @@ class ProxyRequestHandler(RequestHandler):
             return super().handle_error(request, status, exc, message)
         log.info("http_parser_error", status=status, remote=request.remote,
                  error=parser_message(status, message) if message else type(exc).__name__)
-        response = web.Response(status=status, body=parser_error_body(status, message),
+        path = request.path if request.method != "UNKNOWN" else request_path(self._head) or "/"
+        response = web.Response(status=status, body=parser_error_body(status, message, anthropic=anthropic_path(path)),
                                 content_type="application/json")
         response.force_close()
         return response

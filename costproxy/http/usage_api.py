@@ -33,16 +33,12 @@ from costproxy.ledger.budget_usage import BUCKET, budget_entries, budget_sums
 from costproxy.ledger.entry import LedgerEntry
 from costproxy.wire import query_value
 
-EXTERNAL_SOURCES = ("relaycore", "auterity", "manual")
-
 
 async def record_usage(request: web.Request) -> web.Response:
     require_admin(request)
     accounts, spec = budget_for(request)
     now = int(accounts.budgets.clock() * 1000)
-    record = usage_from_json(await json_body(request), now_ms=now)
-    if record.source not in EXTERNAL_SOURCES:
-        raise InvalidRequest(f"'source' must be one of {', '.join(EXTERNAL_SOURCES)}", param="source")
+    record = usage_from_json(await json_body(request), now_ms=now)  # source: one of codec.USAGE_SOURCES
     key, param = idempotency_key(request, record.request_id)
     entry = usage_entry(record, spec, request[REQUEST_ID])
     try:

@@ -6,7 +6,8 @@ read-only: it may call every ``GET`` route and the side-effect-free ``POST`` rou
 checks, model selection and estimates), never a write — except feedback on a request it sees
 (``POST /api/v1/feedback``: an annotation, changing no configuration).  ``scopes`` optionally narrows
 it to some budget scopes (``(scope type, scope id)``): a scoped token sees only those budgets (and
-their events and requests) and may call only the budget, event, model-selection and feedback routes.
+their events and requests) and may call only the budget, event, model-selection and feedback routes
+(selection only for principals inside its scopes: ``costproxy.http.selection_api``).
 
 The middleware asks ``TokenRing.role`` for the admin role of a presented token: it answers
 ``read-only:<token id>`` (``costproxy.http.keys_api.require_admin`` treats anything but ``admin``

@@ -123,6 +123,29 @@ def test_a_malformed_request_line_is_answered_in_openai_shape(served: dict[str, 
     assert error["type"] == "invalid_request_error" and error["code"] == "malformed_request"
 
 
+def test_malformed_http_on_the_messages_api_is_answered_in_anthropics_shape(served: dict[str, Any]) -> None:
+    """The parser's error reaches the connection handler without the request's path; the path of the
+    request line received picks Anthropic's shape for /v1/messages, as every other error there."""
+    bad_length = "POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n"
+    for path in ("/v1/messages", "/messages/count_tokens"):
+        answer = raw_exchange(served["port"], bad_length.format(path).encode())
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.split(b" ", 2)[1] == b"400", answer[:200]
+        document = json.loads(body)
+        assert document["type"] == "error" and document["error"]["type"] == "invalid_request_error", document
+        assert document["error"]["code"] == "malformed_request"
+    with socket.create_connection(("127.0.0.1", served["port"]), timeout=30) as sock:  # the line in pieces
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # usually separate reads at the server
+        for piece in (b"POST /v1/mess", b"ages HTTP/1.1\r\nHost: x\r\n", b"Bad Header\r\n\r\n"):
+            sock.sendall(piece)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["type"] == "error", answer
+    answer = raw_exchange(served["port"], bad_length.format("/v1/chat/completions").encode())
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == "malformed_request"  # OpenAI's
+
+
 def test_a_header_too_long_is_refused_without_echoing_it(served: dict[str, Any]) -> None:
     """aiohttp quotes the start of a line it cannot read — here an API key — in its message: the answer
     (and the log line) keep the error and drop the quoted bytes."""

@@ -190,6 +190,38 @@ async def test_read_only_scoped_tokens(make_proxy: ProxyFactory) -> None:
     await call(proxy, "GET", "/api/v1/budgets", headers=agent, status=401)
 
 
+async def test_scoped_token_selects_only_for_principals_in_its_scopes(make_proxy: ProxyFactory) -> None:
+    """Selection reads the budgets of every scope its metadata names; a scope-limited token may not
+    learn another team's remaining amount or budget name through it (404, as its status would)."""
+    secret_budget = {"id": "secret-budget", "name": "Secret", "scope_type": "team", "scope_id": "other",
+                     "limit_usd": "123.456"}
+    proxy = await make_proxy(extra=static(TEAM, secret_budget))
+    token = (await call(proxy, "POST", "/api/v1/tokens", status=201, json={
+        "name": "core agent", "scopes": [{"scopeType": "team", "scopeId": "core"}]}))["token"]
+    agent = {"Authorization": f"Bearer {token}"}
+    select = {"content": {"messages": [{"role": "user", "content": "hi"}]}}
+    # the admin token sees the other team's budget in the answer
+    admin = await call(proxy, "POST", "/api/v1/models/select", json={**select, "metadata": {"teamId": "other"}})
+    assert admin["budgetImpact"]["remainingBefore"].startswith("123.456")
+    await call(proxy, "GET", "/api/v1/budgets/status/team/other", headers=agent, status=404)
+    for metadata, param in (({"teamId": "other"}, "metadata.teamId"), ({"team": "other"}, "metadata.teamId"),
+                            ({"teamId": "core", "userId": "alice"}, "metadata.userId"),
+                            ({"teamId": "core", "organizationId": "acme"}, "metadata.organizationId")):
+        refused = await call(proxy, "POST", "/api/v1/models/select", headers=agent, status=404,
+                             json={**select, "metadata": metadata})
+        assert refused["error"]["code"] == "not_found" and refused["error"]["param"] == param, refused
+        assert "secret" not in str(refused).lower() and "123" not in str(refused)
+    own = await call(proxy, "POST", "/api/v1/models/select", headers=agent, json={**select, "metadata": {
+        "teamId": "core"}})
+    assert own["budgetImpact"]["remainingBefore"].startswith("1.0")
+    anonymous = await call(proxy, "POST", "/api/v1/models/select", headers=agent, json=select)
+    assert "remainingBefore" not in anonymous["budgetImpact"]
+    # estimate names no principal: nothing of any budget in it
+    estimated = await call(proxy, "POST", "/api/v1/models/estimate", headers=agent,
+                           json={**select, "metadata": {"teamId": "other"}})
+    assert "123.456" not in str(estimated) and "secret" not in str(estimated).lower()
+
+
 def _template(path: str) -> str:
     return re.sub(r"\{[^}]+\}", "{}", path)
 

@@ -133,7 +133,7 @@ async def send(proxy: Proxy, body: bytes, number: int) -> tuple[int, Any, str]:
         parsed: Any = json.loads(text)
     except ValueError:
         parsed = text[:300]
-    return resp.status, parsed, resp.headers.get("x-request-id", "")
+    return resp.status, parsed, resp.headers.get("x-costproxy-request-id", "")
 
 
 def is_openai_error(body: Any) -> bool:

@@ -9,6 +9,7 @@ import pytest
 
 from costproxy.http.state import SETTINGS
 from costproxy.money import format_usd
+from tests.conftest import ADMIN_TOKEN
 
 CHAT = {"model": "big", "messages": [{"role": "user", "content": "Say hello to the team please"}]}
 
@@ -140,6 +141,28 @@ async def test_body_too_large(make_proxy) -> None:
     assert (await resp.json())["error"]["code"] == "body_too_large"
 
 
+async def test_a_body_too_large_on_a_proxied_endpoint_leaves_a_refusal_in_the_ledger(make_proxy) -> None:
+    """README: every failed request leaves a ledger entry — a declared body over the limit too, on
+    every proxied endpoint (refused unread after authentication); count_tokens is not ledgered."""
+    proxy = await make_proxy()
+    limit = proxy.app[SETTINGS].server.max_body_bytes
+    big = {"model": "big", "max_tokens": 5, "messages": [{"role": "user", "content": "x" * (limit + 10)}]}
+    paths = ("/v1/chat/completions", "/chat/completions", "/v1/messages", "/v1/responses")
+    for path in paths:
+        resp = await proxy.client.post(path, json=big, headers=proxy.auth())
+        assert resp.status == 413, path
+        text = await resp.text()
+        assert "body_too_large" in text and "bytes exceeds the limit of" in text, text
+        assert resp.headers["x-costproxy-request-id"]
+    entries = await proxy.ledger()
+    assert [(e.status, e.error_code, e.cost_nanos) for e in entries] == [("refused", "body_too_large", 0)] * 4
+    assert all(e.key_id is not None for e in entries)
+    resp = await proxy.client.post("/v1/chat/completions", json=big, headers=proxy.auth("cp-unknown"))
+    assert resp.status == 401  # no principal: nothing to ledger, as for any unauthenticated call
+    resp = await proxy.client.post("/v1/messages/count_tokens", json=big, headers=proxy.auth())
+    assert resp.status == 413 and len(await proxy.ledger()) == 4
+
+
 async def test_auth_errors(make_proxy) -> None:
     proxy = await make_proxy()
     resp = await proxy.client.post("/v1/chat/completions", json=CHAT)
@@ -211,6 +234,36 @@ async def test_trusted_proxy_may_assert_identity(make_proxy) -> None:
     assert resp.status == 200
     [entry] = await proxy.ledger()
     assert (entry.team, entry.user, entry.tenant) == ("relay-team", "carol", "t1")
+
+
+async def test_a_client_cannot_file_its_request_under_another_teams_request_id(make_proxy, capsys) -> None:
+    """DESIGN §3.2: X-Request-ID from a caller without the trusted proxy's secret is ignored — else
+    any key could put its request under another team's id (GET /api/v1/requests/{id} showed both)."""
+    from costproxy.settings import TrustedProxySettings
+
+    proxy = await make_proxy(settings_changes={"trusted_proxies": (
+        TrustedProxySettings(name="relaycore", secret_env="X", secret="s3cret", sources=("127.0.0.0/8",)),)})
+    victim = await proxy.new_key(team="victim", user="vic")
+    resp = await proxy.client.post("/v1/chat/completions", json=CHAT, headers=proxy.auth(victim))
+    assert resp.status == 200
+    victims_id = resp.headers["x-costproxy-request-id"]
+    resp = await proxy.client.post("/v1/chat/completions", json=CHAT,
+                                   headers={**proxy.auth(), "X-Request-ID": victims_id})
+    assert resp.status == 200 and resp.headers["x-costproxy-request-id"] != victims_id
+    own_id = resp.headers["x-costproxy-request-id"]
+    logged = capsys.readouterr()
+    line = next(line for line in (logged.out + logged.err).splitlines()
+                if "request_completed" in line and own_id in line)
+    assert victims_id in line and "client_request_id" in line  # what the client sent, in its log line only
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    entries = (await (await proxy.client.get(f"/api/v1/requests/{victims_id}", headers=admin)).json())["data"]
+    assert [e["teamId"] for e in entries] == ["victim"]
+    assert {c.headers.get("x-request-id") for c in proxy.sim.calls} == {victims_id, own_id}
+    # a trusted chaining proxy still names the request
+    resp = await proxy.client.post("/v1/chat/completions", json=CHAT, headers={
+        **proxy.auth(), "X-Costproxy-Proxy-Secret": "s3cret", "X-Request-ID": "relay-req-1"})
+    assert resp.status == 200 and resp.headers["x-costproxy-request-id"] == "relay-req-1"
+    assert [e.request_id for e in await proxy.ledger()][-1] == "relay-req-1"
 
 
 async def test_budget_remaining_header(make_proxy) -> None:

@@ -404,6 +404,10 @@ def test_override_and_usage_json() -> None:
     with pytest.raises(InvalidRequest) as info:
         usage_from_json({"amount": 1, "source": "someone"}, now_ms=now)
     assert info.value.param == "source"
+    for source in ("proxy", "RelayCore"):  # the message lists exactly what is accepted: "proxy" is not
+        with pytest.raises(InvalidRequest) as info:
+            usage_from_json({"amount": 1, "source": source}, now_ms=now)
+        assert info.value.param == "source" and "relaycore, auterity, manual (got" in info.value.message, info.value
 
 
 def test_usd_strings_are_exact_and_short() -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
+import structlog
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
@@ -72,7 +73,7 @@ async def through_both(request: web.Request, handler: Any = ok) -> web.StreamRes
 # --- request id and errors -----------------------------------------------------------------------
 
 
-async def test_the_callers_request_id_is_kept_and_a_hostile_one_replaced(settings: Settings) -> None:
+async def test_a_trusted_proxys_request_id_is_kept_and_a_hostile_one_replaced(settings: Settings) -> None:
     app = app_for(settings)
     seen: list[str] = []
 
@@ -80,10 +81,34 @@ async def test_the_callers_request_id_is_kept_and_a_hostile_one_replaced(setting
         seen.append(request[REQUEST_ID])
         raise RuleRejected("closed for the weekend")
 
-    kept = await errors_middleware(mocked(app, x_request_id="trace-42"), handler)
-    replaced = await errors_middleware(mocked(app, x_request_id="x" * 129), handler)
+    chained = {"x_costproxy_proxy_secret": CHAIN_SECRET}
+    kept = await errors_middleware(mocked(app, x_request_id="trace-42", **chained), handler)
+    replaced = await errors_middleware(mocked(app, x_request_id="x" * 129, **chained), handler)
     assert seen[0] == "trace-42" and kept.headers["x-costproxy-request-id"] == "trace-42"
     assert seen[1].startswith("req_") and replaced.headers["x-costproxy-request-id"] == seen[1]
+
+
+async def test_a_clients_request_id_is_ignored_without_the_trusted_proxys_secret(settings: Settings) -> None:
+    """DESIGN §3.2: X-Request-ID is believed only from a trusted chaining proxy; any client could
+    otherwise file its request under another team's id (GET /api/v1/requests/{id} showed both)."""
+    app = app_for(settings)
+    seen: list[tuple[str, Any]] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen.append((request[REQUEST_ID], structlog.contextvars.get_contextvars().get("client_request_id")))
+        return web.json_response({})
+
+    await errors_middleware(mocked(app, x_request_id="victims-id"), handler)
+    await errors_middleware(mocked(app, x_request_id="victims-id", x_costproxy_proxy_secret="wrong"), handler)
+    await errors_middleware(mocked(app, x_request_id="victims-id", remote="10.1.2.3",  # not from its sources
+                                   x_costproxy_proxy_secret=CHAIN_SECRET), handler)
+    await errors_middleware(mocked(app, "/api/v1/usage", "GET", x_request_id="victims-id",
+                                   authorization=f"Bearer {ADMIN_TOKEN}"), handler)
+    assert len(seen) == 4
+    for request_id, logged in seen:
+        assert request_id.startswith("req_") and logged == "victims-id"  # kept in the log lines only
+    await errors_middleware(mocked(app), handler)
+    assert seen[-1][0].startswith("req_") and seen[-1][1] is None
 
 
 async def test_a_proxy_error_becomes_an_openai_error_body(settings: Settings) -> None:
