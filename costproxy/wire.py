@@ -66,6 +66,8 @@ def instant_ms(value: Any) -> int:
         raise TimeInvalid(f"must be {TIME_RULE}")
     text = value.strip()
     if re.fullmatch(r"-?\d+(\.\d+)?", text):
+        if len(text.lstrip("-").partition(".")[0].lstrip("0")) > 15:  # past 9999 as ms; int() and float()
+            raise TimeInvalid("must lie between 1970 and 9999")  # of 300+ digits fail (ValueError, inf)
         return _from_number(float(text) if "." in text else int(text))
     try:
         if len(text) == 10:
@@ -81,8 +83,12 @@ def instant_ms(value: Any) -> int:
 
 
 def _from_number(number: float) -> int:
-    if not math.isfinite(number) or number < 0:
+    # an int is compared as it is: turned into a float (math.isfinite, * 1000) one of 309 digits or
+    # more overflows; a JSON body may hold one
+    if (isinstance(number, float) and not math.isfinite(number)) or number < 0:
         raise TimeInvalid(f"must be {TIME_RULE} (a number must be finite and not negative)")
+    if number > MAX_TIMESTAMP_MS:
+        raise TimeInvalid("must lie between 1970 and 9999")
     ms = number * 1000 if number < MS_THRESHOLD else number
     if ms > MAX_TIMESTAMP_MS:
         raise TimeInvalid("must lie between 1970 and 9999")
