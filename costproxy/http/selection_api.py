@@ -70,6 +70,8 @@ def _api_constraints(raw: Any, metadata: dict[str, Any]) -> tuple[str, Constrain
         max_cost = usd_to_nanos(raw["maxCost"], what="maxCost") if raw.get("maxCost") is not None else None
     except MoneyError as exc:
         raise InvalidRequest(str(exc), param="constraints.maxCost") from None
+    if max_cost is not None and max_cost < 0:  # no model fits below zero: a caller's mistake, not a 422
+        raise InvalidRequest("'maxCost' must not be negative", param="constraints.maxCost")
     min_quality = raw.get("minQuality")
     if min_quality is not None and (isinstance(min_quality, bool) or not isinstance(min_quality, (int, float))
                                     or not 0 <= min_quality <= 1):

@@ -266,3 +266,25 @@ async def test_a_preferred_model_is_a_preference_not_a_pin(make_proxy) -> None:
     assert (await select({"preferredModel": "small", "minQuality": 0.5}))["selectedModel"] == "small"
     typo = await select({"preferredModel": "no-such-model"}, status=404)  # the caller's mistake stays an error
     assert typo["error"]["code"] == "model_not_found"
+
+
+async def test_a_negative_cost_limit_is_a_400_not_no_eligible_model(make_proxy) -> None:
+    """A negative X-Costproxy-Max-Cost-Usd or constraints.maxCost was a 422 'exceeds the limit $-1'."""
+    from costproxy.settings import TrustedProxySettings
+
+    relay = TrustedProxySettings(name="relay", secret_env="RELAY_SECRET", secret="relay-secret")
+    proxy = await make_proxy(settings_changes={"trusted_proxies": (relay,)})
+    trusted = {**proxy.auth(), "X-Costproxy-Proxy-Secret": "relay-secret"}
+    for body in (SIMPLE, NAMED):
+        resp = await proxy.client.post("/v1/chat/completions", json=body,
+                                       headers={**trusted, "X-Costproxy-Max-Cost-Usd": "-1"})
+        answer = await resp.json()
+        assert resp.status == 400 and answer["error"]["code"] == "invalid_request", answer
+        assert "must not be negative" in answer["error"]["message"]
+        assert answer["error"]["param"] == "X-Costproxy-Max-Cost-Usd"
+    assert not proxy.sim.calls
+    resp = await proxy.client.post("/api/v1/models/select", headers=ADMIN, json={
+        "content": {"messages": SIMPLE["messages"]}, "constraints": {"maxCost": "-1"}})
+    answer = await resp.json()
+    assert resp.status == 400 and answer["error"]["param"] == "constraints.maxCost", answer
+    assert "must not be negative" in answer["error"]["message"]
