@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import yaml
@@ -288,3 +289,33 @@ async def test_a_negative_cost_limit_is_a_400_not_no_eligible_model(make_proxy) 
     answer = await resp.json()
     assert resp.status == 400 and answer["error"]["param"] == "constraints.maxCost", answer
     assert "must not be negative" in answer["error"]["message"]
+
+
+async def test_the_estimate_refuses_unknown_keys_and_honours_max_tokens(make_proxy) -> None:
+    """/models/estimate accepted {"bogusField": 1} (README: no key is ever silently ignored) and priced
+    the worst case for the model's whole output limit whatever the request's max_tokens."""
+    proxy = await make_proxy()
+    messages = SIMPLE["messages"]
+
+    async def estimate(body: dict, status: int = 200) -> dict:
+        resp = await proxy.client.post("/api/v1/models/estimate", headers=ADMIN, json=body)
+        answer = await resp.json()
+        assert resp.status == status, answer
+        return answer
+
+    for body, param in [({"messages": messages, "bogusField": 1}, "bogusField"),
+                        ({"messages": messages, "model": "small"}, "model"),
+                        ({"content": {"messages": messages}, "max_tokens": 5}, "max_tokens"),
+                        ({"content": [], "models": ["small"]}, "content")]:
+        error = (await estimate(body, 400))["error"]
+        assert error["code"] == "invalid_request" and error["param"] == param, error
+    unbounded = {r["model"]: r for r in (await estimate({"messages": messages, "models": ["small"]}))["data"]}
+    assert unbounded["small"]["maxOutputTokens"] == 4096  # the model's limit
+    for body in ({"messages": messages, "models": ["small"], "max_tokens": 10, "outputTokens": 50},
+                 {"content": {"messages": messages, "max_completion_tokens": 10}, "models": ["small"],
+                  "outputTokens": 50}):
+        [row] = (await estimate(body))["data"]
+        assert row["maxOutputTokens"] == 10 and row["outputTokens"] == 10, row
+        assert Decimal(row["worstCaseCost"]) < Decimal(unbounded["small"]["worstCaseCost"])
+    error = (await estimate({"messages": messages, "max_tokens": 0}, 400))["error"]
+    assert error["param"] == "max_tokens", error
