@@ -450,6 +450,12 @@ def _main(argv: list[str]) -> int:
     except ProxyError as exc:  # the store, a provider…: the command could not be carried out
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        raise  # main's: the reader left, not a failure
+    except OSError as exc:  # a directory or file the command cannot make, read or write
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -91,3 +91,9 @@ def test_init_into_a_directory_it_cannot_make_is_exit_1(directory: str, capsys: 
     assert main(["init", directory]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error: cannot write into {directory}: ") and "Traceback" not in err, err
+
+
+def test_a_directory_a_command_cannot_make_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export-encodings", "/proc/nope"]) == 1
+    err = capsys.readouterr().err
+    assert err == "error: No such file or directory: /proc/nope\n", err
