@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import socket
 import sys
@@ -18,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from costproxy.errors import ConfigError
+from costproxy.errors import CallerError, ConfigError, ProxyError
 from costproxy.records import frozen
 from costproxy.settings import ConfigLocation, Settings, find_config, load_settings
 
@@ -38,6 +39,33 @@ class GlobalOptions:
 
 class UsageError(Exception):
     """A command line that cannot be understood (exit status 2, like argparse)."""
+
+
+MAX_USAGE_HOURS = 24 * 366 * 10  # as /api/v1/usage/summary's ``hours``: ten years of ledger
+MAX_USAGE_LIMIT = 1000  # as /api/v1/usage's ``limit``
+
+
+def hours_arg(text: str) -> float:
+    """``--hours``: a finite number of hours above 0 (argparse turns the error into its usage line)."""
+    try:
+        hours = float(text)
+    except ValueError:
+        hours = math.nan
+    if not (math.isfinite(hours) and 0 < hours <= MAX_USAGE_HOURS):
+        raise argparse.ArgumentTypeError(f"must be a number of hours above 0 and at most {MAX_USAGE_HOURS} "
+                                         f"(got {text[:40]!r})")
+    return hours
+
+
+def limit_arg(text: str) -> int:
+    """``--limit``: how many recent requests to list, 0 to ``MAX_USAGE_LIMIT``."""
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = -1
+    if not 0 <= limit <= MAX_USAGE_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to {MAX_USAGE_LIMIT} (got {text[:40]!r})")
+    return limit
 
 
 def split_global_options(argv: list[str]) -> tuple[GlobalOptions, list[str]]:
@@ -186,6 +214,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     except FileExistsError as exc:
         print(f"error: not overwriting existing files (use --force to replace them): {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # no such parent, not writable, not a directory, read-only file system…
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(target) else ""
+        print(f"error: cannot write into {target}: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     for path in written:
         print(f"wrote {path}")
     go = "" if target.resolve() == Path.cwd().resolve() else f"cd {target}\n  "
@@ -331,9 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
     init.set_defaults(func=cmd_init)
     _keys_parser(command("keys", "issue, list and revoke client keys"))
     usage = command("usage", "print recent spend, baseline and saving")
-    usage.add_argument("--hours", type=float, default=24.0)
+    usage.add_argument("--hours", type=hours_arg, default=24.0, help="the spend of the last HOURS (default 24)")
     usage.add_argument("--by", default="model", choices=("model", "team", "user", "key", "project", "org"))
-    usage.add_argument("--limit", type=int, default=20, help="recent requests to list")
+    usage.add_argument("--limit", type=limit_arg, default=20,
+                       help=f"recent requests to list, 0 to {MAX_USAGE_LIMIT} (default 20)")
     usage.add_argument("--demo", action="store_true", help="read the ledger of `costproxy demo`")
     usage.set_defaults(func=cmd_usage)
     ledger = command("ledger", "the PostgreSQL ledger's schema: status, migrate [--to N], rollback [--to N]")
@@ -411,6 +444,18 @@ def _main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    except CallerError as exc:  # a value given on the command line that the command refuses (keys create --user "")
+        print(f"costproxy: error: {exc.message}", file=sys.stderr)
+        return 2
+    except ProxyError as exc:  # the store, a provider…: the command could not be carried out
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        raise  # main's: the reader left, not a failure
+    except OSError as exc:  # a directory or file the command cannot make, read or write
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -66,6 +66,8 @@ def instant_ms(value: Any) -> int:
         raise TimeInvalid(f"must be {TIME_RULE}")
     text = value.strip()
     if re.fullmatch(r"-?\d+(\.\d+)?", text):
+        if len(text.lstrip("-").partition(".")[0].lstrip("0")) > 15:  # past 9999 as ms; int() and float()
+            raise TimeInvalid("must lie between 1970 and 9999")  # of 300+ digits fail (ValueError, inf)
         return _from_number(float(text) if "." in text else int(text))
     try:
         if len(text) == 10:
@@ -81,8 +83,12 @@ def instant_ms(value: Any) -> int:
 
 
 def _from_number(number: float) -> int:
-    if not math.isfinite(number) or number < 0:
+    # an int is compared as it is: turned into a float (math.isfinite, * 1000) one of 309 digits or
+    # more overflows; a JSON body may hold one
+    if (isinstance(number, float) and not math.isfinite(number)) or number < 0:
         raise TimeInvalid(f"must be {TIME_RULE} (a number must be finite and not negative)")
+    if number > MAX_TIMESTAMP_MS:
+        raise TimeInvalid("must lie between 1970 and 9999")
     ms = number * 1000 if number < MS_THRESHOLD else number
     if ms > MAX_TIMESTAMP_MS:
         raise TimeInvalid("must lie between 1970 and 9999")
@@ -101,6 +107,35 @@ def time_field(value: Any, param: str) -> int:
         return instant_ms(value)
     except TimeInvalid as exc:
         raise InvalidRequest(f"'{param}' {exc} (got {str(value)[:60]!r})", param=param) from None
+
+
+# --- URLs --------------------------------------------------------------------------------------
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9_-]*[A-Za-z0-9])?)*\.?")
+
+
+def http_url_problem(url: str) -> str | None:
+    """Why ``url`` is not an absolute http(s) URL the proxy's HTTP client can call (a webhook, a
+    provider's ``base_url``), or None: a scheme of http or https, a host name or IP address (IPv6 in
+    brackets), an optional port from 1 to 65535, and no space or control character anywhere."""
+    from yarl import URL  # aiohttp's own URL type: what it accepts is what delivery will use
+
+    if re.search(r"[\x00-\x20\x7f]", url):
+        return "must not contain spaces or control characters (percent-encode them)"
+    if not re.match(r"(?i)https?://", url):
+        return "must be an http:// or https:// URL"
+    try:
+        parsed = URL(url)
+        host, port = parsed.raw_host, parsed.explicit_port
+    except (ValueError, TypeError) as exc:
+        return f"is not a valid URL ({exc})"
+    if not host:
+        return "must name a host"
+    if ":" not in host and not _HOST_NAME.fullmatch(host):  # an IPv6 address parsed already
+        return f"has an invalid host name {host[:60]!r}"
+    if port is not None and not 0 < port <= 65535:
+        return "has a port outside 1-65535"
+    return None
 
 
 # --- names -------------------------------------------------------------------------------------

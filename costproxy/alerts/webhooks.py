@@ -30,7 +30,7 @@ from typing import Any
 
 from costproxy.errors import InvalidRequest
 from costproxy.records import frozen
-from costproxy.wire import JSON_SCOPE, SCOPE_FROM_JSON, canonical, iso, spellings
+from costproxy.wire import JSON_SCOPE, SCOPE_FROM_JSON, canonical, http_url_problem, iso, spellings
 
 EVENT_TYPES = ("budget.threshold_crossed", "budget.exhausted", "budget.status_changed", "request.blocked",
                "model.switched", "budget.overrun", "webhook.test")
@@ -147,6 +147,10 @@ def _subscription(data: dict[str, Any], sub_id: str, now_ms: int, actor: str | N
     for key, name in (("url", "url"), ("secret", "secret"), ("format", "format"), ("description", "description")):
         if key in data:
             values[name] = _string(data[key], key, allow_empty=key == "description")
+    if "url" in data:  # checked where a URL is given, not on load: one stored before stays loadable
+        problem = http_url_problem(values["url"])
+        if problem is not None:
+            raise WebhookInvalid("url", problem)
     if "enabled" in data:
         if not isinstance(data["enabled"], bool):
             raise WebhookInvalid("enabled", "must be true or false")

@@ -204,11 +204,20 @@ def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
+MAX_ZONE_CHARS = 64  # the longest IANA name is 32 characters (America/Argentina/ComodRivadavia)
+
+
 def zone(name: str, *, field_name: str = "timezone") -> ZoneInfo:
+    """The time zone ``name`` names: the one check of every time zone a budget, a YAML definition or
+    an analytics query gives.  A name that is not an IANA zone (also one too long for a file name,
+    which ``ZoneInfo`` looks up as a path and fails with ``OSError``) is ``BudgetInvalid``."""
     try:
+        if not isinstance(name, str) or len(name) > MAX_ZONE_CHARS:
+            raise ValueError(name)
         return _zone(name)
-    except (ZoneInfoNotFoundError, ValueError, TypeError):
-        raise BudgetInvalid(field_name, "is not an IANA time zone name (e.g. Europe/Berlin)", name) from None
+    except (ZoneInfoNotFoundError, ValueError, TypeError, OSError):
+        shown = name[:MAX_ZONE_CHARS] + "…" if isinstance(name, str) and len(name) > MAX_ZONE_CHARS else name
+        raise BudgetInvalid(field_name, "is not an IANA time zone name (e.g. Europe/Berlin)", shown) from None
 
 
 @frozen

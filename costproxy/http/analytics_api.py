@@ -56,8 +56,8 @@ def time_zone(request: web.Request) -> str:
     name = request.query.get("tz", "UTC") or "UTC"
     try:
         zone(name, field_name="tz")
-    except BudgetInvalid:
-        raise InvalidRequest(f"'tz' must be an IANA time zone name such as Europe/Berlin (got {name!r})",
+    except BudgetInvalid as exc:
+        raise InvalidRequest(f"'tz' must be an IANA time zone name such as Europe/Berlin (got {exc.value!r})",
                              param="tz") from None
     return name
 

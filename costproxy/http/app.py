@@ -107,7 +107,9 @@ def create_app(settings: Settings, *, span_exporter: SpanExporter | None = None,
     ``metrics_dir``: the directory where several workers keep their metrics (``http.server``)."""
     tracing = make_tracing(settings.tracing, span_exporter)
     chain = [m for m in MIDDLEWARES if tracing.enabled or m is not middlewares.tracing_middleware]
-    app = web.Application(middlewares=chain, client_max_size=settings.server.max_body_bytes)
+    # bodies are decoded from their Content-Encoding by http.bodies.read_body, errors in the endpoint's shape
+    app = web.Application(middlewares=chain, client_max_size=settings.server.max_body_bytes,
+                          handler_args={"auto_decompress": False})
     app[SETTINGS] = settings
     app[CLOCK] = clock
     app[METRICS] = make_metrics(metrics_dir)

@@ -209,6 +209,22 @@ def _other_paths() -> dict[str, Schema]:
                                   "team": "teamId", "project": "projectId"}),
         "constraints": body({"preferredModel": S, "excludedModels": arr(S), "maxCost": ref("Money"),
                              "minQuality": NUM, "requiredCapabilities": arr(S)})})
+    cap = {"type": "integer", "minimum": 1, "description": (
+        "the chat request's output cap: the worst case (maxOutputTokens) is priced for at most this many "
+        "output tokens, and outputTokens is held to it")}
+    chat_fields = {"messages": arr(ANY_OBJECT), "tools": arr(ANY_OBJECT), "functions": arr(ANY_OBJECT),
+                   "tool_choice": {"type": ["string", "object"]}, "function_call": {"type": ["string", "object"]},
+                   "response_format": ANY_OBJECT, "prediction": ANY_OBJECT, "web_search_options": ANY_OBJECT,
+                   "max_tokens": cap, "max_completion_tokens": cap}
+    estimate_body = body({
+        "models": arr(S) | {"description": "the models to price (default: every chat model)"},
+        "outputTokens": {"type": "integer", "minimum": 0, "description": (
+            "the output expected, priced in estimatedCost (default 0; at most the output cap)")},
+        "content": body({"messages": arr(ANY_OBJECT), "max_tokens": cap, "max_completion_tokens": cap})
+        | {"additionalProperties": True, "description": (
+            "the chat request to price, as it would be sent; without it, its fields below go beside "
+            "models and outputTokens, and any other key is a 400 naming it")},
+        **chat_fields})
     impact = resp(("remainingBefore", "remainingAfter", "percentOfRemaining"), estimatedCost=MONEY,
                   worstCaseCost=MONEY, remainingBefore=MONEY, remainingAfter=MONEY,
                   percentOfRemaining={"type": ["number", "null"]})
@@ -239,8 +255,9 @@ def _other_paths() -> dict[str, Schema]:
                            "userId, teamId, organizationId or projectId; param names it)"})},
         "/api/v1/models/estimate": {"post": op(
             "Cost of a request on each model", listing(resp(model=S, inputTokens=INT, outputTokens=INT,
-                                                            estimatedCost=MONEY, worstCaseCost=MONEY), currency=S),
-            request=ANY_OBJECT, tag="models")},
+                                                            maxOutputTokens=INT, estimatedCost=MONEY,
+                                                            worstCaseCost=MONEY), currency=S),
+            request=estimate_body, tag="models")},
         "/api/v1/models/capabilities": {"get": op("Models, capabilities and prices", listing(resp(
             model=S, provider=S, kind=S, tier=S, servable=B, notServableReason=N, contextWindow=INT,
             maxOutputTokens=INT, capabilities=arr(S),

@@ -224,7 +224,10 @@ def report_row(key: str) -> Schema:
 
 def alert_schemas() -> dict[str, Schema]:
     scope = resp(scopeType=SCOPE, scopeId=S)
-    sub = {"url": {"type": "string", "format": "uri"}, "events": arr({"enum": list(EVENT_TYPES)}),
+    sub = {"url": {"type": "string", "format": "uri", "description": (
+        "an absolute http:// or https:// URL: a host name or IP address (IPv6 in brackets), an optional port "
+        "from 1 to 65535, no space or control character; anything else is a 400 naming url")},
+           "events": arr({"enum": list(EVENT_TYPES)}),
            "format": {"enum": ["json", "slack"]}, "budgetIds": arr(S), "scopes": arr(scope), "enabled": B,
            "description": S}
     secret = {"type": "string", "description": "whole (whsec_…) at creation and rotation, else masked; the "

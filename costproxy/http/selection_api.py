@@ -2,7 +2,9 @@
 
 ``POST /api/v1/models/select``   request, metadata, constraints → selected model, alternatives,
                                  reasoning, estimated cost, budget impact, fallback chain
-``POST /api/v1/models/estimate`` the cost of a request on given (or all) models
+``POST /api/v1/models/estimate`` the cost of a request on given (or all) models: ``{models?,
+                                 outputTokens?, content}`` or the chat fields it reads at the top
+                                 level; ``max_tokens`` caps the worst case
 ``GET  /api/v1/models/capabilities``  what every model can do and costs
 ``GET  /api/v1/decisions/{id}``  why a decision was taken (kept for the last 10,000 decisions; every
                                   candidate's score for the last 1,000, the chosen one's before that)
@@ -42,6 +44,11 @@ METADATA_KEYS = ("userId", "teamId", "organizationId", "projectId", "taskType", 
                  "budgetPriority", "tags")
 METADATA_ALIASES = {"org": "organizationId", "organization": "organizationId", "user": "userId",
                     "team": "teamId", "project": "projectId"}
+ESTIMATE_KEYS = ("models", "outputTokens", "content")
+# the fields of a chat request that /models/estimate reads (the tokens they add, the search fee, the
+# output cap): the ones it takes beside models and outputTokens without 'content'
+ESTIMATE_CHAT_KEYS = ("messages", "tools", "functions", "tool_choice", "function_call", "response_format",
+                      "prediction", "web_search_options", "max_tokens", "max_completion_tokens")
 CONSTRAINT_KEYS = ("preferredModel", "excludedModels", "maxCost", "minQuality", "requiredCapabilities")
 
 
@@ -90,6 +97,8 @@ def _api_constraints(raw: Any, metadata: dict[str, Any]) -> tuple[str, Constrain
         max_cost = usd_to_nanos(raw["maxCost"], what="maxCost") if raw.get("maxCost") is not None else None
     except MoneyError as exc:
         raise InvalidRequest(str(exc), param="constraints.maxCost") from None
+    if max_cost is not None and max_cost < 0:  # no model fits below zero: a caller's mistake, not a 422
+        raise InvalidRequest("'maxCost' must not be negative", param="constraints.maxCost")
     min_quality = raw.get("minQuality")
     if min_quality is not None and (isinstance(min_quality, bool) or not isinstance(min_quality, (int, float))
                                     or not 0 <= min_quality <= 1):
@@ -206,10 +215,28 @@ async def select_model(request: web.Request) -> web.Response:
     })
 
 
+def _estimate_body(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(options, chat request)`` of a ``/models/estimate`` body: ``{models?, outputTokens?,
+    content}`` with the chat request under ``content`` (any of its fields), or the chat request's
+    fields the estimate reads (``ESTIMATE_CHAT_KEYS``) beside ``models`` and ``outputTokens``.  Any
+    other key is a 400 naming it: it would change nothing in the estimate."""
+    if "content" in raw:
+        body = canonical(raw, ESTIMATE_KEYS)
+        if not isinstance(body["content"], dict):
+            raise InvalidRequest("'content' must be an object: the chat request to price (messages, tools, "
+                                 "max_tokens, …)", param="content")
+        return body, body["content"]
+    try:
+        body = canonical(raw, (*ESTIMATE_KEYS[:2], *ESTIMATE_CHAT_KEYS))
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"{exc.message} (a whole chat request goes under 'content'; 'outputTokens' is the "
+                             "expected output, 'models' the models to price)", param=exc.param) from None
+    return body, {key: value for key, value in body.items() if key in ESTIMATE_CHAT_KEYS}
+
+
 async def estimate(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    body = await json_body(request)
-    content: dict[str, Any] = body["content"] if isinstance(body.get("content"), dict) else body
+    body, content = _estimate_body(await json_body(request))
     models = body.get("models")
     if models is None:
         models = list(services.registry.models)
@@ -233,10 +260,15 @@ async def estimate(request: web.Request) -> web.Response:
             continue
         tokens = await count_input(services, chat, model.encoding)
         fees = model.tool_cost(searches)
-        cost = model.cost(Usage(prompt_tokens=tokens, completion_tokens=output)) + fees
-        worst = model.worst_case_cost(tokens, model.max_output_tokens) + fees
-        rows.append((cost, {"model": model.id, "inputTokens": tokens, "outputTokens": output,
-                            "estimatedCost": format_usd(cost), "worstCaseCost": format_usd(worst)}))
+        # the output one call may produce: the model's limit, and the request's max_tokens /
+        # max_completion_tokens as the proxy would cap and reserve for it
+        cap = min(x for x in (model.max_output_tokens or model.context_window, chat.max_output_tokens) if x)
+        expected = min(output, cap)
+        cost = model.cost(Usage(prompt_tokens=tokens, completion_tokens=expected)) + fees
+        worst = model.worst_case_cost(tokens, cap) + fees
+        rows.append((cost, {"model": model.id, "inputTokens": tokens, "outputTokens": expected,
+                            "maxOutputTokens": cap, "estimatedCost": format_usd(cost),
+                            "worstCaseCost": format_usd(worst)}))
     rows.sort(key=lambda row: row[0])
     return web.json_response({"currency": "USD", "data": [row for _, row in rows]})
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from costproxy.config_schema import Node
 from costproxy.records import frozen
+from costproxy.wire import http_url_problem
 
 PROVIDER_AUTH = ("bearer", "api-key", "x-api-key", "none")
 PROVIDER_KINDS = ("openai", "azure", "anthropic")
@@ -79,6 +80,9 @@ def parse_provider(name: str, node: Node, env: Mapping[str, str]) -> ProviderSet
     base_url = node.child("base_url").str().rstrip("/")
     if not base_url.startswith(("http://", "https://")):
         raise node.child("base_url").error("must start with http:// or https://", base_url)
+    problem = http_url_problem(base_url)
+    if problem is not None:
+        raise node.child("base_url").error(problem, base_url)
     default_auth = {"azure": "api-key", "anthropic": "x-api-key"}.get(kind, "bearer")
     auth_node = node.child("auth", default_auth if key_env else "none")
     auth = auth_node.str(choices=PROVIDER_AUTH)

@@ -92,7 +92,10 @@ def header_constraints(headers: Mapping[str, str]) -> Constraints:
         try:
             nanos = usd_to_nanos(max_cost, what="X-Costproxy-Max-Cost-Usd")
         except MoneyError as exc:
-            raise InvalidRequest(str(exc)) from None
+            raise InvalidRequest(str(exc), param="X-Costproxy-Max-Cost-Usd") from None
+        if nanos < 0:  # no model fits below zero: a caller's mistake, not "no eligible model"
+            raise InvalidRequest(f"X-Costproxy-Max-Cost-Usd must not be negative (got {max_cost[:40]!r})",
+                                 param="X-Costproxy-Max-Cost-Usd")
     if quality is not None and quality not in QUALITY_MODES:
         raise InvalidRequest(f"X-Costproxy-Quality must be one of {', '.join(QUALITY_MODES)}")
     reasons = tuple(f"header {k}: {v}" for k, v in (("quality", quality), ("max cost", max_cost)) if v)

@@ -216,10 +216,12 @@ async def test_scoped_token_selects_only_for_principals_in_its_scopes(make_proxy
     assert own["budgetImpact"]["remainingBefore"].startswith("1.0")
     anonymous = await call(proxy, "POST", "/api/v1/models/select", headers=agent, json=select)
     assert "remainingBefore" not in anonymous["budgetImpact"]
-    # estimate names no principal: nothing of any budget in it
-    estimated = await call(proxy, "POST", "/api/v1/models/estimate", headers=agent,
-                           json={**select, "metadata": {"teamId": "other"}})
+    # estimate names no principal (a metadata key is refused as unknown): nothing of any budget in it
+    estimated = await call(proxy, "POST", "/api/v1/models/estimate", headers=agent, json=select)
     assert "123.456" not in str(estimated) and "secret" not in str(estimated).lower()
+    refused = await call(proxy, "POST", "/api/v1/models/estimate", headers=agent, status=400,
+                         json={**select, "metadata": {"teamId": "other"}})
+    assert refused["error"]["param"] == "metadata" and "123.456" not in str(refused)
 
 
 def _template(path: str) -> str:

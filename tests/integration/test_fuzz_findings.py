@@ -53,3 +53,19 @@ async def test_a_legacy_function_call_of_the_wrong_type_is_refused_before_the_pr
     assert resp.status == 400 and openai_error(answer, "invalid_request"), answer
     assert answer["error"]["param"] == "function_call"
     assert not proxy.sim.calls
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://a b", "http://x:99999/", "http://-x-/"])
+async def test_a_malformed_webhook_url_is_a_400_on_create_and_update(make_proxy: ProxyFactory, url: str) -> None:
+    """A URL the HTTP client cannot call was stored (201) and every delivery then failed."""
+    proxy = await make_proxy()
+    resp = await proxy.client.post("/api/v1/webhooks", headers=ADMIN, json={"url": url})
+    body = await resp.json()
+    assert resp.status == 400 and openai_error(body, "invalid_request"), body
+    assert body["error"]["param"] == "url"
+    resp = await proxy.client.post("/api/v1/webhooks", headers=ADMIN, json={"url": "http://127.0.0.1:9/hook"})
+    assert resp.status == 201, await resp.text()
+    sub_id = (await resp.json())["id"]
+    resp = await proxy.client.patch(f"/api/v1/webhooks/{sub_id}", headers=ADMIN, json={"url": url})
+    body = await resp.json()
+    assert resp.status == 400 and body["error"]["param"] == "url", body

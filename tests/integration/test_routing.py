@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import yaml
@@ -302,3 +303,55 @@ async def test_rules_read_any_header_a_client_sends_but_not_credentials_or_untru
     assert await answer(**{"X-Tenant-ID": "blockme"}) == (200, "ok")  # from a client: ignored, as for routing
     assert await answer(**{"X-Tenant-ID": "blockme", "X-Costproxy-Proxy-Secret": "s3cret"}) == (403, "tenant fired")
     assert await answer(**{"x-api-key": proxy.auth()["Authorization"][7:]}) == (200, "ok")
+
+
+async def test_a_negative_cost_limit_is_a_400_not_no_eligible_model(make_proxy) -> None:
+    """A negative X-Costproxy-Max-Cost-Usd or constraints.maxCost was a 422 'exceeds the limit $-1'."""
+    from costproxy.settings import TrustedProxySettings
+
+    relay = TrustedProxySettings(name="relay", secret_env="RELAY_SECRET", secret="relay-secret")
+    proxy = await make_proxy(settings_changes={"trusted_proxies": (relay,)})
+    trusted = {**proxy.auth(), "X-Costproxy-Proxy-Secret": "relay-secret"}
+    for body in (SIMPLE, NAMED):
+        resp = await proxy.client.post("/v1/chat/completions", json=body,
+                                       headers={**trusted, "X-Costproxy-Max-Cost-Usd": "-1"})
+        answer = await resp.json()
+        assert resp.status == 400 and answer["error"]["code"] == "invalid_request", answer
+        assert "must not be negative" in answer["error"]["message"]
+        assert answer["error"]["param"] == "X-Costproxy-Max-Cost-Usd"
+    assert not proxy.sim.calls
+    resp = await proxy.client.post("/api/v1/models/select", headers=ADMIN, json={
+        "content": {"messages": SIMPLE["messages"]}, "constraints": {"maxCost": "-1"}})
+    answer = await resp.json()
+    assert resp.status == 400 and answer["error"]["param"] == "constraints.maxCost", answer
+    assert "must not be negative" in answer["error"]["message"]
+
+
+async def test_the_estimate_refuses_unknown_keys_and_honours_max_tokens(make_proxy) -> None:
+    """/models/estimate accepted {"bogusField": 1} (README: no key is ever silently ignored) and priced
+    the worst case for the model's whole output limit whatever the request's max_tokens."""
+    proxy = await make_proxy()
+    messages = SIMPLE["messages"]
+
+    async def estimate(body: dict, status: int = 200) -> dict:
+        resp = await proxy.client.post("/api/v1/models/estimate", headers=ADMIN, json=body)
+        answer = await resp.json()
+        assert resp.status == status, answer
+        return answer
+
+    for body, param in [({"messages": messages, "bogusField": 1}, "bogusField"),
+                        ({"messages": messages, "model": "small"}, "model"),
+                        ({"content": {"messages": messages}, "max_tokens": 5}, "max_tokens"),
+                        ({"content": [], "models": ["small"]}, "content")]:
+        error = (await estimate(body, 400))["error"]
+        assert error["code"] == "invalid_request" and error["param"] == param, error
+    unbounded = {r["model"]: r for r in (await estimate({"messages": messages, "models": ["small"]}))["data"]}
+    assert unbounded["small"]["maxOutputTokens"] == 4096  # the model's limit
+    for body in ({"messages": messages, "models": ["small"], "max_tokens": 10, "outputTokens": 50},
+                 {"content": {"messages": messages, "max_completion_tokens": 10}, "models": ["small"],
+                  "outputTokens": 50}):
+        [row] = (await estimate(body))["data"]
+        assert row["maxOutputTokens"] == 10 and row["outputTokens"] == 10, row
+        assert Decimal(row["worstCaseCost"]) < Decimal(unbounded["small"]["worstCaseCost"])
+    error = (await estimate({"messages": messages, "max_tokens": 0}, 400))["error"]
+    assert error["param"] == "max_tokens", error

@@ -121,6 +121,8 @@ def test_subscription_parse_defaults_update_and_round_trip() -> None:
     ({"url": "https://x", "format": "xml"}, "format"), ({"url": "https://x", "secret": "short"}, "secret"),
     ({"url": "https://x", "colour": "red"}, "colour"), ({"url": "https://x", "enabled": "yes"}, "enabled"),
     ({"url": "https://x", "scopes": [{"scopeType": "galaxy", "scopeId": "m31"}]}, "scopes"),
+    ({"url": "http://[::1"}, "url"), ({"url": "http://a b"}, "url"), ({"url": "http://x:99999/"}, "url"),
+    ({"url": "http://-x-/hook"}, "url"), ({"url": "https://"}, "url"), ({"url": "http://x/\nHost: y"}, "url"),
 ])
 def test_subscription_errors_name_the_field(body: dict[str, object], field: str) -> None:
     with pytest.raises(WebhookInvalid) as info:
@@ -295,3 +297,15 @@ def test_the_pure_parts_stay_sans_io() -> None:
     for relative in ("alerts/webhooks.py", "identity/access_tokens.py", "budgets/reports.py"):
         for name in imports_of(PACKAGE / relative):
             assert name.split(".")[0] not in IO_MODULES and not name.startswith(UPPER_LAYERS), (relative, name)
+
+
+def test_a_malformed_url_is_refused_on_update_but_a_stored_one_still_loads() -> None:
+    """The URL is checked where one is given (POST, PATCH): a subscription stored before the check
+    must not stop the catalog (and the read-only tokens beside it) from loading."""
+    sub = subscription_from_json({"url": "http://[::1]:8080/hook"}, sub_id="whk_1", now_ms=0, actor=None)
+    with pytest.raises(WebhookInvalid) as info:
+        subscription_from_json({"url": "http://a b"}, sub_id="whk_1", now_ms=1, actor=None, base=sub)
+    assert info.value.field == "url" and "space" in info.value.detail
+    old = subscription_from_stored({**sub.stored(), "url": "http://a b"})
+    assert old.url == "http://a b"
+    assert subscription_from_json({"enabled": False}, sub_id="whk_1", now_ms=1, actor=None, base=old).url == old.url
