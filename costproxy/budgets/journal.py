@@ -107,7 +107,8 @@ def lapsed_entry(body: dict[str, Any], opened_ms: int, now_ms: int) -> LedgerEnt
     return LedgerEntry(
         request_id=body["request_id"], ts_ms=opened_ms, endpoint="", status=Status.LAPSED.value, http_status=0,
         key_id=body.get("key_id"), user=body.get("user"), team=body.get("team"), org=body.get("org"),
-        project=body.get("project"), cost_nanos=int(body["amount_nanos"]), usage_reported=False,
+        project=body.get("project"), cost_nanos=int(body["amount_nanos"]),
+        baseline_nanos=int(body["amount_nanos"]), usage_reported=False,  # no saving claimed for it
         error_code="replica_lost",
         metadata={"budgets": dict(body["budgets"]), "lapsed": {
             "reason": LAPSE_REASON, "store": "sqlite", "reserved_ms": opened_ms, "charged_ms": now_ms}})

@@ -37,20 +37,20 @@ Period roll-over needs no cron and no lock: the period key is part of the counte
 first reservation of a new period simply starts a new hash; each counter gets ``PEXPIREAT`` at
 its period's end plus the ledger retention, so old periods disappear on their own.
 
-Definitions versions: a reserve must never run against definitions older than a change whose
-admin call already answered (a budget created, deleted, its limit or kind changed, an override
-granted or revoked).  ``DEFINE`` bumps ``P:{defs}:version``; before the admin call answers, the
-writer raises every registered partition's ``dv`` copy to that version (``DEFS_RAISE``, one call
-per partition: each copy lives in its partition's slot, so the reserve script reads it without
-leaving its own).  The reserve script takes the caller's loaded version and answers ``stale``
-(reserving nothing) when the copy is newer, or missing; the caller reloads and tries again.  The
-check is per partition, not per budget, so a budget the caller does not know exists yet (created
-for its scope) is covered too, and a caller without any budget checks its own partition
-(``DEFS_CHECK``).  Why a missing copy is enough: a partition that was not in ``P:partitions`` when a
-writer raised the copies was added later, by a replica that registers a partition before its
+Definitions versions: a reserve must never run against definitions older than a change whose admin
+call already answered (a budget created, deleted, its limit or kind changed, an override granted or
+revoked). ``DEFINE`` bumps ``P:{defs}:version``; before the admin call answers, the writer raises
+every registered partition's ``dv`` copy to that version (``DEFS_RAISE``, one call per partition:
+each copy lives in its partition's slot, so the reserve script reads it without leaving its own).
+The reserve script takes the caller's loaded version and answers ``stale`` (reserving nothing) when
+the copy is newer, or missing; the caller reloads and tries again. The check is per partition, not
+per budget, so a budget the caller does not know exists yet (created for its scope) is covered too,
+and a caller without any budget checks its own partition (a ``RESERVE`` of no counter, whose hash
+only journals the call). Why a missing copy is enough: a partition that was not in ``P:partitions``
+when a writer raised the copies was added later, by a replica that registers a partition before its
 first script there; that replica, answered ``stale`` for the missing copy, reloads after it
-registered, so with a version at least the writer's, and seeds the copy with that
-(``DEFS_RAISE`` only ever raises it).
+registered, so with a version at least the writer's, and seeds the copy with that (``DEFS_RAISE``
+only ever raises it).
 
 Numbers: Redis integers are 64-bit and every ``HINCRBY`` here is exact (amounts travel as
 strings); comparisons run in Lua doubles, exact up to 2**53 nano-USD (about $9M) per counter, so
@@ -317,12 +317,6 @@ return 1
 # were reclaimed.
 RECLAIM = _RECLAIM_FN + """
 return reclaim(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
-"""
-
-# KEYS: definitions version copy of a partition; ARGV: the caller's loaded version.  A reserve
-# without any budget to reserve on: {'ok'}, or {'stale', copy} as RESERVE answers it.
-DEFS_CHECK = _STALE_FN + """
-return stale(KEYS[1], ARGV[1]) or {'ok'}
 """
 
 # KEYS: P:{defs}:version.  The definitions version, sent as a script so that it travels with the

@@ -82,7 +82,6 @@ from costproxy.budgets.config import BudgetConfig
 from costproxy.budgets.definitions import BudgetStore
 from costproxy.budgets.definitions_redis import RedisDefinitions
 from costproxy.budgets.lua import (
-    DEFS_CHECK,
     DEFS_RAISE,
     DEFS_VERSION,
     MAX_EXACT_NANOS,
@@ -128,6 +127,7 @@ def lapsed_entry(reservation: BudgetReservation, principal: Principal, now_ms: i
         "request_id": reservation.request_id, "ts_ms": now_ms, "endpoint": "", "status": Status.LAPSED.value,
         "http_status": 0, "key_id": principal.key_id, "user": principal.user, "team": principal.team,
         "org": principal.org, "project": principal.project, "cost_nanos": reservation.amount_nanos,
+        "baseline_nanos": reservation.amount_nanos,  # no saving is claimed for a call nobody saw end
         "usage_reported": False, "error_code": "replica_lost",
         "metadata": {"budgets": dict(zip(reservation.budget_ids, reservation.period_keys, strict=True))}})
 
@@ -154,7 +154,6 @@ class RedisBudgetAccounts(BudgetBook):
         self._settle = redis.register_script(SETTLE)
         self._reclaim = redis.register_script(RECLAIM)
         self._renew = redis.register_script(RENEW)
-        self._defs_check = redis.register_script(DEFS_CHECK)
         self._defs_raise = redis.register_script(DEFS_RAISE)
         self._defs_version = redis.register_script(DEFS_VERSION)
         self._reloading = asyncio.Lock()  # one reload for the requests that found the definitions stale
@@ -399,19 +398,32 @@ class RedisBudgetAccounts(BudgetBook):
             await asyncio.shield(self._defer(release))
 
     async def _unbudgeted(self, request_id: str, principal: Principal, amount: int, known: int) -> Reservation | Stale:
-        """No budget applies, as far as the definitions in memory say: one look at the version copy
-        of the caller's partition tells whether one was created meanwhile (a round trip only
-        requests without any budget pay).  Redis away: proceed, as a chain of soft budgets does."""
+        """No budget applies, as far as the definitions in memory say: a reserve of no counter looks
+        at the version copy of the caller's partition (was one created meanwhile?) and journals the
+        call.  Redis away: proceed, as a chain of soft budgets does."""
         partition = principal.org or ""
+        now = self.now_ms()
+        token = self._token()
+        # a reservation of no counter: its hash carries the ledger entry a reclaim appends if this
+        # replica dies during the call, so a crash never drops the request from the ledger
+        reservation = BudgetReservation(request_id=request_id, amount_nanos=amount, token=token, home=partition)
+        keys = [self.keys.reservation_prefix(partition) + token, self.keys.expiries(partition),
+                self.keys.defs_seen(partition)]
+        args: list[str | int] = [now, self.ttl_ms, str(amount), token, self.keys.reservation_prefix(partition),
+                                 RECLAIM_BATCH, self.owner, lapsed_entry(reservation, principal, now).decode(), known]
         try:
             await self._register([partition])
-            reply = await self._scripts.run(self._defs_check, [self.keys.defs_seen(partition)], [known])
+            reply = await self._scripts.run(self._reserve, keys, args)
         except RedisError as exc:
             self._down(exc)
-            return Reservation(request_id=request_id, amount_nanos=amount)
+            return reservation  # proceed; the script may have run, so its settle (from the outbox) drops it
+        except asyncio.CancelledError:  # nobody will settle it: release its token, as a budgeted reserve does
+            await self._release_later(reservation)
+            raise
+        self._up(now)
         if _text(reply[0]) == "stale":
             return Stale(partition, int(reply[1]))
-        return Reservation(request_id=request_id, amount_nanos=amount)
+        return reservation
 
     async def _catch_up(self, stale: Stale) -> None:
         """Reload the definitions a reserve found stale (once for every request that found the same
@@ -478,7 +490,7 @@ class RedisBudgetAccounts(BudgetBook):
     async def renew(self, reservation: Reservation, ttl_s: float | None = None) -> bool:
         """Extend the lease in Redis; False if a reclaim (any replica's) already took it."""
         length = lease_ms(ttl_s, self.ttl_ms)
-        if not isinstance(reservation, BudgetReservation) or not reservation.counter_keys:
+        if not isinstance(reservation, BudgetReservation) or not reservation.token:
             return True  # nothing held
         home, token = reservation.home, reservation.token
         try:
@@ -486,9 +498,11 @@ class RedisBudgetAccounts(BudgetBook):
                                      args=[token, self.now_ms(), length])
         except RedisError as exc:
             self._down(exc)
+            if not reservation.counter_keys:
+                return True  # no budget room at stake: the call goes on
             raise unavailable("budget store", self.label, exc,
                               f"renew the lease of request {reservation.request_id}") from None
-        return bool(int(held))
+        return bool(int(held)) or not reservation.counter_keys
 
     # --- settle / release / usage --------------------------------------------------------
     async def settle(self, reservation: Reservation, entry: LedgerEntry) -> None:
@@ -539,7 +553,7 @@ class RedisBudgetAccounts(BudgetBook):
     def _settle_op(self, reservation: Reservation, entry: LedgerEntry | None, cost: int, *,
                    done_ttl_ms: int | None = None) -> Settlement | None:
         now = self.now_ms()
-        if isinstance(reservation, BudgetReservation) and reservation.counter_keys:
+        if isinstance(reservation, BudgetReservation) and reservation.token:  # counters, or none (unbudgeted)
             home, token, counters = reservation.home, reservation.token, list(reservation.counter_keys)
             ids, periods = reservation.budget_ids, reservation.period_keys
             entry = None if entry is None else self.tagged(entry, reservation)

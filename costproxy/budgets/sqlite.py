@@ -233,8 +233,11 @@ class SqliteBudgetAccounts(BudgetBook):
     async def reserve(self, request_id: str, principal: Principal, worst_case_nanos: int) -> Reservation:
         now = self.now_ms()
         chain = self.chain(principal, now)
-        if not chain:
-            return Reservation(request_id=request_id, amount_nanos=worst_case_nanos)
+        if not chain:  # nothing to hold, but journaled: a crash during the call still ledgers it (lapsed)
+            reservation = BudgetReservation(request_id=request_id, amount_nanos=worst_case_nanos,
+                                            token=str(next(self._tokens)))
+            self.journal.opened(reservation, principal, now)
+            return reservation
         return self._reserve(request_id, principal, chain, worst_case_nanos, now)
 
     def _reserve(self, request_id: str, principal: Principal, chain: tuple[CompiledBudget, ...], amount: int,
@@ -304,9 +307,12 @@ class SqliteBudgetAccounts(BudgetBook):
             self.store.append(self.tagged(entry, reservation))
 
     def _take(self, reservation: Reservation) -> _Held | None:
-        if not isinstance(reservation, BudgetReservation) or not reservation.budget_ids:
+        if not isinstance(reservation, BudgetReservation):
             return None
-        self.journal.closed(reservation.token)  # in the batch that carries the entry (``_finish``)
+        if reservation.token:
+            self.journal.closed(reservation.token)  # in the batch that carries the entry (``_finish``)
+        if not reservation.budget_ids:
+            return None  # journaled only
         held = self._held.pop(reservation.token, None)
         if held is not None:
             for _, _, counter in held.charged:

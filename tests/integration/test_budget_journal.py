@@ -274,3 +274,26 @@ def test_a_close_after_a_failed_batch_still_cancels_its_open() -> None:
     journal.closed("1")  # the row never reached the disk: nothing to write at all
     assert not journal.pending
 
+
+
+async def test_a_call_of_a_caller_without_any_budget_is_journaled_and_lapsed_too(open_accounts: Opener) -> None:
+    """No budget applies to the caller, nothing is held — but the provider may bill the call all
+    the same, so a crash during it must not drop it from the ledger (it did: only budgeted calls
+    were journaled). Settled or released, it leaves no row."""
+    clock = FakeClock()
+    accounts, store = await open_accounts(chain_specs(), clock=clock)
+    await explicit_flushes_only(store)
+    stranger = Principal(key_id="key9", user="sam", team="elsewhere", org="other")
+    assert (await accounts.view(stranger)).remaining_nanos is None  # no budget applies
+    done = await accounts.reserve("done", stranger, 5_000)
+    await accounts.settle(done, entry("done", 4_000))
+    dropped = await accounts.reserve("dropped", stranger, 6_000)
+    await accounts.release(dropped, None)
+    await accounts.reserve("running", stranger, 7_000)
+    await store.flush()
+    assert set(await journal_rows(store)) == {"running"}
+    crashed = await crash_copy(store, "crashed.sqlite3")
+    after, store2 = await open_accounts(chain_specs(), clock=clock, name=Path(crashed).name)
+    assert [(r, c, m["budgets"]) for r, c, m in await lapsed(store2)] == [("running", 7_000, {})]
+    assert await journal_rows(store2) == {}
+    await close(after, store2)

@@ -335,3 +335,32 @@ async def test_a_keyed_usage_record_retried_after_redis_came_back_is_its_duplica
     assert again.duplicate and accounts.pending() == 0
     team = next(v for k, v in counters(redis_space).items() if ":b:team:" in k)
     assert team["spent"] == 100_000_000
+
+
+async def test_a_call_of_a_caller_without_any_budget_is_lapsed_when_its_replica_dies(
+        replica: Opener, redis_space: RedisSpace) -> None:
+    """Nothing is held for a caller no budget applies to, but its call may be billed: a replica that
+    dies during it must still leave a ledger entry (a reclaim appends the lapsed one); a call that
+    settles leaves its entry once and nothing behind."""
+    from costproxy.identity.principal import Principal
+
+    config = section(*CHAIN, ttl=1.0, refresh=0.05)
+    dead, survivor = await replica(config), await replica(config)
+    await cancel_and_wait(survivor._tasks)
+    stranger = Principal(key_id="key9", user="sam", org="other")
+    done = await dead.reserve("done", stranger, 5_000)
+    await dead.settle(done, entry("done", 4_000, stranger))
+    running = await dead.reserve("running", stranger, 7_000)
+    assert isinstance(running, BudgetReservation) and not running.budget_ids
+    await cancel_and_wait(dead._tasks)  # the replica dies during the call
+    await survivor.refresh()
+    deadline = time.monotonic() + 15
+    while len(stream_entries(redis_space, partition="other")) < 2:
+        assert time.monotonic() < deadline, "the dead replica's call was never ledgered"
+        await survivor.reclaim_expired()
+        await asyncio.sleep(0.05)
+    ledger = {e.request_id: (e.status, e.cost_nanos) for e in stream_entries(redis_space, partition="other")}
+    assert ledger == {"done": ("ok", 4_000), "running": ("lapsed", 7_000)}
+    client = redis_space.client()
+    assert not client.exists(dead.keys.reservation_prefix("other") + done.token)  # type: ignore[union-attr]
+    client.close()
