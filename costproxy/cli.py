@@ -267,7 +267,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
         return 1
     try:
         return asyncio.run(print_usage(path, hours=args.hours, group_by=args.by, limit=args.limit,
-                                       ledger_url=ledger_url))
+                                       ledger_url=ledger_url, ledger_timeout_s=settings.store.ledger_timeout_s))
     except StoreUnavailable as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1

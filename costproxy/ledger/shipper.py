@@ -55,11 +55,31 @@ class Shipper:
         self.shipped = 0
         self.last_error: str | None = None
         self._failing_since: float | None = None
+        self._step_since: float | None = None  # when the step now running began
+        self.peer_stale: str | None = None  # Redis mode: why the replica that ships cannot write (its word)
         self._wake = asyncio.Event()
 
     @property
     def healthy(self) -> bool:
-        return self._failing_since is None
+        """Writing: no failure since the last write, and no step stuck for longer than the ledger's
+        call bound (``store.ledger_timeout_s``) — a server that does not answer is not healthy."""
+        if self._failing_since is not None:
+            return False
+        return self._step_since is None or time.monotonic() - self._step_since <= self.ledger.timeout_s
+
+    @property
+    def error(self) -> str | None:
+        if self.last_error is None and not self.healthy:
+            return (f"shipping has made no progress for over {self.ledger.timeout_s:g} s "
+                    "(store.ledger_timeout_s): PostgreSQL does not answer")
+        return self.last_error
+
+    async def _step(self) -> int:
+        self._step_since = time.monotonic()
+        try:
+            return await self.step()
+        finally:
+            self._step_since = None
 
     def wake(self, *_: Any) -> None:
         self._wake.set()
@@ -72,13 +92,16 @@ class Shipper:
         while True:
             stop_if_cancelled()
             try:
-                while await self.step() >= self.batch:  # a backlog: ship it without waiting
+                while await self._step() >= self.batch:  # a backlog: ship it without waiting
                     stop_if_cancelled()
                 self._ok()
+                await self._share(None)
                 delay = self.interval_s
             except (StoreUnavailable, RedisError, OSError) as exc:
                 stop_if_cancelled()
                 self._failed(exc)
+                if isinstance(exc, StoreUnavailable):
+                    await self._share(exc.message)
                 delay = min(MAX_BACKOFF_S, max(delay * 2, self.interval_s))
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
@@ -95,10 +118,14 @@ class Shipper:
         except (StoreUnavailable, RedisError, OSError, TimeoutError) as exc:
             log.warning("ledger_postgres_drain_incomplete", error=str(exc)[:300])
 
+    async def _share(self, failure: str | None) -> None:
+        """Tell the other replicas whether this one fails to write (Redis mode); nothing to tell else."""
+
     def _ok(self) -> None:
         if self._failing_since is not None:
             log.info("ledger_postgres_write_recovered", after_s=round(time.monotonic() - self._failing_since, 3))
         self._failing_since, self.last_error = None, None
+        self.ledger.stale = self.peer_stale
 
     def _failed(self, exc: BaseException) -> None:
         message = exc.message if isinstance(exc, StoreUnavailable) else str(exc)
@@ -106,6 +133,8 @@ class Shipper:
             self._failing_since = time.monotonic()
             log.error("ledger_postgres_write_failing", error=message[:300])
         self.last_error = message
+        if isinstance(exc, StoreUnavailable):  # entries wait that PostgreSQL would not take: reports refuse
+            self.ledger.stale = message
 
 
 class LocalShipper(Shipper):
@@ -134,7 +163,7 @@ class LocalShipper(Shipper):
     async def _same_row(self, origin: str, seq: int) -> bool:
         """Whether the file's row ``seq`` is the one PostgreSQL holds as ``origin``'s row ``seq``."""
         mine = await self.local.query("SELECT request_id, ts_ms FROM ledger WHERE seq = ?", (seq,))
-        theirs = await self.ledger.query("SELECT l.request_id, l.ts_ms FROM costproxy_ledger l"
+        theirs = await self.ledger.fetch("SELECT l.request_id, l.ts_ms FROM costproxy_ledger l"
                                          " WHERE l.origin = ? AND l.origin_id = ?", [origin, str(seq)])
         if not theirs:  # quarantined there, or never a row: nothing to compare
             return True
@@ -171,7 +200,7 @@ class LocalShipper(Shipper):
         old, until = self._replaced
         ids = [e.request_id for _, e in batch if isinstance(e, LedgerEntry)]
         marks = ", ".join("?" for _ in ids)
-        rows = await self.ledger.query(f"SELECT l.request_id, l.ts_ms FROM costproxy_ledger l WHERE l.origin = ?"
+        rows = await self.ledger.fetch(f"SELECT l.request_id, l.ts_ms FROM costproxy_ledger l WHERE l.origin = ?"
                                        f" AND l.request_id IN ({marks})", [old, *ids])
         seen = {(r["request_id"], r["ts_ms"]) for r in rows}
         if last >= until:
@@ -196,6 +225,8 @@ class StreamShipper(Shipper):
         self.lease_ms = int(lease_s * 1000)
         self._extend = redis.register_script(_EXTEND)
         self._held: dict[str, str] | None = None  # partition -> last id in PostgreSQL, while the lease is ours
+        self._leased = False
+        self._shared = False  # this replica has published a failure to write
 
     def positions(self) -> Mapping[str, str] | None:
         """What PostgreSQL holds, per partition, while this replica ships (for ``StreamKeeper``)."""
@@ -205,11 +236,34 @@ class StreamShipper(Shipper):
     def lease_key(self) -> str:
         return f"{self.keys.prefix}:ledger-postgres"
 
+    @property
+    def failing_key(self) -> str:
+        """Why the replica that ships cannot write PostgreSQL, while it cannot: the others' reports
+        refuse too (their PostgreSQL reads would be as stale as its own)."""
+        return f"{self.keys.prefix}:ledger-postgres-failing"
+
+    async def _share(self, failure: str | None) -> None:
+        if not self._leased or (failure is None and not self._shared):
+            return
+        try:
+            if failure is None:
+                await self.redis.delete(self.failing_key)
+            else:
+                await self.redis.set(self.failing_key, failure[:500], px=3 * self.lease_ms)
+            self._shared = failure is not None
+        except RedisError as exc:
+            log.warning("ledger_postgres_failure_not_shared", error=str(exc)[:200])
+
     async def step(self) -> int:
-        if not int(await self._extend(keys=[self.lease_key], args=[self.owner, self.lease_ms])):
+        self._leased = bool(int(await self._extend(keys=[self.lease_key], args=[self.owner, self.lease_ms])))
+        if not self._leased:
             self._held = None  # another replica ships
+            failing = await self.redis.get(self.failing_key)
+            self.peer_stale = None if failing is None else f"the replica that ships says: {_text(failing)}"
             return 0
+        self.peer_stale = None
         if self._held is None:
+            self._shared = True  # just took the lease: clear what a former holder may have published
             stored = await self.ledger.positions(self.keys.prefix + ":")
             self._held = {}
             for partition in self.partitions():
