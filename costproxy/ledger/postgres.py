@@ -233,6 +233,25 @@ class PostgresLedger:
                                 " WHERE substr(l.origin, 1, ?) = ?", [len(prefix), prefix])
         return {r["origin"]: (int(r["pos_major"]), int(r["pos_minor"])) for r in rows}
 
+    async def mark_deployment(self, prefix: str, deployment: str, fresh_s: float) -> list[str]:
+        """Note that ``deployment`` (an id kept in its Redis) ships the streams under ``prefix``, and
+        return the other deployments that did so within ``fresh_s``: they share its origins (the
+        stream keys), so entries with the same stream id would be dropped as already written."""
+        marks = f"{prefix}:deployment:"
+        try:
+            async with self._connection() as conn, conn.cursor() as cursor:
+                await cursor.execute("INSERT INTO costproxy_ledger_origins (origin, pos_major, pos_minor)"
+                                     " VALUES (%s, 0, 0) ON CONFLICT (origin) DO UPDATE SET updated_at = now()",
+                                     [marks + deployment])
+                await cursor.execute("SELECT origin FROM costproxy_ledger_origins WHERE substr(origin, 1, %s) = %s"
+                                     " AND origin <> %s AND updated_at > now() - make_interval(secs => %s)",
+                                     [len(marks), marks, marks + deployment, fresh_s])
+                return [str(r[0])[len(marks):] for r in await cursor.fetchall()]
+        except UNAVAILABLE as exc:
+            raise self._unavailable(exc) from None
+        except psycopg.Error as exc:
+            raise self._unavailable(exc) from None
+
     # --- writes --------------------------------------------------------------------------------
     async def write(self, origin: str, rows: Sequence[Row], position: Position) -> int:
         """Commit ``rows`` and the origin's new ``position`` in one transaction; returns how many

@@ -39,6 +39,8 @@ from costproxy.store.sqlite import SqliteStore
 log = structlog.get_logger("costproxy.ledger")
 POSTGRES_REPLICA = "postgres"  # the replica id under which the stream shipper's positions are published
 MAX_BACKOFF_S = 5.0
+DEPLOYMENT_CHECK_S = 60.0  # how often the stream shipper renews its deployment's mark in PostgreSQL
+DEPLOYMENT_FRESH_S = 300.0  # another deployment's mark younger than this: it ships the same origins
 _EXTEND = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
@@ -57,6 +59,7 @@ class Shipper:
         self._failing_since: float | None = None
         self._step_since: float | None = None  # when the step now running began
         self.peer_stale: str | None = None  # Redis mode: why the replica that ships cannot write (its word)
+        self.warning: str | None = None  # a misconfiguration it found (shown in /readyz)
         self._wake = asyncio.Event()
 
     @property
@@ -226,6 +229,8 @@ class StreamShipper(Shipper):
         self._extend = redis.register_script(_EXTEND)
         self._held: dict[str, str] | None = None  # partition -> last id in PostgreSQL, while the lease is ours
         self._leased = False
+        self._deployment: str | None = None  # this deployment's id, kept in its Redis
+        self._checked_at: float | None = None
         self._shared = False  # this replica has published a failure to write
 
     def positions(self) -> Mapping[str, str] | None:
@@ -262,6 +267,7 @@ class StreamShipper(Shipper):
             self.peer_stale = None if failing is None else f"the replica that ships says: {_text(failing)}"
             return 0
         self.peer_stale = None
+        await self._check_deployment()
         if self._held is None:
             self._shared = True  # just took the lease: clear what a former holder may have published
             stored = await self.ledger.positions(self.keys.prefix + ":")
@@ -274,6 +280,31 @@ class StreamShipper(Shipper):
         for partition in sorted(self.partitions()):
             total = max(total, await self._ship(partition))
         return total
+
+    async def _check_deployment(self) -> None:
+        """Another deployment (another Redis) with the same ``budgets.key_prefix`` writing this ledger
+        shares its origins — the stream keys — so entries with colliding stream ids would be lost:
+        say so loudly (an error log, ``/readyz``'s ``ledger.warning``) while it lasts."""
+        now = time.monotonic()
+        if self._checked_at is not None and now - self._checked_at < DEPLOYMENT_CHECK_S:
+            return
+        if self._deployment is None:
+            key = f"{self.keys.prefix}:ledger-deployment"
+            await self.redis.set(key, uuid.uuid4().hex, nx=True)
+            value = await self.redis.get(key)
+            if value is None:
+                return
+            self._deployment = _text(value)
+        others = await self.ledger.mark_deployment(self.keys.prefix, self._deployment, DEPLOYMENT_FRESH_S)
+        self._checked_at = now
+        if others:
+            self.warning = (f"another deployment (another Redis: {', '.join(sorted(others))[:200]}) writes this "
+                            f"PostgreSQL ledger with the same budgets.key_prefix {self.keys.prefix!r}: entries with "
+                            "colliding stream ids are dropped; give each deployment its own key prefix (or database)")
+            log.error("ledger_key_prefix_shared", deployment=self._deployment, others=sorted(others),
+                      key_prefix=self.keys.prefix, hint=self.warning)
+        else:
+            self.warning = None
 
     async def _ship(self, partition: str) -> int:
         assert self._held is not None

@@ -138,8 +138,12 @@ class Backend:
         """Where reports read the ledger, and whether the PostgreSQL ledger is being written."""
         if self.postgres is None or self.shipper is None:
             return {"store": "sqlite", "healthy": self.local.healthy, "backlog": self.local.backlog}
-        return {"store": "postgresql", "server": self.postgres.label, "healthy": self.shipper.healthy,
-                "error": self.shipper.error, "shipped": self.shipper.shipped}
+        health: dict[str, object] = {"store": "postgresql", "server": self.postgres.label,
+                                     "healthy": self.shipper.healthy, "error": self.shipper.error,
+                                     "shipped": self.shipper.shipped}
+        if self.shipper.warning is not None:
+            health["warning"] = self.shipper.warning
+        return health
 
     async def close(self) -> None:
         """Close what was opened, last opened first."""

@@ -18,6 +18,7 @@ from structlog.testing import capture_logs
 from costproxy.budgets.definitions import ensure_budget_schema
 from costproxy.cli import main
 from costproxy.errors import StoreUnavailable
+from costproxy.http.state import BACKEND
 from costproxy.ledger.pg_schema import LATEST, LOCK_KEY
 from costproxy.ledger.postgres import PostgresLedger
 from costproxy.ledger.shipper import LocalShipper
@@ -266,3 +267,33 @@ async def test_redis_replicas_that_do_not_ship_refuse_reports_too(
         return len(pg_rows(pg_url)) == 5 and all(a.status == 200 for a in answers)
 
     await eventually(both_answer, 30, what="reports everywhere once the entries are written")
+
+
+@pytest.mark.redis
+async def test_another_deployment_with_the_same_key_prefix_is_reported_loudly(
+        make_proxy: ProxyFactory, tmp_path: Path, pg_url: str, redis_space: RedisSpace) -> None:  # noqa: F811
+    budgets = {**BUDGET, "key_prefix": redis_space.prefix, "refresh_interval_s": 0.1}
+    store = {"url": redis_space.url, "local_path": str(tmp_path / "a.sqlite3"), "ledger_url": pg_url}
+    proxy = await make_proxy(extra={"store": store, "budgets": budgets})
+    await _serve(proxy, 1)
+    await eventually(lambda: len(pg_rows(pg_url)) == 1, 20, what="the first entry in PostgreSQL")
+    assert "warning" not in await _ledger_health(proxy)  # alone: nothing to say
+    other = PostgresLedger(pg_url, timeout_s=5)  # a deployment with another Redis, same prefix, ships too
+    await other.open()
+    try:
+        mine = await other.mark_deployment(redis_space.prefix, "the-other-redis", 300)
+        assert len(mine) == 1  # and it sees the first deployment's mark
+    finally:
+        await other.close()
+    shipper = proxy.app[BACKEND].shipper
+    assert shipper is not None
+    shipper._checked_at = None  # type: ignore[attr-defined]  # renew the mark now, not in a minute
+    with capture_logs() as logs:
+        await _serve(proxy, 1)
+
+        async def warned() -> Any:
+            return (await _ledger_health(proxy)).get("warning")
+
+        warning = await eventually(warned, 20, what="the shared key prefix in /readyz")
+    assert "the-other-redis" in warning and "same budgets.key_prefix" in warning
+    assert [e for e in logs if e["event"] == "ledger_key_prefix_shared"]
