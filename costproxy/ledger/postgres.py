@@ -265,8 +265,23 @@ class PostgresLedger:
                     return await self._write(conn, origin, rows, position, isolate=True)
         except UNAVAILABLE as exc:
             raise self._unavailable(exc) from None
-        except psycopg.Error as exc:  # e.g. a table dropped under us: keep the rows, say why
+        except psycopg.errors.UndefinedTable as exc:  # a table dropped under us: keep the rows, say why
+            raise await self._schema_changed(exc) from None
+        except psycopg.Error as exc:
             raise self._unavailable(exc) from None
+
+    async def _schema_changed(self, exc: BaseException) -> StoreUnavailable:
+        """A table this replica migrated to is gone: most likely `ledger rollback` while it ran."""
+        try:
+            now = await self.version()
+        except StoreUnavailable:
+            return self._unavailable(exc)
+        if now >= LATEST:
+            return self._unavailable(exc)
+        return StoreUnavailable(f"PostgreSQL ledger ({self.label}) is at schema version {now}, but this replica "
+                                f"migrated it to {LATEST} when it started (rolled back while it ran?): entries wait "
+                                "unshipped; stop the replica and start it again with the costproxy version that "
+                                f"matches the schema, or run `costproxy ledger migrate` ({str(exc).strip()[:200]})")
 
     async def _write(self, conn: psycopg.AsyncConnection[Any], origin: str, rows: Sequence[Row],
                      position: Position, *, isolate: bool) -> int:

@@ -19,7 +19,7 @@ from costproxy.budgets.definitions import ensure_budget_schema
 from costproxy.cli import main
 from costproxy.errors import StoreUnavailable
 from costproxy.http.state import BACKEND
-from costproxy.ledger.pg_schema import LATEST, LOCK_KEY
+from costproxy.ledger.pg_schema import LATEST, LOCK_KEY, rollback
 from costproxy.ledger.postgres import PostgresLedger
 from costproxy.ledger.shipper import LocalShipper
 from costproxy.store.sqlite import SqliteStore
@@ -297,3 +297,16 @@ async def test_another_deployment_with_the_same_key_prefix_is_reported_loudly(
         warning = await eventually(warned, 20, what="the shared key prefix in /readyz")
     assert "the-other-redis" in warning and "same budgets.key_prefix" in warning
     assert [e for e in logs if e["event"] == "ledger_key_prefix_shared"]
+
+
+async def test_shipping_after_a_rollback_under_a_running_replica_says_what_happened(pg_url: str) -> None:  # noqa: F811
+    ledger = PostgresLedger(pg_url, timeout_s=5)
+    await ledger.open()
+    try:
+        assert ledger.schema_ready and await ledger.write("o", [("1", entry("a"))], (1, 0)) == 1
+        async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+            await rollback(conn, 2, allow_data_loss=True)  # the documented rollback, the replica still running
+        with pytest.raises(StoreUnavailable, match=f"is at schema version 2, but this replica migrated it to {LATEST}"):
+            await ledger.write("o", [("2", "{not an entry")], (2, 0))  # needs the quarantine table
+    finally:
+        await ledger.close()
