@@ -7,13 +7,15 @@ provider been called again — is summed from their ``metadata.cache.saved_nanos
 With a PostgreSQL ledger it refuses (like the reports of ``serve``, 503 ``store_unavailable``)
 rather than print figures that leave entries out: when the database cannot be written (read-only,
 e.g. the URL now points at a standby), or when this replica's SQLite ledger holds entries older
-than ``max(30 s, 2 × store.ledger_timeout_s)`` that PostgreSQL does not have yet.
+than ``max(30 s, 2 × store.ledger_timeout_s)`` that PostgreSQL does not have yet, or (Redis store)
+while the replica that ships says it cannot write.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 from costproxy.errors import StoreUnavailable
@@ -30,8 +32,9 @@ def _saving_pct(cost: int, baseline: int) -> str:
 
 
 async def print_usage(path: str, *, hours: float, group_by: str, limit: int, ledger_url: str | None = None,
-                      ledger_timeout_s: float = 15.0) -> int:
-    """Reads the PostgreSQL ledger when ``ledger_url`` is given, else the SQLite file at ``path``."""
+                      ledger_timeout_s: float = 15.0, shipping_failure: Callable[[], str | None] | None = None) -> int:
+    """Reads the PostgreSQL ledger when ``ledger_url`` is given, else the SQLite file at ``path``.
+    ``shipping_failure`` (Redis mode): why the replica that ships cannot write, as it publishes it."""
     if ledger_url is None:
         store = SqliteStore(path)
         await store.open()
@@ -42,6 +45,10 @@ async def print_usage(path: str, *, hours: float, group_by: str, limit: int, led
     await postgres.pool.open(wait=False)
     try:
         await _refuse_if_stale(postgres, path, max(30.0, 2 * ledger_timeout_s))
+        failure = None if shipping_failure is None else shipping_failure()
+        if failure is not None:
+            raise StoreUnavailable(f"PostgreSQL ledger ({postgres.label}) is behind: entries are waiting that could "
+                                   f"not be written to it, so its figures would leave them out ({failure[:300]})")
     except BaseException:
         await postgres.close()
         raise

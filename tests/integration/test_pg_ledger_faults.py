@@ -310,3 +310,24 @@ async def test_shipping_after_a_rollback_under_a_running_replica_says_what_happe
             await ledger.write("o", [("2", "{not an entry")], (2, 0))  # needs the quarantine table
     finally:
         await ledger.close()
+
+
+@pytest.mark.redis
+async def test_costproxy_usage_in_redis_mode_refuses_while_the_shipping_replica_fails(
+        tmp_path: Path, pg_url: str, redis_space: RedisSpace, write_config: ConfigFactory,  # noqa: F811
+        capsys: pytest.CaptureFixture[str]) -> None:
+    config = str(write_config("http://127.0.0.1:9", extra={
+        "store": {"url": redis_space.url, "local_path": str(tmp_path / "a.sqlite3"), "ledger_url": pg_url},
+        "budgets": {"key_prefix": redis_space.prefix}}))
+    ledger = PostgresLedger(pg_url)
+    await ledger.open()
+    await ledger.close()
+    client = redis_space.client()
+    try:
+        client.set(f"{redis_space.prefix}:ledger-postgres-failing", "PostgreSQL ledger (…) is unavailable: boom")
+        assert await asyncio.to_thread(main, ["usage", "--config", config]) == 1
+        assert "the replica that ships says: PostgreSQL ledger (…) is unavailable: boom" in capsys.readouterr().err
+        client.delete(f"{redis_space.prefix}:ledger-postgres-failing")
+        assert await asyncio.to_thread(main, ["usage", "--config", config]) == 0
+    finally:
+        client.close()
