@@ -24,6 +24,8 @@ from costproxy.records import frozen
 from costproxy.settings import ConfigLocation, Settings, find_config, load_settings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from costproxy.identity.key_store import KeyStore
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -299,10 +301,39 @@ def cmd_usage(args: argparse.Namespace) -> int:
         return 1
     try:
         return asyncio.run(print_usage(path, hours=args.hours, group_by=args.by, limit=args.limit,
-                                       ledger_url=ledger_url))
+                                       ledger_url=ledger_url, ledger_timeout_s=settings.store.ledger_timeout_s,
+                                       shipping_failure=_shipping_failure(settings)))
     except StoreUnavailable as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
+
+
+def _shipping_failure(settings: Settings) -> Callable[[], str | None] | None:
+    """Redis store with a PostgreSQL ledger: reads why the shipping replica cannot write, if it says so."""
+    from costproxy.store.backend import is_redis_url
+
+    if settings.store.ledger_url is None or not is_redis_url(settings.store.url):
+        return None
+
+    def read() -> str | None:
+        from costproxy.lean_imports import import_redis
+
+        import_redis()
+        import redis
+
+        client = redis.Redis.from_url(settings.store.url, socket_timeout=settings.store.timeout_s,
+                                      socket_connect_timeout=settings.store.timeout_s)
+        try:
+            value = client.get(f"{settings.budgets.settings.key_prefix}:ledger-postgres-failing")
+        except redis.RedisError as exc:
+            print(f"warning: could not ask Redis whether shipping to PostgreSQL fails: {exc}", file=sys.stderr)
+            return None
+        finally:
+            client.close()
+        text = value.decode(errors="replace") if isinstance(value, bytes) else value
+        return None if text is None else f"the replica that ships says: {text}"
+
+    return read
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:

@@ -61,13 +61,17 @@ def pg_url(pg_server: str) -> Iterator[str]:
 
 class TcpRelay:
     """A TCP relay to PostgreSQL on a port of its own: ``cut()`` closes every connection and
-    refuses new ones (PostgreSQL "goes away"), ``restore()`` accepts again on the same port."""
+    refuses new ones (PostgreSQL "goes away"), ``restore()`` accepts again on the same port;
+    ``freeze()`` keeps every connection open but passes nothing on (a server that is reachable but
+    does not answer, as if SIGSTOPped), ``thaw()`` lets it flow again."""
 
     def __init__(self, target_port: int = 5432) -> None:
         self.target_port = target_port
         self.port = 0
         self.server: asyncio.Server | None = None
         self.pipes: set[asyncio.StreamWriter] = set()
+        self.flowing = asyncio.Event()
+        self.flowing.set()
 
     async def start(self) -> TcpRelay:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
@@ -75,6 +79,7 @@ class TcpRelay:
         return self
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self.flowing.wait()
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
@@ -86,6 +91,7 @@ class TcpRelay:
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(65536):
+                await self.flowing.wait()
                 writer.write(data)
                 await writer.drain()
         finally:
@@ -93,6 +99,7 @@ class TcpRelay:
             writer.close()
 
     async def cut(self) -> None:
+        self.flowing.set()
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
@@ -101,6 +108,12 @@ class TcpRelay:
             with contextlib.suppress(Exception):
                 writer.transport.abort()
         self.pipes.clear()
+
+    def freeze(self) -> None:
+        self.flowing.clear()
+
+    def thaw(self) -> None:
+        self.flowing.set()
 
     async def restore(self) -> None:
         await self.start()

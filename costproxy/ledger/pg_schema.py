@@ -13,6 +13,9 @@ version's ``costproxy ledger rollback --to N`` first.
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from costproxy.records import frozen
@@ -26,6 +29,10 @@ LOCK_KEY = 0x636F737470726F78  # "costprox": the advisory lock of ledger migrati
 
 class SchemaTooNew(RuntimeError):
     pass
+
+
+class MigrationLockHeld(RuntimeError):
+    """Another session held the migration lock for longer than the caller would wait."""
 
 
 @frozen
@@ -96,16 +103,53 @@ async def current_version(conn: AsyncConnection[Any]) -> int:
     return int(row[0]) if row is not None else 0
 
 
-async def _locked(conn: AsyncConnection[Any], lock: bool) -> None:
-    await conn.execute("SELECT pg_advisory_lock(%s)" if lock else "SELECT pg_advisory_unlock(%s)", [LOCK_KEY])
+async def _unlock(conn: AsyncConnection[Any]) -> None:
+    await conn.execute("SELECT pg_advisory_unlock(%s)", [LOCK_KEY])
 
 
-async def migrate(conn: AsyncConnection[Any], to: int | None = None) -> list[Migration]:
-    """Apply the migrations above the current version up to ``to`` (default: the latest)."""
+async def lock_holder(conn: AsyncConnection[Any]) -> str:
+    """Who holds the migration lock, as PostgreSQL tells it (pid, application, client, since)."""
+    row = await (await conn.execute(
+        "SELECT a.pid, a.application_name, a.client_addr::text, a.backend_start, a.state, left(a.query, 80)"
+        " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted"
+        " AND l.classid::bigint = %s AND l.objid::bigint = %s AND l.objsubid = 1 LIMIT 1",
+        [LOCK_KEY >> 32, LOCK_KEY & 0xFFFFFFFF])).fetchone()
+    if row is None:
+        return "unknown (not visible to this role)"
+    pid, app, client, since, state, query = row
+    return (f"pid {pid} ({app or 'no application name'}, from {client or 'a local socket'}, connected since "
+            f"{since:%Y-%m-%d %H:%M:%S %Z}, {state}: {query!r})")
+
+
+async def _lock(conn: AsyncConnection[Any], wait_s: float | None, on_wait: Callable[[str], None] | None) -> None:
+    """Take the migration lock; while another session holds it, say who (``on_wait``, once) and wait
+    at most ``wait_s`` (None: as long as it takes), then ``MigrationLockHeld``."""
+    deadline = None if wait_s is None else time.monotonic() + wait_s
+    holder: str | None = None
+    while True:
+        got = await (await conn.execute("SELECT pg_try_advisory_lock(%s)", [LOCK_KEY])).fetchone()
+        if got is not None and got[0]:
+            return
+        if holder is None:
+            holder = await lock_holder(conn)
+            if on_wait is not None:
+                on_wait(holder)
+        if deadline is not None and time.monotonic() >= deadline:
+            raise MigrationLockHeld(f"the ledger migration lock has been held for over {wait_s:g} s by {holder}; "
+                                    "the schema is migrated once it is released")
+        await asyncio.sleep(0.25)
+
+
+async def migrate(conn: AsyncConnection[Any], to: int | None = None, *, lock_wait_s: float | None = None,
+                  on_wait: Callable[[str], None] | None = None) -> list[Migration]:
+    """Apply the migrations above the current version up to ``to`` (default: the latest).  The lock
+    is taken only when there is something to apply (``lock_wait_s``, ``on_wait``: see ``_lock``)."""
     target = LATEST if to is None else to
     if not 0 <= target <= LATEST:
         raise ValueError(f"--to must be between 0 and {LATEST} (got {target})")
-    await _locked(conn, True)
+    if await current_version(conn) == target:
+        return []
+    await _lock(conn, lock_wait_s, on_wait)
     try:
         current = await current_version(conn)
         if current > LATEST:
@@ -123,14 +167,15 @@ async def migrate(conn: AsyncConnection[Any], to: int | None = None) -> list[Mig
                 applied.append(migration)
         return applied
     finally:
-        await _locked(conn, False)
+        await _unlock(conn)
 
 
-async def rollback(conn: AsyncConnection[Any], to: int, *, allow_data_loss: bool = False) -> list[Migration]:
+async def rollback(conn: AsyncConnection[Any], to: int, *, allow_data_loss: bool = False,
+                   on_wait: Callable[[str], None] | None = None) -> list[Migration]:
     """Run the ``down`` scripts from the current version down to ``to`` (newest first)."""
     if not 0 <= to <= LATEST:
         raise ValueError(f"--to must be between 0 and {LATEST} (got {to})")
-    await _locked(conn, True)
+    await _lock(conn, None, on_wait)
     try:
         current = await current_version(conn)
         if current > LATEST:
@@ -140,11 +185,11 @@ async def rollback(conn: AsyncConnection[Any], to: int, *, allow_data_loss: bool
         losing = [m for m in steps if m.destroys_data]
         if losing and not allow_data_loss:
             raise PermissionError("rolling back " + ", ".join(f"version {m.version} ({m.name})" for m in losing)
-                                  + " drops ledger data; add --yes to do it anyway")
+                                  + " drops ledger data; stop every replica first, then add --yes to do it anyway")
         for migration in steps:
             async with conn.transaction():
                 await conn.execute(migration.down)
                 await conn.execute(f"DELETE FROM {VERSION_TABLE} WHERE version = %s", [migration.version])
         return steps
     finally:
-        await _locked(conn, False)
+        await _unlock(conn)

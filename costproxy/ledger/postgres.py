@@ -12,13 +12,23 @@ leaves the batch where it is durable, to be retried.
 
 Reads: ``query`` takes the portable report SQL of ``ledger/reader.py`` (``?`` placeholders) and
 returns dict rows with integer sums.  Connections come from a small pool (``psycopg_pool``);
-errors become ``StoreUnavailable`` (HTTP 503), naming the server without its password.
+errors become ``StoreUnavailable`` (HTTP 503), naming the server without its password.  Reports
+refuse (``stale``, set by the shipper) while entries wait that could not be written: never
+figures that silently leave them out.
+
+Every call is bounded by ``timeout_s`` (``store.ledger_timeout_s``) on the client side: a server
+that is reachable but does not answer (frozen, partitioned) has the connection's socket shut down
+when the bound passes, so the call fails as unavailable and the pool drops the connection.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import Sequence
+import os
+import socket
+from collections.abc import AsyncIterator, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -30,7 +40,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from costproxy.errors import StoreUnavailable
 from costproxy.ledger.entry import COLUMNS, LedgerEntry
-from costproxy.ledger.pg_schema import current_version, migrate
+from costproxy.ledger.pg_schema import LATEST, MigrationLockHeld, current_version, migrate
 from costproxy.ledger.reader import POSTGRES, Dialect, for_request, recent
 
 log = structlog.get_logger("costproxy.ledger")
@@ -90,6 +100,21 @@ def _body(item: LedgerEntry | str) -> tuple[str | None, str]:
     return request_id, json.dumps(data, default=repr, ensure_ascii=True, sort_keys=True)
 
 
+def _hang_up(conn: psycopg.AsyncConnection[Any], fired: list[bool]) -> None:
+    """Shut down the connection's socket: what waits on it fails at once (the server did not answer)."""
+    fired.append(True)
+    try:
+        sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
+    except (OSError, psycopg.Error):
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
 def _ints(row: dict[str, Any]) -> dict[str, Any]:
     """Sums of bigints arrive as ``numeric``: they are whole numbers, make them ``int`` again."""
     return {k: int(v) if isinstance(v, Decimal) else v for k, v in row.items()}
@@ -98,7 +123,7 @@ def _ints(row: dict[str, Any]) -> dict[str, Any]:
 class PostgresLedger:
     dialect: Dialect = POSTGRES
 
-    def __init__(self, url: str, *, max_connections: int = 4, timeout_s: float = 5.0) -> None:
+    def __init__(self, url: str, *, max_connections: int = 4, timeout_s: float = 15.0) -> None:
         self.url = url
         self.label = redacted(url)
         self.timeout_s = timeout_s
@@ -107,6 +132,26 @@ class PostgresLedger:
             kwargs={"connect_timeout": max(1, int(timeout_s)), "autocommit": True})
         self.schema_ready = False
         self.quarantined = 0
+        self.stale: str | None = None  # why reports would be stale (set by the shipper), or None
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, bounded: bool = True) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection; ``bounded``: hung up on if the work with it takes over ``timeout_s``."""
+        async with self.pool.connection() as conn:
+            if not bounded:
+                yield conn
+                return
+            fired: list[bool] = []
+            timer = asyncio.get_running_loop().call_later(self.timeout_s, _hang_up, conn, fired)
+            try:
+                yield conn
+            except (psycopg.Error, OSError):
+                if fired:
+                    raise StoreUnavailable(f"PostgreSQL ledger ({self.label}) is unavailable: no answer within "
+                                           f"{self.timeout_s:g} s (store.ledger_timeout_s)") from None
+                raise
+            finally:
+                timer.cancel()
 
     async def open(self) -> None:
         """Open the pool (connections are made on demand) and bring the schema up to date if the
@@ -124,29 +169,50 @@ class PostgresLedger:
         return StoreUnavailable(f"PostgreSQL ledger ({self.label}) is unavailable: {str(exc).strip()[:300]}")
 
     async def ensure_schema(self) -> None:
-        """Apply pending migrations (under their advisory lock), once per process."""
+        """Bring the schema to ``LATEST`` once per process: nothing to wait for when it is already
+        there; else apply the pending migrations under their advisory lock, waiting for it at most
+        ``timeout_s`` (``StoreUnavailable`` naming the holder; the shipper tries again later)."""
         if self.schema_ready:
             return
         try:
-            async with self.pool.connection() as conn:
-                applied = await migrate(conn)
+            async with self._connection() as conn:
+                current = await current_version(conn)
+            if current == LATEST:
+                self.schema_ready = True
+                return
+            async with self._connection(bounded=False) as conn:
+                applied = await migrate(conn, lock_wait_s=self.timeout_s, on_wait=self._waiting)
         except UNAVAILABLE as exc:
             raise self._unavailable(exc) from None
+        except MigrationLockHeld as exc:
+            raise StoreUnavailable(f"PostgreSQL ledger ({self.label}): {exc}") from None
         if applied:
             log.info("ledger_postgres_migrated", versions=[m.version for m in applied], server=self.label)
         self.schema_ready = True
 
+    def _waiting(self, holder: str) -> None:
+        log.warning("ledger_postgres_waiting_for_migration_lock", server=self.label, holder=holder,
+                    wait_s=self.timeout_s)
+
     async def version(self) -> int:
         try:
-            async with self.pool.connection() as conn:
+            async with self._connection() as conn:
                 return await current_version(conn)
         except UNAVAILABLE as exc:
             raise self._unavailable(exc) from None
 
     # --- reads ---------------------------------------------------------------------------------
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """A report's rows: refused (``StoreUnavailable``) while entries wait that could not be written."""
+        if self.stale is not None:
+            raise StoreUnavailable(f"PostgreSQL ledger ({self.label}) is behind: entries are waiting that could "
+                                   f"not be written to it, so reports would leave them out ({self.stale[:300]})")
+        return await self.fetch(sql, params)
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Rows as they are (for the shipper: no staleness check)."""
         try:
-            async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
+            async with self._connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
                 await cursor.execute(portable(sql), list(params))
                 return [_ints(row) for row in await cursor.fetchall()]
         except UNAVAILABLE as exc:
@@ -163,9 +229,28 @@ class PostgresLedger:
 
     async def positions(self, prefix: str) -> dict[str, Position]:
         """Where each origin starting with ``prefix`` has been written up to."""
-        rows = await self.query("SELECT l.origin, l.pos_major, l.pos_minor FROM costproxy_ledger_origins l"
+        rows = await self.fetch("SELECT l.origin, l.pos_major, l.pos_minor FROM costproxy_ledger_origins l"
                                 " WHERE substr(l.origin, 1, ?) = ?", [len(prefix), prefix])
         return {r["origin"]: (int(r["pos_major"]), int(r["pos_minor"])) for r in rows}
+
+    async def mark_deployment(self, prefix: str, deployment: str, fresh_s: float) -> list[str]:
+        """Note that ``deployment`` (an id kept in its Redis) ships the streams under ``prefix``, and
+        return the other deployments that did so within ``fresh_s``: they share its origins (the
+        stream keys), so entries with the same stream id would be dropped as already written."""
+        marks = f"{prefix}:deployment:"
+        try:
+            async with self._connection() as conn, conn.cursor() as cursor:
+                await cursor.execute("INSERT INTO costproxy_ledger_origins (origin, pos_major, pos_minor)"
+                                     " VALUES (%s, 0, 0) ON CONFLICT (origin) DO UPDATE SET updated_at = now()",
+                                     [marks + deployment])
+                await cursor.execute("SELECT origin FROM costproxy_ledger_origins WHERE substr(origin, 1, %s) = %s"
+                                     " AND origin <> %s AND updated_at > now() - make_interval(secs => %s)",
+                                     [len(marks), marks, marks + deployment, fresh_s])
+                return [str(r[0])[len(marks):] for r in await cursor.fetchall()]
+        except UNAVAILABLE as exc:
+            raise self._unavailable(exc) from None
+        except psycopg.Error as exc:
+            raise self._unavailable(exc) from None
 
     # --- writes --------------------------------------------------------------------------------
     async def write(self, origin: str, rows: Sequence[Row], position: Position) -> int:
@@ -173,15 +258,30 @@ class PostgresLedger:
         rows were new.  ``StoreUnavailable`` when the server cannot be written (retry later)."""
         await self.ensure_schema()
         try:
-            async with self.pool.connection() as conn:
+            async with self._connection() as conn:
                 try:
                     return await self._write(conn, origin, rows, position, isolate=False)
                 except ROW_ERRORS:
                     return await self._write(conn, origin, rows, position, isolate=True)
         except UNAVAILABLE as exc:
             raise self._unavailable(exc) from None
-        except psycopg.Error as exc:  # e.g. a table dropped under us: keep the rows, say why
+        except psycopg.errors.UndefinedTable as exc:  # a table dropped under us: keep the rows, say why
+            raise await self._schema_changed(exc) from None
+        except psycopg.Error as exc:
             raise self._unavailable(exc) from None
+
+    async def _schema_changed(self, exc: BaseException) -> StoreUnavailable:
+        """A table this replica migrated to is gone: most likely `ledger rollback` while it ran."""
+        try:
+            now = await self.version()
+        except StoreUnavailable:
+            return self._unavailable(exc)
+        if now >= LATEST:
+            return self._unavailable(exc)
+        return StoreUnavailable(f"PostgreSQL ledger ({self.label}) is at schema version {now}, but this replica "
+                                f"migrated it to {LATEST} when it started (rolled back while it ran?): entries wait "
+                                "unshipped; stop the replica and start it again with the costproxy version that "
+                                f"matches the schema, or run `costproxy ledger migrate` ({str(exc).strip()[:200]})")
 
     async def _write(self, conn: psycopg.AsyncConnection[Any], origin: str, rows: Sequence[Row],
                      position: Position, *, isolate: bool) -> int:

@@ -39,6 +39,8 @@ from costproxy.store.sqlite import SqliteStore
 log = structlog.get_logger("costproxy.ledger")
 POSTGRES_REPLICA = "postgres"  # the replica id under which the stream shipper's positions are published
 MAX_BACKOFF_S = 5.0
+DEPLOYMENT_CHECK_S = 60.0  # how often the stream shipper renews its deployment's mark in PostgreSQL
+DEPLOYMENT_FRESH_S = 300.0  # another deployment's mark younger than this: it ships the same origins
 _EXTEND = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
@@ -55,11 +57,32 @@ class Shipper:
         self.shipped = 0
         self.last_error: str | None = None
         self._failing_since: float | None = None
+        self._step_since: float | None = None  # when the step now running began
+        self.peer_stale: str | None = None  # Redis mode: why the replica that ships cannot write (its word)
+        self.warning: str | None = None  # a misconfiguration it found (shown in /readyz)
         self._wake = asyncio.Event()
 
     @property
     def healthy(self) -> bool:
-        return self._failing_since is None
+        """Writing: no failure since the last write, and no step stuck for longer than the ledger's
+        call bound (``store.ledger_timeout_s``) — a server that does not answer is not healthy."""
+        if self._failing_since is not None:
+            return False
+        return self._step_since is None or time.monotonic() - self._step_since <= self.ledger.timeout_s
+
+    @property
+    def error(self) -> str | None:
+        if self.last_error is None and not self.healthy:
+            return (f"shipping has made no progress for over {self.ledger.timeout_s:g} s "
+                    "(store.ledger_timeout_s): PostgreSQL does not answer")
+        return self.last_error
+
+    async def _step(self) -> int:
+        self._step_since = time.monotonic()
+        try:
+            return await self.step()
+        finally:
+            self._step_since = None
 
     def wake(self, *_: Any) -> None:
         self._wake.set()
@@ -72,13 +95,16 @@ class Shipper:
         while True:
             stop_if_cancelled()
             try:
-                while await self.step() >= self.batch:  # a backlog: ship it without waiting
+                while await self._step() >= self.batch:  # a backlog: ship it without waiting
                     stop_if_cancelled()
                 self._ok()
+                await self._share(None)
                 delay = self.interval_s
             except (StoreUnavailable, RedisError, OSError) as exc:
                 stop_if_cancelled()
                 self._failed(exc)
+                if isinstance(exc, StoreUnavailable):
+                    await self._share(exc.message)
                 delay = min(MAX_BACKOFF_S, max(delay * 2, self.interval_s))
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
@@ -95,10 +121,14 @@ class Shipper:
         except (StoreUnavailable, RedisError, OSError, TimeoutError) as exc:
             log.warning("ledger_postgres_drain_incomplete", error=str(exc)[:300])
 
+    async def _share(self, failure: str | None) -> None:
+        """Tell the other replicas whether this one fails to write (Redis mode); nothing to tell else."""
+
     def _ok(self) -> None:
         if self._failing_since is not None:
             log.info("ledger_postgres_write_recovered", after_s=round(time.monotonic() - self._failing_since, 3))
         self._failing_since, self.last_error = None, None
+        self.ledger.stale = self.peer_stale
 
     def _failed(self, exc: BaseException) -> None:
         message = exc.message if isinstance(exc, StoreUnavailable) else str(exc)
@@ -106,6 +136,8 @@ class Shipper:
             self._failing_since = time.monotonic()
             log.error("ledger_postgres_write_failing", error=message[:300])
         self.last_error = message
+        if isinstance(exc, StoreUnavailable):  # entries wait that PostgreSQL would not take: reports refuse
+            self.ledger.stale = message
 
 
 class LocalShipper(Shipper):
@@ -134,7 +166,7 @@ class LocalShipper(Shipper):
     async def _same_row(self, origin: str, seq: int) -> bool:
         """Whether the file's row ``seq`` is the one PostgreSQL holds as ``origin``'s row ``seq``."""
         mine = await self.local.query("SELECT request_id, ts_ms FROM ledger WHERE seq = ?", (seq,))
-        theirs = await self.ledger.query("SELECT l.request_id, l.ts_ms FROM costproxy_ledger l"
+        theirs = await self.ledger.fetch("SELECT l.request_id, l.ts_ms FROM costproxy_ledger l"
                                          " WHERE l.origin = ? AND l.origin_id = ?", [origin, str(seq)])
         if not theirs:  # quarantined there, or never a row: nothing to compare
             return True
@@ -171,7 +203,7 @@ class LocalShipper(Shipper):
         old, until = self._replaced
         ids = [e.request_id for _, e in batch if isinstance(e, LedgerEntry)]
         marks = ", ".join("?" for _ in ids)
-        rows = await self.ledger.query(f"SELECT l.request_id, l.ts_ms FROM costproxy_ledger l WHERE l.origin = ?"
+        rows = await self.ledger.fetch(f"SELECT l.request_id, l.ts_ms FROM costproxy_ledger l WHERE l.origin = ?"
                                        f" AND l.request_id IN ({marks})", [old, *ids])
         seen = {(r["request_id"], r["ts_ms"]) for r in rows}
         if last >= until:
@@ -196,6 +228,10 @@ class StreamShipper(Shipper):
         self.lease_ms = int(lease_s * 1000)
         self._extend = redis.register_script(_EXTEND)
         self._held: dict[str, str] | None = None  # partition -> last id in PostgreSQL, while the lease is ours
+        self._leased = False
+        self._deployment: str | None = None  # this deployment's id, kept in its Redis
+        self._checked_at: float | None = None
+        self._shared = False  # this replica has published a failure to write
 
     def positions(self) -> Mapping[str, str] | None:
         """What PostgreSQL holds, per partition, while this replica ships (for ``StreamKeeper``)."""
@@ -205,11 +241,35 @@ class StreamShipper(Shipper):
     def lease_key(self) -> str:
         return f"{self.keys.prefix}:ledger-postgres"
 
+    @property
+    def failing_key(self) -> str:
+        """Why the replica that ships cannot write PostgreSQL, while it cannot: the others' reports
+        refuse too (their PostgreSQL reads would be as stale as its own)."""
+        return f"{self.keys.prefix}:ledger-postgres-failing"
+
+    async def _share(self, failure: str | None) -> None:
+        if not self._leased or (failure is None and not self._shared):
+            return
+        try:
+            if failure is None:
+                await self.redis.delete(self.failing_key)
+            else:
+                await self.redis.set(self.failing_key, failure[:500], px=3 * self.lease_ms)
+            self._shared = failure is not None
+        except RedisError as exc:
+            log.warning("ledger_postgres_failure_not_shared", error=str(exc)[:200])
+
     async def step(self) -> int:
-        if not int(await self._extend(keys=[self.lease_key], args=[self.owner, self.lease_ms])):
+        self._leased = bool(int(await self._extend(keys=[self.lease_key], args=[self.owner, self.lease_ms])))
+        if not self._leased:
             self._held = None  # another replica ships
+            failing = await self.redis.get(self.failing_key)
+            self.peer_stale = None if failing is None else f"the replica that ships says: {_text(failing)}"
             return 0
+        self.peer_stale = None
+        await self._check_deployment()
         if self._held is None:
+            self._shared = True  # just took the lease: clear what a former holder may have published
             stored = await self.ledger.positions(self.keys.prefix + ":")
             self._held = {}
             for partition in self.partitions():
@@ -220,6 +280,31 @@ class StreamShipper(Shipper):
         for partition in sorted(self.partitions()):
             total = max(total, await self._ship(partition))
         return total
+
+    async def _check_deployment(self) -> None:
+        """Another deployment (another Redis) with the same ``budgets.key_prefix`` writing this ledger
+        shares its origins — the stream keys — so entries with colliding stream ids would be lost:
+        say so loudly (an error log, ``/readyz``'s ``ledger.warning``) while it lasts."""
+        now = time.monotonic()
+        if self._checked_at is not None and now - self._checked_at < DEPLOYMENT_CHECK_S:
+            return
+        if self._deployment is None:
+            key = f"{self.keys.prefix}:ledger-deployment"
+            await self.redis.set(key, uuid.uuid4().hex, nx=True)
+            value = await self.redis.get(key)
+            if value is None:
+                return
+            self._deployment = _text(value)
+        others = await self.ledger.mark_deployment(self.keys.prefix, self._deployment, DEPLOYMENT_FRESH_S)
+        self._checked_at = now
+        if others:
+            self.warning = (f"another deployment (another Redis: {', '.join(sorted(others))[:200]}) writes this "
+                            f"PostgreSQL ledger with the same budgets.key_prefix {self.keys.prefix!r}: entries with "
+                            "colliding stream ids are dropped; give each deployment its own key prefix (or database)")
+            log.error("ledger_key_prefix_shared", deployment=self._deployment, others=sorted(others),
+                      key_prefix=self.keys.prefix, hint=self.warning)
+        else:
+            self.warning = None
 
     async def _ship(self, partition: str) -> int:
         assert self._held is not None

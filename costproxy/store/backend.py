@@ -138,8 +138,12 @@ class Backend:
         """Where reports read the ledger, and whether the PostgreSQL ledger is being written."""
         if self.postgres is None or self.shipper is None:
             return {"store": "sqlite", "healthy": self.local.healthy, "backlog": self.local.backlog}
-        return {"store": "postgresql", "server": self.postgres.label, "healthy": self.shipper.healthy,
-                "error": self.shipper.last_error, "shipped": self.shipper.shipped}
+        health: dict[str, object] = {"store": "postgresql", "server": self.postgres.label,
+                                     "healthy": self.shipper.healthy, "error": self.shipper.error,
+                                     "shipped": self.shipper.shipped}
+        if self.shipper.warning is not None:
+            health["warning"] = self.shipper.warning
+        return health
 
     async def close(self) -> None:
         """Close what was opened, last opened first."""
@@ -161,21 +165,21 @@ async def open_backend(settings: Settings, *, clock: Callable[[], float] = time.
         raise
     if settings.store.ledger_url is not None:
         try:
-            await _attach_postgres(backend, settings.store.ledger_url)
+            await _attach_postgres(backend, settings.store.ledger_url, settings.store.ledger_timeout_s)
         except BaseException:
             await backend.close()
             raise
     return backend
 
 
-async def _attach_postgres(backend: Backend, url: str) -> None:
+async def _attach_postgres(backend: Backend, url: str, timeout_s: float) -> None:
     """The PostgreSQL ledger and its shipper; closed (after a last drain) before everything else."""
     import_redis()
     from costproxy.budgets.redis import RedisBudgetAccounts
     from costproxy.ledger.postgres import PostgresLedger
     from costproxy.ledger.shipper import POSTGRES_REPLICA, LocalShipper, StreamShipper
 
-    postgres = PostgresLedger(url)
+    postgres = PostgresLedger(url, timeout_s=timeout_s)
     await postgres.open()
     backend._closers.append(postgres.close)
     accounts = backend.accounts

@@ -8,6 +8,8 @@
       ledger_url: postgresql://costproxy@db:5432/costproxy   # optional: the ledger every replica writes
                                               # and reports read; $COSTPROXY_LEDGER_URL wins; the
                                               # password from $PGPASSWORD / ~/.pgpass, or in the URL
+      ledger_timeout_s: 15                    # the longest one PostgreSQL ledger call (a report, a
+                                              # shipped batch, the migration lock) waits for the server
       timeout_s: 1                            # Redis mode: the longest one request waits for Redis,
                                               # all its calls together; then 503 store_unavailable
 
@@ -28,6 +30,7 @@ DEFAULT_STORE_URL = "sqlite:///data/costproxy.sqlite3"
 DEFAULT_LOCAL_PATH = "../data/costproxy-replica-{host}-{port}.sqlite3"
 STORE_URL_FORMS = "must be sqlite:///path, redis://host:port/db, rediss://host:port/db or memory://"
 DEFAULT_TIMEOUT_S = 1.0
+DEFAULT_LEDGER_TIMEOUT_S = 15.0
 LEDGER_URL_FORMS = "must be postgresql://[user[:password]@][host][:port]/database[?option=value&…]"
 
 
@@ -37,6 +40,7 @@ class StoreSettings:
     local_path: str = DEFAULT_LOCAL_PATH  # template, used with a redis:// store only
     ledger_url: str | None = None  # postgresql://…: the shared PostgreSQL ledger (needs costproxy[postgres])
     timeout_s: float = DEFAULT_TIMEOUT_S  # Redis: how long a request waits for the store, all its calls together
+    ledger_timeout_s: float = DEFAULT_LEDGER_TIMEOUT_S  # PostgreSQL ledger: the longest one call waits
 
 
 def parse_store(node: Node, override: str | None, local_base: str | None = None,
@@ -63,10 +67,12 @@ def parse_store(node: Node, override: str | None, local_base: str | None = None,
                               redacted_url(ledger_override))
         ledger_url = ledger_override
     timeout_s = node.child("timeout_s", DEFAULT_TIMEOUT_S).number(minimum=0.05, maximum=60)
+    ledger_timeout_s = node.child("ledger_timeout_s", DEFAULT_LEDGER_TIMEOUT_S).number(minimum=0.1, maximum=600)
     node.done()
     if local_base is not None and not os.path.isabs(local_path):
         local_path = os.path.normpath(os.path.join(local_base, local_path))
-    return StoreSettings(url=url, local_path=local_path, ledger_url=ledger_url, timeout_s=timeout_s)
+    return StoreSettings(url=url, local_path=local_path, ledger_url=ledger_url, timeout_s=timeout_s,
+                         ledger_timeout_s=ledger_timeout_s)
 
 
 def valid_store_url(url: str) -> bool:

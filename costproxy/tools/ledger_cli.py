@@ -4,6 +4,11 @@ Works on ``store.ledger_url`` (or ``$COSTPROXY_LEDGER_URL``).  ``migrate`` appli
 migrations (what ``serve`` also does on start), ``rollback`` runs the ``down`` scripts of the
 newest migrations — one by default, down to ``--to N`` if given; a step that drops ledger data
 needs ``--yes``.  Exit status 1 with a message when the server cannot be reached or refuses.
+While another session holds the migration lock, it says who and waits for it.
+
+Roll back only with every replica stopped: a running replica keeps the schema it started with
+(it migrated on start) and its shipping fails on the tables the rollback dropped until restarted
+by a costproxy that knows only the older version.
 """
 
 from __future__ import annotations
@@ -56,12 +61,21 @@ async def _command(conn: Any, args: argparse.Namespace, where: str) -> int:
             print(f"  {migration.version}  {state:8} {migration.name}")
         return 0
     if args.ledger_command == "migrate":
-        steps = await migrate(conn, args.to)
+        steps = await migrate(conn, args.to, on_wait=_waiting)
         verb = "applied"
     else:
-        steps = await rollback(conn, max(0, before - 1) if args.to is None else args.to, allow_data_loss=args.yes)
+        steps = await rollback(conn, max(0, before - 1) if args.to is None else args.to, allow_data_loss=args.yes,
+                               on_wait=_waiting)
         verb = "rolled back"
     for migration in steps:
         print(f"{verb} {migration.version}: {migration.name}")
     print(f"ledger database {where}: schema version {await current_version(conn)} (was {before})")
+    if verb == "rolled back" and steps:
+        print("every replica must be stopped before a rollback and started again with the costproxy version that "
+              "matches this schema: a replica still running keeps the newer schema in mind and its shipping fails "
+              "(entries wait, unshipped) until it is restarted — and a newer costproxy migrates up again on start")
     return 0
+
+
+def _waiting(holder: str) -> None:
+    print(f"waiting for the ledger migration lock, held by {holder}", file=sys.stderr, flush=True)
