@@ -285,6 +285,7 @@ class ProviderNotConfigured(InternalError):
 
     status = 503
     code = "provider_not_configured"
+    no_retry = True  # a deployment's configuration: an SDK retrying it only waits
 
 
 class ReservationLost(InternalError):

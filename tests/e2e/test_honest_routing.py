@@ -91,6 +91,7 @@ def test_a_model_without_provider_key_is_503_naming_the_env_var(deployment: dict
     with pytest.raises(openai.InternalServerError) as caught:
         client(deployment).chat.completions.create(model="bargain", messages=[{"role": "user", "content": "hi"}])
     assert caught.value.status_code == 503
+    assert caught.value.response.headers["x-should-retry"] == "false"  # a configuration: retrying only waits
     body = caught.value.body
     assert isinstance(body, dict) and body["code"] == "provider_not_configured"
     assert "NOKEY_API_KEY" in body["message"]
