@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from costproxy.analyzer.server_tools import server_tools
+from costproxy.analyzer.tasks import TASK_TYPES
 from costproxy.errors import BudgetExceeded, InvalidRequest, ModelNotAllowed, NotFound, ProviderNotConfigured
 from costproxy.http.budgets_api import viewer
 from costproxy.http.keys_api import json_body
@@ -84,8 +85,14 @@ def _api_constraints(raw: Any, metadata: dict[str, Any]) -> tuple[str, Constrain
     if not isinstance(raw, dict):
         raise InvalidRequest("'constraints' must be an object", param="constraints")
     raw = canonical(raw, CONSTRAINT_KEYS, where="constraints")
-    quality = metadata.get("qualityRequirement")
-    mode = quality if quality in QUALITY_MODES else PRIORITY_MODES.get(str(metadata.get("budgetPriority")))
+    quality, priority = metadata.get("qualityRequirement"), metadata.get("budgetPriority")
+    if quality is not None and quality not in QUALITY_MODES:  # ignored, it would answer another question
+        raise InvalidRequest(f"'qualityRequirement' must be one of {', '.join(QUALITY_MODES)}",
+                             param="metadata.qualityRequirement")
+    if priority is not None and priority not in PRIORITY_MODES:
+        raise InvalidRequest(f"'budgetPriority' must be one of {', '.join(PRIORITY_MODES)}",
+                             param="metadata.budgetPriority")
+    mode = quality if quality is not None else PRIORITY_MODES.get(str(priority))
     excluded = raw.get("excludedModels") or []
     capabilities = raw.get("requiredCapabilities") or []
     if not isinstance(excluded, list) or not isinstance(capabilities, list):
@@ -128,6 +135,8 @@ async def _explain(request: web.Request) -> tuple[Explanation, dict[str, Any], i
     chat["model"] = preferred
     request_id = optional_name(body.get("requestId"), "requestId") or "sel_" + uuid.uuid4().hex
     task = metadata.get("taskType")
+    if task is not None and task not in TASK_TYPES:  # ignored, the answer would be for another task
+        raise InvalidRequest(f"'taskType' must be one of {', '.join(TASK_TYPES)}", param="metadata.taskType")
     headers = {"x-costproxy-task-type": task} if isinstance(task, str) else {}
     principal = _principal(metadata)
     _may_ask_for(request, principal)

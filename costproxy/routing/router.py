@@ -274,7 +274,8 @@ class SelectionRouter:
                                  f"{kind} model for /{request.ctx.endpoint}", param="model")
         ruleset = self.rules.current if self.rules is not None else EMPTY_RULESET
         hint = request.ctx.headers.get("x-costproxy-task-type")
-        hint = hint if hint in TASK_TYPES else None
+        if hint is not None and hint not in TASK_TYPES:  # as X-Costproxy-Quality: never ignored
+            raise InvalidRequest(f"X-Costproxy-Task-Type must be one of {', '.join(TASK_TYPES)}")
         # Task detection costs ~70 µs: a concrete model needs it only when a rule reads the task.
         detect = virtual or hint is not None or _reads_task(ruleset)
         quality = self.quality  # features: only predictors read them; n-grams: only a text model

@@ -355,3 +355,25 @@ async def test_the_estimate_refuses_unknown_keys_and_honours_max_tokens(make_pro
         assert Decimal(row["worstCaseCost"]) < Decimal(unbounded["small"]["worstCaseCost"])
     error = (await estimate({"messages": messages, "max_tokens": 0}, 400))["error"]
     assert error["param"] == "max_tokens", error
+
+
+async def test_selection_refuses_a_task_or_quality_it_does_not_know(make_proxy) -> None:
+    """A ``taskType``, ``qualityRequirement`` or ``budgetPriority`` the proxy does not know was
+    ignored: the answer was then for another question than the one asked. A 400 names the field;
+    so does a trusted proxy's ``X-Costproxy-Task-Type`` (as ``X-Costproxy-Quality`` already did)."""
+    from costproxy.settings import TrustedProxySettings
+
+    relay = TrustedProxySettings(name="relaycore", secret_env="X", secret="s3cret", sources=("127.0.0.0/8",))
+    proxy = await make_proxy(settings_changes={"trusted_proxies": (relay,)})
+    content = {"messages": SIMPLE["messages"]}
+    for field, value in (("taskType", "teleport"), ("qualityRequirement", "ultra"), ("budgetPriority", "urgent")):
+        resp = await proxy.client.post("/api/v1/models/select", headers=ADMIN,
+                                       json={"content": content, "metadata": {field: value}})
+        assert resp.status == 400, field
+        assert (await resp.json())["error"]["param"] == f"metadata.{field}"
+    fine = await proxy.client.post("/api/v1/models/select", headers=ADMIN, json={"content": content, "metadata": {
+        "taskType": "classification", "qualityRequirement": "economy", "budgetPriority": "high"}})
+    assert fine.status == 200
+    headers = {**proxy.auth(), "X-Costproxy-Proxy-Secret": "s3cret", "X-Costproxy-Task-Type": "teleport"}
+    resp = await proxy.client.post("/v1/chat/completions", json=SIMPLE, headers=headers)
+    assert resp.status == 400 and "X-Costproxy-Task-Type" in (await resp.json())["error"]["message"]
