@@ -23,7 +23,7 @@ from costproxy.errors import (
     StoreUnavailable,
     Unauthenticated,
 )
-from costproxy.http import console_auth
+from costproxy.http import console_auth, openapi
 from costproxy.http.bodies import checks_size_when_read, too_large
 from costproxy.http.headers import IDENTITY_HEADERS, SECRET_HEADER, TRUSTED_ONLY
 from costproxy.http.messages_api import anthropic_path
@@ -144,6 +144,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     if path.startswith("/api/"):
         request[ADMIN_ROLE] = authenticate_admin(request, settings)
+        openapi.check_query(request)
         return await handler(request)
     request[PRINCIPAL] = authenticate_client(request, settings)
     return await handler(request)

@@ -10,11 +10,13 @@ Authentication: ``Authorization: Bearer <admin token>`` for everything, or a rea
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Any
 
 from aiohttp import web
 
+from costproxy.errors import InvalidRequest
 from costproxy.http.openapi_schemas import (
     ANY_OBJECT,
     INT,
@@ -399,6 +401,43 @@ def document() -> dict[str, Any]:
 
 async def serve(request: web.Request) -> web.Response:
     return web.json_response(document())
+
+
+@lru_cache(maxsize=1)
+def _query_names() -> dict[tuple[str, str], frozenset[str]]:
+    """(METHOD, path template with every ``{name}`` as ``{}``) -> the query parameters documented."""
+    found: dict[tuple[str, str], frozenset[str]] = {}
+    for path, operations in document()["paths"].items():
+        template = re.sub(r"\{[^}]+\}", "{}", path)
+        for method, operation in operations.items():
+            if isinstance(operation, dict):
+                found[(method.upper(), template)] = frozenset(
+                    p["name"] for p in operation.get("parameters", ()) if p.get("in") == "query")
+    return found
+
+
+def _camel(name: str) -> str:
+    """``scope_type`` -> ``scopeType``: the snake_case spelling every camelCase key also answers to."""
+    return re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), name)
+
+
+def check_query(request: web.Request) -> None:
+    """Refuse a query parameter the operation does not document (a misspelt filter such as ``since``
+    for ``from`` was ignored, and the answer looked like an answer to the question asked); a route the
+    document does not describe is not checked."""
+    if not request.query:
+        return
+    resource = request.match_info.route.resource
+    if resource is None:
+        return
+    known = _query_names().get((request.method, re.sub(r"\{[^}]+\}", "{}", resource.canonical)))
+    if known is None:
+        return
+    unknown = sorted(name for name in request.query if name not in known and _camel(name) not in known)
+    if unknown:
+        listed = ", ".join(sorted(known)) or "none"
+        raise InvalidRequest(f"unknown query parameter {unknown[0]!r} for {request.method} {resource.canonical} "
+                             f"(known: {listed})", param=unknown[0])
 
 
 def add_routes(app: web.Application) -> None:

@@ -313,3 +313,16 @@ async def test_usage_idempotency_holds_without_the_alert_manager(make_proxy: Pro
     empty = await call(proxy, "POST", "/api/v1/budgets/team-core/usage", status=400,
                        headers={**ADMIN, "Idempotency-Key": " "}, json={"amount": "1", "source": "manual"})
     assert empty["error"]["param"] == "Idempotency-Key"  # not "no key": each retry would be charged
+
+
+async def test_a_query_parameter_the_operation_does_not_document_is_a_400(make_proxy: ProxyFactory) -> None:
+    """A misspelt filter (``since`` for ``from``) was ignored, and the unfiltered answer looked like
+    the answer to the question asked. Documented parameters pass in both spellings."""
+    proxy = await make_proxy(extra=static(TEAM))
+    refused = await call(proxy, "GET", "/api/v1/budgets?scope=team", status=400)
+    assert refused["error"]["param"] == "scope" and "scopeType" in refused["error"]["message"]
+    events = await call(proxy, "GET", "/api/v1/events?from=2026-01-01", status=400)
+    assert events["error"]["param"] == "from"
+    await call(proxy, "GET", "/api/v1/budgets?scopeType=team&withStatus=true")
+    await call(proxy, "GET", "/api/v1/budgets?scope_type=team&with_status=true")  # snake_case spellings
+    await call(proxy, "GET", "/api/v1/events?limit=5")
