@@ -49,6 +49,9 @@ RESPONSES_CLIENT_TOOLS = frozenset({"function", "custom", "local_shell", "shell"
                                     "computer_use_preview", "computer_use", "computer"})
 # Chat completions' search: billed per request by the search models, not per call.
 PER_REQUEST_SEARCH = "web_search_options"
+# The most calls of one kind a request is charged, whatever the upstream reports: fifty times the
+# highest bound the proxy sends (max_calls ≤ 20 by default), far beyond any real tool loop.
+MAX_REPORTED_CALLS = 1_000
 MCP_SERVERS = "mcp"  # Anthropic's ``mcp_servers`` (the MCP connector)
 MAX_FEE_USD = Decimal(100)  # a fee above $100 per call is a typo
 DEFAULT_MAX_CALLS = 5  # calls of a tool reserved for when the request gives no bound
@@ -134,12 +137,14 @@ class ToolBounds:
         """``reported`` with each priced kind the proxy bounded at most its bound, and all of them at
         most ``total`` (the dearest first, so a clamp never charges less than a reservation could
         hold); kinds without a fee pass as reported (they cost nothing here), and so do kinds the
-        proxy never bounded (calls the request did not declare: the ledger records the real bill)."""
+        proxy never bounded (calls the request did not declare: the ledger records the real bill) —
+        each kind at most ``MAX_REPORTED_CALLS``, so no figure from a broken or hostile upstream can
+        overflow a counter or lose the ledger entry."""
         bound = dict(self.calls)
         left = self.total
         charged: dict[str, int] = {}
         for kind in sorted(reported, key=lambda k: (-fees.get(k, 0), k)):
-            count = reported[kind]
+            count = min(reported[kind], MAX_REPORTED_CALLS)
             if kind in fees and kind in bound:
                 count = min(count, bound[kind])
                 if left is not None:

@@ -125,7 +125,12 @@ class RedisKeys:
 # lost host), its call may have been billed: the reservation's worst case is charged and the
 # ``lapsed`` entry (priced at the amount held) appended, with the settled marker set so that a
 # settlement the replica did save (its outbox, replayed after a restart) cannot charge twice.
+LAPSE_MARKER_MS = 7 * 86_400_000  # the settled marker of a lapsed charge (the Lua constant below)
+
 _RECLAIM_FN = """
+-- a lapsed charge's settled marker outlives any outbox replay of the real settlement (7 days): a
+-- replica back after a long outage must find it, or the call would be ledgered and charged twice
+local LAPSE_MARKER_MS = 604800000
 local function lapse(zkey, rprefix, token, done_ttl)
   local tag = string.sub(rprefix, 1, #rprefix - 2)
   local rkey = rprefix .. token
@@ -201,7 +206,7 @@ local res, zkey = KEYS[n + 1], KEYS[n + 2]
 if redis.call('EXISTS', res) == 1 then return {'dup'} end
 local changed = stale(KEYS[n + 3], ARGV[9 + 3 * n])
 if changed then return changed end
-reclaim(zkey, ARGV[5], now, tonumber(ARGV[6]), ttl * 2 + 3600000)
+reclaim(zkey, ARGV[5], now, tonumber(ARGV[6]), LAPSE_MARKER_MS)
 local out = {'ok'}
 for i = 1, n do
   local c = redis.call('HMGET', KEYS[i], 'spent', 'reserved')
@@ -265,8 +270,8 @@ if not redis.call('SET', done, fingerprint or '1', 'PX', ARGV[6], 'NX') then
 end
 local held = redis.call('HGETALL', res)
 local left = {}  -- counter -> its reserved amount once this reservation is dropped
-for j = 1, #held, 2 do
-  if string.sub(held[j], 1, 1) ~= '_' and held[j + 1] ~= '0' then
+for j = 1, #held, 2 do  -- a counter past its retention is gone: nothing to give back, nothing to recreate
+  if string.sub(held[j], 1, 1) ~= '_' and held[j + 1] ~= '0' and redis.call('EXISTS', held[j]) == 1 then
     left[held[j]] = redis.call('HINCRBY', held[j], 'reserved', '-' .. held[j + 1])
   end
 end

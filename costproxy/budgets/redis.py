@@ -84,6 +84,7 @@ from costproxy.budgets.definitions_redis import RedisDefinitions
 from costproxy.budgets.lua import (
     DEFS_RAISE,
     DEFS_VERSION,
+    LAPSE_MARKER_MS,
     MAX_EXACT_NANOS,
     RECLAIM,
     RENEW,
@@ -297,7 +298,7 @@ class RedisBudgetAccounts(BudgetBook):
         for partition in sorted(self._partitions):
             total += int(await self._reclaim(keys=[self.keys.expiries(partition)],
                                              args=[self.keys.reservation_prefix(partition), now, 100,
-                                                   2 * self.ttl_ms + 3_600_000]))
+                                                   LAPSE_MARKER_MS]))
         return total
 
     def _counters(self, budget_id: str, period_key: str, now_ms: int) -> Counters:

@@ -53,6 +53,7 @@ def checks_size_when_read(request: web.Request) -> bool:
 
 
 SUPPORTED_ENCODINGS = ("gzip", "x-gzip", "deflate", "identity")
+MAX_CODINGS = 2  # layers of compression a body may carry (clients send one)
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -93,7 +94,11 @@ def content_codings(header: str) -> list[str]:
             raise InvalidRequest(f"Content-Encoding {coding[:40]!r} is not supported: send the body "
                                  f"uncompressed or encoded with one of {', '.join(SUPPORTED_ENCODINGS)}",
                                  param="Content-Encoding")
-    return [coding for coding in codings if coding != "identity"]
+    applied = [coding for coding in codings if coding != "identity"]
+    if len(applied) > MAX_CODINGS:  # each layer is decoded on the event loop: a stack of them stalls it
+        raise InvalidRequest(f"Content-Encoding lists {len(applied)} codings; at most {MAX_CODINGS} are decoded",
+                             param="Content-Encoding")
+    return applied
 
 
 def decode(data: bytes, coding: str, limit: int) -> bytes:

@@ -262,8 +262,8 @@ def run_workers(settings: Settings, sock: socket.socket, announce: Callable[[], 
                 code = 1
             finally:
                 os._exit(code)
+        children[pid] = index  # known before a stop signal may run ``on_signal``, which forwards it to each child
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
-        children[pid] = index
 
     def on_signal(signum: int, frame: object) -> None:
         nonlocal stopping

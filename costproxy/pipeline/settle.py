@@ -309,14 +309,15 @@ def charged_tool_calls(plan: Plan, model: ModelSpec, usage: Usage,
         return usage, None
     charged = bounds.clamp(reported, fees)
     metadata = _tool_metadata(model, charged)
-    undeclared = {kind: count for kind, count in reported.items() if kind in fees and kind not in declared}
+    undeclared = {kind: charged[kind] for kind in reported if kind in fees and kind not in declared}
     if undeclared:  # not bounded, not reserved for: charged as reported, an overrun of the reservation
         metadata["tool_calls_undeclared"] = undeclared
         log.warning("tool_calls_undeclared", request_id=plan.ctx.request_id, model=model.id, reported=undeclared,
                     fee_nanos=model.tool_cost(undeclared.items()))
-    if charged != reported:
-        metadata["tool_calls_clamped"] = {"reported": reported, "limit": dict(bounds.calls)}
-        log.warning("tool_calls_clamped", request_id=plan.ctx.request_id, model=model.id, reported=reported,
+    if charged != reported:  # the provider's counts as JSON can hold them (past 64 bits as text)
+        said = {kind: count if count < 2**63 else str(count) for kind, count in reported.items()}
+        metadata["tool_calls_clamped"] = {"reported": said, "limit": dict(bounds.calls)}
+        log.warning("tool_calls_clamped", request_id=plan.ctx.request_id, model=model.id, reported=said,
                     limit=dict(bounds.calls))
     return replace(usage, tool_calls=tuple(sorted(charged.items()))), metadata
 

@@ -307,6 +307,10 @@ async def test_a_reservation_outlives_any_downtime_until_it_is_settled_or_reclai
     user = next(v for k, v in counters(redis_space).items() if ":b:alice:" in k)
     assert (user["spent"], user["reserved"]) == (400_000_000, 0)
     assert not client.exists(team)  # not recreated with a negative reservation and no expiry
+    late = await survivor.reserve("late", ALICE, 1_000)
+    client.delete(team)
+    await survivor.release(late, None)  # a release on a counter past its retention: nothing recreated
+    assert not client.exists(team)
     client.close()
 
 
@@ -362,5 +366,10 @@ async def test_a_call_of_a_caller_without_any_budget_is_lapsed_when_its_replica_
     ledger = {e.request_id: (e.status, e.cost_nanos) for e in stream_entries(redis_space, partition="other")}
     assert ledger == {"done": ("ok", 4_000), "running": ("lapsed", 7_000)}
     client = redis_space.client()
+    # the lapse's settled marker outlives any replay of the dead replica's outbox (it lived 2 leases
+    # and an hour: a replica back later settled the call a second time)
+    assert client.pttl(dead.keys.done("other", running.token)) > 6 * 86_400_000
+    await dead.settle(running, entry("running", 1_234, stranger))  # that late replay
+    assert len(stream_entries(redis_space, partition="other")) == 2
     assert not client.exists(dead.keys.reservation_prefix("other") + done.token)  # type: ignore[union-attr]
     client.close()

@@ -186,3 +186,25 @@ def test_a_reported_call_is_never_taken_for_chats_per_request_search_fee() -> No
     assert _of_kind("web_search_preview", names) == ["web_search_preview"]
     assert _of_kind("web_search_options", names) == ["web_search_options"]
     assert _of_kind("file_search", names) == ["file_search"]
+
+
+def test_a_tool_call_count_past_any_loop_is_charged_at_most_the_cap_and_stays_storable() -> None:
+    """An upstream reporting 10^19 searches the request never declared was charged as reported: the
+    entry's cost and counts did not fit a ledger row (quarantined: the request left the ledger), and
+    10^9 searches cost $10,000,000 on a call. Each kind is charged at most ``MAX_REPORTED_CALLS``."""
+    from types import SimpleNamespace
+
+    import orjson
+
+    from costproxy.analyzer.server_tools import MAX_REPORTED_CALLS
+    from costproxy.pipeline.settle import charged_tool_calls
+
+    plan: Any = SimpleNamespace(billable=SimpleNamespace(tools=NO_TOOLS), ctx=SimpleNamespace(request_id="r1"))
+    model = claude()
+    usage = Usage(prompt_tokens=10, completion_tokens=5, tool_calls=(("web_search", 10**19),))
+    charged, metadata = charged_tool_calls(plan, model, usage, False)
+    assert dict(charged.tool_calls) == {"web_search": MAX_REPORTED_CALLS}
+    assert metadata is not None and metadata["tool_calls_clamped"]["reported"] == {"web_search": str(10**19)}
+    assert metadata["tool_calls_undeclared"] == {"web_search": MAX_REPORTED_CALLS}
+    orjson.dumps(metadata)  # the ledger row can hold it
+    assert model.cost(charged) == 10 * 3000 + 5 * 15000 + MAX_REPORTED_CALLS * 10_000_000
