@@ -152,6 +152,8 @@ async def run_unary(services: Services, ctx: RequestContext, request: ChatReques
             body, data = exchange.reply(response)
     except ProxyError as exc:
         outcome.failed(exc)
+        if isinstance(exc, ReservationLost):  # its lease ended the call in flight: the provider may bill it all,
+            outcome.billed = True             # as when a hang-up cancels it (it was charged 0)
         exc.headers.update(limit_headers(the_plan))
         raise
     except asyncio.CancelledError:  # cancelled in flight (a hang-up, a drain deadline): the provider may bill it all
