@@ -15,7 +15,7 @@ from typing import Any
 
 from costproxy.errors import ProxyError
 from costproxy.protocols.messages import STOP_REASON, error_body, messages_usage
-from costproxy.protocols.shapes import obj, typed
+from costproxy.protocols.shapes import ToolCallHold, obj, typed
 
 
 class ChatToMessages:
@@ -31,6 +31,7 @@ class ChatToMessages:
         self._blocks = 0
         self._stop: str | None = None
         self._usage: Mapping[str, Any] | None = None
+        self._tools = ToolCallHold()
 
     def _start(self, chunk: Mapping[str, Any]) -> list[bytes]:
         self._started = True
@@ -68,22 +69,35 @@ class ChatToMessages:
             frames.extend(self._choice_delta(delta))
             if isinstance(choice.get("finish_reason"), str):
                 self._stop = STOP_REASON.get(choice["finish_reason"], "end_turn")
+                frames.extend(self._held_tools())
+        return frames
+
+    def _held_tools(self) -> list[bytes]:
+        """The tool calls held back (``ToolCallHold``), each as one whole ``tool_use`` block."""
+        frames: list[bytes] = []
+        for call in self._tools.release():
+            frames += self._open(f"tool{call['index']}", {"type": "tool_use", "id": call["id"], "name": call["name"],
+                                                          "input": {}})
+            if call["arguments"]:
+                frames.append(self._delta({"type": "input_json_delta", "partial_json": call["arguments"]}))
         return frames
 
     def _choice_delta(self, delta: Mapping[str, Any]) -> list[bytes]:
         frames: list[bytes] = []
         thinking = delta.get("reasoning_content")
+        text = delta.get("content")
+        if (isinstance(thinking, str) and thinking) or (isinstance(text, str) and text):
+            frames += self._held_tools()  # text after tool calls: the held ones go first, in their order
         if isinstance(thinking, str) and thinking:
             if self._block is None or self._block[0] != "thinking":
                 frames += self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
             frames.append(self._delta({"type": "thinking_delta", "thinking": thinking}))
-        text = delta.get("content")
         if isinstance(text, str) and text:
             if self._block is None or self._block[0] != "text":
                 frames += self._open("text", {"type": "text", "text": ""})
             frames.append(self._delta({"type": "text_delta", "text": text}))
         for call in delta.get("tool_calls") or []:
-            if not isinstance(call, Mapping):
+            if not isinstance(call, Mapping) or self._tools.hold(call):
                 continue
             key = f"tool{call.get('index', 0)}"
             function = obj(call.get("function"))
@@ -96,6 +110,7 @@ class ChatToMessages:
 
     def end(self) -> list[bytes]:
         frames = [] if self._started else self._start({})
+        frames += self._held_tools()
         frames += self._close()
         usage = messages_usage(self._usage) if self._usage is not None else {"output_tokens": 0}
         frames.append(typed({"type": "message_delta", "delta": {"stop_reason": self._stop or "end_turn",

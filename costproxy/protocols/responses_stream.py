@@ -24,7 +24,7 @@ from costproxy.protocols.responses import (
     output_text,
     reasoning_item,
 )
-from costproxy.protocols.shapes import obj, typed
+from costproxy.protocols.shapes import ToolCallHold, obj, typed
 
 
 class ChatToResponses:
@@ -38,6 +38,7 @@ class ChatToResponses:
         self._open: dict[str, Any] | None = None  # the output item being streamed
         self._finish: Any = None
         self._usage: Any = None
+        self._tools = ToolCallHold()
 
     def _event(self, kind: str, **fields: Any) -> bytes:
         data = {"type": kind, "sequence_number": self._sequence, **fields}
@@ -62,6 +63,20 @@ class ChatToResponses:
             frames.extend(self._delta(delta))
             if choice.get("finish_reason") is not None:
                 self._finish = choice["finish_reason"]
+                frames.extend(self._held_calls())
+        return frames
+
+    def _held_calls(self) -> list[bytes]:
+        """The function calls held back (``ToolCallHold``), each as one whole item."""
+        frames: list[bytes] = []
+        for call in self._tools.release():
+            frames += self._open_item("function_call", key=f"call{call['index']}",
+                                      call_id=str(call["id"] or new_id("call")), name=str(call["name"] or ""))
+            item = self._open
+            if item is not None and call["arguments"]:
+                item["text"] += call["arguments"]
+                frames.append(self._event("response.function_call_arguments.delta", item_id=item["id"],
+                                          output_index=item["index"], delta=call["arguments"]))
         return frames
 
     def _delta(self, delta: Mapping[str, Any]) -> list[bytes]:
@@ -69,11 +84,12 @@ class ChatToResponses:
         for key, kind in (("reasoning_content", "reasoning"), ("content", "message"), ("refusal", "message")):
             text = delta.get(key)
             if isinstance(text, str) and text:
+                frames += self._held_calls()  # text after function calls: the held ones go first
                 if self._open is None or self._open["kind"] != kind:
                     frames += self._open_item(kind)
                 frames.append(self._text_delta(text))
         for call in delta.get("tool_calls") or []:
-            if not isinstance(call, Mapping):
+            if not isinstance(call, Mapping) or self._tools.hold(call):
                 continue
             function = obj(call.get("function"))
             key = f"call{call.get('index', 0)}"
@@ -138,6 +154,7 @@ class ChatToResponses:
 
     def end(self) -> list[bytes]:
         frames = [] if self._started else self._start({})
+        frames += self._held_calls()
         frames += self._close()
         self.final = finish(self.response, self._finish, self._usage)
         kind = "response.completed" if self.final["status"] == "completed" else "response.incomplete"

@@ -257,6 +257,52 @@ def test_chat_chunks_as_responses_and_messages_events() -> None:
     assert got[-2]["delta"]["stop_reason"] == "tool_use" and got[-2]["usage"]["input_tokens"] == 5
 
 
+def test_parallel_tool_calls_interleaved_in_a_chat_stream_come_out_whole() -> None:
+    """A chat stream may mix the argument pieces of parallel calls (``index`` says whose). Messages
+    blocks and Responses items cannot interleave, so a block was opened at every change of index: four
+    blocks, two without id or name and with half the JSON (the Anthropic SDK raised). The first call
+    streams live; the others are held and come out whole, in index order, when the choice finishes."""
+    def piece(index: int, arguments: str, **first: str) -> dict[str, Any]:
+        call: dict[str, Any] = {"index": index, "function": {"arguments": arguments}}
+        if first:
+            call.update(id=first["id"], type="function")
+            call["function"]["name"] = first["name"]
+        return {"choices": [{"delta": {"tool_calls": [call]}}]}
+
+    chunks = [{"model": "m", "choices": [{"delta": {"role": "assistant", "content": "Checking."}}]},
+              piece(0, '{"city":', id="c0", name="weather"), piece(1, '{"ci', id="c1", name="weather"),
+              piece(0, '"Paris"}'), piece(1, 'ty":"Rome"}'), piece(2, "{}", id="c2", name="time"),
+              {"choices": [{"delta": {}, "finish_reason": "tool_calls"}]},
+              {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 9}}]
+    messages = ChatToMessages("msg_1", 4)
+    got = events([f for c in chunks for f in messages.chunk(c)] + messages.end())
+    blocks: dict[int, dict[str, Any]] = {}
+    for event in got:
+        if event["type"] == "content_block_start":
+            blocks[event["index"]] = {**event["content_block"], "json": ""}
+        elif event["type"] == "content_block_delta" and event["delta"]["type"] == "input_json_delta":
+            blocks[event["index"]]["json"] += event["delta"]["partial_json"]
+    calls = [(b["id"], b["name"], orjson.loads(b["json"])) for b in blocks.values() if b["type"] == "tool_use"]
+    assert calls == [("c0", "weather", {"city": "Paris"}), ("c1", "weather", {"city": "Rome"}), ("c2", "time", {})]
+    starts = [e["index"] for e in got if e["type"] == "content_block_start"]
+    stops = [e["index"] for e in got if e["type"] == "content_block_stop"]
+    assert starts == stops == sorted(starts)  # each block ends before the next starts
+    responses = ChatToResponses(skeleton({"input": "x"}, "resp_1", "m"))
+    got = events([f for c in chunks for f in responses.chunk(c)] + responses.end())
+    assert [e["sequence_number"] for e in got] == list(range(len(got)))
+    final = responses.final
+    assert final is not None
+    functions = [(o["call_id"], o["name"], orjson.loads(o["arguments"])) for o in final["output"]
+                 if o["type"] == "function_call"]
+    assert functions == [("c0", "weather", {"city": "Paris"}), ("c1", "weather", {"city": "Rome"}),
+                         ("c2", "time", {})]
+    streamed: dict[str, str] = {}
+    for event in got:
+        if event["type"] == "response.function_call_arguments.delta":
+            streamed[event["item_id"]] = streamed.get(event["item_id"], "") + event["delta"]
+    assert sorted(streamed.values()) == sorted(['{"city":"Paris"}', '{"city":"Rome"}', "{}"])
+
+
 def model_with(price: ModelPrice) -> ModelSpec:
     return ModelSpec(id="m", provider="p", upstream_model="m", kind="chat", tier="premium", context_window=1000,
                      max_output_tokens=100, capabilities=frozenset(), price=price)
