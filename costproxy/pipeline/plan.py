@@ -280,6 +280,10 @@ def upstream_payload(plan: Plan, model: ModelSpec) -> bytes:
         return cached
     body = dict(plan.body)
     body["model"] = model.upstream_model
+    if plan.request.native is not None and "reasoning" not in model.capabilities and "reasoning_effort" in body:
+        # translated from Messages' thinking or Responses' reasoning.effort: a model that cannot reason
+        # refuses the field (400 unsupported_parameter); it answers without thinking instead
+        del body["reasoning_effort"]
     if plan.stream:
         options = dict(body.get("stream_options") or {})
         options["include_usage"] = True  # needed to settle exactly; stripped if the client didn't ask

@@ -409,3 +409,22 @@ async def test_an_input_count_past_any_call_is_charged_at_most_the_input_limit_a
     assert entry.metadata["usage_clamped"]["cached_tokens"] == 10**18
     assert entry.metadata["usage_clamped"]["input_limit"] == MAX_INPUT_TOKENS
     assert 0 < entry.cost_nanos <= MAX_INPUT_TOKENS * SMALL_IN + 3 * SMALL_OUT
+
+
+async def test_a_thinking_request_translated_for_a_model_that_cannot_reason_leaves_the_effort_out(
+        protocol_proxy: ProtocolProxy, simulator: Any) -> None:
+    """Messages' ``thinking`` and Responses' ``reasoning.effort`` become ``reasoning_effort`` on a chat
+    upstream; a model without the ``reasoning`` capability refuses that field (OpenAI: 400
+    unsupported_parameter), so it answers without it — a model that can reason still gets it."""
+    from tests.integration.conftest import protocol_models
+
+    _, sim = simulator
+    models = protocol_models()
+    models["models"]["thinker"] = {**models["models"]["small"], "capabilities": ["tools", "streaming", "reasoning"]}
+    proxy = await protocol_proxy(models=models)
+    thinking = {"max_tokens": 4000, "thinking": {"type": "enabled", "budget_tokens": 2048},
+                "messages": [{"role": "user", "content": "Hi"}]}
+    for model, expected in (("small", None), ("thinker", "medium")):
+        resp = await proxy.client.post("/v1/messages", json={"model": model, **thinking}, headers=proxy.auth())
+        assert resp.status == 200, await resp.text()
+        assert sim.calls[-1].body.get("reasoning_effort") == expected, model
