@@ -202,6 +202,17 @@ MAX_EVENT_LINE = 8 << 20  # bytes of one SSE line at most (a runaway upstream is
 SSE_FIELDS = (b"event:", b"id:", b"retry:", b":")  # the server-sent event lines other than data
 
 
+def _buffered(content: aiohttp.StreamReader) -> bytes:
+    """What ``content`` had received and not handed over when its connection broke (its buffer;
+    empty where aiohttp keeps it otherwise)."""
+    buffer = getattr(content, "_buffer", None)
+    if not buffer:
+        return b""
+    data = b"".join(bytes(chunk) for chunk in buffer)[getattr(content, "_buffer_offset", 0) or 0:]
+    buffer.clear()
+    return data
+
+
 class UpstreamStream:
     """Server-sent events from an upstream, one ``(raw_frame, data)`` per event."""
 
@@ -225,9 +236,19 @@ class UpstreamStream:
         """
         lines: list[bytes] = []
         rest, partial = b"", 0  # the line begun and not ended; how long it is
+        broken: aiohttp.ClientError | None = None
         try:
             while True:
-                piece = await self.resp.content.readany()
+                if broken is not None:
+                    raise broken
+                try:
+                    piece = await self.resp.content.readany()
+                except aiohttp.ClientError as exc:
+                    # aiohttp raises a broken connection's error before handing over what it had
+                    # already received: those events are relayed (and counted) first
+                    piece, broken = _buffered(self.resp.content), exc
+                    if not piece:
+                        raise
                 if not piece:
                     break
                 if b"\n" not in piece:

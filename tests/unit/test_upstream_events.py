@@ -63,3 +63,25 @@ async def test_streams_that_break_off_or_run_away_are_provider_errors(monkeypatc
     monkeypatch.setattr(client, "MAX_EVENT_LINE", 64)
     with pytest.raises(UpstreamBadResponse):
         await _events(_stream([b"data: " + b"x" * 40, b"x" * 40]))
+
+
+async def test_events_received_before_the_connection_broke_are_still_relayed() -> None:
+    """aiohttp raises a broken connection's error before it hands over what it had received: the
+    events in its buffer were lost (the client saw only the error, the ledger charged no output)."""
+    import asyncio
+    from unittest import mock
+
+    import aiohttp
+
+    reader = aiohttp.StreamReader(mock.Mock(_reading_paused=False), 2**16, loop=asyncio.get_running_loop())
+    reader.feed_data(b'data: {"a":1}\n\ndata: {"a":')
+    reader.feed_data(b'2}\n\n')
+    reader.set_exception(aiohttp.ClientPayloadError("connection lost"))
+    response = _Response([])
+    response.content = reader  # type: ignore[assignment]
+    stream = UpstreamStream(response, ProviderSettings(name="fake", base_url="http://127.0.0.1:1"))  # type: ignore[arg-type]
+    seen: list[Any] = []
+    with pytest.raises(UpstreamUnavailable):
+        async for _, data in stream.events():
+            seen.append(data)
+    assert seen == [{"a": 1}, {"a": 2}]
