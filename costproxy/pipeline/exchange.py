@@ -323,10 +323,14 @@ class NativeRelay:
         self.finished = False
         self.final: dict[str, Any] | None = None
         self.failure: ProviderError | None = None
+        self._sequence = -1  # the last Responses event's sequence_number relayed
 
     def frames(self, raw: bytes, data: Any, done: bool) -> list[bytes]:
         if isinstance(data, dict):
             kind = data.get("type")
+            number = data.get("sequence_number")
+            if isinstance(number, int) and not isinstance(number, bool):
+                self._sequence = max(self._sequence, number)
             if self.api is Api.MESSAGES:
                 self.finished = kind == "message_stop" or kind == "error"
                 if kind == "error":
@@ -350,7 +354,7 @@ class NativeRelay:
         if self.api is Api.MESSAGES:
             return typed(error_body(exc))
         return typed({"type": "error", "code": exc.code, "message": exc.message, "param": exc.param,
-                      "sequence_number": 0})
+                      "sequence_number": self._sequence + 1})  # after the upstream's, never back to 0
 
 
 class ChatEncoder:

@@ -321,3 +321,18 @@ def test_cache_reads_and_writes_are_priced_exactly() -> None:
     assert exotic.cost(Usage(prompt_tokens=10, cache_write_tokens=4, cache_write_1h_tokens=1)) == 33001
     plain = model_with(ModelPrice(Decimal(1), Decimal(2), source="t", as_of=date(2026, 1, 1)))
     assert plain.cost(Usage(prompt_tokens=10, cache_write_tokens=10)) == 10 * 1000  # writes at the input price
+
+
+def test_a_native_responses_streams_last_error_event_numbers_after_the_upstreams() -> None:
+    """The error event the proxy adds to a broken Responses stream said ``sequence_number: 0``,
+    going back from the upstream's numbers."""
+    from costproxy.errors import UpstreamUnavailable
+    from costproxy.pipeline.exchange import NativeRelay
+    from costproxy.request import Api
+
+    relay = NativeRelay(Api.RESPONSES, "openai")
+    for number, kind in enumerate(("response.created", "response.in_progress", "response.output_text.delta")):
+        relay.frames(b"", {"type": kind, "sequence_number": number}, False)
+    [error] = events([relay.error(UpstreamUnavailable("provider openai stream broke"))])
+    assert error["type"] == "error" and error["sequence_number"] == 3
+    assert events([NativeRelay(Api.RESPONSES, "openai").error(UpstreamUnavailable("x"))])[0]["sequence_number"] == 0
