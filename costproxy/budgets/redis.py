@@ -60,8 +60,17 @@ from hiredis import pack_command
 from redis.asyncio import BlockingConnectionPool, Connection, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    ClusterDownError,
+    NoPermissionError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 
 from costproxy.background import cancel_and_wait, stop_if_cancelled
 from costproxy.budgets.accounts import Reservation, lease_ms
@@ -104,7 +113,7 @@ from costproxy.money import format_usd
 from costproxy.records import frozen
 from costproxy.store.config import DEFAULT_TIMEOUT_S
 from costproxy.store.outage import unavailable
-from costproxy.store.sqlite import SqliteStore
+from costproxy.store.sqlite import INSERT_QUARANTINE, SqliteStore, quarantine_row
 
 log = structlog.get_logger("costproxy.budgets.model")
 RECLAIM_BATCH = 16
@@ -657,9 +666,26 @@ class RedisBudgetAccounts(BudgetBook):
 
     async def _replay(self, op: Settlement) -> None:
         await self._register([op.home])
-        verdict = self._applied(op, await self._settle(keys=op.keys, args=op.args))  # "dup" if it already applied
+        try:
+            reply = await self._settle(keys=op.keys, args=op.args)
+        except ResponseError as exc:
+            if _transient(exc):
+                raise  # Redis out of memory, loading, busy: the item waits, as for an outage
+            # Redis ran the script and refused it (its data, not its availability): retried, it would
+            # fail every time and hold every later settlement behind it — kept aside instead, whole
+            await self._quarantine(op, exc)
+            return
+        verdict = self._applied(op, reply)  # "dup" if it already applied
         if verdict == "reused":  # answered as recorded while Redis was away; the script ledgered the refusal
             log.error("usage_idempotency_key_reused_on_replay", request_id=op.request_id, budget_ids=op.budget_ids)
+
+    async def _quarantine(self, op: Settlement, exc: ResponseError) -> None:
+        """The settlement Redis refuses every time, in the local ``ledger_quarantine`` (with its ledger
+        entry), logged: an operator can see it and apply it by hand."""
+        row = quarantine_row({"request_id": op.request_id, "settlement": op.body()}, exc)
+        await self.store.run(lambda: self.store.conn().execute(INSERT_QUARANTINE, row))
+        log.error("budget_settlement_quarantined", request_id=op.request_id, budget_ids=op.budget_ids,
+                  error=str(exc)[:300])
 
     async def _save_unsaved(self) -> None:
         """At shutdown: what only memory held goes to the durable outbox if the file now allows."""
@@ -741,3 +767,14 @@ async def open_redis_accounts(url: str, store: SqliteStore, config: BudgetConfig
         trim_interval_s=settings.ledger_trim_interval_s, mirror_expiry_s=settings.mirror_expiry_s)
     await accounts.open()
     return accounts
+
+
+_TRANSIENT = (OutOfMemoryError, ReadOnlyError, TryAgainError, ClusterDownError, NoPermissionError, NoScriptError)
+_TRANSIENT_CODES = ("OOM", "BUSY", "LOADING", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "READONLY", "NOSCRIPT",
+                    "NOPERM")
+
+
+def _transient(exc: ResponseError) -> bool:
+    """An error Redis answers while it cannot run scripts now (memory, loading, a failover, an ACL
+    being fixed), as opposed to one about the script's own data, which a retry meets again."""
+    return isinstance(exc, _TRANSIENT) or str(exc).startswith(_TRANSIENT_CODES)

@@ -373,3 +373,44 @@ async def test_a_call_of_a_caller_without_any_budget_is_lapsed_when_its_replica_
     assert len(stream_entries(redis_space, partition="other")) == 2
     assert not client.exists(dead.keys.reservation_prefix("other") + done.token)  # type: ignore[union-attr]
     client.close()
+
+
+async def test_a_settlement_redis_refuses_on_replay_is_quarantined_not_dropped(replica: Opener,
+                                                                               redis_space: RedisSpace) -> None:
+    """A waiting settlement whose script Redis runs and refuses (its data: here a counter someone
+    overwrote with a string) set its settled marker before failing, so the next replay answered
+    'dup' and the settlement — its ledger entry with it — was gone without a trace. It is kept in
+    the local ledger_quarantine instead, and the settlements behind it go through."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from costproxy.identity.principal import Principal
+
+    accounts = await replica(section(*CHAIN))
+    await cancel_and_wait(accounts._tasks)  # the test replays when it says
+    stranger = Principal(key_id="key9", user="sam", org="other")  # no budget: its settle touches no counter
+    poisoned = await accounts.reserve("poisoned", ALICE, 1_000)
+    fine = await accounts.reserve("fine", stranger, 1_000)
+    run = accounts._scripts.run
+
+    async def away(script, keys, args):  # type: ignore[no-untyped-def]
+        raise RedisConnectionError("Redis is away")
+
+    accounts._scripts.run = away  # type: ignore[method-assign]
+    await accounts.settle(poisoned, entry("poisoned", 700))
+    await accounts.settle(fine, entry("fine", 300, stranger))
+    accounts._scripts.run = run  # type: ignore[method-assign]
+    assert accounts.pending() == 2
+    client = redis_space.client()
+    team = f"{redis_space.prefix}:" + next(k for k in counters(redis_space) if ":b:team:" in k)
+    assert client.type(team) == b"hash"
+    client.delete(team)
+    client.set(team, "not a hash")  # WRONGTYPE for the poisoned settlement's script
+    try:
+        assert await accounts.flush_outbox() == 2 and accounts.pending() == 0
+    finally:
+        client.delete(team)
+        client.close()
+    rows = await accounts.store.query("SELECT request_id, error, body FROM ledger_quarantine")
+    assert [r[0] for r in rows] == ["poisoned"] and "WRONGTYPE" in rows[0][1].upper()
+    assert '"poisoned"' in rows[0][2]  # the whole settlement, ledger entry included
+    assert [e.request_id for e in stream_entries(redis_space, partition="other")] == ["fine"]
