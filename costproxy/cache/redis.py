@@ -24,18 +24,22 @@ from costproxy.budgets.batch import bounded, client_timeout
 from costproxy.cache.store import CacheStats
 from costproxy.store.outage import reachable
 
-# KEYS: entry, idx, sz, bytes; ARGV: member, value, ttl ms, now ms, max bytes, entry key prefix
-PUT = """
-local now = tonumber(ARGV[4])
-local function drop(member)
-  local size = tonumber(redis.call('HGET', KEYS[3], member) or '0')
-  redis.call('HDEL', KEYS[3], member)
-  redis.call('ZREM', KEYS[2], member)
-  redis.call('DEL', ARGV[6] .. member)
-  return redis.call('DECRBY', KEYS[4], size)
+# drop(idx, sz, bytes, entry prefix, member): one entry and its bookkeeping; returns the new total
+_DROP = """
+local function drop(idx, sz, bytes, prefix, member)
+  local size = tonumber(redis.call('HGET', sz, member) or '0')
+  redis.call('HDEL', sz, member)
+  redis.call('ZREM', idx, member)
+  redis.call('DEL', prefix .. member)
+  return redis.call('DECRBY', bytes, size)
 end
+"""
+
+# KEYS: entry, idx, sz, bytes; ARGV: member, value, ttl ms, now ms, max bytes, entry key prefix
+PUT = _DROP + """
+local now = tonumber(ARGV[4])
 for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 100)) do
-  drop(member)
+  drop(KEYS[2], KEYS[3], KEYS[4], ARGV[6], member)
 end
 local old = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
 local size = string.len(ARGV[2])
@@ -47,10 +51,22 @@ local max = tonumber(ARGV[5])
 while total > max do
   local first = redis.call('ZRANGE', KEYS[2], 0, 0)
   if #first == 0 then break end
-  total = drop(first[1])
+  total = drop(KEYS[2], KEYS[3], KEYS[4], ARGV[6], first[1])
 end
 return total
 """
+
+# KEYS: idx, sz, bytes; ARGV: now ms, entry key prefix, batch.  Drops the bookkeeping of entries Redis
+# has expired (at most a batch), then returns {live entries, their bytes}: the index rows of expired
+# entries were counted until the next write.
+STATS = _DROP + """
+local now = tonumber(ARGV[1])
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))) do
+  drop(KEYS[1], KEYS[2], KEYS[3], ARGV[2], member)
+end
+return {redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf'), tonumber(redis.call('GET', KEYS[3]) or '0')}
+"""
+STATS_BATCH = 1000
 
 # KEYS: idx, sz, bytes; ARGV: entry key prefix, batch size.  Returns how many entries it deleted.
 PURGE = """
@@ -81,6 +97,7 @@ class RedisResponseCache:
         self.timeout_s = client_timeout(redis)  # on a request's path: within its time for the store
         self._put = redis.register_script(PUT)
         self._purge = redis.register_script(PURGE)
+        self._stats = redis.register_script(STATS)
 
     async def get(self, key: str) -> bytes | None:
         with reachable(self.label, "response cache", "look up a cached answer"):
@@ -102,10 +119,8 @@ class RedisResponseCache:
     async def stats(self) -> CacheStats:
         now = int(self.clock() * 1000)
         with reachable(self.label, "response cache", "read the cache's size"):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.zcount(self.index, f"({now}", "+inf")
-                pipe.get(self.total)
-                entries, total = await pipe.execute()
+            entries, total = await self._stats(keys=[self.index, self.sizes, self.total],
+                                               args=[now, self.entry_prefix, STATS_BATCH])
         return CacheStats(int(entries), int(total or 0), self.max_bytes, self.max_entry_bytes)
 
     async def purge(self) -> int:
