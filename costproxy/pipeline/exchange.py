@@ -145,7 +145,15 @@ class Exchange:
         plan, model = self.plan, self.model
         cap = plan.output_caps[model.id]
         if not self.native:  # a Claude upstream for a chat-form request
-            return anthropic.messages_request(plan.body, model.upstream_model, cap)
+            try:
+                return anthropic.messages_request(plan.body, model.upstream_model, cap)
+            except InvalidRequest as exc:
+                if plan.request.api is Api.RESPONSES and exc.param in RESPONSES_FIELDS:
+                    # the chat form's name for it: the client sent the Responses field
+                    field = RESPONSES_FIELDS[exc.param]
+                    raise InvalidRequest(exc.message.replace(f"'{exc.param}'", f"'{field}'")
+                                         .replace(exc.param, field), param=field) from None
+                raise
         body = {k: v for k, v in (plan.request.native or {}).items() if k != "previous_response_id"}
         body["model"] = model.upstream_model
         if self.upstream is Api.MESSAGES:
@@ -311,6 +319,13 @@ def without_usage(raw: bytes, data: dict[str, Any]) -> bytes:
             if raw.count(pattern) == 1:
                 return raw.replace(pattern, b"")
     return b"data: " + orjson.dumps({k: v for k, v in data.items() if k != "usage"}) + b"\n\n"
+
+
+# The fields the Responses API's chat form renames (protocols.responses): an error about one names
+# the field the client sent
+RESPONSES_FIELDS = {"response_format": "text.format", "reasoning_effort": "reasoning.effort",
+                    "max_tokens": "max_output_tokens", "max_completion_tokens": "max_output_tokens",
+                    "messages": "input"}
 
 
 class NativeRelay:

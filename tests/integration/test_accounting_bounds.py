@@ -428,3 +428,16 @@ async def test_a_thinking_request_translated_for_a_model_that_cannot_reason_leav
         resp = await proxy.client.post("/v1/messages", json={"model": model, **thinking}, headers=proxy.auth())
         assert resp.status == 200, await resp.text()
         assert sim.calls[-1].body.get("reasoning_effort") == expected, model
+
+
+async def test_a_responses_field_claude_cannot_serve_is_named_as_the_client_sent_it(
+        protocol_proxy: ProtocolProxy) -> None:
+    """A Responses ``text.format`` json_schema for a Claude model was refused naming
+    ``response_format``, a field the client never sent (the chat form's name for it)."""
+    proxy = await protocol_proxy()
+    resp = await proxy.client.post("/v1/responses", headers=proxy.auth(), json={
+        "model": "claude", "input": "Hi", "max_output_tokens": 50,
+        "text": {"format": {"type": "json_schema", "name": "r", "schema": {"type": "object"}}}})
+    body = await resp.json()
+    assert resp.status == 400 and body["error"]["param"] == "text.format", body
+    assert "response_format" not in body["error"]["message"]
