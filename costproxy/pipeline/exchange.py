@@ -185,10 +185,10 @@ class Exchange:
 
     def relay(self) -> Relay:
         if self.upstream is Api.CHAT and self.client is Api.CHAT:
-            return ChatRelay(self.plan.request.include_usage)
+            return ChatRelay(self.plan.request.include_usage, self.provider.name)
         if self.native:
             return NativeRelay(self.client, self.provider.name)
-        return TranslatedRelay(self._decoder(), self._encoder())
+        return TranslatedRelay(self._decoder(), self._encoder(), self.provider.name)
 
     def _decoder(self) -> AnthropicToChat | None:
         return AnthropicToChat(self.provider.name) if self.upstream is Api.MESSAGES else None
@@ -280,8 +280,9 @@ class ChatRelay:
     final: dict[str, Any] | None = None
     failure: ProviderError | None = None
 
-    def __init__(self, include_usage: bool) -> None:
+    def __init__(self, include_usage: bool, provider: str = "") -> None:
         self.include_usage = include_usage
+        self.provider = provider
         self.finished = False
 
     def frames(self, raw: bytes, data: Any, done: bool) -> list[bytes]:
@@ -289,6 +290,9 @@ class ChatRelay:
             if data is None and done:
                 self.finished = True
                 return []
+            return [raw]
+        if _chat_error(data):  # the upstream's own error event ends the stream: relayed as it came, once
+            self.failure, self.finished = stream_error(data, self.provider), True
             return [raw]
         if self.include_usage or "usage" not in data:
             return [raw]
@@ -298,10 +302,15 @@ class ChatRelay:
         return [without_usage(raw, data)]
 
     def end(self) -> list[bytes]:
-        return [DONE]
+        return [] if self.failure is not None else [DONE]
 
     def error(self, exc: ProxyError) -> bytes:
         return frame(exc.body())
+
+
+def _chat_error(data: dict[str, Any]) -> bool:
+    """A chat stream's error event (``{"error": {...}}``, no choices), as OpenAI sends one mid-stream."""
+    return isinstance(data.get("error"), dict) and not data.get("choices")
 
 
 _NULL_USAGE = (b',"usage":null', b', "usage": null')
@@ -398,9 +407,10 @@ class TranslatedRelay:
     failure: ProviderError | None = None
 
     def __init__(self, decoder: AnthropicToChat | None,
-                 encoder: ChatEncoder | ChatToResponses | ChatToMessages) -> None:
+                 encoder: ChatEncoder | ChatToResponses | ChatToMessages, provider: str = "") -> None:
         self.decoder = decoder
         self.encoder = encoder
+        self.provider = provider
         self.finished = False
 
     @property
@@ -412,6 +422,9 @@ class TranslatedRelay:
             self.finished = data is None and done
             return []
         if self.decoder is None:
+            if _chat_error(data):  # a chat upstream's error event: the client gets its message, in its API
+                self.failure, self.finished = stream_error(data, self.provider), True
+                return [self.encoder.error(self.failure)]
             chunks: list[dict[str, Any]] = [data]
         else:
             chunks = self.decoder.event(data)
@@ -419,7 +432,7 @@ class TranslatedRelay:
         return [f for chunk in chunks for f in self.encoder.chunk(chunk)]
 
     def end(self) -> list[bytes]:
-        return self.encoder.end()
+        return [] if self.failure is not None else self.encoder.end()
 
     def error(self, exc: ProxyError) -> bytes:
         return self.encoder.error(exc)

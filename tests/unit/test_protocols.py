@@ -336,3 +336,21 @@ def test_a_native_responses_streams_last_error_event_numbers_after_the_upstreams
     [error] = events([relay.error(UpstreamUnavailable("provider openai stream broke"))])
     assert error["type"] == "error" and error["sequence_number"] == 3
     assert events([NativeRelay(Api.RESPONSES, "openai").error(UpstreamUnavailable("x"))])[0]["sequence_number"] == 0
+
+
+def test_a_chat_upstreams_error_event_reaches_the_client_once_with_its_message() -> None:
+    """An OpenAI upstream's ``{"error": …}`` mid-stream was dropped on a translated stream (the client
+    read "stream ended before its last event") and followed by a second error event on a chat one."""
+    from costproxy.pipeline.exchange import ChatRelay, TranslatedRelay
+
+    first = {"model": "m", "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}}]}
+    failed = {"error": {"message": "The server had an error while processing your request.", "type": "server_error"}}
+    translated = TranslatedRelay(None, ChatToMessages("msg_1", 4), "openai")
+    frames = translated.frames(b"", first, False) + translated.frames(b"", failed, False)
+    assert translated.finished and translated.failure is not None and translated.end() == []
+    [error] = [e for e in events(frames) if e["type"] == "error"]
+    assert "The server had an error" in error["error"]["message"]
+    chat = ChatRelay(False, "openai")
+    raw = b"data: " + orjson.dumps(failed) + b"\n\n"
+    assert chat.frames(raw, failed, False) == [raw] and chat.finished and chat.end() == []
+    assert chat.failure is not None and "The server had an error" in chat.failure.message
