@@ -37,6 +37,7 @@ from costproxy.pipeline.lease import Lease
 from costproxy.pipeline.plan import Plan, plan, reserve
 from costproxy.pipeline.services import Services, step
 from costproxy.pipeline.settle import Outcome, refusal_entry, settle
+from costproxy.providers.client import ACCEPTED
 from costproxy.providers.transport import UpstreamResponse, UpstreamStream
 from costproxy.records import frozen
 from costproxy.registry import ModelSpec
@@ -146,14 +147,16 @@ async def run_unary(services: Services, ctx: RequestContext, request: ChatReques
         _finished(services, hit_plan, entry)
         return UnaryResult(hit_plan, entry, UpstreamResponse(200, {}, body, data), body, data)
     outcome = Outcome(model=the_plan.primary)
+    accepted: list[bool] = []  # the provider sent a 2xx status line (client.ACCEPTED)
+    marking = ACCEPTED.set(accepted)
     try:
         async with lease(services, reservation):
             response, exchange = await _call_unary(services, the_plan, outcome)
             body, data = exchange.reply(response)
     except ProxyError as exc:
         outcome.failed(exc)
-        if isinstance(exc, ReservationLost):  # its lease ended the call in flight: the provider may bill it all,
-            outcome.billed = True             # as when a hang-up cancels it (it was charged 0)
+        if isinstance(exc, ReservationLost) and accepted:  # its lease ended a call the provider had accepted:
+            outcome.billed = True  # it bills it all (charged 0, it was billed but uncharged); not accepted: no bill
         exc.headers.update(limit_headers(the_plan))
         raise
     except asyncio.CancelledError:  # cancelled in flight (a hang-up, a drain deadline): the provider may bill it all
@@ -161,6 +164,7 @@ async def run_unary(services: Services, ctx: RequestContext, request: ChatReques
         outcome.billed = True
         raise
     finally:
+        ACCEPTED.reset(marking)
         _past_the_call(services)
         entry = await settle(services, the_plan, reservation, outcome)
         _finished(services, the_plan, entry)

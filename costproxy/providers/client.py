@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 import aiohttp
@@ -135,6 +136,8 @@ class UpstreamClient:
             async with self.session.post(url, data=payload, params=params or None, headers=headers,
                                          timeout=timeout) as resp:
                 accepted = resp.status < 300
+                if accepted and (mark := ACCEPTED.get()) is not None:
+                    mark.append(True)
                 body = await resp.read()
                 headers = {k.lower(): v for k, v in resp.headers.items()}
                 status = resp.status
@@ -200,6 +203,11 @@ MAX_EVENT_LINE = 8 << 20  # bytes of one SSE line at most (a runaway upstream is
 
 
 SSE_FIELDS = (b"event:", b"id:", b"retry:", b":")  # the server-sent event lines other than data
+
+
+# Set by a caller that must know, should the call be cancelled, whether the provider had accepted it
+# (a 2xx status line before the body): ``call`` appends True to the list once it has.
+ACCEPTED: ContextVar[list[bool] | None] = ContextVar("costproxy_upstream_accepted", default=None)
 
 
 def _buffered(content: aiohttp.StreamReader) -> bytes:

@@ -68,13 +68,20 @@ async def test_a_unary_call_whose_lease_cannot_be_renewed_answers_503(make_proxy
         raise StoreUnavailable("budget store unreachable")
 
     monkeypatch.setattr(proxy.app[BACKEND].accounts, "renew", unreachable)
-    proxy.sim.plan(latency_ms=4000)  # outlives the 1 s lease: ended before it lapses
+    proxy.sim.plan(latency_ms=4000)  # outlives the 1 s lease: ended before it lapses, and before any answer
     resp = await proxy.client.post("/v1/chat/completions", json={**STREAM, "stream": False}, headers=proxy.auth())
     body = await resp.json()
     assert resp.status == 503 and body["error"]["code"] == "reservation_lost", body
     [entry] = await proxy.ledger()
-    # the provider had the call when it was ended and may bill it all: charged its worst case, estimated
-    # (it was charged 0, and the chaos test's provider books found such calls billed but uncharged)
+    assert (entry.status, entry.error_code, entry.cost_nanos) == ("error", "reservation_lost", 0)  # not accepted
+    assert reserved(proxy) == 0
+    # accepted (a 200 status line), then its lease was lost while the body hung: the provider bills it all,
+    # so it is charged its worst case, estimated (it was charged 0: billed but uncharged, in the chaos test)
+    proxy.sim.reset()  # plans add up: the 4 s latency would apply again
+    proxy.sim.plan(fault="hang_body")
+    resp = await proxy.client.post("/v1/chat/completions", json={**STREAM, "stream": False}, headers=proxy.auth())
+    assert resp.status == 503 and (await resp.json())["error"]["code"] == "reservation_lost"
+    _, entry = await proxy.ledger()
     assert (entry.status, entry.error_code, entry.usage_reported) == ("error", "reservation_lost", False)
-    assert 0 < entry.cost_nanos <= proxy.app[BACKEND].budgets.status_now("core").spent_nanos
+    assert 0 < entry.cost_nanos == proxy.app[BACKEND].budgets.status_now("core").spent_nanos
     assert reserved(proxy) == 0
