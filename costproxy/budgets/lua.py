@@ -125,13 +125,14 @@ class RedisKeys:
 # lost host), its call may have been billed: the reservation's worst case is charged and the
 # ``lapsed`` entry (priced at the amount held) appended, with the settled marker set so that a
 # settlement the replica did save (its outbox, replayed after a restart) cannot charge twice.
-LAPSE_MARKER_MS = 7 * 86_400_000  # the settled marker of a lapsed charge (the Lua constant below)
+# A lapsed charge's settled marker outlives any outbox replay of the real settlement (7 days): a
+# replica back after a long outage must find it, or the call would be ledgered and charged twice.
+LAPSE_MARKER_MS = 7 * 86_400_000
 
-_RECLAIM_FN = """
--- a lapsed charge's settled marker outlives any outbox replay of the real settlement (7 days): a
--- replica back after a long outage must find it, or the call would be ledgered and charged twice
-local LAPSE_MARKER_MS = 604800000
-local function lapse(zkey, rprefix, token, done_ttl)
+_RECLAIM_FN = f"""
+local LAPSE_MARKER_MS = {LAPSE_MARKER_MS}
+""" + """
+local function lapse(zkey, rprefix, token)
   local tag = string.sub(rprefix, 1, #rprefix - 2)
   local rkey = rprefix .. token
   local held = redis.call('HGETALL', rkey)
@@ -153,7 +154,7 @@ local function lapse(zkey, rprefix, token, done_ttl)
         return 0
       end
     else
-      charge = redis.call('SET', tag .. 'd:' .. token, '1', 'PX', done_ttl, 'NX') ~= false
+      charge = redis.call('SET', tag .. 'd:' .. token, '1', 'PX', LAPSE_MARKER_MS, 'NX') ~= false
     end
   end
   for j = 1, #held, 2 do  -- a counter past its period's retention is gone: nothing to give back there
@@ -168,11 +169,11 @@ local function lapse(zkey, rprefix, token, done_ttl)
   return 1
 end
 
-local function reclaim(zkey, rprefix, now, limit, done_ttl)
+local function reclaim(zkey, rprefix, now, limit)
   local tokens = redis.call('ZRANGEBYSCORE', zkey, '-inf', now, 'LIMIT', 0, limit)
   local count = 0
   for _, token in ipairs(tokens) do
-    count = count + lapse(zkey, rprefix, token, done_ttl)
+    count = count + lapse(zkey, rprefix, token)
   end
   return count
 end
@@ -206,7 +207,7 @@ local res, zkey = KEYS[n + 1], KEYS[n + 2]
 if redis.call('EXISTS', res) == 1 then return {'dup'} end
 local changed = stale(KEYS[n + 3], ARGV[9 + 3 * n])
 if changed then return changed end
-reclaim(zkey, ARGV[5], now, tonumber(ARGV[6]), LAPSE_MARKER_MS)
+reclaim(zkey, ARGV[5], now, tonumber(ARGV[6]))
 local out = {'ok'}
 for i = 1, n do
   local c = redis.call('HMGET', KEYS[i], 'spent', 'reserved')
@@ -318,10 +319,9 @@ redis.call('ZADD', KEYS[2], expires, ARGV[1])
 return 1
 """
 
-# KEYS: expiries; ARGV: reservation prefix, now, batch, settled-marker TTL ms.  Returns how many
-# were reclaimed.
+# KEYS: expiries; ARGV: reservation prefix, now, batch.  Returns how many were reclaimed.
 RECLAIM = _RECLAIM_FN + """
-return reclaim(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
+return reclaim(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
 """
 
 # KEYS: P:{defs}:version.  The definitions version, sent as a script so that it travels with the

@@ -93,7 +93,6 @@ from costproxy.budgets.definitions_redis import RedisDefinitions
 from costproxy.budgets.lua import (
     DEFS_RAISE,
     DEFS_VERSION,
-    LAPSE_MARKER_MS,
     MAX_EXACT_NANOS,
     RECLAIM,
     RENEW,
@@ -306,8 +305,7 @@ class RedisBudgetAccounts(BudgetBook):
         total = 0
         for partition in sorted(self._partitions):
             total += int(await self._reclaim(keys=[self.keys.expiries(partition)],
-                                             args=[self.keys.reservation_prefix(partition), now, 100,
-                                                   LAPSE_MARKER_MS]))
+                                             args=[self.keys.reservation_prefix(partition), now, 100]))
         return total
 
     def _counters(self, budget_id: str, period_key: str, now_ms: int) -> Counters:
@@ -417,10 +415,8 @@ class RedisBudgetAccounts(BudgetBook):
         # a reservation of no counter: its hash carries the ledger entry a reclaim appends if this
         # replica dies during the call, so a crash never drops the request from the ledger
         reservation = BudgetReservation(request_id=request_id, amount_nanos=amount, token=token, home=partition)
-        keys = [self.keys.reservation_prefix(partition) + token, self.keys.expiries(partition),
-                self.keys.defs_seen(partition)]
-        args: list[str | int] = [now, self.ttl_ms, str(amount), token, self.keys.reservation_prefix(partition),
-                                 RECLAIM_BATCH, self.owner, lapsed_entry(reservation, principal, now).decode(), known]
+        keys, args, _ = self._reserve_call((), partition, token, amount, now)
+        args += [self.owner, lapsed_entry(reservation, principal, now).decode(), known]
         try:
             await self._register([partition])
             reply = await self._scripts.run(self._reserve, keys, args)

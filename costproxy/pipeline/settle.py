@@ -278,9 +278,12 @@ def plausible_usage(plan: Plan, model: ModelSpec, usage: Usage) -> tuple[Usage, 
             usage = replace(usage, completion_tokens=most)
     if not cut:
         return usage, None
-    # the provider's figures as they were, as JSON can hold them (a count past 64 bits as text)
-    kept: dict[str, Any] = {k: v if v < 2**63 else str(v) for k, v in cut.items()}
-    return usage, {**kept, "reported": int(usage.reported)}
+    return usage, {**as_reported(cut), "reported": int(usage.reported)}
+
+
+def as_reported(counts: Mapping[str, int]) -> dict[str, int | str]:
+    """A provider's figures as they were, as JSON can hold them (a count past 64 bits as text)."""
+    return {name: count if count < 2**63 else str(count) for name, count in counts.items()}
 
 
 def charged_tool_calls(plan: Plan, model: ModelSpec, usage: Usage,
@@ -314,8 +317,8 @@ def charged_tool_calls(plan: Plan, model: ModelSpec, usage: Usage,
         metadata["tool_calls_undeclared"] = undeclared
         log.warning("tool_calls_undeclared", request_id=plan.ctx.request_id, model=model.id, reported=undeclared,
                     fee_nanos=model.tool_cost(undeclared.items()))
-    if charged != reported:  # the provider's counts as JSON can hold them (past 64 bits as text)
-        said = {kind: count if count < 2**63 else str(count) for kind, count in reported.items()}
+    if charged != reported:
+        said = as_reported(reported)
         metadata["tool_calls_clamped"] = {"reported": said, "limit": dict(bounds.calls)}
         log.warning("tool_calls_clamped", request_id=plan.ctx.request_id, model=model.id, reported=said,
                     limit=dict(bounds.calls))
